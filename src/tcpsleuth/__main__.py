@@ -1,0 +1,3 @@
+from tcpsleuth.cli.main import main
+
+main()

@@ -1,0 +1,159 @@
+"""``tcpsleuth audit``: the risk check to run on a broker host before a rolling restart."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Group
+
+from tcpsleuth.cli import examples
+from tcpsleuth.cli.options import (
+    exclusive,
+    format_option,
+    kafka_config_option,
+    load_kafka_config,
+    netns_option,
+)
+from tcpsleuth.detectors.audit import audit
+from tcpsleuth.detectors.counters import AUDIT_COUNTERS
+from tcpsleuth.detectors.kernel import KernelVerdict, assess_kernel
+from tcpsleuth.model.findings import Finding, exit_status
+from tcpsleuth.model.records import HostSnapshot
+from tcpsleuth.reports import jsonout, table
+from tcpsleuth.sources.bundle import read_bundle
+from tcpsleuth.sources.host import live_snapshot
+
+
+@dataclass(frozen=True)
+class AuditResult:
+    snapshot: HostSnapshot
+    verdict: KernelVerdict
+    findings: list[Finding]
+
+    def data(self) -> dict[str, Any]:
+        snap = self.snapshot
+        established = snap.established_per_port()
+        kafka = snap.kafka_config
+        return {
+            "origin": snap.origin,
+            "host": {"hostname": snap.hostname, "kernel_release": snap.kernel_release},
+            "kernel": self.verdict.to_dict(),
+            "sysctls": dict(snap.sysctls),
+            "counters": {
+                name: snap.counters[name] for name in AUDIT_COUNTERS if name in snap.counters
+            },
+            "listeners": None
+            if snap.listeners is None
+            else [
+                {
+                    "listener": lst.local,
+                    "backlog": lst.backlog,
+                    "accept_queue": lst.accept_queue,
+                    "established": established.get(lst.local_port, 0)
+                    if snap.connections is not None
+                    else None,
+                }
+                for lst in sorted(snap.listeners, key=lambda x: (x.local_port, x.local_ip))
+            ],
+            "kafka": None
+            if kafka is None
+            else {
+                "path": kafka.path,
+                "listeners": [f"{k.name}://{k.host}:{k.port}" for k in kafka.listeners],
+                "socket_listen_backlog_size": kafka.listen_backlog_size,
+                "effective_listen_backlog": kafka.effective_listen_backlog,
+                "socket_receive_buffer_bytes": kafka.receive_buffer_bytes,
+                "socket_send_buffer_bytes": kafka.send_buffer_bytes,
+            },
+            "notes": list(snap.notes),
+        }
+
+
+def snapshot_from(
+    bundle: Path | None, netns: str | None, kafka_config: Path | None, example: str | None = None
+) -> HostSnapshot:
+    exclusive(bundle=bundle, netns=netns, example=example)
+    kafka = load_kafka_config(kafka_config)
+    if example is not None:
+        bundle = examples.path(example)
+    if bundle is not None:
+        return read_bundle(bundle, kafka)
+    return live_snapshot(netns, kafka)
+
+
+def run_audit(snapshot: HostSnapshot) -> AuditResult:
+    verdict = assess_kernel(snapshot.kernel_release, snapshot.proc_version)
+    return AuditResult(snapshot, verdict, audit(snapshot, verdict))
+
+
+def render(result: AuditResult) -> Group:
+    data = result.data()
+    parts: list[Any] = [
+        table.key_values(
+            "Host",
+            [
+                ("source", data["origin"]),
+                ("host", data["host"]["hostname"]),
+                (
+                    "kernel",
+                    f"{result.verdict.release}: {result.verdict.status} ({result.verdict.reason})",
+                ),
+            ],
+        ),
+        table.key_values("TCP settings", sorted(data["sysctls"].items())),
+    ]
+    if data["counters"]:
+        parts.append(table.key_values("Counters since boot", data["counters"].items()))
+    if data["listeners"]:
+        busiest = sorted(data["listeners"], key=lambda x: -(x["established"] or 0))[:15]
+        parts.append(
+            table.records_table(
+                "Listeners (busiest first)",
+                ["listener", "backlog", "accept queue", "established"],
+                [
+                    (x["listener"], x["backlog"], x["accept_queue"], x["established"])
+                    for x in busiest
+                ],
+            )
+        )
+    for note in data["notes"]:
+        parts.append(f"[dim]note: {note}[/dim]")
+    parts.append(table.findings_table(result.findings))
+    return Group(*parts)
+
+
+@click.command("audit")
+@click.option(
+    "--bundle",
+    type=click.Path(path_type=Path),
+    default=None,
+    metavar="DIR",
+    help="Audit a bundle collected on another host instead of this one.",
+)
+@netns_option
+@kafka_config_option
+@format_option
+def audit_command(
+    bundle: Path | None, netns: str | None, kafka_config: Path | None, output_format: str
+) -> int:
+    """Check this host for the settings and state that turn a broker restart into
+    slow or failing requests: the kernel's SYN-cookie window-scale bug, SYN cookie
+    and timestamp settings, listen backlogs too small for the clients that will
+    reconnect at once, and overflows that already happened.
+
+    \b
+    Examples:
+      tcpsleuth audit                                   # this host
+      tcpsleuth audit --kafka-config /etc/kafka/server.properties
+      tcpsleuth audit --bundle broker-17/ --format json # collected elsewhere
+      sudo tcpsleuth audit --netns blue                 # one network namespace
+    """
+    result = run_audit(snapshot_from(bundle, netns, kafka_config))
+    if output_format == "json":
+        jsonout.emit(jsonout.document("audit", result.findings, **result.data()))
+    else:
+        table.console().print(render(result))
+    return exit_status(result.findings)

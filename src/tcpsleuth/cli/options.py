@@ -1,0 +1,62 @@
+"""Options every command shares, and the plumbing from findings to exit status."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from tcpsleuth.errors import InputError
+from tcpsleuth.model.records import KafkaConfig
+from tcpsleuth.sources.kafkaconfig import read_kafka_config
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def format_option(func: F) -> F:
+    return click.option(
+        "--format",
+        "output_format",
+        type=click.Choice(["table", "json"]),
+        default="table",
+        show_default=True,
+        help="table for people, json for machines (one document).",
+    )(func)
+
+
+def netns_option(func: F) -> F:
+    return click.option(
+        "--netns",
+        metavar="NAME",
+        default=None,
+        help="Look inside this network namespace (an `ip netns` name; needs root).",
+    )(func)
+
+
+def kafka_config_option(func: F) -> F:
+    return click.option(
+        "--kafka-config",
+        metavar="FILE",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="The broker's server.properties: listeners, backlog and socket buffer settings.",
+    )(func)
+
+
+def load_kafka_config(path: Path | None) -> KafkaConfig | None:
+    return read_kafka_config(path) if path is not None else None
+
+
+def exclusive(**given: object) -> None:
+    named = [name for name, value in given.items() if value]
+    if len(named) > 1:
+        raise click.UsageError(
+            " and ".join("--" + name.replace("_", "-") for name in named) + " cannot be combined"
+        )
+
+
+def require(condition: bool, message: str) -> None:
+    if not condition:
+        raise InputError(message)

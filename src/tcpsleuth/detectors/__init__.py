@@ -1,0 +1,1 @@
+"""Detectors: pure functions from records to findings (no I/O, no clock, no printing)."""

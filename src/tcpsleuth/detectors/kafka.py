@@ -1,0 +1,48 @@
+"""Kafka broker settings that shape how its sockets behave."""
+
+from __future__ import annotations
+
+from tcpsleuth.model.findings import Finding, Severity, host_subject
+from tcpsleuth.model.records import HostSnapshot
+
+
+def kafka_findings(snapshot: HostSnapshot) -> list[Finding]:
+    kafka = snapshot.kafka_config
+    if kafka is None:
+        return []
+    findings: list[Finding] = []
+    somaxconn = snapshot.sysctl_int("net.core.somaxconn")
+    if kafka.sets_so_rcvbuf:
+        findings.append(
+            Finding(
+                "kafka-so-rcvbuf-set",
+                Severity.INFO,
+                host_subject(snapshot.hostname),
+                f"socket.receive.buffer.bytes={kafka.receive_buffer_bytes}: the broker locks "
+                "SO_RCVBUF on its listeners, which turns off receive-buffer autotuning and is the "
+                "precondition of the SYN-cookie window-scale bug",
+                {
+                    "socket_receive_buffer_bytes": kafka.receive_buffer_bytes,
+                    "explicit": "socket.receive.buffer.bytes" in kafka.properties,
+                },
+                "socket.receive.buffer.bytes=-1 lets the kernel size the buffer (tcp_rmem) and "
+                "avoids the bug's precondition.",
+            )
+        )
+    if (
+        kafka.listen_backlog_size is not None
+        and somaxconn is not None
+        and kafka.listen_backlog_size > somaxconn
+    ):
+        findings.append(
+            Finding(
+                "somaxconn-caps-backlog",
+                Severity.WARNING,
+                host_subject(snapshot.hostname),
+                f"socket.listen.backlog.size={kafka.listen_backlog_size} but net.core.somaxconn="
+                f"{somaxconn}: the kernel silently gives the listener {somaxconn}",
+                {"socket_listen_backlog_size": kafka.listen_backlog_size, "somaxconn": somaxconn},
+                f"Raise net.core.somaxconn to at least {kafka.listen_backlog_size}.",
+            )
+        )
+    return findings

@@ -1,0 +1,267 @@
+"""The SYN-cookie window-scale bug: which kernels have it, and whether it can bite here.
+
+The bug: a listener with SO_RCVBUF set announces in its SYN-ACK a window-scale
+shift computed from the locked receive buffer, but when the connection is
+completed from a SYN cookie, cookie_v4_check()/cookie_v6_check() recompute the
+shift from the system maximum. The client then reads every window the server
+advertises with the smaller shift. Fixed by mainline commit 909172a14974
+("net: Update window_clamp if SOCK_RCVBUF is set"), first released in 5.10 and
+backported to the stable series below.
+
+A version string can say "fixed", "affected" or "unknown"; only an experiment on
+the host settles "unknown" (distribution kernels carry their own patches).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from tcpsleuth.model.findings import Finding, Severity, host_subject
+from tcpsleuth.model.records import HostSnapshot
+
+FIX_COMMIT = "909172a149749242990a6e64cb55d55460d4e417"
+MAINLINE_FIXED = (5, 10)
+# Stable series that received the backport, and the first point release with it.
+STABLE_FIXED_SUBLEVEL = {(4, 9): 244, (4, 14): 207, (4, 19): 158, (5, 4): 78, (5, 9): 9}
+# Long-term series still maintained after the fix (Nov 2020) whose backport status
+# we have not established: point releases from before the fix are affected, later
+# ones "unknown". The value is the first point release made after the fix.
+STABLE_UNCERTAIN = {(4, 4): 244}
+# Distribution GA kernels whose source trees were checked and lack the fix:
+# RHEL 7.9 (3.10.0-1160.el7) and RHEL 8.3 (4.18.0-240.el8). Earlier GA builds predate it.
+RHEL_GA_WITHOUT_FIX = {"el7": 1160, "el8": 240}
+
+_RELEASE = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+))?(.*)$")
+_RHEL = re.compile(r"^-(\d+)((?:\.\d+)*)\.(el\d+)")
+_DEBIAN_ABI = re.compile(r"^-\d+(?:\.\d+)*-[a-z]")
+# /proc/version of a Debian kernel ends "#1 SMP Debian 4.19.181-1 (2021-03-19)"
+_DEBIAN_UPSTREAM = re.compile(r"#\d+ SMP\b[^#]*?Debian (\d+)\.(\d+)\.(\d+)")
+
+Status = Literal["fixed", "affected", "unknown"]
+
+
+@dataclass(frozen=True)
+class KernelVerdict:
+    release: str
+    status: Status
+    reason: str
+    source: str = "version table"
+
+    def to_dict(self) -> dict[str, str]:
+        return {
+            "release": self.release,
+            "status": self.status,
+            "reason": self.reason,
+            "source": self.source,
+        }
+
+
+def _upstream(major: int, minor: int, sublevel: int, release: str, what: str) -> KernelVerdict:
+    series = (major, minor)
+    name = f"{major}.{minor}.{sublevel}"
+    if series >= MAINLINE_FIXED:
+        return KernelVerdict(
+            release, "fixed", f"{what} {name}: mainline 5.10 and later have the fix"
+        )
+    if series in STABLE_FIXED_SUBLEVEL:
+        first = STABLE_FIXED_SUBLEVEL[series]
+        if sublevel >= first:
+            return KernelVerdict(
+                release, "fixed", f"{what} {name}: the fix reached {major}.{minor}.{first}"
+            )
+        return KernelVerdict(
+            release,
+            "affected",
+            f"{what} {name}: the fix reached this series only at {major}.{minor}.{first}",
+        )
+    if series in STABLE_UNCERTAIN and sublevel < STABLE_UNCERTAIN[series]:
+        return KernelVerdict(
+            release, "affected", f"{what} {name}: released before the fix existed (Nov 2020)"
+        )
+    if series in STABLE_UNCERTAIN:
+        return KernelVerdict(
+            release,
+            "unknown",
+            f"{what} {name}: whether the {major}.{minor} stable series "
+            "received the fix is not established",
+        )
+    return KernelVerdict(
+        release,
+        "affected",
+        f"{what} {name}: this series ended before the fix (Nov 2020) and never received it",
+    )
+
+
+def assess_kernel(release: str, proc_version: str | None = None) -> KernelVerdict:
+    """Judge a kernel release string (``uname -r``) against the fix.
+
+    ``proc_version`` (the text of /proc/version) helps where ``uname -r`` hides
+    the upstream sublevel, as Debian's ABI names do ("4.19.0-16-amd64").
+    """
+    match = _RELEASE.match(release.strip())
+    if match is None:
+        return KernelVerdict(release, "unknown", "kernel release not in MAJOR.MINOR form")
+    major, minor = int(match.group(1)), int(match.group(2))
+    sublevel = int(match.group(3) or 0)
+    rest = match.group(4)
+    if (major, minor) >= MAINLINE_FIXED:
+        return _upstream(major, minor, sublevel, release, "based on")
+    rhel = _RHEL.match(rest)
+    if rhel:
+        build, zstream, dist = int(rhel.group(1)), rhel.group(2), rhel.group(3)
+        ga_limit = RHEL_GA_WITHOUT_FIX.get(dist)
+        if ga_limit is not None and not zstream and build <= ga_limit:
+            return KernelVerdict(
+                release,
+                "affected",
+                f"RHEL {dist} GA kernel build {build}: the GA kernel "
+                f"{major}.{minor}.{sublevel}-{ga_limit}.{dist} lacks the fix",
+            )
+        return KernelVerdict(
+            release,
+            "unknown",
+            f"RHEL {dist} kernel {release}: later RHEL builds were not checked for the backport",
+        )
+    if sublevel == 0 and _DEBIAN_ABI.match(rest):
+        upstream = _DEBIAN_UPSTREAM.search(proc_version or "")
+        if upstream:
+            return _upstream(
+                *(int(g) for g in upstream.groups()), release, "Debian package of upstream"
+            )
+        return KernelVerdict(
+            release,
+            "unknown",
+            f"distribution kernel {release}: its name hides the upstream "
+            "point release and the distribution may have backported the fix",
+        )
+    if rest and not rest.startswith(("-", "+")):
+        return KernelVerdict(release, "unknown", f"unrecognised kernel release {release!r}")
+    return _upstream(major, minor, sublevel, release, "upstream")
+
+
+def _space_to_wscale(space: int) -> int:
+    """The shift tcp_select_initial_window() picks to fit ``space`` in 16 bits."""
+    shift = 0
+    while space > 0xFFFF and shift < 14:
+        space >>= 1
+        shift += 1
+    return shift
+
+
+def predicted_shifts(so_rcvbuf: int, sysctls: HostSnapshot) -> tuple[int, int] | None:
+    """(announced, used) shifts on a pre-fix kernel for a listener with SO_RCVBUF.
+
+    Announced: from the locked buffer (the kernel doubles SO_RCVBUF, capped by
+    rmem_max, and keeps 1/2**tcp_adv_win_scale of it for overhead). Used by a
+    cookie socket: from max(tcp_rmem[2], rmem_max), as if nothing were locked.
+    """
+    rmem_max = sysctls.sysctl_int("net.core.rmem_max")
+    tcp_rmem = sysctls.sysctls.get("net.ipv4.tcp_rmem")
+    if rmem_max is None or tcp_rmem is None or len(tcp_rmem.split()) != 3:
+        return None
+    adv_win_scale = sysctls.sysctl_int("net.ipv4.tcp_adv_win_scale") or 1
+    rcvbuf = 2 * min(so_rcvbuf, rmem_max)
+    space = rcvbuf >> -adv_win_scale if adv_win_scale <= 0 else rcvbuf - (rcvbuf >> adv_win_scale)
+    announced = _space_to_wscale(space)
+    used = _space_to_wscale(max(int(tcp_rmem.split()[2]), rmem_max))
+    return announced, used
+
+
+def cookie_wscale_bug(snapshot: HostSnapshot, verdict: KernelVerdict) -> list[Finding]:
+    if verdict.status == "fixed":
+        return []
+    syncookies = snapshot.sysctl_int("net.ipv4.tcp_syncookies")
+    timestamps = snapshot.sysctl_int("net.ipv4.tcp_timestamps")
+    kafka = snapshot.kafka_config
+    rcvbuf = kafka.receive_buffer_bytes if kafka else None
+    evidence: dict[str, object] = {
+        "kernel_release": verdict.release,
+        "kernel_status": verdict.status,
+        "kernel_reason": verdict.reason,
+        "verdict_source": verdict.source,
+        "tcp_syncookies": syncookies,
+        "tcp_timestamps": timestamps,
+        "so_rcvbuf": rcvbuf,
+    }
+    shifts = predicted_shifts(rcvbuf if rcvbuf and rcvbuf > 0 else 102400, snapshot)
+    if shifts is not None and shifts[0] != shifts[1]:
+        announced, used = shifts
+        evidence.update(
+            announced_wscale=announced,
+            actual_wscale=used,
+            window_shrink_factor=2 ** (used - announced),
+        )
+    subject = host_subject(snapshot.hostname)
+    fix = (
+        "Set net.ipv4.tcp_syncookies=0 (an overflowing listener then drops SYNs and clients "
+        "retry), raise the listen backlog so reconnect storms fit, or set "
+        "socket.receive.buffer.bytes=-1 so the broker does not lock SO_RCVBUF; the lasting "
+        f"fix is a kernel with commit {FIX_COMMIT[:12]} (mainline 5.10)."
+    )
+    blocked = None
+    if syncookies == 0:
+        blocked = "SYN cookies are off (net.ipv4.tcp_syncookies=0), so the bug cannot trigger"
+    elif timestamps == 0:
+        blocked = (
+            "timestamps are off, so cookie connections lose window scaling altogether "
+            "instead (see syncookies-without-timestamps)"
+        )
+    elif rcvbuf == -1:
+        blocked = (
+            "the broker leaves SO_RCVBUF to the OS (socket.receive.buffer.bytes=-1), "
+            "so its listeners do not meet the bug's precondition"
+        )
+    if verdict.status == "unknown":
+        if blocked:
+            return []
+        return [
+            Finding(
+                "kernel-cookie-wscale-unknown",
+                Severity.WARNING,
+                subject,
+                f"cannot tell from the version whether kernel {verdict.release} has the SYN-cookie "
+                "window-scale fix",
+                evidence,
+                "Confirm by experiment: in a throwaway network namespace force SYN cookies "
+                "(tcp_syncookies=2), listen with SO_RCVBUF=102400, connect once and compare the "
+                "wscale `ss -ti` shows at both ends; or look for commit "
+                f"{FIX_COMMIT[:12]} in the kernel package's changelog. " + fix,
+            )
+        ]
+    if blocked:
+        return [
+            Finding(
+                "kernel-cookie-wscale-bug",
+                Severity.INFO,
+                subject,
+                f"kernel {verdict.release} has the SYN-cookie window-scale bug, but {blocked}",
+                evidence,
+                "Keep it that way until the kernel is upgraded: " + fix,
+            )
+        ]
+    if rcvbuf is not None and rcvbuf > 0:
+        return [
+            Finding(
+                "kernel-cookie-wscale-bug",
+                Severity.CRITICAL,
+                subject,
+                f"kernel {verdict.release} has the SYN-cookie window-scale bug and the broker sets "
+                f"SO_RCVBUF={rcvbuf}: connections made by cookie during a reconnect storm will see "
+                "a window many times too small",
+                evidence,
+                fix,
+            )
+        ]
+    return [
+        Finding(
+            "kernel-cookie-wscale-bug",
+            Severity.WARNING,
+            subject,
+            f"kernel {verdict.release} has the SYN-cookie window-scale bug: any listener that sets "
+            "SO_RCVBUF before listen() (Kafka does by default) is exposed during SYN-cookie storms",
+            evidence,
+            "Give --kafka-config to check the broker's setting. " + fix,
+        )
+    ]

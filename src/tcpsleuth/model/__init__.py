@@ -1,0 +1,1 @@
+"""Typed records and the findings model shared by every layer."""

@@ -1,0 +1,82 @@
+"""The findings model: what every detector returns and every report renders.
+
+A finding is about one thing (a connection, a listener, a host), has a stable
+kebab-case ``kind`` that scripts may match on, a ``severity``, the numbers that
+support it (``evidence``) and what to do about it (``advice``).
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Severity(enum.StrEnum):
+    CRITICAL = "critical"
+    WARNING = "warning"
+    INFO = "info"
+
+    @property
+    def rank(self) -> int:
+        """Higher is worse; used to sort findings and to pick the exit status."""
+        return {"critical": 2, "warning": 1, "info": 0}[self.value]
+
+
+def endpoint(ip: str, port: int) -> str:
+    """``IP:PORT``, with IPv6 addresses in brackets as ``ss`` and URLs write them.
+
+    IPv4-mapped IPv6 addresses (``::ffff:10.0.0.1``) are shown as IPv4 so both
+    ends of one connection name it the same way.
+    """
+    addr = ipaddress.ip_address(ip)
+    if addr.version == 6 and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    if addr.version == 6:
+        return f"[{addr.compressed}]:{port}"
+    return f"{addr}:{port}"
+
+
+def connection_subject(client: str, server: str) -> dict[str, str]:
+    return {"client": client, "server": server}
+
+
+def listener_subject(listener: str) -> dict[str, str]:
+    return {"listener": listener}
+
+
+def host_subject(host: str) -> dict[str, str]:
+    return {"host": host}
+
+
+@dataclass(frozen=True)
+class Finding:
+    kind: str
+    severity: Severity
+    subject: Mapping[str, str]
+    summary: str
+    evidence: Mapping[str, Any] = field(default_factory=dict)
+    advice: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "severity": self.severity.value,
+            "subject": dict(self.subject),
+            "summary": self.summary,
+            "evidence": dict(self.evidence),
+            "advice": self.advice,
+        }
+
+
+def ranked(findings: Iterable[Finding]) -> list[Finding]:
+    """Worst first; stable within a severity so detectors keep their order."""
+    return sorted(findings, key=lambda f: -f.severity.rank)
+
+
+def exit_status(findings: Iterable[Finding]) -> int:
+    """0 when nothing is of warning or worse, 1 otherwise (2 is for usage and input errors)."""
+    worst = max((f.severity.rank for f in findings), default=0)
+    return 1 if worst >= Severity.WARNING.rank else 0

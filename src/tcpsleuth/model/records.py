@@ -1,0 +1,182 @@
+"""Plain records that sources produce and detectors consume.
+
+Field names follow the kernel's ``tcp_info`` and ``ss`` (``snd_wscale``,
+``rcv_wscale``, ``snd_wnd``, ``rwnd_limited``) so that anyone who knows those
+tools can read the detectors. Times are in microseconds, as ``tcp_info`` keeps
+them; ``None`` means the source did not have the field (an old kernel, an old
+``ss``, a field that text output leaves out).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from tcpsleuth.model.findings import endpoint
+
+# TCP states as the kernel numbers them (include/net/tcp_states.h).
+TCP_STATES = {
+    1: "ESTAB",
+    2: "SYN-SENT",
+    3: "SYN-RECV",
+    4: "FIN-WAIT-1",
+    5: "FIN-WAIT-2",
+    6: "TIME-WAIT",
+    7: "UNCONN",
+    8: "CLOSE-WAIT",
+    9: "LAST-ACK",
+    10: "LISTEN",
+    11: "CLOSING",
+    12: "NEW-SYN-RECV",
+}
+STATE_NUMBERS = {name: number for number, name in TCP_STATES.items()}
+
+
+@dataclass(frozen=True)
+class Listener:
+    """A LISTEN socket. ``backlog`` is the kernel's ``sk_max_ack_backlog``: the
+    application's ``listen()`` backlog already capped by ``net.core.somaxconn``
+    (``ss -ltn`` shows it as Send-Q). ``accept_queue`` is connections waiting
+    for ``accept()`` (Recv-Q)."""
+
+    local_ip: str
+    local_port: int
+    backlog: int
+    accept_queue: int
+
+    @property
+    def local(self) -> str:
+        return endpoint(self.local_ip, self.local_port)
+
+
+@dataclass(frozen=True)
+class TcpConnection:
+    """One TCP socket that is not listening, seen from the local end."""
+
+    local_ip: str
+    local_port: int
+    remote_ip: str
+    remote_port: int
+    state: str
+    recv_q: int = 0
+    send_q: int = 0
+    # tcp_info, when the source has it
+    snd_wscale: int | None = None
+    rcv_wscale: int | None = None
+    rto: float | None = None  # ms
+    rtt: float | None = None  # ms
+    rttvar: float | None = None  # ms
+    mss: int | None = None
+    rcv_mss: int | None = None
+    advmss: int | None = None
+    pmtu: int | None = None
+    cwnd: int | None = None
+    ssthresh: int | None = None
+    bytes_sent: int | None = None
+    bytes_acked: int | None = None
+    bytes_received: int | None = None
+    bytes_retrans: int | None = None
+    segs_out: int | None = None
+    segs_in: int | None = None
+    retrans_total: int | None = None
+    unacked: int | None = None
+    notsent_bytes: int | None = None
+    rcv_space: int | None = None
+    rcv_ssthresh: int | None = None
+    snd_wnd: int | None = None
+    rcv_wnd: int | None = None
+    busy_time: int | None = None  # us
+    rwnd_limited: int | None = None  # us
+    sndbuf_limited: int | None = None  # us
+    timestamps: bool | None = None
+    sack: bool | None = None
+    ecn: bool | None = None
+    inode: int | None = None
+
+    @property
+    def local(self) -> str:
+        return endpoint(self.local_ip, self.local_port)
+
+    @property
+    def remote(self) -> str:
+        return endpoint(self.remote_ip, self.remote_port)
+
+
+@dataclass(frozen=True)
+class HostSnapshot:
+    """Everything the host audit reads, from a live host or from a bundle.
+
+    ``sysctls`` uses dotted names as ``sysctl -a`` prints them, values with
+    runs of white space folded to one space. ``counters`` uses ``nstat``'s
+    names (``TcpExtSyncookiesSent``); a counter the kernel does not have is
+    absent, not zero. ``listeners`` or ``connections`` is ``None`` when the
+    source had no socket listing at all.
+    """
+
+    origin: str
+    hostname: str
+    kernel_release: str
+    sysctls: Mapping[str, str]
+    counters: Mapping[str, int]
+    listeners: list[Listener] | None
+    connections: list[TcpConnection] | None
+    kafka_config: KafkaConfig | None = None
+    proc_version: str | None = (
+        None  # /proc/version, which names the upstream base on some distributions
+    )
+    notes: list[str] = field(default_factory=list)
+
+    def sysctl_int(self, name: str) -> int | None:
+        value = self.sysctls.get(name)
+        if value is None:
+            return None
+        try:
+            return int(value.split()[0])
+        except (ValueError, IndexError):
+            return None
+
+    def established_per_port(self) -> Counter[int]:
+        """Established connections per local port (the server side of each one)."""
+        counts: Counter[int] = Counter()
+        for conn in self.connections or ():
+            if conn.state == "ESTAB":
+                counts[conn.local_port] += 1
+        return counts
+
+
+@dataclass(frozen=True)
+class KafkaListener:
+    name: str
+    host: str
+    port: int
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    """The broker settings that decide how its listeners meet a reconnect storm.
+
+    ``listen_backlog_size`` is ``None`` when the file does not set it: Kafka
+    then uses 50 (hard-coded before 3.2.0, the default of
+    ``socket.listen.backlog.size`` since). ``receive_buffer_bytes`` is
+    ``socket.receive.buffer.bytes`` (default 102400; -1 leaves SO_RCVBUF to
+    the OS).
+    """
+
+    path: str
+    properties: Mapping[str, str]
+    listeners: list[KafkaListener]
+    listen_backlog_size: int | None
+    receive_buffer_bytes: int
+    send_buffer_bytes: int
+
+    KAFKA_DEFAULT_BACKLOG = 50
+    KAFKA_DEFAULT_BUFFER = 102400
+
+    @property
+    def effective_listen_backlog(self) -> int:
+        return self.listen_backlog_size or self.KAFKA_DEFAULT_BACKLOG
+
+    @property
+    def sets_so_rcvbuf(self) -> bool:
+        return self.receive_buffer_bytes != -1

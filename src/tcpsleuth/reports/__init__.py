@@ -1,0 +1,1 @@
+"""Reports: render findings and command data; no detection logic here."""

@@ -1,0 +1,1 @@
+"""Sources: turn the outside world (procfs, netlink, tool output, files) into records."""

@@ -1,0 +1,98 @@
+"""procfs: TCP counters from /proc/net/netstat and /proc/net/snmp, and sysctls.
+
+Both counter files hold pairs of lines, a header naming the fields and a line of
+values, each starting with the same ``Group:`` prefix. Names are returned as
+``nstat`` prints them: group and field joined (``TcpExtSyncookiesSent``). Files
+from old kernels have fewer fields; a field the kernel lacks is simply absent.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tcpsleuth.errors import InputError
+from tcpsleuth.sources.textfile import read_text, where
+
+# The sysctls the audit reads; the live source reads exactly these.
+AUDIT_SYSCTLS = (
+    "net.ipv4.tcp_syncookies",
+    "net.ipv4.tcp_timestamps",
+    "net.ipv4.tcp_window_scaling",
+    "net.ipv4.tcp_sack",
+    "net.ipv4.tcp_max_syn_backlog",
+    "net.ipv4.tcp_rmem",
+    "net.ipv4.tcp_wmem",
+    "net.ipv4.tcp_adv_win_scale",
+    "net.ipv4.tcp_synack_retries",
+    "net.ipv4.tcp_syn_retries",
+    "net.core.somaxconn",
+    "net.core.rmem_max",
+    "net.core.rmem_default",
+    "net.core.wmem_max",
+)
+
+
+def parse_counter_pairs(text: str, source: Path | str) -> dict[str, int]:
+    counters: dict[str, int] = {}
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise InputError(f"{source}: empty, expected kernel counters (/proc/net/netstat format)")
+    if len(lines) % 2:
+        raise InputError(
+            f"{where(source, len(lines))}: a header line without its values line (file truncated?)"
+        )
+    for i in range(0, len(lines), 2):
+        head, values = lines[i].split(), lines[i + 1].split()
+        if not head or not head[0].endswith(":") or not values or values[0] != head[0]:
+            raise InputError(
+                f"{where(source, i + 1)}: not a counter header/value pair "
+                "(expected two lines starting with the same 'Group:')"
+            )
+        if len(head) != len(values):
+            raise InputError(
+                f"{where(source, i + 2)}: {len(head) - 1} counter names but "
+                f"{len(values) - 1} values (file truncated?)"
+            )
+        group = head[0][:-1]
+        for name, value in zip(head[1:], values[1:], strict=True):
+            try:
+                counters[group + name] = int(value)
+            except ValueError:
+                raise InputError(
+                    f"{where(source, i + 2)}: counter {group}{name} has value {value!r}, "
+                    "not a number"
+                ) from None
+    return counters
+
+
+def read_counter_file(path: Path) -> dict[str, int]:
+    return parse_counter_pairs(read_text(path, "kernel counters"), path)
+
+
+def read_live_counters(proc: Path = Path("/proc")) -> dict[str, int]:
+    """Counters of the calling thread's network namespace (/proc/thread-self/net)."""
+    counters: dict[str, int] = {}
+    for name in ("snmp", "netstat"):
+        counters.update(read_counter_file(proc / "thread-self" / "net" / name))
+    return counters
+
+
+def read_live_sysctls(names: tuple[str, ...] = AUDIT_SYSCTLS) -> dict[str, str]:
+    """Values as ``sysctl`` prints them, white space folded; missing ones left out.
+
+    Opening /proc/sys/net reads the namespace of the opening thread, so call
+    this inside ``netns.entered`` to read another namespace.
+    """
+    values: dict[str, str] = {}
+    for name in names:
+        path = Path("/proc/sys") / name.replace(".", "/")
+        try:
+            values[name] = " ".join(path.read_text().split())
+        except FileNotFoundError:
+            continue
+    return values
+
+
+def kernel_release() -> str:
+    return os.uname().release
