@@ -1,18 +1,58 @@
-"""``tcpsleuth doctor``: every read-only check this host allows, findings ranked."""
+"""``tcpsleuth doctor``: every read-only check available, findings ranked.
+
+Each check is a function from a ``DoctorContext`` to a ``CheckResult``; a check
+that cannot run here (no privilege, a bundle without the data it needs) returns
+``skipped`` with the reason instead of failing the whole command.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import click
-from rich.console import Group
 
 from tcpsleuth.cli import examples
-from tcpsleuth.cli.audit import render as render_audit
 from tcpsleuth.cli.audit import run_audit, snapshot_from
 from tcpsleuth.cli.options import format_option, kafka_config_option, netns_option
-from tcpsleuth.model.findings import exit_status, ranked
+from tcpsleuth.model.findings import Finding, exit_status, ranked
+from tcpsleuth.model.records import HostSnapshot
 from tcpsleuth.reports import jsonout, table
+
+
+@dataclass(frozen=True)
+class DoctorContext:
+    snapshot: HostSnapshot
+    live: bool  # True when looking at this host (or one of its namespaces), not a bundle
+    netns: str | None
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    name: str
+    findings: list[Finding] = field(default_factory=list)
+    data: dict[str, Any] = field(default_factory=dict)
+    skipped: str | None = None
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "ran": self.skipped is None,
+            "skipped": self.skipped,
+            "findings": len(self.findings),
+            "data": self.data,
+        }
+
+
+def audit_check(context: DoctorContext) -> CheckResult:
+    result = run_audit(context.snapshot)
+    return CheckResult("audit", result.findings, result.data())
+
+
+Check = Callable[[DoctorContext], CheckResult]
+CHECKS: list[Check] = [audit_check]
 
 
 @click.command("doctor")
@@ -53,21 +93,44 @@ def doctor_command(
       tcpsleuth doctor --example          # a broker with the SYN-cookie bug
     """
     snapshot = snapshot_from(bundle, netns, kafka_config, example)
-    audit = run_audit(snapshot)
-    checks = [
-        {"name": "audit", "ran": True, "origin": snapshot.origin, "findings": len(audit.findings)}
-    ]
-    findings = ranked(audit.findings)
+    context = DoctorContext(snapshot, live=bundle is None and example is None, netns=netns)
+    results = [check(context) for check in CHECKS]
+    findings = ranked(f for result in results for f in result.findings)
     if output_format == "json":
-        jsonout.emit(jsonout.document("doctor", findings, checks=checks, audit=audit.data()))
+        jsonout.emit(
+            jsonout.document(
+                "doctor",
+                findings,
+                origin=snapshot.origin,
+                host={"hostname": snapshot.hostname, "kernel_release": snapshot.kernel_release},
+                checks=[result.summary() for result in results],
+            )
+        )
     else:
         out = table.console()
-        out.print(Group(render_audit(audit)))
+        out.print(
+            table.key_values(
+                "Doctor",
+                [
+                    ("source", snapshot.origin),
+                    ("host", snapshot.hostname),
+                    ("kernel", snapshot.kernel_release),
+                ],
+            )
+        )
         out.print(
             table.records_table(
                 "Checks",
-                ["check", "source", "findings"],
-                [(c["name"], c["origin"], c["findings"]) for c in checks],
+                ["check", "status", "findings"],
+                [
+                    (
+                        r.name,
+                        "ran" if r.skipped is None else f"skipped: {r.skipped}",
+                        len(r.findings),
+                    )
+                    for r in results
+                ],
             )
         )
+        out.print(table.findings_table(findings))
     return exit_status(findings)

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Install everything tcpsleuth and its tests need on a fresh Debian machine (as root).
+# Safe to run again: apt and pip skip what is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+    iproute2   # ss, ip netns: sockets and namespaces
+    procps     # sysctl
+    tcpdump    # captures in tests and the lab
+    tshark     # differential tests of the capture analyzer
+    nftables   # fault injection inside lab/test namespaces
+)
+
+if [ "$(id -u)" -eq 0 ]; then
+    export DEBIAN_FRONTEND=noninteractive
+    missing=()
+    for pkg in "${APT_PACKAGES[@]}"; do
+        dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
+    done
+    if [ "${#missing[@]}" -gt 0 ]; then
+        apt-get update -qq
+        apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    fi
+else
+    echo "install.sh: not root, skipping Debian packages (${APT_PACKAGES[*]})" >&2
+fi
+
+python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'

@@ -1,0 +1,1 @@
+"""The lab: reproduce TCP failures in network namespaces on one machine."""

@@ -1,0 +1,70 @@
+"""Shared fixtures. Tests that need root make their own namespaces and remove them."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tcpsleuth.lab import namespaces
+
+SUPPORT = Path(__file__).parent / "support"
+FIXTURES = Path(__file__).parent / "fixtures"
+REPO = Path(__file__).parent.parent
+SHARED = REPO.parent / "shared"
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    """A fresh network namespace (loopback up), deleted afterwards."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root for network namespaces")
+    with namespaces.namespace("test") as name:
+        yield name
+
+
+def run_tcpsleuth(*args: str, check_status: int | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the installed command line as a user would, in a separate process."""
+    result = subprocess.run(
+        [sys.executable, "-m", "tcpsleuth", *args],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    if check_status is not None:
+        assert result.returncode == check_status, (result.returncode, result.stdout, result.stderr)
+    return result
+
+
+class Farm:
+    """conn_farm.py running inside a namespace; stopped by closing its stdin."""
+
+    def __init__(self, ns: str, *args: str) -> None:
+        self.process = subprocess.Popen(
+            ["ip", "netns", "exec", ns, sys.executable, str(SUPPORT / "conn_farm.py"), *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line.startswith("ready"):
+            self.stop()
+            raise RuntimeError(f"conn_farm did not get ready: {line!r}")
+        self.connected = int(line.split()[1])
+
+    def stop(self) -> None:
+        if self.process.stdin:
+            self.process.stdin.close()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
