@@ -1,17 +1,46 @@
 """Run inside a test namespace: a listener and many established connections to it.
 
-Usage: conn_farm.py --port 9092 --backlog 50 --clients 1000
-Prints "ready <n>" once all clients are connected and accepted, then holds the
-connections until its standard input closes (or it is killed).
+Usage: conn_farm.py --port 9092 --backlog 50 --clients 1000 [--storm]
+With --storm every client connects at once (non-blocking), as after a server
+restart, so a small backlog overflows and the kernel sends SYN cookies; each
+client then sends one byte so that connections whose final ACK was dropped on
+a full accept queue are completed by the retransmission.
+Prints "ready <accepted> <connected>" once all clients are connected and
+accepted, then holds the connections until its standard input closes (or it is killed).
 """
 
 from __future__ import annotations
 
 import argparse
 import resource
+import selectors
 import socket
 import sys
 import threading
+import time
+
+
+def storm(family: int, args: argparse.Namespace) -> list[socket.socket]:
+    clients = []
+    for _ in range(args.clients):
+        client = socket.socket(family, socket.SOCK_STREAM)
+        client.setblocking(False)
+        client.connect_ex((args.host, args.port))
+        clients.append(client)
+    pending = set(clients)
+    selector = selectors.DefaultSelector()
+    for client in clients:
+        selector.register(client, selectors.EVENT_WRITE)
+    deadline = time.monotonic() + 60
+    while pending and time.monotonic() < deadline:
+        for key, _ in selector.select(timeout=1):
+            client = key.fileobj
+            assert isinstance(client, socket.socket)
+            selector.unregister(client)
+            pending.discard(client)
+            if client.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0:
+                client.send(b"x")
+    return clients
 
 
 def main() -> None:
@@ -21,6 +50,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, required=True)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--rcvbuf", type=int, default=0)
+    parser.add_argument("--storm", action="store_true")
     args = parser.parse_args()
     need = 2 * args.clients + 64
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -44,14 +74,18 @@ def main() -> None:
         done.set()
 
     threading.Thread(target=accept_all, daemon=True).start()
-    clients = []
-    for _ in range(args.clients):
-        client = socket.create_connection((args.host, args.port), timeout=30)
-        clients.append(client)
-    if not done.wait(60):
+    held = (
+        storm(family, args)
+        if args.storm
+        else [
+            socket.create_connection((args.host, args.port), timeout=30)
+            for _ in range(args.clients)
+        ]
+    )
+    if not done.wait(90):
         print(f"only {len(accepted)} of {args.clients} accepted", flush=True)
         sys.exit(1)
-    print(f"ready {len(accepted)}", flush=True)
+    print(f"ready {len(accepted)} {len(held)}", flush=True)
     sys.stdin.read()
 
 

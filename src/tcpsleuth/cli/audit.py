@@ -25,6 +25,7 @@ from tcpsleuth.model.records import HostSnapshot
 from tcpsleuth.reports import jsonout, table
 from tcpsleuth.sources.bundle import read_bundle
 from tcpsleuth.sources.host import live_snapshot
+from tcpsleuth.sources.procfs import AUDIT_SYSCTLS
 
 
 @dataclass(frozen=True)
@@ -41,7 +42,8 @@ class AuditResult:
             "origin": snap.origin,
             "host": {"hostname": snap.hostname, "kernel_release": snap.kernel_release},
             "kernel": self.verdict.to_dict(),
-            "sysctls": dict(snap.sysctls),
+            "sysctls": {name: snap.sysctls[name] for name in AUDIT_SYSCTLS
+                        if name in snap.sysctls},
             "counters": {
                 name: snap.counters[name] for name in AUDIT_COUNTERS if name in snap.counters
             },

@@ -20,12 +20,12 @@ def read_text(path: Path, what: str) -> str:
     except OSError as exc:
         raise InputError(f"{path}: cannot read {what}: {exc.strerror}") from None
     if b"\x00" in data:
-        raise InputError(f"{path}: binary data where {what} (text) was expected")
+        raise InputError(f"{path}: binary data, not text; expected {what}")
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InputError(
-            f"{path}: not text (invalid UTF-8 at byte {exc.start}) where {what} was expected"
+            f"{path}: not text (invalid UTF-8 at byte {exc.start}); expected {what}"
         ) from None
 
 
