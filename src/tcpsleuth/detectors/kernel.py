@@ -176,16 +176,9 @@ def cookie_wscale_bug(snapshot: HostSnapshot, verdict: KernelVerdict) -> list[Fi
     timestamps = snapshot.sysctl_int("net.ipv4.tcp_timestamps")
     kafka = snapshot.kafka_config
     rcvbuf = kafka.receive_buffer_bytes if kafka else None
-    evidence: dict[str, object] = {
-        "kernel_release": verdict.release,
-        "kernel_status": verdict.status,
-        "kernel_reason": verdict.reason,
-        "verdict_source": verdict.source,
-        "tcp_syncookies": syncookies,
-        "tcp_timestamps": timestamps,
-        "so_rcvbuf": rcvbuf,
-    }
+    evidence: dict[str, object] = {}
     shifts = predicted_shifts(rcvbuf if rcvbuf and rcvbuf > 0 else 102400, snapshot)
+    shrink = ""
     if shifts is not None and shifts[0] != shifts[1]:
         announced, used = shifts
         evidence.update(
@@ -193,6 +186,21 @@ def cookie_wscale_bug(snapshot: HostSnapshot, verdict: KernelVerdict) -> list[Fi
             actual_wscale=used,
             window_shrink_factor=2 ** (used - announced),
         )
+        shrink = (
+            f" (SYN-ACK announces shift {announced}, the socket uses {used}: windows read "
+            f"{2 ** (used - announced)}x too small)"
+        )
+    evidence.update(
+        {
+            "kernel_release": verdict.release,
+            "kernel_status": verdict.status,
+            "kernel_reason": verdict.reason,
+            "verdict_source": verdict.source,
+            "tcp_syncookies": syncookies,
+            "tcp_timestamps": timestamps,
+            "so_rcvbuf": rcvbuf,
+        }
+    )
     subject = host_subject(snapshot.hostname)
     fix = (
         "Set net.ipv4.tcp_syncookies=0 (an overflowing listener then drops SYNs and clients "
@@ -249,7 +257,7 @@ def cookie_wscale_bug(snapshot: HostSnapshot, verdict: KernelVerdict) -> list[Fi
                 subject,
                 f"kernel {verdict.release} has the SYN-cookie window-scale bug and the broker sets "
                 f"SO_RCVBUF={rcvbuf}: connections made by cookie during a reconnect storm will see "
-                "a window many times too small",
+                f"a window many times too small{shrink}",
                 evidence,
                 fix,
             )
