@@ -42,8 +42,7 @@ class AuditResult:
             "origin": snap.origin,
             "host": {"hostname": snap.hostname, "kernel_release": snap.kernel_release},
             "kernel": self.verdict.to_dict(),
-            "sysctls": {name: snap.sysctls[name] for name in AUDIT_SYSCTLS
-                        if name in snap.sysctls},
+            "sysctls": {name: snap.sysctls[name] for name in AUDIT_SYSCTLS if name in snap.sysctls},
             "counters": {
                 name: snap.counters[name] for name in AUDIT_COUNTERS if name in snap.counters
             },
