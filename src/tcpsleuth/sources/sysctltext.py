@@ -22,7 +22,9 @@ def parse_sysctl(text: str, source: Path | str) -> dict[str, str]:
             raise InputError(
                 f"{where(source, number)}: not a `sysctl -a` line (expected 'name = value')"
             )
-        values[match.group(1)] = " ".join(match.group(2).split())
+        key, value = match.group(1), " ".join(match.group(2).split())
+        # A value of several lines is printed as several lines with the same name.
+        values[key] = f"{values[key]} {value}" if key in values else value
     if not values:
         raise InputError(f"{source}: no 'name = value' lines; expected `sysctl -a` output")
     return values
