@@ -33,7 +33,14 @@ def collect_command(
     if output_format == "json":
         jsonout.emit(jsonout.document("collect", [], directory=str(out_dir), files=written))
     else:
-        table.console().print(
-            table.key_values(f"Bundle written to {out_dir}", [(name, "") for name in written])
+        out = table.console()
+        out.print(f"Bundle written to {out_dir}")
+        out.print(
+            table.records_table(
+                "Files",
+                ["file", "bytes"],
+                [(name, (out_dir / name).stat().st_size) for name in written],
+            )
         )
+        out.print(f"Analyse it anywhere with: tcpsleuth audit --bundle {out_dir}")
     return 0
