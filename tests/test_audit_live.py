@@ -152,3 +152,22 @@ def test_netns_needs_an_existing_namespace() -> None:
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "tcpsleuth-does-not-exist" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_syn_backlog_caps_the_queue_when_cookies_are_off(netns: str) -> None:
+    """With tcp_syncookies=0 a big listen backlog is not enough: the kernel drops SYNs of
+    unproven peers once tcp_max_syn_backlog is three quarters full."""
+    namespaces.sysctl(netns, "net.core.somaxconn", 4096)
+    namespaces.sysctl(netns, "net.ipv4.tcp_syncookies", 0)
+    namespaces.sysctl(netns, "net.ipv4.tcp_max_syn_backlog", 128)
+    farm = Farm(netns, "--port", "9092", "--backlog", "4096", "--clients", "300")
+    try:
+        _, doc = _audit("--netns", netns)
+    finally:
+        farm.stop()
+    [small] = [f for f in doc["findings"] if f["kind"] == "listen-backlog-small"]
+    assert small["evidence"]["backlog"] == 4096
+    assert small["evidence"]["syn_queue_limit"] == 128 - 128 // 4
+    assert small["evidence"]["queue_limit"] == 96
+    assert "tcp_max_syn_backlog" in small["advice"]
+    assert any(f["kind"] == "syncookies-disabled" for f in doc["findings"])

@@ -24,7 +24,22 @@ def _suggested_backlog(established: int) -> int:
     return size
 
 
-def _advice(port: int, established: int, somaxconn: int | None, kafka: KafkaConfig | None) -> str:
+def syn_queue_limit(max_syn_backlog: int) -> int:
+    """Half-open connections a listener keeps when SYN cookies are off.
+
+    tcp_conn_request() drops a SYN from an unproven peer once fewer than a
+    quarter of tcp_max_syn_backlog slots are left, whatever the listen backlog.
+    """
+    return max_syn_backlog - (max_syn_backlog >> 2)
+
+
+def _advice(
+    port: int,
+    established: int,
+    somaxconn: int | None,
+    kafka: KafkaConfig | None,
+    syn_limited: bool = False,
+) -> str:
     target = _suggested_backlog(established)
     steps = []
     if kafka is not None and port in {listener.port for listener in kafka.listeners}:
@@ -36,8 +51,14 @@ def _advice(port: int, established: int, somaxconn: int | None, kafka: KafkaConf
         steps.append(f"have the application listen() with a backlog of at least {target}")
     if somaxconn is None or somaxconn < target:
         steps.append(f"raise net.core.somaxconn to {target} (it caps every backlog)")
+    if syn_limited:
+        steps.append(
+            f"raise net.ipv4.tcp_max_syn_backlog to {target + target // 3} (with SYN cookies "
+            "off the kernel keeps at most three quarters of it half-open)"
+        )
+    text = "; ".join(steps)
     return (
-        "; ".join(steps).capitalize() + ". Until then a restart overflows the queue: "
+        text[0].upper() + text[1:] + ". Until then a restart overflows the queue: "
         "SYN cookies or dropped SYNs."
     )
 
@@ -45,6 +66,8 @@ def _advice(port: int, established: int, somaxconn: int | None, kafka: KafkaConf
 def listener_findings(snapshot: HostSnapshot) -> list[Finding]:
     findings: list[Finding] = []
     somaxconn = snapshot.sysctl_int("net.core.somaxconn")
+    max_syn_backlog = snapshot.sysctl_int("net.ipv4.tcp_max_syn_backlog")
+    cookies_off = snapshot.sysctl_int("net.ipv4.tcp_syncookies") == 0
     kafka = snapshot.kafka_config
     if snapshot.listeners is not None and snapshot.connections is not None:
         established = snapshot.established_per_port()
@@ -55,24 +78,40 @@ def listener_findings(snapshot: HostSnapshot) -> list[Finding]:
             count = established.get(port, 0)
             # Listeners sharing a port (IPv4 and IPv6, or SO_REUSEPORT) each queue their own.
             backlog = sum(listener.backlog for listener in group)
-            if count <= backlog:
+            limit = backlog
+            syn_limit = None
+            if cookies_off and max_syn_backlog:
+                syn_limit = syn_queue_limit(max_syn_backlog)
+                limit = min(backlog, syn_limit * len(group))
+            if count <= limit:
                 continue
-            severity = Severity.CRITICAL if count >= CRITICAL_RATIO * backlog else Severity.WARNING
+            severity = Severity.CRITICAL if count >= CRITICAL_RATIO * limit else Severity.WARNING
+            summary = (
+                f"{group[0].local} queues {limit} connection attempts but has {count} "
+                "established connections that will reconnect at once after a restart"
+            )
+            if limit < backlog:
+                summary += (
+                    f" (backlog {backlog}, but with SYN cookies off tcp_max_syn_backlog="
+                    f"{max_syn_backlog} keeps only {syn_limit} half-open)"
+                )
             findings.append(
                 Finding(
                     "listen-backlog-small",
                     severity,
                     listener_subject(group[0].local),
-                    f"{group[0].local} queues {backlog} connection attempts but has {count} "
-                    f"established connections that will reconnect at once after a restart",
+                    summary,
                     {
                         "backlog": backlog,
                         "established": count,
+                        "queue_limit": limit,
                         "somaxconn": somaxconn,
+                        "tcp_max_syn_backlog": max_syn_backlog,
+                        "syn_queue_limit": syn_limit,
                         "accept_queue": sum(listener.accept_queue for listener in group),
                         "listeners": [listener.local for listener in group],
                     },
-                    _advice(port, count, somaxconn, kafka),
+                    _advice(port, count, somaxconn, kafka, syn_limited=limit < backlog),
                 )
             )
     if kafka is not None:
