@@ -32,9 +32,27 @@ def main() -> None:
         namespaces.sysctl(ns, "net.ipv4.tcp_syncookies", 1)
         namespaces.sysctl(ns, "net.ipv4.tcp_rmem", "4096 87380 6291456")
         farm = subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, str(REPO / "tests/support/conn_farm.py"),
-             "--port", "9092", "--backlog", "50", "--clients", "800", "--storm",
-             "--rcvbuf", "102400"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            [
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                sys.executable,
+                str(REPO / "tests/support/conn_farm.py"),
+                "--port",
+                "9092",
+                "--backlog",
+                "50",
+                "--clients",
+                "800",
+                "--storm",
+                "--rcvbuf",
+                "102400",
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         try:
             assert farm.stdout is not None
             print(farm.stdout.readline().strip())
@@ -43,8 +61,9 @@ def main() -> None:
             OUT.mkdir(parents=True)
 
             def run(name: str, *argv: str) -> None:
-                result = subprocess.run(["ip", "netns", "exec", ns, *argv], check=True,
-                                        capture_output=True, text=True)
+                result = subprocess.run(
+                    ["ip", "netns", "exec", ns, *argv], check=True, capture_output=True, text=True
+                )
                 (OUT / name).write_text(result.stdout)
 
             run("sysctl-a.txt", "sysctl", "-a")
