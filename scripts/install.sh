@@ -10,6 +10,7 @@ APT_PACKAGES=(
     tcpdump    # captures in tests and the lab
     tshark     # differential tests of the capture analyzer
     nftables   # fault injection inside lab/test namespaces
+    bpftrace   # tcpsleuth trace: kernel tracepoints read through BTF
 )
 
 if [ "$(id -u)" -eq 0 ]; then

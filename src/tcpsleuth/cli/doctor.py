@@ -51,8 +51,33 @@ def audit_check(context: DoctorContext) -> CheckResult:
     return CheckResult("audit", result.findings, result.data())
 
 
+TRACE_SECONDS = 2.0
+
+
+def trace_check(context: DoctorContext) -> CheckResult:
+    """A short kernel trace of every TCP connection (of the namespace, with --netns)."""
+    from tcpsleuth.detectors.tracing import fold, trace_findings
+    from tcpsleuth.errors import EnvironmentProblem
+    from tcpsleuth.sources.bpf import tracer
+
+    if not context.live:
+        return CheckResult("trace", skipped="a bundle cannot be traced")
+    try:
+        inodes = frozenset({tracer.netns_inode(context.netns)}) if context.netns else frozenset()
+        program = tracer.build_program(frozenset(), inodes, sample_ms=50)
+        sockets = fold(tracer.trace(program, TRACE_SECONDS))
+    except EnvironmentProblem as problem:
+        return CheckResult("trace", skipped=str(problem))
+    listeners = {lst.local_port for lst in context.snapshot.listeners or ()}
+    return CheckResult(
+        "trace",
+        trace_findings(sockets, frozenset(listeners)),
+        {"seconds": TRACE_SECONDS, "connections": len(sockets)},
+    )
+
+
 Check = Callable[[DoctorContext], CheckResult]
-CHECKS: list[Check] = [audit_check]
+CHECKS: list[Check] = [audit_check, trace_check]
 
 
 @click.command("doctor")

@@ -10,6 +10,7 @@ from tcpsleuth import __version__
 from tcpsleuth.cli.audit import audit_command
 from tcpsleuth.cli.collect import collect_command
 from tcpsleuth.cli.doctor import doctor_command
+from tcpsleuth.cli.trace import trace_command
 from tcpsleuth.errors import InputError
 
 USAGE_ERROR = 2
@@ -26,7 +27,7 @@ def cli() -> None:
     """
 
 
-for command in (doctor_command, audit_command, collect_command):
+for command in (doctor_command, audit_command, collect_command, trace_command):
     cli.add_command(command)
 
 

@@ -180,3 +180,25 @@ class KafkaConfig:
     @property
     def sets_so_rcvbuf(self) -> bool:
         return self.receive_buffer_bytes != -1
+
+
+@dataclass(frozen=True)
+class WindowSample:
+    """One socket's window state when it received a segment (``tcpsleuth trace``)."""
+
+    time_ns: int
+    netns: int
+    local_ip: str
+    local_port: int
+    remote_ip: str
+    remote_port: int
+    snd_wscale: int
+    rcv_wscale: int
+    snd_wnd: int  # bytes: the peer's window as this socket believes it
+    rcv_wnd: int  # bytes: the window this socket offers
+    window_clamp: int
+    inflight: int  # snd_nxt - snd_una
+    mss: int
+    unsent: bool
+    wait_ns: int  # total time spent waiting at the peer's window so far
+    segs: int  # segments received so far (while traced)

@@ -96,3 +96,32 @@ def read_live_sysctls(names: tuple[str, ...] = AUDIT_SYSCTLS) -> dict[str, str]:
 
 def kernel_release() -> str:
     return os.uname().release
+
+
+def local_ports_of_pid(pid: int, proc: Path = Path("/proc")) -> frozenset[int]:
+    """Local TCP ports of the sockets process ``pid`` holds (its listeners and connections).
+
+    Socket inodes come from /proc/PID/fd; /proc/PID/net/tcp{,6} (the process's own
+    network namespace) maps them to addresses.
+    """
+    fd_dir = proc / str(pid) / "fd"
+    try:
+        links = [os.readlink(fd_dir / entry) for entry in os.listdir(fd_dir)]
+    except FileNotFoundError:
+        raise InputError(f"no process with pid {pid}") from None
+    except PermissionError:
+        raise InputError(
+            f"cannot read the sockets of pid {pid}: permission denied (run with sudo)"
+        ) from None
+    inodes = {link[8:-1] for link in links if link.startswith("socket:[")}
+    ports: set[int] = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = (proc / str(pid) / "net" / table).read_text().splitlines()[1:]
+        except FileNotFoundError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and fields[9] in inodes:
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return frozenset(ports)

@@ -1,0 +1,155 @@
+"""``tcpsleuth trace``: the window-scale shifts and windows the kernel really uses."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import click
+from rich.live import Live
+from rich.table import Table
+
+from tcpsleuth.cli.options import format_option
+from tcpsleuth.detectors.tracing import TracedSocket, fold, trace_findings
+from tcpsleuth.model.findings import exit_status, ranked
+from tcpsleuth.model.records import WindowSample
+from tcpsleuth.reports import jsonout, table
+from tcpsleuth.sources import sockdiag
+from tcpsleuth.sources.bpf import tracer
+from tcpsleuth.sources.procfs import local_ports_of_pid
+
+
+def _sockets_table(sockets: Iterable[TracedSocket], title: str) -> Table:
+    rows = sorted(sockets, key=lambda s: -s.wait_ns)[:20]
+    return table.records_table(
+        title,
+        [
+            "local",
+            "remote",
+            "snd_wscale",
+            "rcv_wscale",
+            "believed window",
+            "offered window",
+            "segments",
+            "waiting ms",
+        ],
+        [
+            (
+                s.local,
+                s.remote,
+                s.last.snd_wscale,
+                s.last.rcv_wscale,
+                s.believed_window,
+                s.offered_window,
+                s.last.segs,
+                round(s.wait_ns / 1e6, 1),
+            )
+            for s in rows
+        ],
+    )
+
+
+def _server_ports(netns_names: tuple[str, ...]) -> frozenset[int]:
+    ports: set[int] = set()
+    listen = 1 << 10
+    for name in netns_names or (None,):
+        table_ = sockdiag.snapshot(name, states=listen, with_info=False)
+        ports.update(listener.local_port for listener in table_.listeners)
+    return frozenset(ports)
+
+
+@click.command("trace")
+@click.option(
+    "--port",
+    "ports",
+    type=int,
+    multiple=True,
+    help="Trace connections with this local or remote port (repeatable).",
+)
+@click.option(
+    "--pid", type=int, default=None, help="Trace the connections of this process (its local ports)."
+)
+@click.option(
+    "--netns",
+    "netns_names",
+    multiple=True,
+    metavar="NAME",
+    help="Trace sockets of this network namespace (repeatable; default: all).",
+)
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0.5),
+    default=10.0,
+    show_default=True,
+    help="Seconds to trace.",
+)
+@click.option(
+    "--sample-ms",
+    type=click.FloatRange(min=0.0),
+    default=10.0,
+    show_default=True,
+    help="At most one sample per socket this often (and on every window change).",
+)
+@format_option
+def trace_command(
+    ports: tuple[int, ...],
+    pid: int | None,
+    netns_names: tuple[str, ...],
+    duration: float,
+    sample_ms: float,
+    output_format: str,
+) -> int:
+    """Attach to the kernel's tcp:tcp_probe tracepoint (bpftrace, reading the socket
+    through BTF) and show, per connection and over time, the window-scale shift each
+    side uses, the window it offers, the window its peer believes, and how long a
+    sender waits at that window. A connection with both ends on this host (loopback
+    or two namespaces) is checked for a window-scale mismatch from both sides.
+    Needs root and a kernel with BTF.
+
+    \b
+    Examples:
+      sudo tcpsleuth trace --port 9092 --duration 30
+      sudo tcpsleuth trace --pid $(pgrep -f kafka.Kafka) --format json
+      sudo tcpsleuth trace --netns broker --netns clients --port 9092
+    """
+    port_filter = set(ports)
+    if pid is not None:
+        pid_ports = local_ports_of_pid(pid)
+        if not pid_ports:
+            raise click.UsageError(f"process {pid} holds no TCP sockets to trace")
+        port_filter |= pid_ports
+    inodes = frozenset(tracer.netns_inode(name) for name in netns_names)
+    program = tracer.build_program(frozenset(port_filter), inodes, sample_ms)
+    server_ports = _server_ports(netns_names)
+
+    samples: list[WindowSample] = []
+    if output_format == "json":
+        samples.extend(tracer.trace(program, duration))
+    else:
+        title = f"tcpsleuth trace ({duration:g} s)"
+        with Live(
+            _sockets_table([], title), console=table.console(), transient=False, auto_refresh=False
+        ) as live:
+
+            def tick() -> None:
+                live.update(_sockets_table(fold(samples), title), refresh=True)
+
+            for sample in tracer.trace(program, duration, on_tick=tick):
+                samples.append(sample)
+            tick()
+    sockets = fold(samples)
+    findings = ranked(trace_findings(sockets, server_ports))
+    if output_format == "json":
+        jsonout.emit(
+            jsonout.document(
+                "trace",
+                findings,
+                duration_s=duration,
+                ports=sorted(port_filter),
+                netns=list(netns_names),
+                samples=len(samples),
+                connections=[s.summary() for s in sockets],
+            )
+        )
+    else:
+        table.console().print(table.findings_table(findings))
+    return exit_status(findings)

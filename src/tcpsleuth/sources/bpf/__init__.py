@@ -1,0 +1,1 @@
+"""Kernel tracing sources (bpftrace programs kept as readable text beside their runner)."""
