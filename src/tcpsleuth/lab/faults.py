@@ -11,7 +11,12 @@ recomputes the TCP checksum after a raw payload write.
 - ``announce_wscale``: the SYN-ACK announces a different shift than the server
   uses. This is what the pre-fix kernel does to a SYN-cookie connection on a
   listener with SO_RCVBUF set (announces the shift of the locked buffer, uses the
-  shift of the system maximum); emulated here for every SYN-ACK from the port.
+  shift of the system maximum). With ``cookies_only`` the rewrite touches exactly
+  the SYN-ACKs that are SYN cookies: tcp_make_synack() attaches a normal SYN-ACK
+  to its request socket but leaves a cookie SYN-ACK without a socket ("to avoid
+  false sharing" under a flood), so ``meta skuid``, which needs the sending
+  socket, matches every SYN-ACK except the cookies; those are accepted untouched
+  first, and what reaches the rewrite is a cookie.
 - ``strip_wscale``: the option is replaced by three NOPs, as a broken middlebox
   does: the server believes scaling is on, the client that it is off.
 """
@@ -27,14 +32,17 @@ TABLE = "tcpsleuth_fault"
 _MATCH = "tcp sport {port} tcp flags & (syn | ack) == syn | ack @th,296,16 0x0303"
 
 
-def _load(ns: str, statement: str, port: int) -> None:
+def _load(ns: str, statement: str, port: int, cookies_only: bool = False) -> None:
     if not ns.startswith(PREFIX):
         raise ValueError(f"refusing to add nftables rules outside a tcpsleuth namespace: {ns}")
+    match = _MATCH.format(port=port)
+    skip_normal = f"    {match} meta skuid >= 0 accept\n" if cookies_only else ""
     ruleset = (
         f"table inet {TABLE} {{\n"
         "  chain synack_out {\n"
         "    type filter hook output priority 0; policy accept;\n"
-        f"    {_MATCH.format(port=port)} {statement}\n"
+        f"{skip_normal}"
+        f"    {match} {statement}\n"
         "  }\n"
         "}\n"
     )
@@ -49,9 +57,10 @@ def _load(ns: str, statement: str, port: int) -> None:
         raise EnvironmentProblem(f"nftables rule not loaded in {ns}: {result.stderr.strip()}")
 
 
-def announce_wscale(ns: str, port: int, shift: int) -> None:
-    """SYN-ACKs from ``port`` announce ``shift`` whatever the socket really uses."""
-    _load(ns, f"@th,312,8 set {shift}", port)
+def announce_wscale(ns: str, port: int, shift: int, cookies_only: bool = False) -> None:
+    """SYN-ACKs from ``port`` (only the SYN cookies, with ``cookies_only``) announce
+    ``shift`` whatever the socket really uses."""
+    _load(ns, f"@th,312,8 set {shift}", port, cookies_only)
 
 
 def strip_wscale(ns: str, port: int) -> None:
