@@ -1,0 +1,249 @@
+"""``tcpsleuth pcap``: what TCP did to each connection in a capture file."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+from tcpsleuth.cli.options import format_option
+from tcpsleuth.detectors import capture_cookies, kafka_timing, wscale_inference
+from tcpsleuth.detectors.capture import Analysis, analyse, rwnd_findings
+from tcpsleuth.model.findings import Finding, exit_status, ranked
+from tcpsleuth.reports import jsonout, table
+from tcpsleuth.sources.pcap import Capture, file_size, read_capture
+
+TABLE_ROWS = 20
+PROGRESS_MIN_BYTES = 32 << 20
+
+
+@dataclass
+class FileResult:
+    capture: Capture
+    analysis: Analysis
+    findings: list[Finding]
+    requests: list[kafka_timing.KafkaRequest]
+    cookies: list[capture_cookies.CookieVerdict]
+    inferences: list[wscale_inference.WindowInference]
+
+
+def analyse_file(path: Path, kafka_ports: frozenset[int], show_progress: bool) -> FileResult:
+    size = file_size(path)
+    if show_progress and size >= PROGRESS_MIN_BYTES:
+        with Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TimeRemainingColumn(),
+            transient=True,
+            console=table.console(),
+        ) as progress:
+            task = progress.add_task(f"reading {path.name}", total=size)
+            capture = read_capture(
+                path, kafka_ports, lambda done: progress.update(task, completed=min(done, size))
+            )
+    else:
+        capture = read_capture(path, kafka_ports)
+    analysis = analyse(capture.tcp)
+    inferences = wscale_inference.infer(analysis)
+    cookies = capture_cookies.classify(analysis)
+    requests = kafka_timing.timeline(analysis, kafka_ports)
+    findings = [
+        *wscale_inference.findings(analysis, inferences),
+        *capture_cookies.findings(cookies),
+        *rwnd_findings(analysis),
+        *kafka_timing.findings(requests),
+    ]
+    return FileResult(capture, analysis, ranked(findings), requests, cookies, inferences)
+
+
+def _document_data(result: FileResult) -> dict[str, Any]:
+    capture = result.capture
+    cookie_by_stream = {v.stream: v for v in result.cookies}
+    connections = []
+    for record in result.analysis.connections:
+        entry = record.summary()
+        verdict = cookie_by_stream.get(record.stream)
+        entry["syn_cookie"] = (
+            {"cookie": verdict.cookie, "confidence": verdict.confidence} if verdict else None
+        )
+        connections.append(entry)
+    return {
+        "file": capture.path,
+        "format": capture.report.kind,
+        "gzip": capture.report.compressed,
+        "linktypes": sorted(capture.report.linktypes),
+        "packets": capture.counts.packets,
+        "tcp_segments": capture.counts.tcp,
+        "skipped": {
+            "not_ip": capture.counts.not_ip,
+            "not_tcp": capture.counts.not_tcp,
+            "truncated_headers": capture.counts.truncated_headers,
+            "ip_fragments": capture.counts.fragments,
+            "unsupported_link_type": capture.counts.unsupported_linktype,
+        },
+        "warnings": capture.report.warnings,
+        "connections": connections,
+        "syn_cookies": capture_cookies.per_server(result.cookies),
+        "kafka": {
+            "summary": kafka_timing.summary(result.requests),
+            "requests": [r.to_dict() for r in result.requests],
+        },
+    }
+
+
+def _print(result: FileResult) -> None:
+    console = table.console()
+    capture = result.capture
+    console.print(
+        table.key_values(
+            capture.path,
+            [
+                ("format", capture.report.kind + (" (gzip)" if capture.report.compressed else "")),
+                ("packets", capture.counts.packets),
+                ("TCP segments", capture.counts.tcp),
+                ("connections", len(result.analysis.connections)),
+                ("Kafka requests", len(result.requests)),
+            ],
+        )
+    )
+    shown = sorted(
+        result.analysis.connections,
+        key=lambda r: -(r.rwnd_limited_ns_c2s + r.rwnd_limited_ns_s2c + r.bytes_c2s),
+    )[:TABLE_ROWS]
+    console.print(
+        table.records_table(
+            f"Connections (top {len(shown)} by window waits and bytes)",
+            [
+                "stream",
+                "client",
+                "server",
+                "wscale c/s",
+                "mss c/s",
+                "pkts",
+                "bytes c→s",
+                "retrans",
+                "zero win",
+                "rwnd-limited ms",
+            ],
+            [
+                (
+                    r.stream,
+                    r.client,
+                    r.server,
+                    f"{r.syn.wscale if r.syn else '?'}/{r.synack.wscale if r.synack else '?'}",
+                    f"{r.syn.mss if r.syn else '?'}/{r.synack.mss if r.synack else '?'}",
+                    r.packets_c2s + r.packets_s2c,
+                    r.bytes_c2s,
+                    r.retransmissions_c2s + r.retransmissions_s2c,
+                    r.zero_windows_c2s + r.zero_windows_s2c,
+                    round((r.rwnd_limited_ns_c2s + r.rwnd_limited_ns_s2c) / 1e6, 1),
+                )
+                for r in shown
+            ],
+        )
+    )
+    summary = kafka_timing.summary(result.requests)
+    if summary:
+        console.print(
+            table.records_table(
+                "Kafka requests: send time (client → wire) versus broker time",
+                [
+                    "client",
+                    "server",
+                    "api",
+                    "requests",
+                    "send p50 ms",
+                    "send p99 ms",
+                    "broker p50 ms",
+                    "broker p99 ms",
+                ],
+                [
+                    (
+                        s["client"],
+                        s["server"],
+                        s["api"],
+                        s["requests"],
+                        s["send_ms_p50"],
+                        s["send_ms_p99"],
+                        s["broker_ms_p50"],
+                        s["broker_ms_p99"],
+                    )
+                    for s in summary
+                ],
+            )
+        )
+    console.print(table.findings_table(result.findings))
+
+
+@click.command("pcap")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--kafka-port",
+    "kafka_ports",
+    type=click.IntRange(1, 65535),
+    multiple=True,
+    default=(9092,),
+    show_default=True,
+    help="Decode Kafka requests and responses on this server port (repeatable).",
+)
+@click.option(
+    "--plot",
+    "plot_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Write time-sequence and request-latency graphs of flagged connections here.",
+)
+@click.option(
+    "--html",
+    "html_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Write a self-contained HTML report with the findings and graphs.",
+)
+@format_option
+def pcap_command(
+    files: tuple[Path, ...],
+    kafka_ports: tuple[int, ...],
+    plot_dir: Path | None,
+    html_file: Path | None,
+    output_format: str,
+) -> int:
+    """Read tcpdump captures (pcap or pcapng, gzip-compressed or not) and show, per
+    connection, what TCP did: handshake options of each side, packets, bytes,
+    retransmissions, zero windows, the windows each side advertised (in bytes, as
+    the peer computes them) and the time senders waited at a full window. Finds
+    SYN-cookie SYN-ACKs, servers whose windows are scaled by another shift than
+    their SYN-ACK announced (wscale-mismatch), stripped window scaling, and times
+    every Kafka request: on the wire versus in the broker.
+
+    \b
+    Examples:
+      tcpdump -i eth0 -s 128 -w broker.pcap 'tcp port 9092'
+      tcpsleuth pcap broker.pcap
+      tcpsleuth pcap --format json broker.pcap.gz > broker.json
+      tcpsleuth pcap --kafka-port 9093 --plot graphs/ --html report.html broker.pcapng
+    """
+    ports = frozenset(kafka_ports)
+    results = [analyse_file(path, ports, show_progress=output_format == "table") for path in files]
+    for result in results:
+        for warning in result.capture.report.warnings:
+            click.echo(f"tcpsleuth: warning: {warning}", err=True)
+    if plot_dir is not None or html_file is not None:
+        from tcpsleuth.reports import capture_plots, html
+
+        pictures = capture_plots.write_all(results, plot_dir) if plot_dir is not None else []
+        if html_file is not None:
+            html.write_report(html_file, results, pictures)
+    findings = [finding for result in results for finding in result.findings]
+    if output_format == "json":
+        jsonout.emit(
+            jsonout.document("pcap", ranked(findings), files=[_document_data(r) for r in results])
+        )
+    else:
+        for result in results:
+            _print(result)
+    return exit_status(findings)

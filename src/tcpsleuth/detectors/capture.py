@@ -1,0 +1,509 @@
+"""Connections out of a capture's TCP segments, with what TCP did to each of them.
+
+Pure: TCP header columns in (:class:`tcpsleuth.sources.pcap.TcpColumns`), records
+and findings out. The work is done on whole columns with NumPy; Python loops
+only over connections (handshake options) never over segments.
+
+A connection is not a 4-tuple: a SYN with a new initial sequence number on a
+4-tuple seen before starts a new connection (loopback and busy servers reuse
+4-tuples once TIME_WAIT is over), as tshark numbers its ``tcp.stream``.
+Connections are numbered by their first segment in the file, as tshark does.
+
+Windows are in bytes as the peer computes them: the raw field shifted by the
+shift the sender announced in its SYN or SYN-ACK, when both sides announced one
+(RFC 7323 2.2); windows of SYN segments are never scaled.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tcpsleuth.model.findings import Finding, Severity, connection_subject, endpoint
+from tcpsleuth.sources.pcap.decode import ACK, CWR, ECE, FIN, RST, SYN, TcpColumns
+from tcpsleuth.sources.pcap.options import SynOptions, parse
+
+SEQ_SPACE = 1 << 32
+# A sender is waiting at the window when what it has in flight leaves less than
+# one segment of the peer's window; counted only when it sends again right after
+# the peer's next segment, i.e. it had data waiting.
+RWND_LIMITED_SHARE = 0.2
+RWND_LIMITED_MIN_NS = 20_000_000
+RWND_LIMITED_MIN_WAITS = 5
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64 finaliser: a well-spread 64-bit hash of 64-bit values."""
+    x = x.astype(np.uint64, copy=True)
+    x ^= x >> np.uint64(30)
+    x *= np.uint64(0xBF58476D1CE4E5B9)
+    x ^= x >> np.uint64(27)
+    x *= np.uint64(0x94D049BB133111EB)
+    x ^= x >> np.uint64(31)
+    return x
+
+
+def _endpoint_hash(hi: np.ndarray, lo: np.ndarray, port: np.ndarray, af: np.ndarray) -> np.ndarray:
+    tail = (port.astype(np.uint64) << np.uint64(8)) | af.astype(np.uint64)
+    return _mix(_mix(_mix(hi) ^ lo) ^ tail)
+
+
+def _address(af: int, hi: int, lo: int) -> str:
+    if af == 4:
+        return str(ipaddress.IPv4Address(lo & 0xFFFFFFFF))
+    return str(ipaddress.IPv6Address((hi << 64) | lo))
+
+
+@dataclass(frozen=True)
+class CaptureConnection:
+    """One TCP connection as the capture shows it. ``c2s`` is client to server.
+    The client is the side that sent the first SYN (``opened_by`` = "syn"); with
+    no SYN in the capture, the receiver of a SYN-ACK ("syn-ack") or else the side
+    with the higher port ("port-guess")."""
+
+    stream: int
+    client_ip: str
+    client_port: int
+    server_ip: str
+    server_port: int
+    opened_by: str
+    first_frame: int
+    first_ts_ns: int
+    last_ts_ns: int
+    syn: SynOptions | None
+    synack: SynOptions | None
+    syn_frame: int | None
+    synack_frame: int | None
+    packets_c2s: int
+    packets_s2c: int
+    bytes_c2s: int
+    bytes_s2c: int
+    handshake_rtt_ms: float | None
+    retransmissions_c2s: int
+    retransmissions_s2c: int
+    zero_windows_c2s: int  # zero windows advertised by the client
+    zero_windows_s2c: int
+    window_probes_c2s: int
+    window_probes_s2c: int
+    server_window_min: int | None  # bytes, as the client computes them
+    server_window_max: int | None
+    client_window_min: int | None
+    client_window_max: int | None
+    rwnd_limited_ns_c2s: int
+    rwnd_limited_ns_s2c: int
+    rwnd_waits_c2s: int
+    rwnd_waits_s2c: int
+    data_span_ns_c2s: int
+    data_span_ns_s2c: int
+
+    @property
+    def client(self) -> str:
+        return endpoint(self.client_ip, self.client_port)
+
+    @property
+    def server(self) -> str:
+        return endpoint(self.server_ip, self.server_port)
+
+    @property
+    def scaling(self) -> bool:
+        """Both sides announced window scaling, so both apply it (RFC 7323 2.2)."""
+        return bool(
+            self.syn
+            and self.synack
+            and self.syn.wscale is not None
+            and self.synack.wscale is not None
+        )
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "stream": self.stream,
+            "client": self.client,
+            "server": self.server,
+            "opened_by": self.opened_by,
+            "first_frame": self.first_frame,
+            "start_ns": self.first_ts_ns,
+            "duration_ms": round((self.last_ts_ns - self.first_ts_ns) / 1e6, 3),
+            "syn": self.syn.to_dict() if self.syn else None,
+            "synack": self.synack.to_dict() if self.synack else None,
+            "packets": {"c2s": self.packets_c2s, "s2c": self.packets_s2c},
+            "bytes": {"c2s": self.bytes_c2s, "s2c": self.bytes_s2c},
+            "handshake_rtt_ms": self.handshake_rtt_ms,
+            "retransmissions": {"c2s": self.retransmissions_c2s, "s2c": self.retransmissions_s2c},
+            "zero_windows": {"client": self.zero_windows_c2s, "server": self.zero_windows_s2c},
+            "window_probes": {"c2s": self.window_probes_c2s, "s2c": self.window_probes_s2c},
+            "server_window_bytes": [self.server_window_min, self.server_window_max],
+            "client_window_bytes": [self.client_window_min, self.client_window_max],
+            "rwnd_limited_ms": {
+                "c2s": round(self.rwnd_limited_ns_c2s / 1e6, 3),
+                "s2c": round(self.rwnd_limited_ns_s2c / 1e6, 3),
+            },
+        }
+
+
+@dataclass
+class Analysis:
+    """Per-segment arrays in connection order (``order`` maps back to the columns)
+    plus the connection records; plots and the Kafka and inference detectors read
+    it."""
+
+    tcp: TcpColumns
+    order: np.ndarray  # rows of ``tcp`` grouped by connection, capture order within
+    conn: np.ndarray  # connection index (stream) of each row of ``order``
+    c2s: np.ndarray  # bool: sent by the client
+    win_bytes: np.ndarray  # advertised window in bytes as the peer computes it
+    starts: np.ndarray  # first position in ``order`` of each connection (by stream)
+    ends: np.ndarray
+    first_syn: np.ndarray  # position in ``order`` of the client's SYN, or -1
+    first_synack: np.ndarray  # position of the server's SYN-ACK, or -1
+    connections: list[CaptureConnection] = field(default_factory=list)
+
+    def rows(self, stream: int) -> np.ndarray:
+        """Rows of ``tcp`` of one connection, in capture order."""
+        return self.order[self.starts[stream] : self.ends[stream]]
+
+
+def _group_first(values: np.ndarray, starts: np.ndarray, fill: int) -> np.ndarray:
+    if len(values) == 0:
+        return np.zeros(0, dtype=np.int64)
+    return np.minimum.reduceat(np.where(values >= 0, values, fill), starts)
+
+
+def analyse(tcp: TcpColumns) -> Analysis:
+    n = len(tcp)
+    if n == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return Analysis(tcp, empty, empty, empty.astype(bool), empty, empty, empty, empty, empty)
+    ea = _endpoint_hash(tcp.src_hi, tcp.src_lo, tcp.sport, tcp.af)
+    eb = _endpoint_hash(tcp.dst_hi, tcp.dst_lo, tcp.dport, tcp.af)
+    low_side = ea < eb
+    key = _mix(np.minimum(ea, eb)) ^ np.maximum(ea, eb)
+    order = np.argsort(key, kind="stable")
+    ks = key[order]
+    flags = tcp.flags[order]
+    seq = tcp.seq[order]
+    group_start = np.empty(n, dtype=bool)
+    group_start[0] = True
+    group_start[1:] = ks[1:] != ks[:-1]
+    # A SYN (no ACK) with a sequence number other than the previous SYN's on this
+    # 4-tuple opens a new connection; a retransmitted SYN keeps the old one.
+    pure_syn = (flags & (SYN | ACK)) == SYN
+    syn_pos = np.flatnonzero(pure_syn)
+    new_conn = group_start.copy()
+    if len(syn_pos) > 1:
+        same_tuple = ks[syn_pos[1:]] == ks[syn_pos[:-1]]
+        same_seq = seq[syn_pos[1:]] == seq[syn_pos[:-1]]
+        new_conn[syn_pos[1:]] |= ~(same_tuple & same_seq)
+    conn_sorted = np.cumsum(new_conn) - 1
+    starts_sorted = np.flatnonzero(new_conn)
+    # Number connections by their first segment in the file, as tshark does.
+    first_row = order[starts_sorted]
+    by_first = np.argsort(first_row, kind="stable")
+    stream_of = np.empty(len(by_first), dtype=np.int64)
+    stream_of[by_first] = np.arange(len(by_first))
+    # Reorder the grouped rows so that connections come in stream order.
+    counts = np.diff(np.r_[starts_sorted, n])
+    new_starts = np.zeros(len(counts), dtype=np.int64)
+    new_starts[1:] = np.cumsum(counts[by_first])[:-1]
+    shift = np.repeat(new_starts[stream_of] - starts_sorted, counts)
+    position = np.arange(n) + shift
+    new_order = np.empty(n, dtype=np.int64)
+    new_order[position] = order
+    order = new_order
+    conn = np.empty(n, dtype=np.int64)
+    conn[position] = stream_of[conn_sorted]
+    starts = new_starts
+    ends = starts + counts[by_first]
+
+    flags = tcp.flags[order]
+    pure_syn = (flags & (SYN | ACK)) == SYN
+    synack = (flags & (SYN | ACK)) == (SYN | ACK)
+    side = low_side[order]
+    pos = np.arange(n)
+    big = np.int64(n + 1)
+    first_syn = _group_first(np.where(pure_syn, pos, -1), starts, big)
+    first_synack = _group_first(np.where(synack, pos, -1), starts, big)
+    has_syn = first_syn < big
+    has_synack = first_synack < big
+    sport = tcp.sport[order]
+    dport = tcp.dport[order]
+    first_pos = starts
+    # client side: sender of the SYN, else receiver of the SYN-ACK, else higher port
+    client_low = np.where(
+        has_syn,
+        side[np.minimum(first_syn, n - 1)],
+        np.where(
+            has_synack,
+            ~side[np.minimum(first_synack, n - 1)],
+            np.where(sport[first_pos] > dport[first_pos], side[first_pos], ~side[first_pos]),
+        ),
+    )
+    opened_by = np.where(has_syn, 0, np.where(has_synack, 1, 2))
+    c2s = side == client_low[conn]
+    # SYN-ACK must come from the server to count as the handshake's
+    server_synack = synack & ~c2s
+    first_synack = _group_first(np.where(server_synack, pos, -1), starts, big)
+    has_synack = first_synack < big
+    client_syn = pure_syn & c2s
+    first_syn = _group_first(np.where(client_syn, pos, -1), starts, big)
+    has_syn = first_syn < big
+
+    nconn = len(starts)
+    paylen = tcp.paylen[order].astype(np.int64)
+    bucket = conn * 2 + (~c2s).astype(np.int64)  # 0: c2s, 1: s2c
+    packets = np.bincount(bucket, minlength=2 * nconn).reshape(nconn, 2)
+    nbytes = np.bincount(bucket, weights=paylen, minlength=2 * nconn).reshape(nconn, 2)
+    ts = tcp.ts_ns[order]
+
+    # Handshake options: one parse per SYN and SYN-ACK of the handshake.
+    syn_opts: list[SynOptions | None] = [None] * nconn
+    synack_opts: list[SynOptions | None] = [None] * nconn
+    window = tcp.window[order].astype(np.int64)
+    for c in np.flatnonzero(has_syn).tolist():
+        p = int(first_syn[c])
+        f = int(flags[p])
+        syn_opts[c] = parse(
+            tcp.options.get(int(order[p]), b""), int(window[p]), (f & (ECE | CWR)) == (ECE | CWR)
+        )
+    for c in np.flatnonzero(has_synack).tolist():
+        p = int(first_synack[c])
+        f = int(flags[p])
+        synack_opts[c] = parse(
+            tcp.options.get(int(order[p]), b""), int(window[p]), bool(f & ECE) and not f & CWR
+        )
+    client_shift = np.zeros(nconn, dtype=np.int64)
+    server_shift = np.zeros(nconn, dtype=np.int64)
+    for c in range(nconn):
+        s, a = syn_opts[c], synack_opts[c]
+        if s is not None and a is not None and s.wscale is not None and a.wscale is not None:
+            # RFC 7323: shifts above 14 are used as 14
+            client_shift[c] = min(s.wscale, 14)
+            server_shift[c] = min(a.wscale, 14)
+    is_syn = (flags & SYN) != 0
+    sender_shift = np.where(c2s, client_shift[conn], server_shift[conn])
+    win_bytes = np.where(is_syn, window, window << sender_shift)
+
+    # Handshake RTT: from the SYN to the client's first ACK after the SYN-ACK.
+    ack_only = c2s & ((flags & (SYN | ACK)) == ACK)
+    after_synack = pos > first_synack[conn]
+    first_ack = _group_first(np.where(ack_only & after_synack, pos, -1), starts, big)
+    rtt_ok = has_syn & has_synack & (first_ack < big)
+    rtt_ns = np.where(
+        rtt_ok, ts[np.minimum(first_ack, n - 1)] - ts[np.minimum(first_syn, n - 1)], -1
+    )
+
+    # Sequence space per direction, relative to the first sequence number seen.
+    seq = tcp.seq[order]
+    ack = tcp.ack[order]
+    dir_group = bucket
+    sub = np.argsort(dir_group, kind="stable")  # by (connection, direction), capture order
+    g = dir_group[sub]
+    g_start = np.empty(n, dtype=bool)
+    g_start[0] = True
+    g_start[1:] = g[1:] != g[:-1]
+    base_seq = seq[sub][np.maximum.accumulate(np.where(g_start, np.arange(n), 0))]
+    rel = (seq[sub] - base_seq) % SEQ_SPACE
+    fl = flags[sub]
+    length = paylen[sub]
+    seq_end = rel + length + ((fl & SYN) != 0) + ((fl & FIN) != 0)
+    offset = g.astype(np.int64) << 34
+    running = np.maximum.accumulate(seq_end + offset)
+    before = np.empty(n, dtype=np.int64)
+    before[0] = -1
+    before[1:] = running[:-1]
+    before = np.where(g_start, -1, before - offset)
+    # Peer state: the last segment from the other side before this one.
+    last_c2s = np.maximum.accumulate(np.where(c2s, pos, -1))
+    last_s2c = np.maximum.accumulate(np.where(~c2s, pos, -1))
+    peer = np.where(c2s, last_s2c, last_c2s)
+    peer_ok = (peer >= 0) & (conn[np.maximum(peer, 0)] == conn)
+    peer = np.maximum(peer, 0)
+    peer_zero = peer_ok & (win_bytes[peer] == 0) & ((flags[peer] & RST) == 0)
+    probe = peer_zero & (paylen <= 1) & ((flags & (SYN | FIN | RST)) == 0)
+    retrans_sub = (length > 0) & (seq_end <= before)
+    retrans = np.empty(n, dtype=bool)
+    retrans[sub] = retrans_sub
+    retrans &= ~probe
+    zero = (window == 0) & ((flags & (RST | SYN)) == 0)
+    retrans_n = np.bincount(bucket, weights=retrans, minlength=2 * nconn).reshape(nconn, 2)
+    zero_n = np.bincount(bucket, weights=zero, minlength=2 * nconn).reshape(nconn, 2)
+    probe_n = np.bincount(bucket, weights=probe, minlength=2 * nconn).reshape(nconn, 2)
+
+    # Window range each side advertised (bytes), SYNs excluded.
+    not_syn = ~is_syn & ((flags & RST) == 0)
+    wmin = np.full(2 * nconn, np.iinfo(np.int64).max)
+    wmax = np.full(2 * nconn, -1, dtype=np.int64)
+    np.minimum.at(wmin, bucket[not_syn], win_bytes[not_syn])
+    np.maximum.at(wmax, bucket[not_syn], win_bytes[not_syn])
+    wmin = wmin.reshape(nconn, 2)
+    wmax = wmax.reshape(nconn, 2)
+
+    # Waiting at the window: after this data segment less than one segment of the
+    # peer's window is left, and the sender sends again right after the peer's next
+    # segment (it had data waiting).
+    data = (paylen > 0) & ~retrans
+    seg_size = np.zeros(2 * nconn, dtype=np.int64)
+    np.maximum.at(seg_size, bucket[data], paylen[data])
+    seg = seg_size[bucket]
+    peer_ack = ack[peer]
+    in_flight = (seq + paylen - peer_ack) % SEQ_SPACE
+    in_flight = np.where(in_flight > (1 << 31), 0, in_flight)
+    peer_win = win_bytes[peer]
+    at_edge = data & peer_ok & ((flags[peer] & ACK) != 0) & (in_flight + seg > peer_win)
+    next_c2s = np.minimum.accumulate(np.where(c2s, pos, big)[::-1])[::-1]
+    next_s2c = np.minimum.accumulate(np.where(~c2s, pos, big)[::-1])[::-1]
+    nxt_other = np.where(c2s, np.r_[next_s2c[1:], big], np.r_[next_c2s[1:], big])
+    nxt_own_data_arr = np.where(data, pos, big)
+    nxt_own_c2s = np.minimum.accumulate(np.where(c2s, nxt_own_data_arr, big)[::-1])[::-1]
+    nxt_own_s2c = np.minimum.accumulate(np.where(~c2s, nxt_own_data_arr, big)[::-1])[::-1]
+    nxt_own = np.where(c2s, np.r_[nxt_own_c2s[1:], big], np.r_[nxt_own_s2c[1:], big])
+    other_ok = (nxt_other < n) & (conn[np.minimum(nxt_other, n - 1)] == conn)
+    own_ok = (nxt_own < n) & (conn[np.minimum(nxt_own, n - 1)] == conn)
+    waits = at_edge & other_ok & own_ok & (nxt_own > nxt_other)
+    wait_ns = np.where(waits, ts[np.minimum(nxt_other, n - 1)] - ts, 0)
+    wait_sum = np.bincount(bucket, weights=wait_ns, minlength=2 * nconn).reshape(nconn, 2)
+    wait_n = np.bincount(bucket, weights=waits, minlength=2 * nconn).reshape(nconn, 2)
+    # Span of each direction's data transfer: first data segment to the
+    # connection's last segment.
+    first_data = _group_first(np.where(data & c2s, pos, -1), starts, big)
+    first_data_s = _group_first(np.where(data & ~c2s, pos, -1), starts, big)
+    last_ts = ts[ends - 1]
+    span_c2s = np.where(first_data < big, last_ts - ts[np.minimum(first_data, n - 1)], 0)
+    span_s2c = np.where(first_data_s < big, last_ts - ts[np.minimum(first_data_s, n - 1)], 0)
+
+    analysis = Analysis(
+        tcp,
+        order,
+        conn,
+        c2s,
+        win_bytes,
+        starts,
+        ends,
+        np.where(has_syn, first_syn, -1),
+        np.where(has_synack, first_synack, -1),
+    )
+    af = tcp.af[order]
+    src_hi, src_lo = tcp.src_hi[order], tcp.src_lo[order]
+    dst_hi, dst_lo = tcp.dst_hi[order], tcp.dst_lo[order]
+    frames = tcp.frame[order]
+    opened = ("syn", "syn-ack", "port-guess")
+    maxint = np.iinfo(np.int64).max
+
+    def window_range(c: int, column: int) -> tuple[int | None, int | None]:
+        lo_, hi_ = int(wmin[c, column]), int(wmax[c, column])
+        return (None, None) if hi_ < 0 or lo_ == maxint else (lo_, hi_)
+
+    for c in range(nconn):
+        p = int(starts[c])
+        a_f = int(af[p])
+        src = _address(a_f, int(src_hi[p]), int(src_lo[p]))
+        dst = _address(a_f, int(dst_hi[p]), int(dst_lo[p]))
+        if c2s[p]:
+            client = (src, int(sport[p]))
+            server = (dst, int(dport[p]))
+        else:
+            client = (dst, int(dport[p]))
+            server = (src, int(sport[p]))
+        smin, smax = window_range(c, 1)
+        cmin, cmax = window_range(c, 0)
+        analysis.connections.append(
+            CaptureConnection(
+                stream=c,
+                client_ip=client[0],
+                client_port=client[1],
+                server_ip=server[0],
+                server_port=server[1],
+                opened_by=opened[int(opened_by[c])],
+                first_frame=int(frames[p]),
+                first_ts_ns=int(ts[p]),
+                last_ts_ns=int(ts[int(ends[c]) - 1]),
+                syn=syn_opts[c],
+                synack=synack_opts[c],
+                syn_frame=int(frames[first_syn[c]]) if has_syn[c] else None,
+                synack_frame=int(frames[first_synack[c]]) if has_synack[c] else None,
+                packets_c2s=int(packets[c, 0]),
+                packets_s2c=int(packets[c, 1]),
+                bytes_c2s=int(nbytes[c, 0]),
+                bytes_s2c=int(nbytes[c, 1]),
+                handshake_rtt_ms=round(int(rtt_ns[c]) / 1e6, 3) if rtt_ok[c] else None,
+                retransmissions_c2s=int(retrans_n[c, 0]),
+                retransmissions_s2c=int(retrans_n[c, 1]),
+                zero_windows_c2s=int(zero_n[c, 0]),
+                zero_windows_s2c=int(zero_n[c, 1]),
+                window_probes_c2s=int(probe_n[c, 0]),
+                window_probes_s2c=int(probe_n[c, 1]),
+                server_window_min=smin,
+                server_window_max=smax,
+                client_window_min=cmin,
+                client_window_max=cmax,
+                rwnd_limited_ns_c2s=int(wait_sum[c, 0]),
+                rwnd_limited_ns_s2c=int(wait_sum[c, 1]),
+                rwnd_waits_c2s=int(wait_n[c, 0]),
+                rwnd_waits_s2c=int(wait_n[c, 1]),
+                data_span_ns_c2s=int(span_c2s[c]),
+                data_span_ns_s2c=int(span_s2c[c]),
+            )
+        )
+    return analysis
+
+
+def rwnd_findings(analysis: Analysis) -> list[Finding]:
+    """``rwnd-limited``: a sender that kept data waiting while its peer's window was
+    full, for a large share of the time it was sending."""
+    out = []
+    for record in analysis.connections:
+        for direction, waited, waits, span, window, sender, receiver in (
+            (
+                "c2s",
+                record.rwnd_limited_ns_c2s,
+                record.rwnd_waits_c2s,
+                record.data_span_ns_c2s,
+                record.server_window_min,
+                "client",
+                "server",
+            ),
+            (
+                "s2c",
+                record.rwnd_limited_ns_s2c,
+                record.rwnd_waits_s2c,
+                record.data_span_ns_s2c,
+                record.client_window_min,
+                "server",
+                "client",
+            ),
+        ):
+            if waits < RWND_LIMITED_MIN_WAITS or waited < RWND_LIMITED_MIN_NS or span <= 0:
+                continue
+            share = waited / span
+            if share < RWND_LIMITED_SHARE:
+                continue
+            out.append(
+                Finding(
+                    kind="rwnd-limited",
+                    severity=Severity.WARNING,
+                    subject=connection_subject(record.client, record.server),
+                    summary=(
+                        f"The {sender} waited {waited / 1e6:.0f} ms ({share:.0%} of its sending "
+                        f"time) with data ready and the {receiver}'s window full, {waits} times"
+                    ),
+                    evidence={
+                        "stream": record.stream,
+                        "direction": direction,
+                        "rwnd_limited_ms": round(waited / 1e6, 3),
+                        "rwnd_limited_share": round(share, 3),
+                        "waits": waits,
+                        "min_window_bytes": window,
+                        "syn_wscale": record.syn.wscale if record.syn else None,
+                        "synack_wscale": record.synack.wscale if record.synack else None,
+                    },
+                    advice=(
+                        f"The {receiver}'s advertised window holds the {sender} back: check "
+                        "the wscale findings for this server, the receiver's buffer settings "
+                        "(tcp_rmem, SO_RCVBUF) and whether the receiving application reads "
+                        "fast enough"
+                    ),
+                )
+            )
+    return out

@@ -1,0 +1,247 @@
+"""The window-scale shift a server really uses, inferred from its windows in a capture.
+
+The window field of a SYN-ACK is never scaled: it is the server's receive window
+in bytes (65160 on a current Linux with a 1500-byte MTU). The server's next
+segment carries ``rcv_wnd >> true_shift``. Linux never lets the right edge of
+the window it offered move back (``tcp_select_window`` in net/ipv4/tcp_output.c),
+so after the client's first ``L`` bytes that next window is still worth at least
+``W0 - L`` bytes. When the shift the SYN-ACK announced makes it worth several
+times less, the server is not using the announced shift; the ratio of the raw
+values gives the one it uses.
+
+Stripped scaling is a window-scale option in only one of SYN and SYN-ACK; if
+the server's windows still look scaled, the server believes scaling is on while
+the client applies none.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tcpsleuth.detectors.capture import SEQ_SPACE, Analysis, CaptureConnection
+from tcpsleuth.model.findings import Finding, Severity, listener_subject
+from tcpsleuth.sources.pcap.decode import ACK, RST, SYN
+
+# The client's view of the first window must be this many times below what the
+# server offered in its SYN-ACK (less what it has received) to count.
+SHRINK_EVIDENCE = 4
+MAX_SHIFT = 14
+EXAMPLES = 10
+
+
+@dataclass(frozen=True)
+class WindowInference:
+    """What one connection's first windows say about the server's shift."""
+
+    stream: int
+    server: str
+    announced_wscale: int | None  # None: the SYN-ACK had no window-scale option
+    client_wscale: int | None
+    inferred_wscale: int | None
+    synack_window: int
+    first_window: int  # raw field of the server's first segment after the SYN-ACK
+    received_before: int  # client bytes the server had acknowledged by then
+    synack_frame: int
+    window_frame: int
+    exact: bool  # the raw ratio is a power of two within 10 %
+
+    @property
+    def client_view(self) -> int:
+        """The first window in bytes as the client computes it."""
+        shift = self.announced_wscale if self.scaling else 0
+        return self.first_window << (shift or 0)
+
+    @property
+    def scaling(self) -> bool:
+        return self.announced_wscale is not None and self.client_wscale is not None
+
+    @property
+    def mismatch(self) -> bool:
+        announced = self.announced_wscale if self.scaling else 0
+        if self.inferred_wscale is None or announced is None:
+            return False
+        floor = max(self.synack_window - self.received_before, 0)
+        return self.inferred_wscale > announced and self.client_view * SHRINK_EVIDENCE <= floor
+
+    def evidence(self) -> dict[str, Any]:
+        return {
+            "stream": self.stream,
+            "synack_frame": self.synack_frame,
+            "synack_window": self.synack_window,
+            "window_frame": self.window_frame,
+            "first_window_raw": self.first_window,
+            "client_bytes_acked_before": self.received_before,
+            "client_view_bytes": self.client_view,
+            "server_offered_bytes": (self.first_window << self.inferred_wscale)
+            if self.inferred_wscale is not None
+            else None,
+        }
+
+
+def infer(analysis: Analysis) -> list[WindowInference]:
+    """One inference per connection with a SYN-ACK and a later server segment."""
+    n = len(analysis.order)
+    if n == 0:
+        return []
+    tcp = analysis.tcp
+    order = analysis.order
+    flags = tcp.flags[order]
+    c2s = analysis.c2s
+    conn = analysis.conn
+    pos = np.arange(n)
+    big = n + 1
+    synack_pos = analysis.first_synack[conn]
+    candidate = (
+        ~c2s
+        & ((flags & (SYN | RST)) == 0)
+        & ((flags & ACK) != 0)
+        & (synack_pos >= 0)
+        & (pos > synack_pos)
+    )
+    first_window = np.minimum.reduceat(np.where(candidate, pos, big), analysis.starts)
+    window = tcp.window[order]
+    ack = tcp.ack[order]
+    seq = tcp.seq[order]
+    frame = tcp.frame[order]
+    out: list[WindowInference] = []
+    for c in np.flatnonzero(first_window < big).tolist():
+        record: CaptureConnection = analysis.connections[c]
+        synack, syn = record.synack, record.syn
+        if synack is None or syn is None:
+            continue
+        p = int(first_window[c])
+        raw = int(window[p])
+        syn_p = int(analysis.first_syn[c])
+        received = (int(ack[p]) - int(seq[syn_p]) - 1) % SEQ_SPACE if syn_p >= 0 else 0
+        if received > (1 << 31):
+            received = 0
+        inferred = None
+        exact = False
+        if raw > 0 and synack.window > 0:
+            ratio = math.log2(synack.window / raw)
+            inferred = min(max(round(ratio), 0), MAX_SHIFT)
+            exact = abs(ratio - inferred) < 0.14
+        out.append(
+            WindowInference(
+                stream=c,
+                server=record.server,
+                announced_wscale=synack.wscale,
+                client_wscale=syn.wscale,
+                inferred_wscale=inferred,
+                synack_window=synack.window,
+                first_window=raw,
+                received_before=received,
+                synack_frame=int(frame[int(analysis.first_synack[c])]),
+                window_frame=int(frame[p]),
+                exact=exact,
+            )
+        )
+    return out
+
+
+def _stripped(record: CaptureConnection) -> str | None:
+    if record.syn is None or record.synack is None:
+        return None
+    if record.syn.wscale is not None and record.synack.wscale is None:
+        return "client"
+    if record.syn.wscale is None and record.synack.wscale is not None:
+        return "server"
+    return None
+
+
+def findings(analysis: Analysis, inferences: list[WindowInference]) -> list[Finding]:
+    """``wscale-mismatch`` and ``wscale-stripped``, one finding per server each."""
+    by_server: dict[str, list[WindowInference]] = defaultdict(list)
+    for inference in inferences:
+        by_server[inference.server].append(inference)
+    out: list[Finding] = []
+    for server, group in by_server.items():
+        scaled = [i for i in group if i.scaling]
+        mismatched = [i for i in scaled if i.mismatch]
+        if mismatched:
+            announced = Counter(i.announced_wscale for i in mismatched).most_common(1)[0][0]
+            inferred = Counter(i.inferred_wscale for i in mismatched).most_common(1)[0][0]
+            assert announced is not None and inferred is not None
+            exact = sum(1 for i in mismatched if i.exact)
+            example = next((i for i in mismatched if i.exact), mismatched[0])
+            factor = 1 << (inferred - announced) if inferred >= announced else 1
+            out.append(
+                Finding(
+                    kind="wscale-mismatch",
+                    severity=Severity.CRITICAL,
+                    subject=listener_subject(server),
+                    summary=(
+                        f"{len(mismatched)} of {len(scaled)} connections: the SYN-ACK announced "
+                        f"window scale {announced} but the server's windows are scaled by "
+                        f"{inferred}; clients see windows {factor}x smaller than offered"
+                    ),
+                    evidence={
+                        "announced_wscale": announced,
+                        "inferred_wscale": inferred,
+                        "shrink_factor": factor,
+                        "connections": len(mismatched),
+                        "connections_with_scaling": len(scaled),
+                        "exact_power_of_two": exact,
+                        "streams": [i.stream for i in mismatched[:EXAMPLES]],
+                        "proof": example.evidence(),
+                    },
+                    advice=(
+                        "A server kernel without commit 909172a14974 answers SYN cookies on "
+                        "a listener with SO_RCVBUF set this way: update the kernel, or set "
+                        "net.ipv4.tcp_syncookies=0 and raise the listen backlog "
+                        "(socket.listen.backlog.size) so that cookies are not needed"
+                    ),
+                )
+            )
+        stripped = [
+            (i, side)
+            for i in group
+            if (side := _stripped(analysis.connections[i.stream])) is not None
+        ]
+        if stripped:
+            scaled_anyway = [i for i, _ in stripped if i.mismatch]
+            sides = Counter(side for _, side in stripped)
+            inferred_values = Counter(i.inferred_wscale for i in scaled_anyway)
+            inferred = inferred_values.most_common(1)[0][0] if scaled_anyway else 0
+            only = sides.most_common(1)[0][0]
+            example = (scaled_anyway or [i for i, _ in stripped])[0]
+            factor = 1 << (inferred or 0)
+            out.append(
+                Finding(
+                    kind="wscale-stripped",
+                    severity=Severity.CRITICAL if scaled_anyway else Severity.WARNING,
+                    subject=listener_subject(server),
+                    summary=(
+                        f"{len(stripped)} connections: window scaling announced by the "
+                        f"{only} only, so neither side scales"
+                        + (
+                            f", yet the server's windows are scaled by {inferred}: clients "
+                            f"see windows {factor}x smaller"
+                            if scaled_anyway
+                            else "; windows are capped at 64 KiB"
+                        )
+                    ),
+                    evidence={
+                        "announced_by": dict(sides),
+                        "announced_wscale": None,
+                        "inferred_wscale": inferred,
+                        "shrink_factor": factor,
+                        "connections": len(stripped),
+                        "connections_scaled_anyway": len(scaled_anyway),
+                        "streams": [i.stream for i, _ in stripped[:EXAMPLES]],
+                        "proof": example.evidence(),
+                    },
+                    advice=(
+                        "Something between the hosts removes the window-scale option "
+                        "(a middlebox or firewall rewriting TCP options), or SYN cookies "
+                        "were sent without timestamps: find the device, and keep "
+                        "net.ipv4.tcp_timestamps on so cookies keep the option"
+                    ),
+                )
+            )
+    return out

@@ -1,0 +1,419 @@
+"""Capture files: pcap (micro- and nanosecond, either byte order) and pcapng, plain or gzip.
+
+The file is read in chunks and cut into packet records as it streams past; each
+chunk becomes a :class:`RawBatch` (the chunk's bytes plus, per packet, where its
+captured bytes start, how many were captured, the original length, the timestamp
+in nanoseconds and the link type), which :mod:`.decode` turns into TCP header
+columns with NumPy. Only one chunk is held at a time.
+
+Formats: pcap as libpcap writes it (``pcap-savefile(5)``), pcapng as in the
+IETF draft (section header, interface description with ``if_tsresol`` and
+``if_tsoffset``, enhanced, simple and obsolete packet blocks; several sections
+and interfaces, each interface with its own link type and clock resolution).
+"""
+
+from __future__ import annotations
+
+import gzip
+import struct
+import zlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+
+from tcpsleuth.errors import InputError
+
+CHUNK = 8 << 20
+# libpcap refuses records larger than this (MAXIMUM_SNAPLEN, 256 KiB); so do we,
+# because a larger length means the file is corrupt, not that a packet was big.
+MAX_RECORD = 262144
+MAX_BLOCK = 16 << 20
+
+PCAP_MAGIC = {
+    b"\xd4\xc3\xb2\xa1": ("<", 1000),  # microseconds, little-endian
+    b"\xa1\xb2\xc3\xd4": (">", 1000),
+    b"\x4d\x3c\xb2\xa1": ("<", 1),  # nanoseconds
+    b"\xa1\xb2\x3c\x4d": (">", 1),
+}
+PCAPNG_SHB = b"\x0a\x0d\x0d\x0a"
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+@dataclass
+class RawBatch:
+    data: bytes
+    offsets: np.ndarray  # int64: start of each packet's bytes in ``data``
+    caplen: np.ndarray  # int64
+    origlen: np.ndarray  # int64
+    ts_ns: np.ndarray  # int64, nanoseconds since the epoch
+    linktype: np.ndarray  # int32
+
+    def __len__(self) -> int:
+        return len(self.offsets)
+
+
+@dataclass
+class ReadReport:
+    """What the reader saw besides packets: file kind, warnings, bytes read."""
+
+    path: str
+    kind: str = ""
+    compressed: bool = False
+    packets: int = 0
+    bytes_read: int = 0
+    warnings: list[str] = field(default_factory=list)
+    linktypes: set[int] = field(default_factory=set)
+
+
+class _Batcher:
+    """Collects per-packet fields for one chunk in Python lists (cheap appends)."""
+
+    def __init__(self) -> None:
+        self.offsets: list[int] = []
+        self.caplen: list[int] = []
+        self.origlen: list[int] = []
+        self.ts_ns: list[int] = []
+        self.linktype: list[int] = []
+
+    def build(self, data: bytes) -> RawBatch:
+        return RawBatch(
+            data,
+            np.array(self.offsets, dtype=np.int64),
+            np.array(self.caplen, dtype=np.int64),
+            np.array(self.origlen, dtype=np.int64),
+            np.array(self.ts_ns, dtype=np.int64),
+            np.array(self.linktype, dtype=np.int32),
+        )
+
+
+def _open(path: Path) -> tuple[BinaryIO, bool]:
+    try:
+        raw = path.open("rb")
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory, not a capture file") from None
+    except PermissionError:
+        raise InputError(f"{path}: permission denied") from None
+    head = raw.peek(2)[:2] if hasattr(raw, "peek") else b""
+    if head == GZIP_MAGIC:
+        return gzip.GzipFile(fileobj=raw, mode="rb"), True  # type: ignore[return-value]
+    return raw, False
+
+
+def _read(stream: BinaryIO, size: int, path: Path, where: int) -> bytes:
+    try:
+        return stream.read(size)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise InputError(
+            f"{path}: compressed data is corrupt near byte {where} of the uncompressed "
+            f"capture ({exc})"
+        ) from None
+
+
+def batches(
+    path: Path, progress: Callable[[int], None] | None = None, chunk: int = CHUNK
+) -> tuple[ReadReport, Iterator[RawBatch]]:
+    """Open ``path`` and return what it is plus an iterator over its packets in chunks.
+
+    Bad headers raise :class:`InputError` at once; corruption found later raises
+    it from the iterator; a file that ends inside a record ends the iteration and
+    adds a warning to the report.
+    """
+    stream, compressed = _open(path)
+    report = ReadReport(str(path), compressed=compressed)
+    head = _read(stream, 24, path, 0)
+    if len(head) < 4:
+        stream.close()
+        raise InputError(f"{path}: not a capture: only {len(head)} bytes long")
+    magic = head[:4]
+    if magic in PCAP_MAGIC:
+        report.kind = "pcap"
+        return report, _pcap(stream, head, path, report, progress, chunk)
+    if magic == PCAPNG_SHB:
+        report.kind = "pcapng"
+        return report, _pcapng(stream, head, path, report, progress, chunk)
+    stream.close()
+    raise InputError(
+        f"{path}: not a pcap or pcapng capture (unknown magic 0x{magic.hex()} at byte 0)"
+    )
+
+
+def _pcap(
+    stream: BinaryIO,
+    head: bytes,
+    path: Path,
+    report: ReadReport,
+    progress: Callable[[int], None] | None,
+    chunk: int,
+) -> Iterator[RawBatch]:
+    if len(head) < 24:
+        stream.close()
+        raise InputError(
+            f"{path}: pcap file header truncated at byte {len(head)} (24 bytes expected)"
+        )
+    order, ns_per_frac = PCAP_MAGIC[head[:4]]
+    major, _minor, _zone, _sigfigs, _snaplen, network = struct.unpack_from(
+        order + "HHiIII", head, 4
+    )
+    if major != 2:
+        stream.close()
+        raise InputError(f"{path}: pcap version {major} at byte 4 is not 2: not a capture we know")
+    # The upper bits of the link-type field carry FCS information (pcap-linktype(7)).
+    linktype = network & 0x03FFFFFF
+    report.linktypes.add(linktype)
+    return _pcap_records(stream, path, report, progress, chunk, order, ns_per_frac, linktype)
+
+
+def _pcap_records(
+    stream: BinaryIO,
+    path: Path,
+    report: ReadReport,
+    progress: Callable[[int], None] | None,
+    chunk: int,
+    order: str,
+    ns_per_frac: int,
+    linktype: int,
+) -> Iterator[RawBatch]:
+    record = struct.Struct(order + "IIII")
+    unpack = record.unpack_from
+    base = 24  # file offset of buf[0]
+    buf = b""
+    try:
+        while True:
+            more = _read(stream, chunk, path, base + len(buf))
+            buf = buf + more if buf else more
+            eof = not more
+            end = len(buf)
+            out = _Batcher()
+            offsets, caplens, origlens, stamps = out.offsets, out.caplen, out.origlen, out.ts_ns
+            pos = 0
+            while pos + 16 <= end:
+                sec, frac, incl, orig = unpack(buf, pos)
+                if incl > MAX_RECORD:
+                    raise InputError(
+                        f"{path}: corrupt pcap record at byte {base + pos}: captured length "
+                        f"{incl} is larger than any capture allows ({MAX_RECORD})"
+                    )
+                if pos + 16 + incl > end:
+                    break
+                offsets.append(pos + 16)
+                caplens.append(incl)
+                origlens.append(orig)
+                stamps.append(sec * 1_000_000_000 + frac * ns_per_frac)
+                pos += 16 + incl
+            if offsets:
+                batch = out.build(buf)
+                batch.linktype = np.full(len(batch.offsets), linktype, dtype=np.int32)
+                report.packets += len(batch)
+                yield batch
+            report.bytes_read = base + pos
+            if progress is not None:
+                progress(base + pos)
+            if eof:
+                if pos < end:
+                    report.warnings.append(
+                        f"{path}: capture ends inside a record at byte {base + pos} "
+                        f"({end - pos} bytes of it present); analysed the "
+                        f"{report.packets} packets before it"
+                    )
+                return
+            base += pos
+            buf = buf[pos:]
+    finally:
+        stream.close()
+
+
+# pcapng block types
+SHB, IDB, PB, SPB, EPB = 0x0A0D0D0A, 1, 2, 3, 6
+
+
+@dataclass
+class _Interface:
+    linktype: int
+    snaplen: int
+    ts_mul: int = 1000  # nanoseconds per tick when the resolution is 10^-n, n <= 9
+    ts_div_shift: int = -1  # for 2^-n resolutions
+    ts_div_pow10: int = 1
+    ts_offset_ns: int = 0
+
+    def to_ns(self, ticks: int) -> int:
+        if self.ts_div_shift >= 0:
+            return ((ticks * 1_000_000_000) >> self.ts_div_shift) + self.ts_offset_ns
+        return ticks * self.ts_mul // self.ts_div_pow10 + self.ts_offset_ns
+
+
+def _interface(body: bytes, order: str, path: Path, where: int) -> _Interface:
+    if len(body) < 8:
+        raise InputError(f"{path}: pcapng interface block at byte {where} is too short")
+    linktype, _reserved, snaplen = struct.unpack_from(order + "HHI", body, 0)
+    iface = _Interface(linktype, snaplen)
+    pos = 8
+    while pos + 4 <= len(body):
+        code, length = struct.unpack_from(order + "HH", body, pos)
+        value = body[pos + 4 : pos + 4 + length]
+        if code == 0:
+            break
+        if code == 9 and length >= 1:  # if_tsresol
+            resol = value[0]
+            if resol & 0x80:
+                iface.ts_div_shift = resol & 0x7F
+            else:
+                exp = resol & 0x7F
+                if exp <= 9:
+                    iface.ts_mul, iface.ts_div_pow10 = 10 ** (9 - exp), 1
+                else:
+                    iface.ts_mul, iface.ts_div_pow10 = 1, 10 ** (exp - 9)
+        elif code == 14 and length >= 8:  # if_tsoffset, seconds
+            iface.ts_offset_ns = struct.unpack_from(order + "q", value)[0] * 1_000_000_000
+        pos += 4 + ((length + 3) & ~3)
+    return iface
+
+
+def _pcapng(
+    stream: BinaryIO,
+    head: bytes,
+    path: Path,
+    report: ReadReport,
+    progress: Callable[[int], None] | None,
+    chunk: int,
+) -> Iterator[RawBatch]:
+    if len(head) < 12:
+        stream.close()
+        raise InputError(f"{path}: pcapng section header truncated at byte {len(head)}")
+    if head[8:12] not in (b"\x4d\x3c\x2b\x1a", b"\x1a\x2b\x3c\x4d"):
+        stream.close()
+        raise InputError(
+            f"{path}: corrupt pcapng section header: byte-order magic 0x{head[8:12].hex()} "
+            "at byte 8"
+        )
+    return _pcapng_blocks(stream, head, path, report, progress, chunk)
+
+
+def _pcapng_blocks(
+    stream: BinaryIO,
+    head: bytes,
+    path: Path,
+    report: ReadReport,
+    progress: Callable[[int], None] | None,
+    chunk: int,
+) -> Iterator[RawBatch]:
+    base = 0
+    buf = head
+    order = "<"
+    interfaces: list[_Interface] = []
+    try:
+        while True:
+            more = _read(stream, chunk, path, base + len(buf))
+            buf = buf + more if buf else more
+            eof = not more
+            end = len(buf)
+            out = _Batcher()
+            pos = 0
+            while pos + 12 <= end:
+                btype_raw = buf[pos : pos + 4]
+                if btype_raw == PCAPNG_SHB:
+                    bom = buf[pos + 8 : pos + 12]
+                    if bom == b"\x4d\x3c\x2b\x1a":
+                        order = "<"
+                    elif bom == b"\x1a\x2b\x3c\x4d":
+                        order = ">"
+                    else:
+                        raise InputError(
+                            f"{path}: corrupt pcapng section header at byte {base + pos}: "
+                            f"byte-order magic 0x{bom.hex()}"
+                        )
+                btype, blen = struct.unpack_from(order + "II", buf, pos)
+                if blen < 12 or blen % 4 or blen > MAX_BLOCK:
+                    raise InputError(
+                        f"{path}: corrupt pcapng block at byte {base + pos}: "
+                        f"block length {blen} is impossible"
+                    )
+                if pos + blen > end:
+                    break
+                trailer = struct.unpack_from(order + "I", buf, pos + blen - 4)[0]
+                if trailer != blen:
+                    raise InputError(
+                        f"{path}: corrupt pcapng block at byte {base + pos}: length {blen} "
+                        f"at its start, {trailer} at its end"
+                    )
+                body_at = pos + 8
+                if btype == SHB:
+                    interfaces = []
+                elif btype == IDB:
+                    iface = _interface(buf[body_at : pos + blen - 4], order, path, base + pos)
+                    interfaces.append(iface)
+                    report.linktypes.add(iface.linktype)
+                elif btype in (EPB, PB):
+                    if btype == EPB:
+                        if_id, hi, lo, incl, orig = struct.unpack_from(
+                            order + "IIIII", buf, body_at
+                        )
+                    else:
+                        if_id, _drops, hi, lo, incl, orig = struct.unpack_from(
+                            order + "HHIIII", buf, body_at
+                        )
+                    if if_id >= len(interfaces):
+                        raise InputError(
+                            f"{path}: corrupt pcapng packet block at byte {base + pos}: "
+                            f"interface {if_id} was never described"
+                        )
+                    if 28 + incl > blen - 4:
+                        raise InputError(
+                            f"{path}: corrupt pcapng packet block at byte {base + pos}: "
+                            f"captured length {incl} overruns the block ({blen} bytes)"
+                        )
+                    iface = interfaces[if_id]
+                    out.offsets.append(body_at + 20)
+                    out.caplen.append(incl)
+                    out.origlen.append(orig)
+                    out.ts_ns.append(iface.to_ns((hi << 32) | lo))
+                    out.linktype.append(iface.linktype)
+                elif btype == SPB:
+                    if not interfaces:
+                        raise InputError(
+                            f"{path}: corrupt pcapng simple packet block at byte {base + pos}: "
+                            "no interface described"
+                        )
+                    (orig,) = struct.unpack_from(order + "I", buf, body_at)
+                    iface = interfaces[0]
+                    incl = min(orig, blen - 16, iface.snaplen or orig)
+                    out.offsets.append(body_at + 4)
+                    out.caplen.append(incl)
+                    out.origlen.append(orig)
+                    # A simple packet block has no timestamp; zero keeps the column whole.
+                    out.ts_ns.append(0)
+                    out.linktype.append(iface.linktype)
+                pos += blen
+            if out.offsets:
+                batch = out.build(buf)
+                report.packets += len(batch)
+                yield batch
+            report.bytes_read = base + pos
+            if progress is not None:
+                progress(base + pos)
+            if eof:
+                if pos < end:
+                    report.warnings.append(
+                        f"{path}: capture ends inside a block at byte {base + pos} "
+                        f"({end - pos} bytes of it present); analysed the "
+                        f"{report.packets} packets before it"
+                    )
+                return
+            base += pos
+            buf = buf[pos:]
+    finally:
+        stream.close()
+
+
+def file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+__all__ = ["RawBatch", "ReadReport", "batches", "file_size"]
