@@ -1,0 +1,118 @@
+"""``tcpsleuth exporter``: a Prometheus exporter for listen queues, window scales and
+window-limited connections, with the kernel's cookie and listen counters.
+
+The HTTP server listens in the namespace the command starts in (the host, where
+Prometheus runs); every scrape reads counters and sockets from the namespace
+named by ``--netns``, so one exporter per namespace reports on that namespace.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+from collections.abc import Iterable
+from typing import Any
+
+import click
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.core import Metric
+
+from tcpsleuth.cli.options import netns_option
+from tcpsleuth.detectors.port_summary import DEFAULT_MAX_PORTS, TimesSeen, summarize
+from tcpsleuth.errors import EnvironmentProblem, InputError
+from tcpsleuth.reports import prometheus
+from tcpsleuth.sources import sampling
+
+DEFAULT_LISTEN = "127.0.0.1:9469"
+
+
+class ScrapeCollector:
+    """Reads the namespace on every scrape. Scrapes are serialised: the window-limited
+    shares are measured between consecutive scrapes."""
+
+    def __init__(self, netns_name: str | None, max_ports: int) -> None:
+        self.netns_name = netns_name
+        self.max_ports = max_ports
+        self._lock = threading.Lock()
+        self._times: TimesSeen = {}
+
+    def describe(self) -> list[Metric]:
+        return []  # families depend on what the kernel has: nothing to declare up front
+
+    def collect(self) -> Iterable[Metric]:
+        with self._lock:
+            sample = sampling.scrape(self.netns_name)
+            summary = summarize(sample.listeners, sample.connections, self._times, self.max_ports)
+            self._times = summary.times
+        return [
+            *prometheus.counter_families(sample.counters),
+            *prometheus.summary_families(summary),
+            *prometheus.scrape_families(summary, sample.read_seconds),
+        ]
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[IPV6]:PORT``."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
+        raise InputError(f"--listen {text!r}: expected HOST:PORT, e.g. {DEFAULT_LISTEN}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
+@click.command("exporter")
+@click.option(
+    "--listen",
+    default=DEFAULT_LISTEN,
+    show_default=True,
+    metavar="HOST:PORT",
+    help="Where to serve /metrics (in the namespace the command starts in).",
+)
+@click.option(
+    "--max-ports",
+    type=click.IntRange(1, 1000),
+    default=DEFAULT_MAX_PORTS,
+    show_default=True,
+    help="Service ports reported by number (most connections first); the rest are "
+    "folded into port=other.",
+)
+@netns_option
+def exporter_command(listen: str, max_ports: int, netns: str | None) -> int:
+    """Serve Prometheus metrics node_exporter does not have: per listener backlog and
+    accept queue, established connections and window-scale shifts per service port,
+    connections held back by the peer's receive window, and the SYN-cookie and listen
+    counters under node_exporter's own names (node_netstat_TcpExt_SyncookiesSent...).
+
+    With --netns the metrics describe that namespace while the server still listens
+    on the host. Stop with Ctrl-C or SIGTERM.
+
+    \b
+    Examples:
+      tcpsleuth exporter
+      tcpsleuth exporter --listen 0.0.0.0:9469 --max-ports 10
+      tcpsleuth exporter --netns broker1 --listen 127.0.0.1:9470
+      curl -s 127.0.0.1:9469/metrics | grep -E 'tcpsleuth_listen|Syncookies'
+    """
+    host, port = parse_listen(listen)
+    collector = ScrapeCollector(netns, max_ports)
+    collector.collect()  # a bad --netns or missing privilege fails here, before serving
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)  # type: ignore[arg-type]
+    try:
+        server: Any = start_http_server(port, addr=host, registry=registry)
+    except OSError as exc:
+        raise EnvironmentProblem(f"cannot listen on {listen}: {exc.strerror}") from None
+    click.echo(
+        f"tcpsleuth exporter: serving http://{listen}/metrics"
+        + (f" for namespace {netns}" if netns else ""),
+        err=True,
+    )
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with contextlib.suppress(KeyboardInterrupt):
+        stop.wait()
+    if isinstance(server, tuple):  # prometheus-client >= 0.20 returns (server, thread)
+        server[0].shutdown()
+    return 0

@@ -1,0 +1,172 @@
+"""Events from two samples of a namespace's TCP counters and listeners.
+
+Counters only ever grow (until the namespace goes away or the host reboots),
+so what matters while watching is how fast they grow between two samples:
+- ``TcpExtSyncookiesSent`` per second: the SYN queue of some listener is full
+  and the kernel answers with cookies (tcp_conn_request -> cookie_v4_init_sequence).
+  A reconnect storm after a restart shows as a burst of hundreds per second.
+- ``TcpExtListenOverflows``/``ListenDrops``: a completed handshake found the
+  accept queue full (tcp_v4_syn_recv_sock -> sk_acceptq_is_full) and was dropped.
+- a listener whose accept queue is at its backlog right now: the next handshake
+  to complete on it will be dropped or, with cookies, retried by the client.
+
+Pure functions: samples in, rates and findings out; the caller owns the clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from tcpsleuth.model.findings import Finding, Severity, host_subject, listener_subject
+from tcpsleuth.model.records import Listener
+
+# Counters watch shows, in this order (nstat names).
+RATE_COUNTERS = (
+    "TcpExtSyncookiesSent",
+    "TcpExtSyncookiesRecv",
+    "TcpExtSyncookiesFailed",
+    "TcpExtListenOverflows",
+    "TcpExtListenDrops",
+    "TcpExtTCPReqQFullDoCookies",
+    "TcpExtTCPReqQFullDrop",
+    "TcpPassiveOpens",
+    "TcpActiveOpens",
+    "TcpRetransSegs",
+)
+OVERFLOW_COUNTERS = ("TcpExtListenOverflows", "TcpExtListenDrops", "TcpExtTCPReqQFullDrop")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    # SYN cookies per second from which a burst counts as a storm. A healthy
+    # server sends none; a few per second can be a scan, hundreds a reconnect storm.
+    cookies_per_second: float = 10.0
+
+
+def rates(before: Mapping[str, int], after: Mapping[str, int], seconds: float) -> dict[str, float]:
+    """Per-second growth of every counter present in both samples.
+
+    A counter that went down was reset (a new namespace under the same name):
+    its rate is counted from zero, as Prometheus's rate() does.
+    """
+    if seconds <= 0:
+        raise ValueError("samples must be taken at different times")
+    out: dict[str, float] = {}
+    for name, value in after.items():
+        if name not in before:
+            continue
+        grown = value - before[name] if value >= before[name] else value
+        out[name] = grown / seconds
+    return out
+
+
+def deltas(before: Mapping[str, int], after: Mapping[str, int]) -> dict[str, int]:
+    return {
+        name: (value - before[name] if value >= before[name] else value)
+        for name, value in after.items()
+        if name in before
+    }
+
+
+def counter_events(
+    before: Mapping[str, int],
+    after: Mapping[str, int],
+    seconds: float,
+    host: str,
+    thresholds: Thresholds = Thresholds(),
+) -> list[Finding]:
+    grown = deltas(before, after)
+    per_second = rates(before, after, seconds)
+    events: list[Finding] = []
+    subject = host_subject(host)
+    sent = grown.get("TcpExtSyncookiesSent", 0)
+    if sent and per_second["TcpExtSyncookiesSent"] >= thresholds.cookies_per_second:
+        events.append(
+            Finding(
+                "syn-cookie-storm",
+                Severity.WARNING,
+                subject,
+                f"{sent} SYN cookies sent in {seconds:.1f} s "
+                f"({per_second['TcpExtSyncookiesSent']:.0f}/s): a listener's SYN queue "
+                "is overflowing, clients are connecting by cookie",
+                {
+                    "seconds": round(seconds, 3),
+                    "cookies_per_second": round(per_second["TcpExtSyncookiesSent"], 1),
+                    **{
+                        name: grown[name]
+                        for name in (
+                            "TcpExtSyncookiesSent",
+                            "TcpExtSyncookiesRecv",
+                            "TcpExtSyncookiesFailed",
+                            "TcpExtTCPReqQFullDoCookies",
+                        )
+                        if name in grown
+                    },
+                },
+                "Find the listener with `tcpsleuth audit` (backlog against established "
+                "connections), raise its backlog, and check the cookie connections' window "
+                "scale with `tcpsleuth sockets`.",
+            )
+        )
+    overflows = {name: grown[name] for name in OVERFLOW_COUNTERS if name in grown}
+    if any(overflows.values()):
+        events.append(
+            Finding(
+                "listen-overflow",
+                Severity.WARNING,
+                subject,
+                f"{overflows.get('TcpExtListenOverflows', 0)} accept-queue overflows and "
+                f"{overflows.get('TcpExtListenDrops', 0)} dropped connection attempts "
+                f"in {seconds:.1f} s",
+                {"seconds": round(seconds, 3), **overflows},
+                "A listener's accept queue is full: raise its backlog and net.core.somaxconn, "
+                "and check that the application accepts fast enough (`tcpsleuth audit`).",
+            )
+        )
+    return events
+
+
+def is_full(listener: Listener) -> bool:
+    """The kernel drops a completed handshake when the queue is longer than the
+    backlog (sk_acceptq_is_full: ack_backlog > max_ack_backlog), so a queue at
+    the backlog has room for one more at most."""
+    return listener.backlog > 0 and listener.accept_queue >= listener.backlog
+
+
+def queue_events(listeners: Iterable[Listener], before: Iterable[Listener] = ()) -> list[Finding]:
+    """Listeners whose accept queue is at their backlog now and was not in the
+    sample ``before``: reported once when the queue fills, not at every sample."""
+    was_full = {listener.local for listener in before if is_full(listener)}
+    events = []
+    for listener in listeners:
+        if is_full(listener) and listener.local not in was_full:
+            events.append(
+                Finding(
+                    "accept-queue-full",
+                    Severity.WARNING,
+                    listener_subject(listener.local),
+                    f"{listener.local}: {listener.accept_queue} connections wait for accept() "
+                    f"with a backlog of {listener.backlog}",
+                    {"accept_queue": listener.accept_queue, "backlog": listener.backlog},
+                    "The application is not accepting fast enough or the backlog is too "
+                    "small for the clients that connect at once: raise the backlog "
+                    "(and net.core.somaxconn).",
+                )
+            )
+    return events
+
+
+def sample_events(
+    before: Mapping[str, int],
+    after: Mapping[str, int],
+    seconds: float,
+    listeners_before: Iterable[Listener],
+    listeners_after: Iterable[Listener],
+    host: str,
+    thresholds: Thresholds = Thresholds(),
+) -> list[Finding]:
+    """Everything worth reporting between two samples."""
+    return counter_events(before, after, seconds, host, thresholds) + queue_events(
+        listeners_after, listeners_before
+    )

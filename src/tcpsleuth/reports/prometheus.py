@@ -1,0 +1,146 @@
+"""Prometheus exposition of a scrape: counters under node_exporter's names, plus
+what node_exporter does not have (listen queues, window scales and window-limited
+connections per port).
+
+Kernel counters keep node_exporter's netstat collector names and type
+(``node_netstat_<Group>_<Field>``, untyped, help ``Statistic <GroupField>.``), so a
+dashboard or alert written for node_exporter works on either. Exported are the TCP
+fields of node_exporter's default ``--collector.netstat.fields`` (Listen*, Syncookies*,
+TCPSynRetrans, TCPTimeouts, TCPOFOQueue, TCPRcvQDrop and the Tcp group's opens,
+segments, resets and CurrEstab) and the two request-queue counters that tell cookies
+from drops (TCPReqQFullDoCookies, TCPReqQFullDrop), which node_exporter exports under
+the same names once its field pattern includes them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Iterator, Mapping
+
+from prometheus_client.core import GaugeMetricFamily, Metric, UntypedMetricFamily
+from prometheus_client.exposition import generate_latest
+
+from tcpsleuth.detectors.port_summary import Summary
+
+# node_exporter's default field pattern, TCP part, plus the request-queue counters.
+NETSTAT_FIELDS = re.compile(
+    r"^(TcpExt_(Listen.*|Syncookies.*|TCPSynRetrans|TCPTimeouts|TCPOFOQueue|TCPRcvQDrop"
+    r"|TCPReqQFullDoCookies|TCPReqQFullDrop)"
+    r"|Tcp_(ActiveOpens|InSegs|OutSegs|OutRsts|PassiveOpens|RetransSegs|CurrEstab|InErrs))$"
+)
+# nstat joins group and field; longest group first so TcpExt is not read as Tcp + "Ext...".
+_GROUPS = ("TcpExt", "Tcp")
+
+
+def node_exporter_key(nstat_name: str) -> str | None:
+    """``TcpExtSyncookiesSent`` -> ``TcpExt_SyncookiesSent`` when node_exporter would
+    export it; None otherwise."""
+    for group in _GROUPS:
+        if nstat_name.startswith(group):
+            key = f"{group}_{nstat_name[len(group) :]}"
+            return key if NETSTAT_FIELDS.match(key) else None
+    return None
+
+
+def counter_families(counters: Mapping[str, int]) -> Iterator[Metric]:
+    for name in sorted(counters):
+        key = node_exporter_key(name)
+        if key is None:
+            continue
+        family = UntypedMetricFamily(f"node_netstat_{key}", f"Statistic {name}.")
+        family.add_metric([], float(counters[name]))
+        yield family
+
+
+def summary_families(summary: Summary) -> Iterator[Metric]:
+    listener_labels = ["address", "port"]
+    backlog = GaugeMetricFamily(
+        "tcpsleuth_listen_backlog",
+        "Listen backlog of the listener (sk_max_ack_backlog, ss -lt Send-Q), "
+        "summed over SO_REUSEPORT sockets.",
+        labels=listener_labels,
+    )
+    queue = GaugeMetricFamily(
+        "tcpsleuth_listen_accept_queue",
+        "Connections waiting for accept() on the listener (ss -lt Recv-Q).",
+        labels=listener_labels,
+    )
+    sockets = GaugeMetricFamily(
+        "tcpsleuth_listen_sockets",
+        "Listening sockets bound to this address and port (more than one with SO_REUSEPORT).",
+        labels=listener_labels,
+    )
+    for listener in summary.listeners:
+        labels = [listener.address, str(listener.port)]
+        backlog.add_metric(labels, listener.backlog)
+        queue.add_metric(labels, listener.accept_queue)
+        sockets.add_metric(labels, listener.sockets)
+    yield from (backlog, queue, sockets)
+
+    port_labels = ["side", "port"]
+    established = GaugeMetricFamily(
+        "tcpsleuth_established_connections",
+        "Established connections per service port: side=server for connections to a "
+        "local listener, side=client for connections to a remote port; ports beyond "
+        "the limit are folded into port=other.",
+        labels=port_labels,
+    )
+    wscale = GaugeMetricFamily(
+        "tcpsleuth_connections_by_wscale",
+        "Established connections per service port and window-scale shifts "
+        "(snd_wscale: the peer's shift as this end reads it; rcv_wscale: this end's own).",
+        labels=[*port_labels, "snd_wscale", "rcv_wscale"],
+    )
+    limited = GaugeMetricFamily(
+        "tcpsleuth_rwnd_limited_connections",
+        "Established connections that spent at least 20% (and 20 ms) of their busy time "
+        "since the previous scrape waiting for the peer's receive window.",
+        labels=port_labels,
+    )
+    share = GaugeMetricFamily(
+        "tcpsleuth_rwnd_limited_busy_ratio",
+        "Of the window-limited connections' busy time since the previous scrape, the share "
+        "spent waiting for the peer's receive window (tcp_info rwnd_limited / busy_time).",
+        labels=port_labels,
+    )
+    for port in summary.ports:
+        labels = [port.side, port.port]
+        established.add_metric(labels, port.connections)
+        for (snd, rcv), count in sorted(port.by_wscale.items()):
+            wscale.add_metric([*labels, str(snd), str(rcv)], count)
+        limited.add_metric(labels, port.rwnd_limited_connections)
+        share.add_metric(labels, round(port.rwnd_limited_share, 6))
+    yield from (established, wscale, limited, share)
+
+
+def scrape_families(summary: Summary, read_seconds: float) -> Iterator[Metric]:
+    seen = GaugeMetricFamily(
+        "tcpsleuth_scrape_connections",
+        "Established connections read in this scrape (before folding into ports).",
+    )
+    seen.add_metric([], summary.connections)
+    folded = GaugeMetricFamily(
+        "tcpsleuth_scrape_folded_ports", "Service ports folded into port=other in this scrape."
+    )
+    folded.add_metric([], summary.folded_ports)
+    took = GaugeMetricFamily(
+        "tcpsleuth_scrape_read_seconds",
+        "Seconds spent reading counters and sockets from the kernel in this scrape.",
+    )
+    took.add_metric([], round(read_seconds, 6))
+    yield from (seen, folded, took)
+
+
+class _Families:
+    """The smallest object generate_latest accepts: something with collect()."""
+
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self._families = list(families)
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families
+
+
+def exposition(families: Iterable[Metric]) -> bytes:
+    """Prometheus text format (version 0.0.4)."""
+    return generate_latest(_Families(families))  # type: ignore[arg-type]

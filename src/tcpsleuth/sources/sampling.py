@@ -1,0 +1,65 @@
+"""Samples of a namespace's TCP counters and listen queues, for rates over time.
+
+One sample is what ``tcpsleuth watch`` and the exporter read at one moment:
+the counters of ``/proc/net/snmp`` and ``/proc/net/netstat`` (nstat names) and
+every LISTEN socket with its backlog and accept queue (sock_diag). Counters are
+per network namespace, so the files are opened inside the namespace.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from tcpsleuth.model.records import STATE_NUMBERS, Listener, TcpConnection
+from tcpsleuth.sources import netns, procfs, sockdiag
+
+LISTEN_ONLY = 1 << STATE_NUMBERS["LISTEN"]
+ESTABLISHED_AND_LISTEN = LISTEN_ONLY | (1 << STATE_NUMBERS["ESTAB"])
+
+
+@dataclass(frozen=True)
+class CounterSample:
+    """Counters and listeners at ``at`` (seconds on the monotonic clock)."""
+
+    at: float
+    wall_time: float
+    counters: Mapping[str, int]
+    listeners: tuple[Listener, ...]
+
+
+def read_counters(netns_name: str | None) -> dict[str, int]:
+    with netns.entered(netns_name):
+        return procfs.read_live_counters()
+
+
+def take(netns_name: str | None = None) -> CounterSample:
+    """Counters first, listeners right after: both within a millisecond or so."""
+    at, wall = time.monotonic(), time.time()
+    counters = read_counters(netns_name)
+    table = sockdiag.snapshot(netns_name, states=LISTEN_ONLY, with_info=False)
+    return CounterSample(at, wall, counters, tuple(table.listeners))
+
+
+@dataclass(frozen=True)
+class ScrapeSample:
+    """What one exporter scrape reads: counters, listeners and established
+    connections with their tcp_info."""
+
+    counters: Mapping[str, int]
+    listeners: tuple[Listener, ...]
+    connections: tuple[TcpConnection, ...]
+    read_seconds: float
+
+
+def scrape(netns_name: str | None = None) -> ScrapeSample:
+    started = time.perf_counter()
+    counters = read_counters(netns_name)
+    table = sockdiag.snapshot(netns_name, states=ESTABLISHED_AND_LISTEN, with_info=True)
+    return ScrapeSample(
+        counters,
+        tuple(table.listeners),
+        tuple(table.connections),
+        time.perf_counter() - started,
+    )
