@@ -11,6 +11,7 @@ APT_PACKAGES=(
     tshark     # differential tests of the capture analyzer
     nftables   # fault injection inside lab/test namespaces
     bpftrace   # tcpsleuth trace: kernel tracepoints read through BTF
+    prometheus # promtool and the server for the exporter and alert-rule tests
 )
 
 if [ "$(id -u)" -eq 0 ]; then
