@@ -1,6 +1,7 @@
 """Kafka-framed request/response traffic for capture tests, run inside test namespaces.
 
   kafka_like.py serve HOST PORT [RCVBUF]
+      (RCVBUF -1: for storms, accept only after 0.5 s, then hold connections silently)
       answer every request (size, api_key, api_version, correlation_id, body) with a
       response (size, correlation_id, 8 bytes); RCVBUF sets SO_RCVBUF before listen,
       as Kafka's SocketServer does
@@ -12,6 +13,7 @@ The request bodies are zeros: only the headers matter to the capture analyzer.
 
 from __future__ import annotations
 
+import resource
 import socket
 import struct
 import sys
@@ -32,6 +34,9 @@ def _recv_exact(conn: socket.socket, size: int) -> bytes:
 
 
 def serve(host: str, port: int, rcvbuf: int) -> None:
+    # a storm holds thousands of connections open at once
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     server = socket.socket(family, socket.SOCK_STREAM)
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -40,6 +45,16 @@ def serve(host: str, port: int, rcvbuf: int) -> None:
     server.bind((host, port))
     server.listen(50)
     print("listening", flush=True)
+
+    if rcvbuf < 0:
+        # sink mode for storms: like a broker still starting, accept nothing for a
+        # moment (the accept queue fills, the SYN queue overflows into cookies),
+        # then accept as fast as possible and hold the sockets
+        held = []
+        time.sleep(0.5)
+        while True:
+            conn, _ = server.accept()
+            held.append(conn)
 
     def handle(conn: socket.socket) -> None:
         conn.settimeout(TIMEOUT)

@@ -346,7 +346,15 @@ def analyse(tcp: TcpColumns) -> Analysis:
     data = (paylen > 0) & ~retrans
     seg_size = np.zeros(2 * nconn, dtype=np.int64)
     np.maximum.at(seg_size, bucket[data], paylen[data])
-    seg = seg_size[bucket]
+    # A capture on the sending host shows TSO super-segments; the segment the
+    # receiver's window must fit is at most the MSS the receiver announced.
+    peer_mss = np.full((nconn, 2), 1 << 16, dtype=np.int64)
+    for c in range(nconn):
+        if synack_opts[c] is not None and synack_opts[c].mss:
+            peer_mss[c, 0] = synack_opts[c].mss
+        if syn_opts[c] is not None and syn_opts[c].mss:
+            peer_mss[c, 1] = syn_opts[c].mss
+    seg = np.minimum(seg_size, peer_mss.ravel())[bucket]
     peer_ack = ack[peer]
     in_flight = (seq + paylen - peer_ack) % SEQ_SPACE
     in_flight = np.where(in_flight > (1 << 31), 0, in_flight)
@@ -362,7 +370,13 @@ def analyse(tcp: TcpColumns) -> Analysis:
     other_ok = (nxt_other < n) & (conn[np.minimum(nxt_other, n - 1)] == conn)
     own_ok = (nxt_own < n) & (conn[np.minimum(nxt_own, n - 1)] == conn)
     waits = at_edge & other_ok & own_ok & (nxt_own > nxt_other)
-    wait_ns = np.where(waits, ts[np.minimum(nxt_other, n - 1)] - ts, 0)
+    # The wait ends with the peer's next segment, or, when the window it opens is
+    # still below two segments (sender-side silly-window avoidance and persist
+    # timer hold the sender back), with the sender's next data segment.
+    nxt_own_c = np.minimum(nxt_own, n - 1)
+    small_after = win_bytes[peer[nxt_own_c]] < 2 * seg
+    wait_end = np.where(small_after, ts[nxt_own_c], ts[np.minimum(nxt_other, n - 1)])
+    wait_ns = np.where(waits, wait_end - ts, 0)
     wait_sum = np.bincount(bucket, weights=wait_ns, minlength=2 * nconn).reshape(nconn, 2)
     wait_n = np.bincount(bucket, weights=waits, minlength=2 * nconn).reshape(nconn, 2)
     # Span of each direction's data transfer: first data segment to the

@@ -62,6 +62,7 @@ class TcpColumns:
     flags: np.ndarray  # int32
     window: np.ndarray  # int32, the raw 16-bit field
     paylen: np.ndarray  # int32, TCP payload length from the IP header
+    tsval: np.ndarray  # int64: TSval when the options start NOP NOP TS (Linux's layout), else -1
     # Python-side extras, keyed by row number within these columns
     options: dict[int, bytes]  # TCP options of SYN and SYN-ACK segments
     payloads: dict[int, bytes]  # captured payload of segments to or from a watched port
@@ -228,6 +229,12 @@ def decode(
     flags = (b[t + 13].astype(np.int32)) | ((b[t + 12].astype(np.int32) & 1) << 8)
     window = _u16(b, t + 14).astype(np.int32)
     l3r = l3[rows]
+    # Linux puts the timestamps option first on every segment after the handshake:
+    # NOP, NOP, kind 8, length 10 (tcp_options_write).
+    ts_ok = (hlen >= 32) & (t + 32 <= end[rows])
+    k = np.where(ts_ok, t, 0)
+    ts_ok &= _u32(b, k + 20) == 0x0101080A
+    tsval = np.where(ts_ok, _u32(b, k + 24), -1)
     ip_payload = np.where(is4, total[rows] - ihl[rows], plen6[rows] - (l4 - l3r - 40))
     # TSO/GSO packets captured on the sender carry IP length 0.
     from_frame = batch.origlen[rows] - (l4 - off[rows])
@@ -277,6 +284,7 @@ def decode(
         flags=flags,
         window=window,
         paylen=paylen,
+        tsval=tsval,
         options=options,
         payloads=payloads,
     )
@@ -299,6 +307,7 @@ def concatenate(parts: list[TcpColumns]) -> TcpColumns:
         "flags",
         "window",
         "paylen",
+        "tsval",
     ]
     if not parts:
         empty = {
@@ -316,6 +325,7 @@ def concatenate(parts: list[TcpColumns]) -> TcpColumns:
             "flags": np.int32,
             "window": np.int32,
             "paylen": np.int32,
+            "tsval": np.int64,
         }
         return TcpColumns(
             **{k: np.zeros(0, dtype=v) for k, v in empty.items()}, options={}, payloads={}

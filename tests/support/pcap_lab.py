@@ -1,0 +1,178 @@
+"""Captures made by tests: tcpdump in a client namespace, Kafka-framed traffic to a
+server namespace over veth, with an optional nftables fault on the server's egress."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tcpsleuth.lab import faults
+from tcpsleuth.lab.namespaces import sysctl
+from tcpsleuth.lab.topology import Pair, server_client_pair
+
+SUPPORT = Path(__file__).parent
+PORT = 9092
+
+
+@dataclass
+class LabCapture:
+    path: Path
+    timings: list[float]
+    server_netstat: dict[str, int]
+
+
+def _netstat(ns: str) -> dict[str, int]:
+    out = subprocess.run(
+        ["ip", "netns", "exec", ns, "nstat", "-az", "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    counters = json.loads(out)
+    return {k: int(v) for table in counters.values() for k, v in table.items()}
+
+
+class Tcpdump:
+    def __init__(self, ns: str, path: Path, snaplen: int, pcapng: bool = False) -> None:
+        argv = ["ip", "netns", "exec", ns, "tcpdump", "-i", "eth0", "-n"]
+        # a large buffer: a storm of 1,500 handshakes must not be dropped by the kernel
+        argv += ["-B", "65536", "-s", str(snaplen), "-w", str(path)]
+        if not pcapng:
+            argv += ["--time-stamp-precision", "micro"]
+        argv += ["tcp", "port", str(PORT)]
+        self.process = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
+        assert self.process.stderr is not None
+        line = self.process.stderr.readline()
+        if "listening" not in line:
+            self.process.kill()
+            raise RuntimeError(f"tcpdump did not start: {line!r}")
+
+    def stop(self) -> None:
+        # Without immediate mode the kernel hands packets over in blocks, at the
+        # latest after a second; wait for the last block before stopping.
+        time.sleep(1.2)
+        self.process.send_signal(signal.SIGINT)
+        self.process.wait(timeout=10)
+        assert self.process.stderr is not None
+        report = self.process.stderr.read()
+        if not re.search(r"^0 packets dropped by kernel", report, re.MULTILINE):
+            raise RuntimeError(f"tcpdump lost packets: {report!r}")
+
+
+def make_capture(
+    tmp: Path,
+    name: str,
+    clients: list[tuple[str, int, int, int]] | None = None,
+    fault: Callable[[Pair], None] | None = None,
+    server_sysctls: dict[str, str | int] | None = None,
+    rcvbuf: int = 0,
+    snaplen: int = 262144,
+    storm: int = 0,
+) -> LabCapture:
+    """Capture on the client side. ``clients``: (address family, conns, requests, size)."""
+    path = tmp / f"{name}.pcap"
+    with server_client_pair("pcap") as pair:
+        for key, value in (server_sysctls or {}).items():
+            sysctl(pair.server, key, value)
+        server = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                pair.server,
+                sys.executable,
+                str(SUPPORT / "kafka_like.py"),
+                "serve",
+                "::",
+                str(PORT),
+                str(-1 if storm else rcvbuf),
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert server.stdout is not None
+            assert server.stdout.readline().startswith("listening")
+            if fault is not None:
+                fault(pair)
+            dump = Tcpdump(pair.client, path, snaplen)
+            timings: list[float] = []
+            try:
+                for family, conns, requests, size in clients or []:
+                    host = pair.server_ip4 if family == 4 else pair.server_ip6
+                    result = subprocess.run(
+                        [
+                            "ip",
+                            "netns",
+                            "exec",
+                            pair.client,
+                            sys.executable,
+                            str(SUPPORT / "kafka_like.py"),
+                            "send",
+                            host,
+                            str(PORT),
+                            str(conns),
+                            str(requests),
+                            str(size),
+                        ],
+                        capture_output=True,
+                        text=True,
+                        timeout=120,
+                        check=True,
+                    )
+                    timings += [float(t) for t in result.stdout.split()]
+                if storm:
+                    farm = subprocess.run(
+                        [
+                            "ip",
+                            "netns",
+                            "exec",
+                            pair.client,
+                            sys.executable,
+                            str(SUPPORT / "storm_once.py"),
+                            pair.server_ip4,
+                            str(PORT),
+                            str(storm),
+                        ],
+                        capture_output=True,
+                        text=True,
+                        timeout=120,
+                        check=True,
+                    )
+                    del farm
+            finally:
+                dump.stop()
+            netstat = _netstat(pair.server)
+        finally:
+            server.kill()
+            server.wait()
+            faults.clear(pair.server)
+    return LabCapture(path, timings, netstat)
+
+
+def tshark_fields(path: Path, *fields: str, display_filter: str = "") -> list[list[str]]:
+    argv = [
+        "tshark",
+        "-n",
+        "-r",
+        str(path),
+        "-d",
+        f"tcp.port=={PORT},kafka",
+        "-T",
+        "fields",
+        "-E",
+        "separator=|",
+    ]
+    for field in fields:
+        argv += ["-e", field]
+    if display_filter:
+        argv += ["-Y", display_filter]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    return [line.split("|") for line in out.splitlines()]
