@@ -3,17 +3,30 @@
 This is what ``ss -tni`` reads, without a subprocess and without text: one dump
 request per address family, answered by the kernel in batches of netlink
 messages. Layouts are those of include/uapi/linux/inet_diag.h and
-include/uapi/linux/tcp.h; ``tcp_info`` has grown over the years, so a field is
-decoded only when the kernel's attribute is long enough to hold it.
+include/uapi/linux/tcp.h.
+
+Speed: a broker can hold tens of thousands of connections, so the dump is
+decoded in bulk. Python only walks the netlink framing (one length per message
+and the attribute list) and collects each message's fixed ``inet_diag_msg``
+and its ``tcp_info`` bytes; NumPy then reads every field of every socket at once
+through structured dtypes (``DiagDump``). Records (``TcpConnection``) are built
+only when a caller asks for them.
+
+``tcp_info`` has grown over the years (``busy_time`` in 4.10, ``snd_wnd`` in
+5.4, ``rcv_wnd`` in 6.x); the kernel sends the struct of its own version, so a
+field counts as present only when the attribute is long enough to hold it.
 """
 
 from __future__ import annotations
 
 import errno
+import ipaddress
 import socket
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+import numpy as np
 
 from tcpsleuth.errors import EnvironmentProblem
 from tcpsleuth.model.records import STATE_NUMBERS, TCP_STATES, Listener, TcpConnection
@@ -31,83 +44,98 @@ TCPI_OPT_TIMESTAMPS, TCPI_OPT_SACK, TCPI_OPT_WSCALE, TCPI_OPT_ECN = 1, 2, 4, 8
 NLMSGHDR = struct.Struct("=IHHII")
 # inet_diag_req_v2: family, protocol, ext, pad, states, then inet_diag_sockid (zeros)
 REQ_V2 = struct.Struct("=BBBxI48x")
-# inet_diag_msg: family, state, timer, retrans, sport, dport (big-endian), src, dst,
-# if, cookie, expires, rqueue, wqueue, uid, inode
-DIAG_MSG = struct.Struct("=BBBB2s2s16s16sI8xIIIII")
-PORT = struct.Struct("!H")
 RTATTR = struct.Struct("=HH")
+_U32 = struct.Struct("=I")
 
-# tcp_info up to tcpi_rcv_wnd (236 bytes); older kernels send a prefix of it.
-TCP_INFO = struct.Struct("=8B24I4Q6I4Q2I2Q5I")
-TCP_INFO_FIELDS = [
-    "state",
-    "ca_state",
-    "retransmits",
-    "probes",
-    "backoff",
-    "options",
-    "wscale",
-    "flags",
-    "rto",
-    "ato",
-    "snd_mss",
-    "rcv_mss",
-    "unacked",
-    "sacked",
-    "lost",
-    "retrans",
-    "fackets",
-    "last_data_sent",
-    "last_ack_sent",
-    "last_data_recv",
-    "last_ack_recv",
-    "pmtu",
-    "rcv_ssthresh",
-    "rtt",
-    "rttvar",
-    "snd_ssthresh",
-    "snd_cwnd",
-    "advmss",
-    "reordering",
-    "rcv_rtt",
-    "rcv_space",
-    "total_retrans",
-    "pacing_rate",
-    "max_pacing_rate",
-    "bytes_acked",
-    "bytes_received",
-    "segs_out",
-    "segs_in",
-    "notsent_bytes",
-    "min_rtt",
-    "data_segs_in",
-    "data_segs_out",
-    "delivery_rate",
-    "busy_time",
-    "rwnd_limited",
-    "sndbuf_limited",
-    "delivered",
-    "delivered_ce",
-    "bytes_sent",
-    "bytes_retrans",
-    "dsack_dups",
-    "reord_seen",
-    "rcv_ooopack",
-    "snd_wnd",
-    "rcv_wnd",
-]
-# Byte offset at which each optional field ends: present only if len >= that.
-_FIELD_END = {}
-_offset = 0
-for _name, _code in zip(
-    TCP_INFO_FIELDS,
-    "B" * 8 + "I" * 24 + "Q" * 4 + "I" * 6 + "Q" * 4 + "I" * 2 + "Q" * 2 + "I" * 5,
-    strict=True,
-):
-    _offset += struct.calcsize("=" + _code)
-    _FIELD_END[_name] = _offset
+# struct inet_diag_msg (72 bytes); ports are big-endian, addresses are 16 bytes
+# (an IPv4 address in the first 4).
+DIAG_DTYPE = np.dtype(
+    [
+        ("family", "u1"),
+        ("state", "u1"),
+        ("timer", "u1"),
+        ("retrans", "u1"),
+        ("sport", ">u2"),
+        ("dport", ">u2"),
+        ("src", "V16"),
+        ("dst", "V16"),
+        ("if", "=u4"),
+        ("cookie", "=u8"),
+        ("expires", "=u4"),
+        ("rqueue", "=u4"),
+        ("wqueue", "=u4"),
+        ("uid", "=u4"),
+        ("inode", "=u4"),
+    ]
+)
+assert DIAG_DTYPE.itemsize == 72
+
+# struct tcp_info up to tcpi_rcv_wnd (236 bytes): every u64 sits at an 8-aligned
+# offset, so the packed dtype has the kernel's layout.
+_TCP_INFO_LAYOUT = (
+    [
+        (name, "u1")
+        for name in ("state", "ca_state", "retransmits", "probes", "backoff", "options", "wscale")
+    ]
+    + [("flags", "u1")]
+    + [
+        (name, "=u4")
+        for name in [
+            "rto",
+            "ato",
+            "snd_mss",
+            "rcv_mss",
+            "unacked",
+            "sacked",
+            "lost",
+            "retrans",
+            "fackets",
+            "last_data_sent",
+            "last_ack_sent",
+            "last_data_recv",
+            "last_ack_recv",
+            "pmtu",
+            "rcv_ssthresh",
+            "rtt",
+            "rttvar",
+            "snd_ssthresh",
+            "snd_cwnd",
+            "advmss",
+            "reordering",
+            "rcv_rtt",
+            "rcv_space",
+            "total_retrans",
+        ]
+    ]
+    + [(n, "=u8") for n in ("pacing_rate", "max_pacing_rate", "bytes_acked", "bytes_received")]
+    + [
+        (n, "=u4")
+        for n in (
+            "segs_out",
+            "segs_in",
+            "notsent_bytes",
+            "min_rtt",
+            "data_segs_in",
+            "data_segs_out",
+        )
+    ]
+    + [(n, "=u8") for n in ("delivery_rate", "busy_time", "rwnd_limited", "sndbuf_limited")]
+    + [(n, "=u4") for n in ("delivered", "delivered_ce")]
+    + [(n, "=u8") for n in ("bytes_sent", "bytes_retrans")]
+    + [(n, "=u4") for n in ("dsack_dups", "reord_seen", "rcv_ooopack", "snd_wnd", "rcv_wnd")]
+)
+TCP_INFO_DTYPE = np.dtype(_TCP_INFO_LAYOUT)
+assert TCP_INFO_DTYPE.itemsize == 236
+
+
+def field_end(name: str) -> int:
+    """Bytes of tcp_info a kernel must send for ``name`` to be in it."""
+    offset = TCP_INFO_DTYPE.fields[name][1]
+    return int(offset + TCP_INFO_DTYPE.fields[name][0].itemsize)
+
 
 ALL_BUT_TIMEWAIT = sum(1 << n for n in TCP_STATES if n not in (6, 7, 12))
+LISTEN = STATE_NUMBERS["LISTEN"]
 
 
 @dataclass(frozen=True)
@@ -116,155 +144,341 @@ class SocketTable:
     connections: list[TcpConnection]
 
 
-def _decode_tcp_info(raw: bytes) -> dict[str, object]:
-    size = len(raw)
-    padded = raw[: TCP_INFO.size].ljust(TCP_INFO.size, b"\0")
-    values = dict(zip(TCP_INFO_FIELDS, TCP_INFO.unpack(padded), strict=True))
+@dataclass(frozen=True)
+class DiagDump:
+    """Every socket of a dump as NumPy structured arrays, row for row.
 
-    def have(name: str) -> bool:
-        return size >= _FIELD_END[name]
+    ``diag`` holds the ``inet_diag_msg`` fields, ``info`` the ``tcp_info``
+    fields (zeros where the kernel sent none) and ``info_len`` how many bytes
+    of ``tcp_info`` the kernel sent (0: none, e.g. with_info=False).
+    """
 
-    options = values["options"]
-    scaled = bool(options & TCPI_OPT_WSCALE)
-    busy = values["busy_time"] if have("busy_time") else None
-    return {
-        # ss prints wscale only when scaling was negotiated; without it both shifts are 0.
-        "snd_wscale": values["wscale"] & 0x0F if scaled else 0,
-        "rcv_wscale": values["wscale"] >> 4 if scaled else 0,
-        "timestamps": bool(options & TCPI_OPT_TIMESTAMPS),
-        "sack": bool(options & TCPI_OPT_SACK),
-        "ecn": bool(options & TCPI_OPT_ECN),
-        "rto": values["rto"] / 1000,
-        "rtt": values["rtt"] / 1000,
-        "rttvar": values["rttvar"] / 1000,
-        "mss": values["snd_mss"],
-        "rcv_mss": values["rcv_mss"],
-        "advmss": values["advmss"],
-        "pmtu": values["pmtu"],
-        "cwnd": values["snd_cwnd"],
-        "ssthresh": values["snd_ssthresh"],
-        "unacked": values["unacked"],
-        "rcv_space": values["rcv_space"],
-        "rcv_ssthresh": values["rcv_ssthresh"],
-        "retrans_total": values["total_retrans"],
-        "bytes_acked": values["bytes_acked"] if have("bytes_acked") else None,
-        "bytes_received": values["bytes_received"] if have("bytes_received") else None,
-        "segs_out": values["segs_out"] if have("segs_out") else None,
-        "segs_in": values["segs_in"] if have("segs_in") else None,
-        "notsent_bytes": values["notsent_bytes"] if have("notsent_bytes") else None,
-        "busy_time": busy,
-        "rwnd_limited": values["rwnd_limited"] if have("rwnd_limited") else None,
-        "sndbuf_limited": values["sndbuf_limited"] if have("sndbuf_limited") else None,
-        "bytes_sent": values["bytes_sent"] if have("bytes_sent") else None,
-        "bytes_retrans": values["bytes_retrans"] if have("bytes_retrans") else None,
-        "snd_wnd": values["snd_wnd"] if have("snd_wnd") else None,
-        "rcv_wnd": values["rcv_wnd"] if have("rcv_wnd") else None,
+    diag: np.ndarray
+    info: np.ndarray
+    info_len: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.diag)
+
+    def select(self, mask: np.ndarray) -> DiagDump:
+        return DiagDump(self.diag[mask], self.info[mask], self.info_len[mask])
+
+    def filtered(
+        self, ports: Iterable[int] | None = None, addresses: Iterable[str] | None = None
+    ) -> DiagDump:
+        """Sockets with a local or remote port in ``ports`` and a local or remote
+        address in ``addresses`` (IPv4 also matches its IPv4-mapped IPv6 form)."""
+        mask = np.ones(len(self), dtype=bool)
+        if ports is not None:
+            wanted = np.fromiter(ports, dtype=np.uint16)
+            mask &= np.isin(self.diag["sport"], wanted) | np.isin(self.diag["dport"], wanted)
+        if addresses is not None:
+            keys = _address_keys(addresses)
+            src = _address_view(self.diag["src"], self.diag["family"])
+            dst = _address_view(self.diag["dst"], self.diag["family"])
+            mask &= np.isin(src, keys) | np.isin(dst, keys)
+        return self.select(mask)
+
+    @property
+    def listening(self) -> np.ndarray:
+        return self.diag["state"] == LISTEN
+
+    def listeners(self) -> list[Listener]:
+        rows = self.diag[self.listening]
+        local = _addresses(rows["src"], rows["family"])
+        return [
+            Listener(ip, port, backlog=backlog, accept_queue=accept)
+            for ip, port, backlog, accept in zip(
+                local,
+                rows["sport"].tolist(),
+                rows["wqueue"].tolist(),
+                rows["rqueue"].tolist(),
+                strict=True,
+            )
+        ]
+
+    def connections(self) -> list[TcpConnection]:
+        keep = ~self.listening
+        return _connection_records(self.diag[keep], self.info[keep], self.info_len[keep])
+
+
+def _address_keys(addresses: Iterable[str]) -> np.ndarray:
+    """16-byte keys as the kernel stores addresses: IPv4 in the first 4 bytes,
+    and also as IPv4-mapped IPv6 (a dual-stack socket's view of an IPv4 peer)."""
+    keys = []
+    for text in addresses:
+        addr = ipaddress.ip_address(text)
+        if addr.version == 6 and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        if addr.version == 4:
+            keys.append(addr.packed + bytes(12))
+            keys.append(ipaddress.IPv6Address(f"::ffff:{addr}").packed)
+        else:
+            keys.append(addr.packed)
+    return np.array(keys, dtype="V16")
+
+
+def _address_view(raw: np.ndarray, family: np.ndarray) -> np.ndarray:
+    """Addresses with the bytes after an IPv4 address zeroed (the kernel leaves
+    them zero today; zeroing keeps the comparison exact regardless)."""
+    out = raw.copy()
+    v4 = family == socket.AF_INET
+    if v4.any():
+        as_bytes = out.view(np.uint8).reshape(-1, 16)
+        as_bytes[v4, 4:] = 0
+    return out
+
+
+def _addresses(raw: np.ndarray, family: np.ndarray) -> list[str]:
+    """Text addresses as ``ipaddress`` writes them (compressed IPv6), via
+    inet_ntop, which is what ``ss`` calls too."""
+    ntop = socket.inet_ntop
+    out: list[str] = []
+    append = out.append
+    for value, fam in zip(raw.tolist(), family.tolist(), strict=True):
+        if fam == socket.AF_INET:
+            append(ntop(socket.AF_INET, value[:4]))
+        else:
+            append(ntop(socket.AF_INET6, value))
+    return out
+
+
+def _connection_records(
+    diag: np.ndarray, info: np.ndarray, info_len: np.ndarray
+) -> list[TcpConnection]:
+    n = len(diag)
+    local = _addresses(diag["src"], diag["family"])
+    remote = _addresses(diag["dst"], diag["family"])
+    states = [TCP_STATES.get(s, str(s)) for s in diag["state"].tolist()]
+    columns: dict[str, list[object]] = {
+        "local_port": diag["sport"].tolist(),
+        "remote_port": diag["dport"].tolist(),
+        "recv_q": diag["rqueue"].tolist(),
+        "send_q": diag["wqueue"].tolist(),
+        "inode": diag["inode"].tolist(),
     }
+    columns.update(_info_columns(info, info_len))
+    names = list(columns)
+    values = [columns[name] for name in names]
+    records = []
+    new = object.__new__
+    for i in range(n):
+        record = new(TcpConnection)
+        # TcpConnection is a frozen dataclass: its __init__ sets ~40 fields one
+        # object.__setattr__ at a time, the bulk of the cost at 100k sockets.
+        # Filling __dict__ directly gives the same object (every field set).
+        record.__dict__.update(
+            zip(names, [column[i] for column in values], strict=True),
+            local_ip=local[i],
+            remote_ip=remote[i],
+            state=states[i],
+        )
+        records.append(record)
+    return records
 
 
-def _dump(sock: socket.socket, family: int, states: int, with_info: bool) -> Iterator[bytes]:
-    """Yield each inet_diag_msg (with its attributes) of one dump."""
+# tcp_info fields copied to TcpConnection under the same name, with the
+# attribute length they need.
+_COPIED = {
+    "mss": "snd_mss",
+    "rcv_mss": "rcv_mss",
+    "advmss": "advmss",
+    "pmtu": "pmtu",
+    "cwnd": "snd_cwnd",
+    "ssthresh": "snd_ssthresh",
+    "unacked": "unacked",
+    "rcv_space": "rcv_space",
+    "rcv_ssthresh": "rcv_ssthresh",
+    "retrans_total": "total_retrans",
+    "bytes_acked": "bytes_acked",
+    "bytes_received": "bytes_received",
+    "segs_out": "segs_out",
+    "segs_in": "segs_in",
+    "notsent_bytes": "notsent_bytes",
+    "busy_time": "busy_time",
+    "rwnd_limited": "rwnd_limited",
+    "sndbuf_limited": "sndbuf_limited",
+    "bytes_sent": "bytes_sent",
+    "bytes_retrans": "bytes_retrans",
+    "snd_wnd": "snd_wnd",
+    "rcv_wnd": "rcv_wnd",
+}
+_MS = {"rto": "rto", "rtt": "rtt", "rttvar": "rttvar"}  # us in tcp_info, ms in records
+
+
+def _info_columns(info: np.ndarray, info_len: np.ndarray) -> dict[str, list[object]]:
+    n = len(info)
+    if n == 0:
+        return {
+            name: []
+            for name in [*_COPIED, *_MS, "snd_wscale", "rcv_wscale", "timestamps", "sack", "ecn"]
+        }
+    shortest, longest = int(info_len.min()), int(info_len.max())
+    columns: dict[str, list[object]] = {}
+
+    def present(values: list[object], end: int) -> list[object]:
+        if shortest >= end:
+            return values
+        if longest < end:
+            return [None] * n
+        have = (info_len >= end).tolist()
+        return [v if h else None for v, h in zip(values, have, strict=True)]
+
+    for name, kernel_name in _COPIED.items():
+        columns[name] = present(info[kernel_name].tolist(), field_end(kernel_name))
+    for name, kernel_name in _MS.items():
+        columns[name] = present((info[kernel_name] / 1000).tolist(), field_end(kernel_name))
+    options = info["options"]
+    wscale = info["wscale"]
+    scaled = (options & TCPI_OPT_WSCALE) != 0
+    # ss prints wscale only when scaling was negotiated; without it both shifts are 0.
+    base = field_end("wscale")
+    columns["snd_wscale"] = present(np.where(scaled, wscale & 0x0F, 0).tolist(), base)
+    columns["rcv_wscale"] = present(np.where(scaled, wscale >> 4, 0).tolist(), base)
+    columns["timestamps"] = present(((options & TCPI_OPT_TIMESTAMPS) != 0).tolist(), base)
+    columns["sack"] = present(((options & TCPI_OPT_SACK) != 0).tolist(), base)
+    columns["ecn"] = present(((options & TCPI_OPT_ECN) != 0).tolist(), base)
+    return columns
+
+
+def _request(family: int, states: int, with_info: bool) -> bytes:
     ext = 1 << (INET_DIAG_INFO - 1) if with_info else 0
     body = REQ_V2.pack(family, socket.IPPROTO_TCP, ext, states)
-    sock.send(
+    return (
         NLMSGHDR.pack(
             NLMSGHDR.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, 1, 0
         )
         + body
     )
-    buf = bytearray(1 << 20)
-    view = memoryview(buf)
+
+
+def _collect(
+    sock: socket.socket, family: int, states: int, with_info: bool, heads: list, infos: list
+) -> None:
+    """Append each socket's inet_diag_msg bytes to ``heads`` and its tcp_info
+    bytes (b"" when absent) to ``infos``."""
+    sock.send(_request(family, states, with_info))
+    diag_size = DIAG_DTYPE.itemsize
+    header = NLMSGHDR.size
+    unpack_header = NLMSGHDR.unpack_from
+    unpack_attr = RTATTR.unpack_from
+    layout: dict[int, int] = {}  # message length -> offset of its INFO attribute
     while True:
-        n = sock.recv_into(buf)
+        chunk = sock.recv(1 << 20)
+        view = memoryview(chunk)
+        n = len(chunk)
         pos = 0
-        while pos + NLMSGHDR.size <= n:
-            length, kind, _flags, _seq, _pid = NLMSGHDR.unpack_from(buf, pos)
-            if kind == NLMSG_DONE:
+        while pos + header <= n:
+            length, kind, _flags, _seq, _pid = unpack_header(chunk, pos)
+            if kind == SOCK_DIAG_BY_FAMILY:
+                body = pos + header
+                end = pos + length
+                heads.append(view[body : body + diag_size])
+                # Messages of one length almost always carry the same attributes in
+                # the same order; remember where INFO was and check it is there.
+                at = layout.get(length)
+                if at is not None:
+                    alen, akind = unpack_attr(chunk, pos + at)
+                    if akind != INET_DIAG_INFO:
+                        at = None
+                if at is None:
+                    at = -1
+                    apos = body + diag_size
+                    while apos + 4 <= end:
+                        alen, akind = unpack_attr(chunk, apos)
+                        if alen < 4:
+                            break
+                        if akind == INET_DIAG_INFO:
+                            at = apos - pos
+                            break
+                        apos += (alen + 3) & ~3
+                    layout[length] = at
+                if at >= 0:
+                    alen = unpack_attr(chunk, pos + at)[0]
+                    infos.append(view[pos + at + 4 : pos + at + alen])
+                else:
+                    infos.append(b"")
+            elif kind == NLMSG_DONE:
                 return
-            if kind == NLMSG_ERROR:
-                code = -struct.unpack_from("=i", buf, pos + NLMSGHDR.size)[0]
+            elif kind == NLMSG_ERROR:
+                code = -struct.unpack_from("=i", chunk, pos + header)[0]
                 if code == 0:
                     return
                 raise OSError(code, f"sock_diag dump failed: {errno.errorcode.get(code, code)}")
-            if kind == SOCK_DIAG_BY_FAMILY:
-                yield bytes(view[pos + NLMSGHDR.size : pos + length])
+            if length < header:
+                raise OSError(errno.EPROTO, "sock_diag: malformed netlink message")
             pos += (length + 3) & ~3
+        if n == 0:
+            raise OSError(errno.EPROTO, "sock_diag: dump ended without NLMSG_DONE")
 
 
-def _parse(message: bytes, ports: frozenset[int] | None) -> Listener | TcpConnection | None:
-    (
-        family,
-        state,
-        _timer,
-        _retrans,
-        sport,
-        dport,
-        src,
-        dst,
-        _if,
-        _expires,
-        rqueue,
-        wqueue,
-        _uid,
-        inode,
-    ) = DIAG_MSG.unpack_from(message)
-    local_port = PORT.unpack(sport)[0]
-    remote_port = PORT.unpack(dport)[0]
-    if ports is not None and local_port not in ports and remote_port not in ports:
-        return None
-    size = 4 if family == socket.AF_INET else 16
-    local_ip = socket.inet_ntop(family, src[:size])
-    remote_ip = socket.inet_ntop(family, dst[:size])
-    if state == STATE_NUMBERS["LISTEN"]:
-        return Listener(local_ip, local_port, backlog=wqueue, accept_queue=rqueue)
-    info: dict[str, object] = {}
-    pos = DIAG_MSG.size
-    while pos + RTATTR.size <= len(message):
-        length, kind = RTATTR.unpack_from(message, pos)
-        if length < RTATTR.size:
-            break
-        if kind == INET_DIAG_INFO:
-            info = _decode_tcp_info(message[pos + RTATTR.size : pos + length])
-        pos += (length + 3) & ~3
-    return TcpConnection(
-        local_ip,
-        local_port,
-        remote_ip,
-        remote_port,
-        TCP_STATES.get(state, str(state)),
-        recv_q=rqueue,
-        send_q=wqueue,
-        inode=inode,
-        **info,  # type: ignore[arg-type]
-    )
+def _decode(heads: list, infos: list) -> DiagDump:
+    n = len(heads)
+    diag = np.frombuffer(b"".join(heads), dtype=DIAG_DTYPE) if n else np.empty(0, DIAG_DTYPE)
+    info_len = np.fromiter((len(x) for x in infos), dtype=np.uint32, count=n)
+    size = TCP_INFO_DTYPE.itemsize
+    if n and (info_len == size).all():
+        info = np.frombuffer(b"".join(infos), dtype=TCP_INFO_DTYPE)
+    elif n and len(set(info_len.tolist())) == 1 and int(info_len[0]) > size:
+        # a newer kernel's longer tcp_info: keep the prefix we know
+        raw = np.frombuffer(b"".join(infos), dtype=np.uint8).reshape(n, -1)
+        info = np.ascontiguousarray(raw[:, :size]).view(TCP_INFO_DTYPE).ravel()
+    else:
+        # mixed or shorter attributes (old kernels, sockets without tcp_info)
+        blob = b"".join(bytes(x[:size]).ljust(size, b"\0") for x in infos)
+        info = np.frombuffer(blob, dtype=TCP_INFO_DTYPE) if n else np.zeros(0, TCP_INFO_DTYPE)
+    return DiagDump(diag, info, info_len)
 
 
-def snapshot(
-    netns_name: str | None = None,
-    ports: frozenset[int] | None = None,
-    states: int = ALL_BUT_TIMEWAIT | (1 << STATE_NUMBERS["LISTEN"]),
-    with_info: bool = True,
-) -> SocketTable:
-    """Listeners and connections of a namespace (ours when ``netns_name`` is None).
-
-    ``ports`` keeps sockets whose local or remote port is in the set.
-    """
+def _open(netns_name: str | None) -> socket.socket:
     with netns.entered(netns_name):
         try:
-            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG)
+            return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_SOCK_DIAG)
         except OSError as exc:
             raise EnvironmentProblem(
                 f"cannot open a sock_diag netlink socket ({exc.strerror}); "
                 "the kernel may lack CONFIG_INET_DIAG: use `ss` output instead"
             ) from None
-    listeners: list[Listener] = []
-    connections: list[TcpConnection] = []
+
+
+def dump(
+    netns_name: str | None = None,
+    states: int = ALL_BUT_TIMEWAIT | (1 << LISTEN),
+    with_info: bool = True,
+    families: tuple[int, ...] = (socket.AF_INET, socket.AF_INET6),
+) -> DiagDump:
+    """Every TCP socket of a namespace (ours when ``netns_name`` is None) in the
+    ``states`` bit mask, decoded in bulk."""
+    heads: list = []
+    infos: list = []
+    sock = _open(netns_name)
     with sock:
-        for family in (socket.AF_INET, socket.AF_INET6):
-            for message in _dump(sock, family, states, with_info):
-                record = _parse(message, ports)
-                if isinstance(record, Listener):
-                    listeners.append(record)
-                elif record is not None:
-                    connections.append(record)
-    return SocketTable(listeners, connections)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+        for family in families:
+            try:
+                _collect(sock, family, states, with_info, heads, infos)
+            except OSError as exc:
+                if family == socket.AF_INET6 and exc.errno in (errno.ENOENT, errno.EINVAL):
+                    continue  # IPv6 disabled or inet6_diag not loaded: no IPv6 sockets
+                raise EnvironmentProblem(
+                    f"sock_diag dump failed ({exc.strerror}); use `ss -tni` output instead"
+                ) from None
+    return _decode(heads, infos)
+
+
+def snapshot(
+    netns_name: str | None = None,
+    ports: frozenset[int] | None = None,
+    states: int = ALL_BUT_TIMEWAIT | (1 << LISTEN),
+    with_info: bool = True,
+    addresses: Iterable[str] | None = None,
+) -> SocketTable:
+    """Listeners and connections of a namespace (ours when ``netns_name`` is None).
+
+    ``ports`` keeps sockets whose local or remote port is in the set,
+    ``addresses`` those whose local or remote address is one of them.
+    """
+    table = dump(netns_name, states, with_info)
+    if ports is not None or addresses is not None:
+        table = table.filtered(ports, addresses)
+    return SocketTable(table.listeners(), table.connections())

@@ -12,8 +12,10 @@ What it accepts, because hosts without tcpsleuth run whatever iproute2 they have
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
+import socket
 from pathlib import Path
 
 from tcpsleuth.errors import InputError
@@ -27,6 +29,11 @@ NETIDS = frozenset(
         "tcp",
         "tcp6",
         "udp",
+        "udp6",
+        "raw6",
+        "icmp",
+        "icmp6",
+        "tipc",
         "raw",
         "u_str",
         "u_dgr",
@@ -43,6 +50,7 @@ NETIDS = frozenset(
     }
 )
 HEADER_FIRST = frozenset({"State", "Netid", "Recv-Q"})
+TCP_NETIDS = frozenset({"tcp", "tcp6"})
 
 # `-i` details: integer fields copied as they are
 _INT_FIELDS = {
@@ -74,6 +82,13 @@ _MS_FIELDS = {
 # keywords whose value is the next token ("send 1.2Mbps")
 _SPACED = frozenset({"send", "pacing_rate", "delivery_rate"})
 _FLAGS = {"ts": "timestamps", "sack": "sack", "ecn": "ecn"}
+# what `-i`/`-e`/`-o` details look like, to tell wrapped details from garbage
+_DETAIL = re.compile(
+    r"^(?:[a-z][a-z0-9_]*:\S*|[\d.]+[KMGT]?bps(?:/[\d.]+[KMGT]?bps)?|<->|->|<-|"
+    r"ts|sack|ecn|ecnseen|fastopen|app_limited|send|pacing_rate|delivery_rate|"
+    r"cubic|reno|bbr|bbr2|bbr3|dctcp|htcp|vegas|westwood|bic|illinois|hybla|"
+    r"scalable|lp|veno|yeah|highspeed|nv|cdg|prague)$"
+)
 _MS_VALUE = re.compile(r"^(\d+(?:\.\d+)?)ms(?:\([\d.]+%\))?$")
 
 
@@ -90,11 +105,30 @@ def parse_endpoint(token: str) -> tuple[str, int]:
     host = host.split("%", 1)[0]
     if host in ("*", ""):
         host = "0.0.0.0"
-    ip = ipaddress.ip_address(host)
-    return ip.compressed, 0 if port == "*" else int(port)
+    return _ip(host), _port(port)
 
 
-def _details(tokens: list[str], source: Path | str, number: int) -> dict[str, object]:
+@functools.lru_cache(maxsize=65536)
+def _ip(host: str) -> str:
+    return ipaddress.ip_address(host).compressed
+
+
+@functools.lru_cache(maxsize=4096)
+def _port(port: str) -> int:
+    if port == "*":
+        return 0
+    if port.isdigit():
+        return int(port)
+    # `ss` without -n writes service names (from /etc/services)
+    try:
+        return socket.getservbyname(port, "tcp")
+    except OSError:
+        raise ValueError(port) from None
+
+
+def _details(
+    tokens: list[str], source: Path | str, number: int, flags_shown: bool
+) -> dict[str, object]:
     fields: dict[str, object] = {}
     skip_next = False
     for token in tokens:
@@ -123,6 +157,8 @@ def _details(tokens: list[str], source: Path | str, number: int) -> dict[str, ob
                 fields["rto"] = float(value)
             elif key == "retrans":
                 fields["retrans_total"] = int(value.partition("/")[2] or value)
+            elif key == "ino":
+                fields["inode"] = int(value)
             elif key in _INT_FIELDS:
                 fields[_INT_FIELDS[key]] = int(value)
             elif key in _MS_FIELDS:
@@ -135,27 +171,54 @@ def _details(tokens: list[str], source: Path | str, number: int) -> dict[str, ob
                 f"{where(source, number)}: cannot read {token!r} in `ss -i` details"
             ) from None
     if fields:
-        # ss prints wscale (and ts, sack) only when negotiated: absent means off.
+        # ss prints wscale only when it was negotiated: absent means off (shift 0).
         fields.setdefault("snd_wscale", 0)
         fields.setdefault("rcv_wscale", 0)
-        for flag in _FLAGS.values():
-            fields.setdefault(flag, False)
+        # ts/sack/ecn are printed by iproute2 < 4.x always, by newer ones only with
+        # -e or -o: absent means off only when the file shows them at all.
+        if flags_shown:
+            for flag in _FLAGS.values():
+                fields.setdefault(flag, False)
+        # busy, rwnd_limited and sndbuf_limited are printed only when non-zero,
+        # the last two only after a busy time (tcp_info has them since 4.10).
+        if "busy_time" in fields:
+            fields.setdefault("rwnd_limited", 0)
+            fields.setdefault("sndbuf_limited", 0)
     return fields
 
 
 def parse_ss(text: str, source: Path | str, default_state: str = "ESTAB") -> SocketTable:
-    """Parse ``ss`` TCP output. ``default_state`` is used when the State column is absent."""
+    """Parse ``ss`` TCP output. ``default_state`` is used when the State column is absent.
+
+    With a Netid column (``ss -a``, ``ss -tua``), rows of other protocols are skipped.
+    A line that cannot be read raises InputError naming the file and line number.
+    """
     records: list[tuple[int, list[str], list[str]]] = []  # (line, main tokens, details)
+    after_header = False
     for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
         tokens = line.split()
+        if not tokens:
+            continue
         if not line[0].isspace():
             if tokens[0] in HEADER_FIRST:
+                after_header = True
                 continue
-            records.append((number, tokens, []))
-            continue
-        if not records:
+            if after_header and tokens[0] in ("Peer", "Address:Port", "Process"):
+                continue  # the rest of a header wrapped by a terminal or a mail
+            after_header = False
+            if _starts_socket(tokens[0]) or not records:
+                records.append((number, tokens, []))
+                continue
+            # Wrapped by a narrow terminal (or a mail): the peer address of an
+            # incomplete main line, or more details, at the start of a line.
+            if not _main_incomplete(records[-1][1]) and not all(
+                _DETAIL.match(token) for token in tokens
+            ):
+                raise InputError(
+                    f"{where(source, number)}: cannot read this line as `ss` TCP output "
+                    "(neither a socket line nor `-i` details)"
+                )
+        elif not records:
             raise InputError(
                 f"{where(source, number)}: indented line before any socket line; "
                 "expected `ss -tn`/`ss -tni` output"
@@ -167,10 +230,17 @@ def parse_ss(text: str, source: Path | str, default_state: str = "ESTAB") -> Soc
         else:
             records[-1][2].extend(tokens)
 
+    flags_shown = any(
+        token in _FLAGS for _, main, details in records for token in (*details, *main[4:])
+    )
     listeners: list[Listener] = []
     connections: list[TcpConnection] = []
     for number, main, details in records:
-        tokens = main[1:] if main[0] in NETIDS else main
+        tokens = main
+        if main[0] in NETIDS:
+            if main[0] not in TCP_NETIDS:
+                continue
+            tokens = main[1:]
         state = default_state
         if tokens and tokens[0] in STATES:
             state, tokens = tokens[0], tokens[1:]
@@ -186,7 +256,7 @@ def parse_ss(text: str, source: Path | str, default_state: str = "ESTAB") -> Soc
         if state == "LISTEN":
             listeners.append(Listener(local_ip, local_port, backlog=send_q, accept_queue=recv_q))
             continue
-        info = _details(details + tokens[4:], source, number)
+        info = _details(details + tokens[4:], source, number, flags_shown)
         connections.append(
             TcpConnection(
                 local_ip,
@@ -196,10 +266,16 @@ def parse_ss(text: str, source: Path | str, default_state: str = "ESTAB") -> Soc
                 state,
                 recv_q=recv_q,
                 send_q=send_q,
-                **info,
+                **info,  # type: ignore[arg-type]
             )
-        )  # type: ignore[arg-type]
+        )
     return SocketTable(listeners, connections)
+
+
+def _starts_socket(token: str) -> bool:
+    """A socket line starts with its Netid, its State or (without a State
+    column) its Recv-Q."""
+    return token in NETIDS or token in STATES or token.isdigit()
 
 
 def _main_incomplete(main: list[str]) -> bool:

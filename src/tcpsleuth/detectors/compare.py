@@ -1,0 +1,216 @@
+"""Joining two snapshots, one from each end, and the two-sided window-scale check.
+
+Each end of a connection keeps two shifts (``ss``'s ``wscale:<snd>,<rcv>``):
+``snd_wscale`` is the shift the peer announced in its SYN or SYN-ACK, which this
+end applies to the windows it receives; ``rcv_wscale`` is the shift this end
+applies to the windows it advertises. They must pair up: the client's
+``snd_wscale`` equals the server's ``rcv_wscale``. When a SYN-ACK announces one
+shift and the server socket uses another (SYN cookies on kernels before the
+window_clamp fix, with SO_RCVBUF set on the listener; or a middlebox rewriting
+the option), every window the server advertises is read ``2**(actual -
+announced)`` times too small (or too large) by the client. Only the two ends
+together show it; no single snapshot can.
+
+The join is by 4-tuple: the client's (local, remote) is the server's (remote,
+local). Addresses are compared as ``endpoint()`` writes them, so an
+IPv4-mapped IPv6 address matches its IPv4 form. Connections that find no
+partner (NAT or a proxy in between, a snapshot taken a moment later, a
+connection to another host) are counted, never silently dropped.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+from tcpsleuth.detectors import sockets
+from tcpsleuth.model.findings import Finding, Severity, connection_subject
+from tcpsleuth.model.records import Listener, TcpConnection
+
+
+@dataclass(frozen=True)
+class Pair:
+    """One connection seen from both ends."""
+
+    client: TcpConnection
+    server: TcpConnection
+
+
+@dataclass(frozen=True)
+class Join:
+    pairs: list[Pair]
+    client_only: list[TcpConnection] = field(default_factory=list)
+    server_only: list[TcpConnection] = field(default_factory=list)
+    ambiguous: int = 0  # 4-tuples seen more than once on one side (several namespaces)
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "matched": len(self.pairs),
+            "client_only": len(self.client_only),
+            "server_only": len(self.server_only),
+            "ambiguous": self.ambiguous,
+        }
+
+
+def _index(connections: Iterable[TcpConnection]) -> tuple[dict, set]:
+    index: dict[sockets.ConnectionKey, TcpConnection] = {}
+    duplicated: set[sockets.ConnectionKey] = set()
+    for conn in connections:
+        if conn.state == "LISTEN":
+            continue
+        k = sockets.key(conn)
+        if k in index:
+            duplicated.add(k)
+        index[k] = conn
+    return index, duplicated
+
+
+def join(client: Iterable[TcpConnection], server: Iterable[TcpConnection]) -> Join:
+    client_index, client_dup = _index(client)
+    server_index, server_dup = _index(server)
+    pairs = []
+    client_only = []
+    matched: set[sockets.ConnectionKey] = set()
+    for k, conn in client_index.items():
+        mirror = (k[1], k[0])
+        partner = server_index.get(mirror)
+        if partner is None:
+            client_only.append(conn)
+        elif k in client_dup or mirror in server_dup:
+            continue  # counted as ambiguous below
+        else:
+            pairs.append(Pair(conn, partner))
+            matched.add(mirror)
+    server_only = [
+        conn
+        for k, conn in server_index.items()
+        if k not in matched and (k[1], k[0]) not in client_index
+    ]
+    return Join(pairs, client_only, server_only, len(client_dup) + len(server_dup))
+
+
+def pairs_within(
+    connections: Sequence[TcpConnection], listening: frozenset[int] = frozenset()
+) -> list[Pair]:
+    """Connections whose two ends are both in one snapshot (loopback, a host
+    talking to itself), each once, client first."""
+    peers = sockets.peers_of(connections)
+    pairs = []
+    for conn in connections:
+        peer = peers.get(sockets.key(conn))
+        if peer is not None and not sockets.local_is_server(conn, listening):
+            pairs.append(Pair(conn, peer))
+    return pairs
+
+
+def shrink_factor(announced: int, actual: int) -> float:
+    """How many times smaller the reader sees each window than the writer meant."""
+    return (
+        float(2 ** (actual - announced)) if actual >= announced else 1 / 2 ** (announced - actual)
+    )
+
+
+def wscale_mismatches(pairs: Iterable[Pair]) -> list[Finding]:
+    findings = []
+    for pair in pairs:
+        client, server = pair.client, pair.server
+        # (reader, writer): the reader applies its snd_wscale to the windows the
+        # writer shifted by its rcv_wscale; absent scaling counts as shift 0.
+        for reader, writer, whose in (
+            (client, server, "server's"),
+            (server, client, "client's"),
+        ):
+            announced = reader.snd_wscale or 0
+            actual = writer.rcv_wscale or 0
+            if reader.snd_wscale is None or writer.rcv_wscale is None or announced == actual:
+                continue
+            factor = shrink_factor(announced, actual)
+            smaller = actual > announced
+            window = reader.snd_wnd
+            findings.append(
+                Finding(
+                    "wscale-mismatch",
+                    Severity.CRITICAL if smaller else Severity.WARNING,
+                    connection_subject(client.local, server.local),
+                    f"{reader.local} reads the {whose} windows with shift {announced} but "
+                    f"{writer.local} shifts them by {actual}: every window is read "
+                    f"{factor:g}x {'too small' if smaller else 'too large'}",
+                    {
+                        "announced_wscale": announced,
+                        "actual_wscale": actual,
+                        "shrink_factor": factor,
+                        "reader": reader.local,
+                        "direction": "server-to-client" if reader is client else "client-to-server",
+                        "reader_snd_wnd": window,
+                        "reader_mss": reader.mss,
+                        "writer_rcv_space": writer.rcv_space,
+                        "reader_rwnd_limited_ms": None
+                        if reader.rwnd_limited is None
+                        else round(reader.rwnd_limited / 1000, 3),
+                    },
+                    "Both ends must agree on the shift announced in the handshake. If the "
+                    "server's SYN-ACK was a SYN cookie on a kernel without the window_clamp "
+                    "fix and the listener sets SO_RCVBUF, disable SYN cookies or raise the "
+                    "listen backlog so cookies are not needed (see `tcpsleuth audit`); if a "
+                    "middlebox rewrites TCP options, fix or bypass it.",
+                )
+            )
+    return findings
+
+
+def unmatched(result: Join) -> list[Finding]:
+    if not result.client_only and not result.server_only and not result.ambiguous:
+        return []
+    counts = result.counts()
+    none = not result.pairs
+    summary = (
+        "no connection of one snapshot has its mirror 4-tuple in the other"
+        if none
+        else f"{counts['client_only']} client and {counts['server_only']} server connection(s) "
+        "have no partner in the other snapshot"
+    )
+    server_ports = Counter(c.remote_port for c in result.client_only)
+    return [
+        Finding(
+            "unmatched-connections",
+            Severity.INFO,
+            {"snapshots": "client and server"},
+            summary + (f"; {result.ambiguous} 4-tuple(s) ambiguous" if result.ambiguous else ""),
+            {
+                **counts,
+                "client_only_top_remote_ports": dict(server_ports.most_common(5)),
+            },
+            "Connections to other hosts, and ones opened or closed between the two snapshots, "
+            "have no partner. If none match, NAT or a proxy sits between the hosts (each side "
+            "sees other addresses): take the server snapshot where the client's addresses are "
+            "visible, or compare the client with the proxy.",
+        )
+    ]
+
+
+def compare_findings(
+    result: Join,
+    client_listeners: Iterable[Listener] | None = None,
+    server_listeners: Iterable[Listener] | None = None,
+) -> list[Finding]:
+    """The two-sided check, plus each side's own checks with the other end's
+    receive queue in view."""
+    client_conns = [p.client for p in result.pairs] + result.client_only
+    server_conns = [p.server for p in result.pairs] + result.server_only
+    peers = {sockets.key(p.client): p.server for p in result.pairs}
+    peers.update({sockets.key(p.server): p.client for p in result.pairs})
+    # In compare the roles are known: the client snapshot's ends are the clients
+    # unless a listener there says otherwise.
+    client_ports = sockets.server_ports(client_listeners)
+    server_ports = sockets.server_ports(server_listeners) | frozenset(
+        p.server.local_port for p in result.pairs
+    )
+    return [
+        *wscale_mismatches(result.pairs),
+        *sockets.rwnd_limited(client_conns, client_ports),
+        *sockets.rwnd_limited(server_conns, server_ports),
+        *sockets.tiny_windows(client_conns, client_ports, peers),
+        *sockets.tiny_windows(server_conns, server_ports, peers),
+        *unmatched(result),
+    ]

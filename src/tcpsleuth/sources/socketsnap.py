@@ -1,0 +1,154 @@
+"""Where a socket snapshot comes from, as an operator names it on the command line.
+
+  live             this host's sockets (sock_diag)
+  netns:NAME       the sockets of network namespace NAME (sock_diag, needs root)
+  FILE             saved `ss -tni` / `ss -tnie` / `ss -tnai` text (any iproute2),
+                   or a `tcpsleuth sockets --format json` document
+  DIR              a bundle directory (its ss-tni.txt, and ss-ltn.txt if present)
+  -                `ss` text or JSON on standard input
+
+So two hosts without tcpsleuth can each run `ss -tni > NAME.txt` and the files
+are compared anywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tcpsleuth.errors import InputError
+from tcpsleuth.model.records import Listener, TcpConnection
+from tcpsleuth.sources import sockdiag
+from tcpsleuth.sources.sstext import parse_ss
+from tcpsleuth.sources.textfile import read_text
+
+LIVE = "live"
+NETNS_PREFIX = "netns:"
+_CONNECTION_FIELDS = {f.name for f in dataclasses.fields(TcpConnection)}
+_LISTENER_FIELDS = {f.name for f in dataclasses.fields(Listener)}
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    origin: str  # what the user named, spelled out for reports
+    kind: str  # live | ss-text | json | bundle
+    listeners: list[Listener] | None  # None: the source lists no listeners
+    connections: list[TcpConnection]
+
+
+def load(
+    spec: str,
+    ports: frozenset[int] | None = None,
+    addresses: frozenset[str] | None = None,
+) -> Snapshot:
+    if spec == LIVE or spec.startswith(NETNS_PREFIX):
+        name = spec[len(NETNS_PREFIX) :] if spec != LIVE else None
+        if name == "":
+            raise InputError("netns: needs a namespace name, e.g. netns:blue")
+        dump = sockdiag.dump(name)
+        if ports is not None or addresses is not None:
+            dump = dump.filtered(ports, addresses)
+        origin = f"live network namespace {name}" if name else "live host"
+        return Snapshot(origin, "live", dump.listeners(), dump.connections())
+    if spec == "-":
+        snap = _from_text(sys.stdin.read(), "<stdin>", "<stdin>")
+    else:
+        path = Path(spec)
+        if path.is_dir():
+            snap = _from_bundle(path)
+        else:
+            snap = _from_text(read_text(path, "`ss -tni` output or tcpsleuth JSON"), path, spec)
+    return _filtered(snap, ports, addresses)
+
+
+def _from_text(text: str, source: Path | str, origin: str) -> Snapshot:
+    if text.lstrip().startswith("{"):
+        return _from_json(text, source)
+    table = parse_ss(text, source)
+    # Listeners only mean something when the text lists them (ss -a / -l).
+    listeners = table.listeners if table.listeners else None
+    return Snapshot(f"ss text {origin}", "ss-text", listeners, table.connections)
+
+
+def _from_bundle(directory: Path) -> Snapshot:
+    from tcpsleuth.sources.bundle import SS_INFO, SS_LISTEN
+    from tcpsleuth.sources.sstext import read_ss_file
+
+    if not (directory / SS_INFO).exists():
+        raise InputError(
+            f"{directory}: no {SS_INFO} in this directory; make it with "
+            f"`ss -tni > {SS_INFO}` on the host"
+        )
+    connections = read_ss_file(directory / SS_INFO).connections
+    listeners = None
+    if (directory / SS_LISTEN).exists():
+        listeners = read_ss_file(directory / SS_LISTEN, default_state="LISTEN").listeners
+    return Snapshot(f"bundle {directory}", "bundle", listeners, connections)
+
+
+def _from_json(text: str, source: Path | str) -> Snapshot:
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{source}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    if not isinstance(doc, dict) or doc.get("command") != "sockets":
+        raise InputError(f"{source}: JSON but not a `tcpsleuth sockets --format json` document")
+    try:
+        connections = [_record(TcpConnection, _CONNECTION_FIELDS, c) for c in doc["connections"]]
+        listeners = (
+            None
+            if doc.get("listeners") is None
+            else [_record(Listener, _LISTENER_FIELDS, x) for x in doc["listeners"]]
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"{source}: `sockets` JSON lacks a field it needs ({exc})") from None
+    return Snapshot(f"json {source} ({doc.get('origin', '?')})", "json", listeners, connections)
+
+
+def _record(cls: Any, names: set[str], data: dict[str, Any]) -> Any:
+    return cls(**{name: value for name, value in data.items() if name in names})
+
+
+def _filtered(
+    snap: Snapshot, ports: frozenset[int] | None, addresses: frozenset[str] | None
+) -> Snapshot:
+    if ports is None and addresses is None:
+        return snap
+    from tcpsleuth.model.findings import endpoint
+
+    wanted = None
+    if addresses is not None:
+        wanted = {endpoint(a, 0).rsplit(":", 1)[0] for a in addresses}
+
+    def host(ip: str) -> str:
+        return endpoint(ip, 0).rsplit(":", 1)[0]
+
+    def keep(local_ip: str, local_port: int, remote_ip: str | None, remote_port: int) -> bool:
+        if ports is not None and local_port not in ports and remote_port not in ports:
+            return False
+        if wanted is not None:
+            hosts = {host(local_ip)} | ({host(remote_ip)} if remote_ip else set())
+            if not hosts & wanted:
+                return False
+        return True
+
+    return dataclasses.replace(
+        snap,
+        connections=[
+            c
+            for c in snap.connections
+            if keep(c.local_ip, c.local_port, c.remote_ip, c.remote_port)
+        ],
+        listeners=None
+        if snap.listeners is None
+        else [x for x in snap.listeners if keep(x.local_ip, x.local_port, None, x.local_port)],
+    )
+
+
+def connection_dict(conn: TcpConnection) -> dict[str, Any]:
+    """A connection for JSON: every record field, plus the endpoints as ss writes them."""
+    return {"local": conn.local, "remote": conn.remote, **dataclasses.asdict(conn)}
