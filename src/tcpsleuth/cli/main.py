@@ -9,8 +9,13 @@ import click
 from tcpsleuth import __version__
 from tcpsleuth.cli.audit import audit_command
 from tcpsleuth.cli.collect import collect_command
+from tcpsleuth.cli.compare import compare_command
 from tcpsleuth.cli.doctor import doctor_command
+from tcpsleuth.cli.exporter import exporter_command
+from tcpsleuth.cli.pcap import pcap_command
+from tcpsleuth.cli.sockets import sockets_command
 from tcpsleuth.cli.trace import trace_command
+from tcpsleuth.cli.watch import watch_command
 from tcpsleuth.errors import InputError
 
 USAGE_ERROR = 2
@@ -27,7 +32,17 @@ def cli() -> None:
     """
 
 
-for command in (doctor_command, audit_command, collect_command, trace_command):
+for command in (
+    doctor_command,
+    audit_command,
+    collect_command,
+    sockets_command,
+    compare_command,
+    trace_command,
+    pcap_command,
+    watch_command,
+    exporter_command,
+):
     cli.add_command(command)
 
 
