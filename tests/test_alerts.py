@@ -62,7 +62,7 @@ def test_prometheus_sees_the_storm_and_fires(netns: str, tmp_path: Path) -> None
         assert prometheus.value("node_netstat_TcpExt_SyncookiesSent") == 0
         time.sleep(2)  # a few zero samples before the storm, as in production
 
-        farm = Farm(netns, "--port", "9092", "--backlog", "50", "--clients", "2000", "--storm")
+        farm = Farm(netns, "--port", "9092", "--backlog", "50", "--clients", "3000", "--storm")
         sent = sampling.read_counters(netns)["TcpExtSyncookiesSent"]
         assert sent > 50, f"the storm made only {sent} cookies"
 
