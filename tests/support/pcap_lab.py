@@ -40,16 +40,16 @@ def _netstat(ns: str) -> dict[str, int]:
 
 
 class Tcpdump:
-    def __init__(self, ns: str, path: Path, snaplen: int, pcapng: bool = False) -> None:
-        argv = ["ip", "netns", "exec", ns, "tcpdump", "-i", "eth0", "-n"]
+    def __init__(self, ns: str, path: Path, snaplen: int, iface: str = "eth0") -> None:
+        argv = ["ip", "netns", "exec", ns, "tcpdump", "-i", iface, "-n"]
         # a large buffer: a storm of 1,500 handshakes must not be dropped by the kernel
         argv += ["-B", "65536", "-s", str(snaplen), "-w", str(path)]
-        if not pcapng:
-            argv += ["--time-stamp-precision", "micro"]
         argv += ["tcp", "port", str(PORT)]
         self.process = subprocess.Popen(argv, stderr=subprocess.PIPE, text=True)
         assert self.process.stderr is not None
         line = self.process.stderr.readline()
+        if "data link type" in line:  # -i any says which cooked header it writes
+            line = self.process.stderr.readline()
         if "listening" not in line:
             self.process.kill()
             raise RuntimeError(f"tcpdump did not start: {line!r}")
@@ -75,6 +75,7 @@ def make_capture(
     rcvbuf: int = 0,
     snaplen: int = 262144,
     storm: int = 0,
+    iface: str = "eth0",
 ) -> LabCapture:
     """Capture on the client side. ``clients``: (address family, conns, requests, size)."""
     path = tmp / f"{name}.pcap"
@@ -102,7 +103,7 @@ def make_capture(
             assert server.stdout.readline().startswith("listening")
             if fault is not None:
                 fault(pair)
-            dump = Tcpdump(pair.client, path, snaplen)
+            dump = Tcpdump(pair.client, path, snaplen, iface)
             timings: list[float] = []
             try:
                 for family, conns, requests, size in clients or []:

@@ -1,0 +1,228 @@
+"""The capture reader on every format and link type it claims, each checked against
+tshark reading the same file; and its answers to files that are not captures."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import needs_root, run_tcpsleuth
+from tests.support.tshark_diff import (
+    assert_connections_equal,
+    assert_kafka_equal,
+    tcpsleuth_json,
+    tshark,
+)
+
+DATA = Path(__file__).parent / "data"
+KAFKA = DATA / "go-sniffer-kafka.pcap"
+
+
+def test_public_kafka_capture_equals_tshark() -> None:
+    doc = tcpsleuth_json(KAFKA)
+    assert assert_connections_equal(KAFKA, doc) == 2
+    assert assert_kafka_equal(KAFKA, doc) == 2
+    apis = {r["api"] for r in doc["files"][0]["kafka"]["requests"]}
+    assert apis == {"metadata", "produce"}
+    # the broker announced shift 1 and used it: no mismatch
+    assert not [f for f in doc["findings"] if f["kind"].startswith("wscale")]
+
+
+@pytest.mark.parametrize(
+    ("variant", "make"),
+    [
+        ("pcapng", ["editcap", "-F", "pcapng"]),
+        ("nanoseconds", ["editcap", "-F", "nsecpcap"]),
+    ],
+)
+def test_editcap_formats_equal_tshark(tmp_path: Path, variant: str, make: list[str]) -> None:
+    path = tmp_path / f"kafka-{variant}"
+    subprocess.run([*make, str(KAFKA), str(path)], check=True, capture_output=True)
+    doc = tcpsleuth_json(path)
+    assert doc["files"][0]["format"] == ("pcapng" if variant == "pcapng" else "pcap")
+    assert_connections_equal(path, doc)
+    assert_kafka_equal(path, doc)
+    original = tcpsleuth_json(KAFKA)["files"][0]["kafka"]["requests"]
+    assert doc["files"][0]["kafka"]["requests"] == original
+
+
+def _swap_pcap(data: bytes) -> bytes:
+    """The same capture written by a big-endian host: every header field byte-swapped."""
+    out = bytearray(struct.pack(">IHHiIII", *struct.unpack_from("<IHHiIII", data, 0)))
+    pos = 24
+    while pos < len(data):
+        sec, usec, incl, orig = struct.unpack_from("<IIII", data, pos)
+        out += struct.pack(">IIII", sec, usec, incl, orig) + data[pos + 16 : pos + 16 + incl]
+        pos += 16 + incl
+    return bytes(out)
+
+
+def test_big_endian_and_gzip_equal_tshark(tmp_path: Path) -> None:
+    big = tmp_path / "big.pcap"
+    big.write_bytes(_swap_pcap(KAFKA.read_bytes()))
+    assert big.read_bytes()[:4] == b"\xa1\xb2\xc3\xd4"
+    zipped = tmp_path / "big.pcap.gz"
+    with gzip.open(zipped, "wb") as out:
+        out.write(big.read_bytes())
+    for path in (big, zipped):
+        doc = tcpsleuth_json(path)
+        assert doc["files"][0]["gzip"] == (path == zipped)
+        assert_connections_equal(path, doc)
+        assert_kafka_equal(path, doc)
+
+
+def _to_raw_ip(src: Path, dst: Path) -> None:
+    """Strip the 16-byte Linux cooked header off every packet: LINKTYPE_RAW (101)."""
+    data = src.read_bytes()
+    header = bytearray(data[:24])
+    struct.pack_into("<I", header, 20, 101)
+    out = bytearray(header)
+    pos = 24
+    while pos < len(data):
+        sec, usec, incl, orig = struct.unpack_from("<IIII", data, pos)
+        out += struct.pack("<IIII", sec, usec, incl - 16, orig - 16)
+        out += data[pos + 16 + 16 : pos + 16 + incl]
+        pos += 16 + incl
+    dst.write_bytes(bytes(out))
+
+
+def test_raw_ip_link_type_equals_tshark(tmp_path: Path) -> None:
+    raw = tmp_path / "raw.pcap"
+    _to_raw_ip(KAFKA, raw)
+    assert tshark(raw, "frame.number", display_filter="kafka")  # tshark reads it too
+    doc = tcpsleuth_json(raw)
+    assert doc["files"][0]["linktypes"] == [101]
+    assert_connections_equal(raw, doc)
+    assert_kafka_equal(raw, doc)
+
+
+def _add_vlan_tags(src: Path, dst: Path, tags: int) -> None:
+    """Insert ``tags`` 802.1Q/802.1ad tags after the MAC addresses of each frame."""
+    data = src.read_bytes()
+    out = bytearray(data[:24])
+    pos = 24
+    tag = (b"\x88\xa8\x00\x64" if tags == 2 else b"") + b"\x81\x00\x00\x0a"
+    while pos < len(data):
+        sec, usec, incl, orig = struct.unpack_from("<IIII", data, pos)
+        frame = data[pos + 16 : pos + 16 + incl]
+        out += struct.pack("<IIII", sec, usec, incl + len(tag), orig + len(tag))
+        out += frame[:12] + tag + frame[12:]
+        pos += 16 + incl
+    dst.write_bytes(bytes(out))
+
+
+@needs_root
+def test_ethernet_vlan_sll2_and_multi_interface_pcapng_equal_tshark(tmp_path: Path) -> None:
+    from tests.support.pcap_lab import make_capture
+
+    eth = make_capture(tmp_path, "eth", clients=[(4, 2, 2, 5000), (6, 1, 2, 5000)]).path
+    sll2 = make_capture(tmp_path, "sll2", clients=[(4, 2, 1, 3000)], iface="any").path
+    micro = tmp_path / "eth-micro.pcap"
+    subprocess.run(["editcap", "-F", "pcap", str(eth), str(micro)], check=True)
+    for tags in (1, 2):
+        tagged = tmp_path / f"vlan{tags}.pcap"
+        _add_vlan_tags(micro, tagged, tags)
+        doc = tcpsleuth_json(tagged)
+        assert_connections_equal(tagged, doc)
+        assert_kafka_equal(tagged, doc)
+    merged = tmp_path / "merged.pcapng"
+    subprocess.run(
+        ["mergecap", "-F", "pcapng", "-w", str(merged), str(eth), str(sll2), str(KAFKA)],
+        check=True,
+    )
+    for path in (eth, sll2, merged):
+        doc = tcpsleuth_json(path)
+        assert_connections_equal(path, doc)
+        assert_kafka_equal(path, doc)
+    doc = tcpsleuth_json(merged)
+    assert doc["files"][0]["linktypes"] == [1, 113, 276]
+    assert len(doc["files"][0]["connections"]) == 7
+
+
+# Bad input: exit 2 and one line naming the problem and the byte offset.
+
+
+def _error_line(path: Path) -> str:
+    result = run_tcpsleuth("pcap", str(path))
+    assert result.returncode == 2, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    return lines[0]
+
+
+def test_not_a_capture(tmp_path: Path) -> None:
+    path = tmp_path / "notes.txt"
+    path.write_text("hello, this is not a capture\n")
+    assert "unknown magic 0x68656c6c at byte 0" in _error_line(path)
+
+
+def test_empty_and_missing_files(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.pcap"
+    empty.write_bytes(b"")
+    assert "only 0 bytes long" in _error_line(empty)
+    assert "no such file" in _error_line(tmp_path / "missing.pcap")
+
+
+def test_corrupt_record_length_names_its_offset(tmp_path: Path) -> None:
+    data = bytearray(KAFKA.read_bytes())
+    # the third record: skip the file header and two records
+    pos = 24
+    for _ in range(2):
+        pos += 16 + struct.unpack_from("<I", data, pos + 8)[0]
+    struct.pack_into("<I", data, pos + 8, 0x7FFFFFF0)
+    path = tmp_path / "corrupt.pcap"
+    path.write_bytes(bytes(data))
+    line = _error_line(path)
+    assert f"corrupt pcap record at byte {pos}" in line
+
+
+def test_corrupt_pcapng_block_names_its_offset(tmp_path: Path) -> None:
+    ng = tmp_path / "k.pcapng"
+    subprocess.run(["editcap", "-F", "pcapng", str(KAFKA), str(ng)], check=True)
+    data = bytearray(ng.read_bytes())
+    # the second block follows the section header block
+    second = struct.unpack_from("<I", data, 4)[0]
+    struct.pack_into("<I", data, second + 4, 13)
+    ng.write_bytes(bytes(data))
+    assert f"corrupt pcapng block at byte {second}" in _error_line(ng)
+
+
+def test_corrupt_gzip(tmp_path: Path) -> None:
+    zipped = tmp_path / "k.pcap.gz"
+    with gzip.open(zipped, "wb") as out:
+        out.write(KAFKA.read_bytes())
+    data = bytearray(zipped.read_bytes())
+    data[40:60] = bytes(20)
+    zipped.write_bytes(bytes(data))
+    assert "compressed data is corrupt" in _error_line(zipped)
+
+
+def test_capture_ending_mid_record_is_analysed_up_to_there(tmp_path: Path) -> None:
+    data = KAFKA.read_bytes()
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(data[:2000])
+    result = run_tcpsleuth("pcap", "--format", "json", str(cut))
+    assert result.returncode == 0
+    assert "capture ends inside a record at byte" in result.stderr
+    doc = json.loads(result.stdout)
+    # tshark on the same cut file reads the same packets (it warns too)
+    frames = subprocess.run(
+        ["tshark", "-r", str(cut), "-T", "fields", "-e", "frame.number"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()
+    assert doc["files"][0]["packets"] == len(frames)
+    # the given file is left as it was
+    assert cut.read_bytes() == data[:2000]
+
+
+def test_tools_exist() -> None:
+    for tool in ("tshark", "editcap", "mergecap"):
+        assert shutil.which(tool), tool
