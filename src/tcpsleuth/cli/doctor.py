@@ -76,8 +76,32 @@ def trace_check(context: DoctorContext) -> CheckResult:
     )
 
 
+def sockets_check(context: DoctorContext) -> CheckResult:
+    """The `tcpsleuth sockets` detectors: live over sock_diag, or on a bundle's ss-tni.txt."""
+    from tcpsleuth.detectors.sockets import socket_findings
+    from tcpsleuth.errors import EnvironmentProblem
+    from tcpsleuth.sources import sockdiag
+
+    if context.live:
+        try:
+            table_ = sockdiag.snapshot(context.netns)
+        except EnvironmentProblem as problem:
+            return CheckResult("sockets", skipped=str(problem))
+        connections, listeners = table_.connections, table_.listeners
+    elif context.snapshot.connections is None:
+        return CheckResult("sockets", skipped="the bundle has no ss-tni.txt (`ss -tni` output)")
+    else:
+        connections = context.snapshot.connections
+        listeners = context.snapshot.listeners or []
+    return CheckResult(
+        "sockets",
+        socket_findings(connections, listeners),
+        {"connections": len(connections), "listeners": len(listeners)},
+    )
+
+
 Check = Callable[[DoctorContext], CheckResult]
-CHECKS: list[Check] = [audit_check, trace_check]
+CHECKS: list[Check] = [audit_check, trace_check, sockets_check]
 
 
 @click.command("doctor")

@@ -1,0 +1,115 @@
+"""`tcpsleuth compare` on two real namespaces: the server's SYN-ACK announces shift 1
+while the server uses 7 (nftables on its egress), client-to-server traffic, then
+both ends read live and from `ss -tni` text. And the same without the fault."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import FIXTURES, SUPPORT, run_tcpsleuth
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
+
+import sys  # noqa: E402
+
+sys.path.insert(0, str(SUPPORT))
+import wscale_lab  # noqa: E402
+
+from tcpsleuth.model.findings import endpoint  # noqa: E402
+from tcpsleuth.sources.sstext import parse_endpoint  # noqa: E402
+
+
+def _ss_tni(ns: str, path: Path) -> dict[tuple[str, str], tuple[int, int]]:
+    """Save `ss -tni` of a namespace; return (local, remote) -> wscale as ss prints it."""
+    text = subprocess.run(
+        ["ip", "netns", "exec", ns, "ss", "-tni"], capture_output=True, text=True, check=True
+    ).stdout
+    path.write_text(text)
+    shifts, local = {}, None
+    for line in text.splitlines():
+        if line.startswith("ESTAB"):
+            local = tuple(endpoint(*parse_endpoint(t)) for t in line.split()[3:5])
+        elif local and (m := re.search(r"wscale:(\d+),(\d+)", line)):
+            shifts[local] = (int(m.group(1)), int(m.group(2)))
+    return shifts
+
+
+def _json(*args: str) -> tuple[int, dict]:
+    result = run_tcpsleuth(*args, "--format", "json")
+    assert result.returncode in (0, 1), result.stderr
+    return result.returncode, json.loads(result.stdout)
+
+
+def _kinds(doc: dict, kind: str) -> list[dict]:
+    return [f for f in doc["findings"] if f["kind"] == kind]
+
+
+def test_fault_found_from_both_ends(tmp_path: Path) -> None:
+    with wscale_lab.paced_traffic(fault=True) as traffic:
+        pair = traffic.pair
+        client_ss = _ss_tni(pair.client, tmp_path / "client.txt")
+        server_ss = _ss_tni(pair.server, tmp_path / "server.txt")
+        live_status, live = _json("compare", f"netns:{pair.client}", f"netns:{pair.server}")
+        text_status, text = _json(
+            "compare", str(tmp_path / "client.txt"), str(tmp_path / "server.txt")
+        )
+        _, client_side = _json("sockets", "--netns", pair.client)
+        snapshot = run_tcpsleuth("sockets", "--netns", pair.server, "--format", "json")
+        (tmp_path / "server.json").write_text(snapshot.stdout)
+        _, from_json = _json("compare", str(tmp_path / "client.txt"), str(tmp_path / "server.json"))
+
+    connections = traffic.ipv4_connections + traffic.ipv6_connections
+    # what ss shows at each end: the client believes 1, the server applies 7
+    assert len(client_ss) == len(server_ss) == connections
+    believed_1 = sorted(local for (local, _), (snd, _) in client_ss.items() if snd == 1)
+    assert len(believed_1) == connections
+    assert {rcv for _, rcv in server_ss.values()} == {wscale_lab.ACTUAL}
+
+    for doc, status in ((live, live_status), (text, text_status), (from_json, 1)):
+        assert doc["counts"]["matched"] == connections
+        assert doc["counts"]["client_only"] == doc["counts"]["server_only"] == 0
+        mismatches = _kinds(doc, "wscale-mismatch")
+        assert sorted(f["subject"]["client"] for f in mismatches) == believed_1
+        for finding in mismatches:
+            evidence = finding["evidence"]
+            assert (evidence["announced_wscale"], evidence["actual_wscale"]) == (1, 7)
+            assert evidence["shrink_factor"] == 2 ** (7 - 1)
+        assert status == 1
+    # the client's senders waited at the (misread) window; nothing on the server side
+    limited = _kinds(live, "rwnd-limited") + _kinds(client_side, "rwnd-limited")
+    assert limited
+    assert {f["evidence"]["sender"] for f in limited} <= {local for local, _ in client_ss}
+    for finding in limited:
+        assert finding["evidence"]["share"] >= 0.2
+        # the window the client sees is under two segments
+        assert finding["evidence"]["effective_window_segments"] < 2
+    tiny = _kinds(live, "tiny-window")
+    assert tiny and all(f["evidence"]["peer_recv_q"] is not None for f in tiny)
+
+
+def test_clean_run_finds_nothing(tmp_path: Path) -> None:
+    with wscale_lab.paced_traffic(fault=False) as traffic:
+        pair = traffic.pair
+        client_ss = _ss_tni(pair.client, tmp_path / "client.txt")
+        server_ss = _ss_tni(pair.server, tmp_path / "server.txt")
+        status, live = _json("compare", f"netns:{pair.client}", f"netns:{pair.server}")
+        client_status, client_side = _json("sockets", "--netns", pair.client)
+        # Another pair of hosts (NAT or simply the wrong file): nothing matches,
+        # and what did not match is counted.
+        _, unrelated = _json(
+            "compare", f"netns:{pair.client}", str(FIXTURES / "ss" / "lab-clean-server-tni.txt")
+        )
+    connections = traffic.ipv4_connections + traffic.ipv6_connections
+    assert {snd for snd, _ in client_ss.values()} == {rcv for _, rcv in server_ss.values()} == {7}
+    assert live["counts"]["matched"] == connections
+    assert live["findings"] == [] and status == 0
+    assert client_side["findings"] == [] and client_status == 0
+    assert unrelated["counts"]["matched"] == 0
+    assert unrelated["counts"]["client_only"] == connections
+    (note,) = unrelated["findings"]
+    assert note["kind"] == "unmatched-connections" and note["severity"] == "info"
