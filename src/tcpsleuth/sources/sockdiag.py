@@ -258,22 +258,22 @@ def _connection_records(
         "inode": diag["inode"].tolist(),
     }
     columns.update(_info_columns(info, info_len))
-    names = list(columns)
-    values = [columns[name] for name in names]
+    columns["local_ip"] = local
+    columns["remote_ip"] = remote
+    columns["state"] = states
+    names = tuple(columns)
     records = []
+    append = records.append
     new = object.__new__
-    for i in range(n):
+    set_attribute = object.__setattr__
+    # TcpConnection is a frozen dataclass: its __init__ sets ~40 fields one
+    # object.__setattr__ at a time, the bulk of the cost at 100k sockets. Giving
+    # each record its finished __dict__ makes the same object (every field set).
+    for row in zip(*columns.values(), strict=True):
         record = new(TcpConnection)
-        # TcpConnection is a frozen dataclass: its __init__ sets ~40 fields one
-        # object.__setattr__ at a time, the bulk of the cost at 100k sockets.
-        # Filling __dict__ directly gives the same object (every field set).
-        record.__dict__.update(
-            zip(names, [column[i] for column in values], strict=True),
-            local_ip=local[i],
-            remote_ip=remote[i],
-            state=states[i],
-        )
-        records.append(record)
+        set_attribute(record, "__dict__", dict(zip(names, row, strict=True)))
+        append(record)
+    assert len(records) == n
     return records
 
 
