@@ -35,7 +35,7 @@ class ScrapeCollector:
         self.netns_name = netns_name
         self.max_ports = max_ports
         self._lock = threading.Lock()
-        self._times: TimesSeen = {}
+        self._times = TimesSeen()
 
     def describe(self) -> list[Metric]:
         return []  # families depend on what the kernel has: nothing to declare up front
@@ -43,7 +43,7 @@ class ScrapeCollector:
     def collect(self) -> Iterable[Metric]:
         with self._lock:
             sample = sampling.scrape(self.netns_name)
-            summary = summarize(sample.listeners, sample.connections, self._times, self.max_ports)
+            summary = summarize(sample.sockets, self._times, self.max_ports)
             self._times = summary.times
         return [
             *prometheus.counter_families(sample.counters),

@@ -8,22 +8,27 @@ neighbours) and how many are held back by the peer's receive window right now.
 - side and port: a connection whose local port has a listener is the server
   side and counts under that port; any other counts as a client of its remote
   port (the service it talks to).
-- ports: the ``max_ports`` ports with the most connections keep their number;
-  the rest are folded into port ``other``, so the number of series is bounded.
+- ports: the ``max_ports`` (side, port) pairs with the most connections keep their
+  number; the rest are folded into port ``other``, so the number of series is bounded.
 - window-limited now: ``rwnd_limited`` and ``busy_time`` only grow over a
   connection's life, so the share since the previous summary says what is
-  happening now; a connection first seen is judged on its whole life.
+  happening now; a connection first seen (by its socket cookie) is judged on its
+  whole life.
 
-Pure: the state between two summaries is passed in and returned.
+Works on the bulk sock_diag arrays (``DiagDump``), not on records: an exporter
+scrape of 100,000 sockets must not build 100,000 objects. Pure: the state between
+two summaries is passed in and returned.
 """
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from tcpsleuth.model.records import Listener, TcpConnection
+import numpy as np
+
+from tcpsleuth.model.records import STATE_NUMBERS, Listener
+from tcpsleuth.sources.sockdiag import TCPI_OPT_WSCALE, DiagDump, field_end
 
 OTHER = "other"
 DEFAULT_MAX_PORTS = 20
@@ -31,10 +36,18 @@ DEFAULT_MAX_PORTS = 20
 RWND_LIMITED_SHARE = 0.2
 # ...for at least this long (us) counts as window-limited: a few ms is slow start.
 RWND_LIMITED_MIN_US = 20_000
+ESTAB = STATE_NUMBERS["ESTAB"]
+SERVER, CLIENT = 1, 0
 
-ConnectionKey = tuple[str, int, str, int]
-# (busy_time, rwnd_limited) in us, per connection, at the previous summary
-TimesSeen = dict[ConnectionKey, tuple[int, int]]
+
+@dataclass(frozen=True)
+class TimesSeen:
+    """Per connection at the previous summary: socket cookie (sorted), busy_time and
+    rwnd_limited in us."""
+
+    cookies: np.ndarray = field(default_factory=lambda: np.empty(0, np.uint64))
+    busy: np.ndarray = field(default_factory=lambda: np.empty(0, np.uint64))
+    rwnd: np.ndarray = field(default_factory=lambda: np.empty(0, np.uint64))
 
 
 @dataclass(frozen=True)
@@ -67,13 +80,13 @@ class Summary:
     ports: list[PortSummary]
     connections: int
     folded_ports: int
-    times: TimesSeen = field(repr=False, default_factory=dict)
+    times: TimesSeen = field(repr=False, default_factory=TimesSeen)
 
 
 def summarize_listeners(listeners: Iterable[Listener]) -> list[ListenerSummary]:
-    grouped: dict[tuple[str, int], list[Listener]] = defaultdict(list)
+    grouped: dict[tuple[str, int], list[Listener]] = {}
     for listener in listeners:
-        grouped[(listener.local_ip, listener.local_port)].append(listener)
+        grouped.setdefault((listener.local_ip, listener.local_port), []).append(listener)
     return [
         ListenerSummary(
             address,
@@ -86,76 +99,109 @@ def summarize_listeners(listeners: Iterable[Listener]) -> list[ListenerSummary]:
     ]
 
 
+def _since(
+    cookies: np.ndarray, busy: np.ndarray, rwnd: np.ndarray, previous: TimesSeen
+) -> tuple[np.ndarray, np.ndarray]:
+    """busy_time and rwnd_limited since the previous summary, for connections seen
+    then; whole-life values for the others."""
+    if len(previous.cookies) == 0 or len(cookies) == 0:
+        return busy, rwnd
+    at = np.searchsorted(previous.cookies, cookies)
+    at = np.minimum(at, len(previous.cookies) - 1)
+    seen = previous.cookies[at] == cookies
+    before_busy = np.where(seen, previous.busy[at], 0)
+    before_rwnd = np.where(seen, previous.rwnd[at], 0)
+    # A counter that went backwards is another socket that reused the cookie's slot.
+    fresh = (before_busy > busy) | (before_rwnd > rwnd)
+    before_busy[fresh] = 0
+    before_rwnd[fresh] = 0
+    return busy - before_busy, rwnd - before_rwnd
+
+
 def summarize(
-    listeners: Iterable[Listener],
-    connections: Iterable[TcpConnection],
+    dump: DiagDump,
     previous: TimesSeen | None = None,
     max_ports: int = DEFAULT_MAX_PORTS,
 ) -> Summary:
-    listeners = list(listeners)
-    listening = {listener.local_port for listener in listeners}
-    previous = previous or {}
-    times: TimesSeen = {}
-    per_port: Counter[tuple[str, int]] = Counter()
-    wscales: dict[tuple[str, int], Counter[tuple[int, int]]] = defaultdict(Counter)
-    limited: Counter[tuple[str, int]] = Counter()
-    limited_us: Counter[tuple[str, int]] = Counter()
-    busy_us: Counter[tuple[str, int]] = Counter()
-    total = 0
-    for conn in connections:
-        if conn.state != "ESTAB":
-            continue
-        total += 1
-        if conn.local_port in listening:
-            where = ("server", conn.local_port)
-        else:
-            where = ("client", conn.remote_port)
-        per_port[where] += 1
-        if conn.snd_wscale is not None and conn.rcv_wscale is not None:
-            wscales[where][(conn.snd_wscale, conn.rcv_wscale)] += 1
-        busy, rwnd = conn.busy_time, conn.rwnd_limited
-        if busy is None or rwnd is None:
-            continue
-        key = (conn.local_ip, conn.local_port, conn.remote_ip, conn.remote_port)
-        times[key] = (busy, rwnd)
-        before = previous.get(key)
-        if before is not None and before[0] <= busy and before[1] <= rwnd:
-            busy, rwnd = busy - before[0], rwnd - before[1]
-        if busy and rwnd >= RWND_LIMITED_MIN_US and rwnd >= RWND_LIMITED_SHARE * busy:
-            limited[where] += 1
-            limited_us[where] += rwnd
-            busy_us[where] += busy
+    listeners = dump.listeners()
+    listening = np.fromiter({x.local_port for x in listeners}, dtype=np.uint16)
+    estab = dump.select(dump.diag["state"] == ESTAB)
+    diag, info, info_len = estab.diag, estab.info, estab.info_len
+    sport = diag["sport"].astype(np.int64)
+    dport = diag["dport"].astype(np.int64)
+    server = np.isin(sport, listening)
+    # (side, service port) as one integer: side * 65536 + port
+    where = np.where(server, SERVER * 65536 + sport, dport)
 
-    ranked = sorted(per_port, key=lambda w: (-per_port[w], w))
-    kept, folded = ranked[:max_ports], ranked[max_ports:]
+    has_wscale = info_len >= field_end("wscale")
+    scaled = (info["options"] & TCPI_OPT_WSCALE) != 0
+    # ss prints wscale only when scaling was negotiated; without it both shifts are 0.
+    snd = np.where(scaled, info["wscale"] & 0x0F, 0).astype(np.int64)
+    rcv = np.where(scaled, info["wscale"] >> 4, 0).astype(np.int64)
+
+    has_times = info_len >= field_end("rwnd_limited")
+    cookies = diag["cookie"][has_times]
+    order = np.argsort(cookies)
+    cookies = cookies[order]
+    busy_all = info["busy_time"][has_times][order]
+    rwnd_all = info["rwnd_limited"][has_times][order]
+    busy, rwnd = _since(cookies, busy_all, rwnd_all, previous or TimesSeen())
+    limited = (busy > 0) & (rwnd >= RWND_LIMITED_MIN_US) & (rwnd >= RWND_LIMITED_SHARE * busy)
+    limited_where = where[has_times][order][limited]
+
+    keys, counts = np.unique(where, return_counts=True)
+    ranked = sorted(
+        zip(keys.tolist(), counts.tolist(), strict=True), key=lambda kc: (-kc[1], kc[0])
+    )
+    kept = {key for key, _ in ranked[:max_ports]}
+    folded = len(ranked) - len(kept)
+
+    def label(key: int) -> tuple[str, str]:
+        side = "server" if key >= 65536 else "client"
+        return side, str(key % 65536) if key in kept else OTHER
+
+    connections: dict[tuple[str, str], int] = {}
+    for key, count in ranked:
+        connections[label(key)] = connections.get(label(key), 0) + count
+    scales: dict[tuple[str, str], dict[tuple[int, int], int]] = {}
+    # shifts are at most 14 (RFC 7323), 4 bits each
+    scale_keys, scale_counts = np.unique(
+        (where * 256 + snd * 16 + rcv)[has_wscale], return_counts=True
+    )
+    for packed, count in zip(scale_keys.tolist(), scale_counts.tolist(), strict=True):
+        key, s, r = packed >> 8, (packed >> 4) & 0x0F, packed & 0x0F
+        per = scales.setdefault(label(key), {})
+        per[(s, r)] = per.get((s, r), 0) + count
+    limited_count: dict[tuple[str, str], int] = {}
+    limited_us: dict[tuple[str, str], int] = {}
+    busy_us: dict[tuple[str, str], int] = {}
+    for key, r, b in zip(
+        limited_where.tolist(), rwnd[limited].tolist(), busy[limited].tolist(), strict=True
+    ):
+        name = label(key)
+        limited_count[name] = limited_count.get(name, 0) + 1
+        limited_us[name] = limited_us.get(name, 0) + r
+        busy_us[name] = busy_us.get(name, 0) + b
+
+    def port_order(name: tuple[str, str]) -> tuple[str, int]:
+        return name[0], 65536 if name[1] == OTHER else int(name[1])
+
     ports = [
         PortSummary(
             side,
-            str(port),
-            per_port[(side, port)],
-            dict(wscales[(side, port)]),
-            limited[(side, port)],
-            limited_us[(side, port)],
-            busy_us[(side, port)],
+            port,
+            count,
+            scales.get((side, port), {}),
+            limited_count.get((side, port), 0),
+            limited_us.get((side, port), 0),
+            busy_us.get((side, port), 0),
         )
-        for side, port in sorted(kept)
+        for (side, port), count in sorted(connections.items(), key=lambda kv: port_order(kv[0]))
     ]
-    for side in ("server", "client"):
-        rest = [w for w in folded if w[0] == side]
-        if not rest:
-            continue
-        merged: Counter[tuple[int, int]] = Counter()
-        for w in rest:
-            merged.update(wscales[w])
-        ports.append(
-            PortSummary(
-                side,
-                OTHER,
-                sum(per_port[w] for w in rest),
-                dict(merged),
-                sum(limited[w] for w in rest),
-                sum(limited_us[w] for w in rest),
-                sum(busy_us[w] for w in rest),
-            )
-        )
-    return Summary(summarize_listeners(listeners), ports, total, len(folded), times)
+    return Summary(
+        summarize_listeners(listeners),
+        ports,
+        len(diag),
+        folded,
+        TimesSeen(cookies, busy_all, rwnd_all),
+    )

@@ -12,7 +12,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from tcpsleuth.model.records import STATE_NUMBERS, Listener, TcpConnection
+from tcpsleuth.model.records import STATE_NUMBERS, Listener
 from tcpsleuth.sources import netns, procfs, sockdiag
 
 LISTEN_ONLY = 1 << STATE_NUMBERS["LISTEN"]
@@ -44,22 +44,16 @@ def take(netns_name: str | None = None) -> CounterSample:
 
 @dataclass(frozen=True)
 class ScrapeSample:
-    """What one exporter scrape reads: counters, listeners and established
-    connections with their tcp_info."""
+    """What one exporter scrape reads: counters, and listeners and established
+    sockets with their tcp_info as sock_diag's bulk arrays (no record per socket)."""
 
     counters: Mapping[str, int]
-    listeners: tuple[Listener, ...]
-    connections: tuple[TcpConnection, ...]
+    sockets: sockdiag.DiagDump
     read_seconds: float
 
 
 def scrape(netns_name: str | None = None) -> ScrapeSample:
     started = time.perf_counter()
     counters = read_counters(netns_name)
-    table = sockdiag.snapshot(netns_name, states=ESTABLISHED_AND_LISTEN, with_info=True)
-    return ScrapeSample(
-        counters,
-        tuple(table.listeners),
-        tuple(table.connections),
-        time.perf_counter() - started,
-    )
+    sockets = sockdiag.dump(netns_name, states=ESTABLISHED_AND_LISTEN, with_info=True)
+    return ScrapeSample(counters, sockets, time.perf_counter() - started)
