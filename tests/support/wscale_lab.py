@@ -67,7 +67,10 @@ def paced_traffic(
                 assert server.stdout is not None
                 assert server.stdout.readline().strip() == "listening"
             senders = []
-            for host, count in ((pair.server_ip4, ipv4_connections), (pair.server_ip6, ipv6_connections)):
+            for host, count in (
+                (pair.server_ip4, ipv4_connections),
+                (pair.server_ip6, ipv6_connections),
+            ):
                 if count:
                     sender = _spawn(
                         pair.client,

@@ -9,6 +9,7 @@ from rich.console import Group
 
 from tcpsleuth.cli.options import format_option
 from tcpsleuth.cli.sockets import (
+    COMPACT_JSON_FROM,
     address_list,
     address_option,
     findings_block,
@@ -16,6 +17,7 @@ from tcpsleuth.cli.sockets import (
     ports_option,
 )
 from tcpsleuth.detectors import compare as detect
+from tcpsleuth.detectors.sockets import key
 from tcpsleuth.model.findings import exit_status, ranked
 from tcpsleuth.reports import jsonout, table
 from tcpsleuth.sources import socketsnap
@@ -25,9 +27,10 @@ PAIRS_SHOWN = 20
 
 def pair_dict(pair: detect.Pair) -> dict[str, Any]:
     client, server = pair.client, pair.server
+    client_end, server_end = key(client)
     return {
-        "client": client.local,
-        "server": server.local,
+        "client": client_end,
+        "server": server_end,
         "client_wscale": [client.snd_wscale, client.rcv_wscale],
         "server_wscale": [server.snd_wscale, server.rcv_wscale],
         "client_snd_wnd": client.snd_wnd,
@@ -90,7 +93,8 @@ def compare_command(
                 server={"origin": server_snap.origin, "connections": len(server_snap.connections)},
                 counts={**result.counts(), "wscale_mismatched": mismatched},
                 pairs=[pair_dict(p) for p in result.pairs],
-            )
+            ),
+            indent=2 if len(result.pairs) <= COMPACT_JSON_FROM else None,
         )
         return exit_status(findings)
     counts = result.counts()

