@@ -226,3 +226,29 @@ def test_capture_ending_mid_record_is_analysed_up_to_there(tmp_path: Path) -> No
 def test_tools_exist() -> None:
     for tool in ("tshark", "editcap", "mergecap"):
         assert shutil.which(tool), tool
+
+
+def test_compiled_and_python_record_walks_agree(tmp_path: Path) -> None:
+    """numba compiles the record walk; its plain-Python form must give the same."""
+    import numpy as np
+
+    from tcpsleuth.sources.pcap import walk
+
+    data = np.frombuffer(KAFKA.read_bytes()[24:], dtype=np.uint8)
+    fast = walk.pcap_records(data, False, 262144)
+    slow = getattr(walk.pcap_records, "py_func", walk.pcap_records)(data, False, 262144)
+    for a, b in zip(fast, slow, strict=True):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert len(fast[0]) == 20
+    ng = tmp_path / "k.pcapng"
+    subprocess.run(["editcap", "-F", "pcapng", str(KAFKA), str(ng)], check=True)
+    raw = ng.read_bytes()
+    # the first enhanced packet block follows the section header and interface blocks
+    first = struct.unpack_from("<I", raw, 4)[0]
+    first += struct.unpack_from("<I", raw, first + 4)[0]
+    data = np.frombuffer(raw, dtype=np.uint8)
+    fast = walk.pcapng_packets(data, first, False, 1 << 24)
+    slow = getattr(walk.pcapng_packets, "py_func", walk.pcapng_packets)(data, first, False, 1 << 24)
+    for a, b in zip(fast, slow, strict=True):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert len(fast[0]) == 20

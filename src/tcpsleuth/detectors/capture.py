@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from tcpsleuth.model.findings import Finding, Severity, connection_subject, endpoint
+from tcpsleuth.model.findings import Finding, Severity, connection_subject
 from tcpsleuth.sources.pcap.decode import ACK, CWR, ECE, FIN, RST, SYN, TcpColumns
 from tcpsleuth.sources.pcap.options import SynOptions, parse
 
@@ -51,10 +51,33 @@ def _endpoint_hash(hi: np.ndarray, lo: np.ndarray, port: np.ndarray, af: np.ndar
     return _mix(_mix(_mix(hi) ^ lo) ^ tail)
 
 
-def _address(af: int, hi: int, lo: int) -> str:
-    if af == 4:
-        return str(ipaddress.IPv4Address(lo & 0xFFFFFFFF))
-    return str(ipaddress.IPv6Address((hi << 64) | lo))
+class _Addresses:
+    """Address text, made once per address: a busy capture has few addresses and
+    many connections. IPv4-mapped IPv6 addresses are written as IPv4, as
+    :func:`tcpsleuth.model.findings.endpoint` does."""
+
+    def __init__(self) -> None:
+        self.text: dict[tuple[int, int, int], tuple[str, bool]] = {}
+
+    def __call__(self, af: int, hi: int, lo: int) -> tuple[str, bool]:
+        key = (af, hi, lo)
+        known = self.text.get(key)
+        if known is None:
+            if af == 4:
+                known = (str(ipaddress.IPv4Address(lo & 0xFFFFFFFF)), False)
+            else:
+                addr = ipaddress.IPv6Address((hi << 64) | lo)
+                if addr.ipv4_mapped is not None:
+                    known = (str(addr.ipv4_mapped), False)
+                else:
+                    known = (addr.compressed, True)
+            self.text[key] = known
+        return known
+
+
+def _endpoint_text(address: tuple[str, bool], port: int) -> str:
+    text, bracket = address
+    return f"[{text}]:{port}" if bracket else f"{text}:{port}"
 
 
 @dataclass(frozen=True)
@@ -69,6 +92,8 @@ class CaptureConnection:
     client_port: int
     server_ip: str
     server_port: int
+    client: str  # IP:PORT, IPv6 in brackets
+    server: str
     opened_by: str
     first_frame: int
     first_ts_ns: int
@@ -98,14 +123,6 @@ class CaptureConnection:
     rwnd_waits_s2c: int
     data_span_ns_c2s: int
     data_span_ns_s2c: int
-
-    @property
-    def client(self) -> str:
-        return endpoint(self.client_ip, self.client_port)
-
-    @property
-    def server(self) -> str:
-        return endpoint(self.server_ip, self.server_port)
 
     @property
     def scaling(self) -> bool:
@@ -158,6 +175,7 @@ class Analysis:
     ends: np.ndarray
     first_syn: np.ndarray  # position in ``order`` of the client's SYN, or -1
     first_synack: np.ndarray  # position of the server's SYN-ACK, or -1
+    rel_seq: np.ndarray  # sequence number relative to the first one seen in its direction
     connections: list[CaptureConnection] = field(default_factory=list)
 
     def rows(self, stream: int) -> np.ndarray:
@@ -175,7 +193,9 @@ def analyse(tcp: TcpColumns) -> Analysis:
     n = len(tcp)
     if n == 0:
         empty = np.zeros(0, dtype=np.int64)
-        return Analysis(tcp, empty, empty, empty.astype(bool), empty, empty, empty, empty, empty)
+        return Analysis(
+            tcp, empty, empty, empty.astype(bool), empty, empty, empty, empty, empty, empty
+        )
     ea = _endpoint_hash(tcp.src_hi, tcp.src_lo, tcp.sport, tcp.af)
     eb = _endpoint_hash(tcp.dst_hi, tcp.dst_lo, tcp.dport, tcp.af)
     low_side = ea < eb
@@ -305,6 +325,8 @@ def analyse(tcp: TcpColumns) -> Analysis:
     g_start[1:] = g[1:] != g[:-1]
     base_seq = seq[sub][np.maximum.accumulate(np.where(g_start, np.arange(n), 0))]
     rel = (seq[sub] - base_seq) % SEQ_SPACE
+    rel_by_pos = np.empty(n, dtype=np.int64)
+    rel_by_pos[sub] = rel
     fl = flags[sub]
     length = paylen[sub]
     seq_end = rel + length + ((fl & SYN) != 0) + ((fl & FIN) != 0)
@@ -397,12 +419,14 @@ def analyse(tcp: TcpColumns) -> Analysis:
         ends,
         np.where(has_syn, first_syn, -1),
         np.where(has_synack, first_synack, -1),
+        rel_by_pos,
     )
     af = tcp.af[order]
     src_hi, src_lo = tcp.src_hi[order], tcp.src_lo[order]
     dst_hi, dst_lo = tcp.dst_hi[order], tcp.dst_lo[order]
     frames = tcp.frame[order]
     opened = ("syn", "syn-ack", "port-guess")
+    address = _Addresses()
     maxint = np.iinfo(np.int64).max
 
     def window_range(c: int, column: int) -> tuple[int | None, int | None]:
@@ -412,8 +436,8 @@ def analyse(tcp: TcpColumns) -> Analysis:
     for c in range(nconn):
         p = int(starts[c])
         a_f = int(af[p])
-        src = _address(a_f, int(src_hi[p]), int(src_lo[p]))
-        dst = _address(a_f, int(dst_hi[p]), int(dst_lo[p]))
+        src = address(a_f, int(src_hi[p]), int(src_lo[p]))
+        dst = address(a_f, int(dst_hi[p]), int(dst_lo[p]))
         if c2s[p]:
             client = (src, int(sport[p]))
             server = (dst, int(dport[p]))
@@ -425,10 +449,12 @@ def analyse(tcp: TcpColumns) -> Analysis:
         analysis.connections.append(
             CaptureConnection(
                 stream=c,
-                client_ip=client[0],
+                client_ip=client[0][0],
                 client_port=client[1],
-                server_ip=server[0],
+                server_ip=server[0][0],
                 server_port=server[1],
+                client=_endpoint_text(*client),
+                server=_endpoint_text(*server),
                 opened_by=opened[int(opened_by[c])],
                 first_frame=int(frames[p]),
                 first_ts_ns=int(ts[p]),

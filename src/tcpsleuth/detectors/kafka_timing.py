@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from tcpsleuth.detectors.capture import SEQ_SPACE, Analysis
+from tcpsleuth.detectors.capture import Analysis
 from tcpsleuth.model.findings import Finding, Severity, connection_subject
 
 try:  # api key names from kio, the project's Kafka protocol library
@@ -122,8 +122,10 @@ class _Message:
     last_ns: int | None = None
 
 
-def _messages(segments: list[tuple[int, int, bytes, int, int]], header_size: int) -> list[_Message]:
-    """Split one direction's byte stream into messages.
+def _messages(
+    segments: list[tuple[int, int, bytes, int, int]], header_size: int, first: int
+) -> list[_Message]:
+    """Split one direction's byte stream into messages, the first starting at ``first``.
 
     ``segments`` are (relative seq, length, captured payload, frame, ts) in capture
     order. Retransmitted bytes are skipped; a gap in the capture over a header the
@@ -131,8 +133,8 @@ def _messages(segments: list[tuple[int, int, bytes, int, int]], header_size: int
     """
     messages: list[_Message] = []
     pending: list[_Message] = []
-    next_start = 0
-    high = 0  # one past the highest byte seen
+    next_start = first
+    high = first  # one past the highest byte seen
     partial = bytearray()
     partial_frame = partial_ts = 0
     for rel, length, payload, frame, ts in segments:
@@ -141,10 +143,11 @@ def _messages(segments: list[tuple[int, int, bytes, int, int]], header_size: int
             continue
         if rel > high and next_start < rel and next_start + header_size > high:
             break  # the header we need was in a segment the capture lacks
-        for message in pending:
-            if message.last_ns is None and message.end <= seg_end:
-                message.last_frame, message.last_ns = frame, ts
-        pending = [m for m in pending if m.last_ns is None]
+        if pending:
+            for message in pending:
+                if message.end <= seg_end:
+                    message.last_frame, message.last_ns = frame, ts
+            pending = [m for m in pending if m.last_ns is None]
         begin = max(rel, high)
         high = seg_end
         lost = False
@@ -156,13 +159,11 @@ def _messages(segments: list[tuple[int, int, bytes, int, int]], header_size: int
             need = header_size - len(partial)
             if not partial:
                 partial_frame, partial_ts = frame, ts
-            chunk = payload[at : at + need]
-            partial += chunk
+            partial += payload[at : at + need]
             if len(partial) < header_size:
-                if at + need <= len(payload):  # pragma: no cover - defensive
-                    lost = True
-                elif rel + len(payload) < seg_end:
-                    lost = True  # header bytes beyond the snap length
+                # the rest of the header is in the next segment, unless the snap
+                # length cut it off here
+                lost = rel + len(payload) < seg_end
                 break
             (size,) = struct.unpack_from(">i", partial)
             if size < 0 or size > MAX_MESSAGE:
@@ -184,48 +185,65 @@ def _messages(segments: list[tuple[int, int, bytes, int, int]], header_size: int
 
 
 def timeline(analysis: Analysis, kafka_ports: frozenset[int]) -> list[KafkaRequest]:
+    """Every Kafka request on connections to one of ``kafka_ports``."""
     tcp = analysis.tcp
-    if not len(analysis.order):
+    n = len(analysis.order)
+    if not n or not kafka_ports:
         return []
-    requests: list[KafkaRequest] = []
-    for record in analysis.connections:
-        if record.server_port not in kafka_ports:
-            continue
-        c = record.stream
-        rows = analysis.rows(c)
-        c2s = analysis.c2s[analysis.starts[c] : analysis.ends[c]]
-        paylen = tcp.paylen[rows]
-        seq = tcp.seq[rows]
-        directions: dict[bool, list[tuple[int, int, bytes, int, int]]] = {True: [], False: []}
-        syn_seq: dict[bool, int] = {}
-        flags = tcp.flags[rows]
-        for is_c2s in (True, False):
-            mask = (c2s == is_c2s) & ((flags & 0x02) != 0)
-            if mask.any():
-                syn_seq[is_c2s] = (int(seq[np.flatnonzero(mask)[0]]) + 1) % SEQ_SPACE
-        for k in np.flatnonzero(paylen > 0).tolist():
-            is_c2s = bool(c2s[k])
-            row = int(rows[k])
-            base = syn_seq.setdefault(is_c2s, int(seq[k]))
-            rel = (int(seq[k]) - base) % SEQ_SPACE
-            if rel > (1 << 31):
-                continue  # before the stream's start: an old retransmission
-            directions[is_c2s].append(
-                (
-                    rel,
-                    int(paylen[k]),
-                    tcp.payloads.get(row, b""),
-                    int(tcp.frame[row]),
-                    int(tcp.ts_ns[row]),
-                )
+    records = analysis.connections
+    server_port = np.fromiter((r.server_port for r in records), dtype=np.int64, count=len(records))
+    watched = np.isin(server_port, np.array(sorted(kafka_ports)))
+    conn = analysis.conn
+    order = analysis.order
+    paylen = tcp.paylen[order]
+    flags = tcp.flags[order]
+    c2s = analysis.c2s
+    # Where each direction's byte stream starts: after its SYN, or at its first
+    # data segment when the capture began mid-connection.
+    bucket = conn * 2 + (~c2s)
+    first_of_bucket = np.full(2 * len(records), n, dtype=np.int64)
+    np.minimum.at(first_of_bucket, bucket, np.arange(n))
+    positions = np.flatnonzero(watched[conn] & (paylen > 0))
+    if not len(positions):
+        return []
+    positions = positions[np.argsort(bucket[positions], kind="stable")]
+    keys = bucket[positions]
+    cuts = np.flatnonzero(np.diff(keys)) + 1
+    rows = order[positions]
+    rel = analysis.rel_seq[positions].tolist()
+    lengths = paylen[positions].tolist()
+    frames = tcp.frame[rows].tolist()
+    stamps = tcp.ts_ns[rows].tolist()
+    payloads = [tcp.payloads.get(r, b"") for r in rows.tolist()]
+    sent: dict[int, list[_Message]] = {}
+    answered: dict[int, list[_Message]] = {}
+    for lo, hi in zip(np.r_[0, cuts].tolist(), np.r_[cuts, len(positions)].tolist(), strict=True):
+        key = int(keys[lo])
+        c, from_server = divmod(key, 2)
+        head = int(first_of_bucket[key])
+        first = 1 if flags[head] & 0x02 else rel[lo]
+        segments = list(
+            zip(
+                rel[lo:hi],
+                lengths[lo:hi],
+                payloads[lo:hi],
+                frames[lo:hi],
+                stamps[lo:hi],
+                strict=True,
             )
-        sent = _messages(directions[True], REQUEST_HEADER.size)
-        answered = _messages(directions[False], RESPONSE_HEADER.size)
+        )
+        if from_server:
+            answered[c] = _messages(segments, RESPONSE_HEADER.size, first)
+        else:
+            sent[c] = _messages(segments, REQUEST_HEADER.size, first)
+    requests: list[KafkaRequest] = []
+    for c, messages in sent.items():
+        record = records[c]
         responses: dict[int, _Message] = {}
-        for message in answered:
+        for message in answered.get(c, []):
             _, correlation_id = RESPONSE_HEADER.unpack_from(message.header)
             responses.setdefault(correlation_id, message)
-        for message in sent:
+        for message in messages:
             size, api_key, api_version, correlation_id = REQUEST_HEADER.unpack_from(message.header)
             response = responses.get(correlation_id)
             requests.append(
@@ -246,6 +264,7 @@ def timeline(analysis: Analysis, kafka_ports: frozenset[int]) -> list[KafkaReque
                     response_size=(response.end - response.start - 4) if response else None,
                 )
             )
+    requests.sort(key=lambda r: (r.stream, r.frame))
     return requests
 
 

@@ -25,6 +25,7 @@ from typing import BinaryIO
 import numpy as np
 
 from tcpsleuth.errors import InputError
+from tcpsleuth.sources.pcap import walk
 
 CHUNK = 8 << 20
 # libpcap refuses records larger than this (MAXIMUM_SNAPLEN, 256 KiB); so do we,
@@ -69,24 +70,45 @@ class ReadReport:
 
 
 class _Batcher:
-    """Collects per-packet fields for one chunk in Python lists (cheap appends)."""
+    """Collects per-packet fields for one chunk: packets found one at a time by the
+    careful path (Python lists) and runs found by the compiled walk (arrays), in
+    file order."""
 
     def __init__(self) -> None:
+        self.segments: list[tuple[np.ndarray, ...]] = []
         self.offsets: list[int] = []
         self.caplen: list[int] = []
         self.origlen: list[int] = []
         self.ts_ns: list[int] = []
         self.linktype: list[int] = []
 
+    def __len__(self) -> int:
+        return len(self.offsets) + sum(len(segment[0]) for segment in self.segments)
+
+    def _flush(self) -> None:
+        if self.offsets:
+            self.segments.append(
+                (
+                    np.array(self.offsets, dtype=np.int64),
+                    np.array(self.caplen, dtype=np.int64),
+                    np.array(self.origlen, dtype=np.int64),
+                    np.array(self.ts_ns, dtype=np.int64),
+                    np.array(self.linktype, dtype=np.int32),
+                )
+            )
+            self.offsets, self.caplen, self.origlen, self.ts_ns, self.linktype = [], [], [], [], []
+
+    def add(self, *columns: np.ndarray) -> None:
+        self._flush()
+        self.segments.append(columns)
+
     def build(self, data: bytes) -> RawBatch:
-        return RawBatch(
-            data,
-            np.array(self.offsets, dtype=np.int64),
-            np.array(self.caplen, dtype=np.int64),
-            np.array(self.origlen, dtype=np.int64),
-            np.array(self.ts_ns, dtype=np.int64),
-            np.array(self.linktype, dtype=np.int32),
-        )
+        self._flush()
+        if len(self.segments) == 1:
+            columns = self.segments[0]
+        else:
+            columns = tuple(np.concatenate(parts) for parts in zip(*self.segments, strict=True))
+        return RawBatch(data, *columns)
 
 
 def _open(path: Path) -> tuple[BinaryIO, bool]:
@@ -178,8 +200,7 @@ def _pcap_records(
     ns_per_frac: int,
     linktype: int,
 ) -> Iterator[RawBatch]:
-    record = struct.Struct(order + "IIII")
-    unpack = record.unpack_from
+    big = order == ">"
     base = 24  # file offset of buf[0]
     buf = b""
     try:
@@ -188,26 +209,24 @@ def _pcap_records(
             buf = buf + more if buf else more
             eof = not more
             end = len(buf)
-            out = _Batcher()
-            offsets, caplens, origlens, stamps = out.offsets, out.caplen, out.origlen, out.ts_ns
-            pos = 0
-            while pos + 16 <= end:
-                sec, frac, incl, orig = unpack(buf, pos)
-                if incl > MAX_RECORD:
-                    raise InputError(
-                        f"{path}: corrupt pcap record at byte {base + pos}: captured length "
-                        f"{incl} is larger than any capture allows ({MAX_RECORD})"
-                    )
-                if pos + 16 + incl > end:
-                    break
-                offsets.append(pos + 16)
-                caplens.append(incl)
-                origlens.append(orig)
-                stamps.append(sec * 1_000_000_000 + frac * ns_per_frac)
-                pos += 16 + incl
-            if offsets:
-                batch = out.build(buf)
-                batch.linktype = np.full(len(batch.offsets), linktype, dtype=np.int32)
+            offsets, caplen, origlen, sec, frac, pos, reason = walk.pcap_records(
+                np.frombuffer(buf, dtype=np.uint8), big, MAX_RECORD
+            )
+            if reason == walk.BAD_LENGTH:
+                incl = struct.unpack_from(order + "I", buf, pos + 8)[0]
+                raise InputError(
+                    f"{path}: corrupt pcap record at byte {base + pos}: captured length "
+                    f"{incl} is larger than any capture allows ({MAX_RECORD})"
+                )
+            if len(offsets):
+                batch = RawBatch(
+                    buf,
+                    offsets,
+                    caplen,
+                    origlen,
+                    sec * 1_000_000_000 + frac * ns_per_frac,
+                    np.full(len(offsets), linktype, dtype=np.int32),
+                )
                 report.packets += len(batch)
                 yield batch
             report.bytes_read = base + pos
@@ -229,6 +248,7 @@ def _pcap_records(
 
 # pcapng block types
 SHB, IDB, PB, SPB, EPB = 0x0A0D0D0A, 1, 2, 3, 6
+EPB_LE, EPB_BE = struct.pack("<I", EPB), struct.pack(">I", EPB)
 
 
 @dataclass
@@ -244,6 +264,27 @@ class _Interface:
         if self.ts_div_shift >= 0:
             return ((ticks * 1_000_000_000) >> self.ts_div_shift) + self.ts_offset_ns
         return ticks * self.ts_mul // self.ts_div_pow10 + self.ts_offset_ns
+
+
+def _stamps(
+    interfaces: list[_Interface], if_ids: np.ndarray, ticks: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Nanosecond timestamps and link types of a run of packets, per interface."""
+    ts_ns = np.empty(len(ticks), dtype=np.int64)
+    linktype = np.empty(len(ticks), dtype=np.int32)
+    for index in np.unique(if_ids).tolist():
+        iface = interfaces[index]
+        mask = if_ids == index
+        t = ticks[mask]
+        if iface.ts_div_shift >= 0:
+            shift = iface.ts_div_shift
+            whole = (t >> shift) * 1_000_000_000
+            part = ((t & ((1 << shift) - 1)) * 1_000_000_000) >> shift
+            ts_ns[mask] = whole + part + iface.ts_offset_ns
+        else:
+            ts_ns[mask] = t * iface.ts_mul // iface.ts_div_pow10 + iface.ts_offset_ns
+        linktype[mask] = iface.linktype
+    return ts_ns, linktype
 
 
 def _interface(body: bytes, order: str, path: Path, where: int) -> _Interface:
@@ -313,8 +354,18 @@ def _pcapng_blocks(
             end = len(buf)
             out = _Batcher()
             pos = 0
+            array = np.frombuffer(buf, dtype=np.uint8)
             while pos + 12 <= end:
                 btype_raw = buf[pos : pos + 4]
+                if btype_raw == (EPB_BE if order == ">" else EPB_LE) and interfaces:
+                    offsets, caplen, origlen, if_ids, stamps, stop, _why = walk.pcapng_packets(
+                        array, pos, order == ">", MAX_BLOCK
+                    )
+                    if len(offsets) and int(if_ids.max()) < len(interfaces):
+                        out.add(offsets, caplen, origlen, *_stamps(interfaces, if_ids, stamps))
+                        pos = stop
+                        continue
+                    # anything unusual is left to the careful path below
                 if btype_raw == PCAPNG_SHB:
                     bom = buf[pos + 8 : pos + 12]
                     if bom == b"\x4d\x3c\x2b\x1a":
@@ -388,7 +439,7 @@ def _pcapng_blocks(
                     out.ts_ns.append(0)
                     out.linktype.append(iface.linktype)
                 pos += blen
-            if out.offsets:
+            if len(out):
                 batch = out.build(buf)
                 report.packets += len(batch)
                 yield batch

@@ -1,0 +1,338 @@
+"""Speed of `tcpsleuth pcap` against tshark and dpkt on one large capture.
+
+Builds (once, cached) a capture of at least 2 million packets written as
+``tcpdump -s 128`` writes: Ethernet, headers plus the first payload bytes. It holds
+many short Kafka-framed connections (IPv4 and IPv6, handshake with options, one
+request and one response, FIN exchange; client ports reused so that 4-tuples
+repeat after TIME_WAIT) and a few bulk streams. Then times, each in one run:
+
+- reading the file into memory (the floor),
+- tcpsleuth's per-connection pass (read, decode, connections with handshake
+  options, packets, bytes, windows, retransmissions),
+- tcpsleuth's full analysis (plus window inference, SYN cookies, rwnd-limited
+  and Kafka request timing),
+- ``tshark -T fields`` extracting the same per-packet fields,
+- ``tshark -q -z conv,tcp``,
+- dpkt doing the per-connection job in Python,
+
+and prints packets per second for each and the ratios.
+
+Run from the repository root:  python3 bench/bench_pcap.py [--packets N] [--skip-slow]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CACHE = Path("/tmp/tcpsleuth-bench")
+SNAPLEN = 128
+KAFKA_PORT = 9092
+SERVER4 = bytes([198, 18, 0, 1])
+SERVER6 = bytes.fromhex("20010db8000000000000000000000001")
+MAC = b"\x02\x00\x00\x00\x00\x01\x02\x00\x00\x00\x00\x02"
+
+
+def _tcp(sport: int, dport: int, seq: int, ack: int, flags: int, win: int, opts: bytes) -> bytes:
+    hlen = 20 + len(opts)
+    return (
+        struct.pack(
+            ">HHIIBBHHH",
+            sport,
+            dport,
+            seq & 0xFFFFFFFF,
+            ack & 0xFFFFFFFF,
+            (hlen // 4) << 4,
+            flags,
+            win,
+            0,
+            0,
+        )
+        + opts
+    )
+
+
+def _packet(v6: bool, client: bytes, c2s: bool, tcp: bytes, paylen: int, payload: bytes) -> bytes:
+    src, dst = (client, SERVER6 if v6 else SERVER4) if c2s else (SERVER6 if v6 else SERVER4, client)
+    if v6:
+        ip = struct.pack(">IHBB", 0x60000000, len(tcp) + paylen, 6, 64) + src + dst
+        eth = MAC + b"\x86\xdd"
+    else:
+        ip = struct.pack(">BBHHHBBH", 0x45, 0, 20 + len(tcp) + paylen, 0, 0x4000, 64, 6, 0)
+        ip += src + dst
+        eth = MAC + b"\x08\x00"
+    return eth + ip + tcp + payload[:paylen]
+
+
+def _syn_opts(wscale: int, tsval: int, tsecr: int) -> bytes:
+    return (
+        struct.pack(">BBH", 2, 4, 1460)
+        + b"\x04\x02"
+        + struct.pack(">BBII", 8, 10, tsval, tsecr)
+        + b"\x01"
+        + bytes([3, 3, wscale])
+    )
+
+
+def _ts(tsval: int, tsecr: int) -> bytes:
+    return b"\x01\x01" + struct.pack(">BBII", 8, 10, tsval, tsecr)
+
+
+def build(path: Path, target: int) -> int:
+    """Write the capture; return its packet count."""
+    rng = random.Random(7)
+    records: list[bytes] = []
+    count = 0
+    t_us = 1_700_000_000 * 1_000_000
+    out = path.open("wb")
+    out.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, SNAPLEN, 1))
+
+    def emit(frame: bytes, length: int) -> None:
+        nonlocal t_us, count
+        t_us += 7
+        cap = frame[:SNAPLEN]
+        records.append(
+            struct.pack("<IIII", t_us // 1_000_000, t_us % 1_000_000, len(cap), length) + cap
+        )
+        count += 1
+        if len(records) >= 65536:
+            out.write(b"".join(records))
+            records.clear()
+
+    bulk_target = target // 5
+    conn = 0
+    request = bytearray(2000)
+    response = bytearray(2000)
+    while count < target - bulk_target:
+        v6 = conn % 3 == 0
+        client = (
+            SERVER6[:15] + bytes([2 + conn % 200]) if v6 else bytes([198, 18, 1, 2 + conn % 200])
+        )
+        sport = 20000 + (conn // 200) % 30000  # 4-tuples come back after ~6 million packets
+        cseq, sseq = rng.getrandbits(32), rng.getrandbits(32)
+        ts = rng.getrandbits(31)
+        struct.pack_into(">ihhih", request, 0, 296, 0, 7, conn, 0)
+        struct.pack_into(">ii", response, 0, 1196, conn)
+        hdr = 14 + (40 if v6 else 20)
+
+        def pkt(
+            c2s: bool,
+            seq: int,
+            ack: int,
+            flags: int,
+            win: int,
+            opts: bytes,
+            paylen: int,
+            payload: bytes = b"",
+            v6: bool = v6,
+            client: bytes = client,
+            sport: int = sport,
+            hdr: int = hdr,
+        ) -> None:
+            sp, dp = (sport, KAFKA_PORT) if c2s else (KAFKA_PORT, sport)
+            tcp = _tcp(sp, dp, seq, ack, flags, win, opts)
+            emit(_packet(v6, client, c2s, tcp, paylen, payload), hdr + len(tcp) + paylen)
+
+        pkt(True, cseq, 0, 0x02, 64240, _syn_opts(7, ts, 0), 0)
+        pkt(False, sseq, cseq + 1, 0x12, 65160, _syn_opts(7, ts + 5, ts), 0)
+        pkt(True, cseq + 1, sseq + 1, 0x10, 502, _ts(ts + 1, ts + 5), 0)
+        pkt(True, cseq + 1, sseq + 1, 0x18, 502, _ts(ts + 1, ts + 5), 300, request)
+        pkt(False, sseq + 1, cseq + 301, 0x10, 507, _ts(ts + 6, ts + 1), 0)
+        pkt(False, sseq + 1, cseq + 301, 0x18, 507, _ts(ts + 7, ts + 1), 1200, response)
+        pkt(True, cseq + 301, sseq + 1201, 0x10, 500, _ts(ts + 2, ts + 7), 0)
+        pkt(True, cseq + 301, sseq + 1201, 0x11, 500, _ts(ts + 3, ts + 7), 0)
+        pkt(False, sseq + 1201, cseq + 302, 0x11, 507, _ts(ts + 8, ts + 3), 0)
+        pkt(True, cseq + 302, sseq + 1202, 0x10, 500, _ts(ts + 4, ts + 8), 0)
+        conn += 1
+    streams = 16
+    per_stream = (target - count) // streams + 1
+    for s in range(streams):
+        v6 = s % 2 == 1
+        client = SERVER6[:15] + bytes([250]) if v6 else bytes([198, 18, 2, 2])
+        sport, dport = 40000 + s, 5001
+        hdr = 14 + (40 if v6 else 20)
+        cseq, sseq = rng.getrandbits(32), rng.getrandbits(32)
+        ts = rng.getrandbits(31)
+
+        def bpkt(
+            c2s: bool,
+            seq: int,
+            ack: int,
+            flags: int,
+            win: int,
+            opts: bytes,
+            paylen: int,
+            v6: bool = v6,
+            client: bytes = client,
+            sport: int = sport,
+            dport: int = dport,
+            hdr: int = hdr,
+        ) -> None:
+            sp, dp = (sport, dport) if c2s else (dport, sport)
+            tcp = _tcp(sp, dp, seq, ack, flags, win, opts)
+            emit(_packet(v6, client, c2s, tcp, paylen, bytes(paylen)), hdr + len(tcp) + paylen)
+
+        bpkt(True, cseq, 0, 0x02, 64240, _syn_opts(7, ts, 0), 0)
+        bpkt(False, sseq, cseq + 1, 0x12, 65160, _syn_opts(7, ts + 1, ts), 0)
+        bpkt(True, cseq + 1, sseq + 1, 0x10, 502, _ts(ts + 1, ts + 1), 0)
+        seq = cseq + 1
+        for i in range((per_stream - 3) // 2):
+            bpkt(True, seq, sseq + 1, 0x10, 502, _ts(ts + i, ts + i), 1448)
+            seq += 1448
+            bpkt(False, sseq + 1, seq, 0x10, 3000 + (i % 500), _ts(ts + i, ts + i), 0)
+    out.write(b"".join(records))
+    out.close()
+    return count
+
+
+def timed(label: str, packets: int, func) -> float:  # type: ignore[no-untyped-def]
+    start = time.perf_counter()
+    func()
+    elapsed = time.perf_counter() - start
+    rate = packets / elapsed
+    print(f"{label:<48} {elapsed:8.2f} s {rate / 1e3:10.0f} k packets/s", flush=True)
+    return rate
+
+
+def dpkt_connections(path: Path) -> int:
+    """The per-connection job in plain Python with dpkt: 4-tuple split on new SYN,
+    handshake options, packets, bytes, window range."""
+    import dpkt
+
+    conns: dict[tuple, dict] = {}
+    done = 0
+    with path.open("rb") as f:
+        for _ts, buf in dpkt.pcap.Reader(f):
+            eth = dpkt.ethernet.Ethernet(buf)
+            ip = eth.data
+            if not isinstance(ip, dpkt.ip.IP | dpkt.ip6.IP6):
+                continue
+            tcp = ip.data
+            if not isinstance(tcp, dpkt.tcp.TCP):
+                continue
+            a, b = (ip.src, tcp.sport), (ip.dst, tcp.dport)
+            key = (a, b) if a < b else (b, a)
+            syn = tcp.flags & dpkt.tcp.TH_SYN and not tcp.flags & dpkt.tcp.TH_ACK
+            conn = conns.get(key)
+            if conn is None or (syn and conn["isn"] != tcp.seq):
+                if conn is not None:
+                    done += 1
+                conn = conns[key] = {
+                    "isn": tcp.seq if syn else None,
+                    "packets": 0,
+                    "bytes": 0,
+                    "wmin": 1 << 30,
+                    "wmax": 0,
+                    "opts": {},
+                }
+            conn["packets"] += 1
+            iplen = ip.len - ip.hl * 4 if isinstance(ip, dpkt.ip.IP) else ip.plen
+            conn["bytes"] += max(iplen - tcp.off * 4, 0)
+            conn["wmin"] = min(conn["wmin"], tcp.win)
+            conn["wmax"] = max(conn["wmax"], tcp.win)
+            if tcp.flags & dpkt.tcp.TH_SYN:
+                conn["opts"][bool(tcp.flags & dpkt.tcp.TH_ACK)] = dpkt.tcp.parse_opts(tcp.opts)
+    return done + len(conns)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--packets", type=int, default=2_000_000)
+    parser.add_argument("--skip-slow", action="store_true", help="tcpsleuth only")
+    args = parser.parse_args()
+    sys.path.insert(0, str(Path(__file__).parent.parent / "src"))
+    from tcpsleuth.detectors import capture_cookies, kafka_timing, wscale_inference
+    from tcpsleuth.detectors.capture import analyse, rwnd_findings
+    from tcpsleuth.sources.pcap import read_capture
+
+    CACHE.mkdir(exist_ok=True)
+    path = CACHE / f"bench-{args.packets}.pcap"
+    if not path.exists():
+        start = time.perf_counter()
+        n = build(path, args.packets)
+        print(f"built {path} ({n} packets) in {time.perf_counter() - start:.1f} s", flush=True)
+    packets = len(read_capture(path).tcp)
+    size = path.stat().st_size
+    print(f"capture: {path}, {packets} packets, {size / 1e6:.0f} MB", flush=True)
+
+    rates: dict[str, float] = {}
+    rates["read file"] = timed("read the file into memory", packets, path.read_bytes)
+
+    def per_connection() -> None:
+        analyse(read_capture(path).tcp)
+
+    def full() -> None:
+        ports = frozenset({KAFKA_PORT})
+        analysis = analyse(read_capture(path, ports).tcp)
+        inferences = wscale_inference.infer(analysis)
+        wscale_inference.findings(analysis, inferences)
+        capture_cookies.findings(capture_cookies.classify(analysis))
+        rwnd_findings(analysis)
+        kafka_timing.findings(kafka_timing.timeline(analysis, ports))
+
+    rates["tcpsleuth per-connection"] = timed(
+        "tcpsleuth per-connection pass", packets, per_connection
+    )
+    rates["tcpsleuth full"] = timed(
+        "tcpsleuth full analysis (+ Kafka, cookies, ...)", packets, full
+    )
+    if not args.skip_slow:
+        fields = [
+            "frame.time_epoch",
+            "ip.src",
+            "ipv6.src",
+            "tcp.srcport",
+            "ip.dst",
+            "ipv6.dst",
+            "tcp.dstport",
+            "tcp.seq_raw",
+            "tcp.ack_raw",
+            "tcp.flags",
+            "tcp.window_size_value",
+            "tcp.len",
+            "tcp.options.mss_val",
+            "tcp.options.wscale.shift",
+            "tcp.options.sack_perm",
+            "tcp.options.timestamp.tsval",
+        ]
+        argv = ["tshark", "-n", "-r", str(path), "-T", "fields"]
+        for field in fields:
+            argv += ["-e", field]
+        rates["tshark -T fields"] = timed(
+            "tshark -T fields (same per-packet fields)",
+            packets,
+            lambda: subprocess.run(
+                argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True
+            ),
+        )
+        rates["tshark conv"] = timed(
+            "tshark -q -z conv,tcp",
+            packets,
+            lambda: subprocess.run(
+                ["tshark", "-n", "-q", "-r", str(path), "-z", "conv,tcp"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                check=True,
+            ),
+        )
+        rates["dpkt"] = timed("dpkt per-connection job", packets, lambda: dpkt_connections(path))
+    print()
+    for name in ("tshark -T fields", "tshark conv", "dpkt"):
+        if name in rates:
+            print(
+                f"tcpsleuth per-connection / {name}: {rates['tcpsleuth per-connection'] / rates[name]:.1f}x;"
+                f"  full / {name}: {rates['tcpsleuth full'] / rates[name]:.1f}x"
+            )
+    print(
+        f"read-into-memory / tcpsleuth per-connection: "
+        f"{rates['read file'] / rates['tcpsleuth per-connection']:.1f}x"
+    )
+
+
+if __name__ == "__main__":
+    main()
