@@ -377,7 +377,7 @@ def _collect(
                 # Messages of one length almost always carry the same attributes in
                 # the same order; remember where INFO was and check it is there.
                 at = layout.get(length)
-                if at is not None:
+                if at is not None and at >= 0:  # -1: messages of this length had no INFO
                     alen, akind = unpack_attr(chunk, pos + at)
                     if akind != INET_DIAG_INFO:
                         at = None
