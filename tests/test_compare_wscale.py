@@ -113,3 +113,79 @@ def test_clean_run_finds_nothing(tmp_path: Path) -> None:
     assert unrelated["counts"]["client_only"] == connections
     (note,) = unrelated["findings"]
     assert note["kind"] == "unmatched-connections" and note["severity"] == "info"
+
+
+def test_cookie_connections_seen_from_one_namespace() -> None:
+    """SYN cookies on a small backlog; only the cookie SYN-ACKs announce shift 1
+    (what the pre-fix kernel does with SO_RCVBUF set). Both ends are in one
+    namespace, so `sockets` alone pairs them; the clients' view of one server with
+    two different shifts is the one-sided sign."""
+    from conftest import Farm
+
+    from tcpsleuth.lab import faults, namespaces
+
+    with namespaces.namespace("sockcookie") as ns:
+        namespaces.sysctl(ns, "net.ipv4.tcp_rmem", wscale_lab.SERVER_RMEM)
+        namespaces.sysctl(ns, "net.ipv4.tcp_syncookies", 1)
+        faults.announce_wscale(ns, 9092, 1, cookies_only=True)
+        farm = Farm(ns, "--port", "9092", "--backlog", "8", "--clients", "400", "--storm")
+        try:
+            client_view = _ss_tni(ns, Path(os.devnull))
+            cookies = subprocess.run(
+                ["ip", "netns", "exec", ns, "nstat", "-az", "TcpExtSyncookiesSent"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            status, doc = _json("sockets", "--netns", ns)
+        finally:
+            farm.stop()
+    sent = int(re.search(r"TcpExtSyncookiesSent\s+(\d+)", cookies).group(1))
+    # ss: client sockets (remote port 9092) that read the server's windows with shift 1
+    believed_1 = sorted(
+        local
+        for (local, remote), (snd, _) in client_view.items()
+        if remote.endswith(":9092") and snd == 1
+    )
+    assert 0 < len(believed_1) <= sent
+    mismatches = _kinds(doc, "wscale-mismatch")
+    assert sorted(f["subject"]["client"] for f in mismatches) == believed_1
+    assert {
+        (f["evidence"]["announced_wscale"], f["evidence"]["actual_wscale"]) for f in mismatches
+    } == {(1, 7)}
+    (inconsistent,) = _kinds(doc, "wscale-inconsistent")
+    assert inconsistent["subject"] == {"server": "127.0.0.1:9092"}
+    assert inconsistent["evidence"]["shifts"] == {"1": len(believed_1), "7": 400 - len(believed_1)}
+    assert status == 1
+
+
+def test_stripped_window_scale_counts_as_shift_0(tmp_path: Path) -> None:
+    """A middlebox strips the option from the SYN-ACK: the client believes scaling
+    is off, the server shifts by 7."""
+    from tcpsleuth.lab import faults
+
+    with wscale_lab.paced_traffic(
+        fault=False, seconds=1.0, ipv6_connections=0, before_traffic=faults.strip_wscale
+    ) as traffic:
+        pair = traffic.pair
+        client_ss = _ss_tni(pair.client, tmp_path / "client.txt")
+        status, doc = _json("compare", f"netns:{pair.client}", f"netns:{pair.server}")
+        _, client_side = _json("sockets", "--netns", pair.client)
+    # ss prints no wscale at all on the client
+    assert client_ss == {}
+    mismatches = _kinds(doc, "wscale-mismatch")
+    to_client = [f for f in mismatches if f["evidence"]["direction"] == "server-to-client"]
+    to_server = [f for f in mismatches if f["evidence"]["direction"] == "client-to-server"]
+    assert len(to_client) == len(to_server) == traffic.ipv4_connections
+    for finding in to_client:
+        assert (finding["evidence"]["announced_wscale"], finding["evidence"]["actual_wscale"]) == (
+            0,
+            7,
+        )
+        assert finding["severity"] == "critical"
+    for finding in to_server:
+        # the server applies the client's SYN shift to windows the client never scales
+        assert finding["evidence"]["actual_wscale"] == 0 and finding["severity"] == "warning"
+    (off,) = _kinds(client_side, "wscale-off")
+    assert off["evidence"]["connections"] == traffic.ipv4_connections
+    assert status == 1

@@ -11,7 +11,7 @@ import contextlib
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +48,7 @@ def paced_traffic(
     ipv6_connections: int = 1,
     batch_bytes: int = 16384,
     interval_ms: float = 5.0,
+    before_traffic: Callable[[str, int], None] | None = None,
 ) -> Iterator[Traffic]:
     """Yields once the traffic has finished; the connections stay open (idle)
     until the block ends, so both ends can be read at leisure."""
@@ -59,6 +60,8 @@ def paced_traffic(
         namespaces.sysctl(pair.server, "net.ipv4.tcp_moderate_rcvbuf", 0)
         if fault:
             faults.announce_wscale(pair.server, PORT, ANNOUNCED)
+        if before_traffic is not None:
+            before_traffic(pair.server, PORT)  # another fault of tcpsleuth.lab.faults
         processes = []
         try:
             for host in (pair.server_ip4, pair.server_ip6):
