@@ -12,6 +12,7 @@ from tcpsleuth.cli.sockets import (
     COMPACT_JSON_FROM,
     address_list,
     address_option,
+    endpoints_table,
     findings_block,
     port_list,
     ports_option,
@@ -112,7 +113,7 @@ def compare_command(
                 ("ambiguous", counts["ambiguous"]),
             ],
         ),
-        table.records_table(
+        endpoints_table(
             f"Connections seen from both ends ({len(shown)} of {len(result.pairs)}, "
             "disagreements first)",
             [
@@ -138,6 +139,7 @@ def compare_command(
                 )
                 for p in shown
             ],
+            endpoints=2,
         ),
     ]
     parts.extend(findings_block(findings))

@@ -139,6 +139,19 @@ SUMMARY_COLUMNS = [
 ]
 
 
+def endpoints_table(
+    title: str, columns: list[str], rows: list[tuple[Any, ...]], endpoints: int
+) -> Any:
+    """records_table whose first ``endpoints`` columns (IP:PORT) are never cut:
+    a shortened address is no use to an operator."""
+    built = table.records_table(title, columns, rows)
+    for index in range(endpoints):
+        width = max((len(str(row[index])) for row in rows), default=0)
+        built.columns[index].min_width = max(width, len(columns[index]))
+        built.columns[index].no_wrap = True
+    return built
+
+
 def findings_block(findings: list[Finding]) -> list[Any]:
     parts: list[Any] = [table.findings_table(findings[:FINDINGS_SHOWN])]
     if len(findings) > FINDINGS_SHOWN:
@@ -245,10 +258,11 @@ def sockets_command(
     ]
     if rows:
         parts.append(
-            table.records_table(
+            endpoints_table(
                 f"Connections ({len(rows)} of {len(connections)}, by {sort_by})",
                 CONNECTION_COLUMNS,
                 [connection_row(c) for c in rows],
+                endpoints=2,
             )
         )
     if snap.listeners:
@@ -264,8 +278,8 @@ def sockets_command(
         )
     if connections:
         parts.append(
-            table.records_table(
-                "By peer", ["peer", *SUMMARY_COLUMNS], summary_rows(by_peer, ["peer"])
+            endpoints_table(
+                "By peer", ["peer", *SUMMARY_COLUMNS], summary_rows(by_peer, ["peer"]), endpoints=1
             )
         )
         parts.append(
