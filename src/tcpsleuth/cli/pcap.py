@@ -26,7 +26,7 @@ class FileResult:
     analysis: Analysis
     findings: list[Finding]
     requests: list[kafka_timing.KafkaRequest]
-    cookies: list[capture_cookies.CookieVerdict]
+    cookies: capture_cookies.CookieVerdicts
     inferences: list[wscale_inference.WindowInference]
 
 
@@ -62,7 +62,7 @@ def analyse_file(path: Path, kafka_ports: frozenset[int], show_progress: bool) -
 
 def _document_data(result: FileResult) -> dict[str, Any]:
     capture = result.capture
-    cookie_by_stream = {v.stream: v for v in result.cookies}
+    cookie_by_stream = result.cookies.by_stream()
     connections = []
     for record in result.analysis.connections:
         entry = record.summary()

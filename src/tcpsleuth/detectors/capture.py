@@ -17,14 +17,16 @@ shift the sender announced in its SYN or SYN-ACK, when both sides announced one
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
 from tcpsleuth.model.findings import Finding, Severity, connection_subject
 from tcpsleuth.sources.pcap.decode import ACK, CWR, ECE, FIN, RST, SYN, TcpColumns
-from tcpsleuth.sources.pcap.options import SynOptions, parse
+from tcpsleuth.sources.pcap.options import SynOptions
+from tcpsleuth.sources.pcap.walk import OPT_MSS, OPT_WSCALE
 
 SEQ_SPACE = 1 << 32
 # A sender is waiting at the window when what it has in flight leaves less than
@@ -160,6 +162,104 @@ class CaptureConnection:
         }
 
 
+class Connections(Sequence[CaptureConnection]):
+    """The connections of an analysis as records, each made when first asked for: a
+    capture may hold hundreds of thousands, and most questions need a few."""
+
+    def __init__(self, analysis: Analysis | None) -> None:
+        self._analysis = analysis
+        self._made: dict[int, CaptureConnection] = {}
+        self._addresses = _Addresses()
+
+    def __len__(self) -> int:
+        if self._analysis is None:
+            return 0
+        return len(self._analysis.starts)
+
+    @overload
+    def __getitem__(self, index: int) -> CaptureConnection: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[CaptureConnection]: ...
+
+    def __getitem__(self, index: int | slice) -> CaptureConnection | list[CaptureConnection]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        record = self._made.get(index)
+        if record is None:
+            record = self._made[index] = self._make(index)
+        return record
+
+    def _make(self, c: int) -> CaptureConnection:
+        assert self._analysis is not None
+        col = {name: values[c].tolist() for name, values in self._analysis.columns.items()}
+        a_f = col["af"]
+        src = self._addresses(a_f, col["src_hi"], col["src_lo"])
+        dst = self._addresses(a_f, col["dst_hi"], col["dst_lo"])
+        if col["first_c2s"]:
+            client, client_port, server, server_port = src, col["sport"], dst, col["dport"]
+        else:
+            client, client_port, server, server_port = dst, col["dport"], src, col["sport"]
+        syn = synack = None
+        if col["has_syn"]:
+            f = col["syn_flags"]
+            syn = _syn_options(
+                self._analysis.hs_syn[c].tolist(),
+                col["syn_window"],
+                (f & (ECE | CWR)) == (ECE | CWR),
+            )
+        if col["has_synack"]:
+            f = col["synack_flags"]
+            synack = _syn_options(
+                self._analysis.hs_synack[c].tolist(),
+                col["synack_window"],
+                bool(f & ECE) and not f & CWR,
+            )
+        wmin, wmax = col["wmin"], col["wmax"]
+        return CaptureConnection(
+            stream=c,
+            client_ip=client[0],
+            client_port=client_port,
+            server_ip=server[0],
+            server_port=server_port,
+            client=_endpoint_text(client, client_port),
+            server=_endpoint_text(server, server_port),
+            opened_by=("syn", "syn-ack", "port-guess")[col["opened_by"]],
+            first_frame=col["first_frame"],
+            first_ts_ns=col["first_ts"],
+            last_ts_ns=col["last_ts"],
+            syn=syn,
+            synack=synack,
+            syn_frame=col["syn_frame"] if col["has_syn"] else None,
+            synack_frame=col["synack_frame"] if col["has_synack"] else None,
+            packets_c2s=col["packets"][0],
+            packets_s2c=col["packets"][1],
+            bytes_c2s=col["bytes"][0],
+            bytes_s2c=col["bytes"][1],
+            handshake_rtt_ms=round(col["rtt_ns"] / 1e6, 3) if col["rtt_ns"] >= 0 else None,
+            retransmissions_c2s=col["retrans"][0],
+            retransmissions_s2c=col["retrans"][1],
+            zero_windows_c2s=col["zero"][0],
+            zero_windows_s2c=col["zero"][1],
+            window_probes_c2s=col["probe"][0],
+            window_probes_s2c=col["probe"][1],
+            server_window_min=None if wmin[1] < 0 else wmin[1],
+            server_window_max=None if wmax[1] < 0 else wmax[1],
+            client_window_min=None if wmin[0] < 0 else wmin[0],
+            client_window_max=None if wmax[0] < 0 else wmax[0],
+            rwnd_limited_ns_c2s=col["wait_ns"][0],
+            rwnd_limited_ns_s2c=col["wait_ns"][1],
+            rwnd_waits_c2s=col["waits"][0],
+            rwnd_waits_s2c=col["waits"][1],
+            data_span_ns_c2s=col["span_c2s"],
+            data_span_ns_s2c=col["span_s2c"],
+        )
+
+
 @dataclass
 class Analysis:
     """Per-segment arrays in connection order (``order`` maps back to the columns)
@@ -176,11 +276,41 @@ class Analysis:
     first_syn: np.ndarray  # position in ``order`` of the client's SYN, or -1
     first_synack: np.ndarray  # position of the server's SYN-ACK, or -1
     rel_seq: np.ndarray  # sequence number relative to the first one seen in its direction
-    connections: list[CaptureConnection] = field(default_factory=list)
+    # per-connection columns (by stream), and the handshake options (walk.syn_options rows)
+    columns: dict[str, np.ndarray] = field(default_factory=dict)
+    hs_syn: np.ndarray = field(default_factory=lambda: np.zeros((0, 5), dtype=np.int64))
+    hs_synack: np.ndarray = field(default_factory=lambda: np.zeros((0, 5), dtype=np.int64))
+    connections: Connections = field(default_factory=lambda: Connections(None))
 
     def rows(self, stream: int) -> np.ndarray:
         """Rows of ``tcp`` of one connection, in capture order."""
         return self.order[self.starts[stream] : self.ends[stream]]
+
+
+def _handshake_options(
+    tcp: TcpColumns, order: np.ndarray, first: np.ndarray, has: np.ndarray
+) -> np.ndarray:
+    """Options of each connection's SYN (or SYN-ACK) at ``first``; -1 rows where none."""
+    out = np.full((len(first), 5), -1, dtype=np.int64)
+    present = np.flatnonzero(has)
+    if len(present):
+        rows = order[first[present]]
+        index = np.searchsorted(tcp.syn_rows, rows)
+        out[present] = tcp.syn_options[index]
+    return out
+
+
+def _syn_options(opts: list[int], window: int, ecn: bool) -> SynOptions:
+    mss, wscale, sack, timestamps, tsval = opts
+    return SynOptions(
+        mss=None if mss < 0 else mss,
+        wscale=None if wscale < 0 else wscale,
+        sack_permitted=bool(sack),
+        timestamps=bool(timestamps),
+        tsval=None if tsval < 0 else tsval,
+        ecn=ecn,
+        window=window,
+    )
 
 
 def _group_first(values: np.ndarray, starts: np.ndarray, fill: int) -> np.ndarray:
@@ -278,29 +408,13 @@ def analyse(tcp: TcpColumns) -> Analysis:
     ts = tcp.ts_ns[order]
 
     # Handshake options: one parse per SYN and SYN-ACK of the handshake.
-    syn_opts: list[SynOptions | None] = [None] * nconn
-    synack_opts: list[SynOptions | None] = [None] * nconn
     window = tcp.window[order].astype(np.int64)
-    for c in np.flatnonzero(has_syn).tolist():
-        p = int(first_syn[c])
-        f = int(flags[p])
-        syn_opts[c] = parse(
-            tcp.options.get(int(order[p]), b""), int(window[p]), (f & (ECE | CWR)) == (ECE | CWR)
-        )
-    for c in np.flatnonzero(has_synack).tolist():
-        p = int(first_synack[c])
-        f = int(flags[p])
-        synack_opts[c] = parse(
-            tcp.options.get(int(order[p]), b""), int(window[p]), bool(f & ECE) and not f & CWR
-        )
-    client_shift = np.zeros(nconn, dtype=np.int64)
-    server_shift = np.zeros(nconn, dtype=np.int64)
-    for c in range(nconn):
-        s, a = syn_opts[c], synack_opts[c]
-        if s is not None and a is not None and s.wscale is not None and a.wscale is not None:
-            # RFC 7323: shifts above 14 are used as 14
-            client_shift[c] = min(s.wscale, 14)
-            server_shift[c] = min(a.wscale, 14)
+    hs_syn = _handshake_options(tcp, order, first_syn, has_syn)
+    hs_synack = _handshake_options(tcp, order, first_synack, has_synack)
+    both_scale = (hs_syn[:, OPT_WSCALE] >= 0) & (hs_synack[:, OPT_WSCALE] >= 0)
+    # RFC 7323 2.3: shifts above 14 are used as 14
+    client_shift = np.where(both_scale, np.minimum(hs_syn[:, OPT_WSCALE], 14), 0)
+    server_shift = np.where(both_scale, np.minimum(hs_synack[:, OPT_WSCALE], 14), 0)
     is_syn = (flags & SYN) != 0
     sender_shift = np.where(c2s, client_shift[conn], server_shift[conn])
     win_bytes = np.where(is_syn, window, window << sender_shift)
@@ -370,12 +484,13 @@ def analyse(tcp: TcpColumns) -> Analysis:
     np.maximum.at(seg_size, bucket[data], paylen[data])
     # A capture on the sending host shows TSO super-segments; the segment the
     # receiver's window must fit is at most the MSS the receiver announced.
-    peer_mss = np.full((nconn, 2), 1 << 16, dtype=np.int64)
-    for c in range(nconn):
-        if synack_opts[c] is not None and synack_opts[c].mss:
-            peer_mss[c, 0] = synack_opts[c].mss
-        if syn_opts[c] is not None and syn_opts[c].mss:
-            peer_mss[c, 1] = syn_opts[c].mss
+    peer_mss = np.stack(
+        [
+            np.where(hs_synack[:, OPT_MSS] > 0, hs_synack[:, OPT_MSS], 1 << 16),
+            np.where(hs_syn[:, OPT_MSS] > 0, hs_syn[:, OPT_MSS], 1 << 16),
+        ],
+        axis=1,
+    )
     seg = np.minimum(seg_size, peer_mss.ravel())[bucket]
     peer_ack = ack[peer]
     in_flight = (seq + paylen - peer_ack) % SEQ_SPACE
@@ -421,79 +536,69 @@ def analyse(tcp: TcpColumns) -> Analysis:
         np.where(has_synack, first_synack, -1),
         rel_by_pos,
     )
-    af = tcp.af[order]
-    src_hi, src_lo = tcp.src_hi[order], tcp.src_lo[order]
-    dst_hi, dst_lo = tcp.dst_hi[order], tcp.dst_lo[order]
-    frames = tcp.frame[order]
-    opened = ("syn", "syn-ack", "port-guess")
-    address = _Addresses()
-    maxint = np.iinfo(np.int64).max
-
-    def window_range(c: int, column: int) -> tuple[int | None, int | None]:
-        lo_, hi_ = int(wmin[c, column]), int(wmax[c, column])
-        return (None, None) if hi_ < 0 or lo_ == maxint else (lo_, hi_)
-
-    for c in range(nconn):
-        p = int(starts[c])
-        a_f = int(af[p])
-        src = address(a_f, int(src_hi[p]), int(src_lo[p]))
-        dst = address(a_f, int(dst_hi[p]), int(dst_lo[p]))
-        if c2s[p]:
-            client = (src, int(sport[p]))
-            server = (dst, int(dport[p]))
-        else:
-            client = (dst, int(dport[p]))
-            server = (src, int(sport[p]))
-        smin, smax = window_range(c, 1)
-        cmin, cmax = window_range(c, 0)
-        analysis.connections.append(
-            CaptureConnection(
-                stream=c,
-                client_ip=client[0][0],
-                client_port=client[1],
-                server_ip=server[0][0],
-                server_port=server[1],
-                client=_endpoint_text(*client),
-                server=_endpoint_text(*server),
-                opened_by=opened[int(opened_by[c])],
-                first_frame=int(frames[p]),
-                first_ts_ns=int(ts[p]),
-                last_ts_ns=int(ts[int(ends[c]) - 1]),
-                syn=syn_opts[c],
-                synack=synack_opts[c],
-                syn_frame=int(frames[first_syn[c]]) if has_syn[c] else None,
-                synack_frame=int(frames[first_synack[c]]) if has_synack[c] else None,
-                packets_c2s=int(packets[c, 0]),
-                packets_s2c=int(packets[c, 1]),
-                bytes_c2s=int(nbytes[c, 0]),
-                bytes_s2c=int(nbytes[c, 1]),
-                handshake_rtt_ms=round(int(rtt_ns[c]) / 1e6, 3) if rtt_ok[c] else None,
-                retransmissions_c2s=int(retrans_n[c, 0]),
-                retransmissions_s2c=int(retrans_n[c, 1]),
-                zero_windows_c2s=int(zero_n[c, 0]),
-                zero_windows_s2c=int(zero_n[c, 1]),
-                window_probes_c2s=int(probe_n[c, 0]),
-                window_probes_s2c=int(probe_n[c, 1]),
-                server_window_min=smin,
-                server_window_max=smax,
-                client_window_min=cmin,
-                client_window_max=cmax,
-                rwnd_limited_ns_c2s=int(wait_sum[c, 0]),
-                rwnd_limited_ns_s2c=int(wait_sum[c, 1]),
-                rwnd_waits_c2s=int(wait_n[c, 0]),
-                rwnd_waits_s2c=int(wait_n[c, 1]),
-                data_span_ns_c2s=int(span_c2s[c]),
-                data_span_ns_s2c=int(span_s2c[c]),
-            )
-        )
+    analysis.columns = {
+        "af": tcp.af[order][starts],
+        "src_hi": tcp.src_hi[order][starts],
+        "src_lo": tcp.src_lo[order][starts],
+        "dst_hi": tcp.dst_hi[order][starts],
+        "dst_lo": tcp.dst_lo[order][starts],
+        "sport": sport[starts],
+        "dport": dport[starts],
+        "first_c2s": c2s[starts],
+        "first_frame": tcp.frame[order][starts],
+        "first_ts": ts[starts],
+        "last_ts": ts[ends - 1],
+        "opened_by": opened_by,
+        "has_syn": has_syn,
+        "has_synack": has_synack,
+        "syn_frame": tcp.frame[order][np.minimum(first_syn, n - 1)],
+        "synack_frame": tcp.frame[order][np.minimum(first_synack, n - 1)],
+        "syn_window": window[np.minimum(first_syn, n - 1)],
+        "synack_window": window[np.minimum(first_synack, n - 1)],
+        "syn_flags": flags[np.minimum(first_syn, n - 1)],
+        "synack_flags": flags[np.minimum(first_synack, n - 1)],
+        "rtt_ns": np.where(rtt_ok, rtt_ns, -1),
+        "packets": packets,
+        "bytes": nbytes.astype(np.int64),
+        "retrans": retrans_n.astype(np.int64),
+        "zero": zero_n.astype(np.int64),
+        "probe": probe_n.astype(np.int64),
+        "wmin": np.where((wmax >= 0) & (wmin != np.iinfo(np.int64).max), wmin, -1),
+        "wmax": wmax,
+        "wait_ns": wait_sum.astype(np.int64),
+        "waits": wait_n.astype(np.int64),
+        "span_c2s": span_c2s,
+        "span_s2c": span_s2c,
+        "server_port": np.where(c2s[starts], dport[starts], sport[starts]),
+        # hashes that group connections by server endpoint and by server address
+        "server_key": np.where(c2s[starts], eb[order][starts], ea[order][starts]),
+        "server_addr_key": np.where(
+            c2s[starts],
+            _mix(_mix(tcp.dst_hi[order][starts]) ^ tcp.dst_lo[order][starts]),
+            _mix(_mix(tcp.src_hi[order][starts]) ^ tcp.src_lo[order][starts]),
+        ),
+    }
+    analysis.hs_syn, analysis.hs_synack = hs_syn, hs_synack
+    analysis.connections = Connections(analysis)
     return analysis
 
 
 def rwnd_findings(analysis: Analysis) -> list[Finding]:
     """``rwnd-limited``: a sender that kept data waiting while its peer's window was
     full, for a large share of the time it was sending."""
-    out = []
-    for record in analysis.connections:
+    out: list[Finding] = []
+    if not analysis.columns:
+        return out
+    waited_ns = analysis.columns["wait_ns"]
+    spans = np.stack([analysis.columns["span_c2s"], analysis.columns["span_s2c"]], axis=1)
+    candidate = (
+        (analysis.columns["waits"] >= RWND_LIMITED_MIN_WAITS)
+        & (waited_ns >= RWND_LIMITED_MIN_NS)
+        & (spans > 0)
+        & (waited_ns >= RWND_LIMITED_SHARE * np.maximum(spans, 1))
+    ).any(axis=1)
+    for c in np.flatnonzero(candidate).tolist():
+        record = analysis.connections[c]
         for direction, waited, waits, span, window, sender, receiver in (
             (
                 "c2s",

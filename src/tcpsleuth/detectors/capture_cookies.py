@@ -23,7 +23,7 @@ no verdict.
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +31,8 @@ import numpy as np
 
 from tcpsleuth.detectors.capture import Analysis
 from tcpsleuth.model.findings import Finding, Severity, listener_subject
-from tcpsleuth.sources.pcap.decode import SYN
+from tcpsleuth.sources.pcap.decode import CWR, ECE, SYN
+from tcpsleuth.sources.pcap.walk import OPT_SACK, OPT_TIMESTAMPS, OPT_TSVAL, OPT_WSCALE
 
 TS_OPT_WSCALE_MASK = 0xF
 TS_OPT_SACK = 1 << 4
@@ -46,32 +47,69 @@ DELTA_MIN, DELTA_MAX = 1.75, 66.5
 @dataclass(frozen=True)
 class CookieVerdict:
     stream: int
-    server: str
-    client_ip: str
-    synack_frame: int
-    ts_ns: int
     cookie: bool
     confidence: str  # "high", "medium", "low"
     delta_ms: float  # how far TSval ran ahead of the capture clock after the SYN-ACK
-    expected_bits: int
 
 
-def expected_bits(wscale: int | None, sack: bool, ecn: bool) -> int:
-    bits = TS_OPT_WSCALE_MASK if wscale is None else wscale & TS_OPT_WSCALE_MASK
-    return bits | (TS_OPT_SACK if sack else 0) | (TS_OPT_ECN if ecn else 0)
+CONFIDENCE = ("low", "medium", "high")
 
 
-def _circular_distance(a: float, b: float) -> float:
-    d = abs(a - b) % 64
-    return min(d, 64 - d)
+@dataclass
+class CookieVerdicts:
+    """Verdicts for the handshakes that could be judged, as columns."""
+
+    analysis: Analysis
+    stream: np.ndarray  # int64
+    cookie: np.ndarray  # bool
+    confidence: np.ndarray  # int8: index into CONFIDENCE
+    delta_ms: np.ndarray  # float64
+
+    def __len__(self) -> int:
+        return len(self.stream)
+
+    def by_stream(self) -> dict[int, CookieVerdict]:
+        return {
+            s: CookieVerdict(s, c, CONFIDENCE[k], round(d, 3))
+            for s, c, k, d in zip(
+                self.stream.tolist(),
+                self.cookie.tolist(),
+                self.confidence.tolist(),
+                self.delta_ms.tolist(),
+                strict=True,
+            )
+        }
 
 
-def classify(analysis: Analysis) -> list[CookieVerdict]:
+def expected_bits(wscale: np.ndarray, sack: np.ndarray, ecn: np.ndarray) -> np.ndarray:
+    bits = np.where(wscale < 0, TS_OPT_WSCALE_MASK, wscale & TS_OPT_WSCALE_MASK)
+    return bits | np.where(sack > 0, TS_OPT_SACK, 0) | np.where(ecn, TS_OPT_ECN, 0)
+
+
+def _phase_peak(phases: np.ndarray) -> tuple[float, int]:
+    """The phase (mod 64 ms) most phases agree with to within 1.5 ms, and how many."""
+    bins = np.bincount((np.floor(phases * 2).astype(np.int64)) % 128, minlength=128)
+    window = np.zeros(128, dtype=np.int64)
+    for step in range(-3, 4):
+        window += np.roll(bins, step)
+    best = int(np.argmax(window))
+    return best / 2 + 0.25, int(window[best])
+
+
+def _circular_distance(a: np.ndarray, b: float) -> np.ndarray:
+    d = np.abs(a - b) % 64
+    return np.minimum(d, 64 - d)
+
+
+def classify(analysis: Analysis) -> CookieVerdicts:
     """A verdict for every handshake whose SYN-ACK and a later server segment carry
     timestamps."""
     n = len(analysis.order)
+    empty = np.zeros(0, dtype=np.int64)
     if n == 0:
-        return []
+        return CookieVerdicts(
+            analysis, empty, empty.astype(bool), empty.astype(np.int8), empty * 1.0
+        )
     tcp = analysis.tcp
     order = analysis.order
     flags = tcp.flags[order]
@@ -82,84 +120,73 @@ def classify(analysis: Analysis) -> list[CookieVerdict]:
         ~analysis.c2s & ((flags & SYN) == 0) & (tsval >= 0) & (synack_pos >= 0) & (pos > synack_pos)
     )
     first_later = np.minimum.reduceat(np.where(later, pos, n + 1), analysis.starts)
+    cols = analysis.columns
+    syn, synack = analysis.hs_syn, analysis.hs_synack
+    judged = np.flatnonzero(
+        (first_later <= n)
+        & cols["has_syn"]
+        & cols["has_synack"]
+        & (syn[:, OPT_TIMESTAMPS] > 0)
+        & (synack[:, OPT_TSVAL] >= 0)
+    )
     ts = tcp.ts_ns[order]
-    candidates = []
-    for c in np.flatnonzero(first_later <= n).tolist():
-        record = analysis.connections[c]
-        syn, synack = record.syn, record.synack
-        if syn is None or synack is None or synack.tsval is None or not syn.timestamps:
-            continue
-        p0, p1 = int(analysis.first_synack[c]), int(first_later[c])
-        elapsed_ms = (int(ts[p1]) - int(ts[p0])) / 1e6
-        advanced = (int(tsval[p1]) - synack.tsval) % (1 << 32)
-        delta = advanced - elapsed_ms
-        bits = expected_bits(syn.wscale, syn.sack_permitted, syn.ecn)
-        t0_ms = int(ts[p0]) / 1e6
-        candidates.append((record, bits, delta, t0_ms))
+    p0 = analysis.first_synack[judged]
+    p1 = first_later[judged]
+    elapsed_ms = (ts[p1] - ts[p0]) / 1e6
+    advanced = (tsval[p1] - synack[judged, OPT_TSVAL]) % (1 << 32)
+    delta = advanced - elapsed_ms
+    ecn = (cols["syn_flags"][judged] & (ECE | CWR)) == (ECE | CWR)
+    bits = expected_bits(syn[judged, OPT_WSCALE], syn[judged, OPT_SACK], ecn)
+    t0_ms = ts[p0] / 1e6
+    phase = (bits + delta - (t0_ms % 64)) % 64
+    jumped = (delta >= DELTA_MIN) & (delta <= DELTA_MAX)
     # The server clock's phase (mod 64 ms) against the capture clock, per server
     # address, from the connections that jumped.
-    phases: dict[str, list[float]] = defaultdict(list)
-    for record, bits, delta, t0_ms in candidates:
-        if DELTA_MIN <= delta <= DELTA_MAX:
-            phases[record.server_ip].append((bits + delta - t0_ms) % 64)
-    phase_of: dict[str, tuple[float, int]] = {}
-    for server_ip, values in phases.items():
-        best = max(values, key=lambda v: sum(_circular_distance(v, w) <= 1.5 for w in values))
-        phase_of[server_ip] = (best, sum(_circular_distance(best, w) <= 1.5 for w in values))
-    verdicts = []
-    for record, bits, delta, t0_ms in candidates:
-        phase, agreeing = phase_of.get(record.server_ip, (None, 0))
-        consistent = (
-            phase is not None and _circular_distance((bits + delta - t0_ms) % 64, phase) <= 1.5
-        )
-        if DELTA_MIN <= delta <= DELTA_MAX:
-            cookie = True
-            confidence = "high" if consistent and agreeing >= MIN_GROUP_AGREEMENT else "medium"
-        elif consistent and agreeing >= MIN_GROUP_AGREEMENT:
-            cookie, confidence = True, "low"  # a cookie with under 2 ms of rounding, maybe
-        else:
-            cookie, confidence = False, "high" if abs(delta) <= 1.5 else "low"
-        verdicts.append(
-            CookieVerdict(
-                stream=record.stream,
-                server=record.server,
-                client_ip=record.client_ip,
-                synack_frame=record.synack_frame or 0,
-                ts_ns=record.first_ts_ns,
-                cookie=cookie,
-                confidence=confidence,
-                delta_ms=round(delta, 3),
-                expected_bits=bits,
-            )
-        )
-    verdicts.sort(key=lambda v: v.stream)
-    return verdicts
+    server = cols["server_addr_key"][judged]
+    consistent = np.zeros(len(judged), dtype=bool)
+    for key in np.unique(server[jumped]).tolist():
+        members = server == key
+        peak, agreeing = _phase_peak(phase[members & jumped])
+        if agreeing >= MIN_GROUP_AGREEMENT:
+            consistent |= members & (_circular_distance(phase, peak) <= 1.5)
+    cookie = jumped | consistent
+    confidence = np.where(
+        jumped & consistent,
+        2,
+        np.where(jumped, 1, np.where(consistent, 0, np.where(np.abs(delta) <= 1.5, 2, 0))),
+    ).astype(np.int8)
+    return CookieVerdicts(analysis, judged, cookie, confidence, delta)
 
 
-def per_server(verdicts: list[CookieVerdict]) -> dict[str, dict[str, Any]]:
-    """Per server: cookie SYN-ACKs in total and per second. Only high-confidence
-    verdicts count: a jump whose clock phase disagrees with the server's other cookies
-    is more likely a SYN-ACK that waited in a queue before the capture saw it."""
+def per_server(verdicts: CookieVerdicts) -> dict[str, dict[str, Any]]:
+    """Per server with cookies: cookie SYN-ACKs in total and per second. Only
+    high-confidence verdicts count: a jump whose clock phase disagrees with the
+    server's other cookies is more likely a SYN-ACK that waited in a queue before
+    the capture saw it."""
+    if not len(verdicts):
+        return {}
+    analysis = verdicts.analysis
+    cols = analysis.columns
+    keys = cols["server_key"][verdicts.stream]
+    sure = verdicts.cookie & (verdicts.confidence == 2)
+    start = int(cols["first_ts"].min())
     out: dict[str, dict[str, Any]] = {}
-    start = min((v.ts_ns for v in verdicts), default=0)
-    for verdict in verdicts:
-        entry = out.setdefault(
-            verdict.server, {"handshakes": 0, "cookies": 0, "per_second": Counter()}
-        )
-        entry["handshakes"] += 1
-        if verdict.cookie and verdict.confidence == "high":
-            entry["cookies"] += 1
-            entry["per_second"][int((verdict.ts_ns - start) // 1_000_000_000)] += 1
-    for entry in out.values():
-        entry["per_second"] = dict(sorted(entry["per_second"].items()))
+    for key in np.unique(keys[sure]).tolist():
+        members = keys == key
+        cookies = verdicts.stream[members & sure]
+        seconds = ((cols["first_ts"][cookies] - start) // 1_000_000_000).tolist()
+        server = analysis.connections[int(cookies[0])].server
+        out[server] = {
+            "handshakes": int(members.sum()),
+            "cookies": len(cookies),
+            "per_second": dict(sorted(Counter(seconds).items())),
+        }
     return out
 
 
-def findings(verdicts: list[CookieVerdict]) -> list[Finding]:
+def findings(verdicts: CookieVerdicts) -> list[Finding]:
     out = []
     for server, entry in per_server(verdicts).items():
-        if not entry["cookies"]:
-            continue
         out.append(
             Finding(
                 kind="syn-cookies",

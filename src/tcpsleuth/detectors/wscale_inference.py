@@ -16,7 +16,6 @@ the client applies none.
 
 from __future__ import annotations
 
-import math
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +25,7 @@ import numpy as np
 from tcpsleuth.detectors.capture import SEQ_SPACE, Analysis, CaptureConnection
 from tcpsleuth.model.findings import Finding, Severity, listener_subject
 from tcpsleuth.sources.pcap.decode import ACK, RST, SYN
+from tcpsleuth.sources.pcap.walk import OPT_WSCALE
 
 # The client's view of the first window must be this many times below what the
 # server offered in its SYN-ACK (less what it has received) to count.
@@ -84,64 +84,75 @@ class WindowInference:
 
 
 def infer(analysis: Analysis) -> list[WindowInference]:
-    """One inference per connection with a SYN-ACK and a later server segment."""
+    """Inferences for the connections that show a mismatch or stripped scaling (the
+    arithmetic runs on all connections at once; records are made for these only)."""
     n = len(analysis.order)
     if n == 0:
         return []
     tcp = analysis.tcp
     order = analysis.order
     flags = tcp.flags[order]
-    c2s = analysis.c2s
     conn = analysis.conn
     pos = np.arange(n)
     big = n + 1
     synack_pos = analysis.first_synack[conn]
     candidate = (
-        ~c2s
+        ~analysis.c2s
         & ((flags & (SYN | RST)) == 0)
         & ((flags & ACK) != 0)
         & (synack_pos >= 0)
         & (pos > synack_pos)
     )
     first_window = np.minimum.reduceat(np.where(candidate, pos, big), analysis.starts)
-    window = tcp.window[order]
-    ack = tcp.ack[order]
-    seq = tcp.seq[order]
-    frame = tcp.frame[order]
+    cols = analysis.columns
+    ok = (first_window < big) & cols["has_syn"] & cols["has_synack"]
+    at = np.minimum(first_window, n - 1)
+    raw = tcp.window[order][at].astype(np.int64)
+    w0 = cols["synack_window"].astype(np.int64)
+    syn_seq = tcp.seq[order][np.maximum(analysis.first_syn, 0)]
+    received = (tcp.ack[order][at] - syn_seq - 1) % SEQ_SPACE
+    received = np.where(received > (1 << 31), 0, received)
+    announced = analysis.hs_synack[:, OPT_WSCALE]
+    client_ws = analysis.hs_syn[:, OPT_WSCALE]
+    scaling = (announced >= 0) & (client_ws >= 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.log2(np.where((raw > 0) & (w0 > 0), w0 / np.maximum(raw, 1), 1.0))
+    inferred = np.clip(np.rint(ratio), 0, MAX_SHIFT).astype(np.int64)
+    effective = np.where(scaling, announced, 0)
+    client_view = raw << effective
+    floor = np.maximum(w0 - received, 0)
+    mismatch = ok & (raw > 0) & (inferred > effective) & (client_view * SHRINK_EVIDENCE <= floor)
+    stripped = ok & ((announced >= 0) != (client_ws >= 0))
+    frames = tcp.frame[order]
     out: list[WindowInference] = []
-    for c in np.flatnonzero(first_window < big).tolist():
+    for c in np.flatnonzero(mismatch | stripped).tolist():
         record: CaptureConnection = analysis.connections[c]
-        synack, syn = record.synack, record.syn
-        if synack is None or syn is None:
-            continue
-        p = int(first_window[c])
-        raw = int(window[p])
-        syn_p = int(analysis.first_syn[c])
-        received = (int(ack[p]) - int(seq[syn_p]) - 1) % SEQ_SPACE if syn_p >= 0 else 0
-        if received > (1 << 31):
-            received = 0
-        inferred = None
-        exact = False
-        if raw > 0 and synack.window > 0:
-            ratio = math.log2(synack.window / raw)
-            inferred = min(max(round(ratio), 0), MAX_SHIFT)
-            exact = abs(ratio - inferred) < 0.14
+        assert record.synack is not None and record.syn is not None
         out.append(
             WindowInference(
                 stream=c,
                 server=record.server,
-                announced_wscale=synack.wscale,
-                client_wscale=syn.wscale,
-                inferred_wscale=inferred,
-                synack_window=synack.window,
-                first_window=raw,
-                received_before=received,
-                synack_frame=int(frame[int(analysis.first_synack[c])]),
-                window_frame=int(frame[p]),
-                exact=exact,
+                announced_wscale=record.synack.wscale,
+                client_wscale=record.syn.wscale,
+                inferred_wscale=int(inferred[c]) if raw[c] > 0 else None,
+                synack_window=record.synack.window,
+                first_window=int(raw[c]),
+                received_before=int(received[c]),
+                synack_frame=int(frames[int(analysis.first_synack[c])]),
+                window_frame=int(frames[int(first_window[c])]),
+                exact=bool(abs(ratio[c] - inferred[c]) < 0.14),
             )
         )
     return out
+
+
+def _scaled_connections(analysis: Analysis, server: str) -> int:
+    """Connections to ``server`` on which both sides announced window scaling."""
+    cols = analysis.columns
+    scaling = (analysis.hs_synack[:, OPT_WSCALE] >= 0) & (analysis.hs_syn[:, OPT_WSCALE] >= 0)
+    port = int(server.rsplit(":", 1)[1])
+    candidates = np.flatnonzero(scaling & (cols["server_port"] == port)).tolist()
+    return sum(1 for c in candidates if analysis.connections[c].server == server)
 
 
 def _stripped(record: CaptureConnection) -> str | None:
@@ -161,9 +172,9 @@ def findings(analysis: Analysis, inferences: list[WindowInference]) -> list[Find
         by_server[inference.server].append(inference)
     out: list[Finding] = []
     for server, group in by_server.items():
-        scaled = [i for i in group if i.scaling]
-        mismatched = [i for i in scaled if i.mismatch]
+        mismatched = [i for i in group if i.scaling and i.mismatch]
         if mismatched:
+            scaled = _scaled_connections(analysis, server)
             announced = Counter(i.announced_wscale for i in mismatched).most_common(1)[0][0]
             inferred = Counter(i.inferred_wscale for i in mismatched).most_common(1)[0][0]
             assert announced is not None and inferred is not None
@@ -176,7 +187,7 @@ def findings(analysis: Analysis, inferences: list[WindowInference]) -> list[Find
                     severity=Severity.CRITICAL,
                     subject=listener_subject(server),
                     summary=(
-                        f"{len(mismatched)} of {len(scaled)} connections: the SYN-ACK announced "
+                        f"{len(mismatched)} of {scaled} connections: the SYN-ACK announced "
                         f"window scale {announced} but the server's windows are scaled by "
                         f"{inferred}; clients see windows {factor}x smaller than offered"
                     ),
@@ -185,7 +196,7 @@ def findings(analysis: Analysis, inferences: list[WindowInference]) -> list[Find
                         "inferred_wscale": inferred,
                         "shrink_factor": factor,
                         "connections": len(mismatched),
-                        "connections_with_scaling": len(scaled),
+                        "connections_with_scaling": scaled,
                         "exact_power_of_two": exact,
                         "streams": [i.stream for i in mismatched[:EXAMPLES]],
                         "proof": example.evidence(),

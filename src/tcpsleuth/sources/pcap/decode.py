@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tcpsleuth.sources.pcap import walk
 from tcpsleuth.sources.pcap.reader import RawBatch
 
 # Link types (pcap-linktype(7))
@@ -64,7 +65,8 @@ class TcpColumns:
     paylen: np.ndarray  # int32, TCP payload length from the IP header
     tsval: np.ndarray  # int64: TSval when the options start NOP NOP TS (Linux's layout), else -1
     # Python-side extras, keyed by row number within these columns
-    options: dict[int, bytes]  # TCP options of SYN and SYN-ACK segments
+    syn_rows: np.ndarray  # int64: rows that are SYN or SYN-ACK segments, ascending
+    syn_options: np.ndarray  # int64 (len(syn_rows), 5): see walk.syn_options
     payloads: dict[int, bytes]  # captured payload of segments to or from a watched port
 
     def __len__(self) -> int:
@@ -254,12 +256,12 @@ def decode(
         dst_lo[six] = _u64(b, base + 32)
 
     pkt_end = end[rows]
-    options: dict[int, bytes] = {}
+    syn_rows = np.flatnonzero((flags & SYN) != 0)
+    syn_starts = t[syn_rows] + 20
+    syn_options = walk.syn_options(
+        b, syn_starts, np.minimum(t[syn_rows] + hlen[syn_rows], pkt_end[syn_rows])
+    )
     data = batch.data
-    for r in np.flatnonzero((flags & SYN) != 0).tolist():
-        start = int(t[r]) + 20
-        stop = min(int(t[r]) + int(hlen[r]), int(pkt_end[r]))
-        options[r] = data[start:stop]
     payloads: dict[int, bytes] = {}
     if payload_ports:
         ports = np.array(sorted(payload_ports), dtype=np.int32)
@@ -285,7 +287,8 @@ def decode(
         window=window,
         paylen=paylen,
         tsval=tsval,
-        options=options,
+        syn_rows=syn_rows.astype(np.int64),
+        syn_options=syn_options,
         payloads=payloads,
     )
 
@@ -328,14 +331,22 @@ def concatenate(parts: list[TcpColumns]) -> TcpColumns:
             "tsval": np.int64,
         }
         return TcpColumns(
-            **{k: np.zeros(0, dtype=v) for k, v in empty.items()}, options={}, payloads={}
+            **{k: np.zeros(0, dtype=v) for k, v in empty.items()},
+            syn_rows=np.zeros(0, dtype=np.int64),
+            syn_options=np.zeros((0, 5), dtype=np.int64),
+            payloads={},
         )
     columns = {name: np.concatenate([getattr(p, name) for p in parts]) for name in names}
-    options: dict[int, bytes] = {}
     payloads: dict[int, bytes] = {}
+    syn_rows = []
     base = 0
     for part in parts:
-        options.update({base + k: v for k, v in part.options.items()})
+        syn_rows.append(part.syn_rows + base)
         payloads.update({base + k: v for k, v in part.payloads.items()})
         base += len(part)
-    return TcpColumns(**columns, options=options, payloads=payloads)
+    return TcpColumns(
+        **columns,
+        syn_rows=np.concatenate(syn_rows),
+        syn_options=np.concatenate([part.syn_options for part in parts]),
+        payloads=payloads,
+    )

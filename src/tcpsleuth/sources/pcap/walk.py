@@ -115,3 +115,43 @@ def pcapng_packets(buf: np.ndarray, start: int, big: bool, max_block: int):  # t
         n += 1
         pos += blen
     return offsets[:n], caplen[:n], origlen[:n], iface[:n], stamp[:n], pos, reason
+
+
+# columns of syn_options' result
+OPT_MSS, OPT_WSCALE, OPT_SACK, OPT_TIMESTAMPS, OPT_TSVAL = 0, 1, 2, 3, 4
+
+
+@njit(cache=True, nogil=True)
+def syn_options(buf: np.ndarray, starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
+    """TCP options (RFC 9293 3.1) of SYN segments, one row each: MSS, window-scale
+    shift, SACK-permitted, timestamps present and TSval; -1 where absent. A
+    malformed option ends the walk, keeping what came before it, as tshark does."""
+    out = np.full((len(starts), 5), -1, dtype=np.int64)
+    for i in range(len(starts)):
+        pos = starts[i]
+        end = stops[i]
+        out[i, OPT_SACK] = 0
+        out[i, OPT_TIMESTAMPS] = 0
+        while pos < end:
+            kind = buf[pos]
+            if kind == 0:
+                break
+            if kind == 1:
+                pos += 1
+                continue
+            if pos + 1 >= end:
+                break
+            length = np.int64(buf[pos + 1])
+            if length < 2 or pos + length > end:
+                break
+            if kind == 2 and length == 4:
+                out[i, OPT_MSS] = (np.int64(buf[pos + 2]) << 8) | np.int64(buf[pos + 3])
+            elif kind == 3 and length == 3:
+                out[i, OPT_WSCALE] = buf[pos + 2]
+            elif kind == 4 and length == 2:
+                out[i, OPT_SACK] = 1
+            elif kind == 8 and length == 10:
+                out[i, OPT_TIMESTAMPS] = 1
+                out[i, OPT_TSVAL] = _u32(buf, pos + 2, True)
+            pos += length
+    return out
