@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tcpsleuth.errors import InputError
 from tcpsleuth.model.records import STATE_NUMBERS, Listener, TcpConnection
-from tcpsleuth.sources.sockdiag import SocketTable
+from tcpsleuth.sources.sockdiag import SocketTable, gc_paused
 from tcpsleuth.sources.textfile import read_text, where
 
 STATES = frozenset(STATE_NUMBERS) | {"UNKNOWN", "SYN-RECV"}
@@ -189,6 +189,11 @@ def parse_ss(text: str, source: Path | str, default_state: str = "ESTAB") -> Soc
     With a Netid column (``ss -a``, ``ss -tua``), rows of other protocols are skipped.
     A line that cannot be read raises InputError naming the file and line number.
     """
+    with gc_paused():
+        return _parse_ss(text, source, default_state)
+
+
+def _parse_ss(text: str, source: Path | str, default_state: str) -> SocketTable:
     # (line number, main line tokens, detail tokens)
     records: list[tuple[int, list[str], list[str]]] = []
     after_header = False
