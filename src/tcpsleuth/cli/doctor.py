@@ -100,8 +100,53 @@ def sockets_check(context: DoctorContext) -> CheckResult:
     )
 
 
+COUNTER_SAMPLE_SECONDS = 3.0
+
+
+def counters_check(context: DoctorContext) -> CheckResult:
+    """Counter rates over a few seconds (what `tcpsleuth watch` shows): is a cookie
+    storm or an accept-queue overflow happening now, not only since boot."""
+    import socket
+    import time
+
+    from tcpsleuth.detectors import rates
+    from tcpsleuth.errors import EnvironmentProblem
+    from tcpsleuth.sources import sampling
+
+    if not context.live:
+        return CheckResult("counter-rates", skipped="a bundle holds one moment: no rates")
+    try:
+        before = sampling.take(context.netns)
+        time.sleep(COUNTER_SAMPLE_SECONDS)
+        after = sampling.take(context.netns)
+    except EnvironmentProblem as problem:
+        return CheckResult("counter-rates", skipped=str(problem))
+    seconds = after.at - before.at
+    host = socket.gethostname() + (f" netns {context.netns}" if context.netns else "")
+    per_second = rates.rates(before.counters, after.counters, seconds)
+    return CheckResult(
+        "counter-rates",
+        rates.sample_events(
+            before.counters,
+            after.counters,
+            seconds,
+            before.listeners,
+            after.listeners,
+            host,
+        ),
+        {
+            "seconds": round(seconds, 3),
+            "per_second": {
+                name: round(per_second[name], 3)
+                for name in rates.RATE_COUNTERS
+                if name in per_second
+            },
+        },
+    )
+
+
 Check = Callable[[DoctorContext], CheckResult]
-CHECKS: list[Check] = [audit_check, trace_check, sockets_check]
+CHECKS: list[Check] = [audit_check, trace_check, sockets_check, counters_check]
 
 
 @click.command("doctor")
