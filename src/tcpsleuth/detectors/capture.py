@@ -194,6 +194,21 @@ class Connections(Sequence[CaptureConnection]):
             record = self._made[index] = self._make(index)
         return record
 
+    def endpoints(self, c: int) -> tuple[str, str]:
+        """(client, server) as IP:PORT, without making the whole record."""
+        record = self._made.get(c)
+        if record is not None:
+            return record.client, record.server
+        assert self._analysis is not None
+        cols = self._analysis.columns
+        a_f = int(cols["af"][c])
+        src = self._addresses(a_f, int(cols["src_hi"][c]), int(cols["src_lo"][c]))
+        dst = self._addresses(a_f, int(cols["dst_hi"][c]), int(cols["dst_lo"][c]))
+        sport, dport = int(cols["sport"][c]), int(cols["dport"][c])
+        if cols["first_c2s"][c]:
+            return _endpoint_text(src, sport), _endpoint_text(dst, dport)
+        return _endpoint_text(dst, dport), _endpoint_text(src, sport)
+
     def _make(self, c: int) -> CaptureConnection:
         assert self._analysis is not None
         col = {name: values[c].tolist() for name, values in self._analysis.columns.items()}

@@ -191,8 +191,7 @@ def timeline(analysis: Analysis, kafka_ports: frozenset[int]) -> list[KafkaReque
     if not n or not kafka_ports:
         return []
     records = analysis.connections
-    server_port = np.fromiter((r.server_port for r in records), dtype=np.int64, count=len(records))
-    watched = np.isin(server_port, np.array(sorted(kafka_ports)))
+    watched = np.isin(analysis.columns["server_port"], np.array(sorted(kafka_ports)))
     conn = analysis.conn
     order = analysis.order
     paylen = tcp.paylen[order]
@@ -238,7 +237,7 @@ def timeline(analysis: Analysis, kafka_ports: frozenset[int]) -> list[KafkaReque
             sent[c] = _messages(segments, REQUEST_HEADER.size, first)
     requests: list[KafkaRequest] = []
     for c, messages in sent.items():
-        record = records[c]
+        client, server = records.endpoints(c)
         responses: dict[int, _Message] = {}
         for message in answered.get(c, []):
             _, correlation_id = RESPONSE_HEADER.unpack_from(message.header)
@@ -249,8 +248,8 @@ def timeline(analysis: Analysis, kafka_ports: frozenset[int]) -> list[KafkaReque
             requests.append(
                 KafkaRequest(
                     stream=c,
-                    client=record.client,
-                    server=record.server,
+                    client=client,
+                    server=server,
                     api_key=api_key,
                     api_version=api_version,
                     correlation_id=correlation_id,
@@ -264,8 +263,7 @@ def timeline(analysis: Analysis, kafka_ports: frozenset[int]) -> list[KafkaReque
                     response_size=(response.end - response.start - 4) if response else None,
                 )
             )
-    requests.sort(key=lambda r: (r.stream, r.frame))
-    return requests
+    return requests  # in stream order, each stream's in the order they were sent
 
 
 def _quantile(values: list[float], q: float) -> float | None:
