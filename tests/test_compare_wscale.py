@@ -189,3 +189,23 @@ def test_stripped_window_scale_counts_as_shift_0(tmp_path: Path) -> None:
     (off,) = _kinds(client_side, "wscale-off")
     assert off["evidence"]["connections"] == traffic.ipv4_connections
     assert status == 1
+
+
+def test_ipv4_mapped_server_side_matches_ipv4_client(tmp_path: Path) -> None:
+    """A dual-stack listener on [::] sees an IPv4 client as ::ffff:a.b.c.d."""
+    with wscale_lab.paced_traffic(
+        fault=True, seconds=1.0, ipv4_connections=2, ipv6_connections=0, dual_stack=True
+    ) as traffic:
+        pair = traffic.pair
+        server_text = subprocess.run(
+            ["ip", "netns", "exec", pair.server, "ss", "-tni"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        _, doc = _json("compare", f"netns:{pair.client}", f"netns:{pair.server}")
+    assert server_text.count("[::ffff:198.18.0.1]:9092") == 2
+    assert doc["counts"]["matched"] == 2
+    mismatches = _kinds(doc, "wscale-mismatch")
+    assert len(mismatches) == 2
+    assert all(f["subject"]["server"] == "198.18.0.1:9092" for f in mismatches)

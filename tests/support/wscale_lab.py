@@ -49,6 +49,7 @@ def paced_traffic(
     batch_bytes: int = 16384,
     interval_ms: float = 5.0,
     before_traffic: Callable[[str, int], None] | None = None,
+    dual_stack: bool = False,
 ) -> Iterator[Traffic]:
     """Yields once the traffic has finished; the connections stay open (idle)
     until the block ends, so both ends can be read at leisure."""
@@ -64,7 +65,8 @@ def paced_traffic(
             before_traffic(pair.server, PORT)  # another fault of tcpsleuth.lab.faults
         processes = []
         try:
-            for host in (pair.server_ip4, pair.server_ip6):
+            # dual stack: one listener on [::] sees IPv4 clients as ::ffff:a.b.c.d
+            for host in ("::",) if dual_stack else (pair.server_ip4, pair.server_ip6):
                 server = _spawn(pair.server, str(SUPPORT / "bulk.py"), "serve", host, str(PORT))
                 processes.append(server)
                 assert server.stdout is not None
