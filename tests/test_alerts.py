@@ -3,6 +3,8 @@ scraping the exporter while a reconnect storm hits a backlog-50 listener."""
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import time
 from pathlib import Path
@@ -14,6 +16,16 @@ from tcpsleuth.sources import sampling
 
 RULES = REPO / "deploy" / "prometheus" / "alerts.yml"
 RULE_TESTS = REPO / "deploy" / "prometheus" / "alerts_test.yml"
+DASHBOARD = REPO / "deploy" / "grafana" / "tcpsleuth.json"
+
+
+def dashboard_queries() -> list[str]:
+    """Every PromQL expression of the dashboard, with Grafana's variables filled in
+    as Grafana would for "all instances"."""
+    board = json.loads(DASHBOARD.read_text())
+    exprs = [t["expr"] for p in board["panels"] for t in p.get("targets", [])]
+    exprs += [a["expr"] for a in board["annotations"]["list"]]
+    return [e.replace("$__rate_interval", "1m").replace("$instance", ".*") for e in exprs]
 
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
@@ -86,6 +98,16 @@ def test_prometheus_sees_the_storm_and_fires(netns: str, tmp_path: Path) -> None
             'tcpsleuth_established_connections{side="server",port="9092"}'
         )
         assert connections == farm.connected
+        # The dashboard: every query is valid PromQL, names only metrics the exporter
+        # serves, and the cookie panel shows the storm.
+        served = exporter.scrape()
+        queries = dashboard_queries()
+        assert len(queries) >= 10
+        for expr in queries:
+            prometheus.query(expr)  # raises unless Prometheus accepts it
+            for name in re.findall(r"\b(?:node_netstat|tcpsleuth)_\w+", expr):
+                assert f"\n{name}" in served, name
+        assert prometheus.query(queries[0]), queries[0]
     finally:
         if farm is not None:
             farm.stop()
