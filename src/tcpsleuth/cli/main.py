@@ -12,6 +12,7 @@ from tcpsleuth.cli.collect import collect_command
 from tcpsleuth.cli.compare import compare_command
 from tcpsleuth.cli.doctor import doctor_command
 from tcpsleuth.cli.exporter import exporter_command
+from tcpsleuth.cli.lab import lab_group
 from tcpsleuth.cli.pcap import pcap_command
 from tcpsleuth.cli.sockets import sockets_command
 from tcpsleuth.cli.trace import trace_command
@@ -42,6 +43,7 @@ for command in (
     pcap_command,
     watch_command,
     exporter_command,
+    lab_group,
 ):
     cli.add_command(command)
 

@@ -97,12 +97,22 @@ class BrokerConfig:
     sndbuf: int = 102400
     node_id: int = 0
     partitions: int = 1
+    # After a restart, while the reconnect storm lasts (storm_seconds), connections are
+    # accepted at most accept_rate a second; 0 = as fast as they come.
+    accept_rate: float = 0
+    storm_seconds: float = 0
+    # Lock SO_RCVBUF on each accepted connection instead of on the listener: the socket
+    # then keeps the shift computed from the system maximum (7) with a receive buffer of
+    # 2 x rcvbuf, which is the state the pre-fix kernel leaves a cookie connection in.
+    rcvbuf_after_accept: bool = False
 
 
 class LabBroker:
     def __init__(self, config: BrokerConfig) -> None:
         self.config = config
-        self.server: asyncio.Server | None = None
+        self.acceptor: asyncio.Task[None] | None = None
+        self.handlers: set[asyncio.Task[None]] = set()
+        self.restarted = False
         self.listener: socket.socket | None = None
         self.connections: set[asyncio.StreamWriter] = set()
         self.accepting = asyncio.Event()
@@ -124,7 +134,7 @@ class LabBroker:
         family = socket.AF_INET6 if ":" in self.config.host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if self.config.rcvbuf != -1:
+        if self.config.rcvbuf != -1 and not self.config.rcvbuf_after_accept:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.config.rcvbuf)
         sock.bind((self.config.host, self.config.port))
         sock.listen(self.config.backlog)
@@ -142,13 +152,35 @@ class LabBroker:
         )
         if startup > 0:
             await asyncio.sleep(startup)
-        self.server = await asyncio.start_server(self.handle, sock=self.listener)
+        paced_until = time.monotonic() + self.config.storm_seconds if self.restarted else 0.0
+        self.acceptor = asyncio.create_task(self.accept_loop(self.listener, paced_until))
         self.emit("accepting")
+
+    async def accept_loop(self, listener: socket.socket, paced_until: float = 0.0) -> None:
+        """Accept connections; until ``paced_until`` (monotonic), at most ``accept_rate`` a
+        second. A broker's acceptor hands each connection to a network processor and
+        blocks while their queues are full, as they are while every client of the broker
+        reconnects and asks for metadata at once; the kernel keeps the rest waiting in the
+        listen queue and, once its SYN queue is full, answers new SYNs with cookies."""
+        loop = asyncio.get_running_loop()
+        pause = 1 / self.config.accept_rate if self.config.accept_rate > 0 else 0
+        while True:
+            try:
+                conn, _ = await loop.sock_accept(listener)
+            except OSError:
+                return  # the listener was closed by a restart
+            reader, writer = await asyncio.open_connection(sock=conn)
+            task = asyncio.create_task(self.handle(reader, writer))
+            self.handlers.add(task)
+            task.add_done_callback(self.handlers.discard)
+            if pause and time.monotonic() < paced_until:
+                await asyncio.sleep(pause)
 
     async def restart(self, down: float, startup: float) -> None:
         self.stats["restarts"] += 1
-        if self.server is not None:
-            self.server.close()
+        self.restarted = True
+        if self.acceptor is not None:
+            self.acceptor.cancel()
         if self.listener is not None:
             self.listener.close()
         for writer in list(self.connections):
@@ -163,6 +195,8 @@ class LabBroker:
         sock = writer.get_extra_info("socket")
         if self.config.sndbuf != -1 and sock is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.config.sndbuf)
+        if self.config.rcvbuf_after_accept and self.config.rcvbuf != -1 and sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.config.rcvbuf)
         self.connections.add(writer)
         self.stats["connections_accepted"] += 1
         try:
@@ -343,10 +377,32 @@ def main() -> None:
         default=102400,
         help="socket.send.buffer.bytes (Kafka default 102400; -1 = OS)",
     )
+    parser.add_argument(
+        "--rcvbuf-after-accept",
+        action="store_true",
+        help="set SO_RCVBUF on accepted connections, not on the listener (bug emulation)",
+    )
     parser.add_argument("--partitions", type=int, default=1)
+    parser.add_argument(
+        "--accept-rate",
+        type=float,
+        default=0,
+        help="after a restart, connections accepted a second (0: no limit)",
+    )
+    parser.add_argument(
+        "--storm-seconds", type=float, default=5, help="how long after a restart to pace accepts"
+    )
     args = parser.parse_args()
     config = BrokerConfig(
-        args.host, args.port, args.backlog, args.rcvbuf, args.sndbuf, partitions=args.partitions
+        args.host,
+        args.port,
+        args.backlog,
+        args.rcvbuf,
+        args.sndbuf,
+        partitions=args.partitions,
+        accept_rate=args.accept_rate,
+        rcvbuf_after_accept=args.rcvbuf_after_accept,
+        storm_seconds=args.storm_seconds,
     )
     asyncio.run(serve(config))
 

@@ -14,8 +14,8 @@ from tcpsleuth.model.findings import Finding, Severity
 SEVERITY_STYLE = {Severity.CRITICAL: "bold red", Severity.WARNING: "yellow", Severity.INFO: "cyan"}
 
 
-def console() -> Console:
-    return Console(highlight=False, soft_wrap=False)
+def console(stderr: bool = False) -> Console:
+    return Console(highlight=False, soft_wrap=False, stderr=stderr)
 
 
 def _subject(subject: Mapping[str, str]) -> str:

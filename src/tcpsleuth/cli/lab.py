@@ -1,0 +1,286 @@
+"""``tcpsleuth lab``: reproduce the incident, and each mitigation, on this machine."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Group
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from tcpsleuth.cli.options import format_option
+from tcpsleuth.errors import InputError
+from tcpsleuth.lab import analysis, namespaces
+from tcpsleuth.lab.runner import LabSize, discard, run_scenario, temporary_workdir
+from tcpsleuth.lab.scenarios import SCENARIOS
+from tcpsleuth.model.findings import exit_status, ranked
+from tcpsleuth.reports import jsonout, table
+
+
+@click.group("lab")
+def lab_group() -> None:
+    """Reproduce TCP failures in network namespaces on this machine, with a Kafka-protocol
+    broker and real Kafka producer libraries (kafka-python and librdkafka), and hand what
+    each run captured to tcpsleuth's own detectors. Needs root; changes nothing outside
+    the namespaces it makes, and removes them (and any a killed run left) every time.
+
+    \b
+    Examples:
+      tcpsleuth lab list
+      sudo tcpsleuth lab run wscale-bug
+      sudo tcpsleuth lab run wscale-bug no-syncookies big-backlog --keep out/
+    """
+
+
+@lab_group.command("list")
+@format_option
+def list_command(output_format: str) -> int:
+    """The scenarios, and what each shows."""
+    if output_format == "json":
+        jsonout.emit(
+            jsonout.document(
+                "lab list",
+                [],
+                scenarios=[
+                    {"name": s.name, "summary": s.summary, "emulates": s.emulates or None}
+                    for s in SCENARIOS.values()
+                ],
+            )
+        )
+    else:
+        table.console().print(
+            table.records_table(
+                "Lab scenarios",
+                ["scenario", "what it shows"],
+                [(s.name, s.summary) for s in SCENARIOS.values()],
+            )
+        )
+    return 0
+
+
+def _report(artifacts: Any, sysctls: dict[str, str]) -> tuple[dict[str, Any], list[Any]]:
+    found = analysis.findings(artifacts, sysctls)
+    scenario = artifacts.scenario
+    report = {
+        "scenario": scenario.name,
+        "summary": scenario.summary,
+        "emulation": scenario.emulates or None,
+        "settings": {
+            "tcp_syncookies": scenario.tcp_syncookies,
+            "tcp_timestamps": scenario.tcp_timestamps,
+            "socket.listen.backlog.size": scenario.listen_backlog,
+            "socket.receive.buffer.bytes": scenario.broker_rcvbuf,
+            "fault": scenario.fault,
+            "restart": scenario.restart,
+        },
+        "link": {
+            "rtt_ms": artifacts.size.rtt_ms,
+            "measured_rtt_ms": round(artifacts.rtt_probe_ms, 3) if artifacts.rtt_probe_ms else None,
+            "rate_mbit": artifacts.size.rate_mbit,
+        },
+        "size": {k: getattr(artifacts.size, k) for k in artifacts.size.__dataclass_fields__},
+        "latency_ms": analysis.latency(artifacts),
+        "librdkafka_ms": analysis.librdkafka_split(artifacts),
+        "counters": analysis.counters(artifacts),
+        "shifts": analysis.shifts(artifacts),
+        "storm_amplification": None
+        if "amplified" not in artifacts.window
+        else {
+            "started": artifacts.window["amplified"],
+            "counters_when_overflow_seen": artifacts.counters_at_amplification,
+            "what": "the storm overflowed the listen queue; the rest of it was answered with "
+            "SYN cookies (tcp_syncookies=2 in the broker namespace until the storm "
+            "passed), as a broker with thousands of clients answers its reconnects",
+        },
+        "findings_by_kind": analysis.findings_summary(found),
+        "window": artifacts.window,
+    }
+    return report, found
+
+
+def _render(reports: list[dict[str, Any]]) -> Group:
+    rows = []
+    for r in reports:
+        lat = r["latency_ms"]
+        rows.append(
+            (
+                r["scenario"],
+                lat["before"]["p50"],
+                lat["after"]["p50"],
+                lat["p50_ratio"],
+                lat["after"]["p99"],
+                r["counters"]["during_restart"].get("TcpExtSyncookiesSent"),
+                " ".join(f"{k}:{v}" for k, v in r["shifts"].get("client_snd_wscale", {}).items()),
+                ", ".join(
+                    f"{k}×{sum(v.values())}"
+                    for k, v in r["findings_by_kind"].items()
+                    if k
+                    in (
+                        "wscale-mismatch",
+                        "rwnd-limited",
+                        "syncookies-sent",
+                        "listen-backlog-small",
+                        "tiny-window",
+                    )
+                ),
+            )
+        )
+    parts: list[Any] = [
+        table.records_table(
+            "Lab runs (produce latency in ms; p50 before and after the restart)",
+            [
+                "scenario",
+                "p50 before",
+                "p50 after",
+                "ratio",
+                "p99 after",
+                "cookies sent",
+                "client shifts",
+                "findings",
+            ],
+            rows,
+        )
+    ]
+    for r in reports:
+        if r["emulation"]:
+            parts.append(f"[dim]{r['scenario']} emulates {r['emulation']}.[/dim]")
+        if r["storm_amplification"]:
+            parts.append(f"[dim]{r['scenario']}: {r['storm_amplification']['what']}.[/dim]")
+    return Group(*parts)
+
+
+@lab_group.command("run")
+@click.argument("names", nargs=-1, required=True)
+@click.option(
+    "--keep",
+    type=click.Path(path_type=Path),
+    default=None,
+    metavar="DIR",
+    help="Keep captures, socket snapshots, client output, report.json and plots.",
+)
+@click.option(
+    "--crowd",
+    type=click.IntRange(min=0),
+    default=LabSize.crowd,
+    show_default=True,
+    help="Producers per library that send a small message a second.",
+)
+@click.option(
+    "--measured",
+    type=click.IntRange(min=1),
+    default=LabSize.measured,
+    show_default=True,
+    help="Producers per library whose requests are timed.",
+)
+@click.option(
+    "--rtt-ms",
+    type=click.FloatRange(min=0),
+    default=LabSize.rtt_ms,
+    show_default=True,
+    help="Round-trip time of the link.",
+)
+@click.option(
+    "--rate-mbit",
+    type=click.FloatRange(min=1),
+    default=LabSize.rate_mbit,
+    show_default=True,
+    help="Bandwidth of the link.",
+)
+@click.option(
+    "--after-s",
+    type=click.FloatRange(min=5),
+    default=LabSize.after_s,
+    show_default=True,
+    help="Seconds of traffic measured after the restart.",
+)
+@format_option
+def run_command(
+    names: tuple[str, ...],
+    keep: Path | None,
+    crowd: int,
+    measured: int,
+    rtt_ms: float,
+    rate_mbit: float,
+    after_s: float,
+    output_format: str,
+) -> int:
+    """Run one or more scenarios (see `tcpsleuth lab list`) and report produce latency
+    before and after the broker restart, the SYN-cookie and listen counters, the
+    window-scale shifts both ends use, and tcpsleuth's findings on what the run captured.
+    """
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        raise InputError(
+            f"no lab scenario {', '.join(map(repr, unknown))}; `tcpsleuth lab list` shows them"
+        )
+    namespaces.require_root("tcpsleuth lab")
+    if keep is not None and keep.exists() and any(keep.iterdir()):
+        raise InputError(f"{keep}: exists and is not empty; give a new directory to --keep")
+    size = LabSize(
+        crowd=crowd, measured=measured, rtt_ms=rtt_ms, rate_mbit=rate_mbit, after_s=after_s
+    )
+    reports: list[dict[str, Any]] = []
+    all_findings = []
+    plot_runs = []
+    with Progress(
+        TextColumn("[bold]{task.fields[scenario]}"),
+        BarColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=table.console(stderr=True),
+        transient=True,
+        disable=output_format == "json",
+    ) as progress:
+        for name in names:
+            task = progress.add_task("starting", total=1.0, scenario=name)
+            workdir = keep / name if keep is not None else temporary_workdir()
+            try:
+                artifacts = run_scenario(
+                    SCENARIOS[name],
+                    size,
+                    workdir,
+                    lambda phase, done, task=task: progress.update(
+                        task, description=phase, completed=done
+                    ),
+                )
+                progress.update(task, description="analysing")
+                report, found = _report(artifacts, artifacts.server_sysctls)
+            finally:
+                if keep is None:
+                    discard(workdir)
+            progress.update(task, completed=1.0, description="done")
+            reports.append(report)
+            all_findings += found
+            plot_runs.append(
+                {
+                    "scenario": name,
+                    "window": artifacts.window,
+                    "requests": [
+                        x for x in artifacts.client_lines if x["type"] in ("latency", "pending")
+                    ],
+                }
+            )
+            if keep is not None:
+                (keep / name / "report.json").write_text(
+                    json.dumps({**report, "findings": [f.to_dict() for f in found]}, indent=2)
+                )
+    if keep is not None:
+        from tcpsleuth.reports.labplots import latency_over_time
+
+        latency_over_time(plot_runs, keep / "latency.png")
+    libraries = artifacts.library_versions
+    findings = ranked(all_findings)
+    if output_format == "json":
+        jsonout.emit(jsonout.document("lab run", findings, libraries=libraries, runs=reports))
+    else:
+        table.console().print(_render(reports))
+        versions = ", ".join(f"{name} {version}" for name, version in libraries.items())
+        table.console().print(f"client libraries: {versions}")
+        if keep is not None:
+            table.console().print(
+                f"kept in {keep} (latency.png, and per scenario report.json, "
+                "the capture and the socket snapshots)"
+            )
+    return exit_status(findings)

@@ -1,0 +1,159 @@
+"""What a lab run shows: latency before and after the restart, the kernel's counters,
+and the findings of tcpsleuth's own sources and detectors on what the run collected.
+
+Nothing here decides what is wrong: the findings come from the same detectors a
+user runs (audit on the broker namespace's state, compare on the two socket
+snapshots, the capture analyzer on the broker-side capture).
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from typing import Any
+
+from tcpsleuth.detectors.audit import audit
+from tcpsleuth.detectors.compare import compare_findings, join
+from tcpsleuth.detectors.kernel import assess_kernel
+from tcpsleuth.lab.runner import PORT, RunArtifacts, percentiles
+from tcpsleuth.model.findings import Finding, ranked
+from tcpsleuth.model.records import HostSnapshot
+from tcpsleuth.sources import procfs
+
+COUNTERS = (
+    "TcpExtSyncookiesSent",
+    "TcpExtSyncookiesRecv",
+    "TcpExtSyncookiesFailed",
+    "TcpExtListenOverflows",
+    "TcpExtListenDrops",
+    "TcpExtTCPReqQFullDoCookies",
+)
+
+
+def _window(artifacts: RunArtifacts, name: str) -> tuple[float, float]:
+    w = artifacts.window
+    if name == "before":
+        return w["before_start"], w["restart"]
+    return w["after_start"], w["end"]
+
+
+def latency(artifacts: RunArtifacts) -> dict[str, Any]:
+    """Percentiles of measured produce requests sent in each window. A request still
+    unanswered at the end counts with the time it had waited (a lower bound)."""
+    lines = artifacts.client_lines
+    result: dict[str, Any] = {}
+    for phase in ("before", "after"):
+        start, end = _window(artifacts, phase)
+        chosen = [
+            x for x in lines if x["type"] in ("latency", "pending") and start <= x["sent"] < end
+        ]
+        values = [x.get("latency_ms", x.get("waited_ms")) for x in chosen]
+        result[phase] = {
+            **percentiles(values),
+            "unanswered": sum(1 for x in chosen if x["type"] == "pending"),
+            "errors": sum(1 for x in chosen if x.get("error")),
+            "by_library": {
+                library: percentiles(
+                    [
+                        x.get("latency_ms", x.get("waited_ms"))
+                        for x in chosen
+                        if x["library"] == library
+                    ]
+                )
+                for library in sorted({x["library"] for x in chosen})
+            },
+        }
+    before, after = result["before"]["p50"], result["after"]["p50"]
+    result["p50_ratio"] = round(after / before, 2) if before and after else None
+    return result
+
+
+def librdkafka_split(artifacts: RunArtifacts) -> dict[str, Any]:
+    """librdkafka's own view, per window: waiting in the queue (int_latency), waiting to
+    be sent (outbuf_latency), and sent to answered (rtt), medians in milliseconds."""
+    out: dict[str, Any] = {}
+    stats = [x for x in artifacts.client_lines if x["type"] == "librdkafka"]
+    for phase in ("before", "after"):
+        start, end = _window(artifacts, phase)
+        chosen = [x for x in stats if start <= x["t"] < end]
+        out[phase] = {
+            name: round(statistics.median(x[f"{name}_us"] for x in chosen) / 1000, 3)
+            if chosen
+            else None
+            for name in ("int_latency", "outbuf_latency", "rtt")
+        }
+    return out
+
+
+def counters(artifacts: RunArtifacts) -> dict[str, Any]:
+    before, after = artifacts.counters_before, artifacts.counters_after
+    return {
+        "before_restart": {k: before.get(k) for k in COUNTERS if k in before},
+        "after_restart": {k: after.get(k) for k in COUNTERS if k in after},
+        "during_restart": {k: after.get(k, 0) - before.get(k, 0) for k in COUNTERS if k in after},
+    }
+
+
+def shifts(artifacts: RunArtifacts) -> dict[str, dict[str, int]]:
+    """How many connections to the broker use each window-scale shift, at each end."""
+    out: dict[str, dict[str, int]] = {}
+    if artifacts.client_sockets is not None:
+        out["client_snd_wscale"] = {
+            str(k): v
+            for k, v in sorted(
+                Counter(
+                    c.snd_wscale
+                    for c in artifacts.client_sockets.connections
+                    if c.remote_port == PORT and c.state == "ESTAB"
+                ).items()
+            )
+        }
+    if artifacts.server_sockets is not None:
+        out["server_rcv_wscale"] = {
+            str(k): v
+            for k, v in sorted(
+                Counter(
+                    c.rcv_wscale
+                    for c in artifacts.server_sockets.connections
+                    if c.local_port == PORT and c.state == "ESTAB"
+                ).items()
+            )
+        }
+    return out
+
+
+def broker_host(artifacts: RunArtifacts, sysctls: dict[str, str]) -> HostSnapshot:
+    server = artifacts.server_sockets
+    return HostSnapshot(
+        origin="lab broker namespace",
+        hostname="lab-broker",
+        kernel_release=procfs.kernel_release(),
+        sysctls=sysctls,
+        counters=artifacts.counters_after,
+        listeners=server.listeners if server else None,
+        connections=server.connections if server else None,
+    )
+
+
+def findings(artifacts: RunArtifacts, sysctls: dict[str, str]) -> list[Finding]:
+    """Findings of the audit, the two-sided socket check and the capture analyzer."""
+    found: list[Finding] = []
+    host = broker_host(artifacts, sysctls)
+    found += audit(host, assess_kernel(host.kernel_release))
+    if artifacts.client_sockets is not None and artifacts.server_sockets is not None:
+        result = join(artifacts.client_sockets.connections, artifacts.server_sockets.connections)
+        found += compare_findings(
+            result, artifacts.client_sockets.listeners, artifacts.server_sockets.listeners
+        )
+    if artifacts.capture.exists() and artifacts.capture.stat().st_size > 24:
+        from tcpsleuth.cli.pcap import analyse_file
+
+        found += analyse_file(artifacts.capture, frozenset({PORT}), False).findings
+    return ranked(found)
+
+
+def findings_summary(found: list[Finding]) -> dict[str, dict[str, int]]:
+    counts: dict[str, Counter[str]] = {}
+    for finding in found:
+        counts.setdefault(finding.kind, Counter())[finding.severity.value] += 1
+    return {kind: dict(c) for kind, c in sorted(counts.items())}

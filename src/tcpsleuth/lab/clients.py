@@ -1,0 +1,233 @@
+"""Lab clients: real producer libraries, many connections, their own reconnects.
+
+Run inside a client namespace:
+  python3 -m tcpsleuth.lab.clients --library confluent-kafka --bootstrap HOST:PORT \\
+      --crowd 100 --measured 4 --message-bytes 65536 --interval-ms 100 --duration 40
+
+``--crowd`` producers each send a small message every second (enough to keep a
+connection and to reconnect after a broker restart, as busy clients do);
+``--measured`` producers send ``--message-bytes`` messages every ``--interval-ms``
+and report each request's latency: the time from handing the message to the
+library to its acknowledgement, which includes the time to put the request on
+the wire. With librdkafka, the per-broker statistics (int_latency: waiting in the
+producer's queue, outbuf_latency: waiting to be sent, rtt: sent to response) are
+reported too. Output: one JSON object a line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+CROWD_MESSAGE = b"c" * 256
+TOPIC = "lab"
+
+_out_lock = threading.Lock()
+
+
+def emit(kind: str, **data: Any) -> None:
+    with _out_lock:
+        print(json.dumps({"type": kind, **data}), flush=True)
+
+
+class Outstanding:
+    """Measured requests handed to a library and not yet acknowledged. A request still
+    outstanding when the run ends is reported as ``pending`` with the time it has waited
+    so far: leaving it out would make the slowest requests vanish from the statistics."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.open_requests: dict[int, tuple[str, int, float]] = {}
+        self.next_id = 0
+
+    def open(self, library: str, producer: int) -> int:
+        with self.lock:
+            self.next_id += 1
+            self.open_requests[self.next_id] = (library, producer, time.time())
+            return self.next_id
+
+    def close(self, request: int, error: str | None) -> None:
+        with self.lock:
+            library, producer, sent = self.open_requests.pop(request)
+        emit(
+            "latency",
+            library=library,
+            producer=producer,
+            sent=sent,
+            latency_ms=(time.time() - sent) * 1000,
+            error=error,
+        )
+
+    def report_pending(self) -> None:
+        now = time.time()
+        with self.lock:
+            for library, producer, sent in self.open_requests.values():
+                emit(
+                    "pending",
+                    library=library,
+                    producer=producer,
+                    sent=sent,
+                    waited_ms=(now - sent) * 1000,
+                )
+
+
+OUTSTANDING = Outstanding()
+
+
+class ConfluentClients:
+    library = "confluent-kafka"
+
+    def __init__(self, bootstrap: str, crowd: int, measured: int) -> None:
+        import confluent_kafka
+
+        common = {
+            "bootstrap.servers": bootstrap,
+            "acks": 1,
+            "linger.ms": 0,
+            "message.timeout.ms": 60000,
+            "message.max.bytes": 4_000_000,
+            "socket.keepalive.enable": True,
+        }
+        self.crowd = [confluent_kafka.Producer(common) for _ in range(crowd)]
+        self.measured = [
+            confluent_kafka.Producer(
+                {**common, "statistics.interval.ms": 1000, "stats_cb": self._stats_callback(i)}
+            )
+            for i in range(measured)
+        ]
+
+    @staticmethod
+    def _stats_callback(index: int) -> Callable[[str], None]:
+        def on_stats(raw: str) -> None:
+            stats = json.loads(raw)
+            for broker in stats.get("brokers", {}).values():
+                if broker.get("nodeid", -1) < 0 or not broker.get("rtt", {}).get("cnt"):
+                    continue
+                emit(
+                    "librdkafka",
+                    library="confluent-kafka",
+                    producer=index,
+                    t=time.time(),
+                    int_latency_us=broker["int_latency"]["p50"],
+                    outbuf_latency_us=broker["outbuf_latency"]["p50"],
+                    rtt_us=broker["rtt"]["p50"],
+                    state=broker.get("state"),
+                )
+
+        return on_stats
+
+    def send_crowd(self, index: int) -> None:
+        self.crowd[index].produce(TOPIC, CROWD_MESSAGE)
+
+    def send_measured(self, index: int, payload: bytes) -> None:
+        request = OUTSTANDING.open(self.library, index)
+
+        def on_delivery(error: Any, _message: Any) -> None:
+            OUTSTANDING.close(request, str(error) if error else None)
+
+        self.measured[index].produce(TOPIC, payload, on_delivery=on_delivery)
+
+    def pump(self) -> None:
+        for producer in self.measured:
+            producer.poll(0)
+        for producer in self.crowd:
+            producer.poll(0)
+
+    def close(self) -> None:
+        # only the measured producers' last answers matter; the crowd is dropped as is
+        deadline = time.monotonic() + 5
+        for producer in self.measured:
+            producer.flush(max(0.0, deadline - time.monotonic()))
+
+
+class KafkaPythonClients:
+    library = "kafka-python"
+
+    def __init__(self, bootstrap: str, crowd: int, measured: int) -> None:
+        from kafka import KafkaProducer
+
+        def make() -> Any:
+            return KafkaProducer(
+                bootstrap_servers=bootstrap,
+                acks=1,
+                linger_ms=0,
+                max_request_size=4_000_000,
+                request_timeout_ms=60000,
+                max_block_ms=60000,
+            )
+
+        self.crowd = [make() for _ in range(crowd)]
+        self.measured = [make() for _ in range(measured)]
+
+    def send_crowd(self, index: int) -> None:
+        self.crowd[index].send(TOPIC, CROWD_MESSAGE)
+
+    def send_measured(self, index: int, payload: bytes) -> None:
+        request = OUTSTANDING.open(self.library, index)
+        future = self.measured[index].send(TOPIC, payload)
+        future.add_callback(lambda _metadata: OUTSTANDING.close(request, None))
+        future.add_errback(lambda error: OUTSTANDING.close(request, repr(error)))
+
+    def pump(self) -> None:
+        pass  # kafka-python's own I/O thread per producer does the work
+
+    def close(self) -> None:
+        deadline = time.monotonic() + 5
+        for producer in self.measured:
+            producer.flush(timeout=max(0.0, deadline - time.monotonic()))
+
+
+def run(args: argparse.Namespace) -> None:
+    # each producer holds a connection or two; many producers need many descriptors
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    logging.basicConfig(level=logging.CRITICAL)
+    factory = ConfluentClients if args.library == "confluent-kafka" else KafkaPythonClients
+    clients = factory(args.bootstrap, args.crowd, args.measured)
+    payload = b"m" * args.message_bytes
+    emit("ready", library=clients.library, crowd=args.crowd, measured=args.measured, t=time.time())
+    start = time.monotonic()
+    interval = args.interval_ms / 1000
+    # spread the producers over the interval so they do not all send at once
+    next_measured = [start + interval * i / max(1, args.measured) for i in range(args.measured)]
+    next_crowd = [start + i / max(1, args.crowd) for i in range(args.crowd)]
+    while (now := time.monotonic()) - start < args.duration:
+        for i, due in enumerate(next_measured):
+            if now >= due:
+                clients.send_measured(i, payload)
+                next_measured[i] = due + interval
+        for i, due in enumerate(next_crowd):
+            if now >= due:
+                clients.send_crowd(i)
+                next_crowd[i] = due + 1.0
+        clients.pump()
+        time.sleep(0.002)
+    clients.close()
+    OUTSTANDING.report_pending()
+    emit("done", library=clients.library, t=time.time())
+    # Tearing down hundreds of producers one by one takes longer than the run itself;
+    # the process exit closes their sockets at once.
+    os._exit(0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="tcpsleuth lab clients")
+    parser.add_argument("--library", choices=["confluent-kafka", "kafka-python"], required=True)
+    parser.add_argument("--bootstrap", required=True)
+    parser.add_argument("--crowd", type=int, default=50)
+    parser.add_argument("--measured", type=int, default=4)
+    parser.add_argument("--message-bytes", type=int, default=65536)
+    parser.add_argument("--interval-ms", type=float, default=100)
+    parser.add_argument("--duration", type=float, default=30)
+    run(parser.parse_args())
+
+
+if __name__ == "__main__":
+    main()

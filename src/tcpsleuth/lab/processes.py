@@ -1,0 +1,90 @@
+"""Child processes of a lab run: started inside namespaces, never outliving the run.
+
+Each child gets PR_SET_PDEATHSIG=SIGKILL (kept across exec), so if the run itself
+is killed, even with SIGKILL, its children die with it; what they leave inside
+the namespaces is removed by the next run (``namespaces.remove_stale``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+PR_SET_PDEATHSIG = 1
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _die_with_parent() -> None:
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+class Child:
+    """A process whose standard output is read line by line in the background."""
+
+    def __init__(self, argv: list[str], ns: str | None = None, stdin: bool = False) -> None:
+        prefix = ["ip", "netns", "exec", ns] if ns else []
+        self.argv = argv
+        self.process = subprocess.Popen(
+            [*prefix, *argv],
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=_die_with_parent,
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.all_lines: list[str] = []
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.all_lines.append(line)
+            self.lines.put(line)
+
+    def wait_for(self, predicate: Any, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                line = self.lines.get(timeout=min(left, 0.5))
+            except queue.Empty:
+                if self.process.poll() is not None:
+                    break
+                continue
+            if predicate(line):
+                return line
+        error = self.process.stderr.read() if self.process.poll() is not None else ""
+        raise RuntimeError(f"{' '.join(self.argv[:3])} did not get ready: {error.strip()[-300:]}")
+
+    def send(self, command: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(command + "\n")
+        self.process.stdin.flush()
+
+    def json_lines(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.all_lines:
+            line = line.strip()
+            if line.startswith("{"):
+                out.append(json.loads(line))
+        return out
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def python_module(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]

@@ -1,0 +1,380 @@
+"""Run one lab scenario end to end and collect what it produced.
+
+The run owns two namespaces (broker and clients) joined by the relay's delay link,
+the broker, the client processes, a capture of the broker's side of the link, and
+socket snapshots of both sides. It orchestrates and measures; it detects nothing:
+``analysis`` hands what it collected to the same sources and detectors a user runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tcpsleuth.lab import faults, namespaces
+from tcpsleuth.lab.processes import Child, python_module
+from tcpsleuth.lab.scenarios import Scenario
+from tcpsleuth.lab.topology import SERVER_IP4
+from tcpsleuth.sources import netns, procfs, sockdiag
+from tcpsleuth.sources.sockdiag import SocketTable
+
+PORT = 9092
+LIBRARIES = ("confluent-kafka", "kafka-python")
+# The incident's buffers: tcp_rmem[2] = 6291456 gives a window-scale shift of 7.
+TCP_RMEM = "4096 131072 6291456"
+
+
+@dataclass(frozen=True)
+class LabSize:
+    # Producers that send a small message a second. Most are librdkafka ones: C threads
+    # cost this 2-core machine little, while each kafka-python producer is a Python thread
+    # that would slow the measured producers down.
+    crowd: int = 500  # confluent-kafka
+    crowd_kafka_python: int = 50
+    measured: int = 4  # producers per library whose requests are timed
+    message_bytes: int = 262144  # produce requests of hundreds of KB, as in the incident
+    interval_ms: float = 200
+    warmup_s: float = 4
+    before_s: float = 10
+    down_s: float = 0  # listener closed (see LabSize)
+    startup_s: float = 2  # listening but not yet accepting (logs loading)
+    settle_s: float = 3  # after accepting again, before the "after" window opens
+    after_s: float = 12
+    rtt_ms: float = 1.0
+    rate_mbit: float = 1000
+    # The broker's acceptor while the reconnect storm lasts (see broker.accept_loop).
+    accept_rate: float = 100
+    storm_s: float = 8
+    amplify: bool = True  # see _amplify_if_overflowed
+
+    @property
+    def duration_s(self) -> float:
+        return (
+            self.warmup_s
+            + self.before_s
+            + self.down_s
+            + self.startup_s
+            + self.settle_s
+            + self.after_s
+        )
+
+
+@dataclass
+class RunArtifacts:
+    scenario: Scenario
+    size: LabSize
+    workdir: Path
+    capture: Path
+    broker_events: list[dict[str, Any]] = field(default_factory=list)
+    client_lines: list[dict[str, Any]] = field(default_factory=list)
+    counters_before: dict[str, int] = field(default_factory=dict)
+    counters_after: dict[str, int] = field(default_factory=dict)
+    server_sockets: SocketTable | None = None
+    client_sockets: SocketTable | None = None
+    window: dict[str, float] = field(default_factory=dict)  # phase boundaries (epoch s)
+    rtt_probe_ms: float | None = None
+    library_versions: dict[str, str] = field(default_factory=dict)
+    server_sysctls: dict[str, str] = field(default_factory=dict)
+    counters_at_amplification: dict[str, int] | None = None
+
+
+def library_versions() -> dict[str, str]:
+    import confluent_kafka
+    import kafka
+    import kio
+
+    version = confluent_kafka.version()
+    return {
+        # a string in recent releases, (string, int) in older ones
+        "confluent-kafka": version if isinstance(version, str) else version[0],
+        "librdkafka": confluent_kafka.libversion()[0],
+        "kafka-python": kafka.__version__,
+        "kio": getattr(kio, "__version__", "unknown"),
+    }
+
+
+def _counters(ns: str) -> dict[str, int]:
+    with netns.entered(ns):
+        return procfs.read_live_counters()
+
+
+def _probe_rtt(ns: str) -> float:
+    """Median TCP handshake time to the broker, from the client namespace (ms)."""
+    code = (
+        "import socket,time,statistics\n"
+        "r=[]\n"
+        "for _ in range(20):\n"
+        f"    t=time.perf_counter(); s=socket.create_connection(('{SERVER_IP4}',{PORT}))\n"
+        "    r.append(time.perf_counter()-t); s.close(); time.sleep(0.01)\n"
+        "print(statistics.median(r)*1000)\n"
+    )
+    out = subprocess.run(
+        ["ip", "netns", "exec", ns, sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return float(out)
+
+
+OVERFLOW_SIGNS = (
+    "TcpExtListenOverflows",
+    "TcpExtListenDrops",
+    "TcpExtTCPReqQFullDoCookies",
+    "TcpExtTCPReqQFullDrop",
+)
+
+
+def _amplify_if_overflowed(server: str, artifacts: RunArtifacts, within_s: float) -> None:
+    """Storm amplification. A broker with thousands of clients gets their reconnects
+    faster than one round trip can drain a 50-entry SYN queue, so nearly every
+    reconnect is answered with a SYN cookie; this machine's hundreds of clients overflow
+    the queue too, but only now and then. Once the kernel's counters show that the storm
+    overflowed the listener, the rest of the storm is answered the way the large
+    broker's would be: with cookies (tcp_syncookies=2 in the broker's namespace until the
+    storm has passed). A storm that fits the queue is left alone."""
+    before = artifacts.counters_before
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        now = _counters(server)
+        if any(now.get(name, 0) > before.get(name, 0) for name in OVERFLOW_SIGNS):
+            namespaces.sysctl(server, "net.ipv4.tcp_syncookies", 2)
+            artifacts.window["amplified"] = time.time()
+            artifacts.counters_at_amplification = now
+            return
+        time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def _lab_namespaces() -> Iterator[tuple[str, str]]:
+    with namespaces.namespace("lab-srv") as server, namespaces.namespace("lab-cli") as client:
+        yield server, client
+
+
+def run_scenario(
+    scenario: Scenario,
+    size: LabSize,
+    workdir: Path,
+    progress: Callable[[str, float], None] | None = None,
+) -> RunArtifacts:
+    """Run ``scenario``; ``progress(phase, fraction)`` is called as phases pass."""
+
+    def step(phase: str, fraction: float) -> None:
+        if progress is not None:
+            progress(phase, fraction)
+
+    namespaces.require_root("tcpsleuth lab")
+    workdir.mkdir(parents=True, exist_ok=True)
+    artifacts = RunArtifacts(
+        scenario, size, workdir, workdir / "broker-side.pcap", library_versions=library_versions()
+    )
+    children: list[Child] = []
+    step("setting up namespaces", 0.0)
+    with _lab_namespaces() as (server, client):
+        try:
+            _run(scenario, size, server, client, artifacts, children, step)
+        finally:
+            for child in reversed(children):
+                child.stop()
+    step("done", 1.0)
+    return artifacts
+
+
+def _run(
+    scenario: Scenario,
+    size: LabSize,
+    server: str,
+    client: str,
+    artifacts: RunArtifacts,
+    children: list[Child],
+    step: Callable[[str, float], None],
+) -> None:
+    for ns in (server, client):
+        namespaces.sysctl(ns, "net.ipv4.tcp_rmem", TCP_RMEM)
+    namespaces.sysctl(server, "net.ipv4.tcp_syncookies", scenario.tcp_syncookies)
+    namespaces.sysctl(server, "net.ipv4.tcp_timestamps", scenario.tcp_timestamps)
+    namespaces.sysctl(server, "net.core.somaxconn", max(4096, scenario.listen_backlog))
+    namespaces.sysctl(server, "net.ipv4.tcp_max_syn_backlog", max(2048, scenario.listen_backlog))
+    with netns.entered(server):
+        artifacts.server_sysctls = procfs.read_live_sysctls()
+
+    relay = Child(
+        python_module(
+            "tcpsleuth.lab.relay",
+            "--client",
+            client,
+            "--server",
+            server,
+            "--rtt-ms",
+            str(size.rtt_ms),
+            "--rate-mbit",
+            str(size.rate_mbit),
+        )
+    )
+    children.append(relay)
+    relay.wait_for(lambda line: line.strip() == "ready", 20)
+    if scenario.fault == "cookie-wscale":
+        faults.announce_wscale(server, PORT, 1, cookies_only=True)
+    elif scenario.fault == "strip-wscale":
+        faults.strip_wscale(server, PORT)
+
+    tcpdump = Child(
+        [
+            "tcpdump",
+            "-i",
+            "tun0",
+            "-n",
+            "-s",
+            "128",
+            "-U",
+            "-w",
+            str(artifacts.capture),
+            f"tcp port {PORT}",
+        ],
+        ns=server,
+    )
+    children.append(tcpdump)
+    time.sleep(1.0)  # tcpdump opens the device before it says anything useful
+
+    broker = Child(
+        python_module(
+            "tcpsleuth.lab.broker",
+            "--host",
+            SERVER_IP4,
+            "--port",
+            str(PORT),
+            "--backlog",
+            str(scenario.listen_backlog),
+            "--rcvbuf",
+            str(scenario.broker_rcvbuf),
+            "--accept-rate",
+            str(size.accept_rate),
+            "--storm-seconds",
+            str(size.storm_s),
+            *(["--rcvbuf-after-accept"] if scenario.rcvbuf_after_accept else []),
+        ),
+        ns=server,
+        stdin=True,
+    )
+    children.append(broker)
+    broker.wait_for(lambda line: '"accepting"' in line, 20)
+    artifacts.rtt_probe_ms = _probe_rtt(client)
+
+    step("connecting clients", 0.05)
+    clients = []
+    for library in LIBRARIES:
+        worker = Child(
+            python_module(
+                "tcpsleuth.lab.clients",
+                "--library",
+                library,
+                "--bootstrap",
+                f"{SERVER_IP4}:{PORT}",
+                "--crowd",
+                str(size.crowd if library == "confluent-kafka" else size.crowd_kafka_python),
+                "--measured",
+                str(size.measured),
+                "--message-bytes",
+                str(size.message_bytes),
+                "--interval-ms",
+                str(size.interval_ms),
+                "--duration",
+                str(size.duration_s),
+            ),
+            ns=client,
+        )
+        children.append(worker)
+        clients.append(worker)
+    for worker in clients:
+        worker.wait_for(lambda line: '"ready"' in line, 120)
+    started = time.time()
+    artifacts.window["start"] = started
+    total = size.duration_s
+
+    def sleep_until(moment: float, phase: str) -> None:
+        while (now := time.time()) < moment:
+            step(phase, 0.05 + 0.85 * (now - started) / total)
+            time.sleep(min(0.25, moment - now))
+
+    sleep_until(started + size.warmup_s, "warming up")
+    artifacts.window["before_start"] = time.time()
+    sleep_until(started + size.warmup_s + size.before_s, "steady traffic before the restart")
+    artifacts.counters_before = _counters(server)
+    if scenario.restart:
+        artifacts.window["restart"] = time.time()
+        broker.send(f"restart {size.down_s} {size.startup_s}")
+        broker.wait_for(lambda line: '"listening"' in line, size.down_s + 20)
+        if size.amplify and scenario.tcp_syncookies == 1:
+            _amplify_if_overflowed(server, artifacts, size.startup_s + 1)
+        broker.wait_for(lambda line: '"accepting"' in line, size.startup_s + 20)
+        artifacts.window["accepting"] = time.time()
+    else:
+        artifacts.window["restart"] = artifacts.window["accepting"] = time.time()
+    after_start = artifacts.window["accepting"] + size.settle_s
+    artifacts.window["after_start"] = after_start
+    sleep_until(after_start, "reconnect storm")
+    if "amplified" in artifacts.window:
+        namespaces.sysctl(server, "net.ipv4.tcp_syncookies", scenario.tcp_syncookies)
+    sleep_until(after_start + size.after_s - 2, "steady traffic after the restart")
+    artifacts.server_sockets = sockdiag.snapshot(server)
+    artifacts.client_sockets = sockdiag.snapshot(client)
+    for name, ns in (("ss-server.txt", server), ("ss-client.txt", client)):
+        text = subprocess.run(
+            ["ip", "netns", "exec", ns, "ss", "-tni"], capture_output=True, text=True, check=False
+        ).stdout
+        (artifacts.workdir / name).write_text(text)
+    artifacts.counters_after = _counters(server)
+    step("waiting for the clients", 0.92)
+    for worker in clients:
+        worker.process.wait(timeout=120)
+    artifacts.window["end"] = time.time()
+    broker.send("quit")
+    broker.process.wait(timeout=10)
+    tcpdump.stop(signal.SIGINT)
+    artifacts.broker_events = broker.json_lines()
+    artifacts.client_lines = [line for worker in clients for line in worker.json_lines()]
+    for name, lines in (
+        ("broker.jsonl", artifacts.broker_events),
+        ("clients.jsonl", artifacts.client_lines),
+    ):
+        (artifacts.workdir / name).write_text("".join(json.dumps(x) + "\n" for x in lines))
+    for worker in clients:
+        errors = worker.process.stderr.read() if worker.process.stderr else ""
+        if errors.strip():
+            (artifacts.workdir / "clients-stderr.txt").open("a").write(errors)
+
+
+def percentiles(values: list[float]) -> dict[str, float | int | None]:
+    if not values:
+        return {"count": 0, "p50": None, "p95": None, "p99": None, "max": None}
+    ordered = sorted(values)
+
+    def pick(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
+
+    return {
+        "count": len(ordered),
+        "p50": round(statistics.median(ordered), 3),
+        "p95": pick(0.95),
+        "p99": pick(0.99),
+        "max": round(ordered[-1], 3),
+    }
+
+
+def temporary_workdir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="tcpsleuth-lab-"))
+
+
+def discard(workdir: Path) -> None:
+    shutil.rmtree(workdir, ignore_errors=True)

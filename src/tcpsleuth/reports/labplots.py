@@ -1,0 +1,63 @@
+"""Pictures of lab runs: produce latency over time across the restart, side by side."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt
+
+
+def latency_over_time(runs: list[dict[str, Any]], path: Path) -> Path:
+    """One panel per scenario: each measured request's latency against the time it was
+    sent (seconds from the start), unanswered requests as crosses, the restart shaded."""
+    fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 4), sharey=True, squeeze=False)
+    for ax, run in zip(axes[0], runs, strict=True):
+        start = run["window"]["start"]
+        for library, colour in (("confluent-kafka", "tab:blue"), ("kafka-python", "tab:orange")):
+            done = [
+                x for x in run["requests"] if x["library"] == library and x["type"] == "latency"
+            ]
+            ax.scatter(
+                [x["sent"] - start for x in done],
+                [x["latency_ms"] for x in done],
+                s=6,
+                color=colour,
+                alpha=0.6,
+                label=library,
+            )
+            pending = [
+                x for x in run["requests"] if x["library"] == library and x["type"] == "pending"
+            ]
+            if pending:
+                ax.scatter(
+                    [x["sent"] - start for x in pending],
+                    [x["waited_ms"] for x in pending],
+                    marker="x",
+                    s=18,
+                    color=colour,
+                    label=f"{library} (unanswered)",
+                )
+        window = run["window"]
+        if window.get("restart") and window.get("accepting", 0) > window["restart"]:
+            ax.axvspan(
+                window["restart"] - start,
+                window["accepting"] - start,
+                color="grey",
+                alpha=0.3,
+                label="broker restarting",
+            )
+        ax.axvline(window["after_start"] - start, color="grey", linestyle=":", linewidth=1)
+        ax.set_yscale("log")
+        ax.set_title(run["scenario"])
+        ax.set_xlabel("seconds since the clients started")
+        ax.grid(True, which="both", alpha=0.2)
+    axes[0][0].set_ylabel("produce request latency (ms)")
+    axes[0][-1].legend(loc="upper left", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
