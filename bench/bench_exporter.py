@@ -106,6 +106,16 @@ def main() -> None:
             finally:
                 exporter.stop()
             print(f"GET /metrics from tcpsleuth exporter:    {ms(http)}")
+            reference = []
+            for _ in range(args.repeat):
+                t0 = time.perf_counter()
+                subprocess.run(
+                    ["ip", "netns", "exec", ns, "ss", "-tniH", "state", "established"],
+                    stdout=subprocess.DEVNULL,
+                    check=True,
+                )
+                reference.append(time.perf_counter() - t0)
+            print(f"for reference, ss -tni of the same:      {ms(reference)}")
             print(f"exporter resident memory after scrapes:  {int(rss) // 1024} MiB")
         finally:
             for farm in farms:

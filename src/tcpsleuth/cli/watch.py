@@ -162,6 +162,7 @@ def _show(
     # Not a terminal: one line per interval with the counters that moved, and events.
     moved = "  ".join(f"{name}=+{grown[name]}" for name in rates.RATE_COUNTERS if grown.get(name))
     console = table.console()
-    console.print(f"{watchview.clock(after.wall_time)} {moved or 'no change'}")
+    # one line per record, however long: these lines are for logs and grep
+    console.print(f"{watchview.clock(after.wall_time)} {moved or 'no change'}", soft_wrap=True)
     for event in events:
-        console.print(watchview.event_line(after.wall_time, event))
+        console.print(watchview.event_line(after.wall_time, event), soft_wrap=True)
