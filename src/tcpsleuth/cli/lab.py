@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -89,10 +90,11 @@ def _report(artifacts: Any, sysctls: dict[str, str]) -> tuple[dict[str, Any], li
         if "amplified" not in artifacts.window
         else {
             "started": artifacts.window["amplified"],
-            "counters_when_overflow_seen": artifacts.counters_at_amplification,
-            "what": "the storm overflowed the listen queue; the rest of it was answered with "
-            "SYN cookies (tcp_syncookies=2 in the broker namespace until the storm "
-            "passed), as a broker with thousands of clients answers its reconnects",
+            "reconnecting_clients": artifacts.amplified_for,
+            "listen_backlog": scenario.listen_backlog,
+            "what": "more clients reconnect than the listen backlog holds, so the storm was "
+            "answered with SYN cookies (tcp_syncookies=2 in the broker namespace until it "
+            "passed), as the kernel of a broker with thousands of clients answers it",
         },
         "findings_by_kind": analysis.findings_summary(found),
         "window": artifacts.window,
@@ -161,18 +163,24 @@ def _render(reports: list[dict[str, Any]]) -> Group:
     help="Keep captures, socket snapshots, client output, report.json and plots.",
 )
 @click.option(
+    "--size",
+    "size_name",
+    type=click.Choice(["full", "small"]),
+    default="full",
+    show_default=True,
+    help="small: fewer clients and shorter phases (tests, CI).",
+)
+@click.option(
     "--crowd",
     type=click.IntRange(min=0),
-    default=LabSize.crowd,
-    show_default=True,
-    help="Producers per library that send a small message a second.",
+    default=None,
+    help=f"librdkafka producers sending a small message a second [full: {LabSize.crowd}].",
 )
 @click.option(
     "--measured",
     type=click.IntRange(min=1),
-    default=LabSize.measured,
-    show_default=True,
-    help="Producers per library whose requests are timed.",
+    default=None,
+    help=f"Producers per library whose requests are timed [full: {LabSize.measured}].",
 )
 @click.option(
     "--rtt-ms",
@@ -191,19 +199,19 @@ def _render(reports: list[dict[str, Any]]) -> Group:
 @click.option(
     "--after-s",
     type=click.FloatRange(min=5),
-    default=LabSize.after_s,
-    show_default=True,
-    help="Seconds of traffic measured after the restart.",
+    default=None,
+    help=f"Seconds of traffic measured after the restart [full: {LabSize.after_s}].",
 )
 @format_option
 def run_command(
     names: tuple[str, ...],
     keep: Path | None,
-    crowd: int,
-    measured: int,
+    size_name: str,
+    crowd: int | None,
+    measured: int | None,
     rtt_ms: float,
     rate_mbit: float,
-    after_s: float,
+    after_s: float | None,
     output_format: str,
 ) -> int:
     """Run one or more scenarios (see `tcpsleuth lab list`) and report produce latency
@@ -218,8 +226,14 @@ def run_command(
     namespaces.require_root("tcpsleuth lab")
     if keep is not None and keep.exists() and any(keep.iterdir()):
         raise InputError(f"{keep}: exists and is not empty; give a new directory to --keep")
-    size = LabSize(
-        crowd=crowd, measured=measured, rtt_ms=rtt_ms, rate_mbit=rate_mbit, after_s=after_s
+    base = LabSize.small() if size_name == "small" else LabSize()
+    size = dataclasses.replace(
+        base,
+        rtt_ms=rtt_ms,
+        rate_mbit=rate_mbit,
+        crowd=base.crowd if crowd is None else crowd,
+        measured=base.measured if measured is None else measured,
+        after_s=base.after_s if after_s is None else after_s,
     )
     reports: list[dict[str, Any]] = []
     all_findings = []
