@@ -11,7 +11,7 @@ import subprocess
 import threading
 import time
 
-from conftest import Farm, run_tcpsleuth
+from conftest import Farm, needs_root, run_tcpsleuth
 from support.monitoring import Exporter, require_tool, samples
 
 from tcpsleuth.reports.prometheus import node_exporter_key
@@ -239,3 +239,19 @@ def test_bad_netns_and_listen_are_one_line_errors(netns: str) -> None:
         port = busy.getsockname()[1]
         result = run_tcpsleuth("exporter", "--listen", f"127.0.0.1:{port}", check_status=2)
     assert result.stderr.count("\n") == 1 and "cannot listen" in result.stderr
+
+
+@needs_root
+def test_a_namespace_that_goes_away_fails_scrapes_not_the_exporter() -> None:
+    from tcpsleuth.lab import namespaces
+
+    with namespaces.namespace("gone") as ns:
+        exporter = Exporter("--netns", ns)
+        assert samples(exporter.scrape())["tcpsleuth_scrape_success"] == 1
+    try:
+        after = samples(exporter.scrape())
+        assert exporter.process.poll() is None  # still serving
+    finally:
+        err = exporter.stop()
+    assert after == {"tcpsleuth_scrape_success": 0}
+    assert f"scrape failed: no network namespace named '{ns}'" in err

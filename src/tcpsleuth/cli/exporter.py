@@ -42,13 +42,20 @@ class ScrapeCollector:
 
     def collect(self) -> Iterable[Metric]:
         with self._lock:
-            sample = sampling.scrape(self.netns_name)
+            try:
+                sample = sampling.scrape(self.netns_name)
+            except InputError as problem:
+                # e.g. the namespace went away with its container: say so once per
+                # scrape and keep serving, so the scrape fails visibly, not the exporter
+                click.echo(f"tcpsleuth exporter: scrape failed: {problem}", err=True)
+                return [prometheus.success_family(False)]
             summary = summarize(sample.sockets, self._times, self.max_ports)
             self._times = summary.times
         return [
             *prometheus.counter_families(sample.counters),
             *prometheus.summary_families(summary),
             *prometheus.scrape_families(summary, sample.read_seconds),
+            prometheus.success_family(True),
         ]
 
 
@@ -97,7 +104,7 @@ def exporter_command(listen: str, max_ports: int, netns: str | None) -> int:
     """
     host, port = parse_listen(listen)
     collector = ScrapeCollector(netns, max_ports)
-    collector.collect()  # a bad --netns or missing privilege fails here, before serving
+    sampling.scrape(netns)  # a bad --netns or missing privilege fails here, before serving
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)  # type: ignore[arg-type]
     try:

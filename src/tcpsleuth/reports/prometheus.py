@@ -131,6 +131,16 @@ def scrape_families(summary: Summary, read_seconds: float) -> Iterator[Metric]:
     yield from (seen, folded, took)
 
 
+def success_family(ok: bool) -> Metric:
+    family = GaugeMetricFamily(
+        "tcpsleuth_scrape_success",
+        "1 when this scrape read the namespace's counters and sockets, 0 when it could not "
+        "(the exporter's log says why).",
+    )
+    family.add_metric([], 1 if ok else 0)
+    return family
+
+
 class _Families:
     """The smallest object generate_latest accepts: something with collect()."""
 
