@@ -116,22 +116,39 @@ def test_clean_run_finds_nothing(tmp_path: Path) -> None:
 
 
 def test_cookie_connections_seen_from_one_namespace() -> None:
-    """SYN cookies on a small backlog; only the cookie SYN-ACKs announce shift 1
-    (what the pre-fix kernel does with SO_RCVBUF set). Both ends are in one
-    namespace, so `sockets` alone pairs them; the clients' view of one server with
-    two different shifts is the one-sided sign."""
-    from conftest import Farm
-
+    """One listener, 40 connections made with SYN cookies and 60 without; only the
+    cookie SYN-ACKs announce shift 1 (what the pre-fix kernel does with SO_RCVBUF
+    set). Both ends are in one namespace, so `sockets` alone pairs them; the
+    clients' view of one server with two different shifts is the one-sided sign."""
     from tcpsleuth.lab import faults, namespaces
 
+    cookies, normal = 40, 60
     with namespaces.namespace("sockcookie") as ns:
         namespaces.sysctl(ns, "net.ipv4.tcp_rmem", wscale_lab.SERVER_RMEM)
-        namespaces.sysctl(ns, "net.ipv4.tcp_syncookies", 1)
         faults.announce_wscale(ns, 9092, 1, cookies_only=True)
-        farm = Farm(ns, "--port", "9092", "--backlog", "8", "--clients", "400", "--storm")
+        mix = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                ns,
+                sys.executable,
+                str(SUPPORT / "cookie_mix.py"),
+                "--port",
+                "9092",
+                "--cookies",
+                str(cookies),
+                "--normal",
+                str(normal),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         try:
+            assert mix.stdout is not None and mix.stdout.readline().strip() == "ready"
             client_view = _ss_tni(ns, Path(os.devnull))
-            cookies = subprocess.run(
+            counters = subprocess.run(
                 ["ip", "netns", "exec", ns, "nstat", "-az", "TcpExtSyncookiesSent"],
                 capture_output=True,
                 text=True,
@@ -139,15 +156,17 @@ def test_cookie_connections_seen_from_one_namespace() -> None:
             ).stdout
             status, doc = _json("sockets", "--netns", ns)
         finally:
-            farm.stop()
-    sent = int(re.search(r"TcpExtSyncookiesSent\s+(\d+)", cookies).group(1))
+            mix.kill()
+            mix.wait()
+    sent = int(re.search(r"TcpExtSyncookiesSent\s+(\d+)", counters).group(1))
+    assert sent == cookies
     # ss: client sockets (remote port 9092) that read the server's windows with shift 1
     believed_1 = sorted(
         local
         for (local, remote), (snd, _) in client_view.items()
         if remote.endswith(":9092") and snd == 1
     )
-    assert 0 < len(believed_1) <= sent
+    assert len(believed_1) == cookies
     mismatches = _kinds(doc, "wscale-mismatch")
     assert sorted(f["subject"]["client"] for f in mismatches) == believed_1
     assert {
@@ -155,7 +174,7 @@ def test_cookie_connections_seen_from_one_namespace() -> None:
     } == {(1, 7)}
     (inconsistent,) = _kinds(doc, "wscale-inconsistent")
     assert inconsistent["subject"] == {"server": "127.0.0.1:9092"}
-    assert inconsistent["evidence"]["shifts"] == {"1": len(believed_1), "7": 400 - len(believed_1)}
+    assert inconsistent["evidence"]["shifts"] == {"1": cookies, "7": normal}
     assert status == 1
 
 

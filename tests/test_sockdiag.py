@@ -90,6 +90,17 @@ def test_filters_by_port_and_address(farm_ns: str) -> None:
     assert len(sockdiag.snapshot(farm_ns, addresses=["127.0.0.1"]).connections) == 2 * IPV4_CLIENTS
 
 
+def test_without_tcp_info(farm_ns: str) -> None:
+    """What host.py asks for (states and queues only): no INET_DIAG_INFO attribute."""
+    bare = sockdiag.snapshot(farm_ns, with_info=False)
+    full = sockdiag.snapshot(farm_ns)
+    assert {(c.local, c.remote, c.recv_q) for c in bare.connections} == {
+        (c.local, c.remote, c.recv_q) for c in full.connections
+    }
+    assert all(c.snd_wscale is None and c.rtt is None for c in bare.connections)
+    assert {x.local for x in bare.listeners} == {x.local for x in full.listeners}
+
+
 def test_old_kernels_short_tcp_info(farm_ns: str) -> None:
     """A kernel older than 4.10 sends tcp_info without busy_time and later fields."""
     dump = sockdiag.dump(farm_ns)

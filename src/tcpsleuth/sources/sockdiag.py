@@ -47,7 +47,7 @@ NLMSGHDR = struct.Struct("=IHHII")
 # inet_diag_req_v2: family, protocol, ext, pad, states, then inet_diag_sockid (zeros)
 REQ_V2 = struct.Struct("=BBBxI48x")
 RTATTR = struct.Struct("=HH")
-_U32 = struct.Struct("=I")
+_LENGTH_KIND = struct.Struct("=IH")
 
 # struct inet_diag_msg (72 bytes); ports are big-endian, addresses are 16 bytes
 # (an IPv4 address in the first 4).
@@ -369,82 +369,113 @@ def _request(family: int, states: int, with_info: bool) -> bytes:
     )
 
 
+# A run of at least this many same-length messages in one read is decoded by NumPy.
+FAST_RUN = 8
+
+
+def _info_offset(chunk: bytes, pos: int, length: int) -> tuple[int, int]:
+    """(offset of the INET_DIAG_INFO attribute from the message start, its length),
+    or (-1, 0): walk the attributes after the fixed inet_diag_msg."""
+    apos = pos + NLMSGHDR.size + DIAG_DTYPE.itemsize
+    end = pos + length
+    while apos + RTATTR.size <= end:
+        alen, akind = RTATTR.unpack_from(chunk, apos)
+        if alen < RTATTR.size:
+            break
+        if akind == INET_DIAG_INFO:
+            return apos - pos, alen
+        apos += (alen + 3) & ~3
+    return -1, 0
+
+
+def _uniform_run(chunk: bytes, pos: int, length: int) -> int:
+    """How many consecutive SOCK_DIAG_BY_FAMILY messages of ``length`` bytes start
+    at ``pos``. Exact, not a guess: the header at pos + k*step is a real header only
+    if messages 0..k-1 all had this length, and the first one that does not ends the
+    run."""
+    step = (length + 3) & ~3
+    most = (len(chunk) - pos) // step
+    if most < FAST_RUN:
+        return 1
+    # one struct read first: mixed lengths then cost no NumPy call per message
+    following, kind = _LENGTH_KIND.unpack_from(chunk, pos + step)
+    if following != length or kind != SOCK_DIAG_BY_FAMILY:
+        return 1
+    rows = np.frombuffer(chunk, np.uint8, count=most * step, offset=pos).reshape(most, step)
+    lengths = np.ascontiguousarray(rows[:, 0:4]).view("=u4").ravel()
+    kinds = np.ascontiguousarray(rows[:, 4:6]).view("=u2").ravel()
+    same = (lengths == length) & (kinds == SOCK_DIAG_BY_FAMILY)
+    return most if same.all() else int(np.argmin(same))
+
+
 def _collect(
     sock: socket.socket, family: int, states: int, with_info: bool, heads: list, infos: list
 ) -> None:
-    """Append each socket's inet_diag_msg bytes to ``heads`` and its tcp_info
-    bytes (b"" when absent) to ``infos``."""
+    """Append the sockets of one dump to ``heads`` (blocks of inet_diag_msg bytes)
+    and ``infos`` ((count, length, bytes): tcp_info blocks, length 0 when absent)."""
     sock.send(_request(family, states, with_info))
-    diag_size = DIAG_DTYPE.itemsize
     header = NLMSGHDR.size
+    head_from, head_to = header, header + DIAG_DTYPE.itemsize
     unpack_header = NLMSGHDR.unpack_from
-    unpack_attr = RTATTR.unpack_from
-    layout: dict[int, int] = {}  # message length -> offset of its INFO attribute
     while True:
         chunk = sock.recv(1 << 20)
-        view = memoryview(chunk)
         n = len(chunk)
+        if n == 0:
+            raise OSError(errno.EPROTO, "sock_diag: dump ended without NLMSG_DONE")
         pos = 0
         while pos + header <= n:
             length, kind, _flags, _seq, _pid = unpack_header(chunk, pos)
-            if kind == SOCK_DIAG_BY_FAMILY:
-                body = pos + header
-                end = pos + length
-                heads.append(view[body : body + diag_size])
-                # Messages of one length almost always carry the same attributes in
-                # the same order; remember where INFO was and check it is there.
-                at = layout.get(length)
-                if at is not None and at >= 0:  # -1: messages of this length had no INFO
-                    alen, akind = unpack_attr(chunk, pos + at)
-                    if akind != INET_DIAG_INFO:
-                        at = None
-                if at is None:
-                    at = -1
-                    apos = body + diag_size
-                    while apos + 4 <= end:
-                        alen, akind = unpack_attr(chunk, apos)
-                        if alen < 4:
-                            break
-                        if akind == INET_DIAG_INFO:
-                            at = apos - pos
-                            break
-                        apos += (alen + 3) & ~3
-                    layout[length] = at
-                if at >= 0:
-                    alen = unpack_attr(chunk, pos + at)[0]
-                    infos.append(view[pos + at + 4 : pos + at + alen])
-                else:
-                    infos.append(b"")
-            elif kind == NLMSG_DONE:
+            if length < header:
+                raise OSError(errno.EPROTO, "sock_diag: malformed netlink message")
+            if kind == NLMSG_DONE:
                 return
-            elif kind == NLMSG_ERROR:
+            if kind == NLMSG_ERROR:
                 code = -struct.unpack_from("=i", chunk, pos + header)[0]
                 if code == 0:
                     return
                 raise OSError(code, f"sock_diag dump failed: {errno.errorcode.get(code, code)}")
-            if length < header:
-                raise OSError(errno.EPROTO, "sock_diag: malformed netlink message")
-            pos += (length + 3) & ~3
-        if n == 0:
-            raise OSError(errno.EPROTO, "sock_diag: dump ended without NLMSG_DONE")
+            step = (length + 3) & ~3
+            if kind != SOCK_DIAG_BY_FAMILY:
+                pos += step
+                continue
+            at, alen = _info_offset(chunk, pos, length)
+            run = _uniform_run(chunk, pos, length)
+            rows = np.frombuffer(chunk, np.uint8, count=run * step, offset=pos).reshape(run, step)
+            if at >= 0 and run > 1:
+                # the same attribute layout in every message of the run, or one at a time
+                attr = np.ascontiguousarray(rows[:, at : at + 4]).view("=u2")
+                if not ((attr[:, 0] == alen).all() and (attr[:, 1] == INET_DIAG_INFO).all()):
+                    run = 1
+                    rows = rows[:1]
+            heads.append(rows[:, head_from:head_to].tobytes())
+            if at >= 0:
+                infos.append((run, alen - 4, rows[:, at + 4 : at + alen].tobytes()))
+            else:
+                infos.append((run, 0, b""))
+            pos += run * step
 
 
 def _decode(heads: list, infos: list) -> DiagDump:
-    n = len(heads)
-    diag = np.frombuffer(b"".join(heads), dtype=DIAG_DTYPE) if n else np.empty(0, DIAG_DTYPE)
-    info_len = np.fromiter((len(x) for x in infos), dtype=np.uint32, count=n)
+    diag = np.frombuffer(b"".join(heads), dtype=DIAG_DTYPE)
+    n = len(diag)
+    counts = np.array([count for count, _, _ in infos], dtype=np.int64)
+    lengths = np.array([length for _, length, _ in infos], dtype=np.uint32)
+    info_len = np.repeat(lengths, counts) if len(infos) else np.zeros(0, np.uint32)
     size = TCP_INFO_DTYPE.itemsize
-    if n and (info_len == size).all():
-        info = np.frombuffer(b"".join(infos), dtype=TCP_INFO_DTYPE)
-    elif n and len(set(info_len.tolist())) == 1 and int(info_len[0]) > size:
-        # a newer kernel's longer tcp_info: keep the prefix we know
-        raw = np.frombuffer(b"".join(infos), dtype=np.uint8).reshape(n, -1)
-        info = np.ascontiguousarray(raw[:, :size]).view(TCP_INFO_DTYPE).ravel()
-    else:
-        # mixed or shorter attributes (old kernels, sockets without tcp_info)
-        blob = b"".join(bytes(x[:size]).ljust(size, b"\0") for x in infos)
-        info = np.frombuffer(blob, dtype=TCP_INFO_DTYPE) if n else np.zeros(0, TCP_INFO_DTYPE)
-    return DiagDump(diag, info, info_len)
+    if n and (lengths == size).all():
+        info = np.frombuffer(b"".join(block for _, _, block in infos), dtype=TCP_INFO_DTYPE)
+        return DiagDump(diag, info, info_len)
+    # shorter (old kernels), longer (newer kernels: keep the prefix we know), or none
+    raw = np.zeros((n, size), dtype=np.uint8)
+    row = 0
+    for count, length, block in infos:
+        keep = min(length, size)
+        if keep:
+            raw[row : row + count, :keep] = np.frombuffer(block, np.uint8).reshape(count, length)[
+                :, :keep
+            ]
+        row += count
+    return DiagDump(diag, raw.view(TCP_INFO_DTYPE).ravel(), info_len)
 
 
 def _open(netns_name: str | None) -> socket.socket:
