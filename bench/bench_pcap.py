@@ -324,10 +324,10 @@ def main() -> None:
     print()
     for name in ("tshark -T fields", "tshark conv", "dpkt"):
         if name in rates:
-            print(
-                f"tcpsleuth per-connection / {name}: {rates['tcpsleuth per-connection'] / rates[name]:.1f}x;"
-                f"  full / {name}: {rates['tcpsleuth full'] / rates[name]:.1f}x"
-            )
+            per_conn = rates["tcpsleuth per-connection"] / rates[name]
+            full_ratio = rates["tcpsleuth full"] / rates[name]
+            print(f"tcpsleuth per-connection / {name}: {per_conn:.1f}x;", end="")
+            print(f"  full / {name}: {full_ratio:.1f}x")
     print(
         f"read-into-memory / tcpsleuth per-connection: "
         f"{rates['read file'] / rates['tcpsleuth per-connection']:.1f}x"

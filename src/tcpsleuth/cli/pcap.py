@@ -179,6 +179,67 @@ def _print(result: FileResult) -> None:
     console.print(table.findings_table(result.findings))
 
 
+def _pictures(results: list[FileResult], plot_dir: Path | None, html_file: Path | None) -> None:
+    import tempfile
+
+    from tcpsleuth.reports import html, plots
+
+    with tempfile.TemporaryDirectory(prefix="tcpsleuth-plots-") as scratch:
+        directory = plot_dir if plot_dir is not None else Path(scratch)
+        sections = []
+        for index, result in enumerate(results):
+            prefix = f"{index}-{Path(result.capture.path).name}-" if len(results) > 1 else ""
+            pictures = plots.write_connection_plots(
+                result.analysis, result.findings, result.requests, directory, prefix
+            )
+            summary = kafka_timing.summary(result.requests)
+            sections.append(
+                html.Section(
+                    title=result.capture.path,
+                    facts=[
+                        ("format", result.capture.report.kind),
+                        ("packets", result.capture.counts.packets),
+                        ("connections", len(result.analysis.connections)),
+                        ("Kafka requests", len(result.requests)),
+                    ],
+                    findings=result.findings,
+                    tables=[
+                        (
+                            "Kafka requests: send time versus broker time (ms)",
+                            [
+                                "client",
+                                "server",
+                                "api",
+                                "requests",
+                                "send p50",
+                                "send p99",
+                                "broker p50",
+                                "broker p99",
+                            ],
+                            [
+                                (
+                                    s["client"],
+                                    s["server"],
+                                    s["api"],
+                                    s["requests"],
+                                    s["send_ms_p50"],
+                                    s["send_ms_p99"],
+                                    s["broker_ms_p50"],
+                                    s["broker_ms_p99"],
+                                )
+                                for s in summary
+                            ],
+                        )
+                    ]
+                    if summary
+                    else [],
+                    pictures=pictures,
+                )
+            )
+        if html_file is not None:
+            html.write(html_file, "tcpsleuth pcap", sections)
+
+
 @click.command("pcap")
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
 @click.option(
@@ -233,11 +294,7 @@ def pcap_command(
         for warning in result.capture.report.warnings:
             click.echo(f"tcpsleuth: warning: {warning}", err=True)
     if plot_dir is not None or html_file is not None:
-        from tcpsleuth.reports import capture_plots, html
-
-        pictures = capture_plots.write_all(results, plot_dir) if plot_dir is not None else []
-        if html_file is not None:
-            html.write_report(html_file, results, pictures)
+        _pictures(results, plot_dir, html_file)
     findings = [finding for result in results for finding in result.findings]
     if output_format == "json":
         jsonout.emit(

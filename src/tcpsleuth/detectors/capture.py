@@ -328,6 +328,24 @@ def _syn_options(opts: list[int], window: int, ecn: bool) -> SynOptions:
     )
 
 
+def _per_bucket(
+    ufunc: np.ufunc,
+    values: np.ndarray,
+    sub: np.ndarray,
+    groups: np.ndarray,
+    group_start: np.ndarray,
+    nconn: int,
+    fill: int,
+) -> np.ndarray:
+    """``ufunc`` reduced over each (connection, direction) bucket; ``sub`` orders the
+    rows by bucket, ``groups``/``group_start`` are the bucket of each sorted row and
+    where each bucket begins (sort-and-reduceat: ``ufunc.at`` is much slower)."""
+    out = np.full(2 * nconn, fill, dtype=np.int64)
+    first = np.flatnonzero(group_start)
+    out[groups[first]] = ufunc.reduceat(values[sub], first)
+    return out
+
+
 def _group_first(values: np.ndarray, starts: np.ndarray, fill: int) -> np.ndarray:
     if len(values) == 0:
         return np.zeros(0, dtype=np.int64)
@@ -484,10 +502,11 @@ def analyse(tcp: TcpColumns) -> Analysis:
 
     # Window range each side advertised (bytes), SYNs excluded.
     not_syn = ~is_syn & ((flags & RST) == 0)
-    wmin = np.full(2 * nconn, np.iinfo(np.int64).max)
-    wmax = np.full(2 * nconn, -1, dtype=np.int64)
-    np.minimum.at(wmin, bucket[not_syn], win_bytes[not_syn])
-    np.maximum.at(wmax, bucket[not_syn], win_bytes[not_syn])
+    big_window = np.iinfo(np.int64).max
+    wmin = _per_bucket(
+        np.minimum, np.where(not_syn, win_bytes, big_window), sub, g, g_start, nconn, big_window
+    )
+    wmax = _per_bucket(np.maximum, np.where(not_syn, win_bytes, -1), sub, g, g_start, nconn, -1)
     wmin = wmin.reshape(nconn, 2)
     wmax = wmax.reshape(nconn, 2)
 
@@ -495,8 +514,7 @@ def analyse(tcp: TcpColumns) -> Analysis:
     # peer's window is left, and the sender sends again right after the peer's next
     # segment (it had data waiting).
     data = (paylen > 0) & ~retrans
-    seg_size = np.zeros(2 * nconn, dtype=np.int64)
-    np.maximum.at(seg_size, bucket[data], paylen[data])
+    seg_size = _per_bucket(np.maximum, np.where(data, paylen, 0), sub, g, g_start, nconn, 0)
     # A capture on the sending host shows TSO super-segments; the segment the
     # receiver's window must fit is at most the MSS the receiver announced.
     peer_mss = np.stack(

@@ -200,8 +200,11 @@ def timeline(analysis: Analysis, kafka_ports: frozenset[int]) -> list[KafkaReque
     # Where each direction's byte stream starts: after its SYN, or at its first
     # data segment when the capture began mid-connection.
     bucket = conn * 2 + (~c2s)
+    # rows are in connection order, capture order within: the first row of each
+    # bucket is where the bucket number is seen for the first time
     first_of_bucket = np.full(2 * len(records), n, dtype=np.int64)
-    np.minimum.at(first_of_bucket, bucket, np.arange(n))
+    seen, first_rows = np.unique(bucket, return_index=True)
+    first_of_bucket[seen] = first_rows
     positions = np.flatnonzero(watched[conn] & (paylen > 0))
     if not len(positions):
         return []
