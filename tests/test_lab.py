@@ -1,0 +1,131 @@
+"""The lab, end to end at a reduced size: real kernels, real clients, tcpsleuth's detectors."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import run_tcpsleuth
+
+from tcpsleuth.lab import namespaces
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
+
+
+def _lab(*args: str) -> tuple[int, dict]:
+    result = run_tcpsleuth("lab", "run", *args, "--size", "small", "--format", "json")
+    assert result.returncode in (0, 1), result.stderr[-2000:]
+    return result.returncode, json.loads(result.stdout)
+
+
+def _leftovers() -> list[str]:
+    return [name for name in namespaces.owned() if name.startswith("tcpsleuth-lab")]
+
+
+def _ss_shifts(path: Path) -> dict[tuple[str, str], tuple[int, int]]:
+    shifts, key = {}, None
+    for line in path.read_text().splitlines():
+        if line.startswith("ESTAB"):
+            fields = line.split()
+            key = (fields[3], fields[4])
+        elif key and (m := re.search(r"wscale:(\d+),(\d+)", line)):
+            shifts[key] = (int(m.group(1)), int(m.group(2)))
+    return shifts
+
+
+def test_wscale_bug_reproduces_the_incident(tmp_path: Path) -> None:
+    status, doc = _lab("wscale-bug", "--keep", str(tmp_path / "keep"))
+    [run] = doc["runs"]
+    import confluent_kafka
+    import kafka
+
+    assert doc["libraries"]["kafka-python"] == kafka.__version__
+    assert doc["libraries"]["librdkafka"] == confluent_kafka.libversion()[0]
+    cookies = run["counters"]["during_restart"]["TcpExtSyncookiesSent"]
+    assert cookies > 0
+    latency = run["latency_ms"]
+    assert latency["after"]["p50"] >= 10 * latency["before"]["p50"]
+    assert set(latency["before"]["by_library"]) == {"confluent-kafka", "kafka-python"}
+    mismatches = [f for f in doc["findings"] if f["kind"] == "wscale-mismatch"]
+    from_sockets = [f for f in mismatches if "actual_wscale" in f["evidence"]]
+    from_capture = [f for f in mismatches if "inferred_wscale" in f["evidence"]]
+    assert {
+        (f["evidence"]["announced_wscale"], f["evidence"]["actual_wscale"]) for f in from_sockets
+    } == {(1, 7)}
+    # the capture analyzer finds the same thing from the packets alone
+    assert [
+        (f["evidence"]["announced_wscale"], f["evidence"]["inferred_wscale"]) for f in from_capture
+    ] == [(1, 7)]
+    # the two-sided socket check names the connections whose client end `ss` shows
+    # believing shift 1, all of them
+    client_ss = _ss_shifts(tmp_path / "keep" / "wscale-bug" / "ss-client.txt")
+    believed_one = {local for (local, _), (snd, _) in client_ss.items() if snd == 1}
+    assert {f["subject"]["client"] for f in from_sockets} == believed_one
+    assert any(f["kind"] == "rwnd-limited" for f in doc["findings"])
+    assert (tmp_path / "keep" / "latency.png").stat().st_size > 10_000
+    assert status == 1
+    assert _leftovers() == []
+
+
+def test_mitigations(tmp_path: Path) -> None:
+    _, doc = _lab("no-syncookies", "big-backlog", "fixed-kernel")
+    runs = {run["scenario"]: run for run in doc["runs"]}
+    for name in ("no-syncookies", "big-backlog"):
+        run = runs[name]
+        assert run["counters"]["during_restart"]["TcpExtSyncookiesSent"] == 0, name
+        assert run["latency_ms"]["after"]["p50"] <= 2 * run["latency_ms"]["before"]["p50"], name
+        assert run["shifts"]["client_snd_wscale"].get("1", 0) == 0, name
+    fixed = runs["fixed-kernel"]
+    assert fixed["counters"]["during_restart"]["TcpExtSyncookiesSent"] > 0
+    assert "wscale-mismatch" not in fixed["findings_by_kind"]
+    # Kafka's SO_RCVBUF=102400 makes both ends use shift 1 on a kernel with the fix
+    assert set(fixed["shifts"]["client_snd_wscale"]) == {"1"}
+    assert set(fixed["shifts"]["server_rcv_wscale"]) == {"1"}
+    assert _leftovers() == []
+
+
+def test_killed_run_leaves_nothing_after_the_next_run() -> None:
+    run = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tcpsleuth",
+            "lab",
+            "run",
+            "baseline",
+            "--size",
+            "small",
+            "--format",
+            "json",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    while len(_leftovers()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(3)  # broker, relay, capture and clients running
+    assert len(_leftovers()) == 2
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    time.sleep(1)
+    # the run's children died with it (PR_SET_PDEATHSIG)
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert "tcpsleuth.lab.relay" not in ps and "tcpsleuth.lab.broker" not in ps
+    _, doc = _lab("baseline")
+    assert doc["runs"][0]["latency_ms"]["before"]["count"] > 0
+    assert _leftovers() == []
+    tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+    assert "tcpsleuth" not in tables
+
+
+def test_lab_refuses_unknown_scenarios() -> None:
+    result = run_tcpsleuth("lab", "run", "nope")
+    assert result.returncode == 2 and "tcpsleuth lab list" in result.stderr
