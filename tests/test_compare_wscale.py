@@ -62,6 +62,7 @@ def test_fault_found_from_both_ends(tmp_path: Path) -> None:
         snapshot = run_tcpsleuth("sockets", "--netns", pair.server, "--format", "json")
         (tmp_path / "server.json").write_text(snapshot.stdout)
         _, from_json = _json("compare", str(tmp_path / "client.txt"), str(tmp_path / "server.json"))
+        _, doctor = _json("doctor", "--netns", pair.client)
 
     connections = traffic.ipv4_connections + traffic.ipv6_connections
     # what ss shows at each end: the client believes 1, the server applies 7
@@ -88,6 +89,12 @@ def test_fault_found_from_both_ends(tmp_path: Path) -> None:
         assert finding["evidence"]["share"] >= 0.2
         # the window the client sees is under two segments
         assert finding["evidence"]["effective_window_segments"] < 2
+    # doctor runs the same socket checks on the live namespace
+    (check,) = [c for c in doctor["checks"] if c["name"] == "sockets"]
+    assert check["ran"] and check["data"]["connections"] == connections
+    assert {f["evidence"]["sender"] for f in _kinds(doctor, "rwnd-limited")} == {
+        f["evidence"]["sender"] for f in _kinds(client_side, "rwnd-limited")
+    }
     tiny = _kinds(live, "tiny-window")
     assert tiny and all(f["evidence"]["peer_recv_q"] is not None for f in tiny)
 
