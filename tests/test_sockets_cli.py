@@ -135,6 +135,8 @@ def test_garbage_ss_text_exit_2_with_line_number(tmp_path: Path) -> None:
     assert result.returncode == 2 and "no such file" in result.stderr
     result = run_tcpsleuth("sockets", str(FAULT_CLIENT), "--address", "10.0.0.300")
     assert result.returncode == 2 and "not an IP address" in result.stderr
+    result = run_tcpsleuth("compare", str(FAULT_CLIENT), str(FAULT_CLIENT))
+    assert result.returncode == 2 and "tcpsleuth sockets" in result.stderr
     other = tmp_path / "other.json"
     other.write_text(json.dumps({"command": "audit", "findings": []}))
     result = run_tcpsleuth("sockets", str(other))

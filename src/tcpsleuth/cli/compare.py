@@ -79,6 +79,11 @@ def compare_command(
       sudo tcpsleuth compare netns:producer netns:broker
       tcpsleuth compare client.txt live --format json
     """
+    if client == server:
+        raise click.UsageError(
+            "CLIENT and SERVER name the same snapshot; for connections whose two ends "
+            f"are both in it, run `tcpsleuth sockets {client}`"
+        )
     wanted_ports, wanted_addresses = port_list(ports), address_list(addresses)
     client_snap = socketsnap.load(client, wanted_ports, wanted_addresses)
     server_snap = socketsnap.load(server, wanted_ports, wanted_addresses)
