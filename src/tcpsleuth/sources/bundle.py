@@ -35,6 +35,7 @@ from tcpsleuth.sources.sysctltext import read_sysctl_file
 from tcpsleuth.sources.textfile import read_text
 
 UNAME = "uname-r.txt"
+UNAME_ALL = "uname-a.txt"  # `uname -a` instead: the release is its third field
 PROC_VERSION = "proc-version.txt"
 HOSTNAME = "hostname.txt"
 SYSCTL = "sysctl-a.txt"
@@ -43,6 +44,7 @@ NETSTAT = "proc-net-netstat.txt"
 SNMP = "proc-net-snmp.txt"
 SS_LISTEN = "ss-ltn.txt"
 SS_INFO = "ss-tni.txt"
+SS_ALL = "ss-a.txt"  # `ss -a` / `ss -tan` instead: listeners and connections in one file
 KAFKA = "server.properties"
 MANIFEST = "collected.txt"
 
@@ -61,19 +63,29 @@ def read_bundle(directory: Path, kafka_config: KafkaConfig | None = None) -> Hos
             "`tcpsleuth collect` or by hand (see the README)"
         )
     notes: list[str] = []
-    for required, how in ((UNAME, "uname -r"), (SYSCTL, "sysctl -a")):
-        if not (directory / required).exists():
+    for required, how, alternative in ((UNAME, "uname -r", UNAME_ALL), (SYSCTL, "sysctl -a", None)):
+        if not (directory / required).exists() and not (
+            alternative and (directory / alternative).exists()
+        ):
             raise InputError(
                 f"{directory}: bundle lacks {required} (make it with "
                 f"`{how} > {required}` on the host)"
             )
-    release = _first_line(directory / UNAME, "`uname -r` output")
+    hostname = directory.resolve().name
+    if (directory / UNAME).exists():
+        uname = directory / UNAME
+        release = _first_line(uname, "`uname -r` output")
+    else:
+        uname = directory / UNAME_ALL
+        fields = _first_line(uname, "`uname -a` output").split()
+        release = fields[2] if len(fields) > 2 and fields[0] == "Linux" else fields[0]
+        if len(fields) > 2:
+            hostname = fields[1]
     if not release[0].isdigit():
-        raise InputError(f"{directory / UNAME}: {release!r} is not a kernel release")
+        raise InputError(f"{uname}: {release!r} is not a kernel release")
     proc_version = None
     if (directory / PROC_VERSION).exists():
         proc_version = read_text(directory / PROC_VERSION, "/proc/version")
-    hostname = directory.resolve().name
     if (directory / HOSTNAME).exists():
         hostname = _first_line(directory / HOSTNAME, "`hostname` output")
     sysctls = read_sysctl_file(directory / SYSCTL)
@@ -89,12 +101,17 @@ def read_bundle(directory: Path, kafka_config: KafkaConfig | None = None) -> Hos
         notes.append(f"no {NSTAT} or {NETSTAT}: counters not checked")
 
     listeners = connections = None
+    everything = read_ss_file(directory / SS_ALL) if (directory / SS_ALL).exists() else None
     if (directory / SS_LISTEN).exists():
         listeners = read_ss_file(directory / SS_LISTEN, default_state="LISTEN").listeners
+    elif everything is not None:
+        listeners = everything.listeners
     else:
         notes.append(f"no {SS_LISTEN}: listen backlogs not checked")
     if (directory / SS_INFO).exists():
         connections = read_ss_file(directory / SS_INFO).connections
+    elif everything is not None:
+        connections = everything.connections
     else:
         notes.append(f"no {SS_INFO}: established connections per port unknown")
     if kafka_config is None and (directory / KAFKA).exists():
