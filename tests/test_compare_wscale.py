@@ -235,3 +235,28 @@ def test_ipv4_mapped_server_side_matches_ipv4_client(tmp_path: Path) -> None:
     mismatches = _kinds(doc, "wscale-mismatch")
     assert len(mismatches) == 2
     assert all(f["subject"]["server"] == "198.18.0.1:9092" for f in mismatches)
+
+
+def test_nat_between_the_hosts() -> None:
+    """The client connects to a virtual address that the server's namespace DNATs
+    to the server: no 4-tuple matches; --nat pairs them by ports."""
+    with wscale_lab.paced_traffic(
+        fault=True, seconds=1.0, ipv4_connections=3, ipv6_connections=0, nat=True
+    ) as traffic:
+        pair = traffic.pair
+        client, server = f"netns:{pair.client}", f"netns:{pair.server}"
+        _, plain = _json("compare", client, server)
+        _, nat = _json("compare", client, server, "--nat")
+    assert plain["counts"]["matched"] == 0
+    assert plain["counts"]["client_only"] == plain["counts"]["server_only"] == 3
+    (note,) = _kinds(plain, "unmatched-connections")
+    assert "--nat" in note["advice"]
+    assert not _kinds(plain, "wscale-mismatch")
+    assert nat["counts"]["matched"] == nat["counts"]["matched_by_ports"] == 3
+    assert {p["server"] for p in nat["pairs"]} == {"198.18.0.1:9092"}
+    mismatches = _kinds(nat, "wscale-mismatch")
+    assert len(mismatches) == 3
+    assert {f["subject"]["server"] for f in mismatches} == {"198.18.0.1:9092"}
+    assert {
+        (f["evidence"]["announced_wscale"], f["evidence"]["actual_wscale"]) for f in mismatches
+    } == {(1, 7)}

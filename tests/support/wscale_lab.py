@@ -40,6 +40,34 @@ def _spawn(ns: str, *args: str) -> subprocess.Popen[str]:
     )
 
 
+VIRTUAL_IP4 = "198.18.0.100"
+
+
+def _dnat(pair: topology.Pair) -> str:
+    """Clients connect to VIRTUAL_IP4, which the server's namespace rewrites to its
+    own address on the way in (DNAT, as a load balancer in front of a broker does):
+    the client sees the virtual address, the server its real one; ports are kept."""
+    ruleset = (
+        "table ip tcpsleuth_nat {\n"
+        "  chain prerouting {\n"
+        "    type nat hook prerouting priority -100; policy accept;\n"
+        f"    ip daddr {VIRTUAL_IP4} tcp dport {PORT} dnat to {pair.server_ip4}\n"
+        "  }\n"
+        "}\n"
+    )
+    subprocess.run(
+        ["ip", "netns", "exec", pair.server, "nft", "-f", "-"],
+        input=ruleset,
+        text=True,
+        check=True,
+    )
+    subprocess.run(
+        ["ip", "-n", pair.client, "route", "add", f"{VIRTUAL_IP4}/32", "via", pair.server_ip4],
+        check=True,
+    )
+    return VIRTUAL_IP4
+
+
 @contextlib.contextmanager
 def paced_traffic(
     fault: bool,
@@ -50,6 +78,7 @@ def paced_traffic(
     interval_ms: float = 5.0,
     before_traffic: Callable[[str, int], None] | None = None,
     dual_stack: bool = False,
+    nat: bool = False,
 ) -> Iterator[Traffic]:
     """Yields once the traffic has finished; the connections stay open (idle)
     until the block ends, so both ends can be read at leisure."""
@@ -61,6 +90,9 @@ def paced_traffic(
         namespaces.sysctl(pair.server, "net.ipv4.tcp_moderate_rcvbuf", 0)
         if fault:
             faults.announce_wscale(pair.server, PORT, ANNOUNCED)
+        target4 = pair.server_ip4
+        if nat:
+            target4 = _dnat(pair)
         if before_traffic is not None:
             before_traffic(pair.server, PORT)  # another fault of tcpsleuth.lab.faults
         processes = []
@@ -73,7 +105,7 @@ def paced_traffic(
                 assert server.stdout.readline().strip() == "listening"
             senders = []
             for host, count in (
-                (pair.server_ip4, ipv4_connections),
+                (target4, ipv4_connections),
                 (pair.server_ip6, ipv6_connections),
             ):
                 if count:

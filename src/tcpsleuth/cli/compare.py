@@ -28,7 +28,8 @@ PAIRS_SHOWN = 20
 
 def pair_dict(pair: detect.Pair) -> dict[str, Any]:
     client, server = pair.client, pair.server
-    client_end, server_end = key(client)
+    # each end as it names itself (with NAT the client knows the server by another address)
+    client_end, server_end = key(client)[0], key(server)[0]
     return {
         "client": client_end,
         "server": server_end,
@@ -41,6 +42,7 @@ def pair_dict(pair: detect.Pair) -> dict[str, Any]:
         "client_rwnd_limited_us": client.rwnd_limited,
         "client_busy_us": client.busy_time,
         "server_recv_q": server.recv_q,
+        "matched_by": pair.matched_by,
         "agree": (client.snd_wscale or 0) == (server.rcv_wscale or 0)
         and (server.snd_wscale or 0) == (client.rcv_wscale or 0),
     }
@@ -51,12 +53,19 @@ def pair_dict(pair: detect.Pair) -> dict[str, Any]:
 @click.argument("server")
 @ports_option
 @address_option
+@click.option(
+    "--nat",
+    is_flag=True,
+    help="NAT between the hosts: also pair connections whose addresses differ by their "
+    "two ports (only where that pairing is unique).",
+)
 @format_option
 def compare_command(
     client: str,
     server: str,
     ports: tuple[int, ...],
     addresses: tuple[str, ...],
+    nat: bool,
     output_format: str,
 ) -> int:
     """Join a snapshot taken at the client with one taken at the server, connection
@@ -78,6 +87,7 @@ def compare_command(
       tcpsleuth compare client.txt server.txt --port 9092
       sudo tcpsleuth compare netns:producer netns:broker
       tcpsleuth compare client.txt live --format json
+      tcpsleuth compare client.txt server.txt --nat  # addresses rewritten in between
     """
     if client == server:
         raise click.UsageError(
@@ -87,7 +97,7 @@ def compare_command(
     wanted_ports, wanted_addresses = port_list(ports), address_list(addresses)
     client_snap = socketsnap.load(client, wanted_ports, wanted_addresses)
     server_snap = socketsnap.load(server, wanted_ports, wanted_addresses)
-    result = detect.join(client_snap.connections, server_snap.connections)
+    result = detect.join(client_snap.connections, server_snap.connections, by_ports=nat)
     findings = ranked(detect.compare_findings(result, client_snap.listeners, server_snap.listeners))
     mismatched = sum(1 for p in result.pairs if not pair_dict(p)["agree"])
     if output_format == "json":
@@ -112,6 +122,7 @@ def compare_command(
                 ("client", f"{client_snap.origin} ({len(client_snap.connections)} connections)"),
                 ("server", f"{server_snap.origin} ({len(server_snap.connections)} connections)"),
                 ("matched", counts["matched"]),
+                *([("matched by ports (--nat)", counts["matched_by_ports"])] if nat else []),
                 ("wscale mismatched", mismatched),
                 ("client only", counts["client_only"]),
                 ("server only", counts["server_only"]),

@@ -20,7 +20,7 @@ connection to another host) are counted, never silently dropped.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -35,6 +35,7 @@ class Pair:
 
     client: TcpConnection
     server: TcpConnection
+    matched_by: str = "4-tuple"  # or "ports": addresses differ (NAT), see join()
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class Join:
     def counts(self) -> dict[str, int]:
         return {
             "matched": len(self.pairs),
+            "matched_by_ports": sum(1 for p in self.pairs if p.matched_by == "ports"),
             "client_only": len(self.client_only),
             "server_only": len(self.server_only),
             "ambiguous": self.ambiguous,
@@ -66,7 +68,13 @@ def _index(connections: Iterable[TcpConnection]) -> tuple[dict, set]:
     return index, duplicated
 
 
-def join(client: Iterable[TcpConnection], server: Iterable[TcpConnection]) -> Join:
+def join(
+    client: Iterable[TcpConnection], server: Iterable[TcpConnection], by_ports: bool = False
+) -> Join:
+    """Pair the two snapshots by 4-tuple. With ``by_ports``, connections left over
+    are also paired by their two ports alone, when exactly one connection on each
+    side has them: NAT between the hosts rewrites addresses but (Linux NAT, and
+    most others, as long as the port is free) keeps the client's source port."""
     client_index, client_dup = _index(client)
     server_index, server_dup = _index(server)
     pairs = []
@@ -87,6 +95,21 @@ def join(client: Iterable[TcpConnection], server: Iterable[TcpConnection]) -> Jo
         for k, conn in server_index.items()
         if k not in matched and (k[1], k[0]) not in client_index
     ]
+    if by_ports and client_only and server_only:
+        by_client: dict[tuple[int, int], list[TcpConnection]] = defaultdict(list)
+        by_server: dict[tuple[int, int], list[TcpConnection]] = defaultdict(list)
+        for conn in client_only:
+            by_client[(conn.local_port, conn.remote_port)].append(conn)
+        for conn in server_only:
+            by_server[(conn.remote_port, conn.local_port)].append(conn)
+        paired: set[int] = set()
+        for ports, conns in by_client.items():
+            partners = by_server.get(ports, [])
+            if len(conns) == 1 and len(partners) == 1:
+                pairs.append(Pair(conns[0], partners[0], matched_by="ports"))
+                paired.update({id(conns[0]), id(partners[0])})
+        client_only = [c for c in client_only if id(c) not in paired]
+        server_only = [c for c in server_only if id(c) not in paired]
     return Join(pairs, client_only, server_only, len(client_dup) + len(server_dup))
 
 
@@ -183,8 +206,8 @@ def unmatched(result: Join) -> list[Finding]:
             },
             "Connections to other hosts, and ones opened or closed between the two snapshots, "
             "have no partner. If none match, NAT or a proxy sits between the hosts (each side "
-            "sees other addresses): take the server snapshot where the client's addresses are "
-            "visible, or compare the client with the proxy.",
+            "sees other addresses): with NAT, `--nat` pairs connections by their ports; "
+            "through a proxy, compare the client with the proxy.",
         )
     ]
 
