@@ -6,11 +6,14 @@ messages. Layouts are those of include/uapi/linux/inet_diag.h and
 include/uapi/linux/tcp.h.
 
 Speed: a broker can hold tens of thousands of connections, so the dump is
-decoded in bulk. Python only walks the netlink framing (one length per message
-and the attribute list) and collects each message's fixed ``inet_diag_msg``
+decoded in bulk. Sockets of one state and family produce messages of one length
+with the same attributes, so each read is cut into runs of same-length messages:
+Python reads the first header and attribute list of a run, NumPy checks every
+other header of the run and copies out each message's fixed ``inet_diag_msg``
 and its ``tcp_info`` bytes; NumPy then reads every field of every socket at once
 through structured dtypes (``DiagDump``). Records (``TcpConnection``) are built
-only when a caller asks for them.
+only when a caller asks for them. On 100,000 sockets this is several times
+faster than ``ss -tni`` (bench/bench_sockets.py).
 
 ``tcp_info`` has grown over the years (``busy_time`` in 4.10, ``snd_wnd`` in
 5.4, ``rcv_wnd`` in 6.x); the kernel sends the struct of its own version, so a
