@@ -10,6 +10,8 @@ APT_PACKAGES=(
     tcpdump    # captures in tests and the lab
     tshark     # differential tests of the capture analyzer
     nftables   # fault injection inside lab/test namespaces
+    netbase    # /etc/services: port names in `ss` output taken without -n
+    util-linux # nsenter (bench/bench_sockets.py runs ss inside a namespace)
     bpftrace   # tcpsleuth trace: kernel tracepoints read through BTF
     prometheus # promtool and the server for the exporter and alert-rule tests
 )
