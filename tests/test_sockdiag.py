@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 from collections.abc import Iterator
 
@@ -9,6 +10,7 @@ import pytest
 from conftest import Farm, needs_root, run_tcpsleuth
 
 from tcpsleuth.errors import InputError
+from tcpsleuth.model.records import TcpConnection
 from tcpsleuth.sources import sockdiag
 from tcpsleuth.sources.sstext import parse_ss
 
@@ -66,6 +68,10 @@ def test_agrees_with_ss_field_by_field(farm_ns: str) -> None:
             assert getattr(conn, name) == getattr(other, name), (key, name)
         assert _ss_precision(conn.rtt) == _ss_precision(other.rtt), key
         assert (conn.recv_q, conn.send_q) == (other.recv_q, other.send_q)
+    # records built in bulk are the same objects TcpConnection() makes
+    sample = live.connections[0]
+    assert TcpConnection(**sample.__dict__) == sample
+    assert set(sample.__dict__) == {f.name for f in dataclasses.fields(TcpConnection)}
     # the IPv6 farm really is IPv6
     assert sum(1 for local, _ in ours if local.startswith("[::1]")) == 2 * IPV6_CLIENTS
 

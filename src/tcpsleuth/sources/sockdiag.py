@@ -23,6 +23,7 @@ field counts as present only when the attribute is long enough to hold it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import gc
 import ipaddress
@@ -281,6 +282,10 @@ def _connection_records(
     columns["local_ip"] = local
     columns["remote_ip"] = remote
     columns["state"] = states
+    # a field the record type gained that sock_diag does not fill keeps its default
+    for spec in dataclasses.fields(TcpConnection):
+        if spec.name not in columns:
+            columns[spec.name] = [spec.default] * n
     names = tuple(columns)
     records = []
     append = records.append
