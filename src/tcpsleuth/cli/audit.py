@@ -20,8 +20,11 @@ from tcpsleuth.cli.options import (
 from tcpsleuth.detectors.audit import audit
 from tcpsleuth.detectors.counters import AUDIT_COUNTERS
 from tcpsleuth.detectors.kernel import KernelVerdict, assess_kernel
-from tcpsleuth.model.findings import Finding, exit_status
-from tcpsleuth.model.records import HostSnapshot
+from tcpsleuth.detectors.probe import probe_findings
+from tcpsleuth.detectors.probe import verdict as probe_verdict
+from tcpsleuth.lab.probe import run_probe
+from tcpsleuth.model.findings import Finding, exit_status, ranked
+from tcpsleuth.model.records import HostSnapshot, ProbeResult
 from tcpsleuth.reports import jsonout, table
 from tcpsleuth.sources.bundle import read_bundle
 from tcpsleuth.sources.host import live_snapshot
@@ -85,7 +88,19 @@ def snapshot_from(
     return live_snapshot(netns, kafka)
 
 
-def run_audit(snapshot: HostSnapshot) -> AuditResult:
+def run_audit(snapshot: HostSnapshot, probe: ProbeResult | None = None) -> AuditResult:
+    """The audit; with ``probe`` (the kernel self-test of this host) the kernel's status
+    comes from the experiment instead of the version table."""
+    if probe is not None:
+        verdict = probe_verdict(probe)
+        # The bug finding itself comes from the audit, which weighs this host's settings
+        # (cookies, timestamps, SO_RCVBUF) against the experiment's verdict.
+        measured = [
+            f
+            for f in probe_findings(probe, snapshot.hostname)
+            if f.kind != "kernel-cookie-wscale-bug"
+        ]
+        return AuditResult(snapshot, verdict, ranked([*audit(snapshot, verdict), *measured]))
     verdict = assess_kernel(snapshot.kernel_release, snapshot.proc_version)
     return AuditResult(snapshot, verdict, audit(snapshot, verdict))
 
@@ -134,11 +149,21 @@ def render(result: AuditResult) -> Group:
     metavar="DIR",
     help="Audit a bundle collected on another host instead of this one.",
 )
+@click.option(
+    "--probe",
+    is_flag=True,
+    help="Test this host's kernel by experiment (tcpsleuth probe) instead of trusting "
+    "the version table; needs root.",
+)
 @netns_option
 @kafka_config_option
 @format_option
 def audit_command(
-    bundle: Path | None, netns: str | None, kafka_config: Path | None, output_format: str
+    bundle: Path | None,
+    probe: bool,
+    netns: str | None,
+    kafka_config: Path | None,
+    output_format: str,
 ) -> int:
     """Check this host for the settings and state that turn a broker restart into
     slow or failing requests: the kernel's SYN-cookie window-scale bug, SYN cookie
@@ -151,8 +176,16 @@ def audit_command(
       tcpsleuth audit --kafka-config /etc/kafka/server.properties
       tcpsleuth audit --bundle broker-17/ --format json # collected elsewhere
       sudo tcpsleuth audit --netns blue                 # one network namespace
+      sudo tcpsleuth audit --probe                      # kernel tested, not looked up
     """
-    result = run_audit(snapshot_from(bundle, netns, kafka_config))
+    if probe and bundle is not None:
+        raise click.UsageError("--probe tests this host's kernel, not a bundle's")
+    snapshot = snapshot_from(bundle, netns, kafka_config)
+    probed = None
+    if probe:
+        kafka = snapshot.kafka_config
+        probed = run_probe(kafka.receive_buffer_bytes if kafka and kafka.sets_so_rcvbuf else 102400)
+    result = run_audit(snapshot, probed)
     if output_format == "json":
         jsonout.emit(jsonout.document("audit", result.findings, **result.data()))
     else:

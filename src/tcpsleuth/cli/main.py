@@ -14,6 +14,7 @@ from tcpsleuth.cli.doctor import doctor_command
 from tcpsleuth.cli.exporter import exporter_command
 from tcpsleuth.cli.lab import lab_group
 from tcpsleuth.cli.pcap import pcap_command
+from tcpsleuth.cli.probe import probe_command
 from tcpsleuth.cli.sockets import sockets_command
 from tcpsleuth.cli.trace import trace_command
 from tcpsleuth.cli.watch import watch_command
@@ -44,6 +45,7 @@ for command in (
     watch_command,
     exporter_command,
     lab_group,
+    probe_command,
 ):
     cli.add_command(command)
 

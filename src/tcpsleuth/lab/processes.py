@@ -28,14 +28,20 @@ def _die_with_parent() -> None:
 class Child:
     """A process whose standard output is read line by line in the background."""
 
-    def __init__(self, argv: list[str], ns: str | None = None, stdin: bool = False) -> None:
+    def __init__(
+        self,
+        argv: list[str],
+        ns: str | None = None,
+        stdin: bool = False,
+        merge_stderr: bool = False,
+    ) -> None:
         prefix = ["ip", "netns", "exec", ns] if ns else []
         self.argv = argv
         self.process = subprocess.Popen(
             [*prefix, *argv],
             stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
             text=True,
             preexec_fn=_die_with_parent,
         )
@@ -60,7 +66,9 @@ class Child:
                 continue
             if predicate(line):
                 return line
-        error = self.process.stderr.read() if self.process.poll() is not None else ""
+        error = ""
+        if self.process.poll() is not None and self.process.stderr is not None:
+            error = self.process.stderr.read()
         raise RuntimeError(f"{' '.join(self.argv[:3])} did not get ready: {error.strip()[-300:]}")
 
     def send(self, command: str) -> None:

@@ -238,9 +238,10 @@ def _run(
             f"tcp port {PORT}",
         ],
         ns=server,
+        merge_stderr=True,
     )
     children.append(tcpdump)
-    time.sleep(1.0)  # tcpdump opens the device before it says anything useful
+    tcpdump.wait_for(lambda line: "listening on" in line, 20)
 
     broker = Child(
         python_module(

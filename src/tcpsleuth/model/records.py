@@ -202,3 +202,30 @@ class WindowSample:
     unsent: bool
     wait_ns: int  # total time spent waiting at the peer's window so far
     segs: int  # segments received so far (while traced)
+
+
+@dataclass(frozen=True)
+class ProbedConnection:
+    """One connection of the kernel self-test (``tcpsleuth probe``), made by SYN cookie."""
+
+    client: str
+    server: str
+    family: str
+    timestamps: bool  # tcp_timestamps in the server namespace for this round
+    announced_wscale: int | None  # in the SYN-ACK, from the capture (None: no option)
+    client_snd_wscale: int | None
+    server_rcv_wscale: int | None
+    client_snd_wnd: int | None
+
+    def to_dict(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class ProbeResult:
+    """What the kernel self-test measured on this host's kernel."""
+
+    kernel_release: str
+    rcvbuf: int
+    connections: list[ProbedConnection] = field(default_factory=list)
+    syncookies_sent: int = 0
