@@ -14,8 +14,15 @@ import matplotlib.pyplot as plt
 def latency_over_time(runs: list[dict[str, Any]], path: Path) -> Path:
     """One panel per scenario: each measured request's latency against the time it was
     sent (seconds from the start), unanswered requests as crosses, the restart shaded."""
-    fig, axes = plt.subplots(1, len(runs), figsize=(5.5 * len(runs), 4), sharey=True, squeeze=False)
-    for ax, run in zip(axes[0], runs, strict=True):
+    columns = min(3, len(runs))
+    rows = -(-len(runs) // columns)
+    fig, axes = plt.subplots(
+        rows, columns, figsize=(5.5 * columns, 4 * rows), sharey=True, squeeze=False
+    )
+    flat = list(axes.flat)
+    for ax in flat[len(runs) :]:
+        ax.set_visible(False)
+    for ax, run in zip(flat, runs, strict=False):
         start = run["window"]["start"]
         for library, colour in (("confluent-kafka", "tab:blue"), ("kafka-python", "tab:orange")):
             done = [
@@ -55,9 +62,45 @@ def latency_over_time(runs: list[dict[str, Any]], path: Path) -> Path:
         ax.set_title(run["scenario"])
         ax.set_xlabel("seconds since the clients started")
         ax.grid(True, which="both", alpha=0.2)
-    axes[0][0].set_ylabel("produce request latency (ms)")
-    axes[0][-1].legend(loc="upper left", fontsize=7)
+    for row in axes:
+        row[0].set_ylabel("produce request latency (ms)")
+    flat[len(runs) - 1].legend(loc="upper left", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_kept(directory: Path) -> Path:
+    """Redraw ``latency.png`` of a ``tcpsleuth lab run --keep DIR`` directory."""
+    import json
+
+    runs = []
+    for report_path in sorted(directory.glob("*/report.json")):
+        report = json.loads(report_path.read_text())
+        lines = [
+            json.loads(line)
+            for line in (report_path.parent / "clients.jsonl").read_text().splitlines()
+        ]
+        runs.append(
+            {
+                "scenario": report["scenario"],
+                "window": report["window"],
+                "requests": [x for x in lines if x["type"] in ("latency", "pending")],
+            }
+        )
+    order = {
+        name: i
+        for i, name in enumerate(
+            [
+                "baseline",
+                "restart-storm",
+                "wscale-bug",
+                "no-syncookies",
+                "big-backlog",
+                "fixed-kernel",
+            ]
+        )
+    }
+    runs.sort(key=lambda run: order.get(run["scenario"], len(order)))
+    return latency_over_time(runs, directory / "latency.png")
