@@ -129,3 +129,68 @@ def test_killed_run_leaves_nothing_after_the_next_run() -> None:
 def test_lab_refuses_unknown_scenarios() -> None:
     result = run_tcpsleuth("lab", "run", "nope")
     assert result.returncode == 2 and "tcpsleuth lab list" in result.stderr
+
+
+@pytest.mark.parametrize("rtt_ms", [1.0, 10.0])
+def test_relay_link_has_the_configured_round_trip(rtt_ms: float) -> None:
+    """No netem here: the tun relay makes the delay. TCP handshakes from the client
+    namespace (one round trip each) see the configured RTT within 20%."""
+    from tcpsleuth.lab import topology
+    from tcpsleuth.lab.processes import Child, python_module
+
+    with namespaces.namespace("relay-srv") as server, namespaces.namespace("relay-cli") as client:
+        relay = Child(
+            python_module(
+                "tcpsleuth.lab.relay",
+                "--client",
+                client,
+                "--server",
+                server,
+                "--rtt-ms",
+                str(rtt_ms),
+            )
+        )
+        try:
+            relay.wait_for(lambda line: line.strip() == "ready", 20)
+            sink = Child(
+                [
+                    sys.executable,
+                    "-c",
+                    (
+                        "import socket\n"
+                        f"s=socket.create_server(('{topology.SERVER_IP4}', 9092), backlog=128)\n"
+                        "print('listening', flush=True)\n"
+                        "while True: s.accept()[0].close()\n"
+                    ),
+                ],
+                ns=server,
+            )
+            sink.wait_for(lambda line: "listening" in line, 20)
+            probe = subprocess.run(
+                [
+                    "ip",
+                    "netns",
+                    "exec",
+                    client,
+                    sys.executable,
+                    "-c",
+                    (
+                        "import socket, statistics, time\n"
+                        "r = []\n"
+                        "for _ in range(30):\n"
+                        "    t = time.perf_counter()\n"
+                        f"    socket.create_connection(('{topology.SERVER_IP4}', 9092)).close()\n"
+                        "    r.append(time.perf_counter() - t)\n"
+                        "    time.sleep(0.01)\n"
+                        "print(statistics.median(r) * 1000)\n"
+                    ),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            sink.stop()
+        finally:
+            relay.stop()
+    measured = float(probe.stdout)
+    assert abs(measured - rtt_ms) <= 0.2 * rtt_ms, measured
