@@ -7,16 +7,21 @@ from pathlib import Path
 from typing import Any
 
 import click
+import numpy as np
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
 from tcpsleuth.cli.options import format_option
 from tcpsleuth.detectors import capture_cookies, kafka_timing, wscale_inference
-from tcpsleuth.detectors.capture import Analysis, analyse, rwnd_findings
+from tcpsleuth.detectors.capture import Analysis, analyse, rwnd_findings, streams_named
 from tcpsleuth.model.findings import Finding, exit_status, ranked
 from tcpsleuth.reports import jsonout, table
 from tcpsleuth.sources.pcap import Capture, file_size, read_capture
 
 TABLE_ROWS = 20
+# --format json lists the connections findings name and the top ones by window
+# waits and bytes; --all-connections lists every one (large captures: large output).
+JSON_CONNECTIONS = 200
+JSON_FLAGGED = 1000
 PROGRESS_MIN_BYTES = 32 << 20
 
 
@@ -60,17 +65,37 @@ def analyse_file(path: Path, kafka_ports: frozenset[int], show_progress: bool) -
     return FileResult(capture, analysis, ranked(findings), requests, cookies, inferences)
 
 
-def _document_data(result: FileResult) -> dict[str, Any]:
+def _ranked_streams(analysis: Analysis, limit: int) -> list[int]:
+    """Streams with the longest window waits, then the most bytes sent by clients."""
+    cols = analysis.columns
+    if not cols:
+        return []
+    waited = cols["wait_ns"].sum(axis=1)
+    sent = cols["bytes"][:, 0]
+    order = np.lexsort((-sent, -waited))
+    return order[:limit].tolist()
+
+
+def _document_data(result: FileResult, all_connections: bool) -> dict[str, Any]:
     capture = result.capture
-    cookie_by_stream = result.cookies.by_stream()
+    analysis = result.analysis
+    total = len(analysis.connections)
+    if all_connections:
+        streams = list(range(total))
+    else:
+        flagged = streams_named(result.findings, result.requests, JSON_FLAGGED)
+        streams = sorted(set(flagged) | set(_ranked_streams(analysis, JSON_CONNECTIONS)))
+    verdicts = result.cookies.by_stream()
     connections = []
-    for record in result.analysis.connections:
-        entry = record.summary()
-        verdict = cookie_by_stream.get(record.stream)
+    for stream in streams:
+        entry = analysis.connections[stream].summary()
+        verdict = verdicts.get(stream)
         entry["syn_cookie"] = (
             {"cookie": verdict.cookie, "confidence": verdict.confidence} if verdict else None
         )
         connections.append(entry)
+    listed = set(streams)
+    requests = [r.to_dict() for r in result.requests if all_connections or r.stream in listed]
     return {
         "file": capture.path,
         "format": capture.report.kind,
@@ -86,11 +111,14 @@ def _document_data(result: FileResult) -> dict[str, Any]:
             "unsupported_link_type": capture.counts.unsupported_linktype,
         },
         "warnings": capture.report.warnings,
+        "connections_total": total,
+        "connections_listed": len(connections),
         "connections": connections,
         "syn_cookies": capture_cookies.per_server(result.cookies),
         "kafka": {
             "summary": kafka_timing.summary(result.requests),
-            "requests": [r.to_dict() for r in result.requests],
+            "requests_total": len(result.requests),
+            "requests": requests,
         },
     }
 
@@ -110,10 +138,7 @@ def _print(result: FileResult) -> None:
             ],
         )
     )
-    shown = sorted(
-        result.analysis.connections,
-        key=lambda r: -(r.rwnd_limited_ns_c2s + r.rwnd_limited_ns_s2c + r.bytes_c2s),
-    )[:TABLE_ROWS]
+    shown = [result.analysis.connections[s] for s in _ranked_streams(result.analysis, TABLE_ROWS)]
     console.print(
         table.records_table(
             f"Connections (top {len(shown)} by window waits and bytes)",
@@ -265,12 +290,19 @@ def _pictures(results: list[FileResult], plot_dir: Path | None, html_file: Path 
     default=None,
     help="Write a self-contained HTML report with the findings and graphs.",
 )
+@click.option(
+    "--all-connections",
+    is_flag=True,
+    help=f"JSON: list every connection and request (default: those findings name, and the "
+    f"top {JSON_CONNECTIONS} by window waits and bytes).",
+)
 @format_option
 def pcap_command(
     files: tuple[Path, ...],
     kafka_ports: tuple[int, ...],
     plot_dir: Path | None,
     html_file: Path | None,
+    all_connections: bool,
     output_format: str,
 ) -> int:
     """Read tcpdump captures (pcap or pcapng, gzip-compressed or not) and show, per
@@ -298,7 +330,11 @@ def pcap_command(
     findings = [finding for result in results for finding in result.findings]
     if output_format == "json":
         jsonout.emit(
-            jsonout.document("pcap", ranked(findings), files=[_document_data(r) for r in results])
+            jsonout.document(
+                "pcap",
+                ranked(findings),
+                files=[_document_data(r, all_connections) for r in results],
+            )
         )
     else:
         for result in results:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, overload
+from typing import Any, Protocol, overload
 
 import numpy as np
 
@@ -685,3 +685,34 @@ def rwnd_findings(analysis: Analysis) -> list[Finding]:
                 )
             )
     return out
+
+
+class KafkaRequestLike(Protocol):
+    stream: int
+    client: str
+    send_ms: float | None
+
+
+def streams_named(
+    findings: Sequence[Finding],
+    requests: Sequence[KafkaRequestLike],
+    limit: int,
+) -> list[int]:
+    """Connections the findings point at (their ``stream``/``streams`` evidence, and the
+    slowest requests of clients named by ``kafka-send-time``), worst findings first."""
+    streams: list[int] = []
+    for finding in findings:
+        evidence = finding.evidence
+        for stream in [evidence.get("stream"), *evidence.get("streams", [])]:
+            if isinstance(stream, int) and stream not in streams:
+                streams.append(stream)
+        if finding.kind == "kafka-send-time":
+            client = finding.subject.get("client")
+            slow = sorted(
+                (r for r in requests if r.client.rsplit(":", 1)[0] == client and r.send_ms),
+                key=lambda r: -(r.send_ms or 0),
+            )
+            for request in slow[:3]:
+                if request.stream not in streams:
+                    streams.append(request.stream)
+    return streams[:limit]

@@ -39,6 +39,7 @@ TS_OPT_SACK = 1 << 4
 TS_OPT_ECN = 1 << 5
 # Cookie connections whose clock phase must agree for a high-confidence verdict.
 MIN_GROUP_AGREEMENT = 3
+MAX_PHASE_CLUSTERS = 4
 # TSval running ahead by this much (ms) after the SYN-ACK marks a cookie; below
 # 2 ms it is the millisecond rounding of two clocks.
 DELTA_MIN, DELTA_MAX = 1.75, 66.5
@@ -64,6 +65,7 @@ class CookieVerdicts:
     cookie: np.ndarray  # bool
     confidence: np.ndarray  # int8: index into CONFIDENCE
     delta_ms: np.ndarray  # float64
+    consistent: np.ndarray  # bool: matches one of the server's cookie clock phases
 
     def __len__(self) -> int:
         return len(self.stream)
@@ -146,23 +148,35 @@ def classify(analysis: Analysis) -> CookieVerdicts:
     consistent = np.zeros(len(judged), dtype=bool)
     for key in np.unique(server[jumped]).tolist():
         members = server == key
-        peak, agreeing = _phase_peak(phase[members & jumped])
-        if agreeing >= MIN_GROUP_AGREEMENT:
+        remaining = phase[members & jumped]
+        # A burst of cookie SYN-ACKs that waited in a queue before the capture saw
+        # them shifts the apparent phase: allow a few clusters, each well supported.
+        needed = max(MIN_GROUP_AGREEMENT, int(0.02 * len(remaining)))
+        for _ in range(MAX_PHASE_CLUSTERS):
+            if len(remaining) < needed:
+                break
+            peak, agreeing = _phase_peak(remaining)
+            if agreeing < needed:
+                break
             consistent |= members & (_circular_distance(phase, peak) <= 1.5)
-    cookie = jumped | consistent
-    confidence = np.where(
-        jumped & consistent,
-        2,
-        np.where(jumped, 1, np.where(consistent, 0, np.where(np.abs(delta) <= 1.5, 2, 0))),
-    ).astype(np.int8)
-    return CookieVerdicts(analysis, judged, cookie, confidence, delta)
+            remaining = remaining[_circular_distance(remaining, peak) > 1.5]
+    # Cookies whose clock happened to be rounded by under 2 ms do not jump; in a
+    # storm whole bursts of them do not. Their phase still matches.
+    cookie = consistent | jumped
+    # high: jumped and in phase; medium: one of the two; a non-cookie verdict is
+    # high when TSval kept pace with the capture clock and no phase matches
+    confidence = np.where(consistent & jumped, 2, np.where(cookie, 1, 2)).astype(np.int8)
+    return CookieVerdicts(analysis, judged, cookie, confidence, delta, consistent)
 
 
 def per_server(verdicts: CookieVerdicts) -> dict[str, dict[str, Any]]:
-    """Per server with cookies: cookie SYN-ACKs in total and per second. Only
-    high-confidence verdicts count: a jump whose clock phase disagrees with the
-    server's other cookies is more likely a SYN-ACK that waited in a queue before
-    the capture saw it."""
+    """Per server with cookies: cookie SYN-ACKs in total and per second. Counted are
+    the high-confidence verdicts (a jump whose clock phase matches the server's
+    cookies). A lone jump with another phase may be an ordinary SYN-ACK that waited
+    in a queue before the capture saw it; a phase match without a jump may be an
+    ordinary SYN-ACK sent when the clock's low bits happened to equal the options.
+    So the count leans low: in a storm whose cookies were all rounded by under 2 ms
+    it misses them."""
     if not len(verdicts):
         return {}
     analysis = verdicts.analysis

@@ -10,6 +10,7 @@ step line above. A sender pressed against that upper line is window-limited.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,7 +20,8 @@ import numpy as np
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 
-from tcpsleuth.detectors.capture import SEQ_SPACE, Analysis
+from tcpsleuth.detectors.capture import SEQ_SPACE, Analysis, streams_named
+from tcpsleuth.model.findings import Finding
 from tcpsleuth.sources.pcap.decode import ACK
 
 if TYPE_CHECKING:
@@ -113,29 +115,9 @@ def request_latency(requests: list[KafkaRequest], title: str, path: Path) -> Pat
     return path
 
 
-def flagged_streams(findings: list, requests: list[KafkaRequest]) -> list[int]:  # type: ignore[type-arg]
-    """Connections the findings point at, worst findings first."""
-    streams: list[int] = []
-    for finding in findings:
-        evidence = finding.evidence
-        for stream in [evidence.get("stream"), *evidence.get("streams", [])]:
-            if isinstance(stream, int) and stream not in streams:
-                streams.append(stream)
-        if finding.kind == "kafka-send-time":
-            client = finding.subject.get("client")
-            slow = sorted(
-                (r for r in requests if r.client.rsplit(":", 1)[0] == client and r.send_ms),
-                key=lambda r: -(r.send_ms or 0),
-            )
-            for request in slow[:3]:
-                if request.stream not in streams:
-                    streams.append(request.stream)
-    return streams[:MAX_CONNECTIONS]
-
-
 def write_connection_plots(
     analysis: Analysis,
-    findings: list,  # type: ignore[type-arg]
+    findings: Sequence[Finding],
     requests: list[KafkaRequest],
     directory: Path,
     prefix: str,
@@ -146,7 +128,7 @@ def write_connection_plots(
     by_stream: dict[int, list[KafkaRequest]] = {}
     for request in requests:
         by_stream.setdefault(request.stream, []).append(request)
-    for stream in flagged_streams(findings, requests):
+    for stream in streams_named(findings, requests, MAX_CONNECTIONS):
         record = analysis.connections[stream]
         from_client = record.bytes_c2s >= record.bytes_s2c
         path = time_sequence(
