@@ -169,6 +169,32 @@ def test_empty_and_missing_files(tmp_path: Path) -> None:
     assert "no such file" in _error_line(tmp_path / "missing.pcap")
 
 
+def test_capture_starting_mid_connection_equals_tshark(tmp_path: Path) -> None:
+    """No handshake seen for the first connection: the client is guessed, windows
+    are unscaled, and the Kafka streams start at the first data segment."""
+    cut = tmp_path / "mid.pcap"
+    subprocess.run(["editcap", "-r", str(KAFKA), str(cut), "4-20"], check=True)
+    doc = tcpsleuth_json(cut)
+    assert assert_connections_equal(cut, doc) == 2
+    assert assert_kafka_equal(cut, doc) == 2
+    first = doc["files"][0]["connections"][0]
+    assert first["syn"] is None and first["opened_by"] == "port-guess"
+    assert first["client"] == "127.0.0.1:57372"
+
+
+def test_capture_without_packets_is_not_an_error(tmp_path: Path) -> None:
+    header_only = tmp_path / "header-only.pcap"
+    header_only.write_bytes(KAFKA.read_bytes()[:24])
+    ng = tmp_path / "none.pcapng"
+    subprocess.run(["editcap", "-F", "pcapng", "-r", str(KAFKA), str(ng), "100-200"], check=True)
+    for path in (header_only, ng):
+        result = run_tcpsleuth("pcap", "--format", "json", str(path), check_status=0)
+        doc = json.loads(result.stdout)
+        assert doc["files"][0]["packets"] == 0
+        assert doc["files"][0]["connections"] == [] and doc["findings"] == []
+        run_tcpsleuth("pcap", str(path), check_status=0)
+
+
 def test_corrupt_record_length_names_its_offset(tmp_path: Path) -> None:
     data = bytearray(KAFKA.read_bytes())
     # the third record: skip the file header and two records

@@ -110,7 +110,7 @@ def classify(analysis: Analysis) -> CookieVerdicts:
     empty = np.zeros(0, dtype=np.int64)
     if n == 0:
         return CookieVerdicts(
-            analysis, empty, empty.astype(bool), empty.astype(np.int8), empty * 1.0
+            analysis, empty, empty > 0, empty.astype(np.int8), empty * 1.0, empty > 0
         )
     tcp = analysis.tcp
     order = analysis.order
