@@ -11,9 +11,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
-from tests.conftest import needs_root, run_tcpsleuth
-from tests.support.tshark_diff import (
+from conftest import needs_root, run_tcpsleuth
+from support.tshark_diff import (
     assert_connections_equal,
     assert_kafka_equal,
     tcpsleuth_json,
@@ -119,7 +118,7 @@ def _add_vlan_tags(src: Path, dst: Path, tags: int) -> None:
 
 @needs_root
 def test_ethernet_vlan_sll2_and_multi_interface_pcapng_equal_tshark(tmp_path: Path) -> None:
-    from tests.support.pcap_lab import make_capture
+    from support.pcap_lab import make_capture
 
     eth = make_capture(tmp_path, "eth", clients=[(4, 2, 2, 5000), (6, 1, 2, 5000)]).path
     sll2 = make_capture(tmp_path, "sll2", clients=[(4, 2, 1, 3000)], iface="any").path

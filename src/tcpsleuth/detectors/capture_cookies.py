@@ -94,8 +94,13 @@ def _phase_peak(phases: np.ndarray) -> tuple[float, int]:
     window = np.zeros(128, dtype=np.int64)
     for step in range(-3, 4):
         window += np.roll(bins, step)
-    best = int(np.argmax(window))
-    return best / 2 + 0.25, int(window[best])
+    center = int(np.argmax(window)) / 2 + 0.25
+    # refine: the median of the phases around the densest window, unwrapped around it
+    offsets = (phases - center + 32) % 64 - 32
+    near = offsets[np.abs(offsets) <= 2.0]
+    peak = (center + float(np.median(near))) % 64 if len(near) else center
+    agreeing = int((_circular_distance(phases, peak) <= 1.5).sum())
+    return peak, agreeing
 
 
 def _circular_distance(a: np.ndarray, b: float) -> np.ndarray:
