@@ -174,6 +174,24 @@ def test_announced_wscale_rewritten_to_1_is_found_with_the_true_shift(tmp_path: 
     assert evidence["inferred_wscale"] == int(true_shift)
     assert evidence["shrink_factor"] == 1 << (int(true_shift) - 1)
     assert evidence["connections"] == 2
+    # the window over time, in bytes as the client computes it, equals tshark's
+    # calculated window (tcp.window_size) at every change
+    conn = doc["files"][0]["connections"][0]
+    rows = tshark_fields(
+        capture.path,
+        "frame.time_relative",
+        "tcp.window_size",
+        display_filter=f"tcp.stream==0 && tcp.srcport=={PORT} && tcp.flags.syn==0",
+    )
+    first = float(
+        tshark_fields(capture.path, "frame.time_relative", display_filter="tcp.stream==0")[0][0]
+    )
+    changes, last = [], None
+    for time_relative, window in rows:
+        if window != last:
+            changes.append((round((float(time_relative) - first) * 1000, 3), int(window)))
+            last = window
+    assert [tuple(point) for point in conn["server_window_series"]] == changes
     # pictures of the flagged connections, and the report that embeds them
     plots, report = tmp_path / "plots", tmp_path / "report.html"
     run_tcpsleuth("pcap", "--plot", str(plots), "--html", str(report), str(capture.path))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,10 +53,12 @@ def analyse_file(path: Path, kafka_ports: frozenset[int], show_progress: bool) -
             )
     else:
         capture = read_capture(path, kafka_ports)
-    analysis = analyse(capture.tcp)
-    inferences = wscale_inference.infer(analysis)
-    cookies = capture_cookies.classify(analysis)
-    requests = kafka_timing.timeline(analysis, kafka_ports)
+    big = show_progress and size >= PROGRESS_MIN_BYTES
+    with table.console().status(f"analysing {path.name}") if big else contextlib.nullcontext():
+        analysis = analyse(capture.tcp)
+        inferences = wscale_inference.infer(analysis)
+        cookies = capture_cookies.classify(analysis)
+        requests = kafka_timing.timeline(analysis, kafka_ports)
     findings = [
         *wscale_inference.findings(analysis, inferences),
         *capture_cookies.findings(cookies),
@@ -89,6 +92,8 @@ def _document_data(result: FileResult, all_connections: bool) -> dict[str, Any]:
     connections = []
     for stream in streams:
         entry = analysis.connections[stream].summary()
+        entry["server_window_series"] = analysis.window_series(stream, from_server=True)
+        entry["client_window_series"] = analysis.window_series(stream, from_server=False)
         verdict = verdicts.get(stream)
         entry["syn_cookie"] = (
             {"cookie": verdict.cookie, "confidence": verdict.confidence} if verdict else None

@@ -35,6 +35,7 @@ SEQ_SPACE = 1 << 32
 RWND_LIMITED_SHARE = 0.2
 RWND_LIMITED_MIN_NS = 20_000_000
 RWND_LIMITED_MIN_WAITS = 5
+SERIES_POINTS = 100
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
@@ -300,6 +301,31 @@ class Analysis:
     def rows(self, stream: int) -> np.ndarray:
         """Rows of ``tcp`` of one connection, in capture order."""
         return self.order[self.starts[stream] : self.ends[stream]]
+
+    def window_series(
+        self, stream: int, from_server: bool = True, points: int = SERIES_POINTS
+    ) -> list[tuple[float, int]]:
+        """The window one side advertised over time, in bytes as its peer computes
+        them: (ms since the connection's first packet, bytes) at each change, thinned
+        evenly to at most ``points``."""
+        lo, hi = int(self.starts[stream]), int(self.ends[stream])
+        rows = self.order[lo:hi]
+        side = ~self.c2s[lo:hi] if from_server else self.c2s[lo:hi]
+        flags = self.tcp.flags[rows]
+        use = side & ((flags & (SYN | RST)) == 0)
+        if not use.any():
+            return []
+        ts = self.tcp.ts_ns[rows][use]
+        win = self.win_bytes[lo:hi][use]
+        change = np.r_[True, win[1:] != win[:-1]]
+        ts, win = ts[change], win[change]
+        if len(ts) > points:
+            pick = np.linspace(0, len(ts) - 1, points).astype(np.int64)
+            ts, win = ts[pick], win[pick]
+        start = int(self.tcp.ts_ns[rows[0]])
+        return [
+            (round((t - start) / 1e6, 3), w) for t, w in zip(ts.tolist(), win.tolist(), strict=True)
+        ]
 
 
 def _handshake_options(

@@ -111,7 +111,8 @@ class _Batcher:
         return RawBatch(data, *columns)
 
 
-def _open(path: Path) -> tuple[BinaryIO, bool]:
+def _open(path: Path) -> tuple[BinaryIO, BinaryIO]:
+    """The capture's byte stream, and the file under it (the same one unless gzip)."""
     try:
         raw = path.open("rb")
     except FileNotFoundError:
@@ -122,8 +123,8 @@ def _open(path: Path) -> tuple[BinaryIO, bool]:
         raise InputError(f"{path}: permission denied") from None
     head = raw.peek(2)[:2] if hasattr(raw, "peek") else b""
     if head == GZIP_MAGIC:
-        return gzip.GzipFile(fileobj=raw, mode="rb"), True  # type: ignore[return-value]
-    return raw, False
+        return gzip.GzipFile(fileobj=raw, mode="rb"), raw  # type: ignore[return-value]
+    return raw, raw
 
 
 def _read(stream: BinaryIO, size: int, path: Path, where: int) -> bytes:
@@ -145,8 +146,13 @@ def batches(
     it from the iterator; a file that ends inside a record ends the iteration and
     adds a warning to the report.
     """
-    stream, compressed = _open(path)
+    stream, raw = _open(path)
+    compressed = stream is not raw
     report = ReadReport(str(path), compressed=compressed)
+    if compressed and progress is not None:
+        # progress in bytes of the file on disk, not of the decompressed capture
+        on_disk = progress
+        progress = lambda _done: on_disk(raw.tell())  # noqa: E731
     head = _read(stream, 24, path, 0)
     if len(head) < 4:
         stream.close()
