@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import needs_root, run_tcpsleuth
-from support.pcap_lab import PORT, make_capture, tshark_fields
+from support.pcap_lab import PORT, drop_client_data, make_capture, tshark_fields
 
 from tcpsleuth.lab import faults
 
@@ -133,6 +133,35 @@ def test_clean_ipv4_ipv6_traffic_equals_tshark_and_has_no_mismatch(tmp_path: Pat
     assert mine == tshark_kafka(capture.path)
     assert len(mine) == 15
     assert all(r["response_frame"] is not None for r in requests)
+
+
+def test_retransmissions_equal_tshark(tmp_path: Path) -> None:
+    capture = make_capture(
+        tmp_path,
+        "loss",
+        clients=[(4, 4, 5, 30000)],
+        fault=lambda pair: drop_client_data(pair, 8),
+    )
+    doc = analyse(capture.path)
+    assert_same_as_tshark(capture.path, doc)
+    flagged = Counter(
+        int(stream)
+        for (stream,) in tshark_fields(
+            capture.path,
+            "tcp.stream",
+            # Captured on the sender, a segment below what was already sent is resent
+            # data whatever tshark's timing heuristics call it (out-of-order when it
+            # follows the loss within an RTT).
+            display_filter=f"tcp.dstport=={PORT} && (tcp.analysis.retransmission || "
+            "tcp.analysis.fast_retransmission || tcp.analysis.spurious_retransmission || "
+            "tcp.analysis.out_of_order)",
+        )
+    )
+    conns = doc["files"][0]["connections"]
+    assert sum(flagged.values()) > 0
+    assert {c["stream"]: c["retransmissions"]["c2s"] for c in conns} == {
+        c["stream"]: flagged.get(c["stream"], 0) for c in conns
+    }
 
 
 def test_snaplen_128_capture_keeps_lengths_and_headers(tmp_path: Path) -> None:

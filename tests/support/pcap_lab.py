@@ -158,6 +158,25 @@ def make_capture(
     return LabCapture(path, timings, netstat)
 
 
+def drop_client_data(pair: Pair, one_in: int) -> None:
+    """Drop one in ``one_in`` of the data segments the server receives (nftables in
+    the server namespace), so that the client retransmits."""
+    ruleset = (
+        "table inet tcpsleuth_pcaptest {\n"
+        "  chain data_in {\n"
+        "    type filter hook input priority 0; policy accept;\n"
+        f"    tcp dport {PORT} meta length > 200 numgen random mod {one_in} == 0 drop\n"
+        "  }\n"
+        "}\n"
+    )
+    subprocess.run(
+        ["ip", "netns", "exec", pair.server, "nft", "-f", "-"],
+        input=ruleset,
+        text=True,
+        check=True,
+    )
+
+
 def tshark_fields(path: Path, *fields: str, display_filter: str = "") -> list[list[str]]:
     argv = [
         "tshark",
