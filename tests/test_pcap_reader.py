@@ -277,3 +277,40 @@ def test_compiled_and_python_record_walks_agree(tmp_path: Path) -> None:
     for a, b in zip(fast, slow, strict=True):
         assert np.array_equal(np.asarray(a), np.asarray(b))
     assert len(fast[0]) == 20
+
+
+def test_compiled_and_python_analysis_loops_agree() -> None:
+    """The analysis loops numba compiles give the same in plain Python."""
+    import numpy as np
+
+    from tcpsleuth.detectors import capture_kernels as kernels
+    from tcpsleuth.detectors.capture import analyse
+    from tcpsleuth.sources.pcap import read_capture
+
+    analysis = analyse(read_capture(KAFKA).tcp)
+    tcp, order = analysis.tcp, analysis.order
+    args = (
+        analysis.conn,
+        analysis.c2s,
+        tcp.seq[order],
+        tcp.paylen[order].astype(np.int64),
+        tcp.flags[order],
+    )
+    data = tcp.paylen[order] > 0
+    for compiled, plain in (
+        (kernels.sequence_pass(*args), kernels.sequence_pass.py_func(*args)),
+        (
+            kernels.next_pass(analysis.conn, analysis.c2s, data, 99),
+            kernels.next_pass.py_func(analysis.conn, analysis.c2s, data, 99),
+        ),
+        (
+            kernels.bucket_min_max(analysis.conn, analysis.win_bytes, data, 2),
+            kernels.bucket_min_max.py_func(analysis.conn, analysis.win_bytes, data, 2),
+        ),
+    ):
+        for a, b in zip(compiled, plain, strict=True):
+            assert np.array_equal(a, b)
+    rel, _before, peer = kernels.sequence_pass(*args)
+    # the first data byte of each request is at relative sequence number 1
+    assert rel[data & analysis.c2s].min() == 1
+    assert (peer[analysis.starts] == -1).all()

@@ -23,6 +23,7 @@ from typing import Any, Protocol, overload
 
 import numpy as np
 
+from tcpsleuth.detectors import capture_kernels as kernels
 from tcpsleuth.model.findings import Finding, Severity, connection_subject
 from tcpsleuth.sources.pcap.decode import ACK, CWR, ECE, FIN, RST, SYN, TcpColumns
 from tcpsleuth.sources.pcap.options import SynOptions
@@ -354,24 +355,6 @@ def _syn_options(opts: list[int], window: int, ecn: bool) -> SynOptions:
     )
 
 
-def _per_bucket(
-    ufunc: np.ufunc,
-    values: np.ndarray,
-    sub: np.ndarray,
-    groups: np.ndarray,
-    group_start: np.ndarray,
-    nconn: int,
-    fill: int,
-) -> np.ndarray:
-    """``ufunc`` reduced over each (connection, direction) bucket; ``sub`` orders the
-    rows by bucket, ``groups``/``group_start`` are the bucket of each sorted row and
-    where each bucket begins (sort-and-reduceat: ``ufunc.at`` is much slower)."""
-    out = np.full(2 * nconn, fill, dtype=np.int64)
-    first = np.flatnonzero(group_start)
-    out[groups[first]] = ufunc.reduceat(values[sub], first)
-    return out
-
-
 def _group_first(values: np.ndarray, starts: np.ndarray, fill: int) -> np.ndarray:
     if len(values) == 0:
         return np.zeros(0, dtype=np.int64)
@@ -487,40 +470,16 @@ def analyse(tcp: TcpColumns) -> Analysis:
         rtt_ok, ts[np.minimum(first_ack, n - 1)] - ts[np.minimum(first_syn, n - 1)], -1
     )
 
-    # Sequence space per direction, relative to the first sequence number seen.
+    # Each direction's byte stream: relative sequence numbers, the highest byte sent
+    # before each segment, and the other side's latest segment (its ACK and window).
     seq = tcp.seq[order]
     ack = tcp.ack[order]
-    dir_group = bucket
-    sub = np.argsort(dir_group, kind="stable")  # by (connection, direction), capture order
-    g = dir_group[sub]
-    g_start = np.empty(n, dtype=bool)
-    g_start[0] = True
-    g_start[1:] = g[1:] != g[:-1]
-    base_seq = seq[sub][np.maximum.accumulate(np.where(g_start, np.arange(n), 0))]
-    rel = (seq[sub] - base_seq) % SEQ_SPACE
-    rel_by_pos = np.empty(n, dtype=np.int64)
-    rel_by_pos[sub] = rel
-    fl = flags[sub]
-    length = paylen[sub]
-    seq_end = rel + length + ((fl & SYN) != 0) + ((fl & FIN) != 0)
-    offset = g.astype(np.int64) << 34
-    running = np.maximum.accumulate(seq_end + offset)
-    before = np.empty(n, dtype=np.int64)
-    before[0] = -1
-    before[1:] = running[:-1]
-    before = np.where(g_start, -1, before - offset)
-    # Peer state: the last segment from the other side before this one.
-    last_c2s = np.maximum.accumulate(np.where(c2s, pos, -1))
-    last_s2c = np.maximum.accumulate(np.where(~c2s, pos, -1))
-    peer = np.where(c2s, last_s2c, last_c2s)
-    peer_ok = (peer >= 0) & (conn[np.maximum(peer, 0)] == conn)
+    rel_by_pos, before, peer = kernels.sequence_pass(conn, c2s, seq, paylen, flags)
+    peer_ok = peer >= 0
     peer = np.maximum(peer, 0)
     peer_zero = peer_ok & (win_bytes[peer] == 0) & ((flags[peer] & RST) == 0)
     probe = peer_zero & (paylen <= 1) & ((flags & (SYN | FIN | RST)) == 0)
-    retrans_sub = (length > 0) & (seq_end <= before)
-    retrans = np.empty(n, dtype=bool)
-    retrans[sub] = retrans_sub
-    retrans &= ~probe
+    retrans = (paylen > 0) & (rel_by_pos + paylen <= before) & ~probe
     zero = (window == 0) & ((flags & (RST | SYN)) == 0)
     retrans_n = np.bincount(bucket, weights=retrans, minlength=2 * nconn).reshape(nconn, 2)
     zero_n = np.bincount(bucket, weights=zero, minlength=2 * nconn).reshape(nconn, 2)
@@ -528,11 +487,7 @@ def analyse(tcp: TcpColumns) -> Analysis:
 
     # Window range each side advertised (bytes), SYNs excluded.
     not_syn = ~is_syn & ((flags & RST) == 0)
-    big_window = np.iinfo(np.int64).max
-    wmin = _per_bucket(
-        np.minimum, np.where(not_syn, win_bytes, big_window), sub, g, g_start, nconn, big_window
-    )
-    wmax = _per_bucket(np.maximum, np.where(not_syn, win_bytes, -1), sub, g, g_start, nconn, -1)
+    wmin, wmax = kernels.bucket_min_max(bucket, win_bytes, not_syn, 2 * nconn)
     wmin = wmin.reshape(nconn, 2)
     wmax = wmax.reshape(nconn, 2)
 
@@ -540,7 +495,8 @@ def analyse(tcp: TcpColumns) -> Analysis:
     # peer's window is left, and the sender sends again right after the peer's next
     # segment (it had data waiting).
     data = (paylen > 0) & ~retrans
-    seg_size = _per_bucket(np.maximum, np.where(data, paylen, 0), sub, g, g_start, nconn, 0)
+    _unused, seg_size = kernels.bucket_min_max(bucket, paylen, data, 2 * nconn)
+    seg_size = np.maximum(seg_size, 0)
     # A capture on the sending host shows TSO super-segments; the segment the
     # receiver's window must fit is at most the MSS the receiver announced.
     peer_mss = np.stack(
@@ -556,15 +512,9 @@ def analyse(tcp: TcpColumns) -> Analysis:
     in_flight = np.where(in_flight > (1 << 31), 0, in_flight)
     peer_win = win_bytes[peer]
     at_edge = data & peer_ok & ((flags[peer] & ACK) != 0) & (in_flight + seg > peer_win)
-    next_c2s = np.minimum.accumulate(np.where(c2s, pos, big)[::-1])[::-1]
-    next_s2c = np.minimum.accumulate(np.where(~c2s, pos, big)[::-1])[::-1]
-    nxt_other = np.where(c2s, np.r_[next_s2c[1:], big], np.r_[next_c2s[1:], big])
-    nxt_own_data_arr = np.where(data, pos, big)
-    nxt_own_c2s = np.minimum.accumulate(np.where(c2s, nxt_own_data_arr, big)[::-1])[::-1]
-    nxt_own_s2c = np.minimum.accumulate(np.where(~c2s, nxt_own_data_arr, big)[::-1])[::-1]
-    nxt_own = np.where(c2s, np.r_[nxt_own_c2s[1:], big], np.r_[nxt_own_s2c[1:], big])
-    other_ok = (nxt_other < n) & (conn[np.minimum(nxt_other, n - 1)] == conn)
-    own_ok = (nxt_own < n) & (conn[np.minimum(nxt_own, n - 1)] == conn)
+    nxt_other, nxt_own = kernels.next_pass(conn, c2s, data, big)
+    other_ok = nxt_other < n
+    own_ok = nxt_own < n
     waits = at_edge & other_ok & own_ok & (nxt_own > nxt_other)
     # The wait ends with the peer's next segment, or, when the window it opens is
     # still below two segments (sender-side silly-window avoidance and persist
