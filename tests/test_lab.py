@@ -63,11 +63,25 @@ def test_wscale_bug_reproduces_the_incident(tmp_path: Path) -> None:
     assert [
         (f["evidence"]["announced_wscale"], f["evidence"]["inferred_wscale"]) for f in from_capture
     ] == [(1, 7)]
-    # the two-sided socket check names the connections whose client end `ss` shows
-    # believing shift 1, all of them
-    client_ss = _ss_shifts(tmp_path / "keep" / "wscale-bug" / "ss-client.txt")
-    believed_one = {local for (local, _), (snd, _) in client_ss.items() if snd == 1}
+    # the two-sided check names exactly the client ends, seen by sock_diag with a
+    # partner at the broker, that believe shift 1 ...
+    kept = tmp_path / "keep" / "wscale-bug"
+    client = json.loads((kept / "sockets-client.json").read_text())
+    server = {
+        (c["remote"], c["local"]) for c in json.loads((kept / "sockets-server.json").read_text())
+    }
+    believed_one = {
+        c["local"]
+        for c in client
+        if c["state"] == "ESTAB" and c["snd_wscale"] == 1 and (c["local"], c["remote"]) in server
+    }
     assert {f["subject"]["client"] for f in from_sockets} == believed_one
+    # ... and `ss -tni`, taken a moment later, shows the same shifts for them
+    ss_shifts = _ss_shifts(kept / "ss-client.txt")
+    shared = [c for c in client if (c["local"], c["remote"]) in ss_shifts]
+    assert len(shared) > 0.9 * len(client)
+    for c in shared:
+        assert ss_shifts[(c["local"], c["remote"])] == (c["snd_wscale"], c["rcv_wscale"])
     assert any(f["kind"] == "rwnd-limited" for f in doc["findings"])
     assert (tmp_path / "keep" / "latency.png").stat().st_size > 10_000
     assert status == 1

@@ -71,13 +71,15 @@ def traffic(request: pytest.FixtureRequest) -> Iterator[tuple[topology.Pair, dic
                 "send",
                 pair.server_ip4,
                 str(PORT),
-                "8",
+                "12",
                 "2",
             ],
             stdout=subprocess.PIPE,
             text=True,
         )
         time.sleep(0.5)
+        # the shifts are fixed at the handshake: read them now, while the senders run
+        client_shifts, server_shifts = _ss_wscale(pair.client), _ss_wscale(pair.server)
         result = run_tcpsleuth(
             "trace",
             "--netns",
@@ -93,8 +95,8 @@ def traffic(request: pytest.FixtureRequest) -> Iterator[tuple[topology.Pair, dic
         )
         assert result.returncode in (0, 1), result.stderr
         seen = {
-            "client": _ss_wscale(pair.client),
-            "server": _ss_wscale(pair.server),
+            "client": client_shifts,
+            "server": server_shifts,
             "doc": json.loads(result.stdout),
             "status": result.returncode,
             "server_pid": server.pid,

@@ -12,7 +12,9 @@ accepted, then holds the connections until its standard input closes (or it is k
 from __future__ import annotations
 
 import argparse
+import os
 import resource
+import select
 import selectors
 import socket
 import sys
@@ -43,6 +45,38 @@ def storm(family: int, args: argparse.Namespace) -> list[socket.socket]:
     return clients
 
 
+HELD: list[object] = []
+
+
+def storm_with_acceptor_process(
+    server: socket.socket, family: int, args: argparse.Namespace
+) -> int:
+    """Accept in a separate process, so that accepting runs truly alongside the
+    connecting loop (one process's threads would take turns on the interpreter lock
+    and the listener would see either no accepts or no SYNs for long stretches)."""
+    report_r, report_w = os.pipe()
+    hold_r, hold_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(report_r)
+        os.close(hold_w)
+        held = [server.accept()[0] for _ in range(args.clients)]
+        os.write(report_w, f"{len(held)}\n".encode())
+        os.read(hold_r, 1)  # until the parent exits or closes its end
+        os._exit(0)
+    os.close(report_w)
+    os.close(hold_r)
+    server.close()
+    clients = storm(family, args)
+    ready, _, _ = select.select([report_r], [], [], 90)
+    if not ready:
+        print(f"the acceptor did not accept all {args.clients} connections", flush=True)
+        sys.exit(1)
+    HELD.extend(clients)  # the connections live as long as this process
+    HELD.append(hold_w)
+    return int(os.read(report_r, 64).split()[0])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
@@ -64,6 +98,11 @@ def main() -> None:
         server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, args.rcvbuf)
     server.bind((args.host, args.port))
     server.listen(args.backlog)
+    if args.storm:
+        accepted_count = storm_with_acceptor_process(server, family, args)
+        print(f"ready {accepted_count} {args.clients}", flush=True)
+        sys.stdin.read()
+        return
     accepted: list[socket.socket] = []
     done = threading.Event()
 
@@ -74,14 +113,9 @@ def main() -> None:
         done.set()
 
     threading.Thread(target=accept_all, daemon=True).start()
-    held = (
-        storm(family, args)
-        if args.storm
-        else [
-            socket.create_connection((args.host, args.port), timeout=30)
-            for _ in range(args.clients)
-        ]
-    )
+    held = [
+        socket.create_connection((args.host, args.port), timeout=30) for _ in range(args.clients)
+    ]
     if not done.wait(90):
         print(f"only {len(accepted)} of {args.clients} accepted", flush=True)
         sys.exit(1)

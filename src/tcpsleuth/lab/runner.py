@@ -333,6 +333,22 @@ def _run(
             ["ip", "netns", "exec", ns, "ss", "-tni"], capture_output=True, text=True, check=False
         ).stdout
         (artifacts.workdir / name).write_text(text)
+    for name, table in (
+        ("sockets-server.json", artifacts.server_sockets),
+        ("sockets-client.json", artifacts.client_sockets),
+    ):
+        rows = [
+            {
+                "local": c.local,
+                "remote": c.remote,
+                "state": c.state,
+                "snd_wscale": c.snd_wscale,
+                "rcv_wscale": c.rcv_wscale,
+                "snd_wnd": c.snd_wnd,
+            }
+            for c in table.connections
+        ]
+        (artifacts.workdir / name).write_text(json.dumps(rows))
     artifacts.counters_after = _counters(server)
     step("waiting for the clients", 0.92)
     for worker in clients:
