@@ -69,7 +69,7 @@ def key_values(title: str, rows: Iterable[tuple[str, Any]]) -> Table:
 def records_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:
     table = Table(title=title, title_justify="left")
     for index, column in enumerate(columns):
-        table.add_column(column, justify="left" if index == 0 else "right")
+        table.add_column(column, justify="left" if index == 0 else "right", overflow="fold")
     for row in rows:
         table.add_row(*("—" if cell is None else str(cell) for cell in row))
     return table
