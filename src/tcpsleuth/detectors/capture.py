@@ -211,6 +211,25 @@ class Connections(Sequence[CaptureConnection]):
             return _endpoint_text(src, sport), _endpoint_text(dst, dport)
         return _endpoint_text(dst, dport), _endpoint_text(src, sport)
 
+    def endpoints_of(self, streams: list[int]) -> dict[int, tuple[str, str]]:
+        """(client, server) of many connections at once (one conversion per column)."""
+        if not streams or self._analysis is None:
+            return {}
+        cols = self._analysis.columns
+        index = np.array(streams, dtype=np.int64)
+        af = cols["af"][index].tolist()
+        src = np.stack([cols["src_hi"][index], cols["src_lo"][index]], axis=1).tolist()
+        dst = np.stack([cols["dst_hi"][index], cols["dst_lo"][index]], axis=1).tolist()
+        sport, dport = cols["sport"][index].tolist(), cols["dport"][index].tolist()
+        first_c2s = cols["first_c2s"][index].tolist()
+        out = {}
+        for i, c in enumerate(streams):
+            a = self._addresses(af[i], *src[i])
+            b = self._addresses(af[i], *dst[i])
+            one, two = _endpoint_text(a, sport[i]), _endpoint_text(b, dport[i])
+            out[c] = (one, two) if first_c2s[i] else (two, one)
+        return out
+
     def _make(self, c: int) -> CaptureConnection:
         assert self._analysis is not None
         col = {name: values[c].tolist() for name, values in self._analysis.columns.items()}

@@ -209,8 +209,10 @@ def timeline(analysis: Analysis, kafka_ports: frozenset[int]) -> list[KafkaReque
     if not len(positions):
         return []
     positions = positions[np.argsort(bucket[positions], kind="stable")]
-    keys = bucket[positions]
-    cuts = np.flatnonzero(np.diff(keys)) + 1
+    keys_array = bucket[positions]
+    cuts = np.flatnonzero(np.diff(keys_array)) + 1
+    keys = keys_array.tolist()
+    starts_flags = flags[np.minimum(first_of_bucket, n - 1)].tolist()
     rows = order[positions]
     rel = analysis.rel_seq[positions].tolist()
     lengths = paylen[positions].tolist()
@@ -220,10 +222,9 @@ def timeline(analysis: Analysis, kafka_ports: frozenset[int]) -> list[KafkaReque
     sent: dict[int, list[_Message]] = {}
     answered: dict[int, list[_Message]] = {}
     for lo, hi in zip(np.r_[0, cuts].tolist(), np.r_[cuts, len(positions)].tolist(), strict=True):
-        key = int(keys[lo])
+        key = keys[lo]
         c, from_server = divmod(key, 2)
-        head = int(first_of_bucket[key])
-        first = 1 if flags[head] & 0x02 else rel[lo]
+        first = 1 if starts_flags[key] & 0x02 else rel[lo]
         segments = list(
             zip(
                 rel[lo:hi],
@@ -239,8 +240,9 @@ def timeline(analysis: Analysis, kafka_ports: frozenset[int]) -> list[KafkaReque
         else:
             sent[c] = _messages(segments, REQUEST_HEADER.size, first)
     requests: list[KafkaRequest] = []
+    ends = records.endpoints_of(list(sent))
     for c, messages in sent.items():
-        client, server = records.endpoints(c)
+        client, server = ends[c]
         responses: dict[int, _Message] = {}
         for message in answered.get(c, []):
             _, correlation_id = RESPONSE_HEADER.unpack_from(message.header)
