@@ -68,3 +68,16 @@ class Farm:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+def nstat_in(ns: str) -> dict[str, int]:
+    """Absolute counters of namespace ``ns`` as iproute2's nstat prints them (-s: no
+    history file), read with the simplest split: the trusted side of differential tests."""
+    text = subprocess.run(
+        ["ip", "netns", "exec", ns, "nstat", "-asz"], capture_output=True, text=True, check=True
+    ).stdout
+    return {
+        line.split()[0]: int(line.split()[1])
+        for line in text.splitlines()
+        if line.strip() and not line.startswith("#")
+    }

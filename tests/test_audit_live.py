@@ -7,7 +7,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from conftest import Farm, run_tcpsleuth
+from conftest import Farm, nstat_in, run_tcpsleuth
 
 from tcpsleuth.lab import namespaces
 from tcpsleuth.sources.procfs import AUDIT_SYSCTLS
@@ -125,19 +125,9 @@ def test_counters_after_a_reconnect_storm(netns: str) -> None:
     farm = Farm(netns, "--port", "9092", "--backlog", "50", "--clients", "1500", "--storm")
     try:
         _, doc = _audit("--netns", netns)
-        nstat = subprocess.run(
-            ["ip", "netns", "exec", netns, "nstat", "-asz"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
+        trusted = nstat_in(netns)
     finally:
         farm.stop()
-    trusted = {
-        line.split()[0]: int(line.split()[1])
-        for line in nstat.splitlines()
-        if line and not line.startswith("#")
-    }
     for name, value in doc["counters"].items():
         assert value == trusted[name], name
     assert doc["counters"]["TcpExtSyncookiesSent"] > 0

@@ -68,6 +68,13 @@ def _report(artifacts: Any, sysctls: dict[str, str]) -> tuple[dict[str, Any], li
         "scenario": scenario.name,
         "summary": scenario.summary,
         "emulation": scenario.emulates or None,
+        "broker": artifacts.broker,
+        "broker_note": (
+            "the user's broker sets its own socket buffers, so only the SYN-ACK rewrite of "
+            "the emulation applies"
+            if scenario.rcvbuf_after_accept and artifacts.broker.startswith("the user's")
+            else None
+        ),
         "settings": {
             "tcp_syncookies": scenario.tcp_syncookies,
             "tcp_timestamps": scenario.tcp_timestamps,
@@ -183,6 +190,13 @@ def _render(reports: list[dict[str, Any]]) -> Group:
     help=f"Producers per library whose requests are timed [full: {LabSize.measured}].",
 )
 @click.option(
+    "--broker-cmd",
+    default=None,
+    metavar="COMMAND",
+    help="Run this broker (a real Kafka, say) in the broker namespace instead of the lab "
+    "broker; {host}, {port}, {backlog} and {rcvbuf} are filled in.",
+)
+@click.option(
     "--rtt-ms",
     type=click.FloatRange(min=0),
     default=LabSize.rtt_ms,
@@ -209,6 +223,7 @@ def run_command(
     size_name: str,
     crowd: int | None,
     measured: int | None,
+    broker_cmd: str | None,
     rtt_ms: float,
     rate_mbit: float,
     after_s: float | None,
@@ -258,6 +273,7 @@ def run_command(
                     lambda phase, done, task=task: progress.update(
                         task, description=phase, completed=done
                     ),
+                    broker_cmd=broker_cmd,
                 )
                 progress.update(task, description="analysing")
                 report, found = _report(artifacts, artifacts.server_sysctls)

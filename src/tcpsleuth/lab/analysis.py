@@ -14,20 +14,14 @@ from typing import Any
 
 from tcpsleuth.detectors.audit import audit
 from tcpsleuth.detectors.compare import compare_findings, join
+from tcpsleuth.detectors.counters import AUDIT_COUNTERS
 from tcpsleuth.detectors.kernel import assess_kernel
 from tcpsleuth.lab.runner import PORT, RunArtifacts, percentiles
 from tcpsleuth.model.findings import Finding, ranked
 from tcpsleuth.model.records import HostSnapshot
 from tcpsleuth.sources import procfs
 
-COUNTERS = (
-    "TcpExtSyncookiesSent",
-    "TcpExtSyncookiesRecv",
-    "TcpExtSyncookiesFailed",
-    "TcpExtListenOverflows",
-    "TcpExtListenDrops",
-    "TcpExtTCPReqQFullDoCookies",
-)
+COUNTERS = AUDIT_COUNTERS
 
 
 def _window(artifacts: RunArtifacts, name: str) -> tuple[float, float]:
@@ -94,31 +88,22 @@ def counters(artifacts: RunArtifacts) -> dict[str, Any]:
     }
 
 
+def _shift_counts(table: Any, shift: str, broker_side: bool) -> dict[str, int]:
+    counts = Counter(
+        getattr(c, shift)
+        for c in table.connections
+        if c.state == "ESTAB" and (c.local_port if broker_side else c.remote_port) == PORT
+    )
+    return {str(k): v for k, v in sorted(counts.items())}
+
+
 def shifts(artifacts: RunArtifacts) -> dict[str, dict[str, int]]:
     """How many connections to the broker use each window-scale shift, at each end."""
     out: dict[str, dict[str, int]] = {}
     if artifacts.client_sockets is not None:
-        out["client_snd_wscale"] = {
-            str(k): v
-            for k, v in sorted(
-                Counter(
-                    c.snd_wscale
-                    for c in artifacts.client_sockets.connections
-                    if c.remote_port == PORT and c.state == "ESTAB"
-                ).items()
-            )
-        }
+        out["client_snd_wscale"] = _shift_counts(artifacts.client_sockets, "snd_wscale", False)
     if artifacts.server_sockets is not None:
-        out["server_rcv_wscale"] = {
-            str(k): v
-            for k, v in sorted(
-                Counter(
-                    c.rcv_wscale
-                    for c in artifacts.server_sockets.connections
-                    if c.local_port == PORT and c.state == "ESTAB"
-                ).items()
-            )
-        }
+        out["server_rcv_wscale"] = _shift_counts(artifacts.server_sockets, "rcv_wscale", True)
     return out
 
 

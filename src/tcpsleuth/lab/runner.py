@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tcpsleuth.lab import faults, namespaces
+from tcpsleuth.lab.brokers import CommandBroker, LabBrokerProcess
 from tcpsleuth.lab.processes import Child, python_module
 from tcpsleuth.lab.scenarios import Scenario
 from tcpsleuth.lab.topology import SERVER_IP4
@@ -91,6 +92,7 @@ class RunArtifacts:
     rtt_probe_ms: float | None = None
     library_versions: dict[str, str] = field(default_factory=dict)
     server_sysctls: dict[str, str] = field(default_factory=dict)
+    broker: str = ""
     amplified_for: int | None = None  # clients reconnecting when the storm was amplified
 
 
@@ -114,7 +116,7 @@ def _counters(ns: str) -> dict[str, int]:
         return procfs.read_live_counters()
 
 
-def _probe_rtt(ns: str) -> float:
+def probe_rtt(ns: str) -> float:
     """Median TCP handshake time to the broker, from the client namespace (ms)."""
     code = (
         "import socket,time,statistics\n"
@@ -162,8 +164,10 @@ def run_scenario(
     size: LabSize,
     workdir: Path,
     progress: Callable[[str, float], None] | None = None,
+    broker_cmd: str | None = None,
 ) -> RunArtifacts:
-    """Run ``scenario``; ``progress(phase, fraction)`` is called as phases pass."""
+    """Run ``scenario``; ``progress(phase, fraction)`` is called as phases pass.
+    ``broker_cmd`` runs the user's broker instead of the lab broker (see brokers)."""
 
     def step(phase: str, fraction: float) -> None:
         if progress is not None:
@@ -174,14 +178,14 @@ def run_scenario(
     artifacts = RunArtifacts(
         scenario, size, workdir, workdir / "broker-side.pcap", library_versions=library_versions()
     )
-    children: list[Child] = []
+    stoppers: list[Callable[[], None]] = []
     step("setting up namespaces", 0.0)
     with _lab_namespaces() as (server, client):
         try:
-            _run(scenario, size, server, client, artifacts, children, step)
+            _run(scenario, size, server, client, artifacts, stoppers, step, broker_cmd)
         finally:
-            for child in reversed(children):
-                child.stop()
+            for stop in reversed(stoppers):
+                stop()
     step("done", 1.0)
     return artifacts
 
@@ -192,8 +196,9 @@ def _run(
     server: str,
     client: str,
     artifacts: RunArtifacts,
-    children: list[Child],
+    stoppers: list[Callable[[], None]],
     step: Callable[[str, float], None],
+    broker_cmd: str | None,
 ) -> None:
     for ns in (server, client):
         namespaces.sysctl(ns, "net.ipv4.tcp_rmem", TCP_RMEM)
@@ -217,7 +222,7 @@ def _run(
             str(size.rate_mbit),
         )
     )
-    children.append(relay)
+    stoppers.append(relay.stop)
     relay.wait_for(lambda line: line.strip() == "ready", 20)
     if scenario.fault == "cookie-wscale":
         faults.announce_wscale(server, PORT, 1, cookies_only=True)
@@ -240,32 +245,42 @@ def _run(
         ns=server,
         merge_stderr=True,
     )
-    children.append(tcpdump)
+    stoppers.append(tcpdump.stop)
     tcpdump.wait_for(lambda line: "listening on" in line, 20)
 
-    broker = Child(
-        python_module(
-            "tcpsleuth.lab.broker",
-            "--host",
-            SERVER_IP4,
-            "--port",
-            str(PORT),
-            "--backlog",
-            str(scenario.listen_backlog),
-            "--rcvbuf",
-            str(scenario.broker_rcvbuf),
-            "--accept-rate",
-            str(size.accept_rate),
-            "--storm-seconds",
-            str(size.storm_s),
-            *(["--rcvbuf-after-accept"] if scenario.rcvbuf_after_accept else []),
-        ),
-        ns=server,
-        stdin=True,
-    )
-    children.append(broker)
-    broker.wait_for(lambda line: '"accepting"' in line, 20)
-    artifacts.rtt_probe_ms = _probe_rtt(client)
+    if broker_cmd:
+        broker: LabBrokerProcess | CommandBroker = CommandBroker(
+            server,
+            broker_cmd,
+            PORT,
+            {
+                "host": SERVER_IP4,
+                "backlog": scenario.listen_backlog,
+                "rcvbuf": scenario.broker_rcvbuf,
+            },
+        )
+    else:
+        broker = LabBrokerProcess(
+            server,
+            [
+                "--host",
+                SERVER_IP4,
+                "--port",
+                str(PORT),
+                "--backlog",
+                str(scenario.listen_backlog),
+                "--rcvbuf",
+                str(scenario.broker_rcvbuf),
+                "--accept-rate",
+                str(size.accept_rate),
+                "--storm-seconds",
+                str(size.storm_s),
+                *(["--rcvbuf-after-accept"] if scenario.rcvbuf_after_accept else []),
+            ],
+        )
+    artifacts.broker = broker.description
+    stoppers.append(broker.stop)
+    artifacts.rtt_probe_ms = probe_rtt(client)
 
     step("connecting clients", 0.05)
     clients = []
@@ -290,7 +305,7 @@ def _run(
             ),
             ns=client,
         )
-        children.append(worker)
+        stoppers.append(worker.stop)
         clients.append(worker)
     for worker in clients:
         worker.wait_for(lambda line: '"ready"' in line, 120)
@@ -315,8 +330,7 @@ def _run(
                 namespaces.sysctl(server, "net.ipv4.tcp_syncookies", 2)
                 artifacts.window["amplified"] = time.time()
                 artifacts.amplified_for = reconnecting
-        broker.send(f"restart {size.down_s} {size.startup_s}")
-        broker.wait_for(lambda line: '"accepting"' in line, size.down_s + size.startup_s + 20)
+        broker.restart(size.down_s, size.startup_s)
         artifacts.window["accepting"] = time.time()
     else:
         artifacts.window["restart"] = artifacts.window["accepting"] = time.time()
@@ -354,10 +368,9 @@ def _run(
     for worker in clients:
         worker.process.wait(timeout=120)
     artifacts.window["end"] = time.time()
-    broker.send("quit")
-    broker.process.wait(timeout=10)
+    broker.stop()
     tcpdump.stop(signal.SIGINT)
-    artifacts.broker_events = broker.json_lines()
+    artifacts.broker_events = broker.events()
     artifacts.client_lines = [line for worker in clients for line in worker.json_lines()]
     for name, lines in (
         ("broker.jsonl", artifacts.broker_events),
