@@ -150,23 +150,12 @@ def test_relay_link_has_the_configured_round_trip(rtt_ms: float) -> None:
     """No netem here: the tun relay makes the delay. TCP handshakes from the client
     namespace (one round trip each) see the configured RTT within 20%."""
     from tcpsleuth.lab import topology
-    from tcpsleuth.lab.processes import Child, python_module
-    from tcpsleuth.lab.runner import probe_rtt
+    from tcpsleuth.lab.processes import Child
+    from tcpsleuth.lab.runner import probe_rtt, start_relay
 
     with namespaces.namespace("relay-srv") as server, namespaces.namespace("relay-cli") as client:
-        relay = Child(
-            python_module(
-                "tcpsleuth.lab.relay",
-                "--client",
-                client,
-                "--server",
-                server,
-                "--rtt-ms",
-                str(rtt_ms),
-            )
-        )
+        relay = start_relay(client, server, rtt_ms)
         try:
-            relay.wait_for(lambda line: line.strip() == "ready", 20)
             sink = Child(
                 [
                     sys.executable,

@@ -116,6 +116,29 @@ def _counters(ns: str) -> dict[str, int]:
         return procfs.read_live_counters()
 
 
+def start_relay(client: str, server: str, rtt_ms: float, rate_mbit: float = 1000) -> Child:
+    """The delay link between the two namespaces (see relay); returns once it is up."""
+    relay = Child(
+        python_module(
+            "tcpsleuth.lab.relay",
+            "--client",
+            client,
+            "--server",
+            server,
+            "--rtt-ms",
+            str(rtt_ms),
+            "--rate-mbit",
+            str(rate_mbit),
+        )
+    )
+    try:
+        relay.wait_for(lambda line: line.strip() == "ready", 20)
+    except BaseException:
+        relay.stop()
+        raise
+    return relay
+
+
 def probe_rtt(ns: str) -> float:
     """Median TCP handshake time to the broker, from the client namespace (ms)."""
     code = (
@@ -209,21 +232,8 @@ def _run(
     with netns.entered(server):
         artifacts.server_sysctls = procfs.read_live_sysctls()
 
-    relay = Child(
-        python_module(
-            "tcpsleuth.lab.relay",
-            "--client",
-            client,
-            "--server",
-            server,
-            "--rtt-ms",
-            str(size.rtt_ms),
-            "--rate-mbit",
-            str(size.rate_mbit),
-        )
-    )
+    relay = start_relay(client, server, size.rtt_ms, size.rate_mbit)
     stoppers.append(relay.stop)
-    relay.wait_for(lambda line: line.strip() == "ready", 20)
     if scenario.fault == "cookie-wscale":
         faults.announce_wscale(server, PORT, 1, cookies_only=True)
     elif scenario.fault == "strip-wscale":
