@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 from conftest import needs_root, run_tcpsleuth
-from support.pcap_lab import PORT, drop_client_data, make_capture, tshark_fields
+from support.pcap_lab import PORT, drop_client_data, make_capture
+from support.tshark_diff import tshark as tshark_fields
 
 from tcpsleuth.lab import faults
 

@@ -169,30 +169,4 @@ def drop_client_data(pair: Pair, one_in: int) -> None:
         "  }\n"
         "}\n"
     )
-    subprocess.run(
-        ["ip", "netns", "exec", pair.server, "nft", "-f", "-"],
-        input=ruleset,
-        text=True,
-        check=True,
-    )
-
-
-def tshark_fields(path: Path, *fields: str, display_filter: str = "") -> list[list[str]]:
-    argv = [
-        "tshark",
-        "-n",
-        "-r",
-        str(path),
-        "-d",
-        f"tcp.port=={PORT},kafka",
-        "-T",
-        "fields",
-        "-E",
-        "separator=|",
-    ]
-    for field in fields:
-        argv += ["-e", field]
-    if display_filter:
-        argv += ["-Y", display_filter]
-    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-    return [line.split("|") for line in out.splitlines()]
+    faults.load_ruleset(pair.server, ruleset)

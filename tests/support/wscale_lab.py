@@ -55,12 +55,7 @@ def _dnat(pair: topology.Pair) -> str:
         "  }\n"
         "}\n"
     )
-    subprocess.run(
-        ["ip", "netns", "exec", pair.server, "nft", "-f", "-"],
-        input=ruleset,
-        text=True,
-        check=True,
-    )
+    faults.load_ruleset(pair.server, ruleset)
     subprocess.run(
         ["ip", "-n", pair.client, "route", "add", f"{VIRTUAL_IP4}/32", "via", pair.server_ip4],
         check=True,

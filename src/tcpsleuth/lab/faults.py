@@ -33,8 +33,6 @@ _MATCH = "tcp sport {port} tcp flags & (syn | ack) == syn | ack @th,296,16 0x030
 
 
 def _load(ns: str, statement: str, port: int, cookies_only: bool = False) -> None:
-    if not ns.startswith(PREFIX):
-        raise ValueError(f"refusing to add nftables rules outside a tcpsleuth namespace: {ns}")
     match = _MATCH.format(port=port)
     skip_normal = f"    {match} meta skuid >= 0 accept\n" if cookies_only else ""
     ruleset = (
@@ -46,6 +44,13 @@ def _load(ns: str, statement: str, port: int, cookies_only: bool = False) -> Non
         "  }\n"
         "}\n"
     )
+    load_ruleset(ns, ruleset)
+
+
+def load_ruleset(ns: str, ruleset: str) -> None:
+    """Load an nftables ruleset into namespace ``ns`` (a tcpsleuth one, never the host's)."""
+    if not ns.startswith(PREFIX):
+        raise ValueError(f"refusing to add nftables rules outside a tcpsleuth namespace: {ns}")
     result = subprocess.run(
         ["ip", "netns", "exec", ns, "nft", "-f", "-"],
         input=ruleset,

@@ -235,21 +235,36 @@ def _pcap_records(
                 )
                 report.packets += len(batch)
                 yield batch
-            report.bytes_read = base + pos
-            if progress is not None:
-                progress(base + pos)
-            if eof:
-                if pos < end:
-                    report.warnings.append(
-                        f"{path}: capture ends inside a record at byte {base + pos} "
-                        f"({end - pos} bytes of it present); analysed the "
-                        f"{report.packets} packets before it"
-                    )
+            if _chunk_done(report, path, progress, base, pos, end, eof, "record"):
                 return
             base += pos
             buf = buf[pos:]
     finally:
         stream.close()
+
+
+def _chunk_done(
+    report: ReadReport,
+    path: Path,
+    progress: Callable[[int], None] | None,
+    base: int,
+    pos: int,
+    end: int,
+    eof: bool,
+    unit: str,
+) -> bool:
+    """Account for a chunk read up to ``pos``; at the end of the file, warn when the
+    capture stops inside a record or block. True when reading is over."""
+    report.bytes_read = base + pos
+    if progress is not None:
+        progress(base + pos)
+    if eof and pos < end:
+        report.warnings.append(
+            f"{path}: capture ends inside a {unit} at byte {base + pos} "
+            f"({end - pos} bytes of it present); analysed the "
+            f"{report.packets} packets before it"
+        )
+    return eof
 
 
 # pcapng block types
@@ -449,16 +464,7 @@ def _pcapng_blocks(
                 batch = out.build(buf)
                 report.packets += len(batch)
                 yield batch
-            report.bytes_read = base + pos
-            if progress is not None:
-                progress(base + pos)
-            if eof:
-                if pos < end:
-                    report.warnings.append(
-                        f"{path}: capture ends inside a block at byte {base + pos} "
-                        f"({end - pos} bytes of it present); analysed the "
-                        f"{report.packets} packets before it"
-                    )
+            if _chunk_done(report, path, progress, base, pos, end, eof, "block"):
                 return
             base += pos
             buf = buf[pos:]
