@@ -312,8 +312,9 @@ def test_storm_on_backlog_50_cookie_count_close_to_kernel(tmp_path: Path) -> Non
     [cookies] = findings_of(doc, "syn-cookies")
     counted = cookies["evidence"]["cookie_synacks"]
     print("kernel sent", sent, "counted", counted)
-    # A cookie is recognised by the server's next segment on the connection: the
-    # clients hold their connections until the server has accepted them all. Under a
-    # storm, cookies rounded by under 2 ms do not jump and are not counted, so the
-    # count leans low (seen here: from 24% under to exact; most runs within 10%).
-    assert sent * 0.75 <= counted <= sent * 1.05 + 10, (counted, sent)
+    # Cookies are recognised by their TSval: it jumps ahead after the SYN-ACK (by what
+    # the clock was rounded down), or, where the server's delays in the storm hid the
+    # jump, its clock phase matches the cookies that jumped. Seen here: exact in 15
+    # runs of 15, with a third of the cookies in some runs found by phase only.
+    assert cookies["evidence"]["cookie_synacks_high_confidence"] > sent // 4
+    assert sent * 0.95 <= counted <= sent * 1.03 + 3, (counted, sent)

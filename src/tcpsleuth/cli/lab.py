@@ -11,6 +11,7 @@ import click
 from rich.console import Group
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from tcpsleuth.cli.lab_kernel import kernel_group
 from tcpsleuth.cli.options import format_option
 from tcpsleuth.errors import InputError
 from tcpsleuth.lab import analysis, namespaces
@@ -33,6 +34,9 @@ def lab_group() -> None:
       sudo tcpsleuth lab run wscale-bug
       sudo tcpsleuth lab run wscale-bug no-syncookies big-backlog --keep out/
     """
+
+
+lab_group.add_command(kernel_group)
 
 
 @lab_group.command("list")

@@ -564,6 +564,8 @@ def analyse(tcp: TcpColumns) -> Analysis:
         np.where(has_synack, first_synack, -1),
         rel_by_pos,
     )
+    src_addr_key = _mix(_mix(tcp.src_hi[order][starts]) ^ tcp.src_lo[order][starts])
+    dst_addr_key = _mix(_mix(tcp.dst_hi[order][starts]) ^ tcp.dst_lo[order][starts])
     analysis.columns = {
         "af": tcp.af[order][starts],
         "src_hi": tcp.src_hi[order][starts],
@@ -600,11 +602,8 @@ def analyse(tcp: TcpColumns) -> Analysis:
         "server_port": np.where(c2s[starts], dport[starts], sport[starts]),
         # hashes that group connections by server endpoint and by server address
         "server_key": np.where(c2s[starts], eb[order][starts], ea[order][starts]),
-        "server_addr_key": np.where(
-            c2s[starts],
-            _mix(_mix(tcp.dst_hi[order][starts]) ^ tcp.dst_lo[order][starts]),
-            _mix(_mix(tcp.src_hi[order][starts]) ^ tcp.src_lo[order][starts]),
-        ),
+        "server_addr_key": np.where(c2s[starts], dst_addr_key, src_addr_key),
+        "client_addr_key": np.where(c2s[starts], src_addr_key, dst_addr_key),
     }
     analysis.hs_syn, analysis.hs_synack = hs_syn, hs_synack
     analysis.connections = Connections(analysis)
