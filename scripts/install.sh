@@ -14,6 +14,12 @@ APT_PACKAGES=(
     util-linux # nsenter (bench/bench_sockets.py runs ss inside a namespace)
     bpftrace   # tcpsleuth trace: kernel tracepoints read through BTF
     prometheus # promtool and the server for the exporter and alert-rule tests
+    # tcpsleuth lab kernel: build guest kernels with and without the fix, boot them
+    linux-source-6.1 # the source the guest kernels are built from
+    build-essential bc bison flex libelf-dev libssl-dev cpio kmod xz-utils patch
+    dwarves          # pahole: BTF for bpftrace in the guest
+    qemu-system-x86  # runs the guest (virtme-ng, from PyPI, drives it)
+    busybox-static   # virtme-ng's initramfs
 )
 
 if [ "$(id -u)" -eq 0 ]; then

@@ -11,12 +11,14 @@ import click
 from rich.console import Group
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from tcpsleuth.cli import lab_guest
 from tcpsleuth.cli.lab_kernel import kernel_group
 from tcpsleuth.cli.options import format_option
 from tcpsleuth.errors import InputError
 from tcpsleuth.lab import analysis, namespaces
+from tcpsleuth.lab.kernel import build as kbuild
 from tcpsleuth.lab.runner import LabSize, discard, run_scenario, temporary_workdir
-from tcpsleuth.lab.scenarios import SCENARIOS
+from tcpsleuth.lab.scenarios import SCENARIOS, on_real_kernel
 from tcpsleuth.model.findings import exit_status, ranked
 from tcpsleuth.reports import jsonout, table
 
@@ -65,13 +67,16 @@ def list_command(output_format: str) -> int:
     return 0
 
 
-def _report(artifacts: Any, sysctls: dict[str, str]) -> tuple[dict[str, Any], list[Any]]:
+def _report(
+    artifacts: Any, sysctls: dict[str, str], in_guest: str | None = None
+) -> tuple[dict[str, Any], list[Any]]:
     found = analysis.findings(artifacts, sysctls)
     scenario = artifacts.scenario
     report = {
         "scenario": scenario.name,
         "summary": scenario.summary,
         "emulation": scenario.emulates or None,
+        "kernel": lab_guest.kernel_report(scenario, in_guest),
         "broker": artifacts.broker,
         "broker_note": (
             "the user's broker sets its own socket buffers, so only the SYN-ACK rewrite of "
@@ -159,6 +164,8 @@ def _render(reports: list[dict[str, Any]]) -> Group:
     for r in reports:
         if r["emulation"]:
             parts.append(f"[dim]{r['scenario']} emulates {r['emulation']}.[/dim]")
+        if r.get("kernel"):
+            parts.append(f"[dim]{r['scenario']}: {r['kernel']['note']}.[/dim]")
         if r["storm_amplification"]:
             parts.append(f"[dim]{r['scenario']}: {r['storm_amplification']['what']}.[/dim]")
     return Group(*parts)
@@ -176,11 +183,21 @@ def _render(reports: list[dict[str, Any]]) -> Group:
 @click.option(
     "--size",
     "size_name",
-    type=click.Choice(["full", "small"]),
-    default="full",
-    show_default=True,
-    help="small: fewer clients and shorter phases (tests, CI).",
+    type=click.Choice(["full", "small", "guest"]),
+    default=None,
+    help="small: fewer clients and shorter phases (tests, CI); guest: sized for a guest "
+    "whose CPU QEMU emulates. [default: full, or guest with --kernel]",
 )
+@click.option(
+    "--kernel",
+    "kernel_name",
+    type=click.Choice(list(kbuild.VARIANTS)),
+    default=None,
+    help="Run the scenarios inside a guest booted with this lab kernel (`tcpsleuth lab "
+    "kernel build`). With prefix the real pre-fix kernel makes the window-scale mismatch: "
+    "nothing is emulated.",
+)
+@click.option("--in-guest", "in_guest", default=None, hidden=True)
 @click.option(
     "--crowd",
     type=click.IntRange(min=0),
@@ -231,6 +248,8 @@ def run_command(
     rtt_ms: float,
     rate_mbit: float,
     after_s: float | None,
+    kernel_name: str | None,
+    in_guest: str | None,
     output_format: str,
 ) -> int:
     """Run one or more scenarios (see `tcpsleuth lab list`) and report produce latency
@@ -245,7 +264,20 @@ def run_command(
     namespaces.require_root("tcpsleuth lab")
     if keep is not None and keep.exists() and any(keep.iterdir()):
         raise InputError(f"{keep}: exists and is not empty; give a new directory to --keep")
-    base = LabSize.small() if size_name == "small" else LabSize()
+    if kernel_name is not None:
+        if broker_cmd:
+            raise InputError("--broker-cmd cannot be used with --kernel")
+        options = {
+            "--size": size_name or "guest",
+            "--crowd": crowd,
+            "--measured": measured,
+            "--rtt-ms": rtt_ms,
+            "--rate-mbit": rate_mbit,
+            "--after-s": after_s,
+        }
+        return lab_guest.run_in_guest(kernel_name, names, keep, options, output_format)
+    sizes = {"small": LabSize.small, "guest": LabSize.guest, "full": LabSize}
+    base = sizes[size_name or "full"]()
     size = dataclasses.replace(
         base,
         rtt_ms=rtt_ms,
@@ -270,8 +302,9 @@ def run_command(
             task = progress.add_task("starting", total=1.0, scenario=name)
             workdir = keep / name if keep is not None else temporary_workdir()
             try:
+                scenario = SCENARIOS[name]
                 artifacts = run_scenario(
-                    SCENARIOS[name],
+                    on_real_kernel(scenario) if in_guest else scenario,
                     size,
                     workdir,
                     lambda phase, done, task=task: progress.update(
@@ -280,7 +313,7 @@ def run_command(
                     broker_cmd=broker_cmd,
                 )
                 progress.update(task, description="analysing")
-                report, found = _report(artifacts, artifacts.server_sysctls)
+                report, found = _report(artifacts, artifacts.server_sysctls, in_guest)
             finally:
                 if keep is None:
                     discard(workdir)

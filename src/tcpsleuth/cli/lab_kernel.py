@@ -10,7 +10,7 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from tcpsleuth.cli.options import format_option
 from tcpsleuth.lab.kernel import build as kbuild
-
+from tcpsleuth.lab.kernel import guest
 from tcpsleuth.reports import jsonout, table
 
 
@@ -25,7 +25,7 @@ def kernel_group() -> None:
     Examples:
       sudo tcpsleuth lab kernel build prefix
       sudo tcpsleuth lab kernel run prefix -- tcpsleuth probe --format json
-      sudo tcpsleuth lab run wscale-bug --kernel prefix --size small
+      sudo tcpsleuth lab run wscale-bug --kernel prefix
       tcpsleuth lab kernel list
     """
 
@@ -91,8 +91,13 @@ def list_command(output_format: str) -> int:
 )
 @click.argument("name", type=click.Choice(list(kbuild.VARIANTS)))
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-@click.option("--timeout", type=click.IntRange(min=10), default=900, show_default=True,
-              help="Seconds before the guest is stopped.")
+@click.option(
+    "--timeout",
+    type=click.IntRange(min=10),
+    default=900,
+    show_default=True,
+    help="Seconds before the guest is stopped.",
+)
 def run_command(name: str, command: tuple[str, ...], timeout: int) -> int:
     """Boot kernel NAME and run COMMAND in it as root; print its output and exit with its
     status. Uses KVM where it can boot the guest and software emulation otherwise (said
@@ -100,6 +105,5 @@ def run_command(name: str, command: tuple[str, ...], timeout: int) -> int:
     result = guest.run(kbuild.require(name), list(command), timeout=timeout)
     sys.stdout.write(result.stdout)
     sys.stderr.write(result.stderr)
-    click.echo(f"tcpsleuth: guest kernel {result.release} ran under {result.accel_note}",
-               err=True)
+    click.echo(f"tcpsleuth: guest kernel {result.release} ran under {result.accel_note}", err=True)
     return result.status

@@ -89,6 +89,15 @@ def _server_ports(netns_names: tuple[str, ...]) -> frozenset[int]:
     show_default=True,
     help="At most one sample per socket this often (and on every window change).",
 )
+@click.option(
+    "--method",
+    type=click.Choice(list(tracer.METHODS)),
+    default="tracepoint",
+    show_default=True,
+    help="tracepoint: tcp:tcp_probe, at every segment a socket receives (needs BTF); "
+    "kprobe: a kprobe on __tcp_select_window, where a socket computes the window it "
+    "advertises, the method of the original investigation (needs kprobes and BTF).",
+)
 @format_option
 def trace_command(
     ports: tuple[int, ...],
@@ -96,13 +105,15 @@ def trace_command(
     netns_names: tuple[str, ...],
     duration: float,
     sample_ms: float,
+    method: str,
     output_format: str,
 ) -> int:
-    """Attach to the kernel's tcp:tcp_probe tracepoint (bpftrace, reading the socket
-    through BTF) and show, per connection and over time, the window-scale shift each
-    side uses, the window it offers, the window its peer believes, and how long a
-    sender waits at that window. A connection with both ends on this host (loopback
-    or two namespaces) is checked for a window-scale mismatch from both sides.
+    """Attach to the kernel's tcp:tcp_probe tracepoint, or with --method kprobe to
+    __tcp_select_window (bpftrace, reading the socket through BTF), and show, per
+    connection and over time, the window-scale shift each side uses, the window it
+    offers, the window its peer believes, and how long a sender waits at that window.
+    A connection with both ends on this host (loopback or two namespaces) is checked
+    for a window-scale mismatch from both sides.
     Needs root and a kernel with BTF.
 
     \b
@@ -110,6 +121,7 @@ def trace_command(
       sudo tcpsleuth trace --port 9092 --duration 30
       sudo tcpsleuth trace --pid $(pgrep -f kafka.Kafka) --format json
       sudo tcpsleuth trace --netns broker --netns clients --port 9092
+      sudo tcpsleuth lab kernel run prefix -- tcpsleuth trace --method kprobe --port 9092
     """
     port_filter = set(ports)
     if pid is not None:
@@ -118,12 +130,13 @@ def trace_command(
             raise click.UsageError(f"process {pid} holds no TCP sockets to trace")
         port_filter |= pid_ports
     inodes = frozenset(tracer.netns_inode(name) for name in netns_names)
-    program = tracer.build_program(frozenset(port_filter), inodes, sample_ms)
+    program = tracer.build_program(frozenset(port_filter), inodes, sample_ms, method)
+    tracer.check_environment(method)  # before anything is drawn
     server_ports = _server_ports(netns_names)
 
     samples: list[WindowSample] = []
     if output_format == "json":
-        samples.extend(tracer.trace(program, duration))
+        samples.extend(tracer.trace(program, duration, method=method))
     else:
         title = f"tcpsleuth trace ({duration:g} s)"
         with Live(
@@ -133,7 +146,7 @@ def trace_command(
             def tick() -> None:
                 live.update(_sockets_table(fold(samples), title), refresh=True)
 
-            for sample in tracer.trace(program, duration, on_tick=tick):
+            for sample in tracer.trace(program, duration, on_tick=tick, method=method):
                 samples.append(sample)
             tick()
     sockets = fold(samples)
@@ -144,6 +157,7 @@ def trace_command(
                 "trace",
                 findings,
                 duration_s=duration,
+                method=method,
                 ports=sorted(port_filter),
                 netns=list(netns_names),
                 samples=len(samples),

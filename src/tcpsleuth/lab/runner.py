@@ -64,6 +64,13 @@ class LabSize:
         """A reduced run for tests and CI: fewer clients, shorter phases."""
         return cls(crowd=300, crowd_kafka_python=20, measured=3, warmup_s=3, before_s=6, after_s=8)
 
+    @classmethod
+    def guest(cls) -> LabSize:
+        """For a guest kernel whose CPU QEMU emulates, some ten times slower: enough
+        clients that the reconnect storm overflows a backlog of 50, few of them Python
+        threads, longer phases for the slower start."""
+        return cls(crowd=70, crowd_kafka_python=4, measured=2, warmup_s=6, before_s=8, after_s=10)
+
     @property
     def duration_s(self) -> float:
         return (

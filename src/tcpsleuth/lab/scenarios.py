@@ -9,7 +9,7 @@ is the real kernel of this machine.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 Fault = Literal["none", "cookie-wscale", "strip-wscale"]
@@ -111,3 +111,18 @@ SCENARIOS: dict[str, Scenario] = {
         ),
     )
 }
+
+
+REAL_KERNEL_NOTE = (
+    "the window-scale disagreement is made by the guest's real kernel (Debian's 6.1 with "
+    "commit 909172a14974 reverted); no nftables rewrite is installed and the broker sets "
+    "SO_RCVBUF on its listener before listen(), as Kafka does"
+)
+
+
+def on_real_kernel(scenario: Scenario) -> Scenario:
+    """SCENARIO as run on a guest kernel that has the bug: the emulated fault goes and
+    the broker's listener gets its SO_RCVBUF before listen(), the bug's precondition."""
+    if scenario.fault != "cookie-wscale":
+        return scenario
+    return replace(scenario, fault="none", rcvbuf_after_accept=False, emulates="")

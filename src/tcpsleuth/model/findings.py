@@ -70,6 +70,18 @@ class Finding:
             "advice": self.advice,
         }
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Finding:
+        """The inverse of ``to_dict`` (findings made elsewhere, e.g. in a guest)."""
+        return cls(
+            data["kind"],
+            Severity(data["severity"]),
+            dict(data["subject"]),
+            data["summary"],
+            dict(data.get("evidence", {})),
+            data.get("advice", ""),
+        )
+
 
 def ranked(findings: Iterable[Finding]) -> list[Finding]:
     """Worst first; stable within a severity so detectors keep their order."""

@@ -239,9 +239,7 @@ CONFIG_MARK = ".tcpsleuth-config"
 
 def _patch(tree: Path, reverse: bool) -> None:
     argv = ["patch", "-p1", "--forward", "--silent"] + (["-R"] if reverse else [])
-    result = subprocess.run(
-        argv, cwd=tree, input=PATCH.read_text(), capture_output=True, text=True
-    )
+    result = subprocess.run(argv, cwd=tree, input=PATCH.read_text(), capture_output=True, text=True)
     if result.returncode != 0:
         raise EnvironmentProblem(
             f"the revert patch does not apply to {tree}: {result.stdout.strip()[:200]}"

@@ -1,1 +1,198 @@
-"""placeholder"""
+"""Boot a lab kernel under QEMU and run one command in it (virtme-ng).
+
+The guest sees this machine's root filesystem read-only (``/tmp`` is its own, in
+memory), so tcpsleuth and its Python run there as installed here. KVM is used when
+it can boot the guest; some hosts expose a /dev/kvm that cannot (a paravirtual one
+whose boots hang), so the first run on a host tries KVM once with a short timeout
+and remembers the outcome; otherwise QEMU emulates the CPU (TCG), which is much
+slower but always works. ``TCPSLEUTH_GUEST_ACCEL=kvm|tcg`` overrides the choice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tcpsleuth.errors import EnvironmentProblem
+from tcpsleuth.lab.kernel.build import BuiltKernel, cache_root
+
+KVM_TRIAL_S = 40
+# Where the guest writes: the root filesystem is read-only there.
+GUEST_ENV = {
+    "HOME": "/tmp",
+    "NUMBA_CACHE_DIR": "/tmp/tcpsleuth-numba",
+    "MPLCONFIGDIR": "/tmp/tcpsleuth-mpl",
+    "PYTHONDONTWRITEBYTECODE": "1",
+    "TERM": "dumb",
+}
+MARK = "tcpsleuth-guest-status:"
+
+
+@dataclass(frozen=True)
+class GuestResult:
+    status: int
+    stdout: str
+    stderr: str
+    accel: str  # "kvm" or "tcg"
+    accel_note: str
+    release: str
+    seconds: float
+
+
+def _accel_file() -> Path:
+    return cache_root() / "accel.json"
+
+
+def _host_id() -> str:
+    return f"{platform.release()} {shutil.which('qemu-system-x86_64')}"
+
+
+def _vng_argv(
+    kernel: BuiltKernel,
+    shell_command: str,
+    accel: str,
+    cpus: int,
+    memory: str,
+    rwdirs: tuple[Path, ...],
+) -> list[str]:
+    argv = [
+        "vng",
+        "--run",
+        str(kernel.image),
+        "--user",
+        "root",
+        "--cpus",
+        str(cpus),
+        "--memory",
+        memory,
+        "--cwd",
+        "/tmp",
+    ]
+    for folder in rwdirs:
+        argv.append(f"--rwdir={folder}")
+    if accel == "tcg":
+        argv.append("--disable-kvm")
+    return [*argv, "--exec", shell_command]
+
+
+def _shell(command: list[str]) -> str:
+    """The command as the guest's shell runs it: with this machine's PATH and Python,
+    writable caches under /tmp, and its exit status marked on stdout (what virtme-ng
+    itself returns is not always the command's)."""
+    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), **GUEST_ENV}
+    exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+    return (
+        f"export {exports}; mkdir -p /tmp/tcpsleuth-numba /tmp/tcpsleuth-mpl; "
+        f"{shlex.join(command)}; echo {MARK}$?"
+    )
+
+
+def _boot(
+    kernel: BuiltKernel,
+    command: list[str],
+    accel: str,
+    timeout: float,
+    cpus: int,
+    memory: str,
+    rwdirs: tuple[Path, ...],
+) -> tuple[int | None, str, str, float]:
+    """(status or None on timeout, stdout, stderr, seconds)."""
+    if not shutil.which("vng"):
+        raise EnvironmentProblem("virtme-ng is not installed: pip install virtme-ng")
+    if not shutil.which("qemu-system-x86_64"):
+        raise EnvironmentProblem("QEMU is not installed: apt-get install qemu-system-x86")
+    started = time.monotonic()
+    process = subprocess.Popen(
+        _vng_argv(kernel, _shell(command), accel, cpus, memory, rwdirs),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        errors="replace",
+        start_new_session=True,
+    )
+    try:
+        out, err = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        out, err = process.communicate()
+        return None, out, err, time.monotonic() - started
+    except BaseException:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        raise
+    status: int | None = None
+    kept = []
+    for line in out.splitlines(keepends=True):
+        if line.startswith(MARK):
+            status = int(line[len(MARK) :].strip() or 1)
+        else:
+            kept.append(line)
+    if status is None:  # the guest died before the command ended
+        status = process.returncode or 1
+        err += (
+            "tcpsleuth: the guest ended without the command's status "
+            f"(vng exit {process.returncode})\n"
+        )
+    return status, "".join(kept), err, time.monotonic() - started
+
+
+def choose_accel(kernel: BuiltKernel) -> tuple[str, str]:
+    forced = os.environ.get("TCPSLEUTH_GUEST_ACCEL")
+    if forced in ("kvm", "tcg"):
+        return forced, f"{forced} (set by TCPSLEUTH_GUEST_ACCEL)"
+    if not os.access("/dev/kvm", os.R_OK | os.W_OK):
+        return "tcg", "software emulation (TCG): /dev/kvm is not available"
+    remembered = _accel_file()
+    if remembered.is_file():
+        saved = json.loads(remembered.read_text())
+        if saved.get("host") == _host_id():
+            return saved["accel"], saved["note"]
+    status, _out, _err, seconds = _boot(kernel, ["true"], "kvm", KVM_TRIAL_S, 1, "512M", ())
+    if status == 0:
+        accel, note = "kvm", f"KVM (a trial boot took {seconds:.0f} s)"
+    else:
+        accel, note = (
+            "tcg",
+            "software emulation (TCG): this host's /dev/kvm did not boot the guest "
+            f"within {KVM_TRIAL_S} s",
+        )
+    remembered.parent.mkdir(parents=True, exist_ok=True)
+    remembered.write_text(json.dumps({"host": _host_id(), "accel": accel, "note": note}))
+    return accel, note
+
+
+def run(
+    kernel: BuiltKernel,
+    command: list[str],
+    timeout: float = 900,
+    cpus: int = 2,
+    memory: str = "2G",
+    rwdirs: tuple[Path, ...] = (),
+) -> GuestResult:
+    """Boot KERNEL, run COMMAND as root, and return what it printed and its status.
+    ``rwdirs``: host folders the guest may write (for files it hands back)."""
+    if os.geteuid() != 0:
+        raise EnvironmentProblem("running a guest kernel needs root here: run it with sudo")
+    accel, note = choose_accel(kernel)
+    status, out, err, seconds = _boot(kernel, command, accel, timeout, cpus, memory, rwdirs)
+    if status is None:
+        raise EnvironmentProblem(
+            f"the guest ({kernel.name}, {note}) did not finish within {timeout:.0f} s: "
+            "raise --timeout, or make the command smaller"
+        )
+    return GuestResult(status, out, err, accel, note, kernel.release, seconds)
+
+
+def python_command(*args: str) -> list[str]:
+    """tcpsleuth as this machine runs it (same interpreter), for use inside a guest."""
+    return [sys.executable, "-m", "tcpsleuth", *args]

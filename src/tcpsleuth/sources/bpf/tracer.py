@@ -26,22 +26,46 @@ BTF = Path("/sys/kernel/btf/vmlinux")
 INSTEAD = "use `tcpsleuth sockets` (ss -ti from both ends) or a capture instead"
 
 
-def program_text() -> str:
-    return (resources.files("tcpsleuth.sources.bpf") / "tcp_window.bt").read_text()
+METHODS = {
+    "tracepoint": "tcp_window.bt",  # tcp:tcp_probe, at every segment a socket receives
+    "kprobe": "tcp_select_window.bt",  # __tcp_select_window, the talk's method
+}
+KPROBE_EVENTS = TRACEFS / "kprobe_events"
 
 
-def build_program(ports: frozenset[int], netns_inodes: frozenset[int], sample_ms: float) -> str:
+def program_text(method: str = "tracepoint") -> str:
+    return (resources.files("tcpsleuth.sources.bpf") / METHODS[method]).read_text()
+
+
+def _port_be(port: int) -> int:
+    """PORT as the kernel keeps a peer's port (network byte order) read as a number."""
+    return ((port & 0xFF) << 8) | (port >> 8)
+
+
+def build_program(
+    ports: frozenset[int],
+    netns_inodes: frozenset[int],
+    sample_ms: float,
+    method: str = "tracepoint",
+) -> str:
     conditions = []
+    if method == "kprobe":
+        sock = "((struct sock *)arg0)"
+        port_terms = [
+            f"{sock}->__sk_common.skc_num == {p} || {sock}->__sk_common.skc_dport == {_port_be(p)}"
+            for p in sorted(ports)
+        ]
+    else:
+        sock = "((struct sock *)args->skaddr)"
+        port_terms = [f"args->sport == {p} || args->dport == {p}" for p in sorted(ports)]
     if ports:
-        conditions.append(
-            " || ".join(f"args->sport == {p} || args->dport == {p}" for p in sorted(ports))
-        )
+        conditions.append(" || ".join(port_terms))
     if netns_inodes:
-        field = "((struct sock *)args->skaddr)->__sk_common.skc_net.net->ns.inum"
+        field = f"{sock}->__sk_common.skc_net.net->ns.inum"
         conditions.append(" || ".join(f"{field} == {inode}" for inode in sorted(netns_inodes)))
     predicate = "/ " + " && ".join(f"({c})" for c in conditions) + " /" if conditions else ""
     return (
-        program_text()
+        program_text(method)
         .replace("FILTER", predicate)
         .replace("SAMPLE_NS", str(int(sample_ms * 1_000_000)))
     )
@@ -55,7 +79,7 @@ def netns_inode(name: str) -> int:
         raise InputError(f"no network namespace named {name!r} (see `ip netns list`)") from None
 
 
-def check_environment() -> str:
+def check_environment(method: str = "tracepoint") -> str:
     """Path of bpftrace, or EnvironmentProblem saying what is missing."""
     bpftrace = shutil.which("bpftrace")
     if bpftrace is None:
@@ -76,6 +100,14 @@ def check_environment() -> str:
         subprocess.run(
             ["mount", "-t", "tracefs", "nodev", str(TRACEFS)], capture_output=True, check=False
         )
+    if method == "kprobe":
+        if not KPROBE_EVENTS.exists():
+            raise EnvironmentProblem(
+                "this kernel has no kprobes (CONFIG_KPROBE_EVENTS), so __tcp_select_window "
+                "cannot be probed; use --method tracepoint, or run it on a lab kernel "
+                "(`tcpsleuth lab kernel run prefix -- tcpsleuth trace --method kprobe`)"
+            )
+        return bpftrace
     if not (TRACEFS / "events" / "tcp" / "tcp_probe").is_dir():
         raise EnvironmentProblem(
             f"this kernel has no tcp:tcp_probe tracepoint (or tracefs "
@@ -127,10 +159,13 @@ def _lines(fd: int, until: float) -> Iterator[str | None]:
 
 
 def trace(
-    program: str, duration_s: float, on_tick: Callable[[], None] | None = None
+    program: str,
+    duration_s: float,
+    on_tick: Callable[[], None] | None = None,
+    method: str = "tracepoint",
 ) -> Iterator[WindowSample]:
     """Run ``program`` for ``duration_s`` seconds, yielding samples as they come."""
-    bpftrace = check_environment()
+    bpftrace = check_environment(method)
     process = subprocess.Popen(
         [bpftrace, "-e", program], stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )

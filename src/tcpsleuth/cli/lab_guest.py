@@ -1,0 +1,95 @@
+"""``tcpsleuth lab run --kernel NAME``: the same lab run, inside a guest kernel.
+
+The outer command boots the guest and runs ``tcpsleuth lab run ... --in-guest NAME
+--format json`` there; the inner run replaces the emulated fault by the real kernel
+(``scenarios.on_real_kernel``) and says so in each report; the outer command renders
+what came back as if the run had been local.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+from typing import Any
+
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from tcpsleuth.errors import EnvironmentProblem
+from tcpsleuth.lab.kernel import build as kbuild
+from tcpsleuth.lab.kernel import guest
+from tcpsleuth.lab.scenarios import REAL_KERNEL_NOTE, Scenario
+from tcpsleuth.model.findings import Finding, exit_status
+from tcpsleuth.reports import jsonout, table
+
+FIXED_NOTE = (
+    "run on the guest's real kernel (Debian's 6.1 as shipped, with the fix); no nftables "
+    "rewrite is installed and the broker sets SO_RCVBUF on its listener before listen()"
+)
+
+
+def kernel_report(scenario: Scenario, in_guest: str | None) -> dict[str, Any] | None:
+    """What the report says about the kernel a run inside a guest had."""
+    if in_guest is None:
+        return None
+    return {
+        "name": in_guest,
+        "release": platform.release(),
+        "fault_emulated": scenario.fault != "none",
+        "note": REAL_KERNEL_NOTE if in_guest == "prefix" else FIXED_NOTE,
+    }
+
+
+def run_in_guest(
+    kernel_name: str,
+    names: tuple[str, ...],
+    keep: Path | None,
+    options: dict[str, Any],
+    output_format: str,
+) -> int:
+    kernel = kbuild.require(kernel_name)
+    argv = ["lab", "run", *names, "--format", "json", "--in-guest", kernel_name]
+    for option, value in options.items():
+        if value is not None:
+            argv += [option, str(value)]
+    rwdirs: tuple[Path, ...] = ()
+    if keep is not None:
+        keep = keep.resolve()
+        keep.mkdir(parents=True, exist_ok=True)
+        rwdirs = (keep,)
+        argv += ["--keep", str(keep)]
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        TimeElapsedColumn(),
+        console=table.console(stderr=True),
+        transient=True,
+        disable=output_format == "json",
+    ) as progress:
+        progress.add_task(f"running {' '.join(names)} in a guest with the {kernel_name} kernel")
+        result = guest.run(kernel, guest.python_command(*argv), timeout=3600, rwdirs=rwdirs)
+    try:
+        doc = json.loads(result.stdout)
+    except json.JSONDecodeError:
+        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise EnvironmentProblem(
+            f"the lab run in the {kernel_name} guest failed (exit {result.status}): {last}"
+        ) from None
+    doc["guest"] = {
+        "kernel": kernel.describe(),
+        "accel": result.accel,
+        "accel_note": result.accel_note,
+        "seconds": round(result.seconds, 1),
+    }
+    findings = [Finding.from_dict(f) for f in doc.get("findings", [])]
+    if output_format == "json":
+        jsonout.emit(doc)
+    else:
+        from tcpsleuth.cli.lab import _render
+
+        table.console().print(_render(doc["runs"]))
+        table.console().print(
+            f"guest kernel {kernel.release} ({kernel_name}) under {result.accel_note}, "
+            f"{result.seconds:.0f} s"
+        )
+    return exit_status(findings)

@@ -1,0 +1,194 @@
+"""Real guest kernels: Debian's 6.1 as shipped (`fixed`) and with the SYN-cookie
+window-scale fix reverted (`prefix`), built by `tcpsleuth lab kernel build` and booted
+under QEMU. The first run on a machine builds both (about 15 minutes on 2 cores);
+later runs find them in the cache."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import SUPPORT
+
+from tcpsleuth.lab.kernel import build as kbuild
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="guest kernels need root")
+
+BUILD_TIMEOUT = 3600
+GUEST_TIMEOUT = 1800
+# The guest's command line: a small shell prelude prints the sysctls the expected
+# shifts are derived from, on stderr, before the command under test.
+SYSCTLS = "cat /proc/sys/net/ipv4/tcp_rmem /proc/sys/net/core/rmem_max >&2"
+
+
+def _tcpsleuth(*args: str, timeout: float = GUEST_TIMEOUT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tcpsleuth", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+@pytest.fixture(scope="session")
+def lab_kernels() -> dict[str, dict[str, Any]]:
+    """Both kernels, built now if the cache does not have them."""
+    missing = [
+        tool for tool in ("vng", "qemu-system-x86_64", "make", "pahole") if not shutil.which(tool)
+    ]
+    if missing or not kbuild.SOURCE_TARBALL.exists():
+        reason = f"missing {missing or kbuild.SOURCE_TARBALL} (scripts/install.sh installs it)"
+        if os.environ.get("CI"):
+            pytest.fail(reason)
+        pytest.skip(reason)
+    kernels = {}
+    for name in ("fixed", "prefix"):
+        result = _tcpsleuth("lab", "kernel", "build", name, "--format", "json", timeout=BUILD_TIMEOUT)
+        assert result.returncode == 0, result.stderr
+        kernels[name] = json.loads(result.stdout)["kernel"]
+    return kernels
+
+
+def _shift(space: int) -> int:
+    """tcp_select_initial_window(): the smallest shift that fits SPACE in 16 bits
+    (ilog2(space) - 15, clamped to 0..14)."""
+    return min(14, max(0, space.bit_length() - 1 - 15))
+
+
+def _guest_sysctls(stderr: str) -> tuple[int, int]:
+    lines = stderr.splitlines()
+    rmem = next(line for line in lines if len(line.split()) == 3 and line.split()[0].isdigit())
+    rmem_max = int(lines[lines.index(rmem) + 1].split()[0])
+    return int(rmem.split()[2]), rmem_max
+
+
+def _in_guest(kernel: str, *command: str) -> subprocess.CompletedProcess[str]:
+    return _tcpsleuth(
+        "lab", "kernel", "run", kernel, "--", "sh", "-c", f'{SYSCTLS}; exec "$@"', "sh", *command
+    )
+
+
+def test_build_is_cached_and_keyed(lab_kernels: dict[str, dict[str, Any]]) -> None:
+    started = time.monotonic()
+    again = _tcpsleuth("lab", "kernel", "build", "prefix", "--format", "json")
+    assert again.returncode == 0, again.stderr
+    kernel = json.loads(again.stdout)["kernel"]
+    assert kernel["cached"] is True and time.monotonic() - started < 30
+    assert kernel["image"] == lab_kernels["prefix"]["image"]
+    # one source, two keys: the patch is part of the prefix key only
+    fixed, prefix = lab_kernels["fixed"], lab_kernels["prefix"]
+    assert fixed["source_version"] == prefix["source_version"] == kbuild.source_version()
+    assert fixed["key"] != prefix["key"]
+    assert fixed["release"].startswith("6.1.") and fixed["release"] == prefix["release"]
+    listed = _tcpsleuth("lab", "kernel", "list", "--format", "json")
+    assert {k["name"] for k in json.loads(listed.stdout)["kernels"]} == {"fixed", "prefix"}
+    # the image is a bootable x86 kernel of that release
+    header = Path(prefix["image"]).read_bytes()[:0x4000]
+    assert b"HdrS" in header[0x200:0x210] and prefix["release"].encode() in header
+
+
+@pytest.mark.parametrize("kernel", ["prefix", "fixed"])
+def test_probe_in_guest(lab_kernels: dict[str, dict[str, Any]], kernel: str) -> None:
+    result = _in_guest(kernel, sys.executable, "-m", "tcpsleuth", "probe", "--format", "json")
+    assert result.returncode in (0, 1), result.stderr[-2000:]
+    doc = json.loads(result.stdout)
+    assert doc["kernel"]["release"] == lab_kernels[kernel]["release"]
+    tcp_rmem_max, rmem_max = _guest_sysctls(result.stderr)
+    rcvbuf = doc["rcvbuf"]
+    announced = _shift(min(rcvbuf, rmem_max))  # what SO_RCVBUF clamps the SYN-ACK to
+    unclamped = _shift(max(tcp_rmem_max, rmem_max))  # what the pre-fix cookie path uses
+    assert announced < unclamped
+    cookies = [c for c in doc["connections"] if c["timestamps"]]
+    assert {c["family"] for c in cookies} == {"IPv4", "IPv6"}
+    kinds = {f["kind"]: f for f in doc["findings"]}
+    for conn in cookies:
+        assert conn["announced_wscale"] == conn["client_snd_wscale"] == announced
+    if kernel == "prefix":
+        assert result.returncode == 1
+        assert all(c["server_rcv_wscale"] == unclamped for c in cookies)
+        bug = kinds["kernel-cookie-wscale-bug"]["evidence"]
+        assert (bug["announced_wscale"], bug["actual_wscale"]) == (announced, unclamped)
+        assert bug["families"] == ["IPv4", "IPv6"]
+        assert bug["window_shrink_factor"] == 2 ** (unclamped - announced)
+    else:
+        assert result.returncode == 0
+        assert all(c["server_rcv_wscale"] == announced for c in cookies)
+        assert "kernel-cookie-wscale-bug" not in kinds
+    assert "software emulation" in result.stderr or "KVM" in result.stderr
+
+
+def _lab(*args: str) -> tuple[int, dict[str, Any]]:
+    result = _tcpsleuth("lab", "run", "wscale-bug", "--format", "json", *args)
+    assert result.returncode in (0, 1), result.stderr[-2000:]
+    return result.returncode, json.loads(result.stdout)
+
+
+def _kinds(doc: dict[str, Any]) -> set[str]:
+    return {f["kind"] for f in doc["findings"]}
+
+
+def _mismatch_shifts(doc: dict[str, Any]) -> set[tuple[int, int]]:
+    return {
+        (f["evidence"]["announced_wscale"], f["evidence"]["actual_wscale"])
+        for f in doc["findings"]
+        if f["kind"] == "wscale-mismatch"
+    }
+
+
+def test_lab_on_the_real_bug_matches_the_emulation(
+    lab_kernels: dict[str, dict[str, Any]],
+) -> None:
+    status, real = _lab("--kernel", "prefix")
+    [run] = real["runs"]
+    assert run["kernel"]["name"] == "prefix" and run["kernel"]["fault_emulated"] is False
+    assert run["emulation"] is None and run["settings"]["fault"] == "none"
+    assert "real kernel" in run["kernel"]["note"]
+    assert real["guest"]["kernel"]["release"] == run["kernel"]["release"]
+    assert run["counters"]["during_restart"]["TcpExtSyncookiesSent"] > 0
+    assert {"wscale-mismatch", "rwnd-limited"} <= _kinds(real)
+    latency = run["latency_ms"]
+    assert latency["after"]["p50"] >= 10 * latency["before"]["p50"], latency
+    assert status == 1
+
+    # The emulation, same scenario and size, on this host: the same detectors name the
+    # same problems with the same shifts.
+    _, emulated = _lab("--size", "guest")
+    [erun] = emulated["runs"]
+    assert erun["emulation"] and erun["kernel"] is None
+    wanted = {"wscale-mismatch", "rwnd-limited", "syncookies-sent"}
+    assert _kinds(real) & wanted == _kinds(emulated) & wanted == wanted
+    assert _mismatch_shifts(real) == _mismatch_shifts(emulated)
+    assert run["shifts"]["client_snd_wscale"].keys() == erun["shifts"]["client_snd_wscale"].keys()
+
+
+def test_kprobe_trace_agrees_with_sock_diag(lab_kernels: dict[str, dict[str, Any]]) -> None:
+    result = _in_guest("prefix", sys.executable, str(SUPPORT / "kprobe_vs_sockdiag.py"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    doc = json.loads(result.stdout)
+    traced = {tuple(c["key"]): c for c in doc["traced"]}
+    listed = {tuple(c["key"]): c for c in doc["sock_diag"]}
+    assert len(listed) >= 8 and traced.keys() == listed.keys()
+    for key, conn in listed.items():
+        assert (traced[key]["snd_wscale"], traced[key]["rcv_wscale"]) == (
+            conn["snd_wscale"],
+            conn["rcv_wscale"],
+        ), key
+    # the bug is in what was traced: cookie connections whose server uses another shift
+    # than the client believes
+    servers = [c for c in doc["sock_diag"] if c["server_side"]]
+    clients = {tuple(c["key"]): c for c in doc["sock_diag"] if not c["server_side"]}
+    mismatched = [
+        s
+        for s in servers
+        if clients[(s["key"][2], s["key"][3], s["key"][0], s["key"][1])]["snd_wscale"]
+        != s["rcv_wscale"]
+    ]
+    assert mismatched
