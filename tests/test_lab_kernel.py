@@ -51,7 +51,9 @@ def lab_kernels() -> dict[str, dict[str, Any]]:
         pytest.skip(reason)
     kernels = {}
     for name in ("fixed", "prefix"):
-        result = _tcpsleuth("lab", "kernel", "build", name, "--format", "json", timeout=BUILD_TIMEOUT)
+        result = _tcpsleuth(
+            "lab", "kernel", "build", name, "--format", "json", timeout=BUILD_TIMEOUT
+        )
         assert result.returncode == 0, result.stderr
         kernels[name] = json.loads(result.stdout)["kernel"]
     return kernels
