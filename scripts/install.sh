@@ -20,6 +20,7 @@ APT_PACKAGES=(
     dwarves          # pahole: BTF for bpftrace in the guest
     qemu-system-x86  # runs the guest (virtme-ng, from PyPI, drives it)
     busybox-static   # virtme-ng's initramfs
+    udev             # names the virtio-serial ports the guest command talks through
 )
 
 if [ "$(id -u)" -eq 0 ]; then

@@ -102,7 +102,10 @@ def run_command(name: str, command: tuple[str, ...], timeout: int) -> int:
     """Boot kernel NAME and run COMMAND in it as root; print its output and exit with its
     status. Uses KVM where it can boot the guest and software emulation otherwise (said
     on stderr)."""
-    result = guest.run(kbuild.require(name), list(command), timeout=timeout)
+    argv = list(command[1:] if command[:1] == ("--",) else command)
+    if not argv:
+        raise click.UsageError("give the command to run after --")
+    result = guest.run(kbuild.require(name), argv, timeout=timeout)
     sys.stdout.write(result.stdout)
     sys.stderr.write(result.stderr)
     click.echo(f"tcpsleuth: guest kernel {result.release} ran under {result.accel_note}", err=True)

@@ -157,14 +157,21 @@ def choose_accel(kernel: BuiltKernel) -> tuple[str, str]:
         saved = json.loads(remembered.read_text())
         if saved.get("host") == _host_id():
             return saved["accel"], saved["note"]
-    status, _out, _err, seconds = _boot(kernel, ["true"], "kvm", KVM_TRIAL_S, 1, "512M", ())
+    status, _out, err, seconds = _boot(kernel, ["true"], "kvm", KVM_TRIAL_S, 1, "512M", ())
     if status == 0:
         accel, note = "kvm", f"KVM (a trial boot took {seconds:.0f} s)"
-    else:
+    elif status is None:
         accel, note = (
             "tcg",
-            "software emulation (TCG): this host's /dev/kvm did not boot the guest "
-            f"within {KVM_TRIAL_S} s",
+            "software emulation (TCG): a trial boot with this host's /dev/kvm did not "
+            f"finish within {KVM_TRIAL_S} s",
+        )
+    else:
+        said = [line.strip() for line in err.splitlines() if "qemu" in line.lower()]
+        accel, note = (
+            "tcg",
+            "software emulation (TCG): this host's /dev/kvm could not boot the guest"
+            + (f" ({said[0][:120]})" if said else ""),
         )
     remembered.parent.mkdir(parents=True, exist_ok=True)
     remembered.write_text(json.dumps({"host": _host_id(), "accel": accel, "note": note}))
