@@ -93,6 +93,7 @@ def _report(
             "restart": scenario.restart,
         },
         "link": {
+            "delay_by": artifacts.link,
             "rtt_ms": artifacts.size.rtt_ms,
             "measured_rtt_ms": round(artifacts.rtt_probe_ms, 3) if artifacts.rtt_probe_ms else None,
             "rate_mbit": artifacts.size.rate_mbit,

@@ -73,7 +73,8 @@ def run_in_guest(
     except json.JSONDecodeError:
         last = (result.stderr.strip().splitlines() or ["no output"])[-1]
         raise EnvironmentProblem(
-            f"the lab run in the {kernel_name} guest failed (exit {result.status}): {last}"
+            f"the lab run in the {kernel_name} guest failed (exit {result.status}): {last} "
+            f"(all it printed: {kbuild.cache_root() / 'last-guest-stderr.txt'})"
         ) from None
     doc["guest"] = {
         "kernel": kernel.describe(),

@@ -37,31 +37,70 @@ def _run(*argv: str) -> None:
         raise EnvironmentProblem(f"`{' '.join(argv)}` failed: {result.stderr.strip()}")
 
 
+def _veth(server: str, client: str) -> Pair:
+    """A veth pair named eth0 in both namespaces, with the benchmarking addresses."""
+    _run(
+        "ip",
+        "link",
+        "add",
+        IFNAME,
+        "netns",
+        server,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        IFNAME,
+        "netns",
+        client,
+    )
+    pair = Pair(server, client)
+    for ns, ip4, ip6 in (
+        (server, pair.server_ip4, pair.server_ip6),
+        (client, pair.client_ip4, pair.client_ip6),
+    ):
+        _run("ip", "-n", ns, "addr", "add", f"{ip4}/24", "dev", IFNAME)
+        _run("ip", "-n", ns, "addr", "add", f"{ip6}/64", "dev", IFNAME, "nodad")
+        _run("ip", "-n", ns, "link", "set", IFNAME, "up")
+    return pair
+
+
 @contextlib.contextmanager
 def server_client_pair(role: str = "pair") -> Iterator[Pair]:
     """A server and a client namespace over veth, IPv4 and IPv6, removed afterwards."""
     with namespace(f"{role}-srv") as server, namespace(f"{role}-cli") as client:
-        _run(
-            "ip",
-            "link",
-            "add",
-            IFNAME,
-            "netns",
-            server,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            IFNAME,
-            "netns",
-            client,
+        yield _veth(server, client)
+
+
+def netem_link(server: str, client: str, rtt_ms: float, rate_mbit: float) -> bool:
+    """Join two namespaces by veth with netem delaying each direction by half the
+    round-trip time at the link rate. False (and nothing left behind) when the kernel
+    has no netem, as this machine's has not; the lab then uses its relay."""
+    _veth(server, client)
+    for ns in (server, client):
+        result = subprocess.run(
+            [
+                "tc",
+                "-n",
+                ns,
+                "qdisc",
+                "add",
+                "dev",
+                IFNAME,
+                "root",
+                "netem",
+                "delay",
+                f"{rtt_ms / 2:.3f}ms",
+                "rate",
+                f"{rate_mbit:g}mbit",
+                "limit",
+                "100000",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
         )
-        pair = Pair(server, client)
-        for ns, ip4, ip6 in (
-            (server, pair.server_ip4, pair.server_ip6),
-            (client, pair.client_ip4, pair.client_ip6),
-        ):
-            _run("ip", "-n", ns, "addr", "add", f"{ip4}/24", "dev", IFNAME)
-            _run("ip", "-n", ns, "addr", "add", f"{ip6}/64", "dev", IFNAME, "nodad")
-            _run("ip", "-n", ns, "link", "set", IFNAME, "up")
-        yield pair
+        if result.returncode != 0:
+            subprocess.run(["ip", "-n", server, "link", "del", IFNAME], capture_output=True)
+            return False
+    return True

@@ -89,6 +89,8 @@ def _shell(command: list[str]) -> str:
     writable caches under /tmp, and its exit status marked on stdout (what virtme-ng
     itself returns is not always the command's)."""
     env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), **GUEST_ENV}
+    if "PYTHONPATH" in os.environ:
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
     return (
         f"export {exports}; mkdir -p /tmp/tcpsleuth-numba /tmp/tcpsleuth-mpl; "
@@ -187,11 +189,15 @@ def run(
     rwdirs: tuple[Path, ...] = (),
 ) -> GuestResult:
     """Boot KERNEL, run COMMAND as root, and return what it printed and its status.
-    ``rwdirs``: host folders the guest may write (for files it hands back)."""
+    ``rwdirs``: host folders the guest may write (for files it hands back). What the
+    guest printed on stderr is also kept in ``last-guest-stderr.txt`` in the cache."""
     if os.geteuid() != 0:
         raise EnvironmentProblem("running a guest kernel needs root here: run it with sudo")
     accel, note = choose_accel(kernel)
     status, out, err, seconds = _boot(kernel, command, accel, timeout, cpus, memory, rwdirs)
+    log = cache_root() / "last-guest-stderr.txt"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.write_text(err)
     if status is None:
         raise EnvironmentProblem(
             f"the guest ({kernel.name}, {note}) did not finish within {timeout:.0f} s: "
