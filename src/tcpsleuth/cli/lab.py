@@ -263,7 +263,8 @@ def run_command(
             f"no lab scenario {', '.join(map(repr, unknown))}; `tcpsleuth lab list` shows them"
         )
     namespaces.require_root("tcpsleuth lab")
-    if keep is not None and keep.exists() and any(keep.iterdir()):
+    # (in a guest, KEEP is the folder the outer command checked and shared)
+    if keep is not None and not in_guest and keep.exists() and any(keep.iterdir()):
         raise InputError(f"{keep}: exists and is not empty; give a new directory to --keep")
     if kernel_name is not None:
         if broker_cmd:
