@@ -68,14 +68,14 @@ class LabSize:
     def guest(cls) -> LabSize:
         """For a guest kernel whose CPU QEMU emulates (some 20 times slower here):
         enough librdkafka producers that the reconnect storm overflows a backlog of 50,
-        one timed producer per library with 64 KB requests every 500 ms, and longer
-        phases for the slower start."""
+        and one timed producer per library offering 1 MB/s (256 KB every 250 ms): what a
+        healthy link carries easily and a 1.5 KB window at a 2 ms round trip cannot.
+        Longer phases for the slower start."""
         return cls(
             crowd=56,
             crowd_kafka_python=0,
             measured=1,
-            message_bytes=65536,
-            interval_ms=500,
+            interval_ms=250,
             warmup_s=8,
             before_s=10,
             after_s=12,
