@@ -15,9 +15,15 @@ repeat after TIME_WAIT) and a few bulk streams. Then times, each in one run:
 - ``tshark -q -z conv,tcp``,
 - dpkt doing the per-connection job in Python,
 
-and prints packets per second for each and the ratios.
+and prints packets per second for each and the ratios. Each tcpsleuth run is made
+in a fresh process, after a warm-up on a small capture, and reports its peak
+resident memory (VmHWM, reset after the warm-up) next to the memory before it.
+Then the same on a capture with the same short connections and twice the packets
+(longer bulk streams): the per-connection state is the same, so the peak must be
+too, whatever the number of packets.
 
-Run from the repository root:  python3 bench/bench_pcap.py [--packets N] [--skip-slow]
+Run from the repository root:
+    python3 bench/bench_pcap.py [--packets N] [--skip-slow] [--no-double]
 """
 
 from __future__ import annotations
@@ -83,8 +89,9 @@ def _ts(tsval: int, tsecr: int) -> bytes:
     return b"\x01\x01" + struct.pack(">BBII", 8, 10, tsval, tsecr)
 
 
-def build(path: Path, target: int) -> int:
-    """Write the capture; return its packet count."""
+def build(path: Path, target: int, short: int) -> int:
+    """Write the capture (``short`` packets of short connections, the rest bulk);
+    return its packet count."""
     rng = random.Random(7)
     records: list[bytes] = []
     count = 0
@@ -104,11 +111,10 @@ def build(path: Path, target: int) -> int:
             out.write(b"".join(records))
             records.clear()
 
-    bulk_target = target // 5
     conn = 0
     request = bytearray(2000)
     response = bytearray(2000)
-    while count < target - bulk_target:
+    while count < short:
         v6 = conn % 3 == 0
         client = (
             SERVER6[:15] + bytes([2 + conn % 200]) if v6 else bytes([198, 18, 1, 2 + conn % 200])
@@ -240,47 +246,136 @@ def dpkt_connections(path: Path) -> int:
     return done + len(conns)
 
 
+def _rss_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def child(mode: str, path: Path, warmup: Path) -> None:
+    """Run one tcpsleuth measurement in this (fresh) process and print it as JSON:
+    seconds, the peak resident memory during the run and the memory before it
+    (Python, NumPy, numba and the compiled loops, warmed up on a small capture)."""
+    import json
+
+    sys.path.insert(0, str(Path(__file__).parent.parent / "src"))
+    from tcpsleuth.cli.pcap import analyse_file
+    from tcpsleuth.detectors.capture import ConnectionTracker
+    from tcpsleuth.sources.pcap import open_capture
+
+    ports = frozenset({KAFKA_PORT})
+
+    def per_connection(file: Path) -> int:
+        tracker = ConnectionTracker()
+        for tcp in open_capture(file).chunks:
+            tracker.feed(tcp)
+        return len(tracker.finish().connections)
+
+    def full(file: Path) -> int:
+        return len(analyse_file(file, ports, show_progress=False).requests)
+
+    run = per_connection if mode == "per-connection" else full
+    run(warmup)
+    before = _rss_kb("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to now
+    start = time.perf_counter()
+    found = run(path)
+    elapsed = time.perf_counter() - start
+    peak = _rss_kb("VmHWM")
+    print(
+        json.dumps(
+            {"seconds": elapsed, "peak_mb": peak / 1024, "before_mb": before / 1024, "found": found}
+        )
+    )
+
+
+def measure(mode: str, path: Path, warmup: Path) -> dict:
+    import json
+
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", mode, str(path), str(warmup)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return json.loads(out.splitlines()[-1])
+
+
+def capture(packets: int, short: int) -> Path:
+    CACHE.mkdir(exist_ok=True)
+    path = CACHE / (
+        f"bench-{packets}.pcap"
+        if short == packets - packets // 5
+        else f"bench-{packets}-{short}.pcap"
+    )
+    if not path.exists():
+        start = time.perf_counter()
+        n = build(path, packets, short)
+        print(f"built {path} ({n} packets) in {time.perf_counter() - start:.1f} s", flush=True)
+    return path
+
+
+def count_packets(path: Path) -> int:
+    with path.open("rb") as f:
+        f.seek(24)
+        data = f.read()
+    pos = n = 0
+    while pos + 16 <= len(data):
+        pos += 16 + struct.unpack_from("<I", data, pos + 8)[0]
+        n += 1
+    return n
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--packets", type=int, default=2_000_000)
     parser.add_argument("--skip-slow", action="store_true", help="tcpsleuth only")
+    parser.add_argument(
+        "--no-double", action="store_true", help="skip the capture with twice the packets"
+    )
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    sys.path.insert(0, str(Path(__file__).parent.parent / "src"))
-    from tcpsleuth.detectors import capture_cookies, kafka_timing, wscale_inference
-    from tcpsleuth.detectors.capture import analyse, rwnd_findings
-    from tcpsleuth.sources.pcap import read_capture
-
-    CACHE.mkdir(exist_ok=True)
-    path = CACHE / f"bench-{args.packets}.pcap"
-    if not path.exists():
-        start = time.perf_counter()
-        n = build(path, args.packets)
-        print(f"built {path} ({n} packets) in {time.perf_counter() - start:.1f} s", flush=True)
-    packets = len(read_capture(path).tcp)
+    if args.child:
+        child(args.child[0], Path(args.child[1]), Path(args.child[2]))
+        return
+    short = args.packets - args.packets // 5
+    path = capture(args.packets, short)
+    warmup = capture(50_000, 40_000)
+    packets = count_packets(path)
     size = path.stat().st_size
     print(f"capture: {path}, {packets} packets, {size / 1e6:.0f} MB", flush=True)
 
     rates: dict[str, float] = {}
     rates["read file"] = timed("read the file into memory", packets, path.read_bytes)
-
-    def per_connection() -> None:
-        analyse(read_capture(path).tcp)
-
-    def full() -> None:
-        ports = frozenset({KAFKA_PORT})
-        analysis = analyse(read_capture(path, ports).tcp)
-        inferences = wscale_inference.infer(analysis)
-        wscale_inference.findings(analysis, inferences)
-        capture_cookies.findings(capture_cookies.classify(analysis))
-        rwnd_findings(analysis)
-        kafka_timing.findings(kafka_timing.timeline(analysis, ports))
-
-    rates["tcpsleuth per-connection"] = timed(
-        "tcpsleuth per-connection pass", packets, per_connection
-    )
-    rates["tcpsleuth full"] = timed(
-        "tcpsleuth full analysis (+ Kafka, cookies, ...)", packets, full
-    )
+    memory: dict[str, dict] = {}
+    for mode, label in (
+        ("per-connection", "tcpsleuth per-connection pass"),
+        ("full", "tcpsleuth full analysis (+ Kafka, cookies, ...)"),
+    ):
+        result = measure(mode, path, warmup)
+        rates[f"tcpsleuth {mode}"] = packets / result["seconds"]
+        memory[f"{mode} {packets}"] = result
+        print(
+            f"{label:<48} {result['seconds']:8.2f} s {packets / result['seconds'] / 1e3:10.0f} "
+            f"k packets/s   peak {result['peak_mb']:5.0f} MB ({result['before_mb']:.0f} MB "
+            "before it)",
+            flush=True,
+        )
+    if not args.no_double:
+        # the same short connections, twice the packets (longer bulk streams)
+        double = capture(2 * args.packets, short)
+        doubled = count_packets(double)
+        print(f"capture: {double}, {doubled} packets, same short connections", flush=True)
+        for mode in ("per-connection", "full"):
+            result = measure(mode, double, warmup)
+            memory[f"{mode} {doubled}"] = result
+            print(
+                f"tcpsleuth {mode:<38} {result['seconds']:8.2f} s "
+                f"{doubled / result['seconds'] / 1e3:10.0f} k packets/s   peak "
+                f"{result['peak_mb']:5.0f} MB ({result['before_mb']:.0f} MB before it)",
+                flush=True,
+            )
     if not args.skip_slow:
         fields = [
             "frame.time_epoch",

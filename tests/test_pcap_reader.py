@@ -279,38 +279,62 @@ def test_compiled_and_python_record_walks_agree(tmp_path: Path) -> None:
     assert len(fast[0]) == 20
 
 
-def test_compiled_and_python_analysis_loops_agree() -> None:
-    """The analysis loops numba compiles give the same in plain Python."""
+def _follow(path: Path, chunk: int, capacity: int) -> tuple[dict, dict]:
+    """Connections and Kafka requests of ``path`` read ``chunk`` bytes at a time."""
+    from tcpsleuth.detectors.capture import ConnectionTracker
+    from tcpsleuth.detectors.kafka_timing import KafkaFollower
+    from tcpsleuth.sources.pcap import open_capture
+
+    tracker = ConnectionTracker(capacity)
+    follower = KafkaFollower(frozenset({9092}))
+    for tcp in open_capture(path, chunk=chunk).chunks:
+        follower.feed(tcp, tracker.feed(tcp), tracker)
+    analysis = tracker.finish()
+    requests = follower.finish(analysis)
+    kafka = {
+        name: getattr(requests, name)
+        for name in ("stream", "api_key", "correlation_id", "frame", "last_frame", "response_frame")
+    }
+    return analysis.columns, kafka
+
+
+def _assert_same(one: dict, two: dict) -> None:
     import numpy as np
 
-    from tcpsleuth.detectors import capture_kernels as kernels
-    from tcpsleuth.detectors.capture import analyse
-    from tcpsleuth.sources.pcap import read_capture
+    assert one.keys() == two.keys()
+    for name in one:
+        assert np.array_equal(one[name], two[name]), name
 
-    analysis = analyse(read_capture(KAFKA).tcp)
-    tcp, order = analysis.tcp, analysis.order
-    args = (
-        analysis.conn,
-        analysis.c2s,
-        tcp.seq[order],
-        tcp.paylen[order].astype(np.int64),
-        tcp.flags[order],
-    )
-    data = tcp.paylen[order] > 0
-    for compiled, plain in (
-        (kernels.sequence_pass(*args), kernels.sequence_pass.py_func(*args)),
-        (
-            kernels.next_pass(analysis.conn, analysis.c2s, data, 99),
-            kernels.next_pass.py_func(analysis.conn, analysis.c2s, data, 99),
-        ),
-        (
-            kernels.bucket_min_max(analysis.conn, analysis.win_bytes, data, 2),
-            kernels.bucket_min_max.py_func(analysis.conn, analysis.win_bytes, data, 2),
-        ),
+
+def test_compiled_and_python_analysis_loops_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The loops numba compiles (decoding, connection tracking, Kafka framing) give the
+    same in plain Python."""
+    import importlib
+
+    from tcpsleuth.detectors import capture_kernels, kafka_timing
+
+    # the package exports a function of the module's name
+    decode = importlib.import_module("tcpsleuth.sources.pcap.decode")
+    compiled = _follow(KAFKA, 1 << 20, 4096)
+    assert len(compiled[0]["first_frame"]) == 2
+    assert len(compiled[1]["stream"]) == 2
+    for module, name in (
+        (capture_kernels, "track"),
+        (kafka_timing, "follow"),
+        (decode, "_decode_packets"),
     ):
-        for a, b in zip(compiled, plain, strict=True):
-            assert np.array_equal(a, b)
-    rel, _before, peer = kernels.sequence_pass(*args)
-    # the first data byte of each request is at relative sequence number 1
-    assert rel[data & analysis.c2s].min() == 1
-    assert (peer[analysis.starts] == -1).all()
+        function = getattr(module, name)
+        monkeypatch.setattr(module, name, getattr(function, "py_func", function))
+    plain = _follow(KAFKA, 1 << 20, 4096)
+    for one, two in zip(compiled, plain, strict=True):
+        _assert_same(one, two)
+
+
+def test_small_chunks_and_growing_tables_change_nothing() -> None:
+    """Connections and Kafka messages spanning chunks, and tables that must grow
+    (and rehash) many times, give what one chunk and roomy tables give."""
+    whole = _follow(KAFKA, 1 << 20, 4096)
+    for chunk in (97, 600):
+        pieces = _follow(KAFKA, chunk, 1)
+        for one, two in zip(whole, pieces, strict=True):
+            _assert_same(one, two)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,10 +12,17 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 
 from tcpsleuth.cli.options import format_option
 from tcpsleuth.detectors import capture_cookies, kafka_timing, wscale_inference
-from tcpsleuth.detectors.capture import Analysis, analyse, rwnd_findings, streams_named
+from tcpsleuth.detectors.capture import (
+    Analysis,
+    ConnectionTracker,
+    detail,
+    rwnd_findings,
+    streams_named,
+    window_series,
+)
 from tcpsleuth.model.findings import Finding, exit_status, ranked
 from tcpsleuth.reports import jsonout, table
-from tcpsleuth.sources.pcap import Capture, file_size, read_capture
+from tcpsleuth.sources.pcap import CaptureStream, file_size, open_capture
 
 TABLE_ROWS = 20
 # --format json lists the connections findings name and the top ones by window
@@ -28,17 +34,29 @@ PROGRESS_MIN_BYTES = 32 << 20
 
 @dataclass
 class FileResult:
-    capture: Capture
+    capture: CaptureStream
     analysis: Analysis
     findings: list[Finding]
-    requests: list[kafka_timing.KafkaRequest]
+    requests: kafka_timing.KafkaRequests
     cookies: capture_cookies.CookieVerdicts
     inferences: list[wscale_inference.WindowInference]
 
 
+def _follow(stream: CaptureStream, kafka_ports: frozenset[int]) -> tuple[Analysis, Any]:
+    """One pass over the capture: connections and Kafka messages, chunk by chunk."""
+    tracker = ConnectionTracker()
+    follower = kafka_timing.KafkaFollower(kafka_ports)
+    for tcp in stream.chunks:
+        rows = tracker.feed(tcp)
+        follower.feed(tcp, rows, tracker)
+    analysis = tracker.finish()
+    return analysis, follower.finish(analysis)
+
+
 def analyse_file(path: Path, kafka_ports: frozenset[int], show_progress: bool) -> FileResult:
     size = file_size(path)
-    if show_progress and size >= PROGRESS_MIN_BYTES:
+    big = show_progress and size >= PROGRESS_MIN_BYTES
+    if big:
         with Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -47,25 +65,30 @@ def analyse_file(path: Path, kafka_ports: frozenset[int], show_progress: bool) -
             transient=True,
             console=table.console(),
         ) as progress:
-            task = progress.add_task(f"reading {path.name}", total=size)
-            capture = read_capture(
-                path, kafka_ports, lambda done: progress.update(task, completed=min(done, size))
+            task = progress.add_task(f"analysing {path.name}", total=size)
+            stream = open_capture(
+                path, lambda done: progress.update(task, completed=min(done, size))
             )
+            analysis, requests = _follow(stream, kafka_ports)
     else:
-        capture = read_capture(path, kafka_ports)
-    big = show_progress and size >= PROGRESS_MIN_BYTES
-    with table.console().status(f"analysing {path.name}") if big else contextlib.nullcontext():
-        analysis = analyse(capture.tcp)
-        inferences = wscale_inference.infer(analysis)
-        cookies = capture_cookies.classify(analysis)
-        requests = kafka_timing.timeline(analysis, kafka_ports)
+        stream = open_capture(path)
+        analysis, requests = _follow(stream, kafka_ports)
+    inferences = wscale_inference.infer(analysis)
+    cookies = capture_cookies.classify(analysis)
     findings = [
         *wscale_inference.findings(analysis, inferences),
         *capture_cookies.findings(cookies),
         *rwnd_findings(analysis),
         *kafka_timing.findings(requests),
     ]
-    return FileResult(capture, analysis, ranked(findings), requests, cookies, inferences)
+    return FileResult(stream, analysis, ranked(findings), requests, cookies, inferences)
+
+
+def _with_detail(result: FileResult, streams: list[int]) -> Analysis:
+    """Every segment of ``streams``, for the plots: a second pass over the file,
+    which the first did not keep."""
+    again = open_capture(Path(result.capture.path))
+    return detail(again.chunks, result.analysis, streams)
 
 
 def _ranked_streams(analysis: Analysis, limit: int) -> list[int]:
@@ -89,18 +112,18 @@ def _document_data(result: FileResult, all_connections: bool) -> dict[str, Any]:
         flagged = streams_named(result.findings, result.requests, JSON_FLAGGED)
         streams = sorted(set(flagged) | set(_ranked_streams(analysis, JSON_CONNECTIONS)))
     verdicts = result.cookies.by_stream()
+    series = window_series(open_capture(Path(capture.path)).chunks, analysis, streams)
     connections = []
     for stream in streams:
         entry = analysis.connections[stream].summary()
-        entry["server_window_series"] = analysis.window_series(stream, from_server=True)
-        entry["client_window_series"] = analysis.window_series(stream, from_server=False)
+        entry["server_window_series"], entry["client_window_series"] = series[stream]
         verdict = verdicts.get(stream)
         entry["syn_cookie"] = (
             {"cookie": verdict.cookie, "confidence": verdict.confidence} if verdict else None
         )
         connections.append(entry)
-    listed = set(streams)
-    requests = [r.to_dict() for r in result.requests if all_connections or r.stream in listed]
+    listed = result.requests.records() if all_connections else result.requests.of_streams(streams)
+    requests = [r.to_dict() for r in listed]
     return {
         "file": capture.path,
         "format": capture.report.kind,
@@ -219,8 +242,13 @@ def _pictures(results: list[FileResult], plot_dir: Path | None, html_file: Path 
         sections = []
         for index, result in enumerate(results):
             prefix = f"{index}-{Path(result.capture.path).name}-" if len(results) > 1 else ""
+            named = streams_named(result.findings, result.requests, plots.MAX_CONNECTIONS)
             pictures = plots.write_connection_plots(
-                result.analysis, result.findings, result.requests, directory, prefix
+                _with_detail(result, named),
+                result.findings,
+                result.requests.of_streams(named),
+                directory,
+                prefix,
             )
             summary = kafka_timing.summary(result.requests)
             sections.append(

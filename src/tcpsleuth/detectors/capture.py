@@ -1,8 +1,12 @@
 """Connections out of a capture's TCP segments, with what TCP did to each of them.
 
-Pure: TCP header columns in (:class:`tcpsleuth.sources.pcap.TcpColumns`), records
-and findings out. The work is done on whole columns with NumPy; Python loops
-only over connections (handshake options) never over segments.
+Pure: TCP header columns in (:class:`tcpsleuth.sources.pcap.TcpColumns`), one
+chunk of the capture at a time, records and findings out. A compiled loop
+(:mod:`.capture_kernels`) keeps running values per connection and nothing per
+segment, so memory grows with the connections, not with the capture; the
+segments of the few connections shown in detail (window series, plots) are
+gathered by a second pass (:func:`detail`). Records are made only for the
+connections asked for.
 
 A connection is not a 4-tuple: a SYN with a new initial sequence number on a
 4-tuple seen before starts a new connection (loopback and busy servers reuse
@@ -17,7 +21,7 @@ shift the sender announced in its SYN or SYN-ACK, when both sides announced one
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, overload
 
@@ -25,9 +29,8 @@ import numpy as np
 
 from tcpsleuth.detectors import capture_kernels as kernels
 from tcpsleuth.model.findings import Finding, Severity, connection_subject
-from tcpsleuth.sources.pcap.decode import ACK, CWR, ECE, FIN, RST, SYN, TcpColumns
+from tcpsleuth.sources.pcap.decode import ACK, COLUMN_TYPES, CWR, ECE, RST, SYN, TcpColumns
 from tcpsleuth.sources.pcap.options import SynOptions
-from tcpsleuth.sources.pcap.walk import OPT_MSS, OPT_WSCALE
 
 SEQ_SPACE = 1 << 32
 # A sender is waiting at the window when what it has in flight leaves less than
@@ -298,12 +301,18 @@ class Connections(Sequence[CaptureConnection]):
 
 @dataclass
 class Analysis:
-    """Per-segment arrays in connection order (``order`` maps back to the columns)
-    plus the connection records; plots and the Kafka and inference detectors read
-    it."""
+    """The connections of a capture as columns (by stream) plus a table of segments.
+
+    The segments are, in the analysis of a whole capture, only the few rows of each
+    connection's handshake the SYN-cookie detector reads (its first segment, the
+    client's SYNs, the server's SYN-ACK and its next segment with a TSval); in a
+    :func:`detail` analysis, every segment of the connections asked for, which the
+    window series and the plots read. ``order`` lists rows of ``tcp`` grouped by
+    connection, capture order within; ``starts``/``ends`` bound each stream's part.
+    """
 
     tcp: TcpColumns
-    order: np.ndarray  # rows of ``tcp`` grouped by connection, capture order within
+    order: np.ndarray
     conn: np.ndarray  # connection index (stream) of each row of ``order``
     c2s: np.ndarray  # bool: sent by the client
     win_bytes: np.ndarray  # advertised window in bytes as the peer computes it
@@ -317,6 +326,7 @@ class Analysis:
     hs_syn: np.ndarray = field(default_factory=lambda: np.zeros((0, 5), dtype=np.int64))
     hs_synack: np.ndarray = field(default_factory=lambda: np.zeros((0, 5), dtype=np.int64))
     connections: Connections = field(default_factory=lambda: Connections(None))
+    detailed: bool = False  # every segment of the connections it covers
 
     def rows(self, stream: int) -> np.ndarray:
         """Rows of ``tcp`` of one connection, in capture order."""
@@ -327,9 +337,12 @@ class Analysis:
     ) -> list[tuple[float, int]]:
         """The window one side advertised over time, in bytes as its peer computes
         them: (ms since the connection's first packet, bytes) at each change, thinned
-        evenly to at most ``points``."""
+        evenly to at most ``points``. Needs a :func:`detail` analysis."""
+        assert self.detailed, "window series need every segment: use detail()"
         lo, hi = int(self.starts[stream]), int(self.ends[stream])
         rows = self.order[lo:hi]
+        if not len(rows):
+            return []
         side = ~self.c2s[lo:hi] if from_server else self.c2s[lo:hi]
         flags = self.tcp.flags[rows]
         use = side & ((flags & (SYN | RST)) == 0)
@@ -348,19 +361,6 @@ class Analysis:
         ]
 
 
-def _handshake_options(
-    tcp: TcpColumns, order: np.ndarray, first: np.ndarray, has: np.ndarray
-) -> np.ndarray:
-    """Options of each connection's SYN (or SYN-ACK) at ``first``; -1 rows where none."""
-    out = np.full((len(first), 5), -1, dtype=np.int64)
-    present = np.flatnonzero(has)
-    if len(present):
-        rows = order[first[present]]
-        index = np.searchsorted(tcp.syn_rows, rows)
-        out[present] = tcp.syn_options[index]
-    return out
-
-
 def _syn_options(opts: list[int], window: int, ecn: bool) -> SynOptions:
     mss, wscale, sack, timestamps, tsval = opts
     return SynOptions(
@@ -374,240 +374,504 @@ def _syn_options(opts: list[int], window: int, ecn: bool) -> SynOptions:
     )
 
 
-def _group_first(values: np.ndarray, starts: np.ndarray, fill: int) -> np.ndarray:
-    if len(values) == 0:
-        return np.zeros(0, dtype=np.int64)
-    return np.minimum.reduceat(np.where(values >= 0, values, fill), starts)
+@dataclass
+class ChunkRows:
+    """What the tracker found for each segment of one chunk."""
+
+    conn: np.ndarray  # int64: connection (stream)
+    direction: np.ndarray  # int8: 0 = the direction of the connection's first segment
+    rel_seq: np.ndarray  # int64
+    win_bytes: np.ndarray  # int64
 
 
-def analyse(tcp: TcpColumns) -> Analysis:
-    n = len(tcp)
-    if n == 0:
-        empty = np.zeros(0, dtype=np.int64)
-        return Analysis(
-            tcp, empty, empty, empty.astype(bool), empty, empty, empty, empty, empty, empty
+class ConnectionTracker:
+    """Connections followed through a capture chunk by chunk, in capture order.
+
+    Per connection a fixed set of running values (see :mod:`.capture_kernels`); no
+    per-segment state, so memory grows with the number of connections and
+    4-tuples only. :meth:`finish` turns them into an :class:`Analysis`.
+    """
+
+    def __init__(self, capacity: int = 1 << 12) -> None:
+        self.counts = np.zeros(2, dtype=np.int64)  # tuples, connections
+        self.conn_state = np.zeros((capacity, kernels.CONN_FIELDS), dtype=np.int64)
+        self.dir_state = np.zeros((capacity, 2, kernels.DIR_FIELDS), dtype=np.int64)
+        self.dir_small = np.zeros((capacity, 2, kernels.SMALL_FIELDS), dtype=np.int32)
+        self.tuple_addr = np.zeros((capacity, 4), dtype=np.uint64)
+        self.tuple_info = np.zeros((capacity, 5), dtype=np.int64)
+        self.table = np.zeros(2 * capacity, dtype=np.int64)
+
+    @property
+    def connection_count(self) -> int:
+        return int(self.counts[1])
+
+    def _grow(self) -> None:
+        """A quarter more room for connections and 4-tuples, as they fill up."""
+        ntuples, nconn = int(self.counts[0]), int(self.counts[1])
+        if nconn >= len(self.conn_state):
+            size = len(self.conn_state) * 5 // 4 + 16
+            self.conn_state = _grown(self.conn_state, size)
+            self.dir_state = _grown(self.dir_state, size)
+            self.dir_small = _grown(self.dir_small, size)
+        if ntuples >= min(len(self.tuple_info), len(self.table) // 2):
+            size = len(self.tuple_info) * 5 // 4 + 16
+            self.tuple_addr = _grown(self.tuple_addr, size)
+            self.tuple_info = _grown(self.tuple_info, size)
+            # open addressing stays fast below half full
+            self.table = np.zeros(1 << int(2 * size - 1).bit_length(), dtype=np.int64)
+            kernels.rehash(self.table, self.tuple_addr, self.tuple_info, ntuples)
+
+    def feed(self, tcp: TcpColumns) -> ChunkRows:
+        n = len(tcp)
+        opt_index = np.full(n, -1, dtype=np.int64)
+        opt_index[tcp.syn_rows] = np.arange(len(tcp.syn_rows))
+        out = ChunkRows(
+            np.empty(n, dtype=np.int64),
+            np.empty(n, dtype=np.int8),
+            np.empty(n, dtype=np.int64),
+            np.empty(n, dtype=np.int64),
         )
-    ea = _endpoint_hash(tcp.src_hi, tcp.src_lo, tcp.sport, tcp.af)
-    eb = _endpoint_hash(tcp.dst_hi, tcp.dst_lo, tcp.dport, tcp.af)
-    low_side = ea < eb
-    key = _mix(np.minimum(ea, eb)) ^ np.maximum(ea, eb)
-    order = np.argsort(key, kind="stable")
-    ks = key[order]
-    flags = tcp.flags[order]
-    seq = tcp.seq[order]
-    group_start = np.empty(n, dtype=bool)
-    group_start[0] = True
-    group_start[1:] = ks[1:] != ks[:-1]
-    # A SYN (no ACK) with a sequence number other than the previous SYN's on this
-    # 4-tuple opens a new connection; a retransmitted SYN keeps the old one.
-    pure_syn = (flags & (SYN | ACK)) == SYN
-    syn_pos = np.flatnonzero(pure_syn)
-    new_conn = group_start.copy()
-    if len(syn_pos) > 1:
-        same_tuple = ks[syn_pos[1:]] == ks[syn_pos[:-1]]
-        same_seq = seq[syn_pos[1:]] == seq[syn_pos[:-1]]
-        new_conn[syn_pos[1:]] |= ~(same_tuple & same_seq)
-    conn_sorted = np.cumsum(new_conn) - 1
-    starts_sorted = np.flatnonzero(new_conn)
-    # Number connections by their first segment in the file, as tshark does.
-    first_row = order[starts_sorted]
-    by_first = np.argsort(first_row, kind="stable")
-    stream_of = np.empty(len(by_first), dtype=np.int64)
-    stream_of[by_first] = np.arange(len(by_first))
-    # Reorder the grouped rows so that connections come in stream order.
-    counts = np.diff(np.r_[starts_sorted, n])
-    new_starts = np.zeros(len(counts), dtype=np.int64)
-    new_starts[1:] = np.cumsum(counts[by_first])[:-1]
-    shift = np.repeat(new_starts[stream_of] - starts_sorted, counts)
-    position = np.arange(n) + shift
-    new_order = np.empty(n, dtype=np.int64)
-    new_order[position] = order
-    order = new_order
-    conn = np.empty(n, dtype=np.int64)
-    conn[position] = stream_of[conn_sorted]
-    starts = new_starts
-    ends = starts + counts[by_first]
+        at, first = 0, True
+        while at < n:
+            if not first:
+                self._grow()
+            first = False
+            at = kernels.track(
+                at,
+                tcp.frame,
+                tcp.ts_ns,
+                tcp.af,
+                tcp.src_hi,
+                tcp.src_lo,
+                tcp.dst_hi,
+                tcp.dst_lo,
+                tcp.sport,
+                tcp.dport,
+                tcp.seq,
+                tcp.ack,
+                tcp.flags,
+                tcp.window,
+                tcp.paylen,
+                tcp.tsval,
+                opt_index,
+                tcp.syn_options,
+                self.table,
+                self.tuple_addr,
+                self.tuple_info,
+                self.counts,
+                self.conn_state,
+                self.dir_state,
+                self.dir_small,
+                kernels.DIR_INITIAL,
+                kernels.SMALL_INITIAL,
+                out.conn,
+                out.direction,
+                out.rel_seq,
+                out.win_bytes,
+            )
+        return out
 
-    flags = tcp.flags[order]
-    pure_syn = (flags & (SYN | ACK)) == SYN
-    synack = (flags & (SYN | ACK)) == (SYN | ACK)
-    side = low_side[order]
-    pos = np.arange(n)
-    big = np.int64(n + 1)
-    first_syn = _group_first(np.where(pure_syn, pos, -1), starts, big)
-    first_synack = _group_first(np.where(synack, pos, -1), starts, big)
-    has_syn = first_syn < big
-    has_synack = first_synack < big
-    sport = tcp.sport[order]
-    dport = tcp.dport[order]
-    first_pos = starts
+    def server_ports(self, first: int, last: int) -> tuple[np.ndarray, np.ndarray]:
+        """For connections ``first`` to ``last`` - 1: the direction of the client as
+        their first segment tells, and the server's port."""
+        state = self.conn_state[first:last]
+        info = self.tuple_info[state[:, K.K_TUPLE]]
+        client = state[:, K.K_CLIENT]
+        client_is_a = (state[:, K.K_FIRST_A] == 1) == (client == 0)
+        server_port = np.where(client_is_a, info[:, K.T_BPORT], info[:, K.T_APORT])
+        return client, server_port
+
+    def finish(self) -> Analysis:
+        """The analysis; the tracker is spent after it."""
+        return _finish(self)
+
+    def release(self) -> None:
+        self.dir_state = np.zeros((0, 2, kernels.DIR_FIELDS), dtype=np.int64)
+        self.dir_small = np.zeros((0, 2, kernels.SMALL_FIELDS), dtype=np.int32)
+        self.tuple_addr = np.zeros((0, 4), dtype=np.uint64)
+        self.table = np.zeros(0, dtype=np.int64)
+
+
+def _grown(array: np.ndarray, size: int) -> np.ndarray:
+    """``array`` with room for ``size`` rows, new ones zero. Resized in place: for
+    large arrays the C library moves the pages (mremap) instead of copying them,
+    so growing never holds the old and the new table at once. Nothing keeps a
+    view of these arrays between calls."""
+    array.resize((size, *array.shape[1:]), refcheck=False)
+    return array
+
+
+K = kernels
+
+
+class _Side:
+    """One side's fields of every connection, by name, picked one field at a time (a
+    copy of the whole state would double the memory the connections take)."""
+
+    def __init__(self, dirs: np.ndarray, small: np.ndarray, who: np.ndarray) -> None:
+        self.dirs, self.small = dirs, small
+        self.first = who == 0
+        self.kept: dict[str, np.ndarray] = {}
+
+    def keep(self, names: list[str]) -> None:
+        """Pick these fields now and let go of the state."""
+        self.kept = {name: self[:, name] for name in names}
+        self.dirs = self.small = np.zeros((0, 2, 0), dtype=np.int64)
+
+    def __getitem__(self, key: tuple[Any, str | list[str]]) -> np.ndarray:
+        rows, name = key
+        if isinstance(name, list):
+            return np.stack([self[rows, one] for one in name], axis=1)
+        if name in self.kept:
+            return self.kept[name][rows]
+        if hasattr(K, "S_" + name):
+            source, index = self.small, getattr(K, "S_" + name)
+        else:
+            source, index = self.dirs, getattr(K, "D_" + name)
+        values = np.where(self.first, source[:, 0, index], source[:, 1, index])
+        return values[rows].astype(np.int64)
+
+
+def _finish(tracker: ConnectionTracker) -> Analysis:
+    nconn = tracker.connection_count
+    state = tracker.conn_state[:nconn]
+    dirs = tracker.dir_state[:nconn]
+    small = tracker.dir_small[:nconn]
+    tuples = state[:, K.K_TUPLE]
+    info = tracker.tuple_info[tuples]
+    addr = tracker.tuple_addr[tuples]
+    first_a = state[:, K.K_FIRST_A] == 1
+
     # client side: sender of the SYN, else receiver of the SYN-ACK, else higher port
-    client_low = np.where(
-        has_syn,
-        side[np.minimum(first_syn, n - 1)],
-        np.where(
-            has_synack,
-            ~side[np.minimum(first_synack, n - 1)],
-            np.where(sport[first_pos] > dport[first_pos], side[first_pos], ~side[first_pos]),
-        ),
+    kind = small[:, :, K.S_HS_KIND]
+    hs_frame = dirs[:, :, K.D_HS_FRAME]
+    syn0, syn1 = kind[:, 0] == 1, kind[:, 1] == 1
+    syn_dir = np.where(
+        syn0 & (~syn1 | (hs_frame[:, 0] <= hs_frame[:, 1])), 0, np.where(syn1, 1, -1)
     )
-    opened_by = np.where(has_syn, 0, np.where(has_synack, 1, 2))
-    c2s = side == client_low[conn]
-    # SYN-ACK must come from the server to count as the handshake's
-    server_synack = synack & ~c2s
-    first_synack = _group_first(np.where(server_synack, pos, -1), starts, big)
-    has_synack = first_synack < big
-    client_syn = pure_syn & c2s
-    first_syn = _group_first(np.where(client_syn, pos, -1), starts, big)
-    has_syn = first_syn < big
+    sa0, sa1 = kind[:, 0] == 2, kind[:, 1] == 2
+    sa_dir = np.where(sa0 & (~sa1 | (hs_frame[:, 0] <= hs_frame[:, 1])), 0, np.where(sa1, 1, -1))
+    sport = np.where(first_a, info[:, K.T_APORT], info[:, K.T_BPORT])
+    dport = np.where(first_a, info[:, K.T_BPORT], info[:, K.T_APORT])
+    guess = np.where(sport > dport, 0, 1)
+    client = np.where(syn_dir >= 0, syn_dir, np.where(sa_dir >= 0, 1 - sa_dir, guess))
+    opened_by = np.where(syn_dir >= 0, 0, np.where(sa_dir >= 0, 1, 2))
+    server = 1 - client
+    cs = _Side(dirs, small, client)  # the client's direction's fields
+    ss = _Side(dirs, small, server)
+    has_syn = cs[:, "HS_KIND"] == 1
+    has_synack = ss[:, "HS_KIND"] == 2
+    option_fields = ["HS_MSS", "HS_WS", "HS_SACK", "HS_TSOK", "HS_TSVAL"]
+    hs_syn = np.where(has_syn[:, None], cs[:, option_fields], -1)
+    hs_synack = np.where(has_synack[:, None], ss[:, option_fields], -1)
 
-    nconn = len(starts)
-    paylen = tcp.paylen[order].astype(np.int64)
-    bucket = conn * 2 + (~c2s).astype(np.int64)  # 0: c2s, 1: s2c
-    packets = np.bincount(bucket, minlength=2 * nconn).reshape(nconn, 2)
-    nbytes = np.bincount(bucket, weights=paylen, minlength=2 * nconn).reshape(nconn, 2)
-    ts = tcp.ts_ns[order]
+    src_hi = np.where(first_a, addr[:, 0], addr[:, 2])
+    src_lo = np.where(first_a, addr[:, 1], addr[:, 3])
+    dst_hi = np.where(first_a, addr[:, 2], addr[:, 0])
+    dst_lo = np.where(first_a, addr[:, 3], addr[:, 1])
+    af = info[:, K.T_AF].astype(np.uint8)
+    first_c2s = client == 0
+    src_addr_key = _mix(_mix(src_hi) ^ src_lo)
+    dst_addr_key = _mix(_mix(dst_hi) ^ dst_lo)
+    server_hi = np.where(first_c2s, dst_hi, src_hi)
+    server_lo = np.where(first_c2s, dst_lo, src_lo)
+    server_port = np.where(first_c2s, dport, sport)
+    last_ts = state[:, K.K_LAST_TS]
+    rtt_ok = has_syn & has_synack & (cs[:, "RTT_TS"] >= 0)
 
-    # Handshake options: one parse per SYN and SYN-ACK of the handshake.
-    window = tcp.window[order].astype(np.int64)
-    hs_syn = _handshake_options(tcp, order, first_syn, has_syn)
-    hs_synack = _handshake_options(tcp, order, first_synack, has_synack)
-    both_scale = (hs_syn[:, OPT_WSCALE] >= 0) & (hs_synack[:, OPT_WSCALE] >= 0)
-    # RFC 7323 2.3: shifts above 14 are used as 14
-    client_shift = np.where(both_scale, np.minimum(hs_syn[:, OPT_WSCALE], 14), 0)
-    server_shift = np.where(both_scale, np.minimum(hs_synack[:, OPT_WSCALE], 14), 0)
-    is_syn = (flags & SYN) != 0
-    sender_shift = np.where(c2s, client_shift[conn], server_shift[conn])
-    win_bytes = np.where(is_syn, window, window << sender_shift)
+    def pair(name: str) -> np.ndarray:
+        return np.stack([cs[:, name], ss[:, name]], axis=1)
 
-    # Handshake RTT: from the SYN to the client's first ACK after the SYN-ACK.
-    ack_only = c2s & ((flags & (SYN | ACK)) == ACK)
-    after_synack = pos > first_synack[conn]
-    first_ack = _group_first(np.where(ack_only & after_synack, pos, -1), starts, big)
-    rtt_ok = has_syn & has_synack & (first_ack < big)
-    rtt_ns = np.where(
-        rtt_ok, ts[np.minimum(first_ack, n - 1)] - ts[np.minimum(first_syn, n - 1)], -1
-    )
+    def span(side: _Side) -> np.ndarray:
+        first_data = side[:, "FIRST_DATA_TS"]
+        return np.where(first_data >= 0, last_ts - first_data, 0)
 
-    # Each direction's byte stream: relative sequence numbers, the highest byte sent
-    # before each segment, and the other side's latest segment (its ACK and window).
-    seq = tcp.seq[order]
-    ack = tcp.ack[order]
-    rel_by_pos, before, peer = kernels.sequence_pass(conn, c2s, seq, paylen, flags)
-    peer_ok = peer >= 0
-    peer = np.maximum(peer, 0)
-    peer_zero = peer_ok & (win_bytes[peer] == 0) & ((flags[peer] & RST) == 0)
-    probe = peer_zero & (paylen <= 1) & ((flags & (SYN | FIN | RST)) == 0)
-    retrans = (paylen > 0) & (rel_by_pos + paylen <= before) & ~probe
-    zero = (window == 0) & ((flags & (RST | SYN)) == 0)
-    retrans_n = np.bincount(bucket, weights=retrans, minlength=2 * nconn).reshape(nconn, 2)
-    zero_n = np.bincount(bucket, weights=zero, minlength=2 * nconn).reshape(nconn, 2)
-    probe_n = np.bincount(bucket, weights=probe, minlength=2 * nconn).reshape(nconn, 2)
-
-    # Window range each side advertised (bytes), SYNs excluded.
-    not_syn = ~is_syn & ((flags & RST) == 0)
-    wmin, wmax = kernels.bucket_min_max(bucket, win_bytes, not_syn, 2 * nconn)
-    wmin = wmin.reshape(nconn, 2)
-    wmax = wmax.reshape(nconn, 2)
-
-    # Waiting at the window: after this data segment less than one segment of the
-    # peer's window is left, and the sender sends again right after the peer's next
-    # segment (it had data waiting).
-    data = (paylen > 0) & ~retrans
-    _unused, seg_size = kernels.bucket_min_max(bucket, paylen, data, 2 * nconn)
-    seg_size = np.maximum(seg_size, 0)
-    # A capture on the sending host shows TSO super-segments; the segment the
-    # receiver's window must fit is at most the MSS the receiver announced.
-    peer_mss = np.stack(
-        [
-            np.where(hs_synack[:, OPT_MSS] > 0, hs_synack[:, OPT_MSS], 1 << 16),
-            np.where(hs_syn[:, OPT_MSS] > 0, hs_syn[:, OPT_MSS], 1 << 16),
-        ],
-        axis=1,
-    )
-    seg = np.minimum(seg_size, peer_mss.ravel())[bucket]
-    peer_ack = ack[peer]
-    in_flight = (seq + paylen - peer_ack) % SEQ_SPACE
-    in_flight = np.where(in_flight > (1 << 31), 0, in_flight)
-    peer_win = win_bytes[peer]
-    at_edge = data & peer_ok & ((flags[peer] & ACK) != 0) & (in_flight + seg > peer_win)
-    nxt_other, nxt_own = kernels.next_pass(conn, c2s, data, big)
-    other_ok = nxt_other < n
-    own_ok = nxt_own < n
-    waits = at_edge & other_ok & own_ok & (nxt_own > nxt_other)
-    # The wait ends with the peer's next segment, or, when the window it opens is
-    # still below two segments (sender-side silly-window avoidance and persist
-    # timer hold the sender back), with the sender's next data segment.
-    nxt_own_c = np.minimum(nxt_own, n - 1)
-    small_after = win_bytes[peer[nxt_own_c]] < 2 * seg
-    wait_end = np.where(small_after, ts[nxt_own_c], ts[np.minimum(nxt_other, n - 1)])
-    wait_ns = np.where(waits, wait_end - ts, 0)
-    wait_sum = np.bincount(bucket, weights=wait_ns, minlength=2 * nconn).reshape(nconn, 2)
-    wait_n = np.bincount(bucket, weights=waits, minlength=2 * nconn).reshape(nconn, 2)
-    # Span of each direction's data transfer: first data segment to the
-    # connection's last segment.
-    first_data = _group_first(np.where(data & c2s, pos, -1), starts, big)
-    first_data_s = _group_first(np.where(data & ~c2s, pos, -1), starts, big)
-    last_ts = ts[ends - 1]
-    span_c2s = np.where(first_data < big, last_ts - ts[np.minimum(first_data, n - 1)], 0)
-    span_s2c = np.where(first_data_s < big, last_ts - ts[np.minimum(first_data_s, n - 1)], 0)
-
-    analysis = Analysis(
-        tcp,
-        order,
-        conn,
-        c2s,
-        win_bytes,
-        starts,
-        ends,
-        np.where(has_syn, first_syn, -1),
-        np.where(has_synack, first_synack, -1),
-        rel_by_pos,
-    )
-    src_addr_key = _mix(_mix(tcp.src_hi[order][starts]) ^ tcp.src_lo[order][starts])
-    dst_addr_key = _mix(_mix(tcp.dst_hi[order][starts]) ^ tcp.dst_lo[order][starts])
-    analysis.columns = {
-        "af": tcp.af[order][starts],
-        "src_hi": tcp.src_hi[order][starts],
-        "src_lo": tcp.src_lo[order][starts],
-        "dst_hi": tcp.dst_hi[order][starts],
-        "dst_lo": tcp.dst_lo[order][starts],
-        "sport": sport[starts],
-        "dport": dport[starts],
-        "first_c2s": c2s[starts],
-        "first_frame": tcp.frame[order][starts],
-        "first_ts": ts[starts],
-        "last_ts": ts[ends - 1],
+    columns = {
+        "af": af,
+        "src_hi": src_hi,
+        "src_lo": src_lo,
+        "dst_hi": dst_hi,
+        "dst_lo": dst_lo,
+        "sport": sport,
+        "dport": dport,
+        "first_c2s": first_c2s,
+        "first_frame": state[:, K.K_FIRST_FRAME],
+        "first_ts": state[:, K.K_FIRST_TS],
+        "last_ts": last_ts,
         "opened_by": opened_by,
         "has_syn": has_syn,
         "has_synack": has_synack,
-        "syn_frame": tcp.frame[order][np.minimum(first_syn, n - 1)],
-        "synack_frame": tcp.frame[order][np.minimum(first_synack, n - 1)],
-        "syn_window": window[np.minimum(first_syn, n - 1)],
-        "synack_window": window[np.minimum(first_synack, n - 1)],
-        "syn_flags": flags[np.minimum(first_syn, n - 1)],
-        "synack_flags": flags[np.minimum(first_synack, n - 1)],
-        "rtt_ns": np.where(rtt_ok, rtt_ns, -1),
-        "packets": packets,
-        "bytes": nbytes.astype(np.int64),
-        "retrans": retrans_n.astype(np.int64),
-        "zero": zero_n.astype(np.int64),
-        "probe": probe_n.astype(np.int64),
-        "wmin": np.where((wmax >= 0) & (wmin != np.iinfo(np.int64).max), wmin, -1),
-        "wmax": wmax,
-        "wait_ns": wait_sum.astype(np.int64),
-        "waits": wait_n.astype(np.int64),
-        "span_c2s": span_c2s,
-        "span_s2c": span_s2c,
-        "server_port": np.where(c2s[starts], dport[starts], sport[starts]),
+        "syn_frame": cs[:, "HS_FRAME"],
+        "synack_frame": ss[:, "HS_FRAME"],
+        "syn_window": cs[:, "HS_WIN"],
+        "synack_window": ss[:, "HS_WIN"],
+        "syn_flags": cs[:, "HS_FLAGS"],
+        "synack_flags": ss[:, "HS_FLAGS"],
+        "syn_seq": cs[:, "HS_SEQ"],
+        "rtt_ns": np.where(rtt_ok, cs[:, "RTT_TS"] - cs[:, "HS_TS"], -1),
+        "packets": pair("PKTS"),
+        "bytes": pair("BYTES"),
+        "retrans": pair("RETRANS"),
+        "zero": pair("ZERO"),
+        "probe": pair("PROBE"),
+        "wmin": pair("WMIN"),
+        "wmax": pair("WMAX"),
+        "wait_ns": pair("WAIT_NS"),
+        "window_changes": pair("WIN_CHANGES"),
+        "waits": pair("WAITS"),
+        "span_c2s": span(cs),
+        "span_s2c": span(ss),
+        # the server's first window after its SYN-ACK (window-scale inference)
+        "first_window_frame": np.where(has_synack, ss[:, "INF_FRAME"], -1),
+        "first_window": ss[:, "INF_WIN"],
+        "first_window_ack": ss[:, "INF_ACK"],
+        "server_port": server_port,
         # hashes that group connections by server endpoint and by server address
-        "server_key": np.where(c2s[starts], eb[order][starts], ea[order][starts]),
-        "server_addr_key": np.where(c2s[starts], dst_addr_key, src_addr_key),
-        "client_addr_key": np.where(c2s[starts], src_addr_key, dst_addr_key),
+        "server_key": _endpoint_hash(server_hi, server_lo, server_port, af),
+        "server_addr_key": np.where(first_c2s, dst_addr_key, src_addr_key),
+        "client_addr_key": np.where(first_c2s, src_addr_key, dst_addr_key),
     }
+    # the state is no longer needed: free it before the handshake table is built
+    cs.keep(["HS_FRAME", "HS_TS", "LSYN_FRAME", "LSYN_TS"])
+    ss.keep(["HS_FRAME", "HS_TS", "LATER_FRAME", "LATER_TS", "LATER_TSVAL"])
+    del dirs, small, hs_frame, kind
+    tracker.release()
+    analysis = _handshake_rows(columns, cs, ss, has_syn, has_synack)
+    analysis.columns = columns
     analysis.hs_syn, analysis.hs_synack = hs_syn, hs_synack
     analysis.connections = Connections(analysis)
     return analysis
+
+
+# kinds of handshake rows, in the order they sort within one frame
+_FIRST, _SYN, _LAST_SYN, _SYNACK, _LATER = range(5)
+
+
+def _handshake_rows(
+    columns: dict[str, np.ndarray],
+    cs: _Side,
+    ss: _Side,
+    has_syn: np.ndarray,
+    has_synack: np.ndarray,
+) -> Analysis:
+    """The segment table of a whole-capture analysis: per connection its first
+    segment (a placeholder matching nothing), the client's first and last SYN
+    before the SYN-ACK, the server's SYN-ACK and its next segment with a TSval."""
+    nconn = len(has_syn)
+    index = np.arange(nconn)
+    last_syn = has_syn & (cs[:, "LSYN_FRAME"] >= 0) & (cs[:, "LSYN_FRAME"] != cs[:, "HS_FRAME"])
+    later = has_synack & (ss[:, "LATER_FRAME"] >= 0)
+    parts = [
+        (index, columns["first_frame"], columns["first_ts"], 0, -1, True, _FIRST),
+        (index[has_syn], cs[has_syn, "HS_FRAME"], cs[has_syn, "HS_TS"], SYN, -1, True, _SYN),
+        (
+            index[last_syn],
+            cs[last_syn, "LSYN_FRAME"],
+            cs[last_syn, "LSYN_TS"],
+            SYN,
+            -1,
+            True,
+            _LAST_SYN,
+        ),
+        (
+            index[has_synack],
+            ss[has_synack, "HS_FRAME"],
+            ss[has_synack, "HS_TS"],
+            SYN | ACK,
+            -1,
+            False,
+            _SYNACK,
+        ),
+        (
+            index[later],
+            ss[later, "LATER_FRAME"],
+            ss[later, "LATER_TS"],
+            ACK,
+            ss[later, "LATER_TSVAL"],
+            False,
+            _LATER,
+        ),
+    ]
+    conn = np.concatenate([p[0] for p in parts])
+    frame = np.concatenate([p[1] for p in parts])
+    ts = np.concatenate([p[2] for p in parts])
+    flags = np.concatenate([np.full(len(p[0]), p[3], dtype=np.int32) for p in parts])
+    tsval = np.concatenate(
+        [np.broadcast_to(np.asarray(p[4], dtype=np.int64), len(p[0])) for p in parts]
+    )
+    c2s = np.concatenate([np.full(len(p[0]), p[5]) for p in parts])
+    kinds = np.concatenate([np.full(len(p[0]), p[6], dtype=np.int8) for p in parts])
+    order = np.lexsort((kinds, frame, conn))
+    conn, c2s, kinds = conn[order], c2s[order], kinds[order]
+    n = len(order)
+    tcp = _segment_table(frame[order], ts[order], flags[order], tsval[order])
+    starts = np.searchsorted(conn, index, side="left")
+    ends = np.searchsorted(conn, index, side="right")
+    first_syn = np.full(nconn, -1, dtype=np.int64)
+    first_synack = np.full(nconn, -1, dtype=np.int64)
+    pos = np.arange(n)
+    first_syn[conn[kinds == _SYN]] = pos[kinds == _SYN]
+    first_synack[conn[kinds == _SYNACK]] = pos[kinds == _SYNACK]
+    zeros = np.zeros(n, dtype=np.int64)
+    return Analysis(
+        tcp=tcp,
+        order=pos,
+        conn=conn,
+        c2s=c2s,
+        win_bytes=zeros,
+        starts=starts,
+        ends=ends,
+        first_syn=first_syn,
+        first_synack=first_synack,
+        rel_seq=zeros,
+    )
+
+
+def _segment_table(
+    frame: np.ndarray,
+    ts_ns: np.ndarray,
+    flags: np.ndarray,
+    tsval: np.ndarray,
+    **given: np.ndarray,
+) -> TcpColumns:
+    """A TcpColumns with these columns (and ``given`` ones); zeros in the others."""
+    n = len(frame)
+    columns = {name: np.zeros(n, dtype=kind) for name, kind in COLUMN_TYPES.items()}
+    columns.update(frame=frame, ts_ns=ts_ns, flags=flags, tsval=tsval, **given)
+    return TcpColumns(
+        **columns,
+        syn_rows=np.zeros(0, dtype=np.int64),
+        syn_options=np.zeros((0, 5), dtype=np.int64),
+        payload_at=np.full(n, -1, dtype=np.int64),
+        payload_cap=np.zeros(n, dtype=np.int32),
+        data=np.zeros(0, dtype=np.uint8),
+    )
+
+
+def analyse(tcp: TcpColumns) -> Analysis:
+    """The analysis of segments already in memory (:func:`read_capture`)."""
+    tracker = ConnectionTracker()
+    tracker.feed(tcp)
+    return tracker.finish()
+
+
+def window_series(
+    chunks: Iterable[TcpColumns],
+    analysis: Analysis,
+    streams: Iterable[int],
+    points: int = SERIES_POINTS,
+) -> dict[int, tuple[list[tuple[float, int]], list[tuple[float, int]]]]:
+    """Per stream, the windows the server and the client advertised over time, in
+    bytes as the peer computes them: (ms since the connection's first packet,
+    bytes) at each change, thinned evenly to at most ``points``. A second pass
+    over the same capture; the first counted the changes, so this one keeps only
+    the points it returns."""
+    chosen = sorted(set(streams))
+    if not chosen:
+        return {}
+    cols = analysis.columns
+    changes = cols["window_changes"][chosen]  # (streams, [c2s, s2c])
+    first_c2s = cols["first_c2s"][chosen]
+    # by direction of the first segment (d = 0) rather than client/server
+    by_dir = np.where(first_c2s[:, None], changes, changes[:, ::-1])
+    picks = np.full((len(chosen), 2, points), -1, dtype=np.int64)
+    for s, counts in enumerate(by_dir.tolist()):
+        for d, count in enumerate(counts):
+            if count > points:
+                picks[s, d] = np.linspace(0, count - 1, points).astype(np.int64)
+            else:
+                picks[s, d, :count] = np.arange(count)
+    slot = np.full(len(analysis.connections) + 1, -1, dtype=np.int64)
+    slot[chosen] = np.arange(len(chosen))
+    done = np.zeros((len(chosen), 2), dtype=np.int64)
+    last = np.zeros((len(chosen), 2), dtype=np.int64)
+    taken = np.zeros((len(chosen), 2), dtype=np.int64)
+    out = np.zeros((len(chosen), 2, points, 2), dtype=np.int64)
+    tracker = ConnectionTracker()
+    for tcp in chunks:
+        rows = tracker.feed(tcp)
+        kernels.series_pass(
+            np.minimum(rows.conn, len(slot) - 1),
+            rows.direction,
+            tcp.flags,
+            tcp.ts_ns,
+            rows.win_bytes,
+            slot,
+            picks,
+            done,
+            last,
+            taken,
+            out,
+        )
+    result = {}
+    for s, stream in enumerate(chosen):
+        start = int(cols["first_ts"][stream])
+        series = [
+            [(round((t - start) / 1e6, 3), w) for t, w in out[s, d, : taken[s, d]].tolist()]
+            for d in (0, 1)
+        ]
+        client_first = bool(first_c2s[s])
+        server, client = (series[1], series[0]) if client_first else (series[0], series[1])
+        result[stream] = (server, client)
+    return result
+
+
+def detail(chunks: Iterable[TcpColumns], analysis: Analysis, streams: Iterable[int]) -> Analysis:
+    """Every segment of ``streams`` (a second pass over the same capture, whose
+    connections are numbered the same way): for window series and plots. Memory
+    grows with the segments of those connections only."""
+    wanted = np.zeros(len(analysis.connections) + 1, dtype=bool)
+    chosen = np.array(sorted(set(streams)), dtype=np.int64)
+    wanted[chosen] = True
+    tracker = ConnectionTracker()
+    kept: list[tuple[TcpColumns, ChunkRows, np.ndarray]] = []
+    for tcp in chunks:
+        rows = tracker.feed(tcp)
+        keep = np.flatnonzero(wanted[np.minimum(rows.conn, len(wanted) - 1)])
+        if len(keep):
+            kept.append((tcp, rows, keep))
+    names = [name for name in COLUMN_TYPES if name not in ("frame", "ts_ns", "flags", "tsval")]
+
+    def gather(get: Callable[[TcpColumns, ChunkRows], np.ndarray], kind: type) -> np.ndarray:
+        if not kept:
+            return np.zeros(0, dtype=kind)
+        return np.concatenate([get(tcp, rows)[keep] for tcp, rows, keep in kept]).astype(kind)
+
+    conn = gather(lambda _t, r: r.conn, np.int64)
+    direction = gather(lambda _t, r: r.direction, np.int8)
+    tcp = _segment_table(
+        gather(lambda t, _r: t.frame, np.int64),
+        gather(lambda t, _r: t.ts_ns, np.int64),
+        gather(lambda t, _r: t.flags, np.int32),
+        gather(lambda t, _r: t.tsval, np.int64),
+        **{
+            name: gather(lambda t, _r, name=name: getattr(t, name), COLUMN_TYPES[name])
+            for name in names
+        },
+    )
+    order = np.argsort(conn, kind="stable")
+    conn_sorted = conn[order]
+    index = np.arange(len(analysis.connections))
+    first_c2s = analysis.columns["first_c2s"] if analysis.columns else np.zeros(0, dtype=bool)
+    c2s = (direction[order] == 0) == first_c2s[conn_sorted]
+    none = np.full(len(index), -1, dtype=np.int64)
+    return Analysis(
+        tcp=tcp,
+        order=order,
+        conn=conn_sorted,
+        c2s=c2s,
+        win_bytes=gather(lambda _t, r: r.win_bytes, np.int64)[order],
+        starts=np.searchsorted(conn_sorted, index, side="left"),
+        ends=np.searchsorted(conn_sorted, index, side="right"),
+        first_syn=none,
+        first_synack=none,
+        rel_seq=gather(lambda _t, r: r.rel_seq, np.int64)[order],
+        columns=analysis.columns,
+        hs_syn=analysis.hs_syn,
+        hs_synack=analysis.hs_synack,
+        connections=analysis.connections,
+        detailed=True,
+    )
 
 
 def rwnd_findings(analysis: Analysis) -> list[Finding]:
@@ -681,6 +945,10 @@ def rwnd_findings(analysis: Analysis) -> list[Finding]:
     return out
 
 
+class KafkaRequestsLike(Protocol):
+    def slowest_streams(self, client: str, count: int) -> list[int]: ...
+
+
 class KafkaRequestLike(Protocol):
     stream: int
     client: str
@@ -689,7 +957,7 @@ class KafkaRequestLike(Protocol):
 
 def streams_named(
     findings: Sequence[Finding],
-    requests: Sequence[KafkaRequestLike],
+    requests: KafkaRequestsLike | Sequence[KafkaRequestLike],
     limit: int,
 ) -> list[int]:
     """Connections the findings point at (their ``stream``/``streams`` evidence, and the
@@ -702,11 +970,15 @@ def streams_named(
                 streams.append(stream)
         if finding.kind == "kafka-send-time":
             client = finding.subject.get("client")
-            slow = sorted(
-                (r for r in requests if r.client.rsplit(":", 1)[0] == client and r.send_ms),
-                key=lambda r: -(r.send_ms or 0),
-            )
-            for request in slow[:3]:
-                if request.stream not in streams:
-                    streams.append(request.stream)
+            if hasattr(requests, "slowest_streams"):
+                slowest = requests.slowest_streams(str(client), 3)
+            else:
+                slow = sorted(
+                    (r for r in requests if r.client.rsplit(":", 1)[0] == client and r.send_ms),
+                    key=lambda r: -(r.send_ms or 0),
+                )
+                slowest = [r.stream for r in slow[:3]]
+            for stream in slowest:
+                if stream not in streams:
+                    streams.append(stream)
     return streams[:limit]

@@ -18,23 +18,22 @@ second part.
 
 from __future__ import annotations
 
-import struct
-from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from tcpsleuth.detectors.capture import Analysis
+from tcpsleuth.detectors.capture import Analysis, ChunkRows, ConnectionTracker, _mix
 from tcpsleuth.model.findings import Finding, Severity, connection_subject
+from tcpsleuth.sources.pcap.decode import TcpColumns
+from tcpsleuth.sources.pcap.walk import njit
 
 try:  # api key names from kio, the project's Kafka protocol library
     from kio.schema.index import api_key_map as _API_NAMES
 except ImportError:  # pragma: no cover - kio is a dependency; names are cosmetic
     _API_NAMES = {}
 
-REQUEST_HEADER = struct.Struct(">iHhi")  # size, api_key, api_version, correlation_id
-RESPONSE_HEADER = struct.Struct(">ii")  # size, correlation_id
 MAX_MESSAGE = 1 << 30  # a larger size means we are not at a message boundary
 # A client whose requests spend this long being sent (median) is reported.
 SEND_SLOW_MS = 10.0
@@ -102,209 +101,431 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
-@dataclass(frozen=True)
-class KafkaResponse:
-    stream: int
-    correlation_id: int
-    size: int
-    frame: int
-    ts_ns: int
+# Per direction of a connection (``state[c, d, field]``): where the next message
+# starts (relative sequence number; -1: at the first data segment, -2: direction
+# not seen yet), one past the highest byte seen, header bytes collected so far and
+# the frame and time of the first of them, the message still waiting for its last
+# byte (-1: none), and whether decoding stopped (we lost our place).
+S_NEXT, S_HIGH, S_PARTIAL, S_FRAME, S_TS, S_PENDING, S_DEAD = range(7)
+STATE_FIELDS = 7
+STATE_INITIAL = np.array([-2, 0, 0, 0, 0, -1, 0], dtype=np.int64)
+# Message columns (``messages[m, field]``)
+(
+    M_CONN,
+    M_REQUEST,
+    M_SIZE,
+    M_API_KEY,
+    M_API_VERSION,
+    M_CORRELATION,
+    M_FRAME,
+    M_TS,
+    M_END,
+    M_LAST_FRAME,
+    M_LAST_TS,
+) = range(11)
+MESSAGE_FIELDS = 11
+_HEADER = 12  # bytes kept of a header: a request's (a response's is 8)
 
 
-@dataclass
-class _Message:
-    start: int  # relative sequence number of its size field
-    end: int  # one past its last byte
-    header: bytes
-    frame: int
-    ts_ns: int
-    last_frame: int | None = None
-    last_ns: int | None = None
+@njit(cache=True, nogil=True)
+def _int32(partial, at):  # type: ignore[no-untyped-def]
+    value = (
+        (np.int64(partial[at]) << 24)
+        | (np.int64(partial[at + 1]) << 16)
+        | (np.int64(partial[at + 2]) << 8)
+        | np.int64(partial[at + 3])
+    )
+    return value - (1 << 32) if value >= (1 << 31) else value
 
 
-def _messages(
-    segments: list[tuple[int, int, bytes, int, int]], header_size: int, first: int
-) -> list[_Message]:
-    """Split one direction's byte stream into messages, the first starting at ``first``.
+@njit(cache=True, nogil=True)
+def follow(  # type: ignore[no-untyped-def]
+    start,
+    conn,
+    direction,
+    rel_seq,
+    flags,
+    paylen,
+    frame,
+    ts_ns,
+    payload_at,
+    payload_cap,
+    data,
+    client_dir,
+    state,
+    partial,
+    messages,
+    count,
+):
+    """Split the byte streams of watched connections (``client_dir`` >= 0: the
+    client's direction) into messages, from segment ``start`` of the chunk on.
 
-    ``segments`` are (relative seq, length, captured payload, frame, ts) in capture
-    order. Retransmitted bytes are skipped; a gap in the capture over a header the
-    stream depends on stops the decoding of this direction (we lost our place).
-    """
-    messages: list[_Message] = []
-    pending: list[_Message] = []
-    next_start = first
-    high = first  # one past the highest byte seen
-    partial = bytearray()
-    partial_frame = partial_ts = 0
-    for rel, length, payload, frame, ts in segments:
-        seg_end = rel + length
-        if seg_end <= high:
+    Retransmitted bytes are skipped; a gap in the capture over a header the stream
+    depends on stops the decoding of that direction. Returns where it stopped: the
+    chunk's length, or earlier when ``messages`` might not hold the next segment's
+    messages (the caller makes room and calls again from there)."""
+    for i in range(start, len(conn)):
+        c = conn[i]
+        who = client_dir[c]
+        if who < 0:
             continue
-        if rel > high and next_start < rel and next_start + header_size > high:
-            break  # the header we need was in a segment the capture lacks
-        if pending:
-            for message in pending:
-                if message.end <= seg_end:
-                    message.last_frame, message.last_ns = frame, ts
-            pending = [m for m in pending if m.last_ns is None]
-        begin = max(rel, high)
-        high = seg_end
+        d = direction[i]
+        st = state[c, d]
+        if st[S_NEXT] == -2:
+            # the stream starts after the SYN, or at the first data segment when
+            # the capture began mid-connection
+            st[S_NEXT] = 1 if flags[i] & 0x02 else -1
+            st[S_HIGH] = st[S_NEXT]
+        length = np.int64(paylen[i])
+        if length <= 0 or st[S_DEAD]:
+            continue
+        captured = np.int64(payload_cap[i])
+        if count[0] + captured // 4 + 2 > len(messages):
+            return i
+        header = 12 if d == who else 8
+        rel = rel_seq[i]
+        if st[S_NEXT] == -1:
+            st[S_NEXT] = rel
+            st[S_HIGH] = rel
+        seg_end = rel + length
+        if seg_end <= st[S_HIGH]:
+            continue
+        if rel > st[S_HIGH] and st[S_NEXT] < rel and st[S_NEXT] + header > st[S_HIGH]:
+            st[S_DEAD] = 1  # the header we need was in a segment the capture lacks
+            continue
+        pending = st[S_PENDING]
+        if pending >= 0 and messages[pending, M_END] <= seg_end:
+            messages[pending, M_LAST_FRAME] = frame[i]
+            messages[pending, M_LAST_TS] = ts_ns[i]
+            st[S_PENDING] = -1
+        begin = max(rel, st[S_HIGH])
+        st[S_HIGH] = seg_end
         lost = False
-        while next_start < seg_end:
-            if next_start < begin and not partial:
+        while st[S_NEXT] < seg_end:
+            have = st[S_PARTIAL]
+            if st[S_NEXT] < begin and have == 0:
                 lost = True
                 break
-            at = max(next_start + len(partial), begin) - rel
-            need = header_size - len(partial)
-            if not partial:
-                partial_frame, partial_ts = frame, ts
-            partial += payload[at : at + need]
-            if len(partial) < header_size:
+            at = max(st[S_NEXT] + have, begin) - rel
+            need = header - have
+            if have == 0:
+                st[S_FRAME] = frame[i]
+                st[S_TS] = ts_ns[i]
+            take = min(need, captured - at) if at < captured else 0
+            base = payload_at[i] + at
+            for k in range(take):
+                partial[c, d, have + k] = data[base + k]
+            have += take
+            st[S_PARTIAL] = have
+            if have < header:
                 # the rest of the header is in the next segment, unless the snap
                 # length cut it off here
-                lost = rel + len(payload) < seg_end
+                lost = rel + captured < seg_end
                 break
-            (size,) = struct.unpack_from(">i", partial)
+            size = _int32(partial[c, d], 0)
             if size < 0 or size > MAX_MESSAGE:
                 lost = True
                 break
-            message = _Message(
-                next_start, next_start + 4 + size, bytes(partial), partial_frame, partial_ts
-            )
-            partial.clear()
-            if message.end <= seg_end:
-                message.last_frame, message.last_ns = frame, ts
+            m = count[0]
+            count[0] += 1
+            messages[m, M_CONN] = c
+            messages[m, M_REQUEST] = 1 if d == who else 0
+            messages[m, M_SIZE] = size
+            if d == who:
+                messages[m, M_API_KEY] = (np.int64(partial[c, d, 4]) << 8) | partial[c, d, 5]
+                version = (np.int64(partial[c, d, 6]) << 8) | partial[c, d, 7]
+                messages[m, M_API_VERSION] = version - 65536 if version >= 32768 else version
+                messages[m, M_CORRELATION] = _int32(partial[c, d], 8)
             else:
-                pending.append(message)
-            messages.append(message)
-            next_start = message.end
+                messages[m, M_API_KEY] = -1
+                messages[m, M_API_VERSION] = -1
+                messages[m, M_CORRELATION] = _int32(partial[c, d], 4)
+            messages[m, M_FRAME] = st[S_FRAME]
+            messages[m, M_TS] = st[S_TS]
+            end = st[S_NEXT] + 4 + size
+            messages[m, M_END] = end
+            if end <= seg_end:
+                messages[m, M_LAST_FRAME] = frame[i]
+                messages[m, M_LAST_TS] = ts_ns[i]
+            else:
+                messages[m, M_LAST_FRAME] = -1
+                messages[m, M_LAST_TS] = -1
+                st[S_PENDING] = m
+            st[S_PARTIAL] = 0
+            st[S_NEXT] = end
         if lost:
-            break
-    return messages
+            st[S_DEAD] = 1
+    return len(conn)
 
 
-def timeline(analysis: Analysis, kafka_ports: frozenset[int]) -> list[KafkaRequest]:
-    """Every Kafka request on connections to one of ``kafka_ports``."""
-    tcp = analysis.tcp
-    n = len(analysis.order)
-    if not n or not kafka_ports:
-        return []
-    records = analysis.connections
-    watched = np.isin(analysis.columns["server_port"], np.array(sorted(kafka_ports)))
-    conn = analysis.conn
-    order = analysis.order
-    paylen = tcp.paylen[order]
-    flags = tcp.flags[order]
-    c2s = analysis.c2s
-    # Where each direction's byte stream starts: after its SYN, or at its first
-    # data segment when the capture began mid-connection.
-    bucket = conn * 2 + (~c2s)
-    # rows are in connection order, capture order within: the first row of each
-    # bucket is where the bucket number is seen for the first time
-    first_of_bucket = np.full(2 * len(records), n, dtype=np.int64)
-    seen, first_rows = np.unique(bucket, return_index=True)
-    first_of_bucket[seen] = first_rows
-    positions = np.flatnonzero(watched[conn] & (paylen > 0))
-    if not len(positions):
-        return []
-    positions = positions[np.argsort(bucket[positions], kind="stable")]
-    keys_array = bucket[positions]
-    cuts = np.flatnonzero(np.diff(keys_array)) + 1
-    keys = keys_array.tolist()
-    starts_flags = flags[np.minimum(first_of_bucket, n - 1)].tolist()
-    rows = order[positions]
-    rel = analysis.rel_seq[positions].tolist()
-    lengths = paylen[positions].tolist()
-    frames = tcp.frame[rows].tolist()
-    stamps = tcp.ts_ns[rows].tolist()
-    payloads = [tcp.payloads.get(r, b"") for r in rows.tolist()]
-    sent: dict[int, list[_Message]] = {}
-    answered: dict[int, list[_Message]] = {}
-    for lo, hi in zip(np.r_[0, cuts].tolist(), np.r_[cuts, len(positions)].tolist(), strict=True):
-        key = keys[lo]
-        c, from_server = divmod(key, 2)
-        first = 1 if starts_flags[key] & 0x02 else rel[lo]
-        segments = list(
-            zip(
-                rel[lo:hi],
-                lengths[lo:hi],
-                payloads[lo:hi],
-                frames[lo:hi],
-                stamps[lo:hi],
-                strict=True,
+class KafkaFollower:
+    """Kafka messages of the connections to ``ports``, followed chunk by chunk next to
+    a :class:`ConnectionTracker`. State per connection direction is fixed (where
+    the next header starts, up to 12 header bytes); messages are kept as columns
+    (88 bytes each) until :meth:`finish` pairs requests with responses."""
+
+    def __init__(self, ports: frozenset[int]) -> None:
+        self.ports = np.array(sorted(ports), dtype=np.int64)
+        self.client_dir = np.full(1024, -1, dtype=np.int64)
+        self.state = np.zeros((1024, 2, STATE_FIELDS), dtype=np.int64)
+        self.partial = np.zeros((1024, 2, _HEADER), dtype=np.uint8)
+        self.messages = np.zeros((1024, MESSAGE_FIELDS), dtype=np.int64)
+        self.count = np.zeros(1, dtype=np.int64)
+        self.known = 0  # connections whose client direction is set
+
+    def feed(self, tcp: TcpColumns, rows: ChunkRows, tracker: ConnectionTracker) -> None:
+        if not len(self.ports) or not len(tcp):
+            return
+        nconn = tracker.connection_count
+        if nconn > len(self.client_dir):
+            size = max(nconn, len(self.client_dir) * 3 // 2)
+            self.client_dir = np.r_[self.client_dir, np.full(size - len(self.client_dir), -1)]
+            state = np.empty((size, 2, STATE_FIELDS), dtype=np.int64)
+            state[: len(self.state)] = self.state
+            state[len(self.state) :] = STATE_INITIAL
+            self.state = state
+            partial = np.zeros((size, 2, _HEADER), dtype=np.uint8)
+            partial[: len(self.partial)] = self.partial
+            self.partial = partial
+        if nconn > self.known:
+            client, server_port = tracker.server_ports(self.known, nconn)
+            self.client_dir[self.known : nconn] = np.where(
+                np.isin(server_port, self.ports), client, -1
             )
+            self.state[self.known : nconn] = STATE_INITIAL
+            self.known = nconn
+        at = 0
+        while True:
+            at = follow(
+                at,
+                rows.conn,
+                rows.direction,
+                rows.rel_seq,
+                tcp.flags,
+                tcp.paylen,
+                tcp.frame,
+                tcp.ts_ns,
+                tcp.payload_at,
+                tcp.payload_cap,
+                tcp.data,
+                self.client_dir,
+                self.state,
+                self.partial,
+                self.messages,
+                self.count,
+            )
+            if at >= len(tcp):
+                return
+            grown = np.zeros((len(self.messages) * 2 + 1024, MESSAGE_FIELDS), dtype=np.int64)
+            grown[: len(self.messages)] = self.messages
+            self.messages = grown
+
+    def finish(self, analysis: Analysis) -> KafkaRequests:
+        """The requests, in stream order (each stream's in the order they were sent),
+        each with the first response carrying its correlation id."""
+        found = self.messages[: int(self.count[0])]
+        requests = found[found[:, M_REQUEST] == 1]
+        responses = found[found[:, M_REQUEST] == 0]
+        requests = requests[np.argsort(requests[:, M_CONN], kind="stable")]
+        # the first response of each (stream, correlation id)
+        response_key = (responses[:, M_CONN] << 32) | (responses[:, M_CORRELATION] & 0xFFFFFFFF)
+        by_key = np.argsort(response_key, kind="stable")
+        keys = response_key[by_key]
+        request_key = (requests[:, M_CONN] << 32) | (requests[:, M_CORRELATION] & 0xFFFFFFFF)
+        at = np.searchsorted(keys, request_key)
+        at_c = np.minimum(at, max(len(keys) - 1, 0))
+        answered = (at < len(keys)) & (keys[at_c] == request_key) if len(keys) else at < 0
+        response = (
+            responses[by_key[at_c]]
+            if len(keys)
+            else np.zeros((len(requests), MESSAGE_FIELDS), dtype=np.int64)
         )
-        if from_server:
-            answered[c] = _messages(segments, RESPONSE_HEADER.size, first)
-        else:
-            sent[c] = _messages(segments, REQUEST_HEADER.size, first)
-    requests: list[KafkaRequest] = []
-    ends = records.endpoints_of(list(sent))
-    for c, messages in sent.items():
-        client, server = ends[c]
-        responses: dict[int, _Message] = {}
-        for message in answered.get(c, []):
-            _, correlation_id = RESPONSE_HEADER.unpack_from(message.header)
-            responses.setdefault(correlation_id, message)
-        for message in messages:
-            size, api_key, api_version, correlation_id = REQUEST_HEADER.unpack_from(message.header)
-            response = responses.get(correlation_id)
-            requests.append(
+        return KafkaRequests(
+            analysis=analysis,
+            stream=requests[:, M_CONN],
+            api_key=requests[:, M_API_KEY],
+            api_version=requests[:, M_API_VERSION],
+            correlation_id=requests[:, M_CORRELATION],
+            size=requests[:, M_SIZE],
+            frame=requests[:, M_FRAME],
+            first_byte_ns=requests[:, M_TS],
+            last_frame=requests[:, M_LAST_FRAME],
+            last_byte_ns=requests[:, M_LAST_TS],
+            response_frame=np.where(answered, response[:, M_FRAME], -1),
+            response_ns=np.where(answered, response[:, M_TS], -1),
+            response_size=np.where(answered, response[:, M_SIZE], -1),
+        )
+
+
+def _or_none(value: int) -> int | None:
+    return None if value < 0 else value
+
+
+@dataclass
+class KafkaRequests:
+    """Every request of a capture as columns (-1: none); :class:`KafkaRequest`
+    records are made only for those asked for."""
+
+    analysis: Analysis
+    stream: np.ndarray
+    api_key: np.ndarray
+    api_version: np.ndarray
+    correlation_id: np.ndarray
+    size: np.ndarray
+    frame: np.ndarray
+    first_byte_ns: np.ndarray
+    last_frame: np.ndarray
+    last_byte_ns: np.ndarray
+    response_frame: np.ndarray
+    response_ns: np.ndarray
+    response_size: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.stream)
+
+    def send_ms(self) -> np.ndarray:
+        """Per request, first to last byte (NaN where the last byte was not seen)."""
+        done = self.last_byte_ns >= 0
+        return np.where(done, (self.last_byte_ns - self.first_byte_ns) / 1e6, np.nan)
+
+    def broker_ms(self) -> np.ndarray:
+        done = (self.last_byte_ns >= 0) & (self.response_ns >= 0)
+        return np.where(done, (self.response_ns - self.last_byte_ns) / 1e6, np.nan)
+
+    def records(self, index: np.ndarray | None = None) -> list[KafkaRequest]:
+        """Records of the requests at ``index`` (all when None), in that order."""
+        rows = np.arange(len(self)) if index is None else np.asarray(index, dtype=np.int64)
+        if not len(rows):
+            return []
+        columns = [
+            getattr(self, name)[rows].tolist()
+            for name in (
+                "stream",
+                "api_key",
+                "api_version",
+                "correlation_id",
+                "size",
+                "frame",
+                "first_byte_ns",
+                "last_frame",
+                "last_byte_ns",
+                "response_frame",
+                "response_ns",
+                "response_size",
+            )
+        ]
+        ends = self.analysis.connections.endpoints_of(sorted(set(columns[0])))
+        out = []
+        for stream, key, version, cid, size, frame, first, last_f, last, rf, rns, rsize in zip(
+            *columns, strict=True
+        ):
+            client, server = ends[stream]
+            out.append(
                 KafkaRequest(
-                    stream=c,
+                    stream=stream,
                     client=client,
                     server=server,
-                    api_key=api_key,
-                    api_version=api_version,
-                    correlation_id=correlation_id,
+                    api_key=key,
+                    api_version=version,
+                    correlation_id=cid,
                     size=size,
-                    frame=message.frame,
-                    first_byte_ns=message.ts_ns,
-                    last_frame=message.last_frame,
-                    last_byte_ns=message.last_ns,
-                    response_frame=response.frame if response else None,
-                    response_ns=response.ts_ns if response else None,
-                    response_size=(response.end - response.start - 4) if response else None,
+                    frame=frame,
+                    first_byte_ns=first,
+                    last_frame=_or_none(last_f),
+                    last_byte_ns=_or_none(last),
+                    response_frame=_or_none(rf),
+                    response_ns=_or_none(rns),
+                    response_size=_or_none(rsize),
                 )
             )
-    return requests  # in stream order, each stream's in the order they were sent
+        return out
+
+    def of_streams(self, streams: Iterable[int]) -> list[KafkaRequest]:
+        wanted = np.array(sorted(set(streams)), dtype=np.int64)
+        return self.records(np.flatnonzero(np.isin(self.stream, wanted)))
+
+    def slowest_streams(self, client: str, count: int) -> list[int]:
+        """Streams of the ``count`` slowest-to-send requests of a client address."""
+        send = self.send_ms()
+        candidates = np.flatnonzero(send > 0)
+        if not len(candidates):
+            return []
+        streams = self.stream[candidates]
+        unique = np.unique(streams).tolist()
+        ends = self.analysis.connections.endpoints_of(unique)
+        mine = np.array([ends[s][0].rsplit(":", 1)[0] == client for s in unique])
+        keep = candidates[np.isin(streams, np.array(unique)[mine])]
+        slow = keep[np.argsort(-send[keep], kind="stable")][:count]
+        return self.stream[slow].tolist()
 
 
-def _quantile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 3)
+def _quantiles(group: np.ndarray, values: np.ndarray, groups: int, q: float) -> np.ndarray:
+    """Per group, the value at rank int(q * count) of its non-NaN values (NaN: none)."""
+    valid = ~np.isnan(values)
+    group, values = group[valid], values[valid]
+    order = np.lexsort((values, group))
+    counts = np.bincount(group, minlength=groups)
+    starts = np.r_[0, np.cumsum(counts)[:-1]]
+    rank = np.minimum(counts - 1, np.floor(q * counts).astype(np.int64))
+    out = np.full(groups, np.nan)
+    has = counts > 0
+    out[has] = values[order[starts[has] + rank[has]]]
+    return out
 
 
-def summary(requests: list[KafkaRequest]) -> list[dict[str, Any]]:
-    """Per client and api key: counts and send/broker time quantiles (ms)."""
-    groups: dict[tuple[str, str, int], list[KafkaRequest]] = defaultdict(list)
-    for request in requests:
-        groups[(request.client.rsplit(":", 1)[0], request.server, request.api_key)].append(request)
+def _ms(value: float) -> float | None:
+    return None if value != value else round(float(value), 3)
+
+
+def summary(requests: KafkaRequests) -> list[dict[str, Any]]:
+    """Per client address, server and api key: counts and send/broker time quantiles
+    (ms), computed on the columns."""
+    if not len(requests):
+        return []
+    cols = requests.analysis.columns
+    client_key = cols["client_addr_key"][requests.stream]
+    server_key = cols["server_key"][requests.stream]
+    key = _mix_keys(client_key, server_key, requests.api_key)
+    unique, first, group = np.unique(key, return_index=True, return_inverse=True)
+    groups = len(unique)
+    send, broker = requests.send_ms(), requests.broker_ms()
+    counts = np.bincount(group, minlength=groups)
+    answered = np.bincount(group, weights=~np.isnan(broker), minlength=groups)
+    columns = {
+        "send_ms_p50": _quantiles(group, send, groups, 0.5),
+        "send_ms_p99": _quantiles(group, send, groups, 0.99),
+        "broker_ms_p50": _quantiles(group, broker, groups, 0.5),
+        "broker_ms_p99": _quantiles(group, broker, groups, 0.99),
+    }
+    ends = requests.analysis.connections.endpoints_of(requests.stream[first].tolist())
     rows = []
-    for (client, server, key), group in sorted(groups.items()):
-        send = [r.send_ms for r in group if r.send_ms is not None]
-        broker = [r.broker_ms for r in group if r.broker_ms is not None]
+    for g, (stream, api_key) in enumerate(
+        zip(requests.stream[first].tolist(), requests.api_key[first].tolist(), strict=True)
+    ):
+        client, server = ends[stream]
         rows.append(
             {
-                "client": client,
+                "client": client.rsplit(":", 1)[0],
                 "server": server,
-                "api_key": key,
-                "api": api_name(key),
-                "requests": len(group),
-                "answered": len(broker),
-                "send_ms_p50": _quantile(send, 0.5),
-                "send_ms_p99": _quantile(send, 0.99),
-                "broker_ms_p50": _quantile(broker, 0.5),
-                "broker_ms_p99": _quantile(broker, 0.99),
+                "api_key": api_key,
+                "api": api_name(api_key),
+                "requests": int(counts[g]),
+                "answered": int(answered[g]),
+                **{name: _ms(values[g]) for name, values in columns.items()},
             }
         )
+    rows.sort(key=lambda row: (row["client"], row["server"], row["api_key"]))
     return rows
 
 
-def findings(requests: list[KafkaRequest]) -> list[Finding]:
+def _mix_keys(*keys: np.ndarray) -> np.ndarray:
+    out = np.zeros(len(keys[0]), dtype=np.uint64)
+    for key in keys:
+        out = _mix(out ^ key.astype(np.uint64))
+    return out
+
+
+def findings(requests: KafkaRequests) -> list[Finding]:
     """``kafka-send-time``: a client's requests spend longer being sent than the broker
     spends answering them: the latency the producer sees and the broker does not."""
     out = []

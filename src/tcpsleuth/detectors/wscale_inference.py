@@ -24,7 +24,6 @@ import numpy as np
 
 from tcpsleuth.detectors.capture import SEQ_SPACE, Analysis, CaptureConnection
 from tcpsleuth.model.findings import Finding, Severity, listener_subject
-from tcpsleuth.sources.pcap.decode import ACK, RST, SYN
 from tcpsleuth.sources.pcap.walk import OPT_WSCALE
 
 # The client's view of the first window must be this many times below what the
@@ -86,31 +85,14 @@ class WindowInference:
 def infer(analysis: Analysis) -> list[WindowInference]:
     """Inferences for the connections that show a mismatch or stripped scaling (the
     arithmetic runs on all connections at once; records are made for these only)."""
-    n = len(analysis.order)
-    if n == 0:
-        return []
-    tcp = analysis.tcp
-    order = analysis.order
-    flags = tcp.flags[order]
-    conn = analysis.conn
-    pos = np.arange(n)
-    big = n + 1
-    synack_pos = analysis.first_synack[conn]
-    candidate = (
-        ~analysis.c2s
-        & ((flags & (SYN | RST)) == 0)
-        & ((flags & ACK) != 0)
-        & (synack_pos >= 0)
-        & (pos > synack_pos)
-    )
-    first_window = np.minimum.reduceat(np.where(candidate, pos, big), analysis.starts)
     cols = analysis.columns
-    ok = (first_window < big) & cols["has_syn"] & cols["has_synack"]
-    at = np.minimum(first_window, n - 1)
-    raw = tcp.window[order][at].astype(np.int64)
+    if not cols or not len(cols["has_syn"]):
+        return []
+    at = cols["first_window_frame"]
+    ok = (at >= 0) & cols["has_syn"] & cols["has_synack"]
+    raw = np.where(ok, cols["first_window"], 0).astype(np.int64)
     w0 = cols["synack_window"].astype(np.int64)
-    syn_seq = tcp.seq[order][np.maximum(analysis.first_syn, 0)]
-    received = (tcp.ack[order][at] - syn_seq - 1) % SEQ_SPACE
+    received = (cols["first_window_ack"] - cols["syn_seq"] - 1) % SEQ_SPACE
     received = np.where(received > (1 << 31), 0, received)
     announced = analysis.hs_synack[:, OPT_WSCALE]
     client_ws = analysis.hs_syn[:, OPT_WSCALE]
@@ -123,7 +105,6 @@ def infer(analysis: Analysis) -> list[WindowInference]:
     floor = np.maximum(w0 - received, 0)
     mismatch = ok & (raw > 0) & (inferred > effective) & (client_view * SHRINK_EVIDENCE <= floor)
     stripped = ok & ((announced >= 0) != (client_ws >= 0))
-    frames = tcp.frame[order]
     out: list[WindowInference] = []
     for c in np.flatnonzero(mismatch | stripped).tolist():
         record: CaptureConnection = analysis.connections[c]
@@ -138,8 +119,8 @@ def infer(analysis: Analysis) -> list[WindowInference]:
                 synack_window=record.synack.window,
                 first_window=int(raw[c]),
                 received_before=int(received[c]),
-                synack_frame=int(frames[int(analysis.first_synack[c])]),
-                window_frame=int(frames[int(first_window[c])]),
+                synack_frame=int(cols["synack_frame"][c]),
+                window_frame=int(at[c]),
                 exact=bool(abs(ratio[c] - inferred[c]) < 0.14),
             )
         )

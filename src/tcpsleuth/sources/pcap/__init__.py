@@ -1,19 +1,20 @@
-"""Capture files (pcap, pcapng, gzip) read into TCP header columns.
+"""Capture files (pcap, pcapng, gzip) read into TCP header columns, chunk by chunk.
 
-``read_capture`` streams a file chunk by chunk (:mod:`.reader`), decodes each
-chunk's link, IP and TCP headers with NumPy (:mod:`.decode`) and keeps only the
-columns the analysis needs (about 60 bytes per TCP segment), the options of SYN
-segments and the payload of segments to or from the ports asked for.
+``open_capture`` streams a file chunk by chunk (:mod:`.reader`) and decodes each
+chunk's link, IP and TCP headers in one compiled loop (:mod:`.decode`): the
+analysis consumes the chunks one at a time, so memory does not grow with the
+capture. ``read_capture`` keeps all the columns (about 60 bytes per TCP segment)
+for small captures and tools that want every segment at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from tcpsleuth.sources.pcap.decode import DecodeCounts, TcpColumns, concatenate, decode
-from tcpsleuth.sources.pcap.reader import ReadReport, batches, file_size
+from tcpsleuth.sources.pcap.reader import CHUNK, ReadReport, batches, file_size
 
 
 @dataclass
@@ -24,19 +25,45 @@ class Capture:
     counts: DecodeCounts
 
 
-def read_capture(
-    path: Path,
-    payload_ports: frozenset[int] = frozenset(),
-    progress: Callable[[int], None] | None = None,
-) -> Capture:
-    report, packets = batches(path, progress)
+@dataclass
+class CaptureStream:
+    """A capture being read: what the reader saw so far, and its TCP segments chunk by
+    chunk (iterate ``chunks`` once; the report and counts are complete after it)."""
+
+    path: str
+    report: ReadReport
+    counts: DecodeCounts
+    chunks: Iterator[TcpColumns]
+
+
+def open_capture(
+    path: Path, progress: Callable[[int], None] | None = None, chunk: int = CHUNK
+) -> CaptureStream:
+    report, packets = batches(path, progress, chunk)
     counts = DecodeCounts()
-    parts: list[TcpColumns] = []
-    frame = 1
-    for batch in packets:
-        parts.append(decode(batch, frame, payload_ports, counts))
-        frame += len(batch)
-    return Capture(str(path), concatenate(parts), report, counts)
+
+    def chunks() -> Iterator[TcpColumns]:
+        frame = 1
+        for batch in packets:
+            yield decode(batch, frame, counts)
+            frame += len(batch)
+
+    return CaptureStream(str(path), report, counts, chunks())
 
 
-__all__ = ["Capture", "DecodeCounts", "TcpColumns", "file_size", "read_capture"]
+def read_capture(path: Path, progress: Callable[[int], None] | None = None) -> Capture:
+    """Every TCP segment's columns at once (memory grows with the capture)."""
+    stream = open_capture(path, progress)
+    parts = list(stream.chunks)
+    return Capture(str(path), concatenate(parts), stream.report, stream.counts)
+
+
+__all__ = [
+    "Capture",
+    "CaptureStream",
+    "DecodeCounts",
+    "TcpColumns",
+    "file_size",
+    "open_capture",
+    "read_capture",
+]

@@ -1,4 +1,4 @@
-"""Packet bytes to TCP header columns, a whole chunk at a time with NumPy.
+"""Packet bytes to TCP header columns, a chunk at a time in one compiled loop.
 
 Link layers: Ethernet (with 802.1Q/802.1ad tags, up to two), Linux cooked
 capture v1 (SLL) and v2 (SLL2), raw IP (LINKTYPE_RAW, IPV4, IPV6) and BSD
@@ -19,6 +19,7 @@ import numpy as np
 
 from tcpsleuth.sources.pcap import walk
 from tcpsleuth.sources.pcap.reader import RawBatch
+from tcpsleuth.sources.pcap.walk import njit
 
 # Link types (pcap-linktype(7))
 LINKTYPE_NULL, LINKTYPE_ETHERNET, LINKTYPE_RAW, LINKTYPE_LOOP = 0, 1, 101, 108
@@ -67,7 +68,11 @@ class TcpColumns:
     # Python-side extras, keyed by row number within these columns
     syn_rows: np.ndarray  # int64: rows that are SYN or SYN-ACK segments, ascending
     syn_options: np.ndarray  # int64 (len(syn_rows), 5): see walk.syn_options
-    payloads: dict[int, bytes]  # captured payload of segments to or from a watched port
+    # where each segment's payload starts in ``data`` (the chunk it came from) and how
+    # many of its bytes were captured; -1 and 0 once chunks are concatenated
+    payload_at: np.ndarray  # int64
+    payload_cap: np.ndarray  # int32
+    data: np.ndarray  # uint8: the chunk's bytes
 
     def __len__(self) -> int:
         return len(self.frame)
@@ -84,197 +89,253 @@ class DecodeCounts:
     unsupported_linktype: int = 0
 
 
-def _u16(b: np.ndarray, i: np.ndarray) -> np.ndarray:
-    return (b[i].astype(np.int64) << 8) | b[i + 1]
+@njit(cache=True, nogil=True)
+def _be16(b: np.ndarray, i: int) -> int:
+    return (np.int64(b[i]) << 8) | np.int64(b[i + 1])
 
 
-def _u32(b: np.ndarray, i: np.ndarray) -> np.ndarray:
+@njit(cache=True, nogil=True)
+def _be32(b: np.ndarray, i: int) -> int:
     return (
-        (b[i].astype(np.int64) << 24)
-        | (b[i + 1].astype(np.int64) << 16)
-        | (b[i + 2].astype(np.int64) << 8)
-        | b[i + 3]
+        (np.int64(b[i]) << 24)
+        | (np.int64(b[i + 1]) << 16)
+        | (np.int64(b[i + 2]) << 8)
+        | np.int64(b[i + 3])
     )
 
 
-def _u64(b: np.ndarray, i: np.ndarray) -> np.ndarray:
-    gathered = b[i[:, None] + np.arange(8)]
-    return np.ascontiguousarray(gathered).view(">u8").ravel().astype(np.uint64)
+@njit(cache=True, nogil=True)
+def _be64(b: np.ndarray, i: int) -> np.uint64:
+    out = np.uint64(0)
+    for k in range(8):
+        out = (out << np.uint64(8)) | np.uint64(b[i + k])
+    return out
+
+
+# counts returned by _decode_packets, in DecodeCounts' order
+C_TCP, C_NOT_IP, C_NOT_TCP, C_TRUNCATED, C_FRAGMENTS, C_UNSUPPORTED = 0, 1, 2, 3, 4, 5
+
+
+@njit(cache=True, nogil=True)
+def _decode_packets(b, offsets, caplen, origlen, linktype):  # type: ignore[no-untyped-def]
+    """One pass over the packets of a chunk: the TCP segments' header fields, where
+    each one's payload starts and how much of it was captured, and the counts of
+    what was skipped. One compiled loop: per-packet work in NumPy took a dozen
+    whole-column passes."""
+    n = len(offsets)
+    index = np.empty(n, dtype=np.int64)
+    af = np.empty(n, dtype=np.uint8)
+    src_hi = np.zeros(n, dtype=np.uint64)
+    src_lo = np.empty(n, dtype=np.uint64)
+    dst_hi = np.zeros(n, dtype=np.uint64)
+    dst_lo = np.empty(n, dtype=np.uint64)
+    sport = np.empty(n, dtype=np.int32)
+    dport = np.empty(n, dtype=np.int32)
+    seq = np.empty(n, dtype=np.int64)
+    ack = np.empty(n, dtype=np.int64)
+    flags = np.empty(n, dtype=np.int32)
+    window = np.empty(n, dtype=np.int32)
+    paylen = np.empty(n, dtype=np.int32)
+    tsval = np.empty(n, dtype=np.int64)
+    payload_at = np.empty(n, dtype=np.int64)
+    payload_cap = np.empty(n, dtype=np.int32)
+    syn_start = np.empty(n, dtype=np.int64)
+    syn_stop = np.empty(n, dtype=np.int64)
+    counts = np.zeros(6, dtype=np.int64)
+    m = 0
+    for p in range(n):
+        off = offsets[p]
+        end = off + caplen[p]
+        lt = linktype[p]
+        ethertype = 0
+        l3 = off
+        if lt == 1:  # Ethernet, up to two VLAN tags
+            l3 = off + 14
+            if off + 14 <= end:
+                ethertype = _be16(b, off + 12)
+            for _ in range(2):
+                if ethertype == 0x8100 or ethertype == 0x88A8 or ethertype == 0x9100:
+                    ethertype = _be16(b, l3 + 2) if l3 + 4 <= end else 0
+                    l3 += 4
+                else:
+                    break
+        elif lt == 113:  # Linux cooked v1
+            l3 = off + 16
+            if off + 16 <= end:
+                ethertype = _be16(b, off + 14)
+        elif lt == 276:  # Linux cooked v2
+            l3 = off + 20
+            if off + 2 <= end:
+                ethertype = _be16(b, off)
+        elif lt == 0 or lt == 108:
+            # The family is in the capturing host's byte order for NULL, network
+            # order for LOOP; AF_INET is 2 everywhere, AF_INET6 is 10, 24, 28 or 30.
+            l3 = off + 4
+            if off + 4 <= end:
+                family = b[off] if b[off] != 0 else b[off + 3]
+                if family == 2:
+                    ethertype = 0x0800
+                elif family == 10 or family == 24 or family == 28 or family == 30:
+                    ethertype = 0x86DD
+        elif lt == 101 or lt == 12 or lt == 14 or lt == 228 or lt == 229:
+            if off + 1 <= end:
+                version = b[off] >> 4
+                if version == 4:
+                    ethertype = 0x0800
+                elif version == 6:
+                    ethertype = 0x86DD
+        else:
+            counts[C_UNSUPPORTED] += 1
+            continue
+        is4 = ethertype == 0x0800
+        if is4:
+            if l3 + 20 > end:
+                counts[C_TRUNCATED] += 1
+                continue
+            if b[l3] >> 4 != 4:
+                counts[C_NOT_IP] += 1
+                continue
+            ihl = np.int64(b[l3] & 0x0F) * 4
+            total = _be16(b, l3 + 2)
+            if _be16(b, l3 + 6) & 0x1FFF:
+                counts[C_FRAGMENTS] += 1
+                continue
+            if b[l3 + 9] != 6:
+                counts[C_NOT_TCP] += 1
+                continue
+            l4 = l3 + ihl
+            ip_payload = total - ihl
+        elif ethertype == 0x86DD:
+            if l3 + 40 > end:
+                counts[C_TRUNCATED] += 1
+                continue
+            if b[l3] >> 4 != 6:
+                counts[C_NOT_IP] += 1
+                continue
+            next_header = np.int64(b[l3 + 6])
+            l4 = l3 + 40
+            # hop-by-hop, routing and destination-options headers are skipped
+            for _ in range(3):
+                if next_header == 0 or next_header == 43 or next_header == 60:
+                    if l4 + 8 > end:
+                        next_header = -1
+                        break
+                    next_header = np.int64(b[l4])
+                    l4 += (np.int64(b[l4 + 1]) + 1) * 8
+                else:
+                    break
+            if next_header != 6:
+                counts[C_NOT_TCP] += 1
+                continue
+            ip_payload = _be16(b, l3 + 4) - (l4 - l3 - 40)
+        else:
+            counts[C_NOT_IP] += 1
+            continue
+        if l4 + 20 > end:
+            counts[C_TRUNCATED] += 1
+            continue
+        t = l4
+        index[m] = p
+        if is4:
+            af[m] = 4
+            src_lo[m] = np.uint64(_be32(b, l3 + 12))
+            dst_lo[m] = np.uint64(_be32(b, l3 + 16))
+        else:
+            af[m] = 6
+            src_hi[m] = _be64(b, l3 + 8)
+            src_lo[m] = _be64(b, l3 + 16)
+            dst_hi[m] = _be64(b, l3 + 24)
+            dst_lo[m] = _be64(b, l3 + 32)
+        sport[m] = _be16(b, t)
+        dport[m] = _be16(b, t + 2)
+        seq[m] = _be32(b, t + 4)
+        ack[m] = _be32(b, t + 8)
+        hlen = np.int64(b[t + 12] >> 4) * 4
+        flags[m] = np.int32(b[t + 13]) | ((np.int32(b[t + 12]) & 1) << 8)
+        window[m] = _be16(b, t + 14)
+        # Linux puts the timestamps option first on every segment after the
+        # handshake: NOP, NOP, kind 8, length 10 (tcp_options_write).
+        if hlen >= 32 and t + 32 <= end and _be32(b, t + 20) == 0x0101080A:
+            tsval[m] = _be32(b, t + 24)
+        else:
+            tsval[m] = -1
+        # TSO/GSO packets captured on the sender carry IP length 0.
+        if ip_payload <= 0:
+            ip_payload = origlen[p] - (l4 - off)
+        length = max(ip_payload - hlen, 0)
+        paylen[m] = length
+        start = t + hlen
+        stop = min(start + length, end)
+        payload_at[m] = start
+        payload_cap[m] = max(stop - start, 0)
+        syn_start[m] = t + 20
+        syn_stop[m] = min(t + hlen, end)
+        m += 1
+    counts[C_TCP] = m
+    return (
+        index[:m],
+        af[:m],
+        src_hi[:m],
+        src_lo[:m],
+        dst_hi[:m],
+        dst_lo[:m],
+        sport[:m],
+        dport[:m],
+        seq[:m],
+        ack[:m],
+        flags[:m],
+        window[:m],
+        paylen[:m],
+        tsval[:m],
+        payload_at[:m],
+        payload_cap[:m],
+        syn_start[:m],
+        syn_stop[:m],
+        counts,
+    )
 
 
 def decode(
     batch: RawBatch,
     first_frame: int,
-    payload_ports: frozenset[int],
     counts: DecodeCounts,
 ) -> TcpColumns:
     """TCP segments of ``batch``; ``first_frame`` numbers its first packet."""
     b = np.frombuffer(batch.data, dtype=np.uint8)
-    last = len(b) - 1
-    n = len(batch)
-    counts.packets += n
-    off, cap, lt = batch.offsets, batch.caplen, batch.linktype
-    end = off + cap  # one past the last captured byte of each packet
-
-    def safe(i: np.ndarray, need: int, ok: np.ndarray) -> np.ndarray:
-        """Index ``i`` where ``need`` bytes from it are captured, else 0 (masked later)."""
-        good = ok & (i + need <= end)
-        return np.where(good, i, 0).clip(0, last - need)
-
-    ethertype = np.zeros(n, dtype=np.int64)
-    l3 = off.copy()
-    known = np.zeros(n, dtype=bool)
-
-    eth = lt == LINKTYPE_ETHERNET
-    if eth.any():
-        i = safe(off + 12, 2, eth)
-        ethertype = np.where(eth, _u16(b, i), ethertype)
-        l3 = np.where(eth, off + 14, l3)
-        for _ in range(2):
-            tagged = eth & np.isin(ethertype, VLAN_TYPES)
-            if not tagged.any():
-                break
-            i = safe(l3 + 2, 2, tagged)
-            ethertype = np.where(tagged, _u16(b, i), ethertype)
-            l3 = np.where(tagged, l3 + 4, l3)
-        known |= eth
-    sll = lt == LINKTYPE_LINUX_SLL
-    if sll.any():
-        i = safe(off + 14, 2, sll)
-        ethertype = np.where(sll, _u16(b, i), ethertype)
-        l3 = np.where(sll, off + 16, l3)
-        known |= sll
-    sll2 = lt == LINKTYPE_LINUX_SLL2
-    if sll2.any():
-        i = safe(off, 2, sll2)
-        ethertype = np.where(sll2, _u16(b, i), ethertype)
-        l3 = np.where(sll2, off + 20, l3)
-        known |= sll2
-    null = (lt == LINKTYPE_NULL) | (lt == LINKTYPE_LOOP)
-    if null.any():
-        # The family is in the capturing host's byte order for NULL, network order
-        # for LOOP; AF_INET is 2 everywhere, AF_INET6 is 10, 24, 28 or 30.
-        i = safe(off, 4, null)
-        first, fourth = b[i].astype(np.int64), b[i + 3].astype(np.int64)
-        family = np.where(first != 0, first, fourth)
-        ethertype = np.where(
-            null,
-            np.where(
-                family == 2,
-                ETH_IPV4,
-                np.where(np.isin(family, (10, 24, 28, 30)), ETH_IPV6, 0),
-            ),
-            ethertype,
-        )
-        l3 = np.where(null, off + 4, l3)
-        known |= null
-    raw = np.isin(lt, (LINKTYPE_RAW, *RAW_ALIASES, LINKTYPE_IPV4, LINKTYPE_IPV6))
-    if raw.any():
-        i = safe(off, 1, raw)
-        version = b[i] >> 4
-        ethertype = np.where(
-            raw, np.where(version == 4, ETH_IPV4, np.where(version == 6, ETH_IPV6, 0)), ethertype
-        )
-        known |= raw
-    counts.unsupported_linktype += int((~known).sum())
-
-    # IPv4
-    v4 = known & (ethertype == ETH_IPV4)
-    i = safe(l3, 20, v4)
-    v4 &= (b[i] >> 4) == 4
-    ihl = (b[i] & 0x0F).astype(np.int64) * 4
-    total = _u16(b, i + 2)
-    frag_offset = _u16(b, i + 6) & 0x1FFF
-    proto4 = b[i + 9]
-    v4_trunc = known & (ethertype == ETH_IPV4) & (l3 + 20 > end)
-    frag = v4 & (frag_offset != 0)
-    counts.fragments += int(frag.sum())
-    v4 &= ~frag & (l3 + 20 <= end)
-    src4 = _u32(b, i + 12).astype(np.uint64)
-    dst4 = _u32(b, i + 16).astype(np.uint64)
-    # IPv6
-    v6 = known & (ethertype == ETH_IPV6)
-    j = safe(l3, 40, v6)
-    v6 &= (b[j] >> 4) == 6
-    v6_trunc = known & (ethertype == ETH_IPV6) & (l3 + 40 > end)
-    v6 &= l3 + 40 <= end
-    plen6 = _u16(b, j + 4)
-    next_header = b[j + 6].astype(np.int64)
-    l4_6 = l3 + 40
-    for _ in range(3):
-        ext = v6 & np.isin(next_header, IPV6_SKIPPABLE)
-        if not ext.any():
-            break
-        k = safe(l4_6, 8, ext)
-        next_header = np.where(ext, b[k].astype(np.int64), next_header)
-        l4_6 = np.where(ext, l4_6 + (b[k + 1].astype(np.int64) + 1) * 8, l4_6)
-
-    is_ip = v4 | v6
-    counts.not_ip += int((known & ~is_ip & ~v4_trunc & ~v6_trunc & ~frag).sum())
-    tcp = (v4 & (proto4 == 6)) | (v6 & (next_header == 6))
-    counts.not_tcp += int((is_ip & ~tcp).sum())
-    l4 = np.where(v4, l3 + ihl, l4_6)
-    trunc = tcp & (l4 + 20 > end)
-    counts.truncated_headers += int(trunc.sum() + v4_trunc.sum() + v6_trunc.sum())
-    tcp &= ~trunc
-    rows = np.flatnonzero(tcp)
-    counts.tcp += len(rows)
-
-    l4 = l4[rows]
-    is4 = v4[rows]
-    t = l4
-    sport = _u16(b, t).astype(np.int32)
-    dport = _u16(b, t + 2).astype(np.int32)
-    seq = _u32(b, t + 4)
-    ack = _u32(b, t + 8)
-    hlen = (b[t + 12] >> 4).astype(np.int64) * 4
-    flags = (b[t + 13].astype(np.int32)) | ((b[t + 12].astype(np.int32) & 1) << 8)
-    window = _u16(b, t + 14).astype(np.int32)
-    l3r = l3[rows]
-    # Linux puts the timestamps option first on every segment after the handshake:
-    # NOP, NOP, kind 8, length 10 (tcp_options_write).
-    ts_ok = (hlen >= 32) & (t + 32 <= end[rows])
-    k = np.where(ts_ok, t, 0)
-    ts_ok &= _u32(b, k + 20) == 0x0101080A
-    tsval = np.where(ts_ok, _u32(b, k + 24), -1)
-    ip_payload = np.where(is4, total[rows] - ihl[rows], plen6[rows] - (l4 - l3r - 40))
-    # TSO/GSO packets captured on the sender carry IP length 0.
-    from_frame = batch.origlen[rows] - (l4 - off[rows])
-    ip_payload = np.where(ip_payload <= 0, from_frame, ip_payload)
-    paylen = np.maximum(ip_payload - hlen, 0).astype(np.int32)
-
-    src_hi = np.zeros(len(rows), dtype=np.uint64)
-    dst_hi = np.zeros(len(rows), dtype=np.uint64)
-    src_lo = src4[rows].copy()
-    dst_lo = dst4[rows].copy()
-    six = np.flatnonzero(~is4)
-    if len(six):
-        base = l3r[six]
-        src_hi[six] = _u64(b, base + 8)
-        src_lo[six] = _u64(b, base + 16)
-        dst_hi[six] = _u64(b, base + 24)
-        dst_lo[six] = _u64(b, base + 32)
-
-    pkt_end = end[rows]
+    counts.packets += len(batch)
+    (
+        rows,
+        af,
+        src_hi,
+        src_lo,
+        dst_hi,
+        dst_lo,
+        sport,
+        dport,
+        seq,
+        ack,
+        flags,
+        window,
+        paylen,
+        tsval,
+        payload_at,
+        payload_cap,
+        syn_start,
+        syn_stop,
+        found,
+    ) = _decode_packets(b, batch.offsets, batch.caplen, batch.origlen, batch.linktype)
+    counts.tcp += int(found[C_TCP])
+    counts.not_ip += int(found[C_NOT_IP])
+    counts.not_tcp += int(found[C_NOT_TCP])
+    counts.truncated_headers += int(found[C_TRUNCATED])
+    counts.fragments += int(found[C_FRAGMENTS])
+    counts.unsupported_linktype += int(found[C_UNSUPPORTED])
     syn_rows = np.flatnonzero((flags & SYN) != 0)
-    syn_starts = t[syn_rows] + 20
-    syn_options = walk.syn_options(
-        b, syn_starts, np.minimum(t[syn_rows] + hlen[syn_rows], pkt_end[syn_rows])
-    )
-    data = batch.data
-    payloads: dict[int, bytes] = {}
-    if payload_ports:
-        ports = np.array(sorted(payload_ports), dtype=np.int32)
-        watched = (np.isin(sport, ports) | np.isin(dport, ports)) & (paylen > 0)
-        for r in np.flatnonzero(watched).tolist():
-            start = int(t[r]) + int(hlen[r])
-            stop = min(start + int(paylen[r]), int(pkt_end[r]))
-            payloads[r] = data[start:stop] if stop > start else b""
-
+    syn_options = walk.syn_options(b, syn_start[syn_rows], syn_stop[syn_rows])
     return TcpColumns(
-        frame=rows.astype(np.int64) + first_frame,
+        frame=rows + first_frame,
         ts_ns=batch.ts_ns[rows],
-        af=np.where(is4, 4, 6).astype(np.uint8),
+        af=af,
         src_hi=src_hi,
         src_lo=src_lo,
         dst_hi=dst_hi,
@@ -289,64 +350,53 @@ def decode(
         tsval=tsval,
         syn_rows=syn_rows.astype(np.int64),
         syn_options=syn_options,
-        payloads=payloads,
+        payload_at=payload_at,
+        payload_cap=payload_cap,
+        data=b,
     )
 
 
+COLUMN_TYPES = {
+    "frame": np.int64,
+    "ts_ns": np.int64,
+    "af": np.uint8,
+    "src_hi": np.uint64,
+    "src_lo": np.uint64,
+    "dst_hi": np.uint64,
+    "dst_lo": np.uint64,
+    "sport": np.int32,
+    "dport": np.int32,
+    "seq": np.int64,
+    "ack": np.int64,
+    "flags": np.int32,
+    "window": np.int32,
+    "paylen": np.int32,
+    "tsval": np.int64,
+}
+
+
 def concatenate(parts: list[TcpColumns]) -> TcpColumns:
-    """One table from the chunks, renumbering the Python-side extras."""
-    names = [
-        "frame",
-        "ts_ns",
-        "af",
-        "src_hi",
-        "src_lo",
-        "dst_hi",
-        "dst_lo",
-        "sport",
-        "dport",
-        "seq",
-        "ack",
-        "flags",
-        "window",
-        "paylen",
-        "tsval",
-    ]
+    """One table from the chunks (without their payload bytes), renumbering the SYN rows."""
     if not parts:
-        empty = {
-            "frame": np.int64,
-            "ts_ns": np.int64,
-            "af": np.uint8,
-            "src_hi": np.uint64,
-            "src_lo": np.uint64,
-            "dst_hi": np.uint64,
-            "dst_lo": np.uint64,
-            "sport": np.int32,
-            "dport": np.int32,
-            "seq": np.int64,
-            "ack": np.int64,
-            "flags": np.int32,
-            "window": np.int32,
-            "paylen": np.int32,
-            "tsval": np.int64,
-        }
         return TcpColumns(
-            **{k: np.zeros(0, dtype=v) for k, v in empty.items()},
+            **{k: np.zeros(0, dtype=v) for k, v in COLUMN_TYPES.items()},
             syn_rows=np.zeros(0, dtype=np.int64),
             syn_options=np.zeros((0, 5), dtype=np.int64),
-            payloads={},
+            payload_at=np.zeros(0, dtype=np.int64),
+            payload_cap=np.zeros(0, dtype=np.int32),
+            data=np.zeros(0, dtype=np.uint8),
         )
-    columns = {name: np.concatenate([getattr(p, name) for p in parts]) for name in names}
-    payloads: dict[int, bytes] = {}
+    columns = {name: np.concatenate([getattr(p, name) for p in parts]) for name in COLUMN_TYPES}
     syn_rows = []
     base = 0
     for part in parts:
         syn_rows.append(part.syn_rows + base)
-        payloads.update({base + k: v for k, v in part.payloads.items()})
         base += len(part)
     return TcpColumns(
         **columns,
         syn_rows=np.concatenate(syn_rows),
         syn_options=np.concatenate([part.syn_options for part in parts]),
-        payloads=payloads,
+        payload_at=np.full(base, -1, dtype=np.int64),
+        payload_cap=np.zeros(base, dtype=np.int32),
+        data=np.zeros(0, dtype=np.uint8),
     )

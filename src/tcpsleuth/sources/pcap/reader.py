@@ -27,7 +27,7 @@ import numpy as np
 from tcpsleuth.errors import InputError
 from tcpsleuth.sources.pcap import walk
 
-CHUNK = 8 << 20
+CHUNK = 2 << 20
 # libpcap refuses records larger than this (MAXIMUM_SNAPLEN, 256 KiB); so do we,
 # because a larger length means the file is corrupt, not that a packet was big.
 MAX_RECORD = 262144
