@@ -75,7 +75,7 @@ def main() -> int:
             stop.set()
         traced = [
             {
-                "key": [s.local, s.local_port, s.remote, s.remote_port],
+                "key": [s.last.local_ip, s.local_port, s.last.remote_ip, s.remote_port],
                 "snd_wscale": s.last.snd_wscale,
                 "rcv_wscale": s.last.rcv_wscale,
                 "samples": len(s.samples),

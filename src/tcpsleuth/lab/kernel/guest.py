@@ -94,7 +94,7 @@ def _shell(command: list[str]) -> str:
     exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
     return (
         f"export {exports}; mkdir -p /tmp/tcpsleuth-numba /tmp/tcpsleuth-mpl; "
-        f"{shlex.join(command)}; echo {MARK}$?"
+        f"{shlex.join(command)}; printf '%s%d\\n' {MARK} $?"
     )
 
 
@@ -132,20 +132,19 @@ def _boot(
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
         raise
+    # the marker follows the command's last byte (which need not end a line)
     status: int | None = None
-    kept = []
-    for line in out.splitlines(keepends=True):
-        if line.startswith(MARK):
-            status = int(line[len(MARK) :].strip() or 1)
-        else:
-            kept.append(line)
+    at = out.rfind(MARK)
+    if at >= 0 and out[at + len(MARK) :].strip().isdigit():
+        status = int(out[at + len(MARK) :].strip())
+        out = out[:at]
     if status is None:  # the guest died before the command ended
         status = process.returncode or 1
         err += (
             "tcpsleuth: the guest ended without the command's status "
             f"(vng exit {process.returncode})\n"
         )
-    return status, "".join(kept), err, time.monotonic() - started
+    return status, out, err, time.monotonic() - started
 
 
 def choose_accel(kernel: BuiltKernel) -> tuple[str, str]:
