@@ -18,6 +18,8 @@ import pytest
 from conftest import SUPPORT
 
 from tcpsleuth.lab.kernel import build as kbuild
+from tcpsleuth.lab.runner import TCP_RMEM
+from tcpsleuth.lab.scenarios import SCENARIOS
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="guest kernels need root")
 
@@ -92,9 +94,12 @@ def test_build_is_cached_and_keyed(lab_kernels: dict[str, dict[str, Any]]) -> No
     assert fixed["release"].startswith("6.1.") and fixed["release"] == prefix["release"]
     listed = _tcpsleuth("lab", "kernel", "list", "--format", "json")
     assert {k["name"] for k in json.loads(listed.stdout)["kernels"]} == {"fixed", "prefix"}
-    # the image is a bootable x86 kernel of that release
-    header = Path(prefix["image"]).read_bytes()[:0x4000]
-    assert b"HdrS" in header[0x200:0x210] and prefix["release"].encode() in header
+    # the image is a bootable x86 kernel of that release: the boot protocol's "HdrS"
+    # magic at 0x202 and, where the header's kernel_version field points, its version
+    image = Path(prefix["image"]).read_bytes()
+    assert image[0x202:0x206] == b"HdrS"
+    version_at = int.from_bytes(image[0x20E:0x210], "little") + 0x200
+    assert image[version_at:].startswith(prefix["release"].encode() + b" ")
 
 
 @pytest.mark.parametrize("kernel", ["prefix", "fixed"])
@@ -104,7 +109,7 @@ def test_probe_in_guest(lab_kernels: dict[str, dict[str, Any]], kernel: str) -> 
     doc = json.loads(result.stdout)
     assert doc["kernel"]["release"] == lab_kernels[kernel]["release"]
     tcp_rmem_max, rmem_max = _guest_sysctls(result.stderr)
-    rcvbuf = doc["rcvbuf"]
+    rcvbuf = doc["so_rcvbuf"]
     announced = _shift(min(rcvbuf, rmem_max))  # what SO_RCVBUF clamps the SYN-ACK to
     unclamped = _shift(max(tcp_rmem_max, rmem_max))  # what the pre-fix cookie path uses
     assert announced < unclamped
@@ -137,12 +142,17 @@ def _kinds(doc: dict[str, Any]) -> set[str]:
     return {f["kind"] for f in doc["findings"]}
 
 
-def _mismatch_shifts(doc: dict[str, Any]) -> set[tuple[int, int]]:
-    return {
-        (f["evidence"]["announced_wscale"], f["evidence"]["actual_wscale"])
-        for f in doc["findings"]
-        if f["kind"] == "wscale-mismatch"
-    }
+def _mismatch_shifts(doc: dict[str, Any]) -> set[tuple[str, int, int]]:
+    """(seen by, announced, used) of every wscale-mismatch: the sockets of both ends
+    name the shift used `actual_wscale`, the capture analyzer `inferred_wscale`."""
+    out = set()
+    for f in doc["findings"]:
+        if f["kind"] == "wscale-mismatch":
+            evidence = f["evidence"]
+            seen_by = "sockets" if "actual_wscale" in evidence else "capture"
+            used = evidence.get("actual_wscale", evidence.get("inferred_wscale"))
+            out.add((seen_by, evidence["announced_wscale"], used))
+    return out
 
 
 def test_lab_on_the_real_bug_matches_the_emulation(
@@ -167,8 +177,12 @@ def test_lab_on_the_real_bug_matches_the_emulation(
     assert erun["emulation"] and erun["kernel"] is None
     wanted = {"wscale-mismatch", "rwnd-limited", "syncookies-sent"}
     assert _kinds(real) & wanted == _kinds(emulated) & wanted == wanted
-    assert _mismatch_shifts(real) == _mismatch_shifts(emulated)
-    assert run["shifts"]["client_snd_wscale"].keys() == erun["shifts"]["client_snd_wscale"].keys()
+    # the shifts the scenario's buffers give: SO_RCVBUF on the SYN-ACK, the lab's
+    # tcp_rmem maximum on the buggy cookie path
+    announced = _shift(SCENARIOS["wscale-bug"].broker_rcvbuf)
+    used = _shift(int(TCP_RMEM.split()[2]))
+    expected = {("sockets", announced, used), ("capture", announced, used)}
+    assert _mismatch_shifts(real) == _mismatch_shifts(emulated) == expected
 
 
 def test_kprobe_trace_agrees_with_sock_diag(lab_kernels: dict[str, dict[str, Any]]) -> None:
