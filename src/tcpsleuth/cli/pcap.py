@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,18 +10,17 @@ import numpy as np
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
 from tcpsleuth.cli.options import format_option
-from tcpsleuth.detectors import capture_cookies, kafka_timing, wscale_inference
+from tcpsleuth.detectors import capture_cookies, kafka_timing
 from tcpsleuth.detectors.capture import (
     Analysis,
-    ConnectionTracker,
     detail,
-    rwnd_findings,
     streams_named,
     window_series,
 )
-from tcpsleuth.model.findings import Finding, exit_status, ranked
+from tcpsleuth.detectors.capture_all import CaptureResult, analyse_stream
+from tcpsleuth.model.findings import exit_status, ranked
 from tcpsleuth.reports import jsonout, table
-from tcpsleuth.sources.pcap import CaptureStream, file_size, open_capture
+from tcpsleuth.sources.pcap import file_size, open_capture
 
 TABLE_ROWS = 20
 # --format json lists the connections findings name and the top ones by window
@@ -32,59 +30,25 @@ JSON_FLAGGED = 1000
 PROGRESS_MIN_BYTES = 32 << 20
 
 
-@dataclass
-class FileResult:
-    capture: CaptureStream
-    analysis: Analysis
-    findings: list[Finding]
-    requests: kafka_timing.KafkaRequests
-    cookies: capture_cookies.CookieVerdicts
-    inferences: list[wscale_inference.WindowInference]
-
-
-def _follow(stream: CaptureStream, kafka_ports: frozenset[int]) -> tuple[Analysis, Any]:
-    """One pass over the capture: connections and Kafka messages, chunk by chunk."""
-    tracker = ConnectionTracker()
-    follower = kafka_timing.KafkaFollower(kafka_ports)
-    for tcp in stream.chunks:
-        rows = tracker.feed(tcp)
-        follower.feed(tcp, rows, tracker)
-    analysis = tracker.finish()
-    return analysis, follower.finish(analysis)
-
-
-def analyse_file(path: Path, kafka_ports: frozenset[int], show_progress: bool) -> FileResult:
+def analyse_file(path: Path, kafka_ports: frozenset[int], show_progress: bool) -> CaptureResult:
+    """Every capture detector over ``path``, with a progress bar on big files."""
     size = file_size(path)
-    big = show_progress and size >= PROGRESS_MIN_BYTES
-    if big:
-        with Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TimeRemainingColumn(),
-            transient=True,
-            console=table.console(),
-        ) as progress:
-            task = progress.add_task(f"analysing {path.name}", total=size)
-            stream = open_capture(
-                path, lambda done: progress.update(task, completed=min(done, size))
-            )
-            analysis, requests = _follow(stream, kafka_ports)
-    else:
-        stream = open_capture(path)
-        analysis, requests = _follow(stream, kafka_ports)
-    inferences = wscale_inference.infer(analysis)
-    cookies = capture_cookies.classify(analysis)
-    findings = [
-        *wscale_inference.findings(analysis, inferences),
-        *capture_cookies.findings(cookies),
-        *rwnd_findings(analysis),
-        *kafka_timing.findings(requests),
-    ]
-    return FileResult(stream, analysis, ranked(findings), requests, cookies, inferences)
+    if not (show_progress and size >= PROGRESS_MIN_BYTES):
+        return analyse_stream(open_capture(path), kafka_ports)
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TimeRemainingColumn(),
+        transient=True,
+        console=table.console(),
+    ) as progress:
+        task = progress.add_task(f"analysing {path.name}", total=size)
+        stream = open_capture(path, lambda done: progress.update(task, completed=min(done, size)))
+        return analyse_stream(stream, kafka_ports)
 
 
-def _with_detail(result: FileResult, streams: list[int]) -> Analysis:
+def _with_detail(result: CaptureResult, streams: list[int]) -> Analysis:
     """Every segment of ``streams``, for the plots: a second pass over the file,
     which the first did not keep."""
     again = open_capture(Path(result.capture.path))
@@ -102,7 +66,7 @@ def _ranked_streams(analysis: Analysis, limit: int) -> list[int]:
     return order[:limit].tolist()
 
 
-def _document_data(result: FileResult, all_connections: bool) -> dict[str, Any]:
+def _document_data(result: CaptureResult, all_connections: bool) -> dict[str, Any]:
     capture = result.capture
     analysis = result.analysis
     total = len(analysis.connections)
@@ -151,7 +115,7 @@ def _document_data(result: FileResult, all_connections: bool) -> dict[str, Any]:
     }
 
 
-def _print(result: FileResult) -> None:
+def _print(result: CaptureResult) -> None:
     console = table.console()
     capture = result.capture
     console.print(
@@ -232,7 +196,7 @@ def _print(result: FileResult) -> None:
     console.print(table.findings_table(result.findings))
 
 
-def _pictures(results: list[FileResult], plot_dir: Path | None, html_file: Path | None) -> None:
+def _pictures(results: list[CaptureResult], plot_dir: Path | None, html_file: Path | None) -> None:
     import tempfile
 
     from tcpsleuth.reports import html, plots

@@ -13,6 +13,7 @@ from collections import Counter
 from typing import Any
 
 from tcpsleuth.detectors.audit import audit
+from tcpsleuth.detectors.capture_all import analyse_stream
 from tcpsleuth.detectors.compare import compare_findings, join
 from tcpsleuth.detectors.counters import AUDIT_COUNTERS
 from tcpsleuth.detectors.kernel import assess_kernel
@@ -20,6 +21,7 @@ from tcpsleuth.lab.runner import PORT, RunArtifacts, percentiles
 from tcpsleuth.model.findings import Finding, ranked
 from tcpsleuth.model.records import HostSnapshot
 from tcpsleuth.sources import procfs
+from tcpsleuth.sources.pcap import open_capture
 
 COUNTERS = AUDIT_COUNTERS
 
@@ -131,9 +133,7 @@ def findings(artifacts: RunArtifacts, sysctls: dict[str, str]) -> list[Finding]:
             result, artifacts.client_sockets.listeners, artifacts.server_sockets.listeners
         )
     if artifacts.capture.exists() and artifacts.capture.stat().st_size > 24:
-        from tcpsleuth.cli.pcap import analyse_file
-
-        found += analyse_file(artifacts.capture, frozenset({PORT}), False).findings
+        found += analyse_stream(open_capture(artifacts.capture), frozenset({PORT})).findings
     return ranked(found)
 
 

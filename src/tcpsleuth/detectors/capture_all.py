@@ -1,0 +1,52 @@
+"""Every capture detector over one pass of a capture: connections, Kafka requests,
+SYN-cookie verdicts, inferred window scales, and the findings they give.
+
+The ``pcap`` command, the lab and the benchmarks all analyse captures through
+``analyse_stream``, so a capture gives the same findings whoever reads it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tcpsleuth.detectors import capture_cookies, kafka_timing, wscale_inference
+from tcpsleuth.detectors.capture import Analysis, ConnectionTracker, rwnd_findings
+from tcpsleuth.model.findings import Finding, ranked
+from tcpsleuth.sources.pcap import CaptureStream
+
+
+@dataclass
+class CaptureResult:
+    capture: CaptureStream
+    analysis: Analysis
+    findings: list[Finding]
+    requests: kafka_timing.KafkaRequests
+    cookies: capture_cookies.CookieVerdicts
+    inferences: list[wscale_inference.WindowInference]
+
+
+def follow(
+    stream: CaptureStream, kafka_ports: frozenset[int]
+) -> tuple[Analysis, kafka_timing.KafkaRequests]:
+    """One pass over the capture: connections and Kafka messages, chunk by chunk."""
+    tracker = ConnectionTracker()
+    follower = kafka_timing.KafkaFollower(kafka_ports)
+    for tcp in stream.chunks:
+        rows = tracker.feed(tcp)
+        follower.feed(tcp, rows, tracker)
+    analysis = tracker.finish()
+    return analysis, follower.finish(analysis)
+
+
+def analyse_stream(stream: CaptureStream, kafka_ports: frozenset[int]) -> CaptureResult:
+    """Read ``stream`` once and run every capture detector on what it held."""
+    analysis, requests = follow(stream, kafka_ports)
+    inferences = wscale_inference.infer(analysis)
+    cookies = capture_cookies.classify(analysis)
+    findings = [
+        *wscale_inference.findings(analysis, inferences),
+        *capture_cookies.findings(cookies),
+        *rwnd_findings(analysis),
+        *kafka_timing.findings(requests),
+    ]
+    return CaptureResult(stream, analysis, ranked(findings), requests, cookies, inferences)
