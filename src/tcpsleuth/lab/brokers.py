@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from tcpsleuth.errors import InputError
-from tcpsleuth.lab.processes import Child, python_module
+from tcpsleuth.lab.processes import READY_S, Child, python_module
 from tcpsleuth.sources import sockdiag
 
 
@@ -23,11 +23,11 @@ class LabBrokerProcess:
 
     def __init__(self, ns: str, argv: list[str]) -> None:
         self.child = Child(python_module("tcpsleuth.lab.broker", *argv), ns=ns, stdin=True)
-        self.child.wait_for(lambda line: '"accepting"' in line, 20)
+        self.child.wait_for(lambda line: '"accepting"' in line)
 
     def restart(self, down_s: float, startup_s: float) -> None:
         self.child.send(f"restart {down_s} {startup_s}")
-        self.child.wait_for(lambda line: '"accepting"' in line, down_s + startup_s + 20)
+        self.child.wait_for(lambda line: '"accepting"' in line, down_s + startup_s + READY_S)
 
     def stop(self) -> None:
         if self.child.process.poll() is None:

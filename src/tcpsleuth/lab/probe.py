@@ -65,14 +65,14 @@ def _round(pair: topology.Pair, timestamps: int, rcvbuf: int, workdir: Path) -> 
             merge_stderr=True,
         )
         children.append(tcpdump)
-        tcpdump.wait_for(lambda line: "listening on" in line, 20)
+        tcpdump.wait_for(lambda line: "listening on" in line)
         server = Child(
             [*PEER, "serve", str(rcvbuf), "50", str(PORT), pair.server_ip4, pair.server_ip6],
             ns=pair.server,
             stdin=True,
         )
         children.append(server)
-        server.wait_for(lambda line: line.strip() == "listening", 20)
+        server.wait_for(lambda line: line.strip() == "listening")
         client = Child(
             [
                 *PEER,
@@ -88,7 +88,7 @@ def _round(pair: topology.Pair, timestamps: int, rcvbuf: int, workdir: Path) -> 
             stdin=True,
         )
         children.append(client)
-        client.wait_for(lambda line: line.strip() == "connected", 30)
+        client.wait_for(lambda line: line.strip() == "connected")
         yield capture
     finally:
         for child in reversed(children):

@@ -18,6 +18,10 @@ import time
 from typing import Any
 
 PR_SET_PDEATHSIG = 1
+# How long a child may take to say it is ready. Generous: a child that fails exits and
+# is noticed at once, and under an emulated guest CPU (lab kernels without KVM) Python
+# alone can take tens of seconds to import what a child needs.
+READY_S = 120.0
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -55,7 +59,7 @@ class Child:
             self.all_lines.append(line)
             self.lines.put(line)
 
-    def wait_for(self, predicate: Any, timeout: float) -> str:
+    def wait_for(self, predicate: Any, timeout: float = READY_S) -> str:
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
             try:
@@ -69,7 +73,10 @@ class Child:
         error = ""
         if self.process.poll() is not None and self.process.stderr is not None:
             error = self.process.stderr.read()
-        raise RuntimeError(f"{' '.join(self.argv[:3])} did not get ready: {error.strip()[-300:]}")
+        raise RuntimeError(
+            f"{' '.join(self.argv[:3])} did not get ready within {timeout:.0f} s: "
+            f"{error.strip()[-300:] or 'it printed nothing on stderr'}"
+        )
 
     def send(self, command: str) -> None:
         assert self.process.stdin is not None

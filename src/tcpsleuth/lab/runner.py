@@ -150,7 +150,7 @@ def start_relay(client: str, server: str, rtt_ms: float, rate_mbit: float = 1000
         )
     )
     try:
-        relay.wait_for(lambda line: line.strip() == "ready", 20)
+        relay.wait_for(lambda line: line.strip() == "ready")
     except BaseException:
         relay.stop()
         raise
@@ -279,7 +279,7 @@ def _run(
         merge_stderr=True,
     )
     stoppers.append(tcpdump.stop)
-    tcpdump.wait_for(lambda line: "listening on" in line, 20)
+    tcpdump.wait_for(lambda line: "listening on" in line)
 
     if broker_cmd:
         broker: LabBrokerProcess | CommandBroker = CommandBroker(
@@ -341,7 +341,7 @@ def _run(
         stoppers.append(worker.stop)
         clients.append(worker)
     for worker in clients:
-        worker.wait_for(lambda line: '"ready"' in line, 120)
+        worker.wait_for(lambda line: '"ready"' in line)
     started = time.time()
     artifacts.window["start"] = started
     total = size.duration_s
