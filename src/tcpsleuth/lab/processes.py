@@ -70,13 +70,13 @@ class Child:
                 continue
             if predicate(line):
                 return line
-        error = ""
-        if self.process.poll() is not None and self.process.stderr is not None:
-            error = self.process.stderr.read()
-        raise RuntimeError(
-            f"{' '.join(self.argv[:3])} did not get ready within {timeout:.0f} s: "
-            f"{error.strip()[-300:] or 'it printed nothing on stderr'}"
-        )
+        name = " ".join(self.argv[:3])
+        status = self.process.poll()
+        if status is None:
+            raise RuntimeError(f"{name} did not get ready within {timeout:.0f} s")
+        error = self.process.stderr.read() if self.process.stderr is not None else ""
+        said = error.strip()[-300:] or "".join(self.all_lines).strip()[-300:] or "no output"
+        raise RuntimeError(f"{name} exited (status {status}) before it was ready: {said}")
 
     def send(self, command: str) -> None:
         assert self.process.stdin is not None
