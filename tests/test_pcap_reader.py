@@ -281,16 +281,10 @@ def test_compiled_and_python_record_walks_agree(tmp_path: Path) -> None:
 
 def _follow(path: Path, chunk: int, capacity: int) -> tuple[dict, dict]:
     """Connections and Kafka requests of ``path`` read ``chunk`` bytes at a time."""
-    from tcpsleuth.detectors.capture import ConnectionTracker
-    from tcpsleuth.detectors.kafka_timing import KafkaFollower
+    from tcpsleuth.detectors.capture_all import follow
     from tcpsleuth.sources.pcap import open_capture
 
-    tracker = ConnectionTracker(capacity)
-    follower = KafkaFollower(frozenset({9092}))
-    for tcp in open_capture(path, chunk=chunk).chunks:
-        follower.feed(tcp, tracker.feed(tcp), tracker)
-    analysis = tracker.finish()
-    requests = follower.finish(analysis)
+    analysis, requests = follow(open_capture(path, chunk=chunk), frozenset({9092}), capacity)
     kafka = {
         name: getattr(requests, name)
         for name in ("stream", "api_key", "correlation_id", "frame", "last_frame", "response_frame")

@@ -26,10 +26,11 @@ class CaptureResult:
 
 
 def follow(
-    stream: CaptureStream, kafka_ports: frozenset[int]
+    stream: CaptureStream, kafka_ports: frozenset[int], capacity: int | None = None
 ) -> tuple[Analysis, kafka_timing.KafkaRequests]:
-    """One pass over the capture: connections and Kafka messages, chunk by chunk."""
-    tracker = ConnectionTracker()
+    """One pass over the capture: connections and Kafka messages, chunk by chunk
+    (``capacity``: the tracker's first table size, its default when None)."""
+    tracker = ConnectionTracker() if capacity is None else ConnectionTracker(capacity)
     follower = kafka_timing.KafkaFollower(kafka_ports)
     for tcp in stream.chunks:
         rows = tracker.feed(tcp)
