@@ -1,0 +1,597 @@
+"""A real Apache Kafka broker for the lab: resolved from Maven Central, run in a namespace.
+
+The jars come from a pinned dependency list kept in the repository
+(``deploy/kafka/<version>/pom.xml``): Maven resolves it into
+``~/.cache/tcpsleuth/kafka/<version>/lib`` once (checking Maven Central's own
+checksums as it downloads), and every jar is then checked against the SHA-256 lock
+file beside the pom (``jars.sha256``) before each start. Nothing is fetched by hand.
+
+A broker here is a single KRaft node in combined mode (``node.id=1``, broker and
+controller): its client listener on the lab's address and port, its controller
+listener on the namespace's loopback. Each ``KafkaBroker`` formats its own storage in
+its work directory, starts ``java -cp <jars> kafka.Kafka server.properties`` inside the
+namespace (``ip netns exec``) with a small heap and the Prometheus JMX exporter agent
+exposing Kafka's request metrics, and knows when the broker really accepts: 3.1.2
+binds its port before it has loaded its logs, so readiness is a Kafka Metadata
+request answered with this broker in it, not an open port. It is stopped as an
+operator stops it (SIGTERM, a controlled shutdown) or unclean (SIGKILL, the next start
+recovers its logs); the JVM dies with the process that started it, and the work
+directory it made goes with it.
+
+  python3 -m tcpsleuth.lab.kafka_broker resolve [VERSION]   # fetch and check the jars
+  python3 -m tcpsleuth.lab.kafka_broker lock VERSION        # rewrite jars.sha256
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import contextlib
+import hashlib
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tcpsleuth.errors import EnvironmentProblem, InputError
+from tcpsleuth.lab.processes import READY_S, Child
+from tcpsleuth.sources import netns, sockdiag
+
+VERSIONS = ("3.1.2", "4.4.0")
+DEFAULT_VERSION = "4.4.0"
+# The first version with socket.listen.backlog.size (KIP-764); before it the backlog is
+# the JDK's default, 50, whatever server.properties says.
+KIP_764 = (3, 2, 0)
+DEPLOY = Path(__file__).resolve().parents[3] / "deploy" / "kafka"
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tcpsleuth" / "kafka"
+LOCK_NAME = "jars.sha256"
+AGENT_PREFIX = "jmx_prometheus_javaagent-"
+CONTROLLER_PORT = 9093
+METRICS_PORT = 7071
+NODE_ID = 1
+HEAP = "512m"
+
+# What the JMX exporter exposes (Kafka's request metrics, network threads, acceptors).
+JMX_EXPORTER_CONFIG = DEPLOY / "jmx-exporter.yaml"
+
+LOG4J1 = """log4j.rootLogger=INFO, stdout
+log4j.appender.stdout=org.apache.log4j.ConsoleAppender
+log4j.appender.stdout.layout=org.apache.log4j.PatternLayout
+log4j.appender.stdout.layout.ConversionPattern=[%d] %p %m (%c)%n
+log4j.logger.kafka.request.logger={request_level}, requests
+log4j.additivity.kafka.request.logger=false
+log4j.appender.requests=org.apache.log4j.FileAppender
+log4j.appender.requests.File={request_log}
+log4j.appender.requests.layout=org.apache.log4j.PatternLayout
+log4j.appender.requests.layout.ConversionPattern=[%d] %m%n
+"""
+
+LOG4J2 = """status = warn
+appender.stdout.type = Console
+appender.stdout.name = STDOUT
+appender.stdout.layout.type = PatternLayout
+appender.stdout.layout.pattern = [%d] %p %m (%c)%n
+appender.requests.type = File
+appender.requests.name = REQUESTS
+appender.requests.fileName = {request_log}
+appender.requests.layout.type = PatternLayout
+appender.requests.layout.pattern = [%d] %m%n
+rootLogger.level = INFO
+rootLogger.appenderRef.stdout.ref = STDOUT
+logger.requests.name = kafka.request.logger
+logger.requests.level = {request_level}
+logger.requests.additivity = false
+logger.requests.appenderRef.requests.ref = REQUESTS
+"""
+
+
+def version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in version.split("."))
+
+
+def parse_broker(spec: str) -> str:
+    """``kafka`` or ``kafka:VERSION`` (as ``--broker`` takes it) to a known version."""
+    name, _, version = spec.partition(":")
+    if name != "kafka":
+        raise InputError(f"--broker {spec!r}: expected kafka or kafka:VERSION")
+    version = version or DEFAULT_VERSION
+    if version not in VERSIONS:
+        raise InputError(
+            f"--broker {spec!r}: no pinned dependency list for Kafka {version} "
+            f"(have {', '.join(VERSIONS)}; see deploy/kafka/)"
+        )
+    return version
+
+
+# -- the jars ----------------------------------------------------------------------------
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _read_lock(lock: Path) -> dict[str, str]:
+    wanted = {}
+    for line in lock.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            digest, name = line.split()
+            wanted[name.lstrip("*")] = digest
+    return wanted
+
+
+def _verify(lib: Path, lock: Path) -> list[str]:
+    """What is wrong with the jars in ``lib`` against ``lock``: nothing when empty."""
+    wanted = _read_lock(lock)
+    have = {path.name: path for path in lib.glob("*.jar")}
+    problems = [f"missing {name}" for name in sorted(wanted.keys() - have.keys())]
+    problems += [f"not in the lock file: {name}" for name in sorted(have.keys() - wanted.keys())]
+    problems += [
+        f"{name}: sha256 {_sha256(have[name])}, the lock file says {digest}"
+        for name, digest in sorted(wanted.items())
+        if name in have and _sha256(have[name]) != digest
+    ]
+    return problems
+
+
+def _maven(pom: Path, out: Path) -> None:
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise EnvironmentProblem(
+            "the Kafka broker's jars are resolved with Maven, and there is no `mvn` "
+            "(apt-get install maven, or run scripts/install.sh)"
+        )
+    result = subprocess.run(
+        [
+            mvn,
+            "-B",
+            "-q",
+            "--strict-checksums",
+            "-f",
+            str(pom),
+            "dependency:copy-dependencies",
+            f"-DoutputDirectory={out}",
+            "-DincludeScope=runtime",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=1800,
+    )
+    if result.returncode != 0:
+        said = (result.stdout + result.stderr).strip()[-1500:]
+        raise EnvironmentProblem(f"Maven could not resolve {pom}: {said}")
+
+
+def resolve(version: str, cache: Path = CACHE) -> Path:
+    """The directory of Kafka ``version``'s jars, resolved by Maven into the cache on
+    first use and checked against the lock file every time."""
+    pom, lock = DEPLOY / version / "pom.xml", DEPLOY / version / LOCK_NAME
+    if not pom.is_file() or not lock.is_file():
+        raise EnvironmentProblem(
+            f"no pinned dependency list for Kafka {version} at {pom.parent} "
+            "(it is in the source tree: run tcpsleuth from a checkout)"
+        )
+    lib = cache / version / "lib"
+    if lib.is_dir() and not _verify(lib, lock):
+        return lib
+    lib.parent.mkdir(parents=True, exist_ok=True)
+    fresh = Path(tempfile.mkdtemp(prefix="lib-", dir=lib.parent))
+    try:
+        _maven(pom, fresh)
+        problems = _verify(fresh, lock)
+        if problems:
+            raise EnvironmentProblem(
+                f"Kafka {version}'s jars do not match {lock}: " + "; ".join(problems[:5])
+            )
+        if lib.exists():
+            shutil.rmtree(lib)
+        fresh.rename(lib)
+    finally:
+        shutil.rmtree(fresh, ignore_errors=True)
+    return lib
+
+
+def write_lock(version: str, cache: Path = CACHE) -> Path:
+    """Resolve ``version`` afresh and write the SHA-256 of each jar to its lock file
+    (for a maintainer adding or changing a version; review the diff)."""
+    pom, lock = DEPLOY / version / "pom.xml", DEPLOY / version / LOCK_NAME
+    out = Path(tempfile.mkdtemp(prefix="lock-"))
+    try:
+        _maven(pom, out)
+        lines = [f"{_sha256(path)}  {path.name}" for path in sorted(out.glob("*.jar"))]
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    header = (
+        f"# SHA-256 of every jar Maven resolves from pom.xml (Kafka {version}), checked by\n"
+        f"# tcpsleuth.lab.kafka_broker.resolve; rewrite with\n"
+        f"# python3 -m tcpsleuth.lab.kafka_broker lock {version}\n"
+    )
+    lock.write_text(header + "\n".join(lines) + "\n")
+    shutil.rmtree(cache / version / "lib", ignore_errors=True)
+    return lock
+
+
+def java() -> str:
+    found = shutil.which("java")
+    if found is None:
+        raise EnvironmentProblem(
+            "the Kafka broker needs a JDK and there is no `java` "
+            "(apt-get install default-jdk-headless, or run scripts/install.sh)"
+        )
+    return found
+
+
+# -- the Kafka protocol, as much as readiness needs ----------------------------------------
+
+
+def _request(api_key: int, version: int, correlation: int, body: bytes) -> bytes:
+    client = b"tcpsleuth-ready"
+    header = struct.pack(">hhih", api_key, version, correlation, len(client)) + client
+    return struct.pack(">i", len(header) + len(body)) + header + body
+
+
+def _read_frame(sock: socket.socket) -> bytes:
+    def exactly(size: int) -> bytes:
+        data = b""
+        while len(data) < size:
+            chunk = sock.recv(size - len(data))
+            if not chunk:
+                raise ConnectionError("closed by the broker")
+            data += chunk
+        return data
+
+    (size,) = struct.unpack(">i", exactly(4))
+    return exactly(size)
+
+
+def _string(frame: bytes, offset: int) -> tuple[str | None, int]:
+    (size,) = struct.unpack_from(">h", frame, offset)
+    offset += 2
+    if size < 0:
+        return None, offset
+    return frame[offset : offset + size].decode(), offset + size
+
+
+def metadata_brokers(host: str, port: int, timeout: float = 2.0) -> list[int] | None:
+    """Ask the broker at ``host:port`` (from the calling thread's namespace) for its
+    ApiVersions and then Metadata v4 (every version from 3.1 to 4.x answers it); the
+    node ids it lists, or None while it does not answer."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            sock.sendall(_request(18, 0, 1, b""))
+            frame = _read_frame(sock)
+            (error,) = struct.unpack_from(">h", frame, 4)
+            if error != 0:
+                return None
+            # Metadata v4: all topics (null array), no auto-creation
+            sock.sendall(_request(3, 4, 2, struct.pack(">ib", -1, 0)))
+            frame = _read_frame(sock)
+    except (OSError, ConnectionError, struct.error):
+        return None
+    offset = 8  # correlation id, throttle time
+    (count,) = struct.unpack_from(">i", frame, offset)
+    offset += 4
+    nodes = []
+    for _ in range(count):
+        (node,) = struct.unpack_from(">i", frame, offset)
+        _, offset = _string(frame, offset + 4)  # host
+        _, offset = _string(frame, offset + 4)  # port, rack
+        nodes.append(node)
+    return nodes
+
+
+# -- one broker ----------------------------------------------------------------------------
+
+
+@dataclass
+class KafkaSettings:
+    """What the lab may change in server.properties; None leaves Kafka's default."""
+
+    version: str = DEFAULT_VERSION
+    host: str = "127.0.0.1"
+    port: int = 9092
+    receive_buffer: int | None = None  # socket.receive.buffer.bytes (default 102400)
+    send_buffer: int | None = None  # socket.send.buffer.bytes (default 102400)
+    listen_backlog: int | None = None  # socket.listen.backlog.size (4.x; 3.1.2 ignores it)
+    partitions: int = 1
+    request_log: bool = False  # kafka.request.logger at DEBUG: one line per request
+    extra: dict[str, str] = field(default_factory=dict)
+    heap: str = HEAP
+    metrics_port: int = METRICS_PORT
+
+
+def server_properties(settings: KafkaSettings, data_dir: Path) -> str:
+    """A single-node KRaft broker in combined mode, as the lab runs it."""
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    lines = {
+        "process.roles": "broker,controller",
+        "node.id": str(NODE_ID),
+        "controller.quorum.voters": f"{NODE_ID}@127.0.0.1:{CONTROLLER_PORT}",
+        "listeners": f"PLAINTEXT://{host}:{settings.port},CONTROLLER://127.0.0.1:{CONTROLLER_PORT}",
+        "advertised.listeners": f"PLAINTEXT://{host}:{settings.port}",
+        "controller.listener.names": "CONTROLLER",
+        "inter.broker.listener.name": "PLAINTEXT",
+        "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
+        "log.dirs": str(data_dir),
+        "num.partitions": str(settings.partitions),
+        "offsets.topic.replication.factor": "1",
+        "transaction.state.log.replication.factor": "1",
+        "transaction.state.log.min.isr": "1",
+        "group.initial.rebalance.delay.ms": "0",
+        "auto.create.topics.enable": "true",
+    }
+    if settings.receive_buffer is not None:
+        lines["socket.receive.buffer.bytes"] = str(settings.receive_buffer)
+    if settings.send_buffer is not None:
+        lines["socket.send.buffer.bytes"] = str(settings.send_buffer)
+    if settings.listen_backlog is not None:
+        # Written for every version, as an operator would: 3.1.2 logs it as unknown and
+        # keeps the JDK's backlog of 50.
+        lines["socket.listen.backlog.size"] = str(settings.listen_backlog)
+    lines.update(settings.extra)
+    head = f"# tcpsleuth lab: Apache Kafka {settings.version}, KRaft, one node (combined)\n"
+    return head + "".join(f"{key}={value}\n" for key, value in lines.items())
+
+
+def cluster_id() -> str:
+    """A random cluster id as Kafka writes it (Uuid: URL-safe base64, no padding)."""
+    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+
+
+class KafkaBroker:
+    """One Apache Kafka broker in namespace ``ns``; ``start`` returns once it answers.
+
+    Its work directory (``workdir``, or a temporary one removed by ``close``) holds
+    server.properties, the logging and exporter configurations, the data directory
+    (formatted once, kept across restarts, so a SIGKILL makes the next start recover
+    its logs), the request log if asked, and broker.log, the JVM's output of each start.
+    """
+
+    def __init__(self, ns: str, settings: KafkaSettings, workdir: Path | None = None) -> None:
+        self.ns, self.settings = ns, settings
+        self.version = settings.version
+        self.lib = resolve(settings.version)
+        self.java = java()
+        self._own_workdir = workdir is None
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix=f"tcpsleuth-kafka-{self.version}-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.data_dir = self.workdir / "data"
+        self.properties = self.workdir / "server.properties"
+        self.request_log = self.workdir / "request.log"
+        self.child: Child | None = None
+        self.log: list[dict[str, Any]] = []
+        self.timings: dict[str, float] = {}
+        self.description = (
+            f"Apache Kafka {self.version} (KRaft, one node), jars from deploy/kafka/{self.version}"
+        )
+        self._write_configs()
+        self._format()
+
+    @property
+    def classpath(self) -> str:
+        jars = sorted(p for p in self.lib.glob("*.jar") if not p.name.startswith(AGENT_PREFIX))
+        return ":".join(str(p) for p in jars)
+
+    @property
+    def agent(self) -> Path:
+        [agent] = self.lib.glob(f"{AGENT_PREFIX}*.jar")
+        return agent
+
+    @property
+    def has_listen_backlog_setting(self) -> bool:
+        return version_tuple(self.version) >= KIP_764
+
+    def _write_configs(self) -> None:
+        self.properties.write_text(server_properties(self.settings, self.data_dir))
+        level = "DEBUG" if self.settings.request_log else "WARN"
+        template = LOG4J2 if version_tuple(self.version) >= (4,) else LOG4J1
+        (self.workdir / "log4j.properties").write_text(
+            template.format(request_level=level, request_log=self.request_log)
+        )
+        shutil.copyfile(JMX_EXPORTER_CONFIG, self.workdir / "jmx-exporter.yaml")
+
+    def _jvm(self, main: str, *args: str, agent: bool = False) -> list[str]:
+        logging = self.workdir / "log4j.properties"
+        argv = [
+            self.java,
+            f"-Xmx{self.settings.heap}",
+            f"-Xms{self.settings.heap}",
+            "-XX:+UseG1GC",
+            "-XX:MaxGCPauseMillis=20",
+            "-XX:+ExitOnOutOfMemoryError",
+            "-Xshare:auto",
+            "-Djava.awt.headless=true",
+            f"-Dlog4j.configuration=file:{logging}",
+            f"-Dlog4j2.configurationFile={logging}",
+            f"-Dkafka.logs.dir={self.workdir}",
+        ]
+        if agent:
+            config = self.workdir / "jmx-exporter.yaml"
+            argv.append(
+                f"-javaagent:{self.agent}={self.settings.host}:{self.settings.metrics_port}:{config}"
+            )
+        return [*argv, "-cp", self.classpath, main, *args]
+
+    def _format(self) -> None:
+        """Format the data directory for a new cluster (kafka-storage.sh format)."""
+        started = time.monotonic()
+        argv = self._jvm(
+            "kafka.tools.StorageTool",
+            "format",
+            "-t",
+            cluster_id(),
+            "-c",
+            str(self.properties),
+        )
+        result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=300)
+        if result.returncode != 0:
+            said = (result.stdout + result.stderr).strip()[-1000:]
+            raise EnvironmentProblem(f"formatting Kafka {self.version}'s storage failed: {said}")
+        self.timings["format_s"] = time.monotonic() - started
+
+    # -- running ---------------------------------------------------------------------------
+    def _listening(self) -> bool:
+        table = sockdiag.snapshot(self.ns, ports=frozenset({self.settings.port}), with_info=False)
+        return any(listener.local_port == self.settings.port for listener in table.listeners)
+
+    def answers(self) -> bool:
+        with netns.entered(self.ns):
+            nodes = metadata_brokers(self.settings.host, self.settings.port)
+        return nodes is not None and NODE_ID in nodes
+
+    def start(self, timeout: float = READY_S) -> float:
+        """Start the JVM and return once the broker answers Metadata with itself in it;
+        the seconds that took. ``listening`` and ``accepting`` events mark the moment
+        its port opened and the moment it answered."""
+        if self.child is not None and self.child.process.poll() is None:
+            raise RuntimeError("the broker is already running")
+        started = time.monotonic()
+        self.log.append({"event": "starting", "time": time.time()})
+        self.child = Child(
+            self._jvm("kafka.Kafka", str(self.properties), agent=True),
+            ns=self.ns,
+            merge_stderr=True,
+        )
+        deadline = started + timeout
+        listening = False
+        while True:
+            if self.child.process.poll() is not None:
+                said = "".join(self.child.all_lines).strip()[-1500:] or "no output"
+                self._save_output()
+                raise EnvironmentProblem(
+                    f"Kafka {self.version} exited (status {self.child.process.returncode}) "
+                    f"before it answered: {said}"
+                )
+            if not listening and self._listening():
+                listening = True
+                self.log.append({"event": "listening", "time": time.time()})
+                self.timings["listening_s"] = time.monotonic() - started
+            if listening and self.answers():
+                break
+            if time.monotonic() > deadline:
+                self.kill()
+                raise EnvironmentProblem(
+                    f"Kafka {self.version} did not answer within {timeout:.0f} s "
+                    f"(listening: {listening})"
+                )
+            time.sleep(0.1)
+        elapsed = time.monotonic() - started
+        self.log.append({"event": "accepting", "time": time.time()})
+        self.timings["start_s"] = elapsed
+        return elapsed
+
+    def _save_output(self) -> None:
+        if self.child is not None:
+            with (self.workdir / "broker.log").open("a") as out:
+                out.writelines(self.child.all_lines)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> float:
+        """SIGTERM: the controlled shutdown an operator's restart does; SIGKILL: an unclean
+        one, after which the next start recovers the logs. Returns the seconds it took."""
+        if self.child is None or self.child.process.poll() is not None:
+            return 0.0
+        started = time.monotonic()
+        self.child.stop(sig, timeout=timeout)
+        elapsed = time.monotonic() - started
+        self.log.append(
+            {
+                "event": "stopped",
+                "time": time.time(),
+                "signal": signal.Signals(sig).name,
+                "status": self.child.process.returncode,
+            }
+        )
+        self.timings["stop_s"] = elapsed
+        self._save_output()
+        return elapsed
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL, timeout=10)
+
+    def restart(self, down_s: float = 0.0, startup_s: float = 0.0, unclean: bool = False) -> None:
+        """Restart as an operator does: stop (SIGTERM, or SIGKILL when ``unclean``), wait
+        ``down_s``, start and wait until it answers. ``startup_s`` is ignored: a real
+        broker takes the time it takes to load its logs (see ``timings``)."""
+        self.stop(signal.SIGKILL if unclean else signal.SIGTERM)
+        time.sleep(down_s)
+        self.start()
+
+    def metrics(self, timeout: float = 5.0) -> str:
+        """The JMX exporter's page (Prometheus text), read from inside the namespace."""
+        url = f"http://{self.settings.host}:{self.settings.metrics_port}/metrics"
+        if ":" in self.settings.host:
+            url = f"http://[{self.settings.host}]:{self.settings.metrics_port}/metrics"
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with netns.entered(self.ns), opener.open(url, timeout=timeout) as response:
+            return response.read().decode()
+
+    def events(self) -> list[dict[str, Any]]:
+        return self.log
+
+    def close(self) -> None:
+        """Kill the JVM if it still runs and remove a work directory this made."""
+        self.kill()
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> KafkaBroker:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def metric_values(text: str, name: str, **labels: str) -> list[float]:
+    """Values of the samples called ``name`` whose labels include ``labels``, from a
+    Prometheus text page."""
+    values = []
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        head, _, value = line.rpartition(" ")
+        metric, _, rest = head.partition("{")
+        if metric != name:
+            continue
+        have = dict(pair.split("=", 1) for pair in rest.rstrip("}").split(",") if "=" in pair)
+        if all(have.get(key, "").strip('"') == wanted for key, wanted in labels.items()):
+            with contextlib.suppress(ValueError):
+                values.append(float(value))
+    return values
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Apache Kafka for tcpsleuth's lab.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    resolve_cmd = commands.add_parser("resolve", help="fetch (Maven) and check the jars")
+    resolve_cmd.add_argument("versions", nargs="*", default=list(VERSIONS))
+    lock_cmd = commands.add_parser("lock", help="rewrite a version's jars.sha256")
+    lock_cmd.add_argument("version", choices=VERSIONS)
+    args = parser.parse_args()
+    try:
+        if args.command == "resolve":
+            for version in args.versions:
+                lib = resolve(parse_broker(f"kafka:{version}"))
+                print(f"Kafka {version}: {len(list(lib.glob('*.jar')))} jars checked in {lib}")
+        else:
+            print(f"wrote {write_lock(args.version)}")
+    except InputError as exc:
+        sys.exit(f"error: {exc}")
+
+
+if __name__ == "__main__":
+    main()
