@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import click
 from rich.live import Live
 
+from tcpsleuth.cli import output
 from tcpsleuth.cli.options import format_option, netns_option
 from tcpsleuth.detectors import rates
 from tcpsleuth.model.findings import Finding, exit_status
@@ -113,6 +114,8 @@ def watch_command(
             seen.extend((after.wall_time, e) for e in events)
             _show(output_format, out, live, before, after, events, seen, host)
             before = after
+            if output.stdout_closed():
+                break  # `watch | head`: the reader has gone, so has the point of watching
     except KeyboardInterrupt:
         pass
     finally:

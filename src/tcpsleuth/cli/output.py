@@ -1,0 +1,84 @@
+"""Standard output that a closed pipe cannot break.
+
+``tcpsleuth pcap x.pcap | head -1``: once the reader has gone, writes raise
+BrokenPipeError. The guard installed as ``sys.stdout`` swallows that error, sends the
+rest of the output to /dev/null (so that the interpreter's last flush is quiet too) and
+lets the command finish, so that it ends with the status it would have had. Commands
+that write without end (``watch``) ask :func:`stdout_closed` and stop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import sys
+from typing import Any, TextIO
+
+_closed = False
+
+
+def stdout_closed() -> bool:
+    return _closed
+
+
+def _is_broken_pipe(exc: OSError) -> bool:
+    return isinstance(exc, BrokenPipeError) or exc.errno in (errno.EPIPE, errno.ECONNRESET)
+
+
+class PipeGuard:
+    """A text stream in front of the real standard output."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def _close(self) -> None:
+        global _closed
+        _closed = True
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError):
+            pass
+
+    def write(self, text: str) -> int:
+        if _closed:
+            return len(text)
+        try:
+            return self._stream.write(text)
+        except OSError as exc:
+            if not _is_broken_pipe(exc):
+                raise
+            self._close()
+            return len(text)
+
+    def flush(self) -> None:
+        if _closed:
+            with contextlib.suppress(OSError):
+                self._stream.flush()
+            return
+        try:
+            self._stream.flush()
+        except OSError as exc:
+            if not _is_broken_pipe(exc):
+                raise
+            self._close()
+            with contextlib.suppress(OSError):
+                self._stream.flush()  # what was buffered now goes to /dev/null
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def install() -> PipeGuard:
+    """Put the guard in front of ``sys.stdout`` (once)."""
+    if isinstance(sys.stdout, PipeGuard):
+        return sys.stdout
+    guard = PipeGuard(sys.stdout)
+    sys.stdout = guard  # type: ignore[assignment]
+    return guard

@@ -1,0 +1,233 @@
+"""Hostile and careless input (issue 14): every command keeps the contract.
+
+Exit 0/1 only with a valid document, 2 with one line on stderr for an input or
+environment error tcpsleuth recognises, 3 with one line naming the saved traceback for
+anything unexpected; never a traceback on stderr; nothing left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import FIXTURES, REPO, needs_root, run_tcpsleuth
+
+SS = FIXTURES / "ss"
+FAULT_CLIENT = SS / "lab-fault-client-tni.txt"  # has findings of warning or worse: exit 1
+CLEAN_SERVER = SS / "lab-clean-server-tni.txt"
+
+
+def one_error_line(result: subprocess.CompletedProcess[str], status: int = 2) -> str:
+    """The run ended with ``status`` and exactly one line on stderr, no traceback."""
+    assert result.returncode == status, (result.returncode, result.stdout, result.stderr)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+# -- the error boundary ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("pcap", "--format", "xml", "x.pcap"),
+        ("sockets", "--sort", "nonsense"),
+        ("sockets", "--no-such-option"),
+        ("watch", "--interval", "zero"),
+        ("no-such-command",),
+    ],
+)
+def test_usage_errors_are_one_line(args: tuple[str, ...]) -> None:
+    line = one_error_line(run_tcpsleuth(*args))
+    assert line.startswith("tcpsleuth: error: ")
+    assert "--help" in line  # where to look next, on the same line
+
+
+def test_directory_as_capture_is_one_line(tmp_path: Path) -> None:
+    line = one_error_line(run_tcpsleuth("pcap", str(tmp_path)))
+    assert str(tmp_path) in line
+
+
+CRASHING = """
+import sys
+import click
+from tcpsleuth.cli.main import cli, main
+
+@cli.command("crash")
+def crash() -> None:
+    {}.get("x")["y"]
+
+main(sys.argv[1:])
+"""
+
+
+def test_unexpected_error_is_exit_3_with_saved_traceback(tmp_path: Path) -> None:
+    """A bug escaping a command: exit 3 (never 1, which means findings), one line naming
+    the file under $TMPDIR that holds the traceback."""
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    result = subprocess.run(
+        [sys.executable, "-c", CRASHING, "crash"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+    line = one_error_line(result, status=3)
+    assert "TypeError" in line
+    saved = list(tmp_path.glob("tcpsleuth-crash-*.txt"))
+    assert len(saved) == 1, saved
+    assert str(saved[0]) in line
+    text = saved[0].read_text()
+    assert "Traceback (most recent call last)" in text
+    assert "line 8, in crash\nTypeError" in text
+
+
+def run_into_closed_pipe(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run with standard output a pipe whose reader has already gone."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        return subprocess.run(
+            [sys.executable, "-m", "tcpsleuth", *args],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+
+
+@pytest.mark.parametrize("output_format", ["table", "json"])
+@pytest.mark.parametrize(("source", "status"), [(FAULT_CLIENT, 1), (CLEAN_SERVER, 0)])
+def test_broken_pipe_is_quiet_with_the_commands_status(
+    output_format: str, source: Path, status: int
+) -> None:
+    """`tcpsleuth sockets x | head -1`: no traceback, no 'Exception ignored', and the
+    status the command had (1 for findings, 0 for none), not 1 for the broken pipe."""
+    assert run_tcpsleuth("sockets", str(source), "--format", output_format).returncode == status
+    result = run_into_closed_pipe("sockets", str(source), "--format", output_format)
+    assert result.stderr == ""
+    assert result.returncode == status
+
+
+def test_readme_states_exit_3() -> None:
+    readme = (REPO / "README.md").read_text()
+    assert re.search(r"\*\*3\*\* [^.]*bug in tcpsleuth", readme)
+
+
+# -- signals: SIGTERM and SIGHUP clean up as Ctrl-C does ------------------------------
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            found += [int(p) for p in (task / "children").read_text().split()]
+    return found
+
+
+def _wait_for(condition: object, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():  # type: ignore[operator]
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is gone for our purposes
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+@needs_root
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_probe_cleans_up_on_signal(tmp_path: Path, signum: int) -> None:
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tcpsleuth", "probe", "--format", "json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    run_dir = Path("/var/run/netns")
+
+    def mine() -> list[str]:
+        return [p.name for p in run_dir.glob(f"tcpsleuth-probe-*-{process.pid}-*")]
+
+    try:
+        assert _wait_for(lambda: len(mine()) == 2 and any(tmp_path.iterdir()), 120), (
+            "probe never made its namespaces and temporary directory"
+        )
+        time.sleep(0.5)
+        process.send_signal(signum)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 128 + signum, stderr
+    assert "Traceback" not in stderr
+    assert mine() == []
+    assert list(tmp_path.iterdir()) == []
+
+
+@needs_root
+def test_trace_detaches_bpftrace_on_sigterm() -> None:
+    if run_tcpsleuth("trace", "--duration", "0.5", "--format", "json").returncode == 2:
+        pytest.skip("this host cannot trace (bpftrace, BTF or tcp_probe missing)")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tcpsleuth", "trace", "--duration", "300", "--format", "json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert _wait_for(lambda: _children(process.pid), 60), "bpftrace never started"
+        bpftrace = _children(process.pid)
+        time.sleep(2)  # attached
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert "Traceback" not in stderr
+    still = [pid for pid in bpftrace if _alive(pid)]
+    assert still == [], f"bpftrace left running: {still}"
+
+
+def test_json_document_is_valid_after_fixes() -> None:
+    result = run_tcpsleuth("sockets", str(FAULT_CLIENT), "--format", "json", check_status=1)
+    assert json.loads(result.stdout)["command"] == "sockets"
+
+
+def test_watch_stops_when_its_reader_has_gone() -> None:
+    """`watch --format json | head -1` ends at the next sample, with the status so far."""
+    started = time.monotonic()
+    result = run_into_closed_pipe("watch", "--interval", "0.2", "--format", "json")
+    assert time.monotonic() - started < 60
+    assert result.returncode in (0, 1), result.stderr
+    assert "Traceback" not in result.stderr
