@@ -15,7 +15,7 @@ from tcpsleuth.cli import lab_guest
 from tcpsleuth.cli.lab_kernel import kernel_group
 from tcpsleuth.cli.options import format_option
 from tcpsleuth.errors import InputError
-from tcpsleuth.lab import analysis, namespaces
+from tcpsleuth.lab import analysis, kafka_broker, namespaces
 from tcpsleuth.lab.kernel import build as kbuild
 from tcpsleuth.lab.runner import LabSize, discard, run_scenario, temporary_workdir
 from tcpsleuth.lab.scenarios import SCENARIOS, on_real_kernel
@@ -82,8 +82,14 @@ def _report(
             "the user's broker sets its own socket buffers, so only the SYN-ACK rewrite of "
             "the emulation applies"
             if scenario.rcvbuf_after_accept and artifacts.broker.startswith("the user's")
+            else "Apache Kafka sets SO_RCVBUF only on its listener: to emulate the pre-fix "
+            "kernel its listener is left unlocked (socket.receive.buffer.bytes=-1), so its "
+            "sockets use shift 7, and the cookie SYN-ACKs are rewritten to announce 1"
+            if scenario.rcvbuf_after_accept and artifacts.broker.startswith("Apache Kafka")
             else None
         ),
+        "broker_metrics": artifacts.broker_metrics or None,
+        "broker_latency_ms": analysis.broker_latency(artifacts),
         "settings": {
             "tcp_syncookies": scenario.tcp_syncookies,
             "tcp_timestamps": scenario.tcp_timestamps,
@@ -167,6 +173,13 @@ def _render(reports: list[dict[str, Any]]) -> Group:
             parts.append(f"[dim]{r['scenario']} emulates {r['emulation']}.[/dim]")
         if r.get("kernel"):
             parts.append(f"[dim]{r['scenario']}: {r['kernel']['note']}.[/dim]")
+        if r.get("broker_latency_ms"):
+            own = r["broker_latency_ms"]
+            parts.append(
+                f"[dim]{r['scenario']}: the broker's own Produce TotalTimeMs p99 (request log) "
+                f"{own['before']['produce_total']['p99']} ms before the restart, "
+                f"{own['after']['produce_total']['p99']} ms after.[/dim]"
+            )
         if r["storm_amplification"]:
             parts.append(f"[dim]{r['scenario']}: {r['storm_amplification']['what']}.[/dim]")
     return Group(*parts)
@@ -212,6 +225,17 @@ def _render(reports: list[dict[str, Any]]) -> Group:
     help=f"Producers per library whose requests are timed [full: {LabSize.measured}].",
 )
 @click.option(
+    "--broker",
+    "broker_kind",
+    default="lab",
+    show_default=True,
+    metavar="lab|kafka[:VERSION]",
+    help="lab: tcpsleuth's own Kafka-protocol broker, the quick option. kafka: a real "
+    "Apache Kafka (KRaft, one node) from Maven Central, checksum-checked: "
+    f"kafka:{' or kafka:'.join(kafka_broker.VERSIONS)} [kafka: {kafka_broker.DEFAULT_VERSION}]; "
+    "needs a JDK and Maven.",
+)
+@click.option(
     "--broker-cmd",
     default=None,
     metavar="COMMAND",
@@ -245,6 +269,7 @@ def run_command(
     size_name: str,
     crowd: int | None,
     measured: int | None,
+    broker_kind: str,
     broker_cmd: str | None,
     rtt_ms: float,
     rate_mbit: float,
@@ -262,6 +287,12 @@ def run_command(
         raise InputError(
             f"no lab scenario {', '.join(map(repr, unknown))}; `tcpsleuth lab list` shows them"
         )
+    if broker_kind != "lab":
+        kafka_broker.parse_broker(broker_kind)
+        if broker_cmd:
+            raise InputError("--broker and --broker-cmd name two brokers; give one")
+        if kernel_name is not None:
+            raise InputError("--broker kafka does not run in a lab kernel's guest yet")
     namespaces.require_root("tcpsleuth lab")
     # (in a guest, KEEP is the folder the outer command checked and shared)
     if keep is not None and not in_guest and keep.exists() and any(keep.iterdir()):
@@ -313,6 +344,7 @@ def run_command(
                         task, description=phase, completed=done
                     ),
                     broker_cmd=broker_cmd,
+                    broker_kind=broker_kind,
                 )
                 progress.update(task, description="analysing")
                 report, found = _report(artifacts, artifacts.server_sysctls, in_guest)

@@ -64,6 +64,38 @@ def latency(artifacts: RunArtifacts) -> dict[str, Any]:
     return result
 
 
+def broker_latency(artifacts: RunArtifacts) -> dict[str, Any] | None:
+    """A real Kafka broker's own view of the same windows, from its request log: the
+    percentiles of Produce TotalTimeMs for the requests it received in each window, all
+    of them and the measured producers' (as large as theirs), with the median of each
+    part of the time. None for the lab's own broker."""
+    log = artifacts.workdir / "kafka" / "request.log"
+    if not log.is_file():
+        return None
+    from tcpsleuth.lab.kafka_broker import logged_requests
+
+    requests = logged_requests(log)
+    result: dict[str, Any] = {}
+    for phase in ("before", "after"):
+        start, end = _window(artifacts, phase)
+        chosen = [r for r in requests if start <= r.received < end]
+        measured = [r for r in chosen if r.records_bytes >= artifacts.size.message_bytes]
+        result[phase] = {
+            "produce_total": percentiles([r.times_ms["TotalTimeMs"] for r in chosen]),
+            "measured_total": percentiles([r.times_ms["TotalTimeMs"] for r in measured]),
+            "median_parts": {
+                name: round(statistics.median(r.times_ms[name] for r in chosen), 3)
+                for name in (chosen[0].times_ms if chosen else {})
+            },
+        }
+    before, after = (
+        result["before"]["produce_total"]["p99"],
+        result["after"]["produce_total"]["p99"],
+    )
+    result["p99_ratio"] = round(after / before, 2) if before and after else None
+    return result
+
+
 def librdkafka_split(artifacts: RunArtifacts) -> dict[str, Any]:
     """librdkafka's own view, per window: waiting in the queue (int_latency), waiting to
     be sent (outbuf_latency), and sent to answered (rtt), medians in milliseconds."""

@@ -27,7 +27,9 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import datetime
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -59,6 +61,17 @@ AGENT_PREFIX = "jmx_prometheus_javaagent-"
 CONTROLLER_PORT = 9093
 METRICS_PORT = 7071
 NODE_ID = 1
+# The parts of a request's time Kafka measures (RequestMetrics <Part>TimeMs), each with
+# the name the JMX exporter configuration gives it (kafka_network_request_<name>_time_ms)
+# and the one the request log gives it.
+REQUEST_TIMES = {
+    "TotalTimeMs": ("total", "totalTimeMs"),
+    "RequestQueueTimeMs": ("requestqueue", "requestQueueTimeMs"),
+    "LocalTimeMs": ("local", "localTimeMs"),
+    "RemoteTimeMs": ("remote", "remoteTimeMs"),
+    "ResponseQueueTimeMs": ("responsequeue", "responseQueueTimeMs"),
+    "ResponseSendTimeMs": ("responsesend", "sendTimeMs"),
+}
 HEAP = "512m"
 
 # What the JMX exporter exposes (Kafka's request metrics, network threads, acceptors).
@@ -523,6 +536,12 @@ class KafkaBroker:
     def kill(self) -> None:
         self.stop(signal.SIGKILL, timeout=10)
 
+    @property
+    def restart_allowance_s(self) -> float:
+        """A generous bound on a restart's time (SIGTERM to answering again), from how long
+        the first start took: 3.1.2 takes some 6 s to shut down, 4.x about 1 s."""
+        return 10.0 + 2 * self.timings.get("start_s", 10.0)
+
     def restart(self, down_s: float = 0.0, startup_s: float = 0.0, unclean: bool = False) -> None:
         """Restart as an operator does: stop (SIGTERM, or SIGKILL when ``unclean``), wait
         ``down_s``, start and wait until it answers. ``startup_s`` is ignored: a real
@@ -540,6 +559,23 @@ class KafkaBroker:
         with netns.entered(self.ns), opener.open(url, timeout=timeout) as response:
             return response.read().decode()
 
+    def request_metrics(self, request: str = "Produce") -> dict[str, dict[str, float]]:
+        """Kafka's own view of ``request``s since the JVM started (its histograms restart
+        with it): count, mean, p50, p99 and max of each part of the request time (ms)."""
+        page = self.metrics()
+        out: dict[str, dict[str, float]] = {}
+        for part, (exported, _) in REQUEST_TIMES.items():
+            name = f"kafka_network_request_{exported}_time_ms"
+            values = {
+                "count": metric_values(page, f"{name}_count", request=request),
+                "mean": metric_values(page, f"{name}_mean", request=request),
+                "p50": metric_values(page, name, request=request, quantile="0.50"),
+                "p99": metric_values(page, name, request=request, quantile="0.99"),
+                "max": metric_values(page, f"{name}_max", request=request),
+            }
+            out[part] = {key: round(found[0], 3) for key, found in values.items() if found}
+        return out
+
     def events(self) -> list[dict[str, Any]]:
         return self.log
 
@@ -554,6 +590,49 @@ class KafkaBroker:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@dataclass(frozen=True)
+class LoggedRequest:
+    """One request as Kafka's request log (kafka.request.logger at DEBUG) records it."""
+
+    received: float  # epoch seconds: completion minus totalTimeMs
+    times_ms: dict[str, float]  # by RequestMetrics name (TotalTimeMs, LocalTimeMs, ...)
+    records_bytes: int  # Produce: the size of its record batches
+    client_id: str
+
+
+def logged_requests(path: Path, api: str = "PRODUCE") -> list[LoggedRequest]:
+    """The ``api`` requests in a request log written by a broker of this module."""
+    found: list[LoggedRequest] = []
+    if not path.is_file():
+        return found
+    marker = f'"requestApiKeyName":"{api}"'
+    with path.open(errors="replace") as lines:
+        for line in lines:
+            if marker not in line or "Completed request:" not in line:
+                continue
+            stamp, _, rest = line.partition("] Completed request:")
+            try:
+                done = datetime.datetime.strptime(stamp.lstrip("["), "%Y-%m-%d %H:%M:%S,%f")
+                entry = json.loads(rest)
+            except ValueError:
+                continue  # a line cut short when the broker was killed
+            times = {name: float(entry.get(key, 0.0)) for name, (_, key) in REQUEST_TIMES.items()}
+            size = sum(
+                partition.get("recordsSizeInBytes", 0)
+                for topic in entry.get("request", {}).get("topicData", [])
+                for partition in topic.get("partitionData", [])
+            )
+            found.append(
+                LoggedRequest(
+                    done.timestamp() - times["TotalTimeMs"] / 1000,
+                    times,
+                    size,
+                    entry.get("requestHeader", {}).get("clientId", ""),
+                )
+            )
+    return found
 
 
 def metric_values(text: str, name: str, **labels: str) -> list[float]:
@@ -572,6 +651,48 @@ def metric_values(text: str, name: str, **labels: str) -> list[float]:
             with contextlib.suppress(ValueError):
                 values.append(float(value))
     return values
+
+
+def for_scenario(
+    ns: str, spec: str, scenario: Any, host: str, port: int, workdir: Path
+) -> KafkaBroker:
+    """The real broker ``--broker kafka[:VERSION]`` asks for, set up for a lab scenario
+    and answering. Kafka sets SO_RCVBUF only on its listener, so a scenario that emulates
+    the pre-fix kernel (``rcvbuf_after_accept``) gets an unlocked listener
+    (socket.receive.buffer.bytes=-1): its sockets use shift 7 while the cookie SYN-ACKs
+    are rewritten to announce 1. Settings the scenario leaves at Kafka's defaults are
+    not written."""
+    version = parse_broker(spec)
+    if scenario.rcvbuf_after_accept:
+        receive_buffer: int | None = -1
+    else:
+        receive_buffer = None if scenario.broker_rcvbuf == 102400 else scenario.broker_rcvbuf
+    backlog = None if scenario.listen_backlog == 50 else scenario.listen_backlog
+    settings = KafkaSettings(
+        version=version,
+        host=host,
+        port=port,
+        receive_buffer=receive_buffer,
+        listen_backlog=backlog,
+        request_log=True,
+    )
+    broker = KafkaBroker(ns, settings, workdir)
+    notes = []
+    if receive_buffer is not None:
+        notes.append(f"socket.receive.buffer.bytes={receive_buffer}")
+    if backlog is not None:
+        notes.append(
+            f"socket.listen.backlog.size={backlog}"
+            + ("" if broker.has_listen_backlog_setting else " (ignored before KIP-764: 50)")
+        )
+    if notes:
+        broker.description += "; " + ", ".join(notes)
+    try:
+        broker.start()
+    except BaseException:
+        broker.close()
+        raise
+    return broker
 
 
 def main() -> None:

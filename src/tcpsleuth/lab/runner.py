@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tcpsleuth.lab import faults, namespaces, topology
+from tcpsleuth.lab import faults, kafka_broker, namespaces, topology
 from tcpsleuth.lab.brokers import CommandBroker, LabBrokerProcess
+from tcpsleuth.lab.kafka_broker import KafkaBroker
 from tcpsleuth.lab.processes import Child, python_module
 from tcpsleuth.lab.scenarios import Scenario
 from tcpsleuth.lab.topology import SERVER_IP4
@@ -112,6 +113,9 @@ class RunArtifacts:
     broker: str = ""
     amplified_for: int | None = None  # clients reconnecting when the storm was amplified
     link: str = ""  # "netem" or "relay": what delays the link
+    # A real Kafka broker's own request metrics (kafka_broker.request_metrics), per phase:
+    # "before" just before the restart, "after" at the end (its histograms restart with it)
+    broker_metrics: dict[str, Any] = field(default_factory=dict)
 
 
 def library_versions() -> dict[str, str]:
@@ -206,9 +210,11 @@ def run_scenario(
     workdir: Path,
     progress: Callable[[str, float], None] | None = None,
     broker_cmd: str | None = None,
+    broker_kind: str = "lab",
 ) -> RunArtifacts:
     """Run ``scenario``; ``progress(phase, fraction)`` is called as phases pass.
-    ``broker_cmd`` runs the user's broker instead of the lab broker (see brokers)."""
+    ``broker_cmd`` runs the user's broker instead of the lab broker (see brokers);
+    ``broker_kind`` ``kafka[:VERSION]`` runs a real Apache Kafka (see kafka_broker)."""
 
     def step(phase: str, fraction: float) -> None:
         if progress is not None:
@@ -223,7 +229,7 @@ def run_scenario(
     step("setting up namespaces", 0.0)
     with _lab_namespaces() as (server, client):
         try:
-            _run(scenario, size, server, client, artifacts, stoppers, step, broker_cmd)
+            _run(scenario, size, server, client, artifacts, stoppers, step, broker_cmd, broker_kind)
         finally:
             for stop in reversed(stoppers):
                 stop()
@@ -240,6 +246,7 @@ def _run(
     stoppers: list[Callable[[], None]],
     step: Callable[[str, float], None],
     broker_cmd: str | None,
+    broker_kind: str = "lab",
 ) -> None:
     for ns in (server, client):
         namespaces.sysctl(ns, "net.ipv4.tcp_rmem", TCP_RMEM)
@@ -281,8 +288,15 @@ def _run(
     stoppers.append(tcpdump.stop)
     tcpdump.wait_for(lambda line: "listening on" in line)
 
-    if broker_cmd:
-        broker: LabBrokerProcess | CommandBroker = CommandBroker(
+    broker: LabBrokerProcess | CommandBroker | KafkaBroker
+    if broker_kind != "lab" and not broker_cmd:
+        step("starting Apache Kafka", 0.02)
+        broker = kafka_broker.for_scenario(
+            server, broker_kind, scenario, SERVER_IP4, PORT, artifacts.workdir / "kafka"
+        )
+        stoppers.append(broker.close)
+    elif broker_cmd:
+        broker = CommandBroker(
             server,
             broker_cmd,
             PORT,
@@ -316,6 +330,11 @@ def _run(
     artifacts.rtt_probe_ms = probe_rtt(client)
 
     step("connecting clients", 0.05)
+    # A real broker's restart takes what it takes (its shutdown, its start); the clients
+    # keep sending long enough for the "after" window to follow it.
+    restart_allowance = (
+        broker.restart_allowance_s if isinstance(broker, KafkaBroker) and scenario.restart else 0
+    )
     clients = []
     for library in LIBRARIES:
         worker = Child(
@@ -334,7 +353,7 @@ def _run(
                 "--interval-ms",
                 str(size.interval_ms),
                 "--duration",
-                str(size.duration_s),
+                str(size.duration_s + restart_allowance),
             ),
             ns=client,
         )
@@ -363,6 +382,8 @@ def _run(
                 namespaces.sysctl(server, "net.ipv4.tcp_syncookies", 2)
                 artifacts.window["amplified"] = time.time()
                 artifacts.amplified_for = reconnecting
+        if isinstance(broker, KafkaBroker):
+            artifacts.broker_metrics["before"] = broker.request_metrics()
         broker.restart(size.down_s, size.startup_s)
         artifacts.window["accepting"] = time.time()
     else:
@@ -401,6 +422,10 @@ def _run(
     for worker in clients:
         worker.process.wait(timeout=120)
     artifacts.window["end"] = time.time()
+    if isinstance(broker, KafkaBroker):
+        artifacts.broker_metrics["after" if scenario.restart else "before"] = (
+            broker.request_metrics()
+        )
     broker.stop()
     tcpdump.stop(signal.SIGINT)
     artifacts.broker_events = broker.events()
