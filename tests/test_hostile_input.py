@@ -231,3 +231,39 @@ def test_watch_stops_when_its_reader_has_gone() -> None:
     assert time.monotonic() - started < 60
     assert result.returncode in (0, 1), result.stderr
     assert "Traceback" not in result.stderr
+
+
+# -- item 1: --netns and netns: name a namespace under /run/netns, or exit 2 ---------
+
+NETNS_COMMANDS = [
+    ("sockets",),
+    ("audit",),
+    ("doctor",),
+    ("watch", "--count", "1", "--interval", "0.1"),
+    ("trace", "--duration", "0.5"),
+    ("exporter", "--listen", "127.0.0.1:1"),
+]
+BAD_NAMES = ["", ".", "..", "../../etc/passwd", "a/b", "no-such-namespace-14"]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+@pytest.mark.parametrize("command", NETNS_COMMANDS, ids=lambda c: c[0])
+def test_bad_netns_is_an_input_error(command: tuple[str, ...], name: str) -> None:
+    line = one_error_line(run_tcpsleuth(*command, "--netns", name))
+    assert "namespace" in line
+    assert repr(name) in line or (name == "" and "empty" in line)
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_bad_netns_collect_writes_nothing(tmp_path: Path, name: str) -> None:
+    out = tmp_path / "bundle"
+    one_error_line(run_tcpsleuth("collect", str(out), "--netns", name))
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("name", BAD_NAMES[1:])
+@pytest.mark.parametrize("command", ["sockets", "compare"])
+def test_bad_netns_source_is_an_input_error(command: str, name: str) -> None:
+    args = [f"netns:{name}"] + ([str(CLEAN_SERVER)] if command == "compare" else [])
+    line = one_error_line(run_tcpsleuth(command, *args))
+    assert repr(name) in line

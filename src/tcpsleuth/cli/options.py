@@ -11,6 +11,7 @@ import click
 from tcpsleuth.errors import InputError
 from tcpsleuth.model.records import KafkaConfig
 from tcpsleuth.sources.kafkaconfig import read_kafka_config
+from tcpsleuth.sources.netns import checked_name
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -26,12 +27,39 @@ def format_option(func: F) -> F:
     )(func)
 
 
+def _checked_netns(
+    _ctx: click.Context, _param: click.Parameter, value: str | tuple[str, ...] | None
+) -> str | tuple[str, ...] | None:
+    """``--netns`` as given, once it names a namespace (see netns.checked_name)."""
+    if value is None:
+        return None
+    try:
+        if isinstance(value, tuple):
+            return tuple(checked_name(name) for name in value)
+        return checked_name(value)
+    except InputError as problem:
+        raise click.BadParameter(str(problem), param_hint="--netns") from None
+
+
 def netns_option(func: F) -> F:
     return click.option(
         "--netns",
         metavar="NAME",
         default=None,
+        callback=_checked_netns,
         help="Look inside this network namespace (an `ip netns` name; needs root).",
+    )(func)
+
+
+def netns_names_option(func: F) -> F:
+    """``--netns NAME``, repeatable."""
+    return click.option(
+        "--netns",
+        "netns_names",
+        multiple=True,
+        metavar="NAME",
+        callback=_checked_netns,
+        help="Trace sockets of this network namespace (repeatable; default: all).",
     )(func)
 
 

@@ -8,7 +8,7 @@ import click
 from rich.live import Live
 from rich.table import Table
 
-from tcpsleuth.cli.options import format_option
+from tcpsleuth.cli.options import format_option, netns_names_option
 from tcpsleuth.detectors.tracing import TracedSocket, fold, trace_findings
 from tcpsleuth.model.findings import exit_status, ranked
 from tcpsleuth.model.records import WindowSample
@@ -68,13 +68,7 @@ def _server_ports(netns_names: tuple[str, ...]) -> frozenset[int]:
 @click.option(
     "--pid", type=int, default=None, help="Trace the connections of this process (its local ports)."
 )
-@click.option(
-    "--netns",
-    "netns_names",
-    multiple=True,
-    metavar="NAME",
-    help="Trace sockets of this network namespace (repeatable; default: all).",
-)
+@netns_names_option
 @click.option(
     "--duration",
     type=click.FloatRange(min=0.5),

@@ -22,7 +22,28 @@ NETNS_RUN_DIR = Path("/var/run/netns")
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def _setns(fd: int) -> None:
+def checked_name(name: str) -> str:
+    """``name`` if it names a network namespace as ``ip netns`` does (a file directly
+    under /run/netns), else InputError. The one check every ``--netns`` and ``netns:``
+    goes through: an empty name (an unset shell variable) must not mean the host, and
+    ``.``, ``..`` or a name with ``/`` must not reach outside /run/netns."""
+    if name == "":
+        raise InputError("the network namespace name is empty (see `ip netns list`)")
+    if name in (".", "..") or "/" in name or "\x00" in name or len(name) > 255:
+        raise InputError(
+            f"{name!r} is not a network namespace name: an `ip netns` name has no '/' "
+            f"and is not '.' or '..' (see `ip netns list`)"
+        )
+    try:
+        is_namespace = (NETNS_RUN_DIR / name).is_file()
+    except OSError:
+        is_namespace = False
+    if not is_namespace:
+        raise InputError(f"no network namespace named {name!r} (see `ip netns list`)")
+    return name
+
+
+def _setns(fd: int, name: str | None = None) -> None:
     if _libc.setns(fd, CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
         if err == errno.EPERM:
@@ -30,6 +51,8 @@ def _setns(fd: int) -> None:
                 "entering a network namespace needs root (CAP_SYS_ADMIN); "
                 "run with sudo or drop --netns"
             )
+        if err == errno.EINVAL and name is not None:
+            raise InputError(f"{NETNS_RUN_DIR / name} is not a network namespace")
         raise OSError(err, os.strerror(err))
 
 
@@ -39,7 +62,7 @@ def entered(name: str | None) -> Iterator[None]:
     if name is None:
         yield
         return
-    target = NETNS_RUN_DIR / name
+    target = NETNS_RUN_DIR / checked_name(name)
     try:
         target_fd = os.open(target, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -50,7 +73,7 @@ def entered(name: str | None) -> Iterator[None]:
         ) from None
     home_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
-        _setns(target_fd)
+        _setns(target_fd, name)
         try:
             yield
         finally:

@@ -22,7 +22,7 @@ from typing import Any
 
 from tcpsleuth.errors import InputError
 from tcpsleuth.model.records import Listener, TcpConnection
-from tcpsleuth.sources import sockdiag
+from tcpsleuth.sources import netns, sockdiag
 from tcpsleuth.sources.sstext import parse_ss
 from tcpsleuth.sources.textfile import read_text
 
@@ -49,6 +49,8 @@ def load(
         name = spec[len(NETNS_PREFIX) :] if spec != LIVE else None
         if name == "":
             raise InputError("netns: needs a namespace name, e.g. netns:blue")
+        if name is not None:
+            netns.checked_name(name)
         dump = sockdiag.dump(name)
         if ports is not None or addresses is not None:
             dump = dump.filtered(ports, addresses)

@@ -72,7 +72,9 @@ def build_program(
 
 
 def netns_inode(name: str) -> int:
-    path = Path("/var/run/netns") / name
+    from tcpsleuth.sources.netns import NETNS_RUN_DIR, checked_name
+
+    path = NETNS_RUN_DIR / checked_name(name)
     try:
         return path.stat().st_ino
     except FileNotFoundError:
