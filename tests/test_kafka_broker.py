@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tcpsleuth.lab import namespaces
+from tcpsleuth.lab import kafka_broker, namespaces
 from tcpsleuth.lab.kafka_broker import KafkaBroker, KafkaSettings, metric_values
 
 pytestmark = [
@@ -190,3 +190,36 @@ def test_kafka_unclean_restart_recovers_its_logs(tmp_path: Path) -> None:
         assert not workdir.exists()  # a work directory it made itself goes with it
         assert _jvms_using(workdir) == []
     assert ns not in namespaces.owned()
+
+
+def test_resolve_checks_every_jar_against_the_lock_file(tmp_path: Path) -> None:
+    """A cached jar that differs from the lock file is noticed and replaced by Maven's
+    (from its local repository: no download); a jar nobody locked is refused."""
+    lib = kafka_broker.resolve("3.1.2")
+    cache = tmp_path / "cache"
+    shutil.copytree(lib, cache / "3.1.2" / "lib")
+    lock = kafka_broker.DEPLOY / "3.1.2" / kafka_broker.LOCK_NAME
+    tampered = cache / "3.1.2" / "lib" / "kafka-clients-3.1.2.jar"
+    tampered.write_bytes(tampered.read_bytes() + b"\0")
+    (cache / "3.1.2" / "lib" / "extra.jar").write_bytes(b"PK")
+    problems = kafka_broker.verify_jars(cache / "3.1.2" / "lib", lock)
+    assert len(problems) == 2
+    assert any(p.startswith("kafka-clients-3.1.2.jar: sha256") for p in problems)
+    assert "not in the lock file: extra.jar" in problems
+    fresh = kafka_broker.resolve("3.1.2", cache=cache)
+    assert fresh == cache / "3.1.2" / "lib"
+    assert kafka_broker.verify_jars(fresh, lock) == []
+    assert not (fresh / "extra.jar").exists()
+
+
+def test_server_properties_leave_kafkas_defaults_unless_asked(tmp_path: Path) -> None:
+    default = kafka_broker.server_properties(KafkaSettings(version="3.1.2"), tmp_path)
+    assert "process.roles=broker,controller\n" in default
+    assert "node.id=1\n" in default
+    assert "socket.receive.buffer.bytes" not in default
+    assert "socket.listen.backlog.size" not in default
+    asked = kafka_broker.server_properties(
+        KafkaSettings(version="4.4.0", receive_buffer=-1, listen_backlog=4096), tmp_path
+    )
+    assert "socket.receive.buffer.bytes=-1\n" in asked
+    assert "socket.listen.backlog.size=4096\n" in asked

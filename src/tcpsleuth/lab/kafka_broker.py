@@ -146,7 +146,7 @@ def _read_lock(lock: Path) -> dict[str, str]:
     return wanted
 
 
-def _verify(lib: Path, lock: Path) -> list[str]:
+def verify_jars(lib: Path, lock: Path) -> list[str]:
     """What is wrong with the jars in ``lib`` against ``lock``: nothing when empty."""
     wanted = _read_lock(lock)
     have = {path.name: path for path in lib.glob("*.jar")}
@@ -199,13 +199,13 @@ def resolve(version: str, cache: Path = CACHE) -> Path:
             "(it is in the source tree: run tcpsleuth from a checkout)"
         )
     lib = cache / version / "lib"
-    if lib.is_dir() and not _verify(lib, lock):
+    if lib.is_dir() and not verify_jars(lib, lock):
         return lib
     lib.parent.mkdir(parents=True, exist_ok=True)
     fresh = Path(tempfile.mkdtemp(prefix="lib-", dir=lib.parent))
     try:
         _maven(pom, fresh)
-        problems = _verify(fresh, lock)
+        problems = verify_jars(fresh, lock)
         if problems:
             raise EnvironmentProblem(
                 f"Kafka {version}'s jars do not match {lock}: " + "; ".join(problems[:5])
