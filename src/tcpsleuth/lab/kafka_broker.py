@@ -326,6 +326,9 @@ class KafkaSettings:
     extra: dict[str, str] = field(default_factory=dict)
     heap: str = HEAP
     metrics_port: int = METRICS_PORT
+    # Kafka's classes in a class-data archive (AppCDS), dumped by the first clean exit
+    # and mapped by every later JVM: a third less start-up time here, more in a guest.
+    class_archive: bool = True
 
 
 def server_properties(settings: KafkaSettings, data_dir: Path) -> str:
@@ -362,8 +365,11 @@ def server_properties(settings: KafkaSettings, data_dir: Path) -> str:
 
 
 def cluster_id() -> str:
-    """A random cluster id as Kafka writes it (Uuid: URL-safe base64, no padding)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+    """A random cluster id as Kafka makes it (Uuid: URL-safe base64, no padding)."""
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not text.startswith("-"):  # as Kafka's Uuid.randomUuid: not taken for an option
+            return text
 
 
 class KafkaBroker:
@@ -387,6 +393,7 @@ class KafkaBroker:
         self.properties = self.workdir / "server.properties"
         self.request_log = self.workdir / "request.log"
         self.child: Child | None = None
+        self._archives: dict[Path, Path] = {}  # archives being dumped -> their final name
         self.log: list[dict[str, Any]] = []
         self.timings: dict[str, float] = {}
         self.description = (
@@ -438,7 +445,33 @@ class KafkaBroker:
             argv.append(
                 f"-javaagent:{self.agent}={self.settings.host}:{self.settings.metrics_port}:{config}"
             )
-        return [*argv, "-cp", self.classpath, main, *args]
+        return [*argv, *self._class_archive(main), "-cp", self.classpath, main, *args]
+
+    def _class_archive(self, main: str) -> list[str]:
+        """The JVM options that map ``main``'s class-data archive, or that dump it at exit
+        when there is none yet (kept by ``_archived`` only after a clean exit)."""
+        if not self.settings.class_archive:
+            return []
+        key = hashlib.sha256(f"{self.java}\0{self.classpath}\0{main}".encode()).hexdigest()
+        archive = self.lib.parent / f"classes-{main.rsplit('.', 1)[-1]}-{key[:12]}.jsa"
+        # The JMX exporter is a Java agent: the JVM dumps an archive with one only when
+        # told that is fine, and maps it only when told the same.
+        common = ["-XX:+UnlockDiagnosticVMOptions", "-XX:+AllowArchivingWithJavaAgent"]
+        common.append("-Xlog:cds*=off")
+        if archive.is_file():
+            return [*common, f"-XX:SharedArchiveFile={archive}"]
+        partial = archive.with_name(f"{archive.name}.{os.getpid()}-{len(self._archives)}")
+        self._archives[partial] = archive
+        return [*common, f"-XX:ArchiveClassesAtExit={partial}"]
+
+    def _archived(self, clean: bool) -> None:
+        """Keep the archives a JVM that exited cleanly dumped; drop any other."""
+        for partial, archive in list(self._archives.items()):
+            if clean and partial.is_file() and partial.stat().st_size > 0:
+                partial.replace(archive)
+            else:
+                partial.unlink(missing_ok=True)
+            del self._archives[partial]
 
     def _format(self) -> None:
         """Format the data directory for a new cluster (kafka-storage.sh format)."""
@@ -452,6 +485,7 @@ class KafkaBroker:
             str(self.properties),
         )
         result = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=300)
+        self._archived(clean=result.returncode == 0)
         if result.returncode != 0:
             said = (result.stdout + result.stderr).strip()[-1000:]
             raise EnvironmentProblem(f"formatting Kafka {self.version}'s storage failed: {said}")
@@ -530,6 +564,8 @@ class KafkaBroker:
             }
         )
         self.timings["stop_s"] = elapsed
+        # a JVM that ended on SIGTERM exits with 143 after its shutdown hooks
+        self._archived(clean=sig == signal.SIGTERM and self.child.process.returncode in (0, 143))
         self._save_output()
         return elapsed
 
@@ -582,6 +618,7 @@ class KafkaBroker:
     def close(self) -> None:
         """Kill the JVM if it still runs and remove a work directory this made."""
         self.kill()
+        self._archived(clean=False)
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
