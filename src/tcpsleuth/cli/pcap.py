@@ -108,6 +108,9 @@ def _document_data(result: CaptureResult, all_connections: bool) -> dict[str, An
         "connections": connections,
         "syn_cookies": capture_cookies.per_server(result.cookies),
         "kafka": {
+            "connections_by_port": {
+                str(port): counts for port, counts in result.requests.verdicts_by_port.items()
+            },
             "summary": kafka_timing.summary(result.requests),
             "requests_total": len(result.requests),
             "requests": requests,
@@ -184,15 +187,20 @@ def _print(result: CaptureResult) -> None:
                         s["server"],
                         s["api"],
                         s["requests"],
-                        s["send_ms_p50"],
-                        s["send_ms_p99"],
-                        s["broker_ms_p50"],
-                        s["broker_ms_p99"],
+                        kafka_timing.ms_cell(s["send_ms_p50"]),
+                        kafka_timing.ms_cell(s["send_ms_p99"]),
+                        kafka_timing.ms_cell(s["broker_ms_p50"]),
+                        kafka_timing.ms_cell(s["broker_ms_p99"]),
                     )
                     for s in summary
                 ],
             )
         )
+    note = kafka_timing.missing_note(summary)
+    if note:
+        console.print(note, soft_wrap=True)
+    for line in kafka_timing.verdict_lines(result.requests):
+        console.print(line, soft_wrap=True)
     console.print(table.findings_table(result.findings))
 
 
@@ -244,10 +252,10 @@ def _pictures(results: list[CaptureResult], plot_dir: Path | None, html_file: Pa
                                     s["server"],
                                     s["api"],
                                     s["requests"],
-                                    s["send_ms_p50"],
-                                    s["send_ms_p99"],
-                                    s["broker_ms_p50"],
-                                    s["broker_ms_p99"],
+                                    kafka_timing.ms_cell(s["send_ms_p50"]),
+                                    kafka_timing.ms_cell(s["send_ms_p99"]),
+                                    kafka_timing.ms_cell(s["broker_ms_p50"]),
+                                    kafka_timing.ms_cell(s["broker_ms_p99"]),
                                 )
                                 for s in summary
                             ],
