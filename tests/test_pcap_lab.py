@@ -341,10 +341,7 @@ def test_storm_on_backlog_50_cookie_count_close_to_kernel(tmp_path: Path) -> Non
     [cookies] = findings_of(doc, "syn-cookies")
     counted = cookies["evidence"]["cookie_synacks"]
     print("kernel sent", sent, "counted", counted)
-    # Cookies are recognised by their TSval: it jumps ahead after the SYN-ACK (by what
-    # the clock was rounded down), or, where the server's delays in the storm hid the
-    # jump, its clock phase matches the cookies that jumped. Seen here: exact in 15
-    # runs of 15, with a third of the cookies in some runs found by phase only; 92% once
-    # while a kernel build loaded the machine (delays hide jumps and blur phases).
-    assert cookies["evidence"]["cookie_synacks_high_confidence"] > sent // 4
+    # Cookies are recognised per connection (detectors/capture_cookies.py); the
+    # storms of test_capture_storms.py check each connection against the truth.
+    assert cookies["evidence"]["cookie_connections_high_confidence"] > sent // 4
     assert sent * 0.9 <= counted <= sent * 1.03 + 3, (counted, sent)

@@ -75,16 +75,13 @@ def _document_data(result: CaptureResult, all_connections: bool) -> dict[str, An
     else:
         flagged = streams_named(result.findings, result.requests, JSON_FLAGGED)
         streams = sorted(set(flagged) | set(_ranked_streams(analysis, JSON_CONNECTIONS)))
-    verdicts = result.cookies.by_stream()
     series = window_series(open_capture(Path(capture.path)).chunks, analysis, streams)
     connections = []
     for stream in streams:
         entry = analysis.connections[stream].summary()
         entry["server_window_series"], entry["client_window_series"] = series[stream]
-        verdict = verdicts.get(stream)
-        entry["syn_cookie"] = (
-            {"cookie": verdict.cookie, "confidence": verdict.confidence} if verdict else None
-        )
+        entry["syn_cookie"] = result.cookies.of(stream).to_dict()
+        entry["wscale_verdict"] = result.wscale.of(analysis, stream)
         connections.append(entry)
     listed = result.requests.records() if all_connections else result.requests.of_streams(streams)
     requests = [r.to_dict() for r in listed]

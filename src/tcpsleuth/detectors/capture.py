@@ -626,6 +626,22 @@ def _finish(tracker: ConnectionTracker) -> Analysis:
         "first_window": ss[:, "INF_WIN"],
         "first_window_ack": ss[:, "INF_ACK"],
         "server_port": server_port,
+        # SYN-cookie evidence: handshake times, the server's clock after its SYN-ACK,
+        # its repeated SYN-ACKs (see capture_kernels)
+        "syn_ts": np.where(has_syn, cs[:, "HS_TS"], -1),
+        "last_syn_ts": np.where(
+            has_syn & (cs[:, "LSYN_FRAME"] >= 0),
+            cs[:, "LSYN_TS"],
+            np.where(has_syn, cs[:, "HS_TS"], -1),
+        ),
+        "synack_ts": np.where(has_synack, ss[:, "HS_TS"], -1),
+        "synack_seq": ss[:, "HS_SEQ"],
+        "later_best_ns": np.where(has_synack, ss[:, "LATER_BEST"], K.NO_RUN),
+        "synacks": ss[:, "SYNACKS"],
+        "synacks_same_seq": ss[:, "SYNACK_SAME_SEQ"],
+        "synacks_renewed": ss[:, "SYNACK_RENEWED"],
+        "repeat_ts": np.where(has_synack, ss[:, "REP_TS"], -1),
+        "repeat_tsval": np.where(has_synack, ss[:, "REP_TSVAL"], -1),
         # hashes that group connections by server endpoint and by server address
         "server_key": _endpoint_hash(server_hi, server_lo, server_port, af),
         "server_addr_key": np.where(first_c2s, dst_addr_key, src_addr_key),

@@ -23,6 +23,7 @@ class CaptureResult:
     requests: kafka_timing.KafkaRequests
     cookies: capture_cookies.CookieVerdicts
     inferences: list[wscale_inference.WindowInference]
+    wscale: wscale_inference.WscaleVerdicts
 
 
 def follow(
@@ -42,7 +43,8 @@ def follow(
 def analyse_stream(stream: CaptureStream, kafka_ports: frozenset[int]) -> CaptureResult:
     """Read ``stream`` once and run every capture detector on what it held."""
     analysis, requests = follow(stream, kafka_ports)
-    inferences = wscale_inference.infer(analysis)
+    wscale = wscale_inference.verdicts(analysis)
+    inferences = wscale_inference.infer(analysis, wscale)
     cookies = capture_cookies.classify(analysis)
     findings = [
         *wscale_inference.findings(analysis, inferences),
@@ -50,4 +52,4 @@ def analyse_stream(stream: CaptureStream, kafka_ports: frozenset[int]) -> Captur
         *rwnd_findings(analysis),
         *kafka_timing.findings(requests),
     ]
-    return CaptureResult(stream, analysis, ranked(findings), requests, cookies, inferences)
+    return CaptureResult(stream, analysis, ranked(findings), requests, cookies, inferences, wscale)

@@ -1,32 +1,40 @@
-"""SYN-cookie SYN-ACKs recognised in a capture.
+"""SYN-cookie SYN-ACKs recognised in a capture, one verdict per connection.
 
 A SYN cookie keeps no state, so with timestamps on the kernel packs the client's
 options into the low 6 bits of the SYN-ACK's TSval (``cookie_init_timestamp``
 in net/ipv4/syncookies.c): window scale in bits 0-3 (0xf for none), SACK in bit
 4, ECN in bit 5. To do so it rounds its millisecond clock down to a multiple of
-64, sets those bits, and steps back 64 if that lands in the future; the
-connection's timestamp offset is added as usual.
+64 and sets those bits (stepping back 64 if that lands in the future); the
+connection's timestamp offset is added as usual. A cookie's TSval therefore lags
+the server's clock by 0 to 63 ms, and its low bits are the options plus the
+offset. The sequence number is keyed by a secret chosen at boot: nothing can be
+read from it.
 
-The strongest sign needs no clock: the offset is secret but, from Linux 4.13
-until recent kernels (6.18 mixes the ports in again), one per address pair, and
-before 4.10 there is none. Then every cookie between two addresses leaves the
-same ``(TSval - option bits) mod 64`` while ordinary SYN-ACKs spread over the 64
-values. Where an address pair shows such a cluster it decides.
+The offset decides which evidence a capture holds:
 
-Elsewhere the clocks decide. The offset is the same for the whole connection, so
-it cancels between the SYN-ACK and the server's next segment. The server built
-its SYN-ACK after the SYN passed the capture point and built its next segment
-before that one passed it, so for an ordinary SYN-ACK the TSval cannot advance
-more than the capture time between those two packets (give or take 1 ms of
-rounding); after a cookie it jumps ahead by what the clock was rounded down
-(0 to 63 ms). Delays before the capture point (a busy server in a storm) can
-hide a jump but never make one up. Since the server's millisecond clock is one
-for all its connections, ``(option bits + TSval advance - t_ms) mod 64`` is the
-same for all its cookies; a handshake in that phase whose jump was hidden gets a
-medium-confidence verdict.
+- ``tcp_timestamps=2`` (and kernels before 4.10): no offset. All SYN-ACKs of a
+  server follow one clock; so do those of one address pair from 4.13 until the
+  ports went back into the offset (stable kernels from 2025 on, 6.1.1xx among
+  them, and mainline 6.14). Within such a *one-clock group* the capture shows the
+  server's clock (its most prompt segments), every cookie's lag behind it and
+  every cookie's residue ``(TSval - option bits) mod 64`` (the group's offset).
+  A SYN-ACK whose residue is not the group's is no cookie; one that has it and
+  lags by more than a queueing delay is one (test :func:`_one_clock`).
+- A per-connection offset (``tcp_timestamps=1`` on current kernels): only the
+  connection's own segments share its offset. The server built its SYN-ACK
+  after the client's last SYN passed the capture point and each later segment
+  before it passed, so an ordinary SYN-ACK's TSval cannot run behind the later
+  segments' clock by more than the capture time between that SYN and the
+  SYN-ACK (plus 1 ms of rounding). A cookie's does by up to 63 ms more; delays
+  before the capture point can hide that jump, never make one up
+  (:func:`_jump`).
+- A repeated SYN-ACK with the same sequence number (the answer to a retransmitted
+  SYN) carries the same offset and, for a cookie, the same option bits: cookies
+  move their TSval by a multiple of 64 ms, ordinary SYN-ACKs by the time that
+  passed (:func:`_repeats`).
 
-Without timestamps nothing in the SYN-ACK marks a cookie; such handshakes get
-no verdict.
+Where none applies (no timestamps, one SYN-ACK and nothing after it from the
+server), the verdict is ``None``: the capture cannot tell.
 """
 
 from __future__ import annotations
@@ -37,142 +45,154 @@ from typing import Any
 
 import numpy as np
 
-from tcpsleuth.detectors.capture import Analysis
+from tcpsleuth.detectors.capture import SEQ_SPACE, Analysis
+from tcpsleuth.detectors.capture_kernels import NO_RUN
 from tcpsleuth.model.findings import Finding, Severity, listener_subject
-from tcpsleuth.sources.pcap.decode import ACK, CWR, ECE, SYN
+from tcpsleuth.sources.pcap.decode import CWR, ECE
 from tcpsleuth.sources.pcap.walk import OPT_SACK, OPT_TIMESTAMPS, OPT_TSVAL, OPT_WSCALE
 
 TS_OPT_WSCALE_MASK = 0xF
 TS_OPT_SACK = 1 << 4
 TS_OPT_ECN = 1 << 5
-# Cookie connections whose clock phase must agree for a high-confidence verdict.
-MIN_GROUP_AGREEMENT = 3
-# TSval running ahead by this much (ms) after the SYN-ACK marks a cookie; below
-# 2 ms it is the millisecond rounding of two clocks.
-DELTA_MIN, DELTA_MAX = 1.75, 66.5
+# A cookie's TSval runs behind the clock by what it was rounded down; below this
+# (ms) the millisecond rounding of two clocks explains it.
+JUMP_MIN_MS = 1.75
+# In a one-clock group the clock is read from its most prompt segments; an
+# ordinary SYN-ACK may leave this much (ms) later than those in a storm.
+GROUP_QUEUE_MS = 6.0
+# A group is one clock when this share of its SYN-ACKs sit within CLOCK_BAND_MS
+# of its median clock offset (per-connection offsets spread over 49 days).
+CLOCK_SHARE, CLOCK_BAND_MS, MIN_GROUP = 0.9, 1000.0, 8
+# An ordinary request socket whose handshake ACK was refused (accept queue full)
+# repeats its SYN-ACK after 1 s (TCP_TIMEOUT_INIT); a cookie has nothing to repeat.
+SILENT_NS = 1_500_000_000
+# cookies of one server share their clock phase (mod 64 ms) to within this
+PHASE_MS, MIN_PHASE_GROUP = 1.5, 5
+# a repeated SYN-ACK that followed the capture clock to within this (ms)
+REPEAT_CLOCK_MS = 3.0
+ENVELOPE_BIN_NS = 1_000_000_000
+
+CONFIDENCE = (None, "medium", "high")
+# reason codes: what decided each verdict
+REASONS = (
+    "no timestamps in the handshake: a cookie leaves no mark",
+    "one SYN-ACK and no later server segment: nothing to compare its clock with",
+    "TSval behind the server's clock by the cookie rounding, with the cookie's low bits",
+    "TSval low bits are not the ones a cookie of this server carries",
+    "residue of a cookie but no lag: a cookie made when the clock's low bits "
+    "matched looks the same; decided by how many of this server's SYN-ACKs were cookies",
+    "TSval jumped ahead after the SYN-ACK by the cookie rounding",
+    "TSval did not jump after the SYN-ACK, and the server answered promptly",
+    "no jump after the SYN-ACK, but the server's delay could have hidden one",
+    "a repeated SYN-ACK moved its TSval by a multiple of 64 ms, not with the clock",
+    "a repeated SYN-ACK moved its TSval with the clock",
+    "no SYN-ACK in the capture",
+    "the client sent for seconds after the handshake while the server neither answered "
+    "nor repeated its SYN-ACK: no request socket was waiting, as after a cookie whose "
+    "connection the full accept queue refused",
+    "the server reset the client's data without acknowledging any of it: the "
+    "handshake's ACK was refused (accept queue full) and the later segments no "
+    "longer pass a cookie's check; an ordinary request socket would have kept waiting",
+    "no jump, but the TSval sits in the server's cookie clock phase, where most of "
+    "its connections were cookies",
+    "no jump, and the TSval is off the clock phase all this server's cookies share",
+)
+(
+    R_NO_TIMESTAMPS,
+    R_NOTHING_LATER,
+    R_GROUP_LAG,
+    R_GROUP_RESIDUE,
+    R_GROUP_AMBIGUOUS,
+    R_JUMP,
+    R_NO_JUMP,
+    R_JUMP_HIDDEN,
+    R_REPEAT_64,
+    R_REPEAT_CLOCK,
+    R_NO_SYNACK,
+    R_SILENT_SERVER,
+    R_RESET,
+    R_PHASE,
+    R_OFF_PHASE,
+) = range(len(REASONS))
+UNKNOWN, ORDINARY, COOKIE = -1, 0, 1
 
 
 @dataclass(frozen=True)
 class CookieVerdict:
     stream: int
-    cookie: bool
-    confidence: str  # "high", "medium", "low"
-    # how far TSval ran ahead of the capture clock after the SYN-ACK (None: no later
-    # server segment)
-    delta_ms: float | None
+    cookie: bool | None
+    confidence: str | None  # "high", "medium"; None with no verdict
+    reason: str
+    lag_ms: float | None  # how far the SYN-ACK's TSval ran behind the clock
+    synacks: int
+    cookie_synacks: int
 
-
-CONFIDENCE = ("low", "medium", "high")
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "cookie": self.cookie,
+            "confidence": self.confidence,
+            "reason": self.reason,
+            "lag_ms": self.lag_ms,
+            "synacks": self.synacks,
+            "cookie_synacks": self.cookie_synacks,
+        }
 
 
 @dataclass
 class CookieVerdicts:
-    """Verdicts for the handshakes that could be judged, as columns."""
+    """A verdict for every connection (by stream), as columns."""
 
     analysis: Analysis
-    stream: np.ndarray  # int64
-    cookie: np.ndarray  # bool
+    verdict: np.ndarray  # int8: UNKNOWN, ORDINARY or COOKIE
     confidence: np.ndarray  # int8: index into CONFIDENCE
-    delta_ms: np.ndarray  # float64, NaN where no later server segment
-    consistent: np.ndarray  # bool: matches one of the server's cookie clock phases
+    reason: np.ndarray  # int8: index into REASONS
+    lag_ms: np.ndarray  # float64, NaN where not measured
+    synacks: np.ndarray  # int64: SYN-ACKs the server sent on the connection
+    cookie_synacks: np.ndarray  # int64: of them cookies (as far as the verdict goes)
 
     def __len__(self) -> int:
-        return len(self.stream)
+        return len(self.verdict)
 
-    def by_stream(self) -> dict[int, CookieVerdict]:
-        return {
-            s: CookieVerdict(s, c, CONFIDENCE[k], round(d, 3) if d == d else None)
-            for s, c, k, d in zip(
-                self.stream.tolist(),
-                self.cookie.tolist(),
-                self.confidence.tolist(),
-                self.delta_ms.tolist(),
-                strict=True,
-            )
-        }
+    def of(self, stream: int) -> CookieVerdict:
+        v = int(self.verdict[stream])
+        lag = float(self.lag_ms[stream])
+        return CookieVerdict(
+            stream,
+            None if v == UNKNOWN else v == COOKIE,
+            CONFIDENCE[int(self.confidence[stream])],
+            REASONS[int(self.reason[stream])],
+            round(lag, 3) if lag == lag else None,
+            int(self.synacks[stream]),
+            int(self.cookie_synacks[stream]),
+        )
 
 
-def expected_bits(wscale: np.ndarray, sack: np.ndarray, ecn: np.ndarray) -> np.ndarray:
+def option_bits(wscale: np.ndarray, sack: np.ndarray, ecn: np.ndarray) -> np.ndarray:
+    """The low TSval bits a cookie carries for these SYN options."""
     bits = np.where(wscale < 0, TS_OPT_WSCALE_MASK, wscale & TS_OPT_WSCALE_MASK)
     return bits | np.where(sack > 0, TS_OPT_SACK, 0) | np.where(ecn, TS_OPT_ECN, 0)
 
 
-def _phase_peak(phases: np.ndarray) -> tuple[float, int]:
-    """The phase (mod 64 ms) most phases agree with to within 1.5 ms, and how many."""
-    bins = np.bincount((np.floor(phases * 2).astype(np.int64)) % 128, minlength=128)
-    window = np.zeros(128, dtype=np.int64)
-    for step in range(-3, 4):
-        window += np.roll(bins, step)
-    center = int(np.argmax(window)) / 2 + 0.25
-    # refine: the median of the phases around the densest window, unwrapped around it
-    offsets = (phases - center + 32) % 64 - 32
-    near = offsets[np.abs(offsets) <= 2.0]
-    peak = (center + float(np.median(near))) % 64 if len(near) else center
-    agreeing = int((_circular_distance(phases, peak) <= 1.5).sum())
-    return peak, agreeing
+def _signed32(x: np.ndarray) -> np.ndarray:
+    x = x % SEQ_SPACE
+    return np.where(x >= SEQ_SPACE // 2, x - SEQ_SPACE, x)
 
 
-def _circular_distance(a: np.ndarray, b: float) -> np.ndarray:
-    d = np.abs(a - b) % 64
-    return np.minimum(d, 64 - d)
+@dataclass
+class _Handshakes:
+    """The judged connections' handshake numbers, as columns."""
+
+    index: np.ndarray  # streams
+    bits: np.ndarray
+    tsval: np.ndarray
+    synack_ts: np.ndarray
+    hidden_ns: np.ndarray  # capture time between the client's last SYN and the SYN-ACK
+    later_ns: np.ndarray  # LATER_BEST, NO_RUN where none
+    server: np.ndarray  # server address key
+    pair: np.ndarray  # address pair key
 
 
-def _residue_clusters(
-    group: np.ndarray, residue: np.ndarray, tsval: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per handshake: whether its address pair shows a cookie residue, and whether the
-    handshake's residue is that one. SYN-ACKs sent within one millisecond (ordinary)
-    or one 64 ms block (cookies) share their TSval, so distinct TSvals are counted: a
-    residue is a cluster when more distinct TSvals share it than chance (1 in 64
-    each) explains by a wide margin."""
-    decided = np.zeros(len(group), dtype=bool)
-    matches = np.zeros(len(group), dtype=bool)
-    if not len(group):
-        return decided, matches
-    keys, inverse = np.unique(group, return_inverse=True)
-    distinct = np.unique(np.stack([inverse, tsval, residue], axis=1), axis=0)
-    counts = np.zeros((len(keys), 64), dtype=np.int64)
-    np.add.at(counts, (distinct[:, 0], distinct[:, 2]), 1)
-    sizes = counts.sum(axis=1)
-    best = counts.argmax(axis=1)
-    top = counts.max(axis=1)
-    chance = sizes / 64
-    clustered = top >= np.maximum(MIN_GROUP_AGREEMENT, chance + 4 * np.sqrt(chance) + 1)
-    decided = clustered[inverse]
-    matches = decided & (residue == best[inverse])
-    return decided, matches
-
-
-def _last_syn_before_synack(analysis: Analysis) -> np.ndarray:
-    """Per connection, the position of the client's last SYN before the first
-    SYN-ACK (the one the SYN-ACK answers), or -1."""
-    n = len(analysis.order)
-    flags = analysis.tcp.flags[analysis.order]
-    pos = np.arange(n)
-    synack_pos = analysis.first_synack[analysis.conn]
-    syn = analysis.c2s & ((flags & (SYN | ACK)) == SYN) & (synack_pos >= 0) & (pos < synack_pos)
-    return np.maximum.reduceat(np.where(syn, pos, -1), analysis.starts)
-
-
-def classify(analysis: Analysis) -> CookieVerdicts:
-    """A verdict for every handshake whose SYN offered timestamps and whose SYN-ACK
-    carries a TSval."""
-    n = len(analysis.order)
-    empty = np.zeros(0, dtype=np.int64)
-    if n == 0:
-        return CookieVerdicts(
-            analysis, empty, empty > 0, empty.astype(np.int8), empty * 1.0, empty > 0
-        )
-    tcp = analysis.tcp
-    order = analysis.order
-    flags = tcp.flags[order]
-    tsval = tcp.tsval[order]
-    pos = np.arange(n)
-    synack_pos = analysis.first_synack[analysis.conn]
-    later = (
-        ~analysis.c2s & ((flags & SYN) == 0) & (tsval >= 0) & (synack_pos >= 0) & (pos > synack_pos)
-    )
-    first_later = np.minimum.reduceat(np.where(later, pos, n + 1), analysis.starts)
+def _handshakes(analysis: Analysis) -> _Handshakes:
     cols = analysis.columns
     syn, synack = analysis.hs_syn, analysis.hs_synack
     judged = np.flatnonzero(
@@ -181,89 +201,289 @@ def classify(analysis: Analysis) -> CookieVerdicts:
         & (syn[:, OPT_TIMESTAMPS] > 0)
         & (synack[:, OPT_TSVAL] >= 0)
     )
-    ecn = (cols["syn_flags"][judged] & (ECE | CWR)) == (ECE | CWR)
-    bits = expected_bits(syn[judged, OPT_WSCALE], syn[judged, OPT_SACK], ecn)
-    synack_tsval = synack[judged, OPT_TSVAL]
-
-    # 1. The residue test. TSval = clock + offset, and a cookie's clock part ends in
-    # the option bits, so TSval - bits = offset (mod 64). From Linux 4.13 until the
-    # ports went back into the offset (6.16) it is one per address pair, and before
-    # 4.10 there is none: then all cookies between two addresses share that residue
-    # while ordinary SYN-ACKs spread over all 64. Queueing and clocks do not matter.
-    residue = ((synack_tsval - bits) % 64).astype(np.int64)
-    pair = cols["server_addr_key"][judged] ^ _rotate(cols["client_addr_key"][judged])
-    decided, matches = _residue_clusters(pair, residue, synack_tsval)
-
-    # 2. The jump test, for the rest: the server built its SYN-ACK after the SYN it
-    # answers passed the capture point, and built its next segment before that one
-    # passed it. So for an ordinary SYN-ACK the TSval cannot advance by more than the
-    # capture time between the two (plus 1 ms of rounding); a cookie's TSval was
-    # rounded down by up to 63 ms and jumps ahead by that much. Both bounds hold
-    # wherever the capture was taken; delays before the capture point (a busy server
-    # in a storm) only hide cookies, they never make one up.
-    p0 = analysis.first_synack[judged]
-    p1 = first_later[judged]
-    ps = _last_syn_before_synack(analysis)[judged]
-    has_later = (p1 <= n) & (ps >= 0)
-    p1 = np.where(has_later, p1, p0)
-    ps = np.where(has_later, ps, p0)
-    ts = tcp.ts_ns[order]
-    advanced = (tsval[p1] - synack_tsval) % (1 << 32)
-    delta = np.where(has_later, advanced - (ts[p1] - ts[ps]) / 1e6, np.nan)
-    jumped = has_later & (delta >= DELTA_MIN) & (delta <= DELTA_MAX)
-    # 3. The server's clock phase against the capture clock (mod 64 ms), learnt
-    # per server address from the cookies that jumped: a handshake in that phase
-    # whose jump the server's delays hid is probably a cookie too (medium: an
-    # ordinary SYN-ACK built when the clock's low bits equalled its option bits
-    # looks the same).
-    phase = (bits + advanced - ts[p1] / 1e6) % 64
+    # ecn_ok shows in the SYN-ACK: ECE set without CWR (tcp_ecn_make_synack)
+    flags = cols["synack_flags"][judged]
+    ecn = ((flags & ECE) != 0) & ((flags & CWR) == 0)
+    bits = option_bits(syn[judged, OPT_WSCALE], syn[judged, OPT_SACK], ecn)
     server = cols["server_addr_key"][judged]
-    consistent = np.zeros(len(judged), dtype=bool)
-    for key in np.unique(server[jumped & ~decided]).tolist():
-        members = (server == key) & ~decided & has_later
+    client = cols["client_addr_key"][judged].astype(np.uint64)
+    pair = server ^ ((client << np.uint64(17)) | (client >> np.uint64(47)))
+    synack_ts = cols["synack_ts"][judged]
+    return _Handshakes(
+        judged,
+        bits,
+        synack[judged, OPT_TSVAL],
+        synack_ts,
+        np.maximum(synack_ts - cols["last_syn_ts"][judged], 0),
+        cols["later_best_ns"][judged],
+        server,
+        pair,
+    )
+
+
+def _phase_peak(phases: np.ndarray) -> tuple[float, int]:
+    """The phase (mod 64 ms) most phases agree with to within PHASE_MS, and how many."""
+    bins = np.bincount((np.floor(phases * 2).astype(np.int64)) % 128, minlength=128)
+    window = np.zeros(128, dtype=np.int64)
+    for step in range(-3, 4):
+        window += np.roll(bins, step)
+    center = int(np.argmax(window)) / 2 + 0.25
+    # refine: the median of the phases near the densest window, unwrapped around it
+    offsets = (phases - center + 32) % 64 - 32
+    near = offsets[np.abs(offsets) <= 2.0]
+    peak = (center + float(np.median(near))) % 64 if len(near) else center
+    return peak, int((_circular_distance(phases, peak) <= PHASE_MS).sum())
+
+
+def _circular_distance(a: np.ndarray, b: float) -> np.ndarray:
+    d = np.abs(a - b) % 64
+    return np.minimum(d, 64 - d)
+
+
+def _jump(hs: _Handshakes) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The connection's own later segments: (verdict, confidence, reason, lag_ms).
+
+    A jump beyond what the server's delay explains is a cookie. Without one, the
+    server's clock phase decides: for a cookie, ``option bits + lag - SYN-ACK
+    capture time`` mod 64 is the server's clock against the capture clock, the
+    same for all its cookies whatever their offsets; for an ordinary SYN-ACK it
+    falls anywhere. So a connection that did not jump (a cookie built when the
+    clock's low bits equalled its option bits, or whose jump the server's delay
+    hid) is a cookie when its phase is the server's cookie phase and cookies are
+    common enough there that such a match is more likely a cookie than chance
+    (PHASE_MS * 2 in 64 for an ordinary SYN-ACK)."""
+    has_later = hs.later_ns != NO_RUN
+    lag = np.where(has_later, hs.later_ns / 1e6, np.nan)
+    hidden = hs.hidden_ns / 1e6
+    jumped = has_later & (lag - hidden >= JUMP_MIN_MS)
+    verdict = np.where(jumped, COOKIE, UNKNOWN).astype(np.int8)
+    confidence = np.where(jumped, 2, 0).astype(np.int8)
+    reason = np.where(jumped, R_JUMP, np.where(has_later, R_JUMP_HIDDEN, R_NOTHING_LATER))
+    phase = (hs.bits + np.nan_to_num(lag) - hs.synack_ts / 1e6) % 64
+    rest = has_later & ~jumped
+    for key in np.unique(hs.server[rest]).tolist():
+        members = hs.server == key
         sure = phase[members & jumped]
-        if len(sure) < MIN_GROUP_AGREEMENT:
+        undecided = members & rest
+        matched = np.zeros(len(hs.index), dtype=bool)
+        off_phase = np.zeros(len(hs.index), dtype=bool)
+        share = 0.0
+        if len(sure) >= MIN_PHASE_GROUP:
+            peak, agreeing = _phase_peak(sure)
+            if agreeing >= len(sure) * 0.8:
+                matched = undecided & (_circular_distance(phase, peak) <= PHASE_MS)
+                off_phase = undecided & ~matched
+                # of the connections with later segments, the share of cookies: those
+                # that jumped, over the chance that a cookie jumps at all
+                with_later = int((members & has_later).sum())
+                share = min(len(sure) / max(with_later, 1) / (1 - 2 * JUMP_MIN_MS / 64), 1.0)
+        # a hidden jump is JUMP_MIN_MS + hidden wide; chance matches 2 * PHASE_MS in 64
+        band = (JUMP_MIN_MS + hidden) / 64
+        likely = share * band / (share * band + (1 - share) * 2 * PHASE_MS / 64 + 1e-12) >= 0.5
+        cookie = matched & likely
+        prompt = undecided & ~cookie & ~off_phase & (hidden < JUMP_MIN_MS)
+        plain = prompt | off_phase
+        verdict = np.where(cookie, COOKIE, np.where(plain, ORDINARY, verdict))
+        confidence = np.where(cookie | plain, 1, confidence)
+        reason = np.where(
+            cookie,
+            R_PHASE,
+            np.where(off_phase, R_OFF_PHASE, np.where(prompt, R_NO_JUMP, reason)),
+        )
+    return verdict, confidence, reason, lag
+
+
+def _envelope(times: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per second of capture time, the highest value seen in it or the seconds beside
+    it: the clock as its most prompt segments show it. (bins, envelope)"""
+    bins = times // ENVELOPE_BIN_NS
+    keys, inverse = np.unique(bins, return_inverse=True)
+    top = np.full(len(keys), np.iinfo(np.int64).min, dtype=np.int64)
+    np.maximum.at(top, inverse, values)
+    env = top.copy()
+    for shift in (-1, 1):
+        neighbour = np.searchsorted(keys, keys + shift)
+        ok = (neighbour < len(keys)) & (keys[np.minimum(neighbour, len(keys) - 1)] == keys + shift)
+        env = np.where(ok, np.maximum(env, top[np.minimum(neighbour, len(keys) - 1)]), env)
+    return keys, env
+
+
+def _one_clock(
+    hs: _Handshakes, group: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Verdicts within groups whose SYN-ACKs follow one clock (offsets zero, or one
+    per address pair): residue and lag behind the group's clock."""
+    n = len(hs.index)
+    verdict = np.full(n, UNKNOWN, dtype=np.int8)
+    confidence = np.zeros(n, dtype=np.int8)
+    reason = np.full(n, R_NOTHING_LATER, dtype=np.int8)
+    lag = np.full(n, np.nan)
+    if not n:
+        return verdict, confidence, reason, lag
+    keys, inverse = np.unique(group, return_inverse=True)
+    # the clock offset of each SYN-ACK, in ns: TSval ms against capture time,
+    # relative to its group's first SYN-ACK (TSvals wrap at 2^32)
+    first = np.zeros(len(keys), dtype=np.int64)
+    first[inverse[::-1]] = np.arange(n)[::-1]
+    ref = first[inverse]
+    offset = _signed32(hs.tsval - hs.tsval[ref]) * 1_000_000 - (hs.synack_ts - hs.synack_ts[ref])
+    for g in range(len(keys)):
+        members = np.flatnonzero(inverse == g)
+        if len(members) < MIN_GROUP:
             continue
-        peak, agreeing = _phase_peak(sure)
-        if agreeing >= max(MIN_GROUP_AGREEMENT, len(sure) // 2):
-            consistent |= members & (_circular_distance(phase, peak) <= 1.5)
-    consistent |= matches
-    cookie = np.where(decided, matches, jumped | consistent)
-    # high: the residue test decided, or the TSval jumped. Otherwise medium: a phase
-    # match can be chance, and a missing jump can be hidden by the server's delays.
-    # low: nothing to compare with.
-    confidence = np.where(
-        decided | jumped, 2, np.where(consistent, 1, np.where(has_later, 1, 0))
-    ).astype(np.int8)
-    return CookieVerdicts(analysis, judged, cookie, confidence, delta, consistent)
+        mine = offset[members]
+        centre = np.median(mine)
+        if np.mean(np.abs(mine - centre) <= CLOCK_BAND_MS * 1e6) < CLOCK_SHARE:
+            continue
+        # the clock: SYN-ACKs and the later segments of the group, most prompt first
+        later = hs.later_ns[members] != NO_RUN
+        times = np.concatenate([hs.synack_ts[members], hs.synack_ts[members][later]])
+        values = np.concatenate([mine, mine[later] + hs.later_ns[members][later]])
+        bins, env = _envelope(times, values)
+        at = np.searchsorted(bins, hs.synack_ts[members] // ENVELOPE_BIN_NS)
+        behind = (env[at] - mine) / 1e6
+        # the group's residue: the one the lagging SYN-ACKs share
+        residue = (hs.tsval[members] - hs.bits[members]) % 64
+        lagging = behind >= GROUP_QUEUE_MS
+        if lagging.sum() < 3:
+            continue  # too few lagging SYN-ACKs to learn the residue from
+        counts = np.bincount(residue[lagging], minlength=64)
+        mode = int(counts.argmax())
+        if counts[mode] < max(3, lagging.sum() // 2):
+            continue  # lags without a common residue: queueing, not cookies
+        match = residue == mode
+        sure_cookie = match & lagging
+        sure_plain = ~match
+        share = sure_cookie.sum() / max(sure_cookie.sum() + sure_plain.sum(), 1)
+        # a residue match without lag: a cookie made when the clock's low bits
+        # equalled its option bits (GROUP_QUEUE_MS in 64) or an ordinary SYN-ACK
+        # (1 in 64): the group's share of cookies decides
+        likely = share * GROUP_QUEUE_MS / (share * GROUP_QUEUE_MS + (1 - share)) >= 0.5
+        ambiguous = match & ~lagging
+        verdict[members] = np.where(
+            sure_cookie, COOKIE, np.where(sure_plain, ORDINARY, COOKIE if likely else ORDINARY)
+        )
+        confidence[members] = np.where(ambiguous, 1, 2)
+        reason[members] = np.where(
+            sure_cookie, R_GROUP_LAG, np.where(sure_plain, R_GROUP_RESIDUE, R_GROUP_AMBIGUOUS)
+        )
+        lag[members] = behind
+    return verdict, confidence, reason, lag
 
 
-def _rotate(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.uint64)
-    return (x << np.uint64(17)) | (x >> np.uint64(47))
+def _repeats(analysis: Analysis, hs: _Handshakes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Repeated SYN-ACKs with the first one's sequence number: (verdict, confidence,
+    reason) for the judged connections."""
+    cols = analysis.columns
+    rep_ts = cols["repeat_ts"][hs.index]
+    rep_tsval = cols["repeat_tsval"][hs.index]
+    has = rep_ts >= 0
+    moved = _signed32(rep_tsval - hs.tsval)  # ms
+    elapsed = (rep_ts - hs.synack_ts) / 1e6
+    multiple = has & (moved % 64 == 0)
+    with_clock = has & (np.abs(moved - elapsed) <= REPEAT_CLOCK_MS)
+    cookie = multiple & ~with_clock
+    plain = has & ~multiple
+    verdict = np.where(cookie, COOKIE, np.where(plain, ORDINARY, UNKNOWN))
+    confidence = np.where(cookie | plain, 2, 0)
+    reason = np.where(cookie, R_REPEAT_64, R_REPEAT_CLOCK)
+    return verdict, confidence, reason
+
+
+def _silence(analysis: Analysis, hs: _Handshakes) -> tuple[np.ndarray, np.ndarray]:
+    """Connections whose client sent data after the handshake while the server sent
+    nothing with a timestamp after its SYN-ACK: (silent for SILENT_NS, reset)."""
+    cols = analysis.columns
+    i = hs.index
+    nothing_timed = (hs.later_ns == NO_RUN) & (cols["bytes"][i, 0] > 0)
+    only_synacks = cols["packets"][i, 1] == cols["synacks"][i]
+    silent = nothing_timed & only_synacks & (cols["last_ts"][i] - hs.synack_ts >= SILENT_NS)
+    # segments without a timestamp from a Linux server that negotiated them: resets
+    reset = nothing_timed & ~only_synacks
+    return silent, reset
+
+
+def classify(analysis: Analysis) -> CookieVerdicts:
+    """A verdict for every connection; ``UNKNOWN`` where the capture cannot tell."""
+    cols = analysis.columns
+    nconn = len(analysis.connections)
+    verdict = np.full(nconn, UNKNOWN, dtype=np.int8)
+    confidence = np.zeros(nconn, dtype=np.int8)
+    reason = np.full(nconn, R_NO_SYNACK, dtype=np.int8)
+    lag_ms = np.full(nconn, np.nan)
+    if not nconn:
+        empty = np.zeros(0, dtype=np.int64)
+        return CookieVerdicts(analysis, verdict, confidence, reason, lag_ms, empty, empty)
+    has_synack = cols["has_synack"]
+    reason[has_synack] = R_NO_TIMESTAMPS
+    hs = _handshakes(analysis)
+    # weakest first, each stronger test overwriting where it decides
+    v, c, r, lag = _jump(hs)
+    silent, reset = _silence(analysis, hs)
+    refused = silent | reset
+    v, c = np.where(refused, COOKIE, v), np.where(refused, 1, c)
+    r = np.where(silent, R_SILENT_SERVER, np.where(reset, R_RESET, r))
+    for test in (
+        lambda: _one_clock(hs, hs.server),
+        lambda: _one_clock(hs, hs.pair),
+    ):
+        gv, gc, gr, glag = test()
+        better = (gv != UNKNOWN) & (gc >= c)
+        v, c, r = np.where(better, gv, v), np.where(better, gc, c), np.where(better, gr, r)
+        lag = np.where(better, glag, lag)
+    rv, rc, rr = _repeats(analysis, hs)
+    better = (rv != UNKNOWN) & ((rc > c) | (v == UNKNOWN))
+    v, c, r = np.where(better, rv, v), np.where(better, rc, c), np.where(better, rr, r)
+    verdict[hs.index], confidence[hs.index], reason[hs.index] = v, c, r
+    lag_ms[hs.index] = lag
+    synacks = cols["synacks"].astype(np.int64)
+    cookie_synacks = np.where(verdict == COOKIE, 1 + cols["synacks_same_seq"], 0).astype(np.int64)
+    return CookieVerdicts(analysis, verdict, confidence, reason, lag_ms, synacks, cookie_synacks)
+
+
+def _clients(analysis: Analysis, streams: np.ndarray) -> dict[str, int]:
+    """Connections per client address, most first."""
+    ends = analysis.connections.endpoints_of(streams.tolist())
+    counts = Counter(client.rsplit(":", 1)[0] for client, _ in ends.values())
+    return dict(counts.most_common())
 
 
 def per_server(verdicts: CookieVerdicts) -> dict[str, dict[str, Any]]:
-    """Per server with at least one high-confidence cookie (so a lone phase match is
-    never reported on its own): cookie SYN-ACKs in total (high and medium
-    confidence), how many of them are high confidence, and the count per second."""
+    """Per server with at least one high-confidence cookie: cookie SYN-ACKs (packets,
+    as the kernel counts them) and cookie connections, how sure, how many
+    connections the capture cannot judge, the clients hit, and the cookies per
+    second."""
     if not len(verdicts):
         return {}
     analysis = verdicts.analysis
     cols = analysis.columns
-    keys = cols["server_key"][verdicts.stream]
-    sure = verdicts.cookie & (verdicts.confidence == 2)
+    keys = cols["server_key"]
+    cookie = verdicts.verdict == COOKIE
+    sure = cookie & (verdicts.confidence == 2)
     start = int(cols["first_ts"].min())
     out: dict[str, dict[str, Any]] = {}
     for key in np.unique(keys[sure]).tolist():
-        members = keys == key
-        cookies = verdicts.stream[members & verdicts.cookie]
+        members = (keys == key) & cols["has_synack"]
+        cookies = np.flatnonzero(members & cookie)
         seconds = ((cols["first_ts"][cookies] - start) // 1_000_000_000).tolist()
-        server = analysis.connections[int(cookies[0])].server
+        server = analysis.connections.endpoints_of([int(cookies[0])])[int(cookies[0])][1]
+        reasons = Counter(REASONS[r] for r in verdicts.reason[members & cookie].tolist())
+        undecided = Counter(
+            REASONS[r] for r in verdicts.reason[members & (verdicts.verdict == UNKNOWN)].tolist()
+        )
         out[server] = {
             "handshakes": int(members.sum()),
-            "cookies": len(cookies),
-            "high_confidence": int((members & sure).sum()),
+            "synacks": int(verdicts.synacks[members].sum()),
+            "cookie_synacks": int(verdicts.cookie_synacks[members].sum()),
+            # SYN-ACKs a later one with a new sequence number replaced: not judged
+            "synacks_replaced": int(cols["synacks_renewed"][members].sum()),
+            "cookie_connections": len(cookies),
+            "cookie_connections_high_confidence": int((members & sure).sum()),
+            "ordinary_connections": int((members & (verdicts.verdict == ORDINARY)).sum()),
+            "undecided_connections": int(sum(undecided.values())),
+            "undecided_why": dict(undecided),
+            "cookie_why": dict(reasons),
+            "clients": _clients(analysis, cookies),
             "per_second": dict(sorted(Counter(seconds).items())),
         }
     return out
@@ -272,19 +492,32 @@ def per_server(verdicts: CookieVerdicts) -> dict[str, dict[str, Any]]:
 def findings(verdicts: CookieVerdicts) -> list[Finding]:
     out = []
     for server, entry in per_server(verdicts).items():
+        undecided = entry["undecided_connections"]
         out.append(
             Finding(
                 kind="syn-cookies",
                 severity=Severity.WARNING,
                 subject=listener_subject(server),
                 summary=(
-                    f"{entry['cookies']} of {entry['handshakes']} SYN-ACKs were SYN cookies: "
-                    "the listen queue overflowed (or cookies are forced)"
+                    f"{entry['cookie_synacks']} SYN cookies sent on {entry['cookie_connections']} "
+                    f"of {entry['handshakes']} connections from {len(entry['clients'])} client "
+                    "addresses: the listen queue overflowed (or cookies are forced)"
+                    + (
+                        f"; {undecided} connections cannot be judged from this capture"
+                        if undecided
+                        else ""
+                    )
                 ),
                 evidence={
-                    "cookie_synacks": entry["cookies"],
-                    "cookie_synacks_high_confidence": entry["high_confidence"],
+                    "cookie_synacks": entry["cookie_synacks"],
+                    "cookie_connections": entry["cookie_connections"],
+                    "cookie_connections_high_confidence": entry[
+                        "cookie_connections_high_confidence"
+                    ],
+                    "undecided_connections": undecided,
+                    "undecided_why": entry["undecided_why"],
                     "handshakes": entry["handshakes"],
+                    "clients": entry["clients"],
                     "per_second": entry["per_second"],
                 },
                 advice=(

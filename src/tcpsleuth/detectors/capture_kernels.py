@@ -46,8 +46,13 @@ CONN_FIELDS = 6
     D_INF_FRAME,
     D_INF_ACK,
     D_RTT_TS,
-) = range(21)
-DIR_FIELDS = 21
+    D_LATER_BEST,
+    D_REP_TS,
+    D_REP_TSVAL,
+    D_SYN_LATEST_FRAME,
+    D_SYN_LATEST_TS,
+) = range(26)
+DIR_FIELDS = 26
 # ... and 32-bit ones (``dir_small[c, d, field]``): windows, flags, counts of
 # segments of one kind, options. Half the memory per connection that way.
 (
@@ -71,8 +76,11 @@ DIR_FIELDS = 21
     S_INF_WIN,
     S_WIN_CHANGES,
     S_WIN_LAST,
-) = range(20)
-SMALL_FIELDS = 20
+    S_SYNACKS,
+    S_SYNACK_SAME_SEQ,
+    S_SYNACK_RENEWED,
+) = range(23)
+SMALL_FIELDS = 23
 # Meaning of some: HS_* the direction's first SYN or SYN-ACK (kind 1 = SYN, 2 =
 # SYN-ACK); LSYN_* its last SYN before the other side's SYN-ACK; LATER_* its first
 # segment after its own SYN-ACK that carries a TSval; INF_* its first ACK after its
@@ -80,6 +88,13 @@ SMALL_FIELDS = 20
 # after the other side's SYN-ACK (ends the handshake); PEND_* the data segment
 # that may be waiting at the window; WIN_CHANGES how many times the window it
 # advertised changed (SYNs and RSTs aside), WIN_LAST the latest of them.
+# LATER_BEST: over its segments after its SYN-ACK (up to LATER_SPAN_NS later), the
+# highest ``(TSval - SYN-ACK TSval) ms - (capture time - SYN-ACK capture time)``
+# in ns: how far its timestamp clock ran ahead of the SYN-ACK's, measured where
+# a segment left with the least delay. REP_*: its first repeated SYN-ACK with the
+# SYN-ACK's sequence number (an answer to a retransmitted SYN); SYNACKS how many
+# SYN-ACKs it sent, SYNACK_SAME_SEQ how many of them repeated the handshake's
+# sequence number, SYNACK_RENEWED how many times a new one replaced it.
 # Fields that start at -1 (none yet):
 DIR_INITIAL = np.zeros(DIR_FIELDS, dtype=np.int64)
 DIR_INITIAL[
@@ -95,8 +110,15 @@ DIR_INITIAL[
         D_LATER_FRAME,
         D_INF_FRAME,
         D_RTT_TS,
+        D_REP_TS,
+        D_REP_TSVAL,
     ]
 ] = -1
+# the server's TSval clock is compared with the capture clock over this span only
+# (two hosts' clocks drift apart by tens of microseconds a second)
+LATER_SPAN_NS = 10_000_000_000
+NO_RUN = -(1 << 62)  # LATER_BEST before any segment counted
+DIR_INITIAL[D_LATER_BEST] = NO_RUN
 SMALL_INITIAL = np.zeros(SMALL_FIELDS, dtype=np.int32)
 SMALL_INITIAL[[S_LAST_WIN, S_WMIN, S_WMAX, S_HS_MSS, S_HS_WS]] = -1
 
@@ -280,6 +302,31 @@ def track(  # type: ignore[no-untyped-def]
         mine[D_BYTES] += length
         is_syn = (f & SYN) != 0
         is_rst = (f & RST) != 0
+        # A SYN-ACK with a new sequence number answers a retransmitted SYN anew (a
+        # cookie, then an ordinary one once the queue had room, or the reverse):
+        # the handshake is the latest one, whose number the client will acknowledge.
+        renewed = is_syn and not pure_syn and mine_s[S_HS_KIND] == 2 and s != mine[D_HS_SEQ]
+        if renewed:
+            mine_s[S_SYNACK_RENEWED] += 1
+            mine_s[S_HS_KIND] = 0
+            mine_s[S_SYNACK_SAME_SEQ] = 0
+            mine[D_REP_TS] = -1
+            mine[D_REP_TSVAL] = -1
+            mine[D_LATER_FRAME] = -1
+            mine[D_LATER_BEST] = NO_RUN
+            mine[D_INF_FRAME] = -1
+            # it answers the client's latest SYN
+            peer[D_LSYN_FRAME] = peer[D_SYN_LATEST_FRAME]
+            peer[D_LSYN_TS] = peer[D_SYN_LATEST_TS]
+        if is_syn and not pure_syn:
+            mine_s[S_SYNACKS] += 1
+            if mine_s[S_HS_KIND] == 2 and s == mine[D_HS_SEQ]:
+                mine_s[S_SYNACK_SAME_SEQ] += 1
+                # a SYN's TSval is among its options, not in the tsval column
+                j = opt_index[i]
+                if mine[D_REP_TS] < 0 and j >= 0 and syn_options[j, 4] >= 0:
+                    mine[D_REP_TS] = ts
+                    mine[D_REP_TSVAL] = syn_options[j, 4]
         if is_syn and mine_s[S_HS_KIND] == 0:
             mine_s[S_HS_KIND] = 1 if pure_syn else 2
             mine[D_HS_FRAME] = frame[i]
@@ -294,12 +341,22 @@ def track(  # type: ignore[no-untyped-def]
                 mine_s[S_HS_SACK] = syn_options[j, 2]
                 mine_s[S_HS_TSOK] = syn_options[j, 3]
                 mine[D_HS_TSVAL] = syn_options[j, 4]
+        if pure_syn:
+            mine[D_SYN_LATEST_FRAME] = frame[i]
+            mine[D_SYN_LATEST_TS] = ts
         if pure_syn and peer_s[S_HS_KIND] != 2:
             mine[D_LSYN_FRAME] = frame[i]
             mine[D_LSYN_TS] = ts
         if mine[D_RTT_TS] < 0 and (f & (SYN | ACK)) == ACK and peer_s[S_HS_KIND] == 2:
             mine[D_RTT_TS] = ts
         if mine_s[S_HS_KIND] == 2 and not is_syn:
+            if tsval[i] >= 0 and mine[D_HS_TSVAL] >= 0 and ts - mine[D_HS_TS] <= LATER_SPAN_NS:
+                ahead = (tsval[i] - mine[D_HS_TSVAL]) % SEQ_SPACE
+                if ahead >= SEQ_SPACE // 2:
+                    ahead -= SEQ_SPACE
+                run = ahead * 1_000_000 - (ts - mine[D_HS_TS])
+                if run > mine[D_LATER_BEST]:
+                    mine[D_LATER_BEST] = run
             if mine[D_LATER_FRAME] < 0 and tsval[i] >= 0:
                 mine[D_LATER_FRAME] = frame[i]
                 mine[D_LATER_TS] = ts

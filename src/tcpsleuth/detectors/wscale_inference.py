@@ -48,6 +48,9 @@ class WindowInference:
     synack_frame: int
     window_frame: int
     exact: bool  # the raw ratio is a power of two within 10 %
+    # the client's view of that window is several times off what the server offered
+    # (see :func:`verdicts`, the one place the rule lives)
+    mismatch: bool
 
     @property
     def client_view(self) -> int:
@@ -58,14 +61,6 @@ class WindowInference:
     @property
     def scaling(self) -> bool:
         return self.announced_wscale is not None and self.client_wscale is not None
-
-    @property
-    def mismatch(self) -> bool:
-        announced = self.announced_wscale if self.scaling else 0
-        if self.inferred_wscale is None or announced is None:
-            return False
-        floor = max(self.synack_window - self.received_before, 0)
-        return self.inferred_wscale > announced and self.client_view * SHRINK_EVIDENCE <= floor
 
     def evidence(self) -> dict[str, Any]:
         return {
@@ -82,19 +77,58 @@ class WindowInference:
         }
 
 
-def infer(analysis: Analysis) -> list[WindowInference]:
-    """Inferences for the connections that show a mismatch or stripped scaling (the
-    arithmetic runs on all connections at once; records are made for these only)."""
+@dataclass
+class WscaleVerdicts:
+    """For every connection (by stream): the shift its SYN-ACK announced, the one
+    the server's first window after the handshake shows, and whether they
+    disagree; -1 (and ``mismatch`` -1) where the capture cannot tell."""
+
+    announced: np.ndarray  # int64: the SYN-ACK's shift, -1 without the option
+    inferred: np.ndarray  # int64: -1 without a server window after the handshake
+    mismatch: np.ndarray  # int8: 1 disagree, 0 agree, -1 cannot tell
+    exact: np.ndarray  # bool: the raw ratio is a power of two within 10 %
+    first_window: np.ndarray  # raw field of that window
+    received: np.ndarray  # client bytes the server had acknowledged by then
+    window_frame: np.ndarray
+
+    def of(self, analysis: Analysis, stream: int) -> dict[str, Any]:
+        """The ``wscale_verdict`` of one connection in the pcap document."""
+        cols = analysis.columns
+        announced, inferred = int(self.announced[stream]), int(self.inferred[stream])
+        mismatch = int(self.mismatch[stream])
+        proof = None
+        if inferred >= 0:
+            proof = {
+                "synack_frame": int(cols["synack_frame"][stream]),
+                "synack_window": int(cols["synack_window"][stream]),
+                "window_frame": int(self.window_frame[stream]),
+                "first_window_raw": int(self.first_window[stream]),
+                "client_bytes_acked_before": int(self.received[stream]),
+                "exact_power_of_two": bool(self.exact[stream]),
+            }
+        return {
+            "announced": None if announced < 0 else announced,
+            "inferred": None if inferred < 0 else inferred,
+            "mismatch": None if mismatch < 0 else bool(mismatch),
+            "proof": proof,
+        }
+
+
+def verdicts(analysis: Analysis) -> WscaleVerdicts:
+    """The window-scale verdict of every connection with a SYN and a SYN-ACK, whether
+    or not it was a SYN cookie (the arithmetic runs on all connections at once)."""
     cols = analysis.columns
-    if not cols or not len(cols["has_syn"]):
-        return []
+    n = len(cols["has_syn"]) if cols else 0
+    if not n:
+        none = np.zeros(0, dtype=np.int64)
+        return WscaleVerdicts(none, none, none.astype(np.int8), none > 0, none, none, none)
     at = cols["first_window_frame"]
     ok = (at >= 0) & cols["has_syn"] & cols["has_synack"]
     raw = np.where(ok, cols["first_window"], 0).astype(np.int64)
     w0 = cols["synack_window"].astype(np.int64)
     received = (cols["first_window_ack"] - cols["syn_seq"] - 1) % SEQ_SPACE
     received = np.where(received > (1 << 31), 0, received)
-    announced = analysis.hs_synack[:, OPT_WSCALE]
+    announced = np.where(cols["has_synack"], analysis.hs_synack[:, OPT_WSCALE], -1)
     client_ws = analysis.hs_syn[:, OPT_WSCALE]
     scaling = (announced >= 0) & (client_ws >= 0)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -103,10 +137,38 @@ def infer(analysis: Analysis) -> list[WindowInference]:
     effective = np.where(scaling, announced, 0)
     client_view = raw << effective
     floor = np.maximum(w0 - received, 0)
-    mismatch = ok & (raw > 0) & (inferred > effective) & (client_view * SHRINK_EVIDENCE <= floor)
+    judged = ok & (raw > 0) & (w0 > 0)
+    # the client sees a window several times below what the server had left to offer
+    shrunk = judged & (inferred > effective) & (client_view * SHRINK_EVIDENCE <= floor)
+    # ... or several times above what it could have offered by then
+    grown = judged & (inferred < effective) & (client_view > SHRINK_EVIDENCE * 2 * (w0 + received))
+    # agreement: the client's view is what the server had to offer, within rounding
+    agree = judged & ~shrunk & ~grown & (client_view * 2 >= floor) & (floor > 0)
+    mismatch = np.where(shrunk | grown, 1, np.where(agree, 0, -1)).astype(np.int8)
+    exact = np.abs(ratio - inferred) < 0.14
+    return WscaleVerdicts(
+        announced=announced,
+        inferred=np.where(judged, inferred, -1),
+        mismatch=mismatch,
+        exact=exact & judged,
+        first_window=raw,
+        received=received,
+        window_frame=at,
+    )
+
+
+def infer(analysis: Analysis, judged: WscaleVerdicts | None = None) -> list[WindowInference]:
+    """Records for the connections that show a mismatch or stripped scaling."""
+    cols = analysis.columns
+    if not cols or not len(cols["has_syn"]):
+        return []
+    v = judged if judged is not None else verdicts(analysis)
+    announced = analysis.hs_synack[:, OPT_WSCALE]
+    client_ws = analysis.hs_syn[:, OPT_WSCALE]
+    ok = (cols["first_window_frame"] >= 0) & cols["has_syn"] & cols["has_synack"]
     stripped = ok & ((announced >= 0) != (client_ws >= 0))
     out: list[WindowInference] = []
-    for c in np.flatnonzero(mismatch | stripped).tolist():
+    for c in np.flatnonzero((v.mismatch == 1) | stripped).tolist():
         record: CaptureConnection = analysis.connections[c]
         assert record.synack is not None and record.syn is not None
         out.append(
@@ -115,13 +177,14 @@ def infer(analysis: Analysis) -> list[WindowInference]:
                 server=record.server,
                 announced_wscale=record.synack.wscale,
                 client_wscale=record.syn.wscale,
-                inferred_wscale=int(inferred[c]) if raw[c] > 0 else None,
+                inferred_wscale=int(v.inferred[c]) if v.inferred[c] >= 0 else None,
                 synack_window=record.synack.window,
-                first_window=int(raw[c]),
-                received_before=int(received[c]),
+                first_window=int(v.first_window[c]),
+                received_before=int(v.received[c]),
                 synack_frame=int(cols["synack_frame"][c]),
-                window_frame=int(at[c]),
-                exact=bool(abs(ratio[c] - inferred[c]) < 0.14),
+                window_frame=int(v.window_frame[c]),
+                exact=bool(v.exact[c]),
+                mismatch=bool(v.mismatch[c] == 1),
             )
         )
     return out
@@ -134,6 +197,13 @@ def _scaled_connections(analysis: Analysis, server: str) -> int:
     port = int(server.rsplit(":", 1)[1])
     candidates = np.flatnonzero(scaling & (cols["server_port"] == port)).tolist()
     return sum(1 for c in candidates if analysis.connections[c].server == server)
+
+
+def _clients(analysis: Analysis, streams: list[int]) -> dict[str, int]:
+    """Connections per client address, most first: every client hit, not a sample."""
+    ends = analysis.connections.endpoints_of(streams)
+    counts = Counter(client.rsplit(":", 1)[0] for client, _ in ends.values())
+    return dict(counts.most_common())
 
 
 def _stripped(record: CaptureConnection) -> str | None:
@@ -179,6 +249,7 @@ def findings(analysis: Analysis, inferences: list[WindowInference]) -> list[Find
                         "connections": len(mismatched),
                         "connections_with_scaling": scaled,
                         "exact_power_of_two": exact,
+                        "clients": _clients(analysis, [i.stream for i in mismatched]),
                         "streams": [i.stream for i in mismatched[:EXAMPLES]],
                         "proof": example.evidence(),
                     },
@@ -225,6 +296,7 @@ def findings(analysis: Analysis, inferences: list[WindowInference]) -> list[Find
                         "shrink_factor": factor,
                         "connections": len(stripped),
                         "connections_scaled_anyway": len(scaled_anyway),
+                        "clients": _clients(analysis, [i.stream for i, _ in stripped]),
                         "streams": [i.stream for i, _ in stripped[:EXAMPLES]],
                         "proof": example.evidence(),
                     },
