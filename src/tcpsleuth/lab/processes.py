@@ -51,13 +51,31 @@ class Child:
         )
         self.lines: queue.Queue[str] = queue.Queue()
         self.all_lines: list[str] = []
+        self.error_lines: list[str] = []
         threading.Thread(target=self._pump, daemon=True).start()
+        # Standard error is drained as it comes: a child that logs a lot (librdkafka
+        # failing to reconnect to a broker that is down, say) would otherwise block in
+        # write() once the pipe holds 64 KB, and stop doing anything else.
+        self._errors = threading.Thread(target=self._pump_errors, daemon=True)
+        if self.process.stderr is not None:
+            self._errors.start()
 
     def _pump(self) -> None:
         assert self.process.stdout is not None
         for line in self.process.stdout:
             self.all_lines.append(line)
             self.lines.put(line)
+
+    def _pump_errors(self) -> None:
+        assert self.process.stderr is not None
+        for line in self.process.stderr:
+            self.error_lines.append(line)
+
+    def errors(self) -> str:
+        """What the child wrote on standard error (all of it once it has exited)."""
+        if self.process.poll() is not None and self._errors.is_alive():
+            self._errors.join(timeout=5)
+        return "".join(self.error_lines)
 
     def wait_for(self, predicate: Any, timeout: float = READY_S) -> str:
         deadline = time.monotonic() + timeout
@@ -74,7 +92,7 @@ class Child:
         status = self.process.poll()
         if status is None:
             raise RuntimeError(f"{name} did not get ready within {timeout:.0f} s")
-        error = self.process.stderr.read() if self.process.stderr is not None else ""
+        error = self.errors()
         said = error.strip()[-300:] or "".join(self.all_lines).strip()[-300:] or "no output"
         raise RuntimeError(f"{name} exited (status {status}) before it was ready: {said}")
 

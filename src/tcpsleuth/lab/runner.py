@@ -436,7 +436,7 @@ def _run(
     ):
         (artifacts.workdir / name).write_text("".join(json.dumps(x) + "\n" for x in lines))
     for worker in clients:
-        errors = worker.process.stderr.read() if worker.process.stderr else ""
+        errors = worker.errors()
         if errors.strip():
             (artifacts.workdir / "clients-stderr.txt").open("a").write(errors)
 
