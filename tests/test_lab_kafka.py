@@ -18,6 +18,7 @@ import pytest
 from conftest import run_tcpsleuth
 
 from tcpsleuth.lab import namespaces
+from tcpsleuth.lab.kafka_broker import logged_requests
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root"),
@@ -95,6 +96,13 @@ def test_wscale_bug_on_real_kafka_3_1_2(tmp_path: Path) -> None:
     assert own["before"]["produce_total"]["count"] > 100
     assert own["after"]["produce_total"]["count"] > 0
     assert own["after"]["produce_total"]["p99"] <= 5 * max(own["before"]["produce_total"]["p99"], 1)
+    # both libraries came back to the restarted broker (librdkafka's client id: rdkafka)
+    accepting = events[6]["time"]
+    after = logged_requests(kept / "kafka" / "request.log")
+    assert {r.client_id.split("-")[0] for r in after if r.received > accepting} >= {
+        "rdkafka",
+        "kafka",
+    }
     # its JMX request metrics (the exporter), read before the restart and at the end
     metrics = run["broker_metrics"]
     assert metrics["before"]["TotalTimeMs"]["count"] > 100
