@@ -21,6 +21,8 @@ from conftest import needs_root, run_tcpsleuth
 from support.storm_lab import Storm, StormConfig, run_storm
 from support.storm_truth import ConnectionTruth, connections
 
+from tcpsleuth.detectors import capture_cookies
+
 pytestmark = [needs_root, pytest.mark.root]
 
 STORMS = {
@@ -150,8 +152,16 @@ def test_no_cookies_without_syncookies(tmp_path: Path) -> None:
         assert not [f for f in doc["findings"] if f["kind"] == "syn-cookies"]
         conns = {c["client"]: c["syn_cookie"] for c in doc["files"][0]["connections"]}
         assert True not in [v["cookie"] for v in conns.values()]
-        # every connection whose server said more than its SYN-ACK is judged ordinary
+        # the connections whose server said more than its SYN-ACK are judged ordinary,
+        # but where the server's delay could hide a jump (no cookie to learn its clock
+        # phase from), which is said
         truth = connections(pcap, storm.server_ss, storm.client_ss)
-        answered = [c for c, t in truth.items() if t.server_windows_after]
+        answered = [conns[c] for c, t in truth.items() if t.server_windows_after]
         assert len(answered) >= 100
-        assert [conns[c]["cookie"] for c in answered] == [False] * len(answered)
+        judged = [v for v in answered if v["cookie"] is False]
+        hidden = [v for v in answered if v["cookie"] is None]
+        print(pcap.name, len(answered), "answered", len(judged), "judged ordinary")
+        assert len(judged) >= len(answered) * RECALL
+        assert {v["reason"] for v in hidden} <= {
+            capture_cookies.REASONS[capture_cookies.R_JUMP_HIDDEN]
+        }

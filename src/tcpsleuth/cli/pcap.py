@@ -103,7 +103,7 @@ def _document_data(result: CaptureResult, all_connections: bool) -> dict[str, An
         "connections_total": total,
         "connections_listed": len(connections),
         "connections": connections,
-        "syn_cookies": capture_cookies.per_server(result.cookies),
+        "syn_cookies": capture_cookies.per_server(result.cookies, result.requests.client_ids()),
         "kafka": {
             "connections_by_port": {
                 str(port): counts for port, counts in result.requests.verdicts_by_port.items()

@@ -21,7 +21,8 @@ shift the sender announced in its SYN or SYN-ACK, when both sides announced one
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Iterable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, overload
 
@@ -888,6 +889,19 @@ def detail(chunks: Iterable[TcpColumns], analysis: Analysis, streams: Iterable[i
         connections=analysis.connections,
         detailed=True,
     )
+
+
+def clients_hit(
+    analysis: Analysis, streams: Iterable[int], client_ids: Mapping[int, str] | None = None
+) -> dict[str, dict[str, int]]:
+    """Who a finding about a listener is about: connections per client address (all
+    of them, most first) and, where the capture kept Kafka request headers, per
+    ``client.id``: the operator's next question is which producers suffered."""
+    chosen = list(streams)
+    ends = analysis.connections.endpoints_of(chosen)
+    addresses = Counter(client.rsplit(":", 1)[0] for client, _ in ends.values())
+    names = Counter(client_ids[s] for s in chosen if client_ids and s in client_ids)
+    return {"clients": dict(addresses.most_common()), "client_ids": dict(names.most_common())}
 
 
 def rwnd_findings(analysis: Analysis) -> list[Finding]:

@@ -46,9 +46,10 @@ def analyse_stream(stream: CaptureStream, kafka_ports: frozenset[int]) -> Captur
     wscale = wscale_inference.verdicts(analysis)
     inferences = wscale_inference.infer(analysis, wscale)
     cookies = capture_cookies.classify(analysis)
+    client_ids = requests.client_ids()
     findings = [
-        *wscale_inference.findings(analysis, inferences),
-        *capture_cookies.findings(cookies),
+        *wscale_inference.findings(analysis, inferences, client_ids),
+        *capture_cookies.findings(cookies, client_ids),
         *rwnd_findings(analysis),
         *kafka_timing.findings(requests),
     ]

@@ -40,12 +40,13 @@ server), the verdict is ``None``: the capture cannot tell.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from tcpsleuth.detectors.capture import SEQ_SPACE, Analysis
+from tcpsleuth.detectors.capture import SEQ_SPACE, Analysis, clients_hit
 from tcpsleuth.detectors.capture_kernels import NO_RUN
 from tcpsleuth.model.findings import Finding, Severity, listener_subject
 from tcpsleuth.sources.pcap.decode import CWR, ECE
@@ -79,8 +80,8 @@ REASONS = (
     "one SYN-ACK and no later server segment: nothing to compare its clock with",
     "TSval behind the server's clock by the cookie rounding, with the cookie's low bits",
     "TSval low bits are not the ones a cookie of this server carries",
-    "residue of a cookie but no lag: a cookie made when the clock's low bits "
-    "matched looks the same; decided by how many of this server's SYN-ACKs were cookies",
+    "residue of a cookie but no lag: made when the clock's low bits equalled its "
+    "option bits, when a cookie and an ordinary SYN-ACK look the same",
     "TSval jumped ahead after the SYN-ACK by the cookie rounding",
     "TSval did not jump after the SYN-ACK, and the server answered promptly",
     "no jump after the SYN-ACK, but the server's delay could have hidden one",
@@ -93,9 +94,11 @@ REASONS = (
     "the server reset the client's data without acknowledging any of it: the "
     "handshake's ACK was refused (accept queue full) and the later segments no "
     "longer pass a cookie's check; an ordinary request socket would have kept waiting",
-    "no jump, but the TSval sits in the server's cookie clock phase, where most of "
-    "its connections were cookies",
+    "no jump, but the TSval sits in the server's cookie clock phase, and the server "
+    "shows no ordinary SYN-ACK",
     "no jump, and the TSval is off the clock phase all this server's cookies share",
+    "no jump, in the server's cookie clock phase: made when the clock's low bits "
+    "equalled its option bits, when a cookie and an ordinary SYN-ACK look the same",
 )
 (
     R_NO_TIMESTAMPS,
@@ -113,6 +116,7 @@ REASONS = (
     R_RESET,
     R_PHASE,
     R_OFF_PHASE,
+    R_IN_PHASE,
 ) = range(len(REASONS))
 UNKNOWN, ORDINARY, COOKIE = -1, 0, 1
 
@@ -244,14 +248,15 @@ def _jump(hs: _Handshakes) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
     """The connection's own later segments: (verdict, confidence, reason, lag_ms).
 
     A jump beyond what the server's delay explains is a cookie. Without one, the
-    server's clock phase decides: for a cookie, ``option bits + lag - SYN-ACK
+    server's clock phase speaks: for a cookie, ``option bits + lag - SYN-ACK
     capture time`` mod 64 is the server's clock against the capture clock, the
-    same for all its cookies whatever their offsets; for an ordinary SYN-ACK it
-    falls anywhere. So a connection that did not jump (a cookie built when the
-    clock's low bits equalled its option bits, or whose jump the server's delay
-    hid) is a cookie when its phase is the server's cookie phase and cookies are
-    common enough there that such a match is more likely a cookie than chance
-    (PHASE_MS * 2 in 64 for an ordinary SYN-ACK)."""
+    same for all its cookies whatever their offsets. An ordinary SYN-ACK is in
+    that phase only when it was built while the clock's low bits equalled its
+    option bits, which is exactly when a cookie does not jump: the two then look
+    the same. Off the phase it is no cookie. In the phase it is a cookie only
+    where the server shows no ordinary SYN-ACK without a jump at all (SYN-ACKs
+    of a storm come in bursts, so chance alone says nothing); otherwise the
+    capture cannot tell."""
     has_later = hs.later_ns != NO_RUN
     lag = np.where(has_later, hs.later_ns / 1e6, np.nan)
     hidden = hs.hidden_ns / 1e6
@@ -267,28 +272,25 @@ def _jump(hs: _Handshakes) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
         undecided = members & rest
         matched = np.zeros(len(hs.index), dtype=bool)
         off_phase = np.zeros(len(hs.index), dtype=bool)
-        share = 0.0
         if len(sure) >= MIN_PHASE_GROUP:
             peak, agreeing = _phase_peak(sure)
             if agreeing >= len(sure) * 0.8:
                 matched = undecided & (_circular_distance(phase, peak) <= PHASE_MS)
                 off_phase = undecided & ~matched
-                # of the connections with later segments, the share of cookies: those
-                # that jumped, over the chance that a cookie jumps at all
-                with_later = int((members & has_later).sum())
-                share = min(len(sure) / max(with_later, 1) / (1 - 2 * JUMP_MIN_MS / 64), 1.0)
-        # a hidden jump is JUMP_MIN_MS + hidden wide; chance matches 2 * PHASE_MS in 64
-        band = (JUMP_MIN_MS + hidden) / 64
-        likely = share * band / (share * band + (1 - share) * 2 * PHASE_MS / 64 + 1e-12) >= 0.5
-        cookie = matched & likely
-        prompt = undecided & ~cookie & ~off_phase & (hidden < JUMP_MIN_MS)
+        # the SYN-ACK's TSval sat on the clock of the later segments: no cookie lag
+        prompt = undecided & ~matched & ~off_phase & (lag < JUMP_MIN_MS)
         plain = prompt | off_phase
+        cookie = matched if not plain.any() else np.zeros_like(matched)
         verdict = np.where(cookie, COOKIE, np.where(plain, ORDINARY, verdict))
         confidence = np.where(cookie | plain, 1, confidence)
         reason = np.where(
             cookie,
             R_PHASE,
-            np.where(off_phase, R_OFF_PHASE, np.where(prompt, R_NO_JUMP, reason)),
+            np.where(
+                off_phase,
+                R_OFF_PHASE,
+                np.where(prompt, R_NO_JUMP, np.where(matched, R_IN_PHASE, reason)),
+            ),
         )
     return verdict, confidence, reason, lag
 
@@ -354,16 +356,18 @@ def _one_clock(
         match = residue == mode
         sure_cookie = match & lagging
         sure_plain = ~match
-        share = sure_cookie.sum() / max(sure_cookie.sum() + sure_plain.sum(), 1)
         # a residue match without lag: a cookie made when the clock's low bits
-        # equalled its option bits (GROUP_QUEUE_MS in 64) or an ordinary SYN-ACK
-        # (1 in 64): the group's share of cookies decides
-        likely = share * GROUP_QUEUE_MS / (share * GROUP_QUEUE_MS + (1 - share)) >= 0.5
+        # equalled its option bits, or an ordinary SYN-ACK made then; they look the
+        # same, so only a group with no ordinary SYN-ACK at all calls it a cookie
         ambiguous = match & ~lagging
-        verdict[members] = np.where(
-            sure_cookie, COOKIE, np.where(sure_plain, ORDINARY, COOKIE if likely else ORDINARY)
-        )
-        confidence[members] = np.where(ambiguous, 1, 2)
+        if sure_plain.any():
+            verdict[members] = np.where(
+                sure_cookie, COOKIE, np.where(sure_plain, ORDINARY, UNKNOWN)
+            )
+            confidence[members] = np.where(ambiguous, 0, 2)
+        else:
+            verdict[members] = COOKIE
+            confidence[members] = np.where(ambiguous, 1, 2)
         reason[members] = np.where(
             sure_cookie, R_GROUP_LAG, np.where(sure_plain, R_GROUP_RESIDUE, R_GROUP_AMBIGUOUS)
         )
@@ -441,14 +445,9 @@ def classify(analysis: Analysis) -> CookieVerdicts:
     return CookieVerdicts(analysis, verdict, confidence, reason, lag_ms, synacks, cookie_synacks)
 
 
-def _clients(analysis: Analysis, streams: np.ndarray) -> dict[str, int]:
-    """Connections per client address, most first."""
-    ends = analysis.connections.endpoints_of(streams.tolist())
-    counts = Counter(client.rsplit(":", 1)[0] for client, _ in ends.values())
-    return dict(counts.most_common())
-
-
-def per_server(verdicts: CookieVerdicts) -> dict[str, dict[str, Any]]:
+def per_server(
+    verdicts: CookieVerdicts, client_ids: Mapping[int, str] | None = None
+) -> dict[str, dict[str, Any]]:
     """Per server with at least one high-confidence cookie: cookie SYN-ACKs (packets,
     as the kernel counts them) and cookie connections, how sure, how many
     connections the capture cannot judge, the clients hit, and the cookies per
@@ -483,15 +482,17 @@ def per_server(verdicts: CookieVerdicts) -> dict[str, dict[str, Any]]:
             "undecided_connections": int(sum(undecided.values())),
             "undecided_why": dict(undecided),
             "cookie_why": dict(reasons),
-            "clients": _clients(analysis, cookies),
+            **clients_hit(analysis, cookies.tolist(), client_ids),
             "per_second": dict(sorted(Counter(seconds).items())),
         }
     return out
 
 
-def findings(verdicts: CookieVerdicts) -> list[Finding]:
+def findings(
+    verdicts: CookieVerdicts, client_ids: Mapping[int, str] | None = None
+) -> list[Finding]:
     out = []
-    for server, entry in per_server(verdicts).items():
+    for server, entry in per_server(verdicts, client_ids).items():
         undecided = entry["undecided_connections"]
         out.append(
             Finding(
@@ -518,6 +519,7 @@ def findings(verdicts: CookieVerdicts) -> list[Finding]:
                     "undecided_why": entry["undecided_why"],
                     "handshakes": entry["handshakes"],
                     "clients": entry["clients"],
+                    "client_ids": entry["client_ids"],
                     "per_second": entry["per_second"],
                 },
                 advice=(

@@ -17,12 +17,13 @@ the client applies none.
 from __future__ import annotations
 
 from collections import Counter, defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from tcpsleuth.detectors.capture import SEQ_SPACE, Analysis, CaptureConnection
+from tcpsleuth.detectors.capture import SEQ_SPACE, Analysis, CaptureConnection, clients_hit
 from tcpsleuth.model.findings import Finding, Severity, listener_subject
 from tcpsleuth.sources.pcap.walk import OPT_WSCALE
 
@@ -199,13 +200,6 @@ def _scaled_connections(analysis: Analysis, server: str) -> int:
     return sum(1 for c in candidates if analysis.connections[c].server == server)
 
 
-def _clients(analysis: Analysis, streams: list[int]) -> dict[str, int]:
-    """Connections per client address, most first: every client hit, not a sample."""
-    ends = analysis.connections.endpoints_of(streams)
-    counts = Counter(client.rsplit(":", 1)[0] for client, _ in ends.values())
-    return dict(counts.most_common())
-
-
 def _stripped(record: CaptureConnection) -> str | None:
     if record.syn is None or record.synack is None:
         return None
@@ -216,8 +210,13 @@ def _stripped(record: CaptureConnection) -> str | None:
     return None
 
 
-def findings(analysis: Analysis, inferences: list[WindowInference]) -> list[Finding]:
-    """``wscale-mismatch`` and ``wscale-stripped``, one finding per server each."""
+def findings(
+    analysis: Analysis,
+    inferences: list[WindowInference],
+    client_ids: Mapping[int, str] | None = None,
+) -> list[Finding]:
+    """``wscale-mismatch`` and ``wscale-stripped``, one finding per server each, naming
+    every client hit (by address and, where known, by Kafka ``client.id``)."""
     by_server: dict[str, list[WindowInference]] = defaultdict(list)
     for inference in inferences:
         by_server[inference.server].append(inference)
@@ -249,7 +248,7 @@ def findings(analysis: Analysis, inferences: list[WindowInference]) -> list[Find
                         "connections": len(mismatched),
                         "connections_with_scaling": scaled,
                         "exact_power_of_two": exact,
-                        "clients": _clients(analysis, [i.stream for i in mismatched]),
+                        **clients_hit(analysis, [i.stream for i in mismatched], client_ids),
                         "streams": [i.stream for i in mismatched[:EXAMPLES]],
                         "proof": example.evidence(),
                     },
@@ -296,7 +295,7 @@ def findings(analysis: Analysis, inferences: list[WindowInference]) -> list[Find
                         "shrink_factor": factor,
                         "connections": len(stripped),
                         "connections_scaled_anyway": len(scaled_anyway),
-                        "clients": _clients(analysis, [i.stream for i, _ in stripped]),
+                        **clients_hit(analysis, [i.stream for i, _ in stripped], client_ids),
                         "streams": [i.stream for i, _ in stripped[:EXAMPLES]],
                         "proof": example.evidence(),
                     },
