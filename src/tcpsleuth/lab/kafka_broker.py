@@ -73,6 +73,7 @@ REQUEST_TIMES = {
     "ResponseSendTimeMs": ("responsesend", "sendTimeMs"),
 }
 HEAP = "512m"
+SETTLE_S = 10.0  # see KafkaBroker.settle_s
 
 # What the JMX exporter exposes (Kafka's request metrics, network threads, acceptors).
 JMX_EXPORTER_CONFIG = DEPLOY / "jmx-exporter.yaml"
@@ -574,9 +575,17 @@ class KafkaBroker:
 
     @property
     def restart_allowance_s(self) -> float:
-        """A generous bound on a restart's time (SIGTERM to answering again), from how long
-        the first start took: 3.1.2 takes some 6 s to shut down, 4.x about 1 s."""
-        return 10.0 + 2 * self.timings.get("start_s", 10.0)
+        """A generous bound on a restart's time (SIGTERM to answering again) with hundreds
+        of clients reconnecting, from how long the first start took: 3.1.2 takes some 6 s
+        to shut down, 4.x about 1 s, and a start under the storm several times longer."""
+        return 15.0 + 3 * self.timings.get("start_s", 10.0)
+
+    @property
+    def settle_s(self) -> float:
+        """How long after the broker accepts again its clients may take to come back:
+        librdkafka's longest reconnect backoff (reconnect.backoff.max.ms, 10 s), which
+        clients reach while a real broker is down for seconds."""
+        return SETTLE_S
 
     def restart(self, down_s: float = 0.0, startup_s: float = 0.0, unclean: bool = False) -> None:
         """Restart as an operator does: stop (SIGTERM, or SIGKILL when ``unclean``), wait

@@ -330,11 +330,13 @@ def _run(
     artifacts.rtt_probe_ms = probe_rtt(client)
 
     step("connecting clients", 0.05)
-    # A real broker's restart takes what it takes (its shutdown, its start); the clients
-    # keep sending long enough for the "after" window to follow it.
-    restart_allowance = (
-        broker.restart_allowance_s if isinstance(broker, KafkaBroker) and scenario.restart else 0
-    )
+    # A real broker's restart takes what it takes (its shutdown, its start), and clients
+    # that backed off while it was down come back up to their longest backoff later: the
+    # "after" window opens only then, and the clients keep sending long enough to fill it.
+    settle_s, restart_allowance = size.settle_s, 0.0
+    if isinstance(broker, KafkaBroker) and scenario.restart:
+        settle_s = max(size.settle_s, broker.settle_s)
+        restart_allowance = broker.restart_allowance_s + settle_s - size.settle_s
     clients = []
     for library in LIBRARIES:
         worker = Child(
@@ -388,7 +390,7 @@ def _run(
         artifacts.window["accepting"] = time.time()
     else:
         artifacts.window["restart"] = artifacts.window["accepting"] = time.time()
-    after_start = artifacts.window["accepting"] + size.settle_s
+    after_start = artifacts.window["accepting"] + settle_s
     artifacts.window["after_start"] = after_start
     sleep_until(after_start, "reconnect storm")
     if "amplified" in artifacts.window:
