@@ -267,3 +267,137 @@ def test_bad_netns_source_is_an_input_error(command: str, name: str) -> None:
     args = [f"netns:{name}"] + ([str(CLEAN_SERVER)] if command == "compare" else [])
     line = one_error_line(run_tcpsleuth(command, *args))
     assert repr(name) in line
+
+
+# -- item 8 and 11: numbers on the command line are finite and in range -----------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("watch", "--interval", "nan"),
+        ("watch", "--interval", "-inf"),
+        ("watch", "--cookie-rate", "nan"),
+        ("watch", "--cookie-rate", "inf"),
+        ("trace", "--duration", "nan"),
+        ("trace", "--duration", "inf"),
+        ("trace", "--sample-ms", "nan"),
+        ("trace", "--port", "99999"),
+        ("trace", "--port", "-1"),
+        ("trace", "--pid", "-5"),
+        ("probe", "--rcvbuf", "2147483648"),
+        ("probe", "--rcvbuf", "nan"),
+    ],
+)
+def test_odd_numbers_are_usage_errors(args: tuple[str, ...]) -> None:
+    line = one_error_line(run_tcpsleuth(*args))
+    assert args[1] in line
+
+
+# -- item 11 and 16: server.properties as Kafka reads it ---------------------------------
+
+STORM_BUNDLE = FIXTURES / "bundles" / "debian12-6.18-storm"
+
+
+def audit_with_kafka(config: Path) -> subprocess.CompletedProcess[str]:
+    return run_tcpsleuth(
+        "audit", "--bundle", str(STORM_BUNDLE), "--kafka-config", str(config), "--format", "json"
+    )
+
+
+def test_latin1_server_properties_is_read_as_kafka_reads_it(tmp_path: Path) -> None:
+    config = tmp_path / "server.properties"
+    config.write_bytes(
+        "# Broker f\u00fcr die Produktion, gepr\u00fcft von Ren\u00e9\n"
+        "listeners=PLAINTEXT://0.0.0.0:9093\n"
+        "socket.listen.backlog.size=321\n"
+        "socket.receive.buffer.bytes=65536\n".encode("latin-1")
+    )
+    before = config.read_bytes()
+    result = audit_with_kafka(config)
+    assert result.returncode in (0, 1), result.stderr
+    kafka = json.loads(result.stdout)["kafka"]
+    assert kafka["listeners"] == ["PLAINTEXT://0.0.0.0:9093"]
+    assert kafka["socket_listen_backlog_size"] == 321
+    assert kafka["socket_receive_buffer_bytes"] == 65536
+    assert config.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "setting",
+    [
+        "socket.listen.backlog.size=-1",
+        "socket.listen.backlog.size=0",
+        "socket.listen.backlog.size=2147483648",
+        "socket.receive.buffer.bytes=-5",
+        "socket.receive.buffer.bytes=0",
+        "socket.receive.buffer.bytes=2147483648",
+        "socket.send.buffer.bytes=-2",
+        "listeners=PLAINTEXT://:99999",
+        "port=70000",
+    ],
+)
+def test_settings_kafka_refuses_are_input_errors(tmp_path: Path, setting: str) -> None:
+    config = tmp_path / "server.properties"
+    config.write_text(f"broker.id=0\n{setting}\n")
+    line = one_error_line(audit_with_kafka(config))
+    assert str(config) in line
+    assert setting.split("=")[0] in line
+
+
+def test_receive_buffer_minus_one_is_the_os_default(tmp_path: Path) -> None:
+    config = tmp_path / "server.properties"
+    config.write_text("socket.receive.buffer.bytes=-1\n")
+    result = audit_with_kafka(config)
+    assert result.returncode in (0, 1), result.stderr
+    assert json.loads(result.stdout)["kafka"]["socket_receive_buffer_bytes"] == -1
+
+
+def test_probe_refuses_kafka_rcvbuf_beyond_int(tmp_path: Path) -> None:
+    config = tmp_path / "server.properties"
+    config.write_text("socket.receive.buffer.bytes=2147483648\n")
+    line = one_error_line(run_tcpsleuth("probe", "--kafka-config", str(config)))
+    assert "socket.receive.buffer.bytes" in line
+
+
+# -- item 13: endless or looping inputs are refused, not read until memory runs out -------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("sockets", "/dev/zero"),
+        ("compare", "/dev/zero", str(CLEAN_SERVER)),
+        ("audit", "--bundle", str(STORM_BUNDLE), "--kafka-config", "/dev/zero"),
+        ("probe", "--kafka-config", "/dev/zero"),
+    ],
+)
+def test_dev_zero_is_refused_at_once(args: tuple[str, ...]) -> None:
+    started = time.monotonic()
+    line = one_error_line(run_tcpsleuth(*args))
+    assert "/dev/zero" in line
+    assert time.monotonic() - started < 30
+
+
+def test_endless_stdin_is_refused() -> None:
+    with subprocess.Popen(["yes", "x"], stdout=subprocess.PIPE) as endless:
+        result = subprocess.run(
+            [sys.executable, "-m", "tcpsleuth", "sockets", "-"],
+            stdin=endless.stdout,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+        endless.kill()
+    line = one_error_line(result)
+    assert "<stdin>" in line
+
+
+@pytest.mark.parametrize("command", ["sockets", "compare"])
+def test_symlink_loop_is_an_input_error(tmp_path: Path, command: str) -> None:
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    args = [str(loop)] + ([str(CLEAN_SERVER)] if command == "compare" else [])
+    line = one_error_line(run_tcpsleuth(command, *args))
+    assert str(loop) in line

@@ -13,7 +13,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tcpsleuth.cli import lab_guest
 from tcpsleuth.cli.lab_kernel import kernel_group
-from tcpsleuth.cli.options import format_option
+from tcpsleuth.cli.options import FiniteFloat, format_option
 from tcpsleuth.errors import InputError
 from tcpsleuth.lab import analysis, kafka_broker, namespaces
 from tcpsleuth.lab.kernel import build as kbuild
@@ -244,21 +244,21 @@ def _render(reports: list[dict[str, Any]]) -> Group:
 )
 @click.option(
     "--rtt-ms",
-    type=click.FloatRange(min=0),
+    type=FiniteFloat(0, 60_000),
     default=LabSize.rtt_ms,
     show_default=True,
     help="Round-trip time of the link.",
 )
 @click.option(
     "--rate-mbit",
-    type=click.FloatRange(min=1),
+    type=FiniteFloat(1, 1_000_000),
     default=LabSize.rate_mbit,
     show_default=True,
     help="Bandwidth of the link.",
 )
 @click.option(
     "--after-s",
-    type=click.FloatRange(min=5),
+    type=FiniteFloat(5, 86400),
     default=None,
     help=f"Seconds of traffic measured after the restart [full: {LabSize.after_s}].",
 )

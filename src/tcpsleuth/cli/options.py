@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -14,6 +15,24 @@ from tcpsleuth.sources.kafkaconfig import read_kafka_config
 from tcpsleuth.sources.netns import checked_name
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+PORT = click.IntRange(0, 65535)
+INT32_MAX = 2**31 - 1  # an int socket option (SO_RCVBUF) or a Java int (Kafka settings)
+
+
+class FiniteFloat(click.FloatRange):
+    """A number in [min, max] that is finite: NaN fails no comparison, so a plain range
+    check lets it through (``watch --interval nan`` busy-looped), and infinity means
+    "never" to a timer. Every float option of every command uses this type."""
+
+    name = "number"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        result = super().convert(value, param, ctx)
+        if not math.isfinite(result):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return result
 
 
 def format_option(func: F) -> F:

@@ -6,7 +6,12 @@ from pathlib import Path
 
 import click
 
-from tcpsleuth.cli.options import format_option, kafka_config_option, load_kafka_config
+from tcpsleuth.cli.options import (
+    INT32_MAX,
+    format_option,
+    kafka_config_option,
+    load_kafka_config,
+)
 from tcpsleuth.detectors.probe import probe_findings, verdict
 from tcpsleuth.lab.probe import run_probe
 from tcpsleuth.model.findings import exit_status, ranked
@@ -16,7 +21,7 @@ from tcpsleuth.reports import jsonout, table
 @click.command("probe")
 @click.option(
     "--rcvbuf",
-    type=click.IntRange(min=1),
+    type=click.IntRange(1, INT32_MAX),
     default=None,
     help="SO_RCVBUF of the test listener [default 102400, Kafka's].",
 )

@@ -8,7 +8,7 @@ import click
 from rich.live import Live
 from rich.table import Table
 
-from tcpsleuth.cli.options import format_option, netns_names_option
+from tcpsleuth.cli.options import PORT, FiniteFloat, format_option, netns_names_option
 from tcpsleuth.detectors.tracing import TracedSocket, fold, trace_findings
 from tcpsleuth.model.findings import exit_status, ranked
 from tcpsleuth.model.records import WindowSample
@@ -61,24 +61,27 @@ def _server_ports(netns_names: tuple[str, ...]) -> frozenset[int]:
 @click.option(
     "--port",
     "ports",
-    type=int,
+    type=PORT,
     multiple=True,
     help="Trace connections with this local or remote port (repeatable).",
 )
 @click.option(
-    "--pid", type=int, default=None, help="Trace the connections of this process (its local ports)."
+    "--pid",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Trace the connections of this process (its local ports).",
 )
 @netns_names_option
 @click.option(
     "--duration",
-    type=click.FloatRange(min=0.5),
+    type=FiniteFloat(0.5, 7 * 86400),
     default=10.0,
     show_default=True,
     help="Seconds to trace.",
 )
 @click.option(
     "--sample-ms",
-    type=click.FloatRange(min=0.0),
+    type=FiniteFloat(0.0, 3_600_000),
     default=10.0,
     show_default=True,
     help="At most one sample per socket this often (and on every window change).",

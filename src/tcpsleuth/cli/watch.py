@@ -11,7 +11,7 @@ import click
 from rich.live import Live
 
 from tcpsleuth.cli import output
-from tcpsleuth.cli.options import format_option, netns_option
+from tcpsleuth.cli.options import FiniteFloat, format_option, netns_option
 from tcpsleuth.detectors import rates
 from tcpsleuth.model.findings import Finding, exit_status
 from tcpsleuth.reports import table, watchview
@@ -60,7 +60,7 @@ def step(
 @click.command("watch")
 @click.option(
     "--interval",
-    type=click.FloatRange(0.1, 3600),
+    type=FiniteFloat(0.1, 3600),
     default=1.0,
     show_default=True,
     help="Seconds between samples.",
@@ -73,7 +73,7 @@ def step(
 )
 @click.option(
     "--cookie-rate",
-    type=click.FloatRange(0),
+    type=FiniteFloat(0, 1e9),
     default=rates.Thresholds.cookies_per_second,
     show_default=True,
     help="SYN cookies per second from which a syn-cookie-storm event is reported.",

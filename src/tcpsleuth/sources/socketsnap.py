@@ -24,7 +24,7 @@ from tcpsleuth.errors import InputError
 from tcpsleuth.model.records import Listener, TcpConnection
 from tcpsleuth.sources import netns, sockdiag
 from tcpsleuth.sources.sstext import parse_ss
-from tcpsleuth.sources.textfile import read_text
+from tcpsleuth.sources.textfile import decode_text, read_limited, read_text
 
 LIVE = "live"
 NETNS_PREFIX = "netns:"
@@ -57,7 +57,9 @@ def load(
         origin = f"live network namespace {name}" if name else "live host"
         return Snapshot(origin, "live", dump.listeners(), dump.connections())
     if spec == "-":
-        snap = _from_text(sys.stdin.read(), "<stdin>", "<stdin>")
+        what = "`ss -tni` output or tcpsleuth JSON"
+        data = read_limited(sys.stdin.buffer, "<stdin>", what)
+        snap = _from_text(decode_text(data, "<stdin>", what), "<stdin>", "<stdin>")
     else:
         path = Path(spec)
         if path.is_dir():
