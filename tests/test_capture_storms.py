@@ -12,14 +12,12 @@ and the client's capture, which carry the marks but never look at them.
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import needs_root, run_tcpsleuth
+from conftest import needs_root
 from support.storm_lab import Storm, StormConfig, run_storm
-from support.storm_truth import ConnectionTruth, connections
+from support.storm_truth import RECALL, analyse, check_capture, connections
 
 from tcpsleuth.detectors import capture_cookies
 
@@ -38,51 +36,6 @@ STORMS = {
     # IPv6 from 10 hosts, overflow cookies only
     "ipv6": StormConfig(clients=1200, addrs=10, family=6),
 }
-PRECISION, RECALL = 0.99, 0.95
-
-
-@dataclass
-class Score:
-    true_pos: int = 0
-    false_pos: int = 0
-    false_neg: int = 0
-    true_neg: int = 0
-    undecided: int = 0
-    undecided_cookies: int = 0
-
-    @property
-    def precision(self) -> float:
-        return self.true_pos / max(self.true_pos + self.false_pos, 1)
-
-    @property
-    def recall(self) -> float:
-        return self.true_pos / max(self.true_pos + self.false_neg, 1)
-
-
-def analyse(path: Path) -> dict:
-    result = run_tcpsleuth("pcap", "--format", "json", "--all-connections", str(path))
-    assert result.returncode in (0, 1), result.stderr
-    return json.loads(result.stdout)
-
-
-def score(doc: dict, truth: dict[str, ConnectionTruth]) -> Score:
-    conns = {c["client"]: c for c in doc["files"][0]["connections"]}
-    assert set(conns) == set(truth)
-    out = Score()
-    for client, known in truth.items():
-        said = conns[client]["syn_cookie"]["cookie"]
-        if said is None:
-            out.undecided += 1
-            out.undecided_cookies += bool(known.cookie)
-        elif said and known.cookie:
-            out.true_pos += 1
-        elif said:
-            out.false_pos += 1
-        elif known.cookie:
-            out.false_neg += 1
-        else:
-            out.true_neg += 1
-    return out
 
 
 @pytest.fixture(scope="module", params=sorted(STORMS))
@@ -92,54 +45,7 @@ def storm(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFacto
 
 @pytest.mark.parametrize("side", ["server", "client"])
 def test_storm_cookies_and_shifts_per_connection(storm: Storm, side: str) -> None:
-    sent = storm.netstat["TcpExtSyncookiesSent"]
-    # a backlog-50 listener that accepts nothing for half a second overflows under
-    # any load: the storm's precondition, measured
-    assert sent >= 100, storm.netstat
-    pcap = storm.server_pcap if side == "server" else storm.client_pcap
-    truth = connections(pcap, storm.server_ss, storm.client_ss)
-    # the marks are exact: every cookie the kernel counted is in the capture
-    assert sum(t.cookie_synacks for t in truth.values()) == sent
-    doc = analyse(pcap)
-    result = score(doc, truth)
-    print(storm.config, side, result, f"precision {result.precision:.4f}")
-    assert result.precision >= PRECISION, result
-    assert result.recall >= RECALL, result
-    [finding] = [f for f in doc["findings"] if f["kind"] == "syn-cookies"]
-    evidence = finding["evidence"]
-    assert evidence["cookie_connections"] == result.true_pos + result.false_pos
-    assert evidence["undecided_connections"] == result.undecided
-    if result.undecided == 0:
-        # every cookie proven: the SYN-ACKs counted (packets, as the kernel counts)
-        assert abs(evidence["cookie_synacks"] - sent) <= 0.05 * sent, (evidence, sent)
-    assert evidence["cookie_synacks"] <= sent * 1.05
-    # every client address hit is named, with its count
-    hit = {}
-    for client, known in truth.items():
-        if known.cookie:
-            address = client.rsplit(":", 1)[0]
-            hit[address] = hit.get(address, 0) + 1
-    assert set(evidence["clients"]) <= set(hit)
-    assert len(evidence["clients"]) >= len(hit) * RECALL
-
-    # window scale: each connection's verdict against both ends' sockets
-    conns = {c["client"]: c for c in doc["files"][0]["connections"]}
-    disagree = [c for c, t in truth.items() if t.disagree and t.server_windows_after]
-    agree = [c for c, t in truth.items() if t.disagree is False]
-    assert agree, "no connection established on both ends"
-    flagged = [c for c in disagree if conns[c]["wscale_verdict"]["mismatch"] is True]
-    assert flagged == disagree
-    assert not [c for c in agree if conns[c]["wscale_verdict"]["mismatch"] is True]
-    if storm.config.announce is not None:
-        assert disagree
-        for c in disagree:
-            verdict = conns[c]["wscale_verdict"]
-            assert verdict["announced"] == storm.config.announce
-            assert verdict["inferred"] == truth[c].server_rcv_wscale
-        [mismatch] = [f for f in doc["findings"] if f["kind"] == "wscale-mismatch"]
-        assert mismatch["evidence"]["connections"] == len(disagree)
-    else:
-        assert not disagree
+    check_capture(storm, side)
 
 
 def test_no_cookies_without_syncookies(tmp_path: Path) -> None:

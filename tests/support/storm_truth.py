@@ -4,11 +4,17 @@ from tcpsleuth's own decoding."""
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from support.storm_lab import Storm
 from support.tshark_diff import tshark
+
+PRECISION, RECALL = 0.99, 0.95
 
 
 @dataclass
@@ -105,3 +111,121 @@ def connections(pcap: Path, server_ss: str, client_ss: str) -> dict[str, Connect
             windows_after.get(client, 0),
         )
     return out
+
+
+@dataclass
+class Score:
+    true_pos: int = 0
+    false_pos: int = 0
+    false_neg: int = 0
+    true_neg: int = 0
+    undecided: int = 0
+    undecided_cookies: int = 0
+
+    @property
+    def precision(self) -> float:
+        return self.true_pos / max(self.true_pos + self.false_pos, 1)
+
+    @property
+    def recall(self) -> float:
+        return self.true_pos / max(self.true_pos + self.false_neg, 1)
+
+
+def analyse(path: Path) -> dict:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tcpsleuth",
+            "pcap",
+            "--format",
+            "json",
+            "--all-connections",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    assert result.returncode in (0, 1), result.stderr
+    return json.loads(result.stdout)
+
+
+def score(doc: dict, truth: dict[str, ConnectionTruth]) -> Score:
+    conns = {c["client"]: c for c in doc["files"][0]["connections"]}
+    assert set(conns) == set(truth)
+    out = Score()
+    for client, known in truth.items():
+        said = conns[client]["syn_cookie"]["cookie"]
+        if said is None:
+            out.undecided += 1
+            out.undecided_cookies += bool(known.cookie)
+        elif said and known.cookie:
+            out.true_pos += 1
+        elif said:
+            out.false_pos += 1
+        elif known.cookie:
+            out.false_neg += 1
+        else:
+            out.true_neg += 1
+    return out
+
+
+def check_capture(storm: Storm, side: str, shifts: tuple[int, int] | None = None) -> Score:
+    """Everything the analyzer says of one end's capture of ``storm``, per connection,
+    against the truth (asserts; returns the cookie score). ``shifts``: (announced,
+    used) that the disagreeing connections must show; the storm's emulated
+    announcement when it has one."""
+    sent = storm.netstat["TcpExtSyncookiesSent"]
+    # a backlog-50 listener that accepts nothing for half a second overflows under
+    # any load: the storm's precondition, measured
+    assert sent >= 100, storm.netstat
+    pcap = storm.server_pcap if side == "server" else storm.client_pcap
+    truth = connections(pcap, storm.server_ss, storm.client_ss)
+    # the marks are exact: every cookie the kernel counted is in the capture
+    assert sum(t.cookie_synacks for t in truth.values()) == sent
+    doc = analyse(pcap)
+    result = score(doc, truth)
+    print(storm.config, side, result, f"precision {result.precision:.4f}")
+    assert result.precision >= PRECISION, result
+    assert result.recall >= RECALL, result
+    [finding] = [f for f in doc["findings"] if f["kind"] == "syn-cookies"]
+    evidence = finding["evidence"]
+    assert evidence["cookie_connections"] == result.true_pos + result.false_pos
+    assert evidence["undecided_connections"] == result.undecided
+    if result.undecided == 0:
+        # every cookie proven: the SYN-ACKs counted (packets, as the kernel counts)
+        assert abs(evidence["cookie_synacks"] - sent) <= 0.05 * sent, (evidence, sent)
+    assert evidence["cookie_synacks"] <= sent * 1.05
+    # every client address hit is named, with its count
+    hit = {}
+    for client, known in truth.items():
+        if known.cookie:
+            address = client.rsplit(":", 1)[0]
+            hit[address] = hit.get(address, 0) + 1
+    assert set(evidence["clients"]) <= set(hit)
+    assert len(evidence["clients"]) >= len(hit) * RECALL
+
+    # window scale: each connection's verdict against both ends' sockets
+    conns = {c["client"]: c for c in doc["files"][0]["connections"]}
+    disagree = [c for c, t in truth.items() if t.disagree and t.server_windows_after]
+    agree = [c for c, t in truth.items() if t.disagree is False]
+    assert agree, "no connection established on both ends"
+    flagged = [c for c in disagree if conns[c]["wscale_verdict"]["mismatch"] is True]
+    assert flagged == disagree
+    assert not [c for c in agree if conns[c]["wscale_verdict"]["mismatch"] is True]
+    if shifts is None and storm.config.announce is not None:
+        shifts = (storm.config.announce, -1)
+    if shifts is not None:
+        assert disagree
+        for c in disagree:
+            verdict = conns[c]["wscale_verdict"]
+            assert verdict["announced"] == shifts[0]
+            assert verdict["inferred"] == truth[c].server_rcv_wscale
+            assert shifts[1] in (-1, truth[c].server_rcv_wscale)
+        [mismatch] = [f for f in doc["findings"] if f["kind"] == "wscale-mismatch"]
+        assert mismatch["evidence"]["connections"] == len(disagree)
+    else:
+        assert not disagree
+    return result

@@ -69,6 +69,7 @@ CLOCK_SHARE, CLOCK_BAND_MS, MIN_GROUP = 0.9, 1000.0, 8
 SILENT_NS = 1_500_000_000
 # cookies of one server share their clock phase (mod 64 ms) to within this
 PHASE_MS, MIN_PHASE_GROUP = 1.5, 5
+ORDINARY_NEAR_NS = 100_000_000
 # a repeated SYN-ACK that followed the capture clock to within this (ms)
 REPEAT_CLOCK_MS = 3.0
 ENVELOPE_BIN_NS = 1_000_000_000
@@ -95,7 +96,7 @@ REASONS = (
     "handshake's ACK was refused (accept queue full) and the later segments no "
     "longer pass a cookie's check; an ordinary request socket would have kept waiting",
     "no jump, but the TSval sits in the server's cookie clock phase, and the server "
-    "shows no ordinary SYN-ACK",
+    "sent no ordinary SYN-ACK around that time",
     "no jump, and the TSval is off the clock phase all this server's cookies share",
     "no jump, in the server's cookie clock phase: made when the clock's low bits "
     "equalled its option bits, when a cookie and an ordinary SYN-ACK look the same",
@@ -253,10 +254,10 @@ def _jump(hs: _Handshakes) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
     same for all its cookies whatever their offsets. An ordinary SYN-ACK is in
     that phase only when it was built while the clock's low bits equalled its
     option bits, which is exactly when a cookie does not jump: the two then look
-    the same. Off the phase it is no cookie. In the phase it is a cookie only
-    where the server shows no ordinary SYN-ACK without a jump at all (SYN-ACKs
-    of a storm come in bursts, so chance alone says nothing); otherwise the
-    capture cannot tell."""
+    the same. Off the phase it is no cookie. In the phase it is a cookie where
+    the server sent no ordinary SYN-ACK around that time (SYN-ACKs of a storm
+    come in bursts, so chance alone says nothing); otherwise the capture cannot
+    tell."""
     has_later = hs.later_ns != NO_RUN
     lag = np.where(has_later, hs.later_ns / 1e6, np.nan)
     hidden = hs.hidden_ns / 1e6
@@ -280,7 +281,15 @@ def _jump(hs: _Handshakes) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
         # the SYN-ACK's TSval sat on the clock of the later segments: no cookie lag
         prompt = undecided & ~matched & ~off_phase & (lag < JUMP_MIN_MS)
         plain = prompt | off_phase
-        cookie = matched if not plain.any() else np.zeros_like(matched)
+        # an ordinary SYN-ACK in the phase was made while the server was making
+        # ordinary ones (its SYN queue had room); during an overflow every answer
+        # is a cookie. So a match is a cookie where no ordinary SYN-ACK of this
+        # server left within ORDINARY_NEAR_NS of it.
+        ordinary_at = np.sort(hs.synack_ts[plain])
+        near = np.searchsorted(ordinary_at, hs.synack_ts + ORDINARY_NEAR_NS, side="right")
+        near -= np.searchsorted(ordinary_at, hs.synack_ts - ORDINARY_NEAR_NS, side="left")
+        cookie = matched & (near == 0)
+        matched &= ~cookie
         verdict = np.where(cookie, COOKIE, np.where(plain, ORDINARY, verdict))
         confidence = np.where(cookie | plain, 1, confidence)
         reason = np.where(
