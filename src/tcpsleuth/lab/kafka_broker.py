@@ -400,8 +400,12 @@ class KafkaBroker:
         self.description = (
             f"Apache Kafka {self.version} (KRaft, one node), jars from deploy/kafka/{self.version}"
         )
-        self._write_configs()
-        self._format()
+        try:
+            self._write_configs()
+            self._format()
+        except BaseException:
+            self.close()
+            raise
 
     @property
     def classpath(self) -> str:
@@ -453,7 +457,10 @@ class KafkaBroker:
         when there is none yet (kept by ``_archived`` only after a clean exit)."""
         if not self.settings.class_archive:
             return []
-        key = hashlib.sha256(f"{self.java}\0{self.classpath}\0{main}".encode()).hexdigest()
+        # keyed by the JVM (a JDK update makes a new archive) and the class path
+        jvm = Path(self.java).resolve()
+        identity = f"{jvm}\0{jvm.stat().st_mtime_ns}\0{self.classpath}\0{main}"
+        key = hashlib.sha256(identity.encode()).hexdigest()
         archive = self.lib.parent / f"classes-{main.rsplit('.', 1)[-1]}-{key[:12]}.jsa"
         # The JMX exporter is a Java agent: the JVM dumps an archive with one only when
         # told that is fine, and maps it only when told the same.
@@ -470,6 +477,11 @@ class KafkaBroker:
         for partial, archive in list(self._archives.items()):
             if clean and partial.is_file() and partial.stat().st_size > 0:
                 partial.replace(archive)
+                # an archive of an older JDK or class path is of no use any more
+                stem = archive.name.rsplit("-", 1)[0]
+                for old in archive.parent.glob(f"{stem}-*.jsa"):
+                    if old != archive:
+                        old.unlink(missing_ok=True)
             else:
                 partial.unlink(missing_ok=True)
             del self._archives[partial]
