@@ -31,6 +31,7 @@ import datetime
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -709,6 +710,54 @@ def metric_values(text: str, name: str, **labels: str) -> list[float]:
             with contextlib.suppress(ValueError):
                 values.append(float(value))
     return values
+
+
+def java_producer(
+    version: str,
+    bootstrap: str,
+    topic: str,
+    records: int,
+    record_size: int,
+    throughput: float = -1,
+    **props: str | int,
+) -> list[str]:
+    """The command line of Kafka's own Java producer benchmark (kafka-tools'
+    ProducerPerformance, kafka-clients underneath: the producer most Kafka users run),
+    to run in a namespace. ``props`` are producer settings, as
+    ``reconnect_backoff_max_ms=1000`` for ``reconnect.backoff.max.ms``."""
+    lib = resolve(version)
+    jars = sorted(p for p in lib.glob("*.jar") if not p.name.startswith(AGENT_PREFIX))
+    settings = {"bootstrap.servers": bootstrap, "acks": "all"}
+    settings.update({key.replace("_", "."): str(value) for key, value in props.items()})
+    return [
+        java(),
+        "-Xmx256m",
+        "-Xshare:auto",
+        "-Dlog4j.configuration=file:/dev/null",
+        "-cp",
+        ":".join(str(p) for p in jars),
+        "org.apache.kafka.tools.ProducerPerformance",
+        *("--topic", topic, "--num-records", str(records)),
+        *("--record-size", str(record_size), "--throughput", f"{throughput:g}"),
+        "--producer-props",
+        *(f"{key}={value}" for key, value in settings.items()),
+    ]
+
+
+def producer_performance_summary(output: str) -> dict[str, float]:
+    """The last summary line ProducerPerformance prints ("N records sent, R records/sec
+    (M MB/sec), A ms avg latency, X ms max latency, P ms 50th, ... 99.9th."), as
+    records, records_per_s, avg_ms, max_ms, p50_ms, p95_ms, p99_ms and p999_ms."""
+    for line in reversed(output.splitlines()):
+        if " records sent, " not in line or "50th" not in line:
+            continue
+        numbers = [float(n) for n in re.findall(r"(\d+(?:\.\d+)?)\s", line.replace(",", " "))]
+        keys = ("records", "records_per_s", "avg_ms", "max_ms", "p50_ms", "p95_ms", "p99_ms")
+        values = dict(zip(keys, [numbers[0], numbers[1], *numbers[3:8]], strict=True))
+        found = re.search(r"(\d+(?:\.\d+)?) ms 99\.9th", line)
+        values["p999_ms"] = float(found.group(1)) if found else float("nan")
+        return values
+    raise ValueError("no ProducerPerformance summary line in its output")
 
 
 def for_scenario(
