@@ -401,3 +401,98 @@ def test_symlink_loop_is_an_input_error(tmp_path: Path, command: str) -> None:
     args = [str(loop)] + ([str(CLEAN_SERVER)] if command == "compare" else [])
     line = one_error_line(run_tcpsleuth(command, *args))
     assert str(loop) in line
+
+
+# -- item 16: `ss` text with impossible ports or shifts is refused ------------------------
+
+SS_HEADER = "State Recv-Q Send-Q Local Address:Port Peer Address:Port\n"
+
+
+@pytest.mark.parametrize(
+    ("line", "named"),
+    [
+        ("ESTAB 0 0 10.0.0.1:99999 10.0.0.2:40000\n\t cubic wscale:7,7 rtt:1/0.5\n", ":2:"),
+        ("ESTAB 0 0 10.0.0.1:9092 10.0.0.2:65536\n\t cubic wscale:7,7 rtt:1/0.5\n", ":2:"),
+        ("ESTAB 0 0 10.0.0.1:9092 10.0.0.2:40000\n\t cubic wscale:99,7 rtt:1/0.5\n", "wscale:99,7"),
+        ("ESTAB 0 0 10.0.0.1:9092 10.0.0.2:40000\n\t cubic wscale:7,15 rtt:1/0.5\n", "wscale:7,15"),
+        ("ESTAB -1 0 10.0.0.1:9092 10.0.0.2:40000\n\t cubic wscale:7,7 rtt:1/0.5\n", ":2:"),
+    ],
+)
+def test_ss_text_with_impossible_values_is_refused(tmp_path: Path, line: str, named: str) -> None:
+    text = tmp_path / "ss.txt"
+    text.write_text(SS_HEADER + line)
+    message = one_error_line(run_tcpsleuth("sockets", str(text)))
+    assert named in message if named != ":2:" else f"{text}:2:" in message
+
+
+def test_ss_text_at_the_limits_is_read(tmp_path: Path) -> None:
+    text = tmp_path / "ss.txt"
+    text.write_text(
+        SS_HEADER + "ESTAB 0 0 10.0.0.1:65535 10.0.0.2:0\n\t cubic wscale:14,0 rtt:1/0.5\n"
+    )
+    result = run_tcpsleuth("sockets", str(text), "--format", "json")
+    assert result.returncode in (0, 1), result.stderr
+    (conn,) = json.loads(result.stdout)["connections"]
+    assert (conn["local_port"], conn["remote_port"]) == (65535, 0)
+    assert (conn["snd_wscale"], conn["rcv_wscale"]) == (14, 0)
+
+
+# -- item 10: a wrong-shaped `sockets` JSON document is an input error ---------------------
+
+GOOD_CONNECTION = {
+    "local_ip": "10.0.0.1",
+    "local_port": 9092,
+    "remote_ip": "10.0.0.2",
+    "remote_port": 40000,
+    "state": "ESTAB",
+    "snd_wscale": 7,
+    "rcv_wscale": 7,
+}
+
+
+def _doc(**changes: object) -> str:
+    return json.dumps({"command": "sockets", "connections": [{**GOOD_CONNECTION, **changes}]})
+
+
+WRONG_DOCUMENTS = {
+    "number-as-connection": '{"command": "sockets", "connections": [1]}',
+    "connections-not-list": '{"command": "sockets", "connections": 5}',
+    "no-connections": '{"command": "sockets"}',
+    "listeners-not-list": '{"command": "sockets", "connections": [], "listeners": {"a": 1}}',
+    "listener-number": '{"command": "sockets", "connections": [], "listeners": [7]}',
+    "bad-address": _doc(local_ip="10.0.0.999"),
+    "address-number": _doc(remote_ip=17),
+    "port-string": _doc(local_port="9092"),
+    "port-too-big": _doc(remote_port=70000),
+    "port-negative": _doc(local_port=-1),
+    "wscale-99": _doc(snd_wscale=99),
+    "rtt-nan": _doc(rtt=float("nan")),
+    "mss-list": _doc(mss=[1]),
+    "state-null": _doc(state=None),
+    "missing-port": json.dumps(
+        {"command": "sockets", "connections": [{"local_ip": "10.0.0.1", "state": "ESTAB"}]}
+    ),
+    "deep": '{"command": "sockets", "connections": ' + "[" * 100_000 + "]" * 100_000 + "}",
+}
+
+
+@pytest.mark.parametrize("name", sorted(WRONG_DOCUMENTS))
+@pytest.mark.parametrize("command", ["sockets", "compare"])
+def test_wrong_shaped_sockets_json_is_an_input_error(
+    tmp_path: Path, command: str, name: str
+) -> None:
+    doc = tmp_path / f"{name}.json"
+    doc.write_text(WRONG_DOCUMENTS[name])
+    args = [str(doc)] + ([str(CLEAN_SERVER)] if command == "compare" else [])
+    line = one_error_line(run_tcpsleuth(command, *args))
+    assert str(doc) in line
+
+
+def test_good_sockets_json_still_reads(tmp_path: Path) -> None:
+    doc = tmp_path / "good.json"
+    doc.write_text(_doc(rtt=1.5, remote_ip="::ffff:10.0.0.2"))
+    result = run_tcpsleuth("sockets", str(doc), "--format", "json")
+    assert result.returncode in (0, 1), result.stderr
+    (conn,) = json.loads(result.stdout)["connections"]
+    assert conn["remote_ip"] == "::ffff:a00:2"
+    assert conn["rtt"] == 1.5

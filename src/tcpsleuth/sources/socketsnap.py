@@ -14,7 +14,9 @@ are compared anywhere.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +30,6 @@ from tcpsleuth.sources.textfile import decode_text, read_limited, read_text
 
 LIVE = "live"
 NETNS_PREFIX = "netns:"
-_CONNECTION_FIELDS = {f.name for f in dataclasses.fields(TcpConnection)}
-_LISTENER_FIELDS = {f.name for f in dataclasses.fields(Listener)}
 
 
 @dataclass(frozen=True)
@@ -99,22 +99,111 @@ def _from_json(text: str, source: Path | str) -> Snapshot:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InputError(f"{source}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    except RecursionError:
+        raise InputError(f"{source}: JSON nested too deeply to be a `sockets` document") from None
     if not isinstance(doc, dict) or doc.get("command") != "sockets":
         raise InputError(f"{source}: JSON but not a `tcpsleuth sockets --format json` document")
+    if not isinstance(doc.get("connections"), list):
+        raise InputError(f"{source}: `sockets` JSON without a `connections` list")
+    listeners_doc = doc.get("listeners")
+    if listeners_doc is not None and not isinstance(listeners_doc, list):
+        raise InputError(f"{source}: `sockets` JSON whose `listeners` is not a list")
+    connections = [
+        _record(TcpConnection, _CONNECTION_TYPES, c, source, f"connections[{i}]")
+        for i, c in enumerate(doc["connections"])
+    ]
+    listeners = (
+        None
+        if listeners_doc is None
+        else [
+            _record(Listener, _LISTENER_TYPES, x, source, f"listeners[{i}]")
+            for i, x in enumerate(listeners_doc)
+        ]
+    )
+    origin = doc.get("origin", "?")
+    return Snapshot(
+        f"json {source} ({origin if isinstance(origin, str) else '?'})",
+        "json",
+        listeners,
+        connections,
+    )
+
+
+def _field_types(cls: Any) -> dict[str, tuple[str, bool]]:
+    """Field name -> (base type name, None allowed), from the record's annotations."""
+    types = {}
+    for field in dataclasses.fields(cls):
+        spelled = str(field.type).replace(" ", "").split("|")
+        types[field.name] = (spelled[0], "None" in spelled[1:])
+    return types
+
+
+_CONNECTION_TYPES = _field_types(TcpConnection)
+_LISTENER_TYPES = _field_types(Listener)
+_PORTS = frozenset({"local_port", "remote_port"})
+_IPS = frozenset({"local_ip", "remote_ip"})
+_WSCALES = frozenset({"snd_wscale", "rcv_wscale"})
+
+
+def _value(name: str, kind: str, value: Any) -> Any:
+    """``value`` checked for field ``name`` of type ``kind``; ValueError says why not."""
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ValueError("not true or false")
+        return value
+    if kind == "str":
+        if not isinstance(value, str):
+            raise ValueError("not a string")
+        if name in _IPS:
+            try:
+                return ipaddress.ip_address(value).compressed
+            except ValueError:
+                raise ValueError("not an IP address") from None
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError("not a number")
+    if kind == "int" and not isinstance(value, int):
+        raise ValueError("not a whole number")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError("not a finite number of at least 0")
+    if name in _PORTS and value > 65535:
+        raise ValueError("not a port (0 to 65535)")
+    if name in _WSCALES and value > 14:
+        raise ValueError("not a window-scale shift (0 to 14)")
+    return value
+
+
+def _record(
+    cls: Any, types: dict[str, tuple[str, bool]], data: Any, source: Path | str, where: str
+) -> Any:
+    if not isinstance(data, dict):
+        raise InputError(f"{source}: `sockets` JSON {where} is not an object")
+    values = {}
+    for name, (kind, optional) in types.items():
+        if name not in data:
+            continue
+        value = data[name]
+        if value is None and optional:
+            values[name] = None
+            continue
+        try:
+            values[name] = _value(name, kind, value)
+        except ValueError as why:
+            raise InputError(
+                f"{source}: `sockets` JSON {where}.{name}={_short(value)}: {why}"
+            ) from None
     try:
-        connections = [_record(TcpConnection, _CONNECTION_FIELDS, c) for c in doc["connections"]]
-        listeners = (
-            None
-            if doc.get("listeners") is None
-            else [_record(Listener, _LISTENER_FIELDS, x) for x in doc["listeners"]]
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InputError(f"{source}: `sockets` JSON lacks a field it needs ({exc})") from None
-    return Snapshot(f"json {source} ({doc.get('origin', '?')})", "json", listeners, connections)
+        return cls(**values)
+    except TypeError:
+        missing = sorted(n for n in types if n not in values)
+        raise InputError(
+            f"{source}: `sockets` JSON {where} lacks a field it needs ({', '.join(missing)})"
+        ) from None
 
 
-def _record(cls: Any, names: set[str], data: dict[str, Any]) -> Any:
-    return cls(**{name: value for name, value in data.items() if name in names})
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _filtered(

@@ -116,7 +116,10 @@ def _port(port: str) -> int:
     if port == "*":
         return 0
     if port.isdigit():
-        return int(port)
+        number = int(port)
+        if number > 65535:
+            raise ValueError(port)
+        return number
     # `ss` without -n writes service names (from /etc/services)
     try:
         return socket.getservbyname(port, "tcp")
@@ -124,6 +127,7 @@ def _port(port: str) -> int:
         raise ValueError(port) from None
 
 
+MAX_WSCALE = 14  # RFC 7323: larger shifts are treated as 14
 _KEYS = frozenset(["wscale", "rtt", "rto", "retrans", "ino", *_INT_FIELDS, *_MS_FIELDS])
 
 
@@ -146,6 +150,11 @@ def _details(
             elif key == "wscale":
                 snd, rcv = value.split(",")
                 fields["snd_wscale"], fields["rcv_wscale"] = int(snd), int(rcv)
+                if not (0 <= int(snd) <= MAX_WSCALE and 0 <= int(rcv) <= MAX_WSCALE):
+                    raise InputError(
+                        f"{where(source, number)}: {token!r}: a window-scale shift is "
+                        f"0 to {MAX_WSCALE} (RFC 7323)"
+                    )
             elif key == "rtt":
                 rtt, _, rttvar = value.partition("/")
                 fields["rtt"] = float(rtt)
@@ -249,12 +258,14 @@ def _parse_ss(text: str, source: Path | str, default_state: str) -> SocketTable:
             state, tokens = tokens[0], tokens[1:]
         try:
             recv_q, send_q = int(tokens[0]), int(tokens[1])
+            if recv_q < 0 or send_q < 0:
+                raise ValueError(tokens[0:2])
             local_ip, local_port = parse_endpoint(tokens[2])
             remote_ip, remote_port = parse_endpoint(tokens[3])
         except (ValueError, IndexError):
             raise InputError(
                 f"{where(source, number)}: cannot read this line as `ss` TCP output "
-                "(expected State Recv-Q Send-Q Local:Port Peer:Port)"
+                "(expected State Recv-Q Send-Q Local:Port Peer:Port, ports 0 to 65535)"
             ) from None
         if state == "LISTEN":
             listeners.append(Listener(local_ip, local_port, backlog=send_q, accept_queue=recv_q))
