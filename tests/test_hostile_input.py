@@ -11,9 +11,11 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -496,3 +498,36 @@ def test_good_sockets_json_still_reads(tmp_path: Path) -> None:
     (conn,) = json.loads(result.stdout)["connections"]
     assert conn["remote_ip"] == "::ffff:a00:2"
     assert conn["rtt"] == 1.5
+
+
+# -- item 7: text a user hands over is shown as written, never taken for rich markup ------
+
+
+@pytest.mark.parametrize("name", ["x[/x].txt", "[red]important[/red].txt", "[bold]b.txt"])
+def test_markup_in_an_ss_file_name_is_shown_as_written(name: str) -> None:
+    # a short directory: the table crops a path longer than the terminal
+    with tempfile.TemporaryDirectory(dir="/tmp", prefix="m") as short:
+        copy = Path(short) / name
+        copy.parent.mkdir(parents=True, exist_ok=True)  # "x[/x].txt": a directory "x[", ...
+        copy.write_bytes(FAULT_CLIENT.read_bytes())
+        result = run_tcpsleuth("sockets", str(copy))
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert name in "".join(result.stdout.split())  # the table may wrap a long path
+
+
+@pytest.mark.parametrize("host", ["[/x]broker-1", "[red]broker-2[/red]"])
+@pytest.mark.parametrize("command", ["audit", "doctor"])
+def test_markup_in_a_bundle_is_shown_as_written(command: str, host: str) -> None:
+    with tempfile.TemporaryDirectory(dir="/tmp", prefix="m") as short:
+        bundle = Path(short) / "b[/i]undle"
+        shutil.copytree(STORM_BUNDLE, bundle)
+        (bundle / "hostname.txt").write_text(host + "\n")
+        (bundle / "uname-r.txt").write_text("6.1.0-[/k]13-amd64\n")
+        result = run_tcpsleuth(command, "--bundle", str(bundle))
+    assert result.returncode in (0, 1), result.stderr
+    assert "Traceback" not in result.stderr
+    flat = "".join(result.stdout.split())  # the table may wrap a long path
+    assert host in flat
+    assert "6.1.0-[/k]13-amd64" in flat
+    assert "b[/i]undle" in flat

@@ -136,7 +136,7 @@ def render(result: AuditResult) -> Group:
             )
         )
     for note in data["notes"]:
-        parts.append(f"[dim]note: {note}[/dim]")
+        parts.append(f"[dim]note: {table.plain(note)}[/dim]")
     parts.append(table.findings_table(result.findings))
     return Group(*parts)
 

@@ -34,7 +34,7 @@ def collect_command(
         jsonout.emit(jsonout.document("collect", [], directory=str(out_dir), files=written))
     else:
         out = table.console()
-        out.print(f"Bundle written to {out_dir}")
+        out.print(f"Bundle written to {table.plain(out_dir)}")
         out.print(
             table.records_table(
                 "Files",
@@ -42,5 +42,5 @@ def collect_command(
                 [(name, (out_dir / name).stat().st_size) for name in written],
             )
         )
-        out.print(f"Analyse it anywhere with: tcpsleuth audit --bundle {out_dir}")
+        out.print(f"Analyse it anywhere with: tcpsleuth audit --bundle {table.plain(out_dir)}")
     return 0

@@ -9,6 +9,7 @@ from collections.abc import Mapping, Sequence
 from typing import IO, Any
 
 from rich.console import Group
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -35,7 +36,7 @@ def rates_table(
     grown: Mapping[str, int],
     alarming: frozenset[str] = frozenset(),
 ) -> Table:
-    table = Table(title=title, title_justify="left")
+    table = Table(title=escape(title), title_justify="left")
     table.add_column("counter")
     table.add_column("total", justify="right")
     table.add_column("last interval", justify="right")
