@@ -531,3 +531,80 @@ def test_markup_in_a_bundle_is_shown_as_written(command: str, host: str) -> None
     assert host in flat
     assert "6.1.0-[/k]13-amd64" in flat
     assert "b[/i]undle" in flat
+
+
+# -- item 12: pcapng timestamps beyond the nanosecond clock are input errors ---------------
+
+SHB_LEN = 28
+
+
+def _pcapng(tsresol: int | None, tsoffset: int | None, ticks: int) -> tuple[bytes, int]:
+    """A one-packet pcapng (Ethernet, a TCP SYN); and the byte offset of its packet block."""
+    import struct
+
+    shb = struct.pack("<IIIHHqI", 0x0A0D0D0A, SHB_LEN, 0x1A2B3C4D, 1, 0, -1, SHB_LEN)
+    options = b""
+    if tsresol is not None:
+        options += struct.pack("<HHB3x", 9, 1, tsresol)
+    if tsoffset is not None:
+        options += struct.pack("<HHq", 14, 8, tsoffset)
+    options += struct.pack("<HH", 0, 0)
+    body = struct.pack("<HHI", 1, 0, 65535) + options
+    idb = struct.pack("<II", 1, 12 + len(body)) + body + struct.pack("<I", 12 + len(body))
+    ip = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, 40, 1, 0, 64, 6, 0, bytes([10, 0, 0, 2]), bytes([10, 0, 0, 1])
+    )
+    tcp = struct.pack("!HHIIBBHHH", 40000, 9092, 1, 0, 5 << 4, 0x02, 65535, 0, 0)
+    frame = b"\x00\x11\x22\x33\x44\x55\x66\x77\x88\x99\xaa\xbb\x08\x00" + ip + tcp
+    padded = frame + b"\x00" * (-len(frame) % 4)
+    epb_len = 32 + len(padded)
+    epb = (
+        struct.pack(
+            "<IIIIIII", 6, epb_len, 0, ticks >> 32, ticks & 0xFFFFFFFF, len(frame), len(frame)
+        )
+        + padded
+        + struct.pack("<I", epb_len)
+    )
+    return shb + idb + epb, SHB_LEN + len(idb)
+
+
+@pytest.mark.parametrize(
+    ("tsresol", "tsoffset", "ticks", "at"),
+    [
+        (0xFF, None, 1_700_000_000_000_000, "idb"),
+        (0x7F, None, 1_700_000_000_000_000, "idb"),
+        (None, 2**62, 1_700_000_000_000_000, "idb"),
+        (None, -(2**62), 1_700_000_000_000_000, "idb"),
+        (None, None, 2**64 - 1, "epb"),
+        (0x09, 2**32, 2**63, "epb"),
+        (0x80 + 30, None, 2**64 - 1, "epb"),
+    ],
+)
+def test_pcapng_timestamps_beyond_the_clock_are_input_errors(
+    tmp_path: Path, tsresol: int | None, tsoffset: int | None, ticks: int, at: str
+) -> None:
+    data, epb_at = _pcapng(tsresol, tsoffset, ticks)
+    capture = tmp_path / "odd.pcapng"
+    capture.write_bytes(data)
+    line = one_error_line(run_tcpsleuth("pcap", str(capture)))
+    assert f"at byte {SHB_LEN if at == 'idb' else epb_at}" in line
+
+
+@pytest.mark.parametrize(
+    ("tsresol", "tsoffset", "ticks"),
+    [
+        (None, None, 1_700_000_000_000_000),  # microseconds, today
+        (0x0C, None, 2**64 - 1),  # picoseconds: 2^64-1 is 213 days after 1970
+        (0x89, -3600, 1_700_000_000 << 9),  # 2^-9 s, an hour back
+        (0xBF, None, 2**63 + 5),  # 2^-63 s is the finest there is: one second
+    ],
+)
+def test_pcapng_timestamps_at_the_limits_are_read(
+    tmp_path: Path, tsresol: int | None, tsoffset: int | None, ticks: int
+) -> None:
+    data, _ = _pcapng(tsresol, tsoffset, ticks % 2**64)
+    capture = tmp_path / "fine.pcapng"
+    capture.write_bytes(data)
+    result = run_tcpsleuth("pcap", str(capture), "--format", "json")
+    assert result.returncode in (0, 1), result.stderr
+    assert json.loads(result.stdout)["command"] == "pcap"

@@ -272,6 +272,20 @@ SHB, IDB, PB, SPB, EPB = 0x0A0D0D0A, 1, 2, 3, 6
 EPB_LE, EPB_BE = struct.pack("<I", EPB), struct.pack(">I", EPB)
 
 
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+MAX_TSOFFSET_S = 2**32  # +-136 years: the nanosecond clock (int64) spans +-292
+MAX_SHIFT = 63  # if_tsresol 2^-n
+MAX_POW10 = 18  # if_tsresol 10^-n
+
+
+class _StampRange(Exception):
+    """A packet's timestamp does not fit the nanosecond clock; ``index`` in the run."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(index)
+        self.index = index
+
+
 @dataclass
 class _Interface:
     linktype: int
@@ -281,29 +295,50 @@ class _Interface:
     ts_div_pow10: int = 1
     ts_offset_ns: int = 0
 
-    def to_ns(self, ticks: int) -> int:
+    def base_ns(self, ticks: int) -> int:
         if self.ts_div_shift >= 0:
-            return ((ticks * 1_000_000_000) >> self.ts_div_shift) + self.ts_offset_ns
-        return ticks * self.ts_mul // self.ts_div_pow10 + self.ts_offset_ns
+            return (ticks * 1_000_000_000) >> self.ts_div_shift
+        return ticks * self.ts_mul // self.ts_div_pow10
+
+    def to_ns(self, ticks: int) -> int:
+        return self.base_ns(ticks) + self.ts_offset_ns
+
+    def fits(self, ticks: int) -> bool:
+        """The timestamp, with and without the offset, fits the int64 nanosecond clock."""
+        base = self.base_ns(ticks)
+        return 0 <= base <= INT64_MAX and INT64_MIN <= base + self.ts_offset_ns <= INT64_MAX
 
 
 def _stamps(
     interfaces: list[_Interface], if_ids: np.ndarray, ticks: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Nanosecond timestamps and link types of a run of packets, per interface."""
+    """Nanosecond timestamps and link types of a run of packets, per interface;
+    _StampRange for the first packet whose timestamp is beyond the clock."""
     ts_ns = np.empty(len(ticks), dtype=np.int64)
     linktype = np.empty(len(ticks), dtype=np.int32)
     for index in np.unique(if_ids).tolist():
         iface = interfaces[index]
         mask = if_ids == index
-        t = ticks[mask]
+        t = ticks[mask].view(np.uint64)  # 64 bits of ticks, unsigned
+        low, high = int(t.min()), int(t.max())
+        for edge in (low, high):
+            if not iface.fits(edge):
+                where = np.flatnonzero(mask)[int(np.argmax(t == np.uint64(edge)))]
+                raise _StampRange(int(where))
         if iface.ts_div_shift >= 0:
             shift = iface.ts_div_shift
-            whole = (t >> shift) * 1_000_000_000
-            part = ((t & ((1 << shift) - 1)) * 1_000_000_000) >> shift
-            ts_ns[mask] = whole + part + iface.ts_offset_ns
+            if shift > 30:  # below a nanosecond: drop what cannot show, so nothing overflows
+                t, shift = t >> np.uint64(shift - 30), 30
+            whole = (t >> np.uint64(shift)) * np.uint64(1_000_000_000)
+            part = ((t & np.uint64((1 << shift) - 1)) * np.uint64(1_000_000_000)) >> np.uint64(
+                shift
+            )
+            base = whole + part
+        elif iface.ts_div_pow10 > 1:
+            base = t // np.uint64(iface.ts_div_pow10)
         else:
-            ts_ns[mask] = t * iface.ts_mul // iface.ts_div_pow10 + iface.ts_offset_ns
+            base = t * np.uint64(iface.ts_mul)
+        ts_ns[mask] = base.astype(np.int64) + np.int64(iface.ts_offset_ns)
         linktype[mask] = iface.linktype
     return ts_ns, linktype
 
@@ -321,6 +356,11 @@ def _interface(body: bytes, order: str, path: Path, where: int) -> _Interface:
             break
         if code == 9 and length >= 1:  # if_tsresol
             resol = value[0]
+            if (resol & 0x7F) > (MAX_SHIFT if resol & 0x80 else MAX_POW10):
+                raise InputError(
+                    f"{path}: pcapng interface block at byte {where}: if_tsresol 0x{resol:02x} "
+                    f"is no usable resolution (at most 2^-{MAX_SHIFT} or 10^-{MAX_POW10} s)"
+                )
             if resol & 0x80:
                 iface.ts_div_shift = resol & 0x7F
             else:
@@ -330,9 +370,22 @@ def _interface(body: bytes, order: str, path: Path, where: int) -> _Interface:
                 else:
                     iface.ts_mul, iface.ts_div_pow10 = 1, 10 ** (exp - 9)
         elif code == 14 and length >= 8:  # if_tsoffset, seconds
-            iface.ts_offset_ns = struct.unpack_from(order + "q", value)[0] * 1_000_000_000
+            offset_s = struct.unpack_from(order + "q", value)[0]
+            if abs(offset_s) > MAX_TSOFFSET_S:
+                raise InputError(
+                    f"{path}: pcapng interface block at byte {where}: if_tsoffset {offset_s} s "
+                    f"is beyond any clock (at most {MAX_TSOFFSET_S} s either way)"
+                )
+            iface.ts_offset_ns = offset_s * 1_000_000_000
         pos += 4 + ((length + 3) & ~3)
     return iface
+
+
+def _stamp_error(path: Path, where: int) -> InputError:
+    return InputError(
+        f"{path}: pcapng packet block at byte {where}: its timestamp, with the interface's "
+        "resolution and offset, is beyond the years 1678 to 2262 a nanosecond clock holds"
+    )
 
 
 def _pcapng(
@@ -383,7 +436,11 @@ def _pcapng_blocks(
                         array, pos, order == ">", MAX_BLOCK
                     )
                     if len(offsets) and int(if_ids.max()) < len(interfaces):
-                        out.add(offsets, caplen, origlen, *_stamps(interfaces, if_ids, stamps))
+                        try:
+                            ns_and_linktypes = _stamps(interfaces, if_ids, stamps)
+                        except _StampRange as bad:
+                            raise _stamp_error(path, base + int(offsets[bad.index]) - 28) from None
+                        out.add(offsets, caplen, origlen, *ns_and_linktypes)
                         pos = stop
                         continue
                     # anything unusual is left to the careful path below
@@ -439,6 +496,8 @@ def _pcapng_blocks(
                             f"captured length {incl} overruns the block ({blen} bytes)"
                         )
                     iface = interfaces[if_id]
+                    if not iface.fits((hi << 32) | lo):
+                        raise _stamp_error(path, base + pos)
                     out.offsets.append(body_at + 20)
                     out.caplen.append(incl)
                     out.origlen.append(orig)
