@@ -608,3 +608,45 @@ def test_pcapng_timestamps_at_the_limits_are_read(
     result = run_tcpsleuth("pcap", str(capture), "--format", "json")
     assert result.returncode in (0, 1), result.stderr
     assert json.loads(result.stdout)["command"] == "pcap"
+
+
+# -- item 3: collect writes a whole bundle or nothing -------------------------------------
+
+
+@pytest.mark.parametrize("place", ["/dev/full/x", "/proc/x", "/sys/x", "/proc/sys/net/x"])
+def test_collect_into_an_unwritable_place_is_an_input_error(place: str) -> None:
+    line = one_error_line(run_tcpsleuth("collect", place))
+    assert place in line
+
+
+def test_collect_after_an_input_error_leaves_nothing_and_can_be_rerun(tmp_path: Path) -> None:
+    out = tmp_path / "bundle"
+    one_error_line(run_tcpsleuth("collect", str(out), "--kafka-config", str(tmp_path / "nope")))
+    assert list(tmp_path.iterdir()) == []
+    again = run_tcpsleuth("collect", str(out), "--format", "json")
+    assert again.returncode == 0, again.stderr
+    files = json.loads(again.stdout)["files"]
+    assert sorted(p.name for p in out.iterdir()) == sorted(files)
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"]  # no staging directory left
+
+
+def test_collect_into_an_empty_directory(tmp_path: Path) -> None:
+    out = tmp_path / "empty"
+    out.mkdir()
+    result = run_tcpsleuth("collect", str(out), "--format", "json")
+    assert result.returncode == 0, result.stderr
+    assert len(list(out.iterdir())) == len(json.loads(result.stdout)["files"]) > 5
+    assert [p.name for p in tmp_path.iterdir()] == ["empty"]
+
+
+@needs_root
+def test_collect_on_a_full_disk_keeps_nothing(tmp_path: Path) -> None:
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=12k", "tmpfs", str(disk)], check=True)
+    try:
+        line = one_error_line(run_tcpsleuth("collect", str(disk / "bundle")))
+        assert "No space left on device" in line
+        assert list(disk.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)

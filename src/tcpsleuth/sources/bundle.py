@@ -17,12 +17,12 @@ where tcpsleuth cannot be installed, analysed exactly like a live host.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import os
 import shutil
 import socket
 import subprocess
+import tempfile
 from pathlib import Path
 
 from tcpsleuth.errors import InputError
@@ -149,13 +149,50 @@ def _sysctl_lines(root: Path = Path("/proc/sys/net")) -> list[str]:
 def write_bundle(
     directory: Path, netns_name: str | None = None, kafka_config: Path | None = None
 ) -> list[str]:
-    """Write a bundle of the live host (read-only on the host). Returns what was written."""
+    """Write a bundle of the live host (read-only on the host). Returns what was written.
+
+    The files are written into a new directory next to ``directory`` and renamed to it
+    at the end, so that a bundle is either whole or absent: an input error, a full disk
+    or Ctrl-C leaves nothing that `audit --bundle` would take for a bundle, and a second
+    run into the same place is not refused."""
     if directory.exists() and (not directory.is_dir() or any(directory.iterdir())):
         raise InputError(
             f"{directory}: exists and is not an empty directory; "
             "give a new directory for the bundle"
         )
-    directory.mkdir(parents=True, exist_ok=True)
+    kafka_text = (
+        None
+        if kafka_config is None
+        else read_text(kafka_config, "Kafka server.properties", latin1=True)
+    )
+    parent = directory.absolute().parent
+    if parent.exists() and not parent.is_dir():
+        raise InputError(f"{directory}: {parent} is not a directory")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.partial-", dir=parent))
+    except OSError as exc:
+        raise InputError(
+            f"{directory}: cannot make a directory there ({exc.strerror or exc})"
+        ) from None
+    try:
+        written = _write_files(staging, netns_name, kafka_text)
+        umask = os.umask(0)
+        os.umask(umask)
+        staging.chmod(0o777 & ~umask)
+        os.rename(staging, directory)  # replaces an empty directory, atomically
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise InputError(
+            f"{directory}: cannot write the bundle ({exc.strerror or exc}); nothing was kept"
+        ) from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return written
+
+
+def _write_files(directory: Path, netns_name: str | None, kafka_text: str | None) -> list[str]:
     written: list[str] = []
 
     def put(name: str, text: str) -> None:
@@ -164,8 +201,12 @@ def write_bundle(
 
     put(UNAME, procfs.kernel_release() + "\n")
     put(HOSTNAME, socket.gethostname() + (f"/{netns_name}" if netns_name else "") + "\n")
-    with contextlib.suppress(OSError):
-        put(PROC_VERSION, Path("/proc/version").read_text())
+    try:
+        version: str | None = Path("/proc/version").read_text()
+    except OSError:
+        version = None
+    if version is not None:
+        put(PROC_VERSION, version)
     with netns.entered(netns_name):
         put(SYSCTL, "\n".join(_sysctl_lines()) + "\n")
         put(NETSTAT, Path("/proc/thread-self/net/netstat").read_text())
@@ -180,8 +221,8 @@ def write_bundle(
             if result.returncode != 0:
                 raise InputError(f"`ss {' '.join(args)}` failed: {result.stderr.strip()}")
             put(name, result.stdout)
-    if kafka_config is not None:
-        put(KAFKA, read_text(kafka_config, "Kafka server.properties"))
+    if kafka_text is not None:
+        put(KAFKA, kafka_text)
     stamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     put(
         MANIFEST,
