@@ -650,3 +650,18 @@ def test_collect_on_a_full_disk_keeps_nothing(tmp_path: Path) -> None:
         assert list(disk.iterdir()) == []
     finally:
         subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_symlink_loop_as_a_capture_is_an_input_error(tmp_path: Path) -> None:
+    loop = tmp_path / "loop.pcap"
+    loop.symlink_to(loop)
+    line = one_error_line(run_tcpsleuth("pcap", str(loop)))
+    assert str(loop) in line
+
+
+def test_readme_says_which_commands_have_no_format() -> None:
+    readme = " ".join((REPO / "README.md").read_text().split())
+    assert "Every command takes `--format json`" not in readme
+    for command in ("exporter", "lab kernel run"):
+        assert f"`{command}`" in readme.split("Two have no `--format`:")[1][:200]
+    assert "--format" not in run_tcpsleuth("exporter", "--help", check_status=0).stdout

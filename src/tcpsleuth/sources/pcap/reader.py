@@ -121,6 +121,8 @@ def _open(path: Path) -> tuple[BinaryIO, BinaryIO]:
         raise InputError(f"{path}: is a directory, not a capture file") from None
     except PermissionError:
         raise InputError(f"{path}: permission denied") from None
+    except OSError as exc:  # a symlink loop, a name too long, ...
+        raise InputError(f"{path}: cannot open ({exc.strerror or exc})") from None
     head = raw.peek(2)[:2] if hasattr(raw, "peek") else b""
     if head == GZIP_MAGIC:
         return gzip.GzipFile(fileobj=raw, mode="rb"), raw  # type: ignore[return-value]
