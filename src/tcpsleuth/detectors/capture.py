@@ -897,11 +897,19 @@ def clients_hit(
     """Who a finding about a listener is about: connections per client address (all
     of them, most first) and, where the capture kept Kafka request headers, per
     ``client.id``: the operator's next question is which producers suffered."""
-    chosen = list(streams)
-    ends = analysis.connections.endpoints_of(chosen)
-    addresses = Counter(client.rsplit(":", 1)[0] for client, _ in ends.values())
-    names = Counter(client_ids[s] for s in chosen if client_ids and s in client_ids)
-    return {"clients": dict(addresses.most_common()), "client_ids": dict(names.most_common())}
+    chosen = np.fromiter(streams, dtype=np.int64)
+    keys = analysis.columns["client_addr_key"][chosen]
+    _, first, counts = np.unique(keys, return_index=True, return_counts=True)
+    order = np.argsort(-counts, kind="stable")
+    # address text for one connection of each client address only
+    examples = chosen[first[order]].tolist()
+    ends = analysis.connections.endpoints_of(examples)
+    addresses = {
+        ends[c][0].rsplit(":", 1)[0]: n
+        for c, n in zip(examples, counts[order].tolist(), strict=True)
+    }
+    names = Counter(client_ids[s] for s in chosen.tolist() if s in client_ids) if client_ids else {}
+    return {"clients": addresses, "client_ids": dict(Counter(names).most_common())}
 
 
 def rwnd_findings(analysis: Analysis) -> list[Finding]:
