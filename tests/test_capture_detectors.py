@@ -1,0 +1,86 @@
+"""The capture detectors called directly, without root, on storms the lab made in
+its guest kernels (tests/data/storm-*/, with their provenance): the SYN-cookie and
+window-scale verdicts of every connection against the kernel's truth."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dpkt
+import pytest
+
+from tcpsleuth.detectors import capture_cookies
+from tcpsleuth.detectors.capture_all import analyse_stream
+from tcpsleuth.sources.pcap import open_capture
+
+DATA = Path(__file__).parent / "data"
+
+
+def _storm(kernel: str) -> tuple[dict, dict[str, dict], object]:
+    folder = DATA / f"storm-{kernel}"
+    truth = json.loads((folder / "truth.json").read_text())
+    result = analyse_stream(open_capture(folder / "server.pcap"), frozenset({9092}))
+    ends = result.analysis.connections.endpoints_of(list(range(len(result.analysis.connections))))
+    by_client = {client: stream for stream, (client, _server) in ends.items()}
+    assert set(by_client) == set(truth["connections"])
+    return truth, by_client, result
+
+
+@pytest.mark.parametrize("kernel", ["prefix", "fixed"])
+def test_every_cookie_connection_recognised(kernel: str) -> None:
+    truth, by_client, result = _storm(kernel)
+    verdicts = result.cookies
+    said = {c: verdicts.of(s).cookie for c, s in by_client.items()}
+    known = {c: t["cookie"] for c, t in truth["connections"].items()}
+    decided = {c for c, v in said.items() if v is not None}
+    wrong = [c for c in decided if said[c] != known[c]]
+    assert not wrong
+    assert len(decided) >= 0.95 * len(known)
+    [finding] = [f for f in result.findings if f.kind == "syn-cookies"]
+    sent = truth["TcpExtSyncookiesSent"]
+    assert abs(finding.evidence["cookie_synacks"] - sent) <= 0.05 * sent
+    assert finding.evidence["clients"] == {"198.18.0.2": finding.evidence["cookie_connections"]}
+    assert finding.evidence["client_ids"] == {"producer-0": finding.evidence["cookie_connections"]}
+
+
+@pytest.mark.parametrize("kernel", ["prefix", "fixed"])
+def test_window_scale_verdict_of_every_connection(kernel: str) -> None:
+    truth, by_client, result = _storm(kernel)
+    analysis = result.analysis
+    for client, known in truth["connections"].items():
+        verdict = result.wscale.of(analysis, by_client[client])
+        disagree = known["server_rcv_wscale"] != known["client_snd_wscale"]
+        if known["server_windows_after"] and known["server_rcv_wscale"] is not None:
+            assert verdict["mismatch"] is disagree, (client, verdict, known)
+            assert verdict["inferred"] == known["server_rcv_wscale"]
+        assert verdict["announced"] == known["client_snd_wscale"] or not disagree
+    mismatch = [f for f in result.findings if f.kind == "wscale-mismatch"]
+    if kernel == "prefix":
+        [finding] = mismatch
+        assert finding.evidence["announced_wscale"] == 1
+        assert finding.evidence["inferred_wscale"] == 7
+        assert finding.evidence["connections"] == sum(
+            1 for t in truth["connections"].values() if t["server_windows_after"]
+        )
+    else:
+        assert not mismatch
+
+
+def test_a_lone_synack_is_undecided_with_its_reason(tmp_path: Path) -> None:
+    """The prefix storm with every server segment after the SYN-ACKs cut out: with
+    per-connection timestamp offsets (6.1.192) one SYN-ACK says nothing, and the
+    verdict says so instead of guessing."""
+    cut = tmp_path / "synacks-only.pcap"
+    with (DATA / "storm-prefix" / "server.pcap").open("rb") as src, cut.open("wb") as dst:
+        writer = dpkt.pcap.Writer(dst)
+        for ts, frame in dpkt.pcap.Reader(src):
+            tcp = dpkt.ethernet.Ethernet(frame).data.data
+            if tcp.sport != 9092 or tcp.flags & dpkt.tcp.TH_SYN:
+                writer.writepkt(frame, ts)
+    result = analyse_stream(open_capture(cut), frozenset({9092}))
+    nothing_later = capture_cookies.REASONS[capture_cookies.R_NOTHING_LATER]
+    verdicts = [result.cookies.of(s) for s in range(len(result.analysis.connections))]
+    assert len(verdicts) == 400
+    assert {(v.cookie, v.reason) for v in verdicts} == {(None, nothing_later)}
+    assert not [f for f in result.findings if f.kind == "syn-cookies"]
