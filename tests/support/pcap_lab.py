@@ -28,9 +28,11 @@ class LabCapture:
     server_netstat: dict[str, int]
 
 
-def _netstat(ns: str) -> dict[str, int]:
+def netstat(ns: str) -> dict[str, int]:
+    """Absolute counters of namespace ``ns`` (-s: no history file, which nstat would
+    otherwise share between namespaces and turn counts into increments)."""
     out = subprocess.run(
-        ["ip", "netns", "exec", ns, "nstat", "-az", "--json"],
+        ["ip", "netns", "exec", ns, "nstat", "-asz", "--json"],
         capture_output=True,
         text=True,
         check=True,
@@ -150,12 +152,12 @@ def make_capture(
                     del farm
             finally:
                 dump.stop()
-            netstat = _netstat(pair.server)
+            counters = netstat(pair.server)
         finally:
             server.kill()
             server.wait()
             faults.clear(pair.server)
-    return LabCapture(path, timings, netstat)
+    return LabCapture(path, timings, counters)
 
 
 def drop_client_data(pair: Pair, one_in: int) -> None:

@@ -36,8 +36,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 SUPPORT = Path(__file__).parent
-sys.path.insert(0, str(SUPPORT.parent.parent / "src"))
+sys.path[:0] = [str(SUPPORT.parent), str(SUPPORT.parent.parent / "src")]
 
+from support.pcap_lab import netstat  # noqa: E402
 from tcpsleuth.lab import faults  # noqa: E402
 from tcpsleuth.lab.namespaces import sysctl  # noqa: E402
 from tcpsleuth.lab.topology import Pair, server_client_pair  # noqa: E402
@@ -120,16 +121,6 @@ class Dump:
         report = self.process.stderr.read()
         found = re.search(r"^(\d+) packets dropped by kernel", report, re.MULTILINE)
         return int(found.group(1)) if found else -1
-
-
-def _netstat(ns: str) -> dict[str, int]:
-    out = subprocess.run(
-        ["ip", "netns", "exec", ns, "nstat", "-asz", "--json"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    return {k: int(v) for table in json.loads(out).values() for k, v in table.items()}
 
 
 def _ss(ns: str) -> str:
@@ -249,13 +240,13 @@ def run_storm(folder: Path, config: StormConfig) -> Storm:
                 time.sleep(1.2)
             finally:
                 dropped = {name: dump.stop() for name, dump in dumps.items()}
-            netstat = _netstat(pair.server)
+            counters = netstat(pair.server)
             faults.clear(pair.server)
     storm = Storm(
         config,
         server_pcap,
         client_pcap,
-        netstat,
+        counters,
         server_ss,
         client_ss,
         settled,

@@ -228,4 +228,13 @@ def check_capture(storm: Storm, side: str, shifts: tuple[int, int] | None = None
         assert mismatch["evidence"]["connections"] == len(disagree)
     else:
         assert not disagree
+    # window waits: a storm's many held-back connections make one finding per server
+    # and direction, naming the clients, not hundreds
+    limited = [f for f in doc["findings"] if f["kind"] == "rwnd-limited"]
+    per_connection = [f for f in limited if "client" in f["subject"]]
+    per_listener = [f for f in limited if "listener" in f["subject"]]
+    assert len(per_connection) <= 2 * 10
+    for finding in per_listener:
+        assert finding["evidence"]["connections"] > 10
+        assert sum(finding["evidence"]["clients"].values()) == finding["evidence"]["connections"]
     return result

@@ -29,7 +29,7 @@ from typing import Any, Protocol, overload
 import numpy as np
 
 from tcpsleuth.detectors import capture_kernels as kernels
-from tcpsleuth.model.findings import Finding, Severity, connection_subject
+from tcpsleuth.model.findings import Finding, Severity, connection_subject, listener_subject
 from tcpsleuth.sources.pcap.decode import ACK, COLUMN_TYPES, CWR, ECE, RST, SYN, TcpColumns
 from tcpsleuth.sources.pcap.options import SynOptions
 
@@ -40,6 +40,8 @@ SEQ_SPACE = 1 << 32
 RWND_LIMITED_SHARE = 0.2
 RWND_LIMITED_MIN_NS = 20_000_000
 RWND_LIMITED_MIN_WAITS = 5
+# more rwnd-limited connections than this to one server make one finding for it
+RWND_PER_LISTENER = 10
 SERIES_POINTS = 100
 
 
@@ -912,7 +914,53 @@ def clients_hit(
     return {"clients": addresses, "client_ids": dict(Counter(names).most_common())}
 
 
-def rwnd_findings(analysis: Analysis) -> list[Finding]:
+def rwnd_findings(analysis: Analysis, client_ids: Mapping[int, str] | None = None) -> list[Finding]:
+    """``rwnd-limited``, one finding per connection; where more than
+    RWND_PER_LISTENER connections of one server are held back in the same
+    direction (a storm of cookie connections), one finding for that server
+    instead, naming every client hit and the worst connections."""
+    each = _rwnd_per_connection(analysis)
+    groups: dict[tuple[str, str], list[Finding]] = {}
+    for finding in each:
+        key = (finding.subject["server"], finding.evidence["direction"])
+        groups.setdefault(key, []).append(finding)
+    out: list[Finding] = []
+    for (server, direction), group in groups.items():
+        if len(group) <= RWND_PER_LISTENER:
+            out += group
+            continue
+        group.sort(key=lambda f: -f.evidence["rwnd_limited_ms"])
+        waited = np.array([f.evidence["rwnd_limited_ms"] for f in group])
+        shares = np.array([f.evidence["rwnd_limited_share"] for f in group])
+        sender, receiver = ("client", "server") if direction == "c2s" else ("server", "client")
+        worst = group[0]
+        out.append(
+            Finding(
+                kind="rwnd-limited",
+                severity=Severity.WARNING,
+                subject=listener_subject(server),
+                summary=(
+                    f"{len(group)} connections: the {sender} waited with data ready and the "
+                    f"{receiver}'s window full for a median {np.median(waited):.0f} ms "
+                    f"({np.median(shares):.0%} of its sending time), up to {waited.max():.0f} ms"
+                ),
+                evidence={
+                    "direction": direction,
+                    "connections": len(group),
+                    "rwnd_limited_ms_median": round(float(np.median(waited)), 3),
+                    "rwnd_limited_ms_max": round(float(waited.max()), 3),
+                    "rwnd_limited_share_median": round(float(np.median(shares)), 3),
+                    **clients_hit(analysis, [f.evidence["stream"] for f in group], client_ids),
+                    "streams": [f.evidence["stream"] for f in group[:RWND_PER_LISTENER]],
+                    "worst": worst.evidence,
+                },
+                advice=worst.advice,
+            )
+        )
+    return out
+
+
+def _rwnd_per_connection(analysis: Analysis) -> list[Finding]:
     """``rwnd-limited``: a sender that kept data waiting while its peer's window was
     full, for a large share of the time it was sending."""
     out: list[Finding] = []

@@ -50,7 +50,7 @@ def analyse_stream(stream: CaptureStream, kafka_ports: frozenset[int]) -> Captur
     findings = [
         *wscale_inference.findings(analysis, inferences, client_ids),
         *capture_cookies.findings(cookies, client_ids),
-        *rwnd_findings(analysis),
+        *rwnd_findings(analysis, client_ids),
         *kafka_timing.findings(requests),
     ]
     return CaptureResult(stream, analysis, ranked(findings), requests, cookies, inferences, wscale)
