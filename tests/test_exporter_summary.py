@@ -10,13 +10,8 @@ import numpy as np
 
 from tcpsleuth.detectors.port_summary import OTHER, summarize
 from tcpsleuth.model.records import STATE_NUMBERS
-from tcpsleuth.sources.sockdiag import (
-    DIAG_DTYPE,
-    TCP_INFO_DTYPE,
-    TCPI_OPT_WSCALE,
-    DiagDump,
-    field_end,
-)
+from tcpsleuth.model.sockdiag import DIAG_DTYPE, TCP_INFO_DTYPE, TCPI_OPT_WSCALE, field_end
+from tcpsleuth.sources.sockdiag import DiagDump
 
 LISTEN, ESTAB = STATE_NUMBERS["LISTEN"], STATE_NUMBERS["ESTAB"]
 LOOPBACK = socket.inet_aton("127.0.0.1") + bytes(12)

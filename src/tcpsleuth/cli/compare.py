@@ -18,8 +18,7 @@ from tcpsleuth.cli.sockets import (
     ports_option,
 )
 from tcpsleuth.detectors import compare as detect
-from tcpsleuth.detectors.sockets import key
-from tcpsleuth.model.findings import exit_status, ranked
+from tcpsleuth.model.findings import exit_status, key, ranked
 from tcpsleuth.reports import jsonout, table
 from tcpsleuth.sources import socketsnap
 

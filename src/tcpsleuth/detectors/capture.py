@@ -1,6 +1,6 @@
 """Connections out of a capture's TCP segments, with what TCP did to each of them.
 
-Pure: TCP header columns in (:class:`tcpsleuth.sources.pcap.TcpColumns`), one
+Pure: TCP header columns in (:class:`tcpsleuth.model.capture.TcpColumns`), one
 chunk of the capture at a time, records and findings out. A compiled loop
 (:mod:`.capture_kernels`) keeps running values per connection and nothing per
 segment, so memory grows with the connections, not with the capture; the
@@ -29,9 +29,8 @@ from typing import Any, Protocol, overload
 import numpy as np
 
 from tcpsleuth.detectors import capture_kernels as kernels
+from tcpsleuth.model.capture import ACK, COLUMN_TYPES, CWR, ECE, RST, SYN, SynOptions, TcpColumns
 from tcpsleuth.model.findings import Finding, Severity, connection_subject, listener_subject
-from tcpsleuth.sources.pcap.decode import ACK, COLUMN_TYPES, CWR, ECE, RST, SYN, TcpColumns
-from tcpsleuth.sources.pcap.options import SynOptions
 
 SEQ_SPACE = 1 << 32
 # A sender is waiting at the window when what it has in flight leaves less than

@@ -8,16 +8,19 @@ The ``pcap`` command, the lab and the benchmarks all analyse captures through
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from tcpsleuth.detectors import capture_cookies, kafka_timing, wscale_inference
 from tcpsleuth.detectors.capture import Analysis, ConnectionTracker, rwnd_findings
+from tcpsleuth.model.capture import SegmentSource
 from tcpsleuth.model.findings import Finding, ranked
-from tcpsleuth.sources.pcap import CaptureStream
+
+Source = TypeVar("Source", bound=SegmentSource)
 
 
 @dataclass
-class CaptureResult:
-    capture: CaptureStream
+class CaptureResult(Generic[Source]):
+    capture: Source  # what was read (a sources.pcap.CaptureStream, for the pcap command)
     analysis: Analysis
     findings: list[Finding]
     requests: kafka_timing.KafkaRequests
@@ -27,7 +30,7 @@ class CaptureResult:
 
 
 def follow(
-    stream: CaptureStream, kafka_ports: frozenset[int], capacity: int | None = None
+    stream: SegmentSource, kafka_ports: frozenset[int], capacity: int | None = None
 ) -> tuple[Analysis, kafka_timing.KafkaRequests]:
     """One pass over the capture: connections and Kafka messages, chunk by chunk
     (``capacity``: the tracker's first table size, its default when None)."""
@@ -40,7 +43,7 @@ def follow(
     return analysis, follower.finish(analysis)
 
 
-def analyse_stream(stream: CaptureStream, kafka_ports: frozenset[int]) -> CaptureResult:
+def analyse_stream(stream: Source, kafka_ports: frozenset[int]) -> CaptureResult[Source]:
     """Read ``stream`` once and run every capture detector on what it held."""
     analysis, requests = follow(stream, kafka_ports)
     wscale = wscale_inference.verdicts(analysis)

@@ -48,9 +48,8 @@ import numpy as np
 
 from tcpsleuth.detectors.capture import SEQ_SPACE, Analysis, clients_hit
 from tcpsleuth.detectors.capture_kernels import NO_RUN
+from tcpsleuth.model.capture import CWR, ECE, OPT_SACK, OPT_TIMESTAMPS, OPT_TSVAL, OPT_WSCALE
 from tcpsleuth.model.findings import Finding, Severity, listener_subject
-from tcpsleuth.sources.pcap.decode import CWR, ECE
-from tcpsleuth.sources.pcap.walk import OPT_SACK, OPT_TIMESTAMPS, OPT_TSVAL, OPT_WSCALE
 
 TS_OPT_WSCALE_MASK = 0xF
 TS_OPT_SACK = 1 << 4

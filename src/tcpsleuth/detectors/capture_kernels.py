@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from tcpsleuth.sources.pcap.walk import njit
+from tcpsleuth.compiled import njit
+from tcpsleuth.model.capture import ACK, FIN, RST, SYN
 
 SEQ_SPACE = 1 << 32
-FIN, SYN, RST, ACK = 0x01, 0x02, 0x04, 0x10
 
 # Per-connection fields (``conn_state[c, field]``)
 K_TUPLE, K_FIRST_A, K_FIRST_FRAME, K_FIRST_TS, K_LAST_TS, K_CLIENT = range(6)

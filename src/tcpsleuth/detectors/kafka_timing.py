@@ -36,10 +36,10 @@ from typing import Any
 
 import numpy as np
 
+from tcpsleuth.compiled import njit
 from tcpsleuth.detectors.capture import Analysis, ChunkRows, ConnectionTracker, _mix
+from tcpsleuth.model.capture import SYN, TcpColumns
 from tcpsleuth.model.findings import Finding, Severity, connection_subject
-from tcpsleuth.sources.pcap.decode import TcpColumns
-from tcpsleuth.sources.pcap.walk import njit
 
 try:  # api key names from kio, the project's Kafka protocol library
     from kio.schema.index import api_key_map as _API_NAMES
@@ -282,9 +282,9 @@ def follow(  # type: ignore[no-untyped-def]
         if st[S_NEXT] == -2:
             # the stream starts after the SYN, or at the first data segment when
             # the capture began mid-connection
-            st[S_NEXT] = 1 if flags[i] & 0x02 else -1
+            st[S_NEXT] = 1 if flags[i] & SYN else -1
             st[S_HIGH] = st[S_NEXT]
-            st[S_FROM_SYN] = 1 if flags[i] & 0x02 else 0
+            st[S_FROM_SYN] = 1 if flags[i] & SYN else 0
         length = np.int64(paylen[i])
         if length <= 0 or st[S_DEAD]:
             continue

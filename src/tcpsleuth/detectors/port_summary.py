@@ -15,7 +15,7 @@ neighbours) and how many are held back by the peer's receive window right now.
   happening now; a connection first seen (by its socket cookie) is judged on its
   whole life.
 
-Works on the bulk sock_diag arrays (``DiagDump``), not on records: an exporter
+Works on the bulk sock_diag arrays (``SocketArrays``), not on records: an exporter
 scrape of 100,000 sockets must not build 100,000 objects. Pure: the state between
 two summaries is passed in and returned.
 """
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tcpsleuth.model.records import STATE_NUMBERS, Listener
-from tcpsleuth.sources.sockdiag import TCPI_OPT_WSCALE, DiagDump, field_end
+from tcpsleuth.model.sockdiag import TCPI_OPT_WSCALE, SocketArrays, field_end
 
 OTHER = "other"
 DEFAULT_MAX_PORTS = 20
@@ -119,7 +119,7 @@ def _since(
 
 
 def summarize(
-    dump: DiagDump,
+    dump: SocketArrays,
     previous: TimesSeen | None = None,
     max_ports: int = DEFAULT_MAX_PORTS,
 ) -> Summary:

@@ -19,11 +19,17 @@ to itself), the two-sided check of ``detectors.compare`` runs on them too.
 
 from __future__ import annotations
 
-import functools
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 
-from tcpsleuth.model.findings import Finding, Severity, connection_subject, endpoint
+from tcpsleuth.model.findings import (
+    ConnectionKey,
+    Finding,
+    Severity,
+    connection_subject,
+    host,
+    key,
+)
 from tcpsleuth.model.records import Listener, TcpConnection
 
 # A sender held at the window for this share of its busy time is reported...
@@ -36,24 +42,6 @@ TINY_WINDOW_SEGMENTS = 2
 BACKED_UP_SEGMENTS = 4
 # Lowest ephemeral port of the default net.ipv4.ip_local_port_range.
 EPHEMERAL_FROM = 32768
-
-ConnectionKey = tuple[str, str]  # (local, remote) as endpoint() writes them
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def host(ip: str) -> str:
-    """endpoint() without the port. Cached: a snapshot of 100k sockets has few
-    distinct addresses, and parsing each with ipaddress is the slow part."""
-    return endpoint(ip, 0).rsplit(":", 1)[0]
-
-
-def where(ip: str, port: int) -> str:
-    """The same text as endpoint(ip, port)."""
-    return f"{host(ip)}:{port}"
-
-
-def key(conn: TcpConnection) -> ConnectionKey:
-    return (where(conn.local_ip, conn.local_port), where(conn.remote_ip, conn.remote_port))
 
 
 def server_ports(listeners: Iterable[Listener] | None) -> frozenset[int]:

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from tcpsleuth.detectors.capture import SEQ_SPACE, Analysis, CaptureConnection, clients_hit
+from tcpsleuth.model.capture import OPT_WSCALE
 from tcpsleuth.model.findings import Finding, Severity, listener_subject
-from tcpsleuth.sources.pcap.walk import OPT_WSCALE
 
 # The client's view of the first window must be this many times below what the
 # server offered in its SYN-ACK (less what it has received) to count.

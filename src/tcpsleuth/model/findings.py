@@ -8,10 +8,14 @@ support it (``evidence``) and what to do about it (``advice``).
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # records import this module for endpoint()
+    from tcpsleuth.model.records import TcpConnection
 
 
 class Severity(enum.StrEnum):
@@ -37,6 +41,27 @@ def endpoint(ip: str, port: int) -> str:
     if addr.version == 6:
         return f"[{addr.compressed}]:{port}"
     return f"{addr}:{port}"
+
+
+ConnectionKey = tuple[str, str]  # (local, remote) as endpoint() writes them
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def host(ip: str) -> str:
+    """endpoint() without the port. Cached: a snapshot of 100k sockets has few
+    distinct addresses, and parsing each with ipaddress is the slow part."""
+    return endpoint(ip, 0).rsplit(":", 1)[0]
+
+
+def where(ip: str, port: int) -> str:
+    """The same text as endpoint(ip, port)."""
+    return f"{host(ip)}:{port}"
+
+
+def key(conn: TcpConnection) -> ConnectionKey:
+    """(local, remote) of a connection as endpoint() writes them: the key that joins
+    the two ends of one connection."""
+    return (where(conn.local_ip, conn.local_port), where(conn.remote_ip, conn.remote_port))
 
 
 def connection_subject(client: str, server: str) -> dict[str, str]:

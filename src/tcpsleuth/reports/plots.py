@@ -21,8 +21,8 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 
 from tcpsleuth.detectors.capture import SEQ_SPACE, Analysis, streams_named
+from tcpsleuth.model.capture import ACK
 from tcpsleuth.model.findings import Finding
-from tcpsleuth.sources.pcap.decode import ACK
 
 if TYPE_CHECKING:
     from tcpsleuth.detectors.kafka_timing import KafkaRequest

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from tcpsleuth.errors import InputError
+from tcpsleuth.model.findings import key
 from tcpsleuth.model.records import Listener, TcpConnection
 from tcpsleuth.sources import netns, sockdiag
 from tcpsleuth.sources.sstext import parse_ss
@@ -246,7 +247,5 @@ def connection_dict(conn: TcpConnection) -> dict[str, Any]:
     """A connection for JSON: every record field, plus the endpoints as ss writes them.
     (A record's __dict__ is its fields, all plain values: asdict's deep copy is slow
     at 100k connections.)"""
-    from tcpsleuth.detectors.sockets import key
-
     local, remote = key(conn)
     return {"local": local, "remote": remote, **conn.__dict__}

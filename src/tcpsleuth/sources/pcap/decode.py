@@ -17,9 +17,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tcpsleuth.compiled import njit
+from tcpsleuth.model.capture import COLUMN_TYPES, SYN, TcpColumns
 from tcpsleuth.sources.pcap import walk
 from tcpsleuth.sources.pcap.reader import RawBatch
-from tcpsleuth.sources.pcap.walk import njit
 
 # Link types (pcap-linktype(7))
 LINKTYPE_NULL, LINKTYPE_ETHERNET, LINKTYPE_RAW, LINKTYPE_LOOP = 0, 1, 101, 108
@@ -40,42 +41,6 @@ SUPPORTED_LINKTYPES = {
 ETH_IPV4, ETH_IPV6 = 0x0800, 0x86DD
 VLAN_TYPES = (0x8100, 0x88A8, 0x9100)
 IPV6_SKIPPABLE = (0, 43, 60)  # hop-by-hop, routing, destination options
-
-# TCP flags as in the header's 13th byte, plus NS (the low bit of byte 12) as 0x100.
-FIN, SYN, RST, PSH, ACK, URG, ECE, CWR, NS = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80, 0x100
-
-
-@dataclass
-class TcpColumns:
-    """One row per TCP segment. Addresses are two big-endian 64-bit halves (IPv4 in
-    ``src_lo``/``dst_lo`` with the halves above zero and ``af`` = 4)."""
-
-    frame: np.ndarray  # int64, 1-based packet number in the file (as tshark counts)
-    ts_ns: np.ndarray  # int64
-    af: np.ndarray  # uint8: 4 or 6
-    src_hi: np.ndarray  # uint64
-    src_lo: np.ndarray
-    dst_hi: np.ndarray
-    dst_lo: np.ndarray
-    sport: np.ndarray  # int32
-    dport: np.ndarray
-    seq: np.ndarray  # int64 (0 .. 2**32-1)
-    ack: np.ndarray
-    flags: np.ndarray  # int32
-    window: np.ndarray  # int32, the raw 16-bit field
-    paylen: np.ndarray  # int32, TCP payload length from the IP header
-    tsval: np.ndarray  # int64: TSval when the options start NOP NOP TS (Linux's layout), else -1
-    # Python-side extras, keyed by row number within these columns
-    syn_rows: np.ndarray  # int64: rows that are SYN or SYN-ACK segments, ascending
-    syn_options: np.ndarray  # int64 (len(syn_rows), 5): see walk.syn_options
-    # where each segment's payload starts in ``data`` (the chunk it came from) and how
-    # many of its bytes were captured; -1 and 0 once chunks are concatenated
-    payload_at: np.ndarray  # int64
-    payload_cap: np.ndarray  # int32
-    data: np.ndarray  # uint8: the chunk's bytes
-
-    def __len__(self) -> int:
-        return len(self.frame)
 
 
 @dataclass
@@ -354,25 +319,6 @@ def decode(
         payload_cap=payload_cap,
         data=b,
     )
-
-
-COLUMN_TYPES = {
-    "frame": np.int64,
-    "ts_ns": np.int64,
-    "af": np.uint8,
-    "src_hi": np.uint64,
-    "src_lo": np.uint64,
-    "dst_hi": np.uint64,
-    "dst_lo": np.uint64,
-    "sport": np.int32,
-    "dport": np.int32,
-    "seq": np.int64,
-    "ack": np.int64,
-    "flags": np.int32,
-    "window": np.int32,
-    "paylen": np.int32,
-    "tsval": np.int64,
-}
 
 
 def concatenate(parts: list[TcpColumns]) -> TcpColumns:

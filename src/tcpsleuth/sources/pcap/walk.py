@@ -11,19 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-try:
-    from numba import njit
-
-    COMPILED = True
-except ImportError:  # pragma: no cover - numba is a dependency; this keeps it optional
-    COMPILED = False
-
-    def njit(*_args, **_kwargs):  # type: ignore[no-untyped-def]
-        def wrap(func):  # type: ignore[no-untyped-def]
-            return func
-
-        return wrap
-
+from tcpsleuth.compiled import njit
+from tcpsleuth.model.capture import OPT_MSS, OPT_SACK, OPT_TIMESTAMPS, OPT_TSVAL, OPT_WSCALE
 
 # stop reasons
 END, BAD_LENGTH, OTHER_BLOCK = 0, 1, 2
@@ -115,10 +104,6 @@ def pcapng_packets(buf: np.ndarray, start: int, big: bool, max_block: int):  # t
         n += 1
         pos += blen
     return offsets[:n], caplen[:n], origlen[:n], iface[:n], stamp[:n], pos, reason
-
-
-# columns of syn_options' result
-OPT_MSS, OPT_WSCALE, OPT_SACK, OPT_TIMESTAMPS, OPT_TSVAL = 0, 1, 2, 3, 4
 
 
 @njit(cache=True, nogil=True)

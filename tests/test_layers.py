@@ -1,0 +1,69 @@
+"""The layers keep their places: sources read, ``model/`` holds the types, detectors
+judge without I/O, reports render, ``cli/`` and the lab wire. Every import in the
+package (function-local ones too) is read from the source with ``ast`` and held
+against what each layer may import."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).parent.parent / "src" / "tcpsleuth"
+# what modules of each layer must not import
+FORBIDDEN = {
+    "model": ("sources", "detectors", "reports", "cli", "lab"),
+    "compiled": ("sources", "detectors", "reports", "cli", "lab", "model"),
+    "detectors": ("sources", "reports", "cli", "lab"),
+    "reports": ("sources", "cli", "lab"),
+    "sources": ("detectors", "reports", "cli", "lab"),
+}
+
+
+def imported_modules(source: str) -> list[tuple[int, str]]:
+    """(line, module) of every import statement in ``source``, at any depth."""
+    out = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            out += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.append((node.lineno, node.module))
+    return out
+
+
+def violations(layer: str, source: str) -> list[str]:
+    bad = []
+    for line, module in imported_modules(source):
+        parts = module.split(".")
+        if parts[0] == "tcpsleuth" and len(parts) > 1 and parts[1] in FORBIDDEN[layer]:
+            bad.append(f"line {line}: {module}")
+    return bad
+
+
+def layer_of(path: Path) -> str | None:
+    first = path.relative_to(PACKAGE).parts[0]
+    name = first.removesuffix(".py")
+    return name if name in FORBIDDEN else None
+
+
+def test_the_contract_catches_a_forbidden_import() -> None:
+    """The check itself can fail: a detector that reads a source is caught, wherever
+    the import hides."""
+    sneaky = "def f():\n    from tcpsleuth.sources.pcap import open_capture\n"
+    assert violations("detectors", sneaky) == ["line 2: tcpsleuth.sources.pcap"]
+    assert violations("detectors", "import tcpsleuth.lab.runner\n") == [
+        "line 1: tcpsleuth.lab.runner"
+    ]
+    assert violations("detectors", "from tcpsleuth.model.capture import SYN\n") == []
+
+
+@pytest.mark.parametrize(
+    "path",
+    sorted(p for p in PACKAGE.rglob("*.py") if layer_of(p)),
+    ids=lambda p: str(p.relative_to(PACKAGE)),
+)
+def test_module_imports_only_what_its_layer_may(path: Path) -> None:
+    layer = layer_of(path)
+    assert layer is not None
+    assert violations(layer, path.read_text()) == []
