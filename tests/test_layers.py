@@ -6,6 +6,8 @@ against what each layer may import."""
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -67,3 +69,38 @@ def test_module_imports_only_what_its_layer_may(path: Path) -> None:
     layer = layer_of(path)
     assert layer is not None
     assert violations(layer, path.read_text()) == []
+
+
+REPORT_HEAVY = (
+    "import atexit, sys\n"
+    "atexit.register(lambda: print(sorted(m for m in ('numba', 'matplotlib')"
+    " if m in sys.modules), file=sys.stderr))\n"
+    "from tcpsleuth.cli.main import main\n"
+    "main({argv!r})\n"
+)
+
+
+def _heavy_modules_loaded(argv: list[str]) -> str:
+    result = subprocess.run(
+        [sys.executable, "-c", REPORT_HEAVY.format(argv=argv)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [[], ["audit"], ["sockets"], ["watch"], ["exporter"], ["doctor"]],
+    ids=lambda argv: " ".join(argv) or "tcpsleuth",
+)
+def test_each_command_imports_only_what_it_uses(argv: list[str]) -> None:
+    assert _heavy_modules_loaded([*argv, "--help"]) == "[]"
+
+
+def test_the_capture_command_does_load_numba() -> None:
+    """The check above can fail: pcap needs the compiled loops."""
+    assert "numba" in _heavy_modules_loaded(["pcap", "--help"])

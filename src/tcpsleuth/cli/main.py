@@ -10,6 +10,7 @@ A broken pipe on standard output ends quietly with the status the command had.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import signal
 import sys
@@ -22,17 +23,6 @@ import click
 
 from tcpsleuth import __version__
 from tcpsleuth.cli import output
-from tcpsleuth.cli.audit import audit_command
-from tcpsleuth.cli.collect import collect_command
-from tcpsleuth.cli.compare import compare_command
-from tcpsleuth.cli.doctor import doctor_command
-from tcpsleuth.cli.exporter import exporter_command
-from tcpsleuth.cli.lab import lab_group
-from tcpsleuth.cli.pcap import pcap_command
-from tcpsleuth.cli.probe import probe_command
-from tcpsleuth.cli.sockets import sockets_command
-from tcpsleuth.cli.trace import trace_command
-from tcpsleuth.cli.watch import watch_command
 from tcpsleuth.errors import InputError
 
 USAGE_ERROR = 2
@@ -40,7 +30,86 @@ INTERNAL_ERROR = 3
 INTERRUPTED = 128 + signal.SIGINT
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+# Each command's module is imported only when that command runs (numba, matplotlib
+# and the lab cost half a second to import): name -> (module, attribute, summary).
+COMMANDS = {
+    "doctor": (
+        "doctor",
+        "doctor_command",
+        "Run every read-only check available and rank what they find.",
+    ),
+    "audit": (
+        "audit",
+        "audit_command",
+        "Check this host for the settings and state that turn a broker restart into an incident.",
+    ),
+    "collect": (
+        "collect",
+        "collect_command",
+        "Write a bundle of plain text files for analysis elsewhere.",
+    ),
+    "sockets": (
+        "sockets",
+        "sockets_command",
+        "Show TCP connections with their window scale, windows, RTT and window-limited time.",
+    ),
+    "compare": (
+        "compare",
+        "compare_command",
+        "Join a snapshot taken at the client with one taken at the server.",
+    ),
+    "trace": (
+        "trace",
+        "trace_command",
+        "Follow the window scale and windows the kernel really uses, per connection.",
+    ),
+    "pcap": (
+        "pcap",
+        "pcap_command",
+        "Read tcpdump captures and say what TCP did to each connection.",
+    ),
+    "watch": (
+        "watch",
+        "watch_command",
+        "Sample the TCP counters and listen queues every interval, with events.",
+    ),
+    "exporter": (
+        "exporter",
+        "exporter_command",
+        "Serve Prometheus metrics node_exporter does not have.",
+    ),
+    "lab": ("lab", "lab_group", "Reproduce TCP failures in network namespaces on this machine."),
+    "probe": (
+        "probe",
+        "probe_command",
+        "Test the running kernel by experiment for the SYN-cookie window-scale bug.",
+    ),
+}
+
+
+class LazyGroup(click.Group):
+    """A group whose commands are imported when used, and listed from COMMANDS."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in COMMANDS:
+            return None
+        module, attribute, _summary = COMMANDS[cmd_name]
+        command = getattr(importlib.import_module(f"tcpsleuth.cli.{module}"), attribute)
+        assert isinstance(command, click.Command)
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        with formatter.section("Commands"):
+            formatter.write_dl([(name, summary) for name, (_m, _a, summary) in COMMANDS.items()])
+
+
+@click.group(
+    cls=LazyGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, prog_name="tcpsleuth")
 def cli() -> None:
     """Find out why TCP is delaying requests on servers with many clients (Kafka
@@ -49,22 +118,6 @@ def cli() -> None:
     Exit status: 0 nothing of warning or worse, 1 findings of warning or worse,
     2 usage or input error, 3 a bug in tcpsleuth (the traceback is saved to a file).
     """
-
-
-for command in (
-    doctor_command,
-    audit_command,
-    collect_command,
-    sockets_command,
-    compare_command,
-    trace_command,
-    pcap_command,
-    watch_command,
-    exporter_command,
-    lab_group,
-    probe_command,
-):
-    cli.add_command(command)
 
 
 class Terminated(KeyboardInterrupt):
