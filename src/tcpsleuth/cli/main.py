@@ -91,11 +91,11 @@ class LazyGroup(click.Group):
     """A group whose commands are imported when used, and listed from COMMANDS."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        return list(COMMANDS)
+        return [*COMMANDS, *(name for name in self.commands if name not in COMMANDS)]
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         if cmd_name not in COMMANDS:
-            return None
+            return self.commands.get(cmd_name)  # added with cli.add_command
         module, attribute, _summary = COMMANDS[cmd_name]
         command = getattr(importlib.import_module(f"tcpsleuth.cli.{module}"), attribute)
         assert isinstance(command, click.Command)
