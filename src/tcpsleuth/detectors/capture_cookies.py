@@ -318,16 +318,23 @@ def _envelope(times: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.nda
     return keys, env
 
 
+def _no_verdicts(n: int, why: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(verdict, confidence, reason, lag_ms) columns for ``n`` connections, undecided."""
+    return (
+        np.full(n, UNKNOWN, dtype=np.int8),
+        np.zeros(n, dtype=np.int8),
+        np.full(n, why, dtype=np.int8),
+        np.full(n, np.nan),
+    )
+
+
 def _one_clock(
     hs: _Handshakes, group: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Verdicts within groups whose SYN-ACKs follow one clock (offsets zero, or one
     per address pair): residue and lag behind the group's clock."""
     n = len(hs.index)
-    verdict = np.full(n, UNKNOWN, dtype=np.int8)
-    confidence = np.zeros(n, dtype=np.int8)
-    reason = np.full(n, R_NOTHING_LATER, dtype=np.int8)
-    lag = np.full(n, np.nan)
+    verdict, confidence, reason, lag = _no_verdicts(n, R_NOTHING_LATER)
     if not n:
         return verdict, confidence, reason, lag
     keys, inverse = np.unique(group, return_inverse=True)
@@ -419,10 +426,7 @@ def classify(analysis: Analysis) -> CookieVerdicts:
     """A verdict for every connection; ``UNKNOWN`` where the capture cannot tell."""
     cols = analysis.columns
     nconn = len(analysis.connections)
-    verdict = np.full(nconn, UNKNOWN, dtype=np.int8)
-    confidence = np.zeros(nconn, dtype=np.int8)
-    reason = np.full(nconn, R_NO_SYNACK, dtype=np.int8)
-    lag_ms = np.full(nconn, np.nan)
+    verdict, confidence, reason, lag_ms = _no_verdicts(nconn, R_NO_SYNACK)
     if not nconn:
         empty = np.zeros(0, dtype=np.int64)
         return CookieVerdicts(analysis, verdict, confidence, reason, lag_ms, empty, empty)
