@@ -211,7 +211,7 @@ def check_capture(storm: Storm, side: str, shifts: tuple[int, int] | None = None
     conns = {c["client"]: c for c in doc["files"][0]["connections"]}
     disagree = [c for c, t in truth.items() if t.disagree and t.server_windows_after]
     agree = [c for c, t in truth.items() if t.disagree is False]
-    assert agree, "no connection established on both ends"
+    assert agree or disagree, "no connection established on both ends"
     flagged = [c for c in disagree if conns[c]["wscale_verdict"]["mismatch"] is True]
     assert flagged == disagree
     assert not [c for c in agree if conns[c]["wscale_verdict"]["mismatch"] is True]

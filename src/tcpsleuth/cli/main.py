@@ -17,13 +17,18 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import click
 
 from tcpsleuth import __version__
 from tcpsleuth.cli import output
 from tcpsleuth.errors import InputError
+
+if TYPE_CHECKING:
+    from sys import UnraisableHookArgs
 
 USAGE_ERROR = 2
 INTERNAL_ERROR = 3
@@ -129,14 +134,33 @@ class Terminated(KeyboardInterrupt):
         self.signum = signum
 
 
+# signals received: a handler's exception can land where Python only reports it (an
+# at-fork hook, a finaliser) and the command then goes on; run() still ends with the
+# signal's status
+_received: list[int] = []
+
+
 def _on_signal(signum: int, _frame: FrameType | None) -> None:
     # one signal starts the clean-up; more of them must not interrupt it
     for other in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(other, signal.SIG_IGN)
+    _received.append(signum)
     raise Terminated(signum)
 
 
+def _unraisable_hook(
+    previous: Callable[[UnraisableHookArgs], object],
+) -> Callable[[UnraisableHookArgs], object]:
+    def hook(unraisable: UnraisableHookArgs) -> None:
+        if isinstance(unraisable.exc_value, Terminated):
+            return  # recorded in _received; run() reports it once
+        previous(unraisable)
+
+    return hook
+
+
 def install_signal_handlers() -> None:
+    sys.unraisablehook = _unraisable_hook(sys.unraisablehook)
     for signum in (signal.SIGTERM, signal.SIGHUP):
         if signal.getsignal(signum) is signal.SIG_IGN:
             continue  # nohup: the user asked for this signal to be ignored
@@ -208,9 +232,14 @@ def run(argv: list[str] | None = None) -> int:
             err=True,
         )
         status = INTERNAL_ERROR
-    if status is None:
-        return 0
-    return status if isinstance(status, int) else 0
+    if status is None or not isinstance(status, int):
+        status = 0
+    if _received and status != 128 + _received[0]:
+        # the signal's exception was swallowed where Python cannot raise it; the
+        # command finished (and cleaned up) on its own
+        click.echo(f"tcpsleuth: stopped by {signal.Signals(_received[0]).name}", err=True)
+        status = 128 + _received[0]
+    return status
 
 
 def main(argv: list[str] | None = None) -> None:
