@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from support.storm_lab import Storm
+from support.tshark_diff import endpoint as _endpoint
 from support.tshark_diff import tshark
 
 PRECISION, RECALL = 0.99, 0.95
@@ -33,10 +34,6 @@ class ConnectionTruth:
         if self.server_rcv_wscale is None or self.client_snd_wscale is None:
             return None
         return self.server_rcv_wscale != self.client_snd_wscale
-
-
-def _endpoint(ip4: str, ip6: str, port: str) -> str:
-    return f"{ip4}:{port}" if ip4 else f"[{ip6}]:{port}"
 
 
 def _ss_shifts(text: str, client_is_local: bool) -> dict[str, tuple[int, int]]:

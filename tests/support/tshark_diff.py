@@ -35,7 +35,8 @@ def tcpsleuth_json(path: Path) -> dict[str, Any]:
     return json.loads(result.stdout)
 
 
-def _endpoint(ip4: str, ip6: str, port: str) -> str:
+def endpoint(ip4: str, ip6: str, port: str) -> str:
+    """IP:PORT as tcpsleuth writes it, from tshark's ip/ipv6 and port fields."""
     return f"{ip4}:{port}" if ip4 else f"[{ip6}]:{port}"
 
 
@@ -75,8 +76,8 @@ def expected_connections(path: Path) -> dict[int, dict[str, Any]]:
             "window": win,
         }
         if role == "syn":
-            entry["client"] = _endpoint(s4, s6, sport)
-            entry["server"] = _endpoint(d4, d6, dport)
+            entry["client"] = endpoint(s4, s6, sport)
+            entry["server"] = endpoint(d4, d6, dport)
     return out
 
 
