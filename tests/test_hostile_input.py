@@ -660,6 +660,15 @@ def test_symlink_loop_as_a_capture_is_an_input_error(tmp_path: Path) -> None:
     assert str(loop) in line
 
 
+def test_a_file_as_lab_keep_is_a_usage_error(tmp_path: Path) -> None:
+    """Refused before anything starts (no namespace, no broker): one line, exit 2."""
+    kept = tmp_path / "report.txt"
+    kept.write_text("mine\n")
+    line = one_error_line(run_tcpsleuth("lab", "run", "baseline", "--keep", str(kept)))
+    assert "--keep" in line and str(kept) in line
+    assert kept.read_text() == "mine\n"
+
+
 def test_readme_says_which_commands_have_no_format() -> None:
     readme = " ".join((REPO / "README.md").read_text().split())
     assert "Every command takes `--format json`" not in readme

@@ -189,7 +189,7 @@ def _render(reports: list[dict[str, Any]]) -> Group:
 @click.argument("names", nargs=-1, required=True)
 @click.option(
     "--keep",
-    type=click.Path(path_type=Path),
+    type=click.Path(path_type=Path, file_okay=False),
     default=None,
     metavar="DIR",
     help="Keep captures, socket snapshots, client output, report.json and plots.",
