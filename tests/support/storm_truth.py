@@ -4,16 +4,13 @@ from tcpsleuth's own decoding."""
 
 from __future__ import annotations
 
-import json
 import re
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from support.storm_lab import Storm
 from support.tshark_diff import endpoint as _endpoint
-from support.tshark_diff import tshark
+from support.tshark_diff import tcpsleuth_json, tshark
 
 PRECISION, RECALL = 0.99, 0.95
 
@@ -129,24 +126,8 @@ class Score:
 
 
 def analyse(path: Path) -> dict:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tcpsleuth",
-            "pcap",
-            "--format",
-            "json",
-            "--all-connections",
-            str(path),
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=600,
-    )
-    assert result.returncode in (0, 1), result.stderr
-    return json.loads(result.stdout)
+    """Every connection's verdicts: the pcap document with ``--all-connections``."""
+    return tcpsleuth_json(path, "--all-connections")
 
 
 def score(doc: dict, truth: dict[str, ConnectionTruth]) -> Score:

@@ -23,9 +23,10 @@ def tshark(path: Path, *fields: str, display_filter: str = "") -> list[list[str]
     return [line.split("|") for line in out.splitlines()]
 
 
-def tcpsleuth_json(path: Path) -> dict[str, Any]:
+def tcpsleuth_json(path: Path, *extra: str) -> dict[str, Any]:
+    """``tcpsleuth pcap --format json [EXTRA...] PATH``'s document."""
     result = subprocess.run(
-        [sys.executable, "-m", "tcpsleuth", "pcap", "--format", "json", str(path)],
+        [sys.executable, "-m", "tcpsleuth", "pcap", "--format", "json", *extra, str(path)],
         capture_output=True,
         text=True,
         check=False,
