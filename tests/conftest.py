@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
@@ -18,6 +19,39 @@ REPO = Path(__file__).parent.parent
 SHARED = REPO.parent / "shared"
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
+
+# Tests that start namespaces, storms, brokers or guests measure time and load; when
+# several developers' test runs share one small machine, they take turns through this
+# lock (one test at a time). CI runs one pytest, so it never waits.
+HEAVY_LOCK = Path("/tmp/tcpsleuth-heavy.lock")
+HEAVY_WORDS = (
+    "lab",
+    "storm",
+    "kafka",
+    "probe",
+    "watch",
+    "exporter",
+    "trace",
+    "record",
+    "server",
+    "listener",
+    "guest",
+    "audit_live",
+    "alerts",
+    "bench",
+)
+
+
+@pytest.fixture(autouse=True)
+def _heavy_turn(request: pytest.FixtureRequest) -> Iterator[None]:
+    name = request.node.module.__name__ if request.node.module else ""
+    held = os.environ.get("CI") or os.environ.get("TCPSLEUTH_HEAVY_HELD")  # e.g. under flock(1)
+    if held or not any(word in name for word in HEAVY_WORDS):
+        yield
+        return
+    with HEAVY_LOCK.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 @pytest.fixture
