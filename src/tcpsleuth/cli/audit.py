@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +25,12 @@ from tcpsleuth.detectors.probe import probe_findings
 from tcpsleuth.detectors.probe import verdict as probe_verdict
 from tcpsleuth.lab.probe import run_probe
 from tcpsleuth.model.findings import Finding, exit_status, ranked
-from tcpsleuth.model.records import HostSnapshot, ProbeResult
+from tcpsleuth.model.records import HostSnapshot, KafkaConfig, ProbeResult, kafka_release
 from tcpsleuth.reports import jsonout, table
+from tcpsleuth.sources import netns
 from tcpsleuth.sources.bundle import read_bundle
 from tcpsleuth.sources.host import live_snapshot
+from tcpsleuth.sources.kafkaprocess import broker_for
 from tcpsleuth.sources.procfs import AUDIT_SYSCTLS
 
 
@@ -67,6 +70,9 @@ class AuditResult:
             else {
                 "path": kafka.path,
                 "listeners": [f"{k.name}://{k.host}:{k.port}" for k in kafka.listeners],
+                "version": kafka.version,
+                "version_source": kafka.version_source,
+                "honours_listen_backlog_size": kafka.honours_listen_backlog,
                 "socket_listen_backlog_size": kafka.listen_backlog_size,
                 "effective_listen_backlog": kafka.effective_listen_backlog,
                 "socket_receive_buffer_bytes": kafka.receive_buffer_bytes,
@@ -77,15 +83,48 @@ class AuditResult:
 
 
 def snapshot_from(
-    bundle: Path | None, netns: str | None, kafka_config: Path | None, example: str | None = None
+    bundle: Path | None,
+    netns: str | None,
+    kafka_config: Path | None,
+    example: str | None = None,
+    kafka_version: str | None = None,
 ) -> HostSnapshot:
     exclusive(bundle=bundle, netns=netns, example=example)
     kafka = load_kafka_config(kafka_config)
     if example is not None:
         bundle = examples.path(example)
     if bundle is not None:
-        return read_bundle(bundle, kafka)
-    return live_snapshot(netns, kafka)
+        snapshot = read_bundle(bundle, kafka)
+        if kafka_version is not None and snapshot.kafka_config is not None:
+            given = replace(
+                snapshot.kafka_config, version=kafka_version, version_source="--kafka-version"
+            )
+            snapshot = replace(snapshot, kafka_config=given)
+    else:
+        if kafka is not None:
+            kafka = with_kafka_version(kafka, kafka_version, netns)
+        snapshot = live_snapshot(netns, kafka)
+    if kafka_version is not None and snapshot.kafka_config is None:
+        raise click.UsageError("--kafka-version is about the broker of --kafka-config")
+    return snapshot
+
+
+def with_kafka_version(
+    kafka: KafkaConfig, version: str | None, netns_name: str | None
+) -> KafkaConfig:
+    """``kafka`` with its broker's version: the one given, else the one of the running
+    broker started with that file (or the only broker in the namespace), read from the
+    jars on its class path."""
+    if version is not None:
+        return replace(kafka, version=version, version_source="--kafka-version")
+    if netns_name is not None:
+        inode = os.stat(netns.NETNS_RUN_DIR / netns.checked_name(netns_name)).st_ino
+    else:
+        inode = os.stat("/proc/self/ns/net").st_ino
+    broker = broker_for(Path(kafka.path), inode)
+    if broker is None or broker.version is None:
+        return kafka
+    return replace(kafka, version=broker.version, version_source=f"class path of pid {broker.pid}")
 
 
 def run_audit(snapshot: HostSnapshot, probe: ProbeResult | None = None) -> AuditResult:
@@ -157,12 +196,21 @@ def render(result: AuditResult) -> Group:
 )
 @netns_option
 @kafka_config_option
+@click.option(
+    "--kafka-version",
+    metavar="VERSION",
+    default=None,
+    help="The broker's Kafka version (as 3.1.2), when the running broker's class path "
+    "cannot tell it (a broker that is down, or a bundle); what some settings do depends on "
+    "it (socket.listen.backlog.size exists from 3.2.0).",
+)
 @format_option
 def audit_command(
     bundle: Path | None,
     probe: bool,
     netns: str | None,
     kafka_config: Path | None,
+    kafka_version: str | None,
     output_format: str,
 ) -> int:
     """Check this host for the settings and state that turn a broker restart into
@@ -174,13 +222,19 @@ def audit_command(
     Examples:
       tcpsleuth audit                                   # this host
       tcpsleuth audit --kafka-config /etc/kafka/server.properties
+      tcpsleuth audit --kafka-config server.properties --kafka-version 3.1.2
       tcpsleuth audit --bundle broker-17/ --format json # collected elsewhere
       sudo tcpsleuth audit --netns blue                 # one network namespace
       sudo tcpsleuth audit --probe                      # kernel tested, not looked up
     """
     if probe and bundle is not None:
         raise click.UsageError("--probe tests this host's kernel, not a bundle's")
-    snapshot = snapshot_from(bundle, netns, kafka_config)
+    if kafka_version is not None and kafka_release(kafka_version) is None:
+        raise click.BadParameter(
+            f"{kafka_version!r} is not an Apache Kafka version (as 3.1.2)",
+            param_hint="--kafka-version",
+        )
+    snapshot = snapshot_from(bundle, netns, kafka_config, kafka_version=kafka_version)
     probed = None
     if probe:
         kafka = snapshot.kafka_config

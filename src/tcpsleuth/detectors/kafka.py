@@ -29,8 +29,30 @@ def kafka_findings(snapshot: HostSnapshot) -> list[Finding]:
                 "avoids the bug's precondition.",
             )
         )
+    if kafka.listen_backlog_size is not None and kafka.honours_listen_backlog is False:
+        findings.append(
+            Finding(
+                "kafka-listen-backlog-ignored",
+                Severity.WARNING,
+                host_subject(snapshot.hostname),
+                f"socket.listen.backlog.size={kafka.listen_backlog_size} has no effect on "
+                f"Kafka {kafka.version}: the setting exists from 3.2.0 (KIP-764), so this "
+                f"broker listens with backlog {kafka.KAFKA_DEFAULT_BACKLOG} whatever the file "
+                "says",
+                {
+                    "socket_listen_backlog_size": kafka.listen_backlog_size,
+                    "kafka_version": kafka.version,
+                    "version_source": kafka.version_source,
+                    "effective_listen_backlog": kafka.effective_listen_backlog,
+                },
+                "Upgrade the broker to Kafka 3.2.0 or later for socket.listen.backlog.size to "
+                "apply; until then SYN cookies (net.ipv4.tcp_syncookies=1) or a kernel with "
+                "the window-scale fix are what stand between a restart and slow clients.",
+            )
+        )
     if (
         kafka.listen_backlog_size is not None
+        and kafka.honours_listen_backlog is not False
         and somaxconn is not None
         and kafka.listen_backlog_size > somaxconn
     ):

@@ -145,6 +145,22 @@ class HostSnapshot:
         return counts
 
 
+def kafka_release(version: str | None) -> tuple[int, int, int] | None:
+    """An Apache Kafka version (``3.1.2``, ``3.2``) as (3, 1, 2); None when it is not
+    one. Confluent's builds (``7.1.0-ccs``) number differently and carry backports
+    (KIP-764 in some 6.2.x), so they are not guessed at."""
+    if not version or "ccs" in version:
+        return None
+    parts = []
+    for part in version.split("-", 1)[0].split(".")[:3]:
+        if not part.isdigit():
+            break
+        parts.append(int(part))
+    if len(parts) < 2:
+        return None
+    return (parts[0], parts[1], parts[2] if len(parts) > 2 else 0)
+
+
 @dataclass(frozen=True)
 class KafkaListener:
     name: str
@@ -160,7 +176,8 @@ class KafkaConfig:
     then uses 50 (hard-coded before 3.2.0, the default of
     ``socket.listen.backlog.size`` since). ``receive_buffer_bytes`` is
     ``socket.receive.buffer.bytes`` (default 102400; -1 leaves SO_RCVBUF to
-    the OS).
+    the OS). ``version`` is the broker's Kafka version when known (its jars, or
+    the operator's word), ``version_source`` says where it came from.
     """
 
     path: str
@@ -169,12 +186,26 @@ class KafkaConfig:
     listen_backlog_size: int | None
     receive_buffer_bytes: int
     send_buffer_bytes: int
+    version: str | None = None
+    version_source: str | None = None
 
     KAFKA_DEFAULT_BACKLOG = 50
     KAFKA_DEFAULT_BUFFER = 102400
+    # KIP-764 (KAFKA-9648): socket.listen.backlog.size exists from Kafka 3.2.0; before
+    # it the Acceptor binds with the JDK's default backlog, 50, whatever the file says.
+    LISTEN_BACKLOG_SINCE = (3, 2, 0)
+
+    @property
+    def honours_listen_backlog(self) -> bool | None:
+        """Whether this broker's version reads socket.listen.backlog.size (None: the
+        version is not known)."""
+        release = kafka_release(self.version)
+        return None if release is None else release >= self.LISTEN_BACKLOG_SINCE
 
     @property
     def effective_listen_backlog(self) -> int:
+        if self.honours_listen_backlog is False:
+            return self.KAFKA_DEFAULT_BACKLOG
         return self.listen_backlog_size or self.KAFKA_DEFAULT_BACKLOG
 
     @property
