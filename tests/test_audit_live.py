@@ -132,8 +132,8 @@ def test_counters_after_a_reconnect_storm(netns: str) -> None:
         assert value == trusted[name], name
     assert doc["counters"]["TcpExtSyncookiesSent"] > 0
     kinds = {f["kind"] for f in doc["findings"]}
-    assert {"syncookies-sent", "listen-overflows"} <= kinds
-    sent = next(f for f in doc["findings"] if f["kind"] == "syncookies-sent")
+    assert {"syn-cookies-sent", "listen-overflows"} <= kinds
+    sent = next(f for f in doc["findings"] if f["kind"] == "syn-cookies-sent")
     assert sent["evidence"]["TcpExtSyncookiesSent"] == trusted["TcpExtSyncookiesSent"]
 
 

@@ -75,7 +75,7 @@ def test_storm_bundle_is_read_like_a_host() -> None:
     assert small["severity"] == ("critical" if established >= 10 * backlog else "warning")
     assert doc["counters"]["TcpExtSyncookiesSent"] == counters["TcpExtSyncookiesSent"] > 0
     assert (
-        kinds["syncookies-sent"][0]["evidence"]["TcpExtSyncookiesSent"]
+        kinds["syn-cookies-sent"][0]["evidence"]["TcpExtSyncookiesSent"]
         == counters["TcpExtSyncookiesSent"]
     )
     assert (

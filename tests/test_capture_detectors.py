@@ -37,7 +37,7 @@ def test_every_cookie_connection_recognised(kernel: str) -> None:
     wrong = [c for c in decided if said[c] != known[c]]
     assert not wrong
     assert len(decided) >= 0.95 * len(known)
-    [finding] = [f for f in result.findings if f.kind == "syn-cookies"]
+    [finding] = [f for f in result.findings if f.kind == "syn-cookies-seen"]
     sent = truth["TcpExtSyncookiesSent"]
     assert abs(finding.evidence["cookie_synacks"] - sent) <= 0.05 * sent
     assert finding.evidence["clients"] == {"198.18.0.2": finding.evidence["cookie_connections"]}
@@ -83,4 +83,4 @@ def test_a_lone_synack_is_undecided_with_its_reason(tmp_path: Path) -> None:
     verdicts = [result.cookies.of(s) for s in range(len(result.analysis.connections))]
     assert len(verdicts) == 400
     assert {(v.cookie, v.reason) for v in verdicts} == {(None, nothing_later)}
-    assert not [f for f in result.findings if f.kind == "syn-cookies"]
+    assert not [f for f in result.findings if f.kind == "syn-cookies-seen"]

@@ -55,7 +55,7 @@ def test_no_cookies_without_syncookies(tmp_path: Path) -> None:
     assert storm.netstat["TcpExtListenDrops"] + storm.netstat["TcpExtTCPReqQFullDrop"] > 0
     for pcap in (storm.server_pcap, storm.client_pcap):
         doc = analyse(pcap)
-        assert not [f for f in doc["findings"] if f["kind"] == "syn-cookies"]
+        assert not [f for f in doc["findings"] if f["kind"] == "syn-cookies-seen"]
         conns = {c["client"]: c["syn_cookie"] for c in doc["files"][0]["connections"]}
         assert True not in [v["cookie"] for v in conns.values()]
         # the connections whose server said more than its SYN-ACK are judged ordinary,

@@ -178,7 +178,7 @@ def test_lab_on_the_real_bug_matches_the_emulation(
     _, emulated = _lab("--size", "guest")
     [erun] = emulated["runs"]
     assert erun["emulation"] and erun["kernel"] is None
-    wanted = {"wscale-mismatch", "rwnd-limited", "syncookies-sent"}
+    wanted = {"wscale-mismatch", "rwnd-limited", "syn-cookies-sent"}
     assert _kinds(real) & wanted == _kinds(emulated) & wanted == wanted
     # the shifts the scenario's buffers give: SO_RCVBUF on the SYN-ACK, the lab's
     # tcp_rmem maximum on the buggy cookie path

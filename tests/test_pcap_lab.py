@@ -315,7 +315,7 @@ def test_cookie_connections_on_fixed_kernel_agree(tmp_path: Path) -> None:
     )
     doc = analyse(capture.path)
     assert not findings_of(doc, "wscale-mismatch")
-    [cookies] = findings_of(doc, "syn-cookies")
+    [cookies] = findings_of(doc, "syn-cookies-seen")
     sent = capture.server_netstat["TcpExtSyncookiesSent"]
     assert sent == 6
     # counted: jump and phase agree; a cookie rounded by under 2 ms does not jump
@@ -330,7 +330,7 @@ def test_clean_handshakes_are_not_cookies(tmp_path: Path) -> None:
     capture = make_capture(tmp_path, "nocookies", clients=[(4, 6, 1, 100)])
     doc = analyse(capture.path)
     assert capture.server_netstat["TcpExtSyncookiesSent"] == 0
-    assert not findings_of(doc, "syn-cookies")
+    assert not findings_of(doc, "syn-cookies-seen")
 
 
 def test_storm_on_backlog_50_cookie_count_close_to_kernel(tmp_path: Path) -> None:
@@ -338,7 +338,7 @@ def test_storm_on_backlog_50_cookie_count_close_to_kernel(tmp_path: Path) -> Non
     doc = analyse(capture.path)
     sent = capture.server_netstat["TcpExtSyncookiesSent"]
     assert sent > 100
-    [cookies] = findings_of(doc, "syn-cookies")
+    [cookies] = findings_of(doc, "syn-cookies-seen")
     counted = cookies["evidence"]["cookie_synacks"]
     print("kernel sent", sent, "counted", counted)
     # Cookies are recognised per connection (detectors/capture_cookies.py); the

@@ -29,12 +29,12 @@ def test_cookie_storm_threshold() -> None:
     fast = {**before, "TcpExtSyncookiesSent": 20}  # 10/s
     assert rates.counter_events(before, slow, 2.0, "h") == []
     [storm] = rates.counter_events(before, fast, 2.0, "h")
-    assert storm.kind == "syn-cookie-storm"
+    assert storm.kind == "syn-cookies-rate"
     assert storm.evidence["cookies_per_second"] == 10.0
     assert storm.evidence["TcpExtSyncookiesSent"] == 20
     lower = rates.Thresholds(cookies_per_second=5)
     assert [e.kind for e in rates.counter_events(before, slow, 2.0, "h", lower)] == [
-        "syn-cookie-storm"
+        "syn-cookies-rate"
     ]
 
 
@@ -42,7 +42,7 @@ def test_overflow_event_counts_the_interval_only() -> None:
     before = {"TcpExtListenOverflows": 900, "TcpExtListenDrops": 905, "TcpExtTCPReqQFullDrop": 0}
     after = {"TcpExtListenOverflows": 930, "TcpExtListenDrops": 935, "TcpExtTCPReqQFullDrop": 0}
     [event] = rates.counter_events(before, after, 1.0, "h")
-    assert event.kind == "listen-overflow"
+    assert event.kind == "listen-overflows-rate"
     assert event.evidence["TcpExtListenOverflows"] == 30
     assert event.evidence["TcpExtListenDrops"] == 30
     assert rates.counter_events(after, after, 1.0, "h") == []
@@ -98,14 +98,14 @@ def test_watch_sees_a_reconnect_storm(netns: str) -> None:
     # the last sample was taken after the storm: it equals what nstat reads now
     assert samples[-1]["counters"]["TcpExtSyncookiesSent"] == sent > 0
     assert samples[-1]["counters"]["TcpExtListenOverflows"] == overflows > 0
-    storms = [e for e in events if e["kind"] == "syn-cookie-storm"]
+    storms = [e for e in events if e["kind"] == "syn-cookies-rate"]
     assert storms, events
     for storm in storms:
         evidence = storm["evidence"]
         assert evidence["cookies_per_second"] >= 10
         assert evidence["TcpExtSyncookiesSent"] <= sent
     assert sum(e["evidence"]["TcpExtSyncookiesSent"] for e in storms) <= sent
-    assert any(e["kind"] == "listen-overflow" for e in events)
+    assert any(e["kind"] == "listen-overflows-rate" for e in events)
     listeners = samples[-1]["listeners"]
     assert {k: listeners[0][k] for k in ("listener", "backlog")} == {
         "listener": "127.0.0.1:9092",

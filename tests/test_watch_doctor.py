@@ -56,7 +56,7 @@ def test_doctor_counter_rates_see_cookies_being_sent(netns: str) -> None:
     assert rates["TcpExtSyncookiesSent"] >= 10, (rates, connected)
     # every handshake was a cookie: the cookies that came back are the accepted ones
     assert rates["TcpExtSyncookiesRecv"] > 0.8 * rates["TcpExtSyncookiesSent"]
-    storm = next(f for f in doc["findings"] if f["kind"] == "syn-cookie-storm")
+    storm = next(f for f in doc["findings"] if f["kind"] == "syn-cookies-rate")
     seconds = storm["evidence"]["seconds"]
     assert seconds == check["data"]["seconds"]
     # the finding's count over the check's seconds is the check's rate (both rounded)

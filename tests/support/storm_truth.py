@@ -168,7 +168,7 @@ def check_capture(storm: Storm, side: str, shifts: tuple[int, int] | None = None
     print(storm.config, side, result, f"precision {result.precision:.4f}")
     assert result.precision >= PRECISION, result
     assert result.recall >= RECALL, result
-    [finding] = [f for f in doc["findings"] if f["kind"] == "syn-cookies"]
+    [finding] = [f for f in doc["findings"] if f["kind"] == "syn-cookies-seen"]
     evidence = finding["evidence"]
     assert evidence["cookie_connections"] == result.true_pos + result.false_pos
     assert evidence["undecided_connections"] == result.undecided

@@ -145,7 +145,7 @@ def _render(reports: list[dict[str, Any]]) -> Group:
                     in (
                         "wscale-mismatch",
                         "rwnd-limited",
-                        "syncookies-sent",
+                        "syn-cookies-sent",
                         "listen-backlog-small",
                         "tiny-window",
                     )

@@ -508,7 +508,7 @@ def findings(
         undecided = entry["undecided_connections"]
         out.append(
             Finding(
-                kind="syn-cookies",
+                kind="syn-cookies-seen",
                 severity=Severity.WARNING,
                 subject=listener_subject(server),
                 summary=(

@@ -31,7 +31,7 @@ def counter_findings(snapshot: HostSnapshot) -> list[Finding]:
     if cookies.get("TcpExtSyncookiesSent", 0) > 0:
         findings.append(
             Finding(
-                "syncookies-sent",
+                "syn-cookies-sent",
                 Severity.WARNING,
                 subject,
                 f"{cookies['TcpExtSyncookiesSent']} SYN cookies sent since boot: a listen queue "

@@ -104,7 +104,7 @@ def probe_findings(result: ProbeResult, host: str) -> list[Finding]:
         c = plain[0]
         findings.append(
             Finding(
-                "cookie-without-timestamps",
+                "kernel-cookie-without-timestamps",
                 Severity.INFO,
                 host_subject(host),
                 "with tcp_timestamps=0 a SYN-cookie connection has no window scaling: the "

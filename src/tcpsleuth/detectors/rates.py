@@ -84,7 +84,7 @@ def counter_events(
     if sent and per_second["TcpExtSyncookiesSent"] >= thresholds.cookies_per_second:
         events.append(
             Finding(
-                "syn-cookie-storm",
+                "syn-cookies-rate",
                 Severity.WARNING,
                 subject,
                 f"{sent} SYN cookies sent in {seconds:.1f} s "
@@ -113,7 +113,7 @@ def counter_events(
     if any(overflows.values()):
         events.append(
             Finding(
-                "listen-overflow",
+                "listen-overflows-rate",
                 Severity.WARNING,
                 subject,
                 f"{overflows.get('TcpExtListenOverflows', 0)} accept-queue overflows and "

@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from tcpsleuth.model import kinds
+
 if TYPE_CHECKING:  # records import this module for endpoint()
     from tcpsleuth.model.records import TcpConnection
 
@@ -85,15 +87,34 @@ class Finding:
     evidence: Mapping[str, Any] = field(default_factory=dict)
     advice: str = ""
 
+    def __post_init__(self) -> None:
+        # Every kind is registered (model/kinds.py); a former name becomes the current one.
+        spec = kinds.lookup(self.kind)
+        if spec.name != self.kind:
+            object.__setattr__(self, "kind", spec.name)
+        if self.severity.value not in spec.severities:
+            raise kinds.UnknownKind(
+                f"finding kind {spec.name!r} is registered with severities "
+                f"{', '.join(spec.severities)}, not {self.severity.value}"
+            )
+
+    @property
+    def aliases(self) -> tuple[str, ...]:
+        """The kind's former names, kept for one release."""
+        return kinds.KINDS[self.kind].aliases
+
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "severity": self.severity.value,
-            "subject": dict(self.subject),
-            "summary": self.summary,
-            "evidence": dict(self.evidence),
-            "advice": self.advice,
-        }
+        out: dict[str, Any] = {"kind": self.kind}
+        if self.aliases:
+            out["aliases"] = list(self.aliases)
+        out.update(
+            severity=self.severity.value,
+            subject=dict(self.subject),
+            summary=self.summary,
+            evidence=dict(self.evidence),
+            advice=self.advice,
+        )
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Finding:
