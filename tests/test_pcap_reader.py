@@ -332,3 +332,128 @@ def test_small_chunks_and_growing_tables_change_nothing() -> None:
         pieces = _follow(KAFKA, chunk, 1)
         for one, two in zip(whole, pieces, strict=True):
             _assert_same(one, two)
+
+
+# Packets a network really carries that the decoder once dropped or misread (issue 14
+# item 2): each read as tshark reads it, or named in one line when nothing could be.
+
+
+def _rewritten(tmp_path: Path, name: str, change, linktype: int | None = None) -> Path:  # type: ignore[no-untyped-def]
+    from support import pcap_rewrite
+
+    path = tmp_path / name
+    pcap_rewrite.rewrite(KAFKA, path, change, linktype)
+    return path
+
+
+def _same_bytes_as_unfragmented(doc: dict) -> None:  # type: ignore[type-arg]
+    original = tcpsleuth_json(KAFKA)["files"][0]
+    got = {c["client"].rsplit(":", 1)[1]: c["bytes"] for c in doc["files"][0]["connections"]}
+    want = {c["client"].rsplit(":", 1)[1]: c["bytes"] for c in original["connections"]}
+    assert got == want and sum(b["c2s"] + b["s2c"] for b in got.values()) == 1290
+
+
+def test_ipv4_fragments_are_reassembled_as_tshark_does(tmp_path: Path) -> None:
+    from support import pcap_rewrite
+
+    path = _rewritten(tmp_path, "frag4.pcap", pcap_rewrite.ipv4_fragments(24))
+    doc = tcpsleuth_json(path)
+    assert assert_connections_equal(path, doc) == 2
+    assert assert_kafka_equal(path, doc) == 2
+    _same_bytes_as_unfragmented(doc)
+    data = doc["files"][0]
+    assert data["packets"] == 93 and data["tcp_segments"] == 20
+    assert data["ip_fragments"] == {"read": 93, "datagrams_reassembled": 20}
+    assert data["skipped"]["ip_fragments"] == 0 and not data["warnings"]
+
+
+@pytest.mark.parametrize(
+    ("name", "extensions", "fragment"),
+    [("four-extensions", True, 0), ("fragments", False, 24), ("both", True, 16)],
+)
+def test_ipv6_extension_headers_and_fragments_equal_tshark(
+    tmp_path: Path, name: str, extensions: bool, fragment: int
+) -> None:
+    from support import pcap_rewrite
+
+    chain = pcap_rewrite.FOUR_EXTENSIONS if extensions else []
+    path = _rewritten(tmp_path, f"{name}.pcap", pcap_rewrite.sll_ipv4_to_ipv6(chain, fragment))
+    doc = tcpsleuth_json(path)
+    assert assert_connections_equal(path, doc) == 2
+    assert assert_kafka_equal(path, doc) == 2
+    _same_bytes_as_unfragmented(doc)
+
+
+def test_three_vlan_tags_equal_tshark(tmp_path: Path) -> None:
+    from support import pcap_rewrite
+
+    eth = _rewritten(tmp_path, "eth.pcap", pcap_rewrite.sll_to_ethernet, linktype=1)
+    tagged = tmp_path / "vlan3.pcap"
+    pcap_rewrite.rewrite(eth, tagged, pcap_rewrite.vlan_tags(3))
+    doc = tcpsleuth_json(tagged)
+    assert assert_connections_equal(tagged, doc) == 2
+    assert assert_kafka_equal(tagged, doc) == 2
+
+
+def test_fragments_never_completed_are_counted_and_said(tmp_path: Path) -> None:
+    from support import pcap_rewrite
+
+    path = _rewritten(tmp_path, "lost.pcap", pcap_rewrite.ipv4_fragments(24, hold_back=5))
+    result = run_tcpsleuth("pcap", "--format", "json", str(path))
+    assert result.returncode in (0, 1), result.stderr
+    data = json.loads(result.stdout)["files"][0]
+    assert data["skipped"]["ip_fragments"] == 4  # the 4 datagrams that lost their last
+    assert data["ip_fragments"]["datagrams_reassembled"] == 16
+    assert result.stderr.count("\n") == 1 and "4 IP fragments" in result.stderr
+    assert data["warnings"] == [result.stderr.strip().removeprefix("tcpsleuth: warning: ")]
+
+
+@pytest.mark.parametrize(
+    ("linktype", "said"),
+    [(147, "20 of link type 147, which tcpsleuth does not read"), (101, "not the IP header")],
+)
+def test_nothing_readable_is_an_input_error(tmp_path: Path, linktype: int, said: str) -> None:
+    """Link type 147 (user-defined), and Ethernet frames labelled raw IP: exit 2, never
+    'nothing of concern'."""
+    from support import pcap_rewrite
+
+    source = KAFKA
+    if linktype == 101:
+        source = _rewritten(tmp_path, "eth.pcap", pcap_rewrite.sll_to_ethernet, linktype=1)
+    path = tmp_path / "odd.pcap"
+    pcap_rewrite.rewrite(source, path, lambda frame: [frame], linktype)
+    for output_format in ("table", "json"):
+        line = _error_line_format(path, output_format)
+        assert said in line and "none of its 20 packets could be read" in line
+
+
+def _error_line_format(path: Path, output_format: str) -> str:
+    result = run_tcpsleuth("pcap", "--format", output_format, str(path))
+    assert result.returncode == 2 and not result.stdout, (result.stdout, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    return lines[0]
+
+
+def test_four_gigabyte_original_length_breaks_nothing(tmp_path: Path) -> None:
+    """A record claiming a 4 GB original length on a packet with IP length 0 (where
+    the decoder takes the frame's length, as for a TSO super-packet): not read as a
+    4 GB segment, and the connection's bytes stay what they were."""
+    data = bytearray(KAFKA.read_bytes())
+    pos = 24
+    changed = 0
+    while pos < len(data):
+        incl = struct.unpack_from("<I", data, pos + 8)[0]
+        if data[pos + 16 + 14 : pos + 16 + 16] == b"\x08\x00" and changed == 0:
+            struct.pack_into("<I", data, pos + 12, 0xFFFFFFFF)
+            struct.pack_into("!H", data, pos + 16 + 16 + 2, 0)  # IP total length 0
+            changed = pos
+        pos += 16 + incl
+    path = tmp_path / "huge.pcap"
+    path.write_bytes(bytes(data))
+    result = run_tcpsleuth("pcap", "--format", "json", str(path))
+    assert result.returncode in (0, 1), result.stderr
+    doc = json.loads(result.stdout)["files"][0]
+    assert doc["skipped"]["undecodable"] == 1
+    total = sum(c["bytes"]["c2s"] + c["bytes"]["s2c"] for c in doc["connections"])
+    assert total <= 1290

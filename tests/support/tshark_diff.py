@@ -45,6 +45,8 @@ def expected_connections(path: Path) -> dict[int, dict[str, Any]]:
     """Per tcp.stream: endpoints of the SYN, options of SYN and SYN-ACK, packets."""
     out: dict[int, dict[str, Any]] = {}
     for row in tshark(path, "tcp.stream"):
+        if not row[0]:
+            continue  # an IP fragment whose datagram tshark shows at its last fragment
         entry = out.setdefault(int(row[0]), {"packets": 0})
         entry["packets"] += 1
     rows = tshark(

@@ -92,12 +92,17 @@ def _document_data(result: CaptureResult, all_connections: bool) -> dict[str, An
         "linktypes": sorted(capture.report.linktypes),
         "packets": capture.counts.packets,
         "tcp_segments": capture.counts.tcp,
+        "ip_fragments": {
+            "read": capture.counts.fragments,
+            "datagrams_reassembled": capture.counts.reassembled,
+        },
         "skipped": {
             "not_ip": capture.counts.not_ip,
             "not_tcp": capture.counts.not_tcp,
             "truncated_headers": capture.counts.truncated_headers,
-            "ip_fragments": capture.counts.fragments,
+            "ip_fragments": capture.counts.fragments_incomplete,
             "unsupported_link_type": capture.counts.unsupported_linktype,
+            "undecodable": capture.counts.undecodable,
         },
         "warnings": capture.report.warnings,
         "connections_total": total,

@@ -13,8 +13,16 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from tcpsleuth.sources.pcap.decode import DecodeCounts, TcpColumns, concatenate, decode
+from tcpsleuth.errors import InputError
+from tcpsleuth.sources.pcap.decode import (
+    SUPPORTED_LINKTYPES,
+    DecodeCounts,
+    TcpColumns,
+    concatenate,
+    decode,
+)
 from tcpsleuth.sources.pcap.reader import CHUNK, ReadReport, batches, file_size
+from tcpsleuth.sources.pcap.reassemble import Reassembler
 
 
 @dataclass
@@ -36,19 +44,66 @@ class CaptureStream:
     chunks: Iterator[TcpColumns]
 
 
+def unread_text(report: ReadReport, counts: DecodeCounts) -> str:
+    """What could not be read, in words: '3 of link type 147, which ...; 2 ...'."""
+    parts = []
+    if counts.unsupported_linktype:
+        unknown = sorted(report.linktypes - set(SUPPORTED_LINKTYPES))
+        known = ", ".join(sorted(set(SUPPORTED_LINKTYPES.values())))
+        parts.append(
+            f"{counts.unsupported_linktype} of link type "
+            f"{', '.join(str(t) for t in unknown) or '?'}, which tcpsleuth does not read "
+            f"(it reads {known})"
+        )
+    if counts.undecodable:
+        parts.append(
+            f"{counts.undecodable} whose bytes are not the IP header their link type "
+            "announces, or have more VLAN tags or IPv6 extension headers than tcpsleuth "
+            "follows (8)"
+        )
+    if counts.fragments_incomplete:
+        parts.append(
+            f"{counts.fragments_incomplete} IP fragments whose datagram never became whole"
+        )
+    return "; ".join(parts)
+
+
+def _account(report: ReadReport, counts: DecodeCounts) -> None:
+    """At the end of the capture: nothing readable is an input error, part of it a
+    warning (the report's warnings reach stderr and the JSON document)."""
+    if not counts.unread():
+        return
+    if counts.unread() == counts.packets:
+        raise InputError(
+            f"{report.path}: none of its {counts.packets} packets could be read: "
+            f"{unread_text(report, counts)}"
+        )
+    report.warnings.append(
+        f"{report.path}: {counts.unread()} of {counts.packets} packets could not be read "
+        f"and are left out: {unread_text(report, counts)}"
+    )
+
+
 def open_capture(
-    path: Path, progress: Callable[[int], None] | None = None, chunk: int = CHUNK
+    path: Path,
+    progress: Callable[[int], None] | None = None,
+    chunk: int = CHUNK,
+    name: str | None = None,
 ) -> CaptureStream:
-    report, packets = batches(path, progress, chunk)
+    """``path`` read chunk by chunk; ``name`` is what messages call it (default: path)."""
+    report, packets = batches(path, progress, chunk, name)
     counts = DecodeCounts()
 
     def chunks() -> Iterator[TcpColumns]:
         frame = 1
+        fragments = Reassembler()
         for batch in packets:
-            yield decode(batch, frame, counts)
+            yield decode(batch, frame, counts, fragments)
             frame += len(batch)
+        counts.fragments_incomplete = fragments.finish()
+        _account(report, counts)
 
-    return CaptureStream(str(path), report, counts, chunks())
+    return CaptureStream(report.path, report, counts, chunks())
 
 
 def read_capture(path: Path, progress: Callable[[int], None] | None = None) -> Capture:

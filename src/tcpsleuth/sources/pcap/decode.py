@@ -1,9 +1,16 @@
 """Packet bytes to TCP header columns, a chunk at a time in one compiled loop.
 
-Link layers: Ethernet (with 802.1Q/802.1ad tags, up to two), Linux cooked
+Link layers: Ethernet (with up to eight 802.1Q/802.1ad tags), Linux cooked
 capture v1 (SLL) and v2 (SLL2), raw IP (LINKTYPE_RAW, IPV4, IPV6) and BSD
-loopback (NULL, LOOP). Network layers: IPv4 (non-first fragments skipped) and
-IPv6 (hop-by-hop, routing and destination-options headers skipped).
+loopback (NULL, LOOP). Network layers: IPv4 and IPv6 (up to eight hop-by-hop,
+routing, destination-options, authentication and fragment headers); fragments are
+handed to :mod:`.reassemble` and their datagram decoded when it is whole, at the
+frame that completed it, as tshark does.
+
+What cannot be read is counted, never silently dropped: packets of a link type
+not listed here (``unsupported_linktype``), and packets whose link layer says IP
+but whose bytes are no IP header tcpsleuth can follow (``undecodable``: Ethernet
+frames in a capture labelled raw IP, more tags or extension headers than above).
 
 Payload lengths come from the IP header, not from the captured length, so a
 capture cut short by a snap length (``tcpdump -s 128``) still gives the real
@@ -21,6 +28,7 @@ from tcpsleuth.compiled import njit
 from tcpsleuth.model.capture import COLUMN_TYPES, SYN, TcpColumns
 from tcpsleuth.sources.pcap import walk
 from tcpsleuth.sources.pcap.reader import RawBatch
+from tcpsleuth.sources.pcap.reassemble import Reassembler
 
 # Link types (pcap-linktype(7))
 LINKTYPE_NULL, LINKTYPE_ETHERNET, LINKTYPE_RAW, LINKTYPE_LOOP = 0, 1, 101, 108
@@ -50,8 +58,15 @@ class DecodeCounts:
     not_ip: int = 0
     not_tcp: int = 0
     truncated_headers: int = 0
-    fragments: int = 0
+    fragments: int = 0  # IP fragments read (each one held until its datagram is whole)
     unsupported_linktype: int = 0
+    undecodable: int = 0
+    reassembled: int = 0  # datagrams rebuilt from fragments
+    fragments_incomplete: int = 0  # fragments whose datagram never became whole
+
+    def unread(self) -> int:
+        """Packets that could not be read at all (not merely not TCP)."""
+        return self.unsupported_linktype + self.undecodable + self.fragments_incomplete
 
 
 @njit(cache=True, nogil=True)
@@ -78,7 +93,11 @@ def _be64(b: np.ndarray, i: int) -> np.uint64:
 
 
 # counts returned by _decode_packets, in DecodeCounts' order
-C_TCP, C_NOT_IP, C_NOT_TCP, C_TRUNCATED, C_FRAGMENTS, C_UNSUPPORTED = 0, 1, 2, 3, 4, 5
+C_TCP, C_NOT_IP, C_NOT_TCP, C_TRUNCATED, C_FRAGMENTS, C_UNSUPPORTED, C_UNDECODABLE = range(7)
+MAX_TAGS = 8  # VLAN tags, and IPv6 extension headers, followed before giving up
+# A TSO/GSO super-packet (IP length 0) is at most 64 KiB, or 512 KiB with BIG TCP;
+# an original length beyond this is a corrupt record, not a packet.
+MAX_GSO = 1 << 20
 
 
 @njit(cache=True, nogil=True)
@@ -106,7 +125,12 @@ def _decode_packets(b, offsets, caplen, origlen, linktype):  # type: ignore[no-u
     payload_cap = np.empty(n, dtype=np.int32)
     syn_start = np.empty(n, dtype=np.int64)
     syn_stop = np.empty(n, dtype=np.int64)
-    counts = np.zeros(6, dtype=np.int64)
+    counts = np.zeros(7, dtype=np.int64)
+    # fragments: packet, where its IP header starts, and (IPv6) its fragment header
+    frag_rows = np.empty(n, dtype=np.int64)
+    frag_l3 = np.empty(n, dtype=np.int64)
+    frag_hdr = np.empty(n, dtype=np.int64)
+    f = 0
     m = 0
     for p in range(n):
         off = offsets[p]
@@ -114,16 +138,19 @@ def _decode_packets(b, offsets, caplen, origlen, linktype):  # type: ignore[no-u
         lt = linktype[p]
         ethertype = 0
         l3 = off
-        if lt == 1:  # Ethernet, up to two VLAN tags
+        if lt == 1:  # Ethernet, with VLAN tags
             l3 = off + 14
             if off + 14 <= end:
                 ethertype = _be16(b, off + 12)
-            for _ in range(2):
+            for _ in range(MAX_TAGS):
                 if ethertype == 0x8100 or ethertype == 0x88A8 or ethertype == 0x9100:
                     ethertype = _be16(b, l3 + 2) if l3 + 4 <= end else 0
                     l3 += 4
                 else:
                     break
+            if ethertype == 0x8100 or ethertype == 0x88A8 or ethertype == 0x9100:
+                counts[C_UNDECODABLE] += 1
+                continue
         elif lt == 113:  # Linux cooked v1
             l3 = off + 16
             if off + 16 <= end:
@@ -149,6 +176,9 @@ def _decode_packets(b, offsets, caplen, origlen, linktype):  # type: ignore[no-u
                     ethertype = 0x0800
                 elif version == 6:
                     ethertype = 0x86DD
+                else:  # not an IP header: e.g. Ethernet frames labelled raw IP
+                    counts[C_UNDECODABLE] += 1
+                    continue
         else:
             counts[C_UNSUPPORTED] += 1
             continue
@@ -157,13 +187,17 @@ def _decode_packets(b, offsets, caplen, origlen, linktype):  # type: ignore[no-u
             if l3 + 20 > end:
                 counts[C_TRUNCATED] += 1
                 continue
-            if b[l3] >> 4 != 4:
-                counts[C_NOT_IP] += 1
-                continue
             ihl = np.int64(b[l3] & 0x0F) * 4
+            if b[l3] >> 4 != 4 or ihl < 20:
+                counts[C_UNDECODABLE] += 1
+                continue
             total = _be16(b, l3 + 2)
-            if _be16(b, l3 + 6) & 0x1FFF:
+            if _be16(b, l3 + 6) & 0x3FFF:  # more fragments, or an offset
                 counts[C_FRAGMENTS] += 1
+                frag_rows[f] = p
+                frag_l3[f] = l3
+                frag_hdr[f] = -1
+                f += 1
                 continue
             if b[l3 + 9] != 6:
                 counts[C_NOT_TCP] += 1
@@ -175,20 +209,55 @@ def _decode_packets(b, offsets, caplen, origlen, linktype):  # type: ignore[no-u
                 counts[C_TRUNCATED] += 1
                 continue
             if b[l3] >> 4 != 6:
-                counts[C_NOT_IP] += 1
+                counts[C_UNDECODABLE] += 1
                 continue
             next_header = np.int64(b[l3 + 6])
             l4 = l3 + 40
-            # hop-by-hop, routing and destination-options headers are skipped
-            for _ in range(3):
+            # hop-by-hop, routing, destination options, authentication, fragment
+            fragment = False
+            for _ in range(MAX_TAGS):
                 if next_header == 0 or next_header == 43 or next_header == 60:
                     if l4 + 8 > end:
                         next_header = -1
                         break
                     next_header = np.int64(b[l4])
                     l4 += (np.int64(b[l4 + 1]) + 1) * 8
+                elif next_header == 51:
+                    if l4 + 8 > end:
+                        next_header = -1
+                        break
+                    next_header = np.int64(b[l4])
+                    l4 += (np.int64(b[l4 + 1]) + 2) * 4
+                elif next_header == 44:
+                    if l4 + 8 > end:
+                        next_header = -1
+                        break
+                    if _be16(b, l4 + 2) & 0xFFF9:  # an offset, or more fragments
+                        fragment = True
+                        break
+                    next_header = np.int64(b[l4])  # an atomic fragment: the whole datagram
+                    l4 += 8
                 else:
                     break
+            if fragment:
+                counts[C_FRAGMENTS] += 1
+                frag_rows[f] = p
+                frag_l3[f] = l3
+                frag_hdr[f] = l4
+                f += 1
+                continue
+            if next_header == -1:
+                counts[C_TRUNCATED] += 1
+                continue
+            if (
+                next_header == 0
+                or next_header == 43
+                or next_header == 60
+                or next_header == 51
+                or next_header == 44
+            ):  # more extension headers than followed
+                counts[C_UNDECODABLE] += 1
+                continue
             if next_header != 6:
                 counts[C_NOT_TCP] += 1
                 continue
@@ -227,6 +296,9 @@ def _decode_packets(b, offsets, caplen, origlen, linktype):  # type: ignore[no-u
         # TSO/GSO packets captured on the sender carry IP length 0.
         if ip_payload <= 0:
             ip_payload = origlen[p] - (l4 - off)
+            if ip_payload > MAX_GSO:
+                counts[C_UNDECODABLE] += 1
+                continue
         length = max(ip_payload - hlen, 0)
         paylen[m] = length
         start = t + hlen
@@ -257,6 +329,9 @@ def _decode_packets(b, offsets, caplen, origlen, linktype):  # type: ignore[no-u
         syn_start[:m],
         syn_stop[:m],
         counts,
+        frag_rows[:f],
+        frag_l3[:f],
+        frag_hdr[:f],
     )
 
 
@@ -264,10 +339,34 @@ def decode(
     batch: RawBatch,
     first_frame: int,
     counts: DecodeCounts,
+    fragments: Reassembler | None = None,
 ) -> TcpColumns:
-    """TCP segments of ``batch``; ``first_frame`` numbers its first packet."""
-    b = np.frombuffer(batch.data, dtype=np.uint8)
+    """TCP segments of ``batch``; ``first_frame`` numbers its first packet. IP
+    fragments go to ``fragments`` (a new one per capture), and each datagram they
+    complete is decoded at the frame of its last fragment."""
     counts.packets += len(batch)
+    decoded = _decode_packets(
+        np.frombuffer(batch.data, dtype=np.uint8),
+        batch.offsets,
+        batch.caplen,
+        batch.origlen,
+        batch.linktype,
+    )
+    found, frag_rows, frag_l3, frag_hdr = decoded[-4:]
+    fragments_read = int(found[C_FRAGMENTS])
+    if fragments_read and fragments is not None:
+        rebuilt = _reassembled(batch, frag_rows, frag_l3, frag_hdr, fragments)
+        if rebuilt is not None:
+            counts.reassembled += rebuilt[1]
+            batch = rebuilt[0]
+            decoded = _decode_packets(
+                np.frombuffer(batch.data, dtype=np.uint8),
+                batch.offsets,
+                batch.caplen,
+                batch.origlen,
+                batch.linktype,
+            )
+    b = np.frombuffer(batch.data, dtype=np.uint8)
     (
         rows,
         af,
@@ -288,13 +387,14 @@ def decode(
         syn_start,
         syn_stop,
         found,
-    ) = _decode_packets(b, batch.offsets, batch.caplen, batch.origlen, batch.linktype)
+    ) = decoded[:-3]
     counts.tcp += int(found[C_TCP])
     counts.not_ip += int(found[C_NOT_IP])
     counts.not_tcp += int(found[C_NOT_TCP])
     counts.truncated_headers += int(found[C_TRUNCATED])
-    counts.fragments += int(found[C_FRAGMENTS])
+    counts.fragments += fragments_read
     counts.unsupported_linktype += int(found[C_UNSUPPORTED])
+    counts.undecodable += int(found[C_UNDECODABLE])
     syn_rows = np.flatnonzero((flags & SYN) != 0)
     syn_options = walk.syn_options(b, syn_start[syn_rows], syn_stop[syn_rows])
     return TcpColumns(
@@ -319,6 +419,36 @@ def decode(
         payload_cap=payload_cap,
         data=b,
     )
+
+
+def _reassembled(
+    batch: RawBatch,
+    frag_rows: np.ndarray,
+    frag_l3: np.ndarray,
+    frag_hdr: np.ndarray,
+    fragments: Reassembler,
+) -> tuple[RawBatch, int] | None:
+    """``batch`` with each fragment that completes a datagram replaced by the whole
+    datagram (raw IP, appended after the chunk's bytes); None when none completed."""
+    data = batch.data
+    extra: list[bytes] = []
+    size = len(data)
+    offsets, caplen = batch.offsets.copy(), batch.caplen.copy()
+    origlen, linktype = batch.origlen.copy(), batch.linktype.copy()
+    for p, l3, hdr in zip(frag_rows.tolist(), frag_l3.tolist(), frag_hdr.tolist(), strict=True):
+        end = int(batch.offsets[p] + batch.caplen[p])
+        whole = fragments.add(data, l3, end, hdr)
+        if whole is None:
+            continue
+        packet, length, version = whole
+        offsets[p], caplen[p], origlen[p] = size, len(packet), length
+        linktype[p] = LINKTYPE_IPV4 if version == 4 else LINKTYPE_IPV6
+        extra.append(packet)
+        size += len(packet)
+    if not extra:
+        return None
+    joined = bytes(data) + b"".join(extra)
+    return RawBatch(joined, offsets, caplen, origlen, batch.ts_ns, linktype), len(extra)
 
 
 def concatenate(parts: list[TcpColumns]) -> TcpColumns:

@@ -140,15 +140,21 @@ def _read(stream: BinaryIO, size: int, path: Path, where: int) -> bytes:
 
 
 def batches(
-    path: Path, progress: Callable[[int], None] | None = None, chunk: int = CHUNK
+    path: Path,
+    progress: Callable[[int], None] | None = None,
+    chunk: int = CHUNK,
+    name: str | None = None,
 ) -> tuple[ReadReport, Iterator[RawBatch]]:
-    """Open ``path`` and return what it is plus an iterator over its packets in chunks.
+    """Open ``path`` and return what it is plus an iterator over its packets in chunks;
+    messages call it ``name`` (a capture kept in a temporary file names its source).
 
     Bad headers raise :class:`InputError` at once; corruption found later raises
     it from the iterator; a file that ends inside a record ends the iteration and
     adds a warning to the report.
     """
     stream, raw = _open(path)
+    if name is not None:
+        path = Path(name)
     compressed = stream is not raw
     report = ReadReport(str(path), compressed=compressed)
     if compressed and progress is not None:
