@@ -102,7 +102,16 @@ def test_wscale_bug_on_real_kafka_3_1_2(tmp_path: Path) -> None:
     assert {r.client_id.split("-")[0] for r in after if r.received > accepting} >= {
         "rdkafka",
         "kafka",
+        "java",  # our Java harness's producers (kafka-clients)
     }
+    # Kafka's Java producer, timed per request by our harness, in each phase
+    for phase in ("before", "after"):
+        java = latency[phase]["by_library"]["kafka-clients"]
+        assert java["count"] >= 5 and java["p50"] > 0 and java["p99"] >= java["p50"], java
+    print(
+        "kafka-clients",
+        {p: latency[p]["by_library"]["kafka-clients"] for p in latency if p != "p50_ratio"},
+    )
     # its JMX request metrics (the exporter), read before the restart and at the end
     metrics = run["broker_metrics"]
     assert metrics["before"]["TotalTimeMs"]["count"] > 100

@@ -744,6 +744,82 @@ def java_producer(
     ]
 
 
+HARNESS_SOURCE = DEPLOY / "harness"
+HARNESS_MAIN = "ProduceLatency"
+
+
+def harness(version: str, cache: Path = CACHE) -> Path:
+    """The directory of our Java produce-latency harness (deploy/kafka/harness), compiled
+    by javac against Kafka ``version``'s kafka-clients on first use and kept in the cache
+    under the hash of its source."""
+    lib = resolve(version, cache)
+    sources = sorted(HARNESS_SOURCE.glob("*.java"))
+    digest = hashlib.sha256()
+    for source in sources:
+        digest.update(source.name.encode() + b"\0" + source.read_bytes())
+    out = cache / version / f"harness-{digest.hexdigest()[:12]}"
+    if (out / f"{HARNESS_MAIN}.class").is_file():
+        return out
+    javac = shutil.which("javac")
+    if javac is None:
+        raise EnvironmentProblem(
+            "the lab's Java producer is compiled with javac, and there is none "
+            "(apt-get install default-jdk-headless, or run scripts/install.sh)"
+        )
+    [clients] = lib.glob("kafka-clients-*.jar")
+    fresh = Path(tempfile.mkdtemp(prefix="harness-", dir=out.parent))
+    try:
+        result = subprocess.run(
+            [javac, "-nowarn", "-cp", str(clients), "-d", str(fresh), *map(str, sources)],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=300,
+        )
+        if result.returncode != 0:
+            raise EnvironmentProblem(
+                f"javac could not compile {HARNESS_SOURCE}: {result.stderr.strip()[-1500:]}"
+            )
+        for name in ("log4j.properties", "log4j2.properties"):
+            shutil.copyfile(HARNESS_SOURCE / name, fresh / name)
+        for old in out.parent.glob("harness-*"):
+            if old != fresh:
+                shutil.rmtree(old, ignore_errors=True)
+        fresh.rename(out)
+    finally:
+        shutil.rmtree(fresh, ignore_errors=True)
+    return out
+
+
+def java_clients(
+    version: str, bootstrap: str, heap: str = "256m", **options: str | int
+) -> list[str]:
+    """The command line of our Java producers (kafka-clients of Kafka ``version``): the
+    options of ``tcpsleuth.lab.clients`` (crowd, measured, message_bytes, interval_ms,
+    duration) and reconnect_backoff_ms, reconnect_backoff_max_ms; the same JSON lines."""
+    lib = resolve(version)
+    compiled = harness(version)
+    jars = sorted(p for p in lib.glob("*.jar") if not p.name.startswith(AGENT_PREFIX))
+    return [
+        java(),
+        f"-Xmx{heap}",
+        "-Xshare:auto",
+        "-XX:TieredStopAtLevel=1",
+        f"-Dlog4j.configuration=file:{compiled / 'log4j.properties'}",
+        f"-Dlog4j2.configurationFile={compiled / 'log4j2.properties'}",
+        "-cp",
+        ":".join([*(str(p) for p in jars), str(compiled)]),
+        HARNESS_MAIN,
+        "--bootstrap",
+        bootstrap,
+        *(
+            item
+            for key, value in options.items()
+            for item in (f"--{key.replace('_', '-')}", str(value))
+        ),
+    ]
+
+
 def producer_performance_summary(output: str) -> dict[str, float]:
     """The last summary line ProducerPerformance prints ("N records sent, R records/sec
     (M MB/sec), A ms avg latency, X ms max latency, P ms 50th, ... 99.9th."), as
@@ -815,6 +891,7 @@ def main() -> None:
             for version in args.versions:
                 lib = resolve(parse_broker(f"kafka:{version}"))
                 print(f"Kafka {version}: {len(list(lib.glob('*.jar')))} jars checked in {lib}")
+                print(f"Kafka {version}: Java produce harness compiled in {harness(version)}")
         else:
             print(f"wrote {write_lock(args.version)}")
     except InputError as exc:

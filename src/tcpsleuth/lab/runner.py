@@ -44,6 +44,9 @@ class LabSize:
     # that would slow the measured producers down.
     crowd: int = 500  # confluent-kafka
     crowd_kafka_python: int = 50
+    # Kafka's Java producers (our harness on kafka-clients), with a real Kafka broker only:
+    # a JVM with one I/O thread per producer
+    crowd_java: int = 20
     measured: int = 4  # producers per library whose requests are timed
     message_bytes: int = 262144  # produce requests of hundreds of KB, as in the incident
     interval_ms: float = 200
@@ -63,7 +66,15 @@ class LabSize:
     @classmethod
     def small(cls) -> LabSize:
         """A reduced run for tests and CI: fewer clients, shorter phases."""
-        return cls(crowd=300, crowd_kafka_python=20, measured=3, warmup_s=3, before_s=6, after_s=8)
+        return cls(
+            crowd=300,
+            crowd_kafka_python=20,
+            crowd_java=10,
+            measured=3,
+            warmup_s=3,
+            before_s=6,
+            after_s=8,
+        )
 
     @classmethod
     def guest(cls) -> LabSize:
@@ -75,6 +86,7 @@ class LabSize:
         return cls(
             crowd=56,
             crowd_kafka_python=0,
+            crowd_java=0,
             measured=1,
             interval_ms=250,
             warmup_s=8,
@@ -356,6 +368,25 @@ def _run(
                 str(size.interval_ms),
                 "--duration",
                 str(size.duration_s + restart_allowance),
+            ),
+            ns=client,
+        )
+        stoppers.append(worker.stop)
+        clients.append(worker)
+    if isinstance(broker, KafkaBroker):
+        artifacts.library_versions["kafka-clients"] = broker.version
+        # Kafka's own Java client, with its reconnect backoff (50 ms doubling to 1 s)
+        worker = Child(
+            kafka_broker.java_clients(
+                broker.version,
+                f"{SERVER_IP4}:{PORT}",
+                crowd=size.crowd_java,
+                measured=size.measured,
+                message_bytes=size.message_bytes,
+                interval_ms=size.interval_ms,
+                duration=size.duration_s + restart_allowance,
+                reconnect_backoff_ms=50,
+                reconnect_backoff_max_ms=1000,
             ),
             ns=client,
         )
