@@ -675,3 +675,112 @@ def test_readme_says_which_commands_have_no_format() -> None:
     for command in ("exporter", "lab kernel run"):
         assert f"`{command}`" in readme.split("Two have no `--format`:")[1][:200]
     assert "--format" not in run_tcpsleuth("exporter", "--help", check_status=0).stdout
+
+
+# -- items 4 and 5: pcap reads its input once, and checks where it writes first --------
+
+KAFKA_PCAP = REPO / "tests" / "data" / "go-sniffer-kafka.pcap"
+
+
+def _pcap_through(tmp_path: Path, how: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """`tcpsleuth pcap ARGS CAPTURE` with the public capture handed over as ``how``:
+    a real FIFO, a pipe as /dev/stdin, or a process substitution."""
+    argv = [sys.executable, "-m", "tcpsleuth", "pcap", *args]
+    if how == "fifo":
+        fifo = tmp_path / "capture.fifo"
+        os.mkfifo(fifo)
+        writer = subprocess.Popen(["sh", "-c", f"cat {KAFKA_PCAP} > {fifo}"])
+        try:
+            return subprocess.run(
+                [*argv, str(fifo)], capture_output=True, text=True, timeout=60, check=False
+            )
+        finally:
+            writer.kill()
+            writer.wait()
+    if how == "stdin":
+        with KAFKA_PCAP.open("rb") as source:
+            feeder = subprocess.Popen(["cat"], stdin=source, stdout=subprocess.PIPE)
+            try:
+                return subprocess.run(
+                    [*argv, "/dev/stdin"],
+                    stdin=feeder.stdout,
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                    check=False,
+                )
+            finally:
+                feeder.wait()
+    quoted = " ".join(f"'{a}'" for a in argv)
+    return subprocess.run(
+        ["bash", "-c", f"{quoted} <(cat {KAFKA_PCAP})"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize("how", ["fifo", "stdin", "substitution"])
+def test_pcap_json_and_graphs_read_a_fifo_or_pipe_once(tmp_path: Path, how: str) -> None:
+    """--format json and --plot read the capture again; from a FIFO or a pipe the second
+    reading once hung or found 'only 0 bytes'. Same document as from the file, nothing
+    left in $TMPDIR."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    os.environ["TMPDIR"] = str(scratch)
+    try:
+        plots = tmp_path / "plots"
+        report = tmp_path / "r.html"
+        result = _pcap_through(
+            tmp_path, how, "--format", "json", "--plot", str(plots), "--html", str(report)
+        )
+    finally:
+        del os.environ["TMPDIR"]
+    assert result.returncode in (0, 1), result.stderr
+    assert not result.stderr
+    doc = json.loads(result.stdout)["files"][0]
+    from_file = json.loads(run_tcpsleuth("pcap", "--format", "json", str(KAFKA_PCAP)).stdout)
+    want = from_file["files"][0]
+    assert doc["connections"] == want["connections"] and doc["packets"] == 20
+    assert doc["kafka"] == want["kafka"]
+    assert "tcpsleuth pcap" in report.read_text()
+    assert list(scratch.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("option", "place", "named"),
+    [
+        ("--html", "/missing-dir/r.html", "/missing-dir is not a directory"),
+        ("--html", "/proc/r.html", "/proc/r.html: cannot write there"),
+        ("--plot", "/proc/plots", "/proc/plots: cannot write there"),
+        ("--plot", "/sys/x/plots", "/sys/x/plots: cannot write there"),
+        ("--plot", str(KAFKA_PCAP), "is a file"),
+    ],
+)
+def test_pcap_output_places_are_checked_before_reading(option: str, place: str, named: str) -> None:
+    """The place is refused before the capture is read: the capture named here does not
+    exist, and the one line is about the output, not the capture."""
+    line = one_error_line(run_tcpsleuth("pcap", option, place, "/no/such/capture.pcap"))
+    assert named in line and "capture.pcap" not in line
+
+
+def test_pcap_html_on_a_full_device_is_one_line() -> None:
+    line = one_error_line(run_tcpsleuth("pcap", "--html", "/dev/full", str(KAFKA_PCAP)))
+    assert line == (
+        "tcpsleuth: error: /dev/full: cannot write the graphs or report (No space left on device)"
+    )
+
+
+@needs_root
+def test_pcap_read_only_plot_directory_is_refused_first(tmp_path: Path) -> None:
+    """A plot directory on a read-only mount (root writes through file modes)."""
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)], check=True)
+    try:
+        for option, place in (("--plot", mount / "plots"), ("--html", mount / "r.html")):
+            line = one_error_line(run_tcpsleuth("pcap", option, str(place), str(KAFKA_PCAP)))
+            assert f"{place}: cannot write there (Read-only file system)" in line
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)

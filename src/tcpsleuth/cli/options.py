@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -107,3 +109,51 @@ def exclusive(**given: object) -> None:
 def require(condition: bool, message: str) -> None:
     if not condition:
         raise InputError(message)
+
+
+def _try_writing_in(directory: Path, named: Path) -> None:
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        raise InputError(f"{named}: cannot write there ({exc.strerror or exc})") from None
+
+
+def check_writable(path: Path, directory: bool) -> None:
+    """InputError unless ``path`` can be written (a file) or written into (a directory,
+    made later if missing): tried before any work, so that a long analysis does not end
+    on a place it cannot write. Nothing is left by the trial."""
+    if path.exists():
+        if directory != path.is_dir():
+            kind = "is not a directory" if directory else "is a directory"
+            raise InputError(f"{path}: {kind}")
+        if directory:
+            _try_writing_in(path, path)
+            return
+        try:  # without blocking on a FIFO nobody reads
+            os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK))
+        except OSError as exc:
+            raise InputError(f"{path}: cannot write it ({exc.strerror or exc})") from None
+        return
+    ancestor = path.absolute().parent
+    if not directory and not ancestor.is_dir():
+        raise InputError(f"{path}: {ancestor} is not a directory")
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise InputError(f"{path}: {ancestor} is not a directory")
+    _try_writing_in(ancestor, path)
+
+
+def writable(directory: bool) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    """A click callback: the option's path checked with :func:`check_writable`."""
+
+    def callback(_ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is not None:
+            try:
+                check_writable(Path(value), directory)
+            except InputError as problem:
+                raise click.BadParameter(str(problem), param_hint=param.opts[0]) from None
+        return value
+
+    return callback

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import click
 import numpy as np
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
-from tcpsleuth.cli.options import format_option
+from tcpsleuth.cli.options import format_option, writable
 from tcpsleuth.detectors import capture_cookies, kafka_timing
 from tcpsleuth.detectors.capture import (
     Analysis,
@@ -18,9 +20,10 @@ from tcpsleuth.detectors.capture import (
     window_series,
 )
 from tcpsleuth.detectors.capture_all import CaptureResult, analyse_stream
+from tcpsleuth.errors import InputError
 from tcpsleuth.model.findings import exit_status, ranked
 from tcpsleuth.reports import jsonout, table
-from tcpsleuth.sources.pcap import file_size, open_capture
+from tcpsleuth.sources.pcap import file_size, open_capture, read_once
 
 TABLE_ROWS = 20
 # --format json lists the connections findings name and the top ones by window
@@ -30,11 +33,14 @@ JSON_FLAGGED = 1000
 PROGRESS_MIN_BYTES = 32 << 20
 
 
-def analyse_file(path: Path, kafka_ports: frozenset[int], show_progress: bool) -> CaptureResult:
-    """Every capture detector over ``path``, with a progress bar on big files."""
+def analyse_file(
+    path: Path, kafka_ports: frozenset[int], show_progress: bool, keep: IO[bytes] | None = None
+) -> CaptureResult:
+    """Every capture detector over ``path``, with a progress bar on big files; ``keep``
+    gets a copy of a capture that cannot be read twice (a FIFO, a pipe)."""
     size = file_size(path)
     if not (show_progress and size >= PROGRESS_MIN_BYTES):
-        return analyse_stream(open_capture(path), kafka_ports)
+        return analyse_stream(open_capture(path, keep=keep), kafka_ports)
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -51,7 +57,7 @@ def analyse_file(path: Path, kafka_ports: frozenset[int], show_progress: bool) -
 def _with_detail(result: CaptureResult, streams: list[int]) -> Analysis:
     """Every segment of ``streams``, for the plots: a second pass over the file,
     which the first did not keep."""
-    again = open_capture(Path(result.capture.path))
+    again = result.capture.again()
     return detail(again.chunks, result.analysis, streams)
 
 
@@ -75,7 +81,7 @@ def _document_data(result: CaptureResult, all_connections: bool) -> dict[str, An
     else:
         flagged = streams_named(result.findings, result.requests, JSON_FLAGGED)
         streams = sorted(set(flagged) | set(_ranked_streams(analysis, JSON_CONNECTIONS)))
-    series = window_series(open_capture(Path(capture.path)).chunks, analysis, streams)
+    series = window_series(capture.again().chunks, analysis, streams)
     connections = []
     for stream in streams:
         entry = analysis.connections[stream].summary()
@@ -288,6 +294,7 @@ def _pictures(results: list[CaptureResult], plot_dir: Path | None, html_file: Pa
     "plot_dir",
     type=click.Path(path_type=Path, file_okay=False),
     default=None,
+    callback=writable(directory=True),
     help="Write time-sequence and request-latency graphs of flagged connections here.",
 )
 @click.option(
@@ -295,6 +302,7 @@ def _pictures(results: list[CaptureResult], plot_dir: Path | None, html_file: Pa
     "html_file",
     type=click.Path(path_type=Path, dir_okay=False),
     default=None,
+    callback=writable(directory=False),
     help="Write a self-contained HTML report with the findings and graphs.",
 )
 @click.option(
@@ -328,12 +336,38 @@ def pcap_command(
       tcpsleuth pcap --kafka-port 9093 --plot graphs/ --html report.html broker.pcapng
     """
     ports = frozenset(kafka_ports)
-    results = [analyse_file(path, ports, show_progress=output_format == "table") for path in files]
+    pictures = plot_dir is not None or html_file is not None
+    with contextlib.ExitStack() as kept:
+        # a capture read twice (JSON, graphs) from a FIFO or a pipe: read once, kept
+        def keep(path: Path) -> IO[bytes] | None:
+            if not (read_once(path) and (pictures or output_format == "json")):
+                return None
+            return kept.enter_context(tempfile.NamedTemporaryFile(prefix="tcpsleuth-capture-"))
+
+        results = [
+            analyse_file(path, ports, output_format == "table", keep(path)) for path in files
+        ]
+        return _report(results, plot_dir, html_file, all_connections, output_format)
+
+
+def _report(
+    results: list[CaptureResult],
+    plot_dir: Path | None,
+    html_file: Path | None,
+    all_connections: bool,
+    output_format: str,
+) -> int:
     for result in results:
         for warning in result.capture.report.warnings:
             click.echo(f"tcpsleuth: warning: {warning}", err=True)
     if plot_dir is not None or html_file is not None:
-        _pictures(results, plot_dir, html_file)
+        try:
+            _pictures(results, plot_dir, html_file)
+        except OSError as exc:
+            where = exc.filename or html_file or plot_dir
+            raise InputError(
+                f"{where}: cannot write the graphs or report ({exc.strerror or exc})"
+            ) from None
     findings = [finding for result in results for finding in result.findings]
     if output_format == "json":
         jsonout.emit(

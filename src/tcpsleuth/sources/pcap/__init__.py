@@ -9,9 +9,11 @@ for small captures and tools that want every segment at once.
 
 from __future__ import annotations
 
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from tcpsleuth.errors import InputError
 from tcpsleuth.sources.pcap.decode import (
@@ -42,6 +44,24 @@ class CaptureStream:
     report: ReadReport
     counts: DecodeCounts
     chunks: Iterator[TcpColumns]
+    source: Path  # where its bytes can be read again
+    kept: BinaryIO | None = None  # the copy of a capture that cannot be read twice
+
+    def again(self) -> CaptureStream:
+        """The same capture from its start, for another pass (after this one ended)."""
+        if self.kept is not None:
+            self.kept.flush()
+        return open_capture(self.source, name=self.path)
+
+
+def read_once(path: Path) -> bool:
+    """True when ``path`` cannot be opened again for the same bytes: a FIFO, a pipe
+    (``/dev/stdin``, ``<(...)``), a socket or a character device."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False  # the reader says what is wrong with it
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISBLK(mode))
 
 
 def unread_text(report: ReadReport, counts: DecodeCounts) -> str:
@@ -89,9 +109,12 @@ def open_capture(
     progress: Callable[[int], None] | None = None,
     chunk: int = CHUNK,
     name: str | None = None,
+    keep: BinaryIO | None = None,
 ) -> CaptureStream:
-    """``path`` read chunk by chunk; ``name`` is what messages call it (default: path)."""
-    report, packets = batches(path, progress, chunk, name)
+    """``path`` read chunk by chunk; ``name`` is what messages call it (default: path).
+    With ``keep`` (a temporary file, for a capture that is :func:`read_once`) its bytes
+    are copied there as they are read, and :meth:`CaptureStream.again` reads the copy."""
+    report, packets = batches(path, progress, chunk, name, keep)
     counts = DecodeCounts()
 
     def chunks() -> Iterator[TcpColumns]:
@@ -103,7 +126,8 @@ def open_capture(
         counts.fragments_incomplete = fragments.finish()
         _account(report, counts)
 
-    return CaptureStream(report.path, report, counts, chunks())
+    source = path if keep is None else Path(keep.name)
+    return CaptureStream(report.path, report, counts, chunks(), source, keep)
 
 
 def read_capture(path: Path, progress: Callable[[int], None] | None = None) -> Capture:
@@ -121,4 +145,5 @@ __all__ = [
     "file_size",
     "open_capture",
     "read_capture",
+    "read_once",
 ]

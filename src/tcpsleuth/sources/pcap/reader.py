@@ -111,8 +111,38 @@ class _Batcher:
         return RawBatch(data, *columns)
 
 
-def _open(path: Path) -> tuple[BinaryIO, BinaryIO]:
-    """The capture's byte stream, and the file under it (the same one unless gzip)."""
+class _Keeping:
+    """A file read once whose bytes are written to ``copy`` as they pass (a FIFO or a
+    pipe, for a command that reads its capture again)."""
+
+    def __init__(self, raw: BinaryIO, copy: BinaryIO) -> None:
+        self.raw, self.copy = raw, copy
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        try:
+            self.copy.write(data)
+        except OSError as exc:
+            raise InputError(
+                f"{self.raw.name}: cannot keep a copy of the capture in "
+                f"{Path(self.copy.name).parent} to read it again ({exc.strerror or exc})"
+            ) from None
+        return data
+
+    def peek(self, size: int = 0) -> bytes:
+        return self.raw.peek(size)  # type: ignore[attr-defined,no-any-return]
+
+    def tell(self) -> int:
+        return self.raw.tell()
+
+    def close(self) -> None:
+        self.raw.close()
+        self.copy.flush()
+
+
+def _open(path: Path, keep: BinaryIO | None = None) -> tuple[BinaryIO, BinaryIO]:
+    """The capture's byte stream, and the file under it (the same one unless gzip);
+    with ``keep``, every byte read from the file is written to it too."""
     try:
         raw = path.open("rb")
     except FileNotFoundError:
@@ -123,6 +153,8 @@ def _open(path: Path) -> tuple[BinaryIO, BinaryIO]:
         raise InputError(f"{path}: permission denied") from None
     except OSError as exc:  # a symlink loop, a name too long, ...
         raise InputError(f"{path}: cannot open ({exc.strerror or exc})") from None
+    if keep is not None:
+        raw = _Keeping(raw, keep)  # type: ignore[assignment]
     head = raw.peek(2)[:2] if hasattr(raw, "peek") else b""
     if head == GZIP_MAGIC:
         return gzip.GzipFile(fileobj=raw, mode="rb"), raw  # type: ignore[return-value]
@@ -144,15 +176,17 @@ def batches(
     progress: Callable[[int], None] | None = None,
     chunk: int = CHUNK,
     name: str | None = None,
+    keep: BinaryIO | None = None,
 ) -> tuple[ReadReport, Iterator[RawBatch]]:
     """Open ``path`` and return what it is plus an iterator over its packets in chunks;
-    messages call it ``name`` (a capture kept in a temporary file names its source).
+    messages call it ``name`` (a capture kept in a temporary file names its source);
+    ``keep`` receives a copy of every byte read.
 
     Bad headers raise :class:`InputError` at once; corruption found later raises
     it from the iterator; a file that ends inside a record ends the iteration and
     adds a warning to the report.
     """
-    stream, raw = _open(path)
+    stream, raw = _open(path, keep)
     if name is not None:
         path = Path(name)
     compressed = stream is not raw
