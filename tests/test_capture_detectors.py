@@ -10,8 +10,8 @@ from pathlib import Path
 import dpkt
 import pytest
 
-from tcpsleuth.detectors import capture_cookies
-from tcpsleuth.detectors.capture_all import analyse_stream
+from tcpsleuth.detectors.capture import cookies as capture_cookies
+from tcpsleuth.detectors.capture.run import analyse_stream
 from tcpsleuth.sources.pcap import open_capture
 
 DATA = Path(__file__).parent / "data"

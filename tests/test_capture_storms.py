@@ -19,7 +19,7 @@ from conftest import needs_root
 from support.storm_lab import Storm, StormConfig, run_storm
 from support.storm_truth import analyse, check_capture, connections
 
-from tcpsleuth.detectors import capture_cookies
+from tcpsleuth.detectors.capture import cookies as capture_cookies
 
 pytestmark = [needs_root, pytest.mark.root]
 

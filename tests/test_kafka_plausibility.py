@@ -306,7 +306,7 @@ def test_client_ids_equal_tshark_on_the_shared_capture() -> None:
 def test_header_plausibility_rules() -> None:
     """The accepted api keys, versions, sizes and client_id lengths, on the splitter's
     own check (its plain-Python form)."""
-    from tcpsleuth.detectors import kafka_timing as kt
+    from tcpsleuth.detectors.capture import kafka as kt
 
     check = getattr(kt._request_ok, "py_func", kt._request_ok)
     tls = getattr(kt._tls, "py_func", kt._tls)
@@ -339,7 +339,7 @@ def test_many_producers_in_small_chunks(tmp_path: Path) -> None:
     """Hundreds of producers, each with its own client.id (more than the first
     client.id buffer holds), read in small chunks and with the smallest tables: every
     client.id is kept whole, as with one chunk, and equal to tshark's."""
-    from tcpsleuth.detectors.capture_all import follow
+    from tcpsleuth.detectors.capture.run import follow
     from tcpsleuth.sources.pcap import open_capture
 
     capture = Capture()

@@ -341,7 +341,7 @@ def test_storm_on_backlog_50_cookie_count_close_to_kernel(tmp_path: Path) -> Non
     [cookies] = findings_of(doc, "syn-cookies-seen")
     counted = cookies["evidence"]["cookie_synacks"]
     print("kernel sent", sent, "counted", counted)
-    # Cookies are recognised per connection (detectors/capture_cookies.py); the
+    # Cookies are recognised per connection (detectors/capture/cookies.py); the
     # storms of test_capture_storms.py check each connection against the truth.
     assert cookies["evidence"]["cookie_connections_high_confidence"] > sent // 4
     assert sent * 0.9 <= counted <= sent * 1.03 + 3, (counted, sent)

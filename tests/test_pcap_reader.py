@@ -3,6 +3,7 @@ tshark reading the same file; and its answers to files that are not captures."""
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import shutil
@@ -281,7 +282,7 @@ def test_compiled_and_python_record_walks_agree(tmp_path: Path) -> None:
 
 def _follow(path: Path, chunk: int, capacity: int) -> tuple[dict, dict]:
     """Connections and Kafka requests of ``path`` read ``chunk`` bytes at a time."""
-    from tcpsleuth.detectors.capture_all import follow
+    from tcpsleuth.detectors.capture.run import follow
     from tcpsleuth.sources.pcap import open_capture
 
     analysis, requests = follow(open_capture(path, chunk=chunk), frozenset({9092}), capacity)
@@ -289,7 +290,8 @@ def _follow(path: Path, chunk: int, capacity: int) -> tuple[dict, dict]:
         name: getattr(requests, name)
         for name in ("stream", "api_key", "correlation_id", "frame", "last_frame", "response_frame")
     }
-    return analysis.columns, kafka
+    columns = analysis.columns
+    return {f.name: getattr(columns, f.name) for f in dataclasses.fields(columns)}, kafka
 
 
 def _assert_same(one: dict, two: dict) -> None:
@@ -305,7 +307,8 @@ def test_compiled_and_python_analysis_loops_agree(monkeypatch: pytest.MonkeyPatc
     same in plain Python."""
     import importlib
 
-    from tcpsleuth.detectors import capture_kernels, kafka_timing
+    from tcpsleuth.detectors.capture import kafka as kafka_timing
+    from tcpsleuth.detectors.capture import kernels as capture_kernels
 
     # the package exports a function of the module's name
     decode = importlib.import_module("tcpsleuth.sources.pcap.decode")

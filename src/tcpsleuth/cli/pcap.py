@@ -12,14 +12,15 @@ import numpy as np
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
 from tcpsleuth.cli.options import format_option, writable
-from tcpsleuth.detectors import capture_cookies, kafka_timing
 from tcpsleuth.detectors.capture import (
     Analysis,
     detail,
     streams_named,
     window_series,
 )
-from tcpsleuth.detectors.capture_all import CaptureResult, analyse_stream
+from tcpsleuth.detectors.capture import cookies as capture_cookies
+from tcpsleuth.detectors.capture import kafka as kafka_timing
+from tcpsleuth.detectors.capture.run import CaptureResult, analyse_stream
 from tcpsleuth.errors import InputError
 from tcpsleuth.model.findings import exit_status, ranked
 from tcpsleuth.reports import jsonout, table
@@ -66,8 +67,8 @@ def _ranked_streams(analysis: Analysis, limit: int) -> list[int]:
     cols = analysis.columns
     if not cols:
         return []
-    waited = cols["wait_ns"].sum(axis=1)
-    sent = cols["bytes"][:, 0]
+    waited = cols.wait_ns.sum(axis=1)
+    sent = cols.bytes[:, 0]
     order = np.lexsort((-sent, -waited))
     return order[:limit].tolist()
 

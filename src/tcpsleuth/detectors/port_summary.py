@@ -27,15 +27,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tcpsleuth.detectors.thresholds import RWND_LIMITED_MIN_US, RWND_LIMITED_SHARE
 from tcpsleuth.model.records import STATE_NUMBERS, Listener
 from tcpsleuth.model.sockdiag import TCPI_OPT_WSCALE, SocketArrays, field_end
 
 OTHER = "other"
 DEFAULT_MAX_PORTS = 20
-# A sender held at the peer's window for this share of its busy time...
-RWND_LIMITED_SHARE = 0.2
-# ...for at least this long (us) counts as window-limited: a few ms is slow start.
-RWND_LIMITED_MIN_US = 20_000
 ESTAB = STATE_NUMBERS["ESTAB"]
 SERVER, CLIENT = 1, 0
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 
+from tcpsleuth.detectors.thresholds import RWND_LIMITED_MIN_US, RWND_LIMITED_SHARE
 from tcpsleuth.model.findings import (
     ConnectionKey,
     Finding,
@@ -32,10 +33,6 @@ from tcpsleuth.model.findings import (
 )
 from tcpsleuth.model.records import Listener, TcpConnection
 
-# A sender held at the window for this share of its busy time is reported...
-RWND_LIMITED_SHARE = 0.2
-# ...if that is at least this long (us): a few ms of waiting is ordinary slow start.
-RWND_LIMITED_MIN_US = 20_000
 TINY_WINDOW_SEGMENTS = 2
 # The peer's receive queue counts as backed up from this many segments on: a window
 # closes because the reader is behind only once the queue holds most of the buffer.

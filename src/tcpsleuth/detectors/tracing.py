@@ -14,12 +14,10 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from tcpsleuth.detectors.thresholds import RWND_LIMITED_MIN_NS, RWND_LIMITED_SHARE
 from tcpsleuth.model.findings import Finding, Severity, connection_subject, endpoint
 from tcpsleuth.model.records import WindowSample
 
-# A sender held at the window for this share of the traced time is reported.
-RWND_LIMITED_SHARE = 0.2
-RWND_LIMITED_MIN_NS = 20_000_000
 SERIES_POINTS = 200
 
 

@@ -13,7 +13,7 @@ from collections import Counter
 from typing import Any
 
 from tcpsleuth.detectors.audit import audit
-from tcpsleuth.detectors.capture_all import analyse_stream
+from tcpsleuth.detectors.capture.run import analyse_stream
 from tcpsleuth.detectors.compare import compare_findings, join
 from tcpsleuth.detectors.counters import AUDIT_COUNTERS
 from tcpsleuth.detectors.kernel import assess_kernel

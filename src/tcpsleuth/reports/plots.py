@@ -25,7 +25,7 @@ from tcpsleuth.model.capture import ACK
 from tcpsleuth.model.findings import Finding
 
 if TYPE_CHECKING:
-    from tcpsleuth.detectors.kafka_timing import KafkaRequest
+    from tcpsleuth.detectors.capture.kafka import KafkaRequest
 
 MAX_CONNECTIONS = 12
 

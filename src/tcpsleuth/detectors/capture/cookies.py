@@ -46,8 +46,9 @@ from typing import Any
 
 import numpy as np
 
-from tcpsleuth.detectors.capture import SEQ_SPACE, Analysis, clients_hit
-from tcpsleuth.detectors.capture_kernels import NO_RUN
+from tcpsleuth.detectors.capture.connections import SEQ_SPACE, Analysis
+from tcpsleuth.detectors.capture.kernels import NO_RUN
+from tcpsleuth.detectors.capture.windows import clients_hit
 from tcpsleuth.model.capture import CWR, ECE, OPT_SACK, OPT_TIMESTAMPS, OPT_TSVAL, OPT_WSCALE
 from tcpsleuth.model.findings import Finding, Severity, listener_subject
 
@@ -200,26 +201,23 @@ def _handshakes(analysis: Analysis) -> _Handshakes:
     cols = analysis.columns
     syn, synack = analysis.hs_syn, analysis.hs_synack
     judged = np.flatnonzero(
-        cols["has_syn"]
-        & cols["has_synack"]
-        & (syn[:, OPT_TIMESTAMPS] > 0)
-        & (synack[:, OPT_TSVAL] >= 0)
+        cols.has_syn & cols.has_synack & (syn[:, OPT_TIMESTAMPS] > 0) & (synack[:, OPT_TSVAL] >= 0)
     )
     # ecn_ok shows in the SYN-ACK: ECE set without CWR (tcp_ecn_make_synack)
-    flags = cols["synack_flags"][judged]
+    flags = cols.synack_flags[judged]
     ecn = ((flags & ECE) != 0) & ((flags & CWR) == 0)
     bits = option_bits(syn[judged, OPT_WSCALE], syn[judged, OPT_SACK], ecn)
-    server = cols["server_addr_key"][judged]
-    client = cols["client_addr_key"][judged].astype(np.uint64)
+    server = cols.server_addr_key[judged]
+    client = cols.client_addr_key[judged].astype(np.uint64)
     pair = server ^ ((client << np.uint64(17)) | (client >> np.uint64(47)))
-    synack_ts = cols["synack_ts"][judged]
+    synack_ts = cols.synack_ts[judged]
     return _Handshakes(
         judged,
         bits,
         synack[judged, OPT_TSVAL],
         synack_ts,
-        np.maximum(synack_ts - cols["last_syn_ts"][judged], 0),
-        cols["later_best_ns"][judged],
+        np.maximum(synack_ts - cols.last_syn_ts[judged], 0),
+        cols.later_best_ns[judged],
         server,
         pair,
     )
@@ -394,8 +392,8 @@ def _repeats(analysis: Analysis, hs: _Handshakes) -> tuple[np.ndarray, np.ndarra
     """Repeated SYN-ACKs with the first one's sequence number: (verdict, confidence,
     reason) for the judged connections."""
     cols = analysis.columns
-    rep_ts = cols["repeat_ts"][hs.index]
-    rep_tsval = cols["repeat_tsval"][hs.index]
+    rep_ts = cols.repeat_ts[hs.index]
+    rep_tsval = cols.repeat_tsval[hs.index]
     has = rep_ts >= 0
     moved = _signed32(rep_tsval - hs.tsval)  # ms
     elapsed = (rep_ts - hs.synack_ts) / 1e6
@@ -414,9 +412,9 @@ def _silence(analysis: Analysis, hs: _Handshakes) -> tuple[np.ndarray, np.ndarra
     nothing with a timestamp after its SYN-ACK: (silent for SILENT_NS, reset)."""
     cols = analysis.columns
     i = hs.index
-    nothing_timed = (hs.later_ns == NO_RUN) & (cols["bytes"][i, 0] > 0)
-    only_synacks = cols["packets"][i, 1] == cols["synacks"][i]
-    silent = nothing_timed & only_synacks & (cols["last_ts"][i] - hs.synack_ts >= SILENT_NS)
+    nothing_timed = (hs.later_ns == NO_RUN) & (cols.bytes[i, 0] > 0)
+    only_synacks = cols.packets[i, 1] == cols.synacks[i]
+    silent = nothing_timed & only_synacks & (cols.last_ts[i] - hs.synack_ts >= SILENT_NS)
     # segments without a timestamp from a Linux server that negotiated them: resets
     reset = nothing_timed & ~only_synacks
     return silent, reset
@@ -430,7 +428,7 @@ def classify(analysis: Analysis) -> CookieVerdicts:
     if not nconn:
         empty = np.zeros(0, dtype=np.int64)
         return CookieVerdicts(analysis, verdict, confidence, reason, lag_ms, empty, empty)
-    has_synack = cols["has_synack"]
+    has_synack = cols.has_synack
     reason[has_synack] = R_NO_TIMESTAMPS
     hs = _handshakes(analysis)
     # weakest first, each stronger test overwriting where it decides
@@ -452,8 +450,8 @@ def classify(analysis: Analysis) -> CookieVerdicts:
     v, c, r = np.where(better, rv, v), np.where(better, rc, c), np.where(better, rr, r)
     verdict[hs.index], confidence[hs.index], reason[hs.index] = v, c, r
     lag_ms[hs.index] = lag
-    synacks = cols["synacks"].astype(np.int64)
-    cookie_synacks = np.where(verdict == COOKIE, 1 + cols["synacks_same_seq"], 0).astype(np.int64)
+    synacks = cols.synacks.astype(np.int64)
+    cookie_synacks = np.where(verdict == COOKIE, 1 + cols.synacks_same_seq, 0).astype(np.int64)
     return CookieVerdicts(analysis, verdict, confidence, reason, lag_ms, synacks, cookie_synacks)
 
 
@@ -468,15 +466,15 @@ def per_server(
         return {}
     analysis = verdicts.analysis
     cols = analysis.columns
-    keys = cols["server_key"]
+    keys = cols.server_key
     cookie = verdicts.verdict == COOKIE
     sure = cookie & (verdicts.confidence == 2)
-    start = int(cols["first_ts"].min())
+    start = int(cols.first_ts.min())
     out: dict[str, dict[str, Any]] = {}
     for key in np.unique(keys[sure]).tolist():
-        members = (keys == key) & cols["has_synack"]
+        members = (keys == key) & cols.has_synack
         cookies = np.flatnonzero(members & cookie)
-        seconds = ((cols["first_ts"][cookies] - start) // 1_000_000_000).tolist()
+        seconds = ((cols.first_ts[cookies] - start) // 1_000_000_000).tolist()
         server = analysis.connections.endpoints_of([int(cookies[0])])[int(cookies[0])][1]
         reasons = Counter(REASONS[r] for r in verdicts.reason[members & cookie].tolist())
         undecided = Counter(
@@ -487,7 +485,7 @@ def per_server(
             "synacks": int(verdicts.synacks[members].sum()),
             "cookie_synacks": int(verdicts.cookie_synacks[members].sum()),
             # SYN-ACKs a later one with a new sequence number replaced: not judged
-            "synacks_replaced": int(cols["synacks_renewed"][members].sum()),
+            "synacks_replaced": int(cols.synacks_renewed[members].sum()),
             "cookie_connections": len(cookies),
             "cookie_connections_high_confidence": int((members & sure).sum()),
             "ordinary_connections": int((members & (verdicts.verdict == ORDINARY)).sum()),

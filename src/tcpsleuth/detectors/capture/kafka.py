@@ -37,7 +37,9 @@ from typing import Any
 import numpy as np
 
 from tcpsleuth.compiled import njit
-from tcpsleuth.detectors.capture import Analysis, ChunkRows, ConnectionTracker, _mix
+from tcpsleuth.detectors.capture.connections import Analysis
+from tcpsleuth.detectors.capture.connections import mix as _mix
+from tcpsleuth.detectors.capture.tracking import ChunkRows, ConnectionTracker
 from tcpsleuth.model.capture import SYN, TcpColumns
 from tcpsleuth.model.findings import Finding, Severity, connection_subject
 
@@ -741,8 +743,8 @@ def _summary(requests: KafkaRequests) -> tuple[list[tuple[int, dict[str, Any]]],
     if not len(requests):
         return [], np.zeros(0, dtype=np.int64)
     cols = requests.analysis.columns
-    client_key = cols["client_addr_key"][requests.stream]
-    server_key = cols["server_key"][requests.stream]
+    client_key = cols.client_addr_key[requests.stream]
+    server_key = cols.server_key[requests.stream]
     key = _mix_keys(client_key, server_key, requests.api_key)
     unique, first, group = np.unique(key, return_index=True, return_inverse=True)
     group = group.reshape(-1)

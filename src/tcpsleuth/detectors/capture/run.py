@@ -10,8 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from tcpsleuth.detectors import capture_cookies, kafka_timing, wscale_inference
-from tcpsleuth.detectors.capture import Analysis, ConnectionTracker, rwnd_findings
+from tcpsleuth.detectors.capture import cookies as capture_cookies
+from tcpsleuth.detectors.capture import kafka as kafka_timing
+from tcpsleuth.detectors.capture import wscale as wscale_inference
+from tcpsleuth.detectors.capture.connections import Analysis
+from tcpsleuth.detectors.capture.tracking import ConnectionTracker
+from tcpsleuth.detectors.capture.windows import rwnd_findings
 from tcpsleuth.model.capture import SegmentSource
 from tcpsleuth.model.findings import Finding, ranked
 

@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from tcpsleuth.detectors.capture import SEQ_SPACE, Analysis, CaptureConnection, clients_hit
+from tcpsleuth.detectors.capture.connections import SEQ_SPACE, Analysis, CaptureConnection
+from tcpsleuth.detectors.capture.windows import clients_hit
 from tcpsleuth.model.capture import OPT_WSCALE
 from tcpsleuth.model.findings import Finding, Severity, listener_subject
 
@@ -100,8 +101,8 @@ class WscaleVerdicts:
         proof = None
         if inferred >= 0:
             proof = {
-                "synack_frame": int(cols["synack_frame"][stream]),
-                "synack_window": int(cols["synack_window"][stream]),
+                "synack_frame": int(cols.synack_frame[stream]),
+                "synack_window": int(cols.synack_window[stream]),
                 "window_frame": int(self.window_frame[stream]),
                 "first_window_raw": int(self.first_window[stream]),
                 "client_bytes_acked_before": int(self.received[stream]),
@@ -119,17 +120,17 @@ def verdicts(analysis: Analysis) -> WscaleVerdicts:
     """The window-scale verdict of every connection with a SYN and a SYN-ACK, whether
     or not it was a SYN cookie (the arithmetic runs on all connections at once)."""
     cols = analysis.columns
-    n = len(cols["has_syn"]) if cols else 0
+    n = len(cols.has_syn) if cols else 0
     if not n:
         none = np.zeros(0, dtype=np.int64)
         return WscaleVerdicts(none, none, none.astype(np.int8), none > 0, none, none, none)
-    at = cols["first_window_frame"]
-    ok = (at >= 0) & cols["has_syn"] & cols["has_synack"]
-    raw = np.where(ok, cols["first_window"], 0).astype(np.int64)
-    w0 = cols["synack_window"].astype(np.int64)
-    received = (cols["first_window_ack"] - cols["syn_seq"] - 1) % SEQ_SPACE
+    at = cols.first_window_frame
+    ok = (at >= 0) & cols.has_syn & cols.has_synack
+    raw = np.where(ok, cols.first_window, 0).astype(np.int64)
+    w0 = cols.synack_window.astype(np.int64)
+    received = (cols.first_window_ack - cols.syn_seq - 1) % SEQ_SPACE
     received = np.where(received > (1 << 31), 0, received)
-    announced = np.where(cols["has_synack"], analysis.hs_synack[:, OPT_WSCALE], -1)
+    announced = np.where(cols.has_synack, analysis.hs_synack[:, OPT_WSCALE], -1)
     client_ws = analysis.hs_syn[:, OPT_WSCALE]
     scaling = (announced >= 0) & (client_ws >= 0)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -161,12 +162,12 @@ def verdicts(analysis: Analysis) -> WscaleVerdicts:
 def infer(analysis: Analysis, judged: WscaleVerdicts | None = None) -> list[WindowInference]:
     """Records for the connections that show a mismatch or stripped scaling."""
     cols = analysis.columns
-    if not cols or not len(cols["has_syn"]):
+    if not cols or not len(cols.has_syn):
         return []
     v = judged if judged is not None else verdicts(analysis)
     announced = analysis.hs_synack[:, OPT_WSCALE]
     client_ws = analysis.hs_syn[:, OPT_WSCALE]
-    ok = (cols["first_window_frame"] >= 0) & cols["has_syn"] & cols["has_synack"]
+    ok = (cols.first_window_frame >= 0) & cols.has_syn & cols.has_synack
     stripped = ok & ((announced >= 0) != (client_ws >= 0))
     out: list[WindowInference] = []
     for c in np.flatnonzero((v.mismatch == 1) | stripped).tolist():
@@ -182,7 +183,7 @@ def infer(analysis: Analysis, judged: WscaleVerdicts | None = None) -> list[Wind
                 synack_window=record.synack.window,
                 first_window=int(v.first_window[c]),
                 received_before=int(v.received[c]),
-                synack_frame=int(cols["synack_frame"][c]),
+                synack_frame=int(cols.synack_frame[c]),
                 window_frame=int(v.window_frame[c]),
                 exact=bool(v.exact[c]),
                 mismatch=bool(v.mismatch[c] == 1),
@@ -196,7 +197,7 @@ def _scaled_connections(analysis: Analysis, server: str) -> int:
     cols = analysis.columns
     scaling = (analysis.hs_synack[:, OPT_WSCALE] >= 0) & (analysis.hs_syn[:, OPT_WSCALE] >= 0)
     port = int(server.rsplit(":", 1)[1])
-    candidates = np.flatnonzero(scaling & (cols["server_port"] == port)).tolist()
+    candidates = np.flatnonzero(scaling & (cols.server_port == port)).tolist()
     return sum(1 for c in candidates if analysis.connections[c].server == server)
 
 

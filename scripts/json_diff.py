@@ -1,0 +1,169 @@
+"""Every command's JSON on fixed inputs, before and after a change: a restructuring
+must change no result.
+
+    python3 scripts/json_diff.py record DIR [--src SRC]   # run the commands, keep their JSON
+    python3 scripts/json_diff.py compare OLD NEW          # exit 1 on any difference
+
+`record` runs the tcpsleuth found on `--src` (a `src/` directory of another checkout,
+e.g. a `git worktree` of the commit before the change; default: the installed one) on:
+the benchmark captures (bench/bench_pcap.py makes them), the public Kafka capture, the
+two committed lab storms (prefix and fixed kernels), the bundles and `ss` fixtures
+(audit, doctor, sockets, compare). `compare` reads findings through the kind registry's
+aliases (a renamed kind is the same finding) and ignores what is meant to differ from
+run to run (timings, tcpsleuth's version).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = Path("/tmp/tcpsleuth-bench")
+FIX = REPO / "tests" / "fixtures"
+DATA = REPO / "tests" / "data"
+VOLATILE = {"seconds", "elapsed_s", "elapsed", "version", "generated", "generated_at", "argv"}
+
+
+def cases() -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    captures = {
+        "kafka-public": DATA / "go-sniffer-kafka.pcap",
+        "storm-prefix": DATA / "storm-prefix" / "server.pcap",
+        "storm-fixed": DATA / "storm-fixed" / "server.pcap",
+        "bench-50k": BENCH / "bench-50000.pcap",
+        "bench-500k": BENCH / "bench-500000.pcap",
+    }
+    for name, path in captures.items():
+        if path.exists():
+            out[f"pcap-{name}"] = ["pcap", "--format", "json", "--all-connections", str(path)]
+            out[f"pcap-{name}-default"] = ["pcap", "--format", "json", str(path)]
+    for bundle in sorted((FIX / "bundles").iterdir()):
+        out[f"audit-{bundle.name}"] = ["audit", "--format", "json", "--bundle", str(bundle)]
+        out[f"doctor-{bundle.name}"] = ["doctor", "--format", "json", "--bundle", str(bundle)]
+    ss = FIX / "ss"
+    for text in sorted(ss.glob("*.txt")):
+        out[f"sockets-{text.stem}"] = ["sockets", "--format", "json", str(text)]
+    pairs = [
+        ("lab-fault-client-tni", "lab-fault-server-tni"),
+        ("lab-clean-client-tni", "lab-clean-server-tni"),
+    ]
+    for client, server in pairs:
+        out[f"compare-{client}"] = [
+            "compare",
+            "--format",
+            "json",
+            "--port",
+            "9092",
+            str(ss / f"{client}.txt"),
+            str(ss / f"{server}.txt"),
+        ]
+    out["doctor-example"] = ["doctor", "--format", "json", "--example"]
+    return out
+
+
+def record(directory: Path, src: str | None) -> int:
+    directory.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "COLUMNS": "120"}
+    if src:
+        env["PYTHONPATH"] = src
+    for name, argv in cases().items():
+        result = subprocess.run(
+            [sys.executable, "-m", "tcpsleuth", *argv],
+            capture_output=True,
+            text=True,
+            env=env,
+            check=False,
+        )
+        (directory / f"{name}.json").write_text(
+            json.dumps(
+                {
+                    "status": result.returncode,
+                    "stdout": result.stdout,
+                    "stderr": result.stderr.strip()[-400:],
+                }
+            )
+        )
+        print(f"{name}: exit {result.returncode}", file=sys.stderr)
+    return 0
+
+
+def _canonical(value: Any) -> Any:
+    from tcpsleuth.model.kinds import ALIASES
+
+    if isinstance(value, dict):
+        out = {k: _canonical(v) for k, v in value.items() if k not in VOLATILE and k != "aliases"}
+        if isinstance(out.get("kind"), str):
+            out["kind"] = ALIASES.get(out["kind"], out["kind"])
+        return out
+    if isinstance(value, list):
+        return [_canonical(v) for v in value]
+    if isinstance(value, str):
+        for old, new in ALIASES.items():
+            value = value.replace(f"{old}×", f"{new}×")
+    return value
+
+
+def _document(path: Path) -> tuple[int, Any]:
+    run = json.loads(path.read_text())
+    try:
+        return run["status"], _canonical(json.loads(run["stdout"]))
+    except json.JSONDecodeError:
+        return run["status"], run["stdout"] or run["stderr"]
+
+
+def _first_difference(a: Any, b: Any, where: str = "") -> str | None:
+    if type(a) is not type(b):
+        return f"{where}: {str(a)[:80]} != {str(b)[:80]}"
+    if isinstance(a, dict):
+        for key in sorted(set(a) | set(b)):
+            if key not in a or key not in b:
+                return f"{where}.{key}: only in {'new' if key in b else 'old'}"
+            diff = _first_difference(a[key], b[key], f"{where}.{key}")
+            if diff:
+                return diff
+        return None
+    if isinstance(a, list):
+        if len(a) != len(b):
+            return f"{where}: {len(a)} items != {len(b)}"
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            diff = _first_difference(x, y, f"{where}[{i}]")
+            if diff:
+                return diff
+        return None
+    return None if a == b else f"{where}: {str(a)[:80]} != {str(b)[:80]}"
+
+
+def compare(old: Path, new: Path) -> int:
+    differing = 0
+    names = sorted(p.name for p in old.glob("*.json"))
+    for name in names:
+        if not (new / name).exists():
+            print(f"{name}: missing in {new}")
+            differing += 1
+            continue
+        (s1, d1), (s2, d2) = _document(old / name), _document(new / name)
+        diff = f"exit {s1} != {s2}" if s1 != s2 else _first_difference(d1, d2)
+        if diff:
+            differing += 1
+            print(f"{name}: {diff}")
+    print(f"{len(names)} documents compared, {differing} differ")
+    return 1 if differing else 0
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) >= 2 and argv[0] == "record":
+        src = argv[argv.index("--src") + 1] if "--src" in argv else None
+        return record(Path(argv[1]), src)
+    if len(argv) == 3 and argv[0] == "compare":
+        return compare(Path(argv[1]), Path(argv[2]))
+    print(__doc__, file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,56 @@
+"""Connections out of a capture's TCP segments, with what TCP did to each of them.
+
+Pure: TCP header columns in (:class:`tcpsleuth.model.capture.TcpColumns`), one chunk
+of the capture at a time, records and findings out. One module per responsibility:
+
+- :mod:`.kernels`: the compiled loops (tracking, window series, Kafka framing);
+- :mod:`.tracking`: connections followed chunk by chunk (:class:`ConnectionTracker`),
+  and :func:`detail`, the second pass for a few connections' segments;
+- :mod:`.connections`: what is kept per connection (:class:`ConnectionColumns`), the
+  records made from it on demand and the :class:`Analysis` detectors read;
+- :mod:`.windows`: window series and ``rwnd-limited`` senders;
+- :mod:`.cookies`: a SYN-cookie verdict per connection (``syn-cookies-seen``);
+- :mod:`.wscale`: the window scale each server really used (``wscale-mismatch``,
+  ``wscale-stripped``);
+- :mod:`.kafka`: Kafka requests and responses paired, send time against broker time;
+- :mod:`.selection`: which connections a report shows in detail;
+- :mod:`.run`: all of them in one pass over a capture (the ``pcap`` command, the
+  lab, the benchmarks).
+
+A connection is not a 4-tuple: a SYN with a new initial sequence number on a 4-tuple
+seen before starts a new connection (loopback and busy servers reuse 4-tuples once
+TIME_WAIT is over), as tshark numbers its ``tcp.stream``. Connections are numbered
+by their first segment in the file, as tshark does. Windows are in bytes as the peer
+computes them: the raw field shifted by the shift the sender announced in its SYN or
+SYN-ACK, when both sides announced one (RFC 7323 2.2); windows of SYN segments are
+never scaled.
+"""
+
+from tcpsleuth.detectors.capture.connections import (
+    SEQ_SPACE,
+    SERIES_POINTS,
+    Analysis,
+    CaptureConnection,
+    ConnectionColumns,
+    Connections,
+)
+from tcpsleuth.detectors.capture.selection import streams_named
+from tcpsleuth.detectors.capture.tracking import ChunkRows, ConnectionTracker, analyse, detail
+from tcpsleuth.detectors.capture.windows import clients_hit, rwnd_findings, window_series
+
+__all__ = [
+    "SEQ_SPACE",
+    "SERIES_POINTS",
+    "Analysis",
+    "CaptureConnection",
+    "ChunkRows",
+    "ConnectionColumns",
+    "ConnectionTracker",
+    "Connections",
+    "analyse",
+    "clients_hit",
+    "detail",
+    "rwnd_findings",
+    "streams_named",
+    "window_series",
+]

@@ -1,0 +1,479 @@
+"""Following connections through a capture, chunk by chunk, in capture order.
+
+The compiled loop (:mod:`.kernels`) keeps a fixed set of running values per
+connection and nothing per segment, so memory grows with the connections, not with
+the capture. :class:`ConnectionTracker` feeds it and turns what it kept into an
+:class:`~.connections.Analysis`; :func:`detail` is the second pass that gathers every
+segment of a few connections (window series, plots).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tcpsleuth.detectors.capture import kernels
+from tcpsleuth.detectors.capture import kernels as K
+from tcpsleuth.detectors.capture.connections import (
+    Analysis,
+    ConnectionColumns,
+    Connections,
+    endpoint_hash,
+    mix,
+)
+from tcpsleuth.model.capture import ACK, COLUMN_TYPES, SYN, TcpColumns
+
+
+@dataclass
+class ChunkRows:
+    """What the tracker found for each segment of one chunk."""
+
+    conn: np.ndarray  # int64: connection (stream)
+    direction: np.ndarray  # int8: 0 = the direction of the connection's first segment
+    rel_seq: np.ndarray  # int64
+    win_bytes: np.ndarray  # int64
+
+
+class ConnectionTracker:
+    """Connections followed through a capture chunk by chunk, in capture order.
+
+    Per connection a fixed set of running values (see :mod:`.kernels`); no
+    per-segment state, so memory grows with the number of connections and
+    4-tuples only. :meth:`finish` turns them into an :class:`Analysis`.
+    """
+
+    def __init__(self, capacity: int = 1 << 12) -> None:
+        self.counts = np.zeros(2, dtype=np.int64)  # tuples, connections
+        self.conn_state = np.zeros((capacity, kernels.CONN_FIELDS), dtype=np.int64)
+        self.dir_state = np.zeros((capacity, 2, kernels.DIR_FIELDS), dtype=np.int64)
+        self.dir_small = np.zeros((capacity, 2, kernels.SMALL_FIELDS), dtype=np.int32)
+        self.tuple_addr = np.zeros((capacity, 4), dtype=np.uint64)
+        self.tuple_info = np.zeros((capacity, 5), dtype=np.int64)
+        self.table = np.zeros(2 * capacity, dtype=np.int64)
+
+    @property
+    def connection_count(self) -> int:
+        return int(self.counts[1])
+
+    def _grow(self) -> None:
+        """A quarter more room for connections and 4-tuples, as they fill up."""
+        ntuples, nconn = int(self.counts[0]), int(self.counts[1])
+        if nconn >= len(self.conn_state):
+            size = len(self.conn_state) * 5 // 4 + 16
+            self.conn_state = _grown(self.conn_state, size)
+            self.dir_state = _grown(self.dir_state, size)
+            self.dir_small = _grown(self.dir_small, size)
+        if ntuples >= min(len(self.tuple_info), len(self.table) // 2):
+            size = len(self.tuple_info) * 5 // 4 + 16
+            self.tuple_addr = _grown(self.tuple_addr, size)
+            self.tuple_info = _grown(self.tuple_info, size)
+            # open addressing stays fast below half full
+            self.table = np.zeros(1 << int(2 * size - 1).bit_length(), dtype=np.int64)
+            kernels.rehash(self.table, self.tuple_addr, self.tuple_info, ntuples)
+
+    def feed(self, tcp: TcpColumns) -> ChunkRows:
+        n = len(tcp)
+        opt_index = np.full(n, -1, dtype=np.int64)
+        opt_index[tcp.syn_rows] = np.arange(len(tcp.syn_rows))
+        out = ChunkRows(
+            np.empty(n, dtype=np.int64),
+            np.empty(n, dtype=np.int8),
+            np.empty(n, dtype=np.int64),
+            np.empty(n, dtype=np.int64),
+        )
+        at, first = 0, True
+        while at < n:
+            if not first:
+                self._grow()
+            first = False
+            at = kernels.track(
+                at,
+                tcp.frame,
+                tcp.ts_ns,
+                tcp.af,
+                tcp.src_hi,
+                tcp.src_lo,
+                tcp.dst_hi,
+                tcp.dst_lo,
+                tcp.sport,
+                tcp.dport,
+                tcp.seq,
+                tcp.ack,
+                tcp.flags,
+                tcp.window,
+                tcp.paylen,
+                tcp.tsval,
+                opt_index,
+                tcp.syn_options,
+                self.table,
+                self.tuple_addr,
+                self.tuple_info,
+                self.counts,
+                self.conn_state,
+                self.dir_state,
+                self.dir_small,
+                kernels.DIR_INITIAL,
+                kernels.SMALL_INITIAL,
+                out.conn,
+                out.direction,
+                out.rel_seq,
+                out.win_bytes,
+            )
+        return out
+
+    def server_ports(self, first: int, last: int) -> tuple[np.ndarray, np.ndarray]:
+        """For connections ``first`` to ``last`` - 1: the direction of the client as
+        their first segment tells, and the server's port."""
+        state = self.conn_state[first:last]
+        info = self.tuple_info[state[:, K.K_TUPLE]]
+        client = state[:, K.K_CLIENT]
+        client_is_a = (state[:, K.K_FIRST_A] == 1) == (client == 0)
+        server_port = np.where(client_is_a, info[:, K.T_BPORT], info[:, K.T_APORT])
+        return client, server_port
+
+    def finish(self) -> Analysis:
+        """The analysis; the tracker is spent after it."""
+        return _finish(self)
+
+    def release(self) -> None:
+        self.dir_state = np.zeros((0, 2, kernels.DIR_FIELDS), dtype=np.int64)
+        self.dir_small = np.zeros((0, 2, kernels.SMALL_FIELDS), dtype=np.int32)
+        self.tuple_addr = np.zeros((0, 4), dtype=np.uint64)
+        self.table = np.zeros(0, dtype=np.int64)
+
+
+def _grown(array: np.ndarray, size: int) -> np.ndarray:
+    """``array`` with room for ``size`` rows, new ones zero. Resized in place: for
+    large arrays the C library moves the pages (mremap) instead of copying them,
+    so growing never holds the old and the new table at once. Nothing keeps a
+    view of these arrays between calls."""
+    array.resize((size, *array.shape[1:]), refcheck=False)
+    return array
+
+
+class _Side:
+    """One side's fields of every connection, by name, picked one field at a time (a
+    copy of the whole state would double the memory the connections take)."""
+
+    def __init__(self, dirs: np.ndarray, small: np.ndarray, who: np.ndarray) -> None:
+        self.dirs, self.small = dirs, small
+        self.first = who == 0
+        self.kept: dict[str, np.ndarray] = {}
+
+    def keep(self, names: list[str]) -> None:
+        """Pick these fields now and let go of the state."""
+        self.kept = {name: self[:, name] for name in names}
+        self.dirs = self.small = np.zeros((0, 2, 0), dtype=np.int64)
+
+    def __getitem__(self, key: tuple[Any, str | list[str]]) -> np.ndarray:
+        rows, name = key
+        if isinstance(name, list):
+            return np.stack([self[rows, one] for one in name], axis=1)
+        if name in self.kept:
+            return self.kept[name][rows]
+        if hasattr(K, "S_" + name):
+            source, index = self.small, getattr(K, "S_" + name)
+        else:
+            source, index = self.dirs, getattr(K, "D_" + name)
+        values = np.where(self.first, source[:, 0, index], source[:, 1, index])
+        return values[rows].astype(np.int64)
+
+
+def _finish(tracker: ConnectionTracker) -> Analysis:
+    nconn = tracker.connection_count
+    state = tracker.conn_state[:nconn]
+    dirs = tracker.dir_state[:nconn]
+    small = tracker.dir_small[:nconn]
+    tuples = state[:, K.K_TUPLE]
+    info = tracker.tuple_info[tuples]
+    addr = tracker.tuple_addr[tuples]
+    first_a = state[:, K.K_FIRST_A] == 1
+
+    # client side: sender of the SYN, else receiver of the SYN-ACK, else higher port
+    kind = small[:, :, K.S_HS_KIND]
+    hs_frame = dirs[:, :, K.D_HS_FRAME]
+    syn0, syn1 = kind[:, 0] == 1, kind[:, 1] == 1
+    syn_dir = np.where(
+        syn0 & (~syn1 | (hs_frame[:, 0] <= hs_frame[:, 1])), 0, np.where(syn1, 1, -1)
+    )
+    sa0, sa1 = kind[:, 0] == 2, kind[:, 1] == 2
+    sa_dir = np.where(sa0 & (~sa1 | (hs_frame[:, 0] <= hs_frame[:, 1])), 0, np.where(sa1, 1, -1))
+    sport = np.where(first_a, info[:, K.T_APORT], info[:, K.T_BPORT])
+    dport = np.where(first_a, info[:, K.T_BPORT], info[:, K.T_APORT])
+    guess = np.where(sport > dport, 0, 1)
+    client = np.where(syn_dir >= 0, syn_dir, np.where(sa_dir >= 0, 1 - sa_dir, guess))
+    opened_by = np.where(syn_dir >= 0, 0, np.where(sa_dir >= 0, 1, 2))
+    server = 1 - client
+    cs = _Side(dirs, small, client)  # the client's direction's fields
+    ss = _Side(dirs, small, server)
+    has_syn = cs[:, "HS_KIND"] == 1
+    has_synack = ss[:, "HS_KIND"] == 2
+    option_fields = ["HS_MSS", "HS_WS", "HS_SACK", "HS_TSOK", "HS_TSVAL"]
+    hs_syn = np.where(has_syn[:, None], cs[:, option_fields], -1)
+    hs_synack = np.where(has_synack[:, None], ss[:, option_fields], -1)
+
+    src_hi = np.where(first_a, addr[:, 0], addr[:, 2])
+    src_lo = np.where(first_a, addr[:, 1], addr[:, 3])
+    dst_hi = np.where(first_a, addr[:, 2], addr[:, 0])
+    dst_lo = np.where(first_a, addr[:, 3], addr[:, 1])
+    af = info[:, K.T_AF].astype(np.uint8)
+    first_c2s = client == 0
+    src_addr_key = mix(mix(src_hi) ^ src_lo)
+    dst_addr_key = mix(mix(dst_hi) ^ dst_lo)
+    server_hi = np.where(first_c2s, dst_hi, src_hi)
+    server_lo = np.where(first_c2s, dst_lo, src_lo)
+    server_port = np.where(first_c2s, dport, sport)
+    last_ts = state[:, K.K_LAST_TS]
+    rtt_ok = has_syn & has_synack & (cs[:, "RTT_TS"] >= 0)
+
+    def pair(name: str) -> np.ndarray:
+        return np.stack([cs[:, name], ss[:, name]], axis=1)
+
+    def span(side: _Side) -> np.ndarray:
+        first_data = side[:, "FIRST_DATA_TS"]
+        return np.where(first_data >= 0, last_ts - first_data, 0)
+
+    columns = ConnectionColumns(
+        af=af,
+        src_hi=src_hi,
+        src_lo=src_lo,
+        dst_hi=dst_hi,
+        dst_lo=dst_lo,
+        sport=sport,
+        dport=dport,
+        first_c2s=first_c2s,
+        first_frame=state[:, K.K_FIRST_FRAME],
+        first_ts=state[:, K.K_FIRST_TS],
+        last_ts=last_ts,
+        opened_by=opened_by,
+        has_syn=has_syn,
+        has_synack=has_synack,
+        syn_frame=cs[:, "HS_FRAME"],
+        synack_frame=ss[:, "HS_FRAME"],
+        syn_window=cs[:, "HS_WIN"],
+        synack_window=ss[:, "HS_WIN"],
+        syn_flags=cs[:, "HS_FLAGS"],
+        synack_flags=ss[:, "HS_FLAGS"],
+        syn_seq=cs[:, "HS_SEQ"],
+        rtt_ns=np.where(rtt_ok, cs[:, "RTT_TS"] - cs[:, "HS_TS"], -1),
+        packets=pair("PKTS"),
+        bytes=pair("BYTES"),
+        retrans=pair("RETRANS"),
+        zero=pair("ZERO"),
+        probe=pair("PROBE"),
+        wmin=pair("WMIN"),
+        wmax=pair("WMAX"),
+        wait_ns=pair("WAIT_NS"),
+        window_changes=pair("WIN_CHANGES"),
+        waits=pair("WAITS"),
+        span_c2s=span(cs),
+        span_s2c=span(ss),
+        # the server's first window after its SYN-ACK (window-scale inference)
+        first_window_frame=np.where(has_synack, ss[:, "INF_FRAME"], -1),
+        first_window=ss[:, "INF_WIN"],
+        first_window_ack=ss[:, "INF_ACK"],
+        server_port=server_port,
+        # SYN-cookie evidence: handshake times, the server's clock after its SYN-ACK,
+        # its repeated SYN-ACKs (see kernels)
+        syn_ts=np.where(has_syn, cs[:, "HS_TS"], -1),
+        last_syn_ts=np.where(
+            has_syn & (cs[:, "LSYN_FRAME"] >= 0),
+            cs[:, "LSYN_TS"],
+            np.where(has_syn, cs[:, "HS_TS"], -1),
+        ),
+        synack_ts=np.where(has_synack, ss[:, "HS_TS"], -1),
+        synack_seq=ss[:, "HS_SEQ"],
+        later_best_ns=np.where(has_synack, ss[:, "LATER_BEST"], K.NO_RUN),
+        synacks=ss[:, "SYNACKS"],
+        synacks_same_seq=ss[:, "SYNACK_SAME_SEQ"],
+        synacks_renewed=ss[:, "SYNACK_RENEWED"],
+        repeat_ts=np.where(has_synack, ss[:, "REP_TS"], -1),
+        repeat_tsval=np.where(has_synack, ss[:, "REP_TSVAL"], -1),
+        # hashes that group connections by server endpoint and by server address
+        server_key=endpoint_hash(server_hi, server_lo, server_port, af),
+        server_addr_key=np.where(first_c2s, dst_addr_key, src_addr_key),
+        client_addr_key=np.where(first_c2s, src_addr_key, dst_addr_key),
+    )
+    # the state is no longer needed: free it before the handshake table is built
+    cs.keep(["HS_FRAME", "HS_TS", "LSYN_FRAME", "LSYN_TS"])
+    ss.keep(["HS_FRAME", "HS_TS", "LATER_FRAME", "LATER_TS", "LATER_TSVAL"])
+    del dirs, small, hs_frame, kind
+    tracker.release()
+    analysis = _handshake_rows(columns, cs, ss, has_syn, has_synack)
+    analysis.columns = columns
+    analysis.hs_syn, analysis.hs_synack = hs_syn, hs_synack
+    analysis.connections = Connections(analysis)
+    return analysis
+
+
+# kinds of handshake rows, in the order they sort within one frame
+_FIRST, _SYN, _LAST_SYN, _SYNACK, _LATER = range(5)
+
+
+def _handshake_rows(
+    columns: ConnectionColumns,
+    cs: _Side,
+    ss: _Side,
+    has_syn: np.ndarray,
+    has_synack: np.ndarray,
+) -> Analysis:
+    """The segment table of a whole-capture analysis: per connection its first
+    segment (a placeholder matching nothing), the client's first and last SYN
+    before the SYN-ACK, the server's SYN-ACK and its next segment with a TSval."""
+    nconn = len(has_syn)
+    index = np.arange(nconn)
+    last_syn = has_syn & (cs[:, "LSYN_FRAME"] >= 0) & (cs[:, "LSYN_FRAME"] != cs[:, "HS_FRAME"])
+    later = has_synack & (ss[:, "LATER_FRAME"] >= 0)
+    parts = [
+        (index, columns.first_frame, columns.first_ts, 0, -1, True, _FIRST),
+        (index[has_syn], cs[has_syn, "HS_FRAME"], cs[has_syn, "HS_TS"], SYN, -1, True, _SYN),
+        (
+            index[last_syn],
+            cs[last_syn, "LSYN_FRAME"],
+            cs[last_syn, "LSYN_TS"],
+            SYN,
+            -1,
+            True,
+            _LAST_SYN,
+        ),
+        (
+            index[has_synack],
+            ss[has_synack, "HS_FRAME"],
+            ss[has_synack, "HS_TS"],
+            SYN | ACK,
+            -1,
+            False,
+            _SYNACK,
+        ),
+        (
+            index[later],
+            ss[later, "LATER_FRAME"],
+            ss[later, "LATER_TS"],
+            ACK,
+            ss[later, "LATER_TSVAL"],
+            False,
+            _LATER,
+        ),
+    ]
+    conn = np.concatenate([p[0] for p in parts])
+    frame = np.concatenate([p[1] for p in parts])
+    ts = np.concatenate([p[2] for p in parts])
+    flags = np.concatenate([np.full(len(p[0]), p[3], dtype=np.int32) for p in parts])
+    tsval = np.concatenate(
+        [np.broadcast_to(np.asarray(p[4], dtype=np.int64), len(p[0])) for p in parts]
+    )
+    c2s = np.concatenate([np.full(len(p[0]), p[5]) for p in parts])
+    kinds = np.concatenate([np.full(len(p[0]), p[6], dtype=np.int8) for p in parts])
+    order = np.lexsort((kinds, frame, conn))
+    conn, c2s, kinds = conn[order], c2s[order], kinds[order]
+    n = len(order)
+    tcp = _segment_table(frame[order], ts[order], flags[order], tsval[order])
+    starts = np.searchsorted(conn, index, side="left")
+    ends = np.searchsorted(conn, index, side="right")
+    first_syn = np.full(nconn, -1, dtype=np.int64)
+    first_synack = np.full(nconn, -1, dtype=np.int64)
+    pos = np.arange(n)
+    first_syn[conn[kinds == _SYN]] = pos[kinds == _SYN]
+    first_synack[conn[kinds == _SYNACK]] = pos[kinds == _SYNACK]
+    zeros = np.zeros(n, dtype=np.int64)
+    return Analysis(
+        tcp=tcp,
+        order=pos,
+        conn=conn,
+        c2s=c2s,
+        win_bytes=zeros,
+        starts=starts,
+        ends=ends,
+        first_syn=first_syn,
+        first_synack=first_synack,
+        rel_seq=zeros,
+    )
+
+
+def _segment_table(
+    frame: np.ndarray,
+    ts_ns: np.ndarray,
+    flags: np.ndarray,
+    tsval: np.ndarray,
+    **given: np.ndarray,
+) -> TcpColumns:
+    """A TcpColumns with these columns (and ``given`` ones); zeros in the others."""
+    n = len(frame)
+    columns = {name: np.zeros(n, dtype=kind) for name, kind in COLUMN_TYPES.items()}
+    columns.update(frame=frame, ts_ns=ts_ns, flags=flags, tsval=tsval, **given)
+    return TcpColumns(
+        **columns,
+        syn_rows=np.zeros(0, dtype=np.int64),
+        syn_options=np.zeros((0, 5), dtype=np.int64),
+        payload_at=np.full(n, -1, dtype=np.int64),
+        payload_cap=np.zeros(n, dtype=np.int32),
+        data=np.zeros(0, dtype=np.uint8),
+    )
+
+
+def analyse(tcp: TcpColumns) -> Analysis:
+    """The analysis of segments already in memory (:func:`read_capture`)."""
+    tracker = ConnectionTracker()
+    tracker.feed(tcp)
+    return tracker.finish()
+
+
+def detail(chunks: Iterable[TcpColumns], analysis: Analysis, streams: Iterable[int]) -> Analysis:
+    """Every segment of ``streams`` (a second pass over the same capture, whose
+    connections are numbered the same way): for window series and plots. Memory
+    grows with the segments of those connections only."""
+    wanted = np.zeros(len(analysis.connections) + 1, dtype=bool)
+    chosen = np.array(sorted(set(streams)), dtype=np.int64)
+    wanted[chosen] = True
+    tracker = ConnectionTracker()
+    kept: list[tuple[TcpColumns, ChunkRows, np.ndarray]] = []
+    for tcp in chunks:
+        rows = tracker.feed(tcp)
+        keep = np.flatnonzero(wanted[np.minimum(rows.conn, len(wanted) - 1)])
+        if len(keep):
+            kept.append((tcp, rows, keep))
+    names = [name for name in COLUMN_TYPES if name not in ("frame", "ts_ns", "flags", "tsval")]
+
+    def gather(get: Callable[[TcpColumns, ChunkRows], np.ndarray], kind: type) -> np.ndarray:
+        if not kept:
+            return np.zeros(0, dtype=kind)
+        return np.concatenate([get(tcp, rows)[keep] for tcp, rows, keep in kept]).astype(kind)
+
+    conn = gather(lambda _t, r: r.conn, np.int64)
+    direction = gather(lambda _t, r: r.direction, np.int8)
+    tcp = _segment_table(
+        gather(lambda t, _r: t.frame, np.int64),
+        gather(lambda t, _r: t.ts_ns, np.int64),
+        gather(lambda t, _r: t.flags, np.int32),
+        gather(lambda t, _r: t.tsval, np.int64),
+        **{
+            name: gather(lambda t, _r, name=name: getattr(t, name), COLUMN_TYPES[name])
+            for name in names
+        },
+    )
+    order = np.argsort(conn, kind="stable")
+    conn_sorted = conn[order]
+    index = np.arange(len(analysis.connections))
+    first_c2s = analysis.columns.first_c2s
+    c2s = (direction[order] == 0) == first_c2s[conn_sorted]
+    none = np.full(len(index), -1, dtype=np.int64)
+    return Analysis(
+        tcp=tcp,
+        order=order,
+        conn=conn_sorted,
+        c2s=c2s,
+        win_bytes=gather(lambda _t, r: r.win_bytes, np.int64)[order],
+        starts=np.searchsorted(conn_sorted, index, side="left"),
+        ends=np.searchsorted(conn_sorted, index, side="right"),
+        first_syn=none,
+        first_synack=none,
+        rel_seq=gather(lambda _t, r: r.rel_seq, np.int64)[order],
+        columns=analysis.columns,
+        hs_syn=analysis.hs_syn,
+        hs_synack=analysis.hs_synack,
+        connections=analysis.connections,
+        detailed=True,
+    )
