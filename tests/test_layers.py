@@ -104,3 +104,79 @@ def test_each_command_imports_only_what_it_uses(argv: list[str]) -> None:
 def test_the_capture_command_does_load_numba() -> None:
     """The check above can fail: pcap needs the compiled loops."""
     assert "numba" in _heavy_modules_loaded(["pcap", "--help"])
+
+
+def module_graph() -> dict[str, set[str]]:
+    """Which tcpsleuth module imports which (function-local imports included), each
+    import resolved to the module it names: ``from a.b import c`` is ``a.b.c`` when
+    that is a module, else ``a.b``."""
+    modules = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        modules[".".join(parts)] = path
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        edges = graph.setdefault(name, set())
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [
+                    f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules
+                    else node.module
+                    for a in node.names
+                ]  # fmt: skip
+            else:
+                continue
+            edges.update(t for t in targets if t in modules and t != name)
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected groups of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                found.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_the_cycle_check_can_fail() -> None:
+    assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def test_no_import_cycle_between_modules() -> None:
+    """No cycle, not even one hidden by a function-local import: a package's own
+    ``__init__`` re-exporting its modules is the one allowed shape (a module of the
+    package importing a sibling through the package name resolves to the sibling)."""
+    graph = module_graph()
+    assert len(graph) > 80
+    for module, edges in graph.items():  # a package's re-exports are not a cycle
+        graph[module] = {e for e in edges if not module.startswith(e + ".")}
+    assert cycles(graph) == []

@@ -94,7 +94,7 @@ def trace_check(context: DoctorContext) -> CheckResult:
 
 def sockets_check(context: DoctorContext) -> CheckResult:
     """The `tcpsleuth sockets` detectors: live over sock_diag, or on a bundle's ss-tni.txt."""
-    from tcpsleuth.detectors.sockets import socket_findings
+    from tcpsleuth.detectors.compare import socket_findings
     from tcpsleuth.errors import EnvironmentProblem
     from tcpsleuth.sources import sockdiag
 

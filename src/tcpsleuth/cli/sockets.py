@@ -11,6 +11,7 @@ from rich.console import Group
 
 from tcpsleuth.cli.options import exclusive, format_option, netns_option
 from tcpsleuth.detectors import sockets as detect
+from tcpsleuth.detectors.compare import socket_findings
 from tcpsleuth.model.findings import Finding, exit_status, ranked
 from tcpsleuth.model.records import TcpConnection
 from tcpsleuth.reports import jsonout, table
@@ -212,7 +213,7 @@ def sockets_command(
     snap = socketsnap.load(spec, port_list(ports), address_list(addresses))
     connections = sorted(snap.connections, key=SORTS[sort_by])
     listening = detect.server_ports(snap.listeners)
-    findings = ranked(detect.socket_findings(connections, snap.listeners))
+    findings = ranked(socket_findings(connections, snap.listeners))
     by_peer = detect.summary_by_peer(connections, listening)
     by_port = detect.summary_by_port(connections, listening)
     if output_format == "json":

@@ -237,3 +237,18 @@ def compare_findings(
         *sockets.tiny_windows(server_conns, server_ports, peers),
         *unmatched(result),
     ]
+
+
+def socket_findings(
+    connections: Sequence[TcpConnection], listeners: Iterable[Listener] | None = None
+) -> list[Finding]:
+    """Every one-snapshot check; the two-sided check for connections whose two ends
+    are both in the snapshot."""
+    listening = sockets.server_ports(listeners)
+    peers = sockets.peers_of(connections)
+    return [
+        *wscale_mismatches(pairs_within(connections, listening)),
+        *sockets.rwnd_limited(connections, listening),
+        *sockets.tiny_windows(connections, listening, peers),
+        *sockets.wscale_anomalies(connections, listening),
+    ]

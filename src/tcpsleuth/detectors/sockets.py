@@ -14,7 +14,7 @@ What ``tcp_info`` shows from one end of a connection:
   (a listener's connections normally all get the shift of the same buffers; on
   kernels with the SYN-cookie bug, cookie connections get another one).
 When both ends of a connection are in the snapshot (loopback, or a host talking
-to itself), the two-sided check of ``detectors.compare`` runs on them too.
+to itself), ``detectors.compare.socket_findings`` adds the two-sided check.
 """
 
 from __future__ import annotations
@@ -247,23 +247,6 @@ def wscale_anomalies(
                 )
             )
     return findings
-
-
-def socket_findings(
-    connections: Sequence[TcpConnection], listeners: Iterable[Listener] | None = None
-) -> list[Finding]:
-    """Every one-snapshot check; the two-sided check for connections whose two ends
-    are both in the snapshot."""
-    from tcpsleuth.detectors.compare import pairs_within, wscale_mismatches
-
-    listening = server_ports(listeners)
-    peers = peers_of(connections)
-    return [
-        *wscale_mismatches(pairs_within(connections, listening)),
-        *rwnd_limited(connections, listening),
-        *tiny_windows(connections, listening, peers),
-        *wscale_anomalies(connections, listening),
-    ]
 
 
 def _median(values: list[float]) -> float | None:

@@ -12,12 +12,18 @@ import functools
 import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from tcpsleuth.model import kinds
 
-if TYPE_CHECKING:  # records import this module for endpoint()
-    from tcpsleuth.model.records import TcpConnection
+
+class Endpoints(Protocol):
+    """Both ends of a connection (a ``records.TcpConnection``, or anything with them)."""
+
+    local_ip: str
+    local_port: int
+    remote_ip: str
+    remote_port: int
 
 
 class Severity(enum.StrEnum):
@@ -60,7 +66,7 @@ def where(ip: str, port: int) -> str:
     return f"{host(ip)}:{port}"
 
 
-def key(conn: TcpConnection) -> ConnectionKey:
+def key(conn: Endpoints) -> ConnectionKey:
     """(local, remote) of a connection as endpoint() writes them: the key that joins
     the two ends of one connection."""
     return (where(conn.local_ip, conn.local_port), where(conn.remote_ip, conn.remote_port))
