@@ -18,6 +18,8 @@ from typing import Any
 
 import pytest
 
+from tcpsleuth.sources import netns
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -101,8 +103,12 @@ def require_tool(name: str) -> str:
 class Prometheus:
     """A Prometheus server of our own: never the packaged service."""
 
-    def __init__(self, workdir: Path, targets: list[str], rule_files: list[Path]) -> None:
+    def __init__(
+        self, workdir: Path, targets: list[str], rule_files: list[Path], ns: str | None = None
+    ) -> None:
+        """``ns``: run it in that network namespace (to scrape what listens there)."""
         binary = require_tool("prometheus")
+        self.ns = ns
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         config = workdir / "prometheus.yml"
@@ -120,6 +126,7 @@ class Prometheus:
         self.log = (workdir / "prometheus.log").open("w")
         self.process = subprocess.Popen(
             [
+                *(["ip", "netns", "exec", ns] if ns else []),
                 binary,
                 f"--config.file={config}",
                 f"--storage.tsdb.path={workdir / 'data'}",
@@ -130,14 +137,16 @@ class Prometheus:
             stderr=subprocess.STDOUT,
         )
         try:
-            wait_for(self.base + "/-/ready", 30)
+            with netns.entered(ns):
+                wait_for(self.base + "/-/ready", 30)
         except Exception:
             self.stop()
             raise
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         url = self.base + "/api/v1/query?" + urllib.parse.urlencode({"query": expr})
-        answer = json.loads(get(url))
+        with netns.entered(self.ns):
+            answer = json.loads(get(url))
         assert answer["status"] == "success", answer
         return answer["data"]["result"]
 
