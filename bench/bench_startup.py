@@ -13,6 +13,7 @@ import argparse
 import shutil
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -23,7 +24,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=9)
     args = parser.parse_args()
-    entry = shutil.which("tcpsleuth")
+    # the console script beside this interpreter: a version manager's shim on PATH
+    # (pyenv's is a shell script) would add its own start-up to every run
+    beside = Path(sys.executable).parent / "tcpsleuth"
+    entry = str(beside) if beside.exists() else shutil.which("tcpsleuth")
     if entry is None:
         raise SystemExit("bench_startup: tcpsleuth is not installed (bash scripts/install.sh)")
     cases = {

@@ -5,6 +5,8 @@ window-scale verdicts of every connection against the kernel's truth."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import dpkt
@@ -84,3 +86,37 @@ def test_a_lone_synack_is_undecided_with_its_reason(tmp_path: Path) -> None:
     assert len(verdicts) == 400
     assert {(v.cookie, v.reason) for v in verdicts} == {(None, nothing_later)}
     assert not [f for f in result.findings if f.kind == "syn-cookies-seen"]
+
+
+PLAIN_RUN = (
+    "import sys\n"
+    "from tcpsleuth import compiled\n"
+    "compiled.use_python()\n"
+    "from tcpsleuth.cli.main import main\n"
+    "main(sys.argv[1:])\n"
+)
+
+
+@pytest.mark.parametrize("capture", ["storm-prefix/server.pcap", "go-sniffer-kafka.pcap"])
+def test_plain_python_and_compiled_loops_give_the_same_document(capture: str) -> None:
+    """Small captures are analysed without numba (tcpsleuth.compiled): the whole JSON
+    document must be the one the compiled loops give, on a storm's cookie verdicts
+    and on Kafka timing alike; and the plain run must really not load numba."""
+    argv = ["pcap", "--format", "json", "--all-connections", str(DATA / capture)]
+    check_numba = (
+        "import atexit\natexit.register(lambda: print('numba' in sys.modules, file=sys.stderr))\n"
+    )
+    plain = subprocess.run(
+        [sys.executable, "-c", check_numba.replace("atexit\n", "atexit, sys\n") + PLAIN_RUN, *argv],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    compiled = subprocess.run(
+        [sys.executable, "-c", "from tcpsleuth.compiled import _compile_all\n"
+         "assert _compile_all()\n" + PLAIN_RUN.replace("compiled.use_python()", "pass"), *argv],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert plain.stderr.strip().splitlines()[-1] == "False", plain.stderr
+    assert plain.returncode == compiled.returncode, (plain.stderr, compiled.stderr)
+    one, two = json.loads(plain.stdout), json.loads(compiled.stdout)
+    assert len(one["files"][0]["connections"]) >= 2
+    assert one == two

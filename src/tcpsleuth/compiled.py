@@ -1,16 +1,78 @@
-"""numba's ``njit`` where numba is installed, else a decorator that leaves the
-function as plain Python (same results, slower). The one place compiled code gets
-its decorator, so that sources and detectors share it without importing each
-other."""
+"""The one decorator for compiled loops, shared by sources and detectors.
+
+``@njit(...)`` marks a function for numba, without importing numba: importing numba
+and loading its cached machine code costs about a third of a second, more than a
+small capture takes to analyse in plain Python. The first call compiles every marked
+function at once (each module's global name is rebound to numba's dispatcher, so
+that compiled functions calling each other are compiled together), unless
+:func:`use_python` asked for plain Python, which a command does for small inputs.
+Without numba installed, everything runs as plain Python (same results, slower).
+"""
 
 from __future__ import annotations
 
-try:
-    from numba import njit
-except ImportError:  # pragma: no cover - numba is a dependency; this keeps it optional
+import functools
+import importlib.util
+from collections.abc import Callable
+from typing import Any
 
-    def njit(*_args, **_kwargs):  # type: ignore[no-untyped-def]
-        def wrap(func):  # type: ignore[no-untyped-def]
-            return func
+import numpy
 
-        return wrap
+_MARKED: list[Compiled] = []
+_PLAIN = {"python": False}
+
+
+class Compiled:
+    """A function compiled by numba on first use, or run as Python."""
+
+    def __init__(self, func: Callable[..., Any], options: dict[str, Any]) -> None:
+        functools.update_wrapper(self, func)
+        self.py_func = func
+        self.options = options
+        self.dispatcher: Callable[..., Any] | None = None
+        _MARKED.append(self)
+
+    def __call__(self, *args: Any) -> Any:
+        if self.dispatcher is not None:
+            return self.dispatcher(*args)
+        if _PLAIN["python"] or not _compile_all() or self.dispatcher is None:
+            # compiled integer arithmetic wraps silently; numpy's scalars warn first
+            with numpy.errstate(over="ignore"):
+                return self.py_func(*args)
+        return self.dispatcher(*args)
+
+
+def njit(**options: Any) -> Callable[[Callable[..., Any]], Compiled]:
+    """Mark a function for numba's ``njit`` with these options (e.g. ``cache=True``)."""
+
+    def mark(func: Callable[..., Any]) -> Compiled:
+        return Compiled(func, options)
+
+    return mark
+
+
+def use_python(plain: bool = True) -> None:
+    """Run marked functions as Python until the first compiled call (small inputs)."""
+    _PLAIN["python"] = plain
+
+
+@functools.cache
+def numba_available() -> bool:
+    return importlib.util.find_spec("numba") is not None
+
+
+def _compile_all() -> bool:
+    """Hand every marked function not yet compiled to numba; False without numba."""
+    if not numba_available():
+        return False
+    import numba
+
+    fresh = [marked for marked in _MARKED if marked.dispatcher is None]
+    for marked in fresh:
+        marked.dispatcher = numba.njit(**marked.options)(marked.py_func)
+    for marked in fresh:
+        # compiled callers find their callees under the module's global names
+        namespace = marked.py_func.__globals__
+        if namespace.get(marked.py_func.__name__) is marked:
+            namespace[marked.py_func.__name__] = marked.dispatcher
+    return True
