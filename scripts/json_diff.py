@@ -69,6 +69,7 @@ def cases() -> dict[str, list[str]]:
 def record(directory: Path, src: str | None) -> int:
     directory.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "COLUMNS": "120"}
+    src = src or str(REPO / "src")
     if src:
         env["PYTHONPATH"] = src
     for name, argv in cases().items():
@@ -79,6 +80,8 @@ def record(directory: Path, src: str | None) -> int:
             env=env,
             check=False,
         )
+        if src:  # paths into the checkout are not results
+            result.stdout = result.stdout.replace(str(Path(src).parent), "<checkout>")
         (directory / f"{name}.json").write_text(
             json.dumps(
                 {

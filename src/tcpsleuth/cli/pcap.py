@@ -44,8 +44,7 @@ def analyse_file(
     """Every capture detector over ``path``, with a progress bar on big files; ``keep``
     gets a copy of a capture that cannot be read twice (a FIFO, a pipe)."""
     size = file_size(path)
-    if 0 < size <= PLAIN_PYTHON_BYTES:
-        compiled.use_python()
+    compiled.use_python(0 < size <= PLAIN_PYTHON_BYTES)
     if not (show_progress and size >= PROGRESS_MIN_BYTES):
         return analyse_stream(open_capture(path, keep=keep), kafka_ports)
     with Progress(
