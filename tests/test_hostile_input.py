@@ -784,3 +784,27 @@ def test_pcap_read_only_plot_directory_is_refused_first(tmp_path: Path) -> None:
             assert f"{place}: cannot write there (Read-only file system)" in line
     finally:
         subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_trace_survives_a_bpftrace_slow_to_stop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a loaded machine bpftrace once took more than 30 s to detach after SIGINT: the
+    trace ended in TimeoutExpired, exit 3. A stand-in that ignores SIGINT (the one part
+    of bpftrace's behaviour this is about) is killed instead, the trace ends."""
+    from tcpsleuth.sources.bpf import tracer
+
+    slow = tmp_path / "bpftrace"
+    slow.write_text("#!/bin/sh\ntrap '' INT\necho ready\nexec sleep 600\n")
+    slow.chmod(0o755)
+    monkeypatch.setattr(tracer, "check_environment", lambda _method: str(slow))
+    monkeypatch.setattr(tracer, "STOP_TIMEOUT_S", 1)
+    started = time.monotonic()
+    assert list(tracer.trace("", 0.2)) == []
+    assert time.monotonic() - started < 10
+    assert not [p for p in Path("/proc").glob("[0-9]*/cmdline") if b"sleep\x00600" in _read(p)]
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""

@@ -23,6 +23,7 @@ from tcpsleuth.model.records import WindowSample
 
 TRACEFS = Path("/sys/kernel/tracing")
 BTF = Path("/sys/kernel/btf/vmlinux")
+STOP_TIMEOUT_S = 30  # after SIGINT, for bpftrace to detach and exit
 INSTEAD = "use `tcpsleuth sockets` (ss -ti from both ends) or a capture instead"
 
 
@@ -198,7 +199,12 @@ def trace(
                 next_tick += 1
                 on_tick()
         process.send_signal(signal.SIGINT)
-        rest, _ = process.communicate(timeout=30)
+        try:
+            rest, _ = process.communicate(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            # detaching can take longer on a loaded machine: the samples were read as
+            # they came, what bpftrace still held is given up (and it is killed below)
+            rest = b""
         for line in rest.decode(errors="replace").splitlines():
             if (sample := parse_line(line)) is not None:
                 yield sample
