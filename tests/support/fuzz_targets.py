@@ -1,0 +1,177 @@
+"""The parsers that read what a user hands over, each as a fuzz target: bytes in, and
+either a result or an :class:`InputError` (one line for the user) out. Anything else
+that escapes (an IndexError, a KeyError, an OverflowError, a crash of the process) is
+a bug. Seeds are the real fixtures the tests already use.
+
+Used by tests/test_fuzz.py (hypothesis, a short run in CI) and scripts/fuzz.py
+(atheris, coverage-guided, the long run).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parent.parent
+FIXTURES = TESTS / "fixtures"
+DATA = TESTS / "data"
+REGRESSIONS = DATA / "fuzz-regressions"
+SEED_BYTES = 8192  # seeds cut to their first lines: small inputs fuzz faster
+
+# a scratch directory in memory for the targets that read files
+SCRATCH = Path(os.environ.get("TCPSLEUTH_FUZZ_SCRATCH", tempfile.gettempdir()))
+
+
+def _cut(data: bytes, limit: int = SEED_BYTES) -> bytes:
+    if len(data) <= limit:
+        return data
+    return data[: data.rfind(b"\n", 0, limit) + 1] or data[:limit]
+
+
+def _text(data: bytes) -> str:
+    return data.decode("utf-8", errors="replace")
+
+
+def ss_text(data: bytes) -> None:
+    from tcpsleuth.sources.sstext import parse_ss
+
+    parse_ss(_text(data), "fuzz")
+
+
+def nstat_text(data: bytes) -> None:
+    from tcpsleuth.sources.nstattext import parse_nstat
+
+    parse_nstat(_text(data), "fuzz")
+
+
+def netstat_text(data: bytes) -> None:
+    """/proc/net/netstat and /proc/net/snmp: header and value lines in pairs."""
+    from tcpsleuth.sources.procfs import parse_counter_pairs
+
+    parse_counter_pairs(_text(data), "fuzz")
+
+
+def sysctl_text(data: bytes) -> None:
+    from tcpsleuth.sources.sysctltext import parse_sysctl
+
+    parse_sysctl(_text(data), "fuzz")
+
+
+def _scratch_file(name: str, data: bytes) -> Path:
+    path = SCRATCH / f"tcpsleuth-fuzz-{os.getpid()}-{name}"
+    path.write_bytes(data)
+    return path
+
+
+def kafka_config(data: bytes) -> None:
+    from tcpsleuth.sources.kafkaconfig import read_kafka_config
+
+    read_kafka_config(_scratch_file("server.properties", data))
+
+
+def sockets_json(data: bytes) -> None:
+    """A `sockets --format json` document (or ss text) as `sockets FILE` and `compare`
+    read it."""
+    from tcpsleuth.sources.socketsnap import _from_text
+    from tcpsleuth.sources.textfile import decode_text
+
+    _from_text(decode_text(data, "fuzz", "JSON"), "fuzz", "fuzz")
+
+
+BUNDLE = FIXTURES / "bundles" / "debian12-6.18-storm"
+BUNDLE_FILES = sorted(p.name for p in BUNDLE.iterdir() if p.name != "PROVENANCE.md")
+
+
+def bundle(data: bytes) -> None:
+    """One file of a real bundle replaced by the input (its first byte picks which),
+    the bundle read as `audit --bundle` reads it."""
+    from tcpsleuth.sources.bundle import read_bundle
+
+    if not data:
+        return
+    directory = SCRATCH / f"tcpsleuth-fuzz-{os.getpid()}-bundle"
+    if not directory.exists():
+        shutil.copytree(BUNDLE, directory)
+        for name in BUNDLE_FILES:  # small files: faster reads
+            (directory / name).write_bytes(_cut((BUNDLE / name).read_bytes()))
+    name = BUNDLE_FILES[data[0] % len(BUNDLE_FILES)]
+    target = directory / name
+    saved = target.read_bytes()
+    target.write_bytes(data[1:])
+    try:
+        read_bundle(directory)
+    finally:
+        target.write_bytes(saved)
+
+
+def capture(data: bytes) -> None:
+    """A capture file through the reader, the decoder and every capture detector."""
+    from tcpsleuth.detectors.capture.run import analyse_stream
+    from tcpsleuth.sources.pcap import open_capture
+
+    analyse_stream(open_capture(_scratch_file("capture", data)), frozenset({9092}))
+
+
+TARGETS: dict[str, Callable[[bytes], None]] = {
+    "ss": ss_text,
+    "nstat": nstat_text,
+    "netstat": netstat_text,
+    "sysctl": sysctl_text,
+    "kafka-config": kafka_config,
+    "sockets-json": sockets_json,
+    "bundle": bundle,
+    "capture": capture,
+}
+
+
+def _sockets_document() -> bytes:
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [
+            *(sys.executable, "-m", "tcpsleuth", "sockets", "--format", "json"),
+            str(FIXTURES / "ss" / "lab-fault-client-tni.txt"),
+        ],
+        capture_output=True,
+        check=False,
+        timeout=120,
+    ).stdout
+
+
+@cache
+def seeds(target: str) -> tuple[bytes, ...]:
+    """The real files a target starts from."""
+    ss = sorted((FIXTURES / "ss").glob("*.txt"))
+    bundles = sorted((FIXTURES / "bundles").iterdir())
+    files: list[Path] = {
+        "ss": ss + [b / "ss-tni.txt" for b in bundles] + [b / "ss-a.txt" for b in bundles],
+        "nstat": sorted(FIXTURES.glob("proc/nstat-*.txt")),
+        "netstat": sorted((FIXTURES / "proc").glob("proc-net-*.txt"))
+        + [b / "proc-net-netstat.txt" for b in bundles]
+        + [b / "proc-net-snmp.txt" for b in bundles],
+        "sysctl": [b / "sysctl-a.txt" for b in bundles],
+        "kafka-config": sorted((FIXTURES / "kafka").glob("*.properties")),
+        "sockets-json": [],
+        "bundle": [],
+        "capture": [DATA / "go-sniffer-kafka.pcap", DATA / "storm-prefix" / "server.pcap"],
+    }[target]
+    out = [_cut(p.read_bytes()) for p in files if p.exists()]
+    if target == "sockets-json":
+        out.append(_cut(_sockets_document(), 1 << 16))
+    if target == "bundle":
+        out = [bytes([i]) + _cut((BUNDLE / n).read_bytes()) for i, n in enumerate(BUNDLE_FILES)]
+    if target == "capture":
+        out = [p.read_bytes()[: 1 << 16] for p in files]
+        out.append(gzip.compress(out[0]))
+    return tuple(out)
+
+
+def regressions(target: str) -> list[Path]:
+    folder = REGRESSIONS / target
+    return sorted(folder.iterdir()) if folder.is_dir() else []
