@@ -119,7 +119,11 @@ def test_watch_reports_a_full_accept_queue_once(netns: str) -> None:
         server.bind(("127.0.0.1", 7071))
         server.listen(4)  # never accepted: the queue fills to backlog + 1
         watcher = watch_json(netns, "--interval", "0.3", "--count", "8")
-        time.sleep(0.8)
+        # the queue fills only once the watcher has sampled it empty, however long a
+        # loaded machine takes to start it (a fixed wait once raced the start)
+        assert watcher.stdout is not None
+        first = watcher.stdout.readline()
+        assert json.loads(first)["type"] == "sample", first
         clients = []
         for _ in range(8):
             client = socket.socket()
@@ -137,7 +141,7 @@ def test_watch_reports_a_full_accept_queue_once(netns: str) -> None:
     finally:
         for sock in (*clients, server):
             sock.close()
-    records = [json.loads(line) for line in out.splitlines()]
+    records = [json.loads(line) for line in [first, *out.splitlines()]]
     full = [r for r in records if r["type"] == "event" and r["kind"] == "accept-queue-full"]
     assert len(full) == 1, records
     assert full[0]["subject"] == {"listener": "127.0.0.1:7071"}
