@@ -100,7 +100,8 @@ def run_target(target: str, runs: int, seconds: int, timeout: int, keep: Path) -
         corpus.mkdir()
         artifacts.mkdir()
         seeds = list(fuzz_targets.seeds(name))
-        seeds += [p.read_bytes() for p in fuzz_targets.regressions(target)]
+        found_before = {*fuzz_targets.regressions(name), *fuzz_targets.regressions(target)}
+        seeds += [p.read_bytes() for p in sorted(found_before)]
         for index, seed in enumerate(seeds):
             (corpus / f"seed-{index}").write_bytes(seed)
         env = {

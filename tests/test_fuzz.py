@@ -96,7 +96,7 @@ def holds(target: str, data: bytes) -> None:
         assert str(problem).strip(), "an InputError without a message"
 
 
-EXAMPLES = {"capture": 300, "bundle": 600}
+EXAMPLES = {"capture": 600, "bundle": 1500}
 
 
 @pytest.mark.parametrize("target", sorted(fuzz_targets.TARGETS))
@@ -105,7 +105,7 @@ def test_parser_holds_on_mutated_fixtures(target: str, tmp_path: Path) -> None:
     fuzz_targets.SCRATCH = tmp_path
 
     @settings(
-        max_examples=EXAMPLES.get(target, 1500),
+        max_examples=EXAMPLES.get(target, 3000),
         deadline=None,
         database=None,
         derandomize=True,
