@@ -786,7 +786,9 @@ def test_pcap_read_only_plot_directory_is_refused_first(tmp_path: Path) -> None:
         subprocess.run(["umount", str(mount)], check=True)
 
 
-def test_trace_survives_a_bpftrace_slow_to_stop(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_trace_survives_a_bpftrace_slow_to_stop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """On a loaded machine bpftrace once took more than 30 s to detach after SIGINT: the
     trace ended in TimeoutExpired, exit 3. A stand-in that ignores SIGINT (the one part
     of bpftrace's behaviour this is about) is killed instead, the trace ends."""
@@ -808,3 +810,15 @@ def _read(path: Path) -> bytes:
         return path.read_bytes()
     except OSError:
         return b""
+
+
+@pytest.mark.parametrize("name", ["nstat-z", "nstat-asz"])
+def test_nstat_text_with_zero_counters_is_read(name: str) -> None:
+    """`nstat -z` (zero counters shown) and `nstat -asz`, as iproute2 wrote them here."""
+    from tcpsleuth.sources.nstattext import parse_nstat
+
+    text = (FIXTURES / "proc" / f"{name}.kernel6.18.44.txt").read_text()
+    counters = parse_nstat(text, name)
+    lines = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert len(counters) == len(lines) > 300
+    assert {"TcpExtSyncookiesSent", "TcpExtListenOverflows"} <= counters.keys()
