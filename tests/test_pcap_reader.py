@@ -460,3 +460,34 @@ def test_four_gigabyte_original_length_breaks_nothing(tmp_path: Path) -> None:
     assert doc["skipped"]["undecodable"] == 1
     total = sum(c["bytes"]["c2s"] + c["bytes"]["s2c"] for c in doc["connections"])
     assert total <= 1290
+
+
+def test_endless_overlapping_fragments_are_given_up(tmp_path: Path) -> None:
+    """One datagram's first fragment sent again and again (never its last): memory stays
+    bounded, the fragments are counted as never completed, the rest is read."""
+    from support import pcap_rewrite
+
+    def flood(frame: bytes) -> list[bytes]:
+        pieces = pcap_rewrite.ipv4_fragments(24)(frame)
+        return pieces[:1] * 3000 if len(pieces) > 1 and frame[16 + 9] == 6 else [frame]
+
+    path = tmp_path / "flood.pcap"
+    pcap_rewrite.rewrite(KAFKA, path, flood)
+    result = run_tcpsleuth("pcap", "--format", "json", str(path))
+    assert result.returncode == 2, result.stderr  # nothing but fragments: nothing readable
+    assert "IP fragments whose datagram never became whole" in result.stderr
+
+
+def test_reassembly_holds_at_most_its_bound_per_datagram() -> None:
+    from tcpsleuth.sources.pcap.reassemble import MAX_FRAGMENTS, Reassembler
+
+    header = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, 20 + 24, 7, 0x2000, 64, 6, 0, b"\x0a\0\0\1", b"\x0a\0\0\2"
+    )
+    packet = header + b"x" * 24
+    fragments = Reassembler()
+    for _ in range(5 * MAX_FRAGMENTS):
+        assert fragments.add(packet, 0, len(packet), -1) is None
+        held = sum(len(d.captured) for d in fragments.pending.values())
+        assert held <= MAX_FRAGMENTS
+    assert fragments.finish() == 5 * MAX_FRAGMENTS

@@ -169,7 +169,25 @@ def seeds(target: str) -> tuple[bytes, ...]:
     if target == "capture":
         out = [p.read_bytes()[: 1 << 16] for p in files]
         out.append(gzip.compress(out[0]))
+        out += _fragmented(files[0])
     return tuple(out)
+
+
+def _fragmented(capture: Path) -> list[bytes]:
+    """The public capture with IPv4 fragments, and as IPv6 with extension headers and
+    fragments: seeds that reach the reassembly."""
+    from support import pcap_rewrite
+
+    out = []
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "x.pcap"
+        for change in (
+            pcap_rewrite.ipv4_fragments(24, hold_back=3),
+            pcap_rewrite.sll_ipv4_to_ipv6(pcap_rewrite.FOUR_EXTENSIONS, fragment=16),
+        ):
+            pcap_rewrite.rewrite(capture, path, change)
+            out.append(path.read_bytes())
+    return out
 
 
 def regressions(target: str) -> list[Path]:

@@ -7,8 +7,9 @@ lengths and fragment fields rewritten), decoded at the frame that completed it, 
 tshark shows it. Fragments cut short by the snap length still give the datagram's
 length: the packet comes back with as many bytes as were captured from its start.
 
-Datagrams waiting for fragments are bounded (``MAX_PENDING``): the oldest is given
-up first, and the fragments of every datagram never completed are counted.
+Datagrams waiting for fragments are bounded (``MAX_PENDING``, each at most
+``MAX_FRAGMENTS`` pieces): the oldest is given up first, and the fragments of every
+datagram never completed are counted.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import struct
 from dataclasses import dataclass, field
 
 MAX_PENDING = 256  # datagrams waiting for fragments (each at most 128 KiB)
+MAX_FRAGMENTS = 1024  # fragments of one datagram (64 KiB in 64-byte pieces) before giving up
 
 
 @dataclass
@@ -104,6 +106,9 @@ class Reassembler:
                 self.incomplete += self.pending.pop(oldest).fragments
             datagram = self.pending[key] = _Datagram()
         datagram.fragments += 1
+        if datagram.fragments > MAX_FRAGMENTS:  # overlapping pieces without end: not a datagram
+            self.incomplete += self.pending.pop(key).fragments
+            return None
         if length <= 0:
             return None  # a fragment with nothing in it: counted, never completes
         if offset == 0:
