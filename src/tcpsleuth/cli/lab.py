@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.console import Group
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tcpsleuth.cli import lab_guest
 from tcpsleuth.cli.lab_kernel import kernel_group
+from tcpsleuth.cli.lab_render import render_runs
 from tcpsleuth.cli.options import FiniteFloat, format_option
 from tcpsleuth.errors import InputError
 from tcpsleuth.lab import analysis, kafka_broker, namespaces
@@ -121,68 +121,15 @@ def _report(
         },
         "findings_by_kind": analysis.findings_summary(found),
         "window": artifacts.window,
+        "phases_s": {name: round(value, 1) for name, value in artifacts.phases_s.items()},
+        "mitigation_note": (
+            "socket.listen.backlog.size is ignored by this Kafka version (before 3.2.0, "
+            "KIP-764): its listener keeps backlog 50"
+            if "ignored before KIP-764" in artifacts.broker
+            else None
+        ),
     }
     return report, found
-
-
-def _render(reports: list[dict[str, Any]]) -> Group:
-    rows = []
-    for r in reports:
-        lat = r["latency_ms"]
-        rows.append(
-            (
-                r["scenario"],
-                lat["before"]["p50"],
-                lat["after"]["p50"],
-                lat["p50_ratio"],
-                lat["after"]["p99"],
-                r["counters"]["during_restart"].get("TcpExtSyncookiesSent"),
-                " ".join(f"{k}:{v}" for k, v in r["shifts"].get("client_snd_wscale", {}).items()),
-                ", ".join(
-                    f"{k}×{sum(v.values())}"
-                    for k, v in r["findings_by_kind"].items()
-                    if k
-                    in (
-                        "wscale-mismatch",
-                        "rwnd-limited",
-                        "syn-cookies-sent",
-                        "listen-backlog-small",
-                        "tiny-window",
-                    )
-                ),
-            )
-        )
-    parts: list[Any] = [
-        table.records_table(
-            "Lab runs (produce latency in ms; p50 before and after the restart)",
-            [
-                "scenario",
-                "p50 before",
-                "p50 after",
-                "ratio",
-                "p99 after",
-                "cookies sent",
-                "client shifts",
-                "findings",
-            ],
-            rows,
-        )
-    ]
-    for r in reports:
-        if r["emulation"]:
-            parts.append(f"[dim]{r['scenario']} emulates {r['emulation']}.[/dim]")
-        if r.get("kernel"):
-            parts.append(f"[dim]{r['scenario']}: {r['kernel']['note']}.[/dim]")
-        if r.get("broker_latency_ms"):
-            own = r["broker_latency_ms"]
-            parts.append(
-                f"[dim]{r['scenario']}: the broker's own Produce TotalTimeMs p99 (request log) "
-                f"{own['before']['produce_total']['p99']} ms before the restart, "
-                f"{own['after']['produce_total']['p99']} ms after.[/dim]"
-            )
-        if r["storm_amplification"]:
-            parts.append(f"[dim]{r['scenario']}: {r['storm_amplification']['what']}.[/dim]")
-    return Group(*parts)
 
 
 @lab_group.command("run")
@@ -291,8 +238,6 @@ def run_command(
         kafka_broker.parse_broker(broker_kind)
         if broker_cmd:
             raise InputError("--broker and --broker-cmd name two brokers; give one")
-        if kernel_name is not None:
-            raise InputError("--broker kafka does not run in a lab kernel's guest yet")
     namespaces.require_root("tcpsleuth lab")
     # (in a guest, KEEP is the folder the outer command checked and shared)
     if keep is not None and not in_guest and keep.exists() and any(keep.iterdir()):
@@ -308,7 +253,7 @@ def run_command(
             "--rate-mbit": rate_mbit,
             "--after-s": after_s,
         }
-        return lab_guest.run_in_guest(kernel_name, names, keep, options, output_format)
+        return lab_guest.run_in_guest(kernel_name, names, keep, options, output_format, broker_kind)
     sizes = {"small": LabSize.small, "guest": LabSize.guest, "full": LabSize}
     base = sizes[size_name or "full"]()
     size = dataclasses.replace(
@@ -374,9 +319,17 @@ def run_command(
     libraries = artifacts.library_versions
     findings = ranked(all_findings)
     if output_format == "json":
-        jsonout.emit(jsonout.document("lab run", findings, libraries=libraries, runs=reports))
+        jsonout.emit(
+            jsonout.document(
+                "lab run",
+                findings,
+                libraries=libraries,
+                runs=reports,
+                mitigations=analysis.mitigations(reports),
+            )
+        )
     else:
-        table.console().print(_render(reports))
+        table.console().print(render_runs(reports))
         versions = ", ".join(f"{name} {version}" for name, version in libraries.items())
         table.console().print(f"client libraries: {versions}")
         if keep is not None:

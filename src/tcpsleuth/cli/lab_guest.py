@@ -15,13 +15,16 @@ from typing import Any
 
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from tcpsleuth.cli.lab_render import render_runs
 from tcpsleuth.errors import EnvironmentProblem
+from tcpsleuth.lab import kafka_broker
 from tcpsleuth.lab.kernel import build as kbuild
 from tcpsleuth.lab.kernel import guest
 from tcpsleuth.lab.scenarios import REAL_KERNEL_NOTE, Scenario
 from tcpsleuth.model.findings import Finding, exit_status
 from tcpsleuth.reports import jsonout, table
 
+KAFKA_GUEST_MEMORY = "4G"
 FIXED_NOTE = (
     "run on the guest's real kernel (Debian's 6.1 as shipped, with the fix); no nftables "
     "rewrite is installed and the broker sets SO_RCVBUF on its listener before listen()"
@@ -46,9 +49,20 @@ def run_in_guest(
     keep: Path | None,
     options: dict[str, Any],
     output_format: str,
+    broker_kind: str = "lab",
 ) -> int:
     kernel = kbuild.require(kernel_name)
     argv = ["lab", "run", *names, "--format", "json", "--in-guest", kernel_name]
+    memory, env = "2G", {}
+    if broker_kind != "lab":
+        # A real Kafka in the guest: its jars, our Java clients and the class-data
+        # archives the host made, read from the host's cache (the guest has no network
+        # and writes only its own /tmp); JVMs under an emulated CPU start in minutes.
+        version = kafka_broker.parse_broker(broker_kind)
+        kafka_broker.harness(version)
+        argv += ["--broker", broker_kind]
+        memory = KAFKA_GUEST_MEMORY
+        env = {"TCPSLEUTH_KAFKA_CACHE": str(kafka_broker.CACHE), "TCPSLEUTH_READY_S": "900"}
     for option, value in options.items():
         if value is not None:
             argv += [option, str(value)]
@@ -67,7 +81,14 @@ def run_in_guest(
         disable=output_format == "json",
     ) as progress:
         progress.add_task(f"running {' '.join(names)} in a guest with the {kernel_name} kernel")
-        result = guest.run(kernel, guest.python_command(*argv), timeout=3600, rwdirs=rwdirs)
+        result = guest.run(
+            kernel,
+            guest.python_command(*argv),
+            timeout=3600,
+            rwdirs=rwdirs,
+            memory=memory,
+            env=env,
+        )
     try:
         doc = json.loads(result.stdout)
     except json.JSONDecodeError:
@@ -78,6 +99,7 @@ def run_in_guest(
         ) from None
     doc["guest"] = {
         "kernel": kernel.describe(),
+        "memory": memory,
         "accel": result.accel,
         "accel_note": result.accel_note,
         "seconds": round(result.seconds, 1),
@@ -86,9 +108,7 @@ def run_in_guest(
     if output_format == "json":
         jsonout.emit(doc)
     else:
-        from tcpsleuth.cli.lab import _render
-
-        table.console().print(_render(doc["runs"]))
+        table.console().print(render_runs(doc["runs"]))
         table.console().print(
             f"guest kernel {kernel.release} ({kernel_name}) under {result.accel_note}, "
             f"{result.seconds:.0f} s"

@@ -174,3 +174,51 @@ def findings_summary(found: list[Finding]) -> dict[str, dict[str, int]]:
     for finding in found:
         counts.setdefault(finding.kind, Counter())[finding.severity.value] += 1
     return {kind: dict(c) for kind, c in sorted(counts.items())}
+
+
+# A mitigation "brings the clients back near the baseline" when their p50 after the
+# restart is within this factor of the baseline's at the same point of the timeline.
+NEAR_BASELINE = 2.0
+
+
+def mitigations(reports: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Each run's clients' produce p50 after the restart against the baseline run's (same
+    window of the timeline, no restart), overall and per client library, beside the
+    broker's own Produce p99 where a real Kafka reported it. None without a baseline run."""
+    baseline = next((r for r in reports if r["scenario"] == "baseline"), None)
+    if baseline is None:
+        return None
+    base = baseline["latency_ms"]["after"]
+    base_p50 = base["p50"]
+
+    def ratio(value: float | None, reference: float | None) -> float | None:
+        return round(value / reference, 2) if value and reference else None
+
+    rows = []
+    for report in reports:
+        after = report["latency_ms"]["after"]
+        own = report.get("broker_latency_ms") or {}
+        versus = ratio(after["p50"], base_p50)
+        rows.append(
+            {
+                "scenario": report["scenario"],
+                "settings": report["settings"],
+                "p50_after_ms": after["p50"],
+                "vs_baseline": versus,
+                "near_baseline": None if versus is None else versus <= NEAR_BASELINE,
+                "by_library": {
+                    library: {
+                        "p50_after_ms": stats["p50"],
+                        "vs_baseline": ratio(
+                            stats["p50"], base["by_library"].get(library, {}).get("p50")
+                        ),
+                    }
+                    for library, stats in after["by_library"].items()
+                },
+                "broker_produce_p99_after_ms": (own.get("after") or {})
+                .get("produce_total", {})
+                .get("p99"),
+                "note": report.get("mitigation_note"),
+            }
+        )
+    return {"baseline_p50_ms": base_p50, "near_baseline_factor": NEAR_BASELINE, "runs": rows}

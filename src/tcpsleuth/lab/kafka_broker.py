@@ -4,7 +4,8 @@ The jars come from a pinned dependency list kept in the repository
 (``deploy/kafka/<version>/pom.xml``): Maven resolves it into
 ``~/.cache/tcpsleuth/kafka/<version>/lib`` once (checking Maven Central's own
 checksums as it downloads), and every jar is then checked against the SHA-256 lock
-file beside the pom (``jars.sha256``) before each start. Nothing is fetched by hand.
+file beside the pom (``jars.sha256``) at its first use in each process. Nothing is
+fetched by hand.
 
 A broker here is a single KRaft node in combined mode (``node.id=1``, broker and
 controller): its client listener on the lab's address and port, its controller
@@ -56,7 +57,11 @@ DEFAULT_VERSION = "4.4.0"
 # the JDK's default, 50, whatever server.properties says.
 KIP_764 = (3, 2, 0)
 DEPLOY = Path(__file__).resolve().parents[3] / "deploy" / "kafka"
-CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tcpsleuth" / "kafka"
+# TCPSLEUTH_KAFKA_CACHE: a guest (whose HOME is its own /tmp) reads the host's cache there
+CACHE = Path(
+    os.environ.get("TCPSLEUTH_KAFKA_CACHE")
+    or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tcpsleuth" / "kafka"
+)
 LOCK_NAME = "jars.sha256"
 AGENT_PREFIX = "jmx_prometheus_javaagent-"
 CONTROLLER_PORT = 9093
@@ -191,9 +196,13 @@ def _maven(pom: Path, out: Path) -> None:
         raise EnvironmentProblem(f"Maven could not resolve {pom}: {said}")
 
 
+# Libraries checked by this process already (a guest's emulated CPU hashes slowly).
+_VERIFIED: set[Path] = set()
+
+
 def resolve(version: str, cache: Path = CACHE) -> Path:
     """The directory of Kafka ``version``'s jars, resolved by Maven into the cache on
-    first use and checked against the lock file every time."""
+    first use and checked against the lock file once per process."""
     pom, lock = DEPLOY / version / "pom.xml", DEPLOY / version / LOCK_NAME
     if not pom.is_file() or not lock.is_file():
         raise EnvironmentProblem(
@@ -201,7 +210,10 @@ def resolve(version: str, cache: Path = CACHE) -> Path:
             "(it is in the source tree: run tcpsleuth from a checkout)"
         )
     lib = cache / version / "lib"
+    if lib in _VERIFIED:
+        return lib
     if lib.is_dir() and not verify_jars(lib, lock):
+        _VERIFIED.add(lib)
         return lib
     lib.parent.mkdir(parents=True, exist_ok=True)
     fresh = Path(tempfile.mkdtemp(prefix="lib-", dir=lib.parent))
@@ -561,7 +573,7 @@ class KafkaBroker:
             with (self.workdir / "broker.log").open("a") as out:
                 out.writelines(self.child.all_lines)
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60) -> float:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = READY_S / 2) -> float:
         """SIGTERM: the controlled shutdown an operator's restart does; SIGKILL: an unclean
         one, after which the next start recovers the logs. Returns the seconds it took."""
         if self.child is None or self.child.process.poll() is not None:

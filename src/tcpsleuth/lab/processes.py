@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import os
 import queue
 import signal
 import subprocess
@@ -20,8 +21,9 @@ from typing import Any
 PR_SET_PDEATHSIG = 1
 # How long a child may take to say it is ready. Generous: a child that fails exits and
 # is noticed at once, and under an emulated guest CPU (lab kernels without KVM) Python
-# alone can take tens of seconds to import what a child needs.
-READY_S = 120.0
+# alone can take tens of seconds to import what a child needs; a JVM (a real Kafka broker,
+# Java clients) there takes minutes, so a guest running one raises it (TCPSLEUTH_READY_S).
+READY_S = float(os.environ.get("TCPSLEUTH_READY_S", "120"))
 _libc = ctypes.CDLL(None, use_errno=True)
 
 

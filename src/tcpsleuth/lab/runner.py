@@ -128,6 +128,9 @@ class RunArtifacts:
     # A real Kafka broker's own request metrics (kafka_broker.request_metrics), per phase:
     # "before" just before the restart, "after" at the end (its histograms restart with it)
     broker_metrics: dict[str, Any] = field(default_factory=dict)
+    # How long each step of the run took (s): a real broker's format and starts, the
+    # clients' start, the restart; what a slow (emulated) CPU makes long
+    phases_s: dict[str, float] = field(default_factory=dict)
 
 
 def library_versions() -> dict[str, str]:
@@ -303,10 +306,14 @@ def _run(
     broker: LabBrokerProcess | CommandBroker | KafkaBroker
     if broker_kind != "lab" and not broker_cmd:
         step("starting Apache Kafka", 0.02)
+        began = time.monotonic()
         broker = kafka_broker.for_scenario(
             server, broker_kind, scenario, SERVER_IP4, PORT, artifacts.workdir / "kafka"
         )
         stoppers.append(broker.close)
+        artifacts.phases_s["broker_format"] = broker.timings.get("format_s", 0.0)
+        artifacts.phases_s["broker_first_start"] = broker.timings.get("start_s", 0.0)
+        artifacts.phases_s["broker_ready"] = time.monotonic() - began
     elif broker_cmd:
         broker = CommandBroker(
             server,
@@ -392,8 +399,10 @@ def _run(
         )
         stoppers.append(worker.stop)
         clients.append(worker)
+    began = time.monotonic()
     for worker in clients:
         worker.wait_for(lambda line: '"ready"' in line)
+    artifacts.phases_s["clients_ready"] = time.monotonic() - began
     started = time.time()
     artifacts.window["start"] = started
     total = size.duration_s
@@ -417,8 +426,13 @@ def _run(
                 artifacts.amplified_for = reconnecting
         if isinstance(broker, KafkaBroker):
             artifacts.broker_metrics["before"] = broker.request_metrics()
+        began = time.monotonic()
         broker.restart(size.down_s, size.startup_s)
         artifacts.window["accepting"] = time.time()
+        artifacts.phases_s["restart"] = time.monotonic() - began
+        if isinstance(broker, KafkaBroker):
+            artifacts.phases_s["broker_stop"] = broker.timings.get("stop_s", 0.0)
+            artifacts.phases_s["broker_restart_start"] = broker.timings.get("start_s", 0.0)
     else:
         artifacts.window["restart"] = artifacts.window["accepting"] = time.time()
     after_start = artifacts.window["accepting"] + settle_s
@@ -455,6 +469,7 @@ def _run(
     for worker in clients:
         worker.process.wait(timeout=120)
     artifacts.window["end"] = time.time()
+    artifacts.phases_s["traffic"] = artifacts.window["end"] - started
     if isinstance(broker, KafkaBroker):
         artifacts.broker_metrics["after" if scenario.restart else "before"] = (
             broker.request_metrics()

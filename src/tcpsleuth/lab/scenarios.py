@@ -80,6 +80,13 @@ SCENARIOS: dict[str, Scenario] = {
             emulates=BUG,
         ),
         Scenario(
+            "rcvbuf-unlocked",
+            "the incident's kernel with socket.receive.buffer.bytes=-1: the listener's "
+            "buffer is not locked, so a cookie SYN-ACK announces the shift the connection "
+            "uses; the storm still brings cookies, and nothing disagrees",
+            broker_rcvbuf=-1,
+        ),
+        Scenario(
             "fixed-kernel",
             "the incident's settings (backlog 50, SO_RCVBUF 102400) on a "
             "kernel with the fix: cookies are sent, both ends agree on the shift",

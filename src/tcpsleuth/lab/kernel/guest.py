@@ -84,11 +84,12 @@ def _vng_argv(
     return [*argv, "--exec", shell_command]
 
 
-def _shell(command: list[str]) -> str:
+def _shell(command: list[str], extra_env: dict[str, str] | None = None) -> str:
     """The command as the guest's shell runs it: with this machine's PATH and Python,
     writable caches under /tmp, and its exit status marked on stdout (what virtme-ng
     itself returns is not always the command's)."""
     env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), **GUEST_ENV}
+    env.update(extra_env or {})
     if "PYTHONPATH" in os.environ:
         env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
@@ -106,6 +107,7 @@ def _boot(
     cpus: int,
     memory: str,
     rwdirs: tuple[Path, ...],
+    env: dict[str, str] | None = None,
 ) -> tuple[int | None, str, str, float]:
     """(status or None on timeout, stdout, stderr, seconds)."""
     if not shutil.which("vng"):
@@ -114,7 +116,7 @@ def _boot(
         raise EnvironmentProblem("QEMU is not installed: apt-get install qemu-system-x86")
     started = time.monotonic()
     process = subprocess.Popen(
-        _vng_argv(kernel, _shell(command), accel, cpus, memory, rwdirs),
+        _vng_argv(kernel, _shell(command, env), accel, cpus, memory, rwdirs),
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -186,14 +188,16 @@ def run(
     cpus: int = 2,
     memory: str = "2G",
     rwdirs: tuple[Path, ...] = (),
+    env: dict[str, str] | None = None,
 ) -> GuestResult:
     """Boot KERNEL, run COMMAND as root, and return what it printed and its status.
-    ``rwdirs``: host folders the guest may write (for files it hands back). What the
-    guest printed on stderr is also kept in ``last-guest-stderr.txt`` in the cache."""
+    ``rwdirs``: host folders the guest may write (for files it hands back); ``env``:
+    variables the command gets besides the usual ones. What the guest printed on stderr
+    is also kept in ``last-guest-stderr.txt`` in the cache."""
     if os.geteuid() != 0:
         raise EnvironmentProblem("running a guest kernel needs root here: run it with sudo")
     accel, note = choose_accel(kernel)
-    status, out, err, seconds = _boot(kernel, command, accel, timeout, cpus, memory, rwdirs)
+    status, out, err, seconds = _boot(kernel, command, accel, timeout, cpus, memory, rwdirs, env)
     log = cache_root() / "last-guest-stderr.txt"
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text(err)

@@ -1,0 +1,112 @@
+"""The table of ``tcpsleuth lab run``: one row a run, the mitigations against the baseline,
+and a line per note; the same for runs made here and runs handed back by a guest."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Group
+
+from tcpsleuth.lab import analysis
+from tcpsleuth.reports import table
+
+
+def render_runs(reports: list[dict[str, Any]]) -> Group:
+    rows = []
+    for r in reports:
+        lat = r["latency_ms"]
+        rows.append(
+            (
+                r["scenario"],
+                lat["before"]["p50"],
+                lat["after"]["p50"],
+                lat["p50_ratio"],
+                lat["after"]["p99"],
+                r["counters"]["during_restart"].get("TcpExtSyncookiesSent"),
+                " ".join(f"{k}:{v}" for k, v in r["shifts"].get("client_snd_wscale", {}).items()),
+                ", ".join(
+                    f"{k}×{sum(v.values())}"
+                    for k, v in r["findings_by_kind"].items()
+                    if k
+                    in (
+                        "wscale-mismatch",
+                        "rwnd-limited",
+                        "syn-cookies-sent",
+                        "listen-backlog-small",
+                        "tiny-window",
+                    )
+                ),
+            )
+        )
+    parts: list[Any] = [
+        table.records_table(
+            "Lab runs (produce latency in ms; p50 before and after the restart)",
+            [
+                "scenario",
+                "p50 before",
+                "p50 after",
+                "ratio",
+                "p99 after",
+                "cookies sent",
+                "client shifts",
+                "findings",
+            ],
+            rows,
+        )
+    ]
+    matrix = analysis.mitigations(reports)
+    if matrix is not None and len(reports) > 1:
+        parts.append(
+            table.records_table(
+                f"Mitigations: clients' produce p50 after the restart against the baseline's "
+                f"({matrix['baseline_p50_ms']} ms); near it within "
+                f"{matrix['near_baseline_factor']:g}x",
+                ["scenario", "p50 after", "x baseline", "near", "per library", "broker p99"],
+                [
+                    (
+                        row["scenario"],
+                        row["p50_after_ms"],
+                        row["vs_baseline"],
+                        {True: "yes", False: "no", None: "-"}[row["near_baseline"]],
+                        " ".join(
+                            f"{library}:{stats['vs_baseline']}x"
+                            for library, stats in row["by_library"].items()
+                        ),
+                        row["broker_produce_p99_after_ms"],
+                    )
+                    for row in matrix["runs"]
+                ],
+            )
+        )
+    for r in reports:
+        before, after = r["latency_ms"]["before"], r["latency_ms"]["after"]
+        per_library = [
+            f"{library} {before['by_library'].get(library, {}).get('p50', '-')} -> "
+            f"{after['by_library'].get(library, {}).get('p50') or 'none sent'}"
+            for library in sorted(before["by_library"].keys() | after["by_library"].keys())
+        ]
+        if per_library:
+            parts.append(
+                f"[dim]{r['scenario']}: clients' p50 before -> after the restart (ms): "
+                + ", ".join(per_library)
+                + ".[/dim]"
+            )
+        if r.get("phases_s") and "broker_ready" in r["phases_s"]:
+            took = ", ".join(f"{name.replace('_', ' ')} {s} s" for name, s in r["phases_s"].items())
+            parts.append(f"[dim]{r['scenario']} took: {took}.[/dim]")
+        if r.get("mitigation_note"):
+            parts.append(f"[dim]{r['scenario']}: {r['mitigation_note']}.[/dim]")
+        if r["emulation"]:
+            parts.append(f"[dim]{r['scenario']} emulates {r['emulation']}.[/dim]")
+        if r.get("kernel"):
+            parts.append(f"[dim]{r['scenario']}: {r['kernel']['note']}.[/dim]")
+        if r.get("broker_latency_ms"):
+            own = r["broker_latency_ms"]
+            parts.append(
+                f"[dim]{r['scenario']}: the broker's own Produce TotalTimeMs p99 (request log) "
+                f"{own['before']['produce_total']['p99']} ms before the restart, "
+                f"{own['after']['produce_total']['p99']} ms after.[/dim]"
+            )
+        if r["storm_amplification"]:
+            parts.append(f"[dim]{r['scenario']}: {r['storm_amplification']['what']}.[/dim]")
+    return Group(*parts)
