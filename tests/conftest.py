@@ -27,7 +27,9 @@ HEAVY_LOCK = Path("/tmp/tcpsleuth-heavy.lock")
 HEAVY_WORDS = (
     "lab",
     "storm",
-    "kafka",
+    "kafka_broker",
+    "kafka_audit",
+    "kafka_monitoring",
     "probe",
     "watch",
     "exporter",
