@@ -8,23 +8,16 @@ from pathlib import Path
 from typing import IO, Any
 
 import click
-import numpy as np
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
 from tcpsleuth import compiled
 from tcpsleuth.cli.options import format_option, writable
-from tcpsleuth.detectors.capture import (
-    Analysis,
-    detail,
-    streams_named,
-    window_series,
-)
-from tcpsleuth.detectors.capture import cookies as capture_cookies
-from tcpsleuth.detectors.capture import kafka as kafka_timing
+from tcpsleuth.detectors.capture import Analysis, detail, window_series
 from tcpsleuth.detectors.capture.run import CaptureResult, analyse_stream
+from tcpsleuth.detectors.capture.selection import ranked_streams, streams_named
 from tcpsleuth.errors import InputError
 from tcpsleuth.model.findings import exit_status, ranked
-from tcpsleuth.reports import jsonout, table
+from tcpsleuth.reports import jsonout, pcapview, table
 from tcpsleuth.sources.pcap import file_size, open_capture, read_once
 
 TABLE_ROWS = 20
@@ -67,160 +60,21 @@ def _with_detail(result: CaptureResult, streams: list[int]) -> Analysis:
     return detail(again.chunks, result.analysis, streams)
 
 
-def _ranked_streams(analysis: Analysis, limit: int) -> list[int]:
-    """Streams with the longest window waits, then the most bytes sent by clients."""
-    cols = analysis.columns
-    if not cols:
-        return []
-    waited = cols.wait_ns.sum(axis=1)
-    sent = cols.bytes[:, 0]
-    order = np.lexsort((-sent, -waited))
-    return order[:limit].tolist()
-
-
-def _document_data(result: CaptureResult, all_connections: bool) -> dict[str, Any]:
-    capture = result.capture
-    analysis = result.analysis
-    total = len(analysis.connections)
+def _document(result: CaptureResult, all_connections: bool) -> dict[str, Any]:
+    """The JSON of one capture: every connection, or those the findings name and the
+    top ones by window waits and bytes; their window series need a second pass."""
+    total = len(result.analysis.connections)
     if all_connections:
         streams = list(range(total))
     else:
         flagged = streams_named(result.findings, result.requests, JSON_FLAGGED)
-        streams = sorted(set(flagged) | set(_ranked_streams(analysis, JSON_CONNECTIONS)))
-    series = window_series(capture.again().chunks, analysis, streams)
-    connections = []
-    for stream in streams:
-        entry = analysis.connections[stream].summary()
-        entry["server_window_series"], entry["client_window_series"] = series[stream]
-        entry["syn_cookie"] = result.cookies.of(stream).to_dict()
-        entry["wscale_verdict"] = result.wscale.of(analysis, stream)
-        connections.append(entry)
-    listed = result.requests.records() if all_connections else result.requests.of_streams(streams)
-    requests = [r.to_dict() for r in listed]
-    return {
-        "file": capture.path,
-        "format": capture.report.kind,
-        "gzip": capture.report.compressed,
-        "linktypes": sorted(capture.report.linktypes),
-        "packets": capture.counts.packets,
-        "tcp_segments": capture.counts.tcp,
-        "ip_fragments": {
-            "read": capture.counts.fragments,
-            "datagrams_reassembled": capture.counts.reassembled,
-        },
-        "skipped": {
-            "not_ip": capture.counts.not_ip,
-            "not_tcp": capture.counts.not_tcp,
-            "truncated_headers": capture.counts.truncated_headers,
-            "ip_fragments": capture.counts.fragments_incomplete,
-            "unsupported_link_type": capture.counts.unsupported_linktype,
-            "undecodable": capture.counts.undecodable,
-        },
-        "warnings": capture.report.warnings,
-        "connections_total": total,
-        "connections_listed": len(connections),
-        "connections": connections,
-        "syn_cookies": capture_cookies.per_server(result.cookies, result.requests.client_ids()),
-        "kafka": {
-            "connections_by_port": {
-                str(port): counts for port, counts in result.requests.verdicts_by_port.items()
-            },
-            "summary": kafka_timing.summary(result.requests),
-            "requests_total": len(result.requests),
-            "requests": requests,
-        },
-    }
-
-
-def _print(result: CaptureResult) -> None:
-    console = table.console()
-    capture = result.capture
-    console.print(
-        table.key_values(
-            capture.path,
-            [
-                ("format", capture.report.kind + (" (gzip)" if capture.report.compressed else "")),
-                ("packets", capture.counts.packets),
-                ("TCP segments", capture.counts.tcp),
-                ("connections", len(result.analysis.connections)),
-                ("Kafka requests", len(result.requests)),
-            ],
-        )
-    )
-    shown = [result.analysis.connections[s] for s in _ranked_streams(result.analysis, TABLE_ROWS)]
-    console.print(
-        table.records_table(
-            f"Connections (top {len(shown)} by window waits and bytes)",
-            [
-                "stream",
-                "client",
-                "server",
-                "wscale c/s",
-                "mss c/s",
-                "pkts",
-                "bytes c→s",
-                "retrans",
-                "zero win",
-                "rwnd-limited ms",
-            ],
-            [
-                (
-                    r.stream,
-                    r.client,
-                    r.server,
-                    f"{r.syn.wscale if r.syn else '?'}/{r.synack.wscale if r.synack else '?'}",
-                    f"{r.syn.mss if r.syn else '?'}/{r.synack.mss if r.synack else '?'}",
-                    r.packets_c2s + r.packets_s2c,
-                    r.bytes_c2s,
-                    r.retransmissions_c2s + r.retransmissions_s2c,
-                    r.zero_windows_c2s + r.zero_windows_s2c,
-                    round((r.rwnd_limited_ns_c2s + r.rwnd_limited_ns_s2c) / 1e6, 1),
-                )
-                for r in shown
-            ],
-        )
-    )
-    summary = kafka_timing.summary(result.requests)
-    if summary:
-        console.print(
-            table.records_table(
-                "Kafka requests: send time (client → wire) versus broker time",
-                [
-                    "client",
-                    "server",
-                    "api",
-                    "requests",
-                    "send p50 ms",
-                    "send p99 ms",
-                    "broker p50 ms",
-                    "broker p99 ms",
-                ],
-                [
-                    (
-                        s["client"],
-                        s["server"],
-                        s["api"],
-                        s["requests"],
-                        kafka_timing.ms_cell(s["send_ms_p50"]),
-                        kafka_timing.ms_cell(s["send_ms_p99"]),
-                        kafka_timing.ms_cell(s["broker_ms_p50"]),
-                        kafka_timing.ms_cell(s["broker_ms_p99"]),
-                    )
-                    for s in summary
-                ],
-            )
-        )
-    note = kafka_timing.missing_note(summary)
-    if note:
-        console.print(note, soft_wrap=True)
-    for line in kafka_timing.verdict_lines(result.requests):
-        console.print(line, soft_wrap=True)
-    console.print(table.findings_table(result.findings))
+        ranked_top = ranked_streams(result.analysis, JSON_CONNECTIONS)
+        streams = sorted(set(flagged) | set(ranked_top))
+    series = window_series(result.capture.again().chunks, result.analysis, streams)
+    return pcapview.document(result, streams, series, all_connections)
 
 
 def _pictures(results: list[CaptureResult], plot_dir: Path | None, html_file: Path | None) -> None:
-    import tempfile
-
     from tcpsleuth.reports import html, plots
 
     with tempfile.TemporaryDirectory(prefix="tcpsleuth-plots-") as scratch:
@@ -231,55 +85,12 @@ def _pictures(results: list[CaptureResult], plot_dir: Path | None, html_file: Pa
             named = streams_named(result.findings, result.requests, plots.MAX_CONNECTIONS)
             pictures = plots.write_connection_plots(
                 _with_detail(result, named),
-                result.findings,
+                named,
                 result.requests.of_streams(named),
                 directory,
                 prefix,
             )
-            summary = kafka_timing.summary(result.requests)
-            sections.append(
-                html.Section(
-                    title=result.capture.path,
-                    facts=[
-                        ("format", result.capture.report.kind),
-                        ("packets", result.capture.counts.packets),
-                        ("connections", len(result.analysis.connections)),
-                        ("Kafka requests", len(result.requests)),
-                    ],
-                    findings=result.findings,
-                    tables=[
-                        (
-                            "Kafka requests: send time versus broker time (ms)",
-                            [
-                                "client",
-                                "server",
-                                "api",
-                                "requests",
-                                "send p50",
-                                "send p99",
-                                "broker p50",
-                                "broker p99",
-                            ],
-                            [
-                                (
-                                    s["client"],
-                                    s["server"],
-                                    s["api"],
-                                    s["requests"],
-                                    kafka_timing.ms_cell(s["send_ms_p50"]),
-                                    kafka_timing.ms_cell(s["send_ms_p99"]),
-                                    kafka_timing.ms_cell(s["broker_ms_p50"]),
-                                    kafka_timing.ms_cell(s["broker_ms_p99"]),
-                                )
-                                for s in summary
-                            ],
-                        )
-                    ]
-                    if summary
-                    else [],
-                    pictures=pictures,
-                )
-            )
+            sections.append(pcapview.html_section(result, pictures))
         if html_file is not None:
             html.write(html_file, "tcpsleuth pcap", sections)
 
@@ -380,10 +191,11 @@ def _report(
             jsonout.document(
                 "pcap",
                 ranked(findings),
-                files=[_document_data(r, all_connections) for r in results],
+                files=[_document(r, all_connections) for r in results],
             )
         )
     else:
         for result in results:
-            _print(result)
+            shown = ranked_streams(result.analysis, TABLE_ROWS)
+            pcapview.print_tables(table.console(), result, shown)
     return exit_status(findings)

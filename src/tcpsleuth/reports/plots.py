@@ -20,9 +20,8 @@ import numpy as np
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 
-from tcpsleuth.detectors.capture import SEQ_SPACE, Analysis, streams_named
+from tcpsleuth.detectors.capture import SEQ_SPACE, Analysis
 from tcpsleuth.model.capture import ACK
-from tcpsleuth.model.findings import Finding
 
 if TYPE_CHECKING:
     from tcpsleuth.detectors.capture.kafka import KafkaRequest
@@ -117,18 +116,19 @@ def request_latency(requests: list[KafkaRequest], title: str, path: Path) -> Pat
 
 def write_connection_plots(
     analysis: Analysis,
-    findings: Sequence[Finding],
+    streams: Sequence[int],
     requests: list[KafkaRequest],
     directory: Path,
     prefix: str,
 ) -> list[tuple[str, Path]]:
-    """Graphs of the flagged connections; (caption, file) pairs."""
+    """Graphs of the connections ``streams`` (the caller chooses them:
+    ``detectors.capture.selection``); (caption, file) pairs."""
     directory.mkdir(parents=True, exist_ok=True)
     out: list[tuple[str, Path]] = []
     by_stream: dict[int, list[KafkaRequest]] = {}
     for request in requests:
         by_stream.setdefault(request.stream, []).append(request)
-    for stream in streams_named(findings, requests, MAX_CONNECTIONS):
+    for stream in streams[:MAX_CONNECTIONS]:
         record = analysis.connections[stream]
         from_client = record.bytes_c2s >= record.bytes_s2c
         path = time_sequence(

@@ -13,7 +13,7 @@ from typing import Any, overload
 
 import numpy as np
 
-from tcpsleuth.model.capture import CWR, ECE, RST, SYN, SynOptions, TcpColumns
+from tcpsleuth.model.capture import CWR, ECE, SynOptions, TcpColumns
 from tcpsleuth.model.findings import host
 
 SEQ_SPACE = 1 << 32
@@ -389,38 +389,6 @@ class Analysis:
     hs_synack: np.ndarray = field(default_factory=lambda: np.zeros((0, 5), dtype=np.int64))
     connections: Connections = field(default_factory=lambda: Connections(None))
     detailed: bool = False  # every segment of the connections it covers
-
-    def rows(self, stream: int) -> np.ndarray:
-        """Rows of ``tcp`` of one connection, in capture order."""
-        return self.order[self.starts[stream] : self.ends[stream]]
-
-    def window_series(
-        self, stream: int, from_server: bool = True, points: int = SERIES_POINTS
-    ) -> list[tuple[float, int]]:
-        """The window one side advertised over time, in bytes as its peer computes
-        them: (ms since the connection's first packet, bytes) at each change, thinned
-        evenly to at most ``points``. Needs a :func:`detail` analysis."""
-        assert self.detailed, "window series need every segment: use detail()"
-        lo, hi = int(self.starts[stream]), int(self.ends[stream])
-        rows = self.order[lo:hi]
-        if not len(rows):
-            return []
-        side = ~self.c2s[lo:hi] if from_server else self.c2s[lo:hi]
-        flags = self.tcp.flags[rows]
-        use = side & ((flags & (SYN | RST)) == 0)
-        if not use.any():
-            return []
-        ts = self.tcp.ts_ns[rows][use]
-        win = self.win_bytes[lo:hi][use]
-        change = np.r_[True, win[1:] != win[:-1]]
-        ts, win = ts[change], win[change]
-        if len(ts) > points:
-            pick = np.linspace(0, len(ts) - 1, points).astype(np.int64)
-            ts, win = ts[pick], win[pick]
-        start = int(self.tcp.ts_ns[rows[0]])
-        return [
-            (round((t - start) / 1e6, 3), w) for t, w in zip(ts.tolist(), win.tolist(), strict=True)
-        ]
 
 
 def _syn_options(opts: list[int], window: int, ecn: bool) -> SynOptions:
