@@ -307,9 +307,10 @@ def test_header_plausibility_rules() -> None:
     """The accepted api keys, versions, sizes and client_id lengths, on the splitter's
     own check (its plain-Python form)."""
     from tcpsleuth.detectors.capture import kafka as kt
+    from tcpsleuth.detectors.capture import kafka_framing as wire
 
-    check = getattr(kt._request_ok, "py_func", kt._request_ok)
-    tls = getattr(kt._tls, "py_func", kt._tls)
+    check = getattr(wire._request_ok, "py_func", wire._request_ok)
+    tls = getattr(wire._tls, "py_func", wire._tls)
 
     def header(size: int, key: int, version: int, id_len: int) -> bytes:
         return struct.pack(">ihhih", size, key, version, 1, id_len)
@@ -318,12 +319,12 @@ def test_header_plausibility_rules() -> None:
     assert check(header(100, 92, 0, -1), 100)  # the highest key Kafka defines, null id
     assert not check(header(100, 93, 0, 0), 100)
     assert not check(header(100, -1, 0, 0), 100)
-    produce_max = int(kt.API_MAX_VERSION[0])
-    assert check(header(100, 0, produce_max + kt.VERSION_HEADROOM, 0), 100)
-    assert not check(header(100, 0, produce_max + kt.VERSION_HEADROOM + 1, 0), 100)
+    produce_max = int(wire.API_MAX_VERSION[0])
+    assert check(header(100, 0, produce_max + wire.VERSION_HEADROOM, 0), 100)
+    assert not check(header(100, 0, produce_max + wire.VERSION_HEADROOM + 1, 0), 100)
     assert not check(header(100, 0, -1, 0), 100)
-    assert check(header(kt.MAX_REQUEST, 0, 7, 0), kt.MAX_REQUEST)
-    assert not check(header(kt.MAX_REQUEST + 1, 0, 7, 0), kt.MAX_REQUEST + 1)
+    assert check(header(wire.MAX_REQUEST, 0, 7, 0), wire.MAX_REQUEST)
+    assert not check(header(wire.MAX_REQUEST + 1, 0, 7, 0), wire.MAX_REQUEST + 1)
     assert not check(header(7, 0, 7, 0), 7)
     assert not check(header(100, 0, 7, -2), 100)
     assert not check(header(100, 0, 7, 91), 100)  # the client_id would end past the request

@@ -307,7 +307,7 @@ def test_compiled_and_python_analysis_loops_agree(monkeypatch: pytest.MonkeyPatc
     same in plain Python."""
     import importlib
 
-    from tcpsleuth.detectors.capture import kafka as kafka_timing
+    from tcpsleuth.detectors.capture import kafka_framing as kafka_timing
     from tcpsleuth.detectors.capture import kernels as capture_kernels
 
     # the package exports a function of the module's name

@@ -15,7 +15,7 @@ from typing import Any
 from rich.console import Console
 
 from tcpsleuth.detectors.capture import cookies as capture_cookies
-from tcpsleuth.detectors.capture import kafka as kafka_timing
+from tcpsleuth.detectors.capture import kafka_summary as kafka_timing
 from tcpsleuth.detectors.capture.run import CaptureResult
 from tcpsleuth.reports import html, table
 

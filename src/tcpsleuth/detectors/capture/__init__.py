@@ -12,7 +12,9 @@ of the capture at a time, records and findings out. One module per responsibilit
 - :mod:`.cookies`: a SYN-cookie verdict per connection (``syn-cookies-seen``);
 - :mod:`.wscale`: the window scale each server really used (``wscale-mismatch``,
   ``wscale-stripped``);
-- :mod:`.kafka`: Kafka requests and responses paired, send time against broker time;
+- :mod:`.kafka_framing`, :mod:`.kafka`, :mod:`.kafka_summary`: the Kafka wire format
+  and its compiled follower; requests and responses paired into records; send time
+  against broker time per client (``kafka-send-time``);
 - :mod:`.selection`: which connections a report shows in detail;
 - :mod:`.run`: all of them in one pass over a capture (the ``pcap`` command, the
   lab, the benchmarks).

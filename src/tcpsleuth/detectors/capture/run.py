@@ -12,6 +12,7 @@ from typing import Generic, TypeVar
 
 from tcpsleuth.detectors.capture import cookies as capture_cookies
 from tcpsleuth.detectors.capture import kafka as kafka_timing
+from tcpsleuth.detectors.capture import kafka_summary
 from tcpsleuth.detectors.capture import wscale as wscale_inference
 from tcpsleuth.detectors.capture.connections import Analysis
 from tcpsleuth.detectors.capture.tracking import ConnectionTracker
@@ -58,6 +59,6 @@ def analyse_stream(stream: Source, kafka_ports: frozenset[int]) -> CaptureResult
         *wscale_inference.findings(analysis, inferences, client_ids),
         *capture_cookies.findings(cookies, client_ids),
         *rwnd_findings(analysis, client_ids),
-        *kafka_timing.findings(requests),
+        *kafka_summary.findings(requests),
     ]
     return CaptureResult(stream, analysis, ranked(findings), requests, cookies, inferences, wscale)
