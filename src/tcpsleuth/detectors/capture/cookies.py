@@ -35,6 +35,10 @@ The offset decides which evidence a capture holds:
 
 Where none applies (no timestamps, one SYN-ACK and nothing after it from the
 server), the verdict is ``None``: the capture cannot tell.
+
+About 540 lines, most of them this reasoning and the three tests it names: they
+judge the same connections together (a connection one test decides is not handed to
+the next), so they stay in one module.
 """
 
 from __future__ import annotations

@@ -7,6 +7,10 @@ the highest byte sent so far, retransmissions), the other side's latest window
 and the waits at a full window. Nothing is kept per segment, so memory grows
 with the number of connections, not with the capture. Pure functions; without
 numba they run as Python.
+
+Longer than most modules (about 470 lines) because the field layout of the state
+arrays and the loop that fills them must be read together; most of it is ``track``,
+one compiled function, whose parts share dozens of locals.
 """
 
 from __future__ import annotations

@@ -5,6 +5,10 @@ connection and nothing per segment, so memory grows with the connections, not wi
 the capture. :class:`ConnectionTracker` feeds it and turns what it kept into an
 :class:`~.connections.Analysis`; :func:`detail` is the second pass that gathers every
 segment of a few connections (window series, plots).
+
+About 480 lines: the tracker, the turning of its state into per-connection columns
+(``_finish``) and the two passes share the kernel's field layout; cutting them apart
+would spread that layout over several modules.
 """
 
 from __future__ import annotations
