@@ -81,7 +81,7 @@ def record(directory: Path, src: str | None) -> int:
             check=False,
         )
         if src:  # paths into the checkout are not results
-            result.stdout = result.stdout.replace(str(Path(src).parent), "<checkout>")
+            result.stdout = result.stdout.replace(str(Path(src)), "<src>")
         (directory / f"{name}.json").write_text(
             json.dumps(
                 {

@@ -2,49 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
-from rich.console import Group
 
 from tcpsleuth.cli.options import format_option
-from tcpsleuth.cli.sockets import (
-    COMPACT_JSON_FROM,
-    address_list,
-    address_option,
-    endpoints_table,
-    findings_block,
-    port_list,
-    ports_option,
-)
+from tcpsleuth.cli.sockets import address_list, address_option, port_list, ports_option
 from tcpsleuth.detectors import compare as detect
-from tcpsleuth.model.findings import exit_status, key, ranked
-from tcpsleuth.reports import jsonout, table
+from tcpsleuth.model.findings import exit_status, ranked
+from tcpsleuth.reports import compareview, jsonout, table
+from tcpsleuth.reports.compareview import CompareResult
+from tcpsleuth.reports.socketsview import COMPACT_JSON_FROM
 from tcpsleuth.sources import socketsnap
-
-PAIRS_SHOWN = 20
-
-
-def pair_dict(pair: detect.Pair) -> dict[str, Any]:
-    client, server = pair.client, pair.server
-    # each end as it names itself (with NAT the client knows the server by another address)
-    client_end, server_end = key(client)[0], key(server)[0]
-    return {
-        "client": client_end,
-        "server": server_end,
-        "client_wscale": [client.snd_wscale, client.rcv_wscale],
-        "server_wscale": [server.snd_wscale, server.rcv_wscale],
-        "client_snd_wnd": client.snd_wnd,
-        "server_rcv_space": server.rcv_space,
-        "client_mss": client.mss,
-        "client_rtt_ms": client.rtt,
-        "client_rwnd_limited_us": client.rwnd_limited,
-        "client_busy_us": client.busy_time,
-        "server_recv_q": server.recv_q,
-        "matched_by": pair.matched_by,
-        "agree": (client.snd_wscale or 0) == (server.rcv_wscale or 0)
-        and (server.snd_wscale or 0) == (client.rcv_wscale or 0),
-    }
 
 
 @click.command("compare")
@@ -98,65 +65,12 @@ def compare_command(
     server_snap = socketsnap.load(server, wanted_ports, wanted_addresses)
     result = detect.join(client_snap.connections, server_snap.connections, by_ports=nat)
     findings = ranked(detect.compare_findings(result, client_snap.listeners, server_snap.listeners))
-    mismatched = sum(1 for p in result.pairs if not pair_dict(p)["agree"])
+    view = CompareResult(client_snap, server_snap, result, findings, nat)
     if output_format == "json":
         jsonout.emit(
-            jsonout.document(
-                "compare",
-                findings,
-                client={"origin": client_snap.origin, "connections": len(client_snap.connections)},
-                server={"origin": server_snap.origin, "connections": len(server_snap.connections)},
-                counts={**result.counts(), "wscale_mismatched": mismatched},
-                pairs=[pair_dict(p) for p in result.pairs],
-            ),
+            jsonout.document("compare", findings, **compareview.document_data(view)),
             indent=2 if len(result.pairs) <= COMPACT_JSON_FROM else None,
         )
         return exit_status(findings)
-    counts = result.counts()
-    shown = sorted(result.pairs, key=lambda p: pair_dict(p)["agree"])[:PAIRS_SHOWN]
-    parts: list[Any] = [
-        table.key_values(
-            "Compare",
-            [
-                ("client", f"{client_snap.origin} ({len(client_snap.connections)} connections)"),
-                ("server", f"{server_snap.origin} ({len(server_snap.connections)} connections)"),
-                ("matched", counts["matched"]),
-                *([("matched by ports (--nat)", counts["matched_by_ports"])] if nat else []),
-                ("wscale mismatched", mismatched),
-                ("client only", counts["client_only"]),
-                ("server only", counts["server_only"]),
-                ("ambiguous", counts["ambiguous"]),
-            ],
-        ),
-        endpoints_table(
-            f"Connections seen from both ends ({len(shown)} of {len(result.pairs)}, "
-            "disagreements first)",
-            [
-                "client",
-                "server",
-                "client wscale",
-                "server wscale",
-                "client snd_wnd",
-                "server rcv_space",
-                "client rwnd_limited ms",
-                "server recv-q",
-            ],
-            [
-                (
-                    p.client.local,
-                    p.server.local,
-                    f"{p.client.snd_wscale},{p.client.rcv_wscale}",
-                    f"{p.server.snd_wscale},{p.server.rcv_wscale}",
-                    p.client.snd_wnd,
-                    p.server.rcv_space,
-                    None if p.client.rwnd_limited is None else round(p.client.rwnd_limited / 1000),
-                    p.server.recv_q,
-                )
-                for p in shown
-            ],
-            endpoints=2,
-        ),
-    ]
-    parts.extend(findings_block(findings))
-    table.console().print(Group(*parts))
+    table.console().print(compareview.tables(view))
     return exit_status(findings)
