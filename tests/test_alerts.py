@@ -40,7 +40,7 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
 def test_rules_pass_promtool_check() -> None:
     result = promtool("check", "rules", str(RULES))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 5 rules found" in result.stdout
+    assert "SUCCESS: 7 rules found" in result.stdout
 
 
 def test_rules_pass_their_unit_tests() -> None:
@@ -117,3 +117,19 @@ def test_prometheus_sees_the_storm_and_fires(netns: str, tmp_path: Path) -> None
         if prometheus is not None:
             prometheus.stop()
         exporter.stop()
+
+
+def test_recorder_rule_unit_tests_can_fail(tmp_path: Path) -> None:
+    """The recorder's alert is tested too: with a threshold of two incidents, the one
+    incident of the test does not fire it and promtool says so."""
+    rules = tmp_path / "alerts.yml"
+    rules.write_text(
+        RULES.read_text().replace(
+            "increase(tcpsleuth_recorder_incidents_total[30m]) > 0",
+            "increase(tcpsleuth_recorder_incidents_total[30m]) > 1",
+        )
+    )
+    (tmp_path / "alerts_test.yml").write_text(RULE_TESTS.read_text())
+    result = promtool("test", "rules", str(tmp_path / "alerts_test.yml"))
+    assert result.returncode != 0
+    assert "alertname: TcpStormRecorded" in result.stdout + result.stderr

@@ -83,6 +83,16 @@ COMMANDS = {
         "exporter_command",
         "Serve Prometheus metrics node_exporter does not have.",
     ),
+    "record": (
+        "record",
+        "record_command",
+        "Keep a ring of capture and freeze the next storm into an incident, analysed.",
+    ),
+    "report": (
+        "report",
+        "report_command",
+        "Reopen an incident the recorder kept (table, JSON or HTML).",
+    ),
     "lab": ("lab", "lab_group", "Reproduce TCP failures in network namespaces on this machine."),
     "probe": (
         "probe",

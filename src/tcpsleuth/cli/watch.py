@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import socket
 import sys
-import time
-from collections.abc import Iterator
 
 import click
 from rich.live import Live
@@ -23,38 +20,6 @@ ALARMING = frozenset(rates.OVERFLOW_COUNTERS) | {
     "TcpExtSyncookiesFailed",
     "TcpExtTCPReqQFullDoCookies",
 }
-
-
-def subject_host(netns: str | None) -> str:
-    host = socket.gethostname()
-    return f"{host} netns {netns}" if netns else host
-
-
-def samples(netns: str | None, interval: float, count: int | None) -> Iterator[CounterSample]:
-    """The first sample, then one every ``interval`` seconds on a fixed schedule."""
-    first = sampling.take(netns)
-    yield first
-    n = 0
-    while count is None or n < count:
-        n += 1
-        delay = first.at + n * interval - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-        yield sampling.take(netns)
-
-
-def step(
-    before: CounterSample, after: CounterSample, host: str, thresholds: rates.Thresholds
-) -> list[Finding]:
-    return rates.sample_events(
-        before.counters,
-        after.counters,
-        after.at - before.at,
-        before.listeners,
-        after.listeners,
-        host,
-        thresholds,
-    )
 
 
 @click.command("watch")
@@ -98,10 +63,10 @@ def watch_command(
       tcpsleuth watch --interval 5 --cookie-rate 1
       tcpsleuth watch --netns broker1 --count 60 --format json | jq 'select(.type=="event")'
     """
-    host = subject_host(netns)
+    host = sampling.host_label(netns)
     thresholds = rates.Thresholds(cookies_per_second=cookie_rate)
     seen: list[tuple[float, Finding]] = []
-    stream = samples(netns, interval, count)
+    stream = sampling.every(netns, interval, count)
     before = next(stream)
     out = table.console()
     live: Live | None = None
@@ -110,7 +75,7 @@ def watch_command(
         live.start()
     try:
         for after in stream:
-            events = step(before, after, host, thresholds)
+            events = rates.between(before, after, host, thresholds)
             seen.extend((after.wall_time, e) for e in events)
             _show(output_format, out, live, before, after, events, seen, host)
             before = after

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from tcpsleuth.model.findings import Finding, Severity, host_subject, listener_subject
 from tcpsleuth.model.records import Listener
@@ -42,6 +43,24 @@ class Thresholds:
     # SYN cookies per second from which a burst counts as a storm. A healthy
     # server sends none; a few per second can be a scan, hundreds a reconnect storm.
     cookies_per_second: float = 10.0
+    # Accept-queue overflows and drops per second from which they are an event; 0:
+    # any overflow (watch). One or two at a moment of churn are not a storm.
+    overflows_per_second: float = 0.0
+    # Window-limited connections on the watched ports that appeared since the
+    # previous sample (0: not checked).
+    rwnd_limited_jump: int = 0
+
+
+class Sample(Protocol):
+    """What events are computed from: a sample of counters and listeners
+    (``sources.sampling.CounterSample``)."""
+
+    @property
+    def at(self) -> float: ...
+    @property
+    def counters(self) -> Mapping[str, int]: ...
+    @property
+    def listeners(self) -> tuple[Listener, ...]: ...
 
 
 def rates(before: Mapping[str, int], after: Mapping[str, int], seconds: float) -> dict[str, float]:
@@ -110,7 +129,9 @@ def counter_events(
             )
         )
     overflows = {name: grown[name] for name in OVERFLOW_COUNTERS if name in grown}
-    if any(overflows.values()):
+    if any(overflows.values()) and (
+        max(overflows.values()) / seconds >= thresholds.overflows_per_second
+    ):
         events.append(
             Finding(
                 "listen-overflows-rate",
@@ -170,3 +191,59 @@ def sample_events(
     return counter_events(before, after, seconds, host, thresholds) + queue_events(
         listeners_after, listeners_before
     )
+
+
+def between(
+    before: Sample, after: Sample, host: str, thresholds: Thresholds = Thresholds()
+) -> list[Finding]:
+    """``sample_events`` between two samples of one namespace (watch, record)."""
+    return sample_events(
+        before.counters,
+        after.counters,
+        after.at - before.at,
+        before.listeners,
+        after.listeners,
+        host,
+        thresholds,
+    )
+
+
+def rwnd_limited_events(
+    limited_before: int,
+    limited_now: int,
+    connections: int,
+    seconds: float,
+    ports: Iterable[int],
+    host: str,
+    thresholds: Thresholds,
+) -> list[Finding]:
+    """``rwnd-limited-rate``: the connections of the watched ports held back by their
+    peer's receive window since the previous sample (tcp_info ``rwnd_limited`` against
+    ``busy_time``, see ``port_summary``) rose by ``rwnd_limited_jump`` or more. A storm
+    of cookie connections with a misread window scale makes many senders wait at
+    once; one slow reader makes one."""
+    if thresholds.rwnd_limited_jump <= 0:
+        return []
+    rise = limited_now - limited_before
+    if rise < thresholds.rwnd_limited_jump:
+        return []
+    names = ", ".join(str(p) for p in sorted(ports))
+    return [
+        Finding(
+            "rwnd-limited-rate",
+            Severity.WARNING,
+            host_subject(host),
+            f"{limited_now} connections on port {names} were held back by the peer's "
+            f"receive window in the last {seconds:.1f} s ({rise} more than the sample "
+            "before)",
+            {
+                "seconds": round(seconds, 3),
+                "ports": sorted(ports),
+                "rwnd_limited_connections": limited_now,
+                "previous": limited_before,
+                "connections": connections,
+            },
+            "Find which ends disagree on the window scale: `tcpsleuth sockets --port "
+            f"{sorted(ports)[0]}` here and on a client, then `tcpsleuth compare`.",
+        )
+    ]

@@ -33,6 +33,7 @@ class Section:
     findings: Sequence[Finding]
     tables: Sequence[tuple[str, Sequence[str], Sequence[Sequence[Any]]]] = ()
     pictures: Sequence[tuple[str, Path]] = field(default_factory=list)
+    facts_title: str = "Capture"
 
 
 def _e(value: Any) -> str:
@@ -84,7 +85,7 @@ def render(title: str, sections: Sequence[Section]) -> str:
     ]
     for section in sections:
         parts.append(f"<h2>{_e(section.title)}</h2>")
-        parts.append(_table("Capture", ["", ""], list(section.facts)))
+        parts.append(_table(section.facts_title, ["", ""], list(section.facts)))
         parts.append("<h3>Findings</h3>" + _findings(section.findings))
         for table_title, columns, rows in section.tables:
             parts.append(_table(table_title, columns, rows))

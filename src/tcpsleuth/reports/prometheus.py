@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
 
 from prometheus_client.core import GaugeMetricFamily, Metric, UntypedMetricFamily
 from prometheus_client.exposition import generate_latest
@@ -154,3 +155,76 @@ class _Families:
 def exposition(families: Iterable[Metric]) -> bytes:
     """Prometheus text format (version 0.0.4)."""
     return generate_latest(_Families(families))  # type: ignore[arg-type]
+
+
+def recorder_families(health: Any, directory: str) -> Iterator[Metric]:
+    """The recorder's state (``tcpsleuth record --metrics-listen/--metrics-file``):
+    incidents recorded and the recorder's health. ``health`` is a
+    ``recorder.loop.Health``."""
+    from prometheus_client.core import CounterMetricFamily
+
+    def gauge(name: str, text: str, value: float) -> Metric:
+        family = GaugeMetricFamily(f"tcpsleuth_recorder_{name}", text, labels=["dir"])
+        family.add_metric([directory], value)
+        return family
+
+    def counter(name: str, text: str, value: float) -> Metric:
+        family = CounterMetricFamily(f"tcpsleuth_recorder_{name}", text, labels=["dir"])
+        family.add_metric([directory], value)
+        return family
+
+    yield counter(
+        "incidents",
+        "Incidents recorded (a storm frozen into incident-<time>/) since the recorder started.",
+        health.incidents_total,
+    )
+    yield gauge(
+        "incidents_on_disk",
+        "Incident directories kept in the recorder's directory.",
+        health.incidents_on_disk,
+    )
+    yield gauge(
+        "last_incident_timestamp_seconds",
+        "When the last incident recorded since the start began (0: none yet).",
+        health.last_incident,
+    )
+    events = CounterMetricFamily(
+        "tcpsleuth_recorder_events", "Events seen, by finding kind.", labels=["dir", "kind"]
+    )
+    for kind, count in sorted(health.events_total.items()):
+        events.add_metric([directory, kind], count)
+    yield events
+    yield counter(
+        "events_suppressed",
+        "Events not recorded because the hourly limit of incidents was reached (--per-hour).",
+        health.events_suppressed_total,
+    )
+    yield gauge("capture_up", "1 while tcpdump is writing the ring.", 1 if health.capture_up else 0)
+    yield counter(
+        "capture_packets", "Packets tcpdump wrote to the ring.", health.capture_packets_total
+    )
+    yield counter(
+        "capture_dropped_packets",
+        "Packets the kernel dropped before tcpdump could read them (its buffer was full).",
+        health.capture_dropped_total,
+    )
+    yield gauge(
+        "disk_bytes", "Bytes the recorder holds on disk (ring and incidents).", health.disk_bytes
+    )
+    yield gauge(
+        "disk_limit_bytes",
+        "The most it may hold: --max-disk, or less when the file system is nearly full.",
+        health.disk_limit_bytes,
+    )
+    yield gauge("ring_seconds", "How far back the ring reaches now.", health.ring_seconds)
+    yield gauge("sample_seconds", "How long the last sample took.", health.sample_seconds)
+    yield counter("samples", "Samples of counters and listeners taken.", health.samples_total)
+    problems = GaugeMetricFamily(
+        "tcpsleuth_recorder_problem",
+        "1 while the recorder cannot do something (what: capture, trace, sampling, metrics); "
+        "its log says why in one line.",
+        labels=["dir", "what"],
+    )
+    for what in ("capture", "trace", "sampling", "metrics"):
+        problems.add_metric([directory, what], 1 if what in health.problems else 0)
+    yield problems

@@ -8,8 +8,9 @@ per network namespace, so the files are opened inside the namespace.
 
 from __future__ import annotations
 
+import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from tcpsleuth.model.records import STATE_NUMBERS, Listener
@@ -27,6 +28,12 @@ class CounterSample:
     wall_time: float
     counters: Mapping[str, int]
     listeners: tuple[Listener, ...]
+
+
+def host_label(netns_name: str | None) -> str:
+    """What events are about: this host, or one of its namespaces."""
+    host = socket.gethostname()
+    return f"{host} netns {netns_name}" if netns_name else host
 
 
 def read_counters(netns_name: str | None) -> dict[str, int]:
@@ -50,6 +57,22 @@ class ScrapeSample:
     counters: Mapping[str, int]
     sockets: sockdiag.DiagDump
     read_seconds: float
+
+
+def every(
+    netns_name: str | None, interval: float, count: int | None = None
+) -> Iterator[CounterSample]:
+    """The first sample, then one every ``interval`` seconds on a fixed schedule (a slow
+    read does not push the later ones back); ``count`` intervals, or without end."""
+    first = take(netns_name)
+    yield first
+    n = 0
+    while count is None or n < count:
+        n += 1
+        delay = first.at + n * interval - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        yield take(netns_name)
 
 
 def scrape(netns_name: str | None = None) -> ScrapeSample:

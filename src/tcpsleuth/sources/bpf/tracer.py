@@ -166,11 +166,17 @@ def trace(
     duration_s: float,
     on_tick: Callable[[], None] | None = None,
     method: str = "tracepoint",
+    preexec_fn: Callable[[], None] | None = None,
 ) -> Iterator[WindowSample]:
-    """Run ``program`` for ``duration_s`` seconds, yielding samples as they come."""
+    """Run ``program`` for ``duration_s`` seconds, yielding samples as they come
+    (``preexec_fn`` runs in the child before bpftrace starts, e.g. to tie its life
+    to the caller's)."""
     bpftrace = check_environment(method)
     process = subprocess.Popen(
-        [bpftrace, "-e", program], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        [bpftrace, "-e", program],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        preexec_fn=preexec_fn,
     )
     assert process.stdout is not None and process.stderr is not None
     fd = process.stdout.fileno()

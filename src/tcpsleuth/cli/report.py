@@ -1,0 +1,126 @@
+"""``tcpsleuth report``: reopen an incident the recorder kept, here or elsewhere."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from tcpsleuth.cli.options import format_option
+from tcpsleuth.errors import InputError
+from tcpsleuth.model.findings import Finding, exit_status
+from tcpsleuth.recorder import disk, freeze
+from tcpsleuth.reports import incident, jsonout, table
+
+
+def _load(directory: Path, again: bool) -> dict[str, Any]:
+    report = directory / freeze.REPORT_JSON
+    if report.exists() and not again:
+        try:
+            return json.loads(report.read_text())
+        except (ValueError, OSError) as problem:
+            raise InputError(f"{report}: cannot be read ({problem}); try --again") from None
+    if not (directory / freeze.META).exists():
+        raise InputError(
+            f"{directory}: not an incident of `tcpsleuth record` (no {freeze.META}); give "
+            "an incident-<time> directory or the recorder's directory"
+        )
+    from tcpsleuth.recorder.finish import write_report
+
+    return write_report(directory)
+
+
+def _listing(directory: Path, output_format: str) -> int:
+    rows = []
+    for path in disk.incidents(directory):
+        doc: dict[str, Any] = {}
+        if (path / freeze.REPORT_JSON).exists():
+            try:
+                doc = json.loads((path / freeze.REPORT_JSON).read_text())
+            except ValueError:
+                doc = {}
+        rows.append(
+            {
+                "incident": path.name,
+                "events": len(doc.get("events", [])) if doc else None,
+                "syn_cookies_sent": (doc.get("syn_cookies") or {}).get("sent"),
+                "wscale_mismatches": (doc.get("wscale_mismatch") or {}).get("count"),
+                "rwnd_limited": (doc.get("rwnd_limited") or {}).get("count"),
+                "findings": len(doc.get("findings", [])) if doc else None,
+                "analysed": bool(doc),
+            }
+        )
+    if output_format == "json":
+        jsonout.emit(jsonout.document("report", [], directory=str(directory), incidents=rows))
+    else:
+        table.console().print(
+            table.records_table(
+                f"Incidents in {directory}",
+                [
+                    "incident",
+                    "events",
+                    "SYN cookies",
+                    "wscale mismatches",
+                    "window-limited",
+                    "findings",
+                ],
+                [
+                    (
+                        r["incident"],
+                        r["events"],
+                        r["syn_cookies_sent"],
+                        r["wscale_mismatches"],
+                        r["rwnd_limited"],
+                        r["findings"] if r["analysed"] else "not analysed",
+                    )
+                    for r in rows
+                ],
+            )
+        )
+    return 0
+
+
+@click.command("report")
+@click.argument("directory", type=click.Path(path_type=Path, file_okay=False, exists=True))
+@click.option(
+    "--html",
+    "html_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Write the incident's self-contained HTML page here too.",
+)
+@click.option(
+    "--again",
+    is_flag=True,
+    help="Analyse the incident's evidence again (with this version of tcpsleuth) "
+    "instead of reading its report.json; the report files are rewritten.",
+)
+@format_option
+def report_command(directory: Path, html_file: Path | None, again: bool, output_format: str) -> int:
+    """Show an incident that `tcpsleuth record` kept: what triggered it, the SYN cookies
+    the kernel counted and the capture shows, the connections whose two ends disagree
+    on the window scale, the senders held back by a window, and every finding of
+    tcpsleuth's detectors on its evidence. An incident not yet analysed (its recorder
+    was stopped first) is analysed now. Given the recorder's directory, lists its
+    incidents. Works on a copy of the incident on another machine.
+
+    \b
+    Examples:
+      tcpsleuth report /var/lib/tcpsleuth
+      tcpsleuth report /var/lib/tcpsleuth/incident-20261130T085300Z
+      tcpsleuth report incident-20261130T085300Z --format json | jq .wscale_mismatch.count
+      tcpsleuth report incident-20261130T085300Z --html /tmp/incident.html
+    """
+    if not (directory / freeze.META).exists() and disk.incidents(directory):
+        return _listing(directory, output_format)
+    doc = _load(directory, again)
+    if html_file is not None:
+        incident.write_html(html_file, doc)
+    findings = [Finding.from_dict(f) for f in doc.get("findings", [])]
+    if output_format == "json":
+        jsonout.emit(doc)
+    else:
+        table.console().print(incident.render(doc))
+    return exit_status(findings)

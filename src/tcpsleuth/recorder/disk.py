@@ -1,0 +1,76 @@
+"""What the recorder holds on disk, and the cap it keeps (``--max-disk``).
+
+Usage is counted as ``du`` counts it: allocated blocks, each file once however many
+names it has (an incident protects the ring files it needs with hard links while it
+lasts). When usage plus the headroom gets near the cap, the recorder frees space in
+this order: ring files older than any incident can use (or the oldest ring files,
+except the one tcpdump writes), then whole incidents, oldest first (never the newest
+one, nor one being made); and if that is not enough, the capture pauses until there
+is room again. The headroom is what the capture wrote in the last two checks, and at
+least a tenth of the cap: a storm makes the ring grow fast.
+
+The file system's own free space counts too: the recorder keeps at least
+``MIN_FREE_FRACTION`` of it free, for everyone else.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+MIN_FREE_FRACTION = 0.05
+INCIDENT_PREFIX = "incident-"
+STAGING_PREFIX = ".incident-"
+
+
+def blocks(paths: Iterable[Path]) -> int:
+    """Bytes allocated to these files and every file under these directories, each
+    inode once."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for path in paths:
+        for root, _dirs, files in os.walk(path) if path.is_dir() else [("", [], [str(path)])]:
+            for name in files:
+                try:
+                    info = os.lstat(os.path.join(root, name))
+                except OSError:
+                    continue
+                key = (info.st_dev, info.st_ino)
+                if key in seen:
+                    continue
+                seen.add(key)
+                total += info.st_blocks * 512
+    return total
+
+
+def usage(directory: Path) -> int:
+    return blocks([directory])
+
+
+def incidents(directory: Path) -> list[Path]:
+    """Complete incidents, oldest first (their names sort by time)."""
+    return sorted(
+        p for p in directory.iterdir() if p.is_dir() and p.name.startswith(INCIDENT_PREFIX)
+    )
+
+
+def staging(directory: Path) -> list[Path]:
+    return sorted(
+        p for p in directory.iterdir() if p.is_dir() and p.name.startswith(STAGING_PREFIX)
+    )
+
+
+def fs_room(directory: Path) -> int:
+    """Bytes the recorder may still take from its file system."""
+    total, _used, free = shutil.disk_usage(directory)
+    return free - int(total * MIN_FREE_FRACTION)
+
+
+@dataclass
+class Freed:
+    ring_files: int = 0
+    incidents: list[str] | None = None
+    bytes: int = 0

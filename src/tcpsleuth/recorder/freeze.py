@@ -1,0 +1,147 @@
+"""The evidence of an incident while it lasts, gathered in a staging directory
+(``.incident-<time>.partial``) that becomes ``incident-<time>/`` once whole:
+
+| file                  | what                                                     |
+|-----------------------|----------------------------------------------------------|
+| ring-links/           | hard links to the ring files of the window (removed once |
+|                       | capture.pcap is written): the ring cannot delete them    |
+| capture.pcap          | the window's packets (see :mod:`.capture`)               |
+| sockets-during.json   | sock_diag of the port's connections at the first event   |
+| sockets-later.json    | the same, some seconds after the last event              |
+| bundle/               | the host as ``tcpsleuth collect`` writes it              |
+| trace.jsonl           | a short ``tcpsleuth trace`` (or trace-skipped.txt: why)  |
+| events.jsonl          | the events that made the incident                        |
+| samples.jsonl         | the counters and listeners sampled over the window       |
+| recorder.json         | the recorder's settings, window, capture counts, notes   |
+| report.json / .html   | the analysis (:mod:`.analysis`)                          |
+
+Everything is written with mode 0600 in directories of mode 0700 (the recorder's
+umask): captures can hold credentials.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from tcpsleuth.errors import InputError
+from tcpsleuth.model.records import Listener, TcpConnection, WindowSample
+from tcpsleuth.recorder.ring import RingFile
+from tcpsleuth.sources import sockdiag
+from tcpsleuth.sources.bundle import write_bundle
+
+LINKS = "ring-links"
+META = "recorder.json"
+EVENTS = "events.jsonl"
+SAMPLES = "samples.jsonl"
+CAPTURE = "capture.pcap"
+DURING, LATER = "sockets-during.json", "sockets-later.json"
+TRACE, TRACE_SKIPPED = "trace.jsonl", "trace-skipped.txt"
+BUNDLE = "bundle"
+REPORT_JSON, REPORT_HTML = "report.json", "report.html"
+
+
+def staging_dir(directory: Path, name: str) -> Path:
+    return directory / f".{name}.partial"
+
+
+def final_dir(staging: Path) -> Path:
+    return staging.parent / staging.name.removeprefix(".").removesuffix(".partial")
+
+
+def make_staging(directory: Path, name: str) -> Path:
+    path = staging_dir(directory, name)
+    (path / LINKS).mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path
+
+
+def link_ring(files: Iterable[RingFile], staging: Path) -> int:
+    """Hard-link ring files into the incident; how many new links."""
+    made = 0
+    for ring_file in files:
+        target = staging / LINKS / ring_file.path.name
+        if target.exists():
+            continue
+        with contextlib.suppress(FileNotFoundError, FileExistsError):
+            os.link(ring_file.path, target)
+            made += 1
+    return made
+
+
+def write_json(path: Path, doc: Any) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(doc, indent=1, default=str))
+    temporary.replace(path)
+
+
+def append_lines(path: Path, records: Iterable[dict[str, Any]]) -> None:
+    with path.open("a") as out:
+        for record in records:
+            out.write(json.dumps(record, default=str) + "\n")
+
+
+def read_lines(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            out.append(json.loads(line))
+    return out
+
+
+def socket_snapshot(netns: str | None, ports: frozenset[int], path: Path, taken: float) -> int:
+    """The port's sockets with their tcp_info, as sock_diag reads them; how many."""
+    table = sockdiag.snapshot(netns, ports=ports)
+    write_json(
+        path,
+        {
+            "taken": taken,
+            "ports": sorted(ports),
+            "listeners": [
+                {
+                    "local_ip": x.local_ip,
+                    "local_port": x.local_port,
+                    "backlog": x.backlog,
+                    "accept_queue": x.accept_queue,
+                }
+                for x in table.listeners
+            ],
+            "connections": [dataclasses.asdict(c) for c in table.connections],
+        },
+    )
+    return len(table.connections)
+
+
+def read_snapshot(path: Path) -> tuple[list[Listener], list[TcpConnection], float | None]:
+    if not path.exists():
+        return [], [], None
+    doc = json.loads(path.read_text())
+    names = {f.name for f in dataclasses.fields(TcpConnection)}
+    connections = [
+        TcpConnection(**{k: v for k, v in c.items() if k in names}) for c in doc["connections"]
+    ]
+    listeners = [Listener(**x) for x in doc["listeners"]]
+    return listeners, connections, doc.get("taken")
+
+
+def bundle(staging: Path, netns: str | None, kafka_config: Path | None) -> str | None:
+    """The host bundle; None, or why it could not be written."""
+    try:
+        write_bundle(staging / BUNDLE, netns, kafka_config)
+    except (InputError, OSError) as problem:
+        return f"no bundle: {problem}"
+    return None
+
+
+def trace_rows(samples: Iterable[WindowSample]) -> list[dict[str, Any]]:
+    return [dataclasses.asdict(s) for s in samples]
+
+
+def read_trace(path: Path) -> list[WindowSample]:
+    return [WindowSample(**row) for row in read_lines(path)]

@@ -1,0 +1,108 @@
+"""From events to incidents. Pure: times and events in, decisions out.
+
+- An incident opens at an event. Every event within ``merge_s`` of the previous one
+  joins it and pushes the end of its capture window to ``after_s`` past that event;
+  the incident is closed once ``merge_s`` (or ``after_s``, if longer) has passed
+  without an event, and ``max_s`` after its first event at the latest: a storm that
+  never stops still gives incidents of bounded size.
+- At most ``per_hour`` incidents open in any 60 minutes. An event that would open one
+  more is counted (``suppressed``) and not recorded.
+
+So with the defaults (merge 60 s, max 300 s, 6 per hour) a reconnect storm of a few
+seconds and its after-effects make one incident, and the worst case, a storm that
+lasts for hours, gives an incident every 5 minutes until the sixth, then nothing
+until the first is an hour old.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+HOUR = 3600.0
+
+
+@dataclass(frozen=True)
+class Policy:
+    before_s: float = 30.0
+    after_s: float = 30.0
+    merge_s: float = 60.0
+    max_s: float = 300.0
+    per_hour: int = 6
+
+
+def incident_name(first_event: float) -> str:
+    return "incident-" + time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(first_event))
+
+
+@dataclass
+class Open:
+    """An incident while it lasts."""
+
+    name: str
+    first_event: float
+    last_event: float
+    kinds: list[str] = field(default_factory=list)
+    events: int = 0
+
+    def end(self, policy: Policy) -> float:
+        """The end of the capture window."""
+        return min(self.last_event + policy.after_s, self.first_event + policy.max_s)
+
+    def close_at(self, policy: Policy) -> float:
+        """When no later event can join it any more."""
+        return min(
+            self.last_event + max(policy.after_s, policy.merge_s),
+            self.first_event + policy.max_s,
+        )
+
+    @property
+    def start(self) -> float:
+        return self.first_event
+
+    def window(self, policy: Policy) -> tuple[float, float]:
+        return (self.first_event - policy.before_s, self.end(policy))
+
+
+@dataclass
+class Incidents:
+    policy: Policy
+    opened: deque[float] = field(default_factory=deque)  # when incidents opened (epoch s)
+    current: Open | None = None
+    suppressed: int = 0
+
+    def allowed(self, now: float) -> bool:
+        while self.opened and self.opened[0] <= now - HOUR:
+            self.opened.popleft()
+        return len(self.opened) < self.policy.per_hour
+
+    def on_events(self, now: float, kinds: list[str]) -> str:
+        """Events seen at ``now``: "opened", "joined", "suppressed" or "none"."""
+        if not kinds:
+            return "none"
+        current = self.current
+        if (
+            current is not None
+            and now - current.last_event <= self.policy.merge_s
+            and now <= current.first_event + self.policy.max_s
+        ):
+            current.last_event = now
+            current.events += len(kinds)
+            current.kinds += [k for k in kinds if k not in current.kinds]
+            return "joined"
+        if current is not None:
+            return "none"  # the open one is closing; its successor opens after it
+        if not self.allowed(now):
+            self.suppressed += len(kinds)
+            return "suppressed"
+        self.opened.append(now)
+        self.current = Open(incident_name(now), now, now, list(dict.fromkeys(kinds)), len(kinds))
+        return "opened"
+
+    def due(self, now: float) -> Open | None:
+        """The open incident, once its end has passed (it is then closed)."""
+        if self.current is not None and now >= self.current.close_at(self.policy):
+            done, self.current = self.current, None
+            return done
+        return None

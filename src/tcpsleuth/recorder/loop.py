@@ -1,0 +1,654 @@
+"""The recorder: samples a namespace as ``watch`` does, keeps the ring, turns events into
+incidents and keeps its directory under its cap, until it is stopped.
+
+Threads: the main thread samples (every ``interval``, on a fixed schedule), decides,
+and starts every child process (a child's death signal is tied to the thread that
+started it); a guard thread keeps the disk cap every quarter second; a worker thread
+per incident writes the host bundle and runs the short trace while the incident lasts.
+The analysis runs in a child process, one at a time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tcpsleuth.detectors import rates
+from tcpsleuth.detectors.port_summary import TimesSeen, summarize
+from tcpsleuth.errors import EnvironmentProblem, InputError
+from tcpsleuth.model.findings import Finding
+from tcpsleuth.recorder import children, disk, freeze
+from tcpsleuth.recorder.incidents import Incidents, Open, Policy
+from tcpsleuth.recorder.ring import RING_DIR, Ring, covering
+from tcpsleuth.sources import sampling
+from tcpsleuth.sources.bpf import tracer
+from tcpsleuth.sources.sampling import CounterSample
+
+GUARD_S = 0.25
+COUNTS_EVERY_S = 5.0
+RESTART_AFTER_S = 30.0
+FINISH_CPU_S = 600
+
+
+@dataclass(frozen=True)
+class Settings:
+    directory: Path
+    ports: tuple[int, ...]
+    netns: str | None = None
+    interface: str = "any"
+    snaplen: int = 200
+    rotate_s: int = 10
+    max_disk: int = 1 << 30
+    policy: Policy = field(default_factory=Policy)
+    thresholds: rates.Thresholds = field(
+        default_factory=lambda: rates.Thresholds(
+            cookies_per_second=10, overflows_per_second=10, rwnd_limited_jump=10
+        )
+    )
+    queue_full: bool = True
+    interval: float = 1.0
+    later_s: float = 5.0
+    trace_s: float = 5.0
+    cut_payload: bool = True
+    kafka_config: Path | None = None
+    duration: float | None = None
+    metrics_file: Path | None = None
+
+
+@dataclass
+class Health:
+    """What the metrics say about the recorder."""
+
+    started: float = field(default_factory=time.time)
+    incidents_total: int = 0
+    incidents_on_disk: int = 0
+    last_incident: float = 0.0
+    last_incident_name: str = ""
+    events_total: dict[str, int] = field(default_factory=dict)
+    events_suppressed_total: int = 0
+    capture_up: bool = False
+    capture_packets_total: int = 0
+    capture_dropped_total: int = 0
+    disk_bytes: int = 0
+    disk_limit_bytes: int = 0
+    ring_seconds: float = 0.0
+    sample_seconds: float = 0.0
+    samples_total: int = 0
+    sampling_errors_total: int = 0
+    problems: dict[str, str] = field(default_factory=dict)  # what -> why (one line)
+
+
+@dataclass
+class Active:
+    """The incident being recorded."""
+
+    open: Open
+    staging: Path
+    later_taken: bool = False
+    workers: list[threading.Thread] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+class Recorder:
+    def __init__(self, settings: Settings, say: Callable[[str, dict[str, Any]], None]) -> None:
+        self.s = settings
+        self.say = say
+        self.dir = settings.directory
+        self.ports = frozenset(settings.ports)
+        self.host = sampling.host_label(settings.netns)
+        self.incidents = Incidents(settings.policy)
+        self.health = Health(disk_limit_bytes=settings.max_disk)
+        self.ring = Ring(
+            self.dir,
+            settings.ports,
+            settings.netns,
+            settings.interface,
+            settings.snaplen,
+            settings.rotate_s,
+            lambda line: self._problem("capture", line),
+        )
+        self.history: deque[dict[str, Any]] = deque(
+            maxlen=int(settings.policy.before_s / settings.interval) + 3
+        )
+        self.active: Active | None = None
+        self.finishing: subprocess.Popen[str] | None = None
+        self.finishing_name = ""
+        self.pending_finish: deque[Path] = deque()
+        self.times = TimesSeen()
+        self.limited_before = 0
+        self.trace_problem: str | None = None
+        self.stop = threading.Event()
+        self.lock: children.DirectoryLock | None = None
+        self._ring_lock = threading.Lock()
+        self._room = True
+        self._restart_at = 0.0
+        self._sizes: dict[str, int] = {}
+
+    # --- start and stop -------------------------------------------------------------
+
+    def prepare(self) -> None:
+        os.umask(0o077)
+        try:
+            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self.dir.chmod(0o700)
+        except OSError as problem:
+            raise EnvironmentProblem(
+                f"{self.dir}: cannot make the recorder's directory ({problem.strerror})"
+            ) from None
+        self.lock = children.DirectoryLock(self.dir)
+        stale = children.end_stale(str(self.dir / RING_DIR) + "/")
+        stale += children.end_stale(f"tcpsleuth.recorder.finish {self.dir}/")
+        if stale or self.lock.previous_pid:
+            self.say(
+                f"a recorder (pid {self.lock.previous_pid or '?'}) stopped without cleaning "
+                f"up: ended {len(stale)} of its processes, reusing {self.dir}",
+                {"type": "recovered", "ended": stale},
+            )
+        for staging in disk.staging(self.dir):
+            self.pending_finish.append(staging)
+        for done in disk.incidents(self.dir):
+            if not (done / freeze.REPORT_JSON).exists():
+                self.pending_finish.append(done)
+        if self.pending_finish:
+            self.say(
+                f"{len(self.pending_finish)} incident(s) left unfinished by the last recorder: "
+                "finishing them",
+                {"type": "recovered", "incidents": [p.name for p in self.pending_finish]},
+            )
+        try:
+            tracer.check_environment()
+        except EnvironmentProblem as problem:
+            self.trace_problem = str(problem)
+        if self.s.trace_s <= 0:
+            self.trace_problem = "turned off (--trace 0)"
+
+    def run(self) -> None:
+        self.prepare()
+        guard = threading.Thread(target=self._guard, name="disk-guard", daemon=True)
+        try:
+            self.ring.start()
+            if self.trace_problem and self.s.trace_s > 0:
+                self._problem("trace", f"no trace in incidents: {self.trace_problem}")
+            guard.start()
+            self._loop()
+        finally:
+            self.stop.set()
+            self.shutdown()
+
+    def _loop(self) -> None:
+        deadline = time.monotonic() + self.s.duration if self.s.duration else None
+        said_ready = False
+        while not self.stop.is_set():
+            try:
+                stream = sampling.every(self.s.netns, self.s.interval)
+                before = next(stream)
+                self.health.problems.pop("sampling", None)
+                if not said_ready:
+                    self._ready()
+                    said_ready = True
+                for after in stream:
+                    self._step(before, after)
+                    before = after
+                    if deadline is not None and time.monotonic() >= deadline:
+                        return
+            except InputError as problem:
+                self.health.sampling_errors_total += 1
+                self._problem("sampling", f"cannot sample: {problem}; trying again")
+                self.stop.wait(max(self.s.interval, 2.0))
+                if deadline is not None and time.monotonic() >= deadline:
+                    return
+
+    def _ready(self) -> None:
+        t = self.s.thresholds
+        capture = (
+            f"ring {self.dir / RING_DIR} (tcpdump -s {self.s.snaplen}, a file every "
+            f"{self.s.rotate_s} s)"
+            if self.ring.running()
+            else f"no capture ({self.ring.problem})"
+        )
+        self.say(
+            f"ready: port {', '.join(map(str, self.s.ports))}"
+            + (f" in netns {self.s.netns}" if self.s.netns else "")
+            + f"; {capture}; at most {self.s.max_disk} bytes in {self.dir}; events: "
+            f"SYN cookies >= {t.cookies_per_second:g}/s, overflows >= "
+            f"{t.overflows_per_second:g}/s"
+            + (", a full accept queue" if self.s.queue_full else "")
+            + (
+                f", +{t.rwnd_limited_jump} window-limited connections"
+                if t.rwnd_limited_jump
+                else ""
+            ),
+            {"type": "ready", "pid": os.getpid(), "capture": self.ring.running()},
+        )
+
+    def shutdown(self) -> None:
+        """Nothing keeps running: the open incident is frozen with what it has, the
+        capture stopped, a running analysis given a moment and then ended (``tcpsleuth
+        report`` finishes it later)."""
+        with contextlib.suppress(Exception):
+            if self.active is not None:
+                done, self.incidents.current = self.active.open, None
+                self.active.notes.append("the recorder was stopped before the incident's end")
+                self._close(done, stopping=True)
+        with self._ring_lock:
+            self.ring.stop()
+        if self.finishing is not None and self.finishing.poll() is None:
+            try:
+                self.finishing.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.finishing.kill()
+                self.finishing.wait()
+                self.say(
+                    f"{self.finishing_name}: analysis ended unfinished; "
+                    f"`tcpsleuth report {self.dir / self.finishing_name}` finishes it",
+                    {"type": "unfinished", "incident": self.finishing_name},
+                )
+        self._reap_finish()
+        if self.pending_finish and self.finishing is None:
+            # a staging directory still needs its capture: make it whole without analysis
+            from tcpsleuth.recorder.finish import make_whole
+
+            for path in list(self.pending_finish):
+                if path.name.endswith(".partial") and path.exists():
+                    with contextlib.suppress(OSError, ValueError, KeyError):
+                        make_whole(path, self.s.max_disk // 2)
+        captured, _received, dropped = self.ring.counts.totals
+        self.say(
+            f"stopped: {self.health.incidents_total} incident(s) recorded; tcpdump captured "
+            f"{captured} packets, the kernel dropped {dropped}",
+            {"type": "stopped", "captured": captured, "dropped": dropped},
+        )
+        if self.lock is not None:
+            self.lock.release()
+
+    # --- one sample -----------------------------------------------------------------
+
+    def _step(self, before: CounterSample, after: CounterSample) -> None:
+        started = time.monotonic()
+        now = after.wall_time
+        events = [
+            e
+            for e in rates.between(before, after, self.host, self.s.thresholds)
+            if e.kind != "accept-queue-full"
+            or (self.s.queue_full and int(e.subject["listener"].rsplit(":", 1)[1]) in self.ports)
+        ]
+        events += self._window_limited(after.at - before.at)
+        record = {
+            "time": now,
+            "seconds": round(after.at - before.at, 3),
+            "counters": dict(after.counters),
+            "grown": {k: v for k, v in rates.deltas(before.counters, after.counters).items() if v},
+            "listeners": [
+                {"listener": x.local, "backlog": x.backlog, "accept_queue": x.accept_queue}
+                for x in after.listeners
+                if x.local_port in self.ports
+            ],
+        }
+        self.history.append(record)
+        for event in events:
+            self.health.events_total[event.kind] = self.health.events_total.get(event.kind, 0) + 1
+            self.say(f"event: {event.kind}: {event.summary}", {"type": "event", **event.to_dict()})
+        done = self.incidents.due(now)
+        if done is not None and self.active is not None:
+            self._close(done)
+        decision = self.incidents.on_events(now, [e.kind for e in events])
+        if decision == "opened":
+            assert self.incidents.current is not None
+            self._open(self.incidents.current, events)
+        elif decision == "joined" and self.active is not None:
+            freeze.append_lines(
+                self.active.staging / freeze.EVENTS, [_event(now, e) for e in events]
+            )
+        elif decision == "suppressed":
+            self.health.events_suppressed_total = self.incidents.suppressed
+            self.say(
+                f"not recorded: {self.s.policy.per_hour} incidents already in the last hour "
+                "(--per-hour)",
+                {"type": "suppressed", "events": len(events)},
+            )
+        if self.active is not None:
+            self._while_open(now, record)
+        self._health(now)
+        self.health.samples_total += 1
+        self.health.sample_seconds = time.monotonic() - started
+        if self.s.metrics_file is not None:
+            self._write_metrics(self.s.metrics_file)
+
+    def _write_metrics(self, path: Path) -> None:
+        from tcpsleuth.reports import prometheus
+
+        text = prometheus.exposition(prometheus.recorder_families(self.health, str(self.dir)))
+        temporary = path.with_name(f".{path.name}.tmp")
+        try:
+            temporary.write_bytes(text)
+            temporary.chmod(0o644)  # for node_exporter's textfile collector; no secrets in it
+            temporary.replace(path)
+        except OSError as problem:
+            self._problem("metrics", f"cannot write {path}: {problem.strerror}")
+
+    def _window_limited(self, seconds: float) -> list[Finding]:
+        if self.s.thresholds.rwnd_limited_jump <= 0:
+            return []
+        scrape = sampling.scrape(self.s.netns)
+        summary = summarize(scrape.sockets.filtered(ports=self.ports), self.times, max_ports=1000)
+        self.times = summary.times
+        limited = sum(
+            p.rwnd_limited_connections
+            for p in summary.ports
+            if p.port.isdigit() and int(p.port) in self.ports
+        )
+        connections = sum(
+            p.connections for p in summary.ports if p.port.isdigit() and int(p.port) in self.ports
+        )
+        events = rates.rwnd_limited_events(
+            self.limited_before,
+            limited,
+            connections,
+            seconds,
+            self.ports,
+            self.host,
+            self.s.thresholds,
+        )
+        self.limited_before = limited
+        return events
+
+    # --- incidents ------------------------------------------------------------------
+
+    def _meta(self, active: Active) -> dict[str, Any]:
+        policy = self.s.policy
+        start, end = active.open.window(policy)
+        captured, received, dropped = self.ring.counts.totals
+        return {
+            "incident": active.open.name,
+            "host": self.host,
+            "hostname": socket.gethostname(),
+            "netns": self.s.netns,
+            "ports": list(self.s.ports),
+            "window": {
+                "start": start,
+                "end": end,
+                "first_event": active.open.first_event,
+                "last_event": active.open.last_event,
+            },
+            "kinds": active.open.kinds,
+            "cut_payload": self.s.cut_payload,
+            "capture": {
+                "snaplen": self.s.snaplen,
+                "interface": self.s.interface,
+                "running": self.ring.running(),
+                "why": self.ring.problem,
+                "tcpdump_captured": captured,
+                "tcpdump_received": received,
+                "kernel_drops": dropped,
+            },
+            "settings": {
+                **{k: v for k, v in dataclasses.asdict(policy).items()},
+                "interval": self.s.interval,
+                "thresholds": dataclasses.asdict(self.s.thresholds),
+                "max_disk": self.s.max_disk,
+            },
+            "notes": active.notes,
+        }
+
+    def _open(self, incident: Open, events: list[Finding]) -> None:
+        staging = freeze.make_staging(self.dir, incident.name)
+        active = Active(incident, staging)
+        self.active = active
+        self.say(
+            f"incident {incident.name} opened ({', '.join(incident.kinds)})",
+            {"type": "incident-opened", "incident": incident.name},
+        )
+        freeze.append_lines(
+            staging / freeze.EVENTS, [_event(incident.first_event, e) for e in events]
+        )
+        start = incident.first_event - self.s.policy.before_s
+        freeze.append_lines(
+            staging / freeze.SAMPLES,
+            [r for r in self.history if r["time"] >= start - self.s.interval],
+        )
+        self._link(active)
+        try:
+            freeze.socket_snapshot(self.s.netns, self.ports, staging / freeze.DURING, time.time())
+        except InputError as problem:
+            active.notes.append(f"no sockets during the storm: {problem}")
+        if self.ring.problem:
+            active.notes.append(f"no capture: {self.ring.problem}")
+        freeze.write_json(staging / freeze.META, self._meta(active))
+        worker = threading.Thread(target=self._gather, args=(active,), daemon=True)
+        worker.start()
+        active.workers.append(worker)
+
+    def _gather(self, active: Active) -> None:
+        """The host bundle and the short trace, beside the sampling."""
+        problem = freeze.bundle(active.staging, self.s.netns, self.s.kafka_config)
+        if problem:
+            active.notes.append(problem)
+        if self.trace_problem:
+            (active.staging / freeze.TRACE_SKIPPED).write_text(self.trace_problem + "\n")
+            return
+        try:
+            inodes = frozenset({tracer.netns_inode(self.s.netns)}) if self.s.netns else frozenset()
+            program = tracer.build_program(self.ports, inodes, 10.0)
+            with (active.staging / freeze.TRACE).open("w") as out:
+                for sample in tracer.trace(
+                    program, self.s.trace_s, preexec_fn=children.die_with_parent
+                ):
+                    out.write(json.dumps(dataclasses.asdict(sample)) + "\n")
+                    if self.stop.is_set():
+                        break
+        except (InputError, OSError) as problem:
+            (active.staging / freeze.TRACE_SKIPPED).write_text(f"{problem}\n")
+
+    def _link(self, active: Active) -> None:
+        start, end = active.open.window(self.s.policy)
+        freeze.link_ring(covering(self.ring.files(), start, end), active.staging)
+
+    def _while_open(self, now: float, record: dict[str, Any]) -> None:
+        active = self.active
+        assert active is not None
+        freeze.append_lines(active.staging / freeze.SAMPLES, [record])
+        self._link(active)
+        if not active.later_taken and now >= active.open.last_event + self.s.later_s:
+            active.later_taken = True
+            try:
+                freeze.socket_snapshot(self.s.netns, self.ports, active.staging / freeze.LATER, now)
+            except InputError as problem:
+                active.notes.append(f"no sockets after the storm: {problem}")
+
+    def _close(self, incident: Open, stopping: bool = False) -> None:
+        active = self.active
+        assert active is not None and active.open is incident
+        self.active = None
+        for worker in active.workers:
+            worker.join(timeout=2 if stopping else 30)
+        if not active.later_taken and not stopping:
+            with contextlib.suppress(InputError):
+                freeze.socket_snapshot(
+                    self.s.netns, self.ports, active.staging / freeze.LATER, time.time()
+                )
+        if stopping:
+            incident.last_event = min(incident.last_event, time.time() - self.s.policy.after_s)
+        self.ring.request_counts()
+        time.sleep(0.05)
+        self._link(active)
+        freeze.write_json(active.staging / freeze.META, self._meta(active))
+        self.health.incidents_total += 1
+        self.health.last_incident = incident.first_event
+        self.health.last_incident_name = incident.name
+        self.say(
+            f"incident {incident.name} recorded: {incident.events} event(s) "
+            f"({', '.join(incident.kinds)}); analysing",
+            {
+                "type": "incident",
+                "incident": incident.name,
+                "directory": str(self.dir / incident.name),
+            },
+        )
+        self.pending_finish.append(active.staging)
+        if not stopping:
+            self._next_finish()
+
+    def _next_finish(self) -> None:
+        self._reap_finish()
+        if self.finishing is not None or not self.pending_finish:
+            return
+        path = self.pending_finish.popleft()
+        if not path.exists():
+            return
+        budget = max(1 << 20, self.s.max_disk // 2)
+        self.finishing_name = (
+            freeze.final_dir(path).name if path.name.endswith(".partial") else path.name
+        )
+        self.finishing = subprocess.Popen(
+            [sys.executable, "-m", "tcpsleuth.recorder.finish", str(path), "--budget", str(budget)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=lambda: children.background_child(FINISH_CPU_S),
+        )
+
+    def _reap_finish(self) -> None:
+        child = self.finishing
+        if child is None or child.poll() is None:
+            return
+        self.finishing = None
+        _out, err = child.communicate()
+        name = self.finishing_name
+        if child.returncode == 0:
+            self._sizes.pop(name, None)
+            report = self.dir / name / freeze.REPORT_JSON
+            kinds: list[str] = []
+            with contextlib.suppress(OSError, ValueError):
+                kinds = sorted({f["kind"] for f in json.loads(report.read_text())["findings"]})
+            self.say(
+                f"incident {name}: report {self.dir / name / freeze.REPORT_HTML}; findings: "
+                + (", ".join(kinds) or "none"),
+                {"type": "report", "incident": name, "kinds": kinds},
+            )
+        else:
+            last = (err.strip().splitlines() or ["no output"])[-1]
+            self.say(
+                f"incident {name}: analysis failed ({last}); `tcpsleuth report "
+                f"{self.dir / name}` tries again",
+                {"type": "analysis-failed", "incident": name, "error": last},
+            )
+
+    # --- health and disk ------------------------------------------------------------
+
+    def _health(self, now: float) -> None:
+        self._next_finish()
+        with self._ring_lock:
+            if not self.ring.running():
+                if self.ring.paused:
+                    if self._room:
+                        self.ring.start()
+                elif time.monotonic() >= self._restart_at:
+                    self._restart_at = time.monotonic() + RESTART_AFTER_S
+                    if self.ring.process is not None:
+                        self.ring.stop()  # it exited: keep its counts
+                        self._problem("capture", "tcpdump exited; starting it again")
+                    self.ring.start()
+        if self.health.samples_total % max(1, int(COUNTS_EVERY_S / self.s.interval)) == 0:
+            self.ring.request_counts()
+        captured, _received, dropped = self.ring.counts.totals
+        self.health.capture_up = self.ring.running()
+        self.health.capture_packets_total = captured
+        self.health.capture_dropped_total = dropped
+        if self.ring.running():
+            self.health.problems.pop("capture", None)
+        files = self.ring.files()
+        self.health.ring_seconds = round(now - files[0].start, 1) if files else 0.0
+
+    def _problem(self, what: str, line: str) -> None:
+        if self.health.problems.get(what) != line:
+            self.say(line, {"type": "problem", "what": what, "line": line})
+        self.health.problems[what] = line
+
+    def _guard(self) -> None:
+        previous = None
+        while not self.stop.wait(GUARD_S):
+            with contextlib.suppress(OSError):
+                previous = self._keep_cap(previous)
+
+    def _usage(self) -> int:
+        total = 0
+        for incident in disk.incidents(self.dir):
+            if (incident / freeze.REPORT_JSON).exists():
+                if incident.name not in self._sizes:
+                    self._sizes[incident.name] = disk.usage(incident)
+                total += self._sizes[incident.name]
+            else:
+                total += disk.usage(incident)
+        others = [p for p in self.dir.iterdir() if not p.name.startswith(disk.INCIDENT_PREFIX)]
+        return total + disk.blocks(others)
+
+    def _keep_cap(self, previous: int | None) -> int:
+        policy = self.s.policy
+        now = time.time()
+        current = self.ring.current()
+        files = self.ring.files()
+        # ring files no incident can reach back to any more
+        for index, ring_file in enumerate(files[:-1]):
+            too_old = files[index + 1].start < now - policy.before_s - 2 * self.s.rotate_s
+            if too_old and (current is None or ring_file.path != current.path):
+                with contextlib.suppress(FileNotFoundError):
+                    ring_file.path.unlink()
+        used = self._usage()
+        grown = used - previous if previous is not None else 0
+        headroom = max(self.s.max_disk // 10, 3 * max(grown, 0))
+        limit = min(self.s.max_disk, used + disk.fs_room(self.dir))
+        if used + headroom > limit:
+            for ring_file in self.ring.files():
+                if used + headroom <= limit:
+                    break
+                if current is not None and ring_file.path == current.path:
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    ring_file.path.unlink()
+                used = self._usage()
+        if used + headroom > limit:
+            complete = disk.incidents(self.dir)
+            for incident in complete[:-1]:
+                if used + headroom <= limit:
+                    break
+                if incident.name == self.finishing_name and self.finishing is not None:
+                    continue
+                shutil.rmtree(incident, ignore_errors=True)
+                self._sizes.pop(incident.name, None)
+                self.say(
+                    f"deleted {incident.name} to stay within --max-disk",
+                    {"type": "deleted", "incident": incident.name},
+                )
+                used = self._usage()
+        if used + headroom > limit:
+            self._room = False
+            with self._ring_lock:
+                if self.ring.running():
+                    self.ring.stop(
+                        why=f"{used} bytes in {self.dir}, near the cap of {limit} bytes "
+                        "(--max-disk, or the file system's free space)"
+                    )
+        elif used + 2 * headroom < limit:
+            self._room = True
+        self.health.disk_bytes = used
+        self.health.disk_limit_bytes = limit
+        self.health.incidents_on_disk = len(disk.incidents(self.dir))
+        return used
+
+
+def _event(now: float, event: Finding) -> dict[str, Any]:
+    return {"time": now, **event.to_dict()}

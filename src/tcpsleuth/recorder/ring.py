@@ -1,0 +1,264 @@
+"""The ring: tcpdump writing header-only capture of the service ports into files
+rotated by time.
+
+``tcpdump -G SECONDS -w ring-%Y%m%dT%H%M%SZ-gN.pcap`` opens a new file, named by the
+time it opens, every SECONDS (at the first packet after them); ``N`` is the tcpdump
+start (milliseconds since the epoch), so a restarted tcpdump never reuses a name.
+Nothing is ever truncated in place: ``-C`` with ``-W`` would reuse ring files, and a
+frozen incident could be overwritten. Old files are deleted by the recorder
+(:mod:`.disk`), not by tcpdump.
+
+tcpdump runs as root (``-Z root``: the ring directory is root's only, mode 0700),
+packet-buffered (``-U``) so that what a file holds is on disk when an incident is
+frozen, with the recorder's umask (077), and prints its counts of packets captured,
+received by the filter and dropped by the kernel when asked (SIGUSR1) and at exit.
+"""
+
+from __future__ import annotations
+
+import calendar
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tcpsleuth.recorder.children import die_with_parent, in_netns
+
+RING_DIR = "ring"
+NAME = re.compile(r"^ring-(\d{8}T\d{6})Z-g(\d+)\.pcap$")
+STATS = re.compile(
+    r"(\d+) packets? captured[,\n]\s*(\d+) packets? received by filter[,\n]\s*"
+    r"(\d+) packets? dropped by kernel"
+)
+# Ethernet or Linux cooked v2 (20), IPv6 (40), TCP with 40 bytes of options (60),
+# and a Kafka request header (size, api key and version, correlation id, client.id
+# length: 14 bytes) with a client.id of up to 66 bytes.
+DEFAULT_SNAPLEN = 200
+
+
+@dataclass(frozen=True)
+class RingFile:
+    path: Path
+    start: float  # epoch seconds, from the name
+    generation: int
+
+    @property
+    def key(self) -> tuple[float, int]:
+        return (self.start, self.generation)
+
+
+def parse_name(path: Path) -> RingFile | None:
+    match = NAME.match(path.name)
+    if not match:
+        return None
+    start = calendar.timegm(time.strptime(match.group(1), "%Y%m%dT%H%M%S"))
+    return RingFile(path, float(start), int(match.group(2)))
+
+
+def ring_files(directory: Path) -> list[RingFile]:
+    found = []
+    try:
+        entries = list(directory.iterdir())
+    except FileNotFoundError:
+        return []
+    for entry in entries:
+        parsed = parse_name(entry)
+        if parsed is not None:
+            found.append(parsed)
+    return sorted(found, key=lambda f: f.key)
+
+
+def covering(files: list[RingFile], start: float, end: float) -> list[RingFile]:
+    """Files that may hold packets between ``start`` and ``end``: a file holds
+    packets from its name's second until the next file opens (a second of slack on
+    both sides: names have whole seconds)."""
+    chosen = []
+    for index, ring_file in enumerate(files):
+        until = files[index + 1].start + 1 if index + 1 < len(files) else float("inf")
+        if ring_file.start - 1 <= end and until >= start:
+            chosen.append(ring_file)
+    return chosen
+
+
+def capture_filter(ports: tuple[int, ...]) -> str:
+    return "tcp and (" + " or ".join(f"port {port}" for port in sorted(ports)) + ")"
+
+
+@dataclass
+class CaptureCounts:
+    """What tcpdump reported, summed over every tcpdump the recorder started."""
+
+    captured: int = 0
+    received: int = 0
+    dropped: int = 0
+    # of the tcpdump running now (its counts are cumulative; added on exit)
+    current: tuple[int, int, int] = field(default=(0, 0, 0))
+
+    @property
+    def totals(self) -> tuple[int, int, int]:
+        return (
+            self.captured + self.current[0],
+            self.received + self.current[1],
+            self.dropped + self.current[2],
+        )
+
+
+class Ring:
+    def __init__(
+        self,
+        directory: Path,
+        ports: tuple[int, ...],
+        netns: str | None,
+        interface: str,
+        snaplen: int,
+        rotate_s: int,
+        say: Callable[[str], None],
+    ) -> None:
+        self.directory = directory / RING_DIR
+        self.ports = ports
+        self.netns = netns
+        self.interface = interface
+        self.snaplen = snaplen
+        self.rotate_s = rotate_s
+        self.say = say
+        self.process: subprocess.Popen[str] | None = None
+        self.generation = 0
+        self.counts = CaptureCounts()
+        self.problem: str | None = None  # why there is no capture now
+        self.paused = False
+        self._errors: list[str] = []
+        self._lock = threading.Lock()
+
+    def argv(self) -> list[str]:
+        pattern = self.directory / f"ring-%Y%m%dT%H%M%SZ-g{self.generation}.pcap"
+        return [
+            *in_netns(self.netns),
+            self.tcpdump or "tcpdump",
+            "-i",
+            self.interface,
+            "-n",
+            "-s",
+            str(self.snaplen),
+            "-U",
+            "-B",
+            "4096",
+            "-Z",
+            "root",
+            "-G",
+            str(self.rotate_s),
+            "-w",
+            str(pattern),
+            capture_filter(self.ports),
+        ]
+
+    @property
+    def tcpdump(self) -> str | None:
+        return shutil.which("tcpdump")
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self) -> bool:
+        """Start tcpdump; False (and ``problem`` set, said once) when it cannot run."""
+        if self.running():
+            return True
+        if self.tcpdump is None:
+            return self._cannot("tcpdump is not installed (Debian: apt-get install tcpdump)")
+        if os.geteuid() != 0:
+            return self._cannot("capturing needs root (CAP_NET_RAW); run the recorder as root")
+        self.directory.mkdir(mode=0o700, exist_ok=True)
+        self.generation = int(time.time() * 1000)
+        self._errors = []
+        self.process = subprocess.Popen(
+            self.argv(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "TZ": "UTC"},
+            preexec_fn=die_with_parent,
+        )
+        ready = threading.Event()
+        threading.Thread(target=self._read_stderr, args=(self.process, ready), daemon=True).start()
+        ready.wait(10)
+        if self.process.poll() is not None:
+            self.process.wait()
+            said = " ".join(line.strip() for line in self._errors[-2:]) or "no output"
+            self.process = None
+            return self._cannot(f"tcpdump could not start: {said}")
+        if self.problem is not None:
+            self.say(f"capture running again (tcpdump pid {self.process.pid})")
+        self.problem = None
+        self.paused = False
+        return True
+
+    def _cannot(self, why: str) -> bool:
+        if self.problem != why:
+            self.say(f"no capture: {why}; going on with counters, sockets and bundles")
+        self.problem = why
+        return False
+
+    def _read_stderr(self, process: subprocess.Popen[str], ready: threading.Event) -> None:
+        assert process.stderr is not None
+        pending = ""
+        for line in process.stderr:
+            if "listening on" in line:
+                ready.set()
+            self._errors.append(line)
+            del self._errors[:-20]
+            pending = (pending + line)[-400:]
+            found = STATS.search(pending)
+            if found:
+                with self._lock:
+                    self.counts.current = tuple(int(x) for x in found.groups())  # type: ignore[assignment]
+                pending = ""
+        ready.set()
+
+    def request_counts(self) -> None:
+        """Ask tcpdump for its counts (it prints them on SIGUSR1); they arrive on its
+        standard error a moment later."""
+        if self.running():
+            assert self.process is not None
+            with contextlib.suppress(ProcessLookupError):
+                self.process.send_signal(signal.SIGUSR1)
+
+    def stop(self, why: str | None = None) -> None:
+        """Stop tcpdump (its last counts are kept). ``why``: a pause, said once."""
+        process, self.process = self.process, None
+        if process is not None:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+            time.sleep(0.05)  # its final counts, printed at exit
+            with self._lock:
+                captured, received, dropped = self.counts.current
+                self.counts.captured += captured
+                self.counts.received += received
+                self.counts.dropped += dropped
+                self.counts.current = (0, 0, 0)
+        if why is not None:
+            self.paused = True
+            if self.problem != why:
+                self.say(f"capture paused: {why}")
+            self.problem = why
+
+    def files(self) -> list[RingFile]:
+        return ring_files(self.directory)
+
+    def current(self) -> RingFile | None:
+        """The file tcpdump is writing now (the newest of its generation)."""
+        if not self.running():
+            return None
+        mine = [f for f in self.files() if f.generation == self.generation]
+        return mine[-1] if mine else None

@@ -1,0 +1,432 @@
+"""tcpsleuth record and report: the incident policy and the payload cut on their own,
+then the recorder live in namespaces: a storm it was told nothing about, its disk cap,
+SIGKILL, and the lab's incident (``wscale-bug``) and a quiet run (``baseline``)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import stat
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import REPO, SUPPORT, nstat_in
+
+from tcpsleuth.detectors.capture.run import analyse_stream
+from tcpsleuth.lab import namespaces
+from tcpsleuth.recorder.capture import copy_window, kept_length
+from tcpsleuth.recorder.incidents import Incidents, Policy
+from tcpsleuth.sources.pcap import open_capture
+
+STORM = REPO / "tests" / "data" / "storm-prefix" / "server.pcap"
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+
+
+# --- the policy and the cut, without root ---------------------------------------------
+
+
+def test_events_close_together_are_one_incident_and_the_hour_has_a_limit() -> None:
+    incidents = Incidents(Policy(before_s=10, after_s=20, merge_s=60, max_s=300, per_hour=2))
+    assert incidents.on_events(1000, ["syn-cookies-rate"]) == "opened"
+    assert incidents.on_events(1050, ["listen-overflows-rate"]) == "joined"  # 50 s later
+    assert incidents.due(1100) is None  # 50 s after the last event: still open
+    assert incidents.current is not None
+    assert incidents.current.window(incidents.policy) == (990, 1070)
+    done = incidents.due(1110)  # 60 s without an event
+    assert done is not None and done.events == 2
+    assert done.kinds == ["syn-cookies-rate", "listen-overflows-rate"]
+    assert incidents.on_events(1200, ["syn-cookies-rate"]) == "opened"
+    # a storm that never stops: closed 300 s after its first event
+    for t in range(1210, 1510, 10):
+        assert incidents.on_events(t, ["syn-cookies-rate"]) in ("joined", "none")
+        incidents.due(t)
+    assert incidents.current is None
+    # the third incident within the hour is not recorded
+    assert incidents.on_events(1600, ["syn-cookies-rate"]) == "suppressed"
+    assert incidents.suppressed == 1
+    assert incidents.on_events(1000 + 3600 + 1, ["syn-cookies-rate"]) == "opened"
+
+
+def _sasl_packet() -> bytes:
+    """An Ethernet/IPv4/TCP segment to port 9092 carrying a Kafka SaslAuthenticate
+    request (api key 36) with PLAIN credentials right after its header."""
+    client_id = b"producer-1"
+    credentials = b"\x00alice\x00s3cret-pw"
+    body = struct.pack("!i", len(credentials)) + credentials
+    header = struct.pack("!hhih", 36, 2, 7, len(client_id)) + client_id
+    kafka = struct.pack("!i", len(header) + len(body)) + header + body
+    tcp = struct.pack("!HHIIBBHHH", 40000, 9092, 1, 1, 5 << 4, 0x18, 502, 0, 0)
+    ip = struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, 20 + len(tcp) + len(kafka), 1, 0, 64, 6, 0,
+        bytes([10, 0, 0, 2]), bytes([10, 0, 0, 1]),
+    )  # fmt: skip
+    return b"\x02" * 6 + b"\x04" * 6 + b"\x08\x00" + ip + tcp + kafka
+
+
+def test_the_cut_drops_credentials_and_keeps_the_kafka_header(tmp_path: Path) -> None:
+    packet = _sasl_packet()
+    keep, removed = kept_length(packet, 1, frozenset({9092}))
+    assert keep == 14 + 20 + 20 + 14 + len("producer-1")  # headers and the Kafka header
+    assert removed == len(packet) - keep
+    assert kept_length(packet, 1, frozenset({9093}))[0] == 14 + 20 + 20  # not our port
+    source = tmp_path / "sasl.pcap"
+    source.write_bytes(
+        struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 1)
+        + struct.pack("<IIII", 1_700_000_000, 0, len(packet), len(packet))
+        + packet
+    )
+    cut = tmp_path / "cut.pcap"
+    counts = copy_window([source], cut, 0, 2e9, frozenset({9092}), True, 1 << 20)
+    assert counts.packets == 1 and b"s3cret" not in cut.read_bytes()
+    assert b"producer-1" in cut.read_bytes()
+    kept = tmp_path / "kept.pcap"
+    copy_window([source], kept, 0, 2e9, frozenset({9092}), False, 1 << 20)
+    assert b"s3cret" in kept.read_bytes()  # the test can fail: the uncut copy has them
+
+
+def test_the_cut_capture_gives_the_same_analysis(tmp_path: Path) -> None:
+    """A real storm of the prefix kernel: cookies, mismatches and Kafka timing are the
+    same from the cut copy, which is smaller; a window keeps only its packets."""
+    cut = tmp_path / "cut.pcap"
+    counts = copy_window([STORM], cut, 0, 2e9, frozenset({9092}), True, 1 << 30)
+    assert counts.payload_bytes_cut > 0 and cut.stat().st_size < STORM.stat().st_size
+    whole = analyse_stream(open_capture(STORM), frozenset({9092}))
+    copy = analyse_stream(open_capture(cut), frozenset({9092}))
+    assert [f.to_dict() for f in copy.findings] == [f.to_dict() for f in whole.findings]
+    assert copy.requests.client_ids() == whole.requests.client_ids()
+    assert len(copy.requests) == len(whole.requests) == 400
+    first = copy_window(
+        [STORM], tmp_path / "half.pcap", 0, 1796022445.3, frozenset({9092}), True, 1 << 30
+    )
+    assert 0 < first.packets < counts.packets
+    small = copy_window([STORM], tmp_path / "small.pcap", 0, 2e9, frozenset({9092}), True, 50_000)
+    assert small.cut_short and (tmp_path / "small.pcap").stat().st_size <= 50_000
+
+
+# --- live, in namespaces ----------------------------------------------------------------
+
+
+class Recorder:
+    """``tcpsleuth record`` as a user runs it, with its JSON lines read as they come."""
+
+    def __init__(self, directory: Path, *args: str) -> None:
+        self.lines: list[dict] = []
+        self.process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tcpsleuth",
+                "record",
+                "--dir",
+                str(directory),
+                "--format",
+                "json",
+                *args,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            if line.strip():
+                self.lines.append(json.loads(line))
+
+    def wait_for(self, kind: str, timeout: float = 90) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.lines:
+                if line["type"] == kind:
+                    return line
+            if self.process.poll() is not None:
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"no {kind!r} line: {self.lines} {self.stop()[1][-2000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> tuple[int, str]:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        try:
+            _, err = self.process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            _, err = self.process.communicate()
+        self._reader.join(timeout=5)
+        return self.process.returncode, err
+
+
+def _leftovers(directory: Path) -> list[int]:
+    out = subprocess.run(["ps", "-wweo", "pid,args"], capture_output=True, text=True).stdout
+    return [int(line.split()[0]) for line in out.splitlines()[1:] if str(directory) in line]
+
+
+def _modes(directory: Path) -> set[str]:
+    bad = set()
+    for path in [directory, *directory.rglob("*")]:
+        mode = stat.S_IMODE(path.lstat().st_mode)
+        if (path.is_dir() and mode != 0o700) or (path.is_file() and mode & 0o077):
+            bad.add(f"{path}: {oct(mode)}")
+    return bad
+
+
+def _storm(ns: str, clients: int = 3000) -> int:
+    """conn_farm's reconnect storm on a backlog-50 listener; connections held ~8 s."""
+    farm = subprocess.Popen(
+        ["ip", "netns", "exec", ns, sys.executable, str(SUPPORT / "conn_farm.py"),
+         "--port", "9092", "--backlog", "50", "--clients", str(clients), "--storm"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert farm.stdout is not None and farm.stdin is not None
+    ready = farm.stdout.readline()
+    assert ready.startswith("ready"), ready
+    time.sleep(8)
+    farm.stdin.close()
+    farm.wait(timeout=30)
+    return int(ready.split()[1])
+
+
+@needs_root
+def test_recorder_keeps_one_storm_it_was_told_nothing_about(netns: str, tmp_path: Path) -> None:
+    directory = tmp_path / "rec"
+    metrics = tmp_path / "recorder.prom"
+    recorder = Recorder(
+        directory, "--port", "9092", "--netns", netns, "--before", "5", "--after", "5",
+        "--merge", "5", "--later", "2", "--trace", "3", "--metrics-file", str(metrics),
+    )  # fmt: skip
+    try:
+        recorder.wait_for("ready")
+        time.sleep(2)
+        connected = _storm(netns)
+        sent = nstat_in(netns)["TcpExtSyncookiesSent"]
+        report_line = recorder.wait_for("report", timeout=120)
+    finally:
+        status, err = recorder.stop()
+    assert status == 128 + signal.SIGTERM, err
+    assert err.strip() == "tcpsleuth: stopped by SIGTERM"
+    assert _leftovers(directory) == []
+    [incident] = sorted(directory.glob("incident-*"))
+    assert report_line["incident"] == incident.name
+    doc = json.loads((incident / "report.json").read_text())
+    # the kernel's count of the storm's cookies, all within the incident's window
+    assert sent > 50 and doc["syn_cookies"]["sent"] == sent
+    # every handshake of the storm is in the incident's capture, and its analysis
+    # finds cookie connections among them
+    assert doc["capture"]["handshakes"] >= connected == 3000
+    assert doc["capture"]["kernel_drops"] == 0
+    assert 0 < doc["syn_cookies"]["cookie_connections"] <= 3000
+    kinds = {e["kind"] for e in doc["events"]}
+    assert "syn-cookies-rate" in kinds
+    assert doc["sockets"]["during"]["connections"] > 0
+    assert (incident / "bundle" / "sysctl-a.txt").exists()
+    assert (incident / "trace.jsonl").exists() or (incident / "trace-skipped.txt").exists()
+    assert not list(incident.glob("ring-links"))
+    html = (incident / "report.html").read_text()
+    assert "data:image/png;base64," in html and "http://" not in html and "https://" not in html
+    assert _modes(directory) == set()
+    text = metrics.read_text()
+    assert re.search(r"^tcpsleuth_recorder_incidents_total\{[^}]*\} 1\.0$", text, re.M), text
+    assert re.search(r"^tcpsleuth_recorder_capture_up\{[^}]*\} 1\.0$", text, re.M)
+    # reopened later: the same report, as a table and as JSON
+    table = subprocess.run(
+        [sys.executable, "-m", "tcpsleuth", "report", str(incident)], capture_output=True, text=True
+    )
+    assert table.returncode == 1 and "syn-cookies-seen" in table.stdout
+    again = subprocess.run(
+        [sys.executable, "-m", "tcpsleuth", "report", str(incident), "--format", "json"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert json.loads(again.stdout)["syn_cookies"] == doc["syn_cookies"]
+
+
+@needs_root
+def test_disk_cap_holds_under_a_storm(netns: str, tmp_path: Path) -> None:
+    """A 2 MiB cap against storms that write more: du never sees more than the cap."""
+    directory = tmp_path / "rec"
+    cap = 2 << 20
+    recorder = Recorder(
+        directory, "--port", "9092", "--netns", netns, "--max-disk", "2M", "--before", "5",
+        "--after", "3", "--merge", "3", "--later", "1", "--trace", "0", "--rotate", "1",
+    )  # fmt: skip
+    peak = [0]
+    done = threading.Event()
+
+    def watch_disk() -> None:
+        while not done.is_set():
+            out = subprocess.run(
+                ["du", "-s", "-B1", str(directory)], capture_output=True, text=True
+            )
+            if out.stdout:
+                peak[0] = max(peak[0], int(out.stdout.split()[0]))
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=watch_disk, daemon=True)
+    try:
+        recorder.wait_for("ready")
+        sampler.start()
+        for _ in range(3):
+            _storm(netns, 3000)
+        time.sleep(5)
+    finally:
+        done.set()
+        status, err = recorder.stop()
+    sampler.join()
+    assert status == 128 + signal.SIGTERM, err
+    captured = sum(line.get("captured", 0) for line in recorder.lines if line["type"] == "stopped")
+    assert captured * 100 > cap  # the storms would have needed more than the cap
+    assert 0 < peak[0] <= cap, peak
+    assert _leftovers(directory) == []
+
+
+@needs_root
+def test_sigkill_leaves_nothing_and_the_next_start_reuses_the_directory(
+    netns: str, tmp_path: Path
+) -> None:
+    directory = tmp_path / "rec"
+    first = Recorder(directory, "--port", "9092", "--netns", netns, "--trace", "0")
+    first.wait_for("ready")
+    tcpdump = _leftovers(directory)
+    assert tcpdump, "tcpdump is not running"
+    first.stop(signal.SIGKILL)
+    time.sleep(0.5)
+    assert _leftovers(directory) == []  # tcpdump died with it
+    second = Recorder(
+        directory, "--port", "9092", "--netns", netns, "--trace", "0", "--duration", "3"
+    )
+    second.wait_for("ready")
+    assert second.process.wait(timeout=60) == 0, second.lines
+    assert any(line["type"] == "recovered" for line in second.lines), second.lines
+    assert [line for line in second.lines if line["type"] == "stopped"]
+    assert _leftovers(directory) == []
+    assert len(list((directory / "ring").glob("ring-*.pcap"))) >= 2  # both generations' files
+    # the recorder makes no namespace (tcpsleuth's are named after their maker's pid)
+    pids = {first.process.pid, second.process.pid}
+    assert [n for n in namespaces.owned() if int(n.rsplit("-", 2)[-2]) in pids] == []
+
+
+# --- the lab: the incident reproduced, with a recorder beside the broker ----------------
+
+
+def _ss(path: Path) -> dict[tuple[str, str], dict[str, float]]:
+    """(local, remote) -> shifts and rwnd_limited ms from `ss -tni` text."""
+    out: dict[tuple[str, str], dict[str, float]] = {}
+    key = None
+    for line in path.read_text().splitlines():
+        if line.startswith("ESTAB"):
+            fields = line.split()
+            key = (fields[3], fields[4])
+            out[key] = {}
+        elif key is not None:
+            if shifts := re.search(r"wscale:(\d+),(\d+)", line):
+                out[key]["snd"], out[key]["rcv"] = int(shifts.group(1)), int(shifts.group(2))
+            if limited := re.search(r"rwnd_limited:(\d+)ms", line):
+                out[key]["rwnd_limited_ms"] = int(limited.group(1))
+    return out
+
+
+def _lab_with_recorder(
+    scenario: str, tmp_path: Path, *record_args: str
+) -> tuple[dict, Recorder, Path]:
+    keep, directory = tmp_path / "keep", tmp_path / "rec"
+    lab = subprocess.Popen(
+        [sys.executable, "-m", "tcpsleuth", "lab", "run", scenario, "--size", "small",
+         "--keep", str(keep), "--format", "json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    recorder = None
+    try:
+        deadline = time.monotonic() + 60
+        server = None
+        while server is None and time.monotonic() < deadline:
+            server = next(
+                (n for n in namespaces.owned() if n.startswith(f"tcpsleuth-lab-srv-{lab.pid}-")),
+                None,
+            )
+            time.sleep(0.05)
+        assert server is not None, "the lab made no broker namespace"
+        # told the namespace and the port, nothing about the restart
+        recorder = Recorder(directory, "--port", "9092", "--netns", server, *record_args)
+        recorder.wait_for("ready")
+        out, err = lab.communicate(timeout=600)
+        assert lab.returncode in (0, 1), err[-2000:]
+    except BaseException:
+        lab.kill()
+        lab.wait()
+        if recorder is not None:
+            recorder.stop()
+        raise
+    return json.loads(out), recorder, directory
+
+
+@needs_root
+def test_recorder_in_the_lab_keeps_the_wscale_bug(tmp_path: Path) -> None:
+    doc, recorder, directory = _lab_with_recorder(
+        "wscale-bug", tmp_path, "--before", "10", "--after", "8", "--merge", "10",
+        "--later", "3", "--trace", "3",
+    )  # fmt: skip
+    try:
+        report_line = recorder.wait_for("report", timeout=240)
+    finally:
+        status, err = recorder.stop()
+    assert status == 128 + signal.SIGTERM, err
+    assert _leftovers(directory) == []
+    [run] = doc["runs"]
+    ready = next(line for line in recorder.lines if line["type"] == "ready")
+    assert ready["time"] < run["window"]["restart"]  # ready before the restart
+    [incident] = sorted(directory.glob("incident-*"))  # exactly one incident
+    assert report_line["incident"] == incident.name
+    report = json.loads((incident / "report.json").read_text())
+    assert report["window"]["first_event"] >= run["window"]["restart"]
+    # the SYN cookies: the kernel's count of the whole run (a fresh namespace)
+    sent = run["counters"]["after_restart"]["TcpExtSyncookiesSent"]
+    assert sent > 0 and report["syn_cookies"]["sent"] == sent
+    assert report["syn_cookies"]["cookie_connections"] > 0
+    # the window-scale mismatches, against both ends' `ss -tni`
+    keep = tmp_path / "keep" / "wscale-bug"
+    client_ss, server_ss = _ss(keep / "ss-client.txt"), _ss(keep / "ss-server.txt")
+    truth = {
+        local
+        for (local, remote), c in client_ss.items()
+        if (remote, local) in server_ss and c.get("snd") != server_ss[(remote, local)].get("rcv")
+    }
+    named = {r["client"]: r for r in report["wscale_mismatch"]["connections"]}
+    assert len(truth) > 20 and truth <= set(named), sorted(truth - set(named))[:5]
+    for client, row in named.items():
+        server = row["server"]
+        if (client, server) in client_ss and (server, client) in server_ss:
+            assert client_ss[(client, server)]["snd"] == row["announced_wscale"] == 1
+            assert server_ss[(server, client)]["rcv"] == row["server_rcv_wscale"] == 7
+    assert report["wscale_mismatch"]["by_server_socket"] > 0
+    kinds = {f["kind"] for f in report["findings"]}
+    assert {"wscale-mismatch", "syn-cookies-seen", "rwnd-limited"} <= kinds
+    # the window-limited clients: their own `ss` says they waited at the window
+    limited = [r for r in report["rwnd_limited"]["connections"] if r["sender"] == "client"]
+    assert limited
+    seen = [
+        client_ss[(r["client"], r["server"])]
+        for r in limited
+        if (r["client"], r["server"]) in client_ss
+    ]
+    assert seen and all(s.get("rwnd_limited_ms", 0) > 0 for s in seen), seen[:3]
+    assert [n for n in namespaces.owned() if n.startswith("tcpsleuth-lab")] == []
+
+
+@needs_root
+def test_recorder_beside_a_quiet_lab_run_records_nothing(tmp_path: Path) -> None:
+    doc, recorder, directory = _lab_with_recorder("baseline", tmp_path, "--trace", "0")
+    status, err = recorder.stop()
+    assert status == 128 + signal.SIGTERM, err
+    assert doc["runs"][0]["latency_ms"]["before"]["count"] > 0  # the run did run
+    assert [line for line in recorder.lines if line["type"].startswith("incident")] == []
+    assert list(directory.glob("*incident-*")) == []
+    assert _leftovers(directory) == []
