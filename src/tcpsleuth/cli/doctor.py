@@ -19,7 +19,7 @@ from tcpsleuth.cli.audit import run_audit, snapshot_from
 from tcpsleuth.cli.options import format_option, kafka_config_option, netns_option
 from tcpsleuth.model.findings import Finding, exit_status, ranked
 from tcpsleuth.model.records import HostSnapshot
-from tcpsleuth.reports import jsonout, table
+from tcpsleuth.reports import doctorview, jsonout, table
 
 
 @dataclass(frozen=True)
@@ -217,30 +217,5 @@ def doctor_command(
             )
         )
     else:
-        out = table.console()
-        out.print(
-            table.key_values(
-                "Doctor",
-                [
-                    ("source", snapshot.origin),
-                    ("host", snapshot.hostname),
-                    ("kernel", snapshot.kernel_release),
-                ],
-            )
-        )
-        out.print(
-            table.records_table(
-                "Checks",
-                ["check", "status", "findings"],
-                [
-                    (
-                        r.name,
-                        "ran" if r.skipped is None else f"skipped: {r.skipped}",
-                        len(r.findings),
-                    )
-                    for r in results
-                ],
-            )
-        )
-        out.print(table.findings_table(findings))
+        table.console().print(doctorview.tables(snapshot, results, findings))
     return exit_status(findings)

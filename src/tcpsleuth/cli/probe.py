@@ -15,7 +15,7 @@ from tcpsleuth.cli.options import (
 from tcpsleuth.detectors.probe import probe_findings, verdict
 from tcpsleuth.lab.probe import run_probe
 from tcpsleuth.model.findings import exit_status, ranked
-from tcpsleuth.reports import jsonout, table
+from tcpsleuth.reports import jsonout, probeview, table
 
 
 @click.command("probe")
@@ -60,32 +60,5 @@ def probe_command(rcvbuf: int | None, kafka_config: Path | None, output_format: 
             )
         )
     else:
-        out = table.console()
-        out.print(
-            table.records_table(
-                f"Kernel self-test on {result.kernel_release} (SO_RCVBUF={rcvbuf}, cookies forced)",
-                [
-                    "client",
-                    "family",
-                    "timestamps",
-                    "SYN-ACK announced",
-                    "client snd_wscale",
-                    "server rcv_wscale",
-                    "client snd_wnd",
-                ],
-                [
-                    (
-                        c.client,
-                        c.family,
-                        "on" if c.timestamps else "off",
-                        c.announced_wscale,
-                        c.client_snd_wscale,
-                        c.server_rcv_wscale,
-                        c.client_snd_wnd,
-                    )
-                    for c in result.connections
-                ],
-            )
-        )
-        out.print(table.findings_table(findings))
+        table.console().print(probeview.tables(result, rcvbuf, findings))
     return exit_status(findings)

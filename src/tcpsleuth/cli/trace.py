@@ -2,50 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import click
 from rich.live import Live
-from rich.table import Table
 
 from tcpsleuth.cli.options import PORT, FiniteFloat, format_option, netns_names_option
-from tcpsleuth.detectors.tracing import TracedSocket, fold, trace_findings
+from tcpsleuth.detectors.tracing import fold, trace_findings
 from tcpsleuth.model.findings import exit_status, ranked
 from tcpsleuth.model.records import WindowSample
-from tcpsleuth.reports import jsonout, table
+from tcpsleuth.reports import jsonout, table, traceview
 from tcpsleuth.sources import sockdiag
 from tcpsleuth.sources.bpf import tracer
 from tcpsleuth.sources.procfs import local_ports_of_pid
-
-
-def _sockets_table(sockets: Iterable[TracedSocket], title: str) -> Table:
-    rows = sorted(sockets, key=lambda s: -s.wait_ns)[:20]
-    return table.records_table(
-        title,
-        [
-            "local",
-            "remote",
-            "snd_wscale",
-            "rcv_wscale",
-            "believed window",
-            "offered window",
-            "segments",
-            "waiting ms",
-        ],
-        [
-            (
-                s.local,
-                s.remote,
-                s.last.snd_wscale,
-                s.last.rcv_wscale,
-                s.believed_window,
-                s.offered_window,
-                s.last.segs,
-                round(s.wait_ns / 1e6, 1),
-            )
-            for s in rows
-        ],
-    )
 
 
 def _server_ports(netns_names: tuple[str, ...]) -> frozenset[int]:
@@ -137,11 +104,14 @@ def trace_command(
     else:
         title = f"tcpsleuth trace ({duration:g} s)"
         with Live(
-            _sockets_table([], title), console=table.console(), transient=False, auto_refresh=False
+            traceview.sockets_table([], title),
+            console=table.console(),
+            transient=False,
+            auto_refresh=False,
         ) as live:
 
             def tick() -> None:
-                live.update(_sockets_table(fold(samples), title), refresh=True)
+                live.update(traceview.sockets_table(fold(samples), title), refresh=True)
 
             for sample in tracer.trace(program, duration, on_tick=tick, method=method):
                 samples.append(sample)
