@@ -28,19 +28,15 @@ HEAVY_WORDS = (
     "lab",
     "storm",
     "kafka_broker",
-    "kafka_audit",
     "kafka_monitoring",
     "probe",
     "watch",
     "exporter",
     "trace",
     "record",
-    "server",
-    "listener",
     "guest",
     "audit_live",
     "alerts",
-    "bench",
 )
 
 
