@@ -148,9 +148,9 @@ def test_ethernet_vlan_sll2_and_multi_interface_pcapng_equal_tshark(tmp_path: Pa
 # Bad input: exit 2 and one line naming the problem and the byte offset.
 
 
-def _error_line(path: Path) -> str:
-    result = run_tcpsleuth("pcap", str(path))
-    assert result.returncode == 2, (result.stdout, result.stderr)
+def _error_line(path: Path, output_format: str = "table") -> str:
+    result = run_tcpsleuth("pcap", "--format", output_format, str(path))
+    assert result.returncode == 2 and not result.stdout, (result.stdout, result.stderr)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr
     return lines[0]
@@ -426,16 +426,8 @@ def test_nothing_readable_is_an_input_error(tmp_path: Path, linktype: int, said:
     path = tmp_path / "odd.pcap"
     pcap_rewrite.rewrite(source, path, lambda frame: [frame], linktype)
     for output_format in ("table", "json"):
-        line = _error_line_format(path, output_format)
+        line = _error_line(path, output_format)
         assert said in line and "none of its 20 packets could be read" in line
-
-
-def _error_line_format(path: Path, output_format: str) -> str:
-    result = run_tcpsleuth("pcap", "--format", output_format, str(path))
-    assert result.returncode == 2 and not result.stdout, (result.stdout, result.stderr)
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.stderr
-    return lines[0]
 
 
 def test_four_gigabyte_original_length_breaks_nothing(tmp_path: Path) -> None:
