@@ -92,6 +92,19 @@ def _be64(b: np.ndarray, i: int) -> np.uint64:
     return out
 
 
+@njit(cache=True, nogil=True)
+def _extension(next_header: int) -> bool:
+    """An IPv6 extension header the decoder follows: hop-by-hop, routing, fragment,
+    authentication, destination options."""
+    return (
+        next_header == 0
+        or next_header == 43
+        or next_header == 44
+        or next_header == 51
+        or next_header == 60
+    )
+
+
 # counts returned by _decode_packets, in DecodeCounts' order
 C_TCP, C_NOT_IP, C_NOT_TCP, C_TRUNCATED, C_FRAGMENTS, C_UNSUPPORTED, C_UNDECODABLE = range(7)
 MAX_TAGS = 8  # VLAN tags, and IPv6 extension headers, followed before giving up
@@ -216,29 +229,22 @@ def _decode_packets(b, offsets, caplen, origlen, linktype):  # type: ignore[no-u
             # hop-by-hop, routing, destination options, authentication, fragment
             fragment = False
             for _ in range(MAX_TAGS):
-                if next_header == 0 or next_header == 43 or next_header == 60:
-                    if l4 + 8 > end:
-                        next_header = -1
-                        break
-                    next_header = np.int64(b[l4])
-                    l4 += (np.int64(b[l4 + 1]) + 1) * 8
-                elif next_header == 51:
-                    if l4 + 8 > end:
-                        next_header = -1
-                        break
-                    next_header = np.int64(b[l4])
-                    l4 += (np.int64(b[l4 + 1]) + 2) * 4
-                elif next_header == 44:
-                    if l4 + 8 > end:
-                        next_header = -1
-                        break
+                if not _extension(next_header):
+                    break
+                if l4 + 8 > end:
+                    next_header = -1
+                    break
+                if next_header == 44:
                     if _be16(b, l4 + 2) & 0xFFF9:  # an offset, or more fragments
                         fragment = True
                         break
-                    next_header = np.int64(b[l4])  # an atomic fragment: the whole datagram
-                    l4 += 8
+                    size = np.int64(8)  # an atomic fragment: the whole datagram
+                elif next_header == 51:
+                    size = (np.int64(b[l4 + 1]) + 2) * 4
                 else:
-                    break
+                    size = (np.int64(b[l4 + 1]) + 1) * 8
+                next_header = np.int64(b[l4])
+                l4 += size
             if fragment:
                 counts[C_FRAGMENTS] += 1
                 frag_rows[f] = p
@@ -249,13 +255,7 @@ def _decode_packets(b, offsets, caplen, origlen, linktype):  # type: ignore[no-u
             if next_header == -1:
                 counts[C_TRUNCATED] += 1
                 continue
-            if (
-                next_header == 0
-                or next_header == 43
-                or next_header == 60
-                or next_header == 51
-                or next_header == 44
-            ):  # more extension headers than followed
+            if _extension(next_header):  # more extension headers than followed
                 counts[C_UNDECODABLE] += 1
                 continue
             if next_header != 6:
@@ -335,6 +335,16 @@ def _decode_packets(b, offsets, caplen, origlen, linktype):  # type: ignore[no-u
     )
 
 
+def _decode_batch(batch: RawBatch) -> tuple[np.ndarray, ...]:
+    return _decode_packets(  # type: ignore[no-any-return]
+        np.frombuffer(batch.data, dtype=np.uint8),
+        batch.offsets,
+        batch.caplen,
+        batch.origlen,
+        batch.linktype,
+    )
+
+
 def decode(
     batch: RawBatch,
     first_frame: int,
@@ -345,13 +355,7 @@ def decode(
     fragments go to ``fragments`` (a new one per capture), and each datagram they
     complete is decoded at the frame of its last fragment."""
     counts.packets += len(batch)
-    decoded = _decode_packets(
-        np.frombuffer(batch.data, dtype=np.uint8),
-        batch.offsets,
-        batch.caplen,
-        batch.origlen,
-        batch.linktype,
-    )
+    decoded = _decode_batch(batch)
     found, frag_rows, frag_l3, frag_hdr = decoded[-4:]
     fragments_read = int(found[C_FRAGMENTS])
     if fragments_read and fragments is not None:
@@ -359,13 +363,7 @@ def decode(
         if rebuilt is not None:
             counts.reassembled += rebuilt[1]
             batch = rebuilt[0]
-            decoded = _decode_packets(
-                np.frombuffer(batch.data, dtype=np.uint8),
-                batch.offsets,
-                batch.caplen,
-                batch.origlen,
-                batch.linktype,
-            )
+            decoded = _decode_batch(batch)
     b = np.frombuffer(batch.data, dtype=np.uint8)
     (
         rows,
