@@ -722,21 +722,21 @@ def _pcap_through(tmp_path: Path, how: str, *args: str) -> subprocess.CompletedP
 
 
 @pytest.mark.parametrize("how", ["fifo", "stdin", "substitution"])
-def test_pcap_json_and_graphs_read_a_fifo_or_pipe_once(tmp_path: Path, how: str) -> None:
+def test_pcap_json_and_graphs_read_a_fifo_or_pipe_once(
+    tmp_path: Path, how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """--format json and --plot read the capture again; from a FIFO or a pipe the second
     reading once hung or found 'only 0 bytes'. Same document as from the file, nothing
     left in $TMPDIR."""
     scratch = tmp_path / "tmp"
     scratch.mkdir()
-    os.environ["TMPDIR"] = str(scratch)
-    try:
+    with monkeypatch.context() as env:
+        env.setenv("TMPDIR", str(scratch))
         plots = tmp_path / "plots"
         report = tmp_path / "r.html"
         result = _pcap_through(
             tmp_path, how, "--format", "json", "--plot", str(plots), "--html", str(report)
         )
-    finally:
-        del os.environ["TMPDIR"]
     assert result.returncode in (0, 1), result.stderr
     assert not result.stderr
     doc = json.loads(result.stdout)["files"][0]
