@@ -62,7 +62,11 @@ def run_in_guest(
         kafka_broker.harness(version)
         argv += ["--broker", broker_kind]
         memory = KAFKA_GUEST_MEMORY
-        env = {"TCPSLEUTH_KAFKA_CACHE": str(kafka_broker.CACHE), "TCPSLEUTH_READY_S": "900"}
+        env = {
+            "TCPSLEUTH_KAFKA_CACHE": str(kafka_broker.CACHE),
+            "TCPSLEUTH_KAFKA_DATA": "/tmp",
+            "TCPSLEUTH_READY_S": "900",
+        }
     for option, value in options.items():
         if value is not None:
             argv += [option, str(value)]

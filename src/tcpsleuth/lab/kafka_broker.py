@@ -403,7 +403,16 @@ class KafkaBroker:
         self._own_workdir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix=f"tcpsleuth-kafka-{self.version}-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.data_dir = self.workdir / "data"
+        # TCPSLEUTH_KAFKA_DATA: a local folder for the data directory where the work
+        # directory cannot hold it (a guest's shared folder, which refuses the writable
+        # memory maps of Kafka's index files)
+        local = os.environ.get("TCPSLEUTH_KAFKA_DATA")
+        self._own_data_dir = local is not None
+        self.data_dir = (
+            Path(tempfile.mkdtemp(prefix="kafka-data-", dir=local))
+            if local is not None
+            else self.workdir / "data"
+        )
         self.properties = self.workdir / "server.properties"
         self.request_log = self.workdir / "request.log"
         self.child: Child | None = None
@@ -655,6 +664,8 @@ class KafkaBroker:
         self._archived(clean=False)
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
+        if self._own_data_dir:
+            shutil.rmtree(self.data_dir, ignore_errors=True)
 
     def __enter__(self) -> KafkaBroker:
         return self
