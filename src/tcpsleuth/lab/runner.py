@@ -466,8 +466,10 @@ def _run(
         (artifacts.workdir / name).write_text(json.dumps(rows))
     artifacts.counters_after = _counters(server)
     step("waiting for the clients", 0.92)
+    # they send until their planned end (the restart allowance may not all be used)
+    planned_end = started + size.duration_s + restart_allowance
     for worker in clients:
-        worker.process.wait(timeout=120)
+        worker.process.wait(timeout=max(0.0, planned_end - time.time()) + 120)
     artifacts.window["end"] = time.time()
     artifacts.phases_s["traffic"] = artifacts.window["end"] - started
     if isinstance(broker, KafkaBroker):
