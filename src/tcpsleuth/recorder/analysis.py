@@ -207,8 +207,11 @@ def analyse(directory: Path) -> dict[str, Any]:
     }
     doc["wscale_mismatch"] = capture_doc.pop("wscale_mismatch", {"count": 0, "connections": []})
     doc["rwnd_limited"] = capture_doc.pop("rwnd_limited", {"count": 0, "connections": []})
-    if later or during:
-        findings += socket_findings(later or during, listeners)
+    served = [c for c in (later or during) if c.local_port in ports]
+    if served:
+        # the service's own sockets: on a host that is also its client, the client
+        # ends are another story (and thousands of findings)
+        findings += socket_findings(served, listeners)
     bundle = directory / freeze.BUNDLE
     if bundle.is_dir():
         try:

@@ -6,8 +6,9 @@ lasts). When usage plus the headroom gets near the cap, the recorder frees space
 this order: ring files older than any incident can use (or the oldest ring files,
 except the one tcpdump writes), then whole incidents, oldest first (never the newest
 one, nor one being made); and if that is not enough, the capture pauses until there
-is room again. The headroom is what the capture wrote in the last two checks, and at
-least a tenth of the cap: a storm makes the ring grow fast.
+is room again. The headroom is three times what was written since the last check
+(every quarter second), and at least a fifth of the cap: a storm makes the ring grow
+fast, and an incident writes its bundle and socket snapshots at once.
 
 The file system's own free space counts too: the recorder keeps at least
 ``MIN_FREE_FRACTION`` of it free, for everyone else.

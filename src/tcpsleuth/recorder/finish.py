@@ -76,7 +76,8 @@ def write_report(directory: Path) -> dict:
 
     doc = analyse(directory)
     incident.write_html(directory / freeze.REPORT_HTML, doc)
-    freeze.write_json(directory / freeze.REPORT_JSON, doc)  # last: the incident is complete
+    # last: an incident with its report is complete
+    freeze.write_json(directory / freeze.REPORT_JSON, doc, indent=None)
     return doc
 
 

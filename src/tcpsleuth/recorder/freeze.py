@@ -6,8 +6,9 @@
 | ring-links/           | hard links to the ring files of the window (removed once |
 |                       | capture.pcap is written): the ring cannot delete them    |
 | capture.pcap          | the window's packets (see :mod:`.capture`)               |
-| sockets-during.json   | sock_diag of the port's connections at the first event   |
-| sockets-later.json    | the same, some seconds after the last event              |
+| sockets-during.json.gz| sock_diag of the port's connections at the first event   |
+| sockets-later.json.gz | the same, some seconds after the last event (gzip: a     |
+|                       | broker's thousands of sockets with their tcp_info)       |
 | bundle/               | the host as ``tcpsleuth collect`` writes it              |
 | trace.jsonl           | a short ``tcpsleuth trace`` (or trace-skipped.txt: why)  |
 | events.jsonl          | the events that made the incident                        |
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gzip
 import json
 import os
 from collections.abc import Iterable
@@ -40,7 +42,7 @@ META = "recorder.json"
 EVENTS = "events.jsonl"
 SAMPLES = "samples.jsonl"
 CAPTURE = "capture.pcap"
-DURING, LATER = "sockets-during.json", "sockets-later.json"
+DURING, LATER = "sockets-during.json.gz", "sockets-later.json.gz"
 TRACE, TRACE_SKIPPED = "trace.jsonl", "trace-skipped.txt"
 BUNDLE = "bundle"
 REPORT_JSON, REPORT_HTML = "report.json", "report.html"
@@ -73,9 +75,13 @@ def link_ring(files: Iterable[RingFile], staging: Path) -> int:
     return made
 
 
-def write_json(path: Path, doc: Any) -> None:
+def write_json(path: Path, doc: Any, indent: int | None = 1) -> None:
     temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(doc, indent=1, default=str))
+    text = json.dumps(doc, indent=indent, default=str, separators=None if indent else (",", ":"))
+    if path.suffix == ".gz":
+        temporary.write_bytes(gzip.compress(text.encode(), 6))
+    else:
+        temporary.write_text(text)
     temporary.replace(path)
 
 
@@ -112,8 +118,12 @@ def socket_snapshot(netns: str | None, ports: frozenset[int], path: Path, taken:
                 }
                 for x in table.listeners
             ],
-            "connections": [dataclasses.asdict(c) for c in table.connections],
+            "connections": [
+                {k: v for k, v in dataclasses.asdict(c).items() if v is not None}
+                for c in table.connections
+            ],
         },
+        indent=None,
     )
     return len(table.connections)
 
@@ -121,7 +131,7 @@ def socket_snapshot(netns: str | None, ports: frozenset[int], path: Path, taken:
 def read_snapshot(path: Path) -> tuple[list[Listener], list[TcpConnection], float | None]:
     if not path.exists():
         return [], [], None
-    doc = json.loads(path.read_text())
+    doc = json.loads(gzip.decompress(path.read_bytes()))
     names = {f.name for f in dataclasses.fields(TcpConnection)}
     connections = [
         TcpConnection(**{k: v for k, v in c.items() if k in names}) for c in doc["connections"]

@@ -508,7 +508,9 @@ class Recorder:
         path = self.pending_finish.popleft()
         if not path.exists():
             return
-        budget = max(1 << 20, self.s.max_disk // 2)
+        # the copy must fit beside the ring links it is made from (freed only after)
+        room = self.health.disk_limit_bytes - self.health.disk_bytes - self.s.max_disk // 5
+        budget = max(0, min(self.s.max_disk // 2, room))
         self.finishing_name = (
             freeze.final_dir(path).name if path.name.endswith(".partial") else path.name
         )
@@ -608,8 +610,11 @@ class Recorder:
                 with contextlib.suppress(FileNotFoundError):
                     ring_file.path.unlink()
         used = self._usage()
-        grown = used - previous if previous is not None else 0
-        headroom = max(self.s.max_disk // 10, 3 * max(grown, 0))
+        # what the ring wrote since the last check (an incident's own files come in
+        # one burst, once; the ring keeps growing as long as the storm lasts)
+        ring_now = disk.blocks([self.dir / RING_DIR])
+        grown = ring_now - previous if previous is not None else 0
+        headroom = max(self.s.max_disk // 5, 3 * max(grown, 0))
         limit = min(self.s.max_disk, used + disk.fs_room(self.dir))
         if used + headroom > limit:
             for ring_file in self.ring.files():
@@ -620,8 +625,8 @@ class Recorder:
                 with contextlib.suppress(FileNotFoundError):
                     ring_file.path.unlink()
                 used = self._usage()
+        complete = disk.incidents(self.dir)
         if used + headroom > limit:
-            complete = disk.incidents(self.dir)
             for incident in complete[:-1]:
                 if used + headroom <= limit:
                     break
@@ -632,6 +637,18 @@ class Recorder:
                 self.say(
                     f"deleted {incident.name} to stay within --max-disk",
                     {"type": "deleted", "incident": incident.name},
+                )
+                used = self._usage()
+        if used + headroom > limit and not self.ring.running() and complete:
+            # the newest incident alone is larger than the cap: a cap is a cap
+            newest = complete[-1]
+            if newest.name != self.finishing_name or self.finishing is None:
+                shutil.rmtree(newest, ignore_errors=True)
+                self._sizes.pop(newest.name, None)
+                self.say(
+                    f"deleted {newest.name}, the newest incident, to stay within "
+                    "--max-disk: raise --max-disk",
+                    {"type": "deleted", "incident": newest.name},
                 )
                 used = self._usage()
         if used + headroom > limit:
@@ -647,7 +664,7 @@ class Recorder:
         self.health.disk_bytes = used
         self.health.disk_limit_bytes = limit
         self.health.incidents_on_disk = len(disk.incidents(self.dir))
-        return used
+        return ring_now
 
 
 def _event(now: float, event: Finding) -> dict[str, Any]:

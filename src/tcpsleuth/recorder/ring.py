@@ -135,6 +135,7 @@ class Ring:
         self.paused = False
         self._errors: list[str] = []
         self._lock = threading.Lock()
+        self._reader: threading.Thread | None = None
 
     def argv(self) -> list[str]:
         pattern = self.directory / f"ring-%Y%m%dT%H%M%SZ-g{self.generation}.pcap"
@@ -186,7 +187,10 @@ class Ring:
             preexec_fn=die_with_parent,
         )
         ready = threading.Event()
-        threading.Thread(target=self._read_stderr, args=(self.process, ready), daemon=True).start()
+        self._reader = threading.Thread(
+            target=self._read_stderr, args=(self.process, ready), daemon=True
+        )
+        self._reader.start()
         ready.wait(10)
         if self.process.poll() is not None:
             self.process.wait()
@@ -208,6 +212,7 @@ class Ring:
     def _read_stderr(self, process: subprocess.Popen[str], ready: threading.Event) -> None:
         assert process.stderr is not None
         pending = ""
+        last = (0, 0, 0)
         for line in process.stderr:
             if "listening on" in line:
                 ready.set()
@@ -216,9 +221,18 @@ class Ring:
             pending = (pending + line)[-400:]
             found = STATS.search(pending)
             if found:
+                last = (int(found.group(1)), int(found.group(2)), int(found.group(3)))
                 with self._lock:
-                    self.counts.current = tuple(int(x) for x in found.groups())  # type: ignore[assignment]
+                    if process is self.process:
+                        self.counts.current = last
                 pending = ""
+        # tcpdump has exited: its last counts (printed at exit) join the totals
+        with self._lock:
+            self.counts.captured += last[0]
+            self.counts.received += last[1]
+            self.counts.dropped += last[2]
+            if process is self.process or self.process is None:
+                self.counts.current = (0, 0, 0)
         ready.set()
 
     def request_counts(self) -> None:
@@ -240,13 +254,8 @@ class Ring:
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
-            time.sleep(0.05)  # its final counts, printed at exit
-            with self._lock:
-                captured, received, dropped = self.counts.current
-                self.counts.captured += captured
-                self.counts.received += received
-                self.counts.dropped += dropped
-                self.counts.current = (0, 0, 0)
+            if self._reader is not None:
+                self._reader.join(timeout=5)  # its final counts, printed at exit
         if why is not None:
             self.paused = True
             if self.problem != why:
