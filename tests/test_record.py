@@ -334,6 +334,8 @@ def _ss(path: Path) -> dict[tuple[str, str], dict[str, float]]:
                 out[key]["snd"], out[key]["rcv"] = int(shifts.group(1)), int(shifts.group(2))
             if limited := re.search(r"rwnd_limited:(\d+)ms", line):
                 out[key]["rwnd_limited_ms"] = int(limited.group(1))
+            if window := re.search(r"snd_wnd:(\d+)", line):
+                out[key]["snd_wnd"] = int(window.group(1))
     return out
 
 
@@ -420,7 +422,13 @@ def test_recorder_in_the_lab_keeps_the_wscale_bug(tmp_path: Path) -> None:
         for r in limited
         if (r["client"], r["server"]) in client_ss
     ]
-    assert seen and all(s.get("rwnd_limited_ms", 0) > 0 for s in seen), seen[:3]
+    assert len(seen) > 0.8 * len(limited)
+    # each believes a window of a segment or two (the cause); most were counted by their
+    # own kernel as window-limited (a client that wrote faster than the window filled
+    # its send buffer instead: tcp_info counts that as sndbuf_limited; one that gave up
+    # and reconnected from the same port shows its new connection)
+    assert all(s["snd_wnd"] < 4 * 1448 for s in seen), seen[:3]
+    assert sum(1 for s in seen if s.get("rwnd_limited_ms", 0) > 0) > 0.6 * len(seen)
     assert [n for n in namespaces.owned() if n.startswith("tcpsleuth-lab")] == []
 
 
