@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import stat
 import struct
@@ -441,3 +442,46 @@ def test_recorder_beside_a_quiet_lab_run_records_nothing(tmp_path: Path) -> None
     assert [line for line in recorder.lines if line["type"].startswith("incident")] == []
     assert list(directory.glob("*incident-*")) == []
     assert _leftovers(directory) == []
+
+
+def test_without_tcpdump_it_says_so_in_one_line_and_goes_on(tmp_path: Path) -> None:
+    """No tcpdump on the PATH: one line saying so, then counters and metrics as usual
+    (this host's own namespace: no root needed)."""
+    from support.monitoring import free_port, get
+
+    port = free_port()
+    env = {**os.environ, "PATH": str(tmp_path / "empty")}
+    recorder = subprocess.Popen(
+        [sys.executable, "-m", "tcpsleuth", "record", "--port", "9", "--dir",
+         str(tmp_path / "rec"), "--duration", "4", "--trace", "0", "--metrics-listen",
+         f"127.0.0.1:{port}"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    time.sleep(2.5)
+    metrics = get(f"http://127.0.0.1:{port}/metrics")
+    out, err = recorder.communicate(timeout=60)
+    assert recorder.returncode == 0, err
+    # said once (not at every attempt to start it again), and the recorder went on
+    assert out.count("no capture: tcpdump is not installed") == 1, out
+    assert "ready: port 9" in out and "no capture (tcpdump is not installed" in out
+    assert re.search(r'^tcpsleuth_recorder_capture_up\{dir="[^"]+"\} 0\.0$', metrics, re.M)
+    assert re.search(
+        r'^tcpsleuth_recorder_problem\{dir="[^"]+",what="capture"\} 1\.0$', metrics, re.M
+    )
+    assert re.search(r"^tcpsleuth_recorder_samples_total\{[^}]+\} [1-9]", metrics, re.M)
+
+
+def test_the_systemd_unit_is_valid(tmp_path: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    unit = (REPO / "deploy" / "systemd" / "tcpsleuth-recorder.service").read_text()
+    tcpsleuth = shutil.which("tcpsleuth") or sys.executable
+    (tmp_path / "tcpsleuth-recorder.service").write_text(
+        unit.replace("/usr/local/bin/tcpsleuth", tcpsleuth)
+    )
+    result = subprocess.run(
+        [analyze, "verify", str(tmp_path / "tcpsleuth-recorder.service")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0 and "tcpsleuth-recorder" not in result.stderr, result.stderr

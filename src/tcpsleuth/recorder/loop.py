@@ -222,7 +222,8 @@ class Recorder:
         self.say(
             f"ready: port {', '.join(map(str, self.s.ports))}"
             + (f" in netns {self.s.netns}" if self.s.netns else "")
-            + f"; {capture}; at most {self.s.max_disk} bytes in {self.dir}; events: "
+            + f"; {capture}; at most {self.s.max_disk / (1 << 20):.0f} MiB in {self.dir}; "
+            "events: "
             f"SYN cookies >= {t.cookies_per_second:g}/s, overflows >= "
             f"{t.overflows_per_second:g}/s"
             + (", a full accept queue" if self.s.queue_full else "")

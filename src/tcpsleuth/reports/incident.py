@@ -122,14 +122,40 @@ def limited_rows(doc: dict[str, Any], limit: int = ROWS) -> list[tuple[Any, ...]
     ]
 
 
-EVENT_COLUMNS = ("time", "event", "what")
+EVENT_COLUMNS = ("event", "samples", "first", "last", "the largest")
+
+
+MEASURE = {
+    "syn-cookies-rate": "TcpExtSyncookiesSent",
+    "listen-overflows-rate": "TcpExtListenOverflows",
+    "accept-queue-full": "accept_queue",
+    "rwnd-limited-rate": "rwnd_limited_connections",
+}
+
+
+def _size(event: dict[str, Any]) -> float:
+    value = (event.get("evidence") or {}).get(MEASURE.get(str(event.get("kind")), ""), 0)
+    return value if isinstance(value, int | float) else 0
 
 
 def event_rows(doc: dict[str, Any], limit: int = ROWS) -> list[tuple[Any, ...]]:
-    return [
-        (clock(e.get("time")), e.get("kind"), e.get("summary"))
-        for e in doc.get("events", [])[:limit]
-    ]
+    """One row per kind of event: how many samples had it, when, and the largest."""
+    kinds: dict[str, list[dict[str, Any]]] = {}
+    for event in doc.get("events", []):
+        kinds.setdefault(str(event.get("kind")), []).append(event)
+    rows = []
+    for kind, events in kinds.items():
+        largest = max(events, key=_size)
+        rows.append(
+            (
+                kind,
+                len(events),
+                clock(events[0].get("time"))[11:22],
+                clock(events[-1].get("time"))[11:22],
+                largest.get("summary"),
+            )
+        )
+    return rows[:limit]
 
 
 def render(doc: dict[str, Any]) -> Group:
