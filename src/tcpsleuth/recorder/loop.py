@@ -302,6 +302,18 @@ class Recorder:
         for event in events:
             self.health.events_total[event.kind] = self.health.events_total.get(event.kind, 0) + 1
             self.say(f"event: {event.kind}: {event.summary}", {"type": "event", **event.to_dict()})
+        try:
+            self._incidents(now, events, record)
+        except OSError as problem:
+            # a full disk, say: the sampling, the ring and the metrics go on
+            self._problem("incident", f"cannot write the incident: {problem.strerror or problem}")
+        self._health(now)
+        self.health.samples_total += 1
+        self.health.sample_seconds = time.monotonic() - started
+        if self.s.metrics_file is not None:
+            self._write_metrics(self.s.metrics_file)
+
+    def _incidents(self, now: float, events: list[Finding], record: dict[str, Any]) -> None:
         done = self.incidents.due(now)
         if done is not None and self.active is not None:
             self._close(done)
@@ -322,11 +334,6 @@ class Recorder:
             )
         if self.active is not None:
             self._while_open(now, record)
-        self._health(now)
-        self.health.samples_total += 1
-        self.health.sample_seconds = time.monotonic() - started
-        if self.s.metrics_file is not None:
-            self._write_metrics(self.s.metrics_file)
 
     def _write_metrics(self, path: Path) -> None:
         from tcpsleuth.reports import prometheus

@@ -221,10 +221,11 @@ def recorder_families(health: Any, directory: str) -> Iterator[Metric]:
     yield counter("samples", "Samples of counters and listeners taken.", health.samples_total)
     problems = GaugeMetricFamily(
         "tcpsleuth_recorder_problem",
-        "1 while the recorder cannot do something (what: capture, trace, sampling, metrics); "
+        "1 while the recorder cannot do something (what: capture, trace, sampling, metrics, "
+        "incident); "
         "its log says why in one line.",
         labels=["dir", "what"],
     )
-    for what in ("capture", "trace", "sampling", "metrics"):
+    for what in ("capture", "trace", "sampling", "metrics", "incident"):
         problems.add_metric([directory, what], 1 if what in health.problems else 0)
     yield problems
