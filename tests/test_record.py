@@ -249,6 +249,12 @@ def test_recorder_keeps_one_storm_it_was_told_nothing_about(netns: str, tmp_path
         capture_output=True, text=True,
     )  # fmt: skip
     assert json.loads(again.stdout)["syn_cookies"] == doc["syn_cookies"]
+    listing = subprocess.run(
+        [sys.executable, "-m", "tcpsleuth", "report", str(directory), "--format", "json"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    [row] = json.loads(listing.stdout)["incidents"]
+    assert row["incident"] == incident.name and row["syn_cookies_sent"] == sent
 
 
 @needs_root
