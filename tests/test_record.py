@@ -245,7 +245,7 @@ def test_recorder_keeps_one_storm_it_was_told_nothing_about(netns: str, tmp_path
     )
     assert table.returncode == 1 and "syn-cookies-seen" in table.stdout
     again = subprocess.run(
-        [sys.executable, "-m", "tcpsleuth", "report", str(incident), "--format", "json"],
+        [sys.executable, "-m", "tcpsleuth", "report", str(incident), "--format", "json", "--again"],
         capture_output=True, text=True,
     )  # fmt: skip
     assert json.loads(again.stdout)["syn_cookies"] == doc["syn_cookies"]
@@ -491,3 +491,12 @@ def test_the_systemd_unit_is_valid(tmp_path: Path) -> None:
         capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode == 0 and "tcpsleuth-recorder" not in result.stderr, result.stderr
+
+
+def test_report_of_something_else_is_one_line(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "tcpsleuth", "report", str(tmp_path)],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
+    assert "not an incident of `tcpsleuth record`" in result.stderr
