@@ -500,3 +500,28 @@ def test_report_of_something_else_is_one_line(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.returncode == 2 and result.stderr.count("\n") == 1, result.stderr
     assert "not an incident of `tcpsleuth record`" in result.stderr
+
+
+def test_a_jump_in_window_limited_connections_is_an_event() -> None:
+    from tcpsleuth.detectors import rates
+
+    thresholds = rates.Thresholds(rwnd_limited_jump=10)
+    assert rates.rwnd_limited_events(3, 12, 500, 1.0, [9092], "h", thresholds) == []  # +9
+    [event] = rates.rwnd_limited_events(3, 13, 500, 1.0, [9092], "h", thresholds)
+    assert event.kind == "rwnd-limited-rate"
+    assert event.evidence["rwnd_limited_connections"] == 13 and event.evidence["previous"] == 3
+    off = rates.Thresholds(rwnd_limited_jump=0)
+    assert rates.rwnd_limited_events(0, 400, 500, 1.0, [9092], "h", off) == []
+
+
+@needs_root
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGINT])
+def test_sighup_and_sigint_stop_it_cleanly(netns: str, tmp_path: Path, sig: int) -> None:
+    directory = tmp_path / "rec"
+    recorder = Recorder(directory, "--port", "9092", "--netns", netns, "--trace", "0")
+    recorder.wait_for("ready")
+    assert _leftovers(directory)
+    status, err = recorder.stop(sig)
+    assert status == 128 + sig, err
+    assert [line for line in recorder.lines if line["type"] == "stopped"]
+    assert _leftovers(directory) == []
