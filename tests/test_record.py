@@ -525,3 +525,32 @@ def test_sighup_and_sigint_stop_it_cleanly(netns: str, tmp_path: Path, sig: int)
     assert status == 128 + sig, err
     assert [line for line in recorder.lines if line["type"] == "stopped"]
     assert _leftovers(directory) == []
+
+
+@needs_root
+def test_stopped_during_an_incident_it_keeps_what_it_has(netns: str, tmp_path: Path) -> None:
+    """SIGTERM while an incident is open: the incident is kept, its capture up to the
+    stop, and `tcpsleuth report` analyses it afterwards."""
+    directory = tmp_path / "rec"
+    recorder = Recorder(
+        directory, "--port", "9092", "--netns", netns, "--before", "5", "--after", "60",
+        "--merge", "60", "--trace", "0",
+    )  # fmt: skip
+    recorder.wait_for("ready")
+    connected = _storm(netns, 1500)
+    recorder.wait_for("incident-opened")
+    status, err = recorder.stop()
+    assert status == 128 + signal.SIGTERM, err
+    assert _leftovers(directory) == []
+    [incident] = sorted(directory.glob("incident-*"))
+    assert not list(directory.glob(".incident-*"))
+    assert (incident / "capture.pcap").stat().st_size > 24
+    meta = json.loads((incident / "recorder.json").read_text())
+    assert "stopped before the incident's end" in " ".join(meta["notes"])
+    report = subprocess.run(
+        [sys.executable, "-m", "tcpsleuth", "report", str(incident), "--format", "json"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert report.returncode == 1, report.stderr
+    assert json.loads(report.stdout)["capture"]["handshakes"] >= connected
+    assert (incident / "report.json").exists() and (incident / "report.html").exists()

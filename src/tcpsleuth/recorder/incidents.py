@@ -45,10 +45,12 @@ class Open:
     last_event: float
     kinds: list[str] = field(default_factory=list)
     events: int = 0
+    cut_at: float | None = None  # the recorder stopped before the window's end
 
     def end(self, policy: Policy) -> float:
         """The end of the capture window."""
-        return min(self.last_event + policy.after_s, self.first_event + policy.max_s)
+        end = min(self.last_event + policy.after_s, self.first_event + policy.max_s)
+        return end if self.cut_at is None else min(end, self.cut_at)
 
     def close_at(self, policy: Policy) -> float:
         """When no later event can join it any more."""

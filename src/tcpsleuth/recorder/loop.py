@@ -488,7 +488,7 @@ class Recorder:
                     self.s.netns, self.ports, active.staging / freeze.LATER, time.time()
                 )
         if stopping:
-            incident.last_event = min(incident.last_event, time.time() - self.s.policy.after_s)
+            incident.cut_at = time.time()
         self.ring.request_counts()
         time.sleep(0.05)
         self._link(active)
