@@ -37,6 +37,7 @@ HEAVY_WORDS = (
     "guest",
     "audit_live",
     "alerts",
+    "hostile_replay",
 )
 
 
