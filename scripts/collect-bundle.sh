@@ -13,6 +13,8 @@ sysctl -a > "$out/sysctl-a.txt" 2>/dev/null
 cat /proc/net/netstat > "$out/proc-net-netstat.txt"
 cat /proc/net/snmp > "$out/proc-net-snmp.txt"
 ss -ltn > "$out/ss-ltn.txt"
+# receive buffers (-m: skmem rb) and owning processes (-p: needs root for others' sockets)
+ss -ltnmp > "$out/ss-ltnmp.txt"
 ss -tni > "$out/ss-tni.txt"
 if [ "$#" -ge 2 ]; then cp "$2" "$out/server.properties"; fi
 echo "bundle written to $out"

@@ -62,6 +62,17 @@ def _ss_backlog(ns: str, port: int) -> int:
     return int(out.stdout.split()[2])
 
 
+def _ss_rcvbuf(ns: str, port: int) -> int:
+    """The listener's receive buffer as `ss -ltm` prints it (skmem rb)."""
+    out = subprocess.run(
+        ["ip", "netns", "exec", ns, "ss", "-Hltm", f"( sport = :{port} )"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(out.stdout.split("skmem:(")[1].split(",")[1].removeprefix("rb"))
+
+
 def test_small_backlog_against_established_connections(netns: str) -> None:
     namespaces.sysctl(netns, "net.core.somaxconn", 4096)
     farm = Farm(netns, "--port", "9092", "--backlog", "50", "--clients", "1000")
@@ -69,6 +80,7 @@ def test_small_backlog_against_established_connections(netns: str) -> None:
         status, doc = _audit("--netns", netns)
         established = _ss_established(netns, 9092)
         backlog = _ss_backlog(netns, 9092)
+        rcvbuf = _ss_rcvbuf(netns, 9092)
     finally:
         farm.stop()
     assert farm.connected == established == 1000
@@ -81,15 +93,16 @@ def test_small_backlog_against_established_connections(netns: str) -> None:
     assert finding["evidence"]["established"] == established
     assert finding["severity"] == "critical"  # 1000 >= 10 x 50
     assert status == 1
-    listener = [x for x in doc["listeners"] if x["listener"] == "127.0.0.1:9092"]
-    assert listener == [
-        {
-            "listener": "127.0.0.1:9092",
-            "backlog": backlog,
-            "accept_queue": 0,
-            "established": established,
-        }
-    ]
+    [listener] = [x for x in doc["listeners"] if x["listener"] == "127.0.0.1:9092"]
+    assert {k: listener[k] for k in ("backlog", "accept_queue", "established", "sockets")} == {
+        "backlog": backlog,
+        "accept_queue": 0,
+        "established": established,
+        "sockets": 1,
+    }
+    # the farm's process (`ip netns exec` execs it), and its buffer as `ss -ltm` shows it
+    assert listener["processes"] == [{"comm": "python3", "pid": farm.process.pid}]
+    assert listener["rcvbuf"] == rcvbuf == listener["rcvbuf_unlocked"]
 
 
 def test_big_backlog_gives_no_backlog_finding(netns: str) -> None:

@@ -246,12 +246,23 @@ def test_collect_then_audit_equals_live_audit(netns: str, tmp_path: Path) -> Non
         "sysctl-a.txt",
         "proc-net-netstat.txt",
         "ss-ltn.txt",
+        "ss-ltnmp.txt",
         "ss-tni.txt",
         "server.properties",
     } <= set(written)
     from_bundle = run_tcpsleuth("audit", "--bundle", str(tmp_path / "b"), "--format", "json")
-    live_doc, bundle_doc = json.loads(live.stdout), json.loads(from_bundle.stdout)
+    # the broker's file is named where each audit read it: the one given, the bundle's copy
+    live_doc = json.loads(live.stdout.replace(str(KAFKA_STOCK), "server.properties"))
+    bundle_doc = json.loads(
+        from_bundle.stdout.replace(str(tmp_path / "b" / "server.properties"), "server.properties")
+    )
     assert live.returncode == from_bundle.returncode == 1
+    # the farm's listener, its buffer and its process, as the kernel and `ss -ltnmp` say
+    [farm_listener] = [x for x in live_doc["listeners"] if x["listener"] == "127.0.0.1:9092"]
+    # `ip netns exec` execs the farm: its pid is the farm's
+    assert farm_listener["processes"] == [{"comm": "python3", "pid": farm.process.pid}]
+    assert farm_listener["rcvbuf"] == farm_listener["rcvbuf_unlocked"]
+    assert farm_listener["rcvbuf_locked"] == "no"  # its 400 connections' shift says so
     assert bundle_doc["findings"] == live_doc["findings"]
     assert bundle_doc["listeners"] == live_doc["listeners"]
     assert bundle_doc["sysctls"] == live_doc["sysctls"]

@@ -12,6 +12,7 @@ from rich.console import Group
 
 from tcpsleuth.cli import examples
 from tcpsleuth.cli.options import (
+    config_option,
     exclusive,
     format_option,
     kafka_config_option,
@@ -21,16 +22,28 @@ from tcpsleuth.cli.options import (
 from tcpsleuth.detectors.audit import audit
 from tcpsleuth.detectors.counters import AUDIT_COUNTERS
 from tcpsleuth.detectors.kernel import KernelVerdict, assess_kernel
+from tcpsleuth.detectors.listeners import YES, ListenerFacts, kafka_server_config, listener_facts
 from tcpsleuth.detectors.probe import probe_findings
 from tcpsleuth.detectors.probe import verdict as probe_verdict
+from tcpsleuth.detectors.servers import identify
+from tcpsleuth.errors import InputError
 from tcpsleuth.lab.probe import run_probe
 from tcpsleuth.model.findings import Finding, exit_status, ranked
-from tcpsleuth.model.records import HostSnapshot, KafkaConfig, ProbeResult, kafka_release
+from tcpsleuth.model.records import (
+    HostSnapshot,
+    KafkaConfig,
+    ProbeResult,
+    ServerConfig,
+    kafka_release,
+)
 from tcpsleuth.reports import jsonout, table
+from tcpsleuth.sources import config as server_config
 from tcpsleuth.sources import netns
 from tcpsleuth.sources.bundle import read_bundle
 from tcpsleuth.sources.host import live_snapshot
+from tcpsleuth.sources.kafkaconfig import read_kafka_config
 from tcpsleuth.sources.kafkaprocess import broker_for
+from tcpsleuth.sources.owners import working_directory
 from tcpsleuth.sources.procfs import AUDIT_SYSCTLS
 
 
@@ -39,10 +52,10 @@ class AuditResult:
     snapshot: HostSnapshot
     verdict: KernelVerdict
     findings: list[Finding]
+    listeners: list[ListenerFacts]
 
     def data(self) -> dict[str, Any]:
         snap = self.snapshot
-        established = snap.established_per_port()
         kafka = snap.kafka_config
         return {
             "origin": snap.origin,
@@ -54,17 +67,7 @@ class AuditResult:
             },
             "listeners": None
             if snap.listeners is None
-            else [
-                {
-                    "listener": lst.local,
-                    "backlog": lst.backlog,
-                    "accept_queue": lst.accept_queue,
-                    "established": established.get(lst.local_port, 0)
-                    if snap.connections is not None
-                    else None,
-                }
-                for lst in sorted(snap.listeners, key=lambda x: (x.local_port, x.local_ip))
-            ],
+            else [facts.to_dict() for facts in self.listeners],
             "kafka": None
             if kafka is None
             else {
@@ -78,8 +81,68 @@ class AuditResult:
                 "socket_receive_buffer_bytes": kafka.receive_buffer_bytes,
                 "socket_send_buffer_bytes": kafka.send_buffer_bytes,
             },
+            "server_configs": [
+                {
+                    "program": config.program,
+                    "path": config.path,
+                    "listeners": [
+                        {
+                            "address": f"{x.host or '*'}:{x.port}",
+                            "backlog": x.backlog,
+                            "rcvbuf": x.rcvbuf,
+                            "where": x.where,
+                        }
+                        for x in config.listeners
+                    ],
+                    "settings": dict(config.settings),
+                    "notes": list(config.notes),
+                }
+                for config in snap.server_configs
+            ],
             "notes": list(snap.notes),
         }
+
+
+def _discovered(snapshot: HostSnapshot, given: set[tuple[str, str]]) -> list[ServerConfig]:
+    """The configuration files of the servers holding the live listeners, where their
+    command lines name them; a file that cannot be read becomes a note, not an error."""
+    found: list[ServerConfig] = []
+    tried: set[tuple[str, str]] = set(given)
+    for listener in snapshot.listeners or ():
+        program = identify(listener.owners, listener.local_port)
+        if program is None or (program == "kafka" and snapshot.kafka_config is not None):
+            continue
+        for owner in listener.owners:
+            if not owner.cmdline:
+                continue
+            path = server_config.locate(program, owner.cmdline, working_directory(owner.pid))
+            if path is None or (program, str(path)) in tried:
+                continue
+            tried.add((program, str(path)))
+            try:
+                if program == "kafka":
+                    found.append(kafka_server_config(read_kafka_config(path)))
+                else:
+                    found.append(server_config.read_server_config(program, path))
+            except InputError as problem:
+                snapshot.notes.append(f"{program} configuration not read: {problem}")
+    return found
+
+
+def _given_configs(
+    configs: tuple[str, ...], kafka: KafkaConfig | None
+) -> tuple[list[ServerConfig], KafkaConfig | None]:
+    """--config PROGRAM=FILE, read; a Kafka file is the same as --kafka-config."""
+    given: list[ServerConfig] = []
+    for text in configs:
+        program, path = server_config.parse_option(text)
+        if program == "kafka":
+            if kafka is not None:
+                raise click.UsageError("give the Kafka file once (--kafka-config or --config)")
+            kafka = read_kafka_config(path)
+        else:
+            given.append(server_config.read_server_config(program, path))
+    return given, kafka
 
 
 def snapshot_from(
@@ -88,9 +151,26 @@ def snapshot_from(
     kafka_config: Path | None,
     example: str | None = None,
     kafka_version: str | None = None,
+    configs: tuple[str, ...] = (),
 ) -> HostSnapshot:
     exclusive(bundle=bundle, netns=netns, example=example)
     kafka = load_kafka_config(kafka_config)
+    given, kafka = _given_configs(configs, kafka)
+    snapshot = _snapshot(bundle, netns, kafka, example, kafka_version)
+    if bundle is None and example is None:
+        given += _discovered(snapshot, {(c.program, c.path) for c in given})
+    if given:
+        snapshot = replace(snapshot, server_configs=tuple(given))
+    return snapshot
+
+
+def _snapshot(
+    bundle: Path | None,
+    netns: str | None,
+    kafka: KafkaConfig | None,
+    example: str | None,
+    kafka_version: str | None,
+) -> HostSnapshot:
     if example is not None:
         bundle = examples.path(example)
     if bundle is not None:
@@ -130,6 +210,7 @@ def with_kafka_version(
 def run_audit(snapshot: HostSnapshot, probe: ProbeResult | None = None) -> AuditResult:
     """The audit; with ``probe`` (the kernel self-test of this host) the kernel's status
     comes from the experiment instead of the version table."""
+    facts = listener_facts(snapshot)
     if probe is not None:
         verdict = probe_verdict(probe)
         # The bug finding itself comes from the audit, which weighs this host's settings
@@ -139,9 +220,23 @@ def run_audit(snapshot: HostSnapshot, probe: ProbeResult | None = None) -> Audit
             for f in probe_findings(probe, snapshot.hostname)
             if f.kind != "kernel-cookie-wscale-bug"
         ]
-        return AuditResult(snapshot, verdict, ranked([*audit(snapshot, verdict), *measured]))
+        return AuditResult(
+            snapshot, verdict, ranked([*audit(snapshot, verdict, facts), *measured]), facts
+        )
     verdict = assess_kernel(snapshot.kernel_release, snapshot.proc_version)
-    return AuditResult(snapshot, verdict, audit(snapshot, verdict))
+    return AuditResult(snapshot, verdict, audit(snapshot, verdict, facts), facts)
+
+
+def probe_rcvbuf(snapshot: HostSnapshot) -> int:
+    """The SO_RCVBUF the probe tests with: the broker's, else the first locked
+    listener's (half its buffer), else Kafka's default."""
+    kafka = snapshot.kafka_config
+    if kafka is not None and kafka.sets_so_rcvbuf:
+        return kafka.receive_buffer_bytes
+    for facts in listener_facts(snapshot):
+        if facts.rcvbuf_locked == YES and facts.rcvbuf:
+            return max(facts.rcvbuf // 2, 1152)
+    return 102400
 
 
 def render(result: AuditResult) -> Group:
@@ -163,13 +258,31 @@ def render(result: AuditResult) -> Group:
     if data["counters"]:
         parts.append(table.key_values("Counters since boot", data["counters"].items()))
     if data["listeners"]:
-        busiest = sorted(data["listeners"], key=lambda x: -(x["established"] or 0))[:15]
+        busiest = sorted(data["listeners"], key=lambda x: -(x["established"] or 0))[:20]
         parts.append(
             table.records_table(
                 "Listeners (busiest first)",
-                ["listener", "backlog", "accept queue", "established"],
                 [
-                    (x["listener"], x["backlog"], x["accept_queue"], x["established"])
+                    "listener",
+                    "program",
+                    "backlog",
+                    "accept queue",
+                    "established",
+                    "rcvbuf",
+                    "locked",
+                ],
+                [
+                    (
+                        x["listener"],
+                        x["program"]
+                        or ", ".join(sorted({p["comm"] for p in x["processes"]}))
+                        or "?",
+                        x["backlog"],
+                        x["accept_queue"],
+                        x["established"],
+                        x["rcvbuf"],
+                        x["rcvbuf_locked"],
+                    )
                     for x in busiest
                 ],
             )
@@ -204,6 +317,7 @@ def render(result: AuditResult) -> Group:
     "cannot tell it (a broker that is down, or a bundle); what some settings do depends on "
     "it (socket.listen.backlog.size exists from 3.2.0).",
 )
+@config_option
 @format_option
 def audit_command(
     bundle: Path | None,
@@ -211,12 +325,16 @@ def audit_command(
     netns: str | None,
     kafka_config: Path | None,
     kafka_version: str | None,
+    configs: tuple[str, ...],
     output_format: str,
 ) -> int:
-    """Check this host for the settings and state that turn a broker restart into
-    slow or failing requests: the kernel's SYN-cookie window-scale bug, SYN cookie
+    """Check this host for the settings and state that turn a server restart into
+    slow or failing requests: the kernel's SYN-cookie window-scale bug, every
+    listener whose receive buffer is locked (whatever program owns it), SYN cookie
     and timestamp settings, listen backlogs too small for the clients that will
-    reconnect at once, and overflows that already happened.
+    reconnect at once, and overflows that already happened. The servers' own
+    configuration files (found from their command lines, or given with --config)
+    name the setting to change.
 
     \b
     Examples:
@@ -226,6 +344,7 @@ def audit_command(
       tcpsleuth audit --bundle broker-17/ --format json # collected elsewhere
       sudo tcpsleuth audit --netns blue                 # one network namespace
       sudo tcpsleuth audit --probe                      # kernel tested, not looked up
+      tcpsleuth audit --config nginx=/etc/nginx/nginx.conf --config redis=/etc/redis/redis.conf
     """
     if probe and bundle is not None:
         raise click.UsageError("--probe tests this host's kernel, not a bundle's")
@@ -234,11 +353,12 @@ def audit_command(
             f"{kafka_version!r} is not an Apache Kafka version (as 3.1.2)",
             param_hint="--kafka-version",
         )
-    snapshot = snapshot_from(bundle, netns, kafka_config, kafka_version=kafka_version)
+    snapshot = snapshot_from(
+        bundle, netns, kafka_config, kafka_version=kafka_version, configs=configs
+    )
     probed = None
     if probe:
-        kafka = snapshot.kafka_config
-        probed = run_probe(kafka.receive_buffer_bytes if kafka and kafka.sets_so_rcvbuf else 102400)
+        probed = run_probe(probe_rcvbuf(snapshot))
     result = run_audit(snapshot, probed)
     if output_format == "json":
         jsonout.emit(jsonout.document("audit", result.findings, **result.data()))

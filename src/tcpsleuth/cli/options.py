@@ -94,6 +94,19 @@ def kafka_config_option(func: F) -> F:
     )(func)
 
 
+def config_option(func: F) -> F:
+    """``--config PROGRAM=FILE``, repeatable."""
+    return click.option(
+        "--config",
+        "configs",
+        multiple=True,
+        metavar="PROGRAM=FILE",
+        help="A server's configuration file, for the setting to change and where "
+        "(nginx, zookeeper, rabbitmq, redis, postgresql, envoy, kafka; repeatable). "
+        "Running servers' files are found from their command lines where they name them.",
+    )(func)
+
+
 def load_kafka_config(path: Path | None) -> KafkaConfig | None:
     return read_kafka_config(path) if path is not None else None
 

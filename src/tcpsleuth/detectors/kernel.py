@@ -15,6 +15,7 @@ the host settles "unknown" (distribution kernels carry their own patches).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -143,6 +144,35 @@ def _space_to_wscale(space: int) -> int:
     return shift
 
 
+def unlocked_wscale(sysctls: HostSnapshot) -> int | None:
+    """The shift a socket whose buffer is not locked scales its window by: from
+    max(tcp_rmem[2], rmem_max), as tcp_select_initial_window() sizes it. A cookie
+    socket on a kernel without the fix uses it whatever the listener locked."""
+    rmem_max = sysctls.sysctl_int("net.core.rmem_max")
+    tcp_rmem = sysctls.sysctls.get("net.ipv4.tcp_rmem")
+    if rmem_max is None or tcp_rmem is None or len(tcp_rmem.split()) != 3:
+        return None
+    return _space_to_wscale(max(int(tcp_rmem.split()[2]), rmem_max))
+
+
+def locked_wscale(rcvbuf: int, sysctls: HostSnapshot) -> int:
+    """The shift a SYN-ACK announces for a listener whose buffer is locked at ``rcvbuf``
+    bytes (sk_rcvbuf, ``ss -m``'s rb): the window space is that buffer less
+    1/2**tcp_adv_win_scale of it for overhead (tcp_full_space)."""
+    adv_win_scale = sysctls.sysctl_int("net.ipv4.tcp_adv_win_scale") or 1
+    space = rcvbuf >> -adv_win_scale if adv_win_scale <= 0 else rcvbuf - (rcvbuf >> adv_win_scale)
+    return _space_to_wscale(space)
+
+
+def shifts_for_rcvbuf(rcvbuf: int, sysctls: HostSnapshot) -> tuple[int, int] | None:
+    """(announced, used) shifts on a pre-fix kernel for a cookie connection to a listener
+    whose receive buffer is locked at ``rcvbuf`` bytes (sk_rcvbuf)."""
+    used = unlocked_wscale(sysctls)
+    if used is None:
+        return None
+    return locked_wscale(rcvbuf, sysctls), used
+
+
 def predicted_shifts(so_rcvbuf: int, sysctls: HostSnapshot) -> tuple[int, int] | None:
     """(announced, used) shifts on a pre-fix kernel for a listener with SO_RCVBUF.
 
@@ -151,18 +181,21 @@ def predicted_shifts(so_rcvbuf: int, sysctls: HostSnapshot) -> tuple[int, int] |
     cookie socket: from max(tcp_rmem[2], rmem_max), as if nothing were locked.
     """
     rmem_max = sysctls.sysctl_int("net.core.rmem_max")
-    tcp_rmem = sysctls.sysctls.get("net.ipv4.tcp_rmem")
-    if rmem_max is None or tcp_rmem is None or len(tcp_rmem.split()) != 3:
+    if rmem_max is None:
         return None
-    adv_win_scale = sysctls.sysctl_int("net.ipv4.tcp_adv_win_scale") or 1
-    rcvbuf = 2 * min(so_rcvbuf, rmem_max)
-    space = rcvbuf >> -adv_win_scale if adv_win_scale <= 0 else rcvbuf - (rcvbuf >> adv_win_scale)
-    announced = _space_to_wscale(space)
-    used = _space_to_wscale(max(int(tcp_rmem.split()[2]), rmem_max))
-    return announced, used
+    return shifts_for_rcvbuf(2 * min(so_rcvbuf, rmem_max), sysctls)
 
 
-def cookie_wscale_bug(snapshot: HostSnapshot, verdict: KernelVerdict) -> list[Finding]:
+def cookie_wscale_bug(
+    snapshot: HostSnapshot,
+    verdict: KernelVerdict,
+    locked: Sequence[tuple[str, int]] | None = None,
+    undetermined: int = 0,
+) -> list[Finding]:
+    """The host's finding about the bug. ``locked``: (listener, rcvbuf bytes) of every
+    listener whose receive buffer the kernel shows locked, None when the source had no
+    buffers (``ss`` without -m); ``undetermined``: listeners whose buffer equals
+    tcp_rmem[1], which the numbers cannot tell from an unlocked one."""
     if verdict.status == "fixed":
         return []
     syncookies = snapshot.sysctl_int("net.ipv4.tcp_syncookies")
@@ -170,7 +203,13 @@ def cookie_wscale_bug(snapshot: HostSnapshot, verdict: KernelVerdict) -> list[Fi
     kafka = snapshot.kafka_config
     rcvbuf = kafka.receive_buffer_bytes if kafka else None
     evidence: dict[str, object] = {}
-    shifts = predicted_shifts(rcvbuf if rcvbuf and rcvbuf > 0 else 102400, snapshot)
+    if rcvbuf and rcvbuf > 0:
+        shifts = predicted_shifts(rcvbuf, snapshot)
+    elif locked:
+        shifts = shifts_for_rcvbuf(locked[0][1], snapshot)
+        rcvbuf = locked[0][1] // 2
+    else:
+        shifts = predicted_shifts(102400, snapshot)
     shrink = ""
     if shifts is not None and shifts[0] != shifts[1]:
         announced, used = shifts
@@ -194,11 +233,15 @@ def cookie_wscale_bug(snapshot: HostSnapshot, verdict: KernelVerdict) -> list[Fi
             "so_rcvbuf": rcvbuf,
         }
     )
+    if locked is not None:
+        evidence["locked_listeners"] = [where for where, _ in locked]
+        evidence["undetermined_listeners"] = undetermined
     subject = host_subject(snapshot.hostname)
     fix = (
         "Set net.ipv4.tcp_syncookies=0 (an overflowing listener then drops SYNs and clients "
-        "retry), raise the listen backlog so reconnect storms fit, or set "
-        "socket.receive.buffer.bytes=-1 so the broker does not lock SO_RCVBUF; the lasting "
+        "retry), raise the listen backlog so reconnect storms fit, or stop the program "
+        "locking SO_RCVBUF on its listener (Kafka: socket.receive.buffer.bytes=-1; see "
+        "listener-rcvbuf-locked for each listener's own setting); the lasting "
         f"fix is a kernel with commit {FIX_COMMIT[:12]} (mainline 5.10)."
     )
     blocked = None
@@ -209,7 +252,7 @@ def cookie_wscale_bug(snapshot: HostSnapshot, verdict: KernelVerdict) -> list[Fi
             "timestamps are off, so cookie connections lose window scaling altogether "
             "instead (see syncookies-without-timestamps)"
         )
-    elif rcvbuf == -1:
+    elif rcvbuf == -1 and not locked:
         blocked = (
             "the broker leaves SO_RCVBUF to the OS (socket.receive.buffer.bytes=-1), "
             "so its listeners do not meet the bug's precondition"
@@ -242,7 +285,7 @@ def cookie_wscale_bug(snapshot: HostSnapshot, verdict: KernelVerdict) -> list[Fi
                 "Keep it that way until the kernel is upgraded: " + fix,
             )
         ]
-    if rcvbuf is not None and rcvbuf > 0:
+    if kafka is not None and kafka.receive_buffer_bytes > 0:
         return [
             Finding(
                 "kernel-cookie-wscale-bug",
@@ -251,6 +294,40 @@ def cookie_wscale_bug(snapshot: HostSnapshot, verdict: KernelVerdict) -> list[Fi
                 f"kernel {verdict.release} has the SYN-cookie window-scale bug and the broker sets "
                 f"SO_RCVBUF={rcvbuf}: connections made by cookie during a reconnect storm will see "
                 f"a window many times too small{shrink}",
+                evidence,
+                fix,
+            )
+        ]
+    if locked:
+        names = ", ".join(where for where, _ in locked[:5]) + (" ..." if len(locked) > 5 else "")
+        return [
+            Finding(
+                "kernel-cookie-wscale-bug",
+                Severity.CRITICAL,
+                subject,
+                f"kernel {verdict.release} has the SYN-cookie window-scale bug and "
+                f"{len(locked)} listener{'s' if len(locked) > 1 else ''} lock their receive "
+                f"buffer ({names}): connections made by cookie during a reconnect storm will "
+                f"see a window many times too small{shrink}",
+                evidence,
+                fix,
+            )
+        ]
+    if locked is not None:
+        more = (
+            f"; {undetermined} listener{'s' if undetermined != 1 else ''} have a buffer equal "
+            "to tcp_rmem[1], which the kernel's numbers cannot tell from an unlocked one"
+            if undetermined
+            else ""
+        )
+        return [
+            Finding(
+                "kernel-cookie-wscale-bug",
+                Severity.WARNING,
+                subject,
+                f"kernel {verdict.release} has the SYN-cookie window-scale bug; no listener "
+                f"shows a locked receive buffer now{more}, but any program that sets SO_RCVBUF "
+                "on its listener (Kafka does by default) is exposed during SYN-cookie storms",
                 evidence,
                 fix,
             )

@@ -1,20 +1,58 @@
-"""Listeners against the clients that will come back at once after a restart.
+"""Listeners: what the kernel knows about every one of them, whatever program owns it,
+and the two risks a restart of that program meets.
 
-When a server restarts, every client that was connected to a port reconnects
-within moments. The kernel queues at most ``backlog`` (``listen()``'s argument
-capped by net.core.somaxconn; ``ss -ltn`` Send-Q) half-open connections per
-listener before it sends SYN cookies or drops SYNs (inet_csk_reqsk_queue_is_full).
+- The backlog against the clients that will come back at once. When a server
+  restarts, every client that was connected to a port reconnects within moments. The
+  kernel queues at most ``backlog`` (``listen()``'s argument capped by
+  net.core.somaxconn; ``ss -ltn`` Send-Q) half-open connections per listener before it
+  sends SYN cookies or drops SYNs (inet_csk_reqsk_queue_is_full).
+- A locked receive buffer. A program that sets SO_RCVBUF on its listening socket
+  (before or after listen(): the kernel reads the lock when each SYN and each cookie
+  ACK arrives) locks it (SOCK_RCVBUF_LOCK). On a kernel without commit 909172a14974,
+  a connection completed from a SYN cookie then scales its windows by another shift
+  than its SYN-ACK announced (detectors/kernel.py).
+
+sock_diag does not say whether a buffer is locked; it gives the buffer
+(INET_DIAG_SKMEMINFO, ``ss -m``'s rb). An unlocked listener's buffer is what
+tcp_init_sock() gave it, tcp_rmem[1] of its namespace; a locked one's is
+2 x SO_RCVBUF (capped by rmem_max). So a buffer other than tcp_rmem[1] is locked, and
+one equal to it is either unlocked or locked at exactly tcp_rmem[1] / 2, which the
+numbers cannot tell apart: "undetermined", unless the program's configuration says
+whether it sets the buffer, or the listener's accepted connections do (they inherit
+the lock, and a locked buffer gives them a smaller window scale than an unlocked one).
+A listener made before tcp_rmem was last changed also keeps the old tcp_rmem[1]: it
+reads as locked.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+import ipaddress
+from collections import Counter, defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
 
-from tcpsleuth.model.findings import Finding, Severity, listener_subject
-from tcpsleuth.model.records import HostSnapshot, KafkaConfig, Listener
+from tcpsleuth.detectors import servers
+from tcpsleuth.detectors.kernel import (
+    FIX_COMMIT,
+    KernelVerdict,
+    locked_wscale,
+    shifts_for_rcvbuf,
+    unlocked_wscale,
+)
+from tcpsleuth.model.findings import Finding, Severity, endpoint, listener_subject
+from tcpsleuth.model.records import (
+    ConfiguredListener,
+    HostSnapshot,
+    KafkaConfig,
+    Listener,
+    ServerConfig,
+    TcpConnection,
+)
 
 # At this many times the backlog, most of a reconnect storm cannot be queued at once.
 CRITICAL_RATIO = 10
+YES, NO, UNDETERMINED = "yes", "no", "undetermined"
 
 
 def _suggested_backlog(established: int) -> int:
@@ -33,20 +71,310 @@ def syn_queue_limit(max_syn_backlog: int) -> int:
     return max_syn_backlog - (max_syn_backlog >> 2)
 
 
+# -- the facts ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ListenerFacts:
+    """One listening address (the sockets bound to the same address and port, more than
+    one with SO_REUSEPORT), with what the kernel, the processes and the configuration
+    say about it."""
+
+    local_ip: str
+    local_port: int
+    sockets: list[Listener]
+    program: str | None
+    established: int | None
+    rcvbuf_unlocked: int | None  # tcp_rmem[1]: what an unlocked listener gets
+    rcvbuf_locked: str  # yes, no, undetermined
+    lock_reason: str
+    config: ConfiguredListener | None = None
+    config_program: str | None = None
+    shifts: tuple[int, int] | None = None  # (announced, used) on a kernel without the fix
+    connection_shifts: dict[int, int] = field(default_factory=dict)  # rcv_wscale -> count
+
+    @property
+    def local(self) -> str:
+        return endpoint(self.local_ip, self.local_port)
+
+    @property
+    def backlog(self) -> int:
+        return sum(x.backlog for x in self.sockets)
+
+    @property
+    def accept_queue(self) -> int:
+        return sum(x.accept_queue for x in self.sockets)
+
+    @property
+    def rcvbuf(self) -> int | None:
+        known = [x.rcvbuf for x in self.sockets if x.rcvbuf is not None]
+        return max(known) if known else None
+
+    @property
+    def owners(self) -> list[Any]:
+        return [owner for x in self.sockets for owner in x.owners]
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "listener": self.local,
+            "program": self.program,
+            "processes": servers.process_names(self.owners),
+            "backlog": self.backlog,
+            "accept_queue": self.accept_queue,
+            "established": self.established,
+            "sockets": len(self.sockets),
+            "rcvbuf": self.rcvbuf,
+            "rcvbuf_unlocked": self.rcvbuf_unlocked,
+            "rcvbuf_locked": self.rcvbuf_locked,
+            "rcvbuf_locked_why": self.lock_reason,
+        }
+        if self.rcvbuf_locked == YES and self.rcvbuf is not None:
+            out["so_rcvbuf"] = self.rcvbuf // 2
+        if self.shifts is not None:
+            out["announced_wscale"], out["cookie_wscale_without_fix"] = self.shifts
+        if self.config is not None:
+            out["config"] = {
+                "program": self.config_program,
+                "where": self.config.where,
+                "text": self.config.text,
+                "backlog": self.config.backlog,
+                "rcvbuf": self.config.rcvbuf,
+            }
+        return out
+
+
+def _family(ip: str) -> int:
+    """4 or 6 as the socket sees it: a dual-stack IPv6 socket's IPv4 peers are 6."""
+    return ipaddress.ip_address(ip).version
+
+
+def _plain(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The address with IPv4-mapped IPv6 read as IPv4 (a Java listener bound to
+    127.0.0.1 is an IPv6 socket bound to ::ffff:127.0.0.1)."""
+    addr = ipaddress.ip_address(ip)
+    if addr.version == 6 and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
+def _wildcard(ip: str) -> bool:
+    return _plain(ip).is_unspecified
+
+
+def _group(found: Iterable[Listener]) -> dict[tuple[str, int], list[Listener]]:
+    groups: dict[tuple[str, int], list[Listener]] = defaultdict(list)
+    for listener in found:
+        groups[(listener.local_ip, listener.local_port)].append(listener)
+    return dict(groups)
+
+
+def _owner_of(
+    conn: TcpConnection, by_port: dict[int, list[tuple[str, int]]]
+) -> tuple[str, int] | None:
+    """The listening address that accepted an established connection: the one bound to
+    its local address, else the wildcard of its family (a dual-stack IPv6 socket sees
+    IPv4 peers as ::ffff:a.b.c.d), else any listener on its port."""
+    keys = by_port.get(conn.local_port)
+    if not keys:
+        return None
+    for key in keys:
+        if key[0] == conn.local_ip:
+            return key
+    family = _family(conn.local_ip)
+    for key in keys:
+        if _wildcard(key[0]) and _family(key[0]) == family:
+            return key
+    for key in keys:
+        if _wildcard(key[0]):
+            return key
+    return keys[0]
+
+
+def _match(config: ConfiguredListener, ip: str, port: int) -> int:
+    """How well a configured address names this listening address: 3 the same address,
+    2 the wildcard of its family, 1 every address ("") or the other family's wildcard (a
+    JVM listens on an IPv6 socket for 0.0.0.0), 0 not at all."""
+    if config.port != port:
+        return 0
+    if config.host in ("", "*"):
+        return 1
+    try:
+        wanted = _plain(config.host)
+    except ValueError:
+        return 0  # a host name: not resolved here
+    have = _plain(ip)
+    if wanted.is_unspecified and have.is_unspecified:
+        return 2 if wanted.version == have.version else 1
+    return 3 if wanted == have else 0
+
+
+def kafka_server_config(kafka: KafkaConfig) -> ServerConfig:
+    """Kafka's server.properties seen like the other programs' files: every listener with
+    socket.listen.backlog.size and the SO_RCVBUF the broker sets on it."""
+    rcvbuf = kafka.receive_buffer_bytes if kafka.sets_so_rcvbuf else None
+    return ServerConfig(
+        "kafka",
+        kafka.path,
+        tuple(
+            ConfiguredListener(
+                x.host,
+                x.port,
+                kafka.listen_backlog_size,
+                rcvbuf,
+                kafka.path,
+                f"listeners={x.name}://{x.host}:{x.port}",
+            )
+            for x in kafka.listeners
+        ),
+    )
+
+
+def _configs(snapshot: HostSnapshot) -> list[ServerConfig]:
+    found = list(snapshot.server_configs)
+    if snapshot.kafka_config is not None:
+        found.append(kafka_server_config(snapshot.kafka_config))
+    return found
+
+
+def _config_for(
+    configs: list[ServerConfig], program: str | None, ip: str, port: int
+) -> tuple[ServerConfig, ConfiguredListener] | None:
+    best, score = None, 0
+    for config in configs:
+        if program is not None and config.program != program:
+            continue
+        for entry in config.listeners:
+            match = _match(entry, ip, port)
+            if match > score:
+                best, score = (config, entry), match
+    return best
+
+
+def _lock(
+    rcvbuf: int | None,
+    unlocked: int | None,
+    config: tuple[ServerConfig, ConfiguredListener] | None,
+    shifts_seen: Counter[int],
+    snapshot: HostSnapshot,
+) -> tuple[str, str]:
+    """(yes/no/undetermined, why)."""
+    if rcvbuf is None:
+        return UNDETERMINED, "the source has no receive buffer for it (`ss -ltn` without -m)"
+    if unlocked is None:
+        return UNDETERMINED, "tcp_rmem of its namespace is unknown"
+    if rcvbuf != unlocked:
+        return YES, (
+            f"its buffer ({rcvbuf} bytes) differs from tcp_rmem[1] ({unlocked}), what the "
+            "kernel gives a listener whose buffer is not locked"
+        )
+    same = (
+        f"its buffer equals tcp_rmem[1] ({unlocked}), which an unlocked listener gets and "
+        f"SO_RCVBUF={unlocked // 2} would give too"
+    )
+    if config is not None:
+        server, entry = config
+        where = entry.where or server.path
+        if entry.rcvbuf is None:
+            return NO, f"{same}; {where} sets no receive buffer for it ({entry.text.strip()})"
+        rmem_max = snapshot.sysctl_int("net.core.rmem_max")
+        if rmem_max is not None and 2 * min(entry.rcvbuf, rmem_max) == rcvbuf:
+            return YES, f"{same}; {where} sets it to {entry.rcvbuf} ({entry.text.strip()})"
+        # the file says another buffer than the running socket has: not what runs
+        same += (
+            f"; {where} sets {entry.rcvbuf}, which would give "
+            f"{2 * min(entry.rcvbuf, rmem_max or entry.rcvbuf)}: the running program "
+            "does not use that setting"
+        )
+    free, locked = unlocked_wscale(snapshot), locked_wscale(rcvbuf, snapshot)
+    if free is not None and free != locked and shifts_seen:
+        if shifts_seen.get(locked):
+            return YES, (
+                f"{same}; {shifts_seen[locked]} of its connections use window scale "
+                f"{locked}, which only a locked buffer gives (unlocked: {free})"
+            )
+        if shifts_seen.get(free) and sum(shifts_seen.values()) == shifts_seen[free]:
+            return NO, (
+                f"{same}; its {shifts_seen[free]} connections use window scale {free}, "
+                f"which a buffer locked at {rcvbuf} cannot give ({locked})"
+            )
+    return UNDETERMINED, same
+
+
+def listener_facts(snapshot: HostSnapshot) -> list[ListenerFacts]:
+    """Every listening address of the snapshot, busiest port first is not implied:
+    ordered by port, then address."""
+    if snapshot.listeners is None:
+        return []
+    groups = _group(snapshot.listeners)
+    by_port: dict[int, list[tuple[str, int]]] = defaultdict(list)
+    for key in groups:
+        by_port[key[1]].append(key)
+    established: Counter[tuple[str, int]] = Counter()
+    shifts_seen: dict[tuple[str, int], Counter[int]] = defaultdict(Counter)
+    for conn in snapshot.connections or ():
+        if conn.state != "ESTAB":
+            continue
+        owner = _owner_of(conn, by_port)
+        if owner is None:
+            continue
+        established[owner] += 1
+        # an accepted connection's own shift, when scaling was negotiated both ways
+        if conn.rcv_wscale and conn.snd_wscale is not None:
+            shifts_seen[owner][conn.rcv_wscale] += 1
+    tcp_rmem = snapshot.sysctls.get("net.ipv4.tcp_rmem", "").split()
+    unlocked = int(tcp_rmem[1]) if len(tcp_rmem) == 3 and tcp_rmem[1].isdigit() else None
+    configs = _configs(snapshot)
+    out = []
+    for (ip, port), sockets in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        owners = [owner for x in sockets for owner in x.owners]
+        program = servers.identify(owners, port)
+        config = _config_for(configs, program, ip, port)
+        if program is None and config is not None:
+            program = config[0].program
+        rcvbuf = max((x.rcvbuf for x in sockets if x.rcvbuf is not None), default=None)
+        if any(x.rcvbuf is not None and x.rcvbuf != unlocked for x in sockets):
+            rcvbuf = next(
+                x.rcvbuf for x in sockets if x.rcvbuf is not None and x.rcvbuf != unlocked
+            )
+        state, why = _lock(rcvbuf, unlocked, config, shifts_seen[(ip, port)], snapshot)
+        shifts = None
+        if state == YES and rcvbuf is not None:
+            shifts = shifts_for_rcvbuf(rcvbuf, snapshot)
+        out.append(
+            ListenerFacts(
+                ip,
+                port,
+                sockets,
+                program,
+                established[(ip, port)] if snapshot.connections is not None else None,
+                unlocked,
+                state,
+                why,
+                config[1] if config else None,
+                config[0].program if config else None,
+                shifts,
+                dict(shifts_seen[(ip, port)]),
+            )
+        )
+    return out
+
+
+# -- backlog against the clients that come back -----------------------------------------------
+
+
 def _advice(
     port: int,
     established: int,
     somaxconn: int | None,
-    kafka: KafkaConfig | None,
+    group: list[ListenerFacts],
     syn_limited: bool = False,
 ) -> str:
     target = _suggested_backlog(established)
     steps = []
-    if kafka is not None and port in {listener.port for listener in kafka.listeners}:
-        steps.append(
-            f"set socket.listen.backlog.size={target} in server.properties "
-            "(Kafka 3.2.0 and later; older brokers hard-code 50)"
-        )
+    program = servers.program(next((x.program for x in group if x.program), None))
+    where = next((x.config.where for x in group if x.config is not None), "")
+    if program is not None:
+        steps.append(program.backlog_advice(target, where))
     else:
         steps.append(f"have the application listen() with a backlog of at least {target}")
     if somaxconn is None or somaxconn < target:
@@ -63,84 +391,237 @@ def _advice(
     )
 
 
-def listener_findings(snapshot: HostSnapshot) -> list[Finding]:
+def _backlog_findings(snapshot: HostSnapshot, facts: list[ListenerFacts]) -> list[Finding]:
     findings: list[Finding] = []
     somaxconn = snapshot.sysctl_int("net.core.somaxconn")
     max_syn_backlog = snapshot.sysctl_int("net.ipv4.tcp_max_syn_backlog")
     cookies_off = snapshot.sysctl_int("net.ipv4.tcp_syncookies") == 0
+    by_port: dict[int, list[ListenerFacts]] = defaultdict(list)
+    for fact in facts:
+        by_port[fact.local_port].append(fact)
+    for port, group in sorted(by_port.items()):
+        count = sum(x.established or 0 for x in group)
+        # Listeners sharing a port (IPv4 and IPv6, or SO_REUSEPORT) each queue their own.
+        sockets = [s for x in group for s in x.sockets]
+        backlog = sum(x.backlog for x in group)
+        limit = backlog
+        syn_limit = None
+        if cookies_off and max_syn_backlog:
+            syn_limit = syn_queue_limit(max_syn_backlog)
+            limit = min(backlog, syn_limit * len(sockets))
+        if count <= limit:
+            continue
+        severity = Severity.CRITICAL if count >= CRITICAL_RATIO * limit else Severity.WARNING
+        program = servers.program(next((x.program for x in group if x.program), None))
+        who = f"{program.title} listener " if program else ""
+        summary = (
+            f"{who}{group[0].local} queues {limit} connection attempts but has {count} "
+            "established connections that will reconnect at once after a restart"
+        )
+        if limit < backlog:
+            summary += (
+                f" (backlog {backlog}, but with SYN cookies off tcp_max_syn_backlog="
+                f"{max_syn_backlog} keeps only {syn_limit} half-open)"
+            )
+        configured = next((x.config for x in group if x.config is not None), None)
+        findings.append(
+            Finding(
+                "listen-backlog-small",
+                severity,
+                listener_subject(group[0].local),
+                summary,
+                {
+                    "backlog": backlog,
+                    "established": count,
+                    "queue_limit": limit,
+                    "somaxconn": somaxconn,
+                    "tcp_max_syn_backlog": max_syn_backlog,
+                    "syn_queue_limit": syn_limit,
+                    "accept_queue": sum(x.accept_queue for x in group),
+                    "listeners": [s.local for s in sockets],
+                    "program": program.name if program else None,
+                    "processes": servers.process_names(o for x in group for o in x.owners),
+                    "backlog_setting": program.backlog_setting if program else None,
+                    "program_default_backlog": program.default_backlog if program else None,
+                    "configured_backlog": configured.backlog if configured else None,
+                    "config": configured.where if configured else None,
+                },
+                _advice(port, count, somaxconn, group, syn_limited=limit < backlog),
+            )
+        )
+    return findings
+
+
+def _kafka_config_findings(snapshot: HostSnapshot) -> list[Finding]:
+    """Kafka listeners the file names but that are not listening (the broker is down,
+    or this is a bundle without `ss`): the backlog they will get."""
     kafka = snapshot.kafka_config
-    if snapshot.listeners is not None and snapshot.connections is not None:
-        established = snapshot.established_per_port()
-        by_port: dict[int, list[Listener]] = defaultdict(list)
-        for listener in snapshot.listeners:
-            by_port[listener.local_port].append(listener)
-        for port, group in sorted(by_port.items()):
-            count = established.get(port, 0)
-            # Listeners sharing a port (IPv4 and IPv6, or SO_REUSEPORT) each queue their own.
-            backlog = sum(listener.backlog for listener in group)
-            limit = backlog
-            syn_limit = None
-            if cookies_off and max_syn_backlog:
-                syn_limit = syn_queue_limit(max_syn_backlog)
-                limit = min(backlog, syn_limit * len(group))
-            if count <= limit:
-                continue
-            severity = Severity.CRITICAL if count >= CRITICAL_RATIO * limit else Severity.WARNING
+    if kafka is None:
+        return []
+    findings = []
+    somaxconn = snapshot.sysctl_int("net.core.somaxconn")
+    live_ports = {listener.local_port for listener in snapshot.listeners or ()}
+    program = servers.PROGRAMS["kafka"]
+    for listener in kafka.listeners:
+        if listener.port in live_ports:
+            continue  # the live listener above is the better evidence
+        backlog = kafka.effective_listen_backlog
+        effective = min(backlog, somaxconn) if somaxconn else backlog
+        if effective >= 1024:
+            continue
+        where = f"{listener.host or '0.0.0.0'}:{listener.port}"
+        if ":" in listener.host:
+            where = f"[{listener.host}]:{listener.port}"
+        target = max(effective + 1, 1024)
+        steps = [program.backlog_advice(target)]
+        if somaxconn is None or somaxconn < target:
+            steps.append(f"raise net.core.somaxconn to {target} (it caps every backlog)")
+        text = "; ".join(steps)
+        findings.append(
+            Finding(
+                "kafka-listen-backlog-small",
+                Severity.WARNING,
+                listener_subject(where),
+                f"Kafka listener {listener.name} ({where}) will listen with backlog "
+                f"{effective}: more than {effective} clients reconnecting after a broker "
+                "restart overflow it",
+                {
+                    "listener_name": listener.name,
+                    "socket_listen_backlog_size": kafka.listen_backlog_size,
+                    "effective_backlog": effective,
+                    "somaxconn": somaxconn,
+                },
+                text[0].upper() + text[1:] + ". Until then a restart overflows the queue: "
+                "SYN cookies or dropped SYNs.",
+            )
+        )
+    return findings
+
+
+# -- locked receive buffers ---------------------------------------------------------------------
+
+
+def rcvbuf_findings(
+    snapshot: HostSnapshot, verdict: KernelVerdict, facts: list[ListenerFacts]
+) -> list[Finding]:
+    """One finding per listener whose receive buffer is locked, as serious as the
+    kernel and the cookie settings make it."""
+    findings = []
+    syncookies = snapshot.sysctl_int("net.ipv4.tcp_syncookies")
+    timestamps = snapshot.sysctl_int("net.ipv4.tcp_timestamps")
+    for fact in facts:
+        if fact.rcvbuf_locked != YES or fact.rcvbuf is None:
+            continue
+        program = servers.program(fact.program)
+        who = f"{program.title} listener" if program else "listener"
+        processes = servers.process_names(fact.owners)
+        if processes and not program:
+            who += f" of {processes[0]['comm']}"
+        where = fact.config.where if fact.config else ""
+        change = (
+            program.rcvbuf_advice(where)
+            if program
+            else "find what sets SO_RCVBUF on this listening socket and leave the buffer to "
+            "the kernel (tcp_rmem), or set it on accepted sockets only"
+        )
+        evidence: dict[str, Any] = {
+            "rcvbuf": fact.rcvbuf,
+            "rcvbuf_unlocked": fact.rcvbuf_unlocked,
+            "so_rcvbuf": fact.rcvbuf // 2,
+            "rcvbuf_locked_why": fact.lock_reason,
+            "program": fact.program,
+            "processes": processes,
+            "rcvbuf_setting": program.rcvbuf_setting if program else None,
+            "config": where or None,
+            "kernel_release": verdict.release,
+            "kernel_status": verdict.status,
+            "verdict_source": verdict.source,
+            "tcp_syncookies": syncookies,
+            "tcp_timestamps": timestamps,
+        }
+        shrink = ""
+        if fact.shifts is not None:
+            announced, used = fact.shifts
+            evidence.update(
+                announced_wscale=announced,
+                actual_wscale=used,
+                window_shrink_factor=2 ** (used - announced) if used >= announced else 1,
+            )
+            if used > announced:
+                shrink = (
+                    f": its SYN-ACKs announce window scale {announced}, a cookie socket on a "
+                    f"kernel without the fix uses {used}, so clients read its windows "
+                    f"{2 ** (used - announced)}x too small"
+                )
+        base = f"{who} {fact.local} locks its receive buffer at {fact.rcvbuf} bytes"
+        kernel_fix = f"a kernel with commit {FIX_COMMIT[:12]} (mainline 5.10) removes the bug"
+        if verdict.status == "fixed":
+            severity = Severity.INFO
             summary = (
-                f"{group[0].local} queues {limit} connection attempts but has {count} "
-                "established connections that will reconnect at once after a restart"
+                f"{base}; kernel {verdict.release} has the SYN-cookie window-scale fix, but "
+                "connections accepted from it inherit the lock and do not autotune their "
+                "receive buffer"
             )
-            if limit < backlog:
-                summary += (
-                    f" (backlog {backlog}, but with SYN cookies off tcp_max_syn_backlog="
-                    f"{max_syn_backlog} keeps only {syn_limit} half-open)"
-                )
-            findings.append(
-                Finding(
-                    "listen-backlog-small",
-                    severity,
-                    listener_subject(group[0].local),
-                    summary,
-                    {
-                        "backlog": backlog,
-                        "established": count,
-                        "queue_limit": limit,
-                        "somaxconn": somaxconn,
-                        "tcp_max_syn_backlog": max_syn_backlog,
-                        "syn_queue_limit": syn_limit,
-                        "accept_queue": sum(listener.accept_queue for listener in group),
-                        "listeners": [listener.local for listener in group],
-                    },
-                    _advice(port, count, somaxconn, kafka, syn_limited=limit < backlog),
-                )
+            advice = (
+                f"Nothing urgent on this kernel. Before moving this server to an older kernel: "
+                f"{change}."
             )
-    if kafka is not None:
-        live_ports = {listener.local_port for listener in snapshot.listeners or ()}
-        for listener in kafka.listeners:
-            if listener.port in live_ports:
-                continue  # the live listener above is the better evidence
-            backlog = kafka.effective_listen_backlog
-            effective = min(backlog, somaxconn) if somaxconn else backlog
-            if effective >= 1024:
-                continue
-            where = f"{listener.host or '0.0.0.0'}:{listener.port}"
-            if ":" in listener.host:
-                where = f"[{listener.host}]:{listener.port}"
-            findings.append(
-                Finding(
-                    "kafka-listen-backlog-small",
-                    Severity.WARNING,
-                    listener_subject(where),
-                    f"Kafka listener {listener.name} ({where}) will listen with backlog "
-                    f"{effective}: more than {effective} clients reconnecting after a broker "
-                    "restart overflow it",
-                    {
-                        "listener_name": listener.name,
-                        "socket_listen_backlog_size": kafka.listen_backlog_size,
-                        "effective_backlog": effective,
-                        "somaxconn": somaxconn,
-                    },
-                    _advice(listener.port, max(effective + 1, 1024), somaxconn, kafka),
-                )
+        elif syncookies == 0 or timestamps == 0:
+            severity = Severity.INFO
+            why = (
+                "SYN cookies are off (net.ipv4.tcp_syncookies=0)"
+                if syncookies == 0
+                else "timestamps are off, so cookie connections lose window scaling altogether"
             )
+            summary = (
+                f"{base}; kernel {verdict.release} lacks the SYN-cookie window-scale fix, but {why}"
+            )
+            advice = f"Keep it that way until the kernel is upgraded, or {change}; {kernel_fix}."
+        elif verdict.status == "affected":
+            severity = Severity.CRITICAL
+            summary = (
+                f"{base} on kernel {verdict.release}, which lacks the SYN-cookie window-scale "
+                f"fix{shrink or ': cookie connections get another window scale than announced'}"
+            )
+            advice = (
+                f"{change[0].upper() + change[1:]}; or keep the listen queue from overflowing "
+                "(a backlog above the clients that reconnect at once), or set "
+                f"net.ipv4.tcp_syncookies=0 (SYNs are dropped and retried instead); {kernel_fix}."
+            )
+        else:
+            severity = Severity.WARNING
+            summary = (
+                f"{base}; whether kernel {verdict.release} has the SYN-cookie window-scale fix "
+                f"cannot be told from its release{shrink and ' (without it' + shrink[1:] + ')'}"
+            )
+            advice = (
+                "Run `tcpsleuth probe` (or `tcpsleuth audit --probe`) to test this kernel; "
+                f"until then {change}."
+            )
+        findings.append(
+            Finding(
+                "listener-rcvbuf-locked",
+                severity,
+                listener_subject(fact.local),
+                summary,
+                evidence,
+                advice,
+            )
+        )
+    return findings
+
+
+def listener_findings(
+    snapshot: HostSnapshot,
+    verdict: KernelVerdict | None = None,
+    facts: list[ListenerFacts] | None = None,
+) -> list[Finding]:
+    if facts is None:
+        facts = listener_facts(snapshot)
+    findings = []
+    if snapshot.listeners is not None and snapshot.connections is not None:
+        findings += _backlog_findings(snapshot, facts)
+    findings += _kafka_config_findings(snapshot)
+    if verdict is not None:
+        findings += rcvbuf_findings(snapshot, verdict, facts)
     return findings

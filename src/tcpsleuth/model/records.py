@@ -34,16 +34,34 @@ STATE_NUMBERS = {name: number for number, name in TCP_STATES.items()}
 
 
 @dataclass(frozen=True)
+class SocketOwner:
+    """A process holding a socket, as ``ss -p`` prints it: ``("nginx",pid=1234,fd=6)``
+    (iproute2 before 3.14: ``("nginx",1234,6)``). ``comm`` is the kernel's 15-character
+    task name (/proc/PID/comm); ``cmdline`` is read from /proc/PID/cmdline on a live host
+    only (a bundle's ``ss`` output has none)."""
+
+    comm: str
+    pid: int
+    fd: int | None = None
+    cmdline: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
 class Listener:
     """A LISTEN socket. ``backlog`` is the kernel's ``sk_max_ack_backlog``: the
     application's ``listen()`` backlog already capped by ``net.core.somaxconn``
     (``ss -ltn`` shows it as Send-Q). ``accept_queue`` is connections waiting
-    for ``accept()`` (Recv-Q)."""
+    for ``accept()`` (Recv-Q). ``rcvbuf`` is ``sk_rcvbuf`` in bytes (``ss -m``'s
+    ``rb``, sock_diag's INET_DIAG_SKMEMINFO), None where the source did not have it;
+    ``owners`` the processes holding it (``ss -p``), empty where unknown."""
 
     local_ip: str
     local_port: int
     backlog: int
     accept_queue: int
+    rcvbuf: int | None = None
+    inode: int | None = None
+    owners: tuple[SocketOwner, ...] = ()
 
     @property
     def local(self) -> str:
@@ -122,6 +140,9 @@ class HostSnapshot:
     listeners: list[Listener] | None
     connections: list[TcpConnection] | None
     kafka_config: KafkaConfig | None = None
+    # other servers' configuration files (nginx, ZooKeeper, ...): what the kernel cannot
+    # know, the setting to change and where it is
+    server_configs: tuple[ServerConfig, ...] = ()
     proc_version: str | None = (
         None  # /proc/version, which names the upstream base on some distributions
     )
@@ -159,6 +180,41 @@ def kafka_release(version: str | None) -> tuple[int, int, int] | None:
     if len(parts) < 2:
         return None
     return (parts[0], parts[1], parts[2] if len(parts) > 2 else 0)
+
+
+@dataclass(frozen=True)
+class ConfiguredListener:
+    """A listening address as a server's configuration file gives it, with the settings
+    that decide its socket: ``backlog`` (the value the file sets; None: the program's
+    default) and ``rcvbuf`` (the SO_RCVBUF the program sets on the listening socket;
+    None: not set, the kernel sizes it). ``host`` is "" for every address (nginx's
+    ``listen 80``, ZooKeeper without clientPortAddress). ``where`` is FILE:LINE and
+    ``text`` the directive as written, for advice."""
+
+    host: str
+    port: int
+    backlog: int | None = None
+    rcvbuf: int | None = None
+    where: str = ""
+    text: str = ""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """A server program's configuration as far as its listeners are concerned.
+
+    ``program`` is the short name tcpsleuth knows it by (``nginx``, ``zookeeper``,
+    ``rabbitmq``, ``redis``, ``postgresql``, ``envoy``, ``kafka``); ``settings`` the raw
+    values of the settings that matter, as the file writes them, under the program's own
+    names (``clientPortListenBacklog``, ``tcp_listen_options.backlog``,
+    ``max_connections``...); a setting the file leaves out is absent. Defaults are the
+    detectors' business, not the reader's."""
+
+    program: str
+    path: str
+    listeners: tuple[ConfiguredListener, ...]
+    settings: Mapping[str, str] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

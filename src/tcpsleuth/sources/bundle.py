@@ -8,7 +8,8 @@ where tcpsleuth cannot be installed, analysed exactly like a live host.
 | nstat-az.txt           | nstat -asz                     | one of   |
 | proc-net-netstat.txt   | cat /proc/net/netstat          | these    |
 |   (+ proc-net-snmp.txt)| cat /proc/net/snmp             |          |
-| ss-ltn.txt             | ss -ltn                        | optional |
+| ss-ltnmp.txt           | ss -ltnmp (buffers, processes) | optional |
+| ss-ltn.txt             | ss -ltn (if no ss-ltnmp.txt)   | optional |
 | ss-tni.txt             | ss -tni                        | optional |
 | proc-version.txt       | cat /proc/version              | optional |
 | hostname.txt           | hostname                       | optional |
@@ -43,6 +44,8 @@ NSTAT = "nstat-az.txt"
 NETSTAT = "proc-net-netstat.txt"
 SNMP = "proc-net-snmp.txt"
 SS_LISTEN = "ss-ltn.txt"
+# `ss -ltnmp`: the listeners with their receive buffer (-m) and processes (-p)
+SS_LISTEN_DETAILS = "ss-ltnmp.txt"
 SS_INFO = "ss-tni.txt"
 SS_ALL = "ss-a.txt"  # `ss -a` / `ss -tan` instead: listeners and connections in one file
 KAFKA = "server.properties"
@@ -102,12 +105,14 @@ def read_bundle(directory: Path, kafka_config: KafkaConfig | None = None) -> Hos
 
     listeners = connections = None
     everything = read_ss_file(directory / SS_ALL) if (directory / SS_ALL).exists() else None
-    if (directory / SS_LISTEN).exists():
+    if (directory / SS_LISTEN_DETAILS).exists():
+        listeners = read_ss_file(directory / SS_LISTEN_DETAILS, default_state="LISTEN").listeners
+    elif (directory / SS_LISTEN).exists():
         listeners = read_ss_file(directory / SS_LISTEN, default_state="LISTEN").listeners
     elif everything is not None:
         listeners = everything.listeners
     else:
-        notes.append(f"no {SS_LISTEN}: listen backlogs not checked")
+        notes.append(f"no {SS_LISTEN_DETAILS} or {SS_LISTEN}: listen backlogs not checked")
     if (directory / SS_INFO).exists():
         connections = read_ss_file(directory / SS_INFO).connections
     elif everything is not None:
@@ -214,7 +219,11 @@ def _write_files(directory: Path, netns_name: str | None, kafka_text: str | None
     ss = shutil.which("ss")
     if ss:
         prefix = ["ip", "netns", "exec", netns_name] if netns_name else []
-        for name, args in ((SS_LISTEN, ["-ltn"]), (SS_INFO, ["-tni"])):
+        for name, args in (
+            (SS_LISTEN, ["-ltn"]),
+            (SS_LISTEN_DETAILS, ["-ltnmp"]),
+            (SS_INFO, ["-tni"]),
+        ):
             result = subprocess.run(
                 [*prefix, ss, *args], capture_output=True, text=True, check=False
             )

@@ -6,7 +6,7 @@ import socket
 from pathlib import Path
 
 from tcpsleuth.model.records import STATE_NUMBERS, HostSnapshot, KafkaConfig
-from tcpsleuth.sources import netns, procfs, sockdiag
+from tcpsleuth.sources import netns, owners, procfs, sockdiag
 
 LISTEN_AND_ESTABLISHED = (1 << STATE_NUMBERS["LISTEN"]) | (1 << STATE_NUMBERS["ESTAB"])
 
@@ -21,11 +21,17 @@ def proc_version() -> str | None:
 def live_snapshot(
     netns_name: str | None = None, kafka_config: KafkaConfig | None = None
 ) -> HostSnapshot:
-    """Kernel, sysctls, counters, listeners and established sockets, read read-only."""
+    """Kernel, sysctls, counters, listeners (with their receive buffers and owning
+    processes) and established sockets, read read-only."""
     with netns.entered(netns_name):
         sysctls = procfs.read_live_sysctls()
         counters = procfs.read_live_counters()
-    table = sockdiag.snapshot(netns_name, states=LISTEN_AND_ESTABLISHED, with_info=False)
+    # with tcp_info: an accepted connection's window scale tells whether its listener's
+    # buffer was locked where the buffer's size cannot (detectors/listeners.py)
+    table = sockdiag.snapshot(netns_name, states=1 << STATE_NUMBERS["ESTAB"], with_info=True)
+    # listeners with their receive buffers, and the processes holding them
+    found = sockdiag.listeners(netns_name)
+    found = sockdiag.with_owners(found, owners.socket_owners(x.inode for x in found if x.inode))
     hostname = socket.gethostname()
     return HostSnapshot(
         origin=f"live network namespace {netns_name}" if netns_name else "live host",
@@ -33,7 +39,7 @@ def live_snapshot(
         kernel_release=procfs.kernel_release(),
         sysctls=sysctls,
         counters=counters,
-        listeners=table.listeners,
+        listeners=found,
         connections=table.connections,
         kafka_config=kafka_config,
         proc_version=proc_version(),

@@ -35,7 +35,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from tcpsleuth.errors import EnvironmentProblem
-from tcpsleuth.model.records import STATE_NUMBERS, TCP_STATES, Listener, TcpConnection
+from tcpsleuth.model.records import (
+    STATE_NUMBERS,
+    TCP_STATES,
+    Listener,
+    SocketOwner,
+    TcpConnection,
+)
 from tcpsleuth.model.sockdiag import (
     DIAG_DTYPE,
     TCP_INFO_DTYPE,
@@ -54,6 +60,8 @@ NLM_F_DUMP = 0x300
 NLMSG_ERROR = 2
 NLMSG_DONE = 3
 INET_DIAG_INFO = 2
+INET_DIAG_SKMEMINFO = 7  # u32 sk_meminfo[]: what `ss -m` prints as skmem:(r,rb,t,tb,...)
+SK_MEMINFO_RCVBUF = 1  # sk_rcvbuf, `ss -m`'s rb
 
 NLMSGHDR = struct.Struct("=IHHII")
 # inet_diag_req_v2: family, protocol, ext, pad, states, then inet_diag_sockid (zeros)
@@ -441,6 +449,93 @@ def dump(
                     f"sock_diag dump failed ({exc.strerror}); use `ss -tni` output instead"
                 ) from None
     return _decode(heads, infos)
+
+
+def _listener_messages(sock: socket.socket, family: int) -> Iterator[bytes]:
+    """The SOCK_DIAG_BY_FAMILY messages of one LISTEN-only dump with the memory
+    extension. A host has few listeners, so they are read one at a time."""
+    body = REQ_V2.pack(family, socket.IPPROTO_TCP, 1 << (INET_DIAG_SKMEMINFO - 1), 1 << LISTEN)
+    header = NLMSGHDR.pack(
+        NLMSGHDR.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, 2, 0
+    )
+    sock.send(header + body)
+    while True:
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            raise OSError(errno.EPROTO, "sock_diag: dump ended without NLMSG_DONE")
+        pos = 0
+        while pos + NLMSGHDR.size <= len(chunk):
+            length, kind, _flags, _seq, _pid = NLMSGHDR.unpack_from(chunk, pos)
+            if length < NLMSGHDR.size:
+                raise OSError(errno.EPROTO, "sock_diag: malformed netlink message")
+            if kind == NLMSG_DONE:
+                return
+            if kind == NLMSG_ERROR:
+                code = -struct.unpack_from("=i", chunk, pos + NLMSGHDR.size)[0]
+                if code == 0:
+                    return
+                raise OSError(code, f"sock_diag dump failed: {errno.errorcode.get(code, code)}")
+            if kind == SOCK_DIAG_BY_FAMILY:
+                yield chunk[pos : pos + length]
+            pos += (length + 3) & ~3
+
+
+def _rcvbuf(message: bytes) -> int | None:
+    """sk_rcvbuf from a message's INET_DIAG_SKMEMINFO attribute (None without one)."""
+    apos = NLMSGHDR.size + DIAG_DTYPE.itemsize
+    while apos + RTATTR.size <= len(message):
+        alen, akind = RTATTR.unpack_from(message, apos)
+        if alen < RTATTR.size:
+            break
+        if akind == INET_DIAG_SKMEMINFO and alen >= RTATTR.size + 4 * (SK_MEMINFO_RCVBUF + 1):
+            return int(
+                struct.unpack_from("=I", message, apos + RTATTR.size + 4 * SK_MEMINFO_RCVBUF)[0]
+            )
+        apos += (alen + 3) & ~3
+    return None
+
+
+def listeners(
+    netns_name: str | None = None,
+    families: tuple[int, ...] = (socket.AF_INET, socket.AF_INET6),
+) -> list[Listener]:
+    """Every LISTEN socket of a namespace with its receive buffer (``ss -ltnm``):
+    backlog (idiag_wqueue), accept queue (idiag_rqueue), sk_rcvbuf and inode.
+    Owners are not filled in here (see :mod:`tcpsleuth.sources.owners`)."""
+    out: list[Listener] = []
+    sock = _open(netns_name)
+    with sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        for family in families:
+            try:
+                messages = list(_listener_messages(sock, family))
+            except OSError as exc:
+                if family == socket.AF_INET6 and exc.errno in (errno.ENOENT, errno.EINVAL):
+                    continue
+                raise EnvironmentProblem(
+                    f"sock_diag dump failed ({exc.strerror}); use `ss -ltnm` output instead"
+                ) from None
+            for message in messages:
+                row = np.frombuffer(message, DIAG_DTYPE, count=1, offset=NLMSGHDR.size)
+                [ip] = _addresses(row["src"], row["family"])
+                out.append(
+                    Listener(
+                        ip,
+                        int(row["sport"][0]),
+                        backlog=int(row["wqueue"][0]),
+                        accept_queue=int(row["rqueue"][0]),
+                        rcvbuf=_rcvbuf(message),
+                        inode=int(row["inode"][0]),
+                    )
+                )
+    return out
+
+
+def with_owners(
+    found: list[Listener], owners: dict[int, tuple[SocketOwner, ...]]
+) -> list[Listener]:
+    """The listeners with the processes that hold them (by socket inode)."""
+    return [dataclasses.replace(x, owners=owners.get(x.inode, ())) if x.inode else x for x in found]
 
 
 def snapshot(

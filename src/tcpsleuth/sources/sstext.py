@@ -7,7 +7,16 @@ What it accepts, because hosts without tcpsleuth run whatever iproute2 they have
   as old iproute2 did (``::ffff:10.0.0.1:9092``, ``:::*``), with ``%iface``;
 - the ``-i`` details on indented continuation lines, and main lines that a
   terminal wrapped onto an indented continuation;
-- fields that old kernels or old ``ss`` do not print (they stay ``None``).
+- fields that old kernels or old ``ss`` do not print (they stay ``None``);
+- for listeners, ``-m`` (``skmem:(r0,rb131072,...)``: the receive buffer) and ``-p``
+  (``users:(("nginx",pid=1234,fd=6))``, and ``users:(("nginx",1234,6))`` as iproute2
+  before 3.14 printed it, without the labels).
+
+The wildcard ``*``: iproute2 before 4.14 printed the IPv4 wildcard as ``*`` and the
+IPv6 one as ``::``/``[::]``; from 4.14 (commit 1267c0b924de, "ss: Distinguish between
+IPv4 and IPv6 wildcard sockets") the IPv4 one is ``0.0.0.0``, ``[::]`` is an IPV6_V6ONLY
+socket and ``*`` the dual-stack IPv6 one. A file that prints ``0.0.0.0`` anywhere (the
+peer of every IPv4 listener, from 4.14 on) is read the new way; otherwise ``*`` is IPv4.
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ import socket
 from pathlib import Path
 
 from tcpsleuth.errors import InputError
-from tcpsleuth.model.records import STATE_NUMBERS, Listener, TcpConnection
+from tcpsleuth.model.records import STATE_NUMBERS, Listener, SocketOwner, TcpConnection
 from tcpsleuth.sources.sockdiag import SocketTable, gc_paused
 from tcpsleuth.sources.textfile import read_text, where
 
@@ -90,8 +99,9 @@ _DETAIL = re.compile(
 _MS_VALUE = re.compile(r"^(\d+(?:\.\d+)?)ms(?:\([\d.]+%\))?$")
 
 
-def parse_endpoint(token: str) -> tuple[str, int]:
-    """``ss``'s ``address:port`` in any of its spellings -> (ip, port)."""
+def parse_endpoint(token: str, star: str = "0.0.0.0") -> tuple[str, int]:
+    """``ss``'s ``address:port`` in any of its spellings -> (ip, port). ``star`` is
+    the address a ``*`` stands for (see the module's docstring)."""
     if token.startswith("["):
         host, sep, port = token[1:].partition("]:")
         if not sep:
@@ -101,7 +111,9 @@ def parse_endpoint(token: str) -> tuple[str, int]:
         if not sep:
             raise ValueError(token)
     host = host.split("%", 1)[0]
-    if host in ("*", ""):
+    if host == "*":
+        host = star
+    elif host == "":
         host = "0.0.0.0"
     return _ip(host), _port(port)
 
@@ -192,6 +204,29 @@ def _details(
     return fields
 
 
+# `-p`: ("comm",pid=N,fd=M), or ("comm",N,M) before iproute2 3.14; -T adds tid=
+_OWNER = re.compile(r'\("((?:[^"\\]|\\.)*)",(?:pid=)?(\d+),(?:tid=\d+,)?(?:fd=)?(\d+)\)')
+_USERS = re.compile(r"users:\((.*)\)")
+_SKMEM_RCVBUF = re.compile(r"skmem:\([^)]*\brb(\d+)")
+
+
+def _listener_details(tokens: list[str]) -> tuple[int | None, tuple[SocketOwner, ...]]:
+    """The receive buffer (``-m``) and the owning processes (``-p``) of a listener."""
+    text = " ".join(tokens)
+    rcvbuf = None
+    found = _SKMEM_RCVBUF.search(text)
+    if found:
+        rcvbuf = int(found.group(1))
+    owners: tuple[SocketOwner, ...] = ()
+    users = _USERS.search(text)
+    if users:
+        owners = tuple(
+            SocketOwner(comm.replace('\\"', '"'), int(pid), int(fd))
+            for comm, pid, fd in _OWNER.findall(users.group(1))
+        )
+    return rcvbuf, owners
+
+
 def parse_ss(text: str, source: Path | str, default_state: str = "ESTAB") -> SocketTable:
     """Parse ``ss`` TCP output. ``default_state`` is used when the State column is absent.
 
@@ -202,7 +237,13 @@ def parse_ss(text: str, source: Path | str, default_state: str = "ESTAB") -> Soc
         return _parse_ss(text, source, default_state)
 
 
+def wildcard_star(text: str) -> str:
+    """The address ``*`` stands for in this file (see the module's docstring)."""
+    return "::" if "0.0.0.0:" in text else "0.0.0.0"
+
+
 def _parse_ss(text: str, source: Path | str, default_state: str) -> SocketTable:
+    star = wildcard_star(text)
     # (line number, main line tokens, detail tokens)
     records: list[tuple[int, list[str], list[str]]] = []
     after_header = False
@@ -260,15 +301,25 @@ def _parse_ss(text: str, source: Path | str, default_state: str) -> SocketTable:
             recv_q, send_q = int(tokens[0]), int(tokens[1])
             if recv_q < 0 or send_q < 0:
                 raise ValueError(tokens[0:2])
-            local_ip, local_port = parse_endpoint(tokens[2])
-            remote_ip, remote_port = parse_endpoint(tokens[3])
+            local_ip, local_port = parse_endpoint(tokens[2], star)
+            remote_ip, remote_port = parse_endpoint(tokens[3], star)
         except (ValueError, IndexError):
             raise InputError(
                 f"{where(source, number)}: cannot read this line as `ss` TCP output "
                 "(expected State Recv-Q Send-Q Local:Port Peer:Port, ports 0 to 65535)"
             ) from None
         if state == "LISTEN":
-            listeners.append(Listener(local_ip, local_port, backlog=send_q, accept_queue=recv_q))
+            rcvbuf, owners = _listener_details(tokens[4:] + details)
+            listeners.append(
+                Listener(
+                    local_ip,
+                    local_port,
+                    backlog=send_q,
+                    accept_queue=recv_q,
+                    rcvbuf=rcvbuf,
+                    owners=owners,
+                )
+            )
             continue
         info = _details(details + tokens[4:], source, number, flags_shown)
         connections.append(

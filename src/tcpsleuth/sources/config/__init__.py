@@ -1,0 +1,116 @@
+"""Server programs' configuration files, one reader per program, each returning a
+``ServerConfig``: the listening addresses with the settings that decide their backlog
+and their receive buffer, under the program's own names, with FILE:LINE for advice.
+
+The kernel gives every listener's backlog and buffer; these add what it cannot know:
+which setting made them, in which file, and whether a buffer equal to what the kernel
+gives an unlocked socket was set on purpose.
+
+``locate`` finds a running server's file from its command line where the program names
+it there (nginx -c, ZooKeeper's and Kafka's argument, Envoy -c, postgres -D or
+config_file=); Redis rewrites its process title, so its file must be given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from tcpsleuth.errors import InputError
+from tcpsleuth.model.records import ServerConfig
+from tcpsleuth.sources.config import envoy, nginx, postgresql, rabbitmq, redis, zookeeper
+
+READERS: dict[str, Callable[[Path], ServerConfig]] = {
+    "nginx": nginx.read,
+    "zookeeper": zookeeper.read,
+    "rabbitmq": rabbitmq.read,
+    "redis": redis.read,
+    "postgresql": postgresql.read,
+    "envoy": envoy.read,
+}
+# `kafka` is read by tcpsleuth.sources.kafkaconfig (the audit's --kafka-config)
+PROGRAMS = (*READERS, "kafka")
+DEFAULT_FILES = {
+    "nginx": Path("/etc/nginx/nginx.conf"),  # Debian's --conf-path
+    "rabbitmq": Path("/etc/rabbitmq/rabbitmq.conf"),
+}
+
+
+def read_server_config(program: str, path: Path) -> ServerConfig:
+    reader = READERS.get(program)
+    if reader is None:
+        raise InputError(
+            f"no configuration reader for {program!r} (have {', '.join(sorted(READERS))}, "
+            "and kafka through --kafka-config)"
+        )
+    return reader(path)
+
+
+def parse_option(text: str) -> tuple[str, Path]:
+    """``PROGRAM=FILE`` as --config takes it."""
+    program, sep, path = text.partition("=")
+    if not sep or not path or program not in PROGRAMS:
+        raise InputError(
+            f"--config {text!r}: expected PROGRAM=FILE, PROGRAM one of {', '.join(PROGRAMS)}"
+        )
+    return program, Path(path)
+
+
+def _after(args: Sequence[str], *flags: str) -> str | None:
+    for i, arg in enumerate(args):
+        for flag in flags:
+            if arg == flag and i + 1 < len(args):
+                return args[i + 1]
+            if flag.startswith("--") and arg.startswith(flag + "="):
+                return arg[len(flag) + 1 :]
+    return None
+
+
+def locate(program: str, cmdline: Sequence[str], cwd: Path | None) -> Path | None:
+    """The configuration file a running server was started with, when its command
+    line says (None otherwise); relative paths are taken from its working directory."""
+    args = list(cmdline)
+    if program == "nginx" and len(args) == 1:  # nginx: master process /usr/sbin/nginx -c F
+        args = args[0].split()
+    found: str | None = None
+    if program == "nginx":
+        found = _after(args, "-c")
+        prefix = _after(args, "-p")
+        if found and prefix and not Path(found).is_absolute():
+            found = str(Path(prefix) / found)
+        if found is None:
+            return DEFAULT_FILES["nginx"] if DEFAULT_FILES["nginx"].is_file() else None
+    elif program in ("zookeeper", "kafka"):
+        mains = (
+            (
+                "org.apache.zookeeper.server.quorum.QuorumPeerMain",
+                "org.apache.zookeeper.server.ZooKeeperServerMain",
+            )
+            if program == "zookeeper"
+            else ("kafka.Kafka",)
+        )
+        for i, arg in enumerate(args):
+            if arg in mains and i + 1 < len(args):
+                # ZooKeeperServerMain also takes PORT DATADIR instead of a file
+                if not args[i + 1].isdigit():
+                    found = args[i + 1]
+                break
+    elif program == "envoy":
+        found = _after(args, "-c", "--config-path")
+    elif program == "postgresql":
+        for arg in args:
+            if arg.startswith("config_file="):
+                found = arg.split("=", 1)[1]
+        if found is None:
+            data = _after(args, "-D")
+            if data:
+                found = str(Path(data) / "postgresql.conf")
+    elif program == "rabbitmq":
+        default = DEFAULT_FILES["rabbitmq"]
+        return default if default.is_file() else None
+    if found is None:
+        return None
+    path = Path(found)
+    if not path.is_absolute() and cwd is not None:
+        path = cwd / path
+    return path if path.is_file() else None
