@@ -36,6 +36,19 @@ if [ "$(id -u)" -eq 0 ]; then
         apt-get update -qq
         apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     fi
+    # nginx for the lab's own instances (tcpsleuth.lab.nginx runs it in namespaces with
+    # its own configuration): installed without starting the packaged service
+    if ! dpkg-query -W -f='${Status}' nginx 2>/dev/null | grep -q "ok installed"; then
+        [ "${#missing[@]}" -gt 0 ] || apt-get update -qq
+        policy=""
+        if [ ! -e /usr/sbin/policy-rc.d ]; then
+            printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+            chmod +x /usr/sbin/policy-rc.d
+            policy=/usr/sbin/policy-rc.d
+        fi
+        apt-get install -y -qq --no-install-recommends nginx >/dev/null
+        [ -z "$policy" ] || rm -f "$policy"
+    fi
 else
     echo "install.sh: not root, skipping Debian packages (${APT_PACKAGES[*]})" >&2
 fi
