@@ -629,7 +629,7 @@ class KafkaBroker:
         time.sleep(down_s)
         self.start()
 
-    def metrics(self, timeout: float = 5.0) -> str:
+    def metrics(self, timeout: float = READY_S / 20) -> str:
         """The JMX exporter's page (Prometheus text), read from inside the namespace."""
         url = f"http://{self.settings.host}:{self.settings.metrics_port}/metrics"
         if ":" in self.settings.host:

@@ -148,6 +148,15 @@ def library_versions() -> dict[str, str]:
     }
 
 
+def _broker_metrics(broker: KafkaBroker) -> dict[str, Any]:
+    """The broker's JMX request metrics, or what kept them from being read (a JVM under an
+    emulated CPU can be slow to answer): the request log still has every request."""
+    try:
+        return broker.request_metrics()
+    except OSError as exc:
+        return {"error": f"the JMX exporter did not answer: {exc}"}
+
+
 def _counters(ns: str) -> dict[str, int]:
     with netns.entered(ns):
         return procfs.read_live_counters()
@@ -425,7 +434,7 @@ def _run(
                 artifacts.window["amplified"] = time.time()
                 artifacts.amplified_for = reconnecting
         if isinstance(broker, KafkaBroker):
-            artifacts.broker_metrics["before"] = broker.request_metrics()
+            artifacts.broker_metrics["before"] = _broker_metrics(broker)
         began = time.monotonic()
         broker.restart(size.down_s, size.startup_s)
         artifacts.window["accepting"] = time.time()
@@ -473,8 +482,8 @@ def _run(
     artifacts.window["end"] = time.time()
     artifacts.phases_s["traffic"] = artifacts.window["end"] - started
     if isinstance(broker, KafkaBroker):
-        artifacts.broker_metrics["after" if scenario.restart else "before"] = (
-            broker.request_metrics()
+        artifacts.broker_metrics["after" if scenario.restart else "before"] = _broker_metrics(
+            broker
         )
     broker.stop()
     tcpdump.stop(signal.SIGINT)
