@@ -40,7 +40,7 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
 def test_rules_pass_promtool_check() -> None:
     result = promtool("check", "rules", str(RULES))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 7 rules found" in result.stdout
+    assert "SUCCESS: 8 rules found" in result.stdout
 
 
 def test_rules_pass_their_unit_tests() -> None:
@@ -133,3 +133,81 @@ def test_recorder_rule_unit_tests_can_fail(tmp_path: Path) -> None:
     result = promtool("test", "rules", str(tmp_path / "alerts_test.yml"))
     assert result.returncode != 0
     assert "alertname: TcpStormRecorded" in result.stdout + result.stderr
+
+
+def test_rcvbuf_rule_unit_tests_can_fail(tmp_path: Path) -> None:
+    """With the kernel condition turned around, the locked listener on the affected
+    kernel no longer fires and promtool says so."""
+    rules = tmp_path / "alerts.yml"
+    rules.write_text(
+        RULES.read_text().replace(
+            'tcpsleuth_kernel_cookie_wscale_fix{status="affected"}',
+            'tcpsleuth_kernel_cookie_wscale_fix{status="fixed"}',
+        )
+    )
+    (tmp_path / "alerts_test.yml").write_text(RULE_TESTS.read_text())
+    result = promtool("test", "rules", str(tmp_path / "alerts_test.yml"))
+    assert result.returncode != 0
+    assert "TcpListenerRcvbufLockedOnAffectedKernel" in result.stdout + result.stderr
+
+
+def _rule_expr(name: str) -> str:
+    import yaml
+
+    for group in yaml.safe_load(RULES.read_text())["groups"]:
+        for rule in group["rules"]:
+            if rule.get("alert") == name:
+                return str(rule["expr"])
+    raise KeyError(name)
+
+
+def test_prometheus_sees_each_listeners_rcvbuf_lock(netns: str, tmp_path: Path) -> None:
+    """A real Prometheus scraping the exporter of a namespace with a locked and an
+    unlocked listener: the lock gauge per listener as `ss -ltm` has it, this kernel's
+    status, and the rule's expression: empty on this fixed kernel, exactly the locked
+    listener once its kernel condition is this kernel's status."""
+    import subprocess
+    import sys
+
+    code = (
+        "import socket,sys,time\n"
+        "a=socket.socket(); a.setsockopt(socket.SOL_SOCKET,socket.SO_RCVBUF,102400)\n"
+        "a.bind(('127.0.0.1',9092)); a.listen(50)\n"
+        "b=socket.socket(); b.bind(('127.0.0.1',9093)); b.listen(50)\n"
+        "print('ready',flush=True); sys.stdin.read()\n"
+    )
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", netns, sys.executable, "-c", code],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert server.stdout is not None and server.stdout.readline().startswith("ready")
+    exporter = Exporter("--netns", netns)
+    prometheus = None
+    try:
+        ss = subprocess.run(
+            ["ip", "netns", "exec", netns, "ss", "-Hltnm"], capture_output=True, text=True
+        ).stdout
+        prometheus = Prometheus(tmp_path, [f"127.0.0.1:{exporter.port}"], [RULES])
+        locked = prometheus.poll('tcpsleuth_listen_rcvbuf_lock{state="locked"} == 1', 20)
+        assert [r["metric"]["port"] for r in locked] == ["9092"]
+        assert "rb204800" in ss.split("127.0.0.1:9092")[1].split("\n")[1]
+        unlocked = prometheus.value('tcpsleuth_listen_rcvbuf_lock{port="9093",state="locked"}')
+        assert unlocked == 0
+        assert prometheus.value('tcpsleuth_listen_rcvbuf_bytes{port="9092"}') == 204800
+        fixed = prometheus.value('tcpsleuth_kernel_cookie_wscale_fix{status="fixed"}')
+        assert fixed == 1  # this host's kernel (6.x) has the fix
+        expr = _rule_expr("TcpListenerRcvbufLockedOnAffectedKernel")
+        assert prometheus.query(expr) == []
+        here = prometheus.query(expr.replace('status="affected"', 'status="fixed"'))
+        assert [(r["metric"]["address"], r["metric"]["port"]) for r in here] == [
+            ("127.0.0.1", "9092")
+        ]
+    finally:
+        if prometheus is not None:
+            prometheus.stop()
+        exporter.stop()
+        if server.stdin:
+            server.stdin.close()
+        server.wait(timeout=10)

@@ -19,10 +19,14 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import Metric
 
 from tcpsleuth.cli.options import netns_option
+from tcpsleuth.detectors.kernel import assess_kernel
+from tcpsleuth.detectors.listeners import listener_facts
 from tcpsleuth.detectors.port_summary import DEFAULT_MAX_PORTS, TimesSeen, summarize
 from tcpsleuth.errors import EnvironmentProblem, InputError
+from tcpsleuth.model.records import HostSnapshot
 from tcpsleuth.reports import prometheus
-from tcpsleuth.sources import sampling
+from tcpsleuth.sources import procfs, sampling
+from tcpsleuth.sources.host import proc_version
 
 DEFAULT_LISTEN = "127.0.0.1:9469"
 
@@ -36,6 +40,7 @@ class ScrapeCollector:
         self.max_ports = max_ports
         self._lock = threading.Lock()
         self._times = TimesSeen()
+        self.kernel = assess_kernel(procfs.kernel_release(), proc_version())
 
     def describe(self) -> list[Metric]:
         return []  # families depend on what the kernel has: nothing to declare up front
@@ -51,9 +56,21 @@ class ScrapeCollector:
                 return [prometheus.success_family(False)]
             summary = summarize(sample.sockets, self._times, self.max_ports)
             self._times = summary.times
+        snapshot = HostSnapshot(
+            origin="exporter scrape",
+            hostname="",
+            kernel_release=self.kernel.release,
+            sysctls=sample.sysctls,
+            counters=sample.counters,
+            listeners=list(sample.listeners),
+            connections=None,
+        )
         return [
             *prometheus.counter_families(sample.counters),
             *prometheus.summary_families(summary),
+            *prometheus.listener_lock_families(
+                listener_facts(snapshot), self.kernel, sample.sysctls
+            ),
             *prometheus.scrape_families(summary, sample.read_seconds),
             prometheus.success_family(True),
         ]

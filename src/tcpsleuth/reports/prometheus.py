@@ -21,6 +21,8 @@ from typing import Any
 from prometheus_client.core import GaugeMetricFamily, Metric, UntypedMetricFamily
 from prometheus_client.exposition import generate_latest
 
+from tcpsleuth.detectors.kernel import KernelVerdict
+from tcpsleuth.detectors.listeners import ListenerFacts
 from tcpsleuth.detectors.port_summary import Summary
 
 # node_exporter's default field pattern, TCP part, plus the request-queue counters.
@@ -112,6 +114,55 @@ def summary_families(summary: Summary) -> Iterator[Metric]:
         limited.add_metric(labels, port.rwnd_limited_connections)
         share.add_metric(labels, round(port.rwnd_limited_share, 6))
     yield from (established, wscale, limited, share)
+
+
+LOCK_STATES = {"yes": "locked", "no": "unlocked", "undetermined": "undetermined"}
+KERNEL_STATES = ("affected", "fixed", "unknown")
+
+
+def listener_lock_families(
+    facts: Iterable[ListenerFacts], verdict: KernelVerdict, sysctls: Mapping[str, str]
+) -> Iterator[Metric]:
+    """The receive-buffer lock of every listener, whatever program owns it, and what
+    decides whether it matters: the kernel's fix and the cookie settings. One series per
+    lock state and listener, 1 for its state and 0 for the others (node_exporter's
+    systemd unit state style), so a dashboard or rule selects state="locked"."""
+    labels = ["address", "port", "program"]
+    rcvbuf = GaugeMetricFamily(
+        "tcpsleuth_listen_rcvbuf_bytes",
+        "Receive buffer of the listening socket (sk_rcvbuf, ss -ltm rb).",
+        labels=labels,
+    )
+    lock = GaugeMetricFamily(
+        "tcpsleuth_listen_rcvbuf_lock",
+        "1 for the listener's receive-buffer state: locked (differs from tcp_rmem[1], set "
+        "with SO_RCVBUF: the precondition of the SYN-cookie window-scale bug), unlocked, or "
+        "undetermined (equal to tcp_rmem[1], which SO_RCVBUF=tcp_rmem[1]/2 also gives).",
+        labels=[*labels, "state"],
+    )
+    for fact in facts:
+        values = [fact.local_ip, str(fact.local_port), fact.program or ""]
+        if fact.rcvbuf is not None:
+            rcvbuf.add_metric(values, fact.rcvbuf)
+        for state, name in LOCK_STATES.items():
+            lock.add_metric([*values, name], 1 if fact.rcvbuf_locked == state else 0)
+    kernel = GaugeMetricFamily(
+        "tcpsleuth_kernel_cookie_wscale_fix",
+        "1 for the kernel's status against the SYN-cookie window-scale fix (commit "
+        "909172a14974, mainline 5.10): affected, fixed, or unknown (release table).",
+        labels=["release", "status"],
+    )
+    for status in KERNEL_STATES:
+        kernel.add_metric([verdict.release, status], 1 if verdict.status == status else 0)
+    yield from (rcvbuf, lock, kernel)
+    for name in ("net.ipv4.tcp_syncookies", "net.ipv4.tcp_timestamps"):
+        value = sysctls.get(name, "").split()
+        if value and value[0].isdigit():
+            family = GaugeMetricFamily(
+                "tcpsleuth_" + name.rsplit(".", 1)[1], f"The namespace's {name} sysctl."
+            )
+            family.add_metric([], int(value[0]))
+            yield family
 
 
 def scrape_families(summary: Summary, read_seconds: float) -> Iterator[Metric]:

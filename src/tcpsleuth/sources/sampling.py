@@ -11,10 +11,10 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tcpsleuth.model.records import STATE_NUMBERS, Listener
-from tcpsleuth.sources import netns, procfs, sockdiag
+from tcpsleuth.sources import netns, owners, procfs, sockdiag
 
 LISTEN_ONLY = 1 << STATE_NUMBERS["LISTEN"]
 ESTABLISHED_AND_LISTEN = LISTEN_ONLY | (1 << STATE_NUMBERS["ESTAB"])
@@ -57,6 +57,10 @@ class ScrapeSample:
     counters: Mapping[str, int]
     sockets: sockdiag.DiagDump
     read_seconds: float
+    # every listener with its receive buffer and owning processes, and the namespace's
+    # sysctls, for the receive-buffer lock per listener
+    listeners: tuple[Listener, ...] = ()
+    sysctls: Mapping[str, str] = field(default_factory=dict)
 
 
 def every(
@@ -78,5 +82,11 @@ def every(
 def scrape(netns_name: str | None = None) -> ScrapeSample:
     started = time.perf_counter()
     counters = read_counters(netns_name)
+    with netns.entered(netns_name):
+        sysctls = procfs.read_live_sysctls()
     sockets = sockdiag.dump(netns_name, states=ESTABLISHED_AND_LISTEN, with_info=True)
-    return ScrapeSample(counters, sockets, time.perf_counter() - started)
+    found = sockdiag.listeners(netns_name)
+    found = sockdiag.with_owners(
+        found, owners.socket_owners((x.inode for x in found if x.inode), with_cmdline=True)
+    )
+    return ScrapeSample(counters, sockets, time.perf_counter() - started, tuple(found), sysctls)
