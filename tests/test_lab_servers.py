@@ -14,6 +14,7 @@ import pytest
 from conftest import needs_root, run_tcpsleuth
 
 from tcpsleuth.lab.nginx import Listen, NginxServer
+from tcpsleuth.lab.zookeeper import ZooKeeperServer
 
 pytestmark = [
     needs_root,
@@ -54,16 +55,28 @@ def test_audit_flags_exactly_the_locked_listeners(netns: str, tmp_path: Path) ->
         Listen("::1", 8082, backlog=64, rcvbuf=8192),  # locked small: rb 16384
         Listen("127.0.0.1", 8083, rcvbuf=65536),  # locked at tcp_rmem[1] / 2: rb 131072
     ]
-    with NginxServer(netns, listens, tmp_path / "nginx") as server:
+    zookeeper = ZooKeeperServer(netns, "127.0.0.1", 2181, workdir=tmp_path / "zookeeper")
+    with NginxServer(netns, listens, tmp_path / "nginx") as server, zookeeper:
         result = run_tcpsleuth("audit", "--netns", netns, "--format", "json")
         ss = _ss_listeners(netns)
         master = server.pid
+        zookeeper_pid = zookeeper.pid
     assert result.returncode in (0, 1), result.stderr
     doc = json.loads(result.stdout)
     unlocked = _tcp_rmem_default(netns)
     assert unlocked == 131072  # the namespace's default; 8083 is set to look the same
     listeners = {int(x["listener"].rsplit(":", 1)[1]): x for x in doc["listeners"]}
-    assert set(listeners) == set(ss) == {8080, 8081, 8082, 8083}
+    assert set(listeners) == set(ss) == {8080, 8081, 8082, 8083, 2181}
+    # ZooKeeper from Maven Central: a JVM (an IPv6 socket bound to ::ffff:127.0.0.1),
+    # backlog 50 without clientPortListenBacklog, no buffer set; its zoo.cfg found from
+    # its command line says it sets none
+    zk = listeners.pop(2181)
+    assert zk["listener"] == "127.0.0.1:2181" and zk["program"] == "zookeeper"
+    assert zk["processes"] == [{"comm": "java", "pid": zookeeper_pid}]
+    assert zk["backlog"] == ss[2181][0] == 50
+    assert zk["rcvbuf"] == ss.pop(2181)[1] == zk["rcvbuf_unlocked"]
+    assert zk["rcvbuf_locked"] == "no"
+    assert zk["config"]["where"].startswith(str(tmp_path / "zookeeper" / "zoo.cfg"))
     for port, (backlog, rb) in ss.items():
         assert listeners[port]["backlog"] == backlog, port
         assert listeners[port]["rcvbuf"] == rb, port
@@ -87,7 +100,7 @@ def test_audit_flags_exactly_the_locked_listeners(netns: str, tmp_path: Path) ->
         for f in doc["findings"]
         if f["kind"] == "listener-rcvbuf-locked"
     }
-    assert set(flagged) == {8080, 8082, 8083}
+    assert set(flagged) == {8080, 8082, 8083}  # and not ZooKeeper
     # this host's kernel has the fix: noted, not a warning
     assert {f["severity"] for f in flagged.values()} == {"info"}
     assert flagged[8082]["evidence"]["so_rcvbuf"] == 8192

@@ -1,0 +1,171 @@
+"""A real Apache ZooKeeper server for the lab: resolved from Maven Central, run in a
+namespace.
+
+As for the real Kafka broker (lab/kafka_broker.py): the jars come from a pinned
+dependency list in the repository (``deploy/zookeeper/<version>/pom.xml``), resolved by
+Maven into ``~/.cache/tcpsleuth/zookeeper/<version>/lib`` once, and checked against the
+SHA-256 lock file beside the pom (``jars.sha256``) before each start.
+
+A server here is standalone (``org.apache.zookeeper.server.ZooKeeperServerMain
+zoo.cfg``) with its data in a work directory. Its client port listens with
+``clientPortListenBacklog`` when given, else with the JDK's default of 50 (the
+Administrator's Guide), and ZooKeeper sets no receive buffer on it. ``maxClientCnxns=0``
+lets a storm from one address through (the default, 60 per address, would refuse it).
+
+  python3 -m tcpsleuth.lab.zookeeper resolve        # fetch and check the jars
+  python3 -m tcpsleuth.lab.zookeeper lock           # rewrite jars.sha256
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import tempfile
+import time
+from pathlib import Path
+
+from tcpsleuth.errors import EnvironmentProblem
+from tcpsleuth.lab.kafka_broker import _maven, _sha256, java, verify_jars
+from tcpsleuth.lab.processes import Child
+from tcpsleuth.sources import sockdiag
+
+VERSION = "3.9.5"
+DEPLOY = Path(__file__).resolve().parents[3] / "deploy" / "zookeeper"
+CACHE = Path.home() / ".cache" / "tcpsleuth" / "zookeeper"
+LOCK_NAME = "jars.sha256"
+MAIN = "org.apache.zookeeper.server.ZooKeeperServerMain"
+
+
+def resolve(version: str = VERSION, cache: Path = CACHE) -> Path:
+    """The directory of ZooKeeper's jars, resolved by Maven on first use and checked
+    against the lock file every time."""
+    pom, lock = DEPLOY / version / "pom.xml", DEPLOY / version / LOCK_NAME
+    if not pom.is_file() or not lock.is_file():
+        raise EnvironmentProblem(
+            f"no pinned dependency list for ZooKeeper {version} at {pom.parent}"
+        )
+    lib = cache / version / "lib"
+    if lib.is_dir() and not verify_jars(lib, lock):
+        return lib
+    lib.parent.mkdir(parents=True, exist_ok=True)
+    fresh = Path(tempfile.mkdtemp(prefix="lib-", dir=lib.parent))
+    try:
+        _maven(pom, fresh)
+        problems = verify_jars(fresh, lock)
+        if problems:
+            raise EnvironmentProblem(
+                f"ZooKeeper {version}'s jars do not match {lock}: " + "; ".join(problems[:5])
+            )
+        if lib.exists():
+            shutil.rmtree(lib)
+        fresh.rename(lib)
+    finally:
+        shutil.rmtree(fresh, ignore_errors=True)
+    return lib
+
+
+def write_lock(version: str = VERSION) -> Path:
+    pom, lock = DEPLOY / version / "pom.xml", DEPLOY / version / LOCK_NAME
+    out = Path(tempfile.mkdtemp(prefix="lock-"))
+    try:
+        _maven(pom, out)
+        lines = [f"{_sha256(path)}  {path.name}" for path in sorted(out.glob("*.jar"))]
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    header = (
+        f"# SHA-256 of every jar Maven resolves from pom.xml (ZooKeeper {version}), checked by\n"
+        "# tcpsleuth.lab.zookeeper.resolve; rewrite with python3 -m tcpsleuth.lab.zookeeper lock\n"
+    )
+    lock.write_text(header + "\n".join(lines) + "\n")
+    return lock
+
+
+class ZooKeeperServer:
+    """A standalone ZooKeeper in namespace ``ns``; ``start`` returns once its client port
+    listens."""
+
+    def __init__(
+        self,
+        ns: str,
+        host: str = "127.0.0.1",
+        port: int = 2181,
+        backlog: int | None = None,
+        workdir: Path | None = None,
+    ) -> None:
+        self.ns, self.host, self.port, self.backlog = ns, host, port, backlog
+        self.lib = resolve()
+        self.java = java()
+        self._own_workdir = workdir is None
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="tcpsleuth-zookeeper-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.config = self.workdir / "zoo.cfg"
+        lines = [
+            "tickTime=2000",
+            f"dataDir={self.workdir / 'data'}",
+            f"clientPortAddress={host}",
+            f"clientPort={port}",
+            "maxClientCnxns=0",
+            "admin.enableServer=false",
+        ]
+        if backlog is not None:
+            lines.append(f"clientPortListenBacklog={backlog}")
+        self.config.write_text("# tcpsleuth lab: ZooKeeper, standalone\n" + "\n".join(lines) + "\n")
+        self.child: Child | None = None
+
+    @property
+    def argv(self) -> list[str]:
+        classpath = ":".join(str(p) for p in sorted(self.lib.glob("*.jar")))
+        return [self.java, "-Xmx256m", "-cp", classpath, MAIN, str(self.config)]
+
+    def _listening(self) -> bool:
+        return any(x.local_port == self.port for x in sockdiag.listeners(self.ns))
+
+    def start(self, timeout: float = 120) -> float:
+        started = time.monotonic()
+        self.child = Child(self.argv, ns=self.ns, merge_stderr=True)
+        while not self._listening():
+            if self.child.process.poll() is not None:
+                said = "".join(self.child.all_lines).strip()[-1000:] or "no output"
+                raise EnvironmentProblem(f"ZooKeeper exited before it listened: {said}")
+            if time.monotonic() - started > timeout:
+                self.stop()
+                raise EnvironmentProblem(f"ZooKeeper did not listen within {timeout:.0f} s")
+            time.sleep(0.1)
+        return time.monotonic() - started
+
+    @property
+    def pid(self) -> int | None:
+        return self.child.process.pid if self.child else None
+
+    def stop(self) -> None:
+        if self.child is not None:
+            self.child.stop(signal.SIGTERM, timeout=15)
+            self.child = None
+
+    def close(self) -> None:
+        self.stop()
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> ZooKeeperServer:
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Apache ZooKeeper for tcpsleuth's lab.")
+    parser.add_argument("command", choices=["resolve", "lock"])
+    args = parser.parse_args()
+    if args.command == "resolve":
+        lib = resolve()
+        print(f"ZooKeeper {VERSION}: {len(list(lib.glob('*.jar')))} jars checked in {lib}")
+    else:
+        print(f"wrote {write_lock()}")
+
+
+if __name__ == "__main__":
+    main()
