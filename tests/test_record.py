@@ -24,6 +24,7 @@ from tcpsleuth.detectors.capture.run import analyse_stream
 from tcpsleuth.lab import namespaces
 from tcpsleuth.recorder.capture import copy_window, kept_length
 from tcpsleuth.recorder.incidents import Incidents, Policy
+from tcpsleuth.sources import sockdiag
 from tcpsleuth.sources.pcap import open_capture
 
 STORM = REPO / "tests" / "data" / "storm-prefix" / "server.pcap"
@@ -366,6 +367,13 @@ def _lab_with_recorder(
             )
             time.sleep(0.05)
         assert server is not None, "the lab made no broker namespace"
+        # attached to a broker already serving its clients, as on a production host (the
+        # clients' first connections can overflow the backlog too: another story)
+        while time.monotonic() < deadline + 60:
+            table = sockdiag.snapshot(server, ports=frozenset({9092}), with_info=False)
+            if sum(1 for c in table.connections if c.local_port == 9092) >= 300:
+                break
+            time.sleep(0.2)
         # told the namespace and the port, nothing about the restart
         recorder = Recorder(directory, "--port", "9092", "--netns", server, *record_args)
         recorder.wait_for("ready")
@@ -398,9 +406,12 @@ def test_recorder_in_the_lab_keeps_the_wscale_bug(tmp_path: Path) -> None:
     [incident] = sorted(directory.glob("incident-*"))  # exactly one incident
     assert report_line["incident"] == incident.name
     report = json.loads((incident / "report.json").read_text())
-    assert report["window"]["first_event"] >= run["window"]["restart"]
-    # the SYN cookies: the kernel's count of the whole run (a fresh namespace)
-    sent = run["counters"]["after_restart"]["TcpExtSyncookiesSent"]
+    assert (
+        run["window"]["restart"] <= report["window"]["first_event"] <= run["window"]["after_start"]
+    )
+    # the SYN cookies: the kernel's count from just before the restart to the end (the
+    # clients' first connections can make a few before the recorder starts)
+    sent = run["counters"]["during_restart"]["TcpExtSyncookiesSent"]
     assert sent > 0 and report["syn_cookies"]["sent"] == sent
     assert report["syn_cookies"]["cookie_connections"] > 0
     # the window-scale mismatches, against both ends' `ss -tni`
@@ -422,7 +433,13 @@ def test_recorder_in_the_lab_keeps_the_wscale_bug(tmp_path: Path) -> None:
     kinds = {f["kind"] for f in report["findings"]}
     assert {"wscale-mismatch", "syn-cookies-seen", "rwnd-limited"} <= kinds
     # the window-limited clients: their own `ss` says they waited at the window
-    limited = [r for r in report["rwnd_limited"]["connections"] if r["sender"] == "client"]
+    # (the cookie connections made by the storm; the connections the restart cut were
+    # held back too, while the broker stopped reading, and are gone from ss)
+    limited = [
+        r
+        for r in report["rwnd_limited"]["connections"]
+        if r["sender"] == "client" and r["syn_cookie"]
+    ]
     assert limited
     seen = [
         client_ss[(r["client"], r["server"])]

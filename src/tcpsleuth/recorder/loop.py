@@ -207,6 +207,13 @@ class Recorder:
             except InputError as problem:
                 self.health.sampling_errors_total += 1
                 self._problem("sampling", f"cannot sample: {problem}; trying again")
+                # an incident still closes, and is analysed, without samples
+                now = time.time()
+                done = self.incidents.due(now)
+                if done is not None and self.active is not None:
+                    with contextlib.suppress(OSError):
+                        self._close(done)
+                self._next_finish()
                 self.stop.wait(max(self.s.interval, 2.0))
                 if deadline is not None and time.monotonic() >= deadline:
                     return
