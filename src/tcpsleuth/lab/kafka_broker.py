@@ -611,8 +611,12 @@ class KafkaBroker:
     def restart_allowance_s(self) -> float:
         """A generous bound on a restart's time (SIGTERM to answering again) with hundreds
         of clients reconnecting, from how long the first start took: 3.1.2 takes some 6 s
-        to shut down, 4.x about 1 s, and a start under the storm several times longer."""
-        return 15.0 + 3 * self.timings.get("start_s", 10.0)
+        to shut down, 4.x about 1 s, and a start under the storm several times longer.
+        TCPSLEUTH_RESTART_ALLOWANCE_S raises it where that guess falls short: in a guest
+        under an emulated CPU 3.1.2's controlled shutdown took 80 s, its start under the
+        storm 63 s, and the clients got ready 45 s apart."""
+        floor = float(os.environ.get("TCPSLEUTH_RESTART_ALLOWANCE_S", "0"))
+        return max(floor, 15.0 + 3 * self.timings.get("start_s", 10.0))
 
     @property
     def settle_s(self) -> float:
