@@ -220,3 +220,37 @@ def test_reconnect_storms_against_nginx_and_zookeeper(tmp_path: Path) -> None:
             assert found["pairs"][0] > 1000, port
         assert "wscale-mismatch" not in found["sockets"], port
         assert "wscale-mismatch" not in found["capture"], port
+
+
+def test_prefix_guest_nginx_storm_mismatch_only_with_rcvbuf(tmp_path: Path) -> None:
+    """The real bug: the `prefix` guest kernel (Debian's 6.1 with the fix reverted), one
+    boot, two storms of 300 clients against nginx, every SYN a cookie: with `rcvbuf=` on
+    its listener the sockets and the capture both show wscale-mismatch; without it, none."""
+    import sys
+
+    from tcpsleuth.lab.kernel import build, guest
+
+    kernel = build.find("prefix")
+    if kernel is None:
+        pytest.skip("no prefix guest kernel built (tcpsleuth lab kernel build prefix)")
+    argv = [sys.executable, str(SUPPORT / "guest_nginx_storms.py"), str(tmp_path), "300"]
+    result = guest.run(kernel, argv, timeout=1800, rwdirs=(tmp_path,))
+    assert result.status == 0, result.stderr[-2000:]
+    for name, locked in (("rcvbuf", True), ("plain", False)):
+        folder = tmp_path / name
+        storm = json.loads((folder / "storm.json").read_text())
+        storm.update(
+            pcap=folder / "server.pcap",
+            server_ss=(folder / "server-ss.txt").read_text(),
+            client_ss=(folder / "client-ss.txt").read_text(),
+        )
+        found = _findings(storm, 8080)
+        print(name, storm["settled"], storm["cookies"], found)
+        assert storm["cookies"] > 0, name
+        assert found["pairs"][0] > 100, name
+        if locked:
+            assert "wscale-mismatch" in found["sockets"], name
+            assert "wscale-mismatch" in found["capture"], name
+        else:
+            assert "wscale-mismatch" not in found["sockets"], name
+            assert "wscale-mismatch" not in found["capture"], name
