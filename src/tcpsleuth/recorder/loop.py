@@ -41,6 +41,9 @@ GUARD_S = 0.25
 COUNTS_EVERY_S = 5.0
 RESTART_AFTER_S = 30.0
 FINISH_CPU_S = 600
+# what a host bundle takes: `ss -tni` writes about 500 bytes a socket; sysctls, counters
+BUNDLE_BYTES_PER_SOCKET = 600
+BUNDLE_BASE_BYTES = 256 << 10
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,7 @@ class Active:
     open: Open
     staging: Path
     later_taken: bool = False
+    skip_bundle: bool = False
     workers: list[threading.Thread] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -136,6 +140,8 @@ class Recorder:
         self._room = True
         self._restart_at = 0.0
         self._sizes: dict[str, int] = {}
+        self._sockets_seen = 0
+        self._cap_lock = threading.Lock()
 
     # --- start and stop -------------------------------------------------------------
 
@@ -358,6 +364,7 @@ class Recorder:
         if self.s.thresholds.rwnd_limited_jump <= 0:
             return []
         scrape = sampling.scrape(self.s.netns)
+        self._sockets_seen = len(scrape.sockets)
         summary = summarize(scrape.sockets.filtered(ports=self.ports), self.times, max_ports=1000)
         self.times = summary.times
         limited = sum(
@@ -442,15 +449,23 @@ class Recorder:
         if self.ring.problem:
             active.notes.append(f"no capture: {self.ring.problem}")
         freeze.write_json(staging / freeze.META, self._meta(active))
+        # the bundle's `ss -tni` lists every socket of the namespace at once: room first
+        need = BUNDLE_BYTES_PER_SOCKET * self._sockets_seen + BUNDLE_BASE_BYTES
+        with contextlib.suppress(OSError):
+            self._keep_cap(None, extra=need)
+        if self.health.disk_bytes + need + self.s.max_disk // 5 > self.health.disk_limit_bytes:
+            active.skip_bundle = True
+            active.notes.append("no bundle: no room for it within --max-disk")
         worker = threading.Thread(target=self._gather, args=(active,), daemon=True)
         worker.start()
         active.workers.append(worker)
 
     def _gather(self, active: Active) -> None:
         """The host bundle and the short trace, beside the sampling."""
-        problem = freeze.bundle(active.staging, self.s.netns, self.s.kafka_config)
-        if problem:
-            active.notes.append(problem)
+        if not active.skip_bundle:
+            problem = freeze.bundle(active.staging, self.s.netns, self.s.kafka_config)
+            if problem:
+                active.notes.append(problem)
         if self.trace_problem:
             (active.staging / freeze.TRACE_SKIPPED).write_text(self.trace_problem + "\n")
             return
@@ -613,7 +628,13 @@ class Recorder:
         others = [p for p in self.dir.iterdir() if not p.name.startswith(disk.INCIDENT_PREFIX)]
         return total + disk.blocks(others)
 
-    def _keep_cap(self, previous: int | None) -> int:
+    def _keep_cap(self, previous: int | None, extra: int = 0) -> int:
+        """Free space down to the cap less the headroom (and ``extra``: what is about
+        to be written); the ring's size now."""
+        with self._cap_lock:
+            return self._keep_cap_locked(previous, extra)
+
+    def _keep_cap_locked(self, previous: int | None, extra: int) -> int:
         policy = self.s.policy
         now = time.time()
         current = self.ring.current()
@@ -629,7 +650,7 @@ class Recorder:
         # one burst, once; the ring keeps growing as long as the storm lasts)
         ring_now = disk.blocks([self.dir / RING_DIR])
         grown = ring_now - previous if previous is not None else 0
-        headroom = max(self.s.max_disk // 5, 3 * max(grown, 0))
+        headroom = max(self.s.max_disk // 5, 3 * max(grown, 0)) + extra
         limit = min(self.s.max_disk, used + disk.fs_room(self.dir))
         if used + headroom > limit:
             for ring_file in self.ring.files():
@@ -654,6 +675,10 @@ class Recorder:
                     {"type": "deleted", "incident": incident.name},
                 )
                 used = self._usage()
+        if extra:
+            # room for an incident's files: old ring files and old incidents only
+            self.health.disk_bytes, self.health.disk_limit_bytes = used, limit
+            return ring_now
         if used + headroom > limit and not self.ring.running() and complete:
             # the newest incident alone is larger than the cap: a cap is a cap
             newest = complete[-1]
