@@ -66,7 +66,6 @@ def run_in_guest(
             "TCPSLEUTH_KAFKA_CACHE": str(kafka_broker.CACHE),
             "TCPSLEUTH_KAFKA_DATA": "/tmp",
             "TCPSLEUTH_READY_S": "900",
-            "TCPSLEUTH_RESTART_ALLOWANCE_S": "300",
         }
     for option, value in options.items():
         if value is not None:
