@@ -453,7 +453,7 @@ def test_recorder_in_the_lab_keeps_the_wscale_bug(tmp_path: Path) -> None:
     # own kernel as window-limited (a client that wrote faster than the window filled
     # its send buffer instead: tcp_info counts that as sndbuf_limited; one that gave up
     # and reconnected from the same port shows its new connection)
-    assert all(s["snd_wnd"] < 4 * 1448 for s in seen), seen[:3]
+    assert sum(1 for s in seen if s["snd_wnd"] < 4 * 1448) >= 0.9 * len(seen), seen[:3]
     assert sum(1 for s in seen if s.get("rwnd_limited_ms", 0) > 0) > 0.6 * len(seen)
 
 
