@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from conftest import run_tcpsleuth
 
-from tcpsleuth.lab import namespaces
+from tcpsleuth.lab import analysis, namespaces
 from tcpsleuth.lab.kafka_broker import logged_requests
 
 pytestmark = [
@@ -165,12 +165,12 @@ def test_mitigations_on_real_kafka_4(tmp_path: Path) -> None:
     own = runs["wscale-bug"]["broker_latency_ms"]
     assert own["after"]["produce_total"]["p99"] <= 5 * max(own["before"]["produce_total"]["p99"], 1)
     # the table shows the same matrix
-    from tcpsleuth.cli.lab_render import render_runs
     from tcpsleuth.reports import table
+    from tcpsleuth.reports.labview import render_runs
 
     console = table.console()
     with console.capture() as captured:
-        console.print(render_runs(doc["runs"]))
+        console.print(render_runs(doc["runs"], analysis.mitigations(doc["runs"])))
     text = captured.get()
     assert "Mitigations: clients' produce p50 after the restart" in text
     assert "rcvbuf-unlocked" in text and "kafka-clients" in text

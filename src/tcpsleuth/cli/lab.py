@@ -12,7 +12,6 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from tcpsleuth.cli import lab_guest
 from tcpsleuth.cli.lab_kernel import kernel_group
-from tcpsleuth.cli.lab_render import render_runs
 from tcpsleuth.cli.options import FiniteFloat, format_option
 from tcpsleuth.errors import InputError
 from tcpsleuth.lab import analysis, kafka_broker, namespaces
@@ -21,6 +20,7 @@ from tcpsleuth.lab.runner import LabSize, discard, run_scenario, temporary_workd
 from tcpsleuth.lab.scenarios import SCENARIOS, on_real_kernel
 from tcpsleuth.model.findings import exit_status, ranked
 from tcpsleuth.reports import jsonout, table
+from tcpsleuth.reports.labview import render_runs
 
 
 @click.group("lab")
@@ -329,7 +329,7 @@ def run_command(
             )
         )
     else:
-        table.console().print(render_runs(reports))
+        table.console().print(render_runs(reports, analysis.mitigations(reports)))
         versions = ", ".join(f"{name} {version}" for name, version in libraries.items())
         table.console().print(f"client libraries: {versions}")
         if keep is not None:

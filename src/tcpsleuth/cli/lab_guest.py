@@ -15,14 +15,14 @@ from typing import Any
 
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from tcpsleuth.cli.lab_render import render_runs
 from tcpsleuth.errors import EnvironmentProblem
-from tcpsleuth.lab import kafka_broker
+from tcpsleuth.lab import analysis, kafka_broker
 from tcpsleuth.lab.kernel import build as kbuild
 from tcpsleuth.lab.kernel import guest
 from tcpsleuth.lab.scenarios import REAL_KERNEL_NOTE, Scenario
 from tcpsleuth.model.findings import Finding, exit_status
 from tcpsleuth.reports import jsonout, table
+from tcpsleuth.reports.labview import render_runs
 
 KAFKA_GUEST_MEMORY = "4G"
 FIXED_NOTE = (
@@ -112,7 +112,7 @@ def run_in_guest(
     if output_format == "json":
         jsonout.emit(doc)
     else:
-        table.console().print(render_runs(doc["runs"]))
+        table.console().print(render_runs(doc["runs"], analysis.mitigations(doc["runs"])))
         table.console().print(
             f"guest kernel {kernel.release} ({kernel_name}) under {result.accel_note}, "
             f"{result.seconds:.0f} s"

@@ -7,11 +7,12 @@ from typing import Any
 
 from rich.console import Group
 
-from tcpsleuth.lab import analysis
 from tcpsleuth.reports import table
 
 
-def render_runs(reports: list[dict[str, Any]]) -> Group:
+def render_runs(reports: list[dict[str, Any]], matrix: dict[str, Any] | None = None) -> Group:
+    """The runs' table; ``matrix`` is ``lab.analysis.mitigations(reports)``, where the
+    runs hold a baseline."""
     rows = []
     for r in reports:
         lat = r["latency_ms"]
@@ -54,7 +55,6 @@ def render_runs(reports: list[dict[str, Any]]) -> Group:
             rows,
         )
     ]
-    matrix = analysis.mitigations(reports)
     if matrix is not None and len(reports) > 1:
         parts.append(
             table.records_table(
