@@ -22,6 +22,10 @@ whether it sets the buffer, or the listener's accepted connections do (they inhe
 the lock, and a locked buffer gives them a smaller window scale than an unlocked one).
 A listener made before tcp_rmem was last changed also keeps the old tcp_rmem[1]: it
 reads as locked.
+
+About 630 lines: the listener facts and the three families of findings built on
+them (backlog, Kafka's own settings, the receive-buffer lock), which share the
+facts' matching of listeners, owners and configuration files.
 """
 
 from __future__ import annotations

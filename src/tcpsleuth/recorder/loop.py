@@ -6,6 +6,10 @@ and starts every child process (a child's death signal is tied to the thread tha
 started it); a guard thread keeps the disk cap every quarter second; a worker thread
 per incident writes the host bundle and runs the short trace while the incident lasts.
 The analysis runs in a child process, one at a time.
+
+About 710 lines, most of them the ``Recorder`` class: the ring, the sampling loop,
+the incidents and the disk guard share its state and its locks; the files an
+incident holds and their analysis are in ``incidents.py`` and ``analysis.py``.
 """
 
 from __future__ import annotations

@@ -18,6 +18,10 @@ faster than ``ss -tni`` (bench/bench_sockets.py).
 ``tcp_info`` has grown over the years (``busy_time`` in 4.10, ``snd_wnd`` in
 5.4, ``rcv_wnd`` in 6.x); the kernel sends the struct of its own version, so a
 field counts as present only when the attribute is long enough to hold it.
+
+About 560 lines: the netlink request, the decoding of its messages into columns and
+the listeners' memory and owners share the message layout; the record types they
+fill are in ``model/sockdiag.py``.
 """
 
 from __future__ import annotations
