@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import click
-from rich.console import Group
 
 from tcpsleuth.cli import examples
 from tcpsleuth.cli.options import (
@@ -20,15 +18,14 @@ from tcpsleuth.cli.options import (
     netns_option,
 )
 from tcpsleuth.detectors.audit import audit
-from tcpsleuth.detectors.counters import AUDIT_COUNTERS
-from tcpsleuth.detectors.kernel import KernelVerdict, assess_kernel
-from tcpsleuth.detectors.listeners import YES, ListenerFacts, kafka_server_config, listener_facts
+from tcpsleuth.detectors.kernel import assess_kernel
+from tcpsleuth.detectors.listeners import YES, kafka_server_config, listener_facts
 from tcpsleuth.detectors.probe import probe_findings
 from tcpsleuth.detectors.probe import verdict as probe_verdict
 from tcpsleuth.detectors.servers import identify
 from tcpsleuth.errors import InputError
 from tcpsleuth.lab.probe import run_probe
-from tcpsleuth.model.findings import Finding, exit_status, ranked
+from tcpsleuth.model.findings import exit_status, ranked
 from tcpsleuth.model.records import (
     HostSnapshot,
     KafkaConfig,
@@ -37,6 +34,7 @@ from tcpsleuth.model.records import (
     kafka_release,
 )
 from tcpsleuth.reports import jsonout, table
+from tcpsleuth.reports.auditview import AuditResult, render
 from tcpsleuth.sources import config as server_config
 from tcpsleuth.sources import netns
 from tcpsleuth.sources.bundle import read_bundle
@@ -44,63 +42,6 @@ from tcpsleuth.sources.host import live_snapshot
 from tcpsleuth.sources.kafkaconfig import read_kafka_config
 from tcpsleuth.sources.kafkaprocess import broker_for
 from tcpsleuth.sources.owners import working_directory
-from tcpsleuth.sources.procfs import AUDIT_SYSCTLS
-
-
-@dataclass(frozen=True)
-class AuditResult:
-    snapshot: HostSnapshot
-    verdict: KernelVerdict
-    findings: list[Finding]
-    listeners: list[ListenerFacts]
-
-    def data(self) -> dict[str, Any]:
-        snap = self.snapshot
-        kafka = snap.kafka_config
-        return {
-            "origin": snap.origin,
-            "host": {"hostname": snap.hostname, "kernel_release": snap.kernel_release},
-            "kernel": self.verdict.to_dict(),
-            "sysctls": {name: snap.sysctls[name] for name in AUDIT_SYSCTLS if name in snap.sysctls},
-            "counters": {
-                name: snap.counters[name] for name in AUDIT_COUNTERS if name in snap.counters
-            },
-            "listeners": None
-            if snap.listeners is None
-            else [facts.to_dict() for facts in self.listeners],
-            "kafka": None
-            if kafka is None
-            else {
-                "path": kafka.path,
-                "listeners": [f"{k.name}://{k.host}:{k.port}" for k in kafka.listeners],
-                "version": kafka.version,
-                "version_source": kafka.version_source,
-                "honours_listen_backlog_size": kafka.honours_listen_backlog,
-                "socket_listen_backlog_size": kafka.listen_backlog_size,
-                "effective_listen_backlog": kafka.effective_listen_backlog,
-                "socket_receive_buffer_bytes": kafka.receive_buffer_bytes,
-                "socket_send_buffer_bytes": kafka.send_buffer_bytes,
-            },
-            "server_configs": [
-                {
-                    "program": config.program,
-                    "path": config.path,
-                    "listeners": [
-                        {
-                            "address": f"{x.host or '*'}:{x.port}",
-                            "backlog": x.backlog,
-                            "rcvbuf": x.rcvbuf,
-                            "where": x.where,
-                        }
-                        for x in config.listeners
-                    ],
-                    "settings": dict(config.settings),
-                    "notes": list(config.notes),
-                }
-                for config in snap.server_configs
-            ],
-            "notes": list(snap.notes),
-        }
 
 
 def _discovered(snapshot: HostSnapshot, given: set[tuple[str, str]]) -> list[ServerConfig]:
@@ -237,60 +178,6 @@ def probe_rcvbuf(snapshot: HostSnapshot) -> int:
         if facts.rcvbuf_locked == YES and facts.rcvbuf:
             return max(facts.rcvbuf // 2, 1152)
     return 102400
-
-
-def render(result: AuditResult) -> Group:
-    data = result.data()
-    parts: list[Any] = [
-        table.key_values(
-            "Host",
-            [
-                ("source", data["origin"]),
-                ("host", data["host"]["hostname"]),
-                (
-                    "kernel",
-                    f"{result.verdict.release}: {result.verdict.status} ({result.verdict.reason})",
-                ),
-            ],
-        ),
-        table.key_values("TCP settings", sorted(data["sysctls"].items())),
-    ]
-    if data["counters"]:
-        parts.append(table.key_values("Counters since boot", data["counters"].items()))
-    if data["listeners"]:
-        busiest = sorted(data["listeners"], key=lambda x: -(x["established"] or 0))[:20]
-        parts.append(
-            table.records_table(
-                "Listeners (busiest first)",
-                [
-                    "listener",
-                    "program",
-                    "backlog",
-                    "accept queue",
-                    "established",
-                    "rcvbuf",
-                    "locked",
-                ],
-                [
-                    (
-                        x["listener"],
-                        x["program"]
-                        or ", ".join(sorted({p["comm"] for p in x["processes"]}))
-                        or "?",
-                        x["backlog"],
-                        x["accept_queue"],
-                        x["established"],
-                        x["rcvbuf"],
-                        x["rcvbuf_locked"],
-                    )
-                    for x in busiest
-                ],
-            )
-        )
-    for note in data["notes"]:
-        parts.append(f"[dim]note: {table.plain(note)}[/dim]")
-    parts.append(table.findings_table(result.findings))
-    return Group(*parts)
 
 
 @click.command("audit")

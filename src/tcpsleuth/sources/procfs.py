@@ -12,25 +12,8 @@ import os
 from pathlib import Path
 
 from tcpsleuth.errors import InputError
+from tcpsleuth.model.records import AUDIT_SYSCTLS
 from tcpsleuth.sources.textfile import read_text, where
-
-# The sysctls the audit reads; the live source reads exactly these.
-AUDIT_SYSCTLS = (
-    "net.ipv4.tcp_syncookies",
-    "net.ipv4.tcp_timestamps",
-    "net.ipv4.tcp_window_scaling",
-    "net.ipv4.tcp_sack",
-    "net.ipv4.tcp_max_syn_backlog",
-    "net.ipv4.tcp_rmem",
-    "net.ipv4.tcp_wmem",
-    "net.ipv4.tcp_adv_win_scale",
-    "net.ipv4.tcp_synack_retries",
-    "net.ipv4.tcp_syn_retries",
-    "net.core.somaxconn",
-    "net.core.rmem_max",
-    "net.core.rmem_default",
-    "net.core.wmem_max",
-)
 
 
 def parse_counter_pairs(text: str, source: Path | str) -> dict[str, int]:
