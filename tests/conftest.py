@@ -62,14 +62,16 @@ def netns() -> Iterator[str]:
         yield name
 
 
-def run_tcpsleuth(*args: str, check_status: int | None = None) -> subprocess.CompletedProcess[str]:
+def run_tcpsleuth(
+    *args: str, check_status: int | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     """Run the installed command line as a user would, in a separate process."""
     result = subprocess.run(
         [sys.executable, "-m", "tcpsleuth", *args],
         capture_output=True,
         text=True,
         check=False,
-        timeout=300,
+        timeout=timeout,
     )
     if check_status is not None:
         assert result.returncode == check_status, (result.returncode, result.stdout, result.stderr)

@@ -141,6 +141,7 @@ def test_mitigations_on_real_kafka_4(tmp_path: Path) -> None:
         "small",
         "--format",
         "json",
+        timeout=1800,  # six runs of a real broker: about 6 minutes here, more under load
     )
     assert result.returncode == 1, result.stderr[-2000:]
     doc = json.loads(result.stdout)
