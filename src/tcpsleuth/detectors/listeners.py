@@ -44,7 +44,7 @@ from tcpsleuth.detectors.kernel import (
     shifts_for_rcvbuf,
     unlocked_wscale,
 )
-from tcpsleuth.model.findings import Finding, Severity, endpoint, listener_subject
+from tcpsleuth.model.findings import Finding, Severity, endpoint, listener_subject, plain_address
 from tcpsleuth.model.records import (
     ConfiguredListener,
     HostSnapshot,
@@ -152,17 +152,8 @@ def _family(ip: str) -> int:
     return ipaddress.ip_address(ip).version
 
 
-def _plain(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-    """The address with IPv4-mapped IPv6 read as IPv4 (a Java listener bound to
-    127.0.0.1 is an IPv6 socket bound to ::ffff:127.0.0.1)."""
-    addr = ipaddress.ip_address(ip)
-    if addr.version == 6 and addr.ipv4_mapped is not None:
-        return addr.ipv4_mapped
-    return addr
-
-
 def _wildcard(ip: str) -> bool:
-    return _plain(ip).is_unspecified
+    return plain_address(ip).is_unspecified
 
 
 def _group(found: Iterable[Listener]) -> dict[tuple[str, int], list[Listener]]:
@@ -203,10 +194,10 @@ def _match(config: ConfiguredListener, ip: str, port: int) -> int:
     if config.host in ("", "*"):
         return 1
     try:
-        wanted = _plain(config.host)
+        wanted = plain_address(config.host)
     except ValueError:
         return 0  # a host name: not resolved here
-    have = _plain(ip)
+    have = plain_address(ip)
     if wanted.is_unspecified and have.is_unspecified:
         return 2 if wanted.version == have.version else 1
     return 3 if wanted == have else 0

@@ -37,15 +37,22 @@ class Severity(enum.StrEnum):
         return {"critical": 2, "warning": 1, "info": 0}[self.value]
 
 
+def plain_address(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    """The address, with an IPv4-mapped IPv6 address (``::ffff:10.0.0.1``, a dual-stack
+    or Java socket's view of an IPv4 peer) read as the IPv4 address it is."""
+    addr = ipaddress.ip_address(ip)
+    if addr.version == 6 and addr.ipv4_mapped is not None:
+        return addr.ipv4_mapped
+    return addr
+
+
 def endpoint(ip: str, port: int) -> str:
     """``IP:PORT``, with IPv6 addresses in brackets as ``ss`` and URLs write them.
 
     IPv4-mapped IPv6 addresses (``::ffff:10.0.0.1``) are shown as IPv4 so both
     ends of one connection name it the same way.
     """
-    addr = ipaddress.ip_address(ip)
-    if addr.version == 6 and addr.ipv4_mapped is not None:
-        addr = addr.ipv4_mapped
+    addr = plain_address(ip)
     if addr.version == 6:
         return f"[{addr.compressed}]:{port}"
     return f"{addr}:{port}"
