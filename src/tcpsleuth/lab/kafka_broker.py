@@ -216,8 +216,16 @@ def resolve(version: str, cache: Path = CACHE) -> Path:
     lib = cache / version / "lib"
     if lib in _VERIFIED:
         return lib
+    locked_jars(f"Kafka {version}", pom, lock, lib)
+    _VERIFIED.add(lib)
+    return lib
+
+
+def locked_jars(what: str, pom: Path, lock: Path, lib: Path) -> Path:
+    """``lib`` holding the jars ``pom`` pins, checked against ``lock``: kept when they
+    match, else resolved afresh by Maven beside it and swapped in once they match (a
+    failed resolve leaves the old directory as it was)."""
     if lib.is_dir() and not verify_jars(lib, lock):
-        _VERIFIED.add(lib)
         return lib
     lib.parent.mkdir(parents=True, exist_ok=True)
     fresh = Path(tempfile.mkdtemp(prefix="lib-", dir=lib.parent))
@@ -226,7 +234,7 @@ def resolve(version: str, cache: Path = CACHE) -> Path:
         problems = verify_jars(fresh, lock)
         if problems:
             raise EnvironmentProblem(
-                f"Kafka {version}'s jars do not match {lock}: " + "; ".join(problems[:5])
+                f"{what}'s jars do not match {lock}: " + "; ".join(problems[:5])
             )
         if lib.exists():
             shutil.rmtree(lib)

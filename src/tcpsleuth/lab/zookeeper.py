@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from tcpsleuth.errors import EnvironmentProblem
-from tcpsleuth.lab.kafka_broker import _maven, _sha256, java, verify_jars
+from tcpsleuth.lab.kafka_broker import _maven, _sha256, java, locked_jars
 from tcpsleuth.lab.processes import Child
 from tcpsleuth.sources import sockdiag
 
@@ -45,24 +45,7 @@ def resolve(version: str = VERSION, cache: Path = CACHE) -> Path:
         raise EnvironmentProblem(
             f"no pinned dependency list for ZooKeeper {version} at {pom.parent}"
         )
-    lib = cache / version / "lib"
-    if lib.is_dir() and not verify_jars(lib, lock):
-        return lib
-    lib.parent.mkdir(parents=True, exist_ok=True)
-    fresh = Path(tempfile.mkdtemp(prefix="lib-", dir=lib.parent))
-    try:
-        _maven(pom, fresh)
-        problems = verify_jars(fresh, lock)
-        if problems:
-            raise EnvironmentProblem(
-                f"ZooKeeper {version}'s jars do not match {lock}: " + "; ".join(problems[:5])
-            )
-        if lib.exists():
-            shutil.rmtree(lib)
-        fresh.rename(lib)
-    finally:
-        shutil.rmtree(fresh, ignore_errors=True)
-    return lib
+    return locked_jars(f"ZooKeeper {version}", pom, lock, cache / version / "lib")
 
 
 def write_lock(version: str = VERSION) -> Path:
