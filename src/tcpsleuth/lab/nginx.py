@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tcpsleuth.errors import EnvironmentProblem
-from tcpsleuth.lab.processes import Child
+from tcpsleuth.lab.processes import Child, ServerChild
 from tcpsleuth.sources import sockdiag
 
 
@@ -89,9 +89,12 @@ http {{
 """
 
 
-class NginxServer:
+class NginxServer(ServerChild):
     """nginx in namespace ``ns`` with the given listeners; ``start`` returns once every
     one of them listens."""
+
+    STOP_SIGNAL = signal.SIGQUIT  # graceful: finish the open requests
+    STOP_TIMEOUT_S = 10.0
 
     def __init__(self, ns: str, listens: list[Listen], workdir: Path | None = None) -> None:
         self.ns, self.listens = ns, listens
@@ -124,24 +127,3 @@ class NginxServer:
                 raise EnvironmentProblem(f"nginx did not listen within {timeout:.0f} s")
             time.sleep(0.05)
         return time.monotonic() - started
-
-    @property
-    def pid(self) -> int | None:
-        return self.child.process.pid if self.child else None
-
-    def stop(self) -> None:
-        if self.child is not None:
-            self.child.stop(signal.SIGQUIT, timeout=10)
-            self.child = None
-
-    def close(self) -> None:
-        self.stop()
-        if self._own_workdir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> NginxServer:
-        self.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()

@@ -11,12 +11,14 @@ import ctypes
 import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, Self
 
 PR_SET_PDEATHSIG = 1
 # How long a child may take to say it is ready. Generous: a child that fails exits and
@@ -123,3 +125,40 @@ class Child:
 
 def python_module(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
+
+
+class ServerChild:
+    """A lab server run as one :class:`Child` in a work directory: its pid, how it is
+    stopped (``STOP_SIGNAL``, ``STOP_TIMEOUT_S``) and the work directory removed on
+    close when the server made it. Subclasses set ``child``, ``workdir`` and
+    ``_own_workdir`` and define ``start``."""
+
+    STOP_SIGNAL = signal.SIGTERM
+    STOP_TIMEOUT_S = 15.0
+    child: Child | None
+    workdir: Path
+    _own_workdir: bool
+
+    def start(self, timeout: float = 60) -> float:
+        raise NotImplementedError
+
+    @property
+    def pid(self) -> int | None:
+        return self.child.process.pid if self.child else None
+
+    def stop(self) -> None:
+        if self.child is not None:
+            self.child.stop(self.STOP_SIGNAL, timeout=self.STOP_TIMEOUT_S)
+            self.child = None
+
+    def close(self) -> None:
+        self.stop()
+        if self._own_workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()

@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import signal
 import tempfile
 import time
 from pathlib import Path
 
 from tcpsleuth.errors import EnvironmentProblem
 from tcpsleuth.lab.kafka_broker import _maven, _sha256, java, locked_jars
-from tcpsleuth.lab.processes import Child
+from tcpsleuth.lab.processes import Child, ServerChild
 from tcpsleuth.sources import sockdiag
 
 VERSION = "3.9.5"
@@ -64,7 +63,7 @@ def write_lock(version: str = VERSION) -> Path:
     return lock
 
 
-class ZooKeeperServer:
+class ZooKeeperServer(ServerChild):
     """A standalone ZooKeeper in namespace ``ns``; ``start`` returns once its client port
     listens."""
 
@@ -116,27 +115,6 @@ class ZooKeeperServer:
                 raise EnvironmentProblem(f"ZooKeeper did not listen within {timeout:.0f} s")
             time.sleep(0.1)
         return time.monotonic() - started
-
-    @property
-    def pid(self) -> int | None:
-        return self.child.process.pid if self.child else None
-
-    def stop(self) -> None:
-        if self.child is not None:
-            self.child.stop(signal.SIGTERM, timeout=15)
-            self.child = None
-
-    def close(self) -> None:
-        self.stop()
-        if self._own_workdir:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> ZooKeeperServer:
-        self.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.close()
 
 
 def main() -> None:
