@@ -4,6 +4,7 @@ SIGKILL, and the lab's incident (``wscale-bug``) and a quiet run (``baseline``).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -170,8 +171,34 @@ class Recorder:
 
 
 def _leftovers(directory: Path) -> list[int]:
-    out = subprocess.run(["ps", "-wweo", "pid,args"], capture_output=True, text=True).stdout
-    return [int(line.split()[0]) for line in out.splitlines()[1:] if str(directory) in line]
+    """Processes naming the directory in their command line or their environment (the
+    ring's tcpdump is named there: it writes to a pipe)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            text = (entry / "cmdline").read_bytes() + (entry / "environ").read_bytes()
+            if str(directory).encode() in text:
+                found.append(int(entry.name))
+    return found
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _knock(ns: str, port: int = 9092, times: int = 3) -> None:
+    """A few connection attempts to the port (refused: a SYN and a RST each)."""
+    code = (
+        "import socket\n"
+        f"for _ in range({times}):\n"
+        f"    s = socket.socket(); s.connect_ex(('127.0.0.1', {port})); s.close()\n"
+    )
+    subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", code], check=True)
 
 
 def _modes(directory: Path) -> set[str]:
@@ -259,12 +286,6 @@ def test_recorder_keeps_one_storm_it_was_told_nothing_about(netns: str, tmp_path
 
 
 @needs_root
-@pytest.mark.xfail(
-    strict=False,
-    reason="known limitation (issue 16 open): the cap is kept by a check every 0.25 s, and "
-    "a storm can overshoot it before the check runs: du saw 6,410,240 bytes against a "
-    "6,291,456 cap in a clean-clone CI run, 7.0 MB on a loaded machine",
-)
 def test_disk_cap_holds_under_a_storm(netns: str, tmp_path: Path) -> None:
     """A 6 MiB cap against storms that write more: du never sees more than the cap."""
     directory = tmp_path / "rec"
@@ -305,6 +326,13 @@ def test_disk_cap_holds_under_a_storm(netns: str, tmp_path: Path) -> None:
     assert _leftovers(directory) == []
 
 
+def _wait_for_ring_files(directory: Path, count: int) -> None:
+    deadline = time.monotonic() + 10
+    while len(list((directory / "ring").glob("ring-*.pcap"))) < count:
+        assert time.monotonic() < deadline, "no ring file"
+        time.sleep(0.1)
+
+
 @needs_root
 def test_sigkill_leaves_nothing_and_the_next_start_reuses_the_directory(
     netns: str, tmp_path: Path
@@ -312,8 +340,10 @@ def test_sigkill_leaves_nothing_and_the_next_start_reuses_the_directory(
     directory = tmp_path / "rec"
     first = Recorder(directory, "--port", "9092", "--netns", netns, "--trace", "0")
     first.wait_for("ready")
-    tcpdump = _leftovers(directory)
+    tcpdump = [pid for pid in _leftovers(directory) if _comm(pid) == "tcpdump"]
     assert tcpdump, "tcpdump is not running"
+    _knock(netns)
+    _wait_for_ring_files(directory, 1)
     first.stop(signal.SIGKILL)
     time.sleep(0.5)
     assert _leftovers(directory) == []  # tcpdump died with it
@@ -321,6 +351,7 @@ def test_sigkill_leaves_nothing_and_the_next_start_reuses_the_directory(
         directory, "--port", "9092", "--netns", netns, "--trace", "0", "--duration", "3"
     )
     second.wait_for("ready")
+    _knock(netns)
     assert second.process.wait(timeout=60) == 0, second.lines
     assert any(line["type"] == "recovered" for line in second.lines), second.lines
     assert [line for line in second.lines if line["type"] == "stopped"]

@@ -5,8 +5,8 @@ Each child gets PR_SET_PDEATHSIG=SIGKILL (kept across exec, and across ``ip netn
 exec``, which execs its command): if the recorder dies, even by SIGKILL, its children
 die with it. The signal is tied to the thread that started the child, so long-lived
 children are started from the recorder's main thread. As a second line, the next
-start looks for processes whose command line names the recorder's directory (a
-tcpdump writing its ring, say) and ends them.
+start looks for processes whose command line or environment names the recorder's
+directory (a tcpdump capturing for its ring, say) and ends them.
 """
 
 from __future__ import annotations
@@ -45,17 +45,20 @@ def in_netns(netns: str | None) -> list[str]:
 
 
 def processes_naming(marker: str) -> list[int]:
-    """Processes (other than this one) whose command line contains ``marker``."""
+    """Processes (other than this one) whose command line or environment contains
+    ``marker``."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
-        try:
-            args = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if marker in args:
-            found.append(int(entry.name))
+        for part in ("cmdline", "environ"):
+            try:
+                text = (entry / part).read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if marker in text:
+                found.append(int(entry.name))
+                break
     return found
 
 

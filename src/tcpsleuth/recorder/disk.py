@@ -10,6 +10,12 @@ is room again. The headroom is three times what was written since the last check
 (every quarter second), and at least a fifth of the cap: a storm makes the ring grow
 fast, and an incident writes its bundle and socket snapshots at once.
 
+That check runs every quarter second; between two checks the ring grows only by what
+the :class:`Budget` the check left allows: the recorder writes the ring's files itself
+(:mod:`.ring_writer`) and makes no write the budget refuses. Files an incident is about
+to write (its host bundle, its capture copied out of the ring) are reserved from the
+budget first, until they are written and measured.
+
 The file system's own free space counts too: the recorder keeps at least
 ``MIN_FREE_FRACTION`` of it free, for everyone else.
 """
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,3 +82,52 @@ class Freed:
     ring_files: int = 0
     incidents: list[str] | None = None
     bytes: int = 0
+
+
+class Budget:
+    """Bytes the ring may still allocate until the next check measures the directory.
+
+    ``set`` is given the room the check measured (the cap less what is on disk); what
+    the ring took while the check was measuring, and what incidents reserved, come off
+    it. ``take`` is all or nothing.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._left = 0
+        self._taken = 0
+        self._reserved: dict[str, int] = {}
+
+    def mark(self) -> int:
+        """Call before measuring; give the result to ``set``."""
+        with self._lock:
+            return self._taken
+
+    def set(self, room: int, mark: int) -> None:
+        with self._lock:
+            taken_since = self._taken - mark
+            self._left = max(0, room - sum(self._reserved.values()) - taken_since)
+
+    def take(self, size: int) -> bool:
+        with self._lock:
+            if size > self._left:
+                return False
+            self._left -= size
+            self._taken += size
+            return True
+
+    def reserve(self, name: str, size: int) -> None:
+        """Hold ``size`` bytes back for files about to be written (until ``release``);
+        the room the ring has left shrinks at once."""
+        with self._lock:
+            self._reserved[name] = self._reserved.get(name, 0) + size
+            self._left = max(0, self._left - size)
+
+    def release(self, name: str) -> None:
+        with self._lock:
+            self._reserved.pop(name, None)
+
+    @property
+    def reserved(self) -> int:
+        with self._lock:
+            return sum(self._reserved.values())

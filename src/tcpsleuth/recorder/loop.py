@@ -48,6 +48,9 @@ FINISH_CPU_S = 600
 # what a host bundle takes: `ss -tni` writes about 500 bytes a socket; sysctls, counters
 BUNDLE_BYTES_PER_SOCKET = 600
 BUNDLE_BASE_BYTES = 256 << 10
+# of the cap, kept free of the ring for an incident's small files (events, samples,
+# socket snapshots, report)
+SLACK_PART = 10
 
 
 @dataclass(frozen=True)
@@ -89,6 +92,7 @@ class Health:
     capture_up: bool = False
     capture_packets_total: int = 0
     capture_dropped_total: int = 0
+    capture_capped_total: int = 0  # kept out of the ring by the disk cap
     disk_bytes: int = 0
     disk_limit_bytes: int = 0
     ring_seconds: float = 0.0
@@ -119,6 +123,8 @@ class Recorder:
         self.host = sampling.host_label(settings.netns)
         self.incidents = Incidents(settings.policy)
         self.health = Health(disk_limit_bytes=settings.max_disk)
+        self.budget = disk.Budget()
+        self._wake_guard = threading.Event()
         self.ring = Ring(
             self.dir,
             settings.ports,
@@ -127,6 +133,8 @@ class Recorder:
             settings.snaplen,
             settings.rotate_s,
             lambda line: self._problem("capture", line),
+            self.budget,
+            self._wake_guard.set,
         )
         self.history: deque[dict[str, Any]] = deque(
             maxlen=int(settings.policy.before_s / settings.interval) + 3
@@ -189,6 +197,8 @@ class Recorder:
         self.prepare()
         guard = threading.Thread(target=self._guard, name="disk-guard", daemon=True)
         try:
+            with contextlib.suppress(OSError):
+                self._keep_cap(None)  # the ring's first budget
             self.ring.start()
             if self.trace_problem and self.s.trace_s > 0:
                 self._problem("trace", f"no trace in incidents: {self.trace_problem}")
@@ -284,10 +294,12 @@ class Recorder:
                     with contextlib.suppress(OSError, ValueError, KeyError):
                         make_whole(path, self.s.max_disk // 2)
         captured, _received, dropped = self.ring.counts.totals
+        capped = self.ring.capped_total
         self.say(
             f"stopped: {self.health.incidents_total} incident(s) recorded; tcpdump captured "
-            f"{captured} packets, the kernel dropped {dropped}",
-            {"type": "stopped", "captured": captured, "dropped": dropped},
+            f"{captured} packets, the kernel dropped {dropped}"
+            + (f", {capped} kept out by --max-disk" if capped else ""),
+            {"type": "stopped", "captured": captured, "dropped": dropped, "capped": capped},
         )
         if self.lock is not None:
             self.lock.release()
@@ -455,11 +467,13 @@ class Recorder:
         freeze.write_json(staging / freeze.META, self._meta(active))
         # the bundle's `ss -tni` lists every socket of the namespace at once: room first
         need = BUNDLE_BYTES_PER_SOCKET * self._sockets_seen + BUNDLE_BASE_BYTES
+        self.budget.reserve(f"bundle {incident.name}", need)
         with contextlib.suppress(OSError):
             self._keep_cap(None, extra=need)
         if self.health.disk_bytes + need + self.s.max_disk // 5 > self.health.disk_limit_bytes:
             active.skip_bundle = True
             active.notes.append("no bundle: no room for it within --max-disk")
+            self.budget.release(f"bundle {incident.name}")
         worker = threading.Thread(target=self._gather, args=(active,), daemon=True)
         worker.start()
         active.workers.append(worker)
@@ -467,7 +481,10 @@ class Recorder:
     def _gather(self, active: Active) -> None:
         """The host bundle and the short trace, beside the sampling."""
         if not active.skip_bundle:
-            problem = freeze.bundle(active.staging, self.s.netns, self.s.kafka_config)
+            try:
+                problem = freeze.bundle(active.staging, self.s.netns, self.s.kafka_config)
+            finally:
+                self.budget.release(f"bundle {active.open.name}")
             if problem:
                 active.notes.append(problem)
         if self.trace_problem:
@@ -548,6 +565,7 @@ class Recorder:
         self.finishing_name = (
             freeze.final_dir(path).name if path.name.endswith(".partial") else path.name
         )
+        self.budget.reserve(f"finish {self.finishing_name}", budget)
         self.finishing = subprocess.Popen(
             [sys.executable, "-m", "tcpsleuth.recorder.finish", str(path), "--budget", str(budget)],
             stdin=subprocess.DEVNULL,
@@ -564,6 +582,7 @@ class Recorder:
         self.finishing = None
         _out, err = child.communicate()
         name = self.finishing_name
+        self.budget.release(f"finish {name}")
         if child.returncode == 0:
             self._sizes.pop(name, None)
             report = self.dir / name / freeze.REPORT_JSON
@@ -604,6 +623,7 @@ class Recorder:
         self.health.capture_up = self.ring.running()
         self.health.capture_packets_total = captured
         self.health.capture_dropped_total = dropped
+        self.health.capture_capped_total = self.ring.capped_total
         if self.ring.running():
             self.health.problems.pop("capture", None)
         files = self.ring.files()
@@ -616,7 +636,11 @@ class Recorder:
 
     def _guard(self) -> None:
         previous = None
-        while not self.stop.wait(GUARD_S):
+        while not self.stop.is_set():
+            self._wake_guard.wait(GUARD_S)
+            self._wake_guard.clear()
+            if self.stop.is_set():
+                return
             with contextlib.suppress(OSError):
                 previous = self._keep_cap(previous)
 
@@ -641,6 +665,7 @@ class Recorder:
     def _keep_cap_locked(self, previous: int | None, extra: int) -> int:
         policy = self.s.policy
         now = time.time()
+        mark = self.budget.mark()
         current = self.ring.current()
         files = self.ring.files()
         # ring files no incident can reach back to any more
@@ -679,6 +704,9 @@ class Recorder:
                     {"type": "deleted", "incident": incident.name},
                 )
                 used = self._usage()
+        # the ring's hard limit until the next check: what is left below the cap, less
+        # what incidents reserved and a slack for their small files
+        self.budget.set(limit - used - self.s.max_disk // SLACK_PART, mark)
         if extra:
             # room for an incident's files: old ring files and old incidents only
             self.health.disk_bytes, self.health.disk_limit_bytes = used, limit

@@ -1,17 +1,18 @@
-"""The ring: tcpdump writing header-only capture of the service ports into files
-rotated by time.
+"""The ring: header-only capture of the service ports, in files rotated by time.
 
-``tcpdump -G SECONDS -w ring-%Y%m%dT%H%M%SZ-gN.pcap`` opens a new file, named by the
-time it opens, every SECONDS (at the first packet after them); ``N`` is the tcpdump
-start (milliseconds since the epoch), so a restarted tcpdump never reuses a name.
-Nothing is ever truncated in place: ``-C`` with ``-W`` would reuse ring files, and a
-frozen incident could be overwritten. Old files are deleted by the recorder
-(:mod:`.disk`), not by tcpdump.
+tcpdump captures and writes pcap to a pipe (``-w -``); the recorder writes the files
+(:mod:`.ring_writer`), ``ring-%Y%m%dT%H%M%SZ-gN.pcap``, a new one at the first packet
+``rotate_s`` seconds after the last opened, as ``tcpdump -G`` would. ``N`` is the
+tcpdump start (milliseconds since the epoch), so a restarted tcpdump never reuses a
+name. Nothing is ever truncated in place (``tcpdump -C`` with ``-W`` would reuse ring
+files, and a frozen incident could be overwritten); old files are deleted by the
+recorder (:mod:`.disk`), and no write goes past the disk budget.
 
 tcpdump runs as root (``-Z root``: the ring directory is root's only, mode 0700),
 packet-buffered (``-U``) so that what a file holds is on disk when an incident is
-frozen, with the recorder's umask (077), and prints its counts of packets captured,
-received by the filter and dropped by the kernel when asked (SIGUSR1) and at exit.
+frozen, and prints its counts of packets captured, received by the filter and dropped
+by the kernel when asked (SIGUSR1) and at exit. Its environment names the ring
+(``TCPSLEUTH_RING``), so that the next start can find one a killed recorder left.
 """
 
 from __future__ import annotations
@@ -30,8 +31,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tcpsleuth.recorder.children import die_with_parent, in_netns
+from tcpsleuth.recorder.disk import Budget
+from tcpsleuth.recorder.ring_writer import RingWriter
 
 RING_DIR = "ring"
+MARKER = "TCPSLEUTH_RING"
 NAME = re.compile(r"^ring-(\d{8}T\d{6})Z-g(\d+)\.pcap$")
 STATS = re.compile(
     r"(\d+) packets? captured[,\n]\s*(\d+) packets? received by filter[,\n]\s*"
@@ -120,6 +124,8 @@ class Ring:
         snaplen: int,
         rotate_s: int,
         say: Callable[[str], None],
+        budget: Budget | None = None,
+        wake: Callable[[], None] = lambda: None,
     ) -> None:
         self.directory = directory / RING_DIR
         self.ports = ports
@@ -128,7 +134,7 @@ class Ring:
         self.snaplen = snaplen
         self.rotate_s = rotate_s
         self.say = say
-        self.process: subprocess.Popen[str] | None = None
+        self.process: subprocess.Popen[bytes] | None = None
         self.generation = 0
         self.counts = CaptureCounts()
         self.problem: str | None = None  # why there is no capture now
@@ -136,9 +142,13 @@ class Ring:
         self._errors: list[str] = []
         self._lock = threading.Lock()
         self._reader: threading.Thread | None = None
+        self.budget = budget or Budget()
+        self.wake = wake
+        self.writer: RingWriter | None = None
+        self._writer_thread: threading.Thread | None = None
+        self.capped_packets = 0  # kept out by the cap, by the writers that ended
 
     def argv(self) -> list[str]:
-        pattern = self.directory / f"ring-%Y%m%dT%H%M%SZ-g{self.generation}.pcap"
         return [
             *in_netns(self.netns),
             self.tcpdump or "tcpdump",
@@ -152,10 +162,8 @@ class Ring:
             "4096",
             "-Z",
             "root",
-            "-G",
-            str(self.rotate_s),
             "-w",
-            str(pattern),
+            "-",
             capture_filter(self.ports),
         ]
 
@@ -180,12 +188,26 @@ class Ring:
         self.process = subprocess.Popen(
             self.argv(),
             stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "TZ": "UTC"},
+            bufsize=0,
+            env={**os.environ, "TZ": "UTC", MARKER: f"{self.directory}/"},
             preexec_fn=die_with_parent,
         )
+        assert self.process.stdout is not None
+        self.writer = RingWriter(
+            self.process.stdout,
+            self.directory,
+            self.generation,
+            self.rotate_s,
+            self.budget,
+            self.wake,
+            self.say,
+        )
+        self._writer_thread = threading.Thread(
+            target=self.writer.run, name="ring-writer", daemon=True
+        )
+        self._writer_thread.start()
         ready = threading.Event()
         self._reader = threading.Thread(
             target=self._read_stderr, args=(self.process, ready), daemon=True
@@ -209,11 +231,12 @@ class Ring:
         self.problem = why
         return False
 
-    def _read_stderr(self, process: subprocess.Popen[str], ready: threading.Event) -> None:
+    def _read_stderr(self, process: subprocess.Popen[bytes], ready: threading.Event) -> None:
         assert process.stderr is not None
         pending = ""
         last = (0, 0, 0)
-        for line in process.stderr:
+        for raw in process.stderr:
+            line = raw.decode(errors="replace")
             if "listening on" in line:
                 ready.set()
             self._errors.append(line)
@@ -256,6 +279,11 @@ class Ring:
                     process.wait()
             if self._reader is not None:
                 self._reader.join(timeout=5)  # its final counts, printed at exit
+            if self._writer_thread is not None:
+                self._writer_thread.join(timeout=10)  # what is left in the pipe
+        if self.writer is not None:
+            self.capped_packets += self.writer.counts.capped_packets
+            self.writer = None
         if why is not None:
             self.paused = True
             if self.problem != why:
@@ -266,8 +294,13 @@ class Ring:
         return ring_files(self.directory)
 
     def current(self) -> RingFile | None:
-        """The file tcpdump is writing now (the newest of its generation)."""
-        if not self.running():
-            return None
-        mine = [f for f in self.files() if f.generation == self.generation]
-        return mine[-1] if mine else None
+        """The file being written now."""
+        writer = self.writer
+        path = writer.current if writer is not None else None
+        return parse_name(path) if path is not None else None
+
+    @property
+    def capped_total(self) -> int:
+        """Packets kept out of the ring by the disk cap."""
+        writer = self.writer
+        return self.capped_packets + (writer.counts.capped_packets if writer else 0)

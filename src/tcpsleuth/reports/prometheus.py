@@ -259,6 +259,11 @@ def recorder_families(health: Any, directory: str) -> Iterator[Metric]:
         "Packets the kernel dropped before tcpdump could read them (its buffer was full).",
         health.capture_dropped_total,
     )
+    yield counter(
+        "capture_capped_packets",
+        "Packets tcpdump captured that were not written: the ring was at --max-disk.",
+        health.capture_capped_total,
+    )
     yield gauge(
         "disk_bytes", "Bytes the recorder holds on disk (ring and incidents).", health.disk_bytes
     )
