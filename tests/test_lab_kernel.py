@@ -83,6 +83,65 @@ def _in_guest(kernel: str, *command: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def _guests_of(owner: int) -> list[int]:
+    """QEMU processes that carry the run ``owner`` in their environment."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+            comm = (entry / "comm").read_text()
+        except OSError:
+            continue
+        if comm.startswith("qemu") and any(
+            item.startswith(f"{guest.OWNER}={owner}:".encode()) for item in environ
+        ):
+            found.append(int(entry.name))
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] not in "ZX"
+
+
+def test_a_killed_run_leaves_no_guest_behind(lab_kernels: dict[str, dict[str, Any]]) -> None:
+    """SIGKILL cannot be handled: the QEMU of a killed run lives on (in its own session)
+    until the next guest start ends it."""
+    run = subprocess.Popen(
+        [sys.executable, "-m", "tcpsleuth", "lab", "kernel", "run", "prefix", "--", "sleep", "600"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 120
+        while not (qemu := _guests_of(run.pid)):
+            assert run.poll() is None and time.monotonic() < deadline, "no QEMU started"
+            time.sleep(0.5)
+    finally:
+        run.kill()
+        run.wait()
+    time.sleep(1)
+    assert all(_running(pid) for pid in qemu)  # orphaned, still running
+    ended = guest.end_orphans()  # what the next guest start does first
+    assert set(qemu) <= set(ended)
+    deadline = time.monotonic() + 10
+    while any(_running(pid) for pid in qemu):
+        assert time.monotonic() < deadline, "the orphaned QEMU is still running"
+        time.sleep(0.2)
+    assert guest.end_orphans() == []
+    # a live run's guest is left alone
+    mine = subprocess.Popen(["sleep", "30"], env={**os.environ, guest.OWNER: guest._owner_mark()})
+    try:
+        assert mine.pid not in guest.end_orphans() and mine.poll() is None
+    finally:
+        mine.kill()
+        mine.wait()
+
+
 def test_build_is_cached_and_keyed(lab_kernels: dict[str, dict[str, Any]]) -> None:
     started = time.monotonic()
     again = _tcpsleuth("lab", "kernel", "build", "prefix", "--format", "json")

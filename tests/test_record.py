@@ -384,6 +384,50 @@ def _ss(path: Path) -> dict[tuple[str, str], dict[str, float]]:
     return out
 
 
+def check_incident_against_ss(report: dict, keep: Path, at_least: int = 1) -> None:
+    """An incident report of the wscale bug against both ends' `ss -tni` (kept by the
+    lab run): every connection whose ends disagree is named, with the shifts they use;
+    the window-limited clients are the cookie connections, and their own kernel says
+    they waited at a window of a segment or two."""
+    client_ss, server_ss = _ss(keep / "ss-client.txt"), _ss(keep / "ss-server.txt")
+    truth = {
+        local
+        for (local, remote), c in client_ss.items()
+        if (remote, local) in server_ss and c.get("snd") != server_ss[(remote, local)].get("rcv")
+    }
+    named = {r["client"]: r for r in report["wscale_mismatch"]["connections"]}
+    assert len(truth) >= at_least and truth <= set(named), sorted(truth - set(named))[:5]
+    for client, row in named.items():
+        server = row["server"]
+        if (client, server) in client_ss and (server, client) in server_ss:
+            assert client_ss[(client, server)]["snd"] == row["announced_wscale"] == 1
+            assert server_ss[(server, client)]["rcv"] == row["server_rcv_wscale"] == 7
+    assert report["wscale_mismatch"]["by_server_socket"] > 0
+    kinds = {f["kind"] for f in report["findings"]}
+    assert {"wscale-mismatch", "syn-cookies-seen", "rwnd-limited"} <= kinds
+    # the window-limited clients: their own `ss` says they waited at the window
+    # (the cookie connections made by the storm; the connections the restart cut were
+    # held back too, while the broker stopped reading, and are gone from ss)
+    limited = [
+        r
+        for r in report["rwnd_limited"]["connections"]
+        if r["sender"] == "client" and r["syn_cookie"]
+    ]
+    assert limited
+    seen = [
+        client_ss[(r["client"], r["server"])]
+        for r in limited
+        if (r["client"], r["server"]) in client_ss
+    ]
+    assert len(seen) > 0.8 * len(limited)
+    # each believes a window of a segment or two (the cause); most were counted by their
+    # own kernel as window-limited (a client that wrote faster than the window filled
+    # its send buffer instead: tcp_info counts that as sndbuf_limited; one that gave up
+    # and reconnected from the same port shows its new connection)
+    assert sum(1 for s in seen if s["snd_wnd"] < 4 * 1448) >= 0.9 * len(seen), seen[:3]
+    assert sum(1 for s in seen if s.get("rwnd_limited_ms", 0) > 0) > 0.6 * len(seen)
+
+
 def _lab_with_recorder(
     scenario: str, tmp_path: Path, *record_args: str
 ) -> tuple[dict, Recorder, Path]:
@@ -453,45 +497,7 @@ def test_recorder_in_the_lab_keeps_the_wscale_bug(tmp_path: Path) -> None:
     sent = run["counters"]["during_restart"]["TcpExtSyncookiesSent"]
     assert sent > 0 and report["syn_cookies"]["sent"] == sent
     assert report["syn_cookies"]["cookie_connections"] > 0
-    # the window-scale mismatches, against both ends' `ss -tni`
-    keep = tmp_path / "keep" / "wscale-bug"
-    client_ss, server_ss = _ss(keep / "ss-client.txt"), _ss(keep / "ss-server.txt")
-    truth = {
-        local
-        for (local, remote), c in client_ss.items()
-        if (remote, local) in server_ss and c.get("snd") != server_ss[(remote, local)].get("rcv")
-    }
-    named = {r["client"]: r for r in report["wscale_mismatch"]["connections"]}
-    assert len(truth) > 20 and truth <= set(named), sorted(truth - set(named))[:5]
-    for client, row in named.items():
-        server = row["server"]
-        if (client, server) in client_ss and (server, client) in server_ss:
-            assert client_ss[(client, server)]["snd"] == row["announced_wscale"] == 1
-            assert server_ss[(server, client)]["rcv"] == row["server_rcv_wscale"] == 7
-    assert report["wscale_mismatch"]["by_server_socket"] > 0
-    kinds = {f["kind"] for f in report["findings"]}
-    assert {"wscale-mismatch", "syn-cookies-seen", "rwnd-limited"} <= kinds
-    # the window-limited clients: their own `ss` says they waited at the window
-    # (the cookie connections made by the storm; the connections the restart cut were
-    # held back too, while the broker stopped reading, and are gone from ss)
-    limited = [
-        r
-        for r in report["rwnd_limited"]["connections"]
-        if r["sender"] == "client" and r["syn_cookie"]
-    ]
-    assert limited
-    seen = [
-        client_ss[(r["client"], r["server"])]
-        for r in limited
-        if (r["client"], r["server"]) in client_ss
-    ]
-    assert len(seen) > 0.8 * len(limited)
-    # each believes a window of a segment or two (the cause); most were counted by their
-    # own kernel as window-limited (a client that wrote faster than the window filled
-    # its send buffer instead: tcp_info counts that as sndbuf_limited; one that gave up
-    # and reconnected from the same port shows its new connection)
-    assert sum(1 for s in seen if s["snd_wnd"] < 4 * 1448) >= 0.9 * len(seen), seen[:3]
-    assert sum(1 for s in seen if s.get("rwnd_limited_ms", 0) > 0) > 0.6 * len(seen)
+    check_incident_against_ss(report, tmp_path / "keep" / "wscale-bug", at_least=20)
 
 
 @needs_root

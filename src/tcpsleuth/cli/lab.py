@@ -128,6 +128,9 @@ def _report(
             if "ignored before KIP-764" in artifacts.broker
             else None
         ),
+        "recorder": None
+        if artifacts.recorder is None
+        else {k: v for k, v in artifacts.recorder.items() if k != "lines"},
     }
     return report, found
 
@@ -209,6 +212,16 @@ def _report(
     default=None,
     help=f"Seconds of traffic measured after the restart [full: {LabSize.after_s}].",
 )
+@click.option(
+    "--record",
+    "record_dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    metavar="DIR",
+    help="Attach `tcpsleuth record` to the broker's namespace and port once the clients "
+    "are connected, told nothing about the restart, with its incidents in DIR/SCENARIO; "
+    "the report says what it recorded.",
+)
 @format_option
 def run_command(
     names: tuple[str, ...],
@@ -223,6 +236,7 @@ def run_command(
     after_s: float | None,
     kernel_name: str | None,
     in_guest: str | None,
+    record_dir: Path | None,
     output_format: str,
 ) -> int:
     """Run one or more scenarios (see `tcpsleuth lab list`) and report produce latency
@@ -242,6 +256,13 @@ def run_command(
     # (in a guest, KEEP is the folder the outer command checked and shared)
     if keep is not None and not in_guest and keep.exists() and any(keep.iterdir()):
         raise InputError(f"{keep}: exists and is not empty; give a new directory to --keep")
+    if record_dir is not None and not in_guest:
+        if record_dir.exists() and not record_dir.is_dir():
+            raise InputError(f"{record_dir}: not a directory; give a new directory to --record")
+        if record_dir.exists() and any(record_dir.iterdir()):
+            raise InputError(
+                f"{record_dir}: exists and is not empty; give a new directory to --record"
+            )
     if kernel_name is not None:
         if broker_cmd:
             raise InputError("--broker-cmd cannot be used with --kernel")
@@ -253,8 +274,12 @@ def run_command(
             "--rate-mbit": rate_mbit,
             "--after-s": after_s,
         }
-        return lab_guest.run_in_guest(kernel_name, names, keep, options, output_format, broker_kind)
+        return lab_guest.run_in_guest(
+            kernel_name, names, keep, options, output_format, broker_kind, record_dir
+        )
     sizes = {"small": LabSize.small, "guest": LabSize.guest, "full": LabSize}
+    if broker_kind != "lab" and not broker_cmd:
+        sizes["guest"] = LabSize.guest_kafka
     base = sizes[size_name or "full"]()
     size = dataclasses.replace(
         base,
@@ -290,6 +315,7 @@ def run_command(
                     ),
                     broker_cmd=broker_cmd,
                     broker_kind=broker_kind,
+                    record_dir=record_dir / name if record_dir is not None else None,
                 )
                 progress.update(task, description="analysing")
                 report, found = _report(artifacts, artifacts.server_sysctls, in_guest)

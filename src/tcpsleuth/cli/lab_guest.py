@@ -50,6 +50,7 @@ def run_in_guest(
     options: dict[str, Any],
     output_format: str,
     broker_kind: str = "lab",
+    record_dir: Path | None = None,
 ) -> int:
     kernel = kbuild.require(kernel_name)
     argv = ["lab", "run", *names, "--format", "json", "--in-guest", kernel_name]
@@ -76,6 +77,19 @@ def run_in_guest(
         keep.mkdir(parents=True, exist_ok=True)
         rwdirs = (keep,)
         argv += ["--keep", str(keep)]
+    if record_dir is not None:
+        # the recorder in the guest writes its incidents here; it takes tens of seconds
+        # to start under an emulated CPU
+        record_dir = record_dir.resolve()
+        record_dir.mkdir(parents=True, exist_ok=True)
+        rwdirs = (*rwdirs, record_dir)
+        argv += ["--record", str(record_dir)]
+        env = {
+            **env,
+            "TCPSLEUTH_RECORD_LOCAL": "1",
+            "TCPSLEUTH_RECORDER_READY_S": "240",
+            "TCPSLEUTH_RECORDER_REPORT_S": "1200",
+        }
     with Progress(
         SpinnerColumn(),
         TextColumn("[bold]{task.description}"),

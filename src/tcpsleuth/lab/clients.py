@@ -197,7 +197,8 @@ def run(args: argparse.Namespace) -> None:
     interval = args.interval_ms / 1000
     # spread the producers over the interval so they do not all send at once
     next_measured = [start + interval * i / max(1, args.measured) for i in range(args.measured)]
-    next_crowd = [start + i / max(1, args.crowd) for i in range(args.crowd)]
+    every = args.crowd_interval_s
+    next_crowd = [start + every * i / max(1, args.crowd) for i in range(args.crowd)]
     while (now := time.monotonic()) - start < args.duration:
         for i, due in enumerate(next_measured):
             if now >= due:
@@ -206,7 +207,7 @@ def run(args: argparse.Namespace) -> None:
         for i, due in enumerate(next_crowd):
             if now >= due:
                 clients.send_crowd(i)
-                next_crowd[i] = due + 1.0
+                next_crowd[i] = due + every
         clients.pump()
         time.sleep(0.002)
     clients.close()
@@ -225,6 +226,7 @@ def main() -> None:
     parser.add_argument("--measured", type=int, default=4)
     parser.add_argument("--message-bytes", type=int, default=65536)
     parser.add_argument("--interval-ms", type=float, default=100)
+    parser.add_argument("--crowd-interval-s", type=float, default=1.0)
     parser.add_argument("--duration", type=float, default=30)
     run(parser.parse_args())
 

@@ -23,11 +23,11 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tcpsleuth.lab import faults, kafka_broker, namespaces, topology
+from tcpsleuth.lab import faults, kafka_broker, namespaces, recording, topology
 from tcpsleuth.lab.brokers import CommandBroker, LabBrokerProcess
 from tcpsleuth.lab.kafka_broker import KafkaBroker
 from tcpsleuth.lab.processes import Child, python_module
@@ -55,6 +55,7 @@ class LabSize:
     measured: int = 4  # producers per library whose requests are timed
     message_bytes: int = 262144  # produce requests of hundreds of KB, as in the incident
     interval_ms: float = 200
+    crowd_interval_s: float = 1.0  # how often each crowd producer sends its small message
     warmup_s: float = 4
     before_s: float = 10
     down_s: float = 0  # listener closed (see LabSize)
@@ -99,6 +100,17 @@ class LabSize:
             after_s=12,
         )
 
+    @classmethod
+    def guest_kafka(cls) -> LabSize:
+        """The guest size with a real Apache Kafka: a JVM under the emulated CPU serves
+        a few tens of produce requests a second, and 56 producers sending every second
+        kept it saturated (its own Produce p50 625 ms, the clients' p50 a minute before
+        any restart). The crowd sends every 5 s instead (its connections still overflow
+        the backlog when they all come back), the timed producers 64 KB every 250 ms
+        (a window of 1 KB still makes that take seconds), and the warm-up gives the
+        broker's JIT time."""
+        return replace(cls.guest(), crowd_interval_s=5.0, message_bytes=65536, warmup_s=40)
+
     @property
     def duration_s(self) -> float:
         return (
@@ -136,6 +148,8 @@ class RunArtifacts:
     # How long each step of the run took (s): a real broker's format and starts, the
     # clients' start, the restart; what a slow (emulated) CPU makes long
     phases_s: dict[str, float] = field(default_factory=dict)
+    # what `tcpsleuth record`, attached with --record, recorded (recording.finish)
+    recorder: dict[str, Any] | None = None
 
 
 def library_versions() -> dict[str, str]:
@@ -240,10 +254,12 @@ def run_scenario(
     progress: Callable[[str, float], None] | None = None,
     broker_cmd: str | None = None,
     broker_kind: str = "lab",
+    record_dir: Path | None = None,
 ) -> RunArtifacts:
     """Run ``scenario``; ``progress(phase, fraction)`` is called as phases pass.
     ``broker_cmd`` runs the user's broker instead of the lab broker (see brokers);
-    ``broker_kind`` ``kafka[:VERSION]`` runs a real Apache Kafka (see kafka_broker)."""
+    ``broker_kind`` ``kafka[:VERSION]`` runs a real Apache Kafka (see kafka_broker);
+    ``record_dir``: a ``tcpsleuth record`` is attached to the broker (see recording)."""
 
     def step(phase: str, fraction: float) -> None:
         if progress is not None:
@@ -258,7 +274,18 @@ def run_scenario(
     step("setting up namespaces", 0.0)
     with _lab_namespaces() as (server, client):
         try:
-            _run(scenario, size, server, client, artifacts, stoppers, step, broker_cmd, broker_kind)
+            _run(
+                scenario,
+                size,
+                server,
+                client,
+                artifacts,
+                stoppers,
+                step,
+                broker_cmd,
+                broker_kind,
+                record_dir,
+            )
         finally:
             for stop in reversed(stoppers):
                 stop()
@@ -276,6 +303,7 @@ def _run(
     step: Callable[[str, float], None],
     broker_cmd: str | None,
     broker_kind: str = "lab",
+    record_dir: Path | None = None,
 ) -> None:
     for ns in (server, client):
         namespaces.sysctl(ns, "net.ipv4.tcp_rmem", TCP_RMEM)
@@ -370,6 +398,8 @@ def _run(
     if isinstance(broker, KafkaBroker) and scenario.restart:
         settle_s = max(size.settle_s, broker.settle_s)
         restart_allowance = broker.restart_allowance_s + settle_s - size.settle_s
+    # a recorder attached once the clients are connected may take this long to start
+    record_allowance = recording.READY_S if record_dir is not None else 0.0
     clients = []
     for library in LIBRARIES:
         worker = Child(
@@ -387,8 +417,10 @@ def _run(
                 str(size.message_bytes),
                 "--interval-ms",
                 str(size.interval_ms),
+                "--crowd-interval-s",
+                str(size.crowd_interval_s),
                 "--duration",
-                str(size.duration_s + restart_allowance),
+                str(size.duration_s + restart_allowance + record_allowance),
             ),
             ns=client,
         )
@@ -405,7 +437,7 @@ def _run(
                 measured=size.measured,
                 message_bytes=size.message_bytes,
                 interval_ms=size.interval_ms,
-                duration=size.duration_s + restart_allowance,
+                duration=size.duration_s + restart_allowance + record_allowance,
                 reconnect_backoff_ms=50,
                 reconnect_backoff_max_ms=1000,
             ),
@@ -417,6 +449,14 @@ def _run(
     for worker in clients:
         worker.wait_for(lambda line: '"ready"' in line)
     artifacts.phases_s["clients_ready"] = time.monotonic() - began
+    recorder = None
+    if record_dir is not None:
+        step("starting tcpsleuth record", 0.05)
+        recorder = recording.AttachedRecorder(record_dir, PORT)
+        stoppers.append(recorder.stop)
+        recorder.start(server)
+        artifacts.phases_s["recorder_ready"] = recorder.ready_s
+        record_allowance -= recorder.ready_s  # what the clients still have in hand
     started = time.time()
     artifacts.window["start"] = started
     total = size.duration_s
@@ -481,11 +521,14 @@ def _run(
     artifacts.counters_after = _counters(server)
     step("waiting for the clients", 0.92)
     # they send until their planned end (the restart allowance may not all be used)
-    planned_end = started + size.duration_s + restart_allowance
+    planned_end = started + size.duration_s + restart_allowance + max(0.0, record_allowance)
     for worker in clients:
         worker.process.wait(timeout=max(0.0, planned_end - time.time()) + 120)
     artifacts.window["end"] = time.time()
     artifacts.phases_s["traffic"] = artifacts.window["end"] - started
+    if recorder is not None:
+        step("waiting for tcpsleuth record's analysis", 0.95)
+        artifacts.recorder = recorder.finish()
     if isinstance(broker, KafkaBroker):
         artifacts.broker_metrics["after" if scenario.restart else "before"] = _broker_metrics(
             broker

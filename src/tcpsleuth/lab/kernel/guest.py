@@ -6,6 +6,12 @@ it can boot the guest; some hosts expose a /dev/kvm that cannot (a paravirtual o
 whose boots hang), so the first run on a host tries KVM once with a short timeout
 and remembers the outcome; otherwise QEMU emulates the CPU (TCG), which is much
 slower but always works. ``TCPSLEUTH_GUEST_ACCEL=kvm|tcg`` overrides the choice.
+
+A guest never outlives its run: on an error, a timeout, Ctrl-C or SIGTERM its whole
+process group (vng, and the QEMU it starts) is killed. A run killed with SIGKILL cannot
+do that, so every guest process carries its run in its environment
+(``TCPSLEUTH_GUEST_OF=PID:START``), and the next guest started on this host first kills
+the guests whose run is gone (a QEMU holds gigabytes of memory and a core).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ GUEST_ENV = {
     "TERM": "dumb",
 }
 MARK = "tcpsleuth-guest-status:"
+OWNER = "TCPSLEUTH_GUEST_OF"
 
 
 @dataclass(frozen=True)
@@ -54,6 +61,45 @@ def _accel_file() -> Path:
 
 def _host_id() -> str:
     return f"{platform.release()} {shutil.which('qemu-system-x86_64')}"
+
+
+def _started(pid: int) -> str | None:
+    """The process's start time (clock ticks since boot), or None if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2 :].split()[19]
+
+
+def _owner_mark() -> str:
+    return f"{os.getpid()}:{_started(os.getpid())}"
+
+
+def end_orphans() -> list[int]:
+    """Kill guest processes (vng, QEMU) whose lab run is gone; their pids."""
+    prefix = f"{OWNER}=".encode()
+    ended = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        for item in environ.split(b"\0"):
+            if not item.startswith(prefix):
+                continue
+            owner, _, started = item[len(prefix) :].decode(errors="replace").partition(":")
+            if owner.isdigit() and _started(int(owner)) == started:
+                break  # its run is alive
+            try:
+                os.kill(int(entry.name), signal.SIGKILL)
+                ended.append(int(entry.name))
+            except ProcessLookupError:
+                pass
+            break
+    return ended
 
 
 def _vng_argv(
@@ -114,9 +160,17 @@ def _boot(
         raise EnvironmentProblem("virtme-ng is not installed: pip install virtme-ng")
     if not shutil.which("qemu-system-x86_64"):
         raise EnvironmentProblem("QEMU is not installed: apt-get install qemu-system-x86")
+    orphans = end_orphans()
+    if orphans:
+        print(
+            f"tcpsleuth: killed {len(orphans)} guest process(es) left by a lab run that was "
+            f"killed (pids {', '.join(map(str, orphans))})",
+            file=sys.stderr,
+        )
     started = time.monotonic()
     process = subprocess.Popen(
         _vng_argv(kernel, _shell(command, env), accel, cpus, memory, rwdirs),
+        env={**os.environ, OWNER: _owner_mark()},
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -1,0 +1,133 @@
+"""``tcpsleuth record`` beside a lab run (``lab run --record DIR``), as an operator would
+run it on a broker host: attached to the broker's namespace and port once the clients
+are connected, told nothing about the restart, and asked afterwards what it recorded.
+
+The recorder is started before the restart and the run waits until it says it is
+ready (under an emulated guest CPU that takes tens of seconds: the clients are given
+that much more time to send, so that every phase of the run keeps its length). After
+the traffic the run waits for the recorder's analysis of the incidents it opened, then
+stops it (SIGTERM: an open incident is closed with what it has).
+
+In a guest (``TCPSLEUTH_RECORD_LOCAL=1``) the recorder keeps its directory in the
+guest's own ``/tmp``, where hard links and locks work as on a host's disk, and its
+incidents are copied to DIR, a folder the host shares, when it has stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from tcpsleuth.lab.processes import Child
+
+# how long the recorder may take to start: a few seconds here, tens in a guest
+READY_S = float(os.environ.get("TCPSLEUTH_RECORDER_READY_S", "30"))
+# how long its analysis of an incident may take after the traffic
+REPORT_S = float(os.environ.get("TCPSLEUTH_RECORDER_REPORT_S", "300"))
+# the recorder's incident window, sized for a lab run's phases
+WINDOW_ARGS = ("--before", "10", "--after", "8", "--merge", "10", "--later", "3")
+
+
+class AttachedRecorder:
+    def __init__(self, directory: Path, port: int) -> None:
+        self.directory = directory
+        self.port = port
+        self.local = (
+            Path(tempfile.mkdtemp(prefix="tcpsleuth-record-")) / "rec"
+            if os.environ.get("TCPSLEUTH_RECORD_LOCAL") == "1"
+            else None
+        )
+        self.child: Child | None = None
+        self.ready_s = 0.0
+        self.ready_at = 0.0
+
+    def start(self, server_ns: str) -> None:
+        """Start it on the broker's namespace and wait until it is ready."""
+        began = time.monotonic()
+        self.child = Child(
+            [
+                sys.executable,
+                "-m",
+                "tcpsleuth",
+                "record",
+                "--port",
+                str(self.port),
+                "--netns",
+                server_ns,
+                "--dir",
+                str(self.local or self.directory),
+                "--format",
+                "json",
+                *WINDOW_ARGS,
+            ]
+        )
+        self.child.wait_for(lambda line: '"type": "ready"' in line, timeout=READY_S)
+        self.ready_s = time.monotonic() - began
+        self.ready_at = time.time()
+
+    def opened(self) -> list[str]:
+        return [line["incident"] for line in self._lines() if line.get("type") == "incident-opened"]
+
+    def finish(self) -> dict[str, Any]:
+        """Wait for the analysis of every incident it opened, stop it, and say what it
+        recorded."""
+        assert self.child is not None
+        deadline = time.monotonic() + REPORT_S
+        while time.monotonic() < deadline and self.child.process.poll() is None:
+            lines = self._lines()
+            opened = {x["incident"] for x in lines if x.get("type") == "incident-opened"}
+            done = {
+                x["incident"]
+                for x in lines
+                if x.get("type") in ("report", "analysis-failed") and "incident" in x
+            }
+            # an incident closes --after seconds after its last event, then is analysed
+            if opened <= done and (opened or time.time() > self.ready_at + 30):
+                break
+            time.sleep(0.5)
+        self.child.stop(timeout=60)
+        if self.local is not None:
+            self._hand_back(self.local)
+        lines = self._lines()
+        return {
+            "directory": str(self.directory),
+            "ready_s": round(self.ready_s, 1),
+            "ready_at": self.ready_at,
+            "incidents": sorted(
+                x["incident"] for x in lines if x.get("type") == "incident" and "incident" in x
+            ),
+            "reports": sorted(x["incident"] for x in lines if x.get("type") == "report"),
+            "status": self.child.process.returncode,
+            "lines": lines,
+        }
+
+    def stop(self) -> None:
+        if self.child is not None:
+            self.child.stop(timeout=60)
+        if self.local is not None:
+            shutil.rmtree(self.local.parent, ignore_errors=True)
+
+    def _hand_back(self, local: Path) -> None:
+        """The incidents, from the guest's /tmp to the shared DIR (not the ring)."""
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for entry in local.iterdir():
+            if entry.is_dir() and entry.name.startswith("incident-"):
+                shutil.copytree(entry, self.directory / entry.name, dirs_exist_ok=True)
+
+    def _lines(self) -> list[dict[str, Any]]:
+        assert self.child is not None
+        out = []
+        for line in list(self.child.all_lines):
+            line = line.strip()
+            if line.startswith("{"):
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    continue
+        return out
