@@ -19,6 +19,7 @@ from conftest import SUPPORT
 from support.storm_lab import Storm
 from support.storm_truth import check_capture, connections
 
+from tcpsleuth.errors import EnvironmentProblem
 from tcpsleuth.lab.kernel import build as kbuild
 from tcpsleuth.lab.kernel import guest
 from tcpsleuth.lab.runner import TCP_RMEM
@@ -81,6 +82,20 @@ def _in_guest(kernel: str, *command: str) -> subprocess.CompletedProcess[str]:
     return _tcpsleuth(
         "lab", "kernel", "run", kernel, "--", "sh", "-c", f'{SYSCTLS}; exec "$@"', "sh", *command
     )
+
+
+def test_a_command_the_kernel_line_cannot_hold_is_refused() -> None:
+    """The guest's command travels on the kernel's command line (2,047 bytes on x86);
+    cut off there, the guest would wait forever, so it is refused before the boot."""
+    folder = Path("/tmp") / ("k" * 40)
+    fits = guest._shell(["python3", "-m", "tcpsleuth", "lab", "run", "wscale-bug"])
+    guest.check_command_line(fits, (folder, folder))
+    too_long = guest._shell(["python3", "-m", "tcpsleuth", "lab", "run", "x" * 900])
+    with pytest.raises(EnvironmentProblem, match="more than the kernel's 2047"):
+        guest.check_command_line(too_long, (folder, folder))
+    # the developer's PATH is not carried along: only this Python's folder and the system's
+    assert guest._guest_path().split(":")[0] == os.path.dirname(sys.executable)
+    assert len(guest._guest_path()) < 120
 
 
 def _guests_of(owner: int) -> list[int]:

@@ -95,6 +95,13 @@ class AttachedRecorder:
         if self.local is not None:
             self._hand_back(self.local)
         lines = self._lines()
+        # what it said, beside its incidents (its lines, and its errors if any)
+        self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        (self.directory / "recorder-output.jsonl").write_text(
+            "".join(json.dumps(line) + "\n" for line in lines)
+        )
+        if self.child.errors().strip():
+            (self.directory / "recorder-stderr.txt").write_text(self.child.errors())
         return {
             "directory": str(self.directory),
             "ready_s": round(self.ready_s, 1),

@@ -16,6 +16,7 @@ the guests whose run is gone (a QEMU holds gigabytes of memory and a core).
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import platform
@@ -42,6 +43,13 @@ GUEST_ENV = {
 }
 MARK = "tcpsleuth-guest-status:"
 OWNER = "TCPSLEUTH_GUEST_OF"
+SYSTEM_PATH = ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin")
+# x86's COMMAND_LINE_SIZE less its final NUL, and what virtme-ng puts there besides the
+# command (measured with `vng --dry-run`, virtme-ng 1.x: 589 bytes for the console, the
+# root file system, overlays and init; a shared folder adds its path and 74 bytes)
+COMMAND_LINE_BYTES = 2047
+VNG_FIXED_BYTES = 600
+MOUNT_BYTES = 80
 
 
 @dataclass(frozen=True)
@@ -130,11 +138,32 @@ def _vng_argv(
     return [*argv, "--exec", shell_command]
 
 
+def _guest_path() -> str:
+    """A short PATH for the guest: this Python's folder and the system's. The command
+    travels on the kernel's command line, which holds 2,047 bytes on x86 (what is cut
+    off is lost silently, and the guest waits forever), so a developer's long PATH
+    (version managers, toolchains) is left out."""
+    folders = [os.path.dirname(sys.executable), *SYSTEM_PATH]
+    return ":".join(dict.fromkeys(f for f in folders if os.path.isdir(f)))
+
+
+def check_command_line(shell_command: str, rwdirs: tuple[Path, ...]) -> None:
+    """Refuse a guest command the kernel's command line cannot hold."""
+    encoded = len(base64.b64encode(shell_command.encode()))
+    mounts = sum(len(str(folder)) + MOUNT_BYTES for folder in rwdirs)
+    size = VNG_FIXED_BYTES + mounts + encoded
+    if size > COMMAND_LINE_BYTES:
+        raise EnvironmentProblem(
+            f"the guest's command line would be {size} bytes, more than the kernel's "
+            f"{COMMAND_LINE_BYTES}: give shorter paths (to --keep or --record, say)"
+        )
+
+
 def _shell(command: list[str], extra_env: dict[str, str] | None = None) -> str:
     """The command as the guest's shell runs it: with this machine's PATH and Python,
     writable caches under /tmp, and its exit status marked on stdout (what virtme-ng
     itself returns is not always the command's)."""
-    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), **GUEST_ENV}
+    env = {"PATH": _guest_path(), **GUEST_ENV}
     env.update(extra_env or {})
     if "PYTHONPATH" in os.environ:
         env["PYTHONPATH"] = os.environ["PYTHONPATH"]
@@ -167,9 +196,11 @@ def _boot(
             f"killed (pids {', '.join(map(str, orphans))})",
             file=sys.stderr,
         )
+    shell_command = _shell(command, env)
+    check_command_line(shell_command, rwdirs)
     started = time.monotonic()
     process = subprocess.Popen(
-        _vng_argv(kernel, _shell(command, env), accel, cpus, memory, rwdirs),
+        _vng_argv(kernel, shell_command, accel, cpus, memory, rwdirs),
         env={**os.environ, OWNER: _owner_mark()},
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
