@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -103,6 +104,15 @@ class Farm:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+def default_signals() -> None:
+    """For a child whose handling of SIGHUP and SIGINT a test checks: the dispositions a
+    login shell gives. A suite started under nohup, or as a background job of a
+    non-interactive shell, has them ignored, and its children inherit that (tcpsleuth
+    then rightly keeps ignoring them, as nohup asks)."""
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def nstat_in(ns: str) -> dict[str, int]:

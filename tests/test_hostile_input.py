@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, REPO, needs_root, run_tcpsleuth
+from conftest import FIXTURES, REPO, default_signals, needs_root, run_tcpsleuth
 
 SS = FIXTURES / "ss"
 FAULT_CLIENT = SS / "lab-fault-client-tni.txt"  # has findings of warning or worse: exit 1
@@ -172,6 +172,7 @@ def test_probe_cleans_up_on_signal(tmp_path: Path, signum: int) -> None:
         stderr=subprocess.PIPE,
         text=True,
         env=env,
+        preexec_fn=default_signals,
     )
     run_dir = Path("/var/run/netns")
 
@@ -194,6 +195,31 @@ def test_probe_cleans_up_on_signal(tmp_path: Path, signum: int) -> None:
     assert "Traceback" not in stderr
     assert mine() == []
     assert list(tmp_path.iterdir()) == []
+
+
+@needs_root
+def test_a_namespace_interrupted_while_it_is_made_is_removed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A signal landing between `ip netns add` and the end of the namespace's set-up
+    (the probe test's SIGTERM did, in a clean-clone CI run) must not leave it behind."""
+    from tcpsleuth.lab import namespaces
+
+    real = namespaces._ip
+
+    def interrupted(*args: str) -> subprocess.CompletedProcess[str]:
+        result = real(*args)
+        if args[:1] == ("-n",):  # loopback being brought up: the namespace exists
+            raise KeyboardInterrupt
+        return result
+
+    monkeypatch.setattr(namespaces, "_ip", interrupted)
+    mine = f"tcpsleuth-interrupted-{os.getpid()}-"
+    with pytest.raises(KeyboardInterrupt), namespaces.namespace("interrupted"):
+        pass
+    with pytest.raises(KeyboardInterrupt):
+        namespaces.create("interrupted")
+    assert [p.name for p in Path("/var/run/netns").glob(f"{mine}*")] == []
 
 
 @needs_root

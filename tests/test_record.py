@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, SUPPORT, nstat_in
+from conftest import REPO, SUPPORT, default_signals, nstat_in
 
 from tcpsleuth.detectors.capture.run import analyse_stream
 from tcpsleuth.lab import namespaces
@@ -136,6 +136,7 @@ class Recorder:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            preexec_fn=default_signals,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()

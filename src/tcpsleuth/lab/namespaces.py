@@ -64,12 +64,23 @@ def remove_stale() -> list[str]:
     return removed
 
 
-def create(role: str) -> str:
-    name = f"{PREFIX}{role}-{os.getpid()}-{next(_counter)}"
+def new_name(role: str) -> str:
+    return f"{PREFIX}{role}-{os.getpid()}-{next(_counter)}"
+
+
+def create(role: str, name: str | None = None) -> str:
+    """Make the namespace (``name``, or a new one for ``role``) with loopback up. If
+    anything (a signal) interrupts it after ``ip netns add``, the namespace is removed
+    before the interruption goes on."""
+    name = name or new_name(role)
     result = _ip("netns", "add", name)
     if result.returncode != 0:
         raise EnvironmentProblem(f"cannot create network namespace {name}: {result.stderr.strip()}")
-    _ip("-n", name, "link", "set", "lo", "up")
+    try:
+        _ip("-n", name, "link", "set", "lo", "up")
+    except BaseException:
+        delete(name)
+        raise
     return name
 
 
@@ -91,8 +102,10 @@ def namespace(role: str) -> Iterator[str]:
     """A fresh namespace with loopback up, removed on exit, Ctrl-C or error."""
     require_root(f"a {role} namespace")
     remove_stale()
-    name = create(role)
+    # named first, so that however early a signal comes, the finally knows what to remove
+    name = new_name(role)
     try:
+        create(role, name)
         yield name
     finally:
         delete(name)
