@@ -402,7 +402,10 @@ def check_incident_against_ss(report: dict, keep: Path, at_least: int = 1) -> No
         server = row["server"]
         if (client, server) in client_ss and (server, client) in server_ss:
             assert client_ss[(client, server)]["snd"] == row["announced_wscale"] == 1
-            assert server_ss[(server, client)]["rcv"] == row["server_rcv_wscale"] == 7
+            assert server_ss[(server, client)]["rcv"] == 7
+            # the incident's own socket snapshots may have missed the server's socket
+            # (then the capture alone named it); when they caught it, it says 7 too
+            assert row["server_rcv_wscale"] in (7, None)
     assert report["wscale_mismatch"]["by_server_socket"] > 0
     kinds = {f["kind"] for f in report["findings"]}
     assert {"wscale-mismatch", "syn-cookies-seen", "rwnd-limited"} <= kinds
