@@ -178,14 +178,18 @@ def _relay_round_trip(rtt_ms: float) -> float:
 @pytest.mark.parametrize("rtt_ms", [1.0, 10.0])
 def test_relay_link_has_the_configured_round_trip(rtt_ms: float) -> None:
     """No netem here: the tun relay makes the delay. TCP handshakes from the client
-    namespace (one round trip each) see the configured RTT within 20%, once the cost of
-    the path itself is taken off: the same relay with no delay, measured right after, so
-    that a loaded machine (which once made 1 ms measure 1.30 ms) slows both alike."""
+    namespace (one round trip each) see the configured RTT, and no more than it plus
+    the cost of the path itself: the same relay with no delay, measured right after, so
+    that a loaded machine (which once made 1 ms measure 1.30 ms) slows both alike. The
+    relay holds each packet until its arrival plus the delay, so the time it takes to
+    handle a packet once it has it is absorbed by the delay: the round trip lies between
+    the delay and the delay plus the path (a clean-clone run measured 0.99 ms for 1 ms
+    with a 0.30 ms path)."""
     measured = _relay_round_trip(rtt_ms)
     # load never makes the link faster: the configured delay is a floor
     assert measured >= 0.95 * rtt_ms, measured
     path = _relay_round_trip(0.0)
-    assert abs(measured - path - rtt_ms) <= 0.2 * rtt_ms, (measured, path)
+    assert measured <= rtt_ms + path + 0.2 * rtt_ms, (measured, path)
 
 
 def test_lab_runs_a_broker_command() -> None:
