@@ -202,7 +202,7 @@ def test_a_namespace_interrupted_while_it_is_made_is_removed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """A signal landing between `ip netns add` and the end of the namespace's set-up
-    (the probe test's SIGTERM did, in a clean-clone CI run) must not leave it behind."""
+    must not leave it behind (a gap found while looking into a probe test failure)."""
     from tcpsleuth.lab import namespaces
 
     real = namespaces._ip

@@ -24,6 +24,7 @@ from tcpsleuth.lab.kernel import build as kbuild
 from tcpsleuth.lab.kernel import guest
 from tcpsleuth.lab.runner import TCP_RMEM
 from tcpsleuth.lab.scenarios import SCENARIOS
+from tcpsleuth.sources import procfs
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="guest kernels need root")
 
@@ -100,20 +101,14 @@ def test_a_command_the_kernel_line_cannot_hold_is_refused() -> None:
 
 def _guests_of(owner: int) -> list[int]:
     """QEMU processes that carry the run ``owner`` in their environment."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes().split(b"\0")
-            comm = (entry / "comm").read_text()
-        except OSError:
-            continue
-        if comm.startswith("qemu") and any(
-            item.startswith(f"{guest.OWNER}={owner}:".encode()) for item in environ
-        ):
-            found.append(int(entry.name))
-    return found
+    mark = f"{guest.OWNER}={owner}:".encode()
+    names = dict(procfs.processes("comm"))
+    return [
+        pid
+        for pid, environ in procfs.processes("environ")
+        if any(item.startswith(mark) for item in environ.split(b"\0"))
+        and names.get(pid, b"").startswith(b"qemu")
+    ]
 
 
 def _running(pid: int) -> bool:

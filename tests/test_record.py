@@ -4,7 +4,6 @@ SIGKILL, and the lab's incident (``wscale-bug``) and a quiet run (``baseline``).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -24,6 +23,7 @@ from conftest import REPO, SUPPORT, default_signals, nstat_in
 from tcpsleuth.detectors.capture.run import analyse_stream
 from tcpsleuth.lab import namespaces
 from tcpsleuth.recorder.capture import copy_window, kept_length
+from tcpsleuth.recorder.children import processes_naming
 from tcpsleuth.recorder.incidents import Incidents, Policy
 from tcpsleuth.sources import sockdiag
 from tcpsleuth.sources.pcap import open_capture
@@ -174,15 +174,7 @@ class Recorder:
 def _leftovers(directory: Path) -> list[int]:
     """Processes naming the directory in their command line or their environment (the
     ring's tcpdump is named there: it writes to a pipe)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        with contextlib.suppress(OSError):
-            text = (entry / "cmdline").read_bytes() + (entry / "environ").read_bytes()
-            if str(directory).encode() in text:
-                found.append(int(entry.name))
-    return found
+    return processes_naming(str(directory))
 
 
 def _comm(pid: int) -> str:

@@ -128,11 +128,15 @@ def _report(
             if "ignored before KIP-764" in artifacts.broker
             else None
         ),
-        "recorder": None
-        if artifacts.recorder is None
-        else {k: v for k, v in artifacts.recorder.items() if k != "lines"},
+        "recorder": artifacts.recorder,
     }
     return report, found
+
+
+def _must_be_new(directory: Path | None, option: str) -> None:
+    """A folder the run fills must be new or empty (click has refused a file)."""
+    if directory is not None and directory.exists() and any(directory.iterdir()):
+        raise InputError(f"{directory}: exists and is not empty; give a new directory to {option}")
 
 
 @lab_group.command("run")
@@ -253,16 +257,10 @@ def run_command(
         if broker_cmd:
             raise InputError("--broker and --broker-cmd name two brokers; give one")
     namespaces.require_root("tcpsleuth lab")
-    # (in a guest, KEEP is the folder the outer command checked and shared)
-    if keep is not None and not in_guest and keep.exists() and any(keep.iterdir()):
-        raise InputError(f"{keep}: exists and is not empty; give a new directory to --keep")
-    if record_dir is not None and not in_guest:
-        if record_dir.exists() and not record_dir.is_dir():
-            raise InputError(f"{record_dir}: not a directory; give a new directory to --record")
-        if record_dir.exists() and any(record_dir.iterdir()):
-            raise InputError(
-                f"{record_dir}: exists and is not empty; give a new directory to --record"
-            )
+    # (in a guest, KEEP and RECORD are folders the outer command checked and shared)
+    if not in_guest:
+        _must_be_new(keep, "--keep")
+        _must_be_new(record_dir, "--record")
     if kernel_name is not None:
         if broker_cmd:
             raise InputError("--broker-cmd cannot be used with --kernel")

@@ -71,22 +71,15 @@ class AttachedRecorder:
         self.ready_s = time.monotonic() - began
         self.ready_at = time.time()
 
-    def opened(self) -> list[str]:
-        return [line["incident"] for line in self._lines() if line.get("type") == "incident-opened"]
-
     def finish(self) -> dict[str, Any]:
         """Wait for the analysis of every incident it opened, stop it, and say what it
         recorded."""
         assert self.child is not None
         deadline = time.monotonic() + REPORT_S
         while time.monotonic() < deadline and self.child.process.poll() is None:
-            lines = self._lines()
+            lines = self.child.json_lines()
             opened = {x["incident"] for x in lines if x.get("type") == "incident-opened"}
-            done = {
-                x["incident"]
-                for x in lines
-                if x.get("type") in ("report", "analysis-failed") and "incident" in x
-            }
+            done = {x["incident"] for x in lines if x.get("type") in ("report", "analysis-failed")}
             # an incident closes --after seconds after its last event, then is analysed
             if opened <= done and (opened or time.time() > self.ready_at + 30):
                 break
@@ -94,24 +87,22 @@ class AttachedRecorder:
         self.child.stop(timeout=60)
         if self.local is not None:
             self._hand_back(self.local)
-        lines = self._lines()
+        lines = self.child.json_lines()
         # what it said, beside its incidents (its lines, and its errors if any)
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         (self.directory / "recorder-output.jsonl").write_text(
             "".join(json.dumps(line) + "\n" for line in lines)
         )
-        if self.child.errors().strip():
-            (self.directory / "recorder-stderr.txt").write_text(self.child.errors())
+        errors = self.child.errors()
+        if errors.strip():
+            (self.directory / "recorder-stderr.txt").write_text(errors)
         return {
             "directory": str(self.directory),
             "ready_s": round(self.ready_s, 1),
             "ready_at": self.ready_at,
-            "incidents": sorted(
-                x["incident"] for x in lines if x.get("type") == "incident" and "incident" in x
-            ),
+            "incidents": sorted(x["incident"] for x in lines if x.get("type") == "incident"),
             "reports": sorted(x["incident"] for x in lines if x.get("type") == "report"),
             "status": self.child.process.returncode,
-            "lines": lines,
         }
 
     def stop(self) -> None:
@@ -126,15 +117,3 @@ class AttachedRecorder:
         for entry in local.iterdir():
             if entry.is_dir() and entry.name.startswith("incident-"):
                 shutil.copytree(entry, self.directory / entry.name, dirs_exist_ok=True)
-
-    def _lines(self) -> list[dict[str, Any]]:
-        assert self.child is not None
-        out = []
-        for line in list(self.child.all_lines):
-            line = line.strip()
-            if line.startswith("{"):
-                try:
-                    out.append(json.loads(line))
-                except ValueError:
-                    continue
-        return out

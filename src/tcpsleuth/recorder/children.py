@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from tcpsleuth.errors import EnvironmentProblem
+from tcpsleuth.sources import procfs
 
 PR_SET_PDEATHSIG = 1
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -47,19 +48,15 @@ def in_netns(netns: str | None) -> list[str]:
 def processes_naming(marker: str) -> list[int]:
     """Processes (other than this one) whose command line or environment contains
     ``marker``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        for part in ("cmdline", "environ"):
-            try:
-                text = (entry / part).read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if marker in text:
-                found.append(int(entry.name))
-                break
-    return found
+    wanted = marker.encode()
+    return sorted(
+        {
+            pid
+            for part in ("cmdline", "environ")
+            for pid, text in procfs.processes(part)
+            if wanted in text.replace(b"\0", b" ")
+        }
+    )
 
 
 def end_stale(marker: str) -> list[int]:

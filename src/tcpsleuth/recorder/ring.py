@@ -124,8 +124,8 @@ class Ring:
         snaplen: int,
         rotate_s: int,
         say: Callable[[str], None],
-        budget: Budget | None = None,
-        wake: Callable[[], None] = lambda: None,
+        budget: Budget,
+        wake: Callable[[], None],
     ) -> None:
         self.directory = directory / RING_DIR
         self.ports = ports
@@ -142,7 +142,7 @@ class Ring:
         self._errors: list[str] = []
         self._lock = threading.Lock()
         self._reader: threading.Thread | None = None
-        self.budget = budget or Budget()
+        self.budget = budget  # what the writer may still allocate (the guard sets it)
         self.wake = wake
         self.writer: RingWriter | None = None
         self._writer_thread: threading.Thread | None = None

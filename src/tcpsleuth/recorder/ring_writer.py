@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,9 +48,7 @@ def ring_name(second: int, generation: int) -> str:
 @dataclass
 class WriterCounts:
     packets: int = 0  # written to ring files
-    bytes: int = 0
     capped_packets: int = 0  # kept out: the budget refused their write
-    capped_bytes: int = 0
 
 
 class _Open:
@@ -99,29 +96,34 @@ class RingWriter:
         self.wake = wake
         self.say = say
         self.counts = WriterCounts()
-        self.current: Path | None = None
         self.problem: str | None = None
-        self._lock = threading.Lock()
         self._file: _Open | None = None
         self._header = b""
         self._capped_said = False
+
+    @property
+    def current(self) -> Path | None:
+        """The ring file being written (None before its first write)."""
+        opened = self._file
+        return opened.path if opened is not None and opened.fd is not None else None
 
     def run(self) -> None:
         try:
             self._pump()
         except OSError as problem:
-            self.problem = f"cannot write the ring in {self.directory}: {problem.strerror}"
-            self.say(f"capture stopped: {self.problem}")
+            self._give_up(f"cannot write the ring in {self.directory}: {problem.strerror}")
         finally:
             # a writer that gave up closes the pipe: tcpdump ends (and is started again)
             # instead of blocking on a pipe no one reads
             with contextlib.suppress(OSError):
                 self.stream.close()
-            with self._lock:
-                if self._file is not None:
-                    self._file.close()
-                self._file = None
-                self.current = None
+            opened, self._file = self._file, None
+            if opened is not None:
+                opened.close()
+
+    def _give_up(self, why: str) -> None:
+        self.problem = why
+        self.say(f"capture stopped: {why}")
 
     def _pump(self) -> None:
         buffer = bytearray()
@@ -132,8 +134,7 @@ class RingWriter:
             buffer += chunk
         self._header = bytes(buffer[:HEADER])
         if self._header[:4] not in MAGICS:
-            self.problem = "tcpdump wrote something that is not a pcap stream"
-            self.say(f"capture stopped: {self.problem}")
+            self._give_up("tcpdump wrote something that is not a pcap stream")
             return
         record = struct.Struct(MAGICS[self._header[:4]][0] + "IIII")
         del buffer[:HEADER]
@@ -144,19 +145,18 @@ class RingWriter:
             while len(buffer) - at >= RECORD:
                 second, _fraction, caplen, _length = record.unpack_from(buffer, at)
                 if caplen > MAX_RECORD:
-                    self.problem = f"tcpdump's stream broke (a record of {caplen} bytes)"
-                    self.say(f"capture stopped: {self.problem}")
+                    self._give_up(f"tcpdump's stream broke (a record of {caplen} bytes)")
                     return
                 end = at + RECORD + caplen
                 if end > len(buffer):
                     break
                 if self._file is None or second >= self._file.start + self.rotate_s:
-                    self._write(buffer, start, at, packets)
+                    self._append(buffer, start, at, packets)
                     self._rotate(second)
                     start, packets = at, 0
                 packets += 1
                 at = end
-            self._write(buffer, start, at, packets)
+            self._append(buffer, start, at, packets)
             del buffer[:at]
             chunk = self.stream.read(READ_BYTES)
             if not chunk:
@@ -164,36 +164,28 @@ class RingWriter:
             buffer += chunk
 
     def _rotate(self, second: int) -> None:
-        with self._lock:
-            if self._file is not None:
-                self._file.close()
-            self._file = None
-            self.current = None
-            self._file = _Open(self.directory / ring_name(second, self.generation), second)
+        if self._file is not None:
+            self._file.close()
+        self._file = _Open(self.directory / ring_name(second, self.generation), second)
 
-    def _write(self, buffer: bytearray, start: int, end: int, packets: int) -> None:
-        if end > start and self._file is not None:
-            self._append(memoryview(buffer)[start:end], packets)
-
-    def _append(self, data: bytes | memoryview, packets: int) -> None:
+    def _append(self, buffer: bytearray, start: int, end: int, packets: int) -> None:
+        """Write ``buffer[start:end]`` (``packets`` whole records) to the current file,
+        if the budget allows all of it."""
         opened = self._file
-        assert opened is not None
+        if end <= start or opened is None:
+            return
+        data = memoryview(buffer)[start:end]
         header = self._header if opened.size == 0 else b""
-        size = len(header) + len(data)
-        charge = allocated(opened.size + size) - allocated(opened.size)
+        charge = allocated(opened.size + len(header) + len(data)) - allocated(opened.size)
         if not self.budget.take(charge):
             self.counts.capped_packets += packets
-            self.counts.capped_bytes += len(data)
             if not self._capped_said:
                 self._capped_said = True
                 self.say("capture at --max-disk: packets are kept out until there is room")
             self.wake()
             return
         self._capped_said = False
-        with self._lock:
-            if header:
-                opened.write(header)
-                self.current = opened.path
-            opened.write(data)
+        if header:
+            opened.write(header)
+        opened.write(data)
         self.counts.packets += packets
-        self.counts.bytes += len(data)

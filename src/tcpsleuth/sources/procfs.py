@@ -1,4 +1,5 @@
-"""procfs: TCP counters from /proc/net/netstat and /proc/net/snmp, and sysctls.
+"""procfs: TCP counters from /proc/net/netstat and /proc/net/snmp, sysctls, and what
+/proc tells of processes (their sockets, command lines, environments, start times).
 
 Both counter files hold pairs of lines, a header naming the fields and a line of
 values, each starting with the same ``Group:`` prefix. Names are returned as
@@ -9,6 +10,7 @@ from old kernels have fewer fields; a field the kernel lacks is simply absent.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from tcpsleuth.errors import InputError
@@ -79,6 +81,31 @@ def read_live_sysctls(names: tuple[str, ...] = AUDIT_SYSCTLS) -> dict[str, str]:
 
 def kernel_release() -> str:
     return os.uname().release
+
+
+def processes(part: str, proc: Path = Path("/proc")) -> Iterator[tuple[int, bytes]]:
+    """(pid, contents of /proc/PID/PART) of every process but this one whose file can
+    be read (a process can end while it is read; ``cmdline`` and ``environ`` separate
+    their items with NUL)."""
+    me = os.getpid()
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        try:
+            yield int(entry.name), (entry / part).read_bytes()
+        except OSError:
+            continue
+
+
+def start_time(pid: int, proc: Path = Path("/proc")) -> str | None:
+    """When the process started (clock ticks since boot, as /proc/PID/stat says), or
+    None if it is gone: with its pid, a process that cannot be mistaken for a later one
+    given the same pid."""
+    try:
+        stat = (proc / str(pid) / "stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rindex(")") + 2 :].split()[19]
 
 
 def local_ports_of_pid(pid: int, proc: Path = Path("/proc")) -> frozenset[int]:

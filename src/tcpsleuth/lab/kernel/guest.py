@@ -17,6 +17,7 @@ the guests whose run is gone (a QEMU holds gigabytes of memory and a core).
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import platform
@@ -31,6 +32,7 @@ from pathlib import Path
 
 from tcpsleuth.errors import EnvironmentProblem
 from tcpsleuth.lab.kernel.build import BuiltKernel, cache_root
+from tcpsleuth.sources import procfs
 
 KVM_TRIAL_S = 40
 # Where the guest writes: the root filesystem is read-only there.
@@ -71,42 +73,24 @@ def _host_id() -> str:
     return f"{platform.release()} {shutil.which('qemu-system-x86_64')}"
 
 
-def _started(pid: int) -> str | None:
-    """The process's start time (clock ticks since boot), or None if it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat[stat.rindex(")") + 2 :].split()[19]
-
-
 def _owner_mark() -> str:
-    return f"{os.getpid()}:{_started(os.getpid())}"
+    return f"{os.getpid()}:{procfs.start_time(os.getpid())}"
 
 
 def end_orphans() -> list[int]:
     """Kill guest processes (vng, QEMU) whose lab run is gone; their pids."""
     prefix = f"{OWNER}=".encode()
     ended = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+    for pid, environ in procfs.processes("environ"):
+        owner = next((i[len(prefix) :] for i in environ.split(b"\0") if i.startswith(prefix)), None)
+        if owner is None:
             continue
-        try:
-            environ = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        for item in environ.split(b"\0"):
-            if not item.startswith(prefix):
-                continue
-            owner, _, started = item[len(prefix) :].decode(errors="replace").partition(":")
-            if owner.isdigit() and _started(int(owner)) == started:
-                break  # its run is alive
-            try:
-                os.kill(int(entry.name), signal.SIGKILL)
-                ended.append(int(entry.name))
-            except ProcessLookupError:
-                pass
-            break
+        run, _, started = owner.decode(errors="replace").partition(":")
+        if run.isdigit() and procfs.start_time(int(run)) == started:
+            continue  # its run is alive
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+            ended.append(pid)
     return ended
 
 
