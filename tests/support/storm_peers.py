@@ -5,9 +5,11 @@ storm_peers.py serve HOST PORT BACKLOG RCVBUF ACCEPT_DELAY
     accept nothing for ACCEPT_DELAY seconds (a broker still loading its logs), then
     accept as fast as possible, answer every Kafka-framed request with a small
     response, and hold the connections until killed
-storm_peers.py clients HOST PORT COUNT SIZE SETTLE ADDR [ADDR ...]
-    COUNT connections started together, non-blocking, bound round-robin to the
-    source addresses ADDR; each sends one Produce-like request of SIZE bytes whose
+storm_peers.py clients HOST PORT COUNT SIZE SETTLE START_MS ADDR [ADDR ...]
+    COUNT connections started together (START_MS >= 0: once the kernel's
+    millisecond clock, which TCP timestamps follow, is 0.3 ms short of START_MS
+    modulo 64), non-blocking, bound round-robin to the source addresses ADDR;
+    each sends one Produce-like request of SIZE bytes whose
     header carries client.id ``producer-<index of its address>`` and reads the
     response. Prints ``settled CONNECTED ANSWERED`` once every connection is
     answered or failed, or after SETTLE seconds; holds the sockets until stdin
@@ -90,11 +92,26 @@ def request(size: int, client_id: str, correlation_id: int) -> bytes:
     return struct.pack(">i", len(header) + len(body)) + header + body
 
 
-def clients(host: str, port: int, count: int, size: int, settle: float, addrs: list[str]) -> None:
+def _wait_for_phase(start_ms: int) -> None:
+    """Until CLOCK_MONOTONIC (tcp_clock_ns) reads start_ms - 0.3 modulo 64 ms."""
+    target = (start_ms * 1_000_000 - 300_000) % 64_000_000
+    now = time.monotonic_ns()
+    wait = (target - now % 64_000_000) % 64_000_000
+    time.sleep(max(wait - 2_000_000, 0) / 1e9)
+    end = now + wait
+    while time.monotonic_ns() < end:
+        pass
+
+
+def clients(
+    host: str, port: int, count: int, size: int, settle: float, start_ms: int, addrs: list[str]
+) -> None:
     _raise_nofile()
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     selector = selectors.DefaultSelector()
     socks = []
+    if start_ms >= 0:
+        _wait_for_phase(start_ms)
     for i in range(count):
         sock = socket.socket(family, socket.SOCK_STREAM)
         which = i % len(addrs)
@@ -158,5 +175,6 @@ if __name__ == "__main__":
             int(sys.argv[4]),
             int(sys.argv[5]),
             float(sys.argv[6]),
-            sys.argv[7:],
+            int(sys.argv[7]),
+            sys.argv[8:],
         )

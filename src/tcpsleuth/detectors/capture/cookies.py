@@ -100,7 +100,7 @@ REASONS = (
     "handshake's ACK was refused (accept queue full) and the later segments no "
     "longer pass a cookie's check; an ordinary request socket would have kept waiting",
     "no jump, but the TSval sits in the server's cookie clock phase, and the server "
-    "sent no ordinary SYN-ACK around that time",
+    "sent cookies just before and after it and no ordinary SYN-ACK around that time",
     "no jump, and the TSval is off the clock phase all this server's cookies share",
     "no jump, in the server's cookie clock phase: made when the clock's low bits "
     "equalled its option bits, when a cookie and an ordinary SYN-ACK look the same",
@@ -246,6 +246,22 @@ def _circular_distance(a: np.ndarray, b: float) -> np.ndarray:
     return np.minimum(d, 64 - d)
 
 
+def _between(times: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """Whether each of ``at`` has one of the sorted ``times`` at or before it and
+    one at or after it, both within ORDINARY_NEAR_NS."""
+    if not len(times):
+        return np.zeros(len(at), dtype=bool)
+    last = len(times) - 1
+    before = np.searchsorted(times, at, side="right") - 1
+    after = np.searchsorted(times, at, side="left")
+    return (
+        (before >= 0)
+        & (after <= last)
+        & (at - times[np.clip(before, 0, last)] <= ORDINARY_NEAR_NS)
+        & (times[np.clip(after, 0, last)] - at <= ORDINARY_NEAR_NS)
+    )
+
+
 def _jump(hs: _Handshakes) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The connection's own later segments: (verdict, confidence, reason, lag_ms).
 
@@ -256,9 +272,9 @@ def _jump(hs: _Handshakes) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
     that phase only when it was built while the clock's low bits equalled its
     option bits, which is exactly when a cookie does not jump: the two then look
     the same. Off the phase it is no cookie. In the phase it is a cookie where
-    the server sent no ordinary SYN-ACK around that time (SYN-ACKs of a storm
-    come in bursts, so chance alone says nothing); otherwise the capture cannot
-    tell."""
+    the server sent proven cookies just before and after it and no ordinary
+    SYN-ACK around that time (SYN-ACKs of a storm come in bursts, so chance alone
+    says nothing); otherwise the capture cannot tell."""
     has_later = hs.later_ns != NO_RUN
     lag = np.where(has_later, hs.later_ns / 1e6, np.nan)
     hidden = hs.hidden_ns / 1e6
@@ -284,12 +300,18 @@ def _jump(hs: _Handshakes) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
         plain = prompt | off_phase
         # an ordinary SYN-ACK in the phase was made while the server was making
         # ordinary ones (its SYN queue had room); during an overflow every answer
-        # is a cookie. So a match is a cookie where no ordinary SYN-ACK of this
-        # server left within ORDINARY_NEAR_NS of it.
-        ordinary_at = np.sort(hs.synack_ts[plain])
-        near = np.searchsorted(ordinary_at, hs.synack_ts + ORDINARY_NEAR_NS, side="right")
-        near -= np.searchsorted(ordinary_at, hs.synack_ts - ORDINARY_NEAR_NS, side="left")
-        cookie = matched & (near == 0)
+        # is a cookie. So a match is a cookie where the server was sending cookies
+        # on both sides of it (a proven cookie of this server within
+        # ORDINARY_NEAR_NS before and after) and no ordinary SYN-ACK within that
+        # time. Both sides: the SYN-ACKs that fill the queue before an overflow
+        # leave in one burst of a millisecond or two, so they share one phase,
+        # and one storm in twenty or so finds it to be the cookies' (they have
+        # cookies after them, never before).
+        ts = hs.synack_ts
+        ordinary_at = np.sort(ts[plain])
+        near = np.searchsorted(ordinary_at, ts + ORDINARY_NEAR_NS, side="right")
+        near -= np.searchsorted(ordinary_at, ts - ORDINARY_NEAR_NS, side="left")
+        cookie = matched & (near == 0) & _between(np.sort(ts[members & jumped]), ts)
         matched &= ~cookie
         verdict = np.where(cookie, COOKIE, np.where(plain, ORDINARY, verdict))
         confidence = np.where(cookie | plain, 1, confidence)
