@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import random
 import struct
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -108,7 +109,7 @@ def test_no_write_past_the_budget(tmp_path: Path, room_kib: int, seed: int) -> N
     data, records = _stream(4000, 6, seed)
     assert len(data) > 3 * room_kib * 1024  # the stream is more than the room
     writer = _write(tmp_path, data, room_kib * 1024, 1, seed)
-    on_disk = blocks([tmp_path])
+    on_disk = blocks(list(tmp_path.iterdir()))  # the files it wrote, not their folder
     assert 0 < on_disk <= room_kib * 1024, on_disk
     assert on_disk > room_kib * 1024 - 7 * BLOCK  # it used the room (a block a file lost)
     kept = _read_back(tmp_path)
@@ -163,3 +164,25 @@ def test_the_budget_counts_what_was_taken_while_measuring() -> None:
     assert not budget.take(16 * BLOCK) and budget.take(15 * BLOCK)
     budget.release("bundle")
     assert budget.reserved == 0
+
+
+def test_usage_is_what_du_counts(tmp_path: Path) -> None:
+    """The cap is checked against ``du``: folders' own blocks count (a folder of many
+    files grows past one block), hard links once, a symbolic link as itself."""
+    top = tmp_path / "rec"
+    ring = top / "ring"
+    ring.mkdir(parents=True)
+    for index in range(600):  # enough names to grow the folder past one block
+        (ring / f"capture-{index:05d}-with-a-long-name.pcap").write_bytes(b"x" * (index * 7))
+    incident = top / "incident-1"
+    (incident / "sockets").mkdir(parents=True)
+    for index in range(0, 600, 50):
+        (incident / f"linked-{index}").hardlink_to(
+            ring / f"capture-{index:05d}-with-a-long-name.pcap"
+        )
+    (incident / "sockets" / "snapshot.json").write_text("{}" * 5000)
+    (incident / "latest").symlink_to(ring)
+    du = int(subprocess.run(["du", "-s", "-B1", str(top)], capture_output=True, text=True,
+                            check=True).stdout.split()[0])  # fmt: skip
+    assert blocks([top]) == du
+    assert ring.stat().st_blocks * 512 > BLOCK  # the folder did grow past one block

@@ -54,7 +54,9 @@ def run_in_guest(
 ) -> int:
     kernel = kbuild.require(kernel_name)
     argv = ["lab", "run", *names, "--format", "json", "--in-guest", kernel_name]
-    memory, env = "2G", {}
+    # Python alone takes tens of seconds to import a child's modules under an emulated
+    # CPU, minutes with a busy host beside it
+    memory, env = "2G", {"TCPSLEUTH_READY_S": "600"}
     if broker_kind != "lab":
         # A real Kafka in the guest: its jars, our Java clients and the class-data
         # archives the host made, read from the host's cache (the guest has no network
@@ -64,6 +66,7 @@ def run_in_guest(
         argv += ["--broker", broker_kind]
         memory = KAFKA_GUEST_MEMORY
         env = {
+            **env,
             "TCPSLEUTH_KAFKA_CACHE": str(kafka_broker.CACHE),
             "TCPSLEUTH_KAFKA_DATA": "/tmp",
             "TCPSLEUTH_READY_S": "900",

@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import Any, Self
 
+from tcpsleuth.errors import EnvironmentProblem
+
 PR_SET_PDEATHSIG = 1
 # How long a child may take to say it is ready. Generous: a child that fails exits and
 # is noticed at once, and under an emulated guest CPU (lab kernels without KVM) Python
@@ -95,7 +97,11 @@ class Child:
         name = " ".join(self.argv[:3])
         status = self.process.poll()
         if status is None:
-            raise RuntimeError(f"{name} did not get ready within {timeout:.0f} s")
+            # not a bug: a machine too slow or too busy for the allowance
+            raise EnvironmentProblem(
+                f"{name} did not get ready within {timeout:.0f} s (a slow or busy machine; "
+                "TCPSLEUTH_READY_S gives children more seconds)"
+            )
         error = self.errors()
         said = error.strip()[-300:] or "".join(self.all_lines).strip()[-300:] or "no output"
         raise RuntimeError(f"{name} exited (status {status}) before it was ready: {said}")

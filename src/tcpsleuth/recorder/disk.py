@@ -35,22 +35,29 @@ STAGING_PREFIX = ".incident-"
 
 
 def blocks(paths: Iterable[Path]) -> int:
-    """Bytes allocated to these files and every file under these directories, each
-    inode once."""
+    """Bytes allocated to these files and directories and to everything under the
+    directories (their own blocks too, as ``du`` counts them), each inode once."""
     seen: set[tuple[int, int]] = set()
     total = 0
+
+    def count(path: str) -> None:
+        nonlocal total
+        try:
+            info = os.lstat(path)
+        except OSError:
+            return
+        key = (info.st_dev, info.st_ino)
+        if key not in seen:
+            seen.add(key)
+            total += info.st_blocks * 512
+
     for path in paths:
-        for root, _dirs, files in os.walk(path) if path.is_dir() else [("", [], [str(path)])]:
-            for name in files:
-                try:
-                    info = os.lstat(os.path.join(root, name))
-                except OSError:
-                    continue
-                key = (info.st_dev, info.st_ino)
-                if key in seen:
-                    continue
-                seen.add(key)
-                total += info.st_blocks * 512
+        count(str(path))
+        if not path.is_dir():
+            continue
+        for root, dirs, files in os.walk(path):
+            for name in (*dirs, *files):
+                count(os.path.join(root, name))
     return total
 
 
