@@ -11,8 +11,10 @@ from pathlib import Path
 from support.storm_lab import Storm
 from support.tshark_diff import endpoint as _endpoint
 from support.tshark_diff import tcpsleuth_json, tshark
+from tcpsleuth.detectors.capture import cookies as capture_cookies
 
 PRECISION, RECALL = 0.99, 0.95
+SYNACKS = "tcp.flags.syn == 1 && tcp.flags.ack == 1"
 
 
 @dataclass
@@ -215,4 +217,23 @@ def check_capture(storm: Storm, side: str, shifts: tuple[int, int] | None = None
     for finding in per_listener:
         assert finding["evidence"]["connections"] > 10
         assert sum(finding["evidence"]["clients"].values()) == finding["evidence"]["connections"]
+    if storm.config.burst_in_phase:
+        _check_burst(storm, pcap, conns, truth)
     return result
+
+
+def _check_burst(
+    storm: Storm, pcap: Path, conns: dict[str, dict], truth: dict[str, ConnectionTruth]
+) -> None:
+    """A storm started in the cookies' phase: the ordinary connections answered before
+    the first cookie sat in that phase, and none of them is called a cookie."""
+    rows = tshark(pcap, "ip.dst", "ipv6.dst", "tcp.dstport", display_filter=SYNACKS)
+    order = list(dict.fromkeys(_endpoint(*row) for row in rows))  # by first SYN-ACK
+    burst = order[: next(i for i, c in enumerate(order) if truth[c].cookie)]
+    verdicts = [conns[c]["syn_cookie"] for c in burst]
+    in_phase = capture_cookies.REASONS[capture_cookies.R_IN_PHASE]
+    # the storm did what it is for: most of the first queueful (the backlog and one
+    # more, answered within a millisecond or two) sat in the cookies' phase ...
+    assert sum(v["reason"] == in_phase for v in verdicts) >= 0.8 * storm.config.backlog
+    # ... and none of it is called a cookie
+    assert not [v for v in verdicts if v["cookie"]]
