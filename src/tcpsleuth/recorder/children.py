@@ -66,7 +66,7 @@ def end_stale(marker: str) -> list[int]:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in stale):
+    while time.monotonic() < deadline and any(procfs.running(pid) for pid in stale):
         time.sleep(0.05)
     return stale
 

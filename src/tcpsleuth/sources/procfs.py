@@ -108,6 +108,19 @@ def start_time(pid: int, proc: Path = Path("/proc")) -> str | None:
     return stat[stat.rindex(")") + 2 :].split()[19]
 
 
+def running(pid: int, started: str | None = None, proc: Path = Path("/proc")) -> bool:
+    """Whether process ``pid`` (the one that started at ``started``, if given) still
+    runs: it exists and is neither a zombie nor dead. A process sent SIGKILL keeps
+    running until the kernel has scheduled it to act on the signal and torn it down,
+    which on a loaded machine can take a while."""
+    try:
+        stat = (proc / str(pid) / "stat").read_text()
+    except OSError:
+        return False
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return fields[0] not in ("Z", "X", "x") and started in (None, fields[19])
+
+
 def local_ports_of_pid(pid: int, proc: Path = Path("/proc")) -> frozenset[int]:
     """Local TCP ports of the sockets process ``pid`` holds (its listeners and connections).
 

@@ -77,10 +77,12 @@ def _owner_mark() -> str:
     return f"{os.getpid()}:{procfs.start_time(os.getpid())}"
 
 
-def end_orphans() -> list[int]:
-    """Kill guest processes (vng, QEMU) whose lab run is gone; their pids."""
+def end_orphans(wait_s: float = 30) -> list[int]:
+    """Kill guest processes (vng, QEMU) whose lab run is gone, and wait (up to
+    ``wait_s``) until they have ended: a killed process keeps running, with its memory
+    and its environment, until the kernel has torn it down. Their pids."""
     prefix = f"{OWNER}=".encode()
-    ended = []
+    ended: dict[int, str | None] = {}
     for pid, environ in procfs.processes("environ"):
         owner = next((i[len(prefix) :] for i in environ.split(b"\0") if i.startswith(prefix)), None)
         if owner is None:
@@ -89,9 +91,14 @@ def end_orphans() -> list[int]:
         if run.isdigit() and procfs.start_time(int(run)) == started:
             continue  # its run is alive
         with contextlib.suppress(ProcessLookupError):
+            ended[pid] = procfs.start_time(pid)
             os.kill(pid, signal.SIGKILL)
-            ended.append(pid)
-    return ended
+    deadline = time.monotonic() + wait_s
+    while any(procfs.running(pid, started) for pid, started in ended.items()):
+        if time.monotonic() > deadline:
+            break  # still dying: the caller goes on, the next start looks again
+        time.sleep(0.05)
+    return list(ended)
 
 
 def _vng_argv(
