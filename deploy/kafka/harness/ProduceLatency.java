@@ -11,7 +11,9 @@
 // --crowd producers send a small record a second (to hold a connection and to reconnect
 // after a restart, as busy clients do); --measured producers send --message-bytes records
 // every --interval-ms. Every producer keeps the Java client's reconnect behaviour
-// (reconnect.backoff.ms, reconnect.backoff.max.ms: 50 and 1000 ms unless given).
+// (reconnect.backoff.ms, reconnect.backoff.max.ms: 50 and 1000 ms unless given). The
+// measured producers' request timeout is --timeout-ms (60000 unless given; the delivery
+// timeout twice that); the crowd keeps 60 s.
 
 import java.io.FileDescriptor;
 import java.io.FileOutputStream;
@@ -60,15 +62,16 @@ public final class ProduceLatency {
         OUT.println("{\"type\": \"" + type + "\", \"library\": \"" + LIBRARY + "\", " + fields + "}");
     }
 
-    static KafkaProducer<byte[], byte[]> producer(Map<String, String> options, String id) {
+    static KafkaProducer<byte[], byte[]> producer(
+            Map<String, String> options, String id, long timeoutMs) {
         Properties props = new Properties();
         props.put("bootstrap.servers", options.get("bootstrap"));
         props.put("client.id", id);
         props.put("acks", "1");
         props.put("linger.ms", "0");
         props.put("max.request.size", "4000000");
-        props.put("request.timeout.ms", "60000");
-        props.put("delivery.timeout.ms", "120000");
+        props.put("request.timeout.ms", Long.toString(timeoutMs));
+        props.put("delivery.timeout.ms", Long.toString(2 * timeoutMs));
         props.put("max.block.ms", "60000");
         props.put("reconnect.backoff.ms", options.get("reconnect-backoff-ms"));
         props.put("reconnect.backoff.max.ms", options.get("reconnect-backoff-max-ms"));
@@ -87,6 +90,7 @@ public final class ProduceLatency {
         options.put("duration", "30");
         options.put("reconnect-backoff-ms", "50");
         options.put("reconnect-backoff-max-ms", "1000");
+        options.put("timeout-ms", "60000");
         for (int i = 0; i + 1 < args.length; i += 2) {
             if (!args[i].startsWith("--")) {
                 throw new IllegalArgumentException("expected --option value, got " + args[i]);
@@ -108,10 +112,11 @@ public final class ProduceLatency {
         List<KafkaProducer<byte[], byte[]>> crowd = new ArrayList<>();
         List<KafkaProducer<byte[], byte[]>> measured = new ArrayList<>();
         for (int i = 0; i < crowdCount; i++) {
-            crowd.add(producer(options, "java-crowd-" + i));
+            crowd.add(producer(options, "java-crowd-" + i, 60000));
         }
         for (int i = 0; i < measuredCount; i++) {
-            measured.add(producer(options, "java-measured-" + i));
+            measured.add(producer(
+                    options, "java-measured-" + i, Long.parseLong(options.get("timeout-ms"))));
         }
         emit("ready", "\"crowd\": " + crowdCount + ", \"measured\": " + measuredCount
                 + ", \"t\": " + now());

@@ -11,7 +11,9 @@ and report each request's latency: the time from handing the message to the
 library to its acknowledgement, which includes the time to put the request on
 the wire. With librdkafka, the per-broker statistics (int_latency: waiting in the
 producer's queue, outbuf_latency: waiting to be sent, rtt: sent to response) are
-reported too. Output: one JSON object a line.
+reported too. ``--timeout-s`` and ``--reconnect-backoff-max-ms`` set the measured
+producers' request timeout and longest reconnect backoff (the crowd keeps 60 s and the
+library's own backoff). Output: one JSON object a line.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import resource
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 CROWD_MESSAGE = b"c" * 256
@@ -81,10 +84,20 @@ class Outstanding:
 OUTSTANDING = Outstanding()
 
 
+@dataclass(frozen=True)
+class Timed:
+    """What the measured producers are given beyond the crowd's settings: their request
+    timeout (delivery timeout twice it), and their longest reconnect backoff (None: the
+    library's own: librdkafka 10 s, kafka-python 30 s)."""
+
+    timeout_s: float = 60
+    backoff_max_ms: int | None = None
+
+
 class ConfluentClients:
     library = "confluent-kafka"
 
-    def __init__(self, bootstrap: str, crowd: int, measured: int) -> None:
+    def __init__(self, bootstrap: str, crowd: int, measured: int, timed: Timed) -> None:
         import confluent_kafka
 
         common = {
@@ -96,9 +109,20 @@ class ConfluentClients:
             "socket.keepalive.enable": True,
         }
         self.crowd = [confluent_kafka.Producer(common) for _ in range(crowd)]
+        own: dict[str, Any] = {
+            "message.timeout.ms": int(timed.timeout_s * 1000),
+            "socket.timeout.ms": min(int(timed.timeout_s * 1000), 300_000),  # its limit
+        }
+        if timed.backoff_max_ms is not None:
+            own["reconnect.backoff.max.ms"] = timed.backoff_max_ms
         self.measured = [
             confluent_kafka.Producer(
-                {**common, "statistics.interval.ms": 1000, "stats_cb": self._stats_callback(i)}
+                {
+                    **common,
+                    **own,
+                    "statistics.interval.ms": 1000,
+                    "stats_cb": self._stats_callback(i),
+                }
             )
             for i in range(measured)
         ]
@@ -150,21 +174,27 @@ class ConfluentClients:
 class KafkaPythonClients:
     library = "kafka-python"
 
-    def __init__(self, bootstrap: str, crowd: int, measured: int) -> None:
+    def __init__(self, bootstrap: str, crowd: int, measured: int, timed: Timed) -> None:
         from kafka import KafkaProducer
 
-        def make() -> Any:
+        def make(**own: Any) -> Any:
             return KafkaProducer(
                 bootstrap_servers=bootstrap,
                 acks=1,
                 linger_ms=0,
                 max_request_size=4_000_000,
-                request_timeout_ms=60000,
                 max_block_ms=60000,
+                **{"request_timeout_ms": 60000, "delivery_timeout_ms": 120000, **own},
             )
 
+        own: dict[str, Any] = {
+            "request_timeout_ms": int(timed.timeout_s * 1000),
+            "delivery_timeout_ms": int(2 * timed.timeout_s * 1000),
+        }
+        if timed.backoff_max_ms is not None:
+            own["reconnect_backoff_max_ms"] = timed.backoff_max_ms
         self.crowd = [make() for _ in range(crowd)]
-        self.measured = [make() for _ in range(measured)]
+        self.measured = [make(**own) for _ in range(measured)]
 
     def send_crowd(self, index: int) -> None:
         self.crowd[index].send(TOPIC, CROWD_MESSAGE)
@@ -190,7 +220,8 @@ def run(args: argparse.Namespace) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     logging.basicConfig(level=logging.CRITICAL)
     factory = ConfluentClients if args.library == "confluent-kafka" else KafkaPythonClients
-    clients = factory(args.bootstrap, args.crowd, args.measured)
+    timed = Timed(args.timeout_s, args.reconnect_backoff_max_ms)
+    clients = factory(args.bootstrap, args.crowd, args.measured, timed)
     payload = b"m" * args.message_bytes
     emit("ready", library=clients.library, crowd=args.crowd, measured=args.measured, t=time.time())
     start = time.monotonic()
@@ -228,6 +259,18 @@ def main() -> None:
     parser.add_argument("--interval-ms", type=float, default=100)
     parser.add_argument("--crowd-interval-s", type=float, default=1.0)
     parser.add_argument("--duration", type=float, default=30)
+    parser.add_argument(
+        "--timeout-s",
+        type=float,
+        default=60,
+        help="the measured producers' request timeout (their delivery timeout: twice it)",
+    )
+    parser.add_argument(
+        "--reconnect-backoff-max-ms",
+        type=int,
+        default=None,
+        help="the measured producers' longest reconnect backoff (default: the library's)",
+    )
     run(parser.parse_args())
 
 
