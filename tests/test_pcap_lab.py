@@ -321,7 +321,12 @@ def test_cookie_connections_on_fixed_kernel_agree(tmp_path: Path) -> None:
     # counted: jump and phase agree; a cookie rounded by under 2 ms does not jump
     assert sent - 1 <= cookies["evidence"]["cookie_synacks"] <= sent
     conns = doc["files"][0]["connections"]
-    assert len(conns) == 6 and all(c["syn_cookie"]["cookie"] for c in conns)
+    verdicts = [c["syn_cookie"]["cookie"] for c in conns]
+    # None is called ordinary. A cookie that did not jump is confirmed only by proven
+    # cookies of the server within 100 ms before and after it: clients spread out by a
+    # loaded machine (a busy clean-clone run) leave it undecided, never ordinary.
+    assert len(conns) == 6 and False not in verdicts, verdicts
+    assert verdicts.count(True) >= sent - 1, verdicts
     # SO_RCVBUF 102400 gives shift 1 in the SYN-ACK, and the server really uses 1
     assert {c["synack"]["wscale"] for c in conns} == {1}
 
