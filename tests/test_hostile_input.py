@@ -22,6 +22,8 @@ from pathlib import Path
 import pytest
 from conftest import FIXTURES, REPO, default_signals, needs_root, run_tcpsleuth
 
+from tcpsleuth.sources import procfs
+
 SS = FIXTURES / "ss"
 FAULT_CLIENT = SS / "lab-fault-client-tni.txt"  # has findings of warning or worse: exit 1
 CLEAN_SERVER = SS / "lab-clean-server-tni.txt"
@@ -150,18 +152,6 @@ def _wait_for(condition: object, timeout: float) -> bool:
     return False
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie is gone for our purposes
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
 @needs_root
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
 def test_probe_cleans_up_on_signal(tmp_path: Path, signum: int) -> None:
@@ -244,7 +234,7 @@ def test_trace_detaches_bpftrace_on_sigterm() -> None:
             process.wait()
     assert process.returncode == 128 + signal.SIGTERM, stderr
     assert "Traceback" not in stderr
-    still = [pid for pid in bpftrace if _alive(pid)]
+    still = [pid for pid in bpftrace if procfs.running(pid)]
     assert still == [], f"bpftrace left running: {still}"
 
 

@@ -82,7 +82,7 @@ def end_orphans(wait_s: float = 30) -> list[int]:
     ``wait_s``) until they have ended: a killed process keeps running, with its memory
     and its environment, until the kernel has torn it down. Their pids."""
     prefix = f"{OWNER}=".encode()
-    ended: dict[int, str | None] = {}
+    ended: dict[int, str] = {}  # pid: when it started, so a reused pid is not waited on
     for pid, environ in procfs.processes("environ"):
         owner = next((i[len(prefix) :] for i in environ.split(b"\0") if i.startswith(prefix)), None)
         if owner is None:
@@ -90,11 +90,14 @@ def end_orphans(wait_s: float = 30) -> list[int]:
         run, _, started = owner.decode(errors="replace").partition(":")
         if run.isdigit() and procfs.start_time(int(run)) == started:
             continue  # its run is alive
+        since = procfs.start_time(pid)
+        if since is None:
+            continue  # ended by itself since it was read
         with contextlib.suppress(ProcessLookupError):
-            ended[pid] = procfs.start_time(pid)
             os.kill(pid, signal.SIGKILL)
+            ended[pid] = since
     deadline = time.monotonic() + wait_s
-    while any(procfs.running(pid, started) for pid, started in ended.items()):
+    while any(procfs.running(pid, since) for pid, since in ended.items()):
         if time.monotonic() > deadline:
             break  # still dying: the caller goes on, the next start looks again
         time.sleep(0.05)
