@@ -22,8 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from tcpsleuth.lab import kafka_broker, namespaces
-from tcpsleuth.lab.kafka_broker import KafkaBroker, KafkaSettings, metric_values
+from tcpsleuth.lab import jars, kafka_broker, kafka_java, namespaces
+from tcpsleuth.lab.kafka_broker import KafkaBroker, KafkaSettings
+from tcpsleuth.lab.kafka_metrics import metric_values
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
@@ -90,7 +91,7 @@ def _produce(ns: str, library: str, topic: str, count: int) -> int:
 
 
 def _java_produce(ns: str, version: str, records: int) -> dict[str, float]:
-    argv = kafka_broker.java_producer(
+    argv = kafka_java.java_producer(
         version,
         f"{HOST}:{PORT}",
         "lab",
@@ -103,7 +104,7 @@ def _java_produce(ns: str, version: str, records: int) -> dict[str, float]:
         ["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-2000:]
-    return kafka_broker.producer_performance_summary(result.stdout)
+    return kafka_java.producer_performance_summary(result.stdout)
 
 
 def _jvms_using(workdir: Path) -> list[int]:
@@ -218,17 +219,17 @@ def test_resolve_checks_every_jar_against_the_lock_file(tmp_path: Path) -> None:
     lib = kafka_broker.resolve("3.1.2")
     cache = tmp_path / "cache"
     shutil.copytree(lib, cache / "3.1.2" / "lib")
-    lock = kafka_broker.DEPLOY / "3.1.2" / kafka_broker.LOCK_NAME
+    lock = kafka_broker.DEPLOY / "3.1.2" / jars.LOCK_NAME
     tampered = cache / "3.1.2" / "lib" / "kafka-clients-3.1.2.jar"
     tampered.write_bytes(tampered.read_bytes() + b"\0")
     (cache / "3.1.2" / "lib" / "extra.jar").write_bytes(b"PK")
-    problems = kafka_broker.verify_jars(cache / "3.1.2" / "lib", lock)
+    problems = jars.verify(cache / "3.1.2" / "lib", lock)
     assert len(problems) == 2
     assert any(p.startswith("kafka-clients-3.1.2.jar: sha256") for p in problems)
     assert "not in the lock file: extra.jar" in problems
     fresh = kafka_broker.resolve("3.1.2", cache=cache)
     assert fresh == cache / "3.1.2" / "lib"
-    assert kafka_broker.verify_jars(fresh, lock) == []
+    assert jars.verify(fresh, lock) == []
     assert not (fresh / "extra.jar").exists()
 
 

@@ -21,8 +21,9 @@ import pytest
 from support.monitoring import Prometheus, require_tool
 from test_alerts import RULES, dashboard_queries
 
-from tcpsleuth.lab import kafka_broker, namespaces
-from tcpsleuth.lab.kafka_broker import KafkaBroker, KafkaSettings, metric_values
+from tcpsleuth.lab import kafka_java, namespaces
+from tcpsleuth.lab.kafka_broker import KafkaBroker, KafkaSettings
+from tcpsleuth.lab.kafka_metrics import metric_values
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
@@ -37,7 +38,7 @@ P99 = 'kafka_network_request_total_time_ms{request="Produce",quantile="0.99"}'
 
 
 def _produce(ns: str, version: str, records: int) -> None:
-    argv = kafka_broker.java_producer(version, f"{HOST}:{PORT}", "lab", records, 1000, 200)
+    argv = kafka_java.java_producer(version, f"{HOST}:{PORT}", "lab", records, 1000, 200)
     result = subprocess.run(
         ["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=180
     )

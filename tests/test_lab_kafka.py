@@ -18,7 +18,7 @@ import pytest
 from conftest import run_tcpsleuth
 
 from tcpsleuth.lab import analysis, namespaces
-from tcpsleuth.lab.kafka_broker import logged_requests
+from tcpsleuth.lab.kafka_metrics import logged_requests
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root"),

@@ -4,7 +4,7 @@
 // prints only averages over a window; the lab needs every request's time and when it was
 // sent, to cut them into the phases before, during and after a broker restart.
 //
-// Compiled by tcpsleuth.lab.kafka_broker.harness() against the version's kafka-clients:
+// Compiled by tcpsleuth.lab.kafka_java.harness() against the version's kafka-clients:
 //   java -cp <kafka jars>:<harness dir> ProduceLatency --bootstrap HOST:PORT \
 //       --crowd 20 --measured 3 --message-bytes 262144 --interval-ms 200 --duration 40
 //

@@ -16,7 +16,7 @@ from typing import Any
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
 from tcpsleuth.errors import EnvironmentProblem
-from tcpsleuth.lab import analysis, kafka_broker
+from tcpsleuth.lab import analysis, kafka_broker, kafka_java
 from tcpsleuth.lab.kernel import build as kbuild
 from tcpsleuth.lab.kernel import guest
 from tcpsleuth.lab.scenarios import REAL_KERNEL_NOTE, Scenario
@@ -62,7 +62,7 @@ def run_in_guest(
         # archives the host made, read from the host's cache (the guest has no network
         # and writes only its own /tmp); JVMs under an emulated CPU start in minutes.
         version = kafka_broker.parse_broker(broker_kind)
-        kafka_broker.harness(version)
+        kafka_java.harness(version)
         argv += ["--broker", broker_kind]
         memory = KAFKA_GUEST_MEMORY
         env = {

@@ -72,7 +72,7 @@ def broker_latency(artifacts: RunArtifacts) -> dict[str, Any] | None:
     log = artifacts.workdir / "kafka" / "request.log"
     if not log.is_file():
         return None
-    from tcpsleuth.lab.kafka_broker import logged_requests
+    from tcpsleuth.lab.kafka_metrics import logged_requests
 
     requests = logged_requests(log)
     result: dict[str, Any] = {}

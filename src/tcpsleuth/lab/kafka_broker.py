@@ -1,11 +1,9 @@
 """A real Apache Kafka broker for the lab: resolved from Maven Central, run in a namespace.
 
 The jars come from a pinned dependency list kept in the repository
-(``deploy/kafka/<version>/pom.xml``): Maven resolves it into
-``~/.cache/tcpsleuth/kafka/<version>/lib`` once (checking Maven Central's own
-checksums as it downloads), and every jar is then checked against the SHA-256 lock
-file beside the pom (``jars.sha256``) at its first use in each process. Nothing is
-fetched by hand.
+(``deploy/kafka/<version>/pom.xml``), resolved by Maven into
+``~/.cache/tcpsleuth/kafka/<version>/lib`` and checked against the SHA-256 lock file
+beside the pom at their first use in each process (lab/jars.py).
 
 A broker here is a single KRaft node in combined mode (``node.id=1``, broker and
 controller): its client listener on the lab's address and port, its controller
@@ -17,26 +15,21 @@ binds its port before it has loaded its logs, so readiness is a Kafka Metadata
 request answered with this broker in it, not an open port. It is stopped as an
 operator stops it (SIGTERM, a controlled shutdown) or unclean (SIGKILL, the next start
 recovers its logs); the JVM dies with the process that started it, and the work
-directory it made goes with it.
+directory it made goes with it. What the broker says of its requests (its request log,
+its metrics page) is read by lab/kafka_metrics.py; the Java clients that talk to it are
+lab/kafka_java.py.
 
   python3 -m tcpsleuth.lab.kafka_broker resolve [VERSION]   # fetch and check the jars
   python3 -m tcpsleuth.lab.kafka_broker lock VERSION        # rewrite jars.sha256
-
-About 930 lines, longer than it should be: resolving and checking the jars, the
-broker's process (settings, start, readiness, restarts, metrics) and its request log
-are one module today; the first and the last are due to move out on their own.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
-import contextlib
-import datetime
 import hashlib
-import json
+import io
 import os
-import re
 import shutil
 import signal
 import socket
@@ -51,7 +44,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kio.index import load_request_schema, load_response_schema
+from kio.schema.errors import ErrorCode
+from kio.serial import entity_reader, entity_writer
+from kio.serial.errors import DecodeError
+
 from tcpsleuth.errors import EnvironmentProblem, InputError
+from tcpsleuth.lab import jars, kafka_metrics
 from tcpsleuth.lab.processes import READY_S, Child
 from tcpsleuth.sources import netns, sockdiag
 
@@ -62,26 +61,12 @@ DEFAULT_VERSION = "4.4.0"
 KIP_764 = (3, 2, 0)
 DEPLOY = Path(__file__).resolve().parents[3] / "deploy" / "kafka"
 # TCPSLEUTH_KAFKA_CACHE: a guest (whose HOME is its own /tmp) reads the host's cache there
-CACHE = Path(
-    os.environ.get("TCPSLEUTH_KAFKA_CACHE")
-    or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tcpsleuth" / "kafka"
-)
-LOCK_NAME = "jars.sha256"
+CACHE = Path(os.environ.get("TCPSLEUTH_KAFKA_CACHE") or jars.CACHE_ROOT / "kafka")
 AGENT_PREFIX = "jmx_prometheus_javaagent-"
 CONTROLLER_PORT = 9093
 METRICS_PORT = 7071
 NODE_ID = 1
-# The parts of a request's time Kafka measures (RequestMetrics <Part>TimeMs), each with
-# the name the JMX exporter configuration gives it (kafka_network_request_<name>_time_ms)
-# and the one the request log gives it.
-REQUEST_TIMES = {
-    "TotalTimeMs": ("total", "totalTimeMs"),
-    "RequestQueueTimeMs": ("requestqueue", "requestQueueTimeMs"),
-    "LocalTimeMs": ("local", "localTimeMs"),
-    "RemoteTimeMs": ("remote", "remoteTimeMs"),
-    "ResponseQueueTimeMs": ("responsequeue", "responseQueueTimeMs"),
-    "ResponseSendTimeMs": ("responsesend", "sendTimeMs"),
-}
+API_METADATA, API_VERSIONS = 3, 18
 HEAP = "512m"
 SETTLE_S = 10.0  # see KafkaBroker.settle_s
 
@@ -139,67 +124,6 @@ def parse_broker(spec: str) -> str:
 
 # -- the jars ----------------------------------------------------------------------------
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _read_lock(lock: Path) -> dict[str, str]:
-    wanted = {}
-    for line in lock.read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            digest, name = line.split()
-            wanted[name.lstrip("*")] = digest
-    return wanted
-
-
-def verify_jars(lib: Path, lock: Path) -> list[str]:
-    """What is wrong with the jars in ``lib`` against ``lock``: nothing when empty."""
-    wanted = _read_lock(lock)
-    have = {path.name: path for path in lib.glob("*.jar")}
-    problems = [f"missing {name}" for name in sorted(wanted.keys() - have.keys())]
-    problems += [f"not in the lock file: {name}" for name in sorted(have.keys() - wanted.keys())]
-    problems += [
-        f"{name}: sha256 {_sha256(have[name])}, the lock file says {digest}"
-        for name, digest in sorted(wanted.items())
-        if name in have and _sha256(have[name]) != digest
-    ]
-    return problems
-
-
-def _maven(pom: Path, out: Path) -> None:
-    mvn = shutil.which("mvn")
-    if mvn is None:
-        raise EnvironmentProblem(
-            "the Kafka broker's jars are resolved with Maven, and there is no `mvn` "
-            "(apt-get install maven, or run scripts/install.sh)"
-        )
-    result = subprocess.run(
-        [
-            mvn,
-            "-B",
-            "-q",
-            "--strict-checksums",
-            "-f",
-            str(pom),
-            "dependency:copy-dependencies",
-            f"-DoutputDirectory={out}",
-            "-DincludeScope=runtime",
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=1800,
-    )
-    if result.returncode != 0:
-        said = (result.stdout + result.stderr).strip()[-1500:]
-        raise EnvironmentProblem(f"Maven could not resolve {pom}: {said}")
-
-
 # Libraries checked by this process already (a guest's emulated CPU hashes slowly).
 _VERIFIED: set[Path] = set()
 
@@ -207,7 +131,7 @@ _VERIFIED: set[Path] = set()
 def resolve(version: str, cache: Path = CACHE) -> Path:
     """The directory of Kafka ``version``'s jars, resolved by Maven into the cache on
     first use and checked against the lock file once per process."""
-    pom, lock = DEPLOY / version / "pom.xml", DEPLOY / version / LOCK_NAME
+    pom, lock = DEPLOY / version / "pom.xml", DEPLOY / version / jars.LOCK_NAME
     if not pom.is_file() or not lock.is_file():
         raise EnvironmentProblem(
             f"no pinned dependency list for Kafka {version} at {pom.parent} "
@@ -216,122 +140,79 @@ def resolve(version: str, cache: Path = CACHE) -> Path:
     lib = cache / version / "lib"
     if lib in _VERIFIED:
         return lib
-    locked_jars(f"Kafka {version}", pom, lock, lib)
+    jars.locked(f"Kafka {version}", pom, lock, lib)
     _VERIFIED.add(lib)
     return lib
 
 
-def locked_jars(what: str, pom: Path, lock: Path, lib: Path) -> Path:
-    """``lib`` holding the jars ``pom`` pins, checked against ``lock``: kept when they
-    match, else resolved afresh by Maven beside it and swapped in once they match (a
-    failed resolve leaves the old directory as it was)."""
-    if lib.is_dir() and not verify_jars(lib, lock):
-        return lib
-    lib.parent.mkdir(parents=True, exist_ok=True)
-    fresh = Path(tempfile.mkdtemp(prefix="lib-", dir=lib.parent))
-    try:
-        _maven(pom, fresh)
-        problems = verify_jars(fresh, lock)
-        if problems:
-            raise EnvironmentProblem(
-                f"{what}'s jars do not match {lock}: " + "; ".join(problems[:5])
-            )
-        if lib.exists():
-            shutil.rmtree(lib)
-        fresh.rename(lib)
-    finally:
-        shutil.rmtree(fresh, ignore_errors=True)
-    return lib
-
-
 def write_lock(version: str, cache: Path = CACHE) -> Path:
-    """Resolve ``version`` afresh and write the SHA-256 of each jar to its lock file
-    (for a maintainer adding or changing a version; review the diff)."""
-    pom, lock = DEPLOY / version / "pom.xml", DEPLOY / version / LOCK_NAME
-    out = Path(tempfile.mkdtemp(prefix="lock-"))
-    try:
-        _maven(pom, out)
-        lines = [f"{_sha256(path)}  {path.name}" for path in sorted(out.glob("*.jar"))]
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
-    header = (
-        f"# SHA-256 of every jar Maven resolves from pom.xml (Kafka {version}), checked by\n"
-        f"# tcpsleuth.lab.kafka_broker.resolve; rewrite with\n"
-        f"# python3 -m tcpsleuth.lab.kafka_broker lock {version}\n"
+    """Resolve ``version`` afresh and write its lock file (for a maintainer adding or
+    changing a version; review the diff)."""
+    lock = jars.write_lock(
+        f"Kafka {version}",
+        DEPLOY / version / "pom.xml",
+        DEPLOY / version / jars.LOCK_NAME,
+        f"python3 -m tcpsleuth.lab.kafka_broker lock {version}",
     )
-    lock.write_text(header + "\n".join(lines) + "\n")
     shutil.rmtree(cache / version / "lib", ignore_errors=True)
     return lock
 
 
-def java() -> str:
-    found = shutil.which("java")
-    if found is None:
-        raise EnvironmentProblem(
-            "the Kafka broker needs a JDK and there is no `java` "
-            "(apt-get install default-jdk-headless, or run scripts/install.sh)"
-        )
-    return found
+# -- readiness: a Metadata request, encoded and decoded by kio ------------------------------
 
 
-# -- the Kafka protocol, as much as readiness needs ----------------------------------------
+def _call(sock: socket.socket, api_key: int, version: int, correlation: int, body: Any) -> Any:
+    """Send one request (``body`` a kio entity) and read its response."""
+    request_cls = load_request_schema(api_key, version)
+    header_cls = request_cls.__header_schema__
+    out = io.BytesIO()
+    entity_writer(header_cls)(
+        out,
+        header_cls(
+            request_api_key=api_key,
+            request_api_version=version,
+            correlation_id=correlation,
+            client_id="tcpsleuth-ready",
+        ),
+    )
+    entity_writer(request_cls)(out, body)
+    sock.sendall(struct.pack(">i", out.tell()) + out.getvalue())
+    (size,) = struct.unpack(">i", _exactly(sock, 4))
+    frame = _exactly(sock, size)
+    response_cls = load_response_schema(api_key, version)
+    header, offset = entity_reader(response_cls.__header_schema__)(frame, 0)
+    if header.correlation_id != correlation:
+        raise ConnectionError("a response to another request")
+    response, _ = entity_reader(response_cls)(frame, offset)
+    return response
 
 
-def _request(api_key: int, version: int, correlation: int, body: bytes) -> bytes:
-    client = b"tcpsleuth-ready"
-    header = struct.pack(">hhih", api_key, version, correlation, len(client)) + client
-    return struct.pack(">i", len(header) + len(body)) + header + body
-
-
-def _read_frame(sock: socket.socket) -> bytes:
-    def exactly(size: int) -> bytes:
-        data = b""
-        while len(data) < size:
-            chunk = sock.recv(size - len(data))
-            if not chunk:
-                raise ConnectionError("closed by the broker")
-            data += chunk
-        return data
-
-    (size,) = struct.unpack(">i", exactly(4))
-    return exactly(size)
-
-
-def _string(frame: bytes, offset: int) -> tuple[str | None, int]:
-    (size,) = struct.unpack_from(">h", frame, offset)
-    offset += 2
-    if size < 0:
-        return None, offset
-    return frame[offset : offset + size].decode(), offset + size
+def _exactly(sock: socket.socket, size: int) -> bytes:
+    data = b""
+    while len(data) < size:
+        chunk = sock.recv(size - len(data))
+        if not chunk:
+            raise ConnectionError("closed by the broker")
+        data += chunk
+    return data
 
 
 def metadata_brokers(host: str, port: int, timeout: float = 2.0) -> list[int] | None:
     """Ask the broker at ``host:port`` (from the calling thread's namespace) for its
-    ApiVersions and then Metadata v4 (every version from 3.1 to 4.x answers it); the
+    ApiVersions and then Metadata v4 (every version from 3.1 to 4.x answers both); the
     node ids it lists, or None while it does not answer."""
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:
             sock.settimeout(timeout)
-            sock.sendall(_request(18, 0, 1, b""))
-            frame = _read_frame(sock)
-            (error,) = struct.unpack_from(">h", frame, 4)
-            if error != 0:
+            versions = _call(sock, API_VERSIONS, 0, 1, load_request_schema(API_VERSIONS, 0)())
+            if versions.error_code != ErrorCode.none:
                 return None
-            # Metadata v4: all topics (null array), no auto-creation
-            sock.sendall(_request(3, 4, 2, struct.pack(">ib", -1, 0)))
-            frame = _read_frame(sock)
-    except (OSError, ConnectionError, struct.error):
-        return None
-    offset = 8  # correlation id, throttle time
-    (count,) = struct.unpack_from(">i", frame, offset)
-    offset += 4
-    nodes = []
-    for _ in range(count):
-        (node,) = struct.unpack_from(">i", frame, offset)
-        _, offset = _string(frame, offset + 4)  # host
-        _, offset = _string(frame, offset + 4)  # port, rack
-        nodes.append(node)
-    return nodes
+            # all topics (null), no auto-creation
+            ask = load_request_schema(API_METADATA, 4)(topics=None, allow_auto_topic_creation=False)
+            metadata = _call(sock, API_METADATA, 4, 2, ask)
+    except (OSError, ConnectionError, ValueError, struct.error, DecodeError):
+        return None  # not answering yet, or not (yet) with a Kafka answer
+    return [int(broker.node_id) for broker in metadata.brokers]
 
 
 # -- one broker ----------------------------------------------------------------------------
@@ -411,7 +292,7 @@ class KafkaBroker:
         self.ns, self.settings = ns, settings
         self.version = settings.version
         self.lib = resolve(settings.version)
-        self.java = java()
+        self.java = jars.java()
         self._own_workdir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix=f"tcpsleuth-kafka-{self.version}-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -443,8 +324,7 @@ class KafkaBroker:
 
     @property
     def classpath(self) -> str:
-        jars = sorted(p for p in self.lib.glob("*.jar") if not p.name.startswith(AGENT_PREFIX))
-        return ":".join(str(p) for p in jars)
+        return jars.classpath(self.lib, leave_out=AGENT_PREFIX)
 
     @property
     def agent(self) -> Path:
@@ -657,19 +537,7 @@ class KafkaBroker:
     def request_metrics(self, request: str = "Produce") -> dict[str, dict[str, float]]:
         """Kafka's own view of ``request``s since the JVM started (its histograms restart
         with it): count, mean, p50, p99 and max of each part of the request time (ms)."""
-        page = self.metrics()
-        out: dict[str, dict[str, float]] = {}
-        for part, (exported, _) in REQUEST_TIMES.items():
-            name = f"kafka_network_request_{exported}_time_ms"
-            values = {
-                "count": metric_values(page, f"{name}_count", request=request),
-                "mean": metric_values(page, f"{name}_mean", request=request),
-                "p50": metric_values(page, name, request=request, quantile="0.50"),
-                "p99": metric_values(page, name, request=request, quantile="0.99"),
-                "max": metric_values(page, f"{name}_max", request=request),
-            }
-            out[part] = {key: round(found[0], 3) for key, found in values.items() if found}
-        return out
+        return kafka_metrics.request_metrics(self.metrics(), request)
 
     def events(self) -> list[dict[str, Any]]:
         return self.log
@@ -688,191 +556,6 @@ class KafkaBroker:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-@dataclass(frozen=True)
-class LoggedRequest:
-    """One request as Kafka's request log (kafka.request.logger at DEBUG) records it."""
-
-    received: float  # epoch seconds: completion minus totalTimeMs
-    times_ms: dict[str, float]  # by RequestMetrics name (TotalTimeMs, LocalTimeMs, ...)
-    records_bytes: int  # Produce: the size of its record batches
-    client_id: str
-
-
-def logged_requests(path: Path, api: str = "PRODUCE") -> list[LoggedRequest]:
-    """The ``api`` requests in a request log written by a broker of this module."""
-    found: list[LoggedRequest] = []
-    if not path.is_file():
-        return found
-    marker = f'"requestApiKeyName":"{api}"'
-    with path.open(errors="replace") as lines:
-        for line in lines:
-            if marker not in line or "Completed request:" not in line:
-                continue
-            stamp, _, rest = line.partition("] Completed request:")
-            try:
-                done = datetime.datetime.strptime(stamp.lstrip("["), "%Y-%m-%d %H:%M:%S,%f")
-                entry = json.loads(rest)
-            except ValueError:
-                continue  # a line cut short when the broker was killed
-            times = {name: float(entry.get(key, 0.0)) for name, (_, key) in REQUEST_TIMES.items()}
-            size = sum(
-                partition.get("recordsSizeInBytes", 0)
-                for topic in entry.get("request", {}).get("topicData", [])
-                for partition in topic.get("partitionData", [])
-            )
-            found.append(
-                LoggedRequest(
-                    done.timestamp() - times["TotalTimeMs"] / 1000,
-                    times,
-                    size,
-                    entry.get("requestHeader", {}).get("clientId", ""),
-                )
-            )
-    return found
-
-
-def metric_values(text: str, name: str, **labels: str) -> list[float]:
-    """Values of the samples called ``name`` whose labels include ``labels``, from a
-    Prometheus text page."""
-    values = []
-    for line in text.splitlines():
-        if line.startswith("#") or not line.startswith(name):
-            continue
-        head, _, value = line.rpartition(" ")
-        metric, _, rest = head.partition("{")
-        if metric != name:
-            continue
-        have = dict(pair.split("=", 1) for pair in rest.rstrip("}").split(",") if "=" in pair)
-        if all(have.get(key, "").strip('"') == wanted for key, wanted in labels.items()):
-            with contextlib.suppress(ValueError):
-                values.append(float(value))
-    return values
-
-
-def java_producer(
-    version: str,
-    bootstrap: str,
-    topic: str,
-    records: int,
-    record_size: int,
-    throughput: float = -1,
-    **props: str | int,
-) -> list[str]:
-    """The command line of Kafka's own Java producer benchmark (kafka-tools'
-    ProducerPerformance, kafka-clients underneath: the producer most Kafka users run),
-    to run in a namespace. ``props`` are producer settings, as
-    ``reconnect_backoff_max_ms=1000`` for ``reconnect.backoff.max.ms``."""
-    lib = resolve(version)
-    jars = sorted(p for p in lib.glob("*.jar") if not p.name.startswith(AGENT_PREFIX))
-    settings = {"bootstrap.servers": bootstrap, "acks": "all"}
-    settings.update({key.replace("_", "."): str(value) for key, value in props.items()})
-    return [
-        java(),
-        "-Xmx256m",
-        "-Xshare:auto",
-        "-Dlog4j.configuration=file:/dev/null",
-        "-cp",
-        ":".join(str(p) for p in jars),
-        "org.apache.kafka.tools.ProducerPerformance",
-        *("--topic", topic, "--num-records", str(records)),
-        *("--record-size", str(record_size), "--throughput", f"{throughput:g}"),
-        "--producer-props",
-        *(f"{key}={value}" for key, value in settings.items()),
-    ]
-
-
-HARNESS_SOURCE = DEPLOY / "harness"
-HARNESS_MAIN = "ProduceLatency"
-
-
-def harness(version: str, cache: Path = CACHE) -> Path:
-    """The directory of our Java produce-latency harness (deploy/kafka/harness), compiled
-    by javac against Kafka ``version``'s kafka-clients on first use and kept in the cache
-    under the hash of its source."""
-    lib = resolve(version, cache)
-    sources = sorted(HARNESS_SOURCE.glob("*.java"))
-    digest = hashlib.sha256()
-    for source in sources:
-        digest.update(source.name.encode() + b"\0" + source.read_bytes())
-    out = cache / version / f"harness-{digest.hexdigest()[:12]}"
-    if (out / f"{HARNESS_MAIN}.class").is_file():
-        return out
-    javac = shutil.which("javac")
-    if javac is None:
-        raise EnvironmentProblem(
-            "the lab's Java producer is compiled with javac, and there is none "
-            "(apt-get install default-jdk-headless, or run scripts/install.sh)"
-        )
-    [clients] = lib.glob("kafka-clients-*.jar")
-    fresh = Path(tempfile.mkdtemp(prefix="harness-", dir=out.parent))
-    try:
-        result = subprocess.run(
-            [javac, "-nowarn", "-cp", str(clients), "-d", str(fresh), *map(str, sources)],
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=300,
-        )
-        if result.returncode != 0:
-            raise EnvironmentProblem(
-                f"javac could not compile {HARNESS_SOURCE}: {result.stderr.strip()[-1500:]}"
-            )
-        for name in ("log4j.properties", "log4j2.properties"):
-            shutil.copyfile(HARNESS_SOURCE / name, fresh / name)
-        for old in out.parent.glob("harness-*"):
-            if old != fresh:
-                shutil.rmtree(old, ignore_errors=True)
-        fresh.rename(out)
-    finally:
-        shutil.rmtree(fresh, ignore_errors=True)
-    return out
-
-
-def java_clients(
-    version: str, bootstrap: str, heap: str = "256m", **options: str | int
-) -> list[str]:
-    """The command line of our Java producers (kafka-clients of Kafka ``version``): the
-    options of ``tcpsleuth.lab.clients`` (crowd, measured, message_bytes, interval_ms,
-    duration) and reconnect_backoff_ms, reconnect_backoff_max_ms; the same JSON lines."""
-    lib = resolve(version)
-    compiled = harness(version)
-    jars = sorted(p for p in lib.glob("*.jar") if not p.name.startswith(AGENT_PREFIX))
-    return [
-        java(),
-        f"-Xmx{heap}",
-        "-Xshare:auto",
-        "-XX:TieredStopAtLevel=1",
-        f"-Dlog4j.configuration=file:{compiled / 'log4j.properties'}",
-        f"-Dlog4j2.configurationFile={compiled / 'log4j2.properties'}",
-        "-cp",
-        ":".join([*(str(p) for p in jars), str(compiled)]),
-        HARNESS_MAIN,
-        "--bootstrap",
-        bootstrap,
-        *(
-            item
-            for key, value in options.items()
-            for item in (f"--{key.replace('_', '-')}", str(value))
-        ),
-    ]
-
-
-def producer_performance_summary(output: str) -> dict[str, float]:
-    """The last summary line ProducerPerformance prints ("N records sent, R records/sec
-    (M MB/sec), A ms avg latency, X ms max latency, P ms 50th, ... 99.9th."), as
-    records, records_per_s, avg_ms, max_ms, p50_ms, p95_ms, p99_ms and p999_ms."""
-    for line in reversed(output.splitlines()):
-        if " records sent, " not in line or "50th" not in line:
-            continue
-        numbers = [float(n) for n in re.findall(r"(\d+(?:\.\d+)?)\s", line.replace(",", " "))]
-        keys = ("records", "records_per_s", "avg_ms", "max_ms", "p50_ms", "p95_ms", "p99_ms")
-        values = dict(zip(keys, [numbers[0], numbers[1], *numbers[3:8]], strict=True))
-        found = re.search(r"(\d+(?:\.\d+)?) ms 99\.9th", line)
-        values["p999_ms"] = float(found.group(1)) if found else float("nan")
-        return values
-    raise ValueError("no ProducerPerformance summary line in its output")
 
 
 def for_scenario(
@@ -925,12 +608,15 @@ def main() -> None:
     lock_cmd = commands.add_parser("lock", help="rewrite a version's jars.sha256")
     lock_cmd.add_argument("version", choices=VERSIONS)
     args = parser.parse_args()
+    from tcpsleuth.lab import kafka_java  # it builds on this module
+
     try:
         if args.command == "resolve":
             for version in args.versions:
                 lib = resolve(parse_broker(f"kafka:{version}"))
                 print(f"Kafka {version}: {len(list(lib.glob('*.jar')))} jars checked in {lib}")
-                print(f"Kafka {version}: Java produce harness compiled in {harness(version)}")
+                built = kafka_java.harness(version)
+                print(f"Kafka {version}: Java produce harness compiled in {built}")
         else:
             print(f"wrote {write_lock(args.version)}")
     except InputError as exc:

@@ -7,7 +7,6 @@ the namespaces is removed by the next run (``namespaces.remove_stale``).
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import queue
@@ -21,18 +20,14 @@ from pathlib import Path
 from typing import Any, Self
 
 from tcpsleuth.errors import EnvironmentProblem
+from tcpsleuth.sources import netns
+from tcpsleuth.subprocesses import die_with_parent
 
-PR_SET_PDEATHSIG = 1
 # How long a child may take to say it is ready. Generous: a child that fails exits and
 # is noticed at once, and under an emulated guest CPU (lab kernels without KVM) Python
 # alone can take tens of seconds to import what a child needs; a JVM (a real Kafka broker,
 # Java clients) there takes minutes, so a guest running one raises it (TCPSLEUTH_READY_S).
 READY_S = float(os.environ.get("TCPSLEUTH_READY_S", "120"))
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _die_with_parent() -> None:
-    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 class Child:
@@ -45,7 +40,7 @@ class Child:
         stdin: bool = False,
         merge_stderr: bool = False,
     ) -> None:
-        prefix = ["ip", "netns", "exec", ns] if ns else []
+        prefix = netns.exec_prefix(ns)
         self.argv = argv
         self.process = subprocess.Popen(
             [*prefix, *argv],
@@ -53,7 +48,7 @@ class Child:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,
             text=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         self.lines: queue.Queue[str] = queue.Queue()
         self.all_lines: list[str] = []

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tcpsleuth.lab import faults, kafka_broker, namespaces, recording, topology
+from tcpsleuth.lab import faults, kafka_broker, kafka_java, namespaces, recording, topology
 from tcpsleuth.lab.brokers import CommandBroker, LabBrokerProcess
 from tcpsleuth.lab.kafka_broker import KafkaBroker
 from tcpsleuth.lab.processes import Child, python_module
@@ -460,7 +460,7 @@ def _run(
         artifacts.library_versions["kafka-clients"] = broker.version
         # Kafka's own Java client, with its reconnect backoff (50 ms doubling to 1 s)
         worker = Child(
-            kafka_broker.java_clients(
+            kafka_java.java_clients(
                 broker.version,
                 f"{SERVER_IP4}:{PORT}",
                 crowd=size.crowd_java,

@@ -1,10 +1,10 @@
 """A real Apache ZooKeeper server for the lab: resolved from Maven Central, run in a
 namespace.
 
-As for the real Kafka broker (lab/kafka_broker.py): the jars come from a pinned
-dependency list in the repository (``deploy/zookeeper/<version>/pom.xml``), resolved by
-Maven into ``~/.cache/tcpsleuth/zookeeper/<version>/lib`` once, and checked against the
-SHA-256 lock file beside the pom (``jars.sha256``) before each start.
+As for the real Kafka broker: the jars come from a pinned dependency list in the
+repository (``deploy/zookeeper/<version>/pom.xml``), resolved by Maven into
+``~/.cache/tcpsleuth/zookeeper/<version>/lib`` once, and checked against the SHA-256
+lock file beside the pom (``jars.sha256``) before each start (lab/jars.py).
 
 A server here is standalone (``org.apache.zookeeper.server.ZooKeeperServerMain
 zoo.cfg``) with its data in a work directory. Its client port listens with
@@ -19,48 +19,39 @@ lets a storm from one address through (the default, 60 per address, would refuse
 from __future__ import annotations
 
 import argparse
-import shutil
 import tempfile
 import time
 from pathlib import Path
 
 from tcpsleuth.errors import EnvironmentProblem
-from tcpsleuth.lab.kafka_broker import _maven, _sha256, java, locked_jars
+from tcpsleuth.lab import jars
 from tcpsleuth.lab.processes import Child, ServerChild
 from tcpsleuth.sources import sockdiag
 
 VERSION = "3.9.5"
 DEPLOY = Path(__file__).resolve().parents[3] / "deploy" / "zookeeper"
-CACHE = Path.home() / ".cache" / "tcpsleuth" / "zookeeper"
-LOCK_NAME = "jars.sha256"
+CACHE = jars.CACHE_ROOT / "zookeeper"
 MAIN = "org.apache.zookeeper.server.ZooKeeperServerMain"
 
 
 def resolve(version: str = VERSION, cache: Path = CACHE) -> Path:
     """The directory of ZooKeeper's jars, resolved by Maven on first use and checked
     against the lock file every time."""
-    pom, lock = DEPLOY / version / "pom.xml", DEPLOY / version / LOCK_NAME
+    pom, lock = DEPLOY / version / "pom.xml", DEPLOY / version / jars.LOCK_NAME
     if not pom.is_file() or not lock.is_file():
         raise EnvironmentProblem(
             f"no pinned dependency list for ZooKeeper {version} at {pom.parent}"
         )
-    return locked_jars(f"ZooKeeper {version}", pom, lock, cache / version / "lib")
+    return jars.locked(f"ZooKeeper {version}", pom, lock, cache / version / "lib")
 
 
 def write_lock(version: str = VERSION) -> Path:
-    pom, lock = DEPLOY / version / "pom.xml", DEPLOY / version / LOCK_NAME
-    out = Path(tempfile.mkdtemp(prefix="lock-"))
-    try:
-        _maven(pom, out)
-        lines = [f"{_sha256(path)}  {path.name}" for path in sorted(out.glob("*.jar"))]
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
-    header = (
-        f"# SHA-256 of every jar Maven resolves from pom.xml (ZooKeeper {version}), checked by\n"
-        "# tcpsleuth.lab.zookeeper.resolve; rewrite with python3 -m tcpsleuth.lab.zookeeper lock\n"
+    return jars.write_lock(
+        f"ZooKeeper {version}",
+        DEPLOY / version / "pom.xml",
+        DEPLOY / version / jars.LOCK_NAME,
+        "python3 -m tcpsleuth.lab.zookeeper lock",
     )
-    lock.write_text(header + "\n".join(lines) + "\n")
-    return lock
 
 
 class ZooKeeperServer(ServerChild):
@@ -77,7 +68,7 @@ class ZooKeeperServer(ServerChild):
     ) -> None:
         self.ns, self.host, self.port, self.backlog = ns, host, port, backlog
         self.lib = resolve()
-        self.java = java()
+        self.java = jars.java()
         self._own_workdir = workdir is None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="tcpsleuth-zookeeper-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -97,8 +88,7 @@ class ZooKeeperServer(ServerChild):
 
     @property
     def argv(self) -> list[str]:
-        classpath = ":".join(str(p) for p in sorted(self.lib.glob("*.jar")))
-        return [self.java, "-Xmx256m", "-cp", classpath, MAIN, str(self.config)]
+        return [self.java, "-Xmx256m", "-cp", jars.classpath(self.lib), MAIN, str(self.config)]
 
     def _listening(self) -> bool:
         return any(x.local_port == self.port for x in sockdiag.listeners(self.ns))

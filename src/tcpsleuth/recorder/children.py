@@ -12,7 +12,6 @@ directory (a tcpdump capturing for its ring, say) and ends them.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import fcntl
 import json
 import os
@@ -23,14 +22,9 @@ from pathlib import Path
 
 from tcpsleuth.errors import EnvironmentProblem
 from tcpsleuth.sources import procfs
+from tcpsleuth.subprocesses import die_with_parent
 
-PR_SET_PDEATHSIG = 1
-_libc = ctypes.CDLL(None, use_errno=True)
 LOCK = ".recorder.lock"
-
-
-def die_with_parent() -> None:
-    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def background_child(cpu_seconds: int) -> None:
@@ -39,10 +33,6 @@ def background_child(cpu_seconds: int) -> None:
     die_with_parent()
     os.nice(10)
     resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds + 5))
-
-
-def in_netns(netns: str | None) -> list[str]:
-    return ["ip", "netns", "exec", netns] if netns else []
 
 
 def processes_naming(marker: str) -> list[int]:

@@ -40,6 +40,7 @@ from tcpsleuth.recorder.ring import RING_DIR, Ring, covering
 from tcpsleuth.sources import sampling
 from tcpsleuth.sources.bpf import tracer
 from tcpsleuth.sources.sampling import CounterSample
+from tcpsleuth.subprocesses import die_with_parent
 
 GUARD_S = 0.25
 COUNTS_EVERY_S = 5.0
@@ -494,9 +495,7 @@ class Recorder:
             inodes = frozenset({tracer.netns_inode(self.s.netns)}) if self.s.netns else frozenset()
             program = tracer.build_program(self.ports, inodes, 10.0)
             with (active.staging / freeze.TRACE).open("w") as out:
-                for sample in tracer.trace(
-                    program, self.s.trace_s, preexec_fn=children.die_with_parent
-                ):
+                for sample in tracer.trace(program, self.s.trace_s, preexec_fn=die_with_parent):
                     out.write(json.dumps(dataclasses.asdict(sample)) + "\n")
                     if self.stop.is_set():
                         break

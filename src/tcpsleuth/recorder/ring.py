@@ -30,9 +30,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tcpsleuth.recorder.children import die_with_parent, in_netns
 from tcpsleuth.recorder.disk import Budget
 from tcpsleuth.recorder.ring_writer import RingWriter
+from tcpsleuth.sources.netns import exec_prefix
+from tcpsleuth.subprocesses import die_with_parent
 
 RING_DIR = "ring"
 MARKER = "TCPSLEUTH_RING"
@@ -150,7 +151,7 @@ class Ring:
 
     def argv(self) -> list[str]:
         return [
-            *in_netns(self.netns),
+            *exec_prefix(self.netns),
             self.tcpdump or "tcpdump",
             "-i",
             self.interface,

@@ -218,7 +218,7 @@ def _write_files(directory: Path, netns_name: str | None, kafka_text: str | None
         put(SNMP, Path("/proc/thread-self/net/snmp").read_text())
     ss = shutil.which("ss")
     if ss:
-        prefix = ["ip", "netns", "exec", netns_name] if netns_name else []
+        prefix = netns.exec_prefix(netns_name)
         for name, args in (
             (SS_LISTEN, ["-ltn"]),
             (SS_LISTEN_DETAILS, ["-ltnmp"]),

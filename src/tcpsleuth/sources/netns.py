@@ -22,6 +22,12 @@ NETNS_RUN_DIR = Path("/var/run/netns")
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
+def exec_prefix(name: str | None) -> list[str]:
+    """The start of a command line that runs a program in namespace ``name`` (``ip
+    netns exec``), or nothing for the caller's own namespace."""
+    return ["ip", "netns", "exec", name] if name else []
+
+
 def checked_name(name: str) -> str:
     """``name`` if it names a network namespace as ``ip netns`` does (a file directly
     under /run/netns), else InputError. The one check every ``--netns`` and ``netns:``
