@@ -92,7 +92,7 @@ def _produce(ns: str, library: str, topic: str, count: int) -> int:
 
 def _java_produce(ns: str, version: str, records: int) -> dict[str, float]:
     argv = kafka_java.java_producer(
-        version,
+        kafka_broker.resolve(version),
         f"{HOST}:{PORT}",
         "lab",
         records,

@@ -21,7 +21,7 @@ import pytest
 from support.monitoring import Prometheus, require_tool
 from test_alerts import RULES, dashboard_queries
 
-from tcpsleuth.lab import kafka_java, namespaces
+from tcpsleuth.lab import kafka_broker, kafka_java, namespaces
 from tcpsleuth.lab.kafka_broker import KafkaBroker, KafkaSettings
 from tcpsleuth.lab.kafka_metrics import metric_values
 
@@ -38,7 +38,9 @@ P99 = 'kafka_network_request_total_time_ms{request="Produce",quantile="0.99"}'
 
 
 def _produce(ns: str, version: str, records: int) -> None:
-    argv = kafka_java.java_producer(version, f"{HOST}:{PORT}", "lab", records, 1000, 200)
+    argv = kafka_java.java_producer(
+        kafka_broker.resolve(version), f"{HOST}:{PORT}", "lab", records, 1000, 200
+    )
     result = subprocess.run(
         ["ip", "netns", "exec", ns, *argv], capture_output=True, text=True, timeout=180
     )

@@ -62,7 +62,7 @@ def run_in_guest(
         # archives the host made, read from the host's cache (the guest has no network
         # and writes only its own /tmp); JVMs under an emulated CPU start in minutes.
         version = kafka_broker.parse_broker(broker_kind)
-        kafka_java.harness(version)
+        kafka_java.harness(kafka_broker.resolve(version))
         argv += ["--broker", broker_kind]
         memory = KAFKA_GUEST_MEMORY
         env = {

@@ -20,6 +20,9 @@ from pathlib import Path
 from tcpsleuth.errors import EnvironmentProblem
 
 LOCK_NAME = "jars.sha256"
+# Java agents resolved beside a program's jars (the Prometheus JMX exporter): given to
+# a JVM with -javaagent, never put on a class path.
+AGENT_PREFIX = "jmx_prometheus_javaagent-"
 CACHE_ROOT = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "tcpsleuth"
 
 
@@ -126,10 +129,9 @@ def write_lock(what: str, pom: Path, lock: Path, rewrite: str) -> Path:
     return lock
 
 
-def classpath(lib: Path, *extra: Path, leave_out: str = "") -> str:
-    """The jars in ``lib`` (less those whose name starts with ``leave_out``, such as a
-    Java agent) and ``extra``, as a class path."""
-    jars = sorted(p for p in lib.glob("*.jar") if not (leave_out and p.name.startswith(leave_out)))
+def classpath(lib: Path, *extra: Path) -> str:
+    """The jars in ``lib`` but Java agents, and ``extra``, as a class path."""
+    jars = sorted(p for p in lib.glob("*.jar") if not p.name.startswith(AGENT_PREFIX))
     return ":".join([*(str(p) for p in jars), *(str(p) for p in extra)])
 
 

@@ -50,7 +50,7 @@ from kio.serial import entity_reader, entity_writer
 from kio.serial.errors import DecodeError
 
 from tcpsleuth.errors import EnvironmentProblem, InputError
-from tcpsleuth.lab import jars, kafka_metrics
+from tcpsleuth.lab import jars, kafka_java, kafka_metrics
 from tcpsleuth.lab.processes import READY_S, Child
 from tcpsleuth.sources import netns, sockdiag
 
@@ -62,7 +62,6 @@ KIP_764 = (3, 2, 0)
 DEPLOY = Path(__file__).resolve().parents[3] / "deploy" / "kafka"
 # TCPSLEUTH_KAFKA_CACHE: a guest (whose HOME is its own /tmp) reads the host's cache there
 CACHE = Path(os.environ.get("TCPSLEUTH_KAFKA_CACHE") or jars.CACHE_ROOT / "kafka")
-AGENT_PREFIX = "jmx_prometheus_javaagent-"
 CONTROLLER_PORT = 9093
 METRICS_PORT = 7071
 NODE_ID = 1
@@ -324,11 +323,11 @@ class KafkaBroker:
 
     @property
     def classpath(self) -> str:
-        return jars.classpath(self.lib, leave_out=AGENT_PREFIX)
+        return jars.classpath(self.lib)
 
     @property
     def agent(self) -> Path:
-        [agent] = self.lib.glob(f"{AGENT_PREFIX}*.jar")
+        [agent] = self.lib.glob(f"{jars.AGENT_PREFIX}*.jar")
         return agent
 
     @property
@@ -608,14 +607,12 @@ def main() -> None:
     lock_cmd = commands.add_parser("lock", help="rewrite a version's jars.sha256")
     lock_cmd.add_argument("version", choices=VERSIONS)
     args = parser.parse_args()
-    from tcpsleuth.lab import kafka_java  # it builds on this module
-
     try:
         if args.command == "resolve":
             for version in args.versions:
                 lib = resolve(parse_broker(f"kafka:{version}"))
                 print(f"Kafka {version}: {len(list(lib.glob('*.jar')))} jars checked in {lib}")
-                built = kafka_java.harness(version)
+                built = kafka_java.harness(lib)
                 print(f"Kafka {version}: Java produce harness compiled in {built}")
         else:
             print(f"wrote {write_lock(args.version)}")

@@ -20,14 +20,13 @@ from pathlib import Path
 
 from tcpsleuth.errors import EnvironmentProblem
 from tcpsleuth.lab import jars
-from tcpsleuth.lab.kafka_broker import AGENT_PREFIX, CACHE, DEPLOY, resolve
 
-HARNESS_SOURCE = DEPLOY / "harness"
+HARNESS_SOURCE = Path(__file__).resolve().parents[3] / "deploy" / "kafka" / "harness"
 HARNESS_MAIN = "ProduceLatency"
 
 
 def java_producer(
-    version: str,
+    lib: Path,
     bootstrap: str,
     topic: str,
     records: int,
@@ -36,7 +35,8 @@ def java_producer(
     **props: str | int,
 ) -> list[str]:
     """The command line of Kafka's own Java producer benchmark (kafka-tools'
-    ProducerPerformance, kafka-clients underneath), to run in a namespace. ``props``
+    ProducerPerformance, kafka-clients underneath) from the Kafka jars in ``lib``
+    (``kafka_broker.resolve``), to run in a namespace. ``props``
     are producer settings, as ``reconnect_backoff_max_ms=1000`` for
     ``reconnect.backoff.max.ms``."""
     settings = {"bootstrap.servers": bootstrap, "acks": "all"}
@@ -47,7 +47,7 @@ def java_producer(
         "-Xshare:auto",
         "-Dlog4j.configuration=file:/dev/null",
         "-cp",
-        jars.classpath(resolve(version), leave_out=AGENT_PREFIX),
+        jars.classpath(lib),
         "org.apache.kafka.tools.ProducerPerformance",
         *("--topic", topic, "--num-records", str(records)),
         *("--record-size", str(record_size), "--throughput", f"{throughput:g}"),
@@ -72,16 +72,15 @@ def producer_performance_summary(output: str) -> dict[str, float]:
     raise ValueError("no ProducerPerformance summary line in its output")
 
 
-def harness(version: str, cache: Path = CACHE) -> Path:
-    """The directory of our Java produce-latency harness, compiled by javac against Kafka
-    ``version``'s kafka-clients on first use and kept in the cache under the hash of its
-    source (older builds are removed)."""
-    lib = resolve(version, cache)
+def harness(lib: Path) -> Path:
+    """The directory of our Java produce-latency harness, compiled by javac against the
+    kafka-clients in ``lib`` (a version's resolved jars) on first use and kept beside
+    them under the hash of its source (older builds are removed)."""
     sources = sorted(HARNESS_SOURCE.glob("*.java"))
     digest = hashlib.sha256()
     for source in sources:
         digest.update(source.name.encode() + b"\0" + source.read_bytes())
-    out = cache / version / f"harness-{digest.hexdigest()[:12]}"
+    out = lib.parent / f"harness-{digest.hexdigest()[:12]}"
     if (out / f"{HARNESS_MAIN}.class").is_file():
         return out
     javac = jars.javac()
@@ -110,14 +109,12 @@ def harness(version: str, cache: Path = CACHE) -> Path:
     return out
 
 
-def java_clients(
-    version: str, bootstrap: str, heap: str = "256m", **options: str | int
-) -> list[str]:
-    """The command line of our Java producers (kafka-clients of Kafka ``version``): the
+def java_clients(lib: Path, bootstrap: str, heap: str = "256m", **options: str | int) -> list[str]:
+    """The command line of our Java producers (on the Kafka jars in ``lib``): the
     options of ``tcpsleuth.lab.clients`` (crowd, measured, message_bytes, interval_ms,
     duration) and timeout_ms, reconnect_backoff_ms, reconnect_backoff_max_ms; the same
     JSON lines."""
-    compiled = harness(version)
+    compiled = harness(lib)
     return [
         jars.java(),
         f"-Xmx{heap}",
@@ -126,7 +123,7 @@ def java_clients(
         f"-Dlog4j.configuration=file:{compiled / 'log4j.properties'}",
         f"-Dlog4j2.configurationFile={compiled / 'log4j2.properties'}",
         "-cp",
-        jars.classpath(resolve(version), compiled, leave_out=AGENT_PREFIX),
+        jars.classpath(lib, compiled),
         HARNESS_MAIN,
         "--bootstrap",
         bootstrap,

@@ -461,7 +461,7 @@ def _run(
         # Kafka's own Java client, with its reconnect backoff (50 ms doubling to 1 s)
         worker = Child(
             kafka_java.java_clients(
-                broker.version,
+                broker.lib,
                 f"{SERVER_IP4}:{PORT}",
                 crowd=size.crowd_java,
                 measured=size.measured,
