@@ -25,6 +25,7 @@ import pytest
 from tcpsleuth.lab import jars, kafka_broker, kafka_java, namespaces
 from tcpsleuth.lab.kafka_broker import KafkaBroker, KafkaSettings
 from tcpsleuth.lab.kafka_metrics import metric_values
+from tcpsleuth.sources import procfs
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
@@ -109,17 +110,8 @@ def _java_produce(ns: str, version: str, records: int) -> dict[str, float]:
 
 def _jvms_using(workdir: Path) -> list[int]:
     """Processes whose command line names the broker's work directory."""
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if str(workdir) in cmdline:
-            found.append(int(proc.name))
-    return found
+    wanted = str(workdir).encode()
+    return [pid for pid, cmdline in procfs.processes("cmdline") if wanted in cmdline]
 
 
 def _produce_count(broker: KafkaBroker) -> float:

@@ -74,35 +74,39 @@ def logged_requests(path: Path, api: str = "PRODUCE") -> list[LoggedRequest]:
     return found
 
 
-def metric_values(page: str | list[Sample], name: str, **labels: str) -> list[float]:
+def metric_values(page: str, name: str, **labels: str) -> list[float]:
     """Values of the samples called ``name`` whose labels include ``labels``, from a
-    Prometheus text page (parsed by prometheus-client) or its ``samples``."""
-    found = samples(page) if isinstance(page, str) else page
+    Prometheus text page (parsed by prometheus-client)."""
+    return _select(_samples(page), name, labels)
+
+
+def _samples(page: str) -> list[Sample]:
+    return [sample for family in text_string_to_metric_families(page) for sample in family.samples]
+
+
+def _select(samples: list[Sample], name: str, labels: dict[str, str]) -> list[float]:
     return [
         sample.value
-        for sample in found
+        for sample in samples
         if sample.name == name
         and all(sample.labels.get(key) == wanted for key, wanted in labels.items())
     ]
 
 
-def samples(page: str) -> list[Sample]:
-    return [sample for family in text_string_to_metric_families(page) for sample in family.samples]
-
-
 def request_metrics(page: str, request: str = "Produce") -> dict[str, dict[str, float]]:
     """Kafka's own view of ``request``s on a JMX exporter page: count, mean, p50, p99
     and max of each part of the request time (ms), since the JVM started."""
-    parsed = samples(page)
+    parsed = _samples(page)
+    only = {"request": request}
     out: dict[str, dict[str, float]] = {}
     for part, (exported, _) in REQUEST_TIMES.items():
         name = f"kafka_network_request_{exported}_time_ms"
         values = {
-            "count": metric_values(parsed, f"{name}_count", request=request),
-            "mean": metric_values(parsed, f"{name}_mean", request=request),
-            "p50": metric_values(parsed, name, request=request, quantile="0.50"),
-            "p99": metric_values(parsed, name, request=request, quantile="0.99"),
-            "max": metric_values(parsed, f"{name}_max", request=request),
+            "count": _select(parsed, f"{name}_count", only),
+            "mean": _select(parsed, f"{name}_mean", only),
+            "p50": _select(parsed, name, {**only, "quantile": "0.50"}),
+            "p99": _select(parsed, name, {**only, "quantile": "0.99"}),
+            "max": _select(parsed, f"{name}_max", only),
         }
         out[part] = {key: round(found[0], 3) for key, found in values.items() if found}
     return out
