@@ -96,6 +96,35 @@ def test_filters_by_port_and_address(farm_ns: str) -> None:
     assert len(sockdiag.snapshot(farm_ns, addresses=["127.0.0.1"]).connections) == 2 * IPV4_CLIENTS
 
 
+def _four_tuples(text: str) -> set[tuple[str, str]]:
+    return {(c.local, c.remote) for c in parse_ss(text, "ss").connections}
+
+
+@pytest.mark.parametrize("ports", [{9093}, {9092}, {9092, 9093}, {1}])
+def test_kernel_port_filter_agrees_with_ss(farm_ns: str, ports: set[int]) -> None:
+    """The bytecode filter keeps what ss's own kernel filter keeps, both directions of
+    each connection (server sockets by local port, clients by remote port)."""
+    ours = sockdiag.dump(farm_ns, ports=ports)
+    expression = " or ".join(f"sport = :{p} or dport = :{p}" for p in sorted(ports))
+    theirs = _four_tuples(_ss(farm_ns, "-tnH", "state", "established", f"( {expression} )"))
+    kept = {(c.local, c.remote) for c in ours.connections()}
+    assert kept == theirs
+    assert len(kept) == 2 * sum({9092: IPV4_CLIENTS, 9093: IPV6_CLIENTS}.get(p, 0) for p in ports)
+    # the same sockets as the whole dump filtered in Python
+    whole = sockdiag.dump(farm_ns).filtered(ports=ports)
+    assert kept == {(c.local, c.remote) for c in whole.connections()}
+    assert sorted(x.local_port for x in ours.listeners()) == sorted(
+        x.local_port for x in whole.listeners()
+    )
+
+
+def test_kernel_port_filter_of_many_ports(farm_ns: str) -> None:
+    """Many ports make jumps longer than one op's 8-bit 'yes' could hold: the program
+    only ever jumps forward by 'no' (16 bits), so 1,000 ports still load."""
+    ours = sockdiag.dump(farm_ns, ports=set(range(9000, 10000)))
+    assert len(ours.connections()) == 2 * (IPV4_CLIENTS + IPV6_CLIENTS)
+
+
 def test_without_tcp_info(farm_ns: str) -> None:
     """What host.py asks for (states and queues only): no INET_DIAG_INFO attribute."""
     bare = sockdiag.snapshot(farm_ns, with_info=False)

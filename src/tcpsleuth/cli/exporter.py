@@ -25,7 +25,7 @@ from tcpsleuth.detectors.port_summary import DEFAULT_MAX_PORTS, TimesSeen, summa
 from tcpsleuth.errors import EnvironmentProblem, InputError
 from tcpsleuth.model.records import HostSnapshot
 from tcpsleuth.reports import prometheus
-from tcpsleuth.sources import procfs, sampling
+from tcpsleuth.sources import owners, procfs, sampling
 from tcpsleuth.sources.host import proc_version
 
 DEFAULT_LISTEN = "127.0.0.1:9469"
@@ -40,6 +40,8 @@ class ScrapeCollector:
         self.max_ports = max_ports
         self._lock = threading.Lock()
         self._times = TimesSeen()
+        # listeners' owners remembered between scrapes (one /proc walk per new listener)
+        self.owner_cache = owners.OwnerCache()
         self.kernel = assess_kernel(procfs.kernel_release(), proc_version())
 
     def describe(self) -> list[Metric]:
@@ -48,7 +50,7 @@ class ScrapeCollector:
     def collect(self) -> Iterable[Metric]:
         with self._lock:
             try:
-                sample = sampling.scrape(self.netns_name)
+                sample = sampling.scrape(self.netns_name, self.owner_cache)
             except InputError as problem:
                 # e.g. the namespace went away with its container: say so once per
                 # scrape and keep serving, so the scrape fails visibly, not the exporter
@@ -121,7 +123,9 @@ def exporter_command(listen: str, max_ports: int, netns: str | None) -> int:
     """
     host, port = parse_listen(listen)
     collector = ScrapeCollector(netns, max_ports)
-    sampling.scrape(netns)  # a bad --netns or missing privilege fails here, before serving
+    # a bad --netns or missing privilege fails here, before serving (and the owners
+    # of the listeners are found once, before the first scrape)
+    sampling.scrape(netns, collector.owner_cache)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)  # type: ignore[arg-type]
     try:

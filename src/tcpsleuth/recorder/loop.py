@@ -153,7 +153,6 @@ class Recorder:
         self._room = True
         self._restart_at = 0.0
         self._sizes: dict[str, int] = {}
-        self._sockets_seen = 0
         self._cap_lock = threading.Lock()
 
     # --- start and stop -------------------------------------------------------------
@@ -380,9 +379,10 @@ class Recorder:
     def _window_limited(self, seconds: float) -> list[Finding]:
         if self.s.thresholds.rwnd_limited_jump <= 0:
             return []
-        scrape = sampling.scrape(self.s.netns)
-        self._sockets_seen = len(scrape.sockets)
-        summary = summarize(scrape.sockets.filtered(ports=self.ports), self.times, max_ports=1000)
+        # only the watched ports' sockets, chosen by the kernel: no owners, sysctls or
+        # other ports' sockets each second (the exporter's scrape reads those)
+        sockets = sampling.port_sockets(self.s.netns, self.ports)
+        summary = summarize(sockets, self.times, max_ports=1000)
         self.times = summary.times
         limited = sum(
             p.rwnd_limited_connections
@@ -467,7 +467,8 @@ class Recorder:
             active.notes.append(f"no capture: {self.ring.problem}")
         freeze.write_json(staging / freeze.META, self._meta(active))
         # the bundle's `ss -tni` lists every socket of the namespace at once: room first
-        need = BUNDLE_BYTES_PER_SOCKET * self._sockets_seen + BUNDLE_BASE_BYTES
+        in_use = sampling.sockets_in_use(self.s.netns) or 0
+        need = BUNDLE_BYTES_PER_SOCKET * in_use + BUNDLE_BASE_BYTES
         self.budget.reserve(f"bundle {incident.name}", need)
         with contextlib.suppress(OSError):
             self._keep_cap(None, extra=need)

@@ -15,6 +15,7 @@ those whose fds cannot be read (no root), are skipped as ``ss`` skips them.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -71,6 +72,62 @@ def socket_owners(
         for inode, fd in sorted(held, key=lambda x: x[1]):
             found.setdefault(inode, []).append(SocketOwner(comm, pid, fd, cmdline))
     return {inode: tuple(owners) for inode, owners in found.items()}
+
+
+def _holds(proc: Path, owner: SocketOwner, link: str) -> bool:
+    """Whether ``owner`` still holds the socket: one readlink of its descriptor."""
+    try:
+        return os.readlink(proc / str(owner.pid) / "fd" / str(owner.fd)) == link
+    except OSError:
+        return False
+
+
+class OwnerCache:
+    """Socket owners remembered by inode between reads, for the exporter's scrapes.
+
+    Finding an owner means reading every link in every process's /proc/PID/fd: on a
+    broker with 200,000 open files that is most of a core-second, while the answer
+    changes only when a listener does. So an inode's owners are looked up once, then
+    checked on each later read with one readlink per owner (the descriptor still
+    names the same socket); only inodes not seen before, or whose every owner has
+    closed them, cost a walk of /proc. Processes that inherit a known listener later
+    (a server's new workers) are not added until the listener is looked up again.
+    An inode whose owner could not be found (a process in a PID namespace we cannot
+    see, no privilege) is looked for again after ``retry_seconds``, not on every read.
+    ``walks`` counts the walks of /proc, for tests and benchmarks.
+    """
+
+    def __init__(
+        self, proc: Path = PROC, with_cmdline: bool = True, retry_seconds: float = 300.0
+    ) -> None:
+        self.proc = proc
+        self.with_cmdline = with_cmdline
+        self.retry_seconds = retry_seconds
+        self.walks = 0
+        self._known: dict[int, tuple[SocketOwner, ...]] = {}
+        self._unowned: dict[int, float] = {}  # inode -> when it was last looked for
+
+    def owners(self, inodes: Iterable[int]) -> dict[int, tuple[SocketOwner, ...]]:
+        """inode -> the processes holding it, as :func:`socket_owners` gives it."""
+        wanted = {inode for inode in inodes if inode}
+        now = time.monotonic()
+        result: dict[int, tuple[SocketOwner, ...]] = {}
+        unknown = []
+        for inode in wanted:
+            link = f"socket:[{inode}]"
+            alive = tuple(o for o in self._known.get(inode, ()) if _holds(self.proc, o, link))
+            if alive:
+                result[inode] = alive
+            elif now - self._unowned.get(inode, -self.retry_seconds) >= self.retry_seconds:
+                unknown.append(inode)
+        if unknown:
+            self.walks += 1
+            result.update(socket_owners(unknown, self.proc, self.with_cmdline))
+            self._unowned.update((inode, now) for inode in unknown if inode not in result)
+        # forget sockets that closed, so the memory follows the listeners that exist
+        self._known = {inode: result[inode] for inode in wanted if inode in result}
+        self._unowned = {k: v for k, v in self._unowned.items() if k in wanted}
+        return result
 
 
 def working_directory(pid: int, proc: Path = PROC) -> Path | None:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tcpsleuth.errors import InputError
 from tcpsleuth.model.records import AUDIT_SYSCTLS
+from tcpsleuth.model.text import to_int
 from tcpsleuth.sources.textfile import read_text, where
 
 
@@ -77,6 +78,20 @@ def read_live_sysctls(names: tuple[str, ...] = AUDIT_SYSCTLS) -> dict[str, str]:
         except FileNotFoundError:
             continue
     return values
+
+
+def tcp_sockets_in_use(proc: Path = Path("/proc")) -> int | None:
+    """``TCP: inuse N`` of /proc/net/sockstat (this namespace's TCP sockets but those
+    in TIME-WAIT); None if it cannot be read."""
+    try:
+        text = (proc / "net" / "sockstat").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        words = line.split()
+        if words[:1] == ["TCP:"] and "inuse" in words[1:-1]:
+            return to_int(words[words.index("inuse") + 1])
+    return None
 
 
 def kernel_release() -> str:

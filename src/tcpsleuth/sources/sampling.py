@@ -79,14 +79,37 @@ def every(
         yield take(netns_name)
 
 
-def scrape(netns_name: str | None = None) -> ScrapeSample:
+def scrape(
+    netns_name: str | None = None, owner_cache: owners.OwnerCache | None = None
+) -> ScrapeSample:
+    """Everything an exporter scrape reports. Give the same ``owner_cache`` to every
+    scrape of a long-lived process: without one, finding the listeners' owners walks
+    every open file of the host each time."""
     started = time.perf_counter()
     counters = read_counters(netns_name)
     with netns.entered(netns_name):
         sysctls = procfs.read_live_sysctls()
     sockets = sockdiag.dump(netns_name, states=ESTABLISHED_AND_LISTEN, with_info=True)
     found = sockdiag.listeners(netns_name)
-    found = sockdiag.with_owners(
-        found, owners.socket_owners((x.inode for x in found if x.inode), with_cmdline=True)
+    inodes = [x.inode for x in found if x.inode]
+    held = (
+        owner_cache.owners(inodes)
+        if owner_cache is not None
+        else owners.socket_owners(inodes, with_cmdline=True)
     )
+    found = sockdiag.with_owners(found, held)
     return ScrapeSample(counters, sockets, time.perf_counter() - started, tuple(found), sysctls)
+
+
+def port_sockets(netns_name: str | None, ports: frozenset[int]) -> sockdiag.DiagDump:
+    """Established and listening sockets with a local or remote port in ``ports``, with
+    tcp_info: what the recorder judges each second. The kernel filters by port, so the
+    cost follows the watched ports' sockets, not every socket of the host."""
+    return sockdiag.dump(netns_name, states=ESTABLISHED_AND_LISTEN, with_info=True, ports=ports)
+
+
+def sockets_in_use(netns_name: str | None) -> int | None:
+    """TCP sockets of the namespace (/proc/net/sockstat's ``TCP: inuse``), without
+    dumping them; None where the file cannot be read."""
+    with netns.entered(netns_name):
+        return procfs.tcp_sockets_in_use()

@@ -299,9 +299,56 @@ def _info_columns(info: np.ndarray, info_len: np.ndarray) -> dict[str, list[obje
     return columns
 
 
-def _request(family: int, states: int, with_info: bool) -> bytes:
+# inet_diag_bc_op codes (include/uapi/linux/inet_diag.h): the port comparisons every
+# kernel since 2.6 knows (S_EQ and D_EQ came only in 4.x), and the unconditional jump
+INET_DIAG_REQ_BYTECODE = 1
+INET_DIAG_BC_JMP = 1
+INET_DIAG_BC_S_GE = 2
+INET_DIAG_BC_S_LE = 3
+INET_DIAG_BC_D_GE = 4
+INET_DIAG_BC_D_LE = 5
+BC_OP = struct.Struct("=BBH")
+MAX_FILTER_PORTS = 1500  # 2 tests of 20 bytes a port: under the 65,535 a jump can span
+
+
+def port_filter(ports: Iterable[int]) -> bytes:
+    """sock_diag bytecode that keeps sockets whose local or remote port is one of
+    ``ports``, so the kernel sends only those (what ``ss '( sport = :9092 )'`` sends).
+
+    The kernel runs it (net/ipv4/inet_diag.c, inet_diag_bc_run) as: take ``yes`` bytes
+    forward when an op holds, ``no`` bytes when it does not; the socket is kept when
+    the walk ends exactly at the end, dropped when it jumps 4 bytes past it. Each port
+    test is ``>= P`` then ``<= P`` (a port compare is two ops: the second carries P),
+    and a jump to the end when both hold; a final jump past the end drops the rest.
+    """
+    tests = [
+        (ge, le, port)
+        for port in sorted(set(ports))
+        for ge, le in (
+            (INET_DIAG_BC_S_GE, INET_DIAG_BC_S_LE),
+            (INET_DIAG_BC_D_GE, INET_DIAG_BC_D_LE),
+        )
+    ]
+    term = 4 * BC_OP.size + BC_OP.size  # GE + its port, LE + its port, JMP
+    total = term * len(tests) + BC_OP.size
+    out = bytearray()
+    for number, (ge, le, port) in enumerate(tests):
+        start, following = number * term, (number + 1) * term
+        out += BC_OP.pack(ge, 8, following - start) + BC_OP.pack(0, 0, port)
+        out += BC_OP.pack(le, 8, following - (start + 8)) + BC_OP.pack(0, 0, port)
+        out += BC_OP.pack(INET_DIAG_BC_JMP, 4, total - (start + 16))  # both held: keep
+    out += BC_OP.pack(INET_DIAG_BC_JMP, 4, 8)  # no port matched: 4 bytes past the end
+    return bytes(out)
+
+
+def _request(
+    family: int, states: int, with_info: bool, ports: frozenset[int] | None = None
+) -> bytes:
     ext = 1 << (INET_DIAG_INFO - 1) if with_info else 0
     body = REQ_V2.pack(family, socket.IPPROTO_TCP, ext, states)
+    if ports is not None:
+        code = port_filter(ports)
+        body += RTATTR.pack(RTATTR.size + len(code), INET_DIAG_REQ_BYTECODE) + code
     return (
         NLMSGHDR.pack(
             NLMSGHDR.size + len(body), SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, 1, 0
@@ -350,11 +397,17 @@ def _uniform_run(chunk: bytes, pos: int, length: int) -> int:
 
 
 def _collect(
-    sock: socket.socket, family: int, states: int, with_info: bool, heads: list, infos: list
+    sock: socket.socket,
+    family: int,
+    states: int,
+    with_info: bool,
+    heads: list,
+    infos: list,
+    ports: frozenset[int] | None = None,
 ) -> None:
     """Append the sockets of one dump to ``heads`` (blocks of inet_diag_msg bytes)
     and ``infos`` ((count, length, bytes): tcp_info blocks, length 0 when absent)."""
-    sock.send(_request(family, states, with_info))
+    sock.send(_request(family, states, with_info, ports))
     header = NLMSGHDR.size
     head_from, head_to = header, header + DIAG_DTYPE.itemsize
     unpack_header = NLMSGHDR.unpack_from
@@ -435,9 +488,15 @@ def dump(
     states: int = ALL_BUT_TIMEWAIT | (1 << LISTEN),
     with_info: bool = True,
     families: tuple[int, ...] = (socket.AF_INET, socket.AF_INET6),
+    ports: Iterable[int] | None = None,
 ) -> DiagDump:
     """Every TCP socket of a namespace (ours when ``netns_name`` is None) in the
-    ``states`` bit mask, decoded in bulk."""
+    ``states`` bit mask, decoded in bulk; with ``ports``, only those whose local or
+    remote port is one of them, chosen by the kernel (the others are never copied)."""
+    wanted = frozenset(ports) if ports is not None else None
+    if wanted is not None and len(wanted) > MAX_FILTER_PORTS:
+        # a jump over the whole program must fit the op's 16 bits: filter here instead
+        return dump(netns_name, states, with_info, families).filtered(ports=wanted)
     heads: list = []
     infos: list = []
     sock = _open(netns_name)
@@ -445,7 +504,7 @@ def dump(
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
         for family in families:
             try:
-                _collect(sock, family, states, with_info, heads, infos)
+                _collect(sock, family, states, with_info, heads, infos, wanted)
             except OSError as exc:
                 if family == socket.AF_INET6 and exc.errno in (errno.ENOENT, errno.EINVAL):
                     continue  # IPv6 disabled or inet6_diag not loaded: no IPv6 sockets
