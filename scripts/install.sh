@@ -21,6 +21,9 @@ APT_PACKAGES=(
     qemu-system-x86  # runs the guest (virtme-ng, from PyPI, drives it)
     busybox-static   # virtme-ng's initramfs
     udev             # names the virtio-serial ports the guest command talks through
+    # containers: --netns container:NAME tests, the image (scripts/build-image.sh)
+    podman runc      # runc: crun refuses hosts with hybrid cgroups (deploy/container)
+    mmdebstrap       # the image's root, from Debian's packages
 )
 
 if [ "$(id -u)" -eq 0 ]; then

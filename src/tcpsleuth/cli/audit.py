@@ -139,7 +139,7 @@ def with_kafka_version(
     if version is not None:
         return replace(kafka, version=version, version_source="--kafka-version")
     if netns_name is not None:
-        inode = os.stat(netns.NETNS_RUN_DIR / netns.checked_name(netns_name)).st_ino
+        inode = netns.inode(netns_name)
     else:
         inode = os.stat("/proc/self/ns/net").st_ino
     broker = broker_for(Path(kafka.path), inode)

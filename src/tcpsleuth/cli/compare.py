@@ -42,7 +42,8 @@ def compare_command(
     other end's receive queue in view. Connections without a partner (NAT, other
     hosts, opened between the two snapshots) are counted.
 
-    CLIENT and SERVER are each `live`, `netns:NAME`, a file of `ss -tni` output
+    CLIENT and SERVER are each `live`, `netns:NAME` (an `ip netns` name, pid:N or
+    container:NAME), a file of `ss -tni` output
     (any iproute2), a bundle directory, or a `tcpsleuth sockets --format json`
     document.
 
@@ -52,6 +53,7 @@ def compare_command(
       # on the broker:       ss -tni > server.txt
       tcpsleuth compare client.txt server.txt --port 9092
       sudo tcpsleuth compare netns:producer netns:broker
+      sudo tcpsleuth compare netns:container:producer netns:pid:4242
       tcpsleuth compare client.txt live --format json
       tcpsleuth compare client.txt server.txt --nat  # addresses rewritten in between
     """

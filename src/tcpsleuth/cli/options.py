@@ -68,7 +68,11 @@ def netns_option(func: F) -> F:
         metavar="NAME",
         default=None,
         callback=_checked_netns,
-        help="Look inside this network namespace (an `ip netns` name; needs root).",
+        help=(
+            "Look inside this network namespace: an `ip netns` name, pid:N (the namespace "
+            "of process N) or container:NAME (podman, docker or crictl tells its pid); "
+            "needs root."
+        ),
     )(func)
 
 
@@ -80,7 +84,10 @@ def netns_names_option(func: F) -> F:
         multiple=True,
         metavar="NAME",
         callback=_checked_netns,
-        help="Trace sockets of this network namespace (repeatable; default: all).",
+        help=(
+            "Trace sockets of this network namespace: an `ip netns` name, pid:N or "
+            "container:NAME (repeatable; default: all)."
+        ),
     )(func)
 
 

@@ -102,7 +102,8 @@ def sockets_command(
     (rwnd-limited), windows under two segments (tiny-window), and window-scale
     anomalies visible from one end.
 
-    SOURCE is `live` (default: this host, over sock_diag), `netns:NAME`, a file
+    SOURCE is `live` (default: this host, over sock_diag), `netns:NAME` (NAME as
+    for --netns: an `ip netns` name, pid:N or container:NAME), a file
     of `ss -tni` output from any host (old or new iproute2; `-` for stdin), a
     bundle directory, or a `tcpsleuth sockets --format json` document.
 
@@ -110,6 +111,7 @@ def sockets_command(
     Examples:
       tcpsleuth sockets --port 9092
       sudo tcpsleuth sockets --netns blue --sort rtt
+      sudo tcpsleuth sockets --netns container:kafka1 --port 9092
       ss -tni > broker-17.txt; tcpsleuth sockets broker-17.txt
       tcpsleuth sockets --format json > snap.json   # input for `compare`
     """

@@ -1,4 +1,12 @@
-"""Entering a named network namespace (``ip netns`` names) for the calling thread.
+"""Entering a network namespace for the calling thread, and naming one.
+
+A namespace is named three ways, tried in this order:
+
+1. an ``ip netns`` name: a file directly under /run/netns. Such a name wins, so a
+   namespace someone called ``pid:1`` with ``ip netns add`` still means that file;
+2. ``pid:N``: the network namespace process N is in (/proc/N/ns/net);
+3. ``container:NAME``: the namespace of a running container's first process, whose
+   pid podman, docker or crictl tells (the first of them installed that knows NAME).
 
 Sockets, /proc/self/net and /proc/sys/net files opened inside stay bound to that
 namespace after we return, so sources open what they need inside and read it
@@ -11,6 +19,9 @@ import contextlib
 import ctypes
 import errno
 import os
+import re
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,35 +29,173 @@ from tcpsleuth.errors import EnvironmentProblem, InputError
 
 CLONE_NEWNET = 0x40000000
 NETNS_RUN_DIR = Path("/var/run/netns")
+PROC = Path("/proc")
+PID_PREFIX = "pid:"
+CONTAINER_PREFIX = "container:"
+FORMS = "an `ip netns` name, pid:N or container:NAME"
+
+# what podman, docker and CRI accept as a container name or id; anything else never
+# reaches a command line
+_CONTAINER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,252}")
+_PID = re.compile(r"[1-9][0-9]{0,9}")
+RUNTIME_TIMEOUT = 20.0
 
 _libc = ctypes.CDLL(None, use_errno=True)
+# container name -> pid, asked once per process: the exporter enters its namespace at
+# every scrape, and a runtime takes a tenth of a second or more to answer
+_container_pids: dict[str, int] = {}
 
 
-def exec_prefix(name: str | None) -> list[str]:
-    """The start of a command line that runs a program in namespace ``name`` (``ip
-    netns exec``), or nothing for the caller's own namespace."""
-    return ["ip", "netns", "exec", name] if name else []
+def _is_ip_netns(name: str) -> bool:
+    try:
+        return (NETNS_RUN_DIR / name).is_file()
+    except OSError:
+        return False
 
 
 def checked_name(name: str) -> str:
-    """``name`` if it names a network namespace as ``ip netns`` does (a file directly
-    under /run/netns), else InputError. The one check every ``--netns`` and ``netns:``
-    goes through: an empty name (an unset shell variable) must not mean the host, and
-    ``.``, ``..`` or a name with ``/`` must not reach outside /run/netns."""
+    """``name`` if it names a network namespace (see the module's docstring), else
+    InputError. The one check every ``--netns`` and ``netns:`` goes through: an empty
+    name (an unset shell variable) must not mean the host, and ``.``, ``..`` or a name
+    with ``/`` must not reach outside /run/netns."""
+    path(name)
+    return name
+
+
+def path(name: str) -> Path:
+    """The file of network namespace ``name``: /run/netns/NAME or /proc/PID/ns/net."""
     if name == "":
-        raise InputError("the network namespace name is empty (see `ip netns list`)")
+        raise InputError(f"the network namespace name is empty ({FORMS}; see `ip netns list`)")
     if name in (".", "..") or "/" in name or "\x00" in name or len(name) > 255:
         raise InputError(
             f"{name!r} is not a network namespace name: an `ip netns` name has no '/' "
             f"and is not '.' or '..' (see `ip netns list`)"
         )
+    if _is_ip_netns(name):
+        return NETNS_RUN_DIR / name
+    if name.startswith(PID_PREFIX):
+        return _process_netns(name[len(PID_PREFIX) :], name)
+    if name.startswith(CONTAINER_PREFIX):
+        container = name[len(CONTAINER_PREFIX) :]
+        if not _CONTAINER_NAME.fullmatch(container):
+            raise InputError(
+                f"{name!r}: a container name is letters, digits, '_', '.' and '-', "
+                "starting with a letter or digit"
+            )
+        pid = _container_pid(container)
+        return _process_netns(str(pid), name)
+    raise InputError(f"no network namespace named {name!r} ({FORMS}; see `ip netns list`)")
+
+
+def _process_netns(pid: str, name: str) -> Path:
+    if not _PID.fullmatch(pid):
+        raise InputError(f"{name!r}: pid:N needs a process id, e.g. pid:4242")
+    target = PROC / pid / "ns" / "net"
     try:
-        is_namespace = (NETNS_RUN_DIR / name).is_file()
-    except OSError:
-        is_namespace = False
-    if not is_namespace:
-        raise InputError(f"no network namespace named {name!r} (see `ip netns list`)")
-    return name
+        target.stat()
+    except FileNotFoundError:
+        raise InputError(f"{name!r}: no process {pid} (see `ps -p {pid}`)") from None
+    except PermissionError:
+        if os.geteuid() != 0:
+            raise EnvironmentProblem(
+                f"reading the network namespace of process {pid} needs root; run with sudo"
+            ) from None
+        raise EnvironmentProblem(
+            f"{target}: not allowed, even to root (the process is beyond this one's reach)"
+        ) from None
+    except OSError as exc:
+        raise InputError(f"{name!r}: {target}: {exc.strerror or exc}") from None
+    return target
+
+
+def inode(name: str) -> int:
+    """The inode number of namespace ``name``: what eBPF programs see as its id."""
+    return path(name).stat().st_ino
+
+
+def _container_pid(container: str) -> int:
+    cached = _container_pids.get(container)
+    if cached is not None and (PROC / str(cached)).is_dir():
+        return cached
+    pid = container_pid(container)
+    _container_pids[container] = pid
+    return pid
+
+
+def _ask(command: list[str]) -> str | None:
+    """What ``command`` printed, or None when it failed or took too long."""
+    try:
+        result = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=RUNTIME_TIMEOUT,
+            check=False,
+            stdin=subprocess.DEVNULL,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+def _from_cli(tool: str, container: str) -> str | None:
+    """The pid podman or docker reports for ``container`` ("0": not running)."""
+    return _ask([tool, "container", "inspect", "--format", "{{.State.Pid}}", "--", container])
+
+
+def _from_crictl(tool: str, container: str) -> str | None:
+    """crictl knows containers by id; a name is found among the running ones first."""
+    ids = _ask([tool, "ps", "--quiet", "--state", "running", "--name", f"^{container}$"])
+    candidates = ids.split() if ids else [container]
+    if len(candidates) != 1:
+        raise InputError(
+            f"container:{container}: {len(candidates)} running containers have that name "
+            f"(`crictl ps --name {container}`); give one's id"
+        )
+    return _ask(
+        [tool, "inspect", "--output", "go-template", "--template", "{{.info.pid}}", candidates[0]]
+    )
+
+
+RUNTIMES = (("podman", _from_cli), ("docker", _from_cli), ("crictl", _from_crictl))
+
+
+def container_pid(container: str) -> int:
+    """The host pid of running container ``container``, from the first runtime
+    installed (podman, docker, crictl) that knows it."""
+    asked = []
+    for tool, ask in RUNTIMES:
+        executable = shutil.which(tool)
+        if executable is None:
+            continue
+        asked.append(tool)
+        answer = ask(executable, container)
+        if answer is None:
+            continue
+        if not _PID.fullmatch(answer):
+            if answer == "0":
+                raise InputError(f"container:{container} is not running ({tool})")
+            raise InputError(f"container:{container}: {tool} gave no pid but {answer[:40]!r}")
+        return int(answer)
+    if not asked:
+        raise EnvironmentProblem(
+            f"container:{container} needs podman, docker or crictl on PATH to find the "
+            "container's process; give pid:N instead"
+        )
+    raise InputError(f"no running container named {container!r} (asked {', '.join(asked)})")
+
+
+def exec_prefix(name: str | None) -> list[str]:
+    """The start of a command line that runs a program in namespace ``name``, or nothing
+    for the caller's own namespace: ``ip netns exec`` for an `ip netns` name (which also
+    shows the program that namespace's /sys and /etc/netns files), ``nsenter --net`` for
+    a process's or container's."""
+    if not name:
+        return []
+    target = path(name)
+    if target.parent == NETNS_RUN_DIR:
+        return ["ip", "netns", "exec", name]
+    return ["nsenter", f"--net={target}"]
 
 
 def _setns(fd: int, name: str | None = None) -> None:
@@ -58,7 +207,7 @@ def _setns(fd: int, name: str | None = None) -> None:
                 "run with sudo or drop --netns"
             )
         if err == errno.EINVAL and name is not None:
-            raise InputError(f"{NETNS_RUN_DIR / name} is not a network namespace")
+            raise InputError(f"{name!r} is not a network namespace")
         raise OSError(err, os.strerror(err))
 
 
@@ -68,11 +217,12 @@ def entered(name: str | None) -> Iterator[None]:
     if name is None:
         yield
         return
-    target = NETNS_RUN_DIR / checked_name(name)
+    target = path(name)
     try:
         target_fd = os.open(target, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
-        raise InputError(f"no network namespace named {name!r} (see `ip netns list`)") from None
+        # the process or container ended since it was named
+        raise InputError(f"network namespace {name!r} is gone ({target})") from None
     except PermissionError:
         raise EnvironmentProblem(
             f"reading network namespace {name!r} needs root; run with sudo"

@@ -73,13 +73,12 @@ def build_program(
 
 
 def netns_inode(name: str) -> int:
-    from tcpsleuth.sources.netns import NETNS_RUN_DIR, checked_name
+    from tcpsleuth.sources import netns
 
-    path = NETNS_RUN_DIR / checked_name(name)
     try:
-        return path.stat().st_ino
+        return netns.inode(name)
     except FileNotFoundError:
-        raise InputError(f"no network namespace named {name!r} (see `ip netns list`)") from None
+        raise InputError(f"network namespace {name!r} is gone") from None
 
 
 def check_environment(method: str = "tracepoint") -> str:
