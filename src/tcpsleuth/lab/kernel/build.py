@@ -58,6 +58,8 @@ CONFIG_ITEMS = (
     "CONFIG_INET_DIAG=y",
     "CONFIG_INET_TCP_DIAG=y",
     "CONFIG_INET_UDP_DIAG=y",
+    # SOCK_DESTROY (`ss -K`, tcpsleuth heal): many distribution kernels lack it
+    "CONFIG_INET_DIAG_DESTROY=y",
     "CONFIG_PACKET_DIAG=y",
     # nftables as the lab's faults use it
     "CONFIG_NETFILTER=y",
@@ -67,6 +69,7 @@ CONFIG_ITEMS = (
     "CONFIG_NF_TABLES_IPV6=y",
     "CONFIG_NFT_NUMGEN=y",
     "CONFIG_NFT_CT=y",
+    "CONFIG_NFT_REJECT=y",  # heal's fallback: a reject for the client of an ended connection
     "CONFIG_NF_CONNTRACK=y",
     # nflog, so that `tcpdump -i nflog:N` reads what a rule logs in the guest as on
     # the host (the storm tests tried it for their truth; it lost most of a storm's
