@@ -37,8 +37,9 @@ def test_nginx_listens_with_their_parameters_and_includes() -> None:
 def test_nginx_syntax_errors_name_the_line(tmp_path: Path) -> None:
     broken = tmp_path / "nginx.conf"
     broken.write_text("http {\n  server {\n    listen 80 rcvbuf=lots;\n  }\n}\n")
-    with pytest.raises(InputError, match=r"nginx.conf:3: rcvbuf= 'lots' is not a size"):
+    with pytest.raises(InputError, match=r"nginx.conf:3: rcvbuf= is not a size") as raised:
         read_server_config("nginx", broken)
+    assert "lots" not in str(raised.value)  # the line, never what the file says
     broken.write_text("http {\n  server {\n    listen 80;\n")
     with pytest.raises(InputError, match="never closed"):
         read_server_config("nginx", broken)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -33,22 +34,45 @@ from tcpsleuth.model.records import (
     ServerConfig,
     kafka_release,
 )
+from tcpsleuth.model.text import printable
 from tcpsleuth.reports import jsonout, table
 from tcpsleuth.reports.auditview import AuditResult, render
 from tcpsleuth.sources import config as server_config
 from tcpsleuth.sources import netns
 from tcpsleuth.sources.bundle import read_bundle
+from tcpsleuth.sources.config.asowner import SECONDS, process_owner, read_as_owner
 from tcpsleuth.sources.host import live_snapshot
 from tcpsleuth.sources.kafkaconfig import read_kafka_config
 from tcpsleuth.sources.kafkaprocess import broker_for
 from tcpsleuth.sources.owners import working_directory
 
+# Discovered files are read one forked reader each (asowner); together they get this
+# long, and this many readers, so that a user with a thousand listeners cannot make the
+# audit take a thousand budgets.
+DISCOVERY_SECONDS = 30.0
+MAX_DISCOVERED = 64
+
+
+def _root_of(pid: int) -> tuple[int, int] | None:
+    """The process's root directory (device, inode): two containers may both name
+    /etc/nginx/nginx.conf."""
+    try:
+        found = os.stat(f"/proc/{pid}/root")
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
+
 
 def _discovered(snapshot: HostSnapshot, given: set[tuple[str, str]]) -> list[ServerConfig]:
     """The configuration files of the servers holding the live listeners, where their
-    command lines name them; a file that cannot be read becomes a note, not an error."""
+    command lines name them, each read as its process's owner inside its root (never
+    as root: the command line is the owner's to write); a file that cannot be read
+    becomes a note naming the file, never an error nor its text."""
     found: list[ServerConfig] = []
-    tried: set[tuple[str, str]] = set(given)
+    done: set[tuple[str, str, tuple[int, int] | None]] = set()
+    tried: set[tuple[str, str, tuple[int, int] | None, int]] = set()
+    started = time.monotonic()
+    skipped = 0
     for listener in snapshot.listeners or ():
         program = identify(listener.owners, listener.local_port)
         if program is None or (program == "kafka" and snapshot.kafka_config is not None):
@@ -56,17 +80,41 @@ def _discovered(snapshot: HostSnapshot, given: set[tuple[str, str]]) -> list[Ser
         for owner in listener.owners:
             if not owner.cmdline:
                 continue
-            path = server_config.locate(program, owner.cmdline, working_directory(owner.pid))
-            if path is None or (program, str(path)) in tried:
+            path = server_config.locate(program, owner.cmdline, None)
+            credentials = process_owner(owner.pid)
+            if path is None or credentials is None:
                 continue
-            tried.add((program, str(path)))
+            cwd = working_directory(owner.pid) if not path.is_absolute() else None
+            shown = str(cwd / path) if cwd is not None else str(path)
+            root = _root_of(owner.pid)
+            if (program, shown) in given or (program, shown, root) in done:
+                continue
+            if (program, shown, root, credentials.uid) in tried:
+                continue
+            tried.add((program, shown, root, credentials.uid))
+            left = DISCOVERY_SECONDS - (time.monotonic() - started)
+            if len(tried) > MAX_DISCOVERED or left <= 0:
+                skipped += 1
+                continue
             try:
-                if program == "kafka":
-                    found.append(kafka_server_config(read_kafka_config(path)))
-                else:
-                    found.append(server_config.read_server_config(program, path))
+                config = read_as_owner(credentials, program, path, min(SECONDS, left))
             except InputError as problem:
-                snapshot.notes.append(f"{program} configuration not read: {problem}")
+                snapshot.notes.append(
+                    printable(f"{program} configuration of pid {owner.pid} not read: {problem}")
+                )
+                continue
+            if config is None:
+                continue
+            done.add((program, shown, root))
+            if isinstance(config, KafkaConfig):
+                found.append(kafka_server_config(config))
+            else:
+                found.append(config)
+    if skipped:
+        snapshot.notes.append(
+            f"{skipped} more configuration file(s) named by listeners' command lines not "
+            f"read: at most {MAX_DISCOVERED} files and {DISCOVERY_SECONDS:g} s are spent on them"
+        )
     return found
 
 

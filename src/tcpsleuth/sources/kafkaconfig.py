@@ -12,20 +12,10 @@ from pathlib import Path
 
 from tcpsleuth.errors import InputError
 from tcpsleuth.model.records import KafkaConfig, KafkaListener
-from tcpsleuth.sources.textfile import read_text
+from tcpsleuth.model.text import to_int
+from tcpsleuth.sources.config.common import Budget, key_value
 
-_SEPARATOR = re.compile(r"(?<!\\)(?:\s*[=:]\s*|\s+)")
-_LISTENER = re.compile(r"^\s*([A-Za-z0-9_]+)://(\[[^\]]*\]|[^:/]*):(\d+)\s*$")
-_ESCAPES = {"t": "\t", "n": "\n", "r": "\r", "f": "\f"}
-
-
-def _unescape(value: str) -> str:
-    return re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), m.group(1)), value)
-
-
-def _key_value(logical: str) -> tuple[str, str]:
-    parts = _SEPARATOR.split(logical, maxsplit=1)
-    return _unescape(parts[0]), _unescape(parts[1]) if len(parts) > 1 else ""
+_LISTENER = re.compile(r"\s*+([A-Za-z0-9_]++)://(\[[^\]]*+\]|[^:/]*+):([0-9]++)\s*+", re.ASCII)
 
 
 def parse_properties(text: str) -> dict[str, str]:
@@ -38,11 +28,11 @@ def parse_properties(text: str) -> dict[str, str]:
         if (len(line) - len(line.rstrip("\\"))) % 2:
             logical += line[:-1]
             continue
-        key, value = _key_value(logical + line)
+        key, value = key_value(logical + line)
         properties[key] = value
         logical = ""
     if logical:
-        key, value = _key_value(logical)
+        key, value = key_value(logical)
         properties[key] = value
     return properties
 
@@ -64,13 +54,12 @@ def _int_setting(
     value = properties.get(key)
     if value is None or value.strip() == "":
         return default
-    try:
-        number = int(value.strip())
-    except ValueError:
-        raise InputError(f"{path}: {key}={value!r} is not a whole number") from None
+    number = to_int(value.strip().removeprefix("+"))
+    if number is None:
+        raise InputError(f"{path}: {key} is not a whole number")
     if not minimum <= number <= JAVA_INT_MAX:
         raise InputError(
-            f"{path}: {key}={value.strip()} is not a valid setting ({meaning}); "
+            f"{path}: {key}={number} is not a valid setting ({meaning}); "
             "Kafka refuses to start with it"
         )
     return number
@@ -94,21 +83,23 @@ def _buffer_setting(properties: dict[str, str], key: str, path: Path) -> int:
     return value
 
 
-def read_kafka_config(path: Path) -> KafkaConfig:
-    # Kafka reads server.properties as Java does: ISO-8859-1 (UTF-8 also accepted)
-    properties = parse_properties(read_text(path, "Kafka server.properties", latin1=True))
+def read_kafka_config(path: Path, budget: Budget | None = None) -> KafkaConfig:
+    """The file's settings; its text is read as a regular file within ``budget``
+    (Kafka reads server.properties as Java does: ISO-8859-1, UTF-8 also accepted).
+    Errors name the file and the setting, never the value the file gives."""
+    text = (budget or Budget()).read(path, "Kafka server.properties")
+    properties = parse_properties(text)
     listeners: list[KafkaListener] = []
     spec = properties.get("listeners")
     if spec:
-        for item in filter(None, (part.strip() for part in spec.split(","))):
-            match = _LISTENER.match(item)
-            if match is None:
-                raise InputError(f"{path}: listeners entry {item!r} is not NAME://HOST:PORT")
-            if int(match.group(3)) > 65535:
-                raise InputError(f"{path}: listeners entry {item!r}: port above 65535")
-            listeners.append(
-                KafkaListener(match.group(1), match.group(2).strip("[]"), int(match.group(3)))
-            )
+        for number, item in enumerate(filter(None, (p.strip() for p in spec.split(","))), 1):
+            match = _LISTENER.fullmatch(item)
+            port = to_int(match.group(3)) if match else None
+            if match is None or port is None:
+                raise InputError(f"{path}: listeners entry {number} is not NAME://HOST:PORT")
+            if port > 65535:
+                raise InputError(f"{path}: listeners entry {number}: port above 65535")
+            listeners.append(KafkaListener(match.group(1), match.group(2).strip("[]"), port))
     else:
         # Before `listeners` (and with it unset) the broker listens on `port`, 9092 by default.
         port = _int_setting(properties, "port", 9092, path, 0, "a port from 0 to 65535")

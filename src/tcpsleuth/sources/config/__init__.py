@@ -8,7 +8,9 @@ gives an unlocked socket was set on purpose.
 
 ``locate`` finds a running server's file from its command line where the program names
 it there (nginx -c, ZooKeeper's and Kafka's argument, Envoy -c, postgres -D or
-config_file=); Redis rewrites its process title, so its file must be given.
+config_file=); Redis rewrites its process title, so its file must be given. It only
+reads the command line: whether the file exists, and what it says, is for a reader
+running as the process's owner inside its root (``asowner``) to find out.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ from pathlib import Path
 
 from tcpsleuth.errors import InputError
 from tcpsleuth.model.records import ServerConfig
+from tcpsleuth.model.text import is_number
 from tcpsleuth.sources.config import envoy, nginx, postgresql, rabbitmq, redis, zookeeper
+from tcpsleuth.sources.config.common import Budget
 
-READERS: dict[str, Callable[[Path], ServerConfig]] = {
+READERS: dict[str, Callable[[Path, Budget | None], ServerConfig]] = {
     "nginx": nginx.read,
     "zookeeper": zookeeper.read,
     "rabbitmq": rabbitmq.read,
@@ -36,14 +40,16 @@ DEFAULT_FILES = {
 }
 
 
-def read_server_config(program: str, path: Path) -> ServerConfig:
+def read_server_config(program: str, path: Path, budget: Budget | None = None) -> ServerConfig:
+    """``path`` read by ``program``'s reader within ``budget`` (by default the budget of
+    a file the operator named: the main file may be a pipe)."""
     reader = READERS.get(program)
     if reader is None:
         raise InputError(
             f"no configuration reader for {program!r} (have {', '.join(sorted(READERS))}, "
             "and kafka through --kafka-config)"
         )
-    return reader(path)
+    return reader(path, budget)
 
 
 def parse_option(text: str) -> tuple[str, Path]:
@@ -68,7 +74,8 @@ def _after(args: Sequence[str], *flags: str) -> str | None:
 
 def locate(program: str, cmdline: Sequence[str], cwd: Path | None) -> Path | None:
     """The configuration file a running server was started with, when its command
-    line says (None otherwise); relative paths are taken from its working directory."""
+    line says, or the program's default file (None when neither); relative paths are
+    taken from ``cwd`` when it is given. Nothing is opened or looked up here."""
     args = list(cmdline)
     if program == "nginx" and len(args) == 1:  # nginx: master process /usr/sbin/nginx -c F
         args = args[0].split()
@@ -79,7 +86,7 @@ def locate(program: str, cmdline: Sequence[str], cwd: Path | None) -> Path | Non
         if found and prefix and not Path(found).is_absolute():
             found = str(Path(prefix) / found)
         if found is None:
-            return DEFAULT_FILES["nginx"] if DEFAULT_FILES["nginx"].is_file() else None
+            return DEFAULT_FILES["nginx"]
     elif program in ("zookeeper", "kafka"):
         mains = (
             (
@@ -92,7 +99,7 @@ def locate(program: str, cmdline: Sequence[str], cwd: Path | None) -> Path | Non
         for i, arg in enumerate(args):
             if arg in mains and i + 1 < len(args):
                 # ZooKeeperServerMain also takes PORT DATADIR instead of a file
-                if not args[i + 1].isdigit():
+                if not is_number(args[i + 1]):
                     found = args[i + 1]
                 break
     elif program == "envoy":
@@ -106,11 +113,10 @@ def locate(program: str, cmdline: Sequence[str], cwd: Path | None) -> Path | Non
             if data:
                 found = str(Path(data) / "postgresql.conf")
     elif program == "rabbitmq":
-        default = DEFAULT_FILES["rabbitmq"]
-        return default if default.is_file() else None
+        return DEFAULT_FILES["rabbitmq"]
     if found is None:
         return None
     path = Path(found)
     if not path.is_absolute() and cwd is not None:
         path = cwd / path
-    return path if path.is_file() else None
+    return path

@@ -11,21 +11,20 @@ over every directive naming it.
 
 The syntax read: directives ending in ``;``, blocks in ``{ }``, ``#`` comments, single
 or double quotes, and ``include`` (a path or glob, relative to the main file's
-directory, nginx's configuration prefix).
+directory, nginx's configuration prefix). Every file the includes open counts against
+one ``Budget`` (files, bytes, depth, time), so includes that fan out stop at its total.
 """
 
 from __future__ import annotations
 
 import glob
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 from tcpsleuth.errors import InputError
 from tcpsleuth.model.records import ConfiguredListener, ServerConfig
-from tcpsleuth.sources.config.common import host_port, size, whole_number
-from tcpsleuth.sources.textfile import read_text
-
-MAX_INCLUDE_DEPTH = 16
+from tcpsleuth.sources.config.common import Budget, host_port, size, whole_number
 
 # (file, line, words, opens a block)
 Directive = tuple[str, int, list[str], bool]
@@ -64,39 +63,49 @@ def _tokens(text: str, path: str) -> Iterator[tuple[int, str]]:
             yield line, text[start:i]
 
 
-def _directives(path: Path, prefix: Path, depth: int, seen: set[Path]) -> Iterator[Directive | str]:
-    """The file's directives in order, ``include`` followed, and ``}`` for each block end."""
-    if depth > MAX_INCLUDE_DEPTH:
-        raise InputError(f"{path}: includes nested more than {MAX_INCLUDE_DEPTH} deep")
+def _directives(
+    path: Path, prefix: Path, depth: int, seen: frozenset[str], budget: Budget
+) -> Iterator[Directive | str]:
+    """The file's directives in order, ``include`` followed, and ``}`` for each block end.
+    A file already open further up is skipped (a cycle); errors name the line only."""
+    budget.check_depth(path, depth)
     name = str(path)
     words: list[str] = []
     first = 0
-    for line, token in _tokens(read_text(path, "nginx configuration"), name):
+    for line, token in _tokens(budget.read(path, "nginx configuration"), name):
         if token in ";{":
             if not words:
                 raise InputError(f"{name}:{line}: '{token}' without a directive")
             if token == ";" and words[0] == "include" and len(words) == 2:
                 pattern = words[1] if Path(words[1]).is_absolute() else str(prefix / words[1])
-                for included in sorted(glob.glob(pattern)) or (
-                    [] if glob.has_magic(pattern) else [pattern]
-                ):
-                    target = Path(included)
-                    if target.resolve() in seen:
+                matches = budget.glob(pattern) if glob.has_magic(pattern) else [pattern]
+                for included in matches:
+                    key = _identity(included)
+                    if key in seen:
                         continue
-                    yield from _directives(target, prefix, depth + 1, seen | {target.resolve()})
+                    yield from _directives(Path(included), prefix, depth + 1, seen | {key}, budget)
             else:
                 yield name, first, words, token == "{"
             words = []
         elif token == "}":
             if words:
-                raise InputError(f"{name}:{line}: directive {words[0]!r} has no ';'")
+                raise InputError(f"{name}:{line}: a directive without ';'")
             yield "}"
         else:
             if not words:
                 first = line
             words.append(token)
     if words:
-        raise InputError(f"{name}: ends inside directive {words[0]!r}")
+        raise InputError(f"{name}:{first}: the file ends inside a directive")
+
+
+def _identity(path: str) -> str:
+    """The file a path names (device and inode), or the path when it cannot be told."""
+    try:
+        found = os.stat(path)
+    except (OSError, ValueError):
+        return path
+    return f"{found.st_dev}:{found.st_ino}"
 
 
 def _address(argument: str) -> tuple[str, int] | None:
@@ -115,11 +124,12 @@ def _address(argument: str) -> tuple[str, int] | None:
     return host, port
 
 
-def parse(path: Path) -> ServerConfig:
+def parse(path: Path, budget: Budget | None = None) -> ServerConfig:
     prefix = path.parent
     stack: list[str] = []
     sockets: dict[tuple[str, int], ConfiguredListener] = {}
-    for item in _directives(path, prefix, 0, {path.resolve()}):
+    budget = budget or Budget.for_operator()
+    for item in _directives(path, prefix, 0, frozenset({_identity(str(path))}), budget):
         if item == "}":
             if not stack:
                 raise InputError(f"{path}: a '}}' closes no block")
@@ -153,9 +163,9 @@ def parse(path: Path) -> ServerConfig:
                 text,
             )
     if stack:
-        raise InputError(f"{path}: block {stack[-1]!r} is never closed")
+        raise InputError(f"{path}: {len(stack)} block(s) never closed")
     return ServerConfig("nginx", str(path), tuple(sockets.values()))
 
 
-def read(path: Path) -> ServerConfig:
-    return parse(path)
+def read(path: Path, budget: Budget | None = None) -> ServerConfig:
+    return parse(path, budget)

@@ -5,28 +5,36 @@ PostgreSQL has no backlog setting: the postmaster listens with 2 x max_connectio
 (ListenServerPort in src/backend/libpq/pqcomm.c: ``listen(fd, MaxConnections * 2)``;
 releases before 16 used 2 x MaxBackends, capped at PG_SOMAXCONN), so a configured
 listener's ``backlog`` is that, from the file's max_connections (default 100). It sets
-no SO_RCVBUF on its listening sockets.
+no SO_RCVBUF on its listening sockets. Includes count against one ``Budget``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import re
 from pathlib import Path
 
-from tcpsleuth.errors import InputError
 from tcpsleuth.model.records import ConfiguredListener, ServerConfig
-from tcpsleuth.sources.config.common import whole_number
-from tcpsleuth.sources.textfile import read_text
+from tcpsleuth.sources.config.common import (
+    Budget,
+    ConfigFileMissing,
+    port_number,
+    whole_number,
+)
 
 DEFAULT_PORT = 5432
 DEFAULT_MAX_CONNECTIONS = 100
-_SETTING = re.compile(r"^\s*([A-Za-z_.]+)\s*=?\s*('(?:[^']|'')*'|[^\s#]+)")
+# possessive: a name followed by a long run of blanks is read in one pass, not tried
+# at every split of the run between the two \s*
+_SETTING = re.compile(r"\s*+([A-Za-z_.]++)\s*+=?\s*+('(?:[^']|'')*+'|[^\s#]++)")
 
 
-def _settings(path: Path, found: dict[str, tuple[str, str]], depth: int = 0) -> None:
-    if depth > 10:
-        raise InputError(f"{path}: includes nested more than 10 deep")
-    for number, raw in enumerate(read_text(path, "postgresql.conf").splitlines(), start=1):
+def _settings(
+    path: Path, found: dict[str, tuple[str, str]], budget: Budget, depth: int = 0
+) -> None:
+    budget.check_depth(path, depth)
+    for number, raw in enumerate(budget.read(path, "postgresql.conf").splitlines(), start=1):
         match = _SETTING.match(raw)
         if match is None:
             continue
@@ -37,22 +45,24 @@ def _settings(path: Path, found: dict[str, tuple[str, str]], depth: int = 0) -> 
         if key in ("include", "include_if_exists", "include_dir"):
             target = Path(value) if Path(value).is_absolute() else path.parent / value
             if key == "include_dir":
-                if target.is_dir():
-                    for child in sorted(target.glob("*.conf")):
-                        _settings(child, found, depth + 1)
-            elif target.exists() or key == "include":
-                _settings(target, found, depth + 1)
+                for child in budget.glob(glob.escape(str(target)) + "/*.conf"):
+                    _settings(Path(child), found, budget, depth + 1)
+            elif key == "include":
+                _settings(target, found, budget, depth + 1)
+            else:
+                with contextlib.suppress(ConfigFileMissing):  # include_if_exists
+                    _settings(target, found, budget, depth + 1)
             continue
         found[key] = (value, where)
 
 
-def read(path: Path) -> ServerConfig:
+def read(path: Path, budget: Budget | None = None) -> ServerConfig:
     found: dict[str, tuple[str, str]] = {}
-    _settings(path, found)
+    _settings(path, found, budget or Budget.for_operator())
     port = DEFAULT_PORT
     if "port" in found:
         value, where = found["port"]
-        port = whole_number(value, where.rsplit(":", 1)[0], int(where.rsplit(":", 1)[1]), "port")
+        port = port_number(value, where.rsplit(":", 1)[0], int(where.rsplit(":", 1)[1]), "port")
     max_connections = None
     if "max_connections" in found:
         value, where = found["max_connections"]

@@ -19,41 +19,62 @@ import re
 from pathlib import Path
 
 from tcpsleuth.model.records import ConfiguredListener, ServerConfig
-from tcpsleuth.sources.config.common import host_port, whole_number
-from tcpsleuth.sources.textfile import read_text
+from tcpsleuth.model.text import to_int
+from tcpsleuth.sources.config.common import Budget, host_port, whole_number
 
 DEFAULT_PORT = 5672
-_TERM_LISTENERS = re.compile(r"\{\s*tcp_listeners\s*,\s*\[(.*?)\]\s*\}", re.S)
-_TERM_OPTIONS = re.compile(r"\{\s*tcp_listen_options\s*,\s*\[(.*?)\]\s*\}", re.S)
-_TERM_ENTRY = re.compile(r"\{\s*\"([^\"]*)\"\s*,\s*(\d+)\s*\}|(\d+)")
+# Only the heads of the terms are regular expressions; a term's end is found by one
+# scan from its head, so the time is linear in the file whatever it holds (a lazy
+# ``(.*?)\]\s*\}`` tried from every ``{tcp_listeners, [`` of a file with no end took
+# minutes on 960 KB).
+_TERM_LISTENERS = re.compile(r"\{\s*+tcp_listeners\s*+,\s*+\[")
+_TERM_OPTIONS = re.compile(r"\{\s*+tcp_listen_options\s*+,\s*+\[")
+_TERM_ENTRY = re.compile(r"\{\s*+\"([^\"]*+)\"\s*+,\s*+([0-9]++)\s*+\}|([0-9]++)", re.ASCII)
+_OPTION = re.compile(r"\{\s*+(backlog|recbuf)\s*+,\s*+([0-9]++)\s*+\}", re.ASCII)
+_CLOSE = re.compile(r"\]\s*+\}")
 
 
 def _line_of(text: str, offset: int) -> int:
     return text.count("\n", 0, offset) + 1
 
 
+def _term(pattern: re.Pattern[str], text: str) -> tuple[int, str] | None:
+    """(offset, body) of the first ``{NAME, [BODY]}`` term: the body up to the first
+    ``]`` followed by ``}``."""
+    head = pattern.search(text)
+    if head is None:
+        return None
+    close = _CLOSE.search(text, head.end())
+    if close is None:
+        return None
+    return head.start(), text[head.end() : close.start()]
+
+
 def _erlang(text: str, path: Path) -> ServerConfig:
-    stripped = re.sub(r"%[^\n]*", lambda m: " " * len(m.group(0)), text)
+    stripped = re.sub(r"%[^\n]*+", lambda m: " " * len(m.group(0)), text)
     settings: dict[str, str] = {}
     backlog = rcvbuf = None
     where = str(path)
-    options = _TERM_OPTIONS.search(stripped)
+    options = _term(_TERM_OPTIONS, stripped)
     if options:
-        where = f"{path}:{_line_of(stripped, options.start())}"
-        body = options.group(1)
-        found = re.search(r"\{\s*backlog\s*,\s*(\d+)\s*\}", body)
-        if found:
-            backlog = int(found.group(1))
-            settings["tcp_listen_options.backlog"] = found.group(1)
-        found = re.search(r"\{\s*recbuf\s*,\s*(\d+)\s*\}", body)
-        if found:
-            rcvbuf = int(found.group(1))
-            settings["tcp_listen_options.recbuf"] = found.group(1)
+        where = f"{path}:{_line_of(stripped, options[0])}"
+        for name, digits in _OPTION.findall(options[1]):
+            number = to_int(digits)
+            if number is None:
+                continue
+            if name == "backlog" and backlog is None:
+                backlog = number
+                settings["tcp_listen_options.backlog"] = digits
+            elif name == "recbuf" and rcvbuf is None:
+                rcvbuf = number
+                settings["tcp_listen_options.recbuf"] = digits
     addresses: list[tuple[str, int]] = []
-    listeners = _TERM_LISTENERS.search(stripped)
+    listeners = _term(_TERM_LISTENERS, stripped)
     if listeners:
-        for host, port, bare in _TERM_ENTRY.findall(listeners.group(1)):
-            addresses.append((host, int(port)) if port else ("", int(bare)))
+        for host, port, bare in _TERM_ENTRY.findall(listeners[1]):
+            number = to_int(port or bare)
+            if number is not None and number <= 65535:
+                addresses.append((host, number))
     else:
         addresses.append(("", DEFAULT_PORT))
     text_line = "{tcp_listen_options, [...]}" if options else "{tcp_listeners, [...]}"
@@ -121,8 +142,8 @@ def _sysctl_format(text: str, path: Path) -> ServerConfig:
     )
 
 
-def read(path: Path) -> ServerConfig:
-    text = read_text(path, "RabbitMQ configuration")
+def read(path: Path, budget: Budget | None = None) -> ServerConfig:
+    text = (budget or Budget.for_operator()).read(path, "RabbitMQ configuration")
     code = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("%"))
     if code.lstrip().startswith("["):
         return _erlang(text, path)

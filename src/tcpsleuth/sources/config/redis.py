@@ -4,47 +4,44 @@ listening sockets: ``rcvbuf`` stays None.
 
 ``bind`` lists addresses; a leading ``-`` marks one that may be missing (``-::*``), ``*``
 is every IPv4 address and ``::*`` every IPv6 one. Without ``bind`` Redis listens on
-every address. ``port 0`` means no TCP listener.
+every address. ``port 0`` means no TCP listener. Includes count against one ``Budget``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from tcpsleuth.errors import InputError
 from tcpsleuth.model.records import ConfiguredListener, ServerConfig
-from tcpsleuth.sources.config.common import whole_number
-from tcpsleuth.sources.textfile import read_text
+from tcpsleuth.sources.config.common import Budget, port_number, whole_number
 
 DEFAULT_PORT = 6379
 
 
-def _lines(path: Path, depth: int = 0) -> list[tuple[str, int, list[str]]]:
-    if depth > 16:
-        raise InputError(f"{path}: includes nested more than 16 deep")
+def _lines(path: Path, budget: Budget, depth: int = 0) -> list[tuple[str, int, list[str]]]:
+    budget.check_depth(path, depth)
     out = []
-    for number, raw in enumerate(read_text(path, "redis.conf").splitlines(), start=1):
+    for number, raw in enumerate(budget.read(path, "redis.conf").splitlines(), start=1):
         words = raw.split()
         if not words or words[0].startswith("#"):
             continue
         if words[0].lower() == "include" and len(words) == 2:
-            out += _lines(Path(words[1]), depth + 1)
+            out += _lines(Path(words[1]), budget, depth + 1)
         else:
             out.append((str(path), number, words))
     return out
 
 
-def read(path: Path) -> ServerConfig:
+def read(path: Path, budget: Budget | None = None) -> ServerConfig:
     port, port_at = DEFAULT_PORT, ""
     binds: list[str] = []
     bind_at = ""
     backlog = None
     backlog_at = ""
     settings: dict[str, str] = {}
-    for name, line, words in _lines(path):
+    for name, line, words in _lines(path, budget or Budget.for_operator()):
         key = words[0].lower()
         if key == "port" and len(words) > 1:
-            port, port_at = whole_number(words[1], name, line, "port"), f"{name}:{line}"
+            port, port_at = port_number(words[1], name, line, "port"), f"{name}:{line}"
             settings["port"] = words[1]
         elif key == "bind":
             binds, bind_at = words[1:], f"{name}:{line}"

@@ -16,8 +16,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from tcpsleuth.model.records import ConfiguredListener, ServerConfig
-from tcpsleuth.sources.config.common import host_port, properties_with_lines, whole_number
-from tcpsleuth.sources.textfile import read_text
+from tcpsleuth.sources.config.common import (
+    Budget,
+    host_port,
+    port_number,
+    properties_with_lines,
+    whole_number,
+)
 
 SETTINGS = (
     "clientPort",
@@ -41,7 +46,7 @@ def parse(text: str, path: Path | str) -> ServerConfig:
         if key not in found:
             continue
         value, line = found[key]
-        port = whole_number(value, path, line, key)
+        port = port_number(value, path, line, key)
         text_line = f"{key}={value}"
         listeners.append(
             ConfiguredListener(address, port, backlog, None, f"{path}:{line}", text_line)
@@ -65,5 +70,5 @@ def parse(text: str, path: Path | str) -> ServerConfig:
     return ServerConfig("zookeeper", str(path), tuple(listeners), settings, notes)
 
 
-def read(path: Path) -> ServerConfig:
-    return parse(read_text(path, "ZooKeeper zoo.cfg", latin1=True), path)
+def read(path: Path, budget: Budget | None = None) -> ServerConfig:
+    return parse((budget or Budget.for_operator()).read(path, "ZooKeeper zoo.cfg"), path)
