@@ -21,6 +21,7 @@ from typing import Literal
 
 from tcpsleuth.model.findings import Finding, Severity, host_subject
 from tcpsleuth.model.records import HostSnapshot
+from tcpsleuth.model.text import to_int
 
 FIX_COMMIT = "909172a149749242990a6e64cb55d55460d4e417"
 MAINLINE_FIXED = (5, 10)
@@ -38,11 +39,15 @@ STABLE_FIXED_SUBLEVEL = {
 # RHEL 7.9 (3.10.0-1160.el7) and RHEL 8.3 (4.18.0-240.el8). Earlier GA builds predate it.
 RHEL_GA_WITHOUT_FIX = {"el7": 1160, "el8": 240}
 
-_RELEASE = re.compile(r"^(\d+)\.(\d+)(?:\.(\d+))?(.*)$")
-_RHEL = re.compile(r"^-(\d+)((?:\.\d+)*)\.(el\d+)")
-_DEBIAN_ABI = re.compile(r"^-\d+(?:\.\d+)*-[a-z]")
+# The release comes from a bundle as often as from uname: ASCII digits only (re.ASCII:
+# `\d` would take `٣`) and at most 9 of them, so that int() never sees 5,000
+_RELEASE = re.compile(r"^(\d{1,9})\.(\d{1,9})(?:\.(\d{1,9}))?(?!\d)(.*)$", re.ASCII)
+_RHEL = re.compile(r"^-(\d{1,9})((?:\.\d+)*)\.(el\d+)", re.ASCII)
+_DEBIAN_ABI = re.compile(r"^-\d+(?:\.\d+)*-[a-z]", re.ASCII)
 # /proc/version of a Debian kernel ends "#1 SMP Debian 4.19.181-1 (2021-03-19)"
-_DEBIAN_UPSTREAM = re.compile(r"#\d+ SMP\b[^#]*?Debian (\d+)\.(\d+)\.(\d+)")
+_DEBIAN_UPSTREAM = re.compile(
+    r"#\d+ SMP\b[^#]*?Debian (\d{1,9})\.(\d{1,9})\.(\d{1,9})(?!\d)", re.ASCII
+)
 
 Status = Literal["fixed", "affected", "unknown"]
 
@@ -152,7 +157,10 @@ def unlocked_wscale(sysctls: HostSnapshot) -> int | None:
     tcp_rmem = sysctls.sysctls.get("net.ipv4.tcp_rmem")
     if rmem_max is None or tcp_rmem is None or len(tcp_rmem.split()) != 3:
         return None
-    return _space_to_wscale(max(int(tcp_rmem.split()[2]), rmem_max))
+    largest = to_int(tcp_rmem.split()[2])
+    if largest is None:
+        return None
+    return _space_to_wscale(max(largest, rmem_max))
 
 
 def locked_wscale(rcvbuf: int, sysctls: HostSnapshot) -> int:

@@ -53,6 +53,7 @@ from tcpsleuth.model.records import (
     ServerConfig,
     TcpConnection,
 )
+from tcpsleuth.model.text import to_int
 
 # At this many times the backlog, most of a reconnect storm cannot be queued at once.
 CRITICAL_RATIO = 10
@@ -317,7 +318,7 @@ def listener_facts(snapshot: HostSnapshot) -> list[ListenerFacts]:
         if conn.rcv_wscale and conn.snd_wscale is not None:
             shifts_seen[owner][conn.rcv_wscale] += 1
     tcp_rmem = snapshot.sysctls.get("net.ipv4.tcp_rmem", "").split()
-    unlocked = int(tcp_rmem[1]) if len(tcp_rmem) == 3 and tcp_rmem[1].isdigit() else None
+    unlocked = to_int(tcp_rmem[1]) if len(tcp_rmem) == 3 else None
     configs = _configs(snapshot)
     out = []
     for (ip, port), sockets in sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0])):

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from tcpsleuth.model.findings import endpoint
+from tcpsleuth.model.text import to_int
 
 # TCP states as the kernel numbers them (include/net/tcp_states.h).
 TCP_STATES = {
@@ -152,10 +153,8 @@ class HostSnapshot:
         value = self.sysctls.get(name)
         if value is None:
             return None
-        try:
-            return int(value.split()[0])
-        except (ValueError, IndexError):
-            return None
+        words = value.split()
+        return to_int(words[0]) if words else None
 
     def established_per_port(self) -> Counter[int]:
         """Established connections per local port (the server side of each one)."""

@@ -14,12 +14,14 @@ bundle copied from another host. Two rules hold wherever such text is used:
 
 from __future__ import annotations
 
+import math
 import re
 
 # Longer than any count, size or port a kernel or a server writes (2**64 has 20 digits)
 MAX_DIGITS = 30
 
-_ASCII_DIGITS = re.compile(r"[0-9]+")
+# a decimal as tools print it: 12, 0.021, .5, 1e3 (no sign, no nan, no inf, ASCII only)
+_ASCII_DECIMAL = re.compile(r"(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]{1,3})?")
 # C0 and C1 controls and DEL; tab and newline are handled by the caller's layout
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 _CONTROL_ALL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
@@ -27,7 +29,9 @@ _CONTROL_ALL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 def is_number(text: str, max_digits: int = MAX_DIGITS) -> bool:
     """True when ``text`` is 1 to ``max_digits`` ASCII digits, nothing else."""
-    return 0 < len(text) <= max_digits and _ASCII_DIGITS.fullmatch(text) is not None
+    # str.isdigit alone takes `²` and `٣`; with isascii it is exactly [0-9], and both
+    # run in C (a parser of 100k `ss` lines calls this a million times)
+    return 0 < len(text) <= max_digits and text.isascii() and text.isdigit()
 
 
 def to_int(text: str, max_digits: int = MAX_DIGITS) -> int | None:
@@ -38,6 +42,28 @@ def to_int(text: str, max_digits: int = MAX_DIGITS) -> int | None:
         return None
     value = int(digits)
     return -value if negative else value
+
+
+def to_float(text: str, max_chars: int = MAX_DIGITS) -> float | None:
+    """A decimal of ASCII digits (``0.021``, ``12``, ``1e3``, an optional leading ``-``)
+    as a finite float; None for anything else: ``nan``, ``inf``, ``1e999`` (which
+    ``float`` reads as infinity), Unicode digits, more than ``max_chars`` characters."""
+    negative = text.startswith("-")
+    body = text[1:] if negative else text
+    if not 0 < len(body) <= max_chars or _ASCII_DECIMAL.fullmatch(body) is None:
+        return None
+    value = float(body)
+    if not math.isfinite(value):
+        return None
+    return -value if negative else value
+
+
+def shortened(text: str, limit: int = 60) -> str:
+    """``text`` cut to ``limit`` characters (an ellipsis marks the cut) and made
+    printable: how an error message quotes what it could not read, so that a 5,000
+    digit number or a 200 KB line makes one short line."""
+    cut = text if len(text) <= limit else text[: limit - 1] + "…"
+    return printable(cut)
 
 
 def printable(text: str, keep_newlines: bool = False) -> str:

@@ -24,6 +24,7 @@ from prometheus_client.exposition import generate_latest
 from tcpsleuth.detectors.kernel import KernelVerdict
 from tcpsleuth.detectors.listeners import ListenerFacts
 from tcpsleuth.detectors.port_summary import Summary
+from tcpsleuth.model.text import to_int
 
 # node_exporter's default field pattern, TCP part, plus the request-queue counters.
 NETSTAT_FIELDS = re.compile(
@@ -156,12 +157,13 @@ def listener_lock_families(
         kernel.add_metric([verdict.release, status], 1 if verdict.status == status else 0)
     yield from (rcvbuf, lock, kernel)
     for name in ("net.ipv4.tcp_syncookies", "net.ipv4.tcp_timestamps"):
-        value = sysctls.get(name, "").split()
-        if value and value[0].isdigit():
+        words = sysctls.get(name, "").split()
+        value = to_int(words[0]) if words else None
+        if value is not None:
             family = GaugeMetricFamily(
                 "tcpsleuth_" + name.rsplit(".", 1)[1], f"The namespace's {name} sysctl."
             )
-            family.add_metric([], int(value[0]))
+            family.add_metric([], value)
             yield family
 
 

@@ -11,9 +11,11 @@ import re
 from pathlib import Path
 
 from tcpsleuth.errors import InputError
+from tcpsleuth.model.text import shortened, to_int
 from tcpsleuth.sources.textfile import read_text, where
 
-_LINE = re.compile(r"^([A-Za-z][A-Za-z0-9_]*)\s+(-?\d+)(?:\s+-?[\d.]+)?\s*$")
+# ASCII digits only: `\d` would take `٣` (and int() read it as 3)
+_LINE = re.compile(r"^([A-Za-z][A-Za-z0-9_]*)\s+(-?[0-9]+)(?:\s+-?[0-9.]+)?\s*$")
 
 
 def parse_nstat(text: str, source: Path | str) -> dict[str, int]:
@@ -26,7 +28,13 @@ def parse_nstat(text: str, source: Path | str) -> dict[str, int]:
             raise InputError(
                 f"{where(source, number)}: not an `nstat` line (expected 'CounterName value')"
             )
-        counters[match.group(1)] = int(match.group(2))
+        value = to_int(match.group(2))
+        if value is None:
+            raise InputError(
+                f"{where(source, number)}: counter {match.group(1)} has value "
+                f"'{shortened(match.group(2))}', more digits than any counter has"
+            )
+        counters[match.group(1)] = value
     if not counters:
         raise InputError(f"{source}: no counters; expected `nstat -az` output")
     return counters

@@ -25,6 +25,7 @@ from typing import Any
 from tcpsleuth.errors import InputError
 from tcpsleuth.model.findings import key
 from tcpsleuth.model.records import Listener, TcpConnection
+from tcpsleuth.model.text import to_int
 from tcpsleuth.sources import netns, sockdiag
 from tcpsleuth.sources.sstext import parse_ss
 from tcpsleuth.sources.textfile import decode_text, read_limited, read_text
@@ -95,9 +96,16 @@ def _from_bundle(directory: Path) -> Snapshot:
     return Snapshot(f"bundle {directory}", "bundle", listeners, connections)
 
 
+def _json_int(text: str) -> int | float:
+    """A JSON integer; one longer than any count (Python refuses past 4,300 digits)
+    becomes infinity, which the field checks below refuse by name."""
+    value = to_int(text)
+    return math.inf if value is None else value
+
+
 def _from_json(text: str, source: Path | str) -> Snapshot:
     try:
-        doc = json.loads(text)
+        doc = json.loads(text, parse_int=_json_int)
     except json.JSONDecodeError as exc:
         raise InputError(f"{source}:{exc.lineno}: not valid JSON ({exc.msg})") from None
     except RecursionError:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 from tcpsleuth.errors import InputError
 from tcpsleuth.model.records import STATE_NUMBERS, Listener, SocketOwner, TcpConnection
+from tcpsleuth.model.text import MAX_DIGITS, is_number, shortened, to_float, to_int
 from tcpsleuth.sources.sockdiag import SocketTable, gc_paused
 from tcpsleuth.sources.textfile import read_text, where
 
@@ -96,7 +97,7 @@ _DETAIL = re.compile(
     r"cubic|reno|bbr|bbr2|bbr3|dctcp|htcp|vegas|westwood|bic|illinois|hybla|"
     r"scalable|lp|veno|yeah|highspeed|nv|cdg|prague)$"
 )
-_MS_VALUE = re.compile(r"^(\d+(?:\.\d+)?)ms(?:\([\d.]+%\))?$")
+_MS_VALUE = re.compile(r"^([0-9]+(?:\.[0-9]+)?)ms(?:\([0-9.]+%\))?$")
 
 
 def parse_endpoint(token: str, star: str = "0.0.0.0") -> tuple[str, int]:
@@ -127,11 +128,13 @@ def _ip(host: str) -> str:
 def _port(port: str) -> int:
     if port == "*":
         return 0
-    if port.isdigit():
+    if is_number(port, 5):
         number = int(port)
         if number > 65535:
             raise ValueError(port)
         return number
+    if port[:1].isdigit():
+        raise ValueError(port)  # Unicode digits (`²`, `٣`): no service is named so
     # `ss` without -n writes service names (from /etc/services)
     try:
         return socket.getservbyname(port, "tcp")
@@ -140,6 +143,28 @@ def _port(port: str) -> int:
 
 
 MAX_WSCALE = 14  # RFC 7323: larger shifts are treated as 14
+
+
+def _int(text: str) -> int:
+    """A whole number as ``ss`` prints it: ASCII digits, bounded (``model.text``)."""
+    if text.isascii() and text.isdigit() and len(text) <= MAX_DIGITS:
+        return int(text)  # the common case, without a call
+    value = to_int(text)
+    if value is None:
+        raise ValueError(text)
+    return value
+
+
+def _float(text: str) -> float:
+    """A decimal as ``ss`` prints it (``0.021``), finite: no ``nan``, no ``1e999``."""
+    if text.isascii() and text.replace(".", "", 1).isdigit() and len(text) <= MAX_DIGITS:
+        return float(text)  # 0.021: the common case, without the full check
+    value = to_float(text)
+    if value is None:
+        raise ValueError(text)
+    return value
+
+
 _KEYS = frozenset(["wscale", "rtt", "rto", "retrans", "ino", *_INT_FIELDS, *_MS_FIELDS])
 
 
@@ -158,34 +183,39 @@ def _details(
             continue  # congestion control name, send 1Mbps, lastsnd:..., ...
         try:
             if key in _INT_FIELDS:
-                fields[_INT_FIELDS[key]] = int(value)
+                # _int inlined: most of the ~20 numbers of each socket are these
+                fields[_INT_FIELDS[key]] = (
+                    int(value)
+                    if value.isdigit() and value.isascii() and len(value) <= MAX_DIGITS
+                    else _int(value)
+                )
             elif key == "wscale":
                 snd, rcv = value.split(",")
-                fields["snd_wscale"], fields["rcv_wscale"] = int(snd), int(rcv)
-                if not (0 <= int(snd) <= MAX_WSCALE and 0 <= int(rcv) <= MAX_WSCALE):
+                fields["snd_wscale"], fields["rcv_wscale"] = _int(snd), _int(rcv)
+                if not (0 <= _int(snd) <= MAX_WSCALE and 0 <= _int(rcv) <= MAX_WSCALE):
                     raise InputError(
-                        f"{where(source, number)}: {token!r}: a window-scale shift is "
-                        f"0 to {MAX_WSCALE} (RFC 7323)"
+                        f"{where(source, number)}: '{shortened(token)}': a window-scale "
+                        f"shift is 0 to {MAX_WSCALE} (RFC 7323)"
                     )
             elif key == "rtt":
                 rtt, _, rttvar = value.partition("/")
-                fields["rtt"] = float(rtt)
+                fields["rtt"] = _float(rtt)
                 if rttvar:
-                    fields["rttvar"] = float(rttvar)
+                    fields["rttvar"] = _float(rttvar)
             elif key == "rto":
-                fields["rto"] = float(value)
+                fields["rto"] = _float(value)
             elif key == "retrans":
-                fields["retrans_total"] = int(value.partition("/")[2] or value)
+                fields["retrans_total"] = _int(value.partition("/")[2] or value)
             elif key == "ino":
-                fields["inode"] = int(value)
+                fields["inode"] = _int(value)
             else:
                 match = _MS_VALUE.match(value)
                 if match is None:
                     raise ValueError(value)
-                fields[_MS_FIELDS[key]] = round(float(match.group(1)) * 1000)
+                fields[_MS_FIELDS[key]] = round(_float(match.group(1)) * 1000)
         except ValueError:
             raise InputError(
-                f"{where(source, number)}: cannot read {token!r} in `ss -i` details"
+                f"{where(source, number)}: cannot read '{shortened(token)}' in `ss -i` details"
             ) from None
     if fields:
         # ss prints wscale only when it was negotiated: absent means off (shift 0).
@@ -205,25 +235,33 @@ def _details(
 
 
 # `-p`: ("comm",pid=N,fd=M), or ("comm",N,M) before iproute2 3.14; -T adds tid=
-_OWNER = re.compile(r'\("((?:[^"\\]|\\.)*)",(?:pid=)?(\d+),(?:tid=\d+,)?(?:fd=)?(\d+)\)')
+_OWNER = re.compile(r'\("((?:[^"\\]|\\.)*)",(?:pid=)?([0-9]+),(?:tid=[0-9]+,)?(?:fd=)?([0-9]+)\)')
 _USERS = re.compile(r"users:\((.*)\)")
-_SKMEM_RCVBUF = re.compile(r"skmem:\([^)]*\brb(\d+)")
+_SKMEM_RCVBUF = re.compile(r"skmem:\([^)]*\brb([0-9]+)")
 
 
-def _listener_details(tokens: list[str]) -> tuple[int | None, tuple[SocketOwner, ...]]:
+def _listener_details(
+    tokens: list[str], source: Path | str, number: int
+) -> tuple[int | None, tuple[SocketOwner, ...]]:
     """The receive buffer (``-m``) and the owning processes (``-p``) of a listener."""
     text = " ".join(tokens)
     rcvbuf = None
-    found = _SKMEM_RCVBUF.search(text)
-    if found:
-        rcvbuf = int(found.group(1))
-    owners: tuple[SocketOwner, ...] = ()
-    users = _USERS.search(text)
-    if users:
-        owners = tuple(
-            SocketOwner(comm.replace('\\"', '"'), int(pid), int(fd))
-            for comm, pid, fd in _OWNER.findall(users.group(1))
-        )
+    try:
+        found = _SKMEM_RCVBUF.search(text)
+        if found:
+            rcvbuf = _int(found.group(1))
+        owners: tuple[SocketOwner, ...] = ()
+        users = _USERS.search(text)
+        if users:
+            owners = tuple(
+                SocketOwner(comm.replace('\\"', '"'), _int(pid), _int(fd))
+                for comm, pid, fd in _OWNER.findall(users.group(1))
+            )
+    except ValueError as exc:
+        raise InputError(
+            f"{where(source, number)}: cannot read '{shortened(str(exc))}' as a number in "
+            "`ss -m`/`-p` details"
+        ) from None
     return rcvbuf, owners
 
 
@@ -298,7 +336,7 @@ def _parse_ss(text: str, source: Path | str, default_state: str) -> SocketTable:
         if tokens and tokens[0] in STATES:
             state, tokens = tokens[0], tokens[1:]
         try:
-            recv_q, send_q = int(tokens[0]), int(tokens[1])
+            recv_q, send_q = _int(tokens[0]), _int(tokens[1])
             if recv_q < 0 or send_q < 0:
                 raise ValueError(tokens[0:2])
             local_ip, local_port = parse_endpoint(tokens[2], star)
@@ -309,7 +347,7 @@ def _parse_ss(text: str, source: Path | str, default_state: str) -> SocketTable:
                 "(expected State Recv-Q Send-Q Local:Port Peer:Port, ports 0 to 65535)"
             ) from None
         if state == "LISTEN":
-            rcvbuf, owners = _listener_details(tokens[4:] + details)
+            rcvbuf, owners = _listener_details(tokens[4:] + details, source, number)
             listeners.append(
                 Listener(
                     local_ip,
@@ -340,7 +378,7 @@ def _parse_ss(text: str, source: Path | str, default_state: str) -> SocketTable:
 def _starts_socket(token: str) -> bool:
     """A socket line starts with its Netid, its State or (without a State
     column) its Recv-Q."""
-    return token in NETIDS or token in STATES or token.isdigit()
+    return token in NETIDS or token in STATES or is_number(token)
 
 
 def _main_incomplete(main: list[str]) -> bool:
