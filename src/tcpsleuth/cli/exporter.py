@@ -8,21 +8,19 @@ named by ``--netns``, so one exporter per namespace reports on that namespace.
 
 from __future__ import annotations
 
-import contextlib
-import signal
 import threading
 from collections.abc import Iterable
-from typing import Any
 
 import click
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
 
 from tcpsleuth.cli.options import netns_option
+from tcpsleuth.cli.serving import serve
 from tcpsleuth.detectors.kernel import assess_kernel
 from tcpsleuth.detectors.listeners import listener_facts
 from tcpsleuth.detectors.port_summary import DEFAULT_MAX_PORTS, TimesSeen, summarize
-from tcpsleuth.errors import EnvironmentProblem, InputError
+from tcpsleuth.errors import InputError
 from tcpsleuth.model.records import HostSnapshot
 from tcpsleuth.reports import prometheus
 from tcpsleuth.sources import owners, procfs, sampling
@@ -112,7 +110,9 @@ def exporter_command(listen: str, max_ports: int, netns: str | None) -> int:
     counters under node_exporter's own names (node_netstat_TcpExt_SyncookiesSent...).
 
     With --netns the metrics describe that namespace while the server still listens
-    on the host. Stop with Ctrl-C or SIGTERM.
+    on the host. Stop with Ctrl-C or SIGTERM (exit status 130 or 143, 128+N, as for
+    every tcpsleuth command). A client that resets its connection mid-request is one
+    line on standard error, and the exporter goes on.
 
     \b
     Examples:
@@ -128,19 +128,17 @@ def exporter_command(listen: str, max_ports: int, netns: str | None) -> int:
     sampling.scrape(netns, collector.owner_cache)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)  # type: ignore[arg-type]
-    try:
-        server: Any = start_http_server(port, addr=host, registry=registry)
-    except OSError as exc:
-        raise EnvironmentProblem(f"cannot listen on {listen}: {exc.strerror}") from None
+    server = serve(host, port, registry, "tcpsleuth exporter")
     click.echo(
         f"tcpsleuth exporter: serving http://{listen}/metrics"
         + (f" for namespace {netns}" if netns else ""),
         err=True,
     )
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with contextlib.suppress(KeyboardInterrupt):
-        stop.wait()
-    if isinstance(server, tuple):  # prometheus-client >= 0.20 returns (server, thread)
-        server[0].shutdown()
+    try:
+        # until a signal: SIGINT, SIGTERM and SIGHUP raise here (cli.main's handlers),
+        # and cli.main makes the exit status 128+N of it
+        threading.Event().wait()
+    finally:
+        server.shutdown()
+        server.server_close()
     return 0

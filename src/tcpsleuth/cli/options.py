@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any, TypeVar
 
 import click
 
+from tcpsleuth import safefile
 from tcpsleuth.errors import InputError
 from tcpsleuth.model.records import KafkaConfig
 from tcpsleuth.sources.kafkaconfig import read_kafka_config
@@ -150,10 +150,13 @@ def check_writable(path: Path, directory: bool) -> None:
         if directory:
             _try_writing_in(path, path)
             return
-        try:  # without blocking on a FIFO nobody reads
-            os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NONBLOCK))
-        except OSError as exc:
-            raise InputError(f"{path}: cannot write it ({exc.strerror or exc})") from None
+        # a regular file is replaced, never opened (tcpsleuth.safefile): what matters
+        # is its directory; a FIFO or device named directly is written into; nothing is
+        # written through a symbolic link
+        kind = safefile.output_kind(path)
+        if kind is not None:
+            raise InputError(f"{path}: {kind}; give another path")
+        _try_writing_in(path.absolute().parent, path)
         return
     ancestor = path.absolute().parent
     if not directory and not ancestor.is_dir():

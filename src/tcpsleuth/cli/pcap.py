@@ -10,7 +10,7 @@ from typing import IO, Any
 import click
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
-from tcpsleuth import compiled
+from tcpsleuth import compiled, safefile
 from tcpsleuth.cli.options import format_option, writable
 from tcpsleuth.detectors.capture import Analysis, detail, window_series
 from tcpsleuth.detectors.capture.run import CaptureResult, analyse_stream
@@ -92,7 +92,7 @@ def _pictures(results: list[CaptureResult], plot_dir: Path | None, html_file: Pa
             )
             sections.append(pcapview.html_section(result, pictures))
         if html_file is not None:
-            html.write(html_file, "tcpsleuth pcap", sections)
+            safefile.write_file(html_file, html.render("tcpsleuth pcap", sections), streams=True)
 
 
 @click.command("pcap")

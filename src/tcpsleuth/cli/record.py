@@ -12,7 +12,7 @@ import click
 
 from tcpsleuth.cli.options import PORT, FiniteFloat, kafka_config_option, netns_option
 from tcpsleuth.detectors import rates
-from tcpsleuth.errors import EnvironmentProblem, InputError
+from tcpsleuth.errors import InputError
 from tcpsleuth.recorder.incidents import Policy
 from tcpsleuth.recorder.loop import Recorder, Settings
 from tcpsleuth.recorder.ring import DEFAULT_SNAPLEN
@@ -63,8 +63,9 @@ def _printer(output_format: str) -> Any:
 
 
 def _serve_metrics(listen: str, recorder: Recorder) -> None:
-    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client import CollectorRegistry
 
+    from tcpsleuth.cli.serving import serve
     from tcpsleuth.reports import prometheus
 
     class Collector:
@@ -74,10 +75,7 @@ def _serve_metrics(listen: str, recorder: Recorder) -> None:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(Collector())  # type: ignore[arg-type]
     host, port = parse_listen(listen)
-    try:
-        start_http_server(port, addr=host, registry=registry)
-    except OSError as exc:
-        raise EnvironmentProblem(f"cannot listen on {listen}: {exc.strerror}") from None
+    serve(host, port, registry, "tcpsleuth record")
 
 
 @click.command("record")
@@ -94,7 +92,8 @@ def _serve_metrics(listen: str, recorder: Recorder) -> None:
     "directory",
     type=click.Path(path_type=Path, file_okay=False),
     required=True,
-    help="Where the ring and the incidents go (made with mode 0700; root only).",
+    help="Where the ring and the incidents go: made with mode 0700, or an existing "
+    "directory of this user's that nobody else can write (its mode is left as it is).",
 )
 @netns_option
 @click.option(

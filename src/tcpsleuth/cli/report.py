@@ -2,45 +2,65 @@
 
 from __future__ import annotations
 
-import json
+import os
 from pathlib import Path
 from typing import Any
 
 import click
 
+from tcpsleuth import safefile
 from tcpsleuth.cli.options import format_option
 from tcpsleuth.errors import InputError
 from tcpsleuth.model.findings import Finding, exit_status
-from tcpsleuth.recorder import disk, freeze
+from tcpsleuth.recorder import disk, freeze, schema
 from tcpsleuth.reports import incident, jsonout, table
 
 
 def _load(directory: Path, again: bool) -> dict[str, Any]:
+    """The incident's report: its report.json, or its analysis now (saved into it when
+    the directory is this user's own and nobody else can write it)."""
+    safefile.check_tree(directory)
     report = directory / freeze.REPORT_JSON
-    if report.exists() and not again:
+    if os.path.lexists(report) and not again:
+        data = safefile.read_file(report, schema.MAX_FILE_BYTES)
         try:
-            return json.loads(report.read_text())
-        except (ValueError, OSError) as problem:
-            raise InputError(f"{report}: cannot be read ({problem}); try --again") from None
-    if not (directory / freeze.META).exists():
+            return schema.report(data, schema.name_of(report))
+        except InputError as problem:
+            raise InputError(f"{problem}; `--again` analyses the evidence anew") from None
+    if not os.path.lexists(directory / freeze.META):
         raise InputError(
             f"{directory}: not an incident of `tcpsleuth record` (no {freeze.META}); give "
             "an incident-<time> directory or the recorder's directory"
         )
     from tcpsleuth.recorder.finish import write_report
 
-    return write_report(directory)
+    why = safefile.unusable_dir(directory)
+    doc = write_report(directory, save=why is None)
+    if why is not None:
+        click.echo(
+            f"tcpsleuth report: the analysis is not saved in {directory} ({why}); "
+            "it is shown here only (--html FILE keeps the page elsewhere)",
+            err=True,
+        )
+    return doc
+
+
+def _summary(path: Path) -> dict[str, Any] | None:
+    """An incident's report.json for the listing; None when it has none or it cannot
+    be read."""
+    report = path / freeze.REPORT_JSON
+    if not os.path.lexists(report):
+        return None
+    try:
+        return schema.report(safefile.read_file(report, schema.MAX_FILE_BYTES), report.name)
+    except InputError:
+        return None
 
 
 def _listing(directory: Path, output_format: str) -> int:
     rows = []
     for path in disk.incidents(directory):
-        doc: dict[str, Any] = {}
-        if (path / freeze.REPORT_JSON).exists():
-            try:
-                doc = json.loads((path / freeze.REPORT_JSON).read_text())
-            except ValueError:
-                doc = {}
+        doc = _summary(path) or {}
         rows.append(
             {
                 "incident": path.name,
@@ -113,11 +133,11 @@ def report_command(directory: Path, html_file: Path | None, again: bool, output_
       tcpsleuth report incident-20261130T085300Z --format json | jq .wscale_mismatch.count
       tcpsleuth report incident-20261130T085300Z --html /tmp/incident.html
     """
-    if not (directory / freeze.META).exists() and disk.incidents(directory):
+    if not os.path.lexists(directory / freeze.META) and disk.incidents(directory):
         return _listing(directory, output_format)
     doc = _load(directory, again)
     if html_file is not None:
-        incident.write_html(html_file, doc)
+        safefile.write_file(html_file, incident.html_page(doc), streams=True)
     findings = [Finding.from_dict(f) for f in doc.get("findings", [])]
     if output_format == "json":
         jsonout.emit(doc)

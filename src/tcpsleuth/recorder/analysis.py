@@ -9,13 +9,12 @@ said into one document (``report.json``).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from tcpsleuth import __version__
+from tcpsleuth import __version__, safefile
 from tcpsleuth.detectors import handshakes
 from tcpsleuth.detectors.audit import audit
 from tcpsleuth.detectors.capture import kafka_summary as kafka_timing
@@ -29,7 +28,7 @@ from tcpsleuth.detectors.tracing import fold, trace_findings
 from tcpsleuth.errors import InputError
 from tcpsleuth.model.findings import Finding, ranked
 from tcpsleuth.model.records import TcpConnection
-from tcpsleuth.recorder import freeze
+from tcpsleuth.recorder import freeze, schema
 from tcpsleuth.sources.bundle import read_bundle
 from tcpsleuth.sources.pcap import open_capture
 
@@ -148,13 +147,16 @@ def _capture(
 
 
 def analyse(directory: Path) -> dict[str, Any]:
-    """The report document of the incident in ``directory``."""
-    meta = json.loads((directory / freeze.META).read_text())
+    """The report document of the incident in ``directory``; an InputError (one line)
+    for an incident holding what the recorder never writes: a symbolic link, a FIFO or
+    a device anywhere in it, or a file not of the recorder's shape (:mod:`.schema`)."""
+    safefile.check_tree(directory)
+    meta = freeze.read_meta(directory)
     ports = frozenset(meta["ports"])
     notes: list[str] = list(meta.get("notes", []))
     findings: list[Finding] = []
-    samples = freeze.read_lines(directory / freeze.SAMPLES)
-    events = freeze.read_lines(directory / freeze.EVENTS)
+    samples = freeze.read_lines(directory / freeze.SAMPLES, schema.SAMPLE)
+    events = freeze.read_lines(directory / freeze.EVENTS, schema.EVENT)
     _, during, during_at = freeze.read_snapshot(directory / freeze.DURING)
     listeners, later, later_at = freeze.read_snapshot(directory / freeze.LATER)
     doc: dict[str, Any] = {
@@ -229,7 +231,8 @@ def analyse(directory: Path) -> dict[str, Any]:
             "samples": sum(len(s.samples) for s in sockets),
         }
     elif (directory / freeze.TRACE_SKIPPED).exists():
-        doc["trace"] = {"skipped": (directory / freeze.TRACE_SKIPPED).read_text().strip()}
+        skipped = safefile.read_file(directory / freeze.TRACE_SKIPPED, 1 << 16)
+        doc["trace"] = {"skipped": skipped.decode(errors="replace").strip()}
     doc["notes"] = notes
     doc["findings"] = [f.to_dict() for f in ranked(findings)]
     return doc

@@ -19,10 +19,14 @@ out.
 
 from __future__ import annotations
 
+import contextlib
 import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
+
+from tcpsleuth import safefile
 
 MAGICS = {
     b"\xd4\xc3\xb2\xa1": ("<", 1e-6),
@@ -151,13 +155,15 @@ def copy_window(
     budget: int,
 ) -> CopyCounts:
     """Packets stamped within [start, end] from ``sources`` (in order) to ``target``,
-    a pcap file with the first source's header; at most ``budget`` bytes."""
+    a pcap file with the first source's header; at most ``budget`` bytes. ``target``
+    is written whole or not at all (:mod:`tcpsleuth.safefile`): a full disk leaves no
+    part of it."""
     counts = CopyCounts(skipped_files=[])
     skipped: list[str] = []
     counts.skipped_files = skipped
-    out = None
+    out: BinaryIO | None = None
     first_header: bytes | None = None
-    try:
+    with contextlib.ExitStack() as stack:
         for source in sources:
             try:
                 with source.open("rb") as probe:
@@ -174,7 +180,7 @@ def copy_window(
             if first_header is None:
                 first_header = file_header
                 counts.linktype = linktype
-                out = target.open("wb")
+                out = stack.enter_context(safefile.replacing(target, 0o600))
                 out.write(file_header)
                 counts.bytes_written = 24
             elif file_header[:4] != first_header[:4] or linktype != counts.linktype:
@@ -197,7 +203,4 @@ def copy_window(
                 out.write(data[:keep])
                 counts.bytes_written += 16 + keep
                 counts.packets += 1
-    finally:
-        if out is not None:
-            out.close()
     return counts

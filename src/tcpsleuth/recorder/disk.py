@@ -65,17 +65,23 @@ def usage(directory: Path) -> int:
     return blocks([directory])
 
 
+def _directories(directory: Path, prefix: str) -> list[Path]:
+    """Real directories (a symbolic link is never one: the recorder makes none, and
+    following one would read, write or delete outside) named ``prefix...``."""
+    return sorted(
+        p
+        for p in directory.iterdir()
+        if p.name.startswith(prefix) and not p.is_symlink() and p.is_dir()
+    )
+
+
 def incidents(directory: Path) -> list[Path]:
     """Complete incidents, oldest first (their names sort by time)."""
-    return sorted(
-        p for p in directory.iterdir() if p.is_dir() and p.name.startswith(INCIDENT_PREFIX)
-    )
+    return _directories(directory, INCIDENT_PREFIX)
 
 
 def staging(directory: Path) -> list[Path]:
-    return sorted(
-        p for p in directory.iterdir() if p.is_dir() and p.name.startswith(STAGING_PREFIX)
-    )
+    return _directories(directory, STAGING_PREFIX)
 
 
 def fs_room(directory: Path) -> int:

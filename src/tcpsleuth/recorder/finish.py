@@ -19,13 +19,15 @@ import shutil
 import sys
 from pathlib import Path
 
+from tcpsleuth import safefile
 from tcpsleuth.recorder import freeze
 from tcpsleuth.recorder.capture import copy_window
 from tcpsleuth.recorder.ring import parse_name
 
 
 def make_whole(staging: Path, budget: int) -> Path:
-    meta = json.loads((staging / freeze.META).read_text())
+    safefile.check_tree(staging)
+    meta = freeze.read_meta(staging, to_finish=True)
     links = staging / freeze.LINKS
     capture = meta.setdefault("capture", {})
     if links.is_dir():
@@ -70,14 +72,17 @@ def make_whole(staging: Path, budget: int) -> Path:
     return final
 
 
-def write_report(directory: Path) -> dict:
+def write_report(directory: Path, save: bool = True) -> dict:
+    """The incident's analysis; with ``save``, written into it as report.html and
+    report.json (each whole or not at all: :mod:`tcpsleuth.safefile`)."""
     from tcpsleuth.recorder.analysis import analyse
     from tcpsleuth.reports import incident
 
     doc = analyse(directory)
-    incident.write_html(directory / freeze.REPORT_HTML, doc)
-    # last: an incident with its report is complete
-    freeze.write_json(directory / freeze.REPORT_JSON, doc, indent=None)
+    if save:
+        safefile.write_file(directory / freeze.REPORT_HTML, incident.html_page(doc), 0o600)
+        # last: an incident with its report is complete
+        freeze.write_json(directory / freeze.REPORT_JSON, doc, indent=None)
     return doc
 
 

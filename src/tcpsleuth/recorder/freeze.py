@@ -17,7 +17,10 @@
 | report.json / .html   | the analysis (:mod:`.analysis`)                          |
 
 Everything is written with mode 0600 in directories of mode 0700 (the recorder's
-umask): captures can hold credentials.
+umask): captures can hold credentials. Every write goes through :mod:`tcpsleuth.safefile`
+(a new file renamed into place, never through a symbolic link), and every read of an
+incident through it and :mod:`.schema` (regular files only, each checked for the shape
+the recorder writes): ``tcpsleuth report`` reads incidents handed over from anywhere.
 """
 
 from __future__ import annotations
@@ -27,12 +30,15 @@ import dataclasses
 import gzip
 import json
 import os
+import typing
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from tcpsleuth import safefile
 from tcpsleuth.errors import InputError
 from tcpsleuth.model.records import Listener, TcpConnection, WindowSample
+from tcpsleuth.recorder import schema
 from tcpsleuth.recorder.ring import RingFile
 from tcpsleuth.sources import sockdiag
 from tcpsleuth.sources.bundle import write_bundle
@@ -58,7 +64,9 @@ def final_dir(staging: Path) -> Path:
 
 def make_staging(directory: Path, name: str) -> Path:
     path = staging_dir(directory, name)
-    (path / LINKS).mkdir(mode=0o700, parents=True, exist_ok=True)
+    for made in (path, path / LINKS):
+        if not safefile.make_dir(made) and (why := safefile.unusable_dir(made)):
+            raise safefile.WriteError(f"{made}: not the recorder's own directory ({why})")
     return path
 
 
@@ -76,29 +84,34 @@ def link_ring(files: Iterable[RingFile], staging: Path) -> int:
 
 
 def write_json(path: Path, doc: Any, indent: int | None = 1) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    text = json.dumps(doc, indent=indent, default=str, separators=None if indent else (",", ":"))
-    if path.suffix == ".gz":
-        temporary.write_bytes(gzip.compress(text.encode(), 6))
-    else:
-        temporary.write_text(text)
-    temporary.replace(path)
+    text = json.dumps(
+        doc, indent=indent, default=str, separators=None if indent else (",", ":"), allow_nan=False
+    )
+    data = gzip.compress(text.encode(), 6) if path.suffix == ".gz" else text.encode()
+    safefile.write_file(path, data, 0o600)
 
 
 def append_lines(path: Path, records: Iterable[dict[str, Any]]) -> None:
-    with path.open("a") as out:
-        for record in records:
-            out.write(json.dumps(record, default=str) + "\n")
+    data = "".join(json.dumps(r, default=str, allow_nan=False) + "\n" for r in records)
+    safefile.append_file(path, data.encode())
 
 
-def read_lines(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
+def read_lines(path: Path, shape: Any = schema.ANY) -> list[dict[str, Any]]:
+    """The records of a JSON-lines file of the incident, each of ``shape``."""
+    if not os.path.lexists(path):
         return []
-    out = []
-    for line in path.read_text().splitlines():
-        with contextlib.suppress(json.JSONDecodeError):
-            out.append(json.loads(line))
-    return out
+    return schema.lines(
+        safefile.read_file(path, schema.MAX_FILE_BYTES), {"*": schema.ANY}
+        if shape is schema.ANY else shape, schema.name_of(path)
+    )  # fmt: skip
+
+
+def read_meta(directory: Path, to_finish: bool = False) -> dict[str, Any]:
+    """The incident's recorder.json."""
+    path = directory / META
+    shape = schema.META_TO_FINISH if to_finish else schema.META
+    data = safefile.read_file(path, schema.MAX_FILE_BYTES)
+    return typing.cast(dict[str, Any], schema.document(data, shape, schema.name_of(path)))
 
 
 def socket_snapshot(netns: str | None, ports: frozenset[int], path: Path, taken: float) -> int:
@@ -129,14 +142,19 @@ def socket_snapshot(netns: str | None, ports: frozenset[int], path: Path, taken:
 
 
 def read_snapshot(path: Path) -> tuple[list[Listener], list[TcpConnection], float | None]:
-    if not path.exists():
+    if not os.path.lexists(path):
         return [], [], None
-    doc = json.loads(gzip.decompress(path.read_bytes()))
+    where = schema.name_of(path)
+    data = schema.gunzip(safefile.read_file(path, schema.MAX_FILE_BYTES), where)
+    doc = schema.document(data, schema.SOCKETS, where)
     names = {f.name for f in dataclasses.fields(TcpConnection)}
     connections = [
         TcpConnection(**{k: v for k, v in c.items() if k in names}) for c in doc["connections"]
     ]
-    listeners = [Listener(**x) for x in doc["listeners"]]
+    listeners = [
+        Listener(**{k: v for k, v in x.items() if k in schema.LISTENER_FIELDS})
+        for x in doc["listeners"]
+    ]
     return listeners, connections, doc.get("taken")
 
 
@@ -154,4 +172,8 @@ def trace_rows(samples: Iterable[WindowSample]) -> list[dict[str, Any]]:
 
 
 def read_trace(path: Path) -> list[WindowSample]:
-    return [WindowSample(**row) for row in read_lines(path)]
+    names = {f.name for f in dataclasses.fields(WindowSample)}
+    return [
+        WindowSample(**{k: v for k, v in row.items() if k in names})
+        for row in read_lines(path, schema.TRACE_ROW)
+    ]

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tcpsleuth import safefile
 from tcpsleuth.detectors import rates
 from tcpsleuth.detectors.port_summary import TimesSeen, summarize
 from tcpsleuth.errors import EnvironmentProblem, InputError
@@ -160,15 +161,19 @@ class Recorder:
     def prepare(self) -> None:
         os.umask(0o077)
         try:
-            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self.dir.chmod(0o700)
+            made = safefile.make_dir(self.dir, 0o700)  # an existing one keeps its mode
         except OSError as problem:
             raise EnvironmentProblem(
                 f"{self.dir}: cannot make the recorder's directory ({problem.strerror})"
             ) from None
+        why = None if made else safefile.unusable_dir(self.dir, follow=True)
+        if why is not None:
+            raise EnvironmentProblem(
+                f"{self.dir}: not a directory the recorder can keep captures in ({why}); "
+                "give a new path (made with mode 0700) or a directory of root's, mode 0700"
+            )
         self.lock = children.DirectoryLock(self.dir)
-        stale = children.end_stale(str(self.dir / RING_DIR) + "/")
-        stale += children.end_stale(f"tcpsleuth.recorder.finish {self.dir}/")
+        stale = children.end_stale(self.dir, self.dir / RING_DIR)
         if stale or self.lock.previous_pid:
             self.say(
                 f"a recorder (pid {self.lock.previous_pid or '?'}) stopped without cleaning "
@@ -368,13 +373,11 @@ class Recorder:
         from tcpsleuth.reports import prometheus
 
         text = prometheus.exposition(prometheus.recorder_families(self.health, str(self.dir)))
-        temporary = path.with_name(f".{path.name}.tmp")
         try:
-            temporary.write_bytes(text)
-            temporary.chmod(0o644)  # for node_exporter's textfile collector; no secrets in it
-            temporary.replace(path)
+            # 0644 for node_exporter's textfile collector; no secrets in it
+            safefile.write_file(path, text, 0o644)
         except OSError as problem:
-            self._problem("metrics", f"cannot write {path}: {problem.strerror}")
+            self._problem("metrics", str(problem))
 
     def _window_limited(self, seconds: float) -> list[Finding]:
         if self.s.thresholds.rwnd_limited_jump <= 0:
@@ -490,18 +493,21 @@ class Recorder:
             if problem:
                 active.notes.append(problem)
         if self.trace_problem:
-            (active.staging / freeze.TRACE_SKIPPED).write_text(self.trace_problem + "\n")
+            with contextlib.suppress(OSError):
+                skipped = self.trace_problem + "\n"
+                safefile.write_file(active.staging / freeze.TRACE_SKIPPED, skipped)
             return
         try:
             inodes = frozenset({tracer.netns_inode(self.s.netns)}) if self.s.netns else frozenset()
             program = tracer.build_program(self.ports, inodes, 10.0)
-            with (active.staging / freeze.TRACE).open("w") as out:
+            with safefile.replacing(active.staging / freeze.TRACE, 0o600) as out:
                 for sample in tracer.trace(program, self.s.trace_s, preexec_fn=die_with_parent):
-                    out.write(json.dumps(dataclasses.asdict(sample)) + "\n")
+                    out.write((json.dumps(dataclasses.asdict(sample)) + "\n").encode())
                     if self.stop.is_set():
                         break
         except (InputError, OSError) as problem:
-            (active.staging / freeze.TRACE_SKIPPED).write_text(f"{problem}\n")
+            with contextlib.suppress(OSError):
+                safefile.write_file(active.staging / freeze.TRACE_SKIPPED, f"{problem}\n")
 
     def _link(self, active: Active) -> None:
         start, end = active.open.window(self.s.policy)
@@ -572,6 +578,7 @@ class Recorder:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
+            env=children.marked_environment(self.dir),
             preexec_fn=lambda: children.background_child(FINISH_CPU_S),
         )
 
@@ -728,7 +735,10 @@ class Recorder:
             with self._ring_lock:
                 if self.ring.running():
                     self.ring.stop(
-                        why=f"{used} bytes in {self.dir}, near the cap of {limit} bytes "
+                        why=f"no room left on the file system of {self.dir} (the recorder "
+                        f"leaves {disk.MIN_FREE_FRACTION:.0%} of it free)"
+                        if limit <= used
+                        else f"{used} bytes in {self.dir}, near the cap of {limit} bytes "
                         "(--max-disk, or the file system's free space)"
                     )
         elif used + 2 * headroom < limit:

@@ -30,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tcpsleuth import safefile
 from tcpsleuth.recorder.disk import Budget
 from tcpsleuth.recorder.ring_writer import RingWriter
 from tcpsleuth.sources.netns import exec_prefix
@@ -183,7 +184,12 @@ class Ring:
             return self._cannot("tcpdump is not installed (Debian: apt-get install tcpdump)")
         if os.geteuid() != 0:
             return self._cannot("capturing needs root (CAP_NET_RAW); run the recorder as root")
-        self.directory.mkdir(mode=0o700, exist_ok=True)
+        try:
+            made = safefile.make_dir(self.directory)
+        except OSError as problem:
+            return self._cannot(f"cannot make {self.directory} ({problem.strerror})")
+        if not made and (why := safefile.unusable_dir(self.directory)):
+            return self._cannot(f"{self.directory} is not the recorder's own directory ({why})")
         self.generation = int(time.time() * 1000)
         self._errors = []
         self.process = subprocess.Popen(

@@ -93,8 +93,3 @@ def render(title: str, sections: Sequence[Section]) -> str:
             parts.append(_picture(caption, path))
     parts.append("</body></html>")
     return "\n".join(parts)
-
-
-def write(path: Path, title: str, sections: Sequence[Section]) -> Path:
-    path.write_text(render(title, sections), encoding="utf-8")
-    return path

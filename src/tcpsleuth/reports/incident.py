@@ -273,10 +273,12 @@ def html_sections(doc: dict[str, Any], pictures: Sequence[tuple[str, Path]]) -> 
     ]
 
 
-def write_html(path: Path, doc: dict[str, Any]) -> Path:
+def html_page(doc: dict[str, Any]) -> str:
+    """The incident's self-contained HTML page (its timeline drawn in a scratch
+    directory of its own); the caller writes it (``tcpsleuth.safefile``)."""
     with tempfile.TemporaryDirectory(prefix="tcpsleuth-incident-") as scratch:
         picture = timeline_plot(doc, Path(scratch) / "timeline.png")
         pictures = [("The storm as the kernel counted it", picture)] if picture else []
-        return html.write(
-            path, f"tcpsleuth incident {doc.get('incident')}", html_sections(doc, pictures)
+        return html.render(
+            f"tcpsleuth incident {doc.get('incident')}", html_sections(doc, pictures)
         )

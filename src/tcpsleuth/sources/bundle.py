@@ -14,6 +14,11 @@ where tcpsleuth cannot be installed, analysed exactly like a live host.
 | proc-version.txt       | cat /proc/version              | optional |
 | hostname.txt           | hostname                       | optional |
 | server.properties      | the broker's config            | optional |
+
+A bundle usually comes from another host and another person, so it is read as theirs:
+each file must be a regular file (a FIFO, a device or a socket is refused at once, never
+waited on: opened non-blocking, then checked with fstat), a symlink is followed only to
+a file inside the bundle, and whatever is wrong is one line naming the file (exit 2).
 """
 
 from __future__ import annotations
@@ -22,18 +27,23 @@ import datetime
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import tempfile
 from pathlib import Path
+from typing import BinaryIO
 
+from tcpsleuth import safefile
 from tcpsleuth.errors import InputError
 from tcpsleuth.model.records import HostSnapshot, KafkaConfig
+from tcpsleuth.model.text import is_number, printable
 from tcpsleuth.sources import netns, procfs
+from tcpsleuth.sources.sockdiag import SocketTable
 from tcpsleuth.sources.kafkaconfig import read_kafka_config
-from tcpsleuth.sources.nstattext import read_nstat_file
-from tcpsleuth.sources.sstext import read_ss_file
-from tcpsleuth.sources.sysctltext import read_sysctl_file
-from tcpsleuth.sources.textfile import read_text
+from tcpsleuth.sources.nstattext import parse_nstat
+from tcpsleuth.sources.sstext import parse_ss
+from tcpsleuth.sources.sysctltext import parse_sysctl
+from tcpsleuth.sources.textfile import decode_text, read_limited, read_text
 
 UNAME = "uname-r.txt"
 UNAME_ALL = "uname-a.txt"  # `uname -a` instead: the release is its third field
@@ -52,75 +62,169 @@ KAFKA = "server.properties"
 MANIFEST = "collected.txt"
 
 
-def _first_line(path: Path, what: str) -> str:
-    line = read_text(path, what).strip().splitlines()
-    if not line or not line[0].strip():
-        raise InputError(f"{path}: empty, expected {what}")
-    return line[0].strip()
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+class Bundle:
+    """A bundle directory whose files are read as somebody else's (module docstring)."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        try:
+            info = directory.stat()
+        except FileNotFoundError:
+            raise InputError(f"{directory}: no such directory (a bundle expected)") from None
+        except OSError as exc:
+            raise InputError(f"{directory}: cannot open it as a bundle ({exc.strerror})") from None
+        if not stat.S_ISDIR(info.st_mode):
+            raise InputError(
+                f"{directory}: not a directory; a bundle is a directory made by "
+                "`tcpsleuth collect` or by hand (see the README)"
+            )
+        self.root = directory.resolve()
+
+    def has(self, name: str) -> bool:
+        """The bundle holds ``name`` (a symlink counts: reading it says what is wrong)."""
+        try:
+            (self.directory / name).lstat()
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise InputError(
+                f"{self.directory / name}: cannot look at it ({exc.strerror})"
+            ) from None
+        return True
+
+    def path(self, name: str) -> Path:
+        """The file to open for ``name``: itself, or where its symlink leads inside the
+        bundle; InputError for a symlink that leads out of it, nowhere or in a loop."""
+        path = self.directory / name
+        try:
+            if not stat.S_ISLNK(path.lstat().st_mode):
+                return path
+            target = path.resolve(strict=True)
+        except (OSError, RuntimeError):
+            raise InputError(
+                f"{path}: a symlink that leads nowhere or in a loop; a bundle holds plain "
+                "text files"
+            ) from None
+        if not target.is_relative_to(self.root):
+            raise InputError(
+                f"{path}: a symlink out of the bundle (to {printable(str(target))}); not "
+                "followed: a bundle holds its own files"
+            )
+        return target
+
+    def check(self, name: str, what: str) -> Path:
+        """The path of ``name`` once it is known to be a regular file of the bundle
+        (for readers that open the file themselves)."""
+        path = self.path(name)
+        self._open(path, what).close()
+        return path
+
+    def _open(self, path: Path, what: str) -> BinaryIO:
+        try:
+            # O_NONBLOCK: a FIFO opens at once instead of waiting for a writer, and is
+            # refused below; O_NOFOLLOW: `path` is no symlink now, none is followed if
+            # one was put there since it was looked at
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_NOFOLLOW)
+        except OSError as exc:
+            raise InputError(f"{path}: cannot read {what} ({exc.strerror})") from None
+        stream = os.fdopen(fd, "rb")
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            stream.close()
+            raise InputError(
+                f"{path}: {_kind(mode)}, not a regular file; a bundle holds plain text "
+                f"files ({what})"
+            )
+        return stream
+
+    def text(self, name: str, what: str) -> str:
+        path = self.path(name)
+        with self._open(path, what) as stream:
+            data = read_limited(stream, self.directory / name, what)
+        return decode_text(data, self.directory / name, what)
+
+    def first_line(self, name: str, what: str) -> str:
+        line = self.text(name, what).strip().splitlines()
+        if not line or not line[0].strip():
+            raise InputError(f"{self.directory / name}: empty, expected {what}")
+        return line[0].strip()
+
+    def ss(self, name: str, default_state: str = "ESTAB") -> SocketTable:
+        return parse_ss(self.text(name, "`ss` output"), self.directory / name, default_state)
+
+    def counters(self, name: str) -> dict[str, int]:
+        return procfs.parse_counter_pairs(self.text(name, "kernel counters"), self.directory / name)
 
 
 def read_bundle(directory: Path, kafka_config: KafkaConfig | None = None) -> HostSnapshot:
-    if not directory.is_dir():
-        raise InputError(
-            f"{directory}: not a directory; a bundle is a directory made by "
-            "`tcpsleuth collect` or by hand (see the README)"
-        )
+    bundle = Bundle(directory)
     notes: list[str] = []
     for required, how, alternative in ((UNAME, "uname -r", UNAME_ALL), (SYSCTL, "sysctl -a", None)):
-        if not (directory / required).exists() and not (
-            alternative and (directory / alternative).exists()
-        ):
+        if not bundle.has(required) and not (alternative and bundle.has(alternative)):
             raise InputError(
                 f"{directory}: bundle lacks {required} (make it with "
                 f"`{how} > {required}` on the host)"
             )
-    hostname = directory.resolve().name
-    if (directory / UNAME).exists():
+    hostname = bundle.root.name
+    if bundle.has(UNAME):
         uname = directory / UNAME
-        release = _first_line(uname, "`uname -r` output")
+        release = bundle.first_line(UNAME, "`uname -r` output")
     else:
         uname = directory / UNAME_ALL
-        fields = _first_line(uname, "`uname -a` output").split()
+        fields = bundle.first_line(UNAME_ALL, "`uname -a` output").split()
         release = fields[2] if len(fields) > 2 and fields[0] == "Linux" else fields[0]
         if len(fields) > 2:
             hostname = fields[1]
-    if not release[0].isdigit():
-        raise InputError(f"{uname}: {release!r} is not a kernel release")
+    if not is_number(release[:1]):
+        raise InputError(f"{uname}: {printable(release[:60])!r} is not a kernel release")
     proc_version = None
-    if (directory / PROC_VERSION).exists():
-        proc_version = read_text(directory / PROC_VERSION, "/proc/version")
-    if (directory / HOSTNAME).exists():
-        hostname = _first_line(directory / HOSTNAME, "`hostname` output")
-    sysctls = read_sysctl_file(directory / SYSCTL)
+    if bundle.has(PROC_VERSION):
+        proc_version = bundle.text(PROC_VERSION, "/proc/version")
+    if bundle.has(HOSTNAME):
+        hostname = bundle.first_line(HOSTNAME, "`hostname` output")
+    sysctls = parse_sysctl(bundle.text(SYSCTL, "`sysctl -a` output"), directory / SYSCTL)
 
     counters: dict[str, int] = {}
-    if (directory / NETSTAT).exists():
-        counters.update(procfs.read_counter_file(directory / NETSTAT))
-        if (directory / SNMP).exists():
-            counters.update(procfs.read_counter_file(directory / SNMP))
-    elif (directory / NSTAT).exists():
-        counters.update(read_nstat_file(directory / NSTAT))
+    if bundle.has(NETSTAT):
+        counters.update(bundle.counters(NETSTAT))
+        if bundle.has(SNMP):
+            counters.update(bundle.counters(SNMP))
+    elif bundle.has(NSTAT):
+        counters.update(parse_nstat(bundle.text(NSTAT, "`nstat -az` output"), directory / NSTAT))
     else:
         notes.append(f"no {NSTAT} or {NETSTAT}: counters not checked")
 
     listeners = connections = None
-    everything = read_ss_file(directory / SS_ALL) if (directory / SS_ALL).exists() else None
-    if (directory / SS_LISTEN_DETAILS).exists():
-        listeners = read_ss_file(directory / SS_LISTEN_DETAILS, default_state="LISTEN").listeners
-    elif (directory / SS_LISTEN).exists():
-        listeners = read_ss_file(directory / SS_LISTEN, default_state="LISTEN").listeners
+    everything = bundle.ss(SS_ALL) if bundle.has(SS_ALL) else None
+    if bundle.has(SS_LISTEN_DETAILS):
+        listeners = bundle.ss(SS_LISTEN_DETAILS, default_state="LISTEN").listeners
+    elif bundle.has(SS_LISTEN):
+        listeners = bundle.ss(SS_LISTEN, default_state="LISTEN").listeners
     elif everything is not None:
         listeners = everything.listeners
     else:
         notes.append(f"no {SS_LISTEN_DETAILS} or {SS_LISTEN}: listen backlogs not checked")
-    if (directory / SS_INFO).exists():
-        connections = read_ss_file(directory / SS_INFO).connections
+    if bundle.has(SS_INFO):
+        connections = bundle.ss(SS_INFO).connections
     elif everything is not None:
         connections = everything.connections
     else:
         notes.append(f"no {SS_INFO}: established connections per port unknown")
-    if kafka_config is None and (directory / KAFKA).exists():
-        kafka_config = read_kafka_config(directory / KAFKA)
+    if kafka_config is None and bundle.has(KAFKA):
+        kafka_config = read_kafka_config(bundle.check(KAFKA, "Kafka server.properties"))
     return HostSnapshot(
         origin=f"bundle {directory}",
         hostname=hostname,
@@ -201,7 +305,7 @@ def _write_files(directory: Path, netns_name: str | None, kafka_text: str | None
     written: list[str] = []
 
     def put(name: str, text: str) -> None:
-        (directory / name).write_text(text)
+        safefile.write_file(directory / name, text)
         written.append(name)
 
     put(UNAME, procfs.kernel_release() + "\n")
