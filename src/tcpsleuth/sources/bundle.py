@@ -38,9 +38,9 @@ from tcpsleuth.errors import InputError
 from tcpsleuth.model.records import HostSnapshot, KafkaConfig
 from tcpsleuth.model.text import is_number, printable
 from tcpsleuth.sources import netns, procfs
-from tcpsleuth.sources.sockdiag import SocketTable
 from tcpsleuth.sources.kafkaconfig import read_kafka_config
 from tcpsleuth.sources.nstattext import parse_nstat
+from tcpsleuth.sources.sockdiag import SocketTable
 from tcpsleuth.sources.sstext import parse_ss
 from tcpsleuth.sources.sysctltext import parse_sysctl
 from tcpsleuth.sources.textfile import decode_text, read_limited, read_text
@@ -83,7 +83,10 @@ class Bundle:
         try:
             info = directory.stat()
         except FileNotFoundError:
-            raise InputError(f"{directory}: no such directory (a bundle expected)") from None
+            raise InputError(
+                f"{directory}: not a directory (nothing is there); a bundle is a directory "
+                "made by `tcpsleuth collect` or by hand (see the README)"
+            ) from None
         except OSError as exc:
             raise InputError(f"{directory}: cannot open it as a bundle ({exc.strerror})") from None
         if not stat.S_ISDIR(info.st_mode):
@@ -140,15 +143,14 @@ class Bundle:
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_NOFOLLOW)
         except OSError as exc:
             raise InputError(f"{path}: cannot read {what} ({exc.strerror})") from None
-        stream = os.fdopen(fd, "rb")
         mode = os.fstat(fd).st_mode
         if not stat.S_ISREG(mode):
-            stream.close()
+            os.close(fd)
             raise InputError(
                 f"{path}: {_kind(mode)}, not a regular file; a bundle holds plain text "
                 f"files ({what})"
             )
-        return stream
+        return os.fdopen(fd, "rb")
 
     def text(self, name: str, what: str) -> str:
         path = self.path(name)

@@ -81,18 +81,18 @@ def _from_text(text: str, source: Path | str, origin: str) -> Snapshot:
 
 
 def _from_bundle(directory: Path) -> Snapshot:
-    from tcpsleuth.sources.bundle import SS_INFO, SS_LISTEN
-    from tcpsleuth.sources.sstext import read_ss_file
+    from tcpsleuth.sources.bundle import SS_INFO, SS_LISTEN, Bundle
 
-    if not (directory / SS_INFO).exists():
+    bundle = Bundle(directory)
+    if not bundle.has(SS_INFO):
         raise InputError(
             f"{directory}: no {SS_INFO} in this directory; make it with "
             f"`ss -tni > {SS_INFO}` on the host"
         )
-    connections = read_ss_file(directory / SS_INFO).connections
+    connections = bundle.ss(SS_INFO).connections
     listeners = None
-    if (directory / SS_LISTEN).exists():
-        listeners = read_ss_file(directory / SS_LISTEN, default_state="LISTEN").listeners
+    if bundle.has(SS_LISTEN):
+        listeners = bundle.ss(SS_LISTEN, default_state="LISTEN").listeners
     return Snapshot(f"bundle {directory}", "bundle", listeners, connections)
 
 
