@@ -74,6 +74,40 @@ def kafka_config(data: bytes) -> None:
     read_kafka_config(_scratch_file("server.properties", data))
 
 
+# -- configuration readers (issue 24): each file read as a discovered one is, regular
+# files only and within a Budget, so that includes the input names stay bounded
+
+
+def _config_target(program: str, name: str) -> Callable[[bytes], None]:
+    def target(data: bytes) -> None:
+        from tcpsleuth.sources.config import READERS
+        from tcpsleuth.sources.config.common import Budget
+
+        READERS[program](_scratch_file(name, data), Budget(files=32, seconds=10.0))
+
+    target.__name__ = f"{program}_config"
+    return target
+
+
+CONFIG_TARGETS = {
+    "nginx-config": _config_target("nginx", "nginx.conf"),
+    "zookeeper-config": _config_target("zookeeper", "zoo.cfg"),
+    "rabbitmq-config": _config_target("rabbitmq", "rabbitmq.conf"),
+    "redis-config": _config_target("redis", "redis.conf"),
+    "postgresql-config": _config_target("postgresql", "postgresql.conf"),
+    "envoy-config": _config_target("envoy", "envoy.yaml"),
+}
+SERVERS = FIXTURES / "servers"
+CONFIG_SEEDS = {
+    "nginx-config": ["nginx.conf", "sites/api.conf"],
+    "zookeeper-config": ["zoo.cfg", "zoo-dynamic.cfg"],
+    "rabbitmq-config": ["rabbitmq.conf", "rabbitmq.config"],
+    "redis-config": ["redis.conf"],
+    "postgresql-config": ["postgresql.conf"],
+    "envoy-config": ["envoy.yaml"],
+}
+
+
 def sockets_json(data: bytes) -> None:
     """A `sockets --format json` document (or ss text) as `sockets FILE` and `compare`
     read it."""
@@ -126,6 +160,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "sockets-json": sockets_json,
     "bundle": bundle,
     "capture": capture,
+    **CONFIG_TARGETS,
 }
 
 
@@ -160,6 +195,7 @@ def seeds(target: str) -> tuple[bytes, ...]:
         "sockets-json": [],
         "bundle": [],
         "capture": [DATA / "go-sniffer-kafka.pcap", DATA / "storm-prefix" / "server.pcap"],
+        **{name: [SERVERS / f for f in files] for name, files in CONFIG_SEEDS.items()},
     }[target]
     out = [_cut(p.read_bytes()) for p in files if p.exists()]
     if target == "sockets-json":

@@ -91,8 +91,9 @@ def expanded_size(root: yaml.Node, limit: int = MAX_NODES) -> int:
 def load(text: str, path: Path | str) -> Any:
     """The YAML or JSON document, aliases bounded; not YAML, deeper than Python's stack,
     or numbers Python refuses are an InputError naming the file (not its text)."""
-    loader = _Loader(text)
+    loader: _Loader | None = None
     try:
+        loader = _Loader(text)  # refuses control characters at once
         node = loader.get_single_node()
         if node is None:
             return None
@@ -107,7 +108,8 @@ def load(text: str, path: Path | str) -> Any:
     except (RecursionError, ValueError, TypeError, OverflowError):
         raise InputError(f"{path}: not a usable Envoy configuration (too deep or odd)") from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
 
 
 def _number(value: Any, maximum: int = 2**32 - 1) -> int | None:
