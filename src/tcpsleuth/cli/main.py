@@ -93,6 +93,11 @@ COMMANDS = {
         "report_command",
         "Reopen an incident the recorder kept (table, JSON or HTML).",
     ),
+    "heal": (
+        "heal",
+        "heal_command",
+        "End the connections the SYN-cookie window-scale bug has hit (dry run by default).",
+    ),
     "lab": ("lab", "lab_group", "Reproduce TCP failures in network namespaces on this machine."),
     "probe": (
         "probe",
