@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
@@ -334,7 +333,7 @@ def run_command(
             )
             if keep is not None:
                 (keep / name / "report.json").write_text(
-                    json.dumps({**report, "findings": [f.to_dict() for f in found]}, indent=2)
+                    jsonout.dumps({**report, "findings": [f.to_dict() for f in found]}, indent=2)
                 )
     if keep is not None:
         from tcpsleuth.reports.labplots import latency_over_time

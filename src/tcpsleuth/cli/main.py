@@ -10,6 +10,7 @@ A broken pipe on standard output ends quietly with the status the command had.
 from __future__ import annotations
 
 import contextlib
+import errno
 import importlib
 import os
 import signal
@@ -26,6 +27,7 @@ import click
 from tcpsleuth import __version__
 from tcpsleuth.cli import output
 from tcpsleuth.errors import InputError
+from tcpsleuth.model.text import printable
 
 if TYPE_CHECKING:
     from sys import UnraisableHookArgs
@@ -182,8 +184,30 @@ def install_signal_handlers() -> None:
         signal.signal(signum, _on_signal)
 
 
-def one_line(text: str) -> str:
-    return " ".join(text.split())
+def one_line(text: str, limit: int = 1000) -> str:
+    """One line of a message, its control characters shown as escapes (messages quote
+    file names and text that somebody else wrote), at most ``limit`` characters."""
+    line = printable(" ".join(text.split()))
+    return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+# What a path the user gave can do to any open, stat or mkdir: exit 2 with its name
+# (ENAMETOOLONG: a component over 255 bytes or a path over 4,096; ELOOP: a symlink
+# loop). Anything else unforeseen stays a bug (exit 3).
+PATH_ERRORS = frozenset(
+    {
+        errno.ENAMETOOLONG,
+        errno.ELOOP,
+        errno.ENOTDIR,
+        errno.EISDIR,
+        errno.ENOENT,
+        errno.EACCES,
+        errno.EPERM,
+        errno.EROFS,
+        errno.ENXIO,
+        errno.ENODEV,
+    }
+)
 
 
 def save_traceback(exc: BaseException) -> str:
@@ -203,6 +227,16 @@ def save_traceback(exc: BaseException) -> str:
 def _usage_line(exc: click.UsageError) -> str:
     where = exc.ctx.command_path if exc.ctx is not None else "tcpsleuth"
     return f"tcpsleuth: error: {one_line(exc.format_message())} (see `{where} --help`)"
+
+
+def _internal_error(exc: BaseException) -> int:
+    where = save_traceback(exc)
+    click.echo(
+        f"tcpsleuth: internal error (a bug in tcpsleuth): {type(exc).__name__}: "
+        f"{one_line(str(exc), 300)}; {where}",
+        err=True,
+    )
+    return INTERNAL_ERROR
 
 
 def run(argv: list[str] | None = None) -> int:
@@ -232,6 +266,13 @@ def run(argv: list[str] | None = None) -> int:
     except InputError as exc:
         click.echo(f"tcpsleuth: error: {one_line(str(exc))}", err=True)
         status = USAGE_ERROR
+    except OSError as exc:
+        if exc.errno in PATH_ERRORS and exc.filename is not None:
+            name = exc.filename if isinstance(exc.filename, str) else repr(exc.filename)
+            click.echo(f"tcpsleuth: error: {one_line(name, 300)}: {exc.strerror}", err=True)
+            status = USAGE_ERROR
+        else:
+            status = _internal_error(exc)
     except RecursionError as exc:
         # input nested deeper than Python can follow (e.g. a JSON document 100,000 deep)
         click.echo(f"tcpsleuth: error: input nested too deeply to read ({exc})", err=True)
@@ -240,13 +281,7 @@ def run(argv: list[str] | None = None) -> int:
         click.echo("tcpsleuth: error: out of memory reading the input", err=True)
         status = USAGE_ERROR
     except Exception as exc:  # the boundary: anything else is a bug in tcpsleuth
-        where = save_traceback(exc)
-        click.echo(
-            f"tcpsleuth: internal error (a bug in tcpsleuth): {type(exc).__name__}: "
-            f"{one_line(str(exc))[:300]}; {where}",
-            err=True,
-        )
-        status = INTERNAL_ERROR
+        status = _internal_error(exc)
     if status is None or not isinstance(status, int):
         status = 0
     if _received and status != 128 + _received[0]:
@@ -259,6 +294,7 @@ def run(argv: list[str] | None = None) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     install_signal_handlers()
+    output.install_stderr_guard()
     guard = output.install()
     status = run(argv)
     with contextlib.suppress(OSError):

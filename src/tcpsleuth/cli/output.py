@@ -5,6 +5,12 @@ BrokenPipeError. The guard installed as ``sys.stdout`` swallows that error, send
 rest of the output to /dev/null (so that the interpreter's last flush is quiet too) and
 lets the command finish, so that it ends with the status it would have had. Commands
 that write without end (``watch``) ask :func:`stdout_closed` and stop.
+
+Standard error carries lines made of what tcpsleuth read (an error naming a file, a
+warning quoting a line): the guard installed as ``sys.stderr`` shows their control
+characters as escapes (``\\x1b``), so no command's message, whoever wrote it, can
+drive the terminal. Rich's consoles write past it (``unguarded``) and escape on their
+own (reports/table.py), keeping their colours.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ import errno
 import os
 import sys
 from typing import Any, TextIO
+
+from tcpsleuth.model.text import printable
 
 _closed = False
 
@@ -81,4 +89,32 @@ def install() -> PipeGuard:
         return sys.stdout
     guard = PipeGuard(sys.stdout)
     sys.stdout = guard  # type: ignore[assignment]
+    return guard
+
+
+class StderrGuard:
+    """A text stream in front of the real standard error: control characters in what
+    is written are shown as escapes; newlines and tabs are kept."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.unguarded = stream
+
+    def write(self, text: str) -> int:
+        self.unguarded.write(printable(text, keep_newlines=True))
+        return len(text)
+
+    def writelines(self, lines: Any) -> None:
+        for line in lines:
+            self.write(line)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.unguarded, name)
+
+
+def install_stderr_guard() -> StderrGuard:
+    """Put the guard in front of ``sys.stderr`` (once)."""
+    if isinstance(sys.stderr, StderrGuard):
+        return sys.stderr
+    guard = StderrGuard(sys.stderr)
+    sys.stderr = guard  # type: ignore[assignment]
     return guard

@@ -4,7 +4,6 @@ redrawn every interval, or as JSON lines."""
 from __future__ import annotations
 
 import datetime
-import json
 from collections.abc import Mapping, Sequence
 from typing import IO, Any
 
@@ -15,6 +14,7 @@ from rich.text import Text
 
 from tcpsleuth.model.findings import Finding
 from tcpsleuth.model.records import Listener
+from tcpsleuth.reports import jsonout
 from tcpsleuth.reports.table import SEVERITY_STYLE
 
 
@@ -92,7 +92,7 @@ def screen(
 
 
 def write_json_line(out: IO[str], record: Mapping[str, Any]) -> None:
-    out.write(json.dumps(record, default=str) + "\n")
+    out.write(jsonout.dumps(record) + "\n")
     out.flush()
 
 

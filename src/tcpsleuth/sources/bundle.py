@@ -36,7 +36,7 @@ from typing import BinaryIO
 from tcpsleuth import safefile
 from tcpsleuth.errors import InputError
 from tcpsleuth.model.records import HostSnapshot, KafkaConfig
-from tcpsleuth.model.text import is_number, printable
+from tcpsleuth.model.text import is_number, printable, shortened
 from tcpsleuth.sources import netns, procfs
 from tcpsleuth.sources.kafkaconfig import read_kafka_config
 from tcpsleuth.sources.nstattext import parse_nstat
@@ -191,7 +191,7 @@ def read_bundle(directory: Path, kafka_config: KafkaConfig | None = None) -> Hos
         if len(fields) > 2:
             hostname = fields[1]
     if not is_number(release[:1]):
-        raise InputError(f"{uname}: {printable(release[:60])!r} is not a kernel release")
+        raise InputError(f"{uname}: '{shortened(release)}' is not a kernel release")
     proc_version = None
     if bundle.has(PROC_VERSION):
         proc_version = bundle.text(PROC_VERSION, "/proc/version")

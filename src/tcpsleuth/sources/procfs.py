@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tcpsleuth.errors import InputError
 from tcpsleuth.model.records import AUDIT_SYSCTLS
-from tcpsleuth.model.text import to_int
+from tcpsleuth.model.text import shortened, to_int
 from tcpsleuth.sources.textfile import read_text, where
 
 
@@ -42,13 +42,13 @@ def parse_counter_pairs(text: str, source: Path | str) -> dict[str, int]:
             )
         group = head[0][:-1]
         for name, value in zip(head[1:], values[1:], strict=True):
-            try:
-                counters[group + name] = int(value)
-            except ValueError:
+            number = to_int(value)  # ASCII digits only, and not 5,000 of them
+            if number is None:
                 raise InputError(
-                    f"{where(source, i + 2)}: counter {group}{name} has value {value!r}, "
-                    "not a number"
-                ) from None
+                    f"{where(source, i + 2)}: counter {group}{name} has value "
+                    f"'{shortened(value)}', not a number"
+                )
+            counters[group + name] = number
     return counters
 
 
