@@ -56,4 +56,5 @@ else
     echo "install.sh: not root, skipping Debian packages (${APT_PACKAGES[*]})" >&2
 fi
 
-python3 -m pip install --quiet --disable-pip-version-check -e '.[test]'
+# the developer's and CI's install: the lab's Kafka clients (lab) and the test tools
+python3 -m pip install --quiet --disable-pip-version-check -e '.[test,lab]'

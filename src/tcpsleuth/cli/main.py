@@ -26,7 +26,7 @@ import click
 
 from tcpsleuth import __version__
 from tcpsleuth.cli import output
-from tcpsleuth.errors import InputError
+from tcpsleuth.errors import EnvironmentProblem, InputError
 from tcpsleuth.model.text import printable
 
 if TYPE_CHECKING:
@@ -108,6 +108,10 @@ COMMANDS = {
     ),
 }
 
+# what the extras of pyproject.toml bring, by top-level module: a command whose import
+# misses one names the extra instead of failing with an ImportError
+EXTRAS = {"kio": "lab", "kafka": "lab", "confluent_kafka": "lab", "virtme_ng": "kernel"}
+
 
 class LazyGroup(click.Group):
     """A group whose commands are imported when used, and listed from COMMANDS."""
@@ -119,7 +123,17 @@ class LazyGroup(click.Group):
         if cmd_name not in COMMANDS:
             return self.commands.get(cmd_name)  # added with cli.add_command
         module, attribute, _summary = COMMANDS[cmd_name]
-        command = getattr(importlib.import_module(f"tcpsleuth.cli.{module}"), attribute)
+        try:
+            loaded = importlib.import_module(f"tcpsleuth.cli.{module}")
+        except ModuleNotFoundError as missing:
+            extra = EXTRAS.get((missing.name or "").partition(".")[0])
+            if extra is None:
+                raise
+            raise EnvironmentProblem(
+                f"`tcpsleuth {cmd_name}` needs the {extra} extra ({missing.name} is not "
+                f"installed): pip install 'tcpsleuth[{extra}]'"
+            ) from None
+        command = getattr(loaded, attribute)
         assert isinstance(command, click.Command)
         return command
 

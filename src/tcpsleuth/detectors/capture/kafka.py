@@ -47,11 +47,7 @@ from tcpsleuth.detectors.capture.kafka_framing import (
 )
 from tcpsleuth.detectors.capture.tracking import ChunkRows, ConnectionTracker
 from tcpsleuth.model.capture import TcpColumns
-
-try:  # api key names from kio, the project's Kafka protocol library
-    from kio.schema.index import api_key_map as _API_NAMES
-except ImportError:  # pragma: no cover - kio is a dependency; names are cosmetic
-    _API_NAMES = {}
+from tcpsleuth.model.kafka_api import API_NAMES as _API_NAMES
 
 # keys Kafka 4.0 removed (inter-broker requests of ZooKeeper clusters)
 _REMOVED_NAMES = {
