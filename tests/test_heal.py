@@ -1,0 +1,357 @@
+"""``tcpsleuth heal``: its decisions on records (no root), and its mechanics end to end in
+namespaces this test makes.
+
+This host's kernel has the fix, so no connection is ever hit by the bug here. The
+mechanics are tested on a listener whose SO_RCVBUF is locked after some clients
+connected (tests/support/heal_clients.py): the kernel reads the lock per handshake,
+so the early connections use an unlocked buffer's shift (the bug's shift for that
+listener) and the later ones the locked buffer's. TCPSLEUTH_TEST_KERNEL_STATUS=affected
+(test-only, cli/heal.py) makes heal treat the kernel as one without the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+from conftest import SUPPORT, Farm, needs_root
+
+from tcpsleuth.detectors import heal as detect
+from tcpsleuth.detectors.kernel import KernelVerdict
+from tcpsleuth.detectors.listeners import ListenerFacts
+from tcpsleuth.model.heal import DiagSocket, Ended
+from tcpsleuth.model.records import Listener
+
+PORT = 9092
+EARLY, LATE = 12, 20
+TEST_ENV = {**os.environ, "TCPSLEUTH_TEST_KERNEL_STATUS": "affected"}
+AFFECTED = KernelVerdict("5.4.0", "affected", "test")
+FIXED = KernelVerdict("6.18.0", "fixed", "test")
+
+
+# -- decisions, on records -------------------------------------------------------------
+
+
+def _facts(locked: str = "yes", shifts: tuple[int, int] | None = (1, 7)) -> ListenerFacts:
+    return ListenerFacts(
+        "0.0.0.0",
+        PORT,
+        [Listener("0.0.0.0", PORT, backlog=50, accept_queue=0, rcvbuf=204800)],
+        None,
+        3,
+        131072,
+        locked,
+        "test",
+        shifts=shifts,
+        connection_shifts={1: 2, 7: 1},
+    )
+
+
+def _sock(port: int, rcv: int | None, cookie: int, client: str = "10.0.0.2") -> DiagSocket:
+    return DiagSocket(socket.AF_INET, "10.0.0.1", PORT, client, port, 0, cookie, "ESTAB", 7, rcv)
+
+
+SOCKETS = [_sock(40001, 1, 1), _sock(40002, 7, 2), _sock(40003, 1, 3), _sock(40004, 0, 4)]
+
+
+def test_only_the_bugs_shift_of_a_locked_listener_is_hit() -> None:
+    [plan] = detect.plan_listeners([_facts()], AFFECTED)
+    assert plan.healable and (plan.own_wscale, plan.bug_wscale) == (1, 7)
+    assert (plan.own_evidence, plan.bug_evidence) == ("both", "both")
+    assert [s.cookie for _, s in detect.hit(SOCKETS, [plan])] == [2]
+
+
+@pytest.mark.parametrize(
+    ("facts", "verdict"),
+    [
+        (_facts(locked="undetermined"), AFFECTED),
+        (_facts(locked="no"), AFFECTED),
+        (_facts(shifts=(7, 7)), AFFECTED),
+        (_facts(shifts=None), AFFECTED),
+        (_facts(), FIXED),
+    ],
+)
+def test_nothing_is_hit_where_heal_must_not_touch(
+    facts: ListenerFacts, verdict: KernelVerdict
+) -> None:
+    plans = detect.plan_listeners([facts], verdict)
+    assert not plans[0].healable and plans[0].why
+    assert detect.hit(SOCKETS, plans) == []
+
+
+def test_refusals() -> None:
+    assert detect.refusal_by_settings({"net.ipv4.tcp_syncookies": "2"}) is not None
+    assert detect.refusal_by_settings({"net.ipv4.tcp_syncookies": "1"}) is None
+    quiet = {"TcpExtSyncookiesSent": 5, "TcpExtListenOverflows": 9}
+    assert detect.refusal_by_counters(quiet, dict(quiet), 5) is None
+    why = detect.refusal_by_counters(quiet, {**quiet, "TcpExtListenOverflows": 12}, 5)
+    assert why is not None and "TcpExtListenOverflows +3" in why
+    [plan] = detect.plan_listeners([_facts()], AFFECTED)
+    full = detect.refusal_by_counters(quiet, quiet, 5, [plan], {plan.local: 50})
+    assert full is not None and "50 of 50" in full
+
+
+def test_pace_follows_the_backlog_and_the_rate() -> None:
+    assert detect.per_second(50, 100) == 25
+    assert detect.per_second(50, 10) == 10
+    assert detect.per_second(1, 100) == 1
+
+
+def test_came_back_counts_new_connections_with_the_own_shift_per_client() -> None:
+    [plan] = detect.plan_listeners([_facts()], AFFECTED)
+    ended = [Ended(_sock(40002, 7, 2), plan.local, "destroy", "ended", 0.1)] * 2
+    after = [_sock(50001, 1, 10), _sock(50002, 7, 11), _sock(40003, 1, 3)]
+    back, missing = detect.came_back(ended, after, frozenset({1, 2, 3, 4}), [plan])
+    # one new connection with shift 1 (cookie 10); the one with 7 is no come-back, and
+    # cookie 3 was there before
+    assert [b["new_cookie"] for b in back] == [10]
+    assert len(missing) == 1
+
+
+# -- end to end, in a namespace ----------------------------------------------------------
+
+
+class Clients:
+    """heal_clients.py in a namespace; stopped by closing its standard input."""
+
+    def __init__(self, ns: str, *args: str) -> None:
+        self.process = subprocess.Popen(
+            ["ip", "netns", "exec", ns, sys.executable, str(SUPPORT / "heal_clients.py"), *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line.startswith("ready"):
+            self.stop()
+            raise RuntimeError(f"heal_clients did not get ready: {line!r}")
+
+    def stop(self) -> None:
+        if self.process.stdin:
+            self.process.stdin.close()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@pytest.fixture
+def two_shifts(netns: str) -> Iterator[str]:
+    clients = Clients(netns, "--port", str(PORT), "--early", str(EARLY), "--late", str(LATE))
+    try:
+        yield netns
+    finally:
+        clients.stop()
+
+
+def heal(
+    ns: str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "tcpsleuth", "heal", "--port", str(PORT), "--netns", ns, *args],
+        capture_output=True,
+        text=True,
+        env=env or TEST_ENV,
+        timeout=180,
+    )
+
+
+SS_WSCALE = re.compile(r"\bwscale:(\d+),(\d+)")
+
+
+def server_shifts(ns: str) -> Counter[int]:
+    """rcv_wscale of the server's established sockets as `ss -tni` prints them: the
+    trusted side of the differential checks."""
+    text = subprocess.run(
+        ["ip", "netns", "exec", ns, "ss", "-tniH", "state", "established", f"( sport = :{PORT} )"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return Counter(int(m.group(2)) for m in SS_WSCALE.finditer(text))
+
+
+def own_and_bug(ns: str) -> tuple[int, int]:
+    shifts = server_shifts(ns)
+    assert sorted(shifts.values()) == sorted([EARLY, LATE]), shifts
+    own = next(s for s, n in shifts.items() if n == LATE)
+    bug = next(s for s, n in shifts.items() if n == EARLY)
+    return own, bug
+
+
+@needs_root
+def test_dry_run_lists_exactly_the_connections_with_the_other_shift(two_shifts: str) -> None:
+    own, bug = own_and_bug(two_shifts)
+    result = heal(two_shifts, "--format", "json")
+    assert result.returncode == 1, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["mode"] == "dry-run" and doc["refused"] is None
+    [listener] = doc["listeners"]
+    assert (listener["own_wscale"], listener["bug_wscale"]) == (own, bug)
+    assert listener["own_wscale_evidence"] == listener["bug_wscale_evidence"] == "both"
+    assert len(doc["hit"]) == server_shifts(two_shifts)[bug] == EARLY
+    assert {h["rcv_wscale"] for h in doc["hit"]} == {bug}
+    assert len({h["cookie"] for h in doc["hit"]}) == EARLY
+    # nothing was ended by a dry run
+    assert server_shifts(two_shifts)[bug] == EARLY
+
+
+@needs_root
+def test_without_the_test_verdict_this_fixed_kernel_has_nothing_to_heal(two_shifts: str) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "TCPSLEUTH_TEST_KERNEL_STATUS"}
+    result = heal(two_shifts, "--format", "json", env=env)
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["kernel"]["status"] == "fixed" and doc["hit"] == []
+
+
+def _applied(ns: str, method: str) -> None:
+    own, bug = own_and_bug(ns)
+    args = ["--apply", "--method", method, "--quiet-seconds", "1", "--wait", "30"]
+    result = heal(ns, *args, "--format", "json")
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    doc = json.loads(result.stdout)
+    assert doc["method"] == method and doc["refused"] is None and doc["stopped"] is None
+    assert doc["counts"] == {"hit": EARLY, "ended": EARLY, "came_back": EARLY, "not_back": 0}
+    assert {e["how"] for e in doc["ended"]} == {method}
+    assert all(b["rcv_wscale"] == own for b in doc["came_back"])
+    assert doc["cookies_during"] == 0
+    # differential: ss sees every client back, and none with the bug's shift
+    after = server_shifts(ns)
+    assert after[bug] == 0 and after[own] == EARLY + LATE, after
+
+
+@needs_root
+def test_apply_by_destroy_ends_them_and_the_clients_come_back(two_shifts: str) -> None:
+    _applied(two_shifts, "destroy")
+
+
+@needs_root
+def test_apply_by_reset_ends_them_and_leaves_no_firewall(two_shifts: str) -> None:
+    _applied(two_shifts, "reset")
+    assert nft_ruleset(two_shifts) == ""
+
+
+@needs_root
+def test_a_clean_listener_has_nothing_to_heal(netns: str) -> None:
+    clients = Clients(netns, "--port", str(PORT), "--early", "0", "--late", str(LATE))
+    try:
+        assert sum(server_shifts(netns).values()) == LATE
+        dry = heal(netns, "--format", "json")
+        assert dry.returncode == 0 and json.loads(dry.stdout)["hit"] == []
+        applied = heal(netns, "--apply", "--quiet-seconds", "1", "--format", "json")
+        assert applied.returncode == 0, applied.stderr
+        assert json.loads(applied.stdout)["ended"] == []
+        assert sum(server_shifts(netns).values()) == LATE
+    finally:
+        clients.stop()
+
+
+@needs_root
+def test_apply_refuses_with_syncookies_always(two_shifts: str) -> None:
+    subprocess.run(
+        ["ip", "netns", "exec", two_shifts, "sysctl", "-qw", "net.ipv4.tcp_syncookies=2"],
+        check=True,
+    )
+    result = heal(two_shifts, "--apply", "--quiet-seconds", "1")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "tcp_syncookies=2" in result.stderr
+    assert server_shifts(two_shifts)[own_and_bug(two_shifts)[1]] == EARLY
+
+
+@needs_root
+def test_apply_refuses_during_a_storm(two_shifts: str) -> None:
+    _own, bug = own_and_bug(two_shifts)
+    started = subprocess.Popen(
+        [sys.executable, "-m", "tcpsleuth", "heal", "--port", str(PORT), "--netns", two_shifts,
+         "--apply", "--quiet-seconds", "15"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=TEST_ENV,
+    )  # fmt: skip
+    farm = None
+    try:
+        time.sleep(3)  # heal has read the counters once and waits for the second read
+        farm = Farm(two_shifts, "--port", "9093", "--backlog", "50", "--clients", "2000", "--storm")
+        out, err = started.communicate(timeout=120)
+    finally:
+        if farm is not None:
+            farm.stop()
+        if started.poll() is None:
+            started.kill()
+    assert started.returncode == 2, (out, err)
+    assert err.count("\n") == 1 and "still overflowing" in err, err
+    assert server_shifts(two_shifts)[bug] == EARLY
+
+
+def nft_ruleset(ns: str) -> str:
+    return subprocess.run(
+        ["ip", "netns", "exec", ns, "nft", "list", "ruleset"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+
+
+@needs_root
+def test_nothing_stays_in_the_firewall_after_sigkill(two_shifts: str) -> None:
+    timeout = 3
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tcpsleuth", "heal", "--port", str(PORT), "--netns", two_shifts,
+         "--apply", "--method", "reset", "--rate", "1", "--quiet-seconds", "0.5",
+         "--firewall-timeout", str(timeout)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=TEST_ENV,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while "elements" not in nft_ruleset(two_shifts) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        ruleset = nft_ruleset(two_shifts)
+        assert "tcpsleuth_heal_" in ruleset and "elements" in ruleset, ruleset
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    deadline = time.monotonic() + timeout + 2
+    while nft_ruleset(two_shifts) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert nft_ruleset(two_shifts) == ""
+
+
+@needs_root
+def test_apply_stops_at_once_when_a_cookie_is_sent(two_shifts: str) -> None:
+    _own, bug = own_and_bug(two_shifts)
+    started = subprocess.Popen(
+        [sys.executable, "-m", "tcpsleuth", "heal", "--port", str(PORT), "--netns", two_shifts,
+         "--apply", "--rate", "1", "--quiet-seconds", "0.5", "--wait", "5", "--format", "json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=TEST_ENV,
+    )  # fmt: skip
+    farm = None
+    try:
+        # one connection a second: wait until heal has ended a few, then storm
+        deadline = time.monotonic() + 60
+        while server_shifts(two_shifts)[bug] > EARLY - 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        farm = Farm(two_shifts, "--port", "9093", "--backlog", "50", "--clients", "2000", "--storm")
+        out, err = started.communicate(timeout=120)
+    finally:
+        if farm is not None:
+            farm.stop()
+        if started.poll() is None:
+            started.kill()
+    assert started.returncode == 1, (out, err)
+    doc = json.loads(out)
+    assert doc["stopped"] is not None and "SYN cookie" in doc["stopped"]
+    assert doc["cookies_during"] > 0
+    ended = doc["counts"]["ended"]
+    assert 2 <= ended < EARLY
+    # what heal did not end is still there, and nothing else was touched
+    assert server_shifts(two_shifts)[bug] == EARLY - ended
