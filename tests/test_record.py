@@ -57,6 +57,29 @@ def test_events_close_together_are_one_incident_and_the_hour_has_a_limit() -> No
     assert incidents.on_events(1000 + 3600 + 1, ["syn-cookies-rate"]) == "opened"
 
 
+def test_an_outage_holds_its_incident_open_until_the_storm() -> None:
+    """A broker that stops (an event), stays down longer than merge_s and comes back
+    to a storm: one incident while its listener is absent, bounded by max_s."""
+    policy = Policy(before_s=10, after_s=20, merge_s=60, max_s=300, per_hour=6)
+    incidents = Incidents(policy)
+    assert incidents.on_events(1000, ["listen-overflows-rate"]) == "opened"
+    for t in range(1010, 1200, 10):  # 190 s without a listener, no event
+        assert incidents.hold(t)
+        assert incidents.due(t) is None
+    assert incidents.on_events(1200, ["syn-cookies-rate"]) == "joined"
+    current = incidents.current
+    assert current is not None and current.kinds == ["listen-overflows-rate", "syn-cookies-rate"]
+    # without the hold the same events are two incidents
+    plain = Incidents(policy)
+    plain.on_events(1000, ["listen-overflows-rate"])
+    assert plain.due(1100) is not None
+    assert plain.on_events(1200, ["syn-cookies-rate"]) == "opened"
+    # held for ever, it still closes max_s after its first event
+    assert not incidents.hold(1301)
+    assert incidents.due(1300) is not None
+    assert not incidents.hold(1310)  # nothing open: nothing to hold
+
+
 def _sasl_packet() -> bytes:
     """An Ethernet/IPv4/TCP segment to port 9092 carrying a Kafka SaslAuthenticate
     request (api key 36) with PLAIN credentials right after its header."""
@@ -203,8 +226,8 @@ def _modes(directory: Path) -> set[str]:
     return bad
 
 
-def _storm(ns: str, clients: int = 3000, port: int = 9092) -> int:
-    """conn_farm's reconnect storm on a backlog-50 listener; connections held ~8 s."""
+def _storm(ns: str, clients: int = 3000, port: int = 9092, hold: float = 8) -> int:
+    """conn_farm's reconnect storm on a backlog-50 listener; connections held ``hold`` s."""
     farm = subprocess.Popen(
         ["ip", "netns", "exec", ns, sys.executable, str(SUPPORT / "conn_farm.py"),
          "--port", str(port), "--backlog", "50", "--clients", str(clients), "--storm"],
@@ -213,7 +236,7 @@ def _storm(ns: str, clients: int = 3000, port: int = 9092) -> int:
     assert farm.stdout is not None and farm.stdin is not None
     ready = farm.stdout.readline()
     assert ready.startswith("ready"), ready
-    time.sleep(8)
+    time.sleep(hold)
     farm.stdin.close()
     farm.wait(timeout=30)
     return int(ready.split()[1])
@@ -276,6 +299,38 @@ def test_recorder_keeps_one_storm_it_was_told_nothing_about(netns: str, tmp_path
     )  # fmt: skip
     [row] = json.loads(listing.stdout)["incidents"]
     assert row["incident"] == incident.name and row["syn_cookies_sent"] == sent
+
+
+@needs_root
+def test_a_broker_that_returns_later_than_merge_is_one_incident(
+    netns: str, tmp_path: Path
+) -> None:
+    """A storm whose listener then closes (the broker stops), 10 s without a listener
+    (merge is 4 s), and a storm when it is back: one incident holding both."""
+    directory = tmp_path / "rec"
+    recorder = Recorder(
+        directory, "--port", "9092", "--netns", netns, "--before", "3", "--after", "2",
+        "--merge", "4", "--max-incident", "45", "--later", "1", "--trace", "0",
+    )  # fmt: skip
+    try:
+        recorder.wait_for("ready")
+        time.sleep(2)
+        first = nstat_in(netns)["TcpExtSyncookiesSent"]
+        _storm(netns, hold=1)  # its listener closes a second later: the broker is down
+        time.sleep(10)
+        assert not [x for x in recorder.lines if x["type"] == "report"]
+        _storm(netns)  # the broker is back: the clients' storm
+        sent = nstat_in(netns)["TcpExtSyncookiesSent"] - first
+        recorder.wait_for("report", timeout=120)
+    finally:
+        status, err = recorder.stop()
+    assert status == 128 + signal.SIGTERM, err
+    [incident] = sorted(directory.glob("incident-*"))
+    doc = json.loads((incident / "report.json").read_text())
+    times = sorted(e["time"] for e in doc["events"] if e["kind"] == "syn-cookies-rate")
+    assert times[-1] - times[0] > 10  # events of both storms
+    assert sent > 100 and doc["syn_cookies"]["sent"] == sent
+    assert "held open while port 9092 had no listener" in doc["notes"]
 
 
 @needs_root

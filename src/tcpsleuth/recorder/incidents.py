@@ -5,6 +5,10 @@
   the incident is closed once ``merge_s`` (or ``after_s``, if longer) has passed
   without an event, and ``max_s`` after its first event at the latest: a storm that
   never stops still gives incidents of bounded size.
+- An outage is part of its incident: while a watched port that had a listener has
+  none (the broker is down, restarting), the open incident is held open as if an
+  event came each sample (``hold``), so the events of a broker's stop and of the
+  reconnect storm when it returns minutes later are one incident, within ``max_s``.
 - At most ``per_hour`` incidents open in any 60 minutes. An event that would open one
   more is counted (``suppressed``) and not recorded.
 
@@ -46,16 +50,22 @@ class Open:
     kinds: list[str] = field(default_factory=list)
     events: int = 0
     cut_at: float | None = None  # the recorder stopped before the window's end
+    held_at: float | None = None  # the last sample at which a watched listener was absent
+
+    @property
+    def last_activity(self) -> float:
+        """The last event, or the last moment it was held open, whichever is later."""
+        return self.last_event if self.held_at is None else max(self.last_event, self.held_at)
 
     def end(self, policy: Policy) -> float:
         """The end of the capture window."""
-        end = min(self.last_event + policy.after_s, self.first_event + policy.max_s)
+        end = min(self.last_activity + policy.after_s, self.first_event + policy.max_s)
         return end if self.cut_at is None else min(end, self.cut_at)
 
     def close_at(self, policy: Policy) -> float:
         """When no later event can join it any more."""
         return min(
-            self.last_event + max(policy.after_s, policy.merge_s),
+            self.last_activity + max(policy.after_s, policy.merge_s),
             self.first_event + policy.max_s,
         )
 
@@ -86,7 +96,7 @@ class Incidents:
         current = self.current
         if (
             current is not None
-            and now - current.last_event <= self.policy.merge_s
+            and now - current.last_activity <= self.policy.merge_s
             and now <= current.first_event + self.policy.max_s
         ):
             current.last_event = now
@@ -101,6 +111,15 @@ class Incidents:
         self.opened.append(now)
         self.current = Open(incident_name(now), now, now, list(dict.fromkeys(kinds)), len(kinds))
         return "opened"
+
+    def hold(self, now: float) -> bool:
+        """Keep the open incident open at ``now`` (a watched listener is absent); False
+        when there is none, or it has reached ``max_s``."""
+        current = self.current
+        if current is None or now > current.first_event + self.policy.max_s:
+            return False
+        current.held_at = now
+        return True
 
     def due(self, now: float) -> Open | None:
         """The open incident, once its end has passed (it is then closed)."""

@@ -155,6 +155,7 @@ class Recorder:
         self._restart_at = 0.0
         self._sizes: dict[str, int] = {}
         self._cap_lock = threading.Lock()
+        self.listened: set[str] = set()  # watched ports seen with a listener
 
     # --- start and stop -------------------------------------------------------------
 
@@ -348,6 +349,15 @@ class Recorder:
             self._write_metrics(self.s.metrics_file)
 
     def _incidents(self, now: float, events: list[Finding], record: dict[str, Any]) -> None:
+        # a watched port that had a listener and has none: the broker is down or
+        # restarting, and its clients' storm is still to come; keep the incident open
+        listening = {x["listener"].rsplit(":", 1)[1] for x in record["listeners"]}
+        self.listened |= listening
+        if self.listened - listening and self.incidents.hold(now) and self.active is not None:
+            absent = ", ".join(sorted(self.listened - listening, key=int))
+            note = f"held open while port {absent} had no listener"
+            if note not in self.active.notes:
+                self.active.notes.append(note)
         done = self.incidents.due(now)
         if done is not None and self.active is not None:
             self._close(done)
