@@ -302,9 +302,7 @@ def test_recorder_keeps_one_storm_it_was_told_nothing_about(netns: str, tmp_path
 
 
 @needs_root
-def test_a_broker_that_returns_later_than_merge_is_one_incident(
-    netns: str, tmp_path: Path
-) -> None:
+def test_a_broker_that_returns_later_than_merge_is_one_incident(netns: str, tmp_path: Path) -> None:
     """A storm whose listener then closes (the broker stops), 10 s without a listener
     (merge is 4 s), and a storm when it is back: one incident holding both."""
     directory = tmp_path / "rec"
