@@ -575,6 +575,39 @@ def test_the_reader_runs_with_the_owners_credentials(tmp_path: Path) -> None:
     }
 
 
+def test_the_reader_runs_no_code_from_the_processes_root(
+    listen: type[Listener], world: Path
+) -> None:
+    """Inside a user's root, sys.path names the user's files: a module planted where the
+    reader would look for one it has not loaded is never run; nor does the reader keep
+    the command's descriptors (its stdout here)."""
+    for entry in (e for e in sys.path if e.startswith("/")):
+        planted = world / entry.lstrip("/") / "tcpsleuth_planted.py"
+        planted.parent.mkdir(parents=True, exist_ok=True)
+        planted.write_text("RAN = True\n")
+    (world / "tmp").mkdir(exist_ok=True)
+    server = listen("nginx", ["nginx"], root=world)
+    owner = process_owner(server.pid)
+    assert owner is not None and owner.uid == NOBODY
+    from tcpsleuth.sources.config import asowner
+
+    def planted() -> dict:
+        asowner._enter(owner, Path("/proc"))
+        module = __import__("tcpsleuth_planted")
+        return {"ran": module.RAN}
+
+    assert run_in_child(planted, seconds=5.0) == {
+        "failure": "the reader failed (ModuleNotFoundError)"
+    }
+    read_end, write_end = os.pipe()
+    try:
+        reply = run_in_child(lambda: {"open": os.write(write_end, b"x")}, seconds=5.0)
+        assert reply == {"failure": "the reader failed (OSError)"}  # EBADF: closed
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
 def test_the_least_privileged_uid_is_the_owner(tmp_path: Path) -> None:
     """A set-user-ID root program started by a user (real 1000, effective 0) is read as
     the user; a root daemon as root."""

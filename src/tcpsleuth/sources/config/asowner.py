@@ -15,8 +15,12 @@ a YAML alias bomb would exhaust it. So the file is read by a forked child that:
 - opens regular files only (``common.read_regular_file``: O_NONBLOCK, fstat before
   reading, a size cap), within one ``Budget`` of files, bytes, depth and time for the
   file and all its includes, under resource limits of address space and CPU time;
+- keeps no descriptor of the command but its answer's pipe, is not dumpable, and
+  imports nothing once inside (the root is the user's: a module on ``sys.path`` there
+  could be theirs);
 - sends back the parsed settings (not the text) as JSON over a pipe; the parent reads
-  at most ``MAX_REPLY`` bytes and kills the child when the time budget is spent.
+  at most ``MAX_REPLY`` bytes, checks every field's type, and kills the child when the
+  time budget is spent.
 
 The owner is the least privileged of the process's uids (/proc/PID/status ``Uid:``
 real, effective, saved, filesystem): a set-user-ID root program started by a user is
@@ -27,11 +31,13 @@ uid N". Nothing the file says is ever put in a message.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import resource
 import select
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +54,7 @@ PROC = Path("/proc")
 SECONDS = 5.0  # per file, includes and parsing included
 MAX_REPLY = 16 << 20
 EXTRA_ADDRESS_SPACE = 512 << 20  # what the child may add to the command's own
+PR_SET_DUMPABLE = 4  # <linux/prctl.h>
 
 
 @dataclass(frozen=True)
@@ -136,7 +143,7 @@ def _in_child(work: Any, seconds: float) -> dict[str, Any]:
         os.close(read_end)
         status = 0
         try:
-            _limit_child(seconds)
+            _confine_child(seconds, write_end)
             answer = work()
         except BaseException as exc:  # every failure, KeyboardInterrupt too, is the answer
             answer = {"failure": f"the reader failed ({type(exc).__name__})"}
@@ -183,9 +190,14 @@ def _in_child(work: Any, seconds: float) -> dict[str, Any]:
     return answer if isinstance(answer, dict) else {"failure": "the reader's answer was odd"}
 
 
-def _limit_child(seconds: float) -> None:  # pragma: no cover - runs in the child
-    """Bounds on what the child may take, whatever the reader does: CPU time, address
-    space, no files written, no core dump."""
+def _confine_child(seconds: float, keep: int) -> None:  # pragma: no cover - in the child
+    """Bounds on what the child may take and touch, whatever the reader does or meets:
+    CPU time, address space, no files written, no core dump, no descriptor of the
+    command but the answer's pipe (stdin, stdout and stderr are /dev/null), not
+    dumpable (no ptrace by the owner it becomes), and no import from the file system:
+    inside another process's root, ``sys.path`` would name that root's files, so a
+    module the reader had not loaded yet must fail to load rather than run a user's
+    code. The codecs the readers use are loaded before."""
     cpu = int(seconds) + 2
     resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
@@ -201,6 +213,18 @@ def _limit_child(seconds: float) -> None:  # pragma: no cover - runs in the chil
         pass
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.closerange(3, keep)
+    os.closerange(keep + 1, max(resource.getrlimit(resource.RLIMIT_NOFILE)[0], keep + 2))
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    for codec in ("utf-8", "latin-1", "ascii"):
+        b"x".decode(codec)
+    json.dumps({"warm": [1, None, "x"]})
+    sys.path.clear()
+    sys.path_importer_cache.clear()
 
 
 def _read_in_view(  # pragma: no cover - runs in the child
