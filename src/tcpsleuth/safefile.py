@@ -48,7 +48,11 @@ _KIND = {
 
 
 class WriteError(InputError, OSError):
-    """A file could not be written; nothing of it was left behind."""
+    """A file could not be written; nothing of it was left behind. Its ``errno``,
+    ``strerror`` and ``filename`` are the failure's; its text is the one line."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
 
 
 def _why(problem: OSError) -> str:
