@@ -214,6 +214,29 @@ def test_kafka_server_properties_is_read_as_its_owner(
     assert "not readable by its owner uid 65534" in note
 
 
+def test_fake_brokers_of_a_file_that_disagree_give_no_version(
+    listen: type[Listener], tmp_path: Path
+) -> None:
+    """`audit --kafka-config` reads the broker's version from the class path of the
+    process started with that file; a user's fake broker naming it with other jars
+    makes the version unknown, not the user's choice. (One fake broker alone, with no
+    real one, is still believed: the rest of the threat model says so.)"""
+    properties = tmp_path / "server.properties"
+    properties.write_text("listeners=PLAINTEXT://127.0.0.1:9092\n")
+
+    def fake(version: str) -> Listener:
+        jar = f"/opt/kafka/libs/kafka_2.13-{version}.jar"
+        return listen("java", ["java", "-cp", jar, "kafka.Kafka", str(properties)])
+
+    first = fake("3.1.0")
+    document, _, _ = audit("--kafka-config", str(properties))
+    assert document["kafka"]["version"] == "3.1.0"
+    assert document["kafka"]["version_source"] == f"class path of pid {first.pid}"
+    fake("3.7.0")
+    document, _, _ = audit("--kafka-config", str(properties))
+    assert document["kafka"]["version"] is None
+
+
 def test_paths_resolve_inside_the_processes_root(
     listen: type[Listener], world: Path, tmp_path: Path
 ) -> None:

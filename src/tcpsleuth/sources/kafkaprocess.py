@@ -115,19 +115,26 @@ def broker_for(
     config: Path | None, netns_inode: int | None, proc: Path = Path("/proc")
 ) -> KafkaProcess | None:
     """The running broker an audit of ``config`` (and of namespace ``netns_inode``) is
-    about: the one started with that very file, else the only one in the namespace."""
+    about: the one started with that very file, else the only one in the namespace.
+
+    A command line is its owner's to write: any user can start a process that calls
+    itself a broker of this file with another version's jars. When the processes
+    started with the file do not agree on a version, none is believed (None)."""
     brokers = [
         b
         for b in running_brokers(proc)
         if netns_inode is None or b.netns_inode is None or b.netns_inode == netns_inode
     ]
     if config is not None:
+        matches = []
         for broker in brokers:
             if broker.config is None:
                 continue
             try:
                 if os.path.samefile(broker.config, config):
-                    return broker
-            except OSError:
+                    matches.append(broker)
+            except (OSError, ValueError):
                 continue
+        if matches:
+            return matches[0] if len({b.version for b in matches}) == 1 else None
     return brokers[0] if len(brokers) == 1 else None
