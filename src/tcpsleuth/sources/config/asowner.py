@@ -31,6 +31,7 @@ uid N". Nothing the file says is ever put in a message.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -159,10 +160,12 @@ def _in_child(work: Any, seconds: float) -> dict[str, Any]:
     data = bytearray()
     deadline = time.monotonic() + seconds
     ended = False
+    poll = select.poll()  # not select(): the command may hold more than 1,024 descriptors
+    poll.register(read_end, select.POLLIN)
     try:
         while True:
             left = deadline - time.monotonic()
-            if left <= 0 or not select.select([read_end], [], [], left)[0]:
+            if left <= 0 or not poll.poll(max(1, int(left * 1000))):
                 break
             chunk = os.read(read_end, 1 << 16)
             if not chunk:
@@ -265,14 +268,17 @@ def _read_in_view(  # pragma: no cover - runs in the child
 def _enter(owner: ProcessOwner, proc: Path) -> None:  # pragma: no cover - in the child
     flags = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
     base = proc / str(owner.pid)
+    if os.geteuid() != 0:
+        # no privilege to drop nor to chroot: read as this user, from the server's
+        # working directory when this user may see it
+        with contextlib.suppress(OSError):
+            os.chdir(base / "cwd")
+        return
     root = os.open(base / "root", flags)
     try:
         cwd: int | None = os.open(base / "cwd", flags)
     except OSError:
         cwd = None
-    if os.geteuid() != 0:
-        os.fchdir(cwd if cwd is not None else root)  # no privilege to drop or to chroot
-        return
     os.fchdir(root)
     os.chroot(".")
     os.fchdir(cwd if cwd is not None else root)
