@@ -17,6 +17,7 @@ tests/test_fuzz.py replays it from then on.
     python3 scripts/fuzz.py                              # every target, default budgets
     python3 scripts/fuzz.py --runs 1000000 --capture-seconds 300
     python3 scripts/fuzz.py --targets ss,nstat --seconds 60
+    python3 scripts/fuzz.py --targets incident-report,incident-sockets --seconds 60
 """
 
 from __future__ import annotations

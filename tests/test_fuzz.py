@@ -99,6 +99,8 @@ def holds(target: str, data: bytes) -> None:
 EXAMPLES = {"capture": 600, "bundle": 1500}
 # the configuration readers (issue 24): six targets of one kind, fewer examples each
 EXAMPLES.update(dict.fromkeys(fuzz_targets.CONFIG_TARGETS, 800))
+# incident directories (issue 24): five files of one incident, rendered where they are shown
+EXAMPLES.update(dict.fromkeys(fuzz_targets.INCIDENT_TARGETS, 1000))
 
 
 @pytest.mark.parametrize("target", sorted(fuzz_targets.TARGETS))

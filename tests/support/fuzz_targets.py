@@ -151,6 +151,95 @@ def capture(data: bytes) -> None:
     analyse_stream(open_capture(_scratch_file("capture", data)), frozenset({9092}))
 
 
+# -- incident directories (issue 24): each file of an incident as `tcpsleuth report`
+# reads it (regular files, checked against the recorder's schema), then handed to what
+# uses it: the counters and timeline, the events table, the sockets, the rendering
+
+INCIDENT = DATA / "incident-small"
+
+
+def _incident_file(name: str, data: bytes) -> Path:
+    directory = SCRATCH / f"tcpsleuth-fuzz-{os.getpid()}-incident"
+    directory.mkdir(exist_ok=True)
+    path = directory / name
+    path.write_bytes(data)
+    return path
+
+
+def incident_report(data: bytes) -> None:
+    """A report.json, as `report DIR` shows it: the table and the HTML sections."""
+    import io
+
+    from rich.console import Console
+
+    from tcpsleuth import safefile
+    from tcpsleuth.recorder import schema
+    from tcpsleuth.reports import html, incident
+
+    path = _incident_file("report.json", data)
+    doc = schema.report(safefile.read_file(path, schema.MAX_FILE_BYTES), "report.json")
+    Console(file=io.StringIO(), width=120).print(incident.render(doc))
+    html.render("fuzz", incident.html_sections(doc, []))
+
+
+def incident_samples(data: bytes) -> None:
+    """samples.jsonl: the counters over the window and the timeline of the report."""
+    from tcpsleuth.recorder import analysis, freeze, schema
+
+    samples = freeze.read_lines(_incident_file("samples.jsonl", data), schema.SAMPLE)
+    analysis._counters(samples)
+
+
+def incident_events(data: bytes) -> None:
+    from tcpsleuth.recorder import freeze, schema
+    from tcpsleuth.reports import incident
+
+    events = freeze.read_lines(_incident_file("events.jsonl", data), schema.EVENT)
+    incident.event_rows({"events": events}, 100)
+
+
+def incident_sockets(data: bytes) -> None:
+    """A sockets-*.json.gz: the input gzipped unless it is gzip already."""
+    from tcpsleuth.recorder import freeze
+
+    packed = data if data[:2] == b"\x1f\x8b" else gzip.compress(data, 1)
+    freeze.read_snapshot(_incident_file("sockets-during.json.gz", packed))
+
+
+def incident_meta(data: bytes) -> None:
+    from tcpsleuth.recorder import freeze
+
+    _incident_file("recorder.json", data)
+    freeze.read_meta(SCRATCH / f"tcpsleuth-fuzz-{os.getpid()}-incident", to_finish=True)
+
+
+INCIDENT_TARGETS = {
+    "incident-report": incident_report,
+    "incident-samples": incident_samples,
+    "incident-events": incident_events,
+    "incident-sockets": incident_sockets,
+    "incident-meta": incident_meta,
+}
+
+
+INCIDENT_FILES = {
+    "incident-report": "report.json",
+    "incident-samples": "samples.jsonl",
+    "incident-events": "events.jsonl",
+    "incident-meta": "recorder.json",
+}
+
+
+def _incident_seeds(target: str) -> list[bytes]:
+    if target == "incident-sockets":
+        names = ("sockets-during.json.gz", "sockets-later.json.gz")
+        packed = [(INCIDENT / n).read_bytes() for n in names]
+        return [gzip.decompress(p) for p in packed] + packed[:1]
+    name = INCIDENT_FILES[target]
+    data = (INCIDENT / name).read_bytes()
+    return [_cut(data)] if name.endswith(".jsonl") else [data]
+
+
 TARGETS: dict[str, Callable[[bytes], None]] = {
     "ss": ss_text,
     "nstat": nstat_text,
@@ -161,6 +250,7 @@ TARGETS: dict[str, Callable[[bytes], None]] = {
     "bundle": bundle,
     "capture": capture,
     **CONFIG_TARGETS,
+    **INCIDENT_TARGETS,
 }
 
 
@@ -182,6 +272,8 @@ def _sockets_document() -> bytes:
 @cache
 def seeds(target: str) -> tuple[bytes, ...]:
     """The real files a target starts from."""
+    if target in INCIDENT_TARGETS:
+        return tuple(_incident_seeds(target))
     ss = sorted((FIXTURES / "ss").glob("*.txt"))
     bundles = sorted((FIXTURES / "bundles").iterdir())
     files: list[Path] = {

@@ -46,6 +46,14 @@ class OneOf:
     shapes: tuple[Any, ...]
 
 
+@dataclass(frozen=True)
+class Range:
+    """A finite number from ``low`` to ``high``."""
+
+    low: float
+    high: float
+
+
 _NAMES = {float: "a number", int: "an integer", str: "a string", bool: "true or false"}
 
 
@@ -58,6 +66,8 @@ def _describe(shape: Any) -> str:
         return "an object"
     if isinstance(shape, OneOf):
         return " or ".join(_describe(s) for s in shape.shapes)
+    if isinstance(shape, Range):
+        return f"a number from {shape.low:g} to {shape.high:g}"
     return _NAMES.get(shape, "a value")
 
 
@@ -109,6 +119,11 @@ def check(value: Any, shape: Any, where: str) -> None:
             for key, item in value.items():
                 if key not in known:
                     check(item, shape["*"], f"{where}.{key}")
+        return
+    if isinstance(shape, Range):
+        if not (_fits(value, float) and shape.low <= value <= shape.high):
+            found = f"{value:g}" if _fits(value, float) else _what(value)
+            raise SchemaError(f"{where}: expected {_describe(shape)}, found {found}")
         return
     if not _fits(value, shape):
         raise SchemaError(f"{where}: expected {_describe(shape)}, found {_what(value)}")
@@ -166,11 +181,13 @@ def gunzip(data: bytes, where: str) -> bytes:
 # --- the shapes of the recorder's files -------------------------------------------------
 
 NUMBERS = {"*": float}
+# a moment, in seconds since the epoch: 1970 to 2100 (what a clock can show)
+EPOCH = Range(0, 4102444800)
 WINDOW = {
-    "start?": Opt(float),
-    "end?": Opt(float),
-    "first_event?": Opt(float),
-    "last_event?": Opt(float),
+    "start?": Opt(EPOCH),
+    "end?": Opt(EPOCH),
+    "first_event?": Opt(EPOCH),
+    "last_event?": Opt(EPOCH),
 }
 META = {
     "ports": [int],
@@ -183,9 +200,9 @@ META = {
     "*": ANY,
 }
 # make_whole needs the window it copies out of the ring
-META_TO_FINISH = {**META, "window": {**WINDOW, "start": float, "end": float}}
+META_TO_FINISH = {**META, "window": {**WINDOW, "start": EPOCH, "end": EPOCH}}
 SAMPLE = {
-    "time": float,
+    "time": EPOCH,
     "seconds?": Opt(float),
     "counters": NUMBERS,
     "grown?": NUMBERS,
@@ -193,7 +210,7 @@ SAMPLE = {
     "*": ANY,
 }
 EVENT = {
-    "time": float,
+    "time": EPOCH,
     "kind": str,
     "summary?": Opt(str),
     "evidence?": Opt({"*": ANY}),
@@ -223,7 +240,7 @@ def _dataclass_shape(cls: type, only: tuple[str, ...] | None = None) -> dict[str
 
 LISTENER_FIELDS = ("local_ip", "local_port", "backlog", "accept_queue", "rcvbuf", "inode")
 SOCKETS = {
-    "taken?": Opt(float),
+    "taken?": Opt(EPOCH),
     "ports?": [int],
     "listeners": [_dataclass_shape(Listener, LISTENER_FIELDS)],
     "connections": [_dataclass_shape(TcpConnection)],
@@ -275,8 +292,8 @@ REPORT = {
     "host?": Opt(str),
     "ports?": [int],
     "window?": Opt(WINDOW),
-    "events?": [{"kind?": ANY, "time?": Opt(float), "summary?": ANY, "evidence?": ANY, "*": ANY}],
-    "timeline?": [{"time": float, "seconds?": Opt(float), "grown": NUMBERS, "*": ANY}],
+    "events?": [{"kind?": ANY, "time?": Opt(EPOCH), "summary?": ANY, "evidence?": ANY, "*": ANY}],
+    "timeline?": [{"time": EPOCH, "seconds?": Opt(float), "grown": NUMBERS, "*": ANY}],
     "capture?": Opt(
         {
             "kernel_drops?": Opt(int),
