@@ -24,7 +24,7 @@ import pytest
 from conftest import SUPPORT, run_tcpsleuth
 
 from tcpsleuth.errors import InputError
-from tcpsleuth.sources.config import envoy, nginx, postgresql, rabbitmq, redis, zookeeper
+from tcpsleuth.sources.config import asowner, envoy, nginx, postgresql, rabbitmq, redis, zookeeper
 from tcpsleuth.sources.config.asowner import (
     ProcessOwner,
     process_owner,
@@ -578,11 +578,35 @@ def test_the_reader_is_stopped_past_its_budget() -> None:
     assert run_in_child(lambda: {"ok": 1}, seconds=5.0) == {"ok": 1}
 
 
+def _forged(answer: bytes) -> dict:
+    """A child that writes ``answer`` as its reply itself, as code that took the
+    reader over could."""
+    pipes = []
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/self/fd/{fd}").startswith("pipe:"):
+                pipes.append(int(fd))
+    [pipe] = pipes  # the answer's, and nothing else: stdio is /dev/null
+    os.write(pipe, answer)
+    os._exit(0)
+
+
+@pytest.mark.parametrize(
+    "answer", [b"[" * 100_000 + b"]" * 100_000, b"\xff\xfe", b'{"server": {"listeners": 7}}']
+)
+def test_a_forged_answer_is_refused(answer: bytes) -> None:
+    reply = run_in_child(lambda: _forged(answer), seconds=5.0)
+    if "server" in reply:  # well-formed JSON of the wrong shape: read_as_owner's checks
+        with pytest.raises((KeyError, TypeError, ValueError)):
+            asowner._server_from(reply["server"])
+    else:
+        assert reply == {"failure": "the reader's answer was not understood"}
+
+
 def test_the_reader_runs_with_the_owners_credentials(tmp_path: Path) -> None:
     """The child's own view of itself, sent back: nobody's uid and gid, no groups, no
     capability left, in the root and working directory of the process read for."""
     owner = ProcessOwner(os.getpid(), NOBODY, NOBODY, ())
-    from tcpsleuth.sources.config import asowner
 
     def credentials() -> dict:
         asowner._enter(owner, Path("/proc"))
@@ -612,7 +636,6 @@ def test_the_reader_runs_no_code_from_the_processes_root(
     server = listen("nginx", ["nginx"], root=world)
     owner = process_owner(server.pid)
     assert owner is not None and owner.uid == NOBODY
-    from tcpsleuth.sources.config import asowner
 
     def planted() -> dict:
         asowner._enter(owner, Path("/proc"))

@@ -127,7 +127,7 @@ def read_as_owner(
         if "kafka" in reply:
             return _kafka_from(reply["kafka"])
         return _server_from(reply["server"])
-    except (KeyError, TypeError, ValueError):
+    except (KeyError, TypeError, ValueError, AttributeError):
         raise InputError(f"{path}: the reader's answer was not understood") from None
 
 
@@ -188,7 +188,7 @@ def _in_child(work: Any, seconds: float) -> dict[str, Any]:
         return {"failure": f"the reader was ended by {name} (a resource limit)"}
     try:
         answer = json.loads(bytes(data))
-    except ValueError:
+    except (ValueError, RecursionError):
         return {"failure": "the reader's answer was not understood"}
     return answer if isinstance(answer, dict) else {"failure": "the reader's answer was odd"}
 
