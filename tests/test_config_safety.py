@@ -204,6 +204,33 @@ def test_a_file_the_owner_can_read_is_read_as_the_owner(
     assert "4242" not in json.dumps(configured(document, server.port))
 
 
+def test_control_characters_in_a_named_path_reach_the_output_escaped(
+    listen: type[Listener], world: Path
+) -> None:
+    """A path with a terminal's escape sequence in it (argv is the user's): what the
+    reader sends back is shown with the escapes made visible."""
+    own = world / "x\x1b]0;pwned\x07.conf"
+    server = listen("nginx", ["nginx", "-c", str(own)])
+    _owned_by_nobody(own, f"http {{ server {{ listen 127.0.0.1:{server.port} backlog=77; }} }}\n")
+    document, _, _ = audit()
+    row = json.dumps(configured(document, server.port))
+    assert "x\\\\x1b]0;pwned\\\\x07.conf:1" in row, row  # \x1b as four characters
+    # this listener's row only: other users' listeners on the host are not this test's
+    assert not any("\x1b" in text for text in _strings(configured(document, server.port)))
+
+
+def _strings(value: object) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _strings(key)
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
 def test_kafka_server_properties_is_read_as_its_owner(
     listen: type[Listener], tmp_path: Path
 ) -> None:

@@ -46,7 +46,7 @@ from typing import Any
 
 from tcpsleuth.errors import InputError
 from tcpsleuth.model.records import ConfiguredListener, KafkaConfig, KafkaListener, ServerConfig
-from tcpsleuth.model.text import is_number, to_int
+from tcpsleuth.model.text import is_number, printable, to_int
 from tcpsleuth.sources.config import READERS
 from tcpsleuth.sources.config.common import Budget, ConfigFileMissing, ConfigFileNotReadable
 from tcpsleuth.sources.kafkaconfig import read_kafka_config
@@ -304,9 +304,11 @@ def _server_to(config: ServerConfig) -> dict[str, Any]:
 
 
 def _text(value: Any) -> str:
+    """Text of the answer, control characters shown as escapes: a path, a directive
+    or a setting the user wrote reaches a terminal as text only."""
     if not isinstance(value, str):
         raise TypeError("not text")
-    return value
+    return printable(value)
 
 
 def _integer(value: Any, optional: bool = False) -> int | None:
