@@ -40,7 +40,7 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
 def test_rules_pass_promtool_check() -> None:
     result = promtool("check", "rules", str(RULES))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 8 rules found" in result.stdout
+    assert "SUCCESS: 9 rules found" in result.stdout
 
 
 def test_rules_pass_their_unit_tests() -> None:
@@ -63,6 +63,24 @@ def test_rule_unit_tests_can_fail(tmp_path: Path) -> None:
     result = promtool("test", "rules", str(tmp_path / "alerts_test.yml"))
     assert result.returncode != 0
     assert "alertname: TcpSynCookieSpike" in result.stdout + result.stderr
+
+
+def test_wscale_bug_rule_tests_can_fail(tmp_path: Path) -> None:
+    """The heal alert's unit test is not vacuous: with the rule asking for more hit
+    connections than the test's 12, the expected alert is missing and promtool says so."""
+    rules = tmp_path / "alerts.yml"
+    text = RULES.read_text()
+    assert text.count("(tcpsleuth_listen_wscale_bug_connections) > 0") == 1
+    rules.write_text(
+        text.replace(
+            "(tcpsleuth_listen_wscale_bug_connections) > 0",
+            "(tcpsleuth_listen_wscale_bug_connections) > 12",
+        )
+    )
+    (tmp_path / "alerts_test.yml").write_text(RULE_TESTS.read_text())
+    result = promtool("test", "rules", str(tmp_path / "alerts_test.yml"))
+    assert result.returncode != 0
+    assert "alertname: TcpWscaleBugConnections" in result.stdout + result.stderr
 
 
 def test_prometheus_sees_the_storm_and_fires(netns: str, tmp_path: Path) -> None:

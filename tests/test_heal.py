@@ -355,3 +355,30 @@ def test_apply_stops_at_once_when_a_cookie_is_sent(two_shifts: str) -> None:
     assert 2 <= ended < EARLY
     # what heal did not end is still there, and nothing else was touched
     assert server_shifts(two_shifts)[bug] == EARLY - ended
+
+
+def _gauge(ns: str) -> dict[tuple[str, ...], float]:
+    from tcpsleuth.cli.exporter import ScrapeCollector
+
+    families = {f.name: f for f in ScrapeCollector(ns, 10).collect()}
+    family = families["tcpsleuth_listen_wscale_bug_connections"]
+    return {
+        tuple(s.labels[k] for k in ("address", "port", "own_wscale", "bug_wscale")): s.value
+        for s in family.samples
+    }
+
+
+@needs_root
+def test_the_exporter_counts_the_hit_connections(
+    two_shifts: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    own, bug = own_and_bug(two_shifts)
+    key = ("127.0.0.1", str(PORT), str(own), str(bug))
+    # the fixed kernel as it is: nothing is the bug's
+    monkeypatch.delenv("TCPSLEUTH_TEST_KERNEL_STATUS", raising=False)
+    assert _gauge(two_shifts) == {key: 0}
+    monkeypatch.setenv("TCPSLEUTH_TEST_KERNEL_STATUS", "affected")
+    assert _gauge(two_shifts) == {key: server_shifts(two_shifts)[bug]} == {key: EARLY}
+    result = heal(two_shifts, "--apply", "--quiet-seconds", "0.5", "--wait", "30")
+    assert result.returncode == 0, result.stderr
+    assert _gauge(two_shifts) == {key: 0}

@@ -15,6 +15,7 @@ import click
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
 
+from tcpsleuth.cli.heal import hit_per_listener
 from tcpsleuth.cli.options import netns_option
 from tcpsleuth.cli.serving import serve
 from tcpsleuth.detectors.kernel import assess_kernel
@@ -70,6 +71,9 @@ class ScrapeCollector:
             *prometheus.summary_families(summary),
             *prometheus.listener_lock_families(
                 listener_facts(snapshot), self.kernel, sample.sysctls
+            ),
+            *prometheus.heal_families(
+                hit_per_listener(sample.sockets, listener_facts(snapshot), self.kernel)
             ),
             *prometheus.scrape_families(summary, sample.read_seconds),
             prometheus.success_family(True),

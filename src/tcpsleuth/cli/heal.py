@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import time
+from collections import Counter
 from dataclasses import replace
 
 import click
@@ -15,7 +16,7 @@ import click
 from tcpsleuth.cli.options import PORT, FiniteFloat, format_option, netns_option
 from tcpsleuth.detectors import heal as detect
 from tcpsleuth.detectors.kernel import KernelVerdict, assess_kernel
-from tcpsleuth.detectors.listeners import listener_facts
+from tcpsleuth.detectors.listeners import ListenerFacts, listener_facts
 from tcpsleuth.errors import EnvironmentProblem
 from tcpsleuth.model.heal import DiagSocket, Ended
 from tcpsleuth.model.records import HostSnapshot, Listener, TcpConnection
@@ -31,10 +32,10 @@ TEST_KERNEL_ENV = "TCPSLEUTH_TEST_KERNEL_STATUS"
 REFUSED = 2
 
 
-def _verdict() -> KernelVerdict:
-    verdict = assess_kernel(procfs.kernel_release(), proc_version())
+def test_override(verdict: KernelVerdict) -> KernelVerdict:
+    """``verdict``, unless the test-only TEST_KERNEL_ENV asks for another status."""
     forced = os.environ.get(TEST_KERNEL_ENV)
-    if forced in ("affected", "unknown"):
+    if forced in ("affected", "unknown") and forced != verdict.status:
         return KernelVerdict(
             verdict.release,
             forced,
@@ -42,6 +43,10 @@ def _verdict() -> KernelVerdict:
             f"{TEST_KERNEL_ENV} (tests only)",
         )
     return verdict
+
+
+def _verdict() -> KernelVerdict:
+    return test_override(assess_kernel(procfs.kernel_release(), proc_version()))
 
 
 def _counters(netns_name: str | None) -> dict[str, int]:
@@ -244,6 +249,17 @@ def _verify(
         if not missing or time.monotonic() >= deadline:
             return back, missing
         time.sleep(0.5)
+
+
+def hit_per_listener(
+    dump: sockdiag.DiagDump, facts: list[ListenerFacts], verdict: KernelVerdict
+) -> list[tuple[detect.ListenerPlan, int]]:
+    """Every listener with the connections hit on it (the exporter's gauge; 0 where
+    the listener is not locked or the kernel has the fix)."""
+    plans = detect.plan_listeners(facts, test_override(verdict))
+    found = sockdestroy.from_dump(dump.select(detect.candidates(dump, plans)))
+    counts = Counter(plan.local for plan, _ in detect.hit(found, plans))
+    return [(plan, counts[plan.local]) for plan in plans]
 
 
 def _finish(result: HealResult, output_format: str, status: int) -> int:

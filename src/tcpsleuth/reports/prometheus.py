@@ -21,6 +21,7 @@ from typing import Any
 from prometheus_client.core import GaugeMetricFamily, Metric, UntypedMetricFamily
 from prometheus_client.exposition import generate_latest
 
+from tcpsleuth.detectors.heal import ListenerPlan
 from tcpsleuth.detectors.kernel import KernelVerdict
 from tcpsleuth.detectors.listeners import ListenerFacts
 from tcpsleuth.detectors.port_summary import Summary
@@ -165,6 +166,31 @@ def listener_lock_families(
             )
             family.add_metric([], value)
             yield family
+
+
+def heal_families(hit: Iterable[tuple[ListenerPlan, int]]) -> Iterator[Metric]:
+    """Per listener, its established connections whose receive shift is the SYN-cookie
+    bug's for it (what `tcpsleuth heal` would end); 0 on a listener that is not locked
+    or a kernel with the fix (the shift labels are then empty where nothing predicts them)."""
+    family = GaugeMetricFamily(
+        "tcpsleuth_listen_wscale_bug_connections",
+        "Established connections of a listener whose window-scale shift (rcv_wscale) is the "
+        "one a SYN-cookie connection gets on a kernel without the fix, not the one the "
+        "listener's locked receive buffer gives: what `tcpsleuth heal` would end.",
+        labels=["address", "port", "program", "own_wscale", "bug_wscale"],
+    )
+    for plan, count in hit:
+        family.add_metric(
+            [
+                plan.local_ip,
+                str(plan.local_port),
+                plan.program or "",
+                "" if plan.own_wscale is None else str(plan.own_wscale),
+                "" if plan.bug_wscale is None else str(plan.bug_wscale),
+            ],
+            count,
+        )
+    yield family
 
 
 def scrape_families(summary: Summary, read_seconds: float) -> Iterator[Metric]:
