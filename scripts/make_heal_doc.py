@@ -1,0 +1,202 @@
+"""Regenerate docs/commands/heal.md: its text, and real runs of `tcpsleuth heal` in a
+namespace this script makes (as root, from the repository root):
+    python3 scripts/make_heal_doc.py
+
+This machine's kernel has the fix, so the runs use the test suite's stand-in
+(tests/support/heal_clients.py): a listener whose SO_RCVBUF is locked after 12 clients
+connected, so those 12 use an unlocked buffer's shift and the 20 later ones the locked
+buffer's, and TCPSLEUTH_TEST_KERNEL_STATUS=affected (test-only) so that heal treats the
+kernel as one without the fix. The verdict line of each run says so.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PAGE = REPO / "docs" / "commands" / "heal.md"
+ENV = {**os.environ, "COLUMNS": "110", "NO_COLOR": "1", "TCPSLEUTH_TEST_KERNEL_STATUS": "affected"}
+
+INTRO = """# heal: end the connections the bug has hit, without another restart
+
+In the incident the only remedy was to restart the broker again and hope its clients
+came back without SYN cookies. `tcpsleuth heal` does the part of that restart that
+helps, and only that part: it ends the few connections that run with the wrong window
+scale, one at a time, once the reconnect storm is over. Their clients reconnect through
+an ordinary handshake, both ends agree on the shift, and the window is right again. No
+other client notices.
+
+## How it finds them
+
+On a kernel without commit 909172a14974, a connection made by SYN cookie to a listener
+that locks SO_RCVBUF scales its window by the shift of an unlocked buffer (from
+max(tcp_rmem[2], rmem_max)), while its SYN-ACK announced the locked buffer's shift. The
+server's own `tcp_info` shows the shift in use (`rcv_wscale`, the second number of `ss`'s
+`wscale:a,b`), so the server alone can list them: every established connection of the
+port's listeners whose `rcv_wscale` is the bug's shift for that listener and not the
+listener's own.
+
+For each listener heal says where its two shifts come from: `predicted` from the
+locked buffer and the namespace's sysctls (what `audit` reports as
+`listener-rcvbuf-locked` with `announced_wscale` and `actual_wscale`), or `both` when
+its connections also show them (what `sockets` reports as `wscale-inconsistent`). It
+never touches a listener whose lock is not shown, nor one where the two shifts are the
+same, nor anything on a kernel whose version says it has the fix. A kernel whose status
+is unknown (most distribution kernels) counts as possibly affected.
+
+## Dry run, then --apply
+
+Without `--apply` heal only lists (exit 1 when something is hit, 0 when nothing is).
+With `--apply`:
+
+- It refuses (exit 2, one line) when `net.ipv4.tcp_syncookies=2` (every reconnect would
+  be a cookie again), and while the listen queues still overflow: it reads the
+  namespace's SYN-cookie and overflow counters twice, `--quiet-seconds` apart (default
+  5), and refuses if any rose or an accept queue is at its backlog.
+- It ends at most half the listener's backlog a second (capped by `--rate`), so that
+  the reconnects fit in the queue, and reads TcpExtSyncookiesSent before each
+  connection: one cookie sent while it works stops it at once.
+- Each connection is named by its whole sock_diag identity, addresses, ports and the
+  kernel's socket cookie, so a client that has already reconnected from the same port
+  is never ended by mistake.
+- It then waits (up to `--wait` seconds) for each client address to come back with a
+  new connection that uses the listener's own shift. Exit 0 when every ended client
+  came back right, 1 when some did not (they are listed), or when it stopped on a cookie.
+
+Two ways to end a connection (`--method`, default `auto`):
+
+- `destroy`: SOCK_DESTROY through sock_diag, what `ss -K` does. The server's socket is
+  closed and the client gets a reset at once. It needs a kernel built with
+  CONFIG_INET_DIAG_DESTROY (4.5 and later); whether it is there is found by trying
+  (EOPNOTSUPP), and `auto` then falls back to `reset`.
+- `reset`: for kernels without it (RHEL 7's 3.10 among the affected ones). A reset is
+  accepted at once only with the exact sequence number its receiver expects next, and
+  heal lets the kernel supply it: a SYN sent to the server's socket from the client's
+  address makes the server answer with a challenge ACK (RFC 5961), and a firewall rule
+  rejects that ACK "with tcp reset", which the kernel builds from the ACK itself, so the
+  server's socket receives a reset with exactly its next sequence number and closes.
+  An out-of-window ACK sent to the client makes it answer with a duplicate ACK, which a
+  second rule rejects the same way: the client gets its reset too. The rules live in a
+  table of heal's own (`inet tcpsleuth_heal_<pid>`) and match only the elements of a set,
+  one per connection, each with a timeout (`--firewall-timeout`, default 10 s). The
+  table has nftables' `owner` flag and is held by an `nft -i` child, so the kernel
+  removes it when heal ends in any way, SIGKILL included; on a kernel before 5.12
+  (no owner flag) the elements still expire after their timeout.
+
+heal changes nothing else on the host, and nothing at all without `--apply`.
+
+## A run
+
+This machine's kernel has the fix, so the runs below use the test suite's stand-in: a
+listener whose SO_RCVBUF (102400) was set after 12 clients had connected (the kernel
+reads the lock at each handshake, so those 12 use the unlocked buffer's shift and the
+20 later ones the locked buffer's), and the test-only `TCPSLEUTH_TEST_KERNEL_STATUS`
+that makes heal treat the kernel as affected, as its verdict line says. Never set it on
+a real host. Generated by `scripts/make_heal_doc.py`.
+"""
+
+
+def run(ns: str, *args: str) -> tuple[str, subprocess.CompletedProcess[str]]:
+    argv = [sys.executable, "-m", "tcpsleuth", "heal", "--port", "9092", "--netns", ns, *args]
+    result = subprocess.run(argv, capture_output=True, text=True, env=ENV, check=False)
+    shown = "tcpsleuth heal --port 9092 --netns NS " + " ".join(args)
+    text = (result.stdout + result.stderr).replace(ns, "NS").rstrip()
+    return f"```\n$ {shown.rstrip()}\n{text}\n(exit status {result.returncode})\n```\n", result
+
+
+def ss(ns: str) -> str:
+    out = subprocess.run(
+        ["ip", "netns", "exec", ns, "ss", "-tniH", "state", "established", "( sport = :9092 )"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    shifts: dict[str, int] = {}
+    for word in out.split():
+        if word.startswith("wscale:"):
+            shifts[word] = shifts.get(word, 0) + 1
+    return ", ".join(f"{n} x {w}" for w, n in sorted(shifts.items()))
+
+
+def clients(ns: str) -> subprocess.Popen[str]:
+    process = subprocess.Popen(
+        ["ip", "netns", "exec", ns, sys.executable, str(REPO / "tests/support/heal_clients.py"),
+         "--port", "9092", "--early", "12", "--late", "20"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert process.stdout is not None
+    assert process.stdout.readline().startswith("ready")
+    return process
+
+
+def main() -> None:
+    sys.path.insert(0, str(REPO / "src"))
+    from tcpsleuth.lab import namespaces
+
+    parts = [INTRO]
+    with namespaces.namespace("doc") as ns:
+        process = clients(ns)
+        try:
+            parts.append(f"\nThe server's sockets as `ss -tni` shows them: {ss(ns)}.\n\n")
+            parts.append("The dry run:\n\n")
+            parts.append(run(ns)[0])
+            parts.append("\nEnding them by SOCK_DESTROY:\n\n")
+            parts.append(run(ns, "--apply", "--quiet-seconds", "2")[0])
+            parts.append(f"\nAfterwards `ss -tni` shows: {ss(ns)}.\n")
+        finally:
+            assert process.stdin is not None
+            process.stdin.close()
+            process.wait()
+    with namespaces.namespace("doc") as ns:
+        process = clients(ns)
+        try:
+            parts.append("\nThe same listener again, ended by `--method reset`, as JSON (cut):\n\n")
+            _text, result = run(
+                ns, "--apply", "--method", "reset", "--quiet-seconds", "2", "--format", "json"
+            )
+            doc = json.loads(result.stdout)
+            cut = {
+                key: doc[key]
+                for key in ("mode", "method", "per_second", "counts", "cookies_during",
+                            "refused", "stopped", "firewall", "seconds")
+            }  # fmt: skip
+            cut["listeners"] = doc["listeners"]
+            cut["hit"] = [*doc["hit"][:2], "..."]
+            cut["ended"] = [*doc["ended"][:2], "..."]
+            cut["came_back"] = [*doc["came_back"][:2], "..."]
+            shown = "tcpsleuth heal --port 9092 --netns NS --apply --method reset "
+            parts.append(
+                f"```\n$ {shown}--quiet-seconds 2 --format json\n"
+                f"{json.dumps(cut, indent=2)}\n(exit status {result.returncode})\n```\n"
+            )
+            time.sleep(0.5)
+            parts.append(f"\nAfterwards `ss -tni` shows: {ss(ns)}; `nft list ruleset`: ")
+            left = subprocess.run(
+                ["ip", "netns", "exec", ns, "nft", "list", "ruleset"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.strip()
+            parts.append(f"{left if left else 'empty'}.\n")
+        finally:
+            assert process.stdin is not None
+            process.stdin.close()
+            process.wait()
+    parts.append(
+        "\nThe exporter reports the same count per listener "
+        "(`tcpsleuth_listen_wscale_bug_connections`), the alert `TcpWscaleBugConnections` "
+        "fires on it (deploy/prometheus/alerts.yml), and the Grafana dashboard has a panel "
+        "for it.\n\nNot here yet: `tcpsleuth lab run wscale-bug --kernel prefix --heal` (heal "
+        "in the guest kernel that has the real bug, with the clients' latency before, after "
+        "the restart and after heal), and `tcpsleuth record --heal`.\n"
+    )
+    PAGE.write_text("".join(parts))
+
+
+if __name__ == "__main__":
+    main()
