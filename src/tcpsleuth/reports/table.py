@@ -12,11 +12,13 @@ are measured on what will be shown.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, ConsoleOptions, Group, RenderableType, RenderResult
 from rich.markup import escape
+from rich.measure import Measurement
+from rich.padding import Padding
 from rich.segment import Segment
 from rich.table import Table
 from rich.text import Text
@@ -76,14 +78,10 @@ def _evidence(evidence: Mapping[str, Any], limit: int = 8) -> str:
     return "  ".join(items[:limit])
 
 
-def findings_table(findings: Sequence[Finding], title: str = "Findings") -> Table | Text:
+def findings_table(findings: Sequence[Finding], title: str = "Findings") -> Fitted | Text:
     if not findings:
         return Text("No findings: nothing of concern was seen.", style="green")
-    table = Table(title=plain(title), title_justify="left", show_lines=True, expand=True)
-    table.add_column("severity", no_wrap=True)
-    table.add_column("kind", no_wrap=True)
-    table.add_column("about", overflow="fold", max_width=28)
-    table.add_column("what, evidence and what to do", ratio=1)
+    rows = []
     for finding in findings:
         body = Text(printable(finding.summary, keep_newlines=True))
         evidence = printable(_evidence(finding.evidence))
@@ -91,30 +89,142 @@ def findings_table(findings: Sequence[Finding], title: str = "Findings") -> Tabl
             body.append("\n" + evidence, style="dim")
         if finding.advice:
             body.append("\n→ " + printable(finding.advice, keep_newlines=True), style="green")
-        table.add_row(
-            Text(finding.severity.value, style=SEVERITY_STYLE[finding.severity]),
-            plain(finding.kind),
-            plain(_subject(finding.subject)),
-            body,
+        rows.append(
+            [
+                Text(finding.severity.value, style=SEVERITY_STYLE[finding.severity]),
+                Text(printable(finding.kind)),
+                Text(printable(_subject(finding.subject))),
+                body,
+            ]
         )
-    return table
-
-
-def key_values(title: str, rows: Iterable[tuple[str, Any]]) -> Table:
-    table = Table(
-        title=plain(title), title_justify="left", show_header=False, box=None, pad_edge=False
+    return Fitted(
+        title,
+        ["severity", "kind", "about", "what, evidence and what to do"],
+        rows,
+        show_lines=True,
+        expand=True,
+        listing=_finding_listing,
     )
-    table.add_column(style="bold")
-    table.add_column()
-    for key, value in rows:
-        table.add_row(plain(key), "—" if value is None else plain(value))
-    return table
 
 
-def records_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Table:
-    table = Table(title=plain(title), title_justify="left")
-    for index, column in enumerate(columns):
-        table.add_column(plain(column), justify="left" if index == 0 else "right", overflow="fold")
-    for row in rows:
-        table.add_row(*("—" if cell is None else plain(cell) for cell in row))
-    return table
+def _finding_listing(row: Sequence[Text]) -> RenderableType:
+    head = _fold(Text("  ").join(row[:3]))
+    return Group(head, Padding(_fold(row[3]), (0, 0, 0, 2)), Text(""))
+
+
+def key_values(title: str, rows: Iterable[tuple[str, Any]]) -> Fitted:
+    return Fitted(
+        title,
+        ["", ""],
+        [[Text(printable(key), style="bold"), _cell(value)] for key, value in rows],
+        show_header=False,
+        box=False,
+    )
+
+
+def _cell(value: Any) -> Text:
+    if isinstance(value, Text):
+        return value
+    return Text("—" if value is None else printable(str(value), keep_newlines=True))
+
+
+def records_table(title: str, columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> Fitted:
+    return Fitted(
+        title,
+        [printable(column) for column in columns],
+        [[_cell(cell) for cell in row] for row in rows],
+        justify=["left"] + ["right"] * (len(columns) - 1),
+    )
+
+
+def _fold(text: str | Text) -> Text:
+    out = text.copy() if isinstance(text, Text) else Text(text)
+    out.overflow = "fold"  # only a word wider than the whole screen is ever broken
+    return out
+
+
+class Fitted:
+    """A table when every column fits without breaking a word, else a plain list.
+
+    A piped or narrow output gets the list: rich's table would cut cells with "…" or
+    fold an address, a path or a setting name inside itself, and those are the values
+    a reader copies. The title is a line of its own, never wrapped to the table's
+    width (``tcpsleuth pcap FILE | head -1`` prints the file's whole name)."""
+
+    def __init__(
+        self,
+        title: str | None,
+        columns: Sequence[str],
+        rows: Sequence[Sequence[Text]],
+        *,
+        show_header: bool = True,
+        box: bool = True,
+        justify: Sequence[str] | None = None,
+        show_lines: bool = False,
+        expand: bool = False,
+        listing: Callable[[Sequence[Text]], RenderableType] | None = None,
+    ) -> None:
+        self.show_lines, self.expand = show_lines, expand
+        self.title = title
+        self.columns = list(columns)
+        self.rows = [list(row) for row in rows]
+        self.show_header = show_header
+        self.box = box
+        self.justify = list(justify) if justify else ["left"] * len(self.columns)
+        self.listing = listing or self._listing
+
+    def table(self) -> Table:
+        kwargs: dict[str, Any] = {} if self.box else {"box": None, "pad_edge": False}
+        table = Table(
+            show_header=self.show_header, show_lines=self.show_lines, expand=self.expand, **kwargs
+        )
+        for name, justify in zip(self.columns, self.justify, strict=True):
+            table.add_column(Text(name), justify=justify)  # type: ignore[arg-type]
+        for row in self.rows:
+            table.add_row(*row)
+        return table
+
+    def fits(self, console: Console, options: ConsoleOptions) -> Table | None:
+        """The table, each column at least as wide as its longest word, or None when
+        those widths do not fit."""
+        table = self.table()
+        least = [
+            table._measure_column(console, options, column).minimum for column in table.columns
+        ]
+        if sum(least) + table._extra_width > options.max_width:
+            return None
+        for column, width in zip(table.columns, least, strict=True):
+            # rich narrows columns below their longest word when it collapses a table;
+            # a minimum on each column stops that
+            column.min_width = width - table._get_padding_width(column._index)
+        return table
+
+    def _listing(self, row: Sequence[Text]) -> RenderableType:
+        head = _fold(row[0]) if row else Text()
+        head.stylize("bold")
+        parts = []
+        for name, cell in zip(self.columns[1:], row[1:], strict=False):
+            if self.show_header:
+                parts.append(Text.assemble((name, "dim"), " ", cell))
+            else:
+                parts.append(cell)
+        if not parts:
+            return head
+        body = _fold(Text(" · ").join(parts))
+        if not self.show_header and len(self.columns) == 2:
+            # key and value: one line, the value wrapped under itself
+            return _fold(Text.assemble(head, ": ", body))
+        return Group(head, Padding(body, (0, 0, 0, 2)))
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        if self.title:
+            yield _fold(Text(printable(self.title), style="bold" if self.box else "italic"))
+        table = self.fits(console, options)
+        if table is not None:
+            yield table
+            return
+        for row in self.rows:
+            yield self.listing(row)
+
+    def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
+        return Measurement(1, options.max_width)
