@@ -77,12 +77,18 @@ def _discovered(snapshot: HostSnapshot, given: set[tuple[str, str]]) -> list[Ser
         program = identify(listener.owners, listener.local_port)
         if program is None or (program == "kafka" and snapshot.kafka_config is not None):
             continue
-        for owner in listener.owners:
-            if not owner.cmdline:
-                continue
+        # the processes sharing one socket are one server (nginx's master as root, its
+        # workers as nobody): its most privileged process reads first, so that a
+        # worker's denied read does not come before the master's
+        holders = [
+            (owner, credentials)
+            for owner in listener.owners
+            if owner.cmdline and (credentials := process_owner(owner.pid)) is not None
+        ]
+        for owner, credentials in sorted(holders, key=lambda held: held[1].uid):
+            assert owner.cmdline is not None
             path = server_config.locate(program, owner.cmdline, None)
-            credentials = process_owner(owner.pid)
-            if path is None or credentials is None:
+            if path is None:
                 continue
             cwd = working_directory(owner.pid) if not path.is_absolute() else None
             shown = str(cwd / path) if cwd is not None else str(path)
