@@ -8,7 +8,10 @@ contract of each run (README, exit codes):
 - nothing left behind: no process of the run's session, no network namespace under
   /run/netns named for the run's process (tcpsleuth-ROLE-PID-N), no file in the
   run's own $TMPDIR, no partial bundle;
-- every input file unchanged (hashed before and after).
+- every input file unchanged (hashed before and after), and the mode of every
+  directory a case names unchanged (``record --dir`` on a 1777 directory or a symlink);
+- no control character (an escape sequence read from a bundle, an incident or a
+  process name) in the table output or on stderr: only newlines and tabs.
 
     python3 scripts/hostile_replay.py            # the whole table
     python3 scripts/hostile_replay.py --list     # the cases, one a line
@@ -25,8 +28,10 @@ import gzip
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
+import stat
 import struct
 import subprocess
 import sys
@@ -43,7 +48,14 @@ KAFKA_PCAP = REPO / "tests" / "data" / "go-sniffer-kafka.pcap"
 BUNDLE = FIXTURES / "bundles" / "debian12-6.18-storm"
 SS_CLIENT = FIXTURES / "ss" / "lab-fault-client-tni.txt"
 SS_SERVER = FIXTURES / "ss" / "lab-clean-server-tni.txt"
+SS_LISTENERS = FIXTURES / "ss" / "iproute2-6.1-ltnmp-servers.txt"
+INCIDENT = REPO / "tests" / "data" / "incident-small"
 NETNS_DIR = Path("/run/netns")
+# what a hostile process name, hostname or client.id carries: retitle, clear, colour
+ESCAPES = "\x1b]0;owned\x07\x1b[2J\x1b[31m"
+BIG = "9" * 5000  # Python refuses to read more than 4,300 digits as an int
+# control characters but newline and tab: none may reach a terminal from the input
+CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 @dataclass
@@ -55,6 +67,7 @@ class Case:
     creates: str | None = None
     fifo: str | None = None  # a FIFO in the inputs that a writer feeds KAFKA_PCAP into
     timeout: float = 60.0
+    modes: list[str] = field(default_factory=list)  # paths whose mode must not change
 
 
 @dataclass
@@ -150,7 +163,175 @@ def make_inputs(root: Path) -> dict[str, str]:
     shutil.copytree(BUNDLE, root / "bundle-empty-ss")
     (root / "bundle-empty-ss" / "ss-tni.txt").write_bytes(b"")
     paths["bundle-empty-ss"] = str(root / "bundle-empty-ss")
+    paths.update(_numbers_and_escapes(root))
+    paths.update(_hostile_bundles(root))
+    paths.update(_incidents(root))
+    os.mkfifo(root / "fifo-nowriter")  # nobody ever writes: reading it must not wait
+    paths["fifo-nowriter"] = str(root / "fifo-nowriter")
     return paths
+
+
+def _numbers_and_escapes(root: Path) -> dict[str, str]:
+    """Real `ss` output with one value replaced: numbers that only look like numbers
+    (a superscript, Arabic-Indic digits, 5,000 digits, nan) and process names with
+    escape sequences."""
+    client = SS_CLIENT.read_text()
+    listeners = SS_LISTENERS.read_text()
+    texts = {
+        "ss-superscript": client.replace("mss:1448", "mss:1\u00b2"),
+        "ss-arabic-indic": client.replace("mss:1448", "mss:\u0661\u0664"),
+        "ss-5000-digits": client.replace("mss:1448", f"mss:{BIG}"),
+        "ss-rtt-5000-digits": client.replace("rtt:0.021/", f"rtt:{BIG}/"),
+        "ss-rtt-nan": client.replace("rtt:0.021/", "rtt:nan/"),
+        "ss-port-superscript": client.replace("198.18.0.1:9092", "198.18.0.1:9\u00b2"),
+        "ss-listeners-escapes": listeners.replace('"nginx"', f'"{ESCAPES}nginx"'),
+        "ss-listeners-pid-5000-digits": listeners.replace("pid=24389", f"pid={BIG}"),
+        "json-5000-digits": json.dumps(
+            {
+                "command": "sockets",
+                "connections": [{"local_ip": "10.0.0.1", "local_port": 1, "remote_ip": "10.0.0.2"}],
+            }
+        ).replace('"local_port": 1', f'"local_port": {BIG}'),
+    }
+    for name, text in texts.items():
+        (root / name).write_text(text)
+    return {name: str(root / name) for name in texts}
+
+
+def _bundle(root: Path, name: str, **files: str | bytes) -> str:
+    """The storm bundle with files replaced (``ss_ltnmp_txt`` is ss-ltnmp.txt)."""
+    directory = root / name
+    shutil.copytree(BUNDLE, directory)
+    for key, content in files.items():
+        path = directory / key.replace("_txt", ".txt").replace("_", "-")
+        if isinstance(content, bytes):
+            path.write_bytes(content)
+        else:
+            path.write_text(content)
+    return str(directory)
+
+
+def _hostile_bundles(root: Path) -> dict[str, str]:
+    listeners = SS_LISTENERS.read_text()
+    netstat = (BUNDLE / "proc-net-netstat.txt").read_text()
+    paths = {
+        "bundle-escapes": _bundle(
+            root,
+            "bundle-escapes",
+            hostname_txt=f"{ESCAPES}broker\n",
+            ss_ltnmp_txt=listeners.replace('"nginx"', f'"{ESCAPES}nginx"'),
+        ),
+        "bundle-5000-digits": _bundle(
+            root,
+            "bundle-5000-digits",
+            ss_ltnmp_txt=listeners.replace("rb196608", f"rb{BIG}"),
+        ),
+        "bundle-counter-5000-digits": _bundle(
+            root,
+            "bundle-counter-5000-digits",
+            proc_net_netstat_txt=netstat.replace(" 0", f" {BIG}", 1),
+        ),
+        "bundle-superscript": _bundle(
+            root,
+            "bundle-superscript",
+            uname_r_txt="\u00b2.18.44\n",
+            proc_net_netstat_txt=netstat.replace(" 0", " \u00b2", 1),
+        ),
+        "bundle-release-5000-digits": _bundle(
+            root, "bundle-release-5000-digits", uname_r_txt=f"{BIG}.1.0\n"
+        ),
+    }
+    fifo = Path(_bundle(root, "bundle-fifo"))
+    (fifo / "ss-tni.txt").unlink()
+    os.mkfifo(fifo / "ss-tni.txt")
+    paths["bundle-fifo"] = str(fifo)
+    for name, member, target in (
+        ("bundle-link-out", "hostname.txt", "/etc/shadow"),
+        ("bundle-link-device", "sysctl-a.txt", "/dev/zero"),
+        ("bundle-link-up", "ss-tni.txt", "../ss-[/x]"),
+    ):
+        directory = Path(_bundle(root, name))
+        (directory / member).unlink()
+        (directory / member).symlink_to(target)
+        paths[name] = str(directory)
+    return paths
+
+
+def _incident(root: Path, name: str, **files: str | bytes | None) -> str:
+    """The small real incident with files replaced (None: removed, "FIFO": a FIFO)."""
+    directory = root / name
+    shutil.copytree(INCIDENT, directory)
+    for filename, content in files.items():
+        path = directory / filename.replace("__", ".").replace("_", "-")
+        if path.exists() or path.is_symlink():
+            path.unlink()
+        if content == "FIFO":
+            os.mkfifo(path)
+        elif isinstance(content, bytes):
+            path.write_bytes(content)
+        elif content is not None:
+            path.write_text(content)
+    return str(directory)
+
+
+def _incidents(root: Path) -> dict[str, str]:
+    """Incident directories as a colleague might hand them over. report.json is removed
+    where the case is about the evidence: `report` then analyses it (and may save the
+    result: each such directory serves one case only)."""
+    report = json.loads((INCIDENT / "report.json").read_text())
+    report["host"] = f"{ESCAPES}broker"
+    samples = (INCIDENT / "samples.jsonl").read_text().splitlines()
+    untimed = "".join(
+        json.dumps({k: v for k, v in json.loads(line).items() if k != "time"}) + "\n"
+        for line in samples
+    )
+    return {
+        "incident": _incident(root, "incident"),
+        "incident-json": _incident(root, "incident-json"),
+        "incident-report-a-list": _incident(root, "incident-report-a-list", report__json="[1, 2]"),
+        "incident-report-escapes": _incident(
+            root, "incident-report-escapes", report__json=json.dumps(report)
+        ),
+        "incident-samples-untimed": _incident(
+            root, "incident-samples-untimed", report__json=None, samples__jsonl=untimed
+        ),
+        "incident-gz-not-gzip": _incident(
+            root,
+            "incident-gz-not-gzip",
+            report__json=None,
+            sockets_during__json__gz=b'{"connections": []}',
+        ),
+        "incident-report-fifo": _incident(root, "incident-report-fifo", report__json="FIFO"),
+        "incident-events-fifo": _incident(
+            root, "incident-events-fifo", report__json=None, events__jsonl="FIFO"
+        ),
+    }
+
+
+def _writable_places(out: Path, victims: Path) -> dict[str, str]:
+    """Places a run may write into (not hashed): an incident whose report files are
+    symlinks to files of the inputs (which must stay as they are), a 1777 directory
+    and a symlink to a directory for `record --dir`."""
+    out.mkdir(parents=True, exist_ok=True)
+    victims.mkdir(parents=True, exist_ok=True)
+    for name in ("victim-html", "victim-json-tmp"):
+        (victims / name).write_text("a file the incident's sender pointed at\n")
+    linked = Path(_incident(out, "incident-linked-reports"))
+    (linked / "report.html").symlink_to(victims / "victim-html")
+    (linked / "report.json.tmp").symlink_to(victims / "victim-json-tmp")
+    sticky = out / "sticky"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    real = out / "real-dir"
+    real.mkdir()
+    real.chmod(0o755)
+    (out / "dir-link").symlink_to(real)
+    return {
+        "incident-linked-reports": str(linked),
+        "sticky": str(sticky),
+        "real-dir": str(real),
+        "dir-link": str(out / "dir-link"),
+    }
 
 
 # -- the table ----------------------------------------------------------------------------
@@ -181,6 +362,15 @@ TEXT_INPUTS = [
     "/dev/zero",
     "/proc/self/mem",
     "bundle-empty-ss",
+    "ss-superscript",
+    "ss-arabic-indic",
+    "ss-5000-digits",
+    "ss-rtt-5000-digits",
+    "ss-rtt-nan",
+    "ss-port-superscript",
+    "ss-listeners-escapes",
+    "ss-listeners-pid-5000-digits",
+    "json-5000-digits",
 ]
 CAPTURES = [
     "empty",
@@ -218,6 +408,7 @@ PROPERTIES = [
     "missing",
     "/dev/zero",
     "fifo-without-writer",
+    "fifo-nowriter",
 ]
 BUNDLES = [
     "bundle",
@@ -230,11 +421,33 @@ BUNDLES = [
     "/proc",
     "/",
     "/dev/null",
+    "bundle-escapes",
+    "bundle-5000-digits",
+    "bundle-counter-5000-digits",
+    "bundle-superscript",
+    "bundle-release-5000-digits",
+    "bundle-fifo",
+    "bundle-link-out",
+    "bundle-link-device",
+    "bundle-link-up",
+]
+INCIDENTS = [
+    "incident",
+    "incident-report-a-list",
+    "incident-report-escapes",
+    "incident-samples-untimed",
+    "incident-gz-not-gzip",
+    "incident-report-fifo",
+    "incident-events-fifo",
 ]
 FORMATS = ["table", "json"]
 
 
 def table(paths: dict[str, str], out: Path) -> list[Case]:
+    # the victims live among the inputs: hashed, they must not change
+    victims = Path(paths["empty"]).parent / "victims"
+    paths = {**paths, **_writable_places(out / "places", victims)}
+
     def p(name: str) -> str:
         if name == "fifo-without-writer":
             return "/dev/stdin"  # stdin: an empty pipe that ends at once
@@ -335,6 +548,31 @@ def table(paths: dict[str, str], out: Path) -> list[Case]:
     for example in ["incident-broker", "", "../x", "[red]"]:
         add(f"doctor --example {example!r}", "doctor", "--example", example, "--format", "json")
     add("audit --config", "audit", "--config", "nginx=" + paths["binary"])
+    add("audit --config FIFO", "audit", "--config", "nginx=" + paths["fifo-nowriter"])
+    # incidents handed over, and the recorder's directory in careless places
+    for name in INCIDENTS:
+        add(f"report {name}", "report", paths[name])
+    add("report incident (json)", "report", paths["incident-json"], "--format", "json")
+    add(
+        "report --again, report files linked out",
+        "report",
+        paths["incident-linked-reports"],
+        "--again",
+    )
+    for place in ("sticky", "dir-link"):
+        add(
+            f"record --dir {place}",
+            "record",
+            "--port",
+            "9092",
+            "--dir",
+            paths[place],
+            "--duration",
+            "1",
+            "--trace",
+            "0",
+            modes=[paths[place], paths["real-dir"]],
+        )
     add("audit --config without =", "audit", "--config", "nginx")
     add("audit --kafka-version", "audit", "--kafka-version", "x.y.z[/x]")
     # collect into careless places
@@ -379,9 +617,19 @@ def _digest(root: Path) -> dict[str, str]:
 
 
 def stat_is_fifo(path: Path) -> bool:
-    import stat
-
     return stat.S_ISFIFO(path.lstat().st_mode)
+
+
+def _modes(path: str) -> tuple[str, str]:
+    """The mode of the path itself and of what it leads to."""
+
+    def mode(follow: bool) -> str:
+        try:
+            return oct(os.stat(path, follow_symlinks=follow).st_mode)
+        except OSError as exc:
+            return exc.strerror or "?"
+
+    return mode(False), mode(True)
 
 
 def _session_members(sid: int) -> list[int]:
@@ -406,6 +654,7 @@ def run_case(case: Case, inputs: Path, scratch: Path) -> Outcome:
     tmpdir = Path(tempfile.mkdtemp(prefix="run-", dir=scratch))
     env = {**os.environ, "TMPDIR": str(tmpdir), "COLUMNS": "120"}
     feeder = _feed_fifo(inputs / case.fifo) if case.fifo else None
+    modes = {path: _modes(path) for path in case.modes}
     started = time.monotonic()
     outcome = Outcome(case, None)
     process = subprocess.Popen(
@@ -432,6 +681,16 @@ def run_case(case: Case, inputs: Path, scratch: Path) -> Outcome:
     lines = err.splitlines()
     if "Traceback" in err:
         outcome.breaks.append("a traceback on stderr")
+    table_output = not ("--format" in case.argv and "json" in case.argv)
+    if table_output and CONTROL.search(stdout.decode("utf-8", "replace")):
+        found = CONTROL.search(stdout.decode("utf-8", "replace"))
+        assert found is not None
+        outcome.breaks.append(f"a control character ({found.group()!r}) in the table output")
+    if CONTROL.search(err):
+        outcome.breaks.append("a control character on stderr")
+    for path, before in modes.items():
+        if _modes(path) != before:
+            outcome.breaks.append(f"mode of {path} changed: {before} -> {_modes(path)}")
     if process.returncode in (0, 1):
         if "json" in case.argv and "--format" in case.argv:
             outcome.breaks += _json_breaks(case, stdout)
@@ -531,6 +790,7 @@ def main() -> int:
     parser.add_argument("-k", default="", help="only the cases whose name contains this")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--list", action="store_true")
+    parser.add_argument("-v", action="store_true", help="every case's exit status and time")
     args = parser.parse_args()
     if args.list:
         for line in cases_listed():
@@ -538,6 +798,9 @@ def main() -> int:
         return 0
     started = time.monotonic()
     result = replay(args.k, args.jobs)
+    if args.v:
+        for outcome in result.outcomes:
+            print(f"exit {outcome.status} {outcome.seconds:5.1f} s  {outcome.case.name}")
     for outcome in result.broken:
         print(f"BREAK {outcome.case.name} (exit {outcome.status}): {'; '.join(outcome.breaks)}")
     for line in result.global_breaks:

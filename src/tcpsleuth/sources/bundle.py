@@ -38,12 +38,13 @@ from tcpsleuth.errors import InputError
 from tcpsleuth.model.records import HostSnapshot, KafkaConfig
 from tcpsleuth.model.text import is_number, printable, shortened
 from tcpsleuth.sources import netns, procfs
+from tcpsleuth.sources.config.common import Budget
 from tcpsleuth.sources.kafkaconfig import read_kafka_config
 from tcpsleuth.sources.nstattext import parse_nstat
 from tcpsleuth.sources.sockdiag import SocketTable
 from tcpsleuth.sources.sstext import parse_ss
 from tcpsleuth.sources.sysctltext import parse_sysctl
-from tcpsleuth.sources.textfile import decode_text, read_limited, read_text
+from tcpsleuth.sources.textfile import decode_text, read_limited
 
 UNAME = "uname-r.txt"
 UNAME_ALL = "uname-a.txt"  # `uname -a` instead: the release is its third field
@@ -271,10 +272,10 @@ def write_bundle(
             f"{directory}: exists and is not an empty directory; "
             "give a new directory for the bundle"
         )
+    # as `audit --kafka-config` reads it: a regular file, never waited on (a FIFO
+    # without a writer is refused, not a hang), within the configuration readers' budget
     kafka_text = (
-        None
-        if kafka_config is None
-        else read_text(kafka_config, "Kafka server.properties", latin1=True)
+        None if kafka_config is None else Budget().read(kafka_config, "Kafka server.properties")
     )
     parent = directory.absolute().parent
     if parent.exists() and not parent.is_dir():
