@@ -22,14 +22,26 @@ Then the same on a capture with the same short connections and twice the packets
 (longer bulk streams): the per-connection state is the same, so the peak must be
 too, whatever the number of packets.
 
+CPU seconds (all threads) are printed beside wall seconds: above the wall time,
+the passes that split ran on several cores.
+
+With ``--against OTHER/src`` it times another checkout (a git worktree of the commit
+before a change) and this one, alternating them ``--rounds`` times in one run:
+the split passes (reading, decoding, connections), the full analysis, and
+``tcpsleuth pcap`` as a whole process; medians of wall and CPU time, and the speed-up.
+
 Run from the repository root:
     python3 bench/bench_pcap.py [--packets N] [--skip-slow] [--no-double]
+    flock /tmp/tcpsleuth-heavy.lock python3 bench/bench_pcap.py --against /tmp/base/src
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
+import resource
+import statistics
 import struct
 import subprocess
 import sys
@@ -255,22 +267,23 @@ def _rss_kb(field: str) -> int:
 
 def child(mode: str, path: Path, warmup: Path) -> None:
     """Run one tcpsleuth measurement in this (fresh) process and print it as JSON:
-    seconds, the peak resident memory during the run and the memory before it
-    (Python, NumPy, numba and the compiled loops, warmed up on a small capture)."""
+    seconds, CPU seconds (all threads), the peak resident memory during the run and
+    the memory before it (Python, NumPy, numba and the compiled loops, warmed up on
+    a small capture). The tcpsleuth measured is the one on PYTHONPATH, else this
+    checkout's."""
     import json
 
-    sys.path.insert(0, str(Path(__file__).parent.parent / "src"))
+    if "PYTHONPATH" not in os.environ:
+        sys.path.insert(0, str(Path(__file__).parent.parent / "src"))
     from tcpsleuth.cli.pcap import analyse_file
-    from tcpsleuth.detectors.capture import ConnectionTracker
+    from tcpsleuth.detectors.capture.run import follow
     from tcpsleuth.sources.pcap import open_capture
 
     ports = frozenset({KAFKA_PORT})
 
     def per_connection(file: Path) -> int:
-        tracker = ConnectionTracker()
-        for tcp in open_capture(file).chunks:
-            tracker.feed(tcp)
-        return len(tracker.finish().connections)
+        # the passes that split: reading, decoding, connections (no Kafka port)
+        return len(follow(open_capture(file), frozenset())[0].connections)
 
     def full(file: Path) -> int:
         return len(analyse_file(file, ports, show_progress=False).requests)
@@ -279,18 +292,33 @@ def child(mode: str, path: Path, warmup: Path) -> None:
     run(warmup)
     before = _rss_kb("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak (VmHWM) to now
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     found = run(path)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     peak = _rss_kb("VmHWM")
     print(
         json.dumps(
-            {"seconds": elapsed, "peak_mb": peak / 1024, "before_mb": before / 1024, "found": found}
+            {
+                "seconds": elapsed,
+                "cpu": cpu,
+                "peak_mb": peak / 1024,
+                "before_mb": before / 1024,
+                "found": found,
+            }
         )
     )
 
 
-def measure(mode: str, path: Path, warmup: Path) -> dict:
+def _env(src: Path | None) -> dict[str, str]:
+    env = dict(os.environ)
+    if src is not None:
+        env["PYTHONPATH"] = str(src)
+    return env
+
+
+def measure(mode: str, path: Path, warmup: Path, src: Path | None = None) -> dict:
+    """One in-process measurement in a fresh process (of the tcpsleuth in ``src``,
+    default this checkout's)."""
     import json
 
     out = subprocess.run(
@@ -298,8 +326,79 @@ def measure(mode: str, path: Path, warmup: Path) -> dict:
         capture_output=True,
         text=True,
         check=True,
+        env=_env(src),
     ).stdout
     return json.loads(out.splitlines()[-1])
+
+
+LAUNCH = "import sys; from tcpsleuth.cli.main import main; sys.exit(main())"
+
+
+def whole_process(argv: list[str], src: Path | None = None) -> dict:
+    """``tcpsleuth ARGV`` as a user runs it (what the console script runs), output to
+    /dev/null: wall seconds and CPU seconds (user + system, all threads)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-c", LAUNCH, *argv],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        check=False,
+        env=_env(src) if src is not None else _env(Path(__file__).parent.parent / "src"),
+    )
+    elapsed = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"seconds": elapsed, "cpu": cpu}
+
+
+def machine() -> str:
+    """CPU model, usable cores and load average: what a figure was measured on."""
+    model = "?"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    return f"{model}, {len(os.sched_getaffinity(0))} usable cores, load average {load}"
+
+
+def compare(path: Path, warmup: Path, against: Path, rounds: int) -> None:
+    """This checkout against another (``against``: its src/), alternating them
+    ``rounds`` times on the same machine in one run; medians, wall and CPU."""
+    builds = {"before": against, "after": Path(__file__).parent.parent / "src"}
+    cases = ("per-connection", "full", "process")
+    found: dict[tuple[str, str], list[dict]] = {}
+    print(f"machine: {machine()}", flush=True)
+    for src in builds.values():  # compile or load both builds' loops once
+        measure("full", warmup, warmup, src)
+    for round_ in range(rounds):
+        for name, src in builds.items():
+            for case in cases:
+                if case == "process":
+                    result = whole_process(["pcap", str(path)], src)
+                else:
+                    result = measure(case, path, warmup, src)
+                found.setdefault((name, case), []).append(result)
+                print(
+                    f"round {round_ + 1} {name:<6} {case:<15} {result['seconds']:6.2f} s wall "
+                    f"{result['cpu']:6.2f} s CPU",
+                    flush=True,
+                )
+    print(f"\nmedians of {rounds} rounds, machine: {machine()}")
+    labels = {
+        "per-connection": "split passes (read, decode, connections)",
+        "full": "full analysis (in process)",
+        "process": f"tcpsleuth pcap {path.name} (whole process)",
+    }
+    for case in cases:
+        wall = {n: statistics.median(r["seconds"] for r in found[(n, case)]) for n in builds}
+        cpu = {n: statistics.median(r["cpu"] for r in found[(n, case)]) for n in builds}
+        print(
+            f"{labels[case]:<52} before {wall['before']:5.2f} s ({cpu['before']:5.2f} CPU)  "
+            f"after {wall['after']:5.2f} s ({cpu['after']:5.2f} CPU)  "
+            f"{wall['before'] / wall['after']:4.2f}x faster"
+        )
 
 
 def capture(packets: int, short: int) -> Path:
@@ -334,6 +433,13 @@ def main() -> None:
     parser.add_argument(
         "--no-double", action="store_true", help="skip the capture with twice the packets"
     )
+    parser.add_argument(
+        "--against",
+        type=Path,
+        help="the src/ of another checkout (e.g. a git worktree of the commit before a "
+        "change): time both, alternating, and print medians and the speed-up",
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="with --against")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -342,9 +448,13 @@ def main() -> None:
     short = args.packets - args.packets // 5
     path = capture(args.packets, short)
     warmup = capture(50_000, 40_000)
+    if args.against:
+        compare(path, warmup, args.against.resolve(), args.rounds)
+        return
     packets = count_packets(path)
     size = path.stat().st_size
     print(f"capture: {path}, {packets} packets, {size / 1e6:.0f} MB", flush=True)
+    print(f"machine: {machine()}", flush=True)
 
     rates: dict[str, float] = {}
     rates["read file"] = timed("read the file into memory", packets, path.read_bytes)
@@ -358,10 +468,16 @@ def main() -> None:
         memory[f"{mode} {packets}"] = result
         print(
             f"{label:<48} {result['seconds']:8.2f} s {packets / result['seconds'] / 1e3:10.0f} "
-            f"k packets/s   peak {result['peak_mb']:5.0f} MB ({result['before_mb']:.0f} MB "
-            "before it)",
+            f"k packets/s   {result['cpu']:.2f} s CPU   peak {result['peak_mb']:5.0f} MB "
+            f"({result['before_mb']:.0f} MB before it)",
             flush=True,
         )
+    result = whole_process(["pcap", str(path)])
+    print(
+        f"{'tcpsleuth pcap (whole process, table)':<48} {result['seconds']:8.2f} s "
+        f"{packets / result['seconds'] / 1e3:10.0f} k packets/s   {result['cpu']:.2f} s CPU",
+        flush=True,
+    )
     if not args.no_double:
         # the same short connections, twice the packets (longer bulk streams)
         double = capture(2 * args.packets, short)

@@ -280,18 +280,36 @@ def test_compiled_and_python_record_walks_agree(tmp_path: Path) -> None:
     assert len(fast[0]) == 20
 
 
-def _follow(path: Path, chunk: int, capacity: int) -> tuple[dict, dict]:
+def _follow(path: Path, chunk: int, capacity: int, shards: int = 1) -> tuple[dict, dict]:
     """Connections and Kafka requests of ``path`` read ``chunk`` bytes at a time."""
     from tcpsleuth.detectors.capture.run import follow
     from tcpsleuth.sources.pcap import open_capture
 
-    analysis, requests = follow(open_capture(path, chunk=chunk), frozenset({9092}), capacity)
+    analysis, requests = follow(
+        open_capture(path, chunk=chunk), frozenset({9092}), capacity, shards
+    )
     kafka = {
         name: getattr(requests, name)
-        for name in ("stream", "api_key", "correlation_id", "frame", "last_frame", "response_frame")
+        for name in (
+            "stream",
+            "api_key",
+            "correlation_id",
+            "frame",
+            "last_frame",
+            "response_frame",
+            "client_id_code",
+        )
     }
+    kafka["client_id_names"] = requests.client_id_names
+    kafka["verdicts_by_port"] = requests.verdicts_by_port
     columns = analysis.columns
-    return {f.name: getattr(columns, f.name) for f in dataclasses.fields(columns)}, kafka
+    found = {f.name: getattr(columns, f.name) for f in dataclasses.fields(columns)}
+    for name in ("conn", "c2s", "starts", "ends", "first_syn", "first_synack"):
+        found[f"handshake {name}"] = getattr(analysis, name)
+    for name in ("frame", "ts_ns", "flags", "tsval"):
+        found[f"handshake {name}"] = getattr(analysis.tcp, name)
+    found["hs_syn"], found["hs_synack"] = analysis.hs_syn, analysis.hs_synack
+    return found, kafka
 
 
 def _assert_same(one: dict, two: dict) -> None:
@@ -299,7 +317,10 @@ def _assert_same(one: dict, two: dict) -> None:
 
     assert one.keys() == two.keys()
     for name in one:
-        assert np.array_equal(one[name], two[name]), name
+        if isinstance(one[name], np.ndarray):
+            assert np.array_equal(one[name], two[name]), name
+        else:
+            assert one[name] == two[name], name
 
 
 def test_compiled_and_python_analysis_loops_agree(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -335,6 +356,45 @@ def test_small_chunks_and_growing_tables_change_nothing() -> None:
         pieces = _follow(KAFKA, chunk, 1)
         for one, two in zip(whole, pieces, strict=True):
             _assert_same(one, two)
+
+
+@pytest.mark.parametrize(
+    "capture",
+    ["go-sniffer-kafka.pcap", "storm-prefix/server.pcap", "storm-fixed/server.pcap"],
+)
+def test_connections_split_over_shards_give_what_one_tracker_gives(capture: str) -> None:
+    """Connections followed in shards by 4-tuple (threads), merged by first frame:
+    the same numbers, columns, handshake rows and Kafka requests as one tracker, in
+    chunks small enough that connections and tables grow across many of them."""
+    path = DATA / capture
+    whole = _follow(path, 1 << 20, 4096)
+    for shards, chunk, capacity in ((2, 1 << 20, 4096), (3, 4096, 1), (4, 600, 16)):
+        split = _follow(path, chunk, capacity, shards)
+        for one, two in zip(whole, split, strict=True):
+            _assert_same(one, two)
+
+
+def test_second_pass_in_shards_numbers_connections_as_the_first() -> None:
+    """Window series (the JSON's second pass) read in shards give what one tracker
+    gives: the shards' connections are numbered back as the first pass numbered them."""
+    import numpy as np
+
+    from tcpsleuth.detectors.capture import shards, windows
+    from tcpsleuth.detectors.capture.run import follow
+    from tcpsleuth.sources.pcap import open_capture
+
+    path = DATA / "storm-prefix" / "server.pcap"
+    analysis, _ = follow(open_capture(path), frozenset({9092}), shards=1)
+    streams = list(range(len(analysis.connections)))
+    one = windows.window_series(open_capture(path).chunks, analysis, streams)
+    for count in (2, 3):
+        rows = shards.numbered_rows(iter(open_capture(path, chunk=4096).chunks), analysis, count)
+        single = windows.ConnectionTracker()
+        for tcp, split in rows:
+            whole = single.feed(tcp)
+            for name in ("conn", "direction", "rel_seq", "win_bytes"):
+                assert np.array_equal(getattr(whole, name), getattr(split, name)), name
+    assert one == windows.window_series(open_capture(path, chunk=4096).chunks, analysis, streams)
 
 
 # Packets a network really carries that the decoder once dropped or misread (issue 14

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +21,7 @@ import numpy
 
 _MARKED: list[Compiled] = []
 _PLAIN = {"python": False}
+_COMPILING = threading.Lock()
 
 
 class Compiled:
@@ -56,6 +58,12 @@ def use_python(plain: bool = True) -> None:
     _PLAIN["python"] = plain
 
 
+def plain() -> bool:
+    """True when marked functions run as Python: asked for, or numba is missing (then
+    threads gain nothing, the GIL being held throughout)."""
+    return _PLAIN["python"] or not numba_available()
+
+
 @functools.cache
 def numba_available() -> bool:
     return importlib.util.find_spec("numba") is not None
@@ -65,6 +73,11 @@ def _compile_all() -> bool:
     """Hand every marked function not yet compiled to numba; False without numba."""
     if not numba_available():
         return False
+    with _COMPILING:  # the first compiled calls may come from several threads
+        return _compile_marked()
+
+
+def _compile_marked() -> bool:
     import numba
 
     fresh = [marked for marked in _MARKED if marked.dispatcher is None]

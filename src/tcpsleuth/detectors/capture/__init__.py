@@ -5,7 +5,11 @@ of the capture at a time, records and findings out. One module per responsibilit
 
 - :mod:`.kernels`: the compiled loops (tracking, window series, Kafka framing);
 - :mod:`.tracking`: connections followed chunk by chunk (:class:`ConnectionTracker`),
-  and :func:`detail`, the second pass for a few connections' segments;
+  and :func:`detail`, the second pass for a few connections' segments; :mod:`.layout`
+  lays the tracker's state out for the analysis (compiled);
+- :mod:`.shards`: the per-connection passes on several cores, connections split by
+  4-tuple over threads and merged in first-frame order before anything looks across
+  connections;
 - :mod:`.connections`: what is kept per connection (:class:`ConnectionColumns`), the
   records made from it on demand and the :class:`Analysis` detectors read;
 - :mod:`.windows`: window series and ``rwnd-limited`` senders;

@@ -151,6 +151,31 @@ def _tuple_hash(af, a_hi, a_lo, b_hi, b_lo, aport, bport):  # type: ignore[no-un
 
 
 @njit(cache=True, nogil=True)
+def _shard(h: np.uint64, shards: int) -> int:
+    """The shard of a 4-tuple whose hash is ``h`` (its high bits: the table's slot
+    takes the low ones)."""
+    return np.int64((h >> np.uint64(40)) % np.uint64(shards))
+
+
+@njit(cache=True, nogil=True)
+def shard_of(af, a_hi, a_lo, b_hi, b_lo, aport, bport, shards):  # type: ignore[no-untyped-def]
+    """Per 4-tuple (a the lower endpoint, as ``track`` keys them), its shard."""
+    out = np.empty(len(af), dtype=np.int64)
+    for i in range(len(af)):
+        h = _tuple_hash(
+            np.int64(af[i]),
+            a_hi[i],
+            a_lo[i],
+            b_hi[i],
+            b_lo[i],
+            np.int64(aport[i]),
+            np.int64(bport[i]),
+        )
+        out[i] = _shard(h, shards)
+    return out
+
+
+@njit(cache=True, nogil=True)
 def rehash(table, tuple_addr, tuple_info, ntuples):  # type: ignore[no-untyped-def]
     """Fill an empty open-addressing ``table`` (size a power of two) with the tuples."""
     mask = np.uint64(len(table) - 1)
@@ -203,12 +228,18 @@ def track(  # type: ignore[no-untyped-def]
     out_dir,
     out_rel,
     out_win,
+    shard,
+    shards,
 ):
     """Follow a chunk of segments from ``start`` on. ``counts`` holds [tuples,
     connections] and is updated. Per segment it writes its connection, direction,
     relative sequence number and window in bytes (as the peer computes it) to the
     ``out_`` arrays. Returns where it stopped: the chunk's length, or earlier when
-    the tables are full (the caller makes room and calls again from there)."""
+    the tables are full (the caller makes room and calls again from there).
+
+    With ``shards`` > 1, only the 4-tuples whose :func:`shard_of` is ``shard`` are
+    followed (their connections numbered from 0 in this shard); the other
+    segments get connection -1."""
     mask = np.uint64(len(table) - 1)
     tuple_room = min(len(tuple_info), len(table) // 2)
     conn_room = len(conn_state)
@@ -233,7 +264,11 @@ def track(  # type: ignore[no-untyped-def]
         else:
             a_hi, a_lo, a_port, b_hi, b_lo, b_port = d_hi, d_lo, d_port, s_hi, s_lo, s_port
         fam = np.int64(af[i])
-        slot = _tuple_hash(fam, a_hi, a_lo, b_hi, b_lo, a_port, b_port) & mask
+        h = _tuple_hash(fam, a_hi, a_lo, b_hi, b_lo, a_port, b_port)
+        if shards > 1 and _shard(h, shards) != shard:
+            out_conn[i] = -1
+            continue
+        slot = h & mask
         t = -1
         while table[slot] != 0:
             k = table[slot] - 1

@@ -10,11 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from tcpsleuth import compiled
 from tcpsleuth.detectors.capture import cookies as capture_cookies
 from tcpsleuth.detectors.capture import kafka as kafka_timing
 from tcpsleuth.detectors.capture import kafka_summary
 from tcpsleuth.detectors.capture import wscale as wscale_inference
 from tcpsleuth.detectors.capture.connections import Analysis
+from tcpsleuth.detectors.capture.shards import MAX_SHARDS, follow_sharded, usable_cores
 from tcpsleuth.detectors.capture.tracking import ConnectionTracker
 from tcpsleuth.detectors.capture.windows import rwnd_findings
 from tcpsleuth.model.capture import SegmentSource
@@ -35,10 +37,20 @@ class CaptureResult(Generic[Source]):
 
 
 def follow(
-    stream: SegmentSource, kafka_ports: frozenset[int], capacity: int | None = None
+    stream: SegmentSource,
+    kafka_ports: frozenset[int],
+    capacity: int | None = None,
+    shards: int | None = None,
 ) -> tuple[Analysis, kafka_timing.KafkaRequests]:
     """One pass over the capture: connections and Kafka messages, chunk by chunk
-    (``capacity``: the tracker's first table size, its default when None)."""
+    (``capacity``: the tracker's first table size, its default when None). With
+    ``shards`` > 1 (by default one per usable core, up to four, when the loops are
+    compiled) the connections are split by 4-tuple over that many threads
+    (:mod:`.shards`), with the same result."""
+    if shards is None:
+        shards = 1 if compiled.plain() else min(usable_cores(), MAX_SHARDS)
+    if shards > 1:
+        return follow_sharded(iter(stream.chunks), kafka_ports, shards)
     tracker = ConnectionTracker() if capacity is None else ConnectionTracker(capacity)
     follower = kafka_timing.KafkaFollower(kafka_ports)
     for tcp in stream.chunks:

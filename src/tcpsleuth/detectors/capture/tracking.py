@@ -2,13 +2,15 @@
 
 The compiled loop (:mod:`.kernels`) keeps a fixed set of running values per
 connection and nothing per segment, so memory grows with the connections, not with
-the capture. :class:`ConnectionTracker` feeds it and turns what it kept into an
-:class:`~.connections.Analysis`; :func:`detail` is the second pass that gathers every
-segment of a few connections (window series, plots).
+the capture. :class:`ConnectionTracker` feeds it (all 4-tuples, or one shard of
+them: :mod:`.shards` runs several at once); :func:`finish` turns what was kept, laid
+out a field at a time (:class:`TrackedState`, by :mod:`.layout`'s compiled loops),
+into an :class:`~.connections.Analysis`; :func:`detail` is the second pass that
+gathers every segment of a few connections (plots).
 
-About 480 lines: the tracker, the turning of its state into per-connection columns
-(``_finish``) and the two passes share the kernel's field layout; cutting them apart
-would spread that layout over several modules.
+About 500 lines: the tracker, the turning of its state into per-connection columns
+(:func:`finish`) and the two passes share the kernel's field layout; cutting them
+apart would spread that layout over several modules.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from tcpsleuth.detectors.capture import kernels
+from tcpsleuth.detectors.capture import kernels, layout
 from tcpsleuth.detectors.capture import kernels as K
 from tcpsleuth.detectors.capture.connections import (
     Analysis,
@@ -49,7 +51,9 @@ class ConnectionTracker:
     4-tuples only. :meth:`finish` turns them into an :class:`Analysis`.
     """
 
-    def __init__(self, capacity: int = 1 << 12) -> None:
+    def __init__(self, capacity: int = 1 << 12, shard: int = 0, shards: int = 1) -> None:
+        # with shards > 1, only the 4-tuples of this shard (kernels.shard_of)
+        self.shard, self.shards = shard, shards
         self.counts = np.zeros(2, dtype=np.int64)  # tuples, connections
         self.conn_state = np.zeros((capacity, kernels.CONN_FIELDS), dtype=np.int64)
         self.dir_state = np.zeros((capacity, 2, kernels.DIR_FIELDS), dtype=np.int64)
@@ -125,6 +129,8 @@ class ConnectionTracker:
                 out.direction,
                 out.rel_seq,
                 out.win_bytes,
+                self.shard,
+                self.shards,
             )
         return out
 
@@ -138,11 +144,21 @@ class ConnectionTracker:
         server_port = np.where(client_is_a, info[:, K.T_BPORT], info[:, K.T_APORT])
         return client, server_port
 
+    def by_field(self) -> TrackedState:
+        """What was kept of each connection, a field at a time; the tracker is spent."""
+        n = self.connection_count
+        state = TrackedState.empty(n)
+        state.fill(self, np.arange(n, dtype=np.int64))
+        self.release()
+        return state
+
     def finish(self) -> Analysis:
         """The analysis; the tracker is spent after it."""
-        return _finish(self)
+        return finish(self.by_field())
 
     def release(self) -> None:
+        self.conn_state = np.zeros((0, kernels.CONN_FIELDS), dtype=np.int64)
+        self.tuple_info = np.zeros((0, 5), dtype=np.int64)
         self.dir_state = np.zeros((0, 2, kernels.DIR_FIELDS), dtype=np.int64)
         self.dir_small = np.zeros((0, 2, kernels.SMALL_FIELDS), dtype=np.int32)
         self.tuple_addr = np.zeros((0, 4), dtype=np.uint64)
@@ -158,9 +174,49 @@ def _grown(array: np.ndarray, size: int) -> np.ndarray:
     return array
 
 
+@dataclass
+class TrackedState:
+    """What the tracker kept of connections, one column per field, in the order they
+    are numbered: ``conn[field]`` (:mod:`.kernels`' ``K_``), their 4-tuple's
+    ``info[field]`` (``T_``) and ``addr[0..3]``, and per direction ``dirs[d, field]``
+    (``D_``) and ``small[d, field]`` (``S_``)."""
+
+    conn: np.ndarray
+    info: np.ndarray
+    addr: np.ndarray
+    dirs: np.ndarray
+    small: np.ndarray
+
+    @classmethod
+    def empty(cls, n: int) -> TrackedState:
+        return cls(
+            np.empty((kernels.CONN_FIELDS, n), dtype=np.int64),
+            np.empty((5, n), dtype=np.int64),
+            np.empty((4, n), dtype=np.uint64),
+            np.empty((2, kernels.DIR_FIELDS, n), dtype=np.int64),
+            np.empty((2, kernels.SMALL_FIELDS, n), dtype=np.int32),
+        )
+
+    def fill(self, tracker: ConnectionTracker, where: np.ndarray) -> None:
+        """Put the tracker's connection ``c`` at column ``where[c]``."""
+        layout.by_field(
+            tracker.connection_count,
+            where,
+            tracker.conn_state,
+            tracker.dir_state,
+            tracker.dir_small,
+            tracker.tuple_info,
+            tracker.tuple_addr,
+            self.conn,
+            self.info,
+            self.addr,
+            self.dirs,
+            self.small,
+        )
+
+
 class _Side:
-    """One side's fields of every connection, by name, picked one field at a time (a
-    copy of the whole state would double the memory the connections take)."""
+    """One side's fields of every connection, by name."""
 
     def __init__(self, dirs: np.ndarray, small: np.ndarray, who: np.ndarray) -> None:
         self.dirs, self.small = dirs, small
@@ -170,7 +226,7 @@ class _Side:
     def keep(self, names: list[str]) -> None:
         """Pick these fields now and let go of the state."""
         self.kept = {name: self[:, name] for name in names}
-        self.dirs = self.small = np.zeros((0, 2, 0), dtype=np.int64)
+        self.dirs = self.small = np.zeros((2, 0, 0), dtype=np.int64)
 
     def __getitem__(self, key: tuple[Any, str | list[str]]) -> np.ndarray:
         rows, name = key
@@ -182,31 +238,25 @@ class _Side:
             source, index = self.small, getattr(K, "S_" + name)
         else:
             source, index = self.dirs, getattr(K, "D_" + name)
-        values = np.where(self.first, source[:, 0, index], source[:, 1, index])
-        return values[rows].astype(np.int64)
+        values = np.where(self.first, source[0, index], source[1, index])
+        return np.asarray(values[rows], dtype=np.int64)
 
 
-def _finish(tracker: ConnectionTracker) -> Analysis:
-    nconn = tracker.connection_count
-    state = tracker.conn_state[:nconn]
-    dirs = tracker.dir_state[:nconn]
-    small = tracker.dir_small[:nconn]
-    tuples = state[:, K.K_TUPLE]
-    info = tracker.tuple_info[tuples]
-    addr = tracker.tuple_addr[tuples]
-    first_a = state[:, K.K_FIRST_A] == 1
+def finish(tracked: TrackedState) -> Analysis:
+    """The analysis of the connections in ``tracked`` (which it uses up)."""
+    state, dirs, small = tracked.conn, tracked.dirs, tracked.small
+    info, addr = tracked.info, tracked.addr
+    first_a = state[K.K_FIRST_A] == 1
 
     # client side: sender of the SYN, else receiver of the SYN-ACK, else higher port
-    kind = small[:, :, K.S_HS_KIND]
-    hs_frame = dirs[:, :, K.D_HS_FRAME]
-    syn0, syn1 = kind[:, 0] == 1, kind[:, 1] == 1
-    syn_dir = np.where(
-        syn0 & (~syn1 | (hs_frame[:, 0] <= hs_frame[:, 1])), 0, np.where(syn1, 1, -1)
-    )
-    sa0, sa1 = kind[:, 0] == 2, kind[:, 1] == 2
-    sa_dir = np.where(sa0 & (~sa1 | (hs_frame[:, 0] <= hs_frame[:, 1])), 0, np.where(sa1, 1, -1))
-    sport = np.where(first_a, info[:, K.T_APORT], info[:, K.T_BPORT])
-    dport = np.where(first_a, info[:, K.T_BPORT], info[:, K.T_APORT])
+    kind = small[:, K.S_HS_KIND]
+    hs_frame = dirs[:, K.D_HS_FRAME]
+    syn0, syn1 = kind[0] == 1, kind[1] == 1
+    syn_dir = np.where(syn0 & (~syn1 | (hs_frame[0] <= hs_frame[1])), 0, np.where(syn1, 1, -1))
+    sa0, sa1 = kind[0] == 2, kind[1] == 2
+    sa_dir = np.where(sa0 & (~sa1 | (hs_frame[0] <= hs_frame[1])), 0, np.where(sa1, 1, -1))
+    sport = np.where(first_a, info[K.T_APORT], info[K.T_BPORT])
+    dport = np.where(first_a, info[K.T_BPORT], info[K.T_APORT])
     guess = np.where(sport > dport, 0, 1)
     client = np.where(syn_dir >= 0, syn_dir, np.where(sa_dir >= 0, 1 - sa_dir, guess))
     opened_by = np.where(syn_dir >= 0, 0, np.where(sa_dir >= 0, 1, 2))
@@ -219,18 +269,18 @@ def _finish(tracker: ConnectionTracker) -> Analysis:
     hs_syn = np.where(has_syn[:, None], cs[:, option_fields], -1)
     hs_synack = np.where(has_synack[:, None], ss[:, option_fields], -1)
 
-    src_hi = np.where(first_a, addr[:, 0], addr[:, 2])
-    src_lo = np.where(first_a, addr[:, 1], addr[:, 3])
-    dst_hi = np.where(first_a, addr[:, 2], addr[:, 0])
-    dst_lo = np.where(first_a, addr[:, 3], addr[:, 1])
-    af = info[:, K.T_AF].astype(np.uint8)
+    src_hi = np.where(first_a, addr[0], addr[2])
+    src_lo = np.where(first_a, addr[1], addr[3])
+    dst_hi = np.where(first_a, addr[2], addr[0])
+    dst_lo = np.where(first_a, addr[3], addr[1])
+    af = info[K.T_AF].astype(np.uint8)
     first_c2s = client == 0
     src_addr_key = mix(mix(src_hi) ^ src_lo)
     dst_addr_key = mix(mix(dst_hi) ^ dst_lo)
     server_hi = np.where(first_c2s, dst_hi, src_hi)
     server_lo = np.where(first_c2s, dst_lo, src_lo)
     server_port = np.where(first_c2s, dport, sport)
-    last_ts = state[:, K.K_LAST_TS]
+    last_ts = state[K.K_LAST_TS]
     rtt_ok = has_syn & has_synack & (cs[:, "RTT_TS"] >= 0)
 
     def pair(name: str) -> np.ndarray:
@@ -249,8 +299,8 @@ def _finish(tracker: ConnectionTracker) -> Analysis:
         sport=sport,
         dport=dport,
         first_c2s=first_c2s,
-        first_frame=state[:, K.K_FIRST_FRAME],
-        first_ts=state[:, K.K_FIRST_TS],
+        first_frame=state[K.K_FIRST_FRAME],
+        first_ts=state[K.K_FIRST_TS],
         last_ts=last_ts,
         opened_by=opened_by,
         has_syn=has_syn,
@@ -305,7 +355,7 @@ def _finish(tracker: ConnectionTracker) -> Analysis:
     cs.keep(["HS_FRAME", "HS_TS", "LSYN_FRAME", "LSYN_TS"])
     ss.keep(["HS_FRAME", "HS_TS", "LATER_FRAME", "LATER_TS", "LATER_TSVAL"])
     del dirs, small, hs_frame, kind
-    tracker.release()
+    tracked.dirs = tracked.small = np.zeros((2, 0, 0), dtype=np.int64)
     analysis = _handshake_rows(columns, cs, ss, has_syn, has_synack)
     analysis.columns = columns
     analysis.hs_syn, analysis.hs_synack = hs_syn, hs_synack
@@ -328,71 +378,42 @@ def _handshake_rows(
     segment (a placeholder matching nothing), the client's first and last SYN
     before the SYN-ACK, the server's SYN-ACK and its next segment with a TSval."""
     nconn = len(has_syn)
-    index = np.arange(nconn)
     last_syn = has_syn & (cs[:, "LSYN_FRAME"] >= 0) & (cs[:, "LSYN_FRAME"] != cs[:, "HS_FRAME"])
     later = has_synack & (ss[:, "LATER_FRAME"] >= 0)
-    parts = [
-        (index, columns.first_frame, columns.first_ts, 0, -1, True, _FIRST),
-        (index[has_syn], cs[has_syn, "HS_FRAME"], cs[has_syn, "HS_TS"], SYN, -1, True, _SYN),
-        (
-            index[last_syn],
-            cs[last_syn, "LSYN_FRAME"],
-            cs[last_syn, "LSYN_TS"],
-            SYN,
-            -1,
-            True,
-            _LAST_SYN,
-        ),
-        (
-            index[has_synack],
-            ss[has_synack, "HS_FRAME"],
-            ss[has_synack, "HS_TS"],
-            SYN | ACK,
-            -1,
-            False,
-            _SYNACK,
-        ),
-        (
-            index[later],
-            ss[later, "LATER_FRAME"],
-            ss[later, "LATER_TS"],
-            ACK,
-            ss[later, "LATER_TSVAL"],
-            False,
-            _LATER,
-        ),
-    ]
-    conn = np.concatenate([p[0] for p in parts])
-    frame = np.concatenate([p[1] for p in parts])
-    ts = np.concatenate([p[2] for p in parts])
-    flags = np.concatenate([np.full(len(p[0]), p[3], dtype=np.int32) for p in parts])
-    tsval = np.concatenate(
-        [np.broadcast_to(np.asarray(p[4], dtype=np.int64), len(p[0])) for p in parts]
+    none = np.full(nconn, -1, dtype=np.int64)
+    # by kind (_FIRST ... _LATER): which connections have one, its frame, time, TSval
+    present = np.stack([np.ones(nconn, dtype=bool), has_syn, last_syn, has_synack, later])
+    frame = np.stack(
+        [
+            columns.first_frame,
+            cs[:, "HS_FRAME"],
+            cs[:, "LSYN_FRAME"],
+            ss[:, "HS_FRAME"],
+            ss[:, "LATER_FRAME"],
+        ]
     )
-    c2s = np.concatenate([np.full(len(p[0]), p[5]) for p in parts])
-    kinds = np.concatenate([np.full(len(p[0]), p[6], dtype=np.int8) for p in parts])
-    order = np.lexsort((kinds, frame, conn))
-    conn, c2s, kinds = conn[order], c2s[order], kinds[order]
-    n = len(order)
-    tcp = _segment_table(frame[order], ts[order], flags[order], tsval[order])
-    starts = np.searchsorted(conn, index, side="left")
-    ends = np.searchsorted(conn, index, side="right")
-    first_syn = np.full(nconn, -1, dtype=np.int64)
-    first_synack = np.full(nconn, -1, dtype=np.int64)
-    pos = np.arange(n)
-    first_syn[conn[kinds == _SYN]] = pos[kinds == _SYN]
-    first_synack[conn[kinds == _SYNACK]] = pos[kinds == _SYNACK]
+    ts = np.stack(
+        [columns.first_ts, cs[:, "HS_TS"], cs[:, "LSYN_TS"], ss[:, "HS_TS"], ss[:, "LATER_TS"]]
+    )
+    tsval = np.stack([none, none, none, none, ss[:, "LATER_TSVAL"]])
+    conn, kinds, frames, times, tsvals, starts, ends, first_of = layout.handshake_rows(
+        present, frame, ts, tsval
+    )
+    flags = np.array([0, SYN, SYN, SYN | ACK, ACK], dtype=np.int32)[kinds]
+    c2s = np.array([True, True, True, False, False])[kinds]
+    n = len(conn)
+    tcp = _segment_table(frames, times, flags, tsvals)
     zeros = np.zeros(n, dtype=np.int64)
     return Analysis(
         tcp=tcp,
-        order=pos,
+        order=np.arange(n),
         conn=conn,
         c2s=c2s,
         win_bytes=zeros,
         starts=starts,
         ends=ends,
-        first_syn=first_syn,
-        first_synack=first_synack,
+        first_syn=first_of[0],
+        first_synack=first_of[1],
         rel_seq=zeros,
     )
 

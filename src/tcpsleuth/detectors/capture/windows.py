@@ -5,13 +5,15 @@ peer's window (``rwnd-limited``, by the rule in :mod:`tcpsleuth.detectors.thresh
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 import numpy as np
 
+from tcpsleuth import compiled
 from tcpsleuth.detectors.capture import kernels
 from tcpsleuth.detectors.capture.connections import SERIES_POINTS, Analysis
-from tcpsleuth.detectors.capture.tracking import ConnectionTracker
+from tcpsleuth.detectors.capture.shards import MAX_SHARDS, numbered_rows, usable_cores
+from tcpsleuth.detectors.capture.tracking import ChunkRows, ConnectionTracker
 from tcpsleuth.detectors.thresholds import (
     RWND_LIMITED_MIN_NS,
     RWND_LIMITED_MIN_WAITS,
@@ -54,9 +56,7 @@ def window_series(
     last = np.zeros((len(chosen), 2), dtype=np.int64)
     taken = np.zeros((len(chosen), 2), dtype=np.int64)
     out = np.zeros((len(chosen), 2, points, 2), dtype=np.int64)
-    tracker = ConnectionTracker()
-    for tcp in chunks:
-        rows = tracker.feed(tcp)
+    for tcp, rows in _rows(chunks, analysis):
         kernels.series_pass(
             np.minimum(rows.conn, len(slot) - 1),
             rows.direction,
@@ -81,6 +81,20 @@ def window_series(
         server, client = (series[1], series[0]) if client_first else (series[0], series[1])
         result[stream] = (server, client)
     return result
+
+
+def _rows(
+    chunks: Iterable[TcpColumns], analysis: Analysis
+) -> Iterator[tuple[TcpColumns, ChunkRows]]:
+    """Each chunk of another pass with its rows, connections numbered as in
+    ``analysis``: in shards on several cores when the loops are compiled."""
+    shards = 1 if compiled.plain() else min(usable_cores(), MAX_SHARDS)
+    if shards > 1:
+        yield from numbered_rows(iter(chunks), analysis, shards)
+        return
+    tracker = ConnectionTracker()
+    for tcp in chunks:
+        yield tcp, tracker.feed(tcp)
 
 
 def clients_hit(

@@ -1,0 +1,214 @@
+"""Following a capture's connections on several cores: the per-connection passes
+split by 4-tuple, merged before anything looks across connections.
+
+A connection lives on one 4-tuple, and everything :mod:`.tracking` and the Kafka
+follower keep is per connection. So each shard (a hash of the 4-tuple, see
+``kernels.shard_of``) follows its own connections through every chunk, in its
+own thread: the compiled loops release the GIL, and the two shards of a chunk run
+while the next chunk is read and decoded. Each shard numbers its connections by
+their first segment, as one tracker would; the merge interleaves the shards by
+first frame, which gives every connection the number one tracker gives it, and
+hands one merged state to the same ``finish`` as a single tracker. The passes
+that look across connections (SYN-cookie clock groups, window-scale findings per
+server, Kafka pairing and summaries) run on the merged result only.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from tcpsleuth.detectors.capture import kafka_framing as wire
+from tcpsleuth.detectors.capture import kernels
+from tcpsleuth.detectors.capture.connections import Analysis, ConnectionColumns
+from tcpsleuth.detectors.capture.kafka import KafkaFollower, KafkaRequests
+from tcpsleuth.detectors.capture.tracking import (
+    ChunkRows,
+    ConnectionTracker,
+    TrackedState,
+    finish,
+)
+from tcpsleuth.model.capture import TcpColumns
+
+if TYPE_CHECKING:  # imported where used: a small capture runs without threads
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+MAX_SHARDS = 4
+
+
+def usable_cores() -> int:
+    """The processors this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+class ShardedFollow:
+    """Connections and Kafka messages of a capture, ``shards`` trackers at once."""
+
+    def __init__(self, kafka_ports: frozenset[int], shards: int, pool: ThreadPoolExecutor) -> None:
+        self.ports = kafka_ports
+        self.pool = pool
+        self.trackers = [ConnectionTracker(shard=i, shards=shards) for i in range(shards)]
+        self.followers = [KafkaFollower(kafka_ports) for _ in range(shards)]
+
+    def _feed(self, shard: int, tcp: TcpColumns) -> None:
+        tracker = self.trackers[shard]
+        self.followers[shard].feed(tcp, tracker.feed(tcp), tracker)
+
+    def feed(self, tcp: TcpColumns) -> list[Future[None]]:
+        """Start every shard on ``tcp``; wait for the futures before the next chunk."""
+        return [self.pool.submit(self._feed, shard, tcp) for shard in range(len(self.trackers))]
+
+    def numbering(self) -> list[np.ndarray]:
+        """Per shard, the number each of its connections has in the whole capture:
+        connections are numbered by their first segment's frame."""
+        firsts = [t.conn_state[: t.connection_count, kernels.K_FIRST_FRAME] for t in self.trackers]
+        order = np.argsort(np.concatenate(firsts), kind="stable")
+        number = np.empty(len(order), dtype=np.int64)
+        number[order] = np.arange(len(order))
+        bounds = np.cumsum([0, *(len(first) for first in firsts)])
+        return [number[a:b] for a, b in itertools.pairwise(bounds)]
+
+    def finish(self) -> tuple[Analysis, KafkaRequests]:
+        where = self.numbering()
+        tracked = TrackedState.empty(sum(len(w) for w in where))
+        jobs = [
+            self.pool.submit(tracked.fill, tracker, w)
+            for tracker, w in zip(self.trackers, where, strict=True)
+        ]
+        follower = merged_follower(self.ports, self.followers, self.trackers, where)
+        self.followers = []
+        for job in jobs:
+            job.result()
+        for tracker in self.trackers:
+            tracker.release()
+        analysis = finish(tracked)
+        return analysis, follower.finish(analysis)
+
+
+def merged_follower(
+    ports: frozenset[int],
+    followers: list[KafkaFollower],
+    trackers: list[ConnectionTracker],
+    where: list[np.ndarray],
+) -> KafkaFollower:
+    """One follower holding what ``finish`` reads of the shards' connections (the
+    client's direction, server port, verdicts, client.id bytes and the messages), at
+    their numbers in the whole capture; it can only finish."""
+    merged = KafkaFollower(ports)
+    if not merged.port_list:
+        return merged
+    total = sum(len(number) for number in where)
+    merged.client_dir = np.full(total, -1, dtype=np.int64)
+    merged.server_port = np.zeros(total, dtype=np.int64)
+    merged.state = np.zeros((total, 2, wire.STATE_FIELDS), dtype=np.int64)
+    merged.partial = np.zeros((0, 2, wire._HEADER), dtype=np.uint8)
+    merged.idstate = np.empty((total, wire.ID_FIELDS), dtype=np.int64)
+    merged.idstate[:] = wire.ID_INITIAL
+    merged.messages = np.empty(
+        (sum(int(f.count[0]) for f in followers), wire.MESSAGE_FIELDS), dtype=np.int64
+    )
+    merged.ids = np.zeros(sum(int(f.count[1]) for f in followers) + 1, dtype=np.uint8)
+    found, kept = 0, 0
+    for follower, tracker, number in zip(followers, trackers, where, strict=True):
+        known = min(follower.known, len(number))
+        at = number[:known]
+        merged.client_dir[at] = follower.client_dir[:known]
+        merged.server_port[at] = follower.server_port[:known]
+        merged.state[at, :, wire.S_KIND] = follower.state[:known, :, wire.S_KIND]
+        idstate = follower.idstate[:known]
+        merged.idstate[at] = idstate
+        merged.idstate[at, wire.I_AT] = np.where(
+            idstate[:, wire.I_AT] >= 0, idstate[:, wire.I_AT] + kept, -1
+        )
+        if known < len(number):  # connections no chunk introduced to the follower
+            rest = number[known:]
+            client, server_port = tracker.server_ports(known, len(number))
+            merged.client_dir[rest] = np.where(np.isin(server_port, merged.ports), client, -1)
+            merged.server_port[rest] = server_port
+        count, size = int(follower.count[0]), int(follower.count[1])
+        merged.messages[found : found + count] = follower.messages[:count]
+        conn = follower.messages[:count, wire.M_CONN]
+        merged.messages[found : found + count, wire.M_CONN] = number[conn]
+        merged.ids[kept : kept + size] = follower.ids[:size]
+        found, kept = found + count, kept + size
+    merged.count = np.array([found, kept], dtype=np.int64)
+    merged.known = total
+    return merged
+
+
+def follow_sharded(
+    chunks: Iterator[TcpColumns], kafka_ports: frozenset[int], shards: int
+) -> tuple[Analysis, KafkaRequests]:
+    """Every chunk through ``shards`` trackers in threads, the next chunk read and
+    decoded meanwhile; then the merge."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(shards + 1, thread_name_prefix="tcpsleuth-shard") as pool:
+        sharded = ShardedFollow(kafka_ports, shards, pool)
+        ahead = pool.submit(next, chunks, None)
+        while (tcp := ahead.result()) is not None:
+            ahead = pool.submit(next, chunks, None)
+            for job in sharded.feed(tcp):
+                job.result()
+        return sharded.finish()
+
+
+def shard_members(columns: ConnectionColumns, shards: int) -> list[np.ndarray]:
+    """Per shard, the numbers (in the whole capture) of its connections, in the order
+    the shard numbers them: by the same hash of the 4-tuple as ``kernels.track``."""
+    s_hi, s_lo, d_hi, d_lo = columns.src_hi, columns.src_lo, columns.dst_hi, columns.dst_lo
+    sport, dport = columns.sport, columns.dport
+    src_is_a = (s_hi < d_hi) | (
+        (s_hi == d_hi) & ((s_lo < d_lo) | ((s_lo == d_lo) & (sport <= dport)))
+    )
+    shard = kernels.shard_of(
+        columns.af,
+        np.where(src_is_a, s_hi, d_hi),
+        np.where(src_is_a, s_lo, d_lo),
+        np.where(src_is_a, d_hi, s_hi),
+        np.where(src_is_a, d_lo, s_lo),
+        np.where(src_is_a, sport, dport),
+        np.where(src_is_a, dport, sport),
+        shards,
+    )
+    return [np.flatnonzero(shard == one) for one in range(shards)]
+
+
+def numbered_rows(
+    chunks: Iterator[TcpColumns], analysis: Analysis, shards: int
+) -> Iterator[tuple[TcpColumns, ChunkRows]]:
+    """Another pass over the capture ``analysis`` came from: each chunk with its
+    segments' rows, connections numbered as in ``analysis``, followed by ``shards``
+    trackers in threads while the next chunk is read."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    members = shard_members(analysis.columns, shards)
+    trackers = [ConnectionTracker(shard=i, shards=shards) for i in range(shards)]
+    with ThreadPoolExecutor(shards + 1, thread_name_prefix="tcpsleuth-shard") as pool:
+        ahead = pool.submit(next, chunks, None)
+        while (tcp := ahead.result()) is not None:
+            ahead = pool.submit(next, chunks, None)
+            jobs = [pool.submit(tracker.feed, tcp) for tracker in trackers]
+            parts = [job.result() for job in jobs]
+            yield tcp, _combined(parts, members)
+
+
+def _combined(parts: list[ChunkRows], members: list[np.ndarray]) -> ChunkRows:
+    """The shards' rows of one chunk as one, each segment's from its shard."""
+    out = parts[0]
+    mine = out.conn >= 0
+    out.conn[mine] = members[0][out.conn[mine]]
+    for rows, number in zip(parts[1:], members[1:], strict=True):
+        mine = rows.conn >= 0
+        out.conn[mine] = number[rows.conn[mine]]
+        out.direction[mine] = rows.direction[mine]
+        out.rel_seq[mine] = rows.rel_seq[mine]
+        out.win_bytes[mine] = rows.win_bytes[mine]
+    return out
