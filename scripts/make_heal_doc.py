@@ -191,9 +191,11 @@ def main() -> None:
         "\nThe exporter reports the same count per listener "
         "(`tcpsleuth_listen_wscale_bug_connections`), the alert `TcpWscaleBugConnections` "
         "fires on it (deploy/prometheus/alerts.yml), and the Grafana dashboard has a panel "
-        "for it.\n\nNot here yet: `tcpsleuth lab run wscale-bug --kernel prefix --heal` (heal "
-        "in the guest kernel that has the real bug, with the clients' latency before, after "
-        "the restart and after heal), and `tcpsleuth record --heal`.\n"
+        "for it. `tcpsleuth record --heal` runs heal on its ports as each incident closes and "
+        "keeps heal's document in the incident ([record](record.md)).\n\nNot here yet: "
+        "`tcpsleuth lab run wscale-bug --kernel prefix --heal` (heal in the guest kernel that "
+        "has the real bug, with the clients' latency before, after the restart and after "
+        "heal).\n"
     )
     PAGE.write_text("".join(parts))
 

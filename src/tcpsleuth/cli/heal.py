@@ -170,6 +170,18 @@ class Ender:
         server's socket is provoked until it is gone (a challenge ACK is sent at most
         twice a second per socket), then the client's."""
         assert self.table is not None and self.injector is not None
+        # a firewall element names a four-tuple, not a socket: only sockets still there
+        # under their cookie get one (a connection that closed meanwhile is not ended)
+        there = self._still_open(batch)
+        at = time.monotonic() - started
+        gone = [
+            Ended(sock, listener, "reset", "gone", at, "closed before heal came to it")
+            for listener, sock in batch
+            if sock.cookie not in there
+        ]
+        batch = [(listener, sock) for listener, sock in batch if sock.cookie in there]
+        if not batch:
+            return gone
         for _, sock in batch:
             self.table.add(sock)
         open_now = {sock.cookie for _, sock in batch}
@@ -186,7 +198,7 @@ class Ender:
             if sock.cookie not in open_now:
                 self.injector.provoke_client(sock)
         time.sleep(0.3)  # the client's duplicate ACK comes back and is rejected
-        out = []
+        out = gone
         at = time.monotonic() - started
         for listener, sock in batch:
             self.table.remove(sock)
@@ -205,7 +217,10 @@ def _work(
     baseline: dict[str, int],
     started: float,
 ) -> tuple[list[Ended], str | None]:
-    """End ``hits`` ``per_second`` a second; stop at once when a SYN cookie is sent."""
+    """End ``hits`` ``per_second`` a second; stop at once when a SYN cookie is sent. The
+    counter is read before each connection; the reset method ends a second's batch
+    together (its challenge ACKs are limited per socket, not per batch), so it stops
+    before the next batch."""
     ended: list[Ended] = []
     queue = [(plan.local, sock) for plan, sock in hits]
     for first in range(0, len(queue), per_second):
@@ -217,7 +232,7 @@ def _work(
                 detect.COOKIES_SENT, 0
             )
             if sent > 0:
-                ended += _flush(ender, group, started)
+                # at once: what is not ended yet (a reset batch being gathered) stays
                 return ended, f"{sent} SYN cookie(s) sent while heal worked"
             if ender.method == "destroy":
                 ended += ender.end_batch([item], started)

@@ -238,6 +238,12 @@ def _serve_metrics(listen: str, recorder: Recorder) -> None:
     help="Stop after this many seconds (default: until stopped).",
 )
 @click.option(
+    "--heal",
+    is_flag=True,
+    help="Once an incident's storm is over, end the connections the SYN-cookie window-scale "
+    "bug hit on the ports (`tcpsleuth heal --apply`), and keep what was done in the incident.",
+)
+@click.option(
     "--format",
     "output_format",
     type=click.Choice(["table", "json"]),
@@ -270,6 +276,7 @@ def record_command(
     metrics_listen: str | None,
     metrics_file: Path | None,
     duration: float | None,
+    heal: bool,
     output_format: str,
 ) -> int:
     """Keep a ring of header-only capture of the service ports, sample the counters and
@@ -285,9 +292,10 @@ def record_command(
     Events within --merge seconds of each other are one incident (closed --merge
     seconds after its last event, at most --max-incident after its first); at most
     --per-hour incidents in any hour. Everything is readable by root only; the
-    recorder changes nothing on the host. Stop it with Ctrl-C, SIGTERM or SIGHUP:
-    nothing is left running; after a SIGKILL the next start ends what was left and
-    reuses DIR.
+    recorder changes nothing on the host unless --heal is given (then, as each incident
+    closes, `tcpsleuth heal --apply` runs on the ports; see its help). Stop it with
+    Ctrl-C, SIGTERM or SIGHUP: nothing is left running; after a SIGKILL the next start
+    ends what was left and reuses DIR.
 
     \b
     Examples:
@@ -317,6 +325,7 @@ def record_command(
         kafka_config=kafka_config,
         duration=duration,
         metrics_file=metrics_file,
+        heal=heal,
     )
     recorder = Recorder(settings, _printer(output_format))
     if metrics_listen is not None:

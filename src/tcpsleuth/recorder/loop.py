@@ -35,7 +35,7 @@ from tcpsleuth.detectors import rates
 from tcpsleuth.detectors.port_summary import TimesSeen, summarize
 from tcpsleuth.errors import EnvironmentProblem, InputError
 from tcpsleuth.model.findings import Finding
-from tcpsleuth.recorder import children, disk, freeze
+from tcpsleuth.recorder import children, disk, freeze, healing
 from tcpsleuth.recorder.incidents import Incidents, Open, Policy
 from tcpsleuth.recorder.ring import RING_DIR, Ring, covering
 from tcpsleuth.sources import sampling
@@ -78,6 +78,7 @@ class Settings:
     kafka_config: Path | None = None
     duration: float | None = None
     metrics_file: Path | None = None
+    heal: bool = False  # end the bug's connections once an incident's storm is over
 
 
 @dataclass
@@ -546,6 +547,9 @@ class Recorder:
                 freeze.socket_snapshot(
                     self.s.netns, self.ports, active.staging / freeze.LATER, time.time()
                 )
+        if self.s.heal and not stopping:
+            # the incident closes once no event came for a while: the storm is over
+            active.notes += healing.heal_ports(self.s.netns, self.s.ports, active.staging)
         if stopping:
             incident.cut_at = time.time()
         self.ring.request_counts()
