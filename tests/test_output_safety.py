@@ -385,3 +385,68 @@ def test_a_name_too_long_is_one_line(args: tuple[str, ...]) -> None:
     line = one_line(run(*argv))
     assert line.startswith("tcpsleuth: error: ")
     assert "internal error" not in line
+
+
+# -- network peers: client.id ---------------------------------------------------------
+
+KAFKA_PCAP = Path(__file__).parent / "data" / "go-sniffer-kafka.pcap"
+INCIDENT = Path(__file__).parent / "data" / "incident-small"
+HOSTILE_ID = f"{TITLE}{CLEAR}prod"
+
+
+def test_a_client_id_with_escapes_in_a_capture(tmp_path: Path) -> None:
+    """The public Kafka capture with its producer's client.id (same length, so every
+    length field stays right) replaced by one a client chose to carry escapes."""
+    data = KAFKA_PCAP.read_bytes()
+    old = b"kafka-python-producer-1"
+    new = HOSTILE_ID.encode().ljust(len(old), b"-")
+    assert data.count(old) == 2 and len(new) == len(old)
+    capture = tmp_path / "client-id.pcap"
+    capture.write_bytes(data.replace(old, new))
+    shown = run("pcap", str(capture), "--html", str(tmp_path / "r.html"))
+    assert shown.returncode in (0, 1), shown.stderr
+    assert "\x1b" not in shown.stdout and "\x1b" not in shown.stderr
+    assert "\x1b" not in (tmp_path / "r.html").read_text()
+    doc = run("pcap", str(capture), "--format", "json")
+    assert "\x1b" not in doc.stdout  # JSON writes it as \u001b
+    assert new.decode() in {
+        request.get("client_id")
+        for request in _walk(json.loads(doc.stdout))
+        if isinstance(request, dict)
+    }
+
+
+def _walk(value: object) -> list[object]:
+    found: list[object] = [value]
+    if isinstance(value, dict):
+        for item in value.values():
+            found += _walk(item)
+    elif isinstance(value, list):
+        for item in value:
+            found += _walk(item)
+    return found
+
+
+def test_a_client_id_with_escapes_in_an_incident_table(tmp_path: Path) -> None:
+    incident = tmp_path / "incident"
+    shutil.copytree(INCIDENT, incident)
+    report = json.loads((incident / "report.json").read_text())
+    report["rwnd_limited"] = {
+        "count": 1,
+        "connections": [
+            {
+                "client": "10.0.0.2:40000",
+                "server": "10.0.0.1:9092",
+                "sender": "client",
+                "rwnd_limited_ms": 120.0,
+                "rwnd_limited_share": 0.5,
+                "min_window_bytes": 1024,
+                "client_id": f"{HOSTILE_ID}ucer-1",
+            }
+        ],
+    }
+    (incident / "report.json").write_text(json.dumps(report))
+    result = run("report", str(incident))
+    assert result.returncode in (0, 1), result.stderr
+    assert "\x1b" not in result.stdout and "\x07" not in result.stdout
+    assert "\\x1b]0;owned\\x07\\x1b[2Jproducer-1" in result.stdout
