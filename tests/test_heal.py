@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Iterator
 
 import pytest
-from conftest import SUPPORT, Farm, needs_root
+from conftest import SUPPORT, Farm, needs_root, nstat_in
 
 from tcpsleuth.detectors import heal as detect
 from tcpsleuth.detectors.kernel import KernelVerdict
@@ -382,3 +382,66 @@ def test_the_exporter_counts_the_hit_connections(
     result = heal(two_shifts, "--apply", "--quiet-seconds", "0.5", "--wait", "30")
     assert result.returncode == 0, result.stderr
     assert _gauge(two_shifts) == {key: 0}
+
+
+@needs_root
+@pytest.mark.parametrize("method", ["destroy", "reset"])
+def test_remote_clients_over_ipv4_and_ipv6_come_back(method: str) -> None:
+    """Clients in another namespace over veth, to a dual-stack listener: IPv4 clients
+    appear as ::ffff:a.b.c.d on the server, and each method's packets cross a real link
+    (the reset method's probe to the server carries a remote source address)."""
+    from tcpsleuth.lab import topology
+
+    with topology.server_client_pair("heal") as pair:
+        clients = Clients(
+            pair.server, "--port", str(PORT), "--early", "8", "--late", "8", "--host", "::",
+            "--connect", pair.server_ip4, "--connect", pair.server_ip6,
+            "--client-netns", pair.client,
+        )  # fmt: skip
+        try:
+            shifts = server_shifts(pair.server)
+            assert sorted(shifts.values()) == [8, 8], shifts
+            result = heal(
+                pair.server, "--apply", "--method", method, "--quiet-seconds", "1",
+                "--format", "json",
+            )  # fmt: skip
+            assert result.returncode == 0, (result.stdout, result.stderr)
+            doc = json.loads(result.stdout)
+            [listener] = doc["listeners"]
+            bug, own = listener["bug_wscale"], listener["own_wscale"]
+            assert doc["counts"] == {"hit": 8, "ended": 8, "came_back": 8, "not_back": 0}
+            clients_hit = {h["client"].rsplit(":", 1)[0] for h in doc["hit"]}
+            assert clients_hit == {"198.18.0.2", "[2001:db8::2]"}, clients_hit
+            after = server_shifts(pair.server)
+            assert after[bug] == 0 and after[own] == 16, after
+            assert nft_ruleset(pair.server) == ""
+        finally:
+            clients.stop()
+
+
+@needs_root
+def test_a_storm_on_the_fixed_kernel_leaves_nothing_to_heal(netns: str) -> None:
+    """The lab's fixed-kernel scenario on this host: backlog 50, SO_RCVBUF 102400 before
+    listen(), a reconnect storm answered by SYN cookies. The kernel has the fix, so the
+    cookie connections use the listener's own shift: nothing is hit, even with heal told
+    to treat the kernel as affected."""
+    before = nstat_in(netns).get("TcpExtSyncookiesSent", 0)
+    farm = Farm(
+        netns, "--port", str(PORT), "--backlog", "50", "--clients", "1500", "--rcvbuf",
+        "102400", "--storm",
+    )  # fmt: skip
+    try:
+        assert nstat_in(netns).get("TcpExtSyncookiesSent", 0) - before > 50
+        shifts = server_shifts(netns)
+        assert sum(shifts.values()) == 1500 and len(shifts) == 1, shifts
+        env = {k: v for k, v in os.environ.items() if k != "TCPSLEUTH_TEST_KERNEL_STATUS"}
+        for environment in (env, TEST_ENV):
+            dry = heal(netns, "--format", "json", env=environment)
+            assert dry.returncode == 0, dry.stderr
+            doc = json.loads(dry.stdout)
+            assert doc["hit"] == [] and doc["listeners"][0]["rcvbuf_locked"] == "yes"
+        applied = heal(netns, "--apply", "--format", "json")
+        assert applied.returncode == 0 and json.loads(applied.stdout)["ended"] == []
+        assert server_shifts(netns) == shifts
+    finally:
+        farm.stop()

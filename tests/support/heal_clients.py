@@ -2,14 +2,16 @@
 and clients that reconnect when their connection is ended (for `tcpsleuth heal`).
 
 Usage: heal_clients.py --port 9092 --early 12 --late 20 [--rcvbuf 102400] [--backlog 50]
-[--host 127.0.0.1] [--no-lock]
+[--host 127.0.0.1] [--connect ADDR ...] [--client-netns NAME] [--no-lock]
 
 The listener starts with its buffer unlocked; ``--early`` clients connect; then the
 listener's SO_RCVBUF is set (the kernel reads the lock when each SYN arrives, so only
 later handshakes see it) and ``--late`` clients connect. The early connections use the
 shift of an unlocked buffer, the late ones the locked buffer's: on this host's fixed
 kernel, the two shifts a pre-fix kernel gives cookie and ordinary connections.
-With --no-lock the buffer is never set (a clean listener).
+With --no-lock the buffer is never set (a clean listener). The clients connect to
+--host, or in turn to each --connect address; with --client-netns their sockets are
+made in that namespace (the listener stays in the one this runs in), as remote hosts'.
 
 Every client that reads a reset or end of file reconnects once, at once, as a Kafka
 client does. The server side closes a connection whose read fails. Prints
@@ -20,11 +22,14 @@ client does. The server side closes a connection whose read fails. Prints
 from __future__ import annotations
 
 import argparse
+import itertools
 import selectors
 import socket
 import sys
 import threading
 import time
+
+from tcpsleuth.sources import netns
 
 
 def main() -> None:
@@ -36,7 +41,10 @@ def main() -> None:
     parser.add_argument("--backlog", type=int, default=50)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--no-lock", action="store_true")
+    parser.add_argument("--connect", action="append", default=[])
+    parser.add_argument("--client-netns", default=None)
     args = parser.parse_args()
+    targets = itertools.cycle(args.connect or [args.host])
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
     server = socket.socket(family, socket.SOCK_STREAM)
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -57,7 +65,8 @@ def main() -> None:
     threading.Thread(target=accept_forever, daemon=True).start()
 
     def connect() -> socket.socket:
-        client = socket.create_connection((args.host, args.port), timeout=30)
+        with netns.entered(args.client_netns):
+            client = socket.create_connection((next(targets), args.port), timeout=30)
         with lock:
             selector.register(client, selectors.EVENT_READ, "client")
         return client
