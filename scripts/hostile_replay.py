@@ -494,6 +494,23 @@ def table(paths: dict[str, str], out: Path) -> list[Case]:
         add(f"probe --rcvbuf {value}", "probe", "--rcvbuf", value)
     for listen in ["", ":", "nohost:1", "127.0.0.1:99999", "[::1", "127.0.0.1:-1", "x" * 300]:
         add(f"exporter --listen {listen!r}", "exporter", "--listen", listen)
+    # ports that only look like numbers (str.isdigit takes both; int() refuses both)
+    for name, listen in [("superscript", "127.0.0.1:9\u00b2"), ("5000 digits", f"127.0.0.1:{BIG}")]:
+        add(f"exporter --listen ({name})", "exporter", "--listen", listen)
+        add(
+            f"record --metrics-listen ({name})",
+            "record",
+            "--port",
+            "9092",
+            "--dir",
+            str(out / f"metrics-listen-{len(cases)}"),
+            "--metrics-listen",
+            listen,
+            "--duration",
+            "1",
+            "--trace",
+            "0",
+        )
     for address in ["10.0.0.999", "::g", "", "[/x]"]:
         add(f"sockets --address {address!r}", "sockets", "--address", address, paths["ss-[/x]"])
     # snapshot files: sockets and compare, both formats
