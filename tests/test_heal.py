@@ -445,3 +445,49 @@ def test_a_storm_on_the_fixed_kernel_leaves_nothing_to_heal(netns: str) -> None:
         assert server_shifts(netns) == shifts
     finally:
         farm.stop()
+
+
+@needs_root
+def test_clients_that_do_not_come_back_are_listed_and_exit_1(netns: str) -> None:
+    clients = Clients(netns, "--port", str(PORT), "--early", "5", "--late", "5", "--no-reconnect")
+    try:
+        result = heal(netns, "--apply", "--quiet-seconds", "0.5", "--wait", "2", "--format", "json")
+        assert result.returncode == 1, (result.stdout, result.stderr)
+        doc = json.loads(result.stdout)
+        assert doc["counts"] == {"hit": 5, "ended": 5, "came_back": 0, "not_back": 5}
+        assert {e["cookie"] for e in doc["not_back"]} == {h["cookie"] for h in doc["hit"]}
+    finally:
+        clients.stop()
+
+
+@needs_root
+@pytest.mark.parametrize("method", ["auto", "destroy"])
+def test_a_kernel_without_sock_destroy(
+    two_shifts: str,
+    method: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Where SOCK_DESTROY answers EOPNOTSUPP (no CONFIG_INET_DIAG_DESTROY), auto falls
+    back to resets; an explicit --method destroy says so in one line (exit 2)."""
+    import errno
+
+    from tcpsleuth.cli.main import run
+    from tcpsleuth.sources import sockdestroy
+
+    monkeypatch.setenv("TCPSLEUTH_TEST_KERNEL_STATUS", "affected")
+    monkeypatch.setattr(sockdestroy.Destroyer, "destroy", lambda self, target: errno.EOPNOTSUPP)
+    _own, bug = own_and_bug(two_shifts)
+    args = ["heal", "--port", str(PORT), "--netns", two_shifts, "--apply", "--method", method]
+    status = run([*args, "--quiet-seconds", "0.5", "--format", "json"])
+    out, err = capsys.readouterr()
+    if method == "destroy":
+        assert status == 2 and err.count("\n") == 1 and "EOPNOTSUPP" in err, err
+        assert server_shifts(two_shifts)[bug] == EARLY
+        return
+    assert status == 0, err
+    doc = json.loads(out)
+    assert doc["method"] == "reset"
+    assert doc["counts"] == {"hit": EARLY, "ended": EARLY, "came_back": EARLY, "not_back": 0}
+    assert {e["how"] for e in doc["ended"]} == {"reset"}
+    assert server_shifts(two_shifts)[bug] == 0

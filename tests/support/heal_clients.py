@@ -12,6 +12,7 @@ kernel, the two shifts a pre-fix kernel gives cookie and ordinary connections.
 With --no-lock the buffer is never set (a clean listener). The clients connect to
 --host, or in turn to each --connect address; with --client-netns their sockets are
 made in that namespace (the listener stays in the one this runs in), as remote hosts'.
+With --no-reconnect an ended client stays away.
 
 Every client that reads a reset or end of file reconnects once, at once, as a Kafka
 client does. The server side closes a connection whose read fails. Prints
@@ -43,6 +44,7 @@ def main() -> None:
     parser.add_argument("--no-lock", action="store_true")
     parser.add_argument("--connect", action="append", default=[])
     parser.add_argument("--client-netns", default=None)
+    parser.add_argument("--no-reconnect", action="store_true")
     args = parser.parse_args()
     targets = itertools.cycle(args.connect or [args.host])
     family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
@@ -107,7 +109,7 @@ def main() -> None:
             with lock:
                 selector.unregister(sock)
             sock.close()
-            if key.data == "client":
+            if key.data == "client" and not args.no_reconnect:
                 connect()
                 reconnected += 1
                 print(f"reconnected {reconnected}", flush=True)

@@ -149,10 +149,10 @@ class Ender:
             raise EnvironmentProblem("ending sockets needs CAP_NET_ADMIN: run heal as root")
         if code in sockdestroy.UNSUPPORTED:
             if self.asked == "destroy":
+                name = "EOPNOTSUPP" if code == errno.EOPNOTSUPP else errno.errorcode[code]
                 raise EnvironmentProblem(
-                    f"this kernel cannot destroy sockets through sock_diag ({errno.errorcode[code]}"
-                    ": built without CONFIG_INET_DIAG_DESTROY, or older than 4.5); use "
-                    "--method reset"
+                    f"this kernel cannot destroy sockets through sock_diag ({name}: built "
+                    "without CONFIG_INET_DIAG_DESTROY, or older than 4.5); use --method reset"
                 )
             self.destroyer.close()
             self.destroyer = None
