@@ -491,3 +491,21 @@ def test_a_kernel_without_sock_destroy(
     assert doc["counts"] == {"hit": EARLY, "ended": EARLY, "came_back": EARLY, "not_back": 0}
     assert {e["how"] for e in doc["ended"]} == {"reset"}
     assert server_shifts(two_shifts)[bug] == 0
+
+
+@needs_root
+def test_the_pace_follows_the_backlog(netns: str) -> None:
+    """Backlog 8: at most 4 connections ended a second (half the backlog), although
+    --rate allows 100 (the cap by --rate: test_pace_follows_the_backlog_and_the_rate)."""
+    clients = Clients(netns, "--port", str(PORT), "--early", "12", "--late", "4", "--backlog", "8")
+    try:
+        result = heal(netns, "--apply", "--quiet-seconds", "0.5", "--format", "json")
+        assert result.returncode == 0, result.stderr
+        doc = json.loads(result.stdout)
+        assert doc["per_second"] == 4 and doc["counts"]["ended"] == 12
+        times = sorted(e["at_s"] for e in doc["ended"])
+        # three batches of four, a second apart
+        assert times[-1] - times[0] >= 1.9, times
+        assert all(times[n + 4] - times[n] >= 0.9 for n in range(len(times) - 4)), times
+    finally:
+        clients.stop()
