@@ -31,6 +31,7 @@ from tcpsleuth.detectors.capture.tracking import (
     ConnectionTracker,
     TrackedState,
     finish,
+    option_rows,
 )
 from tcpsleuth.model.capture import TcpColumns
 
@@ -54,16 +55,22 @@ class ShardedFollow:
     def __init__(self, kafka_ports: frozenset[int], shards: int, pool: ThreadPoolExecutor) -> None:
         self.ports = kafka_ports
         self.pool = pool
-        self.trackers = [ConnectionTracker(shard=i, shards=shards) for i in range(shards)]
+        self.trackers = [
+            ConnectionTracker(shard=i, shards=shards, keep_rows=True) for i in range(shards)
+        ]
         self.followers = [KafkaFollower(kafka_ports) for _ in range(shards)]
 
-    def _feed(self, shard: int, tcp: TcpColumns) -> None:
+    def _feed(self, shard: int, tcp: TcpColumns, opt_index: np.ndarray) -> None:
         tracker = self.trackers[shard]
-        self.followers[shard].feed(tcp, tracker.feed(tcp), tracker)
+        self.followers[shard].feed(tcp, tracker.feed(tcp, opt_index), tracker)
 
     def feed(self, tcp: TcpColumns) -> list[Future[None]]:
         """Start every shard on ``tcp``; wait for the futures before the next chunk."""
-        return [self.pool.submit(self._feed, shard, tcp) for shard in range(len(self.trackers))]
+        opt_index = option_rows(tcp)
+        return [
+            self.pool.submit(self._feed, shard, tcp, opt_index)
+            for shard in range(len(self.trackers))
+        ]
 
     def numbering(self) -> list[np.ndarray]:
         """Per shard, the number each of its connections has in the whole capture:
@@ -146,16 +153,18 @@ def merged_follower(
 def follow_sharded(
     chunks: Iterator[TcpColumns], kafka_ports: frozenset[int], shards: int
 ) -> tuple[Analysis, KafkaRequests]:
-    """Every chunk through ``shards`` trackers in threads, the next chunk read and
-    decoded meanwhile; then the merge."""
+    """Every chunk through ``shards`` trackers in threads while this thread reads and
+    decodes the next one (its arrays come from this thread's memory, reused chunk
+    after chunk); then the merge."""
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(shards + 1, thread_name_prefix="tcpsleuth-shard") as pool:
+    with ThreadPoolExecutor(shards, thread_name_prefix="tcpsleuth-shard") as pool:
         sharded = ShardedFollow(kafka_ports, shards, pool)
-        ahead = pool.submit(next, chunks, None)
-        while (tcp := ahead.result()) is not None:
-            ahead = pool.submit(next, chunks, None)
-            for job in sharded.feed(tcp):
+        tcp = next(chunks, None)
+        while tcp is not None:
+            jobs = sharded.feed(tcp)
+            tcp = next(chunks, None)
+            for job in jobs:
                 job.result()
         return sharded.finish()
 
@@ -186,18 +195,21 @@ def numbered_rows(
 ) -> Iterator[tuple[TcpColumns, ChunkRows]]:
     """Another pass over the capture ``analysis`` came from: each chunk with its
     segments' rows, connections numbered as in ``analysis``, followed by ``shards``
-    trackers in threads while the next chunk is read."""
+    trackers in threads while the next chunk is read (the rows are written over by
+    the next chunk's)."""
     from concurrent.futures import ThreadPoolExecutor
 
     members = shard_members(analysis.columns, shards)
-    trackers = [ConnectionTracker(shard=i, shards=shards) for i in range(shards)]
-    with ThreadPoolExecutor(shards + 1, thread_name_prefix="tcpsleuth-shard") as pool:
-        ahead = pool.submit(next, chunks, None)
-        while (tcp := ahead.result()) is not None:
-            ahead = pool.submit(next, chunks, None)
-            jobs = [pool.submit(tracker.feed, tcp) for tracker in trackers]
+    trackers = [ConnectionTracker(shard=i, shards=shards, keep_rows=True) for i in range(shards)]
+    with ThreadPoolExecutor(shards, thread_name_prefix="tcpsleuth-shard") as pool:
+        tcp = next(chunks, None)
+        while tcp is not None:
+            opt_index = option_rows(tcp)
+            jobs = [pool.submit(tracker.feed, tcp, opt_index) for tracker in trackers]
+            following = next(chunks, None)
             parts = [job.result() for job in jobs]
             yield tcp, _combined(parts, members)
+            tcp = following
 
 
 def _combined(parts: list[ChunkRows], members: list[np.ndarray]) -> ChunkRows:

@@ -51,9 +51,13 @@ class ConnectionTracker:
     4-tuples only. :meth:`finish` turns them into an :class:`Analysis`.
     """
 
-    def __init__(self, capacity: int = 1 << 12, shard: int = 0, shards: int = 1) -> None:
+    def __init__(
+        self, capacity: int = 1 << 12, shard: int = 0, shards: int = 1, keep_rows: bool = False
+    ) -> None:
         # with shards > 1, only the 4-tuples of this shard (kernels.shard_of)
         self.shard, self.shards = shard, shards
+        self.keep_rows = keep_rows
+        self.rows: ChunkRows | None = None
         self.counts = np.zeros(2, dtype=np.int64)  # tuples, connections
         self.conn_state = np.zeros((capacity, kernels.CONN_FIELDS), dtype=np.int64)
         self.dir_state = np.zeros((capacity, 2, kernels.DIR_FIELDS), dtype=np.int64)
@@ -82,16 +86,14 @@ class ConnectionTracker:
             self.table = np.zeros(1 << int(2 * size - 1).bit_length(), dtype=np.int64)
             kernels.rehash(self.table, self.tuple_addr, self.tuple_info, ntuples)
 
-    def feed(self, tcp: TcpColumns) -> ChunkRows:
+    def feed(self, tcp: TcpColumns, opt_index: np.ndarray | None = None) -> ChunkRows:
+        """Follow the segments of ``tcp``: its rows (``opt_index``: per segment, its
+        row in ``tcp.syn_options`` or -1, see :func:`option_rows`). With
+        ``keep_rows`` the rows are written over by the next call."""
         n = len(tcp)
-        opt_index = np.full(n, -1, dtype=np.int64)
-        opt_index[tcp.syn_rows] = np.arange(len(tcp.syn_rows))
-        out = ChunkRows(
-            np.empty(n, dtype=np.int64),
-            np.empty(n, dtype=np.int8),
-            np.empty(n, dtype=np.int64),
-            np.empty(n, dtype=np.int64),
-        )
+        if opt_index is None:
+            opt_index = option_rows(tcp)
+        out = self._rows(n)
         at, first = 0, True
         while at < n:
             if not first:
@@ -134,6 +136,30 @@ class ConnectionTracker:
             )
         return out
 
+    def _rows(self, n: int) -> ChunkRows:
+        """Room for a chunk's rows: new arrays, or (``keep_rows``) the tracker's own,
+        so that a tracker in a worker thread allocates nothing per chunk (memory freed
+        in a thread's own malloc arena goes back to the system, and comes back page
+        by page)."""
+        if not self.keep_rows:
+            return ChunkRows(
+                np.empty(n, dtype=np.int64),
+                np.empty(n, dtype=np.int8),
+                np.empty(n, dtype=np.int64),
+                np.empty(n, dtype=np.int64),
+            )
+        if self.rows is None or len(self.rows.conn) < n:
+            self.rows = ChunkRows(
+                np.empty(n, dtype=np.int64),
+                np.empty(n, dtype=np.int8),
+                np.empty(n, dtype=np.int64),
+                np.empty(n, dtype=np.int64),
+            )
+        whole = self.rows
+        return ChunkRows(
+            whole.conn[:n], whole.direction[:n], whole.rel_seq[:n], whole.win_bytes[:n]
+        )
+
     def server_ports(self, first: int, last: int) -> tuple[np.ndarray, np.ndarray]:
         """For connections ``first`` to ``last`` - 1: the direction of the client as
         their first segment tells, and the server's port."""
@@ -163,6 +189,13 @@ class ConnectionTracker:
         self.dir_small = np.zeros((0, 2, kernels.SMALL_FIELDS), dtype=np.int32)
         self.tuple_addr = np.zeros((0, 4), dtype=np.uint64)
         self.table = np.zeros(0, dtype=np.int64)
+
+
+def option_rows(tcp: TcpColumns) -> np.ndarray:
+    """Per segment of ``tcp``, its row in ``tcp.syn_options`` (-1: not a SYN)."""
+    opt_index = np.full(len(tcp), -1, dtype=np.int64)
+    opt_index[tcp.syn_rows] = np.arange(len(tcp.syn_rows))
+    return opt_index
 
 
 def _grown(array: np.ndarray, size: int) -> np.ndarray:
