@@ -387,6 +387,8 @@ def heal_command(
         result.refused = refused
         click.echo(f"tcpsleuth: heal refused: {refused}", err=True)
         return _finish(result, output_format, REFUSED)
+    if not hits:
+        return _finish(result, output_format, 0)  # they closed while heal waited
     cookies_before = frozenset(s.cookie for s in found)
     backlog = min((p.backlog for p, _ in hits), default=1)
     result.per_second = detect.per_second(backlog, rate)
