@@ -86,7 +86,10 @@ Two ways to end a connection (`--method`, default `auto`):
   one per connection, each with a timeout (`--firewall-timeout`, default 10 s). The
   table has nftables' `owner` flag and is held by an `nft -i` child, so the kernel
   removes it when heal ends in any way, SIGKILL included; on a kernel before 5.12
-  (no owner flag) the elements still expire after their timeout.
+  (no owner flag) the elements still expire after their timeout. A host firewall that
+  drops what conntrack calls invalid may drop heal's SYN to an established connection;
+  heal then lists the connection as failed ("server socket kept") and exits 1. Where
+  the kernel has SOCK_DESTROY, `destroy` needs no firewall at all.
 
 heal changes nothing else on the host, and nothing at all without `--apply`.
 
