@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import itertools
 import os
+import queue
+import threading
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -35,9 +36,6 @@ from tcpsleuth.detectors.capture.tracking import (
 )
 from tcpsleuth.model.capture import TcpColumns
 
-if TYPE_CHECKING:  # imported where used: a small capture runs without threads
-    from concurrent.futures import Future, ThreadPoolExecutor
-
 MAX_SHARDS = 4
 
 
@@ -49,28 +47,59 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-class ShardedFollow:
-    """Connections and Kafka messages of a capture, ``shards`` trackers at once."""
+AHEAD = 4  # chunks a shard may lag behind the reader (each a few MB)
 
-    def __init__(self, kafka_ports: frozenset[int], shards: int, pool: ThreadPoolExecutor) -> None:
+
+class ShardedFollow:
+    """Connections and Kafka messages of a capture, ``shards`` trackers at once, each
+    in its own thread, fed the decoded chunks in order through its own queue: a
+    shard that the scheduler holds back a moment does not hold back the others."""
+
+    def __init__(self, kafka_ports: frozenset[int], shards: int) -> None:
         self.ports = kafka_ports
-        self.pool = pool
         self.trackers = [
             ConnectionTracker(shard=i, shards=shards, keep_rows=True) for i in range(shards)
         ]
         self.followers = [KafkaFollower(kafka_ports) for _ in range(shards)]
-
-    def _feed(self, shard: int, tcp: TcpColumns, opt_index: np.ndarray) -> None:
-        tracker = self.trackers[shard]
-        self.followers[shard].feed(tcp, tracker.feed(tcp, opt_index), tracker)
-
-    def feed(self, tcp: TcpColumns) -> list[Future[None]]:
-        """Start every shard on ``tcp``; wait for the futures before the next chunk."""
-        opt_index = option_rows(tcp)
-        return [
-            self.pool.submit(self._feed, shard, tcp, opt_index)
-            for shard in range(len(self.trackers))
+        self.queues: list[queue.Queue[tuple[TcpColumns, np.ndarray] | None]] = [
+            queue.Queue(maxsize=AHEAD) for _ in range(shards)
         ]
+        self.errors: list[BaseException] = []
+        self.threads = [
+            threading.Thread(target=self._work, args=(i,), name=f"tcpsleuth-shard-{i}", daemon=True)
+            for i in range(shards)
+        ]
+        for thread in self.threads:
+            thread.start()
+
+    def _work(self, shard: int) -> None:
+        tracker, follower = self.trackers[shard], self.followers[shard]
+        while (item := self.queues[shard].get()) is not None:
+            if self.errors:
+                continue  # drain: the reader is stopping
+            tcp, opt_index = item
+            try:
+                follower.feed(tcp, tracker.feed(tcp, opt_index), tracker)
+            except BaseException as exc:  # handed to the reader's thread
+                self.errors.append(exc)
+
+    def feed(self, tcp: TcpColumns) -> None:
+        """Queue ``tcp`` for every shard (waits while a shard is AHEAD chunks behind)."""
+        opt_index = option_rows(tcp)
+        for one in self.queues:
+            one.put((tcp, opt_index))
+        if self.errors:
+            self.stop()
+
+    def stop(self) -> None:
+        """Let the shards finish what is queued, and end their threads."""
+        for one in self.queues:
+            one.put(None)
+        for thread in self.threads:
+            thread.join()
+        self.queues = []
+        if self.errors:
+            raise self.errors[0]
 
     def numbering(self) -> list[np.ndarray]:
         """Per shard, the number each of its connections has in the whole capture:
@@ -83,16 +112,19 @@ class ShardedFollow:
         return [number[a:b] for a, b in itertools.pairwise(bounds)]
 
     def finish(self) -> tuple[Analysis, KafkaRequests]:
+        """After :meth:`stop`: the shards merged, and the analysis of all of them."""
         where = self.numbering()
         tracked = TrackedState.empty(sum(len(w) for w in where))
-        jobs = [
-            self.pool.submit(tracked.fill, tracker, w)
-            for tracker, w in zip(self.trackers, where, strict=True)
+        fills = [
+            threading.Thread(target=tracked.fill, args=(tracker, number))
+            for tracker, number in zip(self.trackers, where, strict=True)
         ]
+        for fill in fills:
+            fill.start()
         follower = merged_follower(self.ports, self.followers, self.trackers, where)
         self.followers = []
-        for job in jobs:
-            job.result()
+        for fill in fills:
+            fill.join()
         for tracker in self.trackers:
             tracker.release()
         analysis = finish(tracked)
@@ -154,19 +186,16 @@ def follow_sharded(
     chunks: Iterator[TcpColumns], kafka_ports: frozenset[int], shards: int
 ) -> tuple[Analysis, KafkaRequests]:
     """Every chunk through ``shards`` trackers in threads while this thread reads and
-    decodes the next one (its arrays come from this thread's memory, reused chunk
+    decodes the next ones (its arrays come from this thread's memory, reused chunk
     after chunk); then the merge."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(shards, thread_name_prefix="tcpsleuth-shard") as pool:
-        sharded = ShardedFollow(kafka_ports, shards, pool)
-        tcp = next(chunks, None)
-        while tcp is not None:
-            jobs = sharded.feed(tcp)
-            tcp = next(chunks, None)
-            for job in jobs:
-                job.result()
-        return sharded.finish()
+    sharded = ShardedFollow(kafka_ports, shards)
+    try:
+        for tcp in chunks:
+            sharded.feed(tcp)
+    finally:
+        if sharded.queues:
+            sharded.stop()
+    return sharded.finish()
 
 
 def shard_members(columns: ConnectionColumns, shards: int) -> list[np.ndarray]:
