@@ -35,7 +35,7 @@ from tcpsleuth.model.records import (
     kafka_release,
 )
 from tcpsleuth.model.text import printable
-from tcpsleuth.reports import jsonout, table
+from tcpsleuth.reports import auditview, jsonout, table
 from tcpsleuth.reports.auditview import AuditResult, render
 from tcpsleuth.sources import config as server_config
 from tcpsleuth.sources import netns
@@ -302,7 +302,8 @@ def audit_command(
         probed = run_probe(probe_rcvbuf(snapshot))
     result = run_audit(snapshot, probed)
     if output_format == "json":
-        jsonout.emit(jsonout.document("audit", result.findings, **result.data()))
+        verdict = auditview.host_verdict(result).to_dict()
+        jsonout.emit(jsonout.document("audit", result.findings, verdict=verdict, **result.data()))
     else:
         table.console().print(render(result))
     return exit_status(result.findings)

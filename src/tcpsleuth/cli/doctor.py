@@ -19,7 +19,8 @@ from tcpsleuth.cli.audit import run_audit, snapshot_from
 from tcpsleuth.cli.options import format_option, kafka_config_option, netns_option
 from tcpsleuth.model.findings import Finding, exit_status, ranked
 from tcpsleuth.model.records import HostSnapshot
-from tcpsleuth.reports import doctorview, jsonout, table
+from tcpsleuth.reports import auditview, doctorview, jsonout, table
+from tcpsleuth.reports.auditview import AuditResult
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class CheckResult:
     findings: list[Finding] = field(default_factory=list)
     data: dict[str, Any] = field(default_factory=dict)
     skipped: str | None = None
+    audit: AuditResult | None = field(default=None, repr=False)  # the audit check's
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -64,7 +66,7 @@ def audit_check(context: DoctorContext) -> CheckResult:
         except EnvironmentProblem:
             probed = None  # the audit then says it relied on the version table
     result = run_audit(context.snapshot, probed)
-    return CheckResult("audit", result.findings, result.data())
+    return CheckResult("audit", result.findings, result.data(), audit=result)
 
 
 TRACE_SECONDS = 2.0
@@ -163,6 +165,26 @@ def counters_check(context: DoctorContext) -> CheckResult:
 
 Check = Callable[[DoctorContext], CheckResult]
 CHECKS: list[Check] = [audit_check, trace_check, sockets_check, counters_check]
+CHECK_WORDS = {
+    audit_check: "auditing the kernel, settings and listeners",
+    trace_check: f"tracing TCP connections for {TRACE_SECONDS:g} s",
+    sockets_check: "reading every connection's window scale",
+    counters_check: f"sampling counters for {COUNTER_SAMPLE_SECONDS:g} s",
+}
+
+
+def _run_checks(context: DoctorContext) -> list[CheckResult]:
+    """Every check, saying which one runs on standard error when that is a terminal
+    (a live run takes seconds: the probe, the trace, the counter samples)."""
+    stderr = table.console(stderr=True)
+    if not (context.live and stderr.is_terminal):
+        return [check(context) for check in CHECKS]
+    results = []
+    with stderr.status("doctor") as status:
+        for number, check in enumerate(CHECKS, 1):
+            status.update(f"doctor {number}/{len(CHECKS)}: {CHECK_WORDS.get(check, '')}")
+            results.append(check(context))
+    return results
 
 
 @click.command("doctor")
@@ -204,18 +226,21 @@ def doctor_command(
     """
     snapshot = snapshot_from(bundle, netns, kafka_config, example)
     context = DoctorContext(snapshot, live=bundle is None and example is None, netns=netns)
-    results = [check(context) for check in CHECKS]
+    results = _run_checks(context)
     findings = ranked(f for result in results for f in result.findings)
+    audited = next(r.audit for r in results if r.audit is not None)
+    verdict = auditview.host_verdict(audited, findings).to_dict()
     if output_format == "json":
         jsonout.emit(
             jsonout.document(
                 "doctor",
                 findings,
+                verdict=verdict,
                 origin=snapshot.origin,
                 host={"hostname": snapshot.hostname, "kernel_release": snapshot.kernel_release},
                 checks=[result.summary() for result in results],
             )
         )
     else:
-        table.console().print(doctorview.tables(snapshot, results, findings))
+        table.console().print(doctorview.tables(audited, verdict, results, findings))
     return exit_status(findings)

@@ -15,6 +15,7 @@ from tcpsleuth.cli.options import format_option, writable
 from tcpsleuth.detectors.capture import Analysis, detail, window_series
 from tcpsleuth.detectors.capture.run import CaptureResult, analyse_stream
 from tcpsleuth.detectors.capture.selection import ranked_streams, streams_named
+from tcpsleuth.detectors.verdict import capture_verdict
 from tcpsleuth.errors import InputError
 from tcpsleuth.model.findings import exit_status, ranked
 from tcpsleuth.reports import jsonout, pcapview, table
@@ -83,12 +84,15 @@ def _pictures(results: list[CaptureResult], plot_dir: Path | None, html_file: Pa
         for index, result in enumerate(results):
             prefix = f"{index}-{Path(result.capture.path).name}-" if len(results) > 1 else ""
             named = streams_named(result.findings, result.requests, plots.MAX_CONNECTIONS)
+            groups = pcapview.plot_groups(result, named)  # look-alikes drawn once
+            drawn = list(groups)
             pictures = plots.write_connection_plots(
-                _with_detail(result, named),
-                named,
-                result.requests.of_streams(named),
+                _with_detail(result, drawn),
+                drawn,
+                result.requests.of_streams(drawn),
                 directory,
                 prefix,
+                {s: pcapview.plot_caption(result, s, groups[s]) for s in drawn},
             )
             sections.append(pcapview.html_section(result, pictures))
         if html_file is not None:
@@ -191,11 +195,16 @@ def _report(
             jsonout.document(
                 "pcap",
                 ranked(findings),
+                verdict=capture_verdict(
+                    findings,
+                    sum(len(r.analysis.connections) for r in results),
+                    sum(int((r.wscale.mismatch == 0).sum()) for r in results),
+                ).to_dict(),
                 files=[_document(r, all_connections) for r in results],
             )
         )
     else:
         for result in results:
-            shown = ranked_streams(result.analysis, TABLE_ROWS)
+            shown = pcapview.table_streams(result, TABLE_ROWS)
             pcapview.print_tables(table.console(), result, shown)
     return exit_status(findings)

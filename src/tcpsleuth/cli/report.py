@@ -10,6 +10,7 @@ import click
 
 from tcpsleuth import safefile
 from tcpsleuth.cli.options import format_option
+from tcpsleuth.detectors.verdict import capture_verdict
 from tcpsleuth.errors import InputError
 from tcpsleuth.model.findings import Finding, exit_status
 from tcpsleuth.recorder import disk, freeze, schema
@@ -102,6 +103,18 @@ def _listing(directory: Path, output_format: str) -> int:
     return 0
 
 
+def _with_verdict(doc: dict[str, Any], findings: list[Finding]) -> dict[str, Any]:
+    """The incident's document with its verdict first (after the tool's own keys):
+    what its capture and sockets proved (detectors/verdict.py)."""
+    capture = doc.get("capture") or {}
+    mismatch = doc.get("wscale_mismatch") or {}
+    checked = mismatch.get("handshakes_joined_to_sockets")
+    agreeing = None if checked is None else max(0, int(checked) - int(mismatch.get("count") or 0))
+    judged = capture_verdict(findings, int(capture.get("connections") or 0), agreeing)
+    head = {k: doc[k] for k in ("tool", "version", "command") if k in doc}
+    return {**head, "verdict": judged.to_dict(), **doc}
+
+
 @click.command("report")
 @click.argument("directory", type=click.Path(path_type=Path, file_okay=False, exists=True))
 @click.option(
@@ -136,9 +149,10 @@ def report_command(directory: Path, html_file: Path | None, again: bool, output_
     if not os.path.lexists(directory / freeze.META) and disk.incidents(directory):
         return _listing(directory, output_format)
     doc = _load(directory, again)
+    findings = [Finding.from_dict(f) for f in doc.get("findings", [])]
+    doc = _with_verdict(doc, findings)
     if html_file is not None:
         safefile.write_file(html_file, incident.html_page(doc), streams=True)
-    findings = [Finding.from_dict(f) for f in doc.get("findings", [])]
     if output_format == "json":
         jsonout.emit(doc)
     else:

@@ -255,7 +255,17 @@ def _lock(
 ) -> tuple[str, str]:
     """(yes/no/undetermined, why)."""
     if rcvbuf is None:
-        return UNDETERMINED, "the source has no receive buffer for it (`ss -ltn` without -m)"
+        missing = "the source has no receive buffer for it (`ss -ltn` without -m)"
+        if config is not None and config[1].rcvbuf is not None:
+            # the program's own setting, read from its file, is the evidence left
+            server, entry = config
+            owner = servers.program(server.program)
+            setting = owner.rcvbuf_setting if owner and owner.rcvbuf_setting else entry.text
+            return YES, (
+                f"{missing}; {entry.where or server.path} sets it to {entry.rcvbuf} "
+                f"({setting.strip()})"
+            )
+        return UNDETERMINED, missing
     if unlocked is None:
         return UNDETERMINED, "tcp_rmem of its namespace is unknown"
     if rcvbuf != unlocked:

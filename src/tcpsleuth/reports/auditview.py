@@ -8,12 +8,14 @@ from typing import Any
 
 from rich.console import Group
 
+from tcpsleuth.detectors import verdict
 from tcpsleuth.detectors.counters import AUDIT_COUNTERS
 from tcpsleuth.detectors.kernel import KernelVerdict
 from tcpsleuth.detectors.listeners import ListenerFacts
+from tcpsleuth.detectors.verdict import Verdict
 from tcpsleuth.model.findings import Finding
 from tcpsleuth.model.records import AUDIT_SYSCTLS, HostSnapshot
-from tcpsleuth.reports import table
+from tcpsleuth.reports import table, verdictview
 
 
 @dataclass(frozen=True)
@@ -72,9 +74,53 @@ class AuditResult:
         }
 
 
+def _rcvbuf_cell(listener: dict[str, Any]) -> Any:
+    if listener["rcvbuf"] is not None:
+        return listener["rcvbuf"]
+    config = listener.get("config") or {}
+    if config.get("rcvbuf") is not None:
+        # the kernel's buffer is not in the source; the program's file says what it sets
+        return f"SO_RCVBUF={config['rcvbuf']} (config)"
+    return None
+
+
+def listeners_table(listeners: list[dict[str, Any]], shown: int = 20) -> Any:
+    """The listeners, busiest first: backlog against established connections, and
+    whether the receive buffer is locked."""
+    busiest = sorted(listeners, key=lambda x: -(x["established"] or 0))[:shown]
+    return table.records_table(
+        "Listeners (busiest first)",
+        ["listener", "program", "backlog", "accept queue", "established", "rcvbuf", "locked"],
+        [
+            (
+                x["listener"],
+                x["program"] or ", ".join(sorted({p["comm"] for p in x["processes"]})) or "?",
+                x["backlog"],
+                x["accept_queue"],
+                x["established"],
+                _rcvbuf_cell(x),
+                x["rcvbuf_locked"],
+            )
+            for x in busiest
+        ],
+    )
+
+
+def host_verdict(result: AuditResult, findings: list[Finding] | None = None) -> Verdict:
+    """The verdict on the audited host, from its facts and ``findings`` (the audit's,
+    or every check's in ``doctor``)."""
+    return verdict.host_verdict(
+        result.snapshot,
+        result.verdict,
+        result.listeners,
+        result.findings if findings is None else findings,
+    )
+
+
 def render(result: AuditResult) -> Group:
     data = result.data()
     parts: list[Any] = [
+        verdictview.render(host_verdict(result).to_dict()),
         table.key_values(
             "Host",
             [
@@ -91,35 +137,7 @@ def render(result: AuditResult) -> Group:
     if data["counters"]:
         parts.append(table.key_values("Counters since boot", data["counters"].items()))
     if data["listeners"]:
-        busiest = sorted(data["listeners"], key=lambda x: -(x["established"] or 0))[:20]
-        parts.append(
-            table.records_table(
-                "Listeners (busiest first)",
-                [
-                    "listener",
-                    "program",
-                    "backlog",
-                    "accept queue",
-                    "established",
-                    "rcvbuf",
-                    "locked",
-                ],
-                [
-                    (
-                        x["listener"],
-                        x["program"]
-                        or ", ".join(sorted({p["comm"] for p in x["processes"]}))
-                        or "?",
-                        x["backlog"],
-                        x["accept_queue"],
-                        x["established"],
-                        x["rcvbuf"],
-                        x["rcvbuf_locked"],
-                    )
-                    for x in busiest
-                ],
-            )
-        )
+        parts.append(listeners_table(data["listeners"]))
     for note in data["notes"]:
         parts.append(f"[dim]note: {table.plain(note)}[/dim]")
     parts.append(table.findings_table(result.findings))

@@ -1,29 +1,42 @@
-"""``tcpsleuth doctor`` rendered: where the evidence came from, which checks ran, and
-the findings of all of them, worst first."""
+"""``tcpsleuth doctor`` rendered: the verdict first, then where the evidence came from,
+the listeners (backlog against established connections, the receive-buffer lock),
+which checks ran, and the findings of all of them, worst first."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rich.console import Group
 
 from tcpsleuth.model.findings import Finding
-from tcpsleuth.model.records import HostSnapshot
-from tcpsleuth.reports import table
+from tcpsleuth.reports import auditview, table, verdictview
+from tcpsleuth.reports.auditview import AuditResult
 
 
-def tables(snapshot: HostSnapshot, results: Sequence[Any], findings: list[Finding]) -> Group:
+def tables(
+    audited: AuditResult,
+    verdict: Mapping[str, Any],
+    results: Sequence[Any],
+    findings: list[Finding],
+) -> Group:
     """``results`` are the checks' results (name, ``skipped`` reason or None, findings)."""
-    return Group(
+    snapshot, kernel = audited.snapshot, audited.verdict
+    parts: list[Any] = [
+        verdictview.render(verdict),
         table.key_values(
             "Doctor",
             [
                 ("source", snapshot.origin),
                 ("host", snapshot.hostname),
-                ("kernel", snapshot.kernel_release),
+                ("kernel", f"{snapshot.kernel_release}: {kernel.status} ({kernel.source})"),
             ],
         ),
+    ]
+    listeners = audited.data()["listeners"]
+    if listeners:
+        parts.append(auditview.listeners_table(listeners))
+    parts += [
         table.records_table(
             "Checks",
             ["check", "status", "findings"],
@@ -33,4 +46,5 @@ def tables(snapshot: HostSnapshot, results: Sequence[Any], findings: list[Findin
             ],
         ),
         table.findings_table(findings),
-    )
+    ]
+    return Group(*parts)

@@ -20,6 +20,8 @@ table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
 th { background: #f3f3f3; }
 .critical { color: #b00; font-weight: bold; } .warning { color: #a60; } .info { color: #068; }
+.ok { color: #060; font-weight: bold; }
+.verdict { border-left: 4px solid #999; padding: 0.2em 1em; margin: 1em 0; }
 .evidence { color: #555; font-size: 0.85em; } .advice { color: #060; }
 figure { margin: 1em 0; } figcaption { font-size: 0.9em; color: #444; }
 img { max-width: 100%; border: 1px solid #ddd; }
@@ -34,6 +36,7 @@ class Section:
     tables: Sequence[tuple[str, Sequence[str], Sequence[Sequence[Any]]]] = ()
     pictures: Sequence[tuple[str, Path]] = field(default_factory=list)
     facts_title: str = "Capture"
+    verdict: Mapping[str, Any] | None = None  # detectors/verdict.py's, as JSON
 
 
 def _e(value: Any) -> str:
@@ -77,6 +80,18 @@ def _picture(caption: str, path: Path) -> str:
     )
 
 
+def _verdict(verdict: Mapping[str, Any]) -> str:
+    """The verdict first: at risk or not and the numbers, then the actions, numbered."""
+    head, _, numbers = str(verdict.get("summary", "")).partition("\n")
+    style = "critical" if verdict.get("at_risk") else "ok"
+    actions = "".join(f"<li>{_e(a)}</li>" for a in verdict.get("actions") or ())
+    return (
+        f"<div class='verdict'><p class='{style}'>{_e(head)}</p><p>{_e(numbers)}</p>"
+        + (f"<p><b>What to do:</b></p><ol>{actions}</ol>" if actions else "")
+        + "</div>"
+    )
+
+
 def render(title: str, sections: Sequence[Section]) -> str:
     parts = [
         "<!DOCTYPE html><html><head><meta charset='utf-8'>",
@@ -85,6 +100,8 @@ def render(title: str, sections: Sequence[Section]) -> str:
     ]
     for section in sections:
         parts.append(f"<h2>{_e(section.title)}</h2>")
+        if section.verdict:
+            parts.append(_verdict(section.verdict))
         parts.append(_table(section.facts_title, ["", ""], list(section.facts)))
         parts.append("<h3>Findings</h3>" + _findings(section.findings))
         for table_title, columns, rows in section.tables:

@@ -12,7 +12,7 @@ from typing import Any
 from rich.console import Group
 
 from tcpsleuth.model.findings import Finding
-from tcpsleuth.reports import html, table
+from tcpsleuth.reports import html, table, verdictview
 
 ROWS = 15
 TIMELINE_COUNTERS = (
@@ -159,7 +159,8 @@ def event_rows(doc: dict[str, Any], limit: int = ROWS) -> list[tuple[Any, ...]]:
 
 
 def render(doc: dict[str, Any]) -> Group:
-    parts: list[Any] = [
+    parts: list[Any] = [verdictview.render(doc["verdict"])] if doc.get("verdict") else []
+    parts += [
         table.key_values(f"{doc.get('incident')}: what the recorder kept", facts(doc)),
         table.records_table("Events", EVENT_COLUMNS, event_rows(doc)),
     ]
@@ -269,6 +270,7 @@ def html_sections(doc: dict[str, Any], pictures: Sequence[tuple[str, Path]]) -> 
             tables=tables,
             pictures=list(pictures),
             facts_title="What the recorder kept",
+            verdict=doc.get("verdict"),
         )
     ]
 

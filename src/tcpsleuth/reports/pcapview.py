@@ -12,14 +12,21 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rich.console import Console
+from rich.text import Text
 
+from tcpsleuth.detectors import verdict
 from tcpsleuth.detectors.capture import cookies as capture_cookies
 from tcpsleuth.detectors.capture import kafka_summary as kafka_timing
 from tcpsleuth.detectors.capture.run import CaptureResult
-from tcpsleuth.reports import html, table
+from tcpsleuth.detectors.capture.selection import ranked_streams
+from tcpsleuth.detectors.verdict import Verdict
+from tcpsleuth.model.text import printable
+from tcpsleuth.reports import html, table, verdictview
 
 KAFKA_COLUMNS = ("client", "server", "api", "requests")
+HTML_ROWS = 50
 KAFKA_TIMES = ("send_ms_p50", "send_ms_p99", "broker_ms_p50", "broker_ms_p99")
 
 
@@ -50,6 +57,7 @@ def document(
     listed = result.requests.records() if all_connections else result.requests.of_streams(streams)
     return {
         "file": capture.path,
+        "verdict": capture_verdict(result).to_dict(),
         "format": capture.report.kind,
         "gzip": capture.report.compressed,
         "linktypes": sorted(capture.report.linktypes),
@@ -80,14 +88,100 @@ def document(
     }
 
 
+def capture_verdict(result: CaptureResult) -> Verdict:
+    """The verdict on one capture (detectors/verdict.py)."""
+    agreeing = int((result.wscale.mismatch == 0).sum())
+    return verdict.capture_verdict(result.findings, len(result.analysis.connections), agreeing)
+
+
+def table_streams(result: CaptureResult, limit: int) -> list[int]:
+    """The connections a table lists: those the window-scale bug hit first, then the
+    longest window waits and most bytes (selection.ranked_streams)."""
+    hit = np.flatnonzero(result.wscale.mismatch == 1)[:limit].tolist()
+    rest = [s for s in ranked_streams(result.analysis, limit + len(hit)) if s not in set(hit)]
+    return (hit + rest)[:limit]
+
+
+def cookie_cell(cookie: Mapping[str, Any]) -> str:
+    """A connection's SYN-cookie verdict in a word: yes, no, or ? (cannot tell)."""
+    if cookie["cookie"] is None:
+        return "?"
+    if not cookie["cookie"]:
+        return "no"
+    return "yes" if cookie["confidence"] == "high" else f"yes ({cookie['confidence']})"
+
+
+def wscale_cell(verdict_: Mapping[str, Any]) -> str:
+    """The shift the SYN-ACK announced against the one the server's windows show."""
+    announced, inferred = verdict_["announced"], verdict_["inferred"]
+    shown = f"{'—' if announced is None else announced}→{'?' if inferred is None else inferred}"
+    if verdict_["mismatch"]:
+        return f"{shown} HIT"
+    return shown + (" ok" if verdict_["mismatch"] is False else "")
+
+
+def hit_lines(result: CaptureResult) -> list[str]:
+    """The clients and client.ids the window-scale bug hit (the wscale-mismatch
+    findings' own counts)."""
+    lines = []
+    for finding in result.findings:
+        if finding.kind != "wscale-mismatch":
+            continue
+        ev = finding.evidence
+        clients = ", ".join(f"{k} ({v})" for k, v in (ev.get("clients") or {}).items())
+        ids = ", ".join(f"{k} ({v})" for k, v in (ev.get("client_ids") or {}).items())
+        lines.append(
+            f"Hit on {_where(finding.subject)}: {ev.get('connections')} connections; clients "
+            f"{clients or 'unknown'}; client.ids {ids or 'not in the capture'}"
+        )
+    return lines
+
+
+def _where(subject: Mapping[str, str]) -> str:
+    return subject.get("server") or subject.get("listener") or "?"
+
+
+def connection_rows(result: CaptureResult, shown: Sequence[int]) -> list[tuple[Any, ...]]:
+    ids = result.requests.client_ids()
+    rows = []
+    for stream in shown:
+        r = result.analysis.connections[stream]
+        rows.append(
+            (
+                r.stream,
+                r.client,
+                r.server,
+                ids.get(stream, "—"),
+                cookie_cell(result.cookies.of(stream).to_dict()),
+                wscale_cell(result.wscale.of(result.analysis, stream)),
+                f"{r.syn.wscale if r.syn else '?'}/{r.synack.wscale if r.synack else '?'}",
+                r.packets_c2s + r.packets_s2c,
+                r.bytes_c2s,
+                r.retransmissions_c2s + r.retransmissions_s2c,
+                r.zero_windows_c2s + r.zero_windows_s2c,
+                round((r.rwnd_limited_ns_c2s + r.rwnd_limited_ns_s2c) / 1e6, 1),
+            )
+        )
+    return rows
+
+
+CONNECTION_COLUMNS = (
+    "stream", "client", "server", "client.id", "SYN cookie", "shift announced→used",
+    "wscale c/s", "pkts", "bytes c→s", "retrans", "zero win", "rwnd-limited ms",
+)  # fmt: skip
+
+
 def print_tables(console: Console, result: CaptureResult, shown: Sequence[int]) -> None:
-    """The terminal view: what was read, the connections ``shown``, Kafka timing, and
-    the findings."""
+    """The terminal view: the file, its verdict, what was read, the connections
+    ``shown`` (hit ones first) with their verdicts, who was hit, Kafka timing, and the
+    findings."""
     capture = result.capture
     compressed = " (gzip)" if capture.report.compressed else ""
+    console.print(Text(printable(capture.path), style="bold", overflow="fold"))
+    console.print(verdictview.render(capture_verdict(result).to_dict()))
     console.print(
         table.key_values(
-            capture.path,
+            "",
             [
                 ("format", capture.report.kind + compressed),
                 ("packets", capture.counts.packets),
@@ -97,29 +191,18 @@ def print_tables(console: Console, result: CaptureResult, shown: Sequence[int]) 
             ],
         )
     )
-    records = [result.analysis.connections[s] for s in shown]
+    hit = int((result.wscale.mismatch == 1).sum())
+    order = "hit by the window-scale bug first, then " if hit else ""
     console.print(
         table.records_table(
-            f"Connections (top {len(records)} by window waits and bytes)",
-            ["stream", "client", "server", "wscale c/s", "mss c/s", "pkts", "bytes c→s",
-             "retrans", "zero win", "rwnd-limited ms"],
-            [
-                (
-                    r.stream,
-                    r.client,
-                    r.server,
-                    f"{r.syn.wscale if r.syn else '?'}/{r.synack.wscale if r.synack else '?'}",
-                    f"{r.syn.mss if r.syn else '?'}/{r.synack.mss if r.synack else '?'}",
-                    r.packets_c2s + r.packets_s2c,
-                    r.bytes_c2s,
-                    r.retransmissions_c2s + r.retransmissions_s2c,
-                    r.zero_windows_c2s + r.zero_windows_s2c,
-                    round((r.rwnd_limited_ns_c2s + r.rwnd_limited_ns_s2c) / 1e6, 1),
-                )
-                for r in records
-            ],
+            f"Connections ({len(shown)} of {len(result.analysis.connections)}, {hit} hit; "
+            f"{order}by window waits and bytes)",
+            CONNECTION_COLUMNS,
+            connection_rows(result, shown),
         )
-    )  # fmt: skip
+    )
+    for line in hit_lines(result):
+        console.print(Text(printable(line), overflow="fold"))
     summary = kafka_timing.summary(result.requests)
     if summary:
         console.print(
@@ -138,8 +221,79 @@ def print_tables(console: Console, result: CaptureResult, shown: Sequence[int]) 
     console.print(table.findings_table(result.findings))
 
 
+def _signature(result: CaptureResult, stream: int, ids: Mapping[int, str]) -> tuple[Any, ...]:
+    """What makes two connections' graphs tell the same story: their verdicts, their
+    client and how they fared (retransmissions, zero windows, window waits)."""
+    r = result.analysis.connections[stream]
+    cookie = result.cookies.of(stream)
+    wscale = result.wscale.of(result.analysis, stream)
+    return (
+        cookie.cookie,
+        wscale["announced"],
+        wscale["inferred"],
+        wscale["mismatch"],
+        r.client.rsplit(":", 1)[0],
+        r.server,
+        ids.get(stream),
+        r.retransmissions_c2s + r.retransmissions_s2c > 0,
+        r.zero_windows_c2s + r.zero_windows_s2c > 0,
+        r.rwnd_limited_ns_c2s + r.rwnd_limited_ns_s2c > 0,
+    )
+
+
+def plot_groups(result: CaptureResult, streams: Sequence[int]) -> dict[int, list[int]]:
+    """The connections ``streams`` to draw, one per group of look-alikes (same
+    verdicts, client and fate), each with the streams it stands for."""
+    ids = result.requests.client_ids()
+    groups: dict[tuple[Any, ...], list[int]] = {}
+    for stream in streams:
+        groups.setdefault(_signature(result, stream, ids), []).append(stream)
+    return {members[0]: members for members in groups.values()}
+
+
+def plot_caption(result: CaptureResult, stream: int, members: Sequence[int]) -> str:
+    """What a connection's time-sequence graph shows and why it matters."""
+    r = result.analysis.connections[stream]
+    wscale = result.wscale.of(result.analysis, stream)
+    cookie = result.cookies.of(stream).cookie
+    like = (
+        f" It stands for {len(members)} connections that look alike (streams "
+        f"{', '.join(str(m) for m in members[:8])}"
+        f"{f' and {len(members) - 8} more' if len(members) > 8 else ''})."
+        if len(members) > 1
+        else ""
+    )
+    shows = (
+        f"Stream {stream}, {r.client} → {r.server}: the client's data (black strokes, "
+        "retransmissions red), the server's ACKs (green) and the right edge of the window "
+        "the server offers as the client reads it (orange)."
+    )
+    made = "made by SYN cookie" if cookie else "made by an ordinary SYN-ACK"
+    if wscale["mismatch"]:
+        why = (
+            f" Why it matters: this connection was {made}; its SYN-ACK announced window "
+            f"scale {wscale['announced']} but the server scales its windows by "
+            f"{wscale['inferred']}, so the orange edge sits just above the data: the client "
+            "may send only a sliver and waits for every ACK, a round trip each time."
+        )
+    elif wscale["mismatch"] is False:
+        why = (
+            f" Why it matters: this connection was {made} and uses the window scale its "
+            f"SYN-ACK announced ({wscale['announced']}); the orange edge stays well above "
+            "the data, so the window did not hold the client back."
+        )
+    else:
+        why = (
+            " The capture cannot tell its window scale (no server window after the "
+            "handshake): a gap between the data and the orange edge means the window did "
+            "not hold the client back."
+        )
+    return shows + why + like
+
+
 def html_section(result: CaptureResult, pictures: list[tuple[str, Path]]) -> html.Section:
-    """One capture's part of the HTML report."""
+    """One capture's part of the HTML report: its verdict, the connections with their
+    verdicts (hit first), the clients and client.ids hit, Kafka timing, the graphs."""
     summary = kafka_timing.summary(result.requests)
     kafka = (
         "Kafka requests: send time versus broker time (ms)",
@@ -147,6 +301,25 @@ def html_section(result: CaptureResult, pictures: list[tuple[str, Path]]) -> htm
          "broker p99"],
         kafka_rows(summary),
     )  # fmt: skip
+    shown = table_streams(result, HTML_ROWS)
+    connections = (
+        f"Connections ({len(shown)} of {len(result.analysis.connections)}, the window-scale "
+        "bug's first)",
+        list(CONNECTION_COLUMNS),
+        connection_rows(result, shown),
+    )
+    tables = [connections]
+    hit = [f for f in result.findings if f.kind == "wscale-mismatch"]
+    if hit:
+        rows = [
+            (_where(f.subject), kind, name, count)
+            for f in hit
+            for kind, key in (("client", "clients"), ("client.id", "client_ids"))
+            for name, count in (f.evidence.get(key) or {}).items()
+        ]
+        tables.append(("Clients and client.ids hit", ["server", "by", "name", "connections"], rows))
+    if summary:
+        tables.append(kafka)
     return html.Section(
         title=result.capture.path,
         facts=[
@@ -156,6 +329,7 @@ def html_section(result: CaptureResult, pictures: list[tuple[str, Path]]) -> htm
             ("Kafka requests", len(result.requests)),
         ],
         findings=result.findings,
-        tables=[kafka] if summary else [],
+        tables=tables,
         pictures=pictures,
+        verdict=capture_verdict(result).to_dict(),
     )

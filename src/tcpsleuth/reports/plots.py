@@ -10,7 +10,7 @@ step line above. A sender pressed against that upper line is window-limited.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -120,9 +120,12 @@ def write_connection_plots(
     requests: list[KafkaRequest],
     directory: Path,
     prefix: str,
+    captions: Mapping[int, str] | None = None,
 ) -> list[tuple[str, Path]]:
     """Graphs of the connections ``streams`` (the caller chooses them:
-    ``detectors.capture.selection``); (caption, file) pairs."""
+    ``detectors.capture.selection``); (caption, file) pairs. ``captions`` replaces a
+    time-sequence graph's caption (what it shows and why it matters)."""
+    captions = captions or {}
     directory.mkdir(parents=True, exist_ok=True)
     out: list[tuple[str, Path]] = []
     by_stream: dict[int, list[KafkaRequest]] = {}
@@ -134,14 +137,21 @@ def write_connection_plots(
         path = time_sequence(
             analysis, stream, directory / f"{prefix}stream{stream}-tsg.png", from_client
         )
-        out.append(
-            (f"Time-sequence graph, stream {stream}: {record.client} → {record.server}", path)
-        )
+        caption = f"Time-sequence graph, stream {stream}: {record.client} → {record.server}"
+        out.append((captions.get(stream, caption), path))
         if stream in by_stream:
             path = request_latency(
                 by_stream[stream],
                 f"Kafka requests on stream {stream}: {record.client} → {record.server}",
                 directory / f"{prefix}stream{stream}-requests.png",
             )
-            out.append((f"Kafka request latency, stream {stream}", path))
+            out.append(
+                (
+                    f"Kafka request latency, stream {stream}: each bar is one request, red "
+                    "the time to put it on the wire, blue the broker's time to answer. A red "
+                    "part longer than the blue one is time lost in TCP, before the broker "
+                    "saw the request, which the broker's own metrics never show.",
+                    path,
+                )
+            )
     return out

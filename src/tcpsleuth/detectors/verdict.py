@@ -1,0 +1,361 @@
+"""The verdict: one answer before the detail. At risk or not, of what, on which numbers,
+and what to do, each action once, in the terms of the program that owns the listener.
+
+Two families of risk meet on a broker host (docs/findings.md): a listen backlog smaller
+than the clients that come back at once after a restart (the queue overflows: SYN
+cookies or dropped SYNs), and the kernel's cookie window-scale bug, which needs a
+kernel without commit 909172a14974, a listener whose receive buffer is locked
+(SO_RCVBUF) and cookies with timestamps on. The host verdict weighs them from the
+audit's facts; the capture verdict from what a capture proved. Pure: findings and
+facts in, a :class:`Verdict` out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tcpsleuth.detectors import servers
+from tcpsleuth.detectors.kernel import FIX_COMMIT, KernelVerdict
+from tcpsleuth.detectors.listeners import YES, ListenerFacts, _suggested_backlog
+from tcpsleuth.model import kinds
+from tcpsleuth.model.findings import Finding, Severity
+from tcpsleuth.model.records import HostSnapshot
+
+# findings whose advice the host verdict's own actions already carry
+_HOST_COVERED = frozenset(
+    {
+        "kernel-cookie-wscale-bug",
+        "kernel-cookie-wscale-unknown",
+        "listen-backlog-small",
+        "kafka-listen-backlog-small",
+        "listener-rcvbuf-locked",
+        "kafka-so-rcvbuf-set",
+        "syn-cookies-sent",
+        "listen-overflows",
+        "somaxconn-caps-backlog",
+        "somaxconn-low",
+    }
+)
+_CAPTURE_COVERED = frozenset({"wscale-mismatch", "syn-cookies-seen", "wscale-stripped"})
+_BACKLOG_KINDS = frozenset({"listen-backlog-small", "kafka-listen-backlog-small"})
+STABLE_FIXES = "mainline 5.10; stable 4.9.244, 4.14.207, 4.19.158, 5.4.78, 5.9.9"
+
+
+@dataclass(frozen=True)
+class Verdict:
+    at_risk: bool
+    summary: str  # one or two sentences: at risk or not, of what, the numbers
+    actions: tuple[str, ...] = ()
+    evidence: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "at_risk": self.at_risk,
+            "summary": self.summary,
+            "actions": list(self.actions),
+            "evidence": dict(self.evidence),
+        }
+
+
+def _sentence(text: str) -> str:
+    text = text.strip()
+    if not text:
+        return text
+    text = text[0].upper() + text[1:]
+    return text if text.endswith((".", ")")) else text + "."
+
+
+def _once(actions: Iterable[str]) -> tuple[str, ...]:
+    seen: dict[str, None] = {}
+    for action in actions:
+        if action and action not in seen:
+            seen[action] = None
+    return tuple(seen)
+
+
+def _others(findings: Sequence[Finding], covered: frozenset[str]) -> list[str]:
+    """The advice of the findings of warning or worse that no action above carries."""
+    return [
+        _sentence(f.advice)
+        for f in findings
+        if f.kind not in covered and f.severity.rank >= Severity.WARNING.rank and f.advice
+    ]
+
+
+def _meanings(findings: Sequence[Finding]) -> list[str]:
+    """What the findings of warning or worse mean, once per kind (model/kinds.py)."""
+    seen = {
+        f.kind: kinds.lookup(f.kind).meaning
+        for f in findings
+        if f.severity.rank >= Severity.WARNING.rank
+    }
+    return list(seen.values())
+
+
+def _top(counts: Mapping[str, int], shown: int = 10) -> list[tuple[str, int]]:
+    """The most hit first; past ``shown``, one entry says how many more."""
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))
+    if len(ranked) <= shown:
+        return ranked
+    rest = ranked[shown:]
+    return [*ranked[:shown], (f"{len(rest)} more", sum(v for _, v in rest))]
+
+
+def _used(evidence: Mapping[str, Any]) -> Any:
+    """The shift a connection really uses, as its finding's source decided it."""
+    used = evidence.get("actual_wscale")
+    return evidence.get("inferred_wscale") if used is None else used
+
+
+def _who(fact: ListenerFacts) -> str:
+    program = servers.program(fact.program)
+    return f"{program.title} {fact.local}" if program else f"listener {fact.local}"
+
+
+def _so_rcvbuf(fact: ListenerFacts) -> int | None:
+    if fact.rcvbuf is not None:
+        return fact.rcvbuf // 2
+    return fact.config.rcvbuf if fact.config is not None else None
+
+
+def _kernel_text(kernel: KernelVerdict) -> str:
+    state = {
+        "fixed": "has the fix",
+        "affected": "lacks the fix",
+        "unknown": "may lack the fix",
+    }[kernel.status]
+    return f"kernel {kernel.release} {state} ({kernel.source})"
+
+
+def host_verdict(
+    snapshot: HostSnapshot,
+    kernel: KernelVerdict,
+    facts: Sequence[ListenerFacts],
+    findings: Sequence[Finding],
+) -> Verdict:
+    """The verdict on a host (live or a bundle) from the audit's facts and every
+    finding of the commands that examined it."""
+    syncookies = snapshot.sysctl_int("net.ipv4.tcp_syncookies")
+    timestamps = snapshot.sysctl_int("net.ipv4.tcp_timestamps")
+    somaxconn = snapshot.sysctl_int("net.core.somaxconn")
+    cookies_sent = snapshot.counters.get("TcpExtSyncookiesSent")
+    small = {f.subject.get("listener"): f for f in findings if f.kind == "listen-backlog-small"}
+    locked = [x for x in facts if x.rcvbuf_locked == YES]
+    bug = next((f for f in findings if f.kind == "kernel-cookie-wscale-bug"), None)
+    unfixed = kernel.status != "fixed" and (bug is None or bug.severity != Severity.INFO)
+    cookies_on = syncookies != 0
+    bug_risk = unfixed and bool(locked) and cookies_on and timestamps != 0
+    worst = max((f.severity.rank for f in findings), default=0)
+    at_risk = bool(small) or bug_risk or worst >= Severity.WARNING.rank
+
+    # the numbers: the kernel, each listener that matters, the cookies
+    numbers = [_kernel_text(kernel)]
+    shown = sorted(
+        {x.local: x for x in facts if x.local in small or x in locked}.values(),
+        key=lambda x: -(x.established or 0),
+    )
+    for fact in shown:
+        parts = []
+        finding = small.get(fact.local)
+        if finding is not None:
+            parts.append(
+                f"backlog {finding.evidence.get('queue_limit', fact.backlog)} against "
+                f"{finding.evidence.get('established')} established"
+            )
+        elif fact.established is not None:
+            parts.append(f"backlog {fact.backlog}, {fact.established} established")
+        if fact in locked:
+            size = _so_rcvbuf(fact)
+            parts.append(
+                "receive buffer locked" + (f" at SO_RCVBUF={size}" if size is not None else "")
+            )
+        numbers.append(f"{_who(fact)}: {', '.join(parts)}")
+    if not locked and facts:
+        numbers.append("no listener's receive buffer is shown locked")
+    if cookies_sent is not None:
+        numbers.append(f"{cookies_sent} SYN cookies sent since boot")
+    if syncookies is not None:
+        numbers.append(f"tcp_syncookies={syncookies}")
+
+    shrink = (bug.evidence.get("window_shrink_factor") if bug else None) or 64
+    risks = []
+    if small:
+        risks.append("a restart overflows the listen queue")
+    if bug_risk:
+        risks.append(f"SYN-cookie connections get windows {shrink}x too small (kernel bug)")
+    if at_risk and not risks:
+        risks.extend(_meanings(findings))
+    head = f"AT RISK: {'; '.join(risks)}." if at_risk else "Not at risk: nothing of warning."
+    summary = f"{head}\n{_sentence('; '.join(numbers))}"
+
+    actions: list[str] = []
+    targets = []
+    for fact in shown:
+        finding = small.get(fact.local)
+        if finding is None:
+            continue
+        target = _suggested_backlog(int(finding.evidence.get("established") or 0))
+        targets.append(target)
+        program = servers.program(fact.program)
+        where = fact.config.where if fact.config is not None else ""
+        step = (
+            program.backlog_advice(target, where)
+            if program
+            else f"have the program listening on {fact.local} listen() with a backlog of at "
+            f"least {target}"
+        )
+        actions.append(_sentence(f"{_who(fact)}: {step}"))
+    if targets and (somaxconn is None or somaxconn < max(targets)):
+        actions.append(
+            _sentence(f"raise net.core.somaxconn to {max(targets)} (it caps every backlog)")
+        )
+    if unfixed and cookies_on and timestamps != 0:
+        for fact in locked:
+            program = servers.program(fact.program)
+            where = fact.config.where if fact.config is not None else ""
+            step = (
+                program.rcvbuf_advice(where)
+                if program
+                else "find what sets SO_RCVBUF on this listening socket and leave the buffer "
+                "to the kernel"
+            )
+            actions.append(_sentence(f"{_who(fact)}: {step}"))
+    if bug_risk:
+        actions.append(
+            "Until the backlog is raised and the buffer unlocked: set "
+            "net.ipv4.tcp_syncookies=0 (a full queue then drops SYNs and clients retry, "
+            "with their window intact)."
+        )
+        if kernel.status == "unknown":
+            actions.append(
+                "Test the kernel by experiment: sudo tcpsleuth probe (the version table "
+                "cannot tell for this release)."
+            )
+        actions.append(f"The lasting fix: a kernel with commit {FIX_COMMIT[:12]} ({STABLE_FIXES}).")
+    actions.extend(_others(findings, _HOST_COVERED))
+    evidence = {
+        "kernel_release": kernel.release,
+        "kernel_status": kernel.status,
+        "kernel_source": kernel.source,
+        "tcp_syncookies": syncookies,
+        "tcp_timestamps": timestamps,
+        "syncookies_sent": cookies_sent,
+        "listeners": [
+            {
+                "listener": fact.local,
+                "program": fact.program,
+                "backlog": fact.backlog,
+                "established": fact.established,
+                "rcvbuf_locked": fact.rcvbuf_locked,
+                "so_rcvbuf": _so_rcvbuf(fact) if fact in locked else None,
+            }
+            for fact in shown
+        ],
+    }
+    return Verdict(at_risk, summary, _once(actions), evidence)
+
+
+def capture_verdict(
+    findings: Sequence[Finding], connections: int, agreeing: int | None = None
+) -> Verdict:
+    """The verdict on a capture (or an incident's): did SYN cookies or anything else
+    harm the connections it holds, and what to do. ``agreeing``: the connections whose
+    server windows show the shift their SYN-ACK announced (None: not counted)."""
+    cookies = [f for f in findings if f.kind == "syn-cookies-seen"]
+    mismatch = [f for f in findings if f.kind == "wscale-mismatch"]
+    stripped = [f for f in findings if f.kind == "wscale-stripped"]
+    harm = [
+        f
+        for f in findings
+        if f.kind not in _CAPTURE_COVERED and f.severity.rank >= Severity.WARNING.rank
+    ]
+    cookie_connections = sum(int(f.evidence.get("cookie_connections") or 0) for f in cookies)
+    handshakes = sum(int(f.evidence.get("handshakes") or 0) for f in cookies)
+    hit = sum(int(f.evidence.get("connections") or 0) for f in mismatch)
+    at_risk = bool(mismatch or stripped or harm)
+    numbers = [f"{connections} connections"]
+    if cookies:
+        numbers.append(f"SYN cookies on {cookie_connections} of {handshakes} handshakes")
+    if mismatch:
+        first = mismatch[0].evidence
+        numbers.append(
+            f"{hit} connections announced window scale {first.get('announced_wscale')} but "
+            f"were scaled by {_used(first)}: windows "
+            f"{first.get('shrink_factor')}x too small"
+        )
+    clients: dict[str, int] = {}
+    client_ids: dict[str, int] = {}
+    for finding in mismatch:
+        for name, count in (finding.evidence.get("clients") or {}).items():
+            clients[name] = clients.get(name, 0) + int(count)
+        for name, count in (finding.evidence.get("client_ids") or {}).items():
+            client_ids[name] = client_ids.get(name, 0) + int(count)
+    if clients:
+        numbers.append("clients hit: " + ", ".join(f"{k} ({v})" for k, v in _top(clients)))
+    if client_ids:
+        numbers.append("client.ids hit: " + ", ".join(f"{k} ({v})" for k, v in _top(client_ids)))
+    for finding in stripped:
+        numbers.append(finding.summary)
+    harmless = bool(cookies) and not mismatch and bool(agreeing)
+    if harmless:
+        numbers.append(
+            f"{agreeing} connections use the window scale their SYN-ACK announced, none another"
+        )
+    if at_risk:
+        what = []
+        if mismatch:
+            what.append("the kernel's cookie window-scale bug hit connections")
+        if stripped:
+            what.append("window scaling was stripped")
+        what.extend(_meanings(harm))
+        head = f"AT RISK: {'; '.join(what)}."
+        if harmless:
+            head += " The SYN cookies did no harm to window scaling."
+    elif harmless:
+        head = (
+            "Not harmed: the SYN cookies did no harm to window scaling, but the listen "
+            "queue overflowed."
+        )
+    elif cookies:
+        head = (
+            "Cookies, no mismatch seen: no connection could be checked for its window "
+            "scale, and the listen queue overflowed."
+        )
+    else:
+        head = "Not at risk: no SYN cookies, no window-scale mismatch."
+    summary = f"{head}\n{_sentence('; '.join(numbers))}"
+    actions: list[str] = []
+    if mismatch:
+        actions.append(
+            f"Update the server's kernel to one with commit {FIX_COMMIT[:12]} ({STABLE_FIXES})."
+        )
+        actions.append(
+            "Until then: set net.ipv4.tcp_syncookies=0, or stop the server locking its "
+            "listener's receive buffer (Kafka: socket.receive.buffer.bytes=-1)."
+        )
+    backlog_found = any(f.kind in _BACKLOG_KINDS for f in findings)
+    if (cookies or mismatch) and not backlog_found:
+        actions.append(
+            "Raise the listen backlog so reconnect storms fit (Kafka 3.2.0 and later: "
+            "socket.listen.backlog.size, with net.core.somaxconn at least as high)."
+        )
+    if mismatch:
+        actions.append(
+            "Reconnect the connections hit (tcpsleuth heal on the server, or restart the "
+            "clients listed): they keep the wrong window until they close."
+        )
+    actions.extend(_sentence(f.advice) for f in stripped if f.advice)
+    actions.extend(_others(findings, _CAPTURE_COVERED))
+    evidence = {
+        "connections": connections,
+        "cookie_connections": cookie_connections if cookies else 0,
+        "handshakes": handshakes if cookies else None,
+        "wscale_mismatch_connections": hit,
+        "wscale_agreeing_connections": agreeing,
+        "wscale_stripped": len(stripped),
+        "clients_hit": clients,
+        "client_ids_hit": client_ids,
+    }
+    return Verdict(at_risk, summary, _once(actions), evidence)
