@@ -22,6 +22,7 @@ import numpy
 _MARKED: list[Compiled] = []
 _PLAIN = {"python": False}
 _COMPILING = threading.Lock()
+_AS_PYTHON = threading.local()  # inside a marked function run as Python (its errstate)
 
 
 class Compiled:
@@ -38,9 +39,15 @@ class Compiled:
         if self.dispatcher is not None:
             return self.dispatcher(*args)
         if _PLAIN["python"] or not _compile_all() or self.dispatcher is None:
+            if getattr(_AS_PYTHON, "inside", False):  # a marked function calling another
+                return self.py_func(*args)
             # compiled integer arithmetic wraps silently; numpy's scalars warn first
             with numpy.errstate(over="ignore"):
-                return self.py_func(*args)
+                _AS_PYTHON.inside = True
+                try:
+                    return self.py_func(*args)
+                finally:
+                    _AS_PYTHON.inside = False
         return self.dispatcher(*args)
 
 
