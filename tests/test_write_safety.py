@@ -153,6 +153,22 @@ def test_html_output_through_a_link_is_refused(tmp_path: Path) -> None:
     assert outside.read_text() == "precious\n"
 
 
+def test_pcap_plots_never_go_through_a_link_in_their_directory(tmp_path: Path) -> None:
+    """--plot DIR where a graph's name is a link planted to a file outside: one line,
+    the file outside unchanged (matplotlib wrote through it)."""
+    plots = tmp_path / "plots"
+    plots.mkdir()
+    outside = tmp_path / "outside"
+    outside.write_text("precious\n")
+    (plots / "stream0-tsg.png").symlink_to(outside)
+    storm = REPO / "tests" / "data" / "storm-prefix" / "server.pcap"
+    line = one_line(tcpsleuth("pcap", "--plot", str(plots), str(storm)))
+    assert (
+        f"{plots / 'stream0-tsg.png'}: cannot write the graphs or report (a symbolic link)" in line
+    )
+    assert outside.read_text() == "precious\n"
+
+
 # --- incident directories handed over ------------------------------------------------
 
 

@@ -10,6 +10,7 @@ step line above. A sender pressed against that upper line is window-limited.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,10 +21,13 @@ import numpy as np
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 
+from tcpsleuth import safefile
 from tcpsleuth.detectors.capture import SEQ_SPACE, Analysis
 from tcpsleuth.model.capture import ACK
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from tcpsleuth.detectors.capture.kafka import KafkaRequest
 
 MAX_CONNECTIONS = 12
@@ -87,9 +91,7 @@ def time_sequence(analysis: Analysis, stream: int, path: Path, from_client: bool
     ax.legend(loc="upper left", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def request_latency(requests: list[KafkaRequest], title: str, path: Path) -> Path:
@@ -109,8 +111,16 @@ def request_latency(requests: list[KafkaRequest], title: str, path: Path) -> Pat
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    return _save(fig, path)
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    """The figure as a PNG file at ``path``, written whole or not at all and never
+    through a link planted in the directory (``tcpsleuth.safefile``)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
+    safefile.write_file(path, buffer.getvalue())
     return path
 
 
