@@ -189,9 +189,13 @@ def test_stopped_and_unknown_containers_are_one_line_exit_2(
         ("nonesuch-namespace", "no network namespace named"),
     ],
 )
-def test_bad_names(name: str, words: str) -> None:
+def test_bad_names(name: str, words: str, tmp_path: Path) -> None:
     with pytest.raises(InputError, match=words):
         netns.path(name)
     result = run_tcpsleuth("sockets", "--netns", name)
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    out = tmp_path / "bundle"
+    result = run_tcpsleuth("collect", str(out), "--netns", name)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert not out.exists()  # nothing written for a name that names nothing
