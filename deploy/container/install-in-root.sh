@@ -32,7 +32,8 @@ fi
 wheel=$1
 with_bpftrace=${2:-}
 
-packages="python3 python3-venv ca-certificates iproute2 procps tcpdump nftables iptables util-linux netbase"
+# mount: tcpsleuth trace mounts tracefs where the container runtime did not
+packages="python3 python3-venv ca-certificates iproute2 procps tcpdump nftables iptables util-linux mount netbase"
 [ "$with_bpftrace" != bpftrace ] || packages="$packages bpftrace"
 # shellcheck disable=SC2086
 install_packages $packages
