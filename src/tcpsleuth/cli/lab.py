@@ -13,7 +13,7 @@ from tcpsleuth.cli import lab_guest
 from tcpsleuth.cli.lab_kernel import kernel_group
 from tcpsleuth.cli.options import FiniteFloat, format_option
 from tcpsleuth.errors import InputError
-from tcpsleuth.lab import analysis, kafka_broker, namespaces
+from tcpsleuth.lab import analysis, healing, kafka_broker, namespaces
 from tcpsleuth.lab.kernel import build as kbuild
 from tcpsleuth.lab.runner import LabSize, discard, run_scenario, temporary_workdir
 from tcpsleuth.lab.scenarios import SCENARIOS, on_real_kernel
@@ -71,6 +71,7 @@ def _report(
 ) -> tuple[dict[str, Any], list[Any]]:
     found = analysis.findings(artifacts, sysctls)
     scenario = artifacts.scenario
+    latency = analysis.latency(artifacts)
     report = {
         "scenario": scenario.name,
         "summary": scenario.summary,
@@ -104,7 +105,7 @@ def _report(
             "rate_mbit": artifacts.size.rate_mbit,
         },
         "size": {k: getattr(artifacts.size, k) for k in artifacts.size.__dataclass_fields__},
-        "latency_ms": analysis.latency(artifacts),
+        "latency_ms": latency,
         "librdkafka_ms": analysis.librdkafka_split(artifacts),
         "counters": analysis.counters(artifacts),
         "shifts": analysis.shifts(artifacts),
@@ -128,8 +129,17 @@ def _report(
             else None
         ),
         "recorder": artifacts.recorder,
+        "heal": analysis.heal(artifacts, latency),
     }
     return report, found
+
+
+def _heal_run(heal: bool, method: str, in_guest: str | None) -> healing.HealRun | None:
+    """What a run with --heal starts from. In the prefix guest heal is told the kernel is
+    affected: its release (6.1) says fixed, and the lab built it with the fix reverted."""
+    if not heal:
+        return None
+    return healing.HealRun(method, "affected" if in_guest == "prefix" else None)
 
 
 def _must_be_new(directory: Path | None, option: str) -> None:
@@ -225,6 +235,22 @@ def _must_be_new(directory: Path | None, option: str) -> None:
     "are connected, told nothing about the restart, with its incidents in DIR/SCENARIO; "
     "the report says what it recorded.",
 )
+@click.option(
+    "--heal",
+    "heal",
+    is_flag=True,
+    help="After the restart storm, run `tcpsleuth heal --apply` on the broker's namespace "
+    "and measure a third window, after heal; the report's `heal` says what it ended and "
+    "the clients' p50 before, after the restart and after heal.",
+)
+@click.option(
+    "--heal-method",
+    type=click.Choice(healing.METHODS),
+    default="auto",
+    show_default=True,
+    help="With --heal: heal's --method (destroy: SOCK_DESTROY; reset: resets through a "
+    "firewall table).",
+)
 @format_option
 def run_command(
     names: tuple[str, ...],
@@ -240,6 +266,8 @@ def run_command(
     kernel_name: str | None,
     in_guest: str | None,
     record_dir: Path | None,
+    heal: bool,
+    heal_method: str,
     output_format: str,
 ) -> int:
     """Run one or more scenarios (see `tcpsleuth lab list`) and report produce latency
@@ -270,6 +298,8 @@ def run_command(
             "--rtt-ms": rtt_ms,
             "--rate-mbit": rate_mbit,
             "--after-s": after_s,
+            "--heal": heal or None,
+            "--heal-method": heal_method if heal else None,
         }
         return lab_guest.run_in_guest(
             kernel_name, names, keep, options, output_format, broker_kind, record_dir
@@ -285,6 +315,7 @@ def run_command(
         crowd=base.crowd if crowd is None else crowd,
         measured=base.measured if measured is None else measured,
         after_s=base.after_s if after_s is None else after_s,
+        timeout_s=max(base.timeout_s, healing.PRODUCER_TIMEOUT_S) if heal else base.timeout_s,
     )
     reports: list[dict[str, Any]] = []
     all_findings = []
@@ -313,6 +344,7 @@ def run_command(
                     broker_cmd=broker_cmd,
                     broker_kind=broker_kind,
                     record_dir=record_dir / name if record_dir is not None else None,
+                    heal=_heal_run(heal, heal_method, in_guest),
                 )
                 progress.update(task, description="analysing")
                 report, found = _report(artifacts, artifacts.server_sysctls, in_guest)

@@ -72,7 +72,9 @@ def run_in_guest(
             "TCPSLEUTH_READY_S": "900",
         }
     for option, value in options.items():
-        if value is not None:
+        if value is True:  # a flag
+            argv.append(option)
+        elif value is not None:
             argv += [option, str(value)]
     rwdirs: tuple[Path, ...] = ()
     if keep is not None:

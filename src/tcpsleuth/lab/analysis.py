@@ -27,10 +27,24 @@ COUNTERS = AUDIT_COUNTERS
 
 
 def _window(artifacts: RunArtifacts, name: str) -> tuple[float, float]:
+    """A phase's window; with --heal "after" (the restart) ends when heal starts."""
     w = artifacts.window
     if name == "before":
         return w["before_start"], w["restart"]
-    return w["after_start"], w["end"]
+    if name == "after_heal":
+        return w["after_heal_start"], w["after_heal_end"]
+    return w["after_start"], w.get("after_end", w["end"])
+
+
+def _phases(artifacts: RunArtifacts) -> tuple[str, ...]:
+    return (
+        ("before", "after", "after_heal")
+        if "after_heal_end" in artifacts.window
+        else (
+            "before",
+            "after",
+        )
+    )
 
 
 def latency(artifacts: RunArtifacts) -> dict[str, Any]:
@@ -38,7 +52,7 @@ def latency(artifacts: RunArtifacts) -> dict[str, Any]:
     unanswered at the end counts with the time it had waited (a lower bound)."""
     lines = artifacts.client_lines
     result: dict[str, Any] = {}
-    for phase in ("before", "after"):
+    for phase in _phases(artifacts):
         start, end = _window(artifacts, phase)
         chosen = [
             x for x in lines if x["type"] in ("latency", "pending") and start <= x["sent"] < end
@@ -76,7 +90,7 @@ def broker_latency(artifacts: RunArtifacts) -> dict[str, Any] | None:
 
     requests = logged_requests(log)
     result: dict[str, Any] = {}
-    for phase in ("before", "after"):
+    for phase in _phases(artifacts):
         start, end = _window(artifacts, phase)
         chosen = [r for r in requests if start <= r.received < end]
         measured = [r for r in chosen if r.records_bytes >= artifacts.size.message_bytes]
@@ -101,7 +115,7 @@ def librdkafka_split(artifacts: RunArtifacts) -> dict[str, Any]:
     be sent (outbuf_latency), and sent to answered (rtt), medians in milliseconds."""
     out: dict[str, Any] = {}
     stats = [x for x in artifacts.client_lines if x["type"] == "librdkafka"]
-    for phase in ("before", "after"):
+    for phase in _phases(artifacts):
         start, end = _window(artifacts, phase)
         chosen = [x for x in stats if start <= x["t"] < end]
         out[phase] = {
@@ -222,3 +236,61 @@ def mitigations(reports: list[dict[str, Any]]) -> dict[str, Any] | None:
             }
         )
     return {"baseline_p50_ms": base_p50, "near_baseline_factor": NEAR_BASELINE, "runs": rows}
+
+
+def lost(artifacts: RunArtifacts) -> dict[str, Any] | None:
+    """Messages the timed producers sent and did not get acknowledged, as they counted
+    them (their ``counts`` lines: failed, or still waiting when the run ended); None
+    when no producer reported its counts."""
+    counts = [x for x in artifacts.client_lines if x["type"] == "counts"]
+    if not counts:
+        return None
+    by_library: dict[str, dict[str, int]] = {}
+    for x in counts:
+        mine = by_library.setdefault(x["library"], Counter())
+        for name in ("sent", "acknowledged", "failed", "pending", "lost"):
+            mine[name] += x[name]
+    return {
+        "lost": sum(x["lost"] for x in counts),
+        "by_library": {k: dict(v) for k, v in sorted(by_library.items())},
+    }
+
+
+def heal(artifacts: RunArtifacts, lat: dict[str, Any]) -> dict[str, Any] | None:
+    """The heal phase (``lab run --heal``): heal's own counts, the broker's connections
+    with the bug's shift after it, what the timed producers lost, and the clients' p50
+    of each phase (``lat`` is ``latency(artifacts)``: the same figures)."""
+    run = artifacts.heal
+    if run is None:
+        return None
+    doc = run.document or {}
+    counts = doc.get("counts") or {}
+    producers = lost(artifacts)
+    before = lat["before"]["p50"]
+    p50 = {
+        "before": before,
+        "after_restart": lat["after"]["p50"],
+        "after_heal": lat.get("after_heal", {}).get("p50"),
+    }
+    return {
+        "method": doc.get("method") or run.method,
+        "method_asked": run.method,
+        "exit_status": run.status,
+        "error": run.error,
+        "refused": doc.get("refused"),
+        "stopped": doc.get("stopped"),
+        "kernel_told": run.kernel_status,
+        "kernel_verdict": doc.get("kernel"),
+        **{name: counts.get(name) for name in ("hit", "ended", "came_back", "not_back")},
+        "hit_after": run.hit_after,
+        "cookies_during": doc.get("cookies_during"),
+        "lost": None if producers is None else producers["lost"],
+        "lost_by_library": None if producers is None else producers["by_library"],
+        "p50_ms": p50,
+        "after_heal_ratio": round(p50["after_heal"] / before, 2)
+        if before and p50["after_heal"]
+        else None,
+        "shifts_after": run.shifts_after,
+        "per_second": doc.get("per_second"),
+        "seconds": round(run.seconds, 1),
+    }

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import resource
+import signal
 import threading
 import time
 from collections.abc import Callable
@@ -49,16 +50,20 @@ class Outstanding:
         self.lock = threading.Lock()
         self.open_requests: dict[int, tuple[str, int, float]] = {}
         self.next_id = 0
+        # per (library, producer): messages handed to the library, acknowledged, failed
+        self.tally: dict[tuple[str, int], list[int]] = {}
 
     def open(self, library: str, producer: int) -> int:
         with self.lock:
             self.next_id += 1
             self.open_requests[self.next_id] = (library, producer, time.time())
+            self.tally.setdefault((library, producer), [0, 0, 0])[0] += 1
             return self.next_id
 
     def close(self, request: int, error: str | None) -> None:
         with self.lock:
             library, producer, sent = self.open_requests.pop(request)
+            self.tally[(library, producer)][2 if error else 1] += 1
         emit(
             "latency",
             library=library,
@@ -78,6 +83,23 @@ class Outstanding:
                     producer=producer,
                     sent=sent,
                     waited_ms=(now - sent) * 1000,
+                )
+
+    def report_counts(self) -> None:
+        """What each measured producer counted: messages sent, acknowledged, failed (an
+        error from its library: a timeout, say), and still waiting at the end; ``lost``
+        is what was sent and not acknowledged."""
+        with self.lock:
+            for (library, producer), (sent, acked, failed) in sorted(self.tally.items()):
+                emit(
+                    "counts",
+                    library=library,
+                    producer=producer,
+                    sent=sent,
+                    acknowledged=acked,
+                    failed=failed,
+                    pending=sent - acked - failed,
+                    lost=sent - acked,
                 )
 
 
@@ -214,7 +236,13 @@ class KafkaPythonClients:
             producer.flush(timeout=max(0.0, deadline - time.monotonic()))
 
 
+# Set by SIGUSR1: the run asks the clients to end now, the way their duration would
+# (a lab run whose phases last what they last, heal's under an emulated CPU)
+STOP = threading.Event()
+
+
 def run(args: argparse.Namespace) -> None:
+    signal.signal(signal.SIGUSR1, lambda _signum, _frame: STOP.set())
     # each producer holds a connection or two; many producers need many descriptors
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -230,7 +258,7 @@ def run(args: argparse.Namespace) -> None:
     next_measured = [start + interval * i / max(1, args.measured) for i in range(args.measured)]
     every = args.crowd_interval_s
     next_crowd = [start + every * i / max(1, args.crowd) for i in range(args.crowd)]
-    while (now := time.monotonic()) - start < args.duration:
+    while (now := time.monotonic()) - start < args.duration and not STOP.is_set():
         for i, due in enumerate(next_measured):
             if now >= due:
                 clients.send_measured(i, payload)
@@ -243,6 +271,7 @@ def run(args: argparse.Namespace) -> None:
         time.sleep(0.002)
     clients.close()
     OUTSTANDING.report_pending()
+    OUTSTANDING.report_counts()
     emit("done", library=clients.library, t=time.time())
     # Tearing down hundreds of producers one by one takes longer than the run itself;
     # the process exit closes their sockets at once.

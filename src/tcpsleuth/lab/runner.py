@@ -27,7 +27,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tcpsleuth.lab import faults, kafka_broker, kafka_java, namespaces, recording, topology
+from tcpsleuth.lab import (
+    faults,
+    healing,
+    kafka_broker,
+    kafka_java,
+    namespaces,
+    recording,
+    topology,
+)
 from tcpsleuth.lab.brokers import CommandBroker, LabBrokerProcess
 from tcpsleuth.lab.kafka_broker import KafkaBroker
 from tcpsleuth.lab.processes import Child, python_module
@@ -72,6 +80,10 @@ class LabSize:
     # reconnect backoff (None: each library's own; Java's is 1000 ms)
     timeout_s: float = 60
     backoff_max_ms: int | None = None
+    # With --heal: after heal has ended, before the "after heal" window opens (the
+    # producers work off what they queued behind the small windows); that window lasts
+    # after_s
+    heal_settle_s: float = 10
 
     @classmethod
     def small(cls) -> LabSize:
@@ -173,6 +185,8 @@ class RunArtifacts:
     phases_s: dict[str, float] = field(default_factory=dict)
     # what `tcpsleuth record`, attached with --record, recorded (recording.finish)
     recorder: dict[str, Any] | None = None
+    # with --heal: what `tcpsleuth heal --apply` did after the storm (healing.run)
+    heal: healing.HealRun | None = None
 
 
 def library_versions() -> dict[str, str]:
@@ -278,11 +292,14 @@ def run_scenario(
     broker_cmd: str | None = None,
     broker_kind: str = "lab",
     record_dir: Path | None = None,
+    heal: healing.HealRun | None = None,
 ) -> RunArtifacts:
     """Run ``scenario``; ``progress(phase, fraction)`` is called as phases pass.
     ``broker_cmd`` runs the user's broker instead of the lab broker (see brokers);
     ``broker_kind`` ``kafka[:VERSION]`` runs a real Apache Kafka (see kafka_broker);
-    ``record_dir``: a ``tcpsleuth record`` is attached to the broker (see recording)."""
+    ``record_dir``: a ``tcpsleuth record`` is attached to the broker (see recording);
+    ``heal``: heal runs after the "after restart" window, which a third one follows
+    (see healing; ``heal`` says the method, and is filled in)."""
 
     def step(phase: str, fraction: float) -> None:
         if progress is not None:
@@ -291,7 +308,12 @@ def run_scenario(
     namespaces.require_root("tcpsleuth lab")
     workdir.mkdir(parents=True, exist_ok=True)
     artifacts = RunArtifacts(
-        scenario, size, workdir, workdir / "broker-side.pcap", library_versions=library_versions()
+        scenario,
+        size,
+        workdir,
+        workdir / "broker-side.pcap",
+        library_versions=library_versions(),
+        heal=heal,
     )
     stoppers: list[Callable[[], None]] = []
     step("setting up namespaces", 0.0)
@@ -423,6 +445,9 @@ def _run(
         restart_allowance = broker.restart_allowance_s + settle_s - size.settle_s
     # a recorder attached once the clients are connected may take this long to start
     record_allowance = recording.READY_S if record_dir is not None else 0.0
+    # heal and the window after it: the clients are told to end when it is over
+    if artifacts.heal is not None:
+        record_allowance += healing.TIMEOUT_S + size.heal_settle_s + size.after_s
     clients = []
     for library in LIBRARIES:
         worker = Child(
@@ -550,9 +575,16 @@ def _run(
         ]
         (artifacts.workdir / name).write_text(json.dumps(rows))
     artifacts.counters_after = _counters(server)
+    if artifacts.heal is not None:
+        _heal_phase(artifacts, server, step)
+        planned_end = time.time()
+        for worker in clients:
+            if "tcpsleuth.lab.clients" in worker.argv:  # their end (the Java ones run out)
+                worker.process.send_signal(signal.SIGUSR1)
+    else:
+        # they send until their planned end (the restart allowance may not all be used)
+        planned_end = started + size.duration_s + restart_allowance + max(0.0, record_allowance)
     step("waiting for the clients", 0.92)
-    # they send until their planned end (the restart allowance may not all be used)
-    planned_end = started + size.duration_s + restart_allowance + max(0.0, record_allowance)
     for worker in clients:
         worker.process.wait(timeout=max(0.0, planned_end - time.time()) + 120)
     artifacts.window["end"] = time.time()
@@ -577,6 +609,27 @@ def _run(
         errors = worker.errors()
         if errors.strip():
             (artifacts.workdir / "clients-stderr.txt").open("a").write(errors)
+
+
+def _heal_phase(artifacts: RunArtifacts, server: str, step: Callable[[str, float], None]) -> None:
+    """Heal once the "after restart" window has been measured (it ends here), then the
+    "after heal" window: it opens ``heal_settle_s`` after heal ended and lasts after_s;
+    the broker's connections with the bug's shift are counted near its end."""
+    assert artifacts.heal is not None
+    w, size = artifacts.window, artifacts.size
+    w["after_end"] = w["heal_start"] = time.time()
+    step(f"tcpsleuth heal --apply --method {artifacts.heal.method}", 0.9)
+    with_kernel = artifacts.heal.kernel_status
+    artifacts.heal = healing.run(
+        server, PORT, artifacts.heal.method, with_kernel, artifacts.workdir
+    )
+    w["heal_end"] = time.time()
+    w["after_heal_start"] = w["heal_end"] + size.heal_settle_s
+    step("traffic after heal", 0.91)
+    time.sleep(max(0.0, w["after_heal_start"] + size.after_s - 2 - time.time()))
+    healing.count_after(artifacts.heal, sockdiag.snapshot(server), PORT)
+    time.sleep(max(0.0, w["after_heal_start"] + size.after_s - time.time()))
+    w["after_heal_end"] = time.time()
 
 
 def percentiles(values: list[float]) -> dict[str, float | int | None]:

@@ -109,4 +109,55 @@ def render_runs(reports: list[dict[str, Any]], matrix: dict[str, Any] | None = N
             )
         if r["storm_amplification"]:
             parts.append(f"[dim]{r['scenario']}: {r['storm_amplification']['what']}.[/dim]")
+    healed = [r for r in reports if r.get("heal")]
+    if healed:
+        parts += _heal_parts(healed)
     return Group(*parts)
+
+
+HEAL_COUNTS = ("hit", "ended", "came_back", "hit_after", "cookies_during", "lost")
+
+
+def _heal_parts(reports: list[dict[str, Any]]) -> list[Any]:
+    """``lab run --heal``: what heal did and the clients' p50 of the three phases."""
+    rows = []
+    for r in reports:
+        h = r["heal"]
+        p50 = h["p50_ms"]
+        rows.append(
+            (
+                r["scenario"],
+                h["method"],
+                *(h[name] for name in HEAL_COUNTS),
+                p50["before"],
+                p50["after_restart"],
+                p50["after_heal"],
+                h["exit_status"],
+            )
+        )
+    parts: list[Any] = [
+        table.records_table(
+            "Heal after the restart storm (counts of connections and messages; p50 in ms)",
+            [
+                "scenario",
+                "method",
+                *(n.replace("_", " ") for n in HEAL_COUNTS),
+                "p50 before",
+                "p50 after restart",
+                "p50 after heal",
+                "heal exit",
+            ],
+            rows,
+        )
+    ]
+    for r in reports:
+        h = r["heal"]
+        problem = h["error"] or h["refused"] or h["stopped"]
+        if problem:
+            parts.append(f"[dim]{r['scenario']}: heal: {problem}.[/dim]")
+        if h["kernel_told"]:
+            parts.append(
+                f"[dim]{r['scenario']}: heal was told the kernel is {h['kernel_told']} (its "
+                "release says it has the fix; the lab built it with the fix reverted).[/dim]"
+            )
+    return parts
