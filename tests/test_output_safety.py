@@ -450,3 +450,19 @@ def test_a_client_id_with_escapes_in_an_incident_table(tmp_path: Path) -> None:
     assert result.returncode in (0, 1), result.stderr
     assert "\x1b" not in result.stdout and "\x07" not in result.stdout
     assert "\\x1b]0;owned\\x07\\x1b[2Jproducer-1" in result.stdout
+
+
+def test_stdout_and_stderr_lines_written_directly_are_escaped() -> None:
+    """A command's own line (the recorder's event lines, a warning) written with
+    sys.stdout.write or click.echo goes through the guards main() installs; rich and
+    JSON go past the stdout guard's scan, having escaped already."""
+    from tcpsleuth.cli.output import PipeGuard, StderrGuard
+
+    out, err = io.StringIO(), io.StringIO()
+    PipeGuard(out).write(f"host {TITLE}{CLEAR}b\tx\n")
+    StderrGuard(err).write(f"tcpsleuth: warning: {RED}y\n")
+    assert out.getvalue() == "host \\x1b]0;owned\\x07\\x1b[2Jb\tx\n"
+    assert err.getvalue() == "tcpsleuth: warning: \\x1b[31my\n"
+    rendered = io.StringIO()
+    PipeGuard(rendered).write_rendered("\x1b[1mbold\x1b[0m\n")  # rich's own style
+    assert rendered.getvalue() == "\x1b[1mbold\x1b[0m\n"

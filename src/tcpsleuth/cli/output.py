@@ -6,11 +6,13 @@ rest of the output to /dev/null (so that the interpreter's last flush is quiet t
 lets the command finish, so that it ends with the status it would have had. Commands
 that write without end (``watch``) ask :func:`stdout_closed` and stop.
 
-Standard error carries lines made of what tcpsleuth read (an error naming a file, a
-warning quoting a line): the guard installed as ``sys.stderr`` shows their control
-characters as escapes (``\\x1b``), so no command's message, whoever wrote it, can
-drive the terminal. Rich's consoles write past it (``unguarded``) and escape on their
-own (reports/table.py), keeping their colours.
+Both guards also show control characters as escapes (``\\x1b``): standard output and
+error carry lines made of what tcpsleuth read (an error naming a file, a warning
+quoting a line, the recorder's event lines), and no command's line, whoever wrote it,
+may drive the terminal. Two writers go past that: rich's consoles, which escape on
+their own after layout and add their colours (reports/table.py), and JSON, which has
+no control character in it (json escapes them); they call ``write_rendered`` on
+standard output and write to ``unguarded`` on standard error.
 """
 
 from __future__ import annotations
@@ -51,6 +53,10 @@ class PipeGuard:
             pass
 
     def write(self, text: str) -> int:
+        return self.write_rendered(printable(text, keep_newlines=True))
+
+    def write_rendered(self, text: str) -> int:
+        """``text`` as it is: for writers that escaped it already (module docstring)."""
         if _closed:
             return len(text)
         try:

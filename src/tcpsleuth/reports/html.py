@@ -12,6 +12,7 @@ from typing import Any
 
 from tcpsleuth import __version__
 from tcpsleuth.model.findings import Finding
+from tcpsleuth.model.text import printable
 
 STYLE = """
 body { font-family: sans-serif; margin: 2em; max-width: 1100px; color: #222; }
@@ -40,12 +41,17 @@ class Section:
 
 
 def _e(value: Any) -> str:
-    return html.escape("—" if value is None else str(value))
+    """A value as HTML text: markup escaped, and control characters shown as escapes
+    (``\\x1b``): HTML allows none in text, and a page read with ``cat`` or ``less``
+    must not drive the terminal (a ``client.id`` carries what its client chose)."""
+    return html.escape(printable("—" if value is None else str(value), keep_newlines=True))
 
 
 def _evidence(evidence: Mapping[str, Any]) -> str:
     return "; ".join(
-        f"{_e(k)}={_e(v)}" for k, v in evidence.items() if not isinstance(v, dict | list)
+        f"{_e(k)}={_e(v)}"
+        for k, v in evidence.items()
+        if v is not None and not isinstance(v, dict | list)
     )
 
 

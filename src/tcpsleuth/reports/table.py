@@ -54,13 +54,24 @@ class SafeConsole(Console):
         return super()._render_buffer(_neutralised(buffer))
 
 
+class _Rendered:
+    """Standard output for a console: past the guard's escaping (cli/output.py), which
+    would escape the styles rich writes to a terminal; the console escapes on its own."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self.write = getattr(stream, "write_rendered", stream.write)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
 def console(stderr: bool = False) -> Console:
     if stderr:
-        # past the guard main() puts on sys.stderr (cli/output.py): it would escape
-        # the styles rich writes to a terminal; this console escapes on its own
+        # past the guard main() puts on sys.stderr, for the same reason
         stream = getattr(sys.stderr, "unguarded", sys.stderr)
         return SafeConsole(highlight=False, soft_wrap=False, file=stream)
-    return SafeConsole(highlight=False, soft_wrap=False)
+    return SafeConsole(highlight=False, soft_wrap=False, file=_Rendered(sys.stdout))
 
 
 def _subject(subject: Mapping[str, str]) -> str:
