@@ -475,7 +475,12 @@ def test_exporter_exits_128_plus_the_signal(sig: int) -> None:
 
     process = exporter(free_port())
     process.send_signal(sig)
-    _, err = process.communicate(timeout=30)
+    try:
+        _, err = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:  # it ignored the signal (it once did: see exporter.py)
+            process.kill()
+            process.communicate()
     assert process.returncode == 128 + sig, err
     assert "Traceback" not in err
 
@@ -497,7 +502,12 @@ def test_exporter_says_one_line_per_client_that_resets() -> None:
         assert "tcpsleuth_scrape_success" in get(f"http://127.0.0.1:{port}/metrics")
     finally:
         process.send_signal(signal.SIGTERM)
-        _, err = process.communicate(timeout=30)
+        try:
+            _, err = process.communicate(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
     assert process.returncode == 143, err
     assert err.count("went away mid-request (Connection reset by peer)") == 3, err
     assert "Traceback" not in err and "Exception occurred" not in err

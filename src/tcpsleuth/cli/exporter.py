@@ -9,6 +9,7 @@ named by ``--netns``, so one exporter per namespace reports on that namespace.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterable
 
 import click
@@ -140,8 +141,11 @@ def exporter_command(listen: str, max_ports: int, netns: str | None) -> int:
     )
     try:
         # until a signal: SIGINT, SIGTERM and SIGHUP raise here (cli.main's handlers),
-        # and cli.main makes the exit status 128+N of it
-        threading.Event().wait()
+        # and cli.main makes the exit status 128+N of it. Never an untimed wait: the
+        # kernel may hand the signal to another thread (numpy's, the server's), and
+        # Python runs its handler only when the main thread next runs bytecode
+        while True:
+            time.sleep(0.25)
     finally:
         server.shutdown()
         server.server_close()
