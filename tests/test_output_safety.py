@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES
+from conftest import FIXTURES, needs_root
 from rich.text import Text
 
 from tcpsleuth.model.text import shortened, to_float
@@ -466,3 +466,33 @@ def test_stdout_and_stderr_lines_written_directly_are_escaped() -> None:
     rendered = io.StringIO()
     PipeGuard(rendered).write_rendered("\x1b[1mbold\x1b[0m\n")  # rich's own style
     assert rendered.getvalue() == "\x1b[1mbold\x1b[0m\n"
+
+
+@needs_root
+def test_a_live_listener_s_process_name_reaches_the_table_escaped(tmp_path: Path) -> None:
+    """A local user's listener whose comm (prctl PR_SET_NAME) carries escape sequences:
+    audit and doctor name its owner, escaped."""
+    script = tmp_path / "listener.py"
+    script.write_text(
+        "import ctypes, socket, time\n"
+        "ctypes.CDLL(None).prctl(15, b'\\x1b]0;x\\x07\\x1b[2Jev', 0, 0, 0)\n"
+        "s = socket.socket()\n"
+        "s.bind(('127.0.0.1', 0))\n"
+        "s.listen(5)\n"
+        "print(s.getsockname()[1], flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    listener = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert listener.stdout is not None
+        port = listener.stdout.readline().strip()
+        assert Path(f"/proc/{listener.pid}/comm").read_text() == "\x1b]0;x\x07\x1b[2Jev\n"
+        for command in ("audit", "doctor"):
+            result = run(command)
+            assert result.returncode in (0, 1), result.stderr
+            assert "\x1b" not in result.stdout and "\x07" not in result.stdout
+            rows = [line for line in result.stdout.splitlines() if f":{port} " in line]
+            assert any("\\x1b]0;x\\x07\\x1b[2Jev" in row for row in rows), rows
+    finally:
+        listener.kill()
+        listener.wait()
