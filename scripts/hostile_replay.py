@@ -566,6 +566,22 @@ def table(paths: dict[str, str], out: Path) -> list[Case]:
         add(f"doctor --example {example!r}", "doctor", "--example", example, "--format", "json")
     add("audit --config", "audit", "--config", "nginx=" + paths["binary"])
     add("audit --config FIFO", "audit", "--config", "nginx=" + paths["fifo-nowriter"])
+    # names the kernel refuses: a component over 255 bytes, a path over 4,096 (ENAMETOOLONG)
+    for what, name in [("long name", "/tmp/" + "x" * 300), ("long path", "/tmp/" + "/y" * 2100)]:
+        pcap, incident = paths["kafka.pcap"], paths["incident"]
+        for label, argv in (
+            ("sockets", ["sockets", name]),
+            ("compare", ["compare", name, paths["ss-[/x]"]]),
+            ("audit --bundle", ["audit", "--bundle", name]),
+            ("doctor --kafka-config", ["doctor", "--kafka-config", name]),
+            ("pcap", ["pcap", name]),
+            ("pcap --html", ["pcap", "--html", name, pcap]),
+            ("report", ["report", name]),
+            ("report --html", ["report", incident, "--html", name]),
+            ("collect", ["collect", name]),
+            ("record --dir", ["record", "--port", "9092", "--dir", name, "--duration", "1"]),
+        ):
+            add(f"{label} ({what})", *argv)
     # incidents handed over, and the recorder's directory in careless places
     for name in INCIDENTS:
         add(f"report {name}", "report", paths[name])
