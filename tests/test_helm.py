@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -50,7 +49,11 @@ def _go_build(what: list[str], env: dict[str, str], cwd: Path | None = None) -> 
 
 
 @pytest.fixture(scope="module")
-def helm() -> Iterator[str]:
+def helm() -> str:
+    return built_helm()
+
+
+def built_helm() -> str:
     """helm v4.3.2, built once from the Go module proxy into ~/.cache/tcpsleuth/bin."""
     built = TOOLS / "helm"
     if not built.exists():
@@ -60,7 +63,7 @@ def helm() -> Iterator[str]:
         [str(built), "version", "--short"], capture_output=True, text=True, check=True
     ).stdout
     assert version.startswith("v4.3"), version  # `go install` sets no patch level
-    yield str(built)
+    return str(built)
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +73,7 @@ def promop(tmp_path_factory: pytest.TempPathFactory) -> str:
     return str(binary)
 
 
-def _render(helm: str, values: list[str]) -> list[dict]:
+def render(helm: str, values: list[str]) -> list[dict]:
     text = subprocess.run(
         [helm, "template", "tcpsleuth", str(CHART), "--namespace", "monitoring", *values],
         capture_output=True,
@@ -98,7 +101,7 @@ def test_helm_lint_is_clean(helm: str, values: str) -> None:
 @pytest.mark.parametrize("values", VALUES)
 def test_built_in_objects_are_valid_for_kubernetes_1_30_to_1_37(helm: str, values: str) -> None:
     kubernetes_validate = pytest.importorskip("kubernetes_validate")
-    docs = _render(helm, VALUES[values])
+    docs = render(helm, VALUES[values])
     kinds = {(d["apiVersion"], d["kind"]) for d in docs}
     assert kinds == BUILT_IN | OPERATOR
     checked = 0
@@ -126,7 +129,7 @@ def test_built_in_objects_are_valid_for_kubernetes_1_30_to_1_37(helm: str, value
 def test_an_invalid_object_is_refused(helm: str) -> None:
     """The validation above can fail: a misspelt field in the DaemonSet's pod."""
     kubernetes_validate = pytest.importorskip("kubernetes_validate")
-    [daemonset] = [d for d in _render(helm, []) if d["kind"] == "DaemonSet"]
+    [daemonset] = [d for d in render(helm, []) if d["kind"] == "DaemonSet"]
     daemonset["spec"]["template"]["spec"]["hostPid"] = True
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(daemonset, KUBERNETES[0], strict=True)
@@ -137,7 +140,7 @@ def test_an_invalid_object_is_refused(helm: str) -> None:
 def test_operator_objects_decode_strictly_and_carry_the_originals(
     helm: str, promop: str, values: str, tmp_path: Path
 ) -> None:
-    docs = [d for d in _render(helm, VALUES[values]) if (d["apiVersion"], d["kind"]) in OPERATOR]
+    docs = [d for d in render(helm, VALUES[values]) if (d["apiVersion"], d["kind"]) in OPERATOR]
     paths = []
     for number, doc in enumerate(docs):
         paths.append(tmp_path / f"{number}.json")
@@ -153,13 +156,13 @@ def test_operator_objects_decode_strictly_and_carry_the_originals(
     ]
     [rule] = [d for d in docs if d["kind"] == "PrometheusRule"]
     assert rule["spec"] == rules
-    [dashboard] = [d for d in _render(helm, VALUES[values]) if d["kind"] == "ConfigMap"]
+    [dashboard] = [d for d in render(helm, VALUES[values]) if d["kind"] == "ConfigMap"]
     assert json.loads(dashboard["data"]["tcpsleuth.json"]) == json.loads(DASHBOARD.read_text())
 
 
 @pytest.mark.heavy
 def test_the_decoder_refuses_an_unknown_field(helm: str, promop: str, tmp_path: Path) -> None:
-    [monitor] = [d for d in _render(helm, []) if d["kind"] == "ServiceMonitor"]
+    [monitor] = [d for d in render(helm, []) if d["kind"] == "ServiceMonitor"]
     monitor["spec"]["endpoints"][0]["intervall"] = "15s"
     path = tmp_path / "monitor.json"
     path.write_text(json.dumps(monitor))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, SUPPORT, nstat_in, run_tcpsleuth
+from test_helm import built_helm, render
 
 from tcpsleuth.lab import namespaces
 
@@ -291,3 +293,113 @@ def _wait(lines: list[dict], kind: str, process: subprocess.Popen, timeout: floa
             break
         time.sleep(0.2)
     raise AssertionError(f"no {kind!r} line: {lines[-5:]}")
+
+
+def _loopback_traffic(seconds: float) -> tuple[int, threading.Thread]:
+    """A connection on the host's loopback sending for ``seconds``: tcp_probe fires on
+    every segment it receives."""
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+
+    def run() -> None:
+        with server, socket.create_connection(("127.0.0.1", port)) as client:
+            peer, _ = server.accept()
+            with peer:
+                deadline = time.monotonic() + seconds
+                while time.monotonic() < deadline:
+                    client.sendall(b"x" * 65536)
+                    peer.recv(1 << 20)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return port, thread
+
+
+@pytest.mark.heavy
+def test_trace_runs_in_the_bpftrace_image(image: str) -> None:
+    port, traffic = _loopback_traffic(30)
+    result = _podman(*RUN, f"{image}-bpftrace", "trace", "--port", str(port), "--duration", "3",
+                     "--format", "json", check=False, timeout=120)  # fmt: skip
+    traffic.join()
+    assert result.returncode in (0, 1), result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["samples"] > 0
+    # the loopback connection, seen from both ends, in the host's namespace
+    ends = {c["local"] for c in doc["connections"]} | {c["remote"] for c in doc["connections"]}
+    assert f"127.0.0.1:{port}" in ends
+    assert {c["netns"] for c in doc["connections"]} == {os.stat("/proc/self/ns/net").st_ino}
+
+
+def _podman_args_of(container: dict, pod: dict) -> list[str]:
+    """podman run's options for one container of the DaemonSet's pod, field by field."""
+    args = ["run", "--detach"]
+    args += ["--net=host"] if pod["hostNetwork"] else []
+    args += ["--pid=host"] if pod["hostPID"] else []
+    security = container["securityContext"]
+    args += ["--privileged"] if security.get("privileged") else []
+    args += ["--read-only"] if security.get("readOnlyRootFilesystem") else []
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for mount in container["volumeMounts"]:
+        volume = volumes[mount["name"]]
+        if "emptyDir" in volume:
+            args += ["--tmpfs", mount["mountPath"]]
+            continue
+        host = volume["hostPath"]["path"]
+        if volume["hostPath"].get("type") == "DirectoryOrCreate":
+            Path(host).mkdir(parents=True, exist_ok=True)
+        options = ["ro"] if mount.get("readOnly") else []
+        options += ["rslave"] if mount.get("mountPropagation") == "HostToContainer" else []
+        args += [
+            "-v",
+            f"{host}:{mount['mountPath']}" + (":" + ",".join(options) if options else ""),
+        ]
+    for variable in container.get("env", []):
+        args += ["--env", f"{variable['name']}={variable['value']}"]
+    return [*args, container["image"], *container["args"]]
+
+
+def _scrape(port: int, name: str) -> str:
+    deadline = time.monotonic() + 90
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+                return r.read().decode()
+        except OSError:
+            assert time.monotonic() < deadline, _podman("logs", name, check=False).stderr
+            time.sleep(0.5)
+
+
+@pytest.mark.heavy
+def test_the_daemonsets_containers_run_under_podman(image: str, tmp_path: Path) -> None:
+    """Exactly the DaemonSet's command, mounts and privileges, recorder enabled, each
+    container run by podman: both serve their metrics."""
+    ports = []
+    for _ in range(2):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            ports.append(probe.getsockname()[1])
+    directory = tmp_path / "recordings"
+    [daemonset] = [
+        d for d in render(built_helm(), [
+            "--set", "recorder.enabled=true", "--set", f"exporter.port={ports[0]}",
+            "--set", f"recorder.metricsPort={ports[1]}", "--set", f"recorder.dir={directory}",
+        ]) if d["kind"] == "DaemonSet"
+    ]  # fmt: skip
+    pod = daemonset["spec"]["template"]["spec"]
+    names = []
+    try:
+        for container in pod["containers"]:
+            assert container["image"] == image
+            names.append(f"tcpsleuth-test-ds-{container['name']}-{os.getpid()}")
+            run = _podman_args_of(container, pod)
+            _podman(*run[:2], "--name", names[-1], *run[2:])
+        exporter, recorder = _scrape(ports[0], names[0]), _scrape(ports[1], names[1])
+        time.sleep(3)  # the recorder reports its capture after its first samples
+        recorder = _scrape(ports[1], names[1])
+    finally:
+        for name in names:
+            _podman("rm", "--force", "--time", "30", name, check=False)
+    assert "tcpsleuth_scrape_success 1.0" in exporter
+    assert "node_netstat_TcpExt_SyncookiesSent" in exporter
+    assert re.search(r"^tcpsleuth_recorder_capture_up\{[^}]*\} 1\.0$", recorder, re.M), recorder
+    assert (directory / "ring").is_dir()
