@@ -221,6 +221,20 @@ def test_the_lab_names_its_extra(lean: Lean, args: tuple[str, ...]) -> None:
     assert "Traceback" not in result.stderr and "ImportError" not in result.stderr
 
 
+HOST_COMMANDS = [
+    "doctor", "audit", "collect", "sockets", "compare", "trace", "pcap", "watch", "exporter",
+    "record", "report", "probe", "heal",
+]  # fmt: skip
+
+
+def test_every_host_command_loads_without_the_lab(lean: Lean) -> None:
+    """Each command's module imports (its --help) with the lean install alone."""
+    for command in HOST_COMMANDS:
+        result = lean.run(command, "--help")
+        assert result.returncode == 0, (command, result.stderr)
+        assert "Examples:" in result.stdout, command
+
+
 def test_the_kafka_api_names_are_kios() -> None:
     """The capture path's own table of request names, checked against the lab's kio."""
     kio_index = pytest.importorskip("kio.schema.index")
