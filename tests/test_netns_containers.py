@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -141,6 +143,51 @@ def test_sockets_and_compare_take_the_same_names(container: Container) -> None:
     )
     assert result.returncode in (0, 1), result.stderr
     assert f"live network namespace pid:{container.pid}" in result.stdout
+
+
+def test_the_recorders_tcpdump_captures_in_the_containers_namespace(
+    container: Container, tmp_path: Path
+) -> None:
+    """The recorder's child, tcpdump, enters the container's namespace by nsenter: the
+    handshakes made there to the container's listener are in its ring."""
+    directory, metrics = tmp_path / "rec", tmp_path / "recorder.prom"
+    recorder = subprocess.Popen(
+        [sys.executable, "-m", "tcpsleuth", "record", "--port", str(PORT), "--dir",
+         str(directory), "--netns", f"container:{container.name}", "--trace", "0",
+         "--metrics-file", str(metrics)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while "tcpsleuth_recorder_capture_up{" not in (
+            metrics.read_text() if metrics.exists() else ""
+        ):
+            assert recorder.poll() is None and time.monotonic() < deadline
+            time.sleep(0.2)
+        time.sleep(1)
+        knock = (
+            "import socket\n"
+            f"for _ in range(5): socket.create_connection(('127.0.0.1', {PORT}), timeout=5)\n"
+        )
+        subprocess.run(
+            ["nsenter", f"--net=/proc/{container.pid}/ns/net", sys.executable, "-c", knock],
+            check=True,
+        )
+        time.sleep(2)
+        up = metrics.read_text()
+    finally:
+        recorder.terminate()
+        recorder.wait(timeout=60)
+    assert re.search(r"^tcpsleuth_recorder_capture_up\{[^}]*\} 1\.0$", up, re.M), up
+    syns = 0
+    for ring_file in sorted((directory / "ring").glob("*")):
+        read = subprocess.run(
+            ["tcpdump", "-r", str(ring_file), "-nn",
+             f"tcp[tcpflags] == tcp-syn and dst port {PORT}"],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        syns += len(read.stdout.splitlines())
+    assert syns == 5
 
 
 def test_an_ip_netns_name_wins_over_pid(container: Container) -> None:
