@@ -17,6 +17,11 @@ IPv6 one as ``::``/``[::]``; from 4.14 (commit 1267c0b924de, "ss: Distinguish be
 IPv4 and IPv6 wildcard sockets") the IPv4 one is ``0.0.0.0``, ``[::]`` is an IPV6_V6ONLY
 socket and ``*`` the dual-stack IPv6 one. A file that prints ``0.0.0.0`` anywhere (the
 peer of every IPv4 listener, from 4.14 on) is read the new way; otherwise ``*`` is IPv4.
+
+Every number is read as ``model.text`` reads outside text: ASCII digits of bounded
+length, decimals finite (no ``nan``, no ``1e999``). The text may come from another host
+and another person: ``²``, ``٣`` or 5,000 digits in a field is one line naming the file
+and the line (InputError), never a ValueError from ``int()``.
 """
 
 from __future__ import annotations
