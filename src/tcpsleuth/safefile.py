@@ -88,8 +88,9 @@ def _stream(path: Path, info: os.stat_result) -> bool:
 class _Temporary:
     """The file being written: a file object for the caller, committed by rename."""
 
-    def __init__(self, path: Path, mode: int | None) -> None:
+    def __init__(self, path: Path, mode: int | None, sync: bool) -> None:
         self.path = path
+        self.sync = sync
         self.dir_fd = os.open(path.parent, _DIR_FLAGS)
         self.name = f".{path.name[:200]}.{secrets.token_hex(6)}.tmp"
         try:
@@ -112,12 +113,14 @@ class _Temporary:
 
     def commit(self) -> None:
         self.out.flush()
-        os.fsync(self.out.fileno())
+        if self.sync:
+            os.fsync(self.out.fileno())
         self.out.close()
         os.rename(self.name, self.path.name, src_dir_fd=self.dir_fd, dst_dir_fd=self.dir_fd)
         self.name = ""
-        with contextlib.suppress(OSError):  # some file systems cannot sync a directory
-            os.fsync(self.dir_fd)
+        if self.sync:
+            with contextlib.suppress(OSError):  # some file systems cannot sync a directory
+                os.fsync(self.dir_fd)
 
     def discard(self) -> None:
         with contextlib.suppress(OSError):
@@ -129,12 +132,15 @@ class _Temporary:
 
 
 @contextlib.contextmanager
-def replacing(path: Path, mode: int | None = None) -> Iterator[BinaryIO]:
+def replacing(path: Path, mode: int | None = None, sync: bool = True) -> Iterator[BinaryIO]:
     """A binary file to write ``path``'s new content into; it becomes ``path`` when the
     block ends without an exception, and is removed otherwise. ``mode``: exactly this
-    mode; None: what the umask leaves of 0666."""
+    mode; None: what the umask leaves of 0666. ``sync``: on disk before the rename (a
+    report, a page); without it the rename is still all or nothing for every reader,
+    but a power cut may lose it (the recorder's files while an incident is made, written
+    from its sampling loop, which an fsync on a busy disk would hold up for seconds)."""
     try:
-        temporary = _Temporary(path, mode)
+        temporary = _Temporary(path, mode, sync)
     except WriteError:
         raise
     except OSError as problem:
@@ -153,7 +159,11 @@ def replacing(path: Path, mode: int | None = None) -> Iterator[BinaryIO]:
 
 
 def write_file(
-    path: Path, data: bytes | str, mode: int | None = None, streams: bool = False
+    path: Path,
+    data: bytes | str,
+    mode: int | None = None,
+    streams: bool = False,
+    sync: bool = True,
 ) -> None:
     """``path`` holds ``data`` afterwards, whole, or what it held before (see above).
     Only a regular file is replaced; with ``streams`` (an output the user named), a
@@ -165,7 +175,7 @@ def write_file(
             if _stream(path, there):
                 _write_stream(path, data)
                 return
-    with replacing(path, mode) as out:
+    with replacing(path, mode, sync) as out:
         out.write(data)
 
 

@@ -82,7 +82,7 @@ def write_report(directory: Path, save: bool = True) -> dict:
     if save:
         safefile.write_file(directory / freeze.REPORT_HTML, incident.html_page(doc), 0o600)
         # last: an incident with its report is complete
-        freeze.write_json(directory / freeze.REPORT_JSON, doc, indent=None)
+        freeze.write_json(directory / freeze.REPORT_JSON, doc, indent=None, sync=True)
     return doc
 
 

@@ -83,12 +83,12 @@ def link_ring(files: Iterable[RingFile], staging: Path) -> int:
     return made
 
 
-def write_json(path: Path, doc: Any, indent: int | None = 1) -> None:
+def write_json(path: Path, doc: Any, indent: int | None = 1, sync: bool = False) -> None:
     text = json.dumps(
         doc, indent=indent, default=str, separators=None if indent else (",", ":"), allow_nan=False
     )
     data = gzip.compress(text.encode(), 6) if path.suffix == ".gz" else text.encode()
-    safefile.write_file(path, data, 0o600)
+    safefile.write_file(path, data, 0o600, sync=sync)
 
 
 def append_lines(path: Path, records: Iterable[dict[str, Any]]) -> None:

@@ -386,7 +386,7 @@ class Recorder:
         text = prometheus.exposition(prometheus.recorder_families(self.health, str(self.dir)))
         try:
             # 0644 for node_exporter's textfile collector; no secrets in it
-            safefile.write_file(path, text, 0o644)
+            safefile.write_file(path, text, 0o644, sync=False)
         except OSError as problem:
             self._problem("metrics", str(problem))
 
@@ -506,19 +506,20 @@ class Recorder:
         if self.trace_problem:
             with contextlib.suppress(OSError):
                 skipped = self.trace_problem + "\n"
-                safefile.write_file(active.staging / freeze.TRACE_SKIPPED, skipped)
+                safefile.write_file(active.staging / freeze.TRACE_SKIPPED, skipped, sync=False)
             return
         try:
             inodes = frozenset({tracer.netns_inode(self.s.netns)}) if self.s.netns else frozenset()
             program = tracer.build_program(self.ports, inodes, 10.0)
-            with safefile.replacing(active.staging / freeze.TRACE, 0o600) as out:
+            with safefile.replacing(active.staging / freeze.TRACE, 0o600, sync=False) as out:
                 for sample in tracer.trace(program, self.s.trace_s, preexec_fn=die_with_parent):
                     out.write((json.dumps(dataclasses.asdict(sample)) + "\n").encode())
                     if self.stop.is_set():
                         break
         except (InputError, OSError) as problem:
             with contextlib.suppress(OSError):
-                safefile.write_file(active.staging / freeze.TRACE_SKIPPED, f"{problem}\n")
+                skipped = f"{problem}\n"
+                safefile.write_file(active.staging / freeze.TRACE_SKIPPED, skipped, sync=False)
 
     def _link(self, active: Active) -> None:
         start, end = active.open.window(self.s.policy)

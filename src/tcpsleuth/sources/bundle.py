@@ -308,7 +308,8 @@ def _write_files(directory: Path, netns_name: str | None, kafka_text: str | None
     written: list[str] = []
 
     def put(name: str, text: str) -> None:
-        safefile.write_file(directory / name, text)
+        # in a new directory of its own, renamed into place once whole: no fsync each
+        safefile.write_file(directory / name, text, sync=False)
         written.append(name)
 
     put(UNAME, procfs.kernel_release() + "\n")
