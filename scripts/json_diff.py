@@ -6,9 +6,9 @@ must change no result.
 
 `record` runs the tcpsleuth found on `--src` (a `src/` directory of another checkout,
 e.g. a `git worktree` of the commit before the change; default: the installed one) on:
-the benchmark captures (bench/bench_pcap.py makes them), the public Kafka capture, the
-two committed lab storms (prefix and fixed kernels), the bundles and `ss` fixtures
-(audit, doctor, sockets, compare). `compare` reads findings through the kind registry's
+the benchmark captures (bench/bench_pcap.py makes them; of the 2 M-packet one, the
+default document only), the public Kafka capture, the two committed lab storms (prefix
+and fixed kernels), the bundles and `ss` fixtures (audit, doctor, sockets, compare). `compare` reads findings through the kind registry's
 aliases (a renamed kind is the same finding) and ignores what is meant to differ from
 run to run (timings, tcpsleuth's version).
 """
@@ -42,6 +42,10 @@ def cases() -> dict[str, list[str]]:
         if path.exists():
             out[f"pcap-{name}"] = ["pcap", "--format", "json", "--all-connections", str(path)]
             out[f"pcap-{name}-default"] = ["pcap", "--format", "json", str(path)]
+    # bench_pcap.py's own capture (160,016 connections): the default document only
+    big = BENCH / "bench-2000000.pcap"
+    if big.exists():
+        out["pcap-bench-2m-default"] = ["pcap", "--format", "json", str(big)]
     for bundle in sorted((FIX / "bundles").iterdir()):
         out[f"audit-{bundle.name}"] = ["audit", "--format", "json", "--bundle", str(bundle)]
         out[f"doctor-{bundle.name}"] = ["doctor", "--format", "json", "--bundle", str(bundle)]
