@@ -529,3 +529,17 @@ def test_the_exporter_unit_counts_143_and_130_as_success(tmp_path: Path) -> None
         capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert result.returncode == 0 and "tcpsleuth-exporter" not in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize("port", ["9\u00b2", "9" * 5000, "0", "65536"])
+@pytest.mark.parametrize(
+    ("command", "option"), [("exporter", "--listen"), ("record", "--metrics-listen")]
+)
+def test_a_listen_port_that_only_looks_like_one_is_one_line(
+    command: str, option: str, port: str, tmp_path: Path
+) -> None:
+    """A superscript or 5,000 digits passed str.isdigit and ended in int() (exit 3)."""
+    extra = ("--port", "9", "--dir", str(tmp_path / "rec")) if command == "record" else ()
+    line = one_line(tcpsleuth(command, *extra, option, f"127.0.0.1:{port}"))
+    assert f"{option} '127.0.0.1:" in line and "expected HOST:PORT" in line
+    assert not (tmp_path / "rec").exists()

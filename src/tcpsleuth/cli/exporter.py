@@ -16,6 +16,7 @@ import click
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
 
+from tcpsleuth.cli import serving
 from tcpsleuth.cli.heal import hit_per_listener
 from tcpsleuth.cli.options import netns_option
 from tcpsleuth.cli.serving import serve
@@ -83,12 +84,7 @@ class ScrapeCollector:
 
 def parse_listen(text: str) -> tuple[str, int]:
     """``HOST:PORT`` or ``[IPV6]:PORT``."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
-        raise InputError(f"--listen {text!r}: expected HOST:PORT, e.g. {DEFAULT_LISTEN}")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    return host, int(port)
+    return serving.parse_listen(text, "--listen", DEFAULT_LISTEN)
 
 
 @click.command("exporter")

@@ -12,7 +12,6 @@ import click
 
 from tcpsleuth.cli.options import PORT, FiniteFloat, kafka_config_option, netns_option
 from tcpsleuth.detectors import rates
-from tcpsleuth.errors import InputError
 from tcpsleuth.recorder.incidents import Policy
 from tcpsleuth.recorder.loop import Recorder, Settings
 from tcpsleuth.recorder.ring import DEFAULT_SNAPLEN
@@ -42,10 +41,9 @@ class ByteSize(click.ParamType):
 
 
 def parse_listen(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
-        raise InputError(f"--metrics-listen {text!r}: expected HOST:PORT, e.g. 127.0.0.1:9470")
-    return host.strip("[]"), int(port)
+    from tcpsleuth.cli.serving import parse_listen as parse
+
+    return parse(text, "--metrics-listen", "127.0.0.1:9470")
 
 
 def _printer(output_format: str) -> Any:

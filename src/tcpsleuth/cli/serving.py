@@ -20,7 +20,8 @@ from wsgiref import simple_server
 import click
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
-from tcpsleuth.errors import EnvironmentProblem
+from tcpsleuth.errors import EnvironmentProblem, InputError
+from tcpsleuth.model.text import to_int
 
 GONE = (ConnectionResetError, ConnectionAbortedError, BrokenPipeError, TimeoutError)
 
@@ -87,6 +88,19 @@ class MetricsServer(ThreadingMixIn, simple_server.WSGIServer):
                 f"{type(problem).__name__}: {problem}",
                 err=True,
             )
+
+
+def parse_listen(text: str, option: str, example: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[IPV6]:PORT``, the port ASCII digits from 1 to 65535 (a
+    superscript or 5,000 digits is the same one line as any other bad port)."""
+    host, sep, digits = text.rpartition(":")
+    port = to_int(digits, 5) if sep else None
+    if port is None or not 0 < port < 65536 or not host:
+        shown = text if len(text) <= 64 else f"{text[:64]}... ({len(text)} characters)"
+        raise InputError(f"{option} {shown!r}: expected HOST:PORT, e.g. {example}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, port
 
 
 def serve(host: str, port: int, registry: CollectorRegistry, who: str) -> MetricsServer:
