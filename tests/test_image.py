@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, SUPPORT, nstat_in, run_tcpsleuth
 from test_helm import built_helm, render
+from test_lean_install import build_wheel
 
 from tcpsleuth.lab import namespaces
 
@@ -403,3 +404,56 @@ def test_the_daemonsets_containers_run_under_podman(image: str, tmp_path: Path) 
     assert "node_netstat_TcpExt_SyncookiesSent" in exporter
     assert re.search(r"^tcpsleuth_recorder_capture_up\{[^}]*\} 1\.0$", recorder, re.M), recorder
     assert (directory / "ring").is_dir()
+
+
+def _venv_distributions(image: str) -> list[str]:
+    listing = (
+        "import importlib.metadata as m; "
+        "print(sorted(f\"{d.metadata['Name'].lower()}=={d.version}\" for d in m.distributions()))"
+    )
+    return json.loads(
+        _podman(
+            "run", "--rm", "--entrypoint", "/opt/tcpsleuth/bin/python", image, "-c", listing
+        ).stdout.replace("'", '"')
+    )
+
+
+@pytest.mark.heavy
+def test_the_containerfile_builds_what_the_script_builds(image: str, tmp_path: Path) -> None:
+    """No registry here: the Containerfile's FROM is replaced (podman build --from) by a
+    bookworm root of mmdebstrap's; the same install script then gives the same venv, the
+    same tools and the same labels' command."""
+    base = f"localhost/tcpsleuth-test-bookworm:{os.getpid()}"
+    built = f"localhost/tcpsleuth-test-containerfile:{os.getpid()}"
+    context = tmp_path / "context"
+    (context / "deploy" / "container").mkdir(parents=True)
+    shutil.copy(REPO / "deploy/container/install-in-root.sh", context / "deploy/container")
+    shutil.copy(REPO / "deploy/container/Containerfile", context / "deploy/container")
+    build_wheel(context / "dist")
+    root = tmp_path / "bookworm.tar"
+    subprocess.run(
+        ["nice", "-n", "10", "mmdebstrap", "--quiet", "--variant=apt", "bookworm", str(root),
+         "/etc/apt/sources.list.d/debian.sources"],
+        check=True, timeout=1200, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    ca = os.environ.get("PIP_CERT") or "/etc/ssl/certs/ca-certificates.crt"
+    try:
+        _podman("import", str(root), base, timeout=600)
+        _podman(
+            "build", "--from", base, "--network", "host", "-f",
+            str(context / "deploy/container/Containerfile"), "-t", built,
+            "--build-arg", "PIP_CERT=/run/build-ca.crt", "-v", f"{ca}:/run/build-ca.crt:ro",
+            str(context), timeout=1800,
+        )  # fmt: skip
+        assert _venv_distributions(built) == _venv_distributions(image)
+        version = _podman("run", "--rm", built, "--version").stdout.strip()
+        assert version == "tcpsleuth, version 0.1.0"
+        where = "for t in ip ss tcpdump nft iptables nsenter mount; do command -v $t; done"
+        tools = _podman("run", "--rm", "--entrypoint", "sh", built, "-c", where).stdout.split()
+        assert [Path(p).name for p in tools] == [
+            "ip", "ss", "tcpdump", "nft", "iptables", "nsenter", "mount"
+        ]  # fmt: skip
+        config = json.loads(_podman("image", "inspect", built).stdout)[0]["Config"]
+        assert config["Entrypoint"] == ["tcpsleuth"] and config["Cmd"] == ["doctor"]
+    finally:
+        _podman("rmi", "--force", built, base, check=False)
