@@ -8,9 +8,10 @@ must change no result.
 e.g. a `git worktree` of the commit before the change; default: the installed one) on:
 the benchmark captures (bench/bench_pcap.py makes them; of the 2 M-packet one, the
 default document only), the public Kafka capture, the two committed lab storms (prefix
-and fixed kernels), the bundles and `ss` fixtures (audit, doctor, sockets, compare). `compare` reads findings through the kind registry's
-aliases (a renamed kind is the same finding) and ignores what is meant to differ from
-run to run (timings, tcpsleuth's version).
+and fixed kernels), the bundles and `ss` fixtures (audit, doctor, sockets, compare).
+`compare` reads findings through the kind registry's aliases (a renamed kind is the
+same finding) and ignores what is meant to differ from run to run (timings,
+tcpsleuth's version).
 """
 
 from __future__ import annotations
