@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from tcpsleuth.model.kinds import KINDS, Kind
+from tcpsleuth.model.kinds import KINDS, SUBJECT_KEYS, Kind
 
 REPO = Path(__file__).resolve().parent.parent
 README = REPO / "README.md"
@@ -37,9 +37,25 @@ def findings_page() -> str:
         "# Finding kinds",
         "",
         "Generated from `src/tcpsleuth/model/kinds.py` by `scripts/make_kinds_doc.py`; do",
-        "not edit by hand. Each kind's evidence lists the keys a script may rely on; a",
-        "source may add more. A renamed kind is still accepted under its former name for",
-        "one release, and each finding of it carries the former name in `aliases`.",
+        "not edit by hand. A kind has one shape whatever command reports it: one type of",
+        "subject and exactly the evidence keys listed, every one of them in every finding;",
+        "a key the command cannot know is there with `null` (a capture cannot read the",
+        "server's socket: `wscale-mismatch` from `pcap` has `socket_wscale` null, from",
+        "`compare` `inferred_wscale` null), and where several kinds of evidence can decide",
+        "a finding, its `source` says which did. `tcpsleuth.model.findings.Finding`",
+        "refuses any other key. Times are milliseconds (`_ms`), sizes bytes.",
+        "",
+        "Subjects: "
+        + "; ".join(
+            f"{name} `{{{', '.join(f'{k!r}: ...' for k in keys)}}}`".replace("'", '"')
+            for name, keys in SUBJECT_KEYS.items()
+        )
+        + ". A connection's `client` is `IP:PORT` for one connection, `IP` for all the",
+        "connections of that client address, or `*` for all of the server's clients (the",
+        "evidence's `clients` then counts them by address).",
+        "",
+        "A renamed kind is still accepted under its former name for one release, and each",
+        "finding of it carries the former name in `aliases`.",
         "",
     ]
     families: dict[str, list[Kind]] = {}

@@ -86,7 +86,7 @@ def test_fault_found_from_both_ends(tmp_path: Path) -> None:
     assert limited
     assert {f["evidence"]["sender"] for f in limited} <= {local for local, _ in client_ss}
     for finding in limited:
-        assert finding["evidence"]["share"] >= 0.2
+        assert finding["evidence"]["rwnd_limited_share"] >= 0.2
         # the window the client sees is under two segments
         assert finding["evidence"]["effective_window_segments"] < 2
     # doctor runs the same socket checks on the live namespace
@@ -180,7 +180,7 @@ def test_cookie_connections_seen_from_one_namespace() -> None:
         (f["evidence"]["announced_wscale"], f["evidence"]["actual_wscale"]) for f in mismatches
     } == {(1, 7)}
     (inconsistent,) = _kinds(doc, "wscale-inconsistent")
-    assert inconsistent["subject"] == {"server": "127.0.0.1:9092"}
+    assert inconsistent["subject"] == {"client": "*", "server": "127.0.0.1:9092"}
     assert inconsistent["evidence"]["shifts"] == {"1": cookies, "7": normal}
     assert status == 1
 

@@ -53,12 +53,14 @@ def test_an_unregistered_kind_or_severity_is_refused() -> None:
 
 
 def test_a_former_name_becomes_the_current_one_and_is_listed_in_aliases() -> None:
-    old = Finding("syncookies-sent", Severity.WARNING, {"host": "h"}, "x", {"n": 1})
+    old = Finding(
+        "syncookies-sent", Severity.WARNING, {"host": "h"}, "x", {"TcpExtSyncookiesSent": 1}
+    )
     assert old.kind == "syn-cookies-sent"
     doc = old.to_dict()
     assert doc["kind"] == "syn-cookies-sent" and doc["aliases"] == ["syncookies-sent"]
     assert Finding.from_dict({**doc, "kind": "syncookies-sent"}) == old
-    assert "aliases" not in Finding("somaxconn-low", Severity.INFO, {}, "x").to_dict()
+    assert "aliases" not in Finding("somaxconn-low", Severity.INFO, {"host": "h"}, "x").to_dict()
 
 
 def test_names_follow_one_scheme() -> None:

@@ -208,13 +208,14 @@ def _kinds(doc: dict[str, Any]) -> set[str]:
 
 def _mismatch_shifts(doc: dict[str, Any]) -> set[tuple[str, int, int]]:
     """(seen by, announced, used) of every wscale-mismatch: the sockets of both ends
-    name the shift used `actual_wscale`, the capture analyzer `inferred_wscale`."""
+    read the shift used from the socket (`socket_wscale`), the capture analyzer infers it
+    (`inferred_wscale`); both name it `actual_wscale`."""
     out = set()
     for f in doc["findings"]:
         if f["kind"] == "wscale-mismatch":
             evidence = f["evidence"]
-            seen_by = "sockets" if "actual_wscale" in evidence else "capture"
-            used = evidence.get("actual_wscale", evidence.get("inferred_wscale"))
+            seen_by = "sockets" if evidence["socket_wscale"] is not None else "capture"
+            used = evidence["actual_wscale"]
             out.add((seen_by, evidence["announced_wscale"], used))
     return out
 

@@ -141,7 +141,7 @@ def test_trace_sees_the_announced_and_the_used_shift(traffic) -> None:
         assert 32 <= ratio <= 128, ratio
     limited = [f for f in doc["findings"] if f["kind"] == "rwnd-limited"]
     assert {f["evidence"]["sender"] for f in limited} <= {c["local"] for c in clients}
-    assert limited and all(f["evidence"]["waiting_ms"] > 0 for f in limited)
+    assert limited and all(f["evidence"]["rwnd_limited_ms"] > 0 for f in limited)
     assert seen["status"] == 1
 
 

@@ -150,7 +150,8 @@ def report_command(directory: Path, html_file: Path | None, again: bool, output_
         return _listing(directory, output_format)
     doc = _load(directory, again)
     findings = [Finding.from_dict(f) for f in doc.get("findings", [])]
-    doc = _with_verdict(doc, findings)
+    # an incident analysed by an older tcpsleuth: its findings in their kinds' shapes now
+    doc = _with_verdict({**doc, "findings": [f.to_dict() for f in findings]}, findings)
     if html_file is not None:
         safefile.write_file(html_file, incident.html_page(doc), streams=True)
     if output_format == "json":

@@ -25,7 +25,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from tcpsleuth.detectors import sockets
-from tcpsleuth.model.findings import Finding, Severity, connection_subject
+from tcpsleuth.model.findings import Finding, Severity, connection_subject, host
 from tcpsleuth.model.records import Listener, TcpConnection
 
 
@@ -163,12 +163,16 @@ def wscale_mismatches(pairs: Iterable[Pair]) -> list[Finding]:
                         "announced_wscale": announced,
                         "actual_wscale": actual,
                         "shrink_factor": factor,
-                        "reader": reader.local,
+                        "source": "sockets of both ends (ss -tni / sock_diag tcp_info)",
+                        "socket_wscale": actual,
                         "direction": "server-to-client" if reader is client else "client-to-server",
-                        "reader_snd_wnd": window,
-                        "reader_mss": reader.mss,
-                        "writer_rcv_space": writer.rcv_space,
-                        "reader_rwnd_limited_ms": None
+                        "connections": 1,
+                        "clients": {host(client.local_ip): 1},
+                        "reader": reader.local,
+                        "believed_window_bytes": window,
+                        "mss": reader.mss,
+                        "rcv_space": writer.rcv_space,
+                        "rwnd_limited_ms": None
                         if reader.rwnd_limited is None
                         else round(reader.rwnd_limited / 1000, 3),
                     },

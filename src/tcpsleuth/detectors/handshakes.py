@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from tcpsleuth.model.findings import Finding, Severity, key, listener_subject
+from tcpsleuth.model.findings import ALL_CLIENTS, Finding, Severity, connection_subject, key
 from tcpsleuth.model.records import TcpConnection
 
 LISTED = 200  # connections named in a finding's evidence
@@ -68,7 +68,7 @@ def mismatch_findings(found: list[Disagreement], joined: int) -> list[Finding]:
             Finding(
                 "wscale-mismatch",
                 Severity.CRITICAL if factor >= 8 else Severity.WARNING,
-                listener_subject(server),
+                connection_subject(ALL_CLIENTS, server),
                 f"{len(group)} of {joined} connections: the SYN-ACK announced window scale "
                 f"{announced} but the server's socket scales its windows by {actual}; its "
                 f"clients read windows {factor:g}x smaller than offered",
@@ -76,11 +76,13 @@ def mismatch_findings(found: list[Disagreement], joined: int) -> list[Finding]:
                     "announced_wscale": announced,
                     "actual_wscale": actual,
                     "shrink_factor": factor,
+                    "source": "SYN-ACK in the capture against the server's sock_diag",
+                    "socket_wscale": actual,
+                    "direction": "server-to-client",
                     "connections": len(group),
-                    "handshakes_joined": joined,
                     "clients": dict(clients.most_common()),
+                    "handshakes_joined": joined,
                     "connections_listed": [d.client for d in group[:LISTED]],
-                    "verdict_source": "SYN-ACK in the capture against the server's sock_diag",
                 },
                 "The kernel's SYN-cookie path gave these connections another window scale "
                 "than their SYN-ACK announced: upgrade to a kernel with commit 909172a14974, "

@@ -107,7 +107,9 @@ def probe_findings(result: ProbeResult, host: str) -> list[Finding]:
                 "kernel-cookie-without-timestamps",
                 Severity.INFO,
                 host_subject(host),
-                "with tcp_timestamps=0 a SYN-cookie connection has no window scaling: the "
+                "the probe's own experiment, with tcp_timestamps=0 in its throwaway namespace "
+                "(not this host's setting): a SYN-cookie connection then has no window "
+                "scaling: the "
                 f"SYN-ACK carried {'no' if c.announced_wscale is None else 'a'} window-scale "
                 f"option and both ends use shift {c.client_snd_wscale}/{c.server_rcv_wscale} "
                 f"(window at most 65,535 bytes; the client saw {c.client_snd_wnd})",

@@ -24,6 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from tcpsleuth.detectors.thresholds import RWND_LIMITED_MIN_US, RWND_LIMITED_SHARE
 from tcpsleuth.model.findings import (
+    ALL_CLIENTS,
     ConnectionKey,
     Finding,
     Severity,
@@ -108,9 +109,10 @@ def rwnd_limited(
                 f"of {busy / 1000:.0f} ms busy ({share:.0%}){seen}",
                 {
                     "sender": conn.local,
+                    "source": "socket (tcp_info: ss -tni or sock_diag)",
                     "rwnd_limited_ms": _ms(limited),
+                    "rwnd_limited_share": round(share, 4),
                     "busy_ms": _ms(busy),
-                    "share": round(share, 4),
                     "effective_window_bytes": window,
                     "effective_window_segments": segments,
                     "mss": conn.mss,
@@ -208,7 +210,7 @@ def wscale_anomalies(
             Finding(
                 "wscale-off",
                 Severity.INFO,
-                {"service": service, "peer": peer},
+                connection_subject(peer, service),
                 f"{len(conns)} connection(s) between {service} and {peer} have no window "
                 "scaling: their windows cannot exceed 65535 bytes",
                 {
@@ -232,7 +234,7 @@ def wscale_anomalies(
                 Finding(
                     "wscale-inconsistent",
                     Severity.WARNING,
-                    {role: service},
+                    connection_subject(ALL_CLIENTS, service),
                     f"connections of {service} ended their handshakes with different "
                     f"window-scale shifts the server {what}: {_shifts(shifts)}",
                     {

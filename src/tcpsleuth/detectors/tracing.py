@@ -147,10 +147,15 @@ def trace_findings(
                         "announced_wscale": announced,
                         "actual_wscale": actual,
                         "shrink_factor": factor,
+                        "source": "trace (tcp:tcp_probe, struct tcp_sock via BTF)",
+                        "socket_wscale": actual,
+                        "direction": "server-to-client" if sender is client else "client-to-server",
+                        "connections": 1,
+                        "clients": {client.local.rsplit(":", 1)[0]: 1},
+                        "reader": sender.local,
                         "believed_window_bytes": sender.believed_window,
                         "offered_window_bytes": receiver.offered_window,
-                        "waiting_ms": round(sender.wait_ns / 1e6, 3),
-                        "source": "trace (tcp:tcp_probe, struct tcp_sock via BTF)",
+                        "rwnd_limited_ms": round(sender.wait_ns / 1e6, 3),
                     },
                     "Both ends must agree on the shift announced in the handshake. If the "
                     "server's SYN-ACK was a SYN cookie on a kernel without the fix, disable SYN "
@@ -186,13 +191,13 @@ def trace_findings(
                 f"window it sees is {window} bytes ({window / mss:.1f} segments)",
                 {
                     "sender": sock.local,
-                    "waiting_ms": round(sock.wait_ns / 1e6, 3),
-                    "traced_ms": round(span / 1e6, 3),
-                    "share": round(share, 4),
+                    "source": "trace (tcp:tcp_probe)",
+                    "rwnd_limited_ms": round(sock.wait_ns / 1e6, 3),
+                    "rwnd_limited_share": round(share, 4),
+                    "busy_ms": round(span / 1e6, 3),
                     "effective_window_bytes": window,
                     "effective_window_segments": round(window / mss, 2),
                     "snd_wscale": sock.last.snd_wscale,
-                    "source": "trace (tcp:tcp_probe)",
                 },
                 "The receiver's window, not the network, is the limit: check the receiver's "
                 "window scale (wscale-mismatch), its receive buffer (SO_RCVBUF, tcp_rmem) and "

@@ -79,6 +79,9 @@ def key(conn: Endpoints) -> ConnectionKey:
     return (where(conn.local_ip, conn.local_port), where(conn.remote_ip, conn.remote_port))
 
 
+ALL_CLIENTS = kinds.ALL_CLIENTS  # a connection subject's client: every client of the server
+
+
 def connection_subject(client: str, server: str) -> dict[str, str]:
     return {"client": client, "server": server}
 
@@ -110,6 +113,8 @@ class Finding:
                 f"finding kind {spec.name!r} is registered with severities "
                 f"{', '.join(spec.severities)}, not {self.severity.value}"
             )
+        object.__setattr__(self, "subject", kinds.subject_of(spec, self.subject))
+        object.__setattr__(self, "evidence", kinds.evidence_of(spec, self.evidence))
 
     @property
     def aliases(self) -> tuple[str, ...]:
@@ -131,13 +136,16 @@ class Finding:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Finding:
-        """The inverse of ``to_dict`` (findings made elsewhere, e.g. in a guest)."""
+        """The inverse of ``to_dict`` (findings made elsewhere, e.g. in a guest, or by
+        an older tcpsleuth: the keys its kind no longer has are left out)."""
+        spec = kinds.lookup(data["kind"])
+        evidence = {k: v for k, v in dict(data.get("evidence", {})).items() if k in spec.keys}
         return cls(
             data["kind"],
             Severity(data["severity"]),
             dict(data["subject"]),
             data["summary"],
-            dict(data.get("evidence", {})),
+            evidence,
             data.get("advice", ""),
         )
 

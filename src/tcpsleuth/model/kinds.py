@@ -16,6 +16,7 @@ name in ``aliases`` (JSON), so a script matching on the old name can move at lei
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -29,9 +30,13 @@ class Kind:
     subject: str  # connection, listener, host or snapshots
     severities: tuple[str, ...]  # the severities it can have, worst first
     meaning: str  # one line
-    evidence: tuple[str, ...]  # the keys scripts may rely on (sources may add more)
+    evidence: tuple[str, ...]  # every key, from every command: null where one cannot know it
     aliases: tuple[str, ...] = field(default=())  # former names, kept for one release
     sources: tuple[str, ...] = field(default=())  # commands or evidence that report it
+
+    @functools.cached_property
+    def keys(self) -> frozenset[str]:
+        return frozenset(self.evidence)
 
 
 _C, _W, _I = "critical", "warning", "info"
@@ -43,6 +48,80 @@ _COOKIE_COUNTERS = (
 )
 _OVERFLOW_COUNTERS = ("TcpExtListenOverflows", "TcpExtListenDrops", "TcpExtTCPReqQFullDrop")
 _CLIENTS = ("clients", "client_ids")
+_KERNEL_BUG = (
+    "announced_wscale",
+    "actual_wscale",
+    "window_shrink_factor",
+    "kernel_release",
+    "kernel_status",
+    "kernel_reason",
+    "verdict_source",
+    "tcp_syncookies",
+    "tcp_timestamps",
+    "so_rcvbuf",
+    "locked_listeners",
+    "undetermined_listeners",
+    "affected_connections",
+    "cookie_connections",
+    "families",
+    "client_snd_wnd",
+)
+# one connection from both ends (compare), both ends traced (trace), a capture's windows
+# after the handshake (pcap, per server) or its SYN-ACKs against the server's sockets
+# (record, per server): ``source`` says which; ``socket_wscale`` is null where no socket
+# was read, ``inferred_wscale`` where no capture was
+_WSCALE_MISMATCH = (
+    "announced_wscale",
+    "actual_wscale",
+    "shrink_factor",
+    "source",
+    "socket_wscale",
+    "inferred_wscale",
+    "direction",
+    "connections",
+    *_CLIENTS,
+    "reader",
+    "believed_window_bytes",
+    "offered_window_bytes",
+    "mss",
+    "rcv_space",
+    "rwnd_limited_ms",
+    "handshakes_joined",
+    "connections_with_scaling",
+    "exact_power_of_two",
+    "connections_listed",
+    "streams",
+    "proof",
+)
+# a sender held at its peer's window: one connection from its socket (sockets), its trace
+# (trace) or a capture (pcap, where the listener's many connections are one finding with
+# medians; ``source`` says which)
+_RWND_LIMITED = (
+    "sender",
+    "source",
+    "direction",
+    "rwnd_limited_ms",
+    "rwnd_limited_share",
+    "busy_ms",
+    "effective_window_bytes",
+    "effective_window_segments",
+    "mss",
+    "snd_wscale",
+    "sndbuf_limited_ms",
+    "rtt_ms",
+    "stream",
+    "waits",
+    "min_window_bytes",
+    "syn_wscale",
+    "synack_wscale",
+    "connections",
+    "rwnd_limited_ms_median",
+    "rwnd_limited_ms_max",
+    "rwnd_limited_share_median",
+    *_CLIENTS,
+    "streams",
+    "worst",
+)
 
 _KINDS = (
     # settings (sysctl -a, the live host, bundles)
@@ -65,19 +144,19 @@ _KINDS = (
     Kind("kernel-cookie-wscale-bug", "kernel", HOST, (_C, _W, _I),
          "the kernel lacks the fix: cookie connections to a listener with SO_RCVBUF set "
          "get a window scale the client never saw",
-         ("announced_wscale", "actual_wscale", "window_shrink_factor", "kernel_release",
-          "kernel_status", "verdict_source", "so_rcvbuf"), sources=("audit", "probe")),
+         _KERNEL_BUG, sources=("audit", "probe")),
     Kind("kernel-cookie-wscale-ok", "kernel", HOST, (_I,),
          "the probe's cookie connections used the announced window scale",
-         ("announced_wscale", "actual_wscale", "cookie_connections", "verdict_source"),
-         sources=("probe",)),
+         ("announced_wscale", "actual_wscale", "cookie_connections", "families", "so_rcvbuf",
+          "verdict_source"), sources=("probe",)),
     Kind("kernel-cookie-wscale-unknown", "kernel", HOST, (_W,),
          "whether this kernel has the fix cannot be told from its release; run the probe",
-         ("kernel_release", "kernel_status", "verdict_source"), sources=("audit",)),
+         _KERNEL_BUG, sources=("audit",)),
     Kind("kernel-cookie-without-timestamps", "kernel", HOST, (_I,),
          "the probe's cookie connections were made without timestamps, so without "
          "window scaling",
-         ("announced_wscale", "client_snd_wscale", "server_rcv_wscale", "connections"),
+         ("announced_wscale", "client_snd_wscale", "server_rcv_wscale", "client_snd_wnd",
+          "connections"),
          aliases=("cookie-without-timestamps",), sources=("probe",)),
     # counters (nstat, /proc/net/netstat, sampled rates)
     Kind("syn-cookies-sent", "counters", HOST, (_W,),
@@ -105,14 +184,17 @@ _KINDS = (
     Kind("listen-backlog-small", "listeners", LISTENER, (_C, _W, _I),
          "a listener's backlog is smaller than the connections that come back after a restart",
          ("backlog", "established", "queue_limit", "somaxconn", "tcp_max_syn_backlog",
-          "syn_queue_limit", "accept_queue", "listeners", "program", "backlog_setting"),
+          "syn_queue_limit", "accept_queue", "listeners", "program", "processes",
+          "backlog_setting", "program_default_backlog", "configured_backlog", "config"),
          sources=("audit", "doctor")),
     Kind("listener-rcvbuf-locked", "listeners", LISTENER, (_C, _W, _I),
          "a listener locks its receive buffer (SO_RCVBUF), whatever program owns it: on a "
          "kernel without the fix its cookie connections get a window scale the client never "
          "saw",
-         ("rcvbuf", "rcvbuf_unlocked", "so_rcvbuf", "announced_wscale", "actual_wscale",
-          "window_shrink_factor", "program", "processes", "kernel_status"),
+         ("rcvbuf", "rcvbuf_unlocked", "so_rcvbuf", "rcvbuf_locked_why", "program",
+          "processes", "rcvbuf_setting", "config", "kernel_release", "kernel_status",
+          "verdict_source", "tcp_syncookies", "tcp_timestamps", "announced_wscale",
+          "actual_wscale", "window_shrink_factor"),
          sources=("audit", "doctor")),
     Kind("kafka-listen-backlog-small", "listeners", LISTENER, (_W,),
          "a Kafka listener's configured backlog is below what its clients need",
@@ -128,21 +210,20 @@ _KINDS = (
     Kind("kafka-listen-backlog-ignored", "listeners", HOST, (_W,),
          "socket.listen.backlog.size is set but the broker predates it (Kafka before 3.2.0, "
          "KIP-764) and listens with backlog 50",
-         ("socket_listen_backlog_size", "kafka_version", "effective_listen_backlog"),
+         ("socket_listen_backlog_size", "kafka_version", "version_source",
+          "effective_listen_backlog"),
          sources=("audit",)),
     # connections (ss, sock_diag, both ends, trace)
     Kind("wscale-mismatch", "connections", CONNECTION, (_C, _W),
          "the two ends of a connection use different window scales",
-         ("announced_wscale", "actual_wscale", "shrink_factor"),
-         sources=("compare", "trace", "pcap", "lab", "record")),
+         _WSCALE_MISMATCH, sources=("compare", "trace", "pcap", "lab", "record")),
     Kind("rwnd-limited", "connections", CONNECTION, (_C, _W),
          "a sender spent its time waiting for the peer's receive window",
-         ("sender", "share", "effective_window_bytes", "snd_wscale"),
-         sources=("sockets", "trace", "pcap", "lab")),
+         _RWND_LIMITED, sources=("sockets", "trace", "pcap", "lab")),
     Kind("tiny-window", "connections", CONNECTION, (_W, _I),
          "a connection's usable window is a few segments",
-         ("sender", "effective_window_bytes", "effective_window_segments", "mss"),
-         sources=("sockets",)),
+         ("sender", "effective_window_bytes", "effective_window_segments", "mss",
+          "snd_wscale", "peer_recv_q", "peer_rcv_wscale", "send_q"), sources=("sockets",)),
     Kind("wscale-off", "connections", CONNECTION, (_I,),
          "connections between a service and a peer run without window scaling",
          ("connections", "timestamps", "sack"), sources=("sockets",)),
@@ -151,7 +232,8 @@ _KINDS = (
          ("side", "shifts", "connections"), sources=("sockets",)),
     Kind("unmatched-connections", "connections", SNAPSHOTS, (_I,),
          "connections seen from one end only when joining two snapshots",
-         ("client_only_top_remote_ports",), sources=("compare",)),
+         ("matched", "matched_by_ports", "client_only", "server_only", "ambiguous",
+          "client_only_top_remote_ports"), sources=("compare",)),
     # captures
     Kind("syn-cookies-seen", "capture", LISTENER, (_W,),
          "the capture shows a server answering with SYN cookies, per connection",
@@ -160,13 +242,15 @@ _KINDS = (
          aliases=("syn-cookies",), sources=("pcap", "lab")),
     Kind("wscale-stripped", "capture", LISTENER, (_C, _W),
          "window scaling announced by one end only (a middlebox stripped the option)",
-         ("announced_by", "announced_wscale", "inferred_wscale", "connections", "proof"),
+         ("announced_by", "announced_wscale", "inferred_wscale", "shrink_factor",
+          "connections", "connections_scaled_anyway", *_CLIENTS, "streams", "proof"),
          sources=("pcap",)),
     # Kafka
     Kind("kafka-send-time", "kafka", CONNECTION, (_W,),
          "requests take longer to put on the wire than the broker takes to answer",
-         ("api", "send_ms_p50", "send_ms_p99", "broker_ms_p50", "broker_ms_p99",
-          "requests", "slow_requests", "slow_client_ids"), sources=("pcap", "lab")),
+         ("client", "server", "api_key", "api", "requests", "answered", "client_ids",
+          "send_ms_p50", "send_ms_p99", "broker_ms_p50", "broker_ms_p99", "slow_requests",
+          "slow_client_ids"), sources=("pcap", "lab")),
 )  # fmt: skip
 
 KINDS: Mapping[str, Kind] = {kind.name: kind for kind in _KINDS}
@@ -175,7 +259,45 @@ assert len(KINDS) == len(_KINDS) and not set(ALIASES) & set(KINDS), "kind names 
 
 
 class UnknownKind(ValueError):
-    """A finding made with a kind that is not registered here: a bug in tcpsleuth."""
+    """A finding made with a kind that is not registered here, or with a subject or an
+    evidence key its kind does not have: a bug in tcpsleuth."""
+
+
+# the keys of each type of subject; a connection's client is ``IP:PORT``, or ``IP`` for
+# all the connections of that client address, or ``*`` for all of the server's clients
+SUBJECT_KEYS: Mapping[str, tuple[str, ...]] = {
+    CONNECTION: ("client", "server"),
+    LISTENER: ("listener",),
+    HOST: ("host",),
+    SNAPSHOTS: ("snapshots",),
+}
+ALL_CLIENTS = "*"
+
+
+def subject_of(kind: Kind, subject: Mapping[str, str]) -> Mapping[str, str]:
+    """``subject`` in its kind's subject type: a listener given for a connection kind
+    (one finding for many of its connections) is that server's connections with every
+    client (``{"client": "*", "server": listener}``)."""
+    if kind.subject == CONNECTION and set(subject) == {"listener"}:
+        return {"client": ALL_CLIENTS, "server": subject["listener"]}
+    if tuple(sorted(subject)) != tuple(sorted(SUBJECT_KEYS[kind.subject])):
+        raise UnknownKind(
+            f"finding kind {kind.name!r} is about a {kind.subject} "
+            f"({', '.join(SUBJECT_KEYS[kind.subject])}), not {', '.join(sorted(subject))}"
+        )
+    return subject
+
+
+def evidence_of(kind: Kind, evidence: Mapping[str, object]) -> dict[str, object]:
+    """``evidence`` with every key its kind has, in the registry's order: null where the
+    command that made it cannot know one. A key the kind does not have is refused."""
+    unknown = [k for k in evidence if k not in kind.keys]
+    if unknown:
+        raise UnknownKind(
+            f"finding kind {kind.name!r} has no evidence key {', '.join(map(repr, unknown))}: "
+            "register it in tcpsleuth.model.kinds"
+        )
+    return {key: evidence.get(key) for key in kind.evidence}
 
 
 def lookup(name: str) -> Kind:

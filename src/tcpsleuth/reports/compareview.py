@@ -28,6 +28,10 @@ class CompareResult:
 PAIRS_SHOWN = 20
 
 
+def _ms(microseconds: int | None) -> float | None:
+    return None if microseconds is None else round(microseconds / 1000, 3)
+
+
 def pair_dict(pair: detect.Pair) -> dict[str, Any]:
     client, server = pair.client, pair.server
     # each end as it names itself (with NAT the client knows the server by another address)
@@ -41,8 +45,9 @@ def pair_dict(pair: detect.Pair) -> dict[str, Any]:
         "server_rcv_space": server.rcv_space,
         "client_mss": client.mss,
         "client_rtt_ms": client.rtt,
-        "client_rwnd_limited_us": client.rwnd_limited,
-        "client_busy_us": client.busy_time,
+        # milliseconds, as every finding's rwnd_limited_ms (tcp_info counts microseconds)
+        "client_rwnd_limited_ms": _ms(client.rwnd_limited),
+        "client_busy_ms": _ms(client.busy_time),
         "server_recv_q": server.recv_q,
         "matched_by": pair.matched_by,
         "agree": (client.snd_wscale or 0) == (server.rcv_wscale or 0)

@@ -18,7 +18,7 @@ def streams_named(findings: Sequence[Finding], requests: KafkaRequests, limit: i
     streams: list[int] = []
     for finding in findings:
         evidence = finding.evidence
-        named = [evidence.get("stream"), *evidence.get("streams", [])]
+        named = [evidence.get("stream"), *(evidence.get("streams") or [])]
         if finding.kind == "kafka-send-time":
             named += requests.slowest_streams(str(finding.subject.get("client")), 3)
         for stream in named:

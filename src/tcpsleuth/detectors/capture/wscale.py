@@ -26,7 +26,13 @@ import numpy as np
 from tcpsleuth.detectors.capture.connections import SEQ_SPACE, Analysis, CaptureConnection
 from tcpsleuth.detectors.capture.windows import clients_hit
 from tcpsleuth.model.capture import OPT_WSCALE
-from tcpsleuth.model.findings import Finding, Severity, listener_subject
+from tcpsleuth.model.findings import (
+    ALL_CLIENTS,
+    Finding,
+    Severity,
+    connection_subject,
+    listener_subject,
+)
 
 # The client's view of the first window must be this many times below what the
 # server offered in its SYN-ACK (less what it has received) to count.
@@ -236,7 +242,7 @@ def findings(
                 Finding(
                     kind="wscale-mismatch",
                     severity=Severity.CRITICAL,
-                    subject=listener_subject(server),
+                    subject=connection_subject(ALL_CLIENTS, server),
                     summary=(
                         f"{len(mismatched)} of {scaled} connections: the SYN-ACK announced "
                         f"window scale {announced} but the server's windows are scaled by "
@@ -244,8 +250,13 @@ def findings(
                     ),
                     evidence={
                         "announced_wscale": announced,
-                        "inferred_wscale": inferred,
+                        "actual_wscale": inferred,
                         "shrink_factor": factor,
+                        # a capture cannot read the server's socket (socket_wscale null)
+                        "source": "capture: the server's first window after the handshake "
+                        "against the SYN-ACK's",
+                        "inferred_wscale": inferred,
+                        "direction": "server-to-client",
                         "connections": len(mismatched),
                         "connections_with_scaling": scaled,
                         "exact_power_of_two": exact,
