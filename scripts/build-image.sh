@@ -76,8 +76,11 @@ labels=(
 )
 
 import_root() {  # ROOT TAG
+    previous=$(podman image inspect --format '{{.Id}}' "$image:$2" 2>/dev/null || true)
     tar -C "$1" --numeric-owner --xattrs -cf - . |
         nice -n 10 podman import --quiet "${labels[@]}" - "$image:$2" >/dev/null
+    # the image the tag named before, now untagged: gone unless a container still uses it
+    [ -z "$previous" ] || podman rmi "$previous" >/dev/null 2>&1 || true
     echo "build-image: $image:$2 $(podman image inspect --format '{{.Size}}' "$image:$2") bytes" >&2
 }
 
