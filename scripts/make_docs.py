@@ -1,15 +1,30 @@
-"""Regenerate docs/*.md: real output of each command on built-in and lab inputs.
+"""Regenerate the real output shown in the docs, and check that it has not drifted.
 
-Run from the repository root (as root for the commands that use namespaces):
-    python3 scripts/make_docs.py
-Each page shows the command line and exactly what it printed.
+Every block of real output made from fixed inputs (the built-in example, the committed
+captures, bundles and `ss` fixtures) sits under a marker naming its command:
+
+    <!-- output: tcpsleuth doctor --example -->
+    <!-- output head=40: tcpsleuth pcap tests/data/storm-prefix/server.pcap -->
+    <!-- output json=findings.0: tcpsleuth compare A B --format json -->
+
+followed by a fenced block that this script rewrites with what the command prints now
+(run from the repository root, COLUMNS=100, no colour; `head=N` keeps the first N
+lines, `json=PATH` one part of a JSON document). `--check` changes nothing and exits 1
+naming each block that differs (tests/test_docs_output.py runs it). `--live`, as root,
+also rewrites the pages of output on this machine and the lab (docs/doctor.md,
+probe.md, collect.md, trace.md), which cannot be checked: their values change.
+
+    python3 scripts/make_docs.py [--check | --live]
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shlex
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -17,16 +32,28 @@ REPO = Path(__file__).resolve().parent.parent
 DOCS = REPO / "docs"
 ENV = {**os.environ, "COLUMNS": "110", "NO_COLOR": "1"}
 
+MARKED = re.compile(
+    r"(?P<head><!-- output(?P<options>(?: [a-z]+=\S+)*): (?P<command>[^\n]+?) -->\n"
+    r"```(?P<lang>\w*)\n)(?P<body>.*?)(?P<tail>```)",
+    re.S,
+)
+MARKED_COLUMNS = "100"
+# a page's block from fixed inputs is marked (checked); one of this machine is not
+FIXED = "fixed:"
+
 PAGES: dict[str, list[tuple[str, str]]] = {
     "doctor": [
         (
             "The built-in example: a broker host with the kernel bug after a reconnect storm",
-            "tcpsleuth doctor --example",
+            FIXED + "tcpsleuth doctor --example",
         ),
         ("This machine", "tcpsleuth doctor"),
     ],
     "audit": [
-        ("A bundle, as JSON", "tcpsleuth audit --bundle {example} --format json"),
+        (
+            "The built-in example's bundle, as JSON",
+            FIXED + "tcpsleuth audit --bundle src/tcpsleuth/examples/incident-broker --format json",
+        ),
     ],
     "probe": [
         ("The kernel self-test on this machine", "tcpsleuth probe"),
@@ -109,7 +136,85 @@ def trace_page(tmp: str) -> str:
     )
 
 
+def output(command: str, options: dict[str, str]) -> str:
+    """What ``command`` prints now, from the repository root, as a marked block shows it."""
+    argv = shlex.split(command)
+    assert argv[0] == "tcpsleuth", command
+    env = {**os.environ, "COLUMNS": options.get("columns", MARKED_COLUMNS), "NO_COLOR": "1"}
+    env.pop("FORCE_COLOR", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "tcpsleuth", *argv[1:]],
+        capture_output=True, text=True, env=env, cwd=REPO, check=False, timeout=600,
+    )  # fmt: skip
+    text = result.stdout.replace(f"{REPO}/", "").replace(str(REPO), ".")
+    if "json" in options:
+        part: object = json.loads(text)
+        for step in options["json"].split("."):
+            part = part[int(step)] if isinstance(part, list) else part[step]  # type: ignore[index]
+        text = json.dumps(part, indent=2)
+    lines = [line.rstrip() for line in text.rstrip().splitlines()]
+    if "head" in options and len(lines) > int(options["head"]):
+        left = len(lines) - int(options["head"])
+        lines = [*lines[: int(options["head"])], f"[{left} more lines]"]
+    shown = "" if "json" in options else f"$ {command}\n"
+    status = "" if "json" in options else f"(exit status {result.returncode})\n"
+    return shown + "\n".join(lines) + "\n" + status
+
+
+def marked_blocks(text: str) -> list[re.Match[str]]:
+    return list(MARKED.finditer(text))
+
+
+def refreshed(text: str) -> str:
+    """``text`` with every marked block's output made again."""
+
+    def again(match: re.Match[str]) -> str:
+        options = dict(o.split("=", 1) for o in match["options"].split())
+        return match["head"] + output(match["command"], options) + match["tail"]
+
+    return MARKED.sub(again, text)
+
+
+def marked_files() -> list[Path]:
+    return [REPO / "README.md", *sorted(DOCS.rglob("*.md"))]
+
+
+def stale_blocks(paths: list[Path] | None = None) -> list[str]:
+    """``file: command`` of every marked block that differs from the command's output."""
+    stale = []
+    for path in marked_files() if paths is None else paths:
+        text = path.read_text()
+        for match in marked_blocks(text):
+            options = dict(o.split("=", 1) for o in match["options"].split())
+            if match["body"] != output(match["command"], options):
+                where = path.relative_to(REPO) if path.is_relative_to(REPO) else path
+                stale.append(f"{where}: {match['command']}")
+    return stale
+
+
+def marked(command: str) -> str:
+    """A marked block of ``command``'s output, for the pages this script writes whole."""
+    return f"<!-- output: {command} -->\n```\n{output(command, {})}```\n"
+
+
 def main() -> None:
+    if "--check" in sys.argv:
+        stale = stale_blocks()
+        for where in stale:
+            print(f"{where}: differs from the command's output; run scripts/make_docs.py")
+        raise SystemExit(1 if stale else 0)
+    for path in marked_files():
+        text = path.read_text()
+        if marked_blocks(text):
+            new = refreshed(text)
+            if new != text:
+                path.write_text(new)
+                print(f"rewrote the real output in {path.relative_to(REPO)}")
+    if "--live" in sys.argv:
+        live()
+
+
+def live() -> None:
     DOCS.mkdir(exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         (DOCS / "trace.md").write_text(
@@ -124,7 +229,10 @@ def main() -> None:
                 "Generated by `python3 scripts/make_docs.py`; do not edit by hand.\n",
             ]
             for title, command in entries:
-                parts.append(f"## {title}\n\n```\n{run(command, tmp)}```\n")
+                if command.startswith(FIXED):
+                    parts.append(f"## {title}\n\n{marked(command[len(FIXED) :])}")
+                else:
+                    parts.append(f"## {title}\n\n```\n{run(command, tmp)}```\n")
             (DOCS / f"{page}.md").write_text("\n".join(parts))
             print(f"wrote docs/{page}.md")
 

@@ -36,7 +36,13 @@ def kernel_group() -> None:
 def build_command(name: str, output_format: str) -> int:
     """Build guest kernel NAME (cached: a second build of the same source, configuration
     and patch is instant). The first build takes about 15 minutes on 2 cores; building
-    the other variant afterwards reuses the tree and takes a minute or two."""
+    the other variant afterwards reuses the tree and takes a minute or two.
+
+    \b
+    Examples:
+      sudo tcpsleuth lab kernel build prefix      # the fix reverted: the real bug
+      sudo tcpsleuth lab kernel build fixed --format json
+    """
     objects = 0
     with Progress(
         SpinnerColumn(),
@@ -68,7 +74,13 @@ def build_command(name: str, output_format: str) -> int:
 @kernel_group.command("list")
 @format_option
 def list_command(output_format: str) -> int:
-    """The kernels built so far for the installed source."""
+    """The kernels built so far for the installed source.
+
+    \b
+    Examples:
+      tcpsleuth lab kernel list
+      tcpsleuth lab kernel list --format json
+    """
     kernels = [k.describe() for k in kbuild.cached()]
     if output_format == "json":
         jsonout.emit(jsonout.document("lab kernel list", [], kernels=kernels))
@@ -101,7 +113,13 @@ def list_command(output_format: str) -> int:
 def run_command(name: str, command: tuple[str, ...], timeout: int) -> int:
     """Boot kernel NAME and run COMMAND in it as root; print its output and exit with its
     status. Uses KVM where it can boot the guest and software emulation otherwise (said
-    on stderr)."""
+    on stderr).
+
+    \b
+    Examples:
+      sudo tcpsleuth lab kernel run prefix -- tcpsleuth probe --format json
+      sudo tcpsleuth lab kernel run fixed --timeout 300 -- uname -r
+    """
     argv = list(command[1:] if command[:1] == ("--",) else command)
     if not argv:
         raise click.UsageError("give the command to run after --")

@@ -154,7 +154,6 @@ def connection_rows(result: CaptureResult, shown: Sequence[int]) -> list[tuple[A
                 ids.get(stream, "—"),
                 cookie_cell(result.cookies.of(stream).to_dict()),
                 wscale_cell(result.wscale.of(result.analysis, stream)),
-                f"{r.syn.wscale if r.syn else '?'}/{r.synack.wscale if r.synack else '?'}",
                 r.packets_c2s + r.packets_s2c,
                 r.bytes_c2s,
                 r.retransmissions_c2s + r.retransmissions_s2c,
@@ -167,7 +166,7 @@ def connection_rows(result: CaptureResult, shown: Sequence[int]) -> list[tuple[A
 
 CONNECTION_COLUMNS = (
     "stream", "client", "server", "client.id", "SYN cookie", "shift announced→used",
-    "wscale c/s", "pkts", "bytes c→s", "retrans", "zero win", "rwnd-limited ms",
+    "pkts", "bytes c→s", "retrans", "zero win", "rwnd-limited ms",
 )  # fmt: skip
 
 
