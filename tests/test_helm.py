@@ -34,8 +34,9 @@ VALUES = {"default": [], "recorder": ["--set", "recorder.enabled=true"]}
 def test_chart_files_are_the_tested_originals() -> None:
     """scripts/make_helm_files.py copies them; a change to either original without it
     fails here."""
-    assert (CHART / "files" / "alerts.yml").read_bytes() == ALERTS.read_bytes()
-    assert (CHART / "files" / "tcpsleuth.json").read_bytes() == DASHBOARD.read_bytes()
+    again = "changed without the chart's copy: run python3 scripts/make_helm_files.py"
+    assert (CHART / "files" / "alerts.yml").read_bytes() == ALERTS.read_bytes(), again
+    assert (CHART / "files" / "tcpsleuth.json").read_bytes() == DASHBOARD.read_bytes(), again
 
 
 def _go_build(what: list[str], env: dict[str, str], cwd: Path | None = None) -> None:
