@@ -707,3 +707,33 @@ def test_a_missing_file_is_no_note(tmp_path: Path) -> None:
     (tmp_path / "nginx.conf").write_text("include /nonexistent/other.conf;\n")
     with pytest.raises(InputError, match=r"other\.conf: no such file"):
         read_as_owner(ProcessOwner(os.getpid(), 0, 0, ()), "nginx", tmp_path / "nginx.conf")
+
+
+def test_a_pipe_the_operator_names_is_read_and_one_nobody_writes_is_no_hang(
+    tmp_path: Path,
+) -> None:
+    """``--config nginx=<(...)`` is read; a FIFO without a writer ends in one line
+    after the pipe's wait (it used to block the audit for ever)."""
+    fifo = tmp_path / "nginx.conf"
+    os.mkfifo(fifo)
+    started = time.monotonic()
+    result = run_tcpsleuth("audit", "--config", f"nginx={fifo}", timeout=60)
+    took = time.monotonic() - started
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "no end of file" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert took < 30
+    text = (Path(__file__).parent / "fixtures" / "servers" / "nginx.conf").read_bytes()
+    writer = subprocess.Popen(["sh", "-c", f'sleep 1; cat > "{fifo}"'], stdin=subprocess.PIPE)
+    try:
+        assert writer.stdin is not None
+        writer.stdin.write(text)
+        writer.stdin.close()
+        fed = run_tcpsleuth("audit", "--config", f"nginx={fifo}", "--format", "json")
+    finally:
+        writer.wait(timeout=30)
+    assert fed.returncode in (0, 1), fed.stderr
+    [config] = json.loads(fed.stdout)["server_configs"]
+    assert config["path"] == str(fifo)
+    locked = [x for x in config["listeners"] if x["address"] == "127.0.0.1:8080"]
+    assert [(x["backlog"], x["rcvbuf"]) for x in locked] == [(4096, 65536)]

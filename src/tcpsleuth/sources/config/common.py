@@ -17,6 +17,7 @@ import glob
 import ipaddress
 import os
 import re
+import select
 import stat
 import time
 from dataclasses import dataclass, field
@@ -125,10 +126,10 @@ def read_regular_file(path: Path | str, what: str, limit: int, regular_only: boo
     """At most ``limit`` bytes of ``path``; anything but a regular file, a file over
     the limit, binary data, or a file that cannot be read without waiting is an
     InputError naming the path only. Without ``regular_only`` a pipe is read too (to
-    its end or the limit), a device or a directory still refused."""
-    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY
-    if regular_only:
-        flags |= os.O_NONBLOCK
+    its end or the limit, ``PIPE_WAIT_S`` at most: a pipe nobody writes to is an error,
+    not a hang), a device or a directory still refused."""
+    # never a blocking open or read: a FIFO without a writer, /proc/kmsg, a terminal
+    flags = os.O_RDONLY | os.O_CLOEXEC | os.O_NOCTTY | os.O_NONBLOCK
     try:
         fd = os.open(path, flags)
     except FileNotFoundError:
@@ -144,6 +145,8 @@ def read_regular_file(path: Path | str, what: str, limit: int, regular_only: boo
             raise InputError(f"{path}: is {kind or 'not a regular file'}, expected {what}")
         if stat.S_ISDIR(mode) or stat.S_ISBLK(mode):
             raise InputError(f"{path}: is {kind or 'not a regular file'}, expected {what}")
+        if stat.S_ISFIFO(mode):
+            return _read_pipe(fd, path, what, limit)
         chunks: list[bytes] = []
         total = 0
         while chunk := os.read(fd, min(1 << 20, limit + 1 - total)):
@@ -163,6 +166,39 @@ def read_regular_file(path: Path | str, what: str, limit: int, regular_only: boo
     finally:
         os.close(fd)
     return b"".join(chunks)
+
+
+PIPE_WAIT_S = 10.0  # for an operator's pipe (--config nginx=<(...)): writer and data
+
+
+def _read_pipe(fd: int, path: Path | str, what: str, limit: int) -> bytes:
+    """A pipe the operator named, opened without blocking: wait for its writer's data
+    and its end, ``PIPE_WAIT_S`` in all (Linux does not report a hang-up on a FIFO that
+    never had a writer, so poll waits for one)."""
+    deadline = time.monotonic() + PIPE_WAIT_S
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLHUP)
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not poller.poll(int(left * 1000) + 1):
+            raise InputError(
+                f"{path}: a pipe that gave no end of file within {PIPE_WAIT_S:.0f} s; "
+                f"expected {what}"
+            )
+        try:
+            chunk = os.read(fd, min(1 << 20, limit + 1 - total))
+        except BlockingIOError:
+            continue
+        if not chunk:
+            return b"".join(chunks)
+        if b"\x00" in chunk:
+            raise InputError(f"{path}: binary data, not text; expected {what}")
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > limit:
+            raise InputError(f"{path}: more than {limit // 1024} KiB; expected {what}")
 
 
 def _reason(exc: OSError) -> str:
