@@ -138,6 +138,10 @@ def run_in_child(work: Any, seconds: float) -> dict[str, Any]:
 
 
 def _in_child(work: Any, seconds: float) -> dict[str, Any]:
+    # the child imports nothing once inside: what a reader loads on demand (PyYAML, for
+    # Envoy's files) is loaded here, before the fork
+    from tcpsleuth.sources.config import envoy_yaml  # noqa: F401
+
     read_end, write_end = os.pipe()
     child = os.fork()
     if child == 0:  # pragma: no cover - the child's coverage is not collected
