@@ -56,7 +56,10 @@ def test_hit_after_counts_the_bug_shift_of_healable_listeners_only() -> None:
     heal.document = {"listeners": [{"healable": True, "bug_wscale": 7}]}
     healing.count_after(heal, table_, 9092)
     assert heal.hit_after == 1 and heal.shifts_after == {"1": 1, "7": 1}
-    heal.document = {"listeners": [{"healable": False, "bug_wscale": 7}]}
+    heal.document = {"listeners": [{"healable": False, "bug_wscale": 7, "own_wscale": 1}]}
+    healing.count_after(heal, table_, 9092)
+    assert heal.hit_after == 1  # not healable, still hit
+    heal.document = {"listeners": [{"healable": False, "bug_wscale": 7, "own_wscale": 7}]}
     healing.count_after(heal, table_, 9092)
     assert heal.hit_after == 0
 

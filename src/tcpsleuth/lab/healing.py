@@ -98,9 +98,14 @@ def run(
 
 
 def bug_shifts(document: dict[str, Any] | None) -> set[int]:
-    """The bug's shift of each listener heal judged healable."""
+    """The bug's shift of each listener where heal could tell it from its own (healable
+    or not: a listener heal would not touch still counts its hit connections)."""
     listeners = (document or {}).get("listeners") or []
-    return {x["bug_wscale"] for x in listeners if x.get("healable") and x.get("bug_wscale")}
+    return {
+        x["bug_wscale"]
+        for x in listeners
+        if x.get("bug_wscale") is not None and x["bug_wscale"] != x.get("own_wscale")
+    }
 
 
 def count_after(heal: HealRun, table: SocketTable, port: int) -> None:
