@@ -2,7 +2,7 @@
 (log segments, clients' sockets) and many established connections.
 
 For each layout, with and without ``--files`` extra open files held by ``--holders``
-processes (as root RLIMIT_NOFILE is raised for them), and with a few hundred or
+processes (as many as their RLIMIT_NOFILE needs), and with a few hundred or
 ``--connections`` loopback connections over six listeners in a namespace of its own
 (both ends live there, so twice as many established sockets):
 
@@ -31,6 +31,7 @@ import argparse
 import contextlib
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -61,7 +62,8 @@ HOLDER = textwrap.dedent(
     """
     import os, resource, sys
     n = int(sys.argv[1])
-    resource.setrlimit(resource.RLIMIT_NOFILE, (n + 64, n + 64))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(n + 64, hard), hard))
     files = [os.open("/dev/null", os.O_RDONLY) for _ in range(n)]
     print("ready", flush=True)
     sys.stdin.read()
@@ -73,6 +75,10 @@ HOLDER = textwrap.dedent(
 def open_files(total: int, holders: int) -> Iterator[int]:
     """``total`` files held open across ``holders`` processes until the block ends."""
     procs = []
+    # a process may hold at most its hard RLIMIT_NOFILE (raising it needs
+    # CAP_SYS_RESOURCE, which root here lacks: 20,000), so as many holders as that takes
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    holders = max(holders, -(-total // max(1, hard - 1000)))
     try:
         for i in range(holders if total else 0):
             share = total // holders + (1 if i < total % holders else 0)

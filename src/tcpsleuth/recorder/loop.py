@@ -44,6 +44,9 @@ from tcpsleuth.sources.sampling import CounterSample
 from tcpsleuth.subprocesses import die_with_parent
 
 GUARD_S = 0.25
+# the share of one core the window-limited read may take: it is read less often than
+# every sample where the watched ports hold tens of thousands of sockets
+RWND_SHARE = 0.02
 COUNTS_EVERY_S = 5.0
 RESTART_AFTER_S = 30.0
 FINISH_CPU_S = 600
@@ -148,6 +151,8 @@ class Recorder:
         self.pending_finish: deque[Path] = deque()
         self.times = TimesSeen()
         self.limited_before = 0
+        self._rwnd_at: float | None = None  # when the window-limited count was last read
+        self._rwnd_next = 0.0  # and when it may be read again
         self.trace_problem: str | None = None
         self.stop = threading.Event()
         self.lock: children.DirectoryLock | None = None
@@ -391,13 +396,24 @@ class Recorder:
             self._problem("metrics", str(problem))
 
     def _window_limited(self, seconds: float) -> list[Finding]:
+        """The window-limited count of the watched ports, at most every sample and no
+        more often than keeps its cost under RWND_SHARE of a core: with 50,000 sockets
+        on the ports one read and summary costs ~0.1 s, so it runs every ~5 s there."""
         if self.s.thresholds.rwnd_limited_jump <= 0:
             return []
+        now = time.monotonic()
+        if now < self._rwnd_next:
+            return []
+        cpu = time.thread_time()
         # only the watched ports' sockets, chosen by the kernel: no owners, sysctls or
-        # other ports' sockets each second (the exporter's scrape reads those)
+        # other ports' sockets (the exporter's scrape reads those)
         sockets = sampling.port_sockets(self.s.netns, self.ports)
         summary = summarize(sockets, self.times, max_ports=1000)
         self.times = summary.times
+        self._rwnd_next = now + (time.thread_time() - cpu) / RWND_SHARE
+        if self._rwnd_at is not None:
+            seconds = now - self._rwnd_at
+        self._rwnd_at = now
         limited = sum(
             p.rwnd_limited_connections
             for p in summary.ports
