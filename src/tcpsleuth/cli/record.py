@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
@@ -15,6 +14,7 @@ from tcpsleuth.detectors import rates
 from tcpsleuth.recorder.incidents import Policy
 from tcpsleuth.recorder.loop import Recorder, Settings
 from tcpsleuth.recorder.ring import DEFAULT_SNAPLEN
+from tcpsleuth.reports import jsonout
 
 MIN_DISK = 1 << 20
 UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
@@ -49,9 +49,8 @@ def parse_listen(text: str) -> tuple[str, int]:
 def _printer(output_format: str) -> Any:
     def say(line: str, record: dict[str, Any]) -> None:
         if output_format == "json":
-            sys.stdout.write(
-                json.dumps({"time": round(time.time(), 3), **record}, default=str) + "\n"
-            )
+            # never NaN or Infinity in a line a log collector parses
+            sys.stdout.write(jsonout.dumps({"time": round(time.time(), 3), **record}) + "\n")
         else:
             stamp = time.strftime("%H:%M:%S", time.gmtime())
             sys.stdout.write(f"{stamp} tcpsleuth record: {line}\n")
