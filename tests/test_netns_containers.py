@@ -220,6 +220,102 @@ def test_stopped_and_unknown_containers_are_one_line_exit_2(
     assert result.stderr.count("\n") == 1 and "no running container named" in result.stderr
 
 
+def _path_without_runtimes(farm: Path) -> str:
+    """$PATH with podman, docker and crictl gone: each directory holding one of them is
+    replaced by a directory of links to everything else in it."""
+    runtimes = ("podman", "docker", "crictl")
+    directories = []
+    for index, directory in enumerate(os.environ["PATH"].split(os.pathsep)):
+        if not any(os.path.lexists(os.path.join(directory, tool)) for tool in runtimes):
+            directories.append(directory)
+            continue
+        links = farm / str(index)
+        links.mkdir(parents=True)
+        for entry in os.listdir(directory):
+            if entry not in runtimes:
+                (links / entry).symlink_to(os.path.join(directory, entry))
+        directories.append(str(links))
+    path = os.pathsep.join(directories)
+    assert not any(shutil.which(tool, path=path) for tool in runtimes)
+    return path
+
+
+def test_container_names_resolve_through_the_api_socket_alone(
+    container: Container, tmp_path: Path
+) -> None:
+    """As in the image with the runtime's socket mounted and no runtime command: podman's
+    API service on a socket of its own, no podman, docker or crictl on PATH."""
+    socket_path = f"/tmp/tcpsleuth-test-{os.getpid()}.sock"
+    log = (tmp_path / "service.log").open("w")
+    service = subprocess.Popen(
+        ["podman", "system", "service", "--time=0", f"unix://{socket_path}"],
+        stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+    )  # fmt: skip
+    stopped = f"{container.name}-stopped-api"
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(socket_path):
+            assert service.poll() is None and time.monotonic() < deadline, (
+                tmp_path / "service.log"
+            ).read_text()
+            time.sleep(0.1)
+        _podman("create", "--name", stopped, "--network", "none", "--rootfs", str(tmp_path), "/x")
+        env = {
+            **os.environ,
+            "PATH": _path_without_runtimes(tmp_path / "bin"),
+            "CONTAINER_HOST": f"unix://{socket_path}",
+        }
+        env.pop("DOCKER_HOST", None)
+
+        def tcpsleuth(*args: str) -> subprocess.CompletedProcess[str]:
+            return subprocess.run(
+                [sys.executable, "-m", "tcpsleuth", *args],
+                capture_output=True, text=True, check=False, timeout=120, env=env,
+            )  # fmt: skip
+
+        name = f"container:{container.name}"
+        resolve = (
+            "from tcpsleuth.sources import netns\n"
+            f"print(netns.path({name!r}), netns.inode({name!r}))\n"
+        )
+        answer = subprocess.run(
+            [sys.executable, "-c", resolve],
+            capture_output=True, text=True, check=False, timeout=60, env=env,
+        )  # fmt: skip
+        assert answer.returncode == 0, answer.stderr
+        inspected = int(_podman("inspect", "--format", "{{.State.Pid}}", container.name).stdout)
+        assert answer.stdout.split() == [
+            f"/proc/{inspected}/ns/net",
+            str(os.stat(f"/proc/{inspected}/ns/net").st_ino),
+        ]
+        result = tcpsleuth("sockets", "--netns", name, "--format", "json")
+        assert result.returncode in (0, 1), result.stderr
+        doc = json.loads(result.stdout)
+        assert [x["local"] for x in doc["listeners"]] == [f"0.0.0.0:{PORT}"]
+        result = tcpsleuth("audit", "--netns", f"{name}-nowhere")
+        assert result.returncode == 2
+        assert result.stderr.count("\n") == 1, result.stderr
+        assert (
+            f"no running container named '{container.name}-nowhere' (asked {socket_path})"
+            in result.stderr
+        )
+        result = tcpsleuth("audit", "--netns", f"container:{stopped}")
+        assert result.returncode == 2
+        assert result.stderr.count("\n") == 1
+        assert f"is not running ({socket_path})" in result.stderr
+    finally:
+        _podman("rm", "--force", stopped, check=False)
+        service.terminate()
+        try:
+            service.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            service.kill()
+            service.wait(timeout=30)
+        log.close()
+        if os.path.exists(socket_path):
+            os.unlink(socket_path)
+
+
 @pytest.mark.parametrize(
     ("name", "words"),
     [

@@ -6,7 +6,11 @@ A namespace is named three ways, tried in this order:
    namespace someone called ``pid:1`` with ``ip netns add`` still means that file;
 2. ``pid:N``: the network namespace process N is in (/proc/N/ns/net);
 3. ``container:NAME``: the namespace of a running container's first process, whose
-   pid podman, docker or crictl tells (the first of them installed that knows NAME).
+   pid podman, docker or crictl tells (the first of them installed that knows NAME);
+   when none of them is installed or knows NAME, a runtime's API socket
+   ($CONTAINER_HOST, $DOCKER_HOST, Podman's and Docker's usual sockets) is asked
+   ``GET /containers/NAME/json``: how tcpsleuth's image, which has no runtime command,
+   finds a container when the runtime's socket is mounted into it.
 
 Sockets, /proc/self/net and /proc/sys/net files opened inside stay bound to that
 namespace after we return, so sources open what they need inside and read it
@@ -18,10 +22,14 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import http.client
+import json
 import os
 import re
 import shutil
+import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -39,6 +47,14 @@ FORMS = "an `ip netns` name, pid:N or container:NAME"
 _CONTAINER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,252}")
 _PID = re.compile(r"[1-9][0-9]{0,9}")
 RUNTIME_TIMEOUT = 20.0
+# a runtime's API socket: each step (connect, a read) and the whole exchange; a reply
+# longer than the cap is no runtime's answer (an inspect is a few tens of kB)
+SOCKET_STEP_TIMEOUT = 3.0
+SOCKET_TIMEOUT = 10.0
+SOCKET_REPLY_CAP = 4 << 20
+# the sockets asked after the environment's: rootful Podman's, then Docker's
+RUNTIME_SOCKETS = ("/run/podman/podman.sock", "/var/run/docker.sock")
+SOCKET_ENVIRONMENT = ("CONTAINER_HOST", "DOCKER_HOST")
 
 _libc = ctypes.CDLL(None, use_errno=True)
 # container name -> pid, asked once per process: the exporter enters its namespace at
@@ -160,9 +176,108 @@ def _from_crictl(tool: str, container: str) -> str | None:
 RUNTIMES = (("podman", _from_cli), ("docker", _from_cli), ("crictl", _from_crictl))
 
 
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP over a unix socket; ``Host: localhost``, as Docker's API wants a Host."""
+
+    def __init__(self, socket_path: str) -> None:
+        super().__init__("localhost", timeout=SOCKET_STEP_TIMEOUT)
+        self.socket_path = socket_path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(SOCKET_STEP_TIMEOUT)
+            sock.connect(self.socket_path)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+def runtime_sockets() -> list[str]:
+    """The API sockets to ask, in order: $CONTAINER_HOST's and $DOCKER_HOST's when they
+    are unix://PATH, then /run/podman/podman.sock and /var/run/docker.sock; one socket
+    named twice (/var/run is /run) is asked once."""
+    named = []
+    for variable in SOCKET_ENVIRONMENT:
+        value = os.environ.get(variable, "")
+        if value.startswith("unix:///"):
+            named.append(value[len("unix://") :])
+    named.extend(RUNTIME_SOCKETS)
+    sockets, seen = [], set()
+    for socket_path in named:
+        key = os.path.realpath(socket_path)
+        if key not in seen:
+            seen.add(key)
+            sockets.append(socket_path)
+    return sockets
+
+
+class _Unreachable(Exception):
+    """No runtime listens on the socket (none there, refused, not allowed)."""
+
+
+def _inspect_over_socket(socket_path: str, container: str) -> bytes | None:
+    """The body of ``GET /containers/NAME/json`` from the API at ``socket_path``
+    (Docker's, or Podman's compatible one), or None when it answers anything but 200
+    (404: no such container), or too slowly or too much; _Unreachable when no runtime
+    listens there."""
+    deadline = time.monotonic() + SOCKET_TIMEOUT
+    connection = _UnixHTTPConnection(socket_path)
+    try:
+        connection.connect()
+    except OSError:
+        connection.close()
+        raise _Unreachable(socket_path) from None
+    try:
+        # the name matched _CONTAINER_NAME: nothing in it needs quoting in a path
+        connection.request(
+            "GET", f"/containers/{container}/json", headers={"Accept": "application/json"}
+        )
+        response = connection.getresponse()
+        if response.status != 200:
+            return None
+        body = b""
+        while len(body) <= SOCKET_REPLY_CAP:
+            if time.monotonic() > deadline:
+                return None
+            chunk = response.read1(65536)  # one read of the socket at most
+            if not chunk:
+                return body
+            body += chunk
+        return None
+    except (OSError, http.client.HTTPException):
+        return None
+    finally:
+        connection.close()
+
+
+def _pid_from_socket(socket_path: str, container: str) -> int | None:
+    """The pid the API at ``socket_path`` reports for ``container``: None when it does
+    not know it, InputError when it is not running or the answer has no pid."""
+    body = _inspect_over_socket(socket_path, container)
+    if body is None:
+        return None
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
+        doc = None
+    state = doc.get("State") if isinstance(doc, dict) else None
+    pid = state.get("Pid") if isinstance(state, dict) else None
+    running = state.get("Running") if isinstance(state, dict) else None
+    if type(pid) is not int or type(running) is not bool or not 0 <= pid < 10**10:
+        raise InputError(
+            f"container:{container}: {socket_path} gave no State.Pid and State.Running"
+        )
+    if not running or pid == 0:
+        raise InputError(f"container:{container} is not running ({socket_path})")
+    return pid
+
+
 def container_pid(container: str) -> int:
     """The host pid of running container ``container``, from the first runtime
-    installed (podman, docker, crictl) that knows it."""
+    installed (podman, docker, crictl) that knows it, else from the first runtime API
+    socket (see runtime_sockets) that does."""
     asked = []
     for tool, ask in RUNTIMES:
         executable = shutil.which(tool)
@@ -177,9 +292,19 @@ def container_pid(container: str) -> int:
                 raise InputError(f"container:{container} is not running ({tool})")
             raise InputError(f"container:{container}: {tool} gave no pid but {answer[:40]!r}")
         return int(answer)
+    sockets = runtime_sockets()
+    for socket_path in sockets:
+        try:
+            pid = _pid_from_socket(socket_path, container)
+        except _Unreachable:
+            continue
+        if pid is not None:
+            return pid
+        asked.append(socket_path)
     if not asked:
         raise EnvironmentProblem(
-            f"container:{container} needs podman, docker or crictl on PATH to find the "
+            f"container:{container} needs podman, docker or crictl on PATH or a runtime's "
+            f"socket it may use ({', '.join(sockets)}; none answered) to find the "
             "container's process; give pid:N instead"
         )
     raise InputError(f"no running container named {container!r} (asked {', '.join(asked)})")
