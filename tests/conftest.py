@@ -79,22 +79,24 @@ def run_tcpsleuth(
     return result
 
 
-class Farm:
-    """conn_farm.py running inside a namespace; stopped by closing its stdin."""
+class SupportChild:
+    """A script of tests/support running inside a namespace until it prints "ready";
+    stopped by closing its stdin."""
+
+    SCRIPT = ""
 
     def __init__(self, ns: str, *args: str) -> None:
         self.process = subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, str(SUPPORT / "conn_farm.py"), *args],
+            ["ip", "netns", "exec", ns, sys.executable, str(SUPPORT / self.SCRIPT), *args],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
         )
         assert self.process.stdout is not None
-        line = self.process.stdout.readline()
-        if not line.startswith("ready"):
+        self.ready = self.process.stdout.readline()
+        if not self.ready.startswith("ready"):
             self.stop()
-            raise RuntimeError(f"conn_farm did not get ready: {line!r}")
-        self.connected = int(line.split()[1])
+            raise RuntimeError(f"{self.SCRIPT} did not get ready: {self.ready!r}")
 
     def stop(self) -> None:
         if self.process.stdin:
@@ -104,6 +106,16 @@ class Farm:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
+
+
+class Farm(SupportChild):
+    """conn_farm.py in a namespace: ``connected`` is how many connections it holds."""
+
+    SCRIPT = "conn_farm.py"
+
+    def __init__(self, ns: str, *args: str) -> None:
+        super().__init__(ns, *args)
+        self.connected = int(self.ready.split()[1])
 
 
 def default_signals() -> None:

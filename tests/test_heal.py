@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Iterator
 
 import pytest
-from conftest import SUPPORT, Farm, needs_root, nstat_in
+from conftest import Farm, SupportChild, needs_root, nstat_in
 
 from tcpsleuth.detectors import heal as detect
 from tcpsleuth.detectors.kernel import KernelVerdict
@@ -120,30 +120,10 @@ def test_came_back_counts_new_connections_with_the_own_shift_per_client() -> Non
 # -- end to end, in a namespace ----------------------------------------------------------
 
 
-class Clients:
+class Clients(SupportChild):
     """heal_clients.py in a namespace; stopped by closing its standard input."""
 
-    def __init__(self, ns: str, *args: str) -> None:
-        self.process = subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, str(SUPPORT / "heal_clients.py"), *args],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.process.stdout is not None
-        line = self.process.stdout.readline()
-        if not line.startswith("ready"):
-            self.stop()
-            raise RuntimeError(f"heal_clients did not get ready: {line!r}")
-
-    def stop(self) -> None:
-        if self.process.stdin:
-            self.process.stdin.close()
-        try:
-            self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+    SCRIPT = "heal_clients.py"
 
 
 @pytest.fixture
