@@ -142,11 +142,19 @@ def output(command: str, options: dict[str, str]) -> str:
     assert argv[0] == "tcpsleuth", command
     env = {**os.environ, "COLUMNS": options.get("columns", MARKED_COLUMNS), "NO_COLOR": "1"}
     env.pop("FORCE_COLOR", None)
-    result = subprocess.run(
-        [sys.executable, "-m", "tcpsleuth", *argv[1:]],
-        capture_output=True, text=True, env=env, cwd=REPO, check=False, timeout=600,
-    )  # fmt: skip
-    text = result.stdout.replace(f"{REPO}/", "").replace(str(REPO), ".")
+    # The output names files of the checkout and wraps long lines: run it through a link
+    # whose path has the same length wherever the checkout is, so the wrap is the same.
+    with tempfile.TemporaryDirectory(prefix="tsdocs-", dir="/tmp") as scratch:
+        alias = Path(scratch) / "r"
+        alias.symlink_to(REPO)
+        env["PYTHONPATH"] = os.pathsep.join([str(alias / "src"), env.get("PYTHONPATH", "")])
+        result = subprocess.run(
+            [sys.executable, "-m", "tcpsleuth", *argv[1:]],
+            capture_output=True, text=True, env=env, cwd=alias, check=False, timeout=600,
+        )  # fmt: skip
+    text = result.stdout
+    for root in (alias, REPO):
+        text = text.replace(f"{root}/", "").replace(str(root), ".")
     if "json" in options:
         part: object = json.loads(text)
         for step in options["json"].split("."):
