@@ -241,6 +241,27 @@ def test_kafka_server_properties_is_read_as_its_owner(
     assert "not readable by its owner uid 65534" in note
 
 
+def test_a_confluent_broker_is_kafka_and_its_file_is_found(
+    listen: type[Listener], world: Path
+) -> None:
+    """Confluent Platform starts its broker through SupportedKafka: the audit names the
+    listener Kafka and reads the server.properties its command line gives (it was
+    "java", with no file, while Kafka process discovery knew the class)."""
+    own = _owned_by_nobody(world / "server.properties", "")
+    argv = ["java", "-cp", "x", "io.confluent.support.metrics.SupportedKafka", str(own)]
+    server = listen("java", argv)
+    _owned_by_nobody(
+        own,
+        f"listeners=PLAINTEXT://127.0.0.1:{server.port}\nsocket.listen.backlog.size=4343\n",
+    )
+    document, _, _ = audit()
+    assert notes_about(document, server.pid) == []
+    row = configured(document, server.port)
+    assert row is not None and row["program"] == "kafka", row
+    assert "4343" in json.dumps(row), row
+    assert str(own) in json.dumps(row), row
+
+
 def test_fake_brokers_of_a_file_that_disagree_give_no_version(
     listen: type[Listener], tmp_path: Path
 ) -> None:

@@ -3,15 +3,19 @@ syntax (tests/fixtures/servers/PROVENANCE.md), and what the audit makes of them.
 
 from __future__ import annotations
 
+import ast
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES
+from conftest import FIXTURES, REPO
 
 from tcpsleuth.detectors.listeners import NO, UNDETERMINED, YES, listener_facts
+from tcpsleuth.detectors.servers import identify
 from tcpsleuth.errors import InputError
+from tcpsleuth.model.programs import PROGRAMS
 from tcpsleuth.model.records import HostSnapshot, Listener, ServerConfig, SocketOwner
 from tcpsleuth.sources.config import locate, parse_option, read_server_config
+from tcpsleuth.sources.kafkaprocess import broker_from_cmdline
 
 SERVERS = FIXTURES / "servers"
 
@@ -138,3 +142,78 @@ def test_config_settles_what_the_buffer_cannot() -> None:
     assert facts["0.0.0.0:7000"].rcvbuf_locked == UNDETERMINED
     assert facts["0.0.0.0:7000"].program is None
     assert {f.program for f in facts.values() if f.local_port != 7000} == {"nginx"}
+
+
+CONFLUENT = "io.confluent.support.metrics.SupportedKafka"
+
+
+@pytest.mark.parametrize(
+    ("main", "program"),
+    [
+        ("kafka.Kafka", "kafka"),
+        (CONFLUENT, "kafka"),
+        ("org.apache.zookeeper.server.quorum.QuorumPeerMain", "zookeeper"),
+        ("org.apache.zookeeper.server.ZooKeeperServerMain", "zookeeper"),
+        ("org.example.Server", "java"),
+    ],
+)
+def test_a_jvm_is_named_and_its_file_found_by_one_table(
+    tmp_path: Path, main: str, program: str
+) -> None:
+    """Identification, configuration location and Kafka discovery agree on every main
+    class: Confluent's SupportedKafka is Kafka for all three (it was "java" with no
+    file found, while discovery knew it)."""
+    argv = ("java", "-Xmx1G", "-cp", "/opt/kafka/libs/kafka_2.13-3.6.1.jar", main, "my.cfg")
+    assert identify([SocketOwner("java", 7, 3, argv)]) == program
+    found = locate(program, argv, tmp_path)
+    assert found == (tmp_path / "my.cfg" if program != "java" else None)
+    broker = broker_from_cmdline(7, list(argv), proc=tmp_path)
+    if program == "kafka":
+        assert broker is not None and broker.version == "3.6.1"
+    else:
+        assert broker is None
+
+
+def _help_text_lines(tree: ast.Module) -> set[int]:
+    """The lines of a module's docstrings (a click command's help is its docstring)."""
+    lines: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Module | ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+                first = body[0]
+                lines.update(range(first.lineno, (first.end_lineno or first.lineno) + 1))
+    return lines
+
+
+def main_class_mentions(package: Path) -> list[str]:
+    """FILE:LINE of every main class of the program table written anywhere under
+    ``package`` but the table itself, the lab (which starts real servers) and help
+    texts."""
+    classes = [c for p in PROGRAMS.values() for c in p.main_classes]
+    found = []
+    for path in sorted(package.rglob("*.py")):
+        relative = path.relative_to(package)
+        if relative.parts[0] == "lab" or relative.as_posix() == "model/programs.py":
+            continue
+        text = path.read_text()
+        if not any(c in text for c in classes):
+            continue
+        helps = _help_text_lines(ast.parse(text)) if relative.parts[0] == "cli" else set()
+        for number, line in enumerate(text.splitlines(), 1):
+            if number not in helps and any(c in line for c in classes):
+                found.append(f"{relative}:{number}")
+    return found
+
+
+def test_main_classes_are_written_in_the_program_table_only(tmp_path: Path) -> None:
+    package = REPO / "src" / "tcpsleuth"
+    assert main_class_mentions(package) == []
+    # the check can fail: a copy of the list in a source module is found
+    (tmp_path / "sources").mkdir()
+    (tmp_path / "sources" / "x.py").write_text(f'MAINS = ("a", "{CONFLUENT}")\n')
+    (tmp_path / "cli").mkdir()
+    (tmp_path / "cli" / "c.py").write_text(
+        f'def c():\n    """pgrep -f {CONFLUENT}"""\n    return "kafka.Kafka"\n'
+    )
+    assert main_class_mentions(tmp_path) == ["cli/c.py:3", "sources/x.py:1"]

@@ -45,6 +45,7 @@ from tcpsleuth.detectors.kernel import (
     unlocked_wscale,
 )
 from tcpsleuth.model.findings import Finding, Severity, endpoint, listener_subject, plain_address
+from tcpsleuth.model.programs import PROGRAMS
 from tcpsleuth.model.records import (
     ConfiguredListener,
     HostSnapshot,
@@ -467,7 +468,7 @@ def _kafka_config_findings(snapshot: HostSnapshot) -> list[Finding]:
     findings = []
     somaxconn = snapshot.sysctl_int("net.core.somaxconn")
     live_ports = {listener.local_port for listener in snapshot.listeners or ()}
-    program = servers.PROGRAMS["kafka"]
+    program = PROGRAMS["kafka"]
     for listener in kafka.listeners:
         if listener.port in live_ports:
             continue  # the live listener above is the better evidence

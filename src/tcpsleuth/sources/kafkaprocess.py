@@ -13,10 +13,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from tcpsleuth.model.programs import PROGRAMS
+
 # kafka_<scala>-<version>.jar is the broker itself in every release; kafka-server-<v>.jar
 # from 3.7. A Confluent build (7.1.0-ccs) is read too and left for the model to doubt.
 _BROKER_JAR = re.compile(r"^kafka(?:_\d+\.\d+|-server)-(\d+\.\d+(?:\.\d+)?(?:-[\w.]+)?)\.jar$")
-_MAIN_CLASSES = ("kafka.Kafka", "io.confluent.support.metrics.SupportedKafka")
 _CLASSPATH_OPTIONS = ("-cp", "-classpath", "--class-path")
 
 
@@ -61,7 +62,7 @@ def broker_from_cmdline(
     is not a Kafka broker's JVM."""
     if not argv or not Path(argv[0]).name.startswith("java"):
         return None
-    mains = [i for i, arg in enumerate(argv) if arg in _MAIN_CLASSES]
+    mains = [i for i, arg in enumerate(argv) if arg in PROGRAMS["kafka"].main_classes]
     if not mains:
         return None
     main = mains[0]

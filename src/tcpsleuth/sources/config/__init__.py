@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from tcpsleuth.errors import InputError
+from tcpsleuth.model.programs import PROGRAMS
 from tcpsleuth.model.records import ServerConfig
 from tcpsleuth.model.text import is_number
 from tcpsleuth.sources.config import envoy, nginx, postgresql, rabbitmq, redis, zookeeper
@@ -32,12 +33,9 @@ READERS: dict[str, Callable[[Path, Budget | None], ServerConfig]] = {
     "postgresql": postgresql.read,
     "envoy": envoy.read,
 }
-# `kafka` is read by tcpsleuth.sources.kafkaconfig (the audit's --kafka-config)
-PROGRAMS = (*READERS, "kafka")
-DEFAULT_FILES = {
-    "nginx": Path("/etc/nginx/nginx.conf"),  # Debian's --conf-path
-    "rabbitmq": Path("/etc/rabbitmq/rabbitmq.conf"),
-}
+# the programs --config PROGRAM=FILE takes; `kafka` is read by
+# tcpsleuth.sources.kafkaconfig (the audit's --kafka-config)
+CONFIG_PROGRAMS = (*READERS, "kafka")
 
 
 def read_server_config(program: str, path: Path, budget: Budget | None = None) -> ServerConfig:
@@ -55,9 +53,9 @@ def read_server_config(program: str, path: Path, budget: Budget | None = None) -
 def parse_option(text: str) -> tuple[str, Path]:
     """``PROGRAM=FILE`` as --config takes it."""
     program, sep, path = text.partition("=")
-    if not sep or not path or program not in PROGRAMS:
+    if not sep or not path or program not in CONFIG_PROGRAMS:
         raise InputError(
-            f"--config {text!r}: expected PROGRAM=FILE, PROGRAM one of {', '.join(PROGRAMS)}"
+            f"--config {text!r}: expected PROGRAM=FILE, PROGRAM one of {', '.join(CONFIG_PROGRAMS)}"
         )
     return program, Path(path)
 
@@ -74,37 +72,27 @@ def _after(args: Sequence[str], *flags: str) -> str | None:
 
 def locate(program: str, cmdline: Sequence[str], cwd: Path | None) -> Path | None:
     """The configuration file a running server was started with, when its command
-    line says, or the program's default file (None when neither); relative paths are
+    line says (an option or its Java main class's argument, as ``model/programs.py``
+    lists them), or the program's default file (None when neither); relative paths are
     taken from ``cwd`` when it is given. Nothing is opened or looked up here."""
+    known = PROGRAMS.get(program)
+    if known is None:
+        return None
     args = list(cmdline)
     if program == "nginx" and len(args) == 1:  # nginx: master process /usr/sbin/nginx -c F
         args = args[0].split()
-    found: str | None = None
+    found = _after(args, *known.config_options) if known.config_options else None
     if program == "nginx":
-        found = _after(args, "-c")
         prefix = _after(args, "-p")
         if found and prefix and not Path(found).is_absolute():
             found = str(Path(prefix) / found)
-        if found is None:
-            return DEFAULT_FILES["nginx"]
-    elif program in ("zookeeper", "kafka"):
-        mains = (
-            (
-                "org.apache.zookeeper.server.quorum.QuorumPeerMain",
-                "org.apache.zookeeper.server.ZooKeeperServerMain",
-            )
-            if program == "zookeeper"
-            else ("kafka.Kafka",)
-        )
-        for i, arg in enumerate(args):
-            if arg in mains and i + 1 < len(args):
-                # ZooKeeperServerMain also takes PORT DATADIR instead of a file
-                if not is_number(args[i + 1]):
-                    found = args[i + 1]
-                break
-    elif program == "envoy":
-        found = _after(args, "-c", "--config-path")
-    elif program == "postgresql":
+    for i, arg in enumerate(args):
+        if arg in known.main_classes:
+            # ZooKeeperServerMain also takes PORT DATADIR instead of a file
+            if i + 1 < len(args) and not is_number(args[i + 1]):
+                found = args[i + 1]
+            break
+    if program == "postgresql":
         for arg in args:
             if arg.startswith("config_file="):
                 found = arg.split("=", 1)[1]
@@ -112,10 +100,8 @@ def locate(program: str, cmdline: Sequence[str], cwd: Path | None) -> Path | Non
             data = _after(args, "-D")
             if data:
                 found = str(Path(data) / "postgresql.conf")
-    elif program == "rabbitmq":
-        return DEFAULT_FILES["rabbitmq"]
     if found is None:
-        return None
+        return known.default_config
     path = Path(found)
     if not path.is_absolute() and cwd is not None:
         path = cwd / path
