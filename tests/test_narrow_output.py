@@ -4,17 +4,25 @@ finding's advice whole."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+from conftest import needs_root
 
 from tcpsleuth.cli import examples
+from tcpsleuth.detectors import rates
+from tcpsleuth.reports import table, watchview
+from tcpsleuth.sources import netns as netns_source
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"
@@ -101,3 +109,113 @@ def test_incident_report_at_80_columns(tmp_path: Path) -> None:
     assert split_addresses(text.stdout, addresses) == []
     for finding in doc["findings"]:
         assert words(finding["advice"]) in words(text.stdout), finding["kind"]
+
+
+# -- watch and heal: live tables, in a namespace of the test's own ----------------------
+
+CSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def last_frame(raw: str) -> str:
+    """What a live display (rich's Live) shows last: the text after its last erase of a
+    line, without the escape sequences."""
+    return CSI.sub("", raw.rsplit("\x1b[2K", 1)[-1]).replace("\r", "")
+
+
+def test_last_frame_is_the_last_redraw() -> None:
+    raw = "\x1b[?25lone\nold\r\x1b[2K\x1b[1A\x1b[2K\x1b[1mtwo\x1b[0m\nnew\n\x1b[?25h"
+    assert last_frame(raw) == "two\nnew\n"
+
+
+def cropped(text: str) -> list[str]:
+    """The lines of a table whose right edge is missing: a live display crops at the
+    screen's edge what rich laid out wider, without any "…"."""
+    return [
+        line
+        for line in text.splitlines()
+        if line[:1] in "┏┃┡│└" and line[:1] and line.rstrip()[-1:] not in "┓┃┩│┘"
+    ]
+
+
+def test_cropped_table_is_seen() -> None:
+    assert cropped("┏━━┳━━\n┃ a ┃ per s\n│ x │ 1\nplain\n") == ["┏━━┳━━", "┃ a ┃ per s", "│ x │ 1"]
+    assert cropped("┏━━┓\n┃ a ┃\n└──┘\nplain\n") == []
+
+
+def read_until(stream: Any, marker: bytes, seconds: float = 60) -> bytes:
+    """What ``stream`` (a pipe's file) gives until ``marker`` is in it."""
+    seen = b""
+    deadline = time.monotonic() + seconds
+    while marker not in seen:
+        assert time.monotonic() < deadline, seen
+        chunk = os.read(stream.fileno(), 65536)
+        assert chunk, seen
+        seen += chunk
+    return seen
+
+
+@needs_root
+@pytest.mark.parametrize("columns", [80, 60])
+def test_watch_live_screen_fits(netns: str, columns: int) -> None:
+    """watch's live screen at 80 and 60 columns, with a listener whose accept queue
+    fills while it watches (an event line) and another on IPv6: every counter's name,
+    every address and the event whole, no line past the screen's edge."""
+    env = {**os.environ, "COLUMNS": str(columns), "LINES": "200", "TTY_COMPATIBLE": "1"}
+    env["NO_COLOR"] = "1"
+    env.pop("FORCE_COLOR", None)
+    with netns_source.entered(netns):
+        full = socket.socket()
+        full.bind(("127.0.0.1", 7071))
+        full.listen(1)  # never accepted: two waiting connections fill its queue
+        six = socket.socket(socket.AF_INET6)
+        six.bind(("::1", 7072))
+        six.listen(64)
+        watcher = subprocess.Popen(
+            [sys.executable, "-m", "tcpsleuth", "watch", "--netns", netns,
+             "--interval", "0.3", "--count", "4"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+        )  # fmt: skip
+        assert watcher.stdout is not None
+        # the queue fills only once the first screen showed it empty
+        first = read_until(watcher.stdout, b"none yet")
+        clients = []
+        for _ in range(3):
+            client = socket.socket()
+            client.setblocking(False)
+            client.connect_ex(("127.0.0.1", 7071))
+            clients.append(client)
+    try:
+        rest, err = watcher.communicate(timeout=60)
+    finally:
+        for sock in (*clients, full, six):
+            sock.close()
+    assert watcher.returncode == 1, err  # the accept-queue-full event is a warning
+    screen = last_frame((first + rest).decode())
+    assert "…" not in screen, screen
+    assert all(len(line.rstrip()) <= columns for line in screen.splitlines()), screen
+    assert cropped(screen) == [], screen
+    assert split_addresses(screen, {"127.0.0.1:7071", "[::1]:7072"}) == []
+    assert "127.0.0.1:7071" in screen and "[::1]:7072" in screen
+    names = [name for name in rates.RATE_COUNTERS if name in screen]
+    assert names == list(rates.RATE_COUNTERS), screen
+    event = words(screen.partition("Events")[2])
+    assert "warning accept-queue-full: 127.0.0.1:7071: 2 connections wait for accept()" in event
+    assert "with a backlog of 1" in event
+
+
+def test_watch_rates_table_at_60_columns_cuts_no_counter() -> None:
+    """The rates table's widest column (a counter's name) cannot be narrowed: the others
+    wrap at their words instead, and the table stays within the screen."""
+    names = list(rates.RATE_COUNTERS)
+    # widest at 67 columns; each column at its longest word, 59
+    totals = {name: 10**4 + 1111 * n for n, name in enumerate(names)}
+    per_second = dict.fromkeys(names, 12345.6)
+    view = watchview.rates_table("t", names, totals, per_second, dict.fromkeys(names, 99999))
+    out = io.StringIO()
+    table.SafeConsole(file=out, width=60, no_color=True).print(view)
+    text = out.getvalue()
+    assert "…" not in text and "┃" in text, text  # a table, not the list
+    assert all(len(line) <= 60 for line in text.splitlines()), text
+    for name, total in totals.items():
+        assert re.search(rf"│ {name} +│ +{total} │", text), name
+    assert text.count("12345.6") == len(names)

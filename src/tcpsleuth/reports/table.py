@@ -154,6 +154,27 @@ def _fold(text: str | Text) -> Text:
     return out
 
 
+def _share(least: Sequence[int], most: Sequence[int], room: int) -> list[int]:
+    """Widths from ``least`` up, the ``room`` left over given out in proportion to what
+    each column lacks of ``most`` (``sum(least) <= room < sum(most)``)."""
+    widths = list(least)
+    lacking = [max(0, high - low) for low, high in zip(least, most, strict=True)]
+    spare = room - sum(widths)
+    total = sum(lacking)
+    if spare <= 0 or total == 0:
+        return widths
+    for index, lack in enumerate(lacking):
+        widths[index] += min(lack, spare * lack // total)
+    spare = room - sum(widths)
+    for index, _lack in sorted(enumerate(lacking), key=lambda item: -item[1]):
+        if spare <= 0:
+            break
+        if widths[index] < most[index]:
+            widths[index] += 1
+            spare -= 1
+    return widths
+
+
 class Fitted:
     """A table when every column fits without breaking a word, else a plain list.
 
@@ -208,6 +229,16 @@ class Fitted:
             # rich narrows columns below their longest word when it collapses a table;
             # a minimum on each column stops that
             column.min_width = width - table._get_padding_width(column._index)
+        room = options.max_width - table._extra_width
+        if sum(table._calculate_column_widths(console, options.update_width(room))) > room:
+            # rich's collapse narrows the widest column only, and the minimum above then
+            # widens it again past the screen's edge (where it is cut): share the room
+            # out, each column between its longest word and its longest line
+            most = [
+                table._measure_column(console, options, column).maximum for column in table.columns
+            ]
+            for column, width in zip(table.columns, _share(least, most, room), strict=True):
+                column.width = width - table._get_padding_width(column._index)
         return table
 
     def _listing(self, row: Sequence[Text]) -> RenderableType:

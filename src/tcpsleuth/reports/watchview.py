@@ -7,15 +7,14 @@ import datetime
 from collections.abc import Mapping, Sequence
 from typing import IO, Any
 
-from rich.console import Group
-from rich.markup import escape
-from rich.table import Table
+from rich.console import Group, RenderableType
 from rich.text import Text
 
 from tcpsleuth.model.findings import Finding
 from tcpsleuth.model.records import Listener
+from tcpsleuth.model.text import printable
 from tcpsleuth.reports import jsonout
-from tcpsleuth.reports.table import SEVERITY_STYLE
+from tcpsleuth.reports.table import SEVERITY_STYLE, Fitted
 
 
 def clock(wall_time: float) -> str:
@@ -28,6 +27,10 @@ def iso(wall_time: float) -> str:
     )
 
 
+def _row(cells: Sequence[str], style: str) -> list[Text]:
+    return [Text(printable(cell), style=style) for cell in cells]
+
+
 def rates_table(
     title: str,
     names: Sequence[str],
@@ -35,55 +38,61 @@ def rates_table(
     per_second: Mapping[str, float],
     grown: Mapping[str, int],
     alarming: frozenset[str] = frozenset(),
-) -> Table:
-    table = Table(title=escape(title), title_justify="left")
-    table.add_column("counter")
-    table.add_column("total", justify="right")
-    table.add_column("last interval", justify="right")
-    table.add_column("per second", justify="right")
+) -> Fitted:
+    """The counters' rates: a table where every column fits without breaking a counter's
+    name, else one entry per counter (reports/table.py's :class:`Fitted`)."""
+    rows = []
     for name in names:
         if name not in totals:
             continue
         rate = per_second.get(name)
         style = "bold yellow" if grown.get(name) and name in alarming else ""
-        table.add_row(
+        cells = [
             name,
             str(totals[name]),
             str(grown.get(name, "—")),
             "—" if rate is None else f"{rate:.1f}",
-            style=style,
-        )
-    return table
+        ]
+        rows.append(_row(cells, style))
+    return Fitted(
+        title,
+        ["counter", "total", "last interval", "per second"],
+        rows,
+        justify=["left", "right", "right", "right"],
+    )
 
 
-def listeners_table(listeners: Sequence[Listener], limit: int = 15) -> Table:
-    table = Table(title="Listeners (fullest accept queue first)", title_justify="left")
-    table.add_column("listener")
-    table.add_column("backlog", justify="right")
-    table.add_column("accept queue", justify="right")
+def listeners_table(listeners: Sequence[Listener], limit: int = 15) -> RenderableType:
     ordered = sorted(listeners, key=lambda x: (-x.accept_queue / max(x.backlog, 1), x.local))
+    rows = []
     for listener in ordered[:limit]:
         full = listener.backlog > 0 and listener.accept_queue >= listener.backlog
-        table.add_row(
-            listener.local,
-            str(listener.backlog),
-            str(listener.accept_queue),
-            style="bold yellow" if full else "",
-        )
-    if len(ordered) > limit:
-        table.caption = f"{len(ordered) - limit} more not shown"
-    return table
+        cells = [listener.local, str(listener.backlog), str(listener.accept_queue)]
+        rows.append(_row(cells, "bold yellow" if full else ""))
+    shown = Fitted(
+        "Listeners (fullest accept queue first)",
+        ["listener", "backlog", "accept queue"],
+        rows,
+        justify=["left", "right", "right"],
+    )
+    if len(ordered) <= limit:
+        return shown
+    return Group(shown, Text(f"{len(ordered) - limit} more not shown", style="dim"))
 
 
 def event_line(wall_time: float, event: Finding) -> Text:
     line = Text(clock(wall_time) + " ")
     line.append(event.severity.value, style=SEVERITY_STYLE[event.severity])
-    line.append(f" {event.kind}: {event.summary}")
+    line.append(f" {printable(event.kind)}: {printable(event.summary)}")
+    line.overflow = "fold"  # wrapped between words; only a word wider than the screen breaks
     return line
 
 
 def screen(
-    rates: Table, listeners: Table, events: Sequence[tuple[float, Finding]], keep: int = 10
+    rates: RenderableType,
+    listeners: RenderableType,
+    events: Sequence[tuple[float, Finding]],
+    keep: int = 10,
 ) -> Group:
     recent = [event_line(at, event) for at, event in events[-keep:]]
     body: list[Any] = [rates, listeners, Text("Events", style="bold")]
