@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.capabilities import HAS_ROOT
 
 from tcpsleuth.lab import namespaces
 
@@ -19,34 +20,124 @@ FIXTURES = Path(__file__).parent / "fixtures"
 REPO = Path(__file__).parent.parent
 SHARED = REPO.parent / "shared"
 
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
+# Which tests need root, in one place: pytest_collection_modifyitems below marks them
+# `root` (so that `pytest -m "not root"` selects exactly the tests any user can run) and
+# skips them without root. A test needs root when it uses one of ROOT_FIXTURES (directly
+# or through another fixture), when its module is in ROOT_MODULES or when it is named in
+# ROOT_TESTS; tests/test_markers.py checks that every name here exists.
+ROOT_FIXTURES = {
+    "netns": "makes a network namespace",
+    "image": "runs podman",  # test_image.py
+    "container": "runs podman",  # test_netns_containers.py
+}
+ROOT_MODULES = {
+    "test_broker_scale": "sock_diag of every socket in a namespace",
+    "test_capture_storms": "storms in network namespaces",
+    "test_compare_wscale": "network namespaces",
+    "test_config_safety": "reads as other users",
+    "test_kafka_broker": "network namespaces",
+    "test_kafka_monitoring": "network namespaces",
+    "test_lab": "the lab makes network namespaces",
+    "test_lab_guest_kafka": "guest kernels",
+    "test_lab_heal_guest": "guest kernels",
+    "test_lab_kafka": "the lab makes network namespaces",
+    "test_lab_kernel": "guest kernels",
+    "test_lab_servers": "network namespaces",
+    "test_pcap_lab": "storms in network namespaces",
+    "test_probe": "the probe",
+    "test_record_guest": "guest kernels",
+    "test_sockdiag": "network namespaces",
+    "test_trace": "tracing",
+}
+ROOT_TESTS = {
+    "test_exporter": {
+        "test_a_namespace_that_goes_away_fails_scrapes_not_the_exporter": "namespaces",
+    },
+    "test_heal": {"test_remote_clients_over_ipv4_and_ipv6_come_back": "namespaces"},
+    "test_hostile_input": {
+        "test_probe_cleans_up_on_signal": "the probe's namespaces",
+        "test_a_namespace_interrupted_while_it_is_made_is_removed": "namespaces",
+        "test_trace_detaches_bpftrace_on_sigterm": "tracing",
+        "test_collect_on_a_full_disk_keeps_nothing": "mounts a small tmpfs",
+        "test_pcap_read_only_plot_directory_is_refused_first": "mounts read-only",
+    },
+    "test_kafka_audit": {
+        "test_audit_of_the_real_kafka_3_1_2_says_the_backlog_setting_has_no_effect": (
+            "network namespaces"
+        ),
+    },
+    "test_lab_heal": {"test_heal_phase_on_the_fixed_kernel_ends_nothing": "the lab"},
+    "test_output_safety": {
+        "test_a_live_listener_s_process_name_reaches_the_table_escaped": "a live audit",
+    },
+    "test_pcap_reader": {
+        "test_ethernet_vlan_sll2_and_multi_interface_pcapng_equal_tshark": "a namespace",
+    },
+    "test_record": {
+        "test_recorder_in_the_lab_keeps_the_wscale_bug": "the lab",
+        "test_recorder_beside_a_quiet_lab_run_records_nothing": "the lab",
+    },
+    "test_write_safety": {
+        "test_no_fifo_device_or_link_out_is_read": "makes a device node",
+        "test_report_on_a_foreign_incident_shows_and_does_not_save": "gives a file to another user",
+        "test_report_on_a_read_only_incident_shows_and_does_not_save": "mounts read-only",
+        "test_report_on_a_full_file_system_leaves_nothing_partial": "mounts a small tmpfs",
+        "test_pcap_html_on_a_full_file_system_leaves_no_partial_page": "mounts a small tmpfs",
+        "test_an_append_that_does_not_fit_is_cut_off_again": "mounts a small tmpfs",
+    },
+}
+# a test file written before the tables may still mark a test itself
+needs_root = pytest.mark.root
+
+
+def root_reason(item: pytest.Item) -> str | None:
+    """Why ``item`` needs root, or None when it does not."""
+    module = item.module.__name__ if item.module else ""
+    fixtures = getattr(item, "fixturenames", ())
+    for name, why in ROOT_FIXTURES.items():
+        if name in fixtures:
+            return why
+    if module in ROOT_MODULES:
+        return ROOT_MODULES[module]
+    name = getattr(item, "originalname", item.name)
+    if name in ROOT_TESTS.get(module, {}):
+        return ROOT_TESTS[module][name]
+    if item.get_closest_marker("root") is not None:
+        return "marked root"
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        why = root_reason(item)
+        if why is None:
+            continue
+        if item.get_closest_marker("root") is None:
+            item.add_marker(pytest.mark.root)
+        if not HAS_ROOT:
+            item.add_marker(pytest.mark.skip(reason=f"needs root ({why})"))
+
 
 # Tests that start namespaces, storms, brokers or guests measure time and load; when
 # several developers' test runs share one small machine, they take turns through this
-# lock (one test at a time). CI runs one pytest, so it never waits.
+# lock (one test at a time). CI runs one pytest, so it never waits. Those are the tests
+# marked root or heavy, and the long root-free ones of SERIAL_MODULES.
 HEAVY_LOCK = Path("/tmp/tcpsleuth-heavy.lock")
-HEAVY_WORDS = (
-    "lab",
-    "storm",
-    "kafka_broker",
-    "kafka_monitoring",
-    "probe",
-    "watch",
-    "exporter",
-    "trace",
-    "record",
-    "guest",
-    "audit_live",
-    "alerts",
-    "hostile_replay",
-)
+SERIAL_MODULES = {"test_hostile_replay": "584 commands, minutes of both cores"}
 
 
 @pytest.fixture(autouse=True)
 def _heavy_turn(request: pytest.FixtureRequest) -> Iterator[None]:
-    name = request.node.module.__name__ if request.node.module else ""
+    node = request.node
+    name = node.module.__name__ if node.module else ""
     held = os.environ.get("CI") or os.environ.get("TCPSLEUTH_HEAVY_HELD")  # e.g. under flock(1)
-    if held or not any(word in name for word in HEAVY_WORDS):
+    loaded = (
+        node.get_closest_marker("root") is not None
+        or node.get_closest_marker("heavy") is not None
+        or name in SERIAL_MODULES
+    )
+    if held or not loaded:
         yield
         return
     with HEAVY_LOCK.open("a") as handle:
@@ -56,9 +147,8 @@ def _heavy_turn(request: pytest.FixtureRequest) -> Iterator[None]:
 
 @pytest.fixture
 def netns() -> Iterator[str]:
-    """A fresh network namespace (loopback up), deleted afterwards."""
-    if os.geteuid() != 0:
-        pytest.skip("needs root for network namespaces")
+    """A fresh network namespace (loopback up), deleted afterwards (a test using it
+    is marked root: see ROOT_FIXTURES)."""
     with namespaces.namespace("test") as name:
         yield name
 

@@ -13,11 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import needs_root
 
 from tcpsleuth.sources import owners, sampling
-
-pytestmark = needs_root
 
 HOLDER = textwrap.dedent(
     """

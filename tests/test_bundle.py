@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, Farm, needs_root, run_tcpsleuth
+from conftest import FIXTURES, Farm, run_tcpsleuth
 
 from tcpsleuth.lab import namespaces
 
@@ -219,7 +219,6 @@ def test_collect_refuses_a_directory_with_files(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["keep.txt"]
 
 
-@needs_root
 def test_collect_then_audit_equals_live_audit(netns: str, tmp_path: Path) -> None:
     namespaces.sysctl(netns, "net.core.somaxconn", 1024)
     farm = Farm(netns, "--port", "9092", "--backlog", "50", "--clients", "400")

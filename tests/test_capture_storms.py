@@ -15,13 +15,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import needs_root
 from support.storm_lab import Storm, StormConfig, run_storm
 from support.storm_truth import analyse, check_capture, connections
 
 from tcpsleuth.detectors.capture import cookies as capture_cookies
-
-pytestmark = [needs_root, pytest.mark.root]
 
 STORMS = {
     # one producer host, overflow cookies, cookie SYN-ACKs rewritten to announce

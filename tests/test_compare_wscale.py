@@ -8,20 +8,16 @@ import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
-import pytest
 from conftest import FIXTURES, SUPPORT, run_tcpsleuth
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
-
-import sys  # noqa: E402
-
 sys.path.insert(0, str(SUPPORT))
-import wscale_lab  # noqa: E402
+import wscale_lab
 
-from tcpsleuth.model.findings import endpoint  # noqa: E402
-from tcpsleuth.sources.sstext import parse_endpoint  # noqa: E402
+from tcpsleuth.model.findings import endpoint
+from tcpsleuth.sources.sstext import parse_endpoint
 
 
 def _ss_tni(ns: str, path: Path) -> dict[tuple[str, str], tuple[int, int]]:

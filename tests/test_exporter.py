@@ -11,7 +11,7 @@ import subprocess
 import threading
 import time
 
-from conftest import Farm, needs_root, run_tcpsleuth
+from conftest import Farm, run_tcpsleuth
 from support.monitoring import Exporter, require_tool, samples
 
 from tcpsleuth.reports.prometheus import node_exporter_key
@@ -241,7 +241,6 @@ def test_bad_netns_and_listen_are_one_line_errors(netns: str) -> None:
     assert result.stderr.count("\n") == 1 and "cannot listen" in result.stderr
 
 
-@needs_root
 def test_a_namespace_that_goes_away_fails_scrapes_not_the_exporter() -> None:
     from tcpsleuth.lab import namespaces
 

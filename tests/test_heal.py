@@ -23,7 +23,7 @@ from collections import Counter
 from collections.abc import Iterator
 
 import pytest
-from conftest import Farm, SupportChild, needs_root, nstat_in
+from conftest import Farm, SupportChild, nstat_in
 
 from tcpsleuth.detectors import heal as detect
 from tcpsleuth.detectors.kernel import KernelVerdict
@@ -170,7 +170,6 @@ def own_and_bug(ns: str) -> tuple[int, int]:
     return own, bug
 
 
-@needs_root
 def test_dry_run_lists_exactly_the_connections_with_the_other_shift(two_shifts: str) -> None:
     own, bug = own_and_bug(two_shifts)
     result = heal(two_shifts, "--format", "json")
@@ -187,7 +186,6 @@ def test_dry_run_lists_exactly_the_connections_with_the_other_shift(two_shifts: 
     assert server_shifts(two_shifts)[bug] == EARLY
 
 
-@needs_root
 def test_without_the_test_verdict_this_fixed_kernel_has_nothing_to_heal(two_shifts: str) -> None:
     env = {k: v for k, v in os.environ.items() if k != "TCPSLEUTH_TEST_KERNEL_STATUS"}
     result = heal(two_shifts, "--format", "json", env=env)
@@ -212,18 +210,15 @@ def _applied(ns: str, method: str) -> None:
     assert after[bug] == 0 and after[own] == EARLY + LATE, after
 
 
-@needs_root
 def test_apply_by_destroy_ends_them_and_the_clients_come_back(two_shifts: str) -> None:
     _applied(two_shifts, "destroy")
 
 
-@needs_root
 def test_apply_by_reset_ends_them_and_leaves_no_firewall(two_shifts: str) -> None:
     _applied(two_shifts, "reset")
     assert nft_ruleset(two_shifts) == ""
 
 
-@needs_root
 def test_a_clean_listener_has_nothing_to_heal(netns: str) -> None:
     clients = Clients(netns, "--port", str(PORT), "--early", "0", "--late", str(LATE))
     try:
@@ -238,7 +233,6 @@ def test_a_clean_listener_has_nothing_to_heal(netns: str) -> None:
         clients.stop()
 
 
-@needs_root
 def test_apply_refuses_with_syncookies_always(two_shifts: str) -> None:
     subprocess.run(
         ["ip", "netns", "exec", two_shifts, "sysctl", "-qw", "net.ipv4.tcp_syncookies=2"],
@@ -250,7 +244,6 @@ def test_apply_refuses_with_syncookies_always(two_shifts: str) -> None:
     assert server_shifts(two_shifts)[own_and_bug(two_shifts)[1]] == EARLY
 
 
-@needs_root
 def test_apply_refuses_during_a_storm(two_shifts: str) -> None:
     _own, bug = own_and_bug(two_shifts)
     started = subprocess.Popen(
@@ -282,7 +275,6 @@ def nft_ruleset(ns: str) -> str:
     ).stdout.strip()
 
 
-@needs_root
 def test_nothing_stays_in_the_firewall_after_sigkill(two_shifts: str) -> None:
     timeout = 3
     process = subprocess.Popen(
@@ -306,7 +298,6 @@ def test_nothing_stays_in_the_firewall_after_sigkill(two_shifts: str) -> None:
     assert nft_ruleset(two_shifts) == ""
 
 
-@needs_root
 def test_apply_stops_at_once_when_a_cookie_is_sent(two_shifts: str) -> None:
     _own, bug = own_and_bug(two_shifts)
     started = subprocess.Popen(
@@ -348,7 +339,6 @@ def _gauge(ns: str) -> dict[tuple[str, ...], float]:
     }
 
 
-@needs_root
 def test_the_exporter_counts_the_hit_connections(
     two_shifts: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -364,7 +354,6 @@ def test_the_exporter_counts_the_hit_connections(
     assert _gauge(two_shifts) == {key: 0}
 
 
-@needs_root
 @pytest.mark.parametrize("method", ["destroy", "reset"])
 def test_remote_clients_over_ipv4_and_ipv6_come_back(method: str) -> None:
     """Clients in another namespace over veth, to a dual-stack listener: IPv4 clients
@@ -399,7 +388,6 @@ def test_remote_clients_over_ipv4_and_ipv6_come_back(method: str) -> None:
             clients.stop()
 
 
-@needs_root
 def test_a_storm_on_the_fixed_kernel_leaves_nothing_to_heal(netns: str) -> None:
     """The lab's fixed-kernel scenario on this host: backlog 50, SO_RCVBUF 102400 before
     listen(), a reconnect storm answered by SYN cookies. The kernel has the fix, so the
@@ -427,7 +415,6 @@ def test_a_storm_on_the_fixed_kernel_leaves_nothing_to_heal(netns: str) -> None:
         farm.stop()
 
 
-@needs_root
 def test_clients_that_do_not_come_back_are_listed_and_exit_1(netns: str) -> None:
     clients = Clients(netns, "--port", str(PORT), "--early", "5", "--late", "5", "--no-reconnect")
     try:
@@ -440,7 +427,6 @@ def test_clients_that_do_not_come_back_are_listed_and_exit_1(netns: str) -> None
         clients.stop()
 
 
-@needs_root
 @pytest.mark.parametrize("method", ["auto", "destroy"])
 def test_a_kernel_without_sock_destroy(
     two_shifts: str,
@@ -473,7 +459,6 @@ def test_a_kernel_without_sock_destroy(
     assert server_shifts(two_shifts)[bug] == 0
 
 
-@needs_root
 def test_the_pace_follows_the_backlog(netns: str) -> None:
     """Backlog 8: at most 4 connections ended a second (half the backlog), although
     --rate allows 100 (the cap by --rate: test_pace_follows_the_backlog_and_the_rate)."""

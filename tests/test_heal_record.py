@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Farm, needs_root
+from conftest import Farm
 from test_heal import EARLY, LATE, PORT, Clients, own_and_bug, server_shifts
 
 
@@ -37,7 +37,6 @@ def _wait(lines: list[dict], kind: str, process: subprocess.Popen[str], timeout:
     raise AssertionError(f"no {kind!r} line: {lines}")
 
 
-@needs_root
 @pytest.mark.parametrize("heal", [True, False])
 def test_the_recorder_heals_once_the_storm_is_over(
     netns: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, heal: bool

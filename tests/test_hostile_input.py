@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, REPO, default_signals, needs_root, run_tcpsleuth
+from conftest import FIXTURES, REPO, default_signals, run_tcpsleuth
 
 from tcpsleuth.sources import procfs
 
@@ -152,7 +152,6 @@ def _wait_for(condition: object, timeout: float) -> bool:
     return False
 
 
-@needs_root
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
 def test_probe_cleans_up_on_signal(tmp_path: Path, signum: int) -> None:
     env = {**os.environ, "TMPDIR": str(tmp_path)}
@@ -187,7 +186,6 @@ def test_probe_cleans_up_on_signal(tmp_path: Path, signum: int) -> None:
     assert list(tmp_path.iterdir()) == []
 
 
-@needs_root
 def test_a_namespace_interrupted_while_it_is_made_is_removed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -212,7 +210,6 @@ def test_a_namespace_interrupted_while_it_is_made_is_removed(
     assert [p.name for p in Path("/var/run/netns").glob(f"{mine}*")] == []
 
 
-@needs_root
 def test_trace_detaches_bpftrace_on_sigterm() -> None:
     if run_tcpsleuth("trace", "--duration", "0.5", "--format", "json").returncode == 2:
         pytest.skip("this host cannot trace (bpftrace, BTF or tcp_probe missing)")
@@ -656,7 +653,6 @@ def test_collect_into_an_empty_directory(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["empty"]
 
 
-@needs_root
 def test_collect_on_a_full_disk_keeps_nothing(tmp_path: Path) -> None:
     disk = tmp_path / "disk"
     disk.mkdir()
@@ -788,7 +784,6 @@ def test_pcap_html_on_a_full_device_is_one_line() -> None:
     )
 
 
-@needs_root
 def test_pcap_read_only_plot_directory_is_refused_first(tmp_path: Path) -> None:
     """A plot directory on a read-only mount (root writes through file modes)."""
     mount = tmp_path / "ro"

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from support.capabilities import needs_jdk
 
 from tcpsleuth.detectors.kafka import kafka_findings
 from tcpsleuth.lab import namespaces
@@ -138,11 +138,7 @@ def test_kafka_version_option(tmp_path: Path) -> None:
         assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) <= 3
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces")
-@pytest.mark.skipif(
-    shutil.which("java") is None or shutil.which("mvn") is None,
-    reason="needs a JDK and Maven (scripts/install.sh installs them)",
-)
+@needs_jdk
 def test_audit_of_the_real_kafka_3_1_2_says_the_backlog_setting_has_no_effect(
     tmp_path: Path,
 ) -> None:

@@ -10,7 +10,6 @@ their produce requests. Nothing is left behind: no JVM, no namespace.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import signal
@@ -20,20 +19,14 @@ import textwrap
 import time
 from pathlib import Path
 
-import pytest
+from support.capabilities import needs_jdk
 
 from tcpsleuth.lab import jars, kafka_broker, kafka_java, namespaces
 from tcpsleuth.lab.kafka_broker import KafkaBroker, KafkaSettings
 from tcpsleuth.lab.kafka_metrics import metric_values
 from tcpsleuth.sources import procfs
 
-pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
-    pytest.mark.skipif(
-        shutil.which("java") is None or shutil.which("mvn") is None,
-        reason="needs a JDK and Maven (scripts/install.sh installs them)",
-    ),
-]
+pytestmark = needs_jdk
 
 HOST, PORT = "127.0.0.1", 9092
 SOMAXCONN = 4096

@@ -10,14 +10,13 @@ threshold at zero fires for the broker's instance.
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
+from support.capabilities import needs_jdk
 from support.monitoring import Prometheus, require_tool
 from test_alerts import RULES, dashboard_queries
 
@@ -25,13 +24,7 @@ from tcpsleuth.lab import kafka_broker, kafka_java, namespaces
 from tcpsleuth.lab.kafka_broker import KafkaBroker, KafkaSettings
 from tcpsleuth.lab.kafka_metrics import metric_values
 
-pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="needs root for network namespaces"),
-    pytest.mark.skipif(
-        shutil.which("java") is None or shutil.which("mvn") is None,
-        reason="needs a JDK and Maven (scripts/install.sh installs them)",
-    ),
-]
+pytestmark = needs_jdk
 
 HOST, PORT, METRICS = "127.0.0.1", 9092, 7071
 P99 = 'kafka_network_request_total_time_ms{request="Produce",quantile="0.99"}'

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import subprocess
@@ -15,8 +14,6 @@ import pytest
 from conftest import run_tcpsleuth
 
 from tcpsleuth.lab import namespaces
-
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
 
 
 def _lab(*args: str) -> tuple[int, dict]:

@@ -8,24 +8,16 @@ bug. The guest's CPU is emulated (TCG), so JVMs start in minutes and the run tak
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from pathlib import Path
 
 import pytest
+from support.capabilities import needs_jdk
 from test_lab_kernel import _mismatch_shifts, _shift, _tcpsleuth, lab_kernels  # noqa: F401
 
 from tcpsleuth.lab.runner import TCP_RMEM
 
-pytestmark = [
-    pytest.mark.heavy,
-    pytest.mark.skipif(os.geteuid() != 0, reason="guest kernels need root"),
-    pytest.mark.skipif(
-        shutil.which("java") is None or shutil.which("mvn") is None,
-        reason="needs a JDK and Maven (scripts/install.sh installs them)",
-    ),
-]
+pytestmark = [pytest.mark.heavy, needs_jdk]
 
 
 def test_the_incident_on_real_kafka_in_the_prefix_kernel(

@@ -11,8 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from tcpsleuth.lab import analysis, healing
 from tcpsleuth.lab.runner import LabSize, RunArtifacts
 from tcpsleuth.lab.scenarios import SCENARIOS
@@ -64,7 +62,6 @@ def test_hit_after_counts_the_bug_shift_of_healable_listeners_only() -> None:
     assert heal.hit_after == 0
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root")
 def test_heal_phase_on_the_fixed_kernel_ends_nothing(tmp_path: Path) -> None:
     """The lab's fixed-kernel storm (listener locked, cookies sent, every connection on
     the listener's own shift), with heal told the kernel is affected so that the

@@ -9,27 +9,22 @@ heavy tier (`pytest -m heavy`), not CI.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support.capabilities import GUEST_TOOLS, missing
 from test_lab_kernel import _tcpsleuth
 
-pytestmark = [
-    pytest.mark.heavy,
-    pytest.mark.skipif(os.geteuid() != 0, reason="guest kernels need root"),
-]
+pytestmark = pytest.mark.heavy
 
 
 @pytest.fixture(scope="module")
 def prefix_kernel() -> dict[str, Any]:
     """The pre-fix kernel, built now if the cache does not have it."""
-    missing = [t for t in ("vng", "qemu-system-x86_64", "make") if not shutil.which(t)]
-    if missing:
-        pytest.skip(f"missing {missing} (scripts/install.sh installs them)")
+    if missing(*GUEST_TOOLS):
+        pytest.skip(f"missing {missing(*GUEST_TOOLS)} (scripts/install.sh installs them)")
     result = _tcpsleuth("lab", "kernel", "build", "prefix", "--format", "json", timeout=3600)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)["kernel"]

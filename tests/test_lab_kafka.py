@@ -9,24 +9,16 @@ which stay healthy while its clients' produce latency climbs.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import time
 from pathlib import Path
 
-import pytest
 from conftest import run_tcpsleuth
+from support.capabilities import needs_jdk
 
 from tcpsleuth.lab import analysis, namespaces
 from tcpsleuth.lab.kafka_metrics import logged_requests
 
-pytestmark = [
-    pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root"),
-    pytest.mark.skipif(
-        shutil.which("java") is None or shutil.which("mvn") is None,
-        reason="needs a JDK and Maven (scripts/install.sh installs them)",
-    ),
-]
+pytestmark = needs_jdk
 
 
 def _jvms_using(path: Path) -> list[int]:

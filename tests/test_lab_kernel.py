@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from typing import Any
 
 import pytest
 from conftest import SUPPORT
+from support.capabilities import GUEST_TOOLS, missing
 from support.storm_lab import Storm
 from support.storm_truth import check_capture, connections
 
@@ -25,8 +25,6 @@ from tcpsleuth.lab.kernel import guest
 from tcpsleuth.lab.runner import TCP_RMEM
 from tcpsleuth.lab.scenarios import SCENARIOS
 from tcpsleuth.sources import procfs
-
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="guest kernels need root")
 
 BUILD_TIMEOUT = 3600
 GUEST_TIMEOUT = 1800
@@ -48,11 +46,9 @@ def _tcpsleuth(*args: str, timeout: float = GUEST_TIMEOUT) -> subprocess.Complet
 @pytest.fixture(scope="session")
 def lab_kernels() -> dict[str, dict[str, Any]]:
     """Both kernels, built now if the cache does not have them."""
-    missing = [
-        tool for tool in ("vng", "qemu-system-x86_64", "make", "pahole") if not shutil.which(tool)
-    ]
-    if missing or not kbuild.SOURCE_TARBALL.exists():
-        reason = f"missing {missing or kbuild.SOURCE_TARBALL} (scripts/install.sh installs it)"
+    absent = missing(*GUEST_TOOLS, "pahole")
+    if absent or not kbuild.SOURCE_TARBALL.exists():
+        reason = f"missing {absent or kbuild.SOURCE_TARBALL} (scripts/install.sh installs it)"
         if os.environ.get("CI"):
             pytest.fail(reason)
         pytest.skip(reason)

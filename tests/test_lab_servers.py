@@ -6,23 +6,17 @@ listeners whose buffer `ss -ltm` shows locked."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import needs_root, run_tcpsleuth
+from conftest import run_tcpsleuth
+from support.capabilities import needs_nginx
 
 from tcpsleuth.lab.nginx import Listen, NginxServer
 from tcpsleuth.lab.zookeeper import ZooKeeperServer
 
-pytestmark = [
-    needs_root,
-    pytest.mark.skipif(
-        shutil.which("nginx") is None and not Path("/usr/sbin/nginx").exists(),
-        reason="nginx not installed (scripts/install.sh)",
-    ),
-]
+pytestmark = needs_nginx
 
 
 def _ss_listeners(ns: str) -> dict[int, tuple[int, int]]:

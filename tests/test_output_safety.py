@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, needs_root
+from conftest import FIXTURES
 from rich.text import Text
 
 from tcpsleuth.model.text import shortened, to_float
@@ -468,7 +468,6 @@ def test_stdout_and_stderr_lines_written_directly_are_escaped() -> None:
     assert rendered.getvalue() == "\x1b[1mbold\x1b[0m\n"
 
 
-@needs_root
 def test_a_live_listener_s_process_name_reaches_the_table_escaped(tmp_path: Path) -> None:
     """A local user's listener whose comm (prctl PR_SET_NAME) carries escape sequences:
     audit and doctor name its owner, escaped."""

@@ -9,14 +9,11 @@ import json
 from collections import Counter
 from pathlib import Path
 
-import pytest
-from conftest import needs_root, run_tcpsleuth
+from conftest import run_tcpsleuth
 from support.pcap_lab import PORT, drop_client_data, make_capture
 from support.tshark_diff import tshark as tshark_fields
 
 from tcpsleuth.lab import faults
-
-pytestmark = [needs_root, pytest.mark.root]
 
 
 def analyse(path: Path, *extra: str) -> dict:

@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import needs_root, run_tcpsleuth
+from conftest import run_tcpsleuth
 from support.tshark_diff import (
     assert_connections_equal,
     assert_kafka_equal,
@@ -117,7 +117,6 @@ def _add_vlan_tags(src: Path, dst: Path, tags: int) -> None:
     dst.write_bytes(bytes(out))
 
 
-@needs_root
 def test_ethernet_vlan_sll2_and_multi_interface_pcapng_equal_tshark(tmp_path: Path) -> None:
     from support.pcap_lab import make_capture
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -14,8 +13,6 @@ import pytest
 from conftest import run_tcpsleuth
 
 from tcpsleuth.lab import namespaces
-
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the probe needs root")
 
 
 def _shift_for(rcvbuf: int, rmem_max: int) -> int:

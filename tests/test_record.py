@@ -29,7 +29,6 @@ from tcpsleuth.sources import sockdiag
 from tcpsleuth.sources.pcap import open_capture
 
 STORM = REPO / "tests" / "data" / "storm-prefix" / "server.pcap"
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
 
 # --- the policy and the cut, without root ---------------------------------------------
@@ -242,7 +241,6 @@ def _storm(ns: str, clients: int = 3000, port: int = 9092, hold: float = 8) -> i
     return int(ready.split()[1])
 
 
-@needs_root
 def test_recorder_keeps_one_storm_it_was_told_nothing_about(netns: str, tmp_path: Path) -> None:
     directory = tmp_path / "rec"
     metrics = tmp_path / "recorder.prom"
@@ -301,7 +299,6 @@ def test_recorder_keeps_one_storm_it_was_told_nothing_about(netns: str, tmp_path
     assert row["incident"] == incident.name and row["syn_cookies_sent"] == sent
 
 
-@needs_root
 def test_a_broker_that_returns_later_than_merge_is_one_incident(netns: str, tmp_path: Path) -> None:
     """A storm whose listener then closes (the broker stops), 10 s without a listener
     (merge is 4 s), and a storm when it is back: one incident holding both."""
@@ -331,7 +328,6 @@ def test_a_broker_that_returns_later_than_merge_is_one_incident(netns: str, tmp_
     assert "held open while port 9092 had no listener" in doc["notes"]
 
 
-@needs_root
 def test_disk_cap_holds_under_a_storm(netns: str, tmp_path: Path) -> None:
     """A 6 MiB cap against storms that write more: du never sees more than the cap."""
     directory = tmp_path / "rec"
@@ -386,7 +382,6 @@ def _wait_for_ring_files(directory: Path, count: int) -> None:
         time.sleep(0.1)
 
 
-@needs_root
 def test_sigkill_leaves_nothing_and_the_next_start_reuses_the_directory(
     netns: str, tmp_path: Path
 ) -> None:
@@ -527,7 +522,6 @@ def _lab_with_recorder(
     return json.loads(out), recorder, directory
 
 
-@needs_root
 def test_recorder_in_the_lab_keeps_the_wscale_bug(tmp_path: Path) -> None:
     doc, recorder, directory = _lab_with_recorder(
         "wscale-bug", tmp_path, "--before", "10", "--after", "8", "--merge", "10",
@@ -556,7 +550,6 @@ def test_recorder_in_the_lab_keeps_the_wscale_bug(tmp_path: Path) -> None:
     check_incident_against_ss(report, tmp_path / "keep" / "wscale-bug", at_least=20)
 
 
-@needs_root
 def test_recorder_beside_a_quiet_lab_run_records_nothing(tmp_path: Path) -> None:
     doc, recorder, directory = _lab_with_recorder("baseline", tmp_path, "--trace", "0")
     status, err = recorder.stop()
@@ -631,7 +624,6 @@ def test_a_jump_in_window_limited_connections_is_an_event() -> None:
     assert rates.rwnd_limited_events(0, 400, 500, 1.0, [9092], "h", off) == []
 
 
-@needs_root
 @pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGINT])
 def test_sighup_and_sigint_stop_it_cleanly(netns: str, tmp_path: Path, sig: int) -> None:
     directory = tmp_path / "rec"
@@ -644,7 +636,6 @@ def test_sighup_and_sigint_stop_it_cleanly(netns: str, tmp_path: Path, sig: int)
     assert _leftovers(directory) == []
 
 
-@needs_root
 def test_stopped_during_an_incident_it_keeps_what_it_has(netns: str, tmp_path: Path) -> None:
     """SIGTERM while an incident is open: the incident is kept, its capture up to the
     stop, and `tcpsleuth report` analyses it afterwards."""

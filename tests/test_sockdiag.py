@@ -7,14 +7,13 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
-from conftest import Farm, needs_root, run_tcpsleuth
+from conftest import Farm, run_tcpsleuth
 
 from tcpsleuth.errors import InputError
 from tcpsleuth.model.records import TcpConnection
 from tcpsleuth.sources import sockdiag
 from tcpsleuth.sources.sstext import parse_ss
 
-pytestmark = needs_root
 IPV4_CLIENTS, IPV6_CLIENTS = 300, 100
 
 

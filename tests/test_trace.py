@@ -16,7 +16,6 @@ from conftest import SUPPORT, run_tcpsleuth
 from tcpsleuth.lab import faults, namespaces, topology
 from tcpsleuth.sources.procfs import local_ports_of_pid
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="tracing needs root")
 PORT = 9092
 
 

@@ -34,7 +34,6 @@ from tcpsleuth.recorder.children import processes_of
 
 INCIDENT = REPO / "tests" / "data" / "incident-small"
 KAFKA_PCAP = REPO / "tests" / "data" / "go-sniffer-kafka.pcap"
-needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 
 
 def tcpsleuth(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -255,7 +254,6 @@ def test_report_json_output_is_strict_json(tmp_path: Path) -> None:
     assert leftovers(directory) == []
 
 
-@needs_root
 @pytest.mark.parametrize("kind", ["fifo", "device", "link-out"])
 def test_no_fifo_device_or_link_out_is_read(tmp_path: Path, kind: str) -> None:
     """A FIFO nobody writes (the report hung), a device (here /dev/zero's numbers, which
@@ -279,7 +277,6 @@ def test_no_fifo_device_or_link_out_is_read(tmp_path: Path, kind: str) -> None:
     assert named in line and time.monotonic() - started < 30
 
 
-@needs_root
 def test_report_on_a_foreign_incident_shows_and_does_not_save(tmp_path: Path) -> None:
     """An incident of another user's (uid 1000, mode 0777): analysed and shown (exit 1,
     the document), one line saying it is not saved there, nothing written into it, its
@@ -298,7 +295,6 @@ def test_report_on_a_foreign_incident_shows_and_does_not_save(tmp_path: Path) ->
     assert stat.S_IMODE(directory.stat().st_mode) == 0o777
 
 
-@needs_root
 def test_report_on_a_read_only_incident_shows_and_does_not_save(tmp_path: Path) -> None:
     with tmpfs(tmp_path / "ro", "4m") as mount:
         directory = incident_copy(mount)
@@ -313,7 +309,6 @@ def test_report_on_a_read_only_incident_shows_and_does_not_save(tmp_path: Path) 
 # --- a full file system: nothing partial ---------------------------------------------
 
 
-@needs_root
 def test_report_on_a_full_file_system_leaves_nothing_partial(tmp_path: Path) -> None:
     """report --again into its own incident, and --html into a full place: exit 2, one
     line; the report.json that was there is unchanged, no temporary file is left."""
@@ -331,7 +326,6 @@ def test_report_on_a_full_file_system_leaves_nothing_partial(tmp_path: Path) -> 
         assert leftovers(mount) == []
 
 
-@needs_root
 def test_pcap_html_on_a_full_file_system_leaves_no_partial_page(tmp_path: Path) -> None:
     with tmpfs(tmp_path / "full") as mount:
         page = mount / "r.html"
@@ -343,7 +337,6 @@ def test_pcap_html_on_a_full_file_system_leaves_no_partial_page(tmp_path: Path) 
         assert leftovers(mount) == []
 
 
-@needs_root
 def test_an_append_that_does_not_fit_is_cut_off_again(tmp_path: Path) -> None:
     """The recorder's JSON lines: a line that does not fit is not left half-written."""
     with tmpfs(tmp_path / "full") as mount:
@@ -384,7 +377,6 @@ def wait_ready(process: subprocess.Popen[str]) -> dict:
     raise AssertionError(f"no ready line: {finished(process)}")
 
 
-@needs_root
 def test_record_leaves_the_mode_of_what_it_did_not_make(netns: str, tmp_path: Path) -> None:
     """A 1777 directory: refused in one line (others could plant links in it), its
     mode unchanged (the old recorder made it 0700). A link to a directory of root's
@@ -408,7 +400,6 @@ def test_record_leaves_the_mode_of_what_it_did_not_make(netns: str, tmp_path: Pa
     assert stat.S_IMODE((target / "ring").stat().st_mode) == 0o700  # made by it
 
 
-@needs_root
 def test_record_on_a_full_file_system_pauses_the_capture(netns: str, tmp_path: Path) -> None:
     """The guide's promise: "capture paused", and on (it was exit 3 on the lock file)."""
     with tmpfs(tmp_path / "full") as mount:
@@ -430,7 +421,6 @@ def _comm(pid: int) -> str:
         return ""
 
 
-@needs_root
 def test_a_recorder_never_ends_another_recorders_tcpdump(netns: str, tmp_path: Path) -> None:
     """Recorder A on .../srv/<this test's directory>/rec, recorder B on <this test's
     directory>/rec: B's ring path is a substring of A's. B's start used to kill A's
