@@ -52,7 +52,11 @@ is unknown (most distribution kernels) counts as possibly affected.
 ## Dry run, then --apply
 
 Without `--apply` heal only lists (exit 1 when something is hit, 0 when nothing is).
-With `--apply`:
+Both ways it starts with a verdict, as `doctor`, `audit` and `pcap` do (`verdict` in the
+JSON: `at_risk`, `summary`, `actions`): how many connections are hit and of how many,
+how much too small their windows are, what `--apply` would do (its command, its pace)
+or what it did (ended, came back, not back), and the lasting fixes. `at_risk` is true
+while connections hit are left on the port. With `--apply`:
 
 - It refuses (exit 2, one line) when `net.ipv4.tcp_syncookies=2` (every reconnect would
   be a cookie again), and while the listen queues still overflow: it reads the
@@ -213,8 +217,8 @@ def main() -> None:
             doc = json.loads(result.stdout)
             cut = {
                 key: doc[key]
-                for key in ("mode", "method", "per_second", "counts", "cookies_during",
-                            "refused", "stopped", "firewall", "seconds")
+                for key in ("verdict", "mode", "method", "per_second", "counts",
+                            "cookies_during", "refused", "stopped", "firewall", "seconds")
             }  # fmt: skip
             cut["listeners"] = doc["listeners"]
             cut["hit"] = [*doc["hit"][:2], "..."]

@@ -182,6 +182,18 @@ def test_dry_run_lists_exactly_the_connections_with_the_other_shift(two_shifts: 
     assert len(doc["hit"]) == server_shifts(two_shifts)[bug] == EARLY
     assert {h["rcv_wscale"] for h in doc["hit"]} == {bug}
     assert len({h["cookie"] for h in doc["hit"]}) == EARLY
+    # the verdict first: how many are hit, of how many, and what --apply would do
+    assert list(doc)[:4] == ["tool", "version", "command", "verdict"]
+    verdict = doc["verdict"]
+    assert verdict["at_risk"] is True
+    assert verdict["summary"].startswith(
+        f"AT RISK: {EARLY} of {EARLY + LATE} connections on port {PORT} are hit"
+    )
+    assert f"windows {2 ** abs(bug - own)}x too " in verdict["summary"]
+    apply = f"sudo tcpsleuth heal --port {PORT} --netns {two_shifts} --apply"
+    assert apply in verdict["actions"][0]
+    assert f"at most {doc['per_second']} a second" in verdict["actions"][0]
+    assert doc["per_second"] == detect.per_second(listener["backlog"], 100)
     # nothing was ended by a dry run
     assert server_shifts(two_shifts)[bug] == EARLY
 
@@ -192,6 +204,8 @@ def test_without_the_test_verdict_this_fixed_kernel_has_nothing_to_heal(two_shif
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     assert doc["kernel"]["status"] == "fixed" and doc["hit"] == []
+    assert doc["verdict"]["at_risk"] is False and doc["verdict"]["actions"] == []
+    assert doc["verdict"]["summary"].startswith(f"Not at risk: nothing to heal on port {PORT}.")
 
 
 def _applied(ns: str, method: str) -> None:
@@ -205,6 +219,8 @@ def _applied(ns: str, method: str) -> None:
     assert {e["how"] for e in doc["ended"]} == {method}
     assert all(b["rcv_wscale"] == own for b in doc["came_back"])
     assert doc["cookies_during"] == 0
+    assert doc["verdict"]["at_risk"] is False
+    assert doc["verdict"]["summary"].startswith(f"Healed: {EARLY} of {EARLY} connections hit")
     # differential: ss sees every client back, and none with the bug's shift
     after = server_shifts(ns)
     assert after[bug] == 0 and after[own] == EARLY + LATE, after

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import needs_root
+from conftest import SupportChild, needs_root
 
 from tcpsleuth.cli import examples
 from tcpsleuth.detectors import rates
@@ -219,3 +219,56 @@ def test_watch_rates_table_at_60_columns_cuts_no_counter() -> None:
     for name, total in totals.items():
         assert re.search(rf"│ {name} +│ +{total} │", text), name
     assert text.count("12345.6") == len(names)
+
+
+class HealClients(SupportChild):
+    """tests/support/heal_clients.py: 12 connections with the bug's shift, 20 without."""
+
+    SCRIPT = "heal_clients.py"
+
+
+def heal(ns: str, columns: int, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": str(columns), "TCPSLEUTH_TEST_KERNEL_STATUS": "affected"}
+    env.pop("FORCE_COLOR", None)
+    return subprocess.run(
+        [sys.executable, "-m", "tcpsleuth", "heal", "--port", "9092", "--netns", ns, *args],
+        capture_output=True, text=True, check=False, timeout=180, env=env,
+    )  # fmt: skip
+
+
+def whole(text: str, columns: int, addresses: set[str]) -> None:
+    assert "…" not in text, text
+    assert all(len(line.rstrip()) <= columns for line in text.splitlines()), text
+    assert cropped(text) == [], text
+    assert split_addresses(text, addresses) == [], text
+    for address in addresses:
+        assert address in text, address
+
+
+@needs_root
+def test_heal_dry_run_and_apply_at_80_and_60_columns(netns: str) -> None:
+    """heal's tables on the fitted layout, its verdict first: at 80 and 60 columns no
+    value cut, no address broken, every action of the verdict whole."""
+    clients = HealClients(netns, "--port", "9092", "--early", "12", "--late", "20")
+    try:
+        doc = json.loads(heal(netns, 80, "--format", "json").stdout)
+        addresses = {h["client"] for h in doc["hit"]} | {x["listener"] for x in doc["listeners"]}
+        assert len(doc["hit"]) == 12
+        head = doc["verdict"]["summary"].partition("\n")[0]
+        assert head.startswith("AT RISK: 12 of 32 connections on port 9092")
+        for columns in (80, 60):
+            dry = heal(netns, columns)
+            assert dry.returncode == 1, dry.stderr
+            whole(dry.stdout, columns, addresses)
+            flat = words(dry.stdout)
+            assert flat.startswith(words(head)), dry.stdout
+            for action in doc["verdict"]["actions"]:
+                assert words(action) in flat, action
+        applied = heal(netns, 60, "--apply", "--quiet-seconds", "1", "--wait", "30")
+        assert applied.returncode == 0, (applied.stdout, applied.stderr)
+        whole(applied.stdout, 60, addresses)
+        flat = words(applied.stdout)
+        assert flat.startswith("Healed: 12 of 12 connections hit on port 9092"), flat
+        assert flat.count("done ended (destroy,") == 12, applied.stdout
+    finally:
+        clients.stop()

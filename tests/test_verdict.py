@@ -9,14 +9,22 @@ import dataclasses
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from tcpsleuth.cli import examples
 from tcpsleuth.cli.audit import run_audit, snapshot_from
-from tcpsleuth.detectors.verdict import capture_verdict, host_verdict
+from tcpsleuth.detectors import heal as heal_detect
+from tcpsleuth.detectors.kernel import KernelVerdict
+from tcpsleuth.detectors.listeners import ListenerFacts
+from tcpsleuth.detectors.verdict import capture_verdict, heal_verdict, host_verdict
 from tcpsleuth.model.findings import Finding, Severity, listener_subject
+from tcpsleuth.model.heal import DiagSocket, Ended
+from tcpsleuth.model.records import Listener
+from tcpsleuth.reports.healview import HealResult
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"
@@ -177,3 +185,110 @@ def test_pcap_html_verdict_clients_and_captions(tmp_path: Path) -> None:
     assert len(graphs) == 1, len(captions)
     assert "It stands for 10 connections that look alike" in graphs[0]
     assert "announced window scale 1 but the server scales its windows by 7" in graphs[0]
+
+
+# -- heal: what is hit, how many, what --apply would do or did ----------------------------
+
+
+AFFECTED = KernelVerdict("5.4.0", "affected", "test")
+
+
+def _heal(
+    kernel: KernelVerdict = AFFECTED,
+    sockets: tuple[DiagSocket, ...] = (),
+    **changes: Any,
+) -> HealResult:
+    """A heal result on a listener locked at 204800 bytes whose SYN-ACKs announce shift
+    1 while a cookie connection uses 7 (its connections: two with 1, one with 7)."""
+    fact = ListenerFacts(
+        "0.0.0.0", 9092, [Listener("0.0.0.0", 9092, backlog=50, accept_queue=0, rcvbuf=409600)],
+        "kafka", 3, 204800, "yes", "test", shifts=(1, 7), connection_shifts={1: 2, 7: 1},
+    )  # fmt: skip
+    plans = heal_detect.plan_listeners([fact], kernel)
+    hits = heal_detect.hit(list(sockets), plans)
+    result = HealResult("this host", 9092, kernel, plans, hits, False)
+    return dataclasses.replace(result, **changes)
+
+
+def _socket(port: int, rcv: int, cookie: int) -> DiagSocket:
+    return DiagSocket(
+        socket.AF_INET, "10.0.0.1", 9092, "10.0.0.2", port, 0, cookie, "ESTAB", 7, rcv
+    )
+
+
+HIT = (_socket(40001, 1, 1), _socket(40002, 7, 2), _socket(40003, 1, 3))
+
+
+def test_heal_dry_run_verdict_says_what_is_hit_and_what_apply_would_do() -> None:
+    result = _heal(sockets=HIT, per_second=25, netns="kafka1")
+    judged = result.judged()
+    assert judged.at_risk is True
+    head, numbers = judged.summary.split("\n")
+    assert head == (
+        "AT RISK: 1 of 3 connections on port 9092 are hit by the kernel's cookie "
+        "window-scale bug: windows 64x too small; heal --apply would end them."
+    )
+    assert "Kafka 0.0.0.0:9092: backlog 50, receive buffer locked" in numbers
+    assert "1 connections use the bug's shift 7" in numbers
+    first = judged.actions[0]
+    assert "sudo tcpsleuth heal --port 9092 --netns kafka1 --apply" in first
+    assert "at most 25 a second" in first and "comes back with shift 1" in first
+    assert sum("socket.receive.buffer.bytes=-1" in a for a in judged.actions) == 1
+    assert sum("909172a14974" in a for a in judged.actions) == 1
+    assert judged.evidence["hit"] == 1 and judged.evidence["connections"] == 3
+    # the JSON: the verdict first, after the tool's own keys
+    assert judged.to_dict() == heal_verdict(result.data()).to_dict()
+
+
+def test_heal_dry_run_verdict_says_apply_would_refuse() -> None:
+    why = heal_detect.refusal_by_settings({"net.ipv4.tcp_syncookies": "2"})
+    judged = _heal(sockets=HIT, per_second=25, would_refuse=why).judged()
+    assert judged.actions[0] == f"Before --apply, take away what it would refuse: {why}."
+    assert why is not None and why.startswith("net.ipv4.tcp_syncookies=2 sends")
+    assert f"--apply would refuse now: {why}" in judged.summary
+
+
+def test_heal_apply_verdicts() -> None:
+    base = _heal(sockets=HIT, per_second=25, method="destroy", cookies_during=0)
+    [(plan, sock)] = base.hit
+    ended = [Ended(sock, plan.local, "destroy", "ended", 0.1)]
+    back = [{"client": sock.remote, "rcv_wscale": 1}]
+    healed = dataclasses.replace(base, applied=True, ended=ended, came_back=back).judged()
+    assert healed.at_risk is False
+    assert healed.summary.startswith(
+        "Healed: 1 of 1 connections hit on port 9092 were ended and came back with the "
+        "listener's own shift.\n"
+    )
+    assert "ended 1 of 1 by destroy (at most 25 a second), 1 came back" in healed.summary
+    assert "1 connections used the bug's shift 7" in healed.summary
+    assert not any("--apply" in a for a in healed.actions)
+    stopped = dataclasses.replace(
+        base, applied=True, stopped="1 SYN cookie(s) sent while heal worked", cookies_during=1
+    ).judged()
+    assert stopped.at_risk is True
+    assert stopped.summary.startswith(
+        "AT RISK: heal ended 0 of 1 connections hit on port 9092; 1 are not back"
+    )
+    assert "stopped early: 1 SYN cookie(s) sent" in stopped.summary
+    assert stopped.actions[0].startswith("Once no SYN cookie is sent any more, run sudo")
+    missing = Ended(sock, plan.local, "destroy", "ended", 0.1)
+    lost = dataclasses.replace(base, applied=True, ended=ended, not_back=[missing]).judged()
+    assert lost.at_risk is True
+    assert lost.actions[0].startswith("Look at the 1 clients listed as not back")
+    refused = dataclasses.replace(base, applied=True, refused="still overflowing").judged()
+    assert refused.at_risk is True
+    assert refused.summary.startswith(
+        "AT RISK: heal refused; the 1 connections hit on port 9092 keep windows 64x too small."
+    )
+    assert refused.actions[0].startswith("Take away the reason heal refused (still overflowing)")
+
+
+def test_heal_verdict_with_nothing_hit() -> None:
+    exposed = _heal(sockets=HIT[:1]).judged()
+    assert exposed.at_risk is False
+    assert exposed.summary.startswith("Nothing to heal now: no connection on port 9092 uses")
+    assert sum("909172a14974" in a for a in exposed.actions) == 1
+    fixed = _heal(KernelVerdict("6.1.0", "fixed", "test"), sockets=HIT).judged()
+    assert fixed.at_risk is False and fixed.actions == ()
+    assert fixed.summary.startswith("Not at risk: nothing to heal on port 9092.\n")
+    assert "has the fix" in fixed.summary and fixed.evidence["hit"] == 0

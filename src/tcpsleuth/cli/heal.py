@@ -283,7 +283,8 @@ def hit_per_listener(
 
 def _finish(result: HealResult, output_format: str, status: int) -> int:
     if output_format == "json":
-        jsonout.emit(jsonout.document("heal", [], **result.data()))
+        verdict = result.judged().to_dict()
+        jsonout.emit(jsonout.document("heal", [], verdict=verdict, **result.data()))
     elif result.refused is None:
         table.console().print(render(result))
     return status
@@ -347,8 +348,10 @@ def heal_command(
     the listener's other connections. Ended after the storm, its client reconnects with
     an ordinary handshake and both ends agree again.
 
-    Dry run by default: lists every hit connection and which evidence decided each
-    listener's two shifts (exit 1 when there is something to heal, 0 when not). With
+    A verdict first (also "verdict" in the JSON): how many connections are hit, what
+    --apply would do or did, and the lasting fixes. Dry run by default: lists every hit
+    connection and which evidence decided each listener's two shifts (exit 1 when there
+    is something to heal, 0 when not). With
     --apply it ends them at a pace the backlog can take, stops at once if a SYN cookie
     is sent meanwhile, and checks that each client came back with the listener's own
     shift (exit 0 all came back, 1 some did not, 2 refused: still overflowing, or
@@ -367,9 +370,11 @@ def heal_command(
         raise EnvironmentProblem(f"nothing listens on port {port} here")
     hits = detect.hit(found, plans)
     origin = f"network namespace {netns}" if netns else "this host"
-    result = HealResult(origin, port, verdict, plans, hits, apply_)
+    result = HealResult(origin, port, verdict, plans, hits, apply_, netns=netns)
     result.would_refuse = detect.refusal_by_settings(sysctls)
     if not apply_:
+        if hits:  # what --apply would do: its pace
+            result.per_second = detect.per_second(min(p.backlog for p, _ in hits), rate)
         return _finish(result, output_format, 1 if hits else 0)
     result.would_refuse = None
     if not hits:

@@ -1,4 +1,6 @@
-"""``tcpsleuth heal``'s result: one JSON document, and tables for people."""
+"""``tcpsleuth heal``'s result: one JSON document, and tables for people; the verdict
+first in both (detectors/verdict.py's ``heal_verdict``), the tables fitted to the
+screen (reports/table.py's :class:`Fitted`: a list where they would not fit)."""
 
 from __future__ import annotations
 
@@ -7,13 +9,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rich.console import Group, RenderableType
-from rich.table import Table
 from rich.text import Text
 
 from tcpsleuth.detectors.heal import ListenerPlan
 from tcpsleuth.detectors.kernel import KernelVerdict
+from tcpsleuth.detectors.verdict import Verdict, heal_verdict
 from tcpsleuth.model.heal import DiagSocket, Ended
-from tcpsleuth.reports.table import plain
+from tcpsleuth.model.text import printable
+from tcpsleuth.reports import verdictview
+from tcpsleuth.reports.table import Fitted
 
 
 @dataclass
@@ -35,10 +39,15 @@ class HealResult:
     would_refuse: str | None = None  # dry run: what --apply would refuse now
     firewall: dict[str, Any] | None = None
     seconds: float | None = None
+    netns: str | None = None
+
+    def judged(self) -> Verdict:
+        return heal_verdict(self.data())
 
     def data(self) -> dict[str, Any]:
         return {
             "origin": self.origin,
+            "netns": self.netns,
             "port": self.port,
             "mode": "apply" if self.applied else "dry-run",
             "kernel": self.verdict.to_dict(),
@@ -75,54 +84,48 @@ class HealResult:
         }
 
 
-def _listeners(plans: Sequence[ListenerPlan]) -> Table:
-    table = Table(title="Listeners", title_justify="left")
-    for name in ("listener", "backlog", "locked", "own shift", "bug's shift", "seen", "heal"):
-        table.add_column(name)
+def _cells(*values: Any) -> list[Text]:
+    return [Text(printable(str(value))) for value in values]
+
+
+def _listeners(plans: Sequence[ListenerPlan]) -> Fitted:
+    rows = []
     for p in plans:
         seen = ", ".join(f"{k}:{v}" for k, v in sorted(p.shifts_seen.items())) or "-"
         own = "-" if p.own_wscale is None else f"{p.own_wscale} ({p.own_evidence})"
         bug = "-" if p.bug_wscale is None else f"{p.bug_wscale} ({p.bug_evidence})"
-        table.add_row(
-            plain(p.local),
-            str(p.backlog),
-            plain(p.rcvbuf_locked),
-            own,
-            bug,
-            seen,
-            "yes" if p.healable else "no",
+        rows.append(
+            _cells(
+                p.local, p.backlog, p.rcvbuf_locked, own, bug, seen, "yes" if p.healable else "no"
+            )
         )
-    return table
+    columns = ["listener", "backlog", "locked", "own shift", "bug's shift", "seen", "heal"]
+    return Fitted("Listeners", columns, rows)
 
 
 def _reasons(plans: Sequence[ListenerPlan]) -> Text:
-    return Text("\n".join(f"{p.local}: {p.why}" for p in plans))
+    return Text(printable("\n".join(f"{p.local}: {p.why}" for p in plans), keep_newlines=True))
 
 
-def _hits(result: HealResult) -> Table:
+def _hits(result: HealResult) -> Fitted:
     ended = {e.socket.cookie: e for e in result.ended}
-    table = Table(title=f"Hit connections ({len(result.hit)})", title_justify="left")
-    for name in ("client", "listener", "rcv_wscale", "own", "cookie", "done"):
-        table.add_column(name)
+    rows = []
     for p, s in result.hit:
         item = ended.get(s.cookie)
         done = f"{item.outcome} ({item.how}, {item.at:.2f} s)" if item else "-"
-        table.add_row(
-            plain(s.remote),
-            plain(p.local),
-            str(s.rcv_wscale),
-            str(p.own_wscale),
-            str(s.cookie),
-            done,
-        )
-    return table
+        rows.append(_cells(s.remote, p.local, s.rcv_wscale, p.own_wscale, s.cookie, done))
+    columns = ["client", "listener", "rcv_wscale", "own", "cookie", "done"]
+    return Fitted(f"Hit connections ({len(result.hit)})", columns, rows)
 
 
 def render(result: HealResult) -> RenderableType:
     parts: list[RenderableType] = [
+        verdictview.render(result.judged().to_dict()),
         Text(
-            f"heal port {result.port} on {result.origin}; kernel {result.verdict.release}: "
-            f"{result.verdict.status} ({result.verdict.source})"
+            printable(
+                f"heal port {result.port} on {result.origin}; kernel {result.verdict.release}: "
+                f"{result.verdict.status} ({result.verdict.source})"
+            )
         ),
         _listeners(result.plans),
         _reasons(result.plans),
@@ -138,7 +141,7 @@ def render(result: HealResult) -> RenderableType:
         )
         if result.would_refuse:
             line += f"; --apply would refuse now: {result.would_refuse}"
-        parts.append(Text(line))
+        parts.append(Text(printable(line)))
         return Group(*parts)
     parts.append(
         Text(
@@ -149,7 +152,7 @@ def render(result: HealResult) -> RenderableType:
         )
     )
     if result.stopped:
-        parts.append(Text(f"stopped early: {result.stopped}"))
+        parts.append(Text(printable(f"stopped early: {result.stopped}")))
     for item in result.not_back:
-        parts.append(Text(f"not back: {item.socket.remote} (listener {item.listener})"))
+        parts.append(Text(printable(f"not back: {item.socket.remote} (listener {item.listener})")))
     return Group(*parts)
