@@ -118,6 +118,14 @@ def clients_hit(
     return {"clients": addresses, "client_ids": dict(Counter(names).most_common())}
 
 
+# what decided an rwnd-limited finding made from a capture (sockets and trace name theirs):
+# no socket was read, so the busy time is the span over which the sender had data to send
+RWND_SOURCE = (
+    "capture: the sender's segments against the peer's advertised window (a wait counts "
+    "when the sender sent again right after the window opened)"
+)
+
+
 def rwnd_findings(analysis: Analysis, client_ids: Mapping[int, str] | None = None) -> list[Finding]:
     """``rwnd-limited``, one finding per connection; where more than
     RWND_PER_LISTENER connections of one server are held back in the same
@@ -149,6 +157,7 @@ def rwnd_findings(analysis: Analysis, client_ids: Mapping[int, str] | None = Non
                     f"({np.median(shares):.0%} of its sending time), up to {waited.max():.0f} ms"
                 ),
                 evidence={
+                    "source": RWND_SOURCE,
                     "direction": direction,
                     "connections": len(group),
                     "rwnd_limited_ms_median": round(float(np.median(waited)), 3),
@@ -215,10 +224,13 @@ def _rwnd_per_connection(analysis: Analysis) -> list[Finding]:
                         f"time) with data ready and the {receiver}'s window full, {waits} times"
                     ),
                     evidence={
+                        "sender": record.client if direction == "c2s" else record.server,
+                        "source": RWND_SOURCE,
                         "stream": record.stream,
                         "direction": direction,
                         "rwnd_limited_ms": round(waited / 1e6, 3),
                         "rwnd_limited_share": round(share, 3),
+                        "busy_ms": round(span / 1e6, 3),
                         "waits": waits,
                         "min_window_bytes": window,
                         "syn_wscale": record.syn.wscale if record.syn else None,
