@@ -239,7 +239,7 @@ def exposition(families: Iterable[Metric]) -> bytes:
 def recorder_families(health: Any, directory: str) -> Iterator[Metric]:
     """The recorder's state (``tcpsleuth record --metrics-listen/--metrics-file``):
     incidents recorded and the recorder's health. ``health`` is a
-    ``recorder.loop.Health``."""
+    ``recorder.health.Health``."""
     from prometheus_client.core import CounterMetricFamily
 
     def gauge(name: str, text: str, value: float) -> Metric:
