@@ -27,10 +27,8 @@ TO_CUT_MODULES = {
     "sources/sockdiag.py",
 }
 TO_CUT_FUNCTIONS = {
-    ("detectors/verdict.py", "host_verdict"),
     ("cli/lab.py", "run_command"),
     ("detectors/capture/kafka_framing.py", "follow"),
-    ("detectors/kernel.py", "cookie_wscale_bug"),
     ("sources/pcap/reader.py", "_pcapng_blocks"),
     ("lab/runner.py", "_run"),
 }

@@ -194,18 +194,14 @@ def predicted_shifts(so_rcvbuf: int, sysctls: HostSnapshot) -> tuple[int, int] |
     return shifts_for_rcvbuf(2 * min(so_rcvbuf, rmem_max), sysctls)
 
 
-def cookie_wscale_bug(
+def _bug_evidence(
     snapshot: HostSnapshot,
     verdict: KernelVerdict,
-    locked: Sequence[tuple[str, int]] | None = None,
-    undetermined: int = 0,
-) -> list[Finding]:
-    """The host's finding about the bug. ``locked``: (listener, rcvbuf bytes) of every
-    listener whose receive buffer the kernel shows locked, None when the source had no
-    buffers (``ss`` without -m); ``undetermined``: listeners whose buffer equals
-    tcp_rmem[1], which the numbers cannot tell from an unlocked one."""
-    if verdict.status == "fixed":
-        return []
+    locked: Sequence[tuple[str, int]] | None,
+    undetermined: int,
+) -> tuple[dict[str, object], int | None, str]:
+    """The bug finding's evidence, the SO_RCVBUF it reasons from (the broker's setting,
+    else a locked listener's), and the shrink it predicts as a sentence's end."""
     syncookies = snapshot.sysctl_int("net.ipv4.tcp_syncookies")
     timestamps = snapshot.sysctl_int("net.ipv4.tcp_timestamps")
     kafka = snapshot.kafka_config
@@ -244,6 +240,42 @@ def cookie_wscale_bug(
     if locked is not None:
         evidence["locked_listeners"] = [where for where, _ in locked]
         evidence["undetermined_listeners"] = undetermined
+    return evidence, rcvbuf, shrink
+
+
+def _why_blocked(
+    syncookies: object, timestamps: object, rcvbuf: int | None, locked: object
+) -> str | None:
+    """What keeps the bug from triggering on this host, if anything."""
+    if syncookies == 0:
+        return "SYN cookies are off (net.ipv4.tcp_syncookies=0), so the bug cannot trigger"
+    if timestamps == 0:
+        return (
+            "timestamps are off, so cookie connections lose window scaling altogether "
+            "instead (see syncookies-without-timestamps)"
+        )
+    if rcvbuf == -1 and not locked:
+        return (
+            "the broker leaves SO_RCVBUF to the OS (socket.receive.buffer.bytes=-1), "
+            "so its listeners do not meet the bug's precondition"
+        )
+    return None
+
+
+def cookie_wscale_bug(
+    snapshot: HostSnapshot,
+    verdict: KernelVerdict,
+    locked: Sequence[tuple[str, int]] | None = None,
+    undetermined: int = 0,
+) -> list[Finding]:
+    """The host's finding about the bug. ``locked``: (listener, rcvbuf bytes) of every
+    listener whose receive buffer the kernel shows locked, None when the source had no
+    buffers (``ss`` without -m); ``undetermined``: listeners whose buffer equals
+    tcp_rmem[1], which the numbers cannot tell from an unlocked one."""
+    if verdict.status == "fixed":
+        return []
+    kafka = snapshot.kafka_config
+    evidence, rcvbuf, shrink = _bug_evidence(snapshot, verdict, locked, undetermined)
     subject = host_subject(snapshot.hostname)
     fix = (
         "Set net.ipv4.tcp_syncookies=0 (an overflowing listener then drops SYNs and clients "
@@ -252,19 +284,7 @@ def cookie_wscale_bug(
         "listener-rcvbuf-locked for each listener's own setting); the lasting "
         f"fix is a kernel with commit {FIX_COMMIT[:12]} (mainline 5.10)."
     )
-    blocked = None
-    if syncookies == 0:
-        blocked = "SYN cookies are off (net.ipv4.tcp_syncookies=0), so the bug cannot trigger"
-    elif timestamps == 0:
-        blocked = (
-            "timestamps are off, so cookie connections lose window scaling altogether "
-            "instead (see syncookies-without-timestamps)"
-        )
-    elif rcvbuf == -1 and not locked:
-        blocked = (
-            "the broker leaves SO_RCVBUF to the OS (socket.receive.buffer.bytes=-1), "
-            "so its listeners do not meet the bug's precondition"
-        )
+    blocked = _why_blocked(evidence["tcp_syncookies"], evidence["tcp_timestamps"], rcvbuf, locked)
     if verdict.status == "unknown":
         if blocked:
             return []

@@ -129,33 +129,11 @@ def _kernel_text(kernel: KernelVerdict) -> str:
     return f"kernel {kernel.release} {state} ({kernel.source})"
 
 
-def host_verdict(
-    snapshot: HostSnapshot,
-    kernel: KernelVerdict,
-    facts: Sequence[ListenerFacts],
-    findings: Sequence[Finding],
-) -> Verdict:
-    """The verdict on a host (live or a bundle) from the audit's facts and every
-    finding of the commands that examined it."""
-    syncookies = snapshot.sysctl_int("net.ipv4.tcp_syncookies")
-    timestamps = snapshot.sysctl_int("net.ipv4.tcp_timestamps")
-    somaxconn = snapshot.sysctl_int("net.core.somaxconn")
-    cookies_sent = snapshot.counters.get("TcpExtSyncookiesSent")
-    small = {f.subject.get("listener"): f for f in findings if f.kind == "listen-backlog-small"}
-    locked = [x for x in facts if x.rcvbuf_locked == YES]
-    bug = next((f for f in findings if f.kind == "kernel-cookie-wscale-bug"), None)
-    unfixed = kernel.status != "fixed" and (bug is None or bug.severity != Severity.INFO)
-    cookies_on = syncookies != 0
-    bug_risk = unfixed and bool(locked) and cookies_on and timestamps != 0
-    worst = max((f.severity.rank for f in findings), default=0)
-    at_risk = bool(small) or bug_risk or worst >= Severity.WARNING.rank
-
-    # the numbers: the kernel, each listener that matters, the cookies
-    numbers = [_kernel_text(kernel)]
-    shown = sorted(
-        {x.local: x for x in facts if x.local in small or x in locked}.values(),
-        key=lambda x: -(x.established or 0),
-    )
+def _listener_numbers(
+    shown: Sequence[ListenerFacts], small: Mapping[Any, Finding], locked: Sequence[ListenerFacts]
+) -> list[str]:
+    """A listener's backlog against its established connections, its locked buffer."""
+    numbers = []
     for fact in shown:
         parts = []
         finding = small.get(fact.local)
@@ -172,24 +150,13 @@ def host_verdict(
                 "receive buffer locked" + (f" at SO_RCVBUF={size}" if size is not None else "")
             )
         numbers.append(f"{_who(fact)}: {', '.join(parts)}")
-    if not locked and facts:
-        numbers.append("no listener's receive buffer is shown locked")
-    if cookies_sent is not None:
-        numbers.append(f"{cookies_sent} SYN cookies sent since boot")
-    if syncookies is not None:
-        numbers.append(f"tcp_syncookies={syncookies}")
+    return numbers
 
-    shrink = (bug.evidence.get("window_shrink_factor") if bug else None) or 64
-    risks = []
-    if small:
-        risks.append("a restart overflows the listen queue")
-    if bug_risk:
-        risks.append(f"SYN-cookie connections get windows {shrink}x too small (kernel bug)")
-    if at_risk and not risks:
-        risks.extend(_meanings(findings))
-    head = f"AT RISK: {'; '.join(risks)}." if at_risk else "Not at risk: nothing of warning."
-    summary = f"{head}\n{_sentence('; '.join(numbers))}"
 
+def _backlog_actions(
+    shown: Sequence[ListenerFacts], small: Mapping[Any, Finding], somaxconn: int | None
+) -> list[str]:
+    """Each small backlog raised in its program's terms, and somaxconn if it caps them."""
     actions: list[str] = []
     targets = []
     for fact in shown:
@@ -211,6 +178,55 @@ def host_verdict(
         actions.append(
             _sentence(f"raise net.core.somaxconn to {max(targets)} (it caps every backlog)")
         )
+    return actions
+
+
+def host_verdict(
+    snapshot: HostSnapshot,
+    kernel: KernelVerdict,
+    facts: Sequence[ListenerFacts],
+    findings: Sequence[Finding],
+) -> Verdict:
+    """The verdict on a host (live or a bundle) from the audit's facts and every
+    finding of the commands that examined it."""
+    syncookies = snapshot.sysctl_int("net.ipv4.tcp_syncookies")
+    timestamps = snapshot.sysctl_int("net.ipv4.tcp_timestamps")
+    somaxconn = snapshot.sysctl_int("net.core.somaxconn")
+    cookies_sent = snapshot.counters.get("TcpExtSyncookiesSent")
+    small = {f.subject.get("listener"): f for f in findings if f.kind == "listen-backlog-small"}
+    locked = [x for x in facts if x.rcvbuf_locked == YES]
+    bug = next((f for f in findings if f.kind == "kernel-cookie-wscale-bug"), None)
+    unfixed = kernel.status != "fixed" and (bug is None or bug.severity != Severity.INFO)
+    cookies_on = syncookies != 0
+    bug_risk = unfixed and bool(locked) and cookies_on and timestamps != 0
+    worst = max((f.severity.rank for f in findings), default=0)
+    at_risk = bool(small) or bug_risk or worst >= Severity.WARNING.rank
+
+    # the listeners that matter, the most established first
+    shown = sorted(
+        {x.local: x for x in facts if x.local in small or x in locked}.values(),
+        key=lambda x: -(x.established or 0),
+    )
+    numbers = [_kernel_text(kernel), *_listener_numbers(shown, small, locked)]
+    if not locked and facts:
+        numbers.append("no listener's receive buffer is shown locked")
+    if cookies_sent is not None:
+        numbers.append(f"{cookies_sent} SYN cookies sent since boot")
+    if syncookies is not None:
+        numbers.append(f"tcp_syncookies={syncookies}")
+
+    shrink = (bug.evidence.get("window_shrink_factor") if bug else None) or 64
+    risks = []
+    if small:
+        risks.append("a restart overflows the listen queue")
+    if bug_risk:
+        risks.append(f"SYN-cookie connections get windows {shrink}x too small (kernel bug)")
+    if at_risk and not risks:
+        risks.extend(_meanings(findings))
+    head = f"AT RISK: {'; '.join(risks)}." if at_risk else "Not at risk: nothing of warning."
+    summary = f"{head}\n{_sentence('; '.join(numbers))}"
+
+    actions = _backlog_actions(shown, small, somaxconn)
     if unfixed and cookies_on and timestamps != 0:
         for fact in locked:
             program = servers.program(fact.program)
@@ -357,168 +373,5 @@ def capture_verdict(
         "wscale_stripped": len(stripped),
         "clients_hit": clients,
         "client_ids_hit": client_ids,
-    }
-    return Verdict(at_risk, summary, _once(actions), evidence)
-
-
-def _listener_name(plan: Mapping[str, Any]) -> str:
-    program = servers.program(plan.get("program"))
-    local = plan.get("listener")
-    return f"{program.title} {local}" if program else f"listener {local}"
-
-
-def _skew(own: int, bug: int) -> str:
-    factor = 2 ** abs(bug - own)
-    return f"windows {factor}x too {'small' if bug > own else 'large'}"
-
-
-def heal_verdict(doc: Mapping[str, Any]) -> Verdict:
-    """The verdict on one run of ``tcpsleuth heal`` from its JSON document
-    (reports/healview.py): what is hit and how many connections, what ``--apply``
-    would do (a dry run) or did, and the lasting fixes. ``at_risk``: connections hit
-    by the bug are left on the port (none were found, or heal ended them all and every
-    client came back with the listener's own shift: not at risk)."""
-    port = doc.get("port")
-    kernel = doc.get("kernel") or {}
-    plans = list(doc.get("listeners") or ())
-    counts = doc.get("counts") or {}
-    hit = int(counts.get("hit") or 0)
-    applied = doc.get("mode") == "apply"
-    refused, would_refuse = doc.get("refused"), doc.get("would_refuse")
-    stopped = doc.get("stopped")
-    per_second = doc.get("per_second")
-    command = f"sudo tcpsleuth heal --port {port}"
-    if doc.get("netns"):
-        command += f" --netns {doc['netns']}"
-    command += " --apply"
-    on_listener: dict[str, int] = {}
-    for item in doc.get("hit") or ():
-        on_listener[item.get("listener")] = on_listener.get(item.get("listener"), 0) + 1
-    connections = sum(int(n) for plan in plans for n in (plan.get("shifts_seen") or {}).values())
-    healable = [plan for plan in plans if plan.get("healable")]
-    struck = [plan for plan in healable if on_listener.get(plan.get("listener"))]
-    first = struck[0] if struck else None
-    skew = _skew(int(first["own_wscale"]), int(first["bug_wscale"])) if first else ""
-
-    state = {"fixed": "has the fix", "affected": "lacks the fix"}.get(
-        str(kernel.get("status")), "may lack the fix"
-    )
-    numbers = [f"kernel {kernel.get('release')} {state} ({kernel.get('source')})"]
-    for plan in plans:
-        name = _listener_name(plan)
-        if plan.get("healable"):
-            struck_here = on_listener.get(plan.get("listener"), 0)
-            numbers.append(
-                f"{name}: backlog {plan.get('backlog')}, receive buffer locked, SYN-ACKs "
-                f"announce shift {plan.get('own_wscale')}; {struck_here} connections "
-                f"{'used' if applied else 'use'} the bug's shift {plan.get('bug_wscale')}"
-            )
-        else:
-            numbers.append(f"{name}: {plan.get('why')}")
-    ended = int(counts.get("ended") or 0)
-    came_back = int(counts.get("came_back") or 0)
-    not_back = int(counts.get("not_back") or 0)
-    if applied and hit and refused is None:
-        numbers.append(
-            f"ended {ended} of {hit} by {doc.get('method')} (at most {per_second} a second), "
-            f"{came_back} came back with the listener's own shift, {not_back} not; SYN "
-            f"cookies sent meanwhile: {doc.get('cookies_during')}"
-        )
-    if stopped:
-        numbers.append(f"stopped early: {stopped}")
-    if refused:
-        numbers.append(f"refused: {refused}")
-    elif would_refuse and hit:
-        numbers.append(f"--apply would refuse now: {would_refuse}")
-
-    where = f"on port {port}"
-    healed = applied and refused is None and stopped is None and ended == hit and not not_back
-    if hit and refused:
-        at_risk = True
-        head = f"AT RISK: heal refused; the {hit} connections hit {where} keep {skew}."
-    elif hit and not applied:
-        at_risk = True
-        total = f" of {connections}" if connections else ""
-        head = (
-            f"AT RISK: {hit}{total} connections {where} are hit by the kernel's cookie "
-            f"window-scale bug: {skew}; heal --apply would end them."
-        )
-    elif hit and healed:
-        at_risk = False
-        head = (
-            f"Healed: {ended} of {hit} connections hit {where} were ended and came back "
-            "with the listener's own shift."
-        )
-    elif hit:
-        at_risk = True
-        left = hit - came_back
-        head = (
-            f"AT RISK: heal ended {ended} of {hit} connections hit {where}; {left} are not "
-            "back with the listener's own shift."
-        )
-    elif healable:
-        at_risk = False
-        head = (
-            f"Nothing to heal now: no connection {where} uses the bug's shift, but the next "
-            "SYN-cookie storm's connections will (kernel without the fix, receive buffer "
-            "locked)."
-        )
-    else:
-        at_risk = False
-        head = f"Not at risk: nothing to heal {where}."
-    summary = f"{head}\n{_sentence('; '.join(numbers))}"
-
-    actions: list[str] = []
-    if hit and refused:
-        actions.append(f"Take away the reason heal refused ({refused}), then run {command} again.")
-    elif hit and not applied:
-        if would_refuse:
-            actions.append(f"Before --apply, take away what it would refuse: {would_refuse}.")
-        own = first.get("own_wscale") if first else None
-        actions.append(
-            f"End them, once no SYN cookie is sent any more: {command} (it ends the {hit} "
-            f"at most {per_second} a second, half the backlog at most; stops at once if a "
-            f"SYN cookie is sent; checks that each client comes back with shift {own})."
-        )
-    elif hit and not healed:
-        if stopped:
-            actions.append(
-                f"Once no SYN cookie is sent any more, run {command} again: it ends only "
-                "what is still hit."
-            )
-        if not_back:
-            actions.append(
-                f"Look at the {not_back} clients listed as not back: they reconnect later, "
-                "or need a restart of their own."
-            )
-    if healable:
-        for plan in healable:
-            program = servers.program(plan.get("program"))
-            step = (
-                program.rcvbuf_advice("")
-                if program
-                else "find what sets SO_RCVBUF on this listening socket and leave the buffer "
-                "to the kernel"
-            )
-            actions.append(_sentence(f"{_listener_name(plan)}: {step}"))
-        actions.append(f"The lasting fix: a kernel with commit {FIX_COMMIT[:12]} ({STABLE_FIXES}).")
-    evidence = {
-        "port": port,
-        "kernel_status": kernel.get("status"),
-        "connections": connections,
-        "hit": hit,
-        "ended": ended if applied else None,
-        "came_back": came_back if applied else None,
-        "not_back": not_back if applied else None,
-        "per_second": per_second,
-        "listeners": [
-            {
-                "listener": plan.get("listener"),
-                "own_wscale": plan.get("own_wscale"),
-                "bug_wscale": plan.get("bug_wscale"),
-                "hit": on_listener.get(plan.get("listener"), 0),
-            }
-            for plan in plans
-        ],
     }
     return Verdict(at_risk, summary, _once(actions), evidence)

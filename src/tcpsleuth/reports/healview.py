@@ -1,5 +1,5 @@
 """``tcpsleuth heal``'s result: one JSON document, and tables for people; the verdict
-first in both (detectors/verdict.py's ``heal_verdict``), the tables fitted to the
+first in both (detectors/verdict_heal.py's ``heal_verdict``), the tables fitted to the
 screen (reports/table.py's :class:`Fitted`: a list where they would not fit)."""
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ from rich.text import Text
 
 from tcpsleuth.detectors.heal import ListenerPlan
 from tcpsleuth.detectors.kernel import KernelVerdict
-from tcpsleuth.detectors.verdict import Verdict, heal_verdict
+from tcpsleuth.detectors.verdict import Verdict
+from tcpsleuth.detectors.verdict_heal import heal_verdict
 from tcpsleuth.model.heal import DiagSocket, Ended
 from tcpsleuth.model.text import printable
 from tcpsleuth.reports import verdictview
