@@ -1,0 +1,162 @@
+"""What one lab run is given and what it yields: its size (``LabSize``: how many
+clients, how long each phase) and its artifacts (``RunArtifacts``: the capture, the
+clients' and broker's lines, counters, socket tables, phase boundaries), with the
+constants every phase shares."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from tcpsleuth.lab import healing
+from tcpsleuth.lab.scenarios import Scenario
+from tcpsleuth.sources.sockdiag import SocketTable
+
+PORT = 9092
+LIBRARIES = ("confluent-kafka", "kafka-python")
+# The incident's buffers: tcp_rmem[2] = 6291456 gives a window-scale shift of 7.
+TCP_RMEM = "4096 131072 6291456"
+
+
+@dataclass(frozen=True)
+class LabSize:
+    # Producers that send a small message a second. Most are librdkafka ones: C threads
+    # cost this 2-core machine little, while each kafka-python producer is a Python thread
+    # that would slow the measured producers down.
+    crowd: int = 500  # confluent-kafka
+    crowd_kafka_python: int = 50
+    # Kafka's Java producers (our harness on kafka-clients), with a real Kafka broker only:
+    # a JVM with one I/O thread per producer
+    crowd_java: int = 20
+    measured: int = 4  # producers per library whose requests are timed
+    message_bytes: int = 262144  # produce requests of hundreds of KB, as in the incident
+    interval_ms: float = 200
+    crowd_interval_s: float = 1.0  # how often each crowd producer sends its small message
+    warmup_s: float = 4
+    before_s: float = 10
+    down_s: float = 0  # listener closed (see LabSize)
+    startup_s: float = 2  # listening but not yet accepting (logs loading)
+    settle_s: float = 3  # after accepting again, before the "after" window opens
+    after_s: float = 12
+    rtt_ms: float = 1.0
+    rate_mbit: float = 1000
+    # The broker's acceptor while the reconnect storm lasts (see broker.accept_loop).
+    accept_rate: float = 100
+    storm_s: float = 8
+    amplify: bool = True  # see _storm_overflows
+    # The timed producers' request timeout (their delivery timeout twice it) and longest
+    # reconnect backoff (None: each library's own; Java's is 1000 ms)
+    timeout_s: float = 60
+    backoff_max_ms: int | None = None
+    # With --heal: after heal has ended, before the "after heal" window opens (the
+    # producers work off what they queued behind the small windows); that window lasts
+    # after_s
+    heal_settle_s: float = 10
+
+    @classmethod
+    def small(cls) -> LabSize:
+        """A reduced run for tests and CI: fewer clients, shorter phases."""
+        return cls(
+            crowd=300,
+            crowd_kafka_python=20,
+            crowd_java=10,
+            measured=3,
+            warmup_s=3,
+            before_s=6,
+            after_s=8,
+        )
+
+    @classmethod
+    def guest(cls) -> LabSize:
+        """For a guest kernel whose CPU QEMU emulates (some 20 times slower here):
+        enough librdkafka producers that the reconnect storm overflows a backlog of 50,
+        and one timed producer per library offering 1 MB/s (256 KB every 250 ms): what a
+        healthy link carries easily and a 1.5 KB window at a 2 ms round trip cannot.
+        Longer phases for the slower start."""
+        return cls(
+            crowd=56,
+            crowd_kafka_python=0,
+            crowd_java=0,
+            measured=1,
+            interval_ms=250,
+            warmup_s=8,
+            before_s=10,
+            after_s=12,
+            # measured (destroy, 2026-12-06): heal came some 60 s after the restart and
+            # the producers then worked off what they had queued at about 0.7 s of
+            # backlog a second: a 10 s settle measured that, not the healed connections
+            heal_settle_s=120,
+        )
+
+    @classmethod
+    def guest_kafka(cls) -> LabSize:
+        """The guest size with a real Apache Kafka: a JVM under the emulated CPU serves
+        a few tens of produce requests a second, and 56 producers sending every second
+        kept it saturated (its own Produce p50 625 ms, the clients' p50 a minute before
+        any restart). The crowd sends every 5 s instead (its connections still overflow
+        the backlog when they all come back), the timed producers 64 KB every 250 ms
+        (a window of 1 KB still makes that take seconds), and the warm-up gives the
+        broker's JIT time.
+
+        The broker is down for over a minute there (its restart under the emulated CPU),
+        longer than the timed producers' 60 s timeouts and their libraries' longest
+        reconnect backoff (librdkafka 10 s, kafka-python 30 s). A heavy run showed both
+        escaping the storm: librdkafka's first requests after it, of messages queued
+        across the restart, ran out of message time while half sent, so it dropped its
+        cookie connection six times in 8 s; kafka-python's next attempt came 11 s after
+        the port opened, when the storm was over. Both then sent on ordinary connections
+        and the clients' p50 measured the healthy path. So the timed producers here get
+        10 minute timeouts and at most 1 s between reconnect attempts (Java's default):
+        the producers whose times are measured come back with the storm, as the crowd
+        does, and keep the connection it gave them."""
+        return replace(
+            cls.guest(),
+            crowd_interval_s=5.0,
+            message_bytes=65536,
+            warmup_s=40,
+            timeout_s=600,
+            backoff_max_ms=1000,
+        )
+
+    @property
+    def duration_s(self) -> float:
+        return (
+            self.warmup_s
+            + self.before_s
+            + self.down_s
+            + self.startup_s
+            + self.settle_s
+            + self.after_s
+        )
+
+
+@dataclass
+class RunArtifacts:
+    scenario: Scenario
+    size: LabSize
+    workdir: Path
+    capture: Path
+    broker_events: list[dict[str, Any]] = field(default_factory=list)
+    client_lines: list[dict[str, Any]] = field(default_factory=list)
+    counters_before: dict[str, int] = field(default_factory=dict)
+    counters_after: dict[str, int] = field(default_factory=dict)
+    server_sockets: SocketTable | None = None
+    client_sockets: SocketTable | None = None
+    window: dict[str, float] = field(default_factory=dict)  # phase boundaries (epoch s)
+    rtt_probe_ms: float | None = None
+    library_versions: dict[str, str] = field(default_factory=dict)
+    server_sysctls: dict[str, str] = field(default_factory=dict)
+    broker: str = ""
+    amplified_for: int | None = None  # clients reconnecting when the storm was amplified
+    link: str = ""  # "netem" or "relay": what delays the link
+    # A real Kafka broker's own request metrics (kafka_broker.request_metrics), per phase:
+    # "before" just before the restart, "after" at the end (its histograms restart with it)
+    broker_metrics: dict[str, Any] = field(default_factory=dict)
+    # How long each step of the run took (s): a real broker's format and starts, the
+    # clients' start, the restart; what a slow (emulated) CPU makes long
+    phases_s: dict[str, float] = field(default_factory=dict)
+    # what `tcpsleuth record`, attached with --record, recorded (recording.finish)
+    recorder: dict[str, Any] | None = None
+    # with --heal: what `tcpsleuth heal --apply` did after the storm (healing.run)
+    heal: healing.HealRun | None = None
