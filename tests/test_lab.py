@@ -37,6 +37,36 @@ def _ss_shifts(path: Path) -> dict[tuple[str, str], tuple[int, int]]:
     return shifts
 
 
+def _cookie_counts_shown(run: dict, findings: list[dict]) -> None:
+    """The run's cookie counts (issue 30): the capture's three verdicts add up to its
+    connections, its cookie connections are the syn-cookies-seen findings', the counter
+    sits beside them, and the table shows them all."""
+    from tcpsleuth.reports import table
+    from tcpsleuth.reports.labview import render_runs
+
+    cookies = run["syn_cookies"]
+    sent = run["counters"]["during_restart"]["TcpExtSyncookiesSent"]
+    assert cookies["sent"] == sent
+    three = [cookies[f"{name}_connections"] for name in ("cookie", "ordinary", "undecided")]
+    assert sum(three) == cookies["connections"]
+    seen = [f["evidence"] for f in findings if f["kind"] == "syn-cookies-seen"]
+    assert cookies["cookie_connections"] == sum(e["cookie_connections"] for e in seen) > 0
+    assert sum(cookies["undecided_why"].values()) == cookies["undecided_connections"]
+    assert cookies["sent_not_in_capture"] == max(sent - cookies["cookie_connections"], 0)
+    console = table.console()
+    with console.capture() as shown:
+        console.print(render_runs([run]))
+    text = " ".join(shown.get().split())
+    assert "/".join(str(n) for n in three) in text
+    assert (
+        f"{three[0]} SYN cookie, {three[1]} ordinary, {three[2]} undecided "
+        f"(of {cookies['connections']} connections)"
+    ) in text
+    assert f"TcpExtSyncookiesSent during the restart {sent}" in text
+    for reason, count in cookies["undecided_why"].items():
+        assert f"{count}: {' '.join(reason.split())}" in text
+
+
 def test_wscale_bug_reproduces_the_incident(tmp_path: Path) -> None:
     status, doc = _lab("wscale-bug", "--keep", str(tmp_path / "keep"))
     [run] = doc["runs"]
@@ -80,6 +110,7 @@ def test_wscale_bug_reproduces_the_incident(tmp_path: Path) -> None:
     for c in shared:
         assert ss_shifts[(c["local"], c["remote"])] == (c["snd_wscale"], c["rcv_wscale"])
     assert any(f["kind"] == "rwnd-limited" for f in doc["findings"])
+    _cookie_counts_shown(run, doc["findings"])
     assert (tmp_path / "keep" / "latency.png").stat().st_size > 10_000
     assert status == 1
     assert _leftovers() == []

@@ -75,7 +75,8 @@ def list_command(output_format: str) -> int:
 def _report(
     artifacts: Any, sysctls: dict[str, str], in_guest: str | None = None
 ) -> tuple[dict[str, Any], list[Any]]:
-    found = analysis.findings(artifacts, sysctls)
+    captured = analysis.capture(artifacts)
+    found = analysis.findings(artifacts, sysctls, captured)
     scenario = artifacts.scenario
     latency = analysis.latency(artifacts)
     report = {
@@ -114,6 +115,7 @@ def _report(
         "latency_ms": latency,
         "librdkafka_ms": analysis.librdkafka_split(artifacts),
         "counters": analysis.counters(artifacts),
+        "syn_cookies": analysis.syn_cookies(artifacts, captured),
         "shifts": analysis.shifts(artifacts),
         "storm_amplification": None
         if "amplified" not in artifacts.window

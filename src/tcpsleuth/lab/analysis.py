@@ -13,7 +13,8 @@ from collections import Counter
 from typing import Any
 
 from tcpsleuth.detectors.audit import audit
-from tcpsleuth.detectors.capture.run import analyse_stream
+from tcpsleuth.detectors.capture import cookies as capture_cookies
+from tcpsleuth.detectors.capture.run import CaptureResult, analyse_stream
 from tcpsleuth.detectors.compare import compare_findings, join
 from tcpsleuth.detectors.counters import AUDIT_COUNTERS
 from tcpsleuth.detectors.kernel import assess_kernel
@@ -168,8 +169,33 @@ def broker_host(artifacts: RunArtifacts, sysctls: dict[str, str]) -> HostSnapsho
     )
 
 
-def findings(artifacts: RunArtifacts, sysctls: dict[str, str]) -> list[Finding]:
-    """Findings of the audit, the two-sided socket check and the capture analyzer."""
+def capture(artifacts: RunArtifacts) -> CaptureResult | None:
+    """The broker-side capture through the capture analyzer; None without one."""
+    if artifacts.capture.exists() and artifacts.capture.stat().st_size > 24:
+        return analyse_stream(open_capture(artifacts.capture), frozenset({PORT}))
+    return None
+
+
+def syn_cookies(artifacts: RunArtifacts, result: CaptureResult | None) -> dict[str, Any]:
+    """The SYN cookies of the run: the kernel's count during the restart (``sent``) and,
+    where a capture was analysed, its connections' verdicts (cookie, ordinary, undecided
+    and why: ``cookies.totals``) and the counted cookies it attributes to no connection."""
+    sent = counters(artifacts)["during_restart"].get("TcpExtSyncookiesSent")
+    if result is None:
+        return {"sent": sent}
+    totals = capture_cookies.totals(result.cookies)
+    return {
+        "sent": sent,
+        **totals,
+        "sent_not_in_capture": capture_cookies.not_attributed(sent, totals["cookie_connections"]),
+    }
+
+
+def findings(
+    artifacts: RunArtifacts, sysctls: dict[str, str], captured: CaptureResult | None = None
+) -> list[Finding]:
+    """Findings of the audit, the two-sided socket check and the capture analyzer
+    (``captured``: the capture already analysed, else it is analysed here)."""
     found: list[Finding] = []
     host = broker_host(artifacts, sysctls)
     found += audit(host, assess_kernel(host.kernel_release))
@@ -178,8 +204,10 @@ def findings(artifacts: RunArtifacts, sysctls: dict[str, str]) -> list[Finding]:
         found += compare_findings(
             result, artifacts.client_sockets.listeners, artifacts.server_sockets.listeners
         )
-    if artifacts.capture.exists() and artifacts.capture.stat().st_size > 24:
-        found += analyse_stream(open_capture(artifacts.capture), frozenset({PORT})).findings
+    if captured is None:
+        captured = capture(artifacts)
+    if captured is not None:
+        found += captured.findings
     return ranked(found)
 
 

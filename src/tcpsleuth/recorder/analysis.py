@@ -17,8 +17,9 @@ import numpy as np
 from tcpsleuth import __version__, safefile
 from tcpsleuth.detectors import handshakes
 from tcpsleuth.detectors.audit import audit
+from tcpsleuth.detectors.capture import cookies as capture_cookies
 from tcpsleuth.detectors.capture import kafka_summary as kafka_timing
-from tcpsleuth.detectors.capture.cookies import COOKIE, UNKNOWN
+from tcpsleuth.detectors.capture.cookies import COOKIE
 from tcpsleuth.detectors.capture.run import CaptureResult, analyse_stream
 from tcpsleuth.detectors.capture.windows import _rwnd_per_connection
 from tcpsleuth.detectors.compare import socket_findings
@@ -127,13 +128,8 @@ def _capture(
         "kafka_requests": len(result.requests),
         "kafka": kafka_timing.summary(result.requests),
     }
-    cookies = {
-        "cookie_connections": int(np.count_nonzero(cookie)),
-        "cookie_synacks": int(np.asarray(result.cookies.cookie_synacks).sum()),
-        "undecided_connections": int(
-            np.count_nonzero(np.asarray(result.cookies.verdict) == UNKNOWN)
-        ),
-    }
+    # every connection's verdict: cookie, ordinary or undecided (with the reasons why)
+    cookies = capture_cookies.totals(result.cookies)
     mismatches = {
         "count": len(mismatched),
         "by_capture": int(np.count_nonzero(mismatch)),
@@ -207,6 +203,10 @@ def analyse(directory: Path) -> dict[str, Any]:
         "sent": doc["counters"].get("during", {}).get("TcpExtSyncookiesSent"),
         **capture_doc.pop("syn_cookies", {}),
     }
+    # the counter's cookies the capture attributes to no connection
+    doc["syn_cookies"]["sent_not_in_capture"] = capture_cookies.not_attributed(
+        doc["syn_cookies"]["sent"], doc["syn_cookies"].get("cookie_connections")
+    )
     doc["wscale_mismatch"] = capture_doc.pop("wscale_mismatch", {"count": 0, "connections": []})
     doc["rwnd_limited"] = capture_doc.pop("rwnd_limited", {"count": 0, "connections": []})
     served = [c for c in (later or during) if c.local_port in ports]

@@ -298,12 +298,25 @@ REPORT = {
         {
             "kernel_drops?": Opt(int),
             "handshakes?": ANY,
+            "connections?": Opt(int),
             "kafka?": Opt([KAFKA_ROW]),
             "payload_cut?": ANY,
             "*": ANY,
         }
     ),
-    "syn_cookies?": Opt({"sent?": Opt(float), "*": ANY}),
+    # the counts the report does arithmetic on (cookie, ordinary and undecided add up)
+    "syn_cookies?": Opt(
+        {
+            "sent?": Opt(float),
+            "connections?": Opt(int),
+            "cookie_connections?": Opt(int),
+            "ordinary_connections?": Opt(int),
+            "undecided_connections?": Opt(int),
+            "undecided_why?": Opt({"*": int}),
+            "sent_not_in_capture?": Opt(int),
+            "*": ANY,
+        }
+    ),
     "wscale_mismatch?": Opt({"count?": Opt(int), "connections?": [MISMATCH_ROW], "*": ANY}),
     "rwnd_limited?": Opt({"count?": Opt(int), "connections?": [LIMITED_ROW], "*": ANY}),
     "sockets?": Opt(

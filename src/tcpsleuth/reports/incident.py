@@ -12,7 +12,7 @@ from typing import Any
 from rich.console import Group
 
 from tcpsleuth.model.findings import Finding
-from tcpsleuth.reports import html, table, verdictview
+from tcpsleuth.reports import cookiecounts, html, table, verdictview
 
 ROWS = 15
 TIMELINE_COUNTERS = (
@@ -46,12 +46,7 @@ def facts(doc: dict[str, Any]) -> list[tuple[str, Any]]:
         ("last event", clock(window.get("last_event"))),
         ("window kept", f"{clock(window.get('start'))} to {clock(window.get('end'))}"),
         ("events", f"{len(doc.get('events', []))} ({', '.join(kinds)})"),
-        ("SYN cookies sent (TcpExtSyncookiesSent)", cookies.get("sent")),
-        (
-            "cookie connections in the capture",
-            f"{cookies.get('cookie_connections', '—')} of "
-            f"{capture.get('handshakes', '—')} handshakes",
-        ),
+        *cookiecounts.rows({"sent": None, **cookies}, capture.get("connections")),
         ("window-scale mismatches", (doc.get("wscale_mismatch") or {}).get("count")),
         ("window-limited connections", (doc.get("rwnd_limited") or {}).get("count")),
         (

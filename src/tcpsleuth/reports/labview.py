@@ -7,7 +7,7 @@ from typing import Any
 
 from rich.console import Group
 
-from tcpsleuth.reports import table
+from tcpsleuth.reports import cookiecounts, table
 
 
 def render_runs(reports: list[dict[str, Any]], matrix: dict[str, Any] | None = None) -> Group:
@@ -24,6 +24,7 @@ def render_runs(reports: list[dict[str, Any]], matrix: dict[str, Any] | None = N
                 lat["p50_ratio"],
                 lat["after"]["p99"],
                 r["counters"]["during_restart"].get("TcpExtSyncookiesSent"),
+                _verdicts_cell(r.get("syn_cookies") or {}),
                 " ".join(f"{k}:{v}" for k, v in r["shifts"].get("client_snd_wscale", {}).items()),
                 ", ".join(
                     f"{k}×{sum(v.values())}"
@@ -49,6 +50,7 @@ def render_runs(reports: list[dict[str, Any]], matrix: dict[str, Any] | None = N
                 "ratio",
                 "p99 after",
                 "cookies sent",
+                "capture: cookie/ordinary/undecided",
                 "client shifts",
                 "findings",
             ],
@@ -91,6 +93,9 @@ def render_runs(reports: list[dict[str, Any]], matrix: dict[str, Any] | None = N
                 + ", ".join(per_library)
                 + ".[/dim]"
             )
+        cookies = _cookie_line(r)
+        if cookies:
+            parts.append(f"[dim]{table.plain(cookies)}[/dim]")
         if r.get("phases_s") and "broker_ready" in r["phases_s"]:
             took = ", ".join(f"{name.replace('_', ' ')} {s} s" for name, s in r["phases_s"].items())
             parts.append(f"[dim]{r['scenario']} took: {took}.[/dim]")
@@ -113,6 +118,41 @@ def render_runs(reports: list[dict[str, Any]], matrix: dict[str, Any] | None = N
     if healed:
         parts += _heal_parts(healed)
     return Group(*parts)
+
+
+def _verdicts_cell(cookies: dict[str, Any]) -> str:
+    """The capture's connections by SYN-cookie verdict, ``117/33/0``; — without a capture
+    (or in a report written before the lab counted them)."""
+    names = ("cookie_connections", "ordinary_connections", "undecided_connections")
+    if any(cookies.get(name) is None for name in names):
+        return "—"
+    return "/".join(str(cookies[name]) for name in names)
+
+
+def _cookie_line(r: dict[str, Any]) -> str | None:
+    """The run's cookie counts in words: the three verdicts of the capture's connections,
+    why the undecided are, and beside them the kernel's count during the restart with the
+    cookies the capture did not attribute."""
+    cookies = r.get("syn_cookies") or {}
+    if cookies.get("cookie_connections") is None:
+        return None
+    counts = cookiecounts.verdicts_text(
+        cookies["cookie_connections"],
+        cookies["ordinary_connections"],
+        cookies["undecided_connections"],
+        cookies.get("connections"),
+    )
+    text = f"{r['scenario']}: SYN-cookie verdicts in the broker's capture: {counts}"
+    why = cookiecounts.why_text(cookies.get("undecided_why"))
+    if cookies["undecided_connections"] and why:
+        text += f"; undecided because {why}"
+    sent = cookies.get("sent")
+    if sent is not None:
+        text += f"; TcpExtSyncookiesSent during the restart {sent}"
+        missing = int(sent) - int(cookies["cookie_connections"])
+        if missing > 0:
+            text += f", {missing} of them not attributed to a connection by the capture"
+    return text + "."
 
 
 HEAL_COUNTS = ("hit", "ended", "came_back", "hit_after", "cookies_during", "lost")

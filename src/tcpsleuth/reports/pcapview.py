@@ -23,7 +23,7 @@ from tcpsleuth.detectors.capture.run import CaptureResult
 from tcpsleuth.detectors.capture.selection import ranked_streams
 from tcpsleuth.detectors.verdict import Verdict
 from tcpsleuth.model.text import printable
-from tcpsleuth.reports import html, table, verdictview
+from tcpsleuth.reports import cookiecounts, html, table, verdictview
 
 KAFKA_COLUMNS = ("client", "server", "api", "requests")
 HTML_ROWS = 50
@@ -137,6 +137,27 @@ def hit_lines(result: CaptureResult) -> list[str]:
     return lines
 
 
+def cookie_rows(result: CaptureResult) -> list[tuple[str, Any]]:
+    """The SYN-cookie verdicts of the capture's connections: cookie, ordinary and
+    undecided with why, then per server the syn-cookies-seen finding's own counts (of its
+    handshakes). A capture holds no kernel counter: what it could not attribute is for the
+    recorder's report, which has TcpExtSyncookiesSent."""
+    totals = capture_cookies.totals(result.cookies)
+    out = cookiecounts.rows(totals, totals["connections"])
+    for finding in result.findings:
+        if finding.kind == "syn-cookies-seen":
+            ev = finding.evidence
+            counts = cookiecounts.verdicts_text(
+                ev["cookie_connections"],
+                ev["ordinary_connections"],
+                ev["undecided_connections"],
+                ev["handshakes"],
+                "handshakes",
+            )
+            out.append((f"on {_where(finding.subject)}", counts))
+    return out
+
+
 def _where(subject: Mapping[str, str]) -> str:
     return subject.get("server") or subject.get("listener") or "?"
 
@@ -187,6 +208,7 @@ def print_tables(console: Console, result: CaptureResult, shown: Sequence[int]) 
                 ("TCP segments", capture.counts.tcp),
                 ("connections", len(result.analysis.connections)),
                 ("Kafka requests", len(result.requests)),
+                *cookie_rows(result),
             ],
         )
     )
@@ -326,6 +348,7 @@ def html_section(result: CaptureResult, pictures: list[tuple[str, Path]]) -> htm
             ("packets", result.capture.counts.packets),
             ("connections", len(result.analysis.connections)),
             ("Kafka requests", len(result.requests)),
+            *cookie_rows(result),
         ],
         findings=result.findings,
         tables=tables,

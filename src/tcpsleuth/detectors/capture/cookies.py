@@ -36,7 +36,7 @@ The offset decides which evidence a capture holds:
 Where none applies (no timestamps, one SYN-ACK and nothing after it from the
 server), the verdict is ``None``: the capture cannot tell.
 
-About 540 lines, most of them this reasoning and the three tests it names: they
+About 560 lines, most of them this reasoning and the three tests it names: they
 judge the same connections together (a connection one test decides is not handed to
 the next), so they stay in one module.
 """
@@ -533,6 +533,33 @@ def per_server(
     return out
 
 
+def totals(verdicts: CookieVerdicts) -> dict[str, Any]:
+    """The verdicts of every connection in the capture, whatever its server: cookie,
+    ordinary (decided not a cookie) and undecided connections (they add up to
+    ``connections``), the reasons the undecided ones stayed so, and the cookie SYN-ACKs
+    (packets, as the kernel's TcpExtSyncookiesSent counts them)."""
+    unknown = verdicts.verdict == UNKNOWN
+    return {
+        "connections": len(verdicts),
+        "cookie_connections": int(np.count_nonzero(verdicts.verdict == COOKIE)),
+        "ordinary_connections": int(np.count_nonzero(verdicts.verdict == ORDINARY)),
+        "undecided_connections": int(np.count_nonzero(unknown)),
+        "undecided_why": dict(
+            Counter(REASONS[r] for r in verdicts.reason[unknown].tolist()).most_common()
+        ),
+        "cookie_synacks": int(verdicts.cookie_synacks.sum()),
+    }
+
+
+def not_attributed(sent: int | None, cookie_connections: int | None) -> int | None:
+    """The cookies the kernel counted (TcpExtSyncookiesSent over the same time) that a
+    capture attributes to no connection: the counter less the cookie connections when
+    that is positive, else 0; None where either is unknown."""
+    if sent is None or cookie_connections is None:
+        return None
+    return max(int(sent) - int(cookie_connections), 0)
+
+
 def findings(
     verdicts: CookieVerdicts, client_ids: Mapping[int, str] | None = None
 ) -> list[Finding]:
@@ -560,6 +587,7 @@ def findings(
                     "cookie_connections_high_confidence": entry[
                         "cookie_connections_high_confidence"
                     ],
+                    "ordinary_connections": entry["ordinary_connections"],
                     "undecided_connections": undecided,
                     "undecided_why": entry["undecided_why"],
                     "handshakes": entry["handshakes"],
