@@ -24,32 +24,30 @@ SHARED = REPO.parent / "shared"
 # `root` (so that `pytest -m "not root"` selects exactly the tests any user can run) and
 # skips them without root. A test needs root when it uses one of ROOT_FIXTURES (directly
 # or through another fixture), when its module is in ROOT_MODULES or when it is named in
-# ROOT_TESTS; tests/test_markers.py checks that every name here exists.
+# ROOT_TESTS (a function, or one of its parameter sets: NAME[ID]); tests/test_markers.py
+# checks that every name here exists.
 ROOT_FIXTURES = {
     "netns": "makes a network namespace",
+    "farm_ns": "a namespace of connections",  # test_sockdiag.py
+    "storm": "storms in network namespaces",  # test_capture_storms.py
+    "traffic": "tracing in a namespace",  # test_trace.py
+    "listen": "listeners run as another user",  # test_config_safety.py
+    "world": "files given to another user",  # test_config_safety.py
+    "lab_kernels": "guest kernels",  # test_lab_kernel.py
+    "prefix_kernel": "guest kernels",  # test_lab_heal_guest.py
     "image": "runs podman",  # test_image.py
     "container": "runs podman",  # test_netns_containers.py
 }
 ROOT_MODULES = {
-    "test_broker_scale": "sock_diag of every socket in a namespace",
-    "test_capture_storms": "storms in network namespaces",
     "test_compare_wscale": "network namespaces",
-    "test_config_safety": "reads as other users",
-    "test_kafka_broker": "network namespaces",
     "test_kafka_monitoring": "network namespaces",
-    "test_lab": "the lab makes network namespaces",
-    "test_lab_guest_kafka": "guest kernels",
-    "test_lab_heal_guest": "guest kernels",
     "test_lab_kafka": "the lab makes network namespaces",
-    "test_lab_kernel": "guest kernels",
     "test_lab_servers": "network namespaces",
     "test_pcap_lab": "storms in network namespaces",
-    "test_probe": "the probe",
-    "test_record_guest": "guest kernels",
-    "test_sockdiag": "network namespaces",
-    "test_trace": "tracing",
+    "test_probe": "the probe's namespaces",
 }
 ROOT_TESTS = {
+    "test_capture_storms": {"test_no_cookies_without_syncookies": "a storm in namespaces"},
     "test_exporter": {
         "test_a_namespace_that_goes_away_fails_scrapes_not_the_exporter": "namespaces",
     },
@@ -66,10 +64,19 @@ ROOT_TESTS = {
             "network namespaces"
         ),
     },
-    "test_lab_heal": {"test_heal_phase_on_the_fixed_kernel_ends_nothing": "the lab"},
-    "test_output_safety": {
-        "test_a_live_listener_s_process_name_reaches_the_table_escaped": "a live audit",
+    "test_kafka_broker": {
+        "test_kafka_3_1_2_keeps_backlog_50_and_locks_the_receive_buffer": "network namespaces",
+        "test_kafka_4_listen_backlog_setting_reaches_the_kernel": "network namespaces",
+        "test_kafka_unclean_restart_recovers_its_logs": "network namespaces",
     },
+    "test_lab": {
+        "test_wscale_bug_reproduces_the_incident": "the lab",
+        "test_mitigations": "the lab",
+        "test_killed_run_leaves_nothing_after_the_next_run": "the lab",
+        "test_relay_link_has_the_configured_round_trip": "the lab",
+        "test_lab_runs_a_broker_command": "the lab",
+    },
+    "test_lab_heal": {"test_heal_phase_on_the_fixed_kernel_ends_nothing": "the lab"},
     "test_pcap_reader": {
         "test_ethernet_vlan_sll2_and_multi_interface_pcapng_equal_tshark": "a namespace",
     },
@@ -78,7 +85,7 @@ ROOT_TESTS = {
         "test_recorder_beside_a_quiet_lab_run_records_nothing": "the lab",
     },
     "test_write_safety": {
-        "test_no_fifo_device_or_link_out_is_read": "makes a device node",
+        "test_no_fifo_device_or_link_out_is_read[device]": "makes a device node",
         "test_report_on_a_foreign_incident_shows_and_does_not_save": "gives a file to another user",
         "test_report_on_a_read_only_incident_shows_and_does_not_save": "mounts read-only",
         "test_report_on_a_full_file_system_leaves_nothing_partial": "mounts a small tmpfs",
@@ -99,9 +106,10 @@ def root_reason(item: pytest.Item) -> str | None:
             return why
     if module in ROOT_MODULES:
         return ROOT_MODULES[module]
-    name = getattr(item, "originalname", item.name)
-    if name in ROOT_TESTS.get(module, {}):
-        return ROOT_TESTS[module][name]
+    named = ROOT_TESTS.get(module, {})
+    for name in (item.name, getattr(item, "originalname", item.name)):
+        if name in named:
+            return named[name]
     if item.get_closest_marker("root") is not None:
         return "marked root"
     return None
@@ -140,9 +148,13 @@ def _heavy_turn(request: pytest.FixtureRequest) -> Iterator[None]:
     if held or not loaded:
         yield
         return
-    with HEAVY_LOCK.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    # read-only: another user's lock file (mode 0644) is locked as well as one's own
+    lock = os.open(HEAVY_LOCK, os.O_RDONLY | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         yield
+    finally:
+        os.close(lock)
 
 
 @pytest.fixture
