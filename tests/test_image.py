@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, SUPPORT, nstat_in, run_tcpsleuth
+from support.capabilities import HAS_PODMAN, needs_systemd_analyze
 from test_helm import built_helm, render
 from test_lean_install import build_wheel
 
@@ -35,11 +36,11 @@ MAX_IMAGE_MB = 700
 UNITS = ["tcpsleuth-exporter-container.service", "tcpsleuth-recorder-container.service"]
 
 
+@needs_systemd_analyze
+@pytest.mark.skipif(not HAS_PODMAN, reason="podman is not installed")
 @pytest.mark.parametrize("unit", UNITS)
 def test_the_container_units_are_valid(unit: str, tmp_path: Path) -> None:
-    analyze = shutil.which("systemd-analyze")
-    if analyze is None or shutil.which("podman") is None:
-        pytest.skip("systemd-analyze or podman is not installed")
+    analyze = shutil.which("systemd-analyze") or "systemd-analyze"
     text = (REPO / "deploy" / "systemd" / unit).read_text()
     # the options the documentation gives, and the image's own command
     assert "--net=host --pid=host --privileged" in text
