@@ -11,6 +11,7 @@ from conftest import Farm, run_tcpsleuth
 
 from tcpsleuth.errors import InputError
 from tcpsleuth.model.records import TcpConnection
+from tcpsleuth.model.sockdiag import field_end
 from tcpsleuth.sources import sockdiag
 from tcpsleuth.sources.sstext import parse_ss
 
@@ -138,7 +139,7 @@ def test_without_tcp_info(farm_ns: str) -> None:
 def test_old_kernels_short_tcp_info(farm_ns: str) -> None:
     """A kernel older than 4.10 sends tcp_info without busy_time and later fields."""
     dump = sockdiag.dump(farm_ns)
-    cut = sockdiag.field_end("total_retrans") + 32  # 3.x-era length, up to bytes_received
+    cut = field_end("total_retrans") + 32  # 3.x-era length, up to bytes_received
     info = dump.info.copy()
     short = sockdiag.DiagDump(dump.diag, info, dump.info_len.copy())
     short.info_len[:] = cut

@@ -156,6 +156,95 @@ def _must_be_new(directory: Path | None, option: str) -> None:
         raise InputError(f"{directory}: exists and is not empty; give a new directory to {option}")
 
 
+def _check_run_options(
+    names: tuple[str, ...], broker_kind: str, broker_cmd: str | None, heal: bool
+) -> None:
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        raise InputError(
+            f"no lab scenario {', '.join(map(repr, unknown))}; `tcpsleuth lab list` shows them"
+        )
+    if broker_kind != "lab":
+        kafka_broker.parse_broker(broker_kind)
+        if broker_cmd:
+            raise InputError("--broker and --broker-cmd name two brokers; give one")
+    if heal and (broker_kind != "lab" or broker_cmd):
+        # the Java producers a real Kafka brings cannot yet be told when the run ends
+        raise InputError("--heal runs with the lab's own broker only, for now")
+
+
+def _run_scenarios(
+    names: tuple[str, ...],
+    size: LabSize,
+    keep: Path | None,
+    broker_kind: str,
+    broker_cmd: str | None,
+    in_guest: str | None,
+    record_dir: Path | None,
+    heal: tuple[bool, str],
+    output_format: str,
+) -> tuple[list[dict[str, Any]], list[Any], dict[str, str]]:
+    """Each scenario run and analysed in turn, with a progress bar (not for JSON): their
+    reports, every finding, and the client libraries' versions; with ``keep``, each
+    run's report.json and the latency plot of all of them. ``heal``: (--heal,
+    --heal-method)."""
+    reports: list[dict[str, Any]] = []
+    all_findings = []
+    plot_runs = []
+    with Progress(
+        TextColumn("[bold]{task.fields[scenario]}"),
+        BarColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=table.console(stderr=True),
+        transient=True,
+        disable=output_format == "json",
+    ) as progress:
+        for name in names:
+            task = progress.add_task("starting", total=1.0, scenario=name)
+            workdir = keep / name if keep is not None else temporary_workdir()
+            try:
+                scenario = SCENARIOS[name]
+                artifacts = run_scenario(
+                    on_real_kernel(scenario) if in_guest else scenario,
+                    size,
+                    workdir,
+                    lambda phase, done, task=task: progress.update(
+                        task, description=phase, completed=done
+                    ),
+                    broker_cmd=broker_cmd,
+                    broker_kind=broker_kind,
+                    record_dir=record_dir / name if record_dir is not None else None,
+                    heal=_heal_run(*heal, in_guest),
+                )
+                progress.update(task, description="analysing")
+                report, found = _report(artifacts, artifacts.server_sysctls, in_guest)
+            finally:
+                if keep is None:
+                    discard(workdir)
+            progress.update(task, completed=1.0, description="done")
+            reports.append(report)
+            all_findings += found
+            plot_runs.append(
+                {
+                    "scenario": name,
+                    "window": artifacts.window,
+                    "requests": [
+                        x for x in artifacts.client_lines if x["type"] in ("latency", "pending")
+                    ],
+                }
+            )
+            if keep is not None:
+                (keep / name / "report.json").write_text(
+                    jsonout.dumps({**report, "findings": [f.to_dict() for f in found]}, indent=2)
+                )
+    if keep is not None:
+        from tcpsleuth.reports.labplots import latency_over_time
+
+        latency_over_time(plot_runs, keep / "latency.png")
+    return reports, all_findings, artifacts.library_versions
+
+
 @lab_group.command("run")
 @click.argument("names", nargs=-1, required=True)
 @click.option(
@@ -289,18 +378,7 @@ def run_command(
       sudo tcpsleuth lab run wscale-bug --broker kafka:3.1.2 --rtt-ms 2
       sudo tcpsleuth lab run wscale-bug --kernel prefix --format json > run.json
     """
-    unknown = [n for n in names if n not in SCENARIOS]
-    if unknown:
-        raise InputError(
-            f"no lab scenario {', '.join(map(repr, unknown))}; `tcpsleuth lab list` shows them"
-        )
-    if broker_kind != "lab":
-        kafka_broker.parse_broker(broker_kind)
-        if broker_cmd:
-            raise InputError("--broker and --broker-cmd name two brokers; give one")
-    if heal and (broker_kind != "lab" or broker_cmd):
-        # the Java producers a real Kafka brings cannot yet be told when the run ends
-        raise InputError("--heal runs with the lab's own broker only, for now")
+    _check_run_options(names, broker_kind, broker_cmd, heal)
     namespaces.require_root("tcpsleuth lab")
     # (in a guest, KEEP and RECORD are folders the outer command checked and shared)
     if not in_guest:
@@ -335,61 +413,17 @@ def run_command(
         after_s=base.after_s if after_s is None else after_s,
         timeout_s=max(base.timeout_s, healing.PRODUCER_TIMEOUT_S) if heal else base.timeout_s,
     )
-    reports: list[dict[str, Any]] = []
-    all_findings = []
-    plot_runs = []
-    with Progress(
-        TextColumn("[bold]{task.fields[scenario]}"),
-        BarColumn(),
-        TextColumn("{task.description}"),
-        TimeElapsedColumn(),
-        console=table.console(stderr=True),
-        transient=True,
-        disable=output_format == "json",
-    ) as progress:
-        for name in names:
-            task = progress.add_task("starting", total=1.0, scenario=name)
-            workdir = keep / name if keep is not None else temporary_workdir()
-            try:
-                scenario = SCENARIOS[name]
-                artifacts = run_scenario(
-                    on_real_kernel(scenario) if in_guest else scenario,
-                    size,
-                    workdir,
-                    lambda phase, done, task=task: progress.update(
-                        task, description=phase, completed=done
-                    ),
-                    broker_cmd=broker_cmd,
-                    broker_kind=broker_kind,
-                    record_dir=record_dir / name if record_dir is not None else None,
-                    heal=_heal_run(heal, heal_method, in_guest),
-                )
-                progress.update(task, description="analysing")
-                report, found = _report(artifacts, artifacts.server_sysctls, in_guest)
-            finally:
-                if keep is None:
-                    discard(workdir)
-            progress.update(task, completed=1.0, description="done")
-            reports.append(report)
-            all_findings += found
-            plot_runs.append(
-                {
-                    "scenario": name,
-                    "window": artifacts.window,
-                    "requests": [
-                        x for x in artifacts.client_lines if x["type"] in ("latency", "pending")
-                    ],
-                }
-            )
-            if keep is not None:
-                (keep / name / "report.json").write_text(
-                    jsonout.dumps({**report, "findings": [f.to_dict() for f in found]}, indent=2)
-                )
-    if keep is not None:
-        from tcpsleuth.reports.labplots import latency_over_time
-
-        latency_over_time(plot_runs, keep / "latency.png")
-    libraries = artifacts.library_versions
+    reports, all_findings, libraries = _run_scenarios(
+        names,
+        size,
+        keep,
+        broker_kind,
+        broker_cmd,
+        in_guest,
+        record_dir,
+        (heal, heal_method),
+        output_format,
+    )
     findings = ranked(all_findings)
     if output_format == "json":
         jsonout.emit(

@@ -17,7 +17,11 @@ operator stops it (SIGTERM, a controlled shutdown) or unclean (SIGKILL, the next
 recovers its logs); the JVM dies with the process that started it, and the work
 directory it made goes with it. What the broker says of its requests (its request log,
 its metrics page) is read by lab/kafka_metrics.py; the Java clients that talk to it are
-lab/kafka_java.py.
+lab/kafka_java.py; the readiness request is lab/kafka_ready.py.
+
+About 560 lines: a version's jars, the broker's settings as ``server.properties``, and
+``KafkaBroker``, whose format, start, stop and restart share one process and one work
+directory.
 
   python3 -m tcpsleuth.lab.kafka_broker resolve [VERSION]   # fetch and check the jars
   python3 -m tcpsleuth.lab.kafka_broker lock VERSION        # rewrite jars.sha256
@@ -28,12 +32,9 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
-import io
 import os
 import shutil
 import signal
-import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -44,13 +45,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kio.index import load_request_schema, load_response_schema
-from kio.schema.errors import ErrorCode
-from kio.serial import entity_reader, entity_writer
-from kio.serial.errors import DecodeError
-
 from tcpsleuth.errors import EnvironmentProblem, InputError
 from tcpsleuth.lab import jars, kafka_java, kafka_metrics
+from tcpsleuth.lab.kafka_ready import metadata_brokers
 from tcpsleuth.lab.processes import READY_S, Child
 from tcpsleuth.sources import netns, sockdiag
 
@@ -65,7 +62,6 @@ CACHE = Path(os.environ.get("TCPSLEUTH_KAFKA_CACHE") or jars.CACHE_ROOT / "kafka
 CONTROLLER_PORT = 9093
 METRICS_PORT = 7071
 NODE_ID = 1
-API_METADATA, API_VERSIONS = 3, 18
 HEAP = "512m"
 SETTLE_S = 10.0  # see KafkaBroker.settle_s
 
@@ -155,63 +151,6 @@ def write_lock(version: str, cache: Path = CACHE) -> Path:
     )
     shutil.rmtree(cache / version / "lib", ignore_errors=True)
     return lock
-
-
-# -- readiness: a Metadata request, encoded and decoded by kio ------------------------------
-
-
-def _call(sock: socket.socket, api_key: int, version: int, correlation: int, body: Any) -> Any:
-    """Send one request (``body`` a kio entity) and read its response."""
-    request_cls = load_request_schema(api_key, version)
-    header_cls = request_cls.__header_schema__
-    out = io.BytesIO()
-    entity_writer(header_cls)(
-        out,
-        header_cls(
-            request_api_key=api_key,
-            request_api_version=version,
-            correlation_id=correlation,
-            client_id="tcpsleuth-ready",
-        ),
-    )
-    entity_writer(request_cls)(out, body)
-    sock.sendall(struct.pack(">i", out.tell()) + out.getvalue())
-    (size,) = struct.unpack(">i", _exactly(sock, 4))
-    frame = _exactly(sock, size)
-    response_cls = load_response_schema(api_key, version)
-    header, offset = entity_reader(response_cls.__header_schema__)(frame, 0)
-    if header.correlation_id != correlation:
-        raise ConnectionError("a response to another request")
-    response, _ = entity_reader(response_cls)(frame, offset)
-    return response
-
-
-def _exactly(sock: socket.socket, size: int) -> bytes:
-    data = b""
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        if not chunk:
-            raise ConnectionError("closed by the broker")
-        data += chunk
-    return data
-
-
-def metadata_brokers(host: str, port: int, timeout: float = 2.0) -> list[int] | None:
-    """Ask the broker at ``host:port`` (from the calling thread's namespace) for its
-    ApiVersions and then Metadata v4 (every version from 3.1 to 4.x answers both); the
-    node ids it lists, or None while it does not answer."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
-            sock.settimeout(timeout)
-            versions = _call(sock, API_VERSIONS, 0, 1, load_request_schema(API_VERSIONS, 0)())
-            if versions.error_code != ErrorCode.none:
-                return None
-            # all topics (null), no auto-creation
-            ask = load_request_schema(API_METADATA, 4)(topics=None, allow_auto_topic_creation=False)
-            metadata = _call(sock, API_METADATA, 4, 2, ask)
-    except (OSError, ConnectionError, ValueError, struct.error, DecodeError):
-        return None  # not answering yet, or not (yet) with a Kafka answer
-    return [int(broker.node_id) for broker in metadata.brokers]
 
 
 # -- one broker ----------------------------------------------------------------------------

@@ -137,6 +137,65 @@ def _collect_id(ist, ids, data, base, rel, length, captured):  # type: ignore[no
 
 
 @njit(cache=True, nogil=True)
+def _header_ok(st, head, size, request):  # type: ignore[no-untyped-def]
+    """Whether a whole header is one Kafka would send; the direction's first header
+    decides what the stream is (``st[S_KIND]``)."""
+    ok = _request_ok(head, size) if request else 4 <= size <= MAX_MESSAGE
+    if st[S_KIND] == UNDECIDED:
+        if _tls(head):
+            st[S_KIND] = TLS
+            ok = False
+        elif ok:
+            st[S_KIND] = KAFKA
+        elif st[S_FROM_SYN]:
+            # at the stream's first byte: not a Kafka message (mid-stream,
+            # we may merely not be at a message boundary)
+            st[S_KIND] = NOT_KAFKA
+    return ok
+
+
+@njit(cache=True, nogil=True)
+def _message(messages, m, c, request, head, size, st):  # type: ignore[no-untyped-def]
+    """Row ``m`` of ``messages``: the message whose header ``head`` holds, starting at
+    the stream position ``st[S_NEXT]``; its last segment not yet known (-1)."""
+    messages[m, M_CONN] = c
+    messages[m, M_REQUEST] = 1 if request else 0
+    messages[m, M_SIZE] = size
+    if request:
+        messages[m, M_API_KEY] = (np.int64(head[4]) << 8) | head[5]
+        messages[m, M_API_VERSION] = (np.int64(head[6]) << 8) | head[7]
+        messages[m, M_CORRELATION] = _int32(head, 8)
+    else:
+        messages[m, M_API_KEY] = -1
+        messages[m, M_API_VERSION] = -1
+        messages[m, M_CORRELATION] = _int32(head, 4)
+    messages[m, M_FRAME] = st[S_FRAME]
+    messages[m, M_TS] = st[S_TS]
+    messages[m, M_END] = st[S_NEXT] + 4 + size
+    messages[m, M_LAST_FRAME] = -1
+    messages[m, M_LAST_TS] = -1
+
+
+@njit(cache=True, nogil=True)
+def _start_id(ist, ids, count, head, at, data, base, rel, length, captured):  # type: ignore[no-untyped-def]
+    """The connection's first request that has a client.id (not ControlledShutdown
+    v0): its length read, room taken in ``ids``, the bytes this segment holds kept."""
+    key = (np.int64(head[4]) << 8) | head[5]
+    version = (np.int64(head[6]) << 8) | head[7]
+    if key == 7 and version == 0:
+        return
+    id_len = _int16(head, 12)
+    ist[I_LEN] = id_len
+    if id_len >= 0:
+        ist[I_AT] = count[1]
+        count[1] += min(id_len, ID_CAP)
+        ist[I_HAVE] = 0
+        ist[I_POS] = at + _HEADER if id_len > 0 else -1
+        if id_len > 0:
+            _collect_id(ist, ids, data, base, rel, length, captured)
+
+
+@njit(cache=True, nogil=True)
 def follow(  # type: ignore[no-untyped-def]
     start,
     conn,
@@ -236,55 +295,21 @@ def follow(  # type: ignore[no-untyped-def]
                 break
             head = partial[c, d]
             size = _int32(head, 0)
-            ok = _request_ok(head, size) if d == who else 4 <= size <= MAX_MESSAGE
-            if st[S_KIND] == UNDECIDED:
-                if _tls(head):
-                    st[S_KIND] = TLS
-                    ok = False
-                elif ok:
-                    st[S_KIND] = KAFKA
-                elif st[S_FROM_SYN]:
-                    # at the stream's first byte: not a Kafka message (mid-stream,
-                    # we may merely not be at a message boundary)
-                    st[S_KIND] = NOT_KAFKA
-            if not ok:
+            if not _header_ok(st, head, size, d == who):
                 lost = True
                 break
             m = count[0]
             count[0] += 1
-            messages[m, M_CONN] = c
-            messages[m, M_REQUEST] = 1 if d == who else 0
-            messages[m, M_SIZE] = size
-            if d == who:
-                key = (np.int64(head[4]) << 8) | head[5]
-                version = (np.int64(head[6]) << 8) | head[7]
-                messages[m, M_API_KEY] = key
-                messages[m, M_API_VERSION] = version
-                messages[m, M_CORRELATION] = _int32(head, 8)
-                if ist[I_LEN] == -2 and not (key == 7 and version == 0):
-                    id_len = _int16(head, 12)
-                    ist[I_LEN] = id_len
-                    if id_len >= 0:
-                        ist[I_AT] = count[1]
-                        count[1] += min(id_len, ID_CAP)
-                        ist[I_HAVE] = 0
-                        ist[I_POS] = st[S_NEXT] + _HEADER if id_len > 0 else -1
-                        if id_len > 0:
-                            _collect_id(ist, ids, data, payload_at[i], rel, length, captured)
-            else:
-                messages[m, M_API_KEY] = -1
-                messages[m, M_API_VERSION] = -1
-                messages[m, M_CORRELATION] = _int32(head, 4)
-            messages[m, M_FRAME] = st[S_FRAME]
-            messages[m, M_TS] = st[S_TS]
-            end = st[S_NEXT] + 4 + size
-            messages[m, M_END] = end
+            _message(messages, m, c, d == who, head, size, st)
+            if d == who and ist[I_LEN] == -2:
+                _start_id(
+                    ist, ids, count, head, st[S_NEXT], data, payload_at[i], rel, length, captured
+                )
+            end = messages[m, M_END]
             if end <= seg_end:
                 messages[m, M_LAST_FRAME] = frame[i]
                 messages[m, M_LAST_TS] = ts_ns[i]
             else:
-                messages[m, M_LAST_FRAME] = -1
-                messages[m, M_LAST_TS] = -1
                 st[S_PENDING] = m
             st[S_PARTIAL] = 0
             st[S_NEXT] = end

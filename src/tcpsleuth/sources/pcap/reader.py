@@ -454,6 +454,17 @@ def _pcapng(
     return _pcapng_blocks(stream, head, path, report, progress, chunk)
 
 
+def _section_order(bom: bytes, path: Path, at: int) -> str:
+    """The struct byte order a section header's byte-order magic gives its blocks."""
+    if bom == b"\x4d\x3c\x2b\x1a":
+        return "<"
+    if bom == b"\x1a\x2b\x3c\x4d":
+        return ">"
+    raise InputError(
+        f"{path}: corrupt pcapng section header at byte {at}: byte-order magic 0x{bom.hex()}"
+    )
+
+
 def _pcapng_blocks(
     stream: BinaryIO,
     head: bytes,
@@ -491,16 +502,7 @@ def _pcapng_blocks(
                         continue
                     # anything unusual is left to the careful path below
                 if btype_raw == PCAPNG_SHB:
-                    bom = buf[pos + 8 : pos + 12]
-                    if bom == b"\x4d\x3c\x2b\x1a":
-                        order = "<"
-                    elif bom == b"\x1a\x2b\x3c\x4d":
-                        order = ">"
-                    else:
-                        raise InputError(
-                            f"{path}: corrupt pcapng section header at byte {base + pos}: "
-                            f"byte-order magic 0x{bom.hex()}"
-                        )
+                    order = _section_order(buf[pos + 8 : pos + 12], path, base + pos)
                 btype, blen = struct.unpack_from(order + "II", buf, pos)
                 if blen < 12 or blen % 4 or blen > MAX_BLOCK:
                     raise InputError(
