@@ -196,3 +196,37 @@ def test_endpoint_spellings(token: str, expected: tuple[str, int]) -> None:
     assert parse_endpoint(token) == expected
     # both ends of a connection name a mapped address the same way
     assert endpoint("::ffff:10.0.0.1", 1) == endpoint("10.0.0.1", 1)
+
+
+_GOOD = (
+    "State Recv-Q Send-Q Local Address:Port Peer Address:Port\n"
+    "ESTAB 0      0      10.0.0.1:9092      10.0.0.2:40000\n"
+    "\t cubic wscale:7,7 rto:204 rtt:0.5/0.25 mss:1448 cwnd:10 bytes_acked:100 "
+    "busy:20ms rwnd_limited:10ms(50.0%) ino:77\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("field", "bad"),
+    [
+        ("cwnd:10", "cwnd:" + "9" * 40),  # longer than any count: not a 40-digit int
+        ("cwnd:10", "cwnd:" + "9" * 5000),  # past int()'s own limit
+        ("cwnd:10", "cwnd:+10"),  # a `+` anywhere reads every number the careful way
+        ("cwnd:10", "cwnd:١٠"),  # Arabic-Indic digits: int() would read 10
+        ("rtt:0.5/0.25", "rtt:nan/0.25"),
+        ("rtt:0.5/0.25", "rtt:0.5/inf"),
+        ("rto:204", "rto:1e999"),
+        ("rto:204", "rto:-204"),
+        ("wscale:7,7", "wscale:-1,7"),
+        ("busy:20ms", "busy:" + "9" * 40 + "ms"),
+    ],
+)
+def test_a_number_past_its_bounds_is_one_line_naming_it(field: str, bad: str) -> None:
+    """The numbers of ``ss -i`` details are read in a fast way in an ASCII file (#25);
+    every value outside what the careful reading takes is still refused by name."""
+    good = parse_ss(_GOOD, "good.txt").connections[0]
+    assert (good.cwnd, good.rtt, good.rto, good.busy_time) == (10, 0.5, 204.0, 20_000)  # busy in µs
+    assert field in _GOOD
+    with pytest.raises(InputError, match=r"^bad\.txt:2: ") as error:
+        parse_ss(_GOOD.replace(field, bad), "bad.txt")
+    assert "\n" not in str(error.value) and len(str(error.value)) < 200

@@ -148,6 +148,9 @@ def _port(port: str) -> int:
 
 
 MAX_WSCALE = 14  # RFC 7323: larger shifts are treated as 14
+# a number read without _int/_float is bounded as they bound it (MAX_DIGITS digits)
+MAX_WHOLE = 10**MAX_DIGITS
+MAX_DECIMAL = float(MAX_WHOLE)
 
 
 def _int(text: str) -> int:
@@ -174,12 +177,13 @@ _KEYS = frozenset(["wscale", "rtt", "rto", "retrans", "ino", *_INT_FIELDS, *_MS_
 
 
 def _details(
-    tokens: list[str], source: Path | str, number: int, flags_shown: bool
+    tokens: list[str], source: Path | str, number: int, flags_shown: bool, ascii_text: bool
 ) -> dict[str, object]:
     """The fields of one socket's `-i`/`-e` details (~40 tokens, most not kept:
-    they are skipped with one set lookup, which is what makes 100k sockets fast)."""
+    they are skipped with one set lookup, which is what makes 100k sockets fast).
+    ``ascii_text``: the whole file is ASCII (one check), so ``isdigit`` means 0-9 here."""
     fields: dict[str, object] = {}
-    keys, flags = _KEYS, _FLAGS
+    keys, flags, int_fields, most = _KEYS, _FLAGS, _INT_FIELDS, MAX_WHOLE
     for token in tokens:
         key, sep, value = token.partition(":")
         if key not in keys:
@@ -187,28 +191,44 @@ def _details(
                 fields[flags[token]] = True
             continue  # congestion control name, send 1Mbps, lastsnd:..., ...
         try:
-            if key in _INT_FIELDS:
-                # _int inlined: most of the ~20 numbers of each socket are these
-                fields[_INT_FIELDS[key]] = (
-                    int(value)
-                    if value.isdigit() and value.isascii() and len(value) <= MAX_DIGITS
-                    else _int(value)
-                )
+            if key in int_fields:
+                # _int inlined (most of the ~20 numbers of each socket are these): in an
+                # ASCII file without `+`, int() reads [0-9_-]+ only; one comparison
+                # bounds it (an `_` between digits, or a `-`, reads as _int reads them)
+                whole = int(value) if ascii_text else _int(value)
+                if whole >= most:
+                    raise ValueError(value)
+                fields[int_fields[key]] = whole
             elif key == "wscale":
                 snd, rcv = value.split(",")
-                fields["snd_wscale"], fields["rcv_wscale"] = _int(snd), _int(rcv)
-                if not (0 <= _int(snd) <= MAX_WSCALE and 0 <= _int(rcv) <= MAX_WSCALE):
+                shifts = (int(snd), int(rcv)) if ascii_text else (_int(snd), _int(rcv))
+                fields["snd_wscale"], fields["rcv_wscale"] = shifts
+                if not (0 <= shifts[0] <= MAX_WSCALE and 0 <= shifts[1] <= MAX_WSCALE):
                     raise InputError(
                         f"{where(source, number)}: '{shortened(token)}': a window-scale "
                         f"shift is 0 to {MAX_WSCALE} (RFC 7323)"
                     )
             elif key == "rtt":
                 rtt, _, rttvar = value.partition("/")
-                fields["rtt"] = _float(rtt)
-                if rttvar:
-                    fields["rttvar"] = _float(rttvar)
+                if ascii_text:
+                    # _float inlined: the range refuses what float() takes and _float
+                    # does not (nan, inf, 1e999, a sign)
+                    seconds = float(rtt)
+                    variation = float(rttvar) if rttvar else 0.0
+                    if not (0 <= seconds < MAX_DECIMAL and 0 <= variation < MAX_DECIMAL):
+                        raise ValueError(value)
+                    fields["rtt"] = seconds
+                    if rttvar:
+                        fields["rttvar"] = variation
+                else:
+                    fields["rtt"] = _float(rtt)
+                    if rttvar:
+                        fields["rttvar"] = _float(rttvar)
             elif key == "rto":
-                fields["rto"] = _float(value)
+                seconds = float(value) if ascii_text else _float(value)
+                if not 0 <= seconds < MAX_DECIMAL:
+                    raise ValueError(value)
+                fields["rto"] = seconds
             elif key == "retrans":
                 fields["retrans_total"] = _int(value.partition("/")[2] or value)
             elif key == "ino":
@@ -217,7 +237,11 @@ def _details(
                 match = _MS_VALUE.match(value)
                 if match is None:
                     raise ValueError(value)
-                fields[_MS_FIELDS[key]] = round(_float(match.group(1)) * 1000)
+                # the pattern is [0-9]+(.[0-9]+)?: float() of it needs only the range
+                seconds = float(match.group(1))
+                if seconds >= MAX_DECIMAL:
+                    raise ValueError(value)
+                fields[_MS_FIELDS[key]] = round(seconds * 1000)
         except ValueError:
             raise InputError(
                 f"{where(source, number)}: cannot read '{shortened(token)}' in `ss -i` details"
@@ -287,6 +311,8 @@ def wildcard_star(text: str) -> str:
 
 def _parse_ss(text: str, source: Path | str, default_state: str) -> SocketTable:
     star = wildcard_star(text)
+    # one look at the whole text decides how each number may be read (see _details)
+    ascii_text = text.isascii() and "+" not in text
     # (line number, main line tokens, detail tokens)
     records: list[tuple[int, list[str], list[str]]] = []
     after_header = False
@@ -341,9 +367,12 @@ def _parse_ss(text: str, source: Path | str, default_state: str) -> SocketTable:
         if tokens and tokens[0] in STATES:
             state, tokens = tokens[0], tokens[1:]
         try:
-            recv_q, send_q = _int(tokens[0]), _int(tokens[1])
-            if recv_q < 0 or send_q < 0:
-                raise ValueError(tokens[0:2])
+            if ascii_text:  # _int inlined, as in _details
+                recv_q, send_q = int(tokens[0]), int(tokens[1])
+                if not (0 <= recv_q < MAX_WHOLE and 0 <= send_q < MAX_WHOLE):
+                    raise ValueError(tokens[0:2])
+            else:
+                recv_q, send_q = _int(tokens[0]), _int(tokens[1])
             local_ip, local_port = parse_endpoint(tokens[2], star)
             remote_ip, remote_port = parse_endpoint(tokens[3], star)
         except (ValueError, IndexError):
@@ -364,7 +393,11 @@ def _parse_ss(text: str, source: Path | str, default_state: str) -> SocketTable:
                 )
             )
             continue
-        info = _details(details + tokens[4:], source, number, flags_shown)
+        # `ss -tni` prints the details on their own line: tokens[4:] is most often empty
+        info = _details(
+            details + tokens[4:] if len(tokens) > 4 else details,
+            source, number, flags_shown, ascii_text,
+        )  # fmt: skip
         connections.append(
             TcpConnection(
                 local_ip,
@@ -383,7 +416,7 @@ def _parse_ss(text: str, source: Path | str, default_state: str) -> SocketTable:
 def _starts_socket(token: str) -> bool:
     """A socket line starts with its Netid, its State or (without a State
     column) its Recv-Q."""
-    return token in NETIDS or token in STATES or is_number(token)
+    return token in NETIDS or token in STATES or (token.isdigit() and token.isascii())
 
 
 def _main_incomplete(main: list[str]) -> bool:
