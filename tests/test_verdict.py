@@ -161,6 +161,26 @@ def test_capture_verdict_counts_every_client() -> None:
     assert "did no harm" not in verdict.summary
 
 
+def test_capture_verdict_names_the_undecided_handshakes() -> None:
+    """A handshake the capture cannot decide is neither a cookie nor ordinary (#30)."""
+
+    def cookies(undecided: int) -> Finding:
+        return Finding(
+            "syn-cookies-seen",
+            Severity.WARNING,
+            listener_subject("10.0.0.1:9092"),
+            "x",
+            {"cookie_connections": 40, "handshakes": 1500, "undecided_connections": undecided},
+        )
+
+    verdict = capture_verdict([cookies(1450)], 1500)
+    assert "SYN cookies on 40 of 1500 handshakes (1450 undecided)" in verdict.summary
+    assert verdict.evidence["undecided_connections"] == 1450
+    decided = capture_verdict([cookies(0)], 1500)
+    assert "SYN cookies on 40 of 1500 handshakes" in decided.summary
+    assert "undecided" not in decided.summary
+
+
 def test_report_has_the_verdict(tmp_path: Path) -> None:
     incident = tmp_path / "incident"
     shutil.copytree(DATA / "incident-small", incident)

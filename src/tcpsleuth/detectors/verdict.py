@@ -289,11 +289,14 @@ def capture_verdict(
     ]
     cookie_connections = sum(int(f.evidence.get("cookie_connections") or 0) for f in cookies)
     handshakes = sum(int(f.evidence.get("handshakes") or 0) for f in cookies)
+    undecided = sum(int(f.evidence.get("undecided_connections") or 0) for f in cookies)
     hit = sum(int(f.evidence.get("connections") or 0) for f in mismatch)
     at_risk = bool(mismatch or stripped or harm)
     numbers = [f"{connections} connections"]
     if cookies:
-        numbers.append(f"SYN cookies on {cookie_connections} of {handshakes} handshakes")
+        shown = f"SYN cookies on {cookie_connections} of {handshakes} handshakes"
+        # a handshake the capture cannot decide is not an ordinary one (issue 30)
+        numbers.append(f"{shown} ({undecided} undecided)" if undecided else shown)
     if mismatch:
         first = mismatch[0].evidence
         numbers.append(
@@ -368,6 +371,7 @@ def capture_verdict(
         "connections": connections,
         "cookie_connections": cookie_connections if cookies else 0,
         "handshakes": handshakes if cookies else None,
+        "undecided_connections": undecided if cookies else None,
         "wscale_mismatch_connections": hit,
         "wscale_agreeing_connections": agreeing,
         "wscale_stripped": len(stripped),
