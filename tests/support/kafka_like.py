@@ -5,9 +5,11 @@
       answer every request (size, api_key, api_version, correlation_id, body) with a
       response (size, correlation_id, 8 bytes); RCVBUF sets SO_RCVBUF before listen,
       as Kafka's SocketServer does
-  kafka_like.py send HOST PORT CONNS REQUESTS SIZE
+  kafka_like.py send HOST PORT CONNS REQUESTS SIZE [START_MS]
       CONNS connections one after another, each sending REQUESTS Produce requests of
-      SIZE bytes and reading each response; prints the seconds each request took
+      SIZE bytes and reading each response; prints the seconds each request took.
+      START_MS >= 0: the first connects once the kernel's millisecond clock is 0.3 ms
+      short of START_MS modulo 64 (storm_peers.py)
 The request bodies are zeros: only the headers matter to the capture analyzer.
 """
 
@@ -73,10 +75,14 @@ def serve(host: str, port: int, rcvbuf: int) -> None:
         threading.Thread(target=handle, args=(conn,), daemon=True).start()
 
 
-def send(host: str, port: int, conns: int, requests: int, size: int) -> None:
+def send(host: str, port: int, conns: int, requests: int, size: int, start_ms: int = -1) -> None:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     timings = []
     correlation_id = 0
+    if start_ms >= 0:
+        from storm_peers import _wait_for_phase  # beside this script
+
+        _wait_for_phase(start_ms)
     for _ in range(conns):
         with socket.socket(family, socket.SOCK_STREAM) as conn:
             conn.settimeout(TIMEOUT)
@@ -98,4 +104,4 @@ if __name__ == "__main__":
     if sys.argv[1] == "serve":
         serve(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]) if len(sys.argv) > 4 else 0)
     else:
-        send(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6]))
+        send(sys.argv[2], *[int(a) for a in sys.argv[3:8]])

@@ -41,6 +41,24 @@ def netstat(ns: str) -> dict[str, int]:
     return {k: int(v) for table in counters.values() for k, v in table.items()}
 
 
+def option_bits(namespace: str) -> int:
+    """The low TSval bits a cookie carries for this namespace's SYNs: the window
+    scale tcp_select_initial_window picks from the largest receive buffer, and SACK."""
+
+    def read(name: str) -> list[int]:
+        out = subprocess.run(
+            ["ip", "netns", "exec", namespace, "sysctl", "-n", name],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        return [int(x) for x in out.split()]
+
+    space = max(read("net.ipv4.tcp_rmem")[2], read("net.core.rmem_max")[0])
+    wscale = min(max(space.bit_length() - 1 - 15, 0), 14)
+    return wscale | (16 if read("net.ipv4.tcp_sack")[0] else 0)
+
+
 class Tcpdump:
     def __init__(self, ns: str, path: Path, snaplen: int, iface: str = "eth0") -> None:
         argv = ["ip", "netns", "exec", ns, "tcpdump", "-i", iface, "-n"]
@@ -71,15 +89,20 @@ class Tcpdump:
 def make_capture(
     tmp: Path,
     name: str,
-    clients: list[tuple[str, int, int, int]] | None = None,
+    clients: list[tuple[int, int, int, int]] | None = None,
     fault: Callable[[Pair], None] | None = None,
     server_sysctls: dict[str, str | int] | None = None,
     rcvbuf: int = 0,
     snaplen: int = 262144,
     storm: int = 0,
     iface: str = "eth0",
+    in_phase: frozenset[int] = frozenset(),
 ) -> LabCapture:
-    """Capture on the client side. ``clients``: (address family, conns, requests, size)."""
+    """Capture on the client side. ``clients``: (address family, conns, requests, size),
+    one process each, one after another; ``in_phase``: the positions in ``clients``
+    whose process connects first when the kernel's millisecond clock reads the
+    option bits a cookie of its SYN carries (modulo 64: such a cookie's TSval shows no
+    rounding)."""
     path = tmp / f"{name}.pcap"
     with server_client_pair("pcap") as pair:
         for key, value in (server_sysctls or {}).items():
@@ -108,7 +131,11 @@ def make_capture(
             dump = Tcpdump(pair.client, path, snaplen, iface)
             timings: list[float] = []
             try:
-                for family, conns, requests, size in clients or []:
+                # 0.7 ms after the clock read the bits (kafka_like starts 0.3 ms
+                # short of the millisecond it is given): not before, when the
+                # cookie steps back by 64 ms
+                start_ms = option_bits(pair.client) + 1 if in_phase else -1
+                for at, (family, conns, requests, size) in enumerate(clients or []):
                     host = pair.server_ip4 if family == 4 else pair.server_ip6
                     result = subprocess.run(
                         [
@@ -124,6 +151,7 @@ def make_capture(
                             str(conns),
                             str(requests),
                             str(size),
+                            str(start_ms if at in in_phase else -1),
                         ],
                         capture_output=True,
                         text=True,

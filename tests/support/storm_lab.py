@@ -38,7 +38,7 @@ from pathlib import Path
 SUPPORT = Path(__file__).parent
 sys.path[:0] = [str(SUPPORT.parent), str(SUPPORT.parent.parent / "src")]
 
-from support.pcap_lab import netstat  # noqa: E402
+from support.pcap_lab import netstat, option_bits  # noqa: E402
 from tcpsleuth.lab import faults  # noqa: E402
 from tcpsleuth.lab.namespaces import sysctl  # noqa: E402
 from tcpsleuth.lab.topology import Pair, server_client_pair  # noqa: E402
@@ -166,24 +166,6 @@ def _drop_synacks(ns: str, one_in: int) -> None:
     )
 
 
-def _option_bits(namespace: str) -> int:
-    """The low TSval bits a cookie carries for this namespace's SYNs: the window
-    scale tcp_select_initial_window picks from the largest receive buffer, and SACK."""
-
-    def read(name: str) -> list[int]:
-        out = subprocess.run(
-            ["ip", "netns", "exec", namespace, "sysctl", "-n", name],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-        return [int(x) for x in out.split()]
-
-    space = max(read("net.ipv4.tcp_rmem")[2], read("net.core.rmem_max")[0])
-    wscale = min(max(space.bit_length() - 1 - 15, 0), 14)
-    return wscale | (16 if read("net.ipv4.tcp_sack")[0] else 0)
-
-
 def _client_addrs(pair: Pair, config: StormConfig) -> list[str]:
     if config.addrs <= 1:
         return [pair.client_ip4 if config.family == 4 else pair.client_ip6]
@@ -246,7 +228,7 @@ def run_storm(folder: Path, config: StormConfig) -> Storm:
             try:
                 clients = [sys.executable, str(SUPPORT / "storm_peers.py"), "clients", host]
                 clients += [str(PORT), str(config.clients), str(config.size)]
-                start_ms = _option_bits(pair.client) if config.burst_in_phase else -1
+                start_ms = option_bits(pair.client) if config.burst_in_phase else -1
                 clients += [str(config.settle), str(start_ms), *addrs]
                 with _process(
                     ["ip", "netns", "exec", pair.client, *clients],

@@ -11,9 +11,10 @@ storm_peers.py clients HOST PORT COUNT SIZE SETTLE START_MS ADDR [ADDR ...]
     modulo 64), non-blocking, bound round-robin to the source addresses ADDR;
     each sends one Produce-like request of SIZE bytes whose
     header carries client.id ``producer-<index of its address>`` and reads the
-    response. Prints ``settled CONNECTED ANSWERED`` once every connection is
-    answered or failed, or after SETTLE seconds; holds the sockets until stdin
-    closes.
+    response (SIZE 0: sends nothing and waits all SETTLE seconds, so that the
+    server's next segment after its SYN-ACK is its answer to the client's FIN).
+    Prints ``settled CONNECTED ANSWERED`` once every connection is answered or
+    failed, or after SETTLE seconds; holds the sockets until stdin closes.
 """
 
 from __future__ import annotations
@@ -137,6 +138,9 @@ def clients(
                     failed += 1
                     continue
                 connected += 1
+                if size == 0:
+                    selector.unregister(sock)  # idle until stdin closes
+                    continue
                 state[2] = request(size, f"producer-{state[0]}", state[1])
             if state[2] and state[3] < len(state[2]):
                 try:

@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from tcpsleuth.detectors.capture.connections import SEQ_SPACE, Analysis
-from tcpsleuth.detectors.capture.kernels import NO_RUN
+from tcpsleuth.detectors.capture.kernels import LATER_SPAN_NS, NO_RUN
 from tcpsleuth.detectors.capture.windows import clients_hit
 from tcpsleuth.model.capture import CWR, ECE, OPT_SACK, OPT_TIMESTAMPS, OPT_TSVAL, OPT_WSCALE
 from tcpsleuth.model.findings import Finding, Severity, listener_subject
@@ -72,7 +72,7 @@ CLOCK_SHARE, CLOCK_BAND_MS, MIN_GROUP = 0.9, 1000.0, 8
 # repeats its SYN-ACK after 1 s (TCP_TIMEOUT_INIT); a cookie has nothing to repeat.
 SILENT_NS = 1_500_000_000
 # cookies of one server share their clock phase (mod 64 ms) to within this
-PHASE_MS, MIN_PHASE_GROUP = 1.5, 5
+PHASE_MS, MIN_PHASE_GROUP = 1.5, 3
 ORDINARY_NEAR_NS = 100_000_000
 # a repeated SYN-ACK that followed the capture clock to within this (ms)
 REPEAT_CLOCK_MS = 3.0
@@ -246,19 +246,23 @@ def _circular_distance(a: np.ndarray, b: float) -> np.ndarray:
     return np.minimum(d, 64 - d)
 
 
-def _between(times: np.ndarray, at: np.ndarray) -> np.ndarray:
+def _between(times: np.ndarray, at: np.ndarray, plain: np.ndarray) -> np.ndarray:
     """Whether each of ``at`` has one of the sorted ``times`` at or before it and
-    one at or after it, both within ORDINARY_NEAR_NS."""
+    one at or after it, both within LATER_SPAN_NS (the phase's reach without a
+    measured clock rate), and none of the sorted ``plain`` times between the two."""
     if not len(times):
         return np.zeros(len(at), dtype=bool)
     last = len(times) - 1
     before = np.searchsorted(times, at, side="right") - 1
     after = np.searchsorted(times, at, side="left")
+    first, then = times[np.clip(before, 0, last)], times[np.clip(after, 0, last)]
+    inside = np.searchsorted(plain, then, side="right") - np.searchsorted(plain, first)
     return (
         (before >= 0)
         & (after <= last)
-        & (at - times[np.clip(before, 0, last)] <= ORDINARY_NEAR_NS)
-        & (times[np.clip(after, 0, last)] - at <= ORDINARY_NEAR_NS)
+        & (at - first <= LATER_SPAN_NS)
+        & (then - at <= LATER_SPAN_NS)
+        & (inside == 0)
     )
 
 
@@ -281,8 +285,8 @@ def _jump(hs: _Handshakes) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
     that phase only when it was built while the clock's low bits equalled its
     option bits, which is exactly when a cookie does not jump: the two then look
     the same. Off the phase it is no cookie. In the phase it is a cookie where
-    the server sent proven cookies just before and after it and no ordinary
-    SYN-ACK around that time (SYN-ACKs of a storm come in bursts, so chance alone
+    the server sent proven cookies before and after it and no ordinary SYN-ACK
+    around or between them (SYN-ACKs of a storm come in bursts, so chance alone
     says nothing); otherwise the capture cannot tell."""
     has_later = hs.later_ns != NO_RUN
     lag = np.where(has_later, hs.later_ns / 1e6, np.nan)
@@ -310,17 +314,18 @@ def _jump(hs: _Handshakes) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
         # an ordinary SYN-ACK in the phase was made while the server was making
         # ordinary ones (its SYN queue had room); during an overflow every answer
         # is a cookie. So a match is a cookie where the server was sending cookies
-        # on both sides of it (a proven cookie of this server within
-        # ORDINARY_NEAR_NS before and after) and no ordinary SYN-ACK within that
-        # time. Both sides: the SYN-ACKs that fill the queue before an overflow
-        # leave in one burst of a millisecond or two, so they share one phase,
-        # and one storm in twenty or so finds it to be the cookies' (they have
-        # cookies after them, never before).
+        # on both sides of it (proven cookies of this server before and after it,
+        # within LATER_SPAN_NS, and no ordinary SYN-ACK between those two) and no
+        # ordinary SYN-ACK within ORDINARY_NEAR_NS of it. Both sides: the SYN-ACKs
+        # that fill the queue before an overflow leave in one burst of a
+        # millisecond or two, so they share one phase, and one storm in twenty or
+        # so finds it to be the cookies' (they have cookies after them, never
+        # before).
         ts = hs.synack_ts
         ordinary_at = np.sort(ts[plain])
         near = np.searchsorted(ordinary_at, ts + ORDINARY_NEAR_NS, side="right")
         near -= np.searchsorted(ordinary_at, ts - ORDINARY_NEAR_NS, side="left")
-        cookie = matched & (near == 0) & _between(np.sort(ts[members & jumped]), ts)
+        cookie = matched & (near == 0) & _between(np.sort(ts[members & jumped]), ts, ordinary_at)
         matched &= ~cookie
         verdict = np.where(cookie, COOKIE, np.where(plain, ORDINARY, verdict))
         confidence = np.where(cookie | plain, 1, confidence)

@@ -8,7 +8,7 @@ and the waits at a full window. Nothing is kept per segment, so memory grows
 with the number of connections, not with the capture. Pure functions; without
 numba they run as Python.
 
-Longer than most modules (about 470 lines) because the field layout of the state
+Longer than most modules (about 500 lines) because the field layout of the state
 arrays and the loop that fills them must be read together; most of it is ``track``,
 one compiled function, whose parts share dozens of locals.
 """
@@ -92,13 +92,22 @@ SMALL_FIELDS = 23
 # after the other side's SYN-ACK (ends the handshake); PEND_* the data segment
 # that may be waiting at the window; WIN_CHANGES how many times the window it
 # advertised changed (SYNs and RSTs aside), WIN_LAST the latest of them.
-# LATER_BEST: over its segments after its SYN-ACK (up to LATER_SPAN_NS later), the
-# highest ``(TSval - SYN-ACK TSval) ms - (capture time - SYN-ACK capture time)``
-# in ns: how far its timestamp clock ran ahead of the SYN-ACK's, measured where
-# a segment left with the least delay. REP_*: its first repeated SYN-ACK with the
-# SYN-ACK's sequence number (an answer to a retransmitted SYN); SYNACKS how many
-# SYN-ACKs it sent, SYNACK_SAME_SEQ how many of them repeated the handshake's
-# sequence number, SYNACK_RENEWED how many times a new one replaced it.
+# LATER_BEST: over its segments after its SYN-ACK (up to LATER_SPAN_NS later; the
+# later ones: FAR_*), the highest ``(TSval - SYN-ACK TSval) ms - (capture time -
+# SYN-ACK capture time)`` in ns: how far its timestamp clock ran ahead of the
+# SYN-ACK's, measured where a segment left with the least delay. REP_*: its first
+# repeated SYN-ACK with the SYN-ACK's sequence number (an answer to a retransmitted
+# SYN); SYNACKS how many SYN-ACKs it sent, SYNACK_SAME_SEQ how many of them
+# repeated the handshake's sequence number, SYNACK_RENEWED how many times a new one
+# replaced it.
+# FAR_*: the SYN-ACK sender's segments with a TSval more than LATER_SPAN_NS after
+# its SYN-ACK: FAR_AT how long after it the first of them came (ns, -1: none),
+# FAR_BEST over those within FAR_SLICE_NS of that one, the highest run as
+# LATER_BEST counts it (NO_RUN: none); read against the server's clock rate, which
+# the capture's other connections measure (clockrate.later_runs). They live in the
+# LSYN_* fields, which only a SYN's sender fills: a SYN-ACK's sender sends no SYN
+# on the connection (the loop skips one if it does), so no memory is added.
+D_FAR_AT, D_FAR_BEST = D_LSYN_FRAME, D_LSYN_TS
 # Fields that start at -1 (none yet):
 DIR_INITIAL = np.zeros(DIR_FIELDS, dtype=np.int64)
 DIR_INITIAL[
@@ -121,8 +130,11 @@ DIR_INITIAL[
 # the server's TSval clock is compared with the capture clock over this span only
 # (two hosts' clocks drift apart by tens of microseconds a second)
 LATER_SPAN_NS = 10_000_000_000
+# the far segments: the first one after LATER_SPAN_NS and those this soon after it
+FAR_SLICE_NS = 100_000_000
 NO_RUN = -(1 << 62)  # LATER_BEST before any segment counted
 DIR_INITIAL[D_LATER_BEST] = NO_RUN
+DIR_INITIAL[D_FAR_BEST] = NO_RUN  # LSYN_TS: read only with an LSYN_FRAME
 SMALL_INITIAL = np.zeros(SMALL_FIELDS, dtype=np.int32)
 SMALL_INITIAL[[S_LAST_WIN, S_WMIN, S_WMAX, S_HS_MSS, S_HS_WS]] = -1
 
@@ -353,6 +365,8 @@ def track(  # type: ignore[no-untyped-def]
             mine[D_REP_TSVAL] = -1
             mine[D_LATER_FRAME] = -1
             mine[D_LATER_BEST] = NO_RUN
+            mine[D_FAR_AT] = -1
+            mine[D_FAR_BEST] = NO_RUN
             mine[D_INF_FRAME] = -1
             # it answers the client's latest SYN
             peer[D_LSYN_FRAME] = peer[D_SYN_LATEST_FRAME]
@@ -383,19 +397,30 @@ def track(  # type: ignore[no-untyped-def]
         if pure_syn:
             mine[D_SYN_LATEST_FRAME] = frame[i]
             mine[D_SYN_LATEST_TS] = ts
-        if pure_syn and peer_s[S_HS_KIND] != 2:
+        if pure_syn and peer_s[S_HS_KIND] != 2 and mine_s[S_HS_KIND] != 2:
             mine[D_LSYN_FRAME] = frame[i]
             mine[D_LSYN_TS] = ts
         if mine[D_RTT_TS] < 0 and (f & (SYN | ACK)) == ACK and peer_s[S_HS_KIND] == 2:
             mine[D_RTT_TS] = ts
         if mine_s[S_HS_KIND] == 2 and not is_syn:
-            if tsval[i] >= 0 and mine[D_HS_TSVAL] >= 0 and ts - mine[D_HS_TS] <= LATER_SPAN_NS:
+            elapsed = ts - mine[D_HS_TS]
+            near = elapsed <= LATER_SPAN_NS
+            far_at = mine[D_FAR_AT]
+            if not near and far_at < 0:
+                far_at = elapsed
+            far = not near and elapsed - far_at <= FAR_SLICE_NS
+            if tsval[i] >= 0 and mine[D_HS_TSVAL] >= 0 and (near or far):
                 ahead = (tsval[i] - mine[D_HS_TSVAL]) % SEQ_SPACE
                 if ahead >= SEQ_SPACE // 2:
                     ahead -= SEQ_SPACE
-                run = ahead * 1_000_000 - (ts - mine[D_HS_TS])
-                if run > mine[D_LATER_BEST]:
-                    mine[D_LATER_BEST] = run
+                run = ahead * 1_000_000 - elapsed
+                if near:
+                    if run > mine[D_LATER_BEST]:
+                        mine[D_LATER_BEST] = run
+                else:
+                    mine[D_FAR_AT] = far_at
+                    if run > mine[D_FAR_BEST]:
+                        mine[D_FAR_BEST] = run
             if mine[D_LATER_FRAME] < 0 and tsval[i] >= 0:
                 mine[D_LATER_FRAME] = frame[i]
                 mine[D_LATER_TS] = ts

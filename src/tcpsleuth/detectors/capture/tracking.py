@@ -8,7 +8,7 @@ out a field at a time (:class:`TrackedState`, by :mod:`.layout`'s compiled loops
 into an :class:`~.connections.Analysis`; :func:`detail` is the second pass that
 gathers every segment of a few connections (plots).
 
-About 500 lines: the tracker, the turning of its state into per-connection columns
+About 550 lines: the tracker, the turning of its state into per-connection columns
 (:func:`finish`) and the two passes share the kernel's field layout; cutting them
 apart would spread that layout over several modules.
 """
@@ -23,6 +23,7 @@ import numpy as np
 
 from tcpsleuth.detectors.capture import kernels, layout
 from tcpsleuth.detectors.capture import kernels as K
+from tcpsleuth.detectors.capture.clockrate import cookie_bits, later_runs
 from tcpsleuth.detectors.capture.connections import (
     Analysis,
     ConnectionColumns,
@@ -310,6 +311,7 @@ def finish(tracked: TrackedState) -> Analysis:
     first_c2s = client == 0
     src_addr_key = mix(mix(src_hi) ^ src_lo)
     dst_addr_key = mix(mix(dst_hi) ^ dst_lo)
+    server_addr = np.where(first_c2s, dst_addr_key, src_addr_key)
     server_hi = np.where(first_c2s, dst_hi, src_hi)
     server_lo = np.where(first_c2s, dst_lo, src_lo)
     server_port = np.where(first_c2s, dport, sport)
@@ -373,7 +375,7 @@ def finish(tracked: TrackedState) -> Analysis:
         ),
         synack_ts=np.where(has_synack, ss[:, "HS_TS"], -1),
         synack_seq=ss[:, "HS_SEQ"],
-        later_best_ns=np.where(has_synack, ss[:, "LATER_BEST"], K.NO_RUN),
+        later_best_ns=_later_best(cs, ss, hs_syn, server_addr),
         synacks=ss[:, "SYNACKS"],
         synacks_same_seq=ss[:, "SYNACK_SAME_SEQ"],
         synacks_renewed=ss[:, "SYNACK_RENEWED"],
@@ -381,7 +383,7 @@ def finish(tracked: TrackedState) -> Analysis:
         repeat_tsval=np.where(has_synack, ss[:, "REP_TSVAL"], -1),
         # hashes that group connections by server endpoint and by server address
         server_key=endpoint_hash(server_hi, server_lo, server_port, af),
-        server_addr_key=np.where(first_c2s, dst_addr_key, src_addr_key),
+        server_addr_key=server_addr,
         client_addr_key=np.where(first_c2s, src_addr_key, dst_addr_key),
     )
     # the state is no longer needed: free it before the handshake table is built
@@ -394,6 +396,28 @@ def finish(tracked: TrackedState) -> Analysis:
     analysis.hs_syn, analysis.hs_synack = hs_syn, hs_synack
     analysis.connections = Connections(analysis)
     return analysis
+
+
+def _later_best(cs: _Side, ss: _Side, hs_syn: np.ndarray, server_addr: np.ndarray) -> np.ndarray:
+    """The server's runs after its SYN-ACK (``later_best_ns``): within LATER_SPAN_NS,
+    or farther where its clock rate is measured (:func:`.clockrate.later_runs`),
+    worked out on the connections with a far segment only (few, mostly)."""
+    has_synack = ss[:, "HS_KIND"] == 2
+    later = np.where(has_synack, ss[:, "LATER_BEST"], K.NO_RUN)
+    far = np.flatnonzero(has_synack & (ss[:, "FAR_AT"] > 0))
+    if not len(far):
+        return later
+    syn_ts = np.where(cs[far, "LSYN_FRAME"] >= 0, cs[far, "LSYN_TS"], cs[far, "HS_TS"])
+    later[far] = later_runs(
+        later[far],
+        ss[far, "FAR_AT"],
+        ss[far, "FAR_BEST"],
+        ss[far, "HS_TS"],
+        ss[far, "HS_TS"] - syn_ts,
+        server_addr[far],
+        cookie_bits(hs_syn[far], ss[far, "HS_FLAGS"]),
+    )
+    return later
 
 
 # kinds of handshake rows, in the order they sort within one frame
