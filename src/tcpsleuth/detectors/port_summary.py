@@ -122,26 +122,30 @@ def summarize(
 ) -> Summary:
     listeners = dump.listeners()
     listening = np.fromiter({x.local_port for x in listeners}, dtype=np.uint16)
-    estab = dump.select(dump.diag["state"] == ESTAB)
-    diag, info, info_len = estab.diag, estab.info, estab.info_len
-    sport = diag["sport"].astype(np.int64)
-    dport = diag["dport"].astype(np.int64)
+    # One column at a time: selecting whole rows would copy every tcp_info field of
+    # every socket (about 20 ms of a scrape of 100,000 sockets) to use six of them.
+    estab = dump.diag["state"] == ESTAB
+    diag, info = dump.diag, dump.info
+    info_len = dump.info_len[estab]
+    sport = diag["sport"][estab].astype(np.int64)
+    dport = diag["dport"][estab].astype(np.int64)
     server = np.isin(sport, listening)
     # (side, service port) as one integer: side * 65536 + port
     where = np.where(server, SERVER * 65536 + sport, dport)
 
     has_wscale = info_len >= field_end("wscale")
-    scaled = (info["options"] & TCPI_OPT_WSCALE) != 0
+    scaled = (info["options"][estab] & TCPI_OPT_WSCALE) != 0
+    wscale = info["wscale"][estab]
     # ss prints wscale only when scaling was negotiated; without it both shifts are 0.
-    snd = np.where(scaled, info["wscale"] & 0x0F, 0).astype(np.int64)
-    rcv = np.where(scaled, info["wscale"] >> 4, 0).astype(np.int64)
+    snd = np.where(scaled, wscale & 0x0F, 0).astype(np.int64)
+    rcv = np.where(scaled, wscale >> 4, 0).astype(np.int64)
 
     has_times = info_len >= field_end("rwnd_limited")
-    cookies = diag["cookie"][has_times]
+    cookies = diag["cookie"][estab][has_times]
     order = np.argsort(cookies)
     cookies = cookies[order]
-    busy_all = info["busy_time"][has_times][order]
-    rwnd_all = info["rwnd_limited"][has_times][order]
+    busy_all = info["busy_time"][estab][has_times][order]
+    rwnd_all = info["rwnd_limited"][estab][has_times][order]
     busy, rwnd = _since(cookies, busy_all, rwnd_all, previous or TimesSeen())
     limited = (busy > 0) & (rwnd >= RWND_LIMITED_MIN_US) & (rwnd >= RWND_LIMITED_SHARE * busy)
     limited_where = where[has_times][order][limited]
@@ -198,7 +202,7 @@ def summarize(
     return Summary(
         summarize_listeners(listeners),
         ports,
-        len(diag),
+        len(sport),
         folded,
         TimesSeen(cookies, busy_all, rwnd_all),
     )
