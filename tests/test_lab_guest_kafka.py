@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from support.capabilities import needs_jdk
+from support.lab_checks import answered
 from test_lab_kernel import _mismatch_shifts, _shift, _tcpsleuth, lab_kernels  # noqa: F401
 
 from tcpsleuth.lab.runner import TCP_RMEM
@@ -66,6 +67,7 @@ def test_the_incident_on_real_kafka_in_the_prefix_kernel(
     # the contradiction: the clients' p50 ten times the baseline or more, the broker's
     # own Produce p99 within a few times its own
     latency = run["latency_ms"]
+    answered(latency, "before", "after")
     assert latency["after"]["p50"] >= 10 * latency["before"]["p50"], latency
     own = run["broker_latency_ms"]
     assert own["before"]["produce_total"]["count"] > 10

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from support.capabilities import GUEST_TOOLS, missing
+from support.lab_checks import answered
 from test_lab_kernel import _tcpsleuth
 
 pytestmark = pytest.mark.heavy
@@ -66,6 +67,7 @@ def test_heal_ends_the_incident_in_the_prefix_kernel(
     assert set(heal["shifts_after"]) == {"1"}, heal["shifts_after"]
     # the latency table's figures; ten times worse after the restart, back after heal
     latency, p50 = run["latency_ms"], heal["p50_ms"]
+    answered(latency, "before", "after", "after_heal")
     assert p50["before"] == latency["before"]["p50"]
     assert p50["after_restart"] == latency["after"]["p50"]
     assert p50["after_heal"] == latency["after_heal"]["p50"]

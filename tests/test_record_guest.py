@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.lab_checks import one_incident
 from test_lab_kernel import _tcpsleuth, lab_kernels  # noqa: F401
 from test_record import check_incident_against_ss
 
@@ -42,6 +43,7 @@ def test_the_recorder_keeps_the_real_bug_in_the_prefix_kernel(
     # exactly one incident, analysed, handed back from the guest
     incidents = sorted((record / "wscale-bug").glob("incident-*"))
     assert [p.name for p in incidents] == attached["incidents"] == attached["reports"]
+    one_incident([p.name for p in incidents], run["window"])
     [incident] = incidents
     report = json.loads((incident / "report.json").read_text())
     assert (

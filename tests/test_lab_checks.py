@@ -1,0 +1,32 @@
+"""The heavy tier's checks say what is missing (issue 31), shown here on the
+documents that broke them: an "after" phase with no answered request (a TypeError
+before), and two incidents for one restart (a ValueError from unpacking before)."""
+
+from __future__ import annotations
+
+import pytest
+from support.lab_checks import answered, one_incident
+
+EMPTY_AFTER = {
+    "before": {"count": 40, "p50": 3.5, "unanswered": 0, "errors": 0},
+    "after": {"count": 0, "p50": None, "unanswered": 0, "errors": 0, "by_library": {}},
+}
+
+
+def test_a_phase_without_an_answered_request_is_named() -> None:
+    answered(EMPTY_AFTER, "before")
+    with pytest.raises(
+        AssertionError, match=r"'after' phase had no answered timed request.*'count': 0"
+    ):
+        answered(EMPTY_AFTER, "before", "after")
+    stuck = {"after": {"count": 5, "p50": 30000.0, "unanswered": 5}}
+    with pytest.raises(AssertionError, match=r"every timed request was still unanswered"):
+        answered(stuck, "after")
+    with pytest.raises(AssertionError, match=r"asked at least 50"):
+        answered(EMPTY_AFTER, "before", at_least=50)
+
+
+def test_two_incidents_for_one_restart_are_named() -> None:
+    one_incident(["incident-1"], {"restart": 1.0})
+    with pytest.raises(AssertionError, match=r"exactly one incident, the recorder wrote 2"):
+        one_incident(["incident-1", "incident-2"], {"restart": 1.0})
