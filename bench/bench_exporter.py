@@ -5,7 +5,8 @@ process per listener: a process may hold at most 20,000 files here, and both end
 live in the namespace, so the exporter reads 2 x N established sockets),
 then times:
 - the scrape in process, split into reading (counters + sock_diag dump with
-  tcp_info), summarising per port and rendering the text exposition;
+  tcp_info, the listeners' owners remembered as the exporter remembers them),
+  summarising per port and rendering the text exposition;
 - GET /metrics from a running `tcpsleuth exporter --netns` over loopback, as
   Prometheus sees it.
 
@@ -31,7 +32,7 @@ from support.monitoring import Exporter  # noqa: E402
 from tcpsleuth.detectors.port_summary import TimesSeen, summarize  # noqa: E402
 from tcpsleuth.lab import namespaces  # noqa: E402
 from tcpsleuth.reports import prometheus  # noqa: E402
-from tcpsleuth.sources import sampling  # noqa: E402
+from tcpsleuth.sources import owners, sampling  # noqa: E402
 
 PORTS = tuple(range(9092, 9098))
 
@@ -62,9 +63,11 @@ def main() -> None:
             read, summ, render, total = [], [], [], []
             times = TimesSeen()
             size = 0
+            cache = owners.OwnerCache()  # as the exporter keeps one: owners read once
+            sampling.scrape(ns, cache)
             for _ in range(args.repeat):
                 t0 = time.perf_counter()
-                sample = sampling.scrape(ns)
+                sample = sampling.scrape(ns, cache)
                 t1 = time.perf_counter()
                 summary = summarize(sample.sockets, times)
                 times = summary.times
