@@ -95,8 +95,6 @@ ROOT_TESTS = {
         "test_an_append_that_does_not_fit_is_cut_off_again": "mounts a small tmpfs",
     },
 }
-# a test file written before the tables may still mark a test itself
-needs_root = pytest.mark.root
 
 
 def root_reason(item: pytest.Item) -> str | None:

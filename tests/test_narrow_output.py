@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SupportChild, needs_root
+from conftest import SupportChild
 
 from tcpsleuth.cli import examples
 from tcpsleuth.detectors import rates
@@ -154,7 +154,6 @@ def read_until(stream: Any, marker: bytes, seconds: float = 60) -> bytes:
     return seen
 
 
-@needs_root
 @pytest.mark.parametrize("columns", [80, 60])
 def test_watch_live_screen_fits(netns: str, columns: int) -> None:
     """watch's live screen at 80 and 60 columns, with a listener whose accept queue
@@ -245,7 +244,6 @@ def whole(text: str, columns: int, addresses: set[str]) -> None:
         assert address in text, address
 
 
-@needs_root
 def test_heal_dry_run_and_apply_at_80_and_60_columns(netns: str) -> None:
     """heal's tables on the fitted layout, its verdict first: at 80 and 60 columns no
     value cut, no address broken, every action of the verdict whole."""
