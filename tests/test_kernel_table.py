@@ -87,3 +87,21 @@ def test_debian_proc_version_names_the_upstream_release() -> None:
     )
     assert assess_kernel("4.19.0-12-amd64", before).status == "affected"
     assert assess_kernel("4.19.0-16-amd64", after).status == "fixed"
+
+
+def test_status_and_lock_are_enums_that_write_the_same_json() -> None:
+    """States are StrEnums (#28): one spelling, compared as before, the same JSON."""
+    import json
+
+    from tcpsleuth.detectors.kernel import KernelVerdict, Status
+    from tcpsleuth.detectors.listener_facts import Lock
+
+    verdict = assess_kernel("3.10.0-1160.el7.x86_64")
+    assert verdict.status is Status.AFFECTED and verdict.status == "affected"
+    assert json.dumps(verdict.to_dict())
+    assert json.loads(json.dumps(verdict.to_dict()))["status"] == "affected"
+    assert KernelVerdict("x", "fixed", "told").status is Status.FIXED  # str made the enum
+    with pytest.raises(ValueError, match="'fxed' is not a valid Status"):
+        KernelVerdict("x", "fxed", "a misspelt status fails where it is made")
+    assert json.dumps([Lock.YES, Lock.UNDETERMINED]) == '["yes", "undetermined"]'
+    assert f"{Lock.NO}" == "no"

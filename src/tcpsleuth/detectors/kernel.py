@@ -14,10 +14,10 @@ the host settles "unknown" (distribution kernels carry their own patches).
 
 from __future__ import annotations
 
+import enum
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 from tcpsleuth.model.findings import Finding, Severity, host_subject
 from tcpsleuth.model.records import HostSnapshot
@@ -49,7 +49,13 @@ _DEBIAN_UPSTREAM = re.compile(
     r"#\d+ SMP\b[^#]*?Debian (\d{1,9})\.(\d{1,9})\.(\d{1,9})(?!\d)", re.ASCII
 )
 
-Status = Literal["fixed", "affected", "unknown"]
+
+class Status(enum.StrEnum):
+    """What is known of a kernel and the fix (a str: the JSON says "fixed" as before)."""
+
+    FIXED = "fixed"
+    AFFECTED = "affected"
+    UNKNOWN = "unknown"
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,10 @@ class KernelVerdict:
     status: Status
     reason: str
     source: str = "version table"
+
+    def __post_init__(self) -> None:
+        # one spelling for every maker (the table, the self-test, heal's test override)
+        object.__setattr__(self, "status", Status(self.status))
 
     def to_dict(self) -> dict[str, str]:
         return {
@@ -73,22 +83,22 @@ def _upstream(major: int, minor: int, sublevel: int, release: str, what: str) ->
     name = f"{major}.{minor}.{sublevel}"
     if series >= MAINLINE_FIXED:
         return KernelVerdict(
-            release, "fixed", f"{what} {name}: mainline 5.10 and later have the fix"
+            release, Status.FIXED, f"{what} {name}: mainline 5.10 and later have the fix"
         )
     if series in STABLE_FIXED_SUBLEVEL:
         first = STABLE_FIXED_SUBLEVEL[series]
         if sublevel >= first:
             return KernelVerdict(
-                release, "fixed", f"{what} {name}: the fix reached {major}.{minor}.{first}"
+                release, Status.FIXED, f"{what} {name}: the fix reached {major}.{minor}.{first}"
             )
         return KernelVerdict(
             release,
-            "affected",
+            Status.AFFECTED,
             f"{what} {name}: the fix reached this series only at {major}.{minor}.{first}",
         )
     return KernelVerdict(
         release,
-        "affected",
+        Status.AFFECTED,
         f"{what} {name}: this series ended before the fix (Nov 2020) and never received it",
     )
 
@@ -101,7 +111,7 @@ def assess_kernel(release: str, proc_version: str | None = None) -> KernelVerdic
     """
     match = _RELEASE.match(release.strip())
     if match is None:
-        return KernelVerdict(release, "unknown", "kernel release not in MAJOR.MINOR form")
+        return KernelVerdict(release, Status.UNKNOWN, "kernel release not in MAJOR.MINOR form")
     major, minor = int(match.group(1)), int(match.group(2))
     sublevel = int(match.group(3) or 0)
     rest = match.group(4)
@@ -114,13 +124,13 @@ def assess_kernel(release: str, proc_version: str | None = None) -> KernelVerdic
         if ga_limit is not None and not zstream and build <= ga_limit:
             return KernelVerdict(
                 release,
-                "affected",
+                Status.AFFECTED,
                 f"RHEL {dist} GA kernel build {build}: the GA kernel "
                 f"{major}.{minor}.{sublevel}-{ga_limit}.{dist} lacks the fix",
             )
         return KernelVerdict(
             release,
-            "unknown",
+            Status.UNKNOWN,
             f"RHEL {dist} kernel {release}: later RHEL builds were not checked for the backport",
         )
     if sublevel == 0 and _DEBIAN_ABI.match(rest):
@@ -131,12 +141,12 @@ def assess_kernel(release: str, proc_version: str | None = None) -> KernelVerdic
             )
         return KernelVerdict(
             release,
-            "unknown",
+            Status.UNKNOWN,
             f"distribution kernel {release}: its name hides the upstream "
             "point release and the distribution may have backported the fix",
         )
     if rest and not rest.startswith(("-", "+")):
-        return KernelVerdict(release, "unknown", f"unrecognised kernel release {release!r}")
+        return KernelVerdict(release, Status.UNKNOWN, f"unrecognised kernel release {release!r}")
     return _upstream(major, minor, sublevel, release, "upstream")
 
 
@@ -272,7 +282,7 @@ def cookie_wscale_bug(
     listener whose receive buffer the kernel shows locked, None when the source had no
     buffers (``ss`` without -m); ``undetermined``: listeners whose buffer equals
     tcp_rmem[1], which the numbers cannot tell from an unlocked one."""
-    if verdict.status == "fixed":
+    if verdict.status == Status.FIXED:
         return []
     kafka = snapshot.kafka_config
     evidence, rcvbuf, shrink = _bug_evidence(snapshot, verdict, locked, undetermined)
@@ -285,7 +295,7 @@ def cookie_wscale_bug(
         f"fix is a kernel with commit {FIX_COMMIT[:12]} (mainline 5.10)."
     )
     blocked = _why_blocked(evidence["tcp_syncookies"], evidence["tcp_timestamps"], rcvbuf, locked)
-    if verdict.status == "unknown":
+    if verdict.status == Status.UNKNOWN:
         if blocked:
             return []
         return [

@@ -16,6 +16,7 @@ reads as locked.
 
 from __future__ import annotations
 
+import enum
 import ipaddress
 from collections import Counter, defaultdict
 from collections.abc import Iterable
@@ -35,7 +36,16 @@ from tcpsleuth.model.records import (
 )
 from tcpsleuth.model.text import to_int
 
-YES, NO, UNDETERMINED = "yes", "no", "undetermined"
+
+class Lock(enum.StrEnum):
+    """Whether a listener's receive buffer is locked (a str: the JSON says "yes" as before)."""
+
+    YES = "yes"
+    NO = "no"
+    UNDETERMINED = "undetermined"
+
+
+YES, NO, UNDETERMINED = Lock.YES, Lock.NO, Lock.UNDETERMINED
 
 
 @dataclass(frozen=True)
@@ -50,7 +60,7 @@ class ListenerFacts:
     program: str | None
     established: int | None
     rcvbuf_unlocked: int | None  # tcp_rmem[1]: what an unlocked listener gets
-    rcvbuf_locked: str  # yes, no, undetermined
+    rcvbuf_locked: Lock
     lock_reason: str
     config: ConfiguredListener | None = None
     config_program: str | None = None
@@ -211,7 +221,7 @@ def _lock(
     config: tuple[ServerConfig, ConfiguredListener] | None,
     shifts_seen: Counter[int],
     snapshot: HostSnapshot,
-) -> tuple[str, str]:
+) -> tuple[Lock, str]:
     """(yes/no/undetermined, why)."""
     if rcvbuf is None:
         missing = "the source has no receive buffer for it (`ss -ltn` without -m)"

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from tcpsleuth.detectors.kernel import FIX_COMMIT, KernelVerdict
+from tcpsleuth.detectors.kernel import FIX_COMMIT, KernelVerdict, Status
 from tcpsleuth.model.findings import Finding, Severity, host_subject
 from tcpsleuth.model.records import ProbeResult
 
@@ -22,7 +22,7 @@ def verdict(result: ProbeResult) -> KernelVerdict:
     if not scaled:
         return KernelVerdict(
             result.kernel_release,
-            "unknown",
+            Status.UNKNOWN,
             "the self-test made no cookie connection",
             "experiment",
         )
@@ -30,14 +30,14 @@ def verdict(result: ProbeResult) -> KernelVerdict:
         c = wrong[0]
         return KernelVerdict(
             result.kernel_release,
-            "affected",
+            Status.AFFECTED,
             f"self-test: {len(wrong)} of {len(scaled)} cookie connections announced shift "
             f"{c.announced_wscale} but used {c.server_rcv_wscale}",
             "experiment",
         )
     return KernelVerdict(
         result.kernel_release,
-        "fixed",
+        Status.FIXED,
         f"self-test: all {len(scaled)} cookie connections used the shift they announced",
         "experiment",
     )
