@@ -116,6 +116,30 @@ def test_wscale_bug_reproduces_the_incident(tmp_path: Path) -> None:
     assert _leftovers() == []
 
 
+def test_no_timestamps_cookies_lose_window_scaling_end_to_end() -> None:
+    """The no-timestamps scenario (issue 30, item 1): every cookie the kernel sent is a
+    capture connection whose SYN-ACK kept the MSS alone, called a cookie by the options
+    it lost; window scaling lost by cookies, never blamed on a middlebox."""
+    status, doc = _lab("no-timestamps")
+    [run] = doc["runs"]
+    sent = run["counters"]["during_restart"]["TcpExtSyncookiesSent"]
+    assert sent > 0
+    kinds = [f["kind"] for f in doc["findings"]]
+    assert "wscale-stripped" not in kinds, kinds
+    [lost] = [f for f in doc["findings"] if f["kind"] == "wscale-lost-syn-cookies"]
+    evidence = lost["evidence"]
+    assert evidence["cookie_connections"] == sent == run["syn_cookies"]["cookie_connections"]
+    assert evidence["returned"]["wscale"] == evidence["returned"]["sack"] == 0
+    assert evidence["offered"]["wscale"] == sent
+    assert evidence["listener_synacks_with_options"] == run["syn_cookies"]["ordinary_connections"]
+    # undecided: only connections whose SYN was never answered in the capture
+    assert set(run["syn_cookies"]["undecided_why"]) <= {"no SYN-ACK in the capture"}
+    assert evidence["window_ceiling_bytes"] == 65535
+    _cookie_counts_shown(run, doc["findings"])
+    assert status == 1
+    assert _leftovers() == []
+
+
 def test_mitigations(tmp_path: Path) -> None:
     _, doc = _lab("no-syncookies", "big-backlog", "fixed-kernel")
     runs = {run["scenario"]: run for run in doc["runs"]}

@@ -246,6 +246,13 @@ _KINDS = (
          ("announced_by", "announced_wscale", "inferred_wscale", "shrink_factor",
           "connections", "connections_scaled_anyway", *_CLIENTS, "streams", "proof"),
          sources=("pcap",)),
+    Kind("wscale-lost-syn-cookies", "capture", LISTENER, (_W,),
+         "SYN cookies without timestamps: the SYN-ACK kept the MSS only, window scaling lost",
+         ("cookie_connections", "cookie_connections_high_confidence", "confidence",
+          "handshakes", "offered", "returned", "listener_synacks",
+          "listener_synacks_with_options", "window_ceiling_bytes", "rtt_ms",
+          "throughput_ceiling_bytes_per_s", *_CLIENTS, "streams"),
+         sources=("pcap",)),
     # Kafka
     Kind("kafka-send-time", "kafka", CONNECTION, (_W,),
          "requests take longer to put on the wire than the broker takes to answer",

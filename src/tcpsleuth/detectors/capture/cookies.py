@@ -33,10 +33,13 @@ The offset decides which evidence a capture holds:
   move their TSval by a multiple of 64 ms, ordinary SYN-ACKs by the time that
   passed (:func:`_repeats`).
 
-Where none applies (no timestamps, one SYN-ACK and nothing after it from the
+Without timestamps a cookie keeps the MSS alone of the client's options: the SYN-ACK
+lost the window scale and SACK the SYN offered is a cookie where the listener's other
+SYN-ACKs carry them, one that kept either is not (:mod:`.cookie_options`). Where
+none applies (a SYN that offered neither, one SYN-ACK and nothing after it from the
 server), the verdict is ``None``: the capture cannot tell.
 
-About 560 lines, most of them this reasoning and the three tests it names: they
+About 620 lines, most of them this reasoning and the three tests it names: they
 judge the same connections together (a connection one test decides is not handed to
 the next), so they stay in one module.
 """
@@ -51,6 +54,8 @@ from typing import Any
 import numpy as np
 
 from tcpsleuth.detectors.capture.connections import SEQ_SPACE, Analysis
+from tcpsleuth.detectors.capture.cookie_options import ClearedOptions
+from tcpsleuth.detectors.capture.cookie_options import judge as judge_cleared
 from tcpsleuth.detectors.capture.kernels import LATER_SPAN_NS, NO_RUN
 from tcpsleuth.detectors.capture.windows import clients_hit
 from tcpsleuth.model.capture import CWR, ECE, OPT_SACK, OPT_TIMESTAMPS, OPT_TSVAL, OPT_WSCALE
@@ -104,6 +109,9 @@ REASONS = (
     "no jump, and the TSval is off the clock phase all this server's cookies share",
     "no jump, in the server's cookie clock phase: made when the clock's low bits "
     "equalled its option bits, when a cookie and an ordinary SYN-ACK look the same",
+    "no timestamps and the SYN-ACK kept the MSS alone of the options the SYN offered, "
+    "while the listener's other SYN-ACKs carry them: a cookie (.cookie_options)",
+    "no timestamps, and the SYN-ACK kept window scale or SACK: a cookie without timestamps cannot",
 )
 (
     R_NO_TIMESTAMPS,
@@ -122,6 +130,8 @@ REASONS = (
     R_PHASE,
     R_OFF_PHASE,
     R_IN_PHASE,
+    R_OPTIONS_CLEARED,
+    R_OPTIONS_KEPT,
 ) = range(len(REASONS))
 UNKNOWN, ORDINARY, COOKIE = -1, 0, 1
 
@@ -460,8 +470,9 @@ def _silence(analysis: Analysis, hs: _Handshakes) -> tuple[np.ndarray, np.ndarra
     return silent, reset
 
 
-def classify(analysis: Analysis) -> CookieVerdicts:
-    """A verdict for every connection; ``UNKNOWN`` where the capture cannot tell."""
+def classify(analysis: Analysis, cleared: ClearedOptions | None = None) -> CookieVerdicts:
+    """A verdict for every connection; ``UNKNOWN`` where the capture cannot tell.
+    Handshakes without timestamps are judged by the options their SYN-ACK lost."""
     cols = analysis.columns
     nconn = len(analysis.connections)
     verdict, confidence, reason, lag_ms = _no_verdicts(nconn, R_NO_SYNACK)
@@ -490,6 +501,11 @@ def classify(analysis: Analysis) -> CookieVerdicts:
     v, c, r = np.where(better, rv, v), np.where(better, rc, c), np.where(better, rr, r)
     verdict[hs.index], confidence[hs.index], reason[hs.index] = v, c, r
     lag_ms[hs.index] = lag
+    cleared = cleared if cleared is not None else judge_cleared(analysis)
+    verdict[cleared.cookie], reason[cleared.cookie] = COOKIE, R_OPTIONS_CLEARED
+    kept = cleared.ordinary & (verdict == UNKNOWN)
+    verdict[kept], confidence[kept], reason[kept] = ORDINARY, 2, R_OPTIONS_KEPT
+    confidence[cleared.cookie] = cleared.confidence[cleared.cookie]
     synacks = cols.synacks.astype(np.int64)
     cookie_synacks = np.where(verdict == COOKIE, 1 + cols.synacks_same_seq, 0).astype(np.int64)
     return CookieVerdicts(analysis, verdict, confidence, reason, lag_ms, synacks, cookie_synacks)

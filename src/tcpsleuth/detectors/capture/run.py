@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from tcpsleuth import compiled
+from tcpsleuth.detectors.capture import cookie_options, kafka_summary
 from tcpsleuth.detectors.capture import cookies as capture_cookies
 from tcpsleuth.detectors.capture import kafka as kafka_timing
-from tcpsleuth.detectors.capture import kafka_summary
 from tcpsleuth.detectors.capture import wscale as wscale_inference
 from tcpsleuth.detectors.capture.connections import Analysis
 from tcpsleuth.detectors.capture.shards import MAX_SHARDS, follow_sharded, usable_cores
@@ -65,10 +65,12 @@ def analyse_stream(stream: Source, kafka_ports: frozenset[int]) -> CaptureResult
     analysis, requests = follow(stream, kafka_ports)
     wscale = wscale_inference.verdicts(analysis)
     inferences = wscale_inference.infer(analysis, wscale)
-    cookies = capture_cookies.classify(analysis)
+    cleared = cookie_options.judge(analysis)
+    cookies = capture_cookies.classify(analysis, cleared)
     client_ids = requests.client_ids()
     findings = [
-        *wscale_inference.findings(analysis, inferences, client_ids),
+        *wscale_inference.findings(analysis, inferences, client_ids, cleared.cookie),
+        *cookie_options.findings(analysis, cleared, client_ids),
         *capture_cookies.findings(cookies, client_ids),
         *rwnd_findings(analysis, client_ids),
         *kafka_summary.findings(requests),

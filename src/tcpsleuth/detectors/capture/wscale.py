@@ -221,9 +221,12 @@ def findings(
     analysis: Analysis,
     inferences: list[WindowInference],
     client_ids: Mapping[int, str] | None = None,
+    cookies: np.ndarray | None = None,
 ) -> list[Finding]:
     """``wscale-mismatch`` and ``wscale-stripped``, one finding per server each, naming
-    every client hit (by address and, where known, by Kafka ``client.id``)."""
+    every client hit (by address and, where known, by Kafka ``client.id``). A
+    connection ``cookies`` marks (a SYN cookie without timestamps, whose SYN-ACK lost
+    every option but the MSS) is no stripped one: the cookie explains it."""
     by_server: dict[str, list[WindowInference]] = defaultdict(list)
     for inference in inferences:
         by_server[inference.server].append(inference)
@@ -275,7 +278,8 @@ def findings(
         stripped = [
             (i, side)
             for i in group
-            if (side := _stripped(analysis.connections[i.stream])) is not None
+            if (cookies is None or not cookies[i.stream])
+            and (side := _stripped(analysis.connections[i.stream])) is not None
         ]
         if stripped:
             scaled_anyway = [i for i, _ in stripped if i.mismatch]
