@@ -1,25 +1,30 @@
 """Every command's JSON on fixed inputs, before and after a change: a restructuring
 must change no result.
 
-    python3 scripts/json_diff.py record DIR [--src SRC]   # run the commands, keep their JSON
+    python3 scripts/json_diff.py record DIR [--src SRC] [--only PREFIX]  # keep their JSON
     python3 scripts/json_diff.py compare OLD NEW          # exit 1 on any difference
 
 `record` runs the tcpsleuth found on `--src` (a `src/` directory of another checkout,
 e.g. a `git worktree` of the commit before the change; default: the installed one) on:
 the benchmark captures (bench/bench_pcap.py makes them; of the 2 M-packet one, the
 default document only), the public Kafka capture, the two committed lab storms (prefix
-and fixed kernels), the bundles and `ss` fixtures (audit, doctor, sockets, compare).
-`compare` reads findings through the kind registry's aliases (a renamed kind is the
-same finding) and ignores what is meant to differ from run to run (timings,
-tcpsleuth's version).
+and fixed kernels), the bundles and `ss` fixtures (audit, doctor, sockets, compare),
+and the committed incident (tests/data/incident-small): `report DIR --format json` on
+its report.json as stored, and on a copy analysed anew (`--again`) with the report.json
+that writes. `compare` reads findings through the kind registry's aliases (a renamed
+kind is the same finding) and ignores what is meant to differ from run to run (timings,
+tcpsleuth's version) and the keys added on purpose (INTENDED: report.json's
+``schema_version``, issue 28) where only the new document has them.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +33,8 @@ BENCH = Path("/tmp/tcpsleuth-bench")
 FIX = REPO / "tests" / "fixtures"
 DATA = REPO / "tests" / "data"
 VOLATILE = {"seconds", "elapsed_s", "elapsed", "version", "generated", "generated_at", "argv"}
+INTENDED = {"schema_version"}  # new keys, meant: an old document lacks them
+INCIDENT = DATA / "incident-small"
 
 
 def cases() -> dict[str, list[str]]:
@@ -68,35 +75,54 @@ def cases() -> dict[str, list[str]]:
             str(ss / f"{server}.txt"),
         ]
     out["doctor-example"] = ["doctor", "--format", "json", "--example"]
+    out["report-incident-small"] = ["report", "--format", "json", str(INCIDENT)]
     return out
 
 
-def record(directory: Path, src: str | None) -> int:
+def _run(argv: list[str], env: dict[str, str], src: str) -> dict[str, Any]:
+    result = subprocess.run(
+        [sys.executable, "-m", "tcpsleuth", *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    # paths into the checkout are not results
+    stdout = result.stdout.replace(str(Path(src)), "<src>")
+    return {"status": result.returncode, "stdout": stdout, "stderr": result.stderr.strip()[-400:]}
+
+
+def _incident_anew(directory: Path, env: dict[str, str], src: str) -> None:
+    """The committed incident analysed again in a copy (same name): the command's JSON
+    and the report.json it writes."""
+    with tempfile.TemporaryDirectory(prefix="json-diff-") as scratch:
+        copy = Path(scratch) / INCIDENT.name
+        shutil.copytree(INCIDENT, copy)
+        run = _run(["report", "--format", "json", "--again", str(copy)], env, src)
+        run["stdout"] = run["stdout"].replace(scratch, "<scratch>")
+        (directory / "report-incident-small-again.json").write_text(json.dumps(run))
+        written = copy / "report.json"
+        text = written.read_text() if written.exists() else ""
+        kept = {"status": run["status"], "stdout": text, "stderr": ""}
+        (directory / "report-json-incident-small.json").write_text(json.dumps(kept))
+    print(f"report-incident-small-again: exit {run['status']}", file=sys.stderr)
+
+
+def record(directory: Path, src: str | None, only: str = "") -> int:
+    """Every case (or those whose name starts with ``only``) run, its JSON kept."""
     directory.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "COLUMNS": "120"}
     src = src or str(REPO / "src")
     if src:
         env["PYTHONPATH"] = src
     for name, argv in cases().items():
-        result = subprocess.run(
-            [sys.executable, "-m", "tcpsleuth", *argv],
-            capture_output=True,
-            text=True,
-            env=env,
-            check=False,
-        )
-        if src:  # paths into the checkout are not results
-            result.stdout = result.stdout.replace(str(Path(src)), "<src>")
-        (directory / f"{name}.json").write_text(
-            json.dumps(
-                {
-                    "status": result.returncode,
-                    "stdout": result.stdout,
-                    "stderr": result.stderr.strip()[-400:],
-                }
-            )
-        )
-        print(f"{name}: exit {result.returncode}", file=sys.stderr)
+        if not name.startswith(only):
+            continue
+        run = _run(argv, env, src)
+        (directory / f"{name}.json").write_text(json.dumps(run))
+        print(f"{name}: exit {run['status']}", file=sys.stderr)
+    if "report-incident-small-again".startswith(only):
+        _incident_anew(directory, env, src)
     return 0
 
 
@@ -129,6 +155,8 @@ def _first_difference(a: Any, b: Any, where: str = "") -> str | None:
         return f"{where}: {str(a)[:80]} != {str(b)[:80]}"
     if isinstance(a, dict):
         for key in sorted(set(a) | set(b)):
+            if key in INTENDED and key not in a:
+                continue
             if key not in a or key not in b:
                 return f"{where}.{key}: only in {'new' if key in b else 'old'}"
             diff = _first_difference(a[key], b[key], f"{where}.{key}")
@@ -166,7 +194,8 @@ def compare(old: Path, new: Path) -> int:
 def main(argv: list[str]) -> int:
     if len(argv) >= 2 and argv[0] == "record":
         src = argv[argv.index("--src") + 1] if "--src" in argv else None
-        return record(Path(argv[1]), src)
+        only = argv[argv.index("--only") + 1] if "--only" in argv else ""
+        return record(Path(argv[1]), src, only)
     if len(argv) == 3 and argv[0] == "compare":
         return compare(Path(argv[1]), Path(argv[2]))
     print(__doc__, file=sys.stderr)

@@ -22,6 +22,8 @@ from conftest import REPO, SUPPORT, default_signals, nstat_in
 
 from tcpsleuth.detectors.capture.run import analyse_stream
 from tcpsleuth.lab import namespaces
+from tcpsleuth.model.incident import IncidentReport
+from tcpsleuth.recorder import schema
 from tcpsleuth.recorder.capture import copy_window, kept_length
 from tcpsleuth.recorder.children import processes_naming
 from tcpsleuth.recorder.incidents import Incidents, Policy
@@ -262,6 +264,10 @@ def test_recorder_keeps_one_storm_it_was_told_nothing_about(netns: str, tmp_path
     [incident] = sorted(directory.glob("incident-*"))
     assert report_line["incident"] == incident.name
     doc = json.loads((incident / "report.json").read_text())
+    # the report read back is the report written: report -> JSON -> report (issue 28)
+    report = schema.report((incident / "report.json").read_bytes(), "report.json")
+    assert report.schema_version == 1 and report.to_dict() == doc
+    assert IncidentReport.read(json.loads(json.dumps(report.to_dict())), "x") == report
     # the kernel's count of the storm's cookies, all within the incident's window
     assert sent > 50 and doc["syn_cookies"]["sent"] == sent
     # every handshake of the storm is in the incident's capture, and its analysis

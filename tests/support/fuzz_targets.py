@@ -195,7 +195,7 @@ def incident_events(data: bytes) -> None:
     from tcpsleuth.reports import incident
 
     events = freeze.read_lines(_incident_file("events.jsonl", data), schema.EVENT)
-    incident.event_rows({"events": events}, 100)
+    incident.event_rows(events, 100)
 
 
 def incident_sockets(data: bytes) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -13,11 +14,12 @@ from tcpsleuth.cli.options import format_option
 from tcpsleuth.detectors.verdict import capture_verdict
 from tcpsleuth.errors import InputError
 from tcpsleuth.model.findings import Finding, exit_status
+from tcpsleuth.model.incident import IncidentReport
 from tcpsleuth.recorder import disk, freeze, schema
 from tcpsleuth.reports import incident, jsonout, table
 
 
-def _load(directory: Path, again: bool) -> dict[str, Any]:
+def _load(directory: Path, again: bool) -> IncidentReport:
     """The incident's report: its report.json, or its analysis now (saved into it when
     the directory is this user's own and nobody else can write it)."""
     safefile.check_tree(directory)
@@ -36,17 +38,17 @@ def _load(directory: Path, again: bool) -> dict[str, Any]:
     from tcpsleuth.recorder.finish import write_report
 
     why = safefile.unusable_dir(directory)
-    doc = write_report(directory, save=why is None)
+    report = write_report(directory, save=why is None)
     if why is not None:
         click.echo(
             f"tcpsleuth report: the analysis is not saved in {directory} ({why}); "
             "it is shown here only (--html FILE keeps the page elsewhere)",
             err=True,
         )
-    return doc
+    return report
 
 
-def _summary(path: Path) -> dict[str, Any] | None:
+def _summary(path: Path) -> IncidentReport | None:
     """An incident's report.json for the listing; None when it has none or it cannot
     be read."""
     report = path / freeze.REPORT_JSON
@@ -61,16 +63,16 @@ def _summary(path: Path) -> dict[str, Any] | None:
 def _listing(directory: Path, output_format: str) -> int:
     rows = []
     for path in disk.incidents(directory):
-        doc = _summary(path) or {}
+        report = _summary(path)
         rows.append(
             {
                 "incident": path.name,
-                "events": len(doc.get("events", [])) if doc else None,
-                "syn_cookies_sent": (doc.get("syn_cookies") or {}).get("sent"),
-                "wscale_mismatches": (doc.get("wscale_mismatch") or {}).get("count"),
-                "rwnd_limited": (doc.get("rwnd_limited") or {}).get("count"),
-                "findings": len(doc.get("findings", [])) if doc else None,
-                "analysed": bool(doc),
+                "events": len(report.events) if report else None,
+                "syn_cookies_sent": report.syn_cookies.sent if report else None,
+                "wscale_mismatches": report.wscale_mismatch.count if report else None,
+                "rwnd_limited": report.rwnd_limited.count if report else None,
+                "findings": len(report.findings) if report else None,
+                "analysed": report is not None,
             }
         )
     if output_format == "json":
@@ -103,16 +105,13 @@ def _listing(directory: Path, output_format: str) -> int:
     return 0
 
 
-def _with_verdict(doc: dict[str, Any], findings: list[Finding]) -> dict[str, Any]:
-    """The incident's document with its verdict first (after the tool's own keys):
-    what its capture and sockets proved (detectors/verdict.py)."""
-    capture = doc.get("capture") or {}
-    mismatch = doc.get("wscale_mismatch") or {}
-    checked = mismatch.get("handshakes_joined_to_sockets")
-    agreeing = None if checked is None else max(0, int(checked) - int(mismatch.get("count") or 0))
-    judged = capture_verdict(findings, int(capture.get("connections") or 0), agreeing)
-    head = {k: doc[k] for k in ("tool", "version", "command") if k in doc}
-    return {**head, "verdict": judged.to_dict(), **doc}
+def _verdict(report: IncidentReport, findings: list[Finding]) -> dict[str, Any]:
+    """What the incident's capture and sockets proved (detectors/verdict.py)."""
+    mismatch = report.wscale_mismatch
+    checked = mismatch.handshakes_joined_to_sockets
+    agreeing = None if checked is None else max(0, int(checked) - mismatch.count)
+    judged = capture_verdict(findings, int(report.capture.connections or 0), agreeing)
+    return judged.to_dict()
 
 
 @click.command("report")
@@ -148,14 +147,18 @@ def report_command(directory: Path, html_file: Path | None, again: bool, output_
     """
     if not os.path.lexists(directory / freeze.META) and disk.incidents(directory):
         return _listing(directory, output_format)
-    doc = _load(directory, again)
-    findings = [Finding.from_dict(f) for f in doc.get("findings", [])]
+    report = _load(directory, again)
+    findings = [Finding.from_dict(f) for f in report.findings]
     # an incident analysed by an older tcpsleuth: its findings in their kinds' shapes now
-    doc = _with_verdict({**doc, "findings": [f.to_dict() for f in findings]}, findings)
+    report = dataclasses.replace(report, findings=[f.to_dict() for f in findings])
+    verdict = _verdict(report, findings)
     if html_file is not None:
-        safefile.write_file(html_file, incident.html_page(doc), streams=True)
+        safefile.write_file(html_file, incident.html_page(report, verdict), streams=True)
     if output_format == "json":
-        jsonout.emit(doc)
+        # the verdict first after the tool's own keys
+        doc = report.to_dict()
+        head = {k: doc[k] for k in ("tool", "version", "command")}
+        jsonout.emit({**head, "verdict": verdict, **doc})
     else:
-        table.console().print(incident.render(doc))
+        table.console().print(incident.render(report, verdict))
     return exit_status(findings)

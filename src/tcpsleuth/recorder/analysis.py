@@ -9,6 +9,8 @@ said into one document (``report.json``).
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,18 +23,32 @@ from tcpsleuth.detectors.capture import cookies as capture_cookies
 from tcpsleuth.detectors.capture import kafka_summary as kafka_timing
 from tcpsleuth.detectors.capture.cookies import COOKIE
 from tcpsleuth.detectors.capture.run import CaptureResult, analyse_stream
-from tcpsleuth.detectors.capture.windows import _rwnd_per_connection
+from tcpsleuth.detectors.capture.windows import rwnd_senders
 from tcpsleuth.detectors.compare import socket_findings
 from tcpsleuth.detectors.counters import AUDIT_COUNTERS
 from tcpsleuth.detectors.kernel import assess_kernel
 from tcpsleuth.detectors.tracing import fold, trace_findings
 from tcpsleuth.errors import InputError
 from tcpsleuth.model.findings import Finding, ranked
+from tcpsleuth.model.incident import (
+    Capture,
+    IncidentReport,
+    LimitedRow,
+    MismatchRow,
+    RwndLimited,
+    Snapshot,
+    Sockets,
+    SynCookies,
+    Trace,
+    Window,
+    WscaleMismatch,
+)
 from tcpsleuth.model.records import TcpConnection
 from tcpsleuth.recorder import freeze, schema
 from tcpsleuth.sources.bundle import read_bundle
 from tcpsleuth.sources.pcap import open_capture
 
+_NO_COUNTS = frozenset({"by_capture", "by_server_socket", "handshakes_joined_to_sockets"})
 LISTED = 5000  # connections listed per table in report.json
 COUNTERS = (*AUDIT_COUNTERS, "TcpPassiveOpens")
 
@@ -63,12 +79,23 @@ def _by_wscale(connections: list[TcpConnection], ports: frozenset[int]) -> dict[
     return dict(sorted(counts.items()))
 
 
-def _capture(
+@dataclass(frozen=True)
+class _CaptureAnalysis:
+    """What the capture's analysis adds to the report: its counts (into ``capture``),
+    the cookie verdicts, the window-scale mismatches and the held-back senders."""
+
+    facts: dict[str, Any]
+    cookies: dict[str, Any]
+    mismatches: WscaleMismatch
+    limited: RwndLimited
+    findings: list[Finding]
+
+
+def _mismatches(
     result: CaptureResult[Any], later: list[TcpConnection], during: list[TcpConnection]
-) -> tuple[dict[str, Any], list[Finding]]:
+) -> tuple[WscaleMismatch, list[Finding]]:
     analysis = result.analysis
-    total = len(analysis.connections)
-    streams = list(range(total))
+    streams = list(range(len(analysis.connections)))
     ends = analysis.connections.endpoints_of(streams)
     cookie = np.asarray(result.cookies.verdict) == COOKIE
     announced = np.asarray(result.wscale.announced)
@@ -93,59 +120,99 @@ def _capture(
         client, server = ends[s]
         sock = sockets.get((server, client))
         rows.append(
-            {
-                "client": client,
-                "server": server,
-                "announced_wscale": int(announced[s]) if announced[s] >= 0 else None,
-                "inferred_wscale": int(inferred[s]) if inferred[s] >= 0 else None,
-                "server_rcv_wscale": sock.rcv_wscale if sock else None,
-                "syn_cookie": bool(cookie[s]),
-            }
+            MismatchRow(
+                client=client,
+                server=server,
+                announced_wscale=int(announced[s]) if announced[s] >= 0 else None,
+                inferred_wscale=int(inferred[s]) if inferred[s] >= 0 else None,
+                server_rcv_wscale=sock.rcv_wscale if sock else None,
+                syn_cookie=bool(cookie[s]),
+            )
         )
+    section = WscaleMismatch(
+        count=len(mismatched),
+        by_capture=int(np.count_nonzero(mismatch)),
+        by_server_socket=len(found),
+        handshakes_joined_to_sockets=joined,
+        connections=rows,
+    )
+    return section, handshakes.mismatch_findings(found, joined)
+
+
+def _limited(result: CaptureResult[Any]) -> RwndLimited:
+    cookie = np.asarray(result.cookies.verdict) == COOKIE
     client_ids = result.requests.client_ids()
-    limited = []
-    for f in _rwnd_per_connection(analysis):
-        stream = f.evidence["stream"]
-        limited.append(
-            {
-                **f.subject,
-                "sender": "client" if f.evidence["direction"] == "c2s" else "server",
-                "rwnd_limited_ms": f.evidence["rwnd_limited_ms"],
-                "rwnd_limited_share": f.evidence["rwnd_limited_share"],
-                "min_window_bytes": f.evidence["min_window_bytes"],
-                "client_id": client_ids.get(stream),
-                "syn_cookie": bool(cookie[stream]),
-            }
+    rows = [
+        LimitedRow(
+            client=f.subject["client"],
+            server=f.subject["server"],
+            sender="client" if f.evidence["direction"] == "c2s" else "server",
+            rwnd_limited_ms=f.evidence["rwnd_limited_ms"],
+            rwnd_limited_share=f.evidence["rwnd_limited_share"],
+            min_window_bytes=f.evidence["min_window_bytes"],
+            client_id=client_ids.get(stream),
+            syn_cookie=bool(cookie[stream]),
         )
-    limited.sort(key=lambda r: -r["rwnd_limited_ms"])
+        for stream, f in rwnd_senders(result.analysis)
+    ]
+    rows.sort(key=lambda r: -r.rwnd_limited_ms)
+    return RwndLimited(count=len(rows), connections=rows[:LISTED])
+
+
+def _capture(
+    result: CaptureResult[Any], later: list[TcpConnection], during: list[TcpConnection]
+) -> _CaptureAnalysis:
     capture = result.capture
-    doc = {
+    mismatches, mismatch_findings = _mismatches(result, later, during)
+    facts = {
         "packets": capture.counts.packets,
         "tcp_segments": capture.counts.tcp,
-        "connections": total,
-        "handshakes": int(np.count_nonzero(announced >= 0)),
+        "connections": len(result.analysis.connections),
+        "handshakes": int(np.count_nonzero(np.asarray(result.wscale.announced) >= 0)),
         "warnings": capture.report.warnings,
         "kafka_requests": len(result.requests),
         "kafka": kafka_timing.summary(result.requests),
     }
-    # every connection's verdict: cookie, ordinary or undecided (with the reasons why)
-    cookies = capture_cookies.totals(result.cookies)
-    mismatches = {
-        "count": len(mismatched),
-        "by_capture": int(np.count_nonzero(mismatch)),
-        "by_server_socket": len(found),
-        "handshakes_joined_to_sockets": joined,
-        "connections": rows,
-    }
-    doc["syn_cookies"], doc["wscale_mismatch"] = cookies, mismatches
-    doc["rwnd_limited"] = {"count": len(limited), "connections": limited[:LISTED]}
-    return doc, [*result.findings, *handshakes.mismatch_findings(found, joined)]
+    return _CaptureAnalysis(
+        facts=facts,
+        # every connection's verdict: cookie, ordinary or undecided (with the reasons why)
+        cookies=capture_cookies.totals(result.cookies),
+        mismatches=mismatches,
+        limited=_limited(result),
+        findings=[*result.findings, *mismatch_findings],
+    )
 
 
-def analyse(directory: Path) -> dict[str, Any]:
-    """The report document of the incident in ``directory``; an InputError (one line)
-    for an incident holding what the recorder never writes: a symbolic link, a FIFO or
-    a device anywhere in it, or a file not of the recorder's shape (:mod:`.schema`)."""
+def _as_json(findings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The findings as report.json holds them, so that the report read back is the
+    report written (JSON's keys are text: a count per second keyed by 0 reads back
+    keyed by "0")."""
+    plain: list[dict[str, Any]] = json.loads(json.dumps(findings, default=str, allow_nan=False))
+    return plain
+
+
+def _snapshot(taken: float | None, sockets: list[TcpConnection], ports: frozenset[int]) -> Snapshot:
+    return Snapshot(taken=taken, connections=len(sockets), by_wscale=_by_wscale(sockets, ports))
+
+
+def _trace(directory: Path, ports: frozenset[int]) -> tuple[Trace | None, list[Finding]]:
+    trace = directory / freeze.TRACE
+    if trace.exists():
+        sockets = fold(freeze.read_trace(trace))
+        samples = sum(len(s.samples) for s in sockets)
+        kept = Trace(samples=samples, connections=len(sockets), absent=frozenset({"skipped"}))
+        return kept, trace_findings(sockets, ports)
+    if (directory / freeze.TRACE_SKIPPED).exists():
+        skipped = safefile.read_file(directory / freeze.TRACE_SKIPPED, 1 << 16)
+        why = skipped.decode(errors="replace").strip()
+        return Trace(skipped=why, absent=frozenset({"samples", "connections"})), []
+    return None, []
+
+
+def analyse(directory: Path) -> IncidentReport:
+    """The report of the incident in ``directory``; an InputError (one line) for an
+    incident holding what the recorder never writes: a symbolic link, a FIFO or a
+    device anywhere in it, or a file not of the recorder's shape (:mod:`.schema`)."""
     safefile.check_tree(directory)
     meta = freeze.read_meta(directory)
     ports = frozenset(meta["ports"])
@@ -155,42 +222,15 @@ def analyse(directory: Path) -> dict[str, Any]:
     events = freeze.read_lines(directory / freeze.EVENTS, schema.EVENT)
     _, during, during_at = freeze.read_snapshot(directory / freeze.DURING)
     listeners, later, later_at = freeze.read_snapshot(directory / freeze.LATER)
-    doc: dict[str, Any] = {
-        "tool": "tcpsleuth",
-        "version": __version__,
-        "command": "record",
-        "incident": directory.name,
-        "host": meta.get("host"),
-        "netns": meta.get("netns"),
-        "ports": sorted(ports),
-        "window": meta.get("window"),
-        "events": events,
-        "counters": _counters(samples),
-        "timeline": [
-            {"time": s["time"], "seconds": s.get("seconds"), "grown": s.get("grown", {})}
-            for s in samples
-        ],
-        "sockets": {
-            "during": {
-                "taken": during_at,
-                "connections": len(during),
-                "by_wscale": _by_wscale(during, ports),
-            },
-            "later": {
-                "taken": later_at,
-                "connections": len(later),
-                "by_wscale": _by_wscale(later, ports),
-            },
-        },
-    }
+    counters = _counters(samples)
     capture_file = directory / freeze.CAPTURE
     capture_doc: dict[str, Any] = dict(meta.get("capture", {}))
+    found: _CaptureAnalysis | None = None
     if capture_file.exists() and capture_file.stat().st_size > 24:
         try:
-            result = analyse_stream(open_capture(capture_file), ports)
-            found, found_findings = _capture(result, later, during)
-            capture_doc.update(found)
-            findings += found_findings
+            found = _capture(analyse_stream(open_capture(capture_file), ports), later, during)
+            capture_doc.update(found.facts)
+            findings += found.findings
         except InputError as problem:
             notes.append(f"capture not analysed: {problem}")
     else:
@@ -198,41 +238,56 @@ def analyse(directory: Path) -> dict[str, Any]:
             "no capture in this incident"
             + (f" ({capture_doc['why']})" if capture_doc.get("why") else "")
         )
-    doc["capture"] = capture_doc
-    doc["syn_cookies"] = {
-        "sent": doc["counters"].get("during", {}).get("TcpExtSyncookiesSent"),
-        **capture_doc.pop("syn_cookies", {}),
-    }
+    sent = counters.get("during", {}).get("TcpExtSyncookiesSent")
+    cookies = found.cookies if found else {}
     # the counter's cookies the capture attributes to no connection
-    doc["syn_cookies"]["sent_not_in_capture"] = capture_cookies.not_attributed(
-        doc["syn_cookies"]["sent"], doc["syn_cookies"].get("cookie_connections")
+    cookies["sent_not_in_capture"] = capture_cookies.not_attributed(
+        sent, cookies.get("cookie_connections")
     )
-    doc["wscale_mismatch"] = capture_doc.pop("wscale_mismatch", {"count": 0, "connections": []})
-    doc["rwnd_limited"] = capture_doc.pop("rwnd_limited", {"count": 0, "connections": []})
     served = [c for c in (later or during) if c.local_port in ports]
     if served:
         # the service's own sockets: on a host that is also its client, the client
         # ends are another story (and thousands of findings)
         findings += socket_findings(served, listeners)
-    bundle = directory / freeze.BUNDLE
-    if bundle.is_dir():
+    bundle: dict[str, Any] | None = None
+    if (directory / freeze.BUNDLE).is_dir():
         try:
-            host = read_bundle(bundle)
-            findings += audit(host, assess_kernel(host.kernel_release, host.proc_version))
-            doc["bundle"] = {"kernel_release": host.kernel_release, "hostname": host.hostname}
-        except (InputError, TypeError) as problem:
+            host = read_bundle(directory / freeze.BUNDLE)
+        except InputError as problem:
             notes.append(f"bundle not analysed: {problem}")
-    trace = directory / freeze.TRACE
-    if trace.exists():
-        sockets = fold(freeze.read_trace(trace))
-        findings += trace_findings(sockets, ports)
-        doc["trace"] = {
-            "connections": len(sockets),
-            "samples": sum(len(s.samples) for s in sockets),
-        }
-    elif (directory / freeze.TRACE_SKIPPED).exists():
-        skipped = safefile.read_file(directory / freeze.TRACE_SKIPPED, 1 << 16)
-        doc["trace"] = {"skipped": skipped.decode(errors="replace").strip()}
-    doc["notes"] = notes
-    doc["findings"] = [f.to_dict() for f in ranked(findings)]
-    return doc
+        else:
+            findings += audit(host, assess_kernel(host.kernel_release, host.proc_version))
+            bundle = {"kernel_release": host.kernel_release, "hostname": host.hostname}
+    trace, trace_found = _trace(directory, ports)
+    findings += trace_found
+    return IncidentReport(
+        tool="tcpsleuth",
+        version=__version__,
+        command="record",
+        incident=directory.name,
+        host=meta.get("host"),
+        netns=meta.get("netns"),
+        ports=sorted(ports),
+        window=Window.from_dict(meta["window"], "recorder.json.window")
+        if meta.get("window") is not None
+        else None,
+        events=events,
+        counters=counters,
+        timeline=[
+            {"time": s["time"], "seconds": s.get("seconds"), "grown": s.get("grown", {})}
+            for s in samples
+        ],
+        sockets=Sockets(
+            during=_snapshot(during_at, during, ports), later=_snapshot(later_at, later, ports)
+        ),
+        capture=Capture.from_dict(capture_doc, "capture"),
+        syn_cookies=SynCookies(sent=sent, extra=cookies),
+        wscale_mismatch=found.mismatches if found else WscaleMismatch(0, [], absent=_NO_COUNTS),
+        rwnd_limited=found.limited if found else RwndLimited(count=0, connections=[]),
+        notes=notes,
+        findings=_as_json([f.to_dict() for f in ranked(findings)]),
+        bundle=bundle,
+        trace=trace,
+        absent=frozenset({"bundle"} if bundle is None else set())
+        | frozenset({"trace"} if trace is None else set()),
+    )

@@ -12,7 +12,6 @@ then ended; ``tcpsleuth report`` finishes what is left.
 from __future__ import annotations
 
 import contextlib
-import json
 import subprocess
 import sys
 from collections import deque
@@ -20,7 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tcpsleuth.recorder import children, freeze
+from tcpsleuth.errors import InputError
+from tcpsleuth.recorder import children, freeze, schema
 from tcpsleuth.recorder.disk import Budget
 
 FINISH_CPU_S = 600
@@ -88,8 +88,9 @@ class AnalysisQueue:
             self.reported(name)
             report = self.dir / name / freeze.REPORT_JSON
             kinds: list[str] = []
-            with contextlib.suppress(OSError, ValueError):
-                kinds = sorted({f["kind"] for f in json.loads(report.read_text())["findings"]})
+            with contextlib.suppress(OSError, InputError):
+                done = schema.report(report.read_bytes(), schema.name_of(report))
+                kinds = sorted({f["kind"] for f in done.findings})
             self.say(
                 f"incident {name}: report {self.dir / name / freeze.REPORT_HTML}; findings: "
                 + (", ".join(kinds) or "none"),

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from tcpsleuth import safefile
+from tcpsleuth.model.incident import IncidentReport
 from tcpsleuth.recorder import freeze
 from tcpsleuth.recorder.capture import copy_window
 from tcpsleuth.recorder.ring import parse_name
@@ -72,18 +73,18 @@ def make_whole(staging: Path, budget: int) -> Path:
     return final
 
 
-def write_report(directory: Path, save: bool = True) -> dict:
+def write_report(directory: Path, save: bool = True) -> IncidentReport:
     """The incident's analysis; with ``save``, written into it as report.html and
     report.json (each whole or not at all: :mod:`tcpsleuth.safefile`)."""
     from tcpsleuth.recorder.analysis import analyse
     from tcpsleuth.reports import incident
 
-    doc = analyse(directory)
+    report = analyse(directory)
     if save:
-        safefile.write_file(directory / freeze.REPORT_HTML, incident.html_page(doc), 0o600)
+        safefile.write_file(directory / freeze.REPORT_HTML, incident.html_page(report), 0o600)
         # last: an incident with its report is complete
-        freeze.write_json(directory / freeze.REPORT_JSON, doc, indent=None, sync=True)
-    return doc
+        freeze.write_json(directory / freeze.REPORT_JSON, report.to_dict(), indent=None, sync=True)
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     directory: Path = args.directory
     if directory.name.endswith(".partial"):
         directory = make_whole(directory, args.budget)
-    doc = write_report(directory)
-    print(json.dumps({"incident": str(directory), "findings": len(doc["findings"])}), flush=True)
+    report = write_report(directory)
+    print(json.dumps({"incident": str(directory), "findings": len(report.findings)}), flush=True)
     return 0
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from tcpsleuth.errors import InputError
 from tcpsleuth.model.findings import Finding
+from tcpsleuth.model.incident import IncidentReport, ReportError
 from tcpsleuth.model.records import Listener, TcpConnection, WindowSample
 
 ANY = object()
@@ -288,6 +289,7 @@ FINDING = {
 }
 # what `tcpsleuth report` shows of a report.json
 REPORT = {
+    "schema_version?": int,
     "incident?": Opt(str),
     "host?": Opt(str),
     "ports?": [int],
@@ -340,15 +342,19 @@ def document(data: bytes, shape: Any, where: str) -> Any:
     return doc
 
 
-def report(data: bytes, where: str) -> dict[str, Any]:
-    """A report.json: its shape, and findings tcpsleuth knows (kind and severity)."""
+def report(data: bytes, where: str) -> IncidentReport:
+    """A report.json: its shape, findings tcpsleuth knows (kind and severity), and the
+    keys the report's types need (:mod:`tcpsleuth.model.incident`)."""
     doc = document(data, REPORT, where)
     for index, finding in enumerate(doc.get("findings", [])):
         try:
             Finding.from_dict(finding)
         except (ValueError, KeyError, TypeError) as problem:
             raise SchemaError(f"{where}.findings[{index}]: {problem}") from None
-    return typing.cast(dict[str, Any], doc)
+    try:
+        return IncidentReport.read(doc, where)
+    except ReportError as problem:
+        raise SchemaError(str(problem)) from None
 
 
 def lines(data: bytes, shape: Any, where: str) -> list[dict[str, Any]]:

@@ -12,6 +12,7 @@ from typing import Any
 from rich.console import Group
 
 from tcpsleuth.model.findings import Finding
+from tcpsleuth.model.incident import Capture, IncidentReport, Trace, Window
 from tcpsleuth.reports import cookiecounts, html, table, verdictview
 
 ROWS = 15
@@ -29,64 +30,65 @@ def clock(epoch: float | None) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S.%f")[:-4] + " UTC"
 
 
-def findings_of(doc: dict[str, Any]) -> list[Finding]:
-    return [Finding.from_dict(f) for f in doc.get("findings", [])]
+def findings_of(report: IncidentReport) -> list[Finding]:
+    return [Finding.from_dict(f) for f in report.findings]
 
 
-def facts(doc: dict[str, Any]) -> list[tuple[str, Any]]:
-    window = doc.get("window") or {}
-    capture = doc.get("capture") or {}
-    cookies = doc.get("syn_cookies") or {}
-    kinds = sorted({e.get("kind", "?") for e in doc.get("events", [])})
-    drops = capture.get("kernel_drops")
+def _capture_text(capture: Capture) -> str:
+    def given(name: str, otherwise: Any) -> Any:
+        return otherwise if name in capture.absent else getattr(capture, name)
+
+    drops = capture.kernel_drops
+    return (
+        f"{given('packets_kept', given('packets', 0))} packets, {given('bytes', 0)} bytes"
+        + (", payload past the Kafka header cut" if capture.payload_cut else "")
+        + (f", {drops} dropped by the kernel" if drops is not None else "")
+    )
+
+
+def facts(report: IncidentReport) -> list[tuple[str, Any]]:
+    window = report.window or Window()
+    capture = report.capture
+    kinds = sorted({e.get("kind", "?") for e in report.events})
+    sockets = report.sockets
     return [
-        ("host", doc.get("host") or "—"),
-        ("ports", ", ".join(str(p) for p in doc.get("ports", []))),
-        ("first event", clock(window.get("first_event"))),
-        ("last event", clock(window.get("last_event"))),
-        ("window kept", f"{clock(window.get('start'))} to {clock(window.get('end'))}"),
-        ("events", f"{len(doc.get('events', []))} ({', '.join(kinds)})"),
-        *cookiecounts.rows({"sent": None, **cookies}, capture.get("connections")),
-        ("window-scale mismatches", (doc.get("wscale_mismatch") or {}).get("count")),
-        ("window-limited connections", (doc.get("rwnd_limited") or {}).get("count")),
-        (
-            "capture",
-            f"{capture.get('packets_kept', capture.get('packets', 0))} packets, "
-            f"{capture.get('bytes', 0)} bytes"
-            + (", payload past the Kafka header cut" if capture.get("payload_cut") else "")
-            + (f", {drops} dropped by the kernel" if drops is not None else ""),
-        ),
+        ("host", report.host or "—"),
+        ("ports", ", ".join(str(p) for p in report.ports)),
+        ("first event", clock(window.first_event)),
+        ("last event", clock(window.last_event)),
+        ("window kept", f"{clock(window.start)} to {clock(window.end)}"),
+        ("events", f"{len(report.events)} ({', '.join(kinds)})"),
+        *cookiecounts.rows(report.syn_cookies.counts, capture.connections),
+        ("window-scale mismatches", report.wscale_mismatch.count),
+        ("window-limited connections", report.rwnd_limited.count),
+        ("capture", _capture_text(capture)),
         (
             "sockets (sock_diag)",
-            f"{doc['sockets']['during']['connections']} during, "
-            f"{doc['sockets']['later']['connections']} later"
-            if doc.get("sockets")
-            else "—",
+            f"{sockets.during.connections} during, {sockets.later.connections} later",
         ),
-        ("trace", _trace_text(doc.get("trace"))),
+        ("trace", _trace_text(report.trace)),
     ]
 
 
-def _trace_text(trace: dict[str, Any] | None) -> str:
-    if not trace:
+def _trace_text(trace: Trace | None) -> str:
+    if trace is None or trace.absent >= {"skipped", "samples", "connections"}:
         return "—"
-    if "skipped" in trace:
-        return f"skipped: {trace['skipped']}"
-    return f"{trace['samples']} samples of {trace['connections']} connections"
+    if trace.skipped is not None:
+        return f"skipped: {trace.skipped}"
+    return f"{trace.samples} samples of {trace.connections} connections"
 
 
-def mismatch_rows(doc: dict[str, Any], limit: int = ROWS) -> list[tuple[Any, ...]]:
-    rows = (doc.get("wscale_mismatch") or {}).get("connections", [])
+def mismatch_rows(report: IncidentReport, limit: int = ROWS) -> list[tuple[Any, ...]]:
     return [
         (
-            r["client"],
-            r["server"],
-            r["announced_wscale"],
-            r["inferred_wscale"],
-            r["server_rcv_wscale"],
-            "yes" if r["syn_cookie"] else "no",
+            r.client,
+            r.server,
+            r.announced_wscale,
+            r.inferred_wscale,
+            r.server_rcv_wscale,
+            "yes" if r.syn_cookie else "no",
         )
-        for r in rows[:limit]
+        for r in report.wscale_mismatch.connections[:limit]
     ]
 
 
@@ -101,19 +103,18 @@ MISMATCH_COLUMNS = (
 LIMITED_COLUMNS = ("client", "server", "sender", "waited ms", "share", "min window", "client.id")
 
 
-def limited_rows(doc: dict[str, Any], limit: int = ROWS) -> list[tuple[Any, ...]]:
-    rows = (doc.get("rwnd_limited") or {}).get("connections", [])
+def limited_rows(report: IncidentReport, limit: int = ROWS) -> list[tuple[Any, ...]]:
     return [
         (
-            r["client"],
-            r["server"],
-            r["sender"],
-            round(r["rwnd_limited_ms"]),
-            f"{r['rwnd_limited_share']:.0%}",
-            r["min_window_bytes"],
-            r.get("client_id") or "—",
+            r.client,
+            r.server,
+            r.sender,
+            round(r.rwnd_limited_ms),
+            f"{r.rwnd_limited_share:.0%}",
+            r.min_window_bytes,
+            r.client_id or "—",
         )
-        for r in rows[:limit]
+        for r in report.rwnd_limited.connections[:limit]
     ]
 
 
@@ -133,59 +134,60 @@ def _size(event: dict[str, Any]) -> float:
     return value if isinstance(value, int | float) else 0
 
 
-def event_rows(doc: dict[str, Any], limit: int = ROWS) -> list[tuple[Any, ...]]:
+def event_rows(events: list[dict[str, Any]], limit: int = ROWS) -> list[tuple[Any, ...]]:
     """One row per kind of event: how many samples had it, when, and the largest."""
     kinds: dict[str, list[dict[str, Any]]] = {}
-    for event in doc.get("events", []):
+    for event in events:
         kinds.setdefault(str(event.get("kind")), []).append(event)
     rows = []
-    for kind, events in kinds.items():
-        largest = max(events, key=_size)
+    for kind, same in kinds.items():
+        largest = max(same, key=_size)
         rows.append(
             (
                 kind,
-                len(events),
-                clock(events[0].get("time"))[11:22],
-                clock(events[-1].get("time"))[11:22],
+                len(same),
+                clock(same[0].get("time"))[11:22],
+                clock(same[-1].get("time"))[11:22],
                 largest.get("summary"),
             )
         )
     return rows[:limit]
 
 
-def render(doc: dict[str, Any]) -> Group:
-    parts: list[Any] = [verdictview.render(doc["verdict"])] if doc.get("verdict") else []
+def render(report: IncidentReport, verdict: dict[str, Any] | None = None) -> Group:
+    """The incident as tables, its verdict (``cli/report.py`` judges it) first."""
+    parts: list[Any] = [verdictview.render(verdict)] if verdict else []
     parts += [
-        table.key_values(f"{doc.get('incident')}: what the recorder kept", facts(doc)),
-        table.records_table("Events", EVENT_COLUMNS, event_rows(doc)),
+        table.key_values(f"{report.incident}: what the recorder kept", facts(report)),
+        table.records_table("Events", EVENT_COLUMNS, event_rows(report.events)),
     ]
-    mismatches = (doc.get("wscale_mismatch") or {}).get("count") or 0
+    mismatches = report.wscale_mismatch.count
     if mismatches:
         parts.append(
             table.records_table(
                 f"Window-scale mismatches ({min(mismatches, ROWS)} of {mismatches})",
                 MISMATCH_COLUMNS,
-                mismatch_rows(doc),
+                mismatch_rows(report),
             )
         )
-    limited = (doc.get("rwnd_limited") or {}).get("count") or 0
+    limited = report.rwnd_limited.count
     if limited:
         parts.append(
             table.records_table(
                 f"Senders held back by the peer's window ({min(limited, ROWS)} of {limited})",
                 LIMITED_COLUMNS,
-                limited_rows(doc),
+                limited_rows(report),
             )
         )
-    for note in doc.get("notes", []):
+    for note in report.notes:
         parts.append(f"[dim]note: {table.plain(note)}[/dim]")
-    parts.append(table.findings_table(findings_of(doc)))
+    parts.append(table.findings_table(findings_of(report)))
     return Group(*parts)
 
 
-def timeline_plot(doc: dict[str, Any], path: Path) -> Path | None:
+def timeline_plot(report: IncidentReport, path: Path) -> Path | None:
     """Counters per second over the incident's window, with its events marked."""
-    points = doc.get("timeline") or []
+    points = report.timeline
     if len(points) < 2:
         return None
     import matplotlib
@@ -200,11 +202,11 @@ def timeline_plot(doc: dict[str, Any], path: Path) -> Path | None:
         ys = [p["grown"].get(name, 0) / (p.get("seconds") or 1) for p in points[1:]]
         if any(ys):
             ax.plot(xs, ys, label=label, drawstyle="steps-pre")
-    for event in doc.get("events", []):
+    for event in report.events:
         ax.axvline(event["time"] - start, color="#b00", alpha=0.25, linewidth=1)
     ax.set_xlabel(f"seconds since {clock(start)} (red lines: events)")
     ax.set_ylabel("per second")
-    ax.set_title(f"{doc.get('incident')}: the kernel's counters, sampled by the recorder")
+    ax.set_title(f"{report.incident}: the kernel's counters, sampled by the recorder")
     ax.legend(loc="upper right")
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -213,29 +215,33 @@ def timeline_plot(doc: dict[str, Any], path: Path) -> Path | None:
     return path
 
 
-def html_sections(doc: dict[str, Any], pictures: Sequence[tuple[str, Path]]) -> list[html.Section]:
+def html_sections(
+    report: IncidentReport,
+    pictures: Sequence[tuple[str, Path]],
+    verdict: dict[str, Any] | None = None,
+) -> list[html.Section]:
     tables: list[tuple[str, Sequence[str], Sequence[Sequence[Any]]]] = [
-        ("Events", EVENT_COLUMNS, event_rows(doc, 100))
+        ("Events", EVENT_COLUMNS, event_rows(report.events, 100))
     ]
-    mismatches = (doc.get("wscale_mismatch") or {}).get("count") or 0
+    mismatches = report.wscale_mismatch.count
     if mismatches:
         tables.append(
             (
                 f"Window-scale mismatches ({min(mismatches, 100)} of {mismatches})",
                 MISMATCH_COLUMNS,
-                mismatch_rows(doc, 100),
+                mismatch_rows(report, 100),
             )
         )
-    limited = (doc.get("rwnd_limited") or {}).get("count") or 0
+    limited = report.rwnd_limited.count
     if limited:
         tables.append(
             (
                 f"Senders held back by the peer's window ({min(limited, 100)} of {limited})",
                 LIMITED_COLUMNS,
-                limited_rows(doc, 100),
+                limited_rows(report, 100),
             )
         )
-    kafka = (doc.get("capture") or {}).get("kafka") or []
+    kafka = report.capture.kafka or []
     if kafka:
         tables.append(
             (
@@ -255,27 +261,27 @@ def html_sections(doc: dict[str, Any], pictures: Sequence[tuple[str, Path]]) -> 
                 ],
             )
         )
-    if doc.get("notes"):
-        tables.append(("Notes", ("what the recorder could not do",), [(n,) for n in doc["notes"]]))
+    if report.notes:
+        tables.append(("Notes", ("what the recorder could not do",), [(n,) for n in report.notes]))
     return [
         html.Section(
-            title=f"{doc.get('incident')} on {doc.get('host')}",
-            facts=facts(doc),
-            findings=findings_of(doc),
+            title=f"{report.incident} on {report.host}",
+            facts=facts(report),
+            findings=findings_of(report),
             tables=tables,
             pictures=list(pictures),
             facts_title="What the recorder kept",
-            verdict=doc.get("verdict"),
+            verdict=verdict,
         )
     ]
 
 
-def html_page(doc: dict[str, Any]) -> str:
+def html_page(report: IncidentReport, verdict: dict[str, Any] | None = None) -> str:
     """The incident's self-contained HTML page (its timeline drawn in a scratch
     directory of its own); the caller writes it (``tcpsleuth.safefile``)."""
     with tempfile.TemporaryDirectory(prefix="tcpsleuth-incident-") as scratch:
-        picture = timeline_plot(doc, Path(scratch) / "timeline.png")
+        picture = timeline_plot(report, Path(scratch) / "timeline.png")
         pictures = [("The storm as the kernel counted it", picture)] if picture else []
         return html.render(
-            f"tcpsleuth incident {doc.get('incident')}", html_sections(doc, pictures)
+            f"tcpsleuth incident {report.incident}", html_sections(report, pictures, verdict)
         )

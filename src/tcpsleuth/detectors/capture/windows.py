@@ -173,6 +173,12 @@ def rwnd_findings(analysis: Analysis, client_ids: Mapping[int, str] | None = Non
     return out
 
 
+def rwnd_senders(analysis: Analysis) -> list[tuple[int, Finding]]:
+    """Each held-back sender's own ``rwnd-limited`` finding with its connection's index
+    in ``analysis.connections`` (what the recorder's report lists, one row each)."""
+    return [(int(f.evidence["stream"]), f) for f in _rwnd_per_connection(analysis)]
+
+
 def _rwnd_per_connection(analysis: Analysis) -> list[Finding]:
     """``rwnd-limited``: a sender that kept data waiting while its peer's window was
     full, for a large share of the time it was sending."""
