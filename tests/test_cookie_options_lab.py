@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from conftest import run_tcpsleuth
 from support.pcap_lab import make_capture
+from support.storm_lab import StormConfig, run_storm
 from support.tshark_diff import tshark as tshark_fields
 
 # three IPv4 and two IPv6 connections (no requests: the storm's server answers none),
@@ -88,3 +90,43 @@ def test_cookies_without_timestamps_are_cookies_and_not_a_stripped_option(
     assert cookies["evidence"]["cookie_synacks"] == sent
     assert cookies["evidence"]["cookie_connections"] == len(streams)
     print("kernel sent", sent, "cookie connections", len(streams), "rtt", rtt, "ms")
+
+
+def verdicts_against_truth(pcap: Path, sent: int) -> tuple[set[int], dict]:
+    """The capture's MSS-only SYN-ACKs (truth: as many as the kernel's cookies) against
+    the analyzer's verdicts: exactly those connections cookies, every other answered
+    one ordinary, no wscale-stripped; (cookie streams, the wscale-lost-syn-cookies
+    finding)."""
+    packets, streams, timed = mss_only_synacks(pcap)
+    assert timed == 0
+    assert packets == sent, (packets, sent)
+    result = run_tcpsleuth("pcap", "--format", "json", "--all-connections", str(pcap))
+    assert result.returncode in (0, 1), result.stderr
+    doc = json.loads(result.stdout)
+    conns = doc["files"][0]["connections"]
+    called = {c["stream"] for c in conns if c["syn_cookie"]["cookie"] is True}
+    ordinary = {c["stream"] for c in conns if c["syn_cookie"]["cookie"] is False}
+    synacked = {c["stream"] for c in conns if c["synack"] is not None}
+    assert called == streams, (len(called), len(streams))
+    assert ordinary == synacked - streams
+    kinds = [f["kind"] for f in doc["findings"]]
+    assert "wscale-stripped" not in kinds, kinds
+    [lost] = [f for f in doc["findings"] if f["kind"] == "wscale-lost-syn-cookies"]
+    assert lost["evidence"]["cookie_connections"] == len(streams)
+    assert lost["evidence"]["listener_synacks_with_options"] == len(ordinary)
+    return streams, lost
+
+
+@pytest.mark.parametrize(
+    ("family", "addrs"), [(6, 1), (4, 8)], ids=["ipv6-one-address", "ipv4-8-addresses"]
+)
+def test_storms_without_timestamps_both_ends(tmp_path: Path, family: int, addrs: int) -> None:
+    """The storms of test_capture_storms.py with timestamps off on the server, IPv6 and
+    several client addresses, read from the server's and the client's capture."""
+    storm = run_storm(tmp_path, StormConfig(clients=1500, addrs=addrs, family=family, timestamps=0))
+    sent = storm.netstat["TcpExtSyncookiesSent"]
+    assert sent >= 100, storm.netstat
+    for pcap in (storm.server_pcap, storm.client_pcap):
+        streams, lost = verdicts_against_truth(pcap, sent)
+        assert len(lost["evidence"]["clients"]) == addrs
+        print(family, addrs, pcap.name, "kernel sent", sent, "cookies", len(streams))
