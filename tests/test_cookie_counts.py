@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import re
 import shutil
 import struct
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from support.cli import tcpsleuth as run
 
 from tcpsleuth.detectors.capture import cookies
 from tcpsleuth.detectors.capture.run import analyse_stream
@@ -28,14 +26,6 @@ from tcpsleuth.sources.pcap import open_capture
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"
-
-
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "400", "NO_COLOR": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "tcpsleuth", *args],
-        capture_output=True, text=True, check=False, timeout=300, env=env,
-    )  # fmt: skip
 
 
 def flat(text: str) -> str:

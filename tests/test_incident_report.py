@@ -5,29 +5,19 @@ reads and renders as before, and a renamed key is one line (exit 2) instead of a
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support.cli import tcpsleuth as run
 
 from tcpsleuth.model.incident import SCHEMA_VERSION, IncidentReport, ReportError
 from tcpsleuth.recorder import schema
 from tcpsleuth.recorder.analysis import analyse
 
 INCIDENT = Path(__file__).resolve().parent / "data" / "incident-small"
-
-
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "400", "NO_COLOR": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "tcpsleuth", *args],
-        capture_output=True, text=True, check=False, timeout=300, env=env,
-    )  # fmt: skip
 
 
 def round_trip(report: IncidentReport) -> IncidentReport:
