@@ -17,7 +17,8 @@ import pytest
 from conftest import SUPPORT
 from support.capabilities import GUEST_TOOLS, missing
 from support.storm_lab import Storm
-from support.storm_truth import check_capture, connections
+from support.storm_truth import analyse as storm_truth_analyse
+from support.storm_truth import check_capture, connections, idle_storm_verdicts
 
 from tcpsleuth.errors import EnvironmentProblem
 from tcpsleuth.lab.kernel import build as kbuild
@@ -317,3 +318,41 @@ def test_storm_in_guest_per_connection(
         assert used is not None and used > announced
     else:
         assert not disagree
+
+
+@pytest.mark.heavy
+def test_idle_storm_cookies_decided_in_the_prefix_guest(
+    lab_kernels: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    """Issue 30's idle storm in the real pre-fix kernel: 1,000 clients on a backlog-50
+    listener with SO_RCVBUF 102400 (Kafka's), the queue not drained for 2 s after the
+    first SYN (the setup before the clients takes seconds under emulation), nothing
+    sent for 15 s, then closed. Only ordinary cookies (tcp_syncookies=1), so the
+    storm's ordinary connections measure the server's clock rate: every cookie
+    connection whose server answered its FIN (14 s or more after the SYN-ACK) is
+    decided, none wrong, and cookie connections run with the bug's shift."""
+    built = kbuild.find("prefix")
+    assert built is not None
+    storm_argv = [sys.executable, str(SUPPORT / "storm_lab.py"), str(tmp_path)]
+    storm_argv += ["--clients", "1000", "--rcvbuf", "102400", "--size", "0"]
+    storm_argv += ["--settle", "15", "--accept-delay", "-2"]
+    result = guest.run(built, storm_argv, timeout=GUEST_TIMEOUT, rwdirs=(tmp_path,))
+    assert result.status == 0, result.stderr[-2000:]
+    storm = Storm.load(tmp_path)
+    sent = storm.netstat.get("TcpExtSyncookiesSent", 0)
+    assert sent >= 50, f"the storm overflowed too little to judge: {sent} cookies sent"
+    cookies, verdicts = idle_storm_verdicts(storm, storm.server_pcap)
+    undecided = [verdicts[c] for c in cookies if verdicts[c]["cookie"] is None]
+    print(f"{sent} cookies sent, {len(cookies)} cookie connections with a later segment,")
+    print(f"{len(undecided)} undecided")
+    assert len(cookies) >= 50 and not undecided, undecided[:5]
+    doc = storm_truth_analyse(storm.server_pcap)
+    [found] = [f for f in doc["findings"] if f["kind"] == "syn-cookies-seen"]
+    print("server clock", found["evidence"]["server_clock"])  # the rate that decided them
+    assert found["evidence"]["server_clock"]["compares_up_to_s"] >= 14
+    truth = connections(storm.server_pcap, storm.server_ss, storm.client_ss)
+    bitten = [t for t in truth.values() if t.cookie and t.disagree]
+    # the client keeps the announced shift, the server uses the one of its full space
+    assert bitten and {t.client_snd_wscale for t in bitten} == {_shift(102400)}, bitten[:3]
+    [used] = {t.server_rcv_wscale for t in bitten}
+    assert used is not None and used > _shift(102400)

@@ -58,7 +58,7 @@ class StormConfig:
     backlog: int = 50
     size: int = 4096  # request bytes
     settle: float = 12.0
-    accept_delay: float = 0.5
+    accept_delay: float = 0.5  # negative: counted from the first connection
     family: int = 4
     drop_synacks: int = 0  # the client drops 1 in N SYN-ACKs: its SYN is retransmitted
     # start the clients when the kernel's ms clock modulo 64 equals the option bits of

@@ -8,10 +8,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from support.storm_lab import Storm
+from support.storm_lab import PORT, Storm
 from support.tshark_diff import endpoint as _endpoint
 from support.tshark_diff import tcpsleuth_json, tshark
 from tcpsleuth.detectors.capture import cookies as capture_cookies
+from tcpsleuth.detectors.capture import kernels as capture_kernels
 
 PRECISION, RECALL = 0.99, 0.95
 SYNACKS = "tcp.flags.syn == 1 && tcp.flags.ack == 1"
@@ -237,3 +238,47 @@ def _check_burst(
     assert sum(v["reason"] == in_phase for v in verdicts) >= 0.8 * storm.config.backlog
     # ... and none of it is called a cookie
     assert not [v for v in verdicts if v["cookie"]]
+
+
+def first_server_segment_after_synack_s(pcap: Path) -> dict[str, float]:
+    """Per client endpoint (as tcpsleuth writes it), the seconds from the server's
+    first SYN-ACK to its next segment with a TSval, as tshark reads them."""
+    synack: dict[str, float] = {}
+    out: dict[str, float] = {}
+    for t, syn, d4, d6, dport, tsval in tshark(
+        pcap,
+        "frame.time_epoch",
+        "tcp.flags.syn",
+        "ip.dst",
+        "ipv6.dst",
+        "tcp.dstport",
+        "tcp.options.timestamp.tsval",
+        display_filter=f"tcp.srcport=={PORT}",
+    ):
+        client = _endpoint(d4, d6, dport)
+        if syn == "1":
+            synack.setdefault(client, float(t))
+        elif tsval and client in synack and client not in out:
+            out[client] = float(t) - synack[client]
+    return out
+
+
+def idle_storm_verdicts(storm: Storm, pcap: Path) -> tuple[list[str], dict[str, dict]]:
+    """The cookie connections of ``storm`` whose server sent a segment after its
+    SYN-ACK, and every connection's verdict (by client endpoint); asserts that
+    each of those segments came more than LATER_SPAN_NS after the SYN-ACK."""
+    truth = connections(pcap, storm.server_ss, storm.client_ss)
+    doc = analyse(pcap)
+    verdicts = {c["client"]: c["syn_cookie"] for c in doc["files"][0]["connections"]}
+    later = first_server_segment_after_synack_s(pcap)
+    assert len(later) > 100
+    # the precondition, measured: nothing from the server within the 10 s
+    assert min(later.values()) * 1e9 > capture_kernels.LATER_SPAN_NS, min(later.values())
+    cookies = [c for c, t in truth.items() if t.cookie and c in later]
+    wrong = [
+        c
+        for c, t in truth.items()
+        if t.cookie is not None and verdicts[c]["cookie"] not in (None, t.cookie)
+    ]
+    assert not wrong, [(c, truth[c].cookie, verdicts[c]) for c in wrong[:5]]
+    return cookies, verdicts

@@ -129,6 +129,10 @@ def clock_rates(
     return out
 
 
+# why a connection's far segments (beyond LATER_SPAN_NS) decided nothing
+FAR_NONE, FAR_USED, FAR_NO_RATE, FAR_BEYOND = range(4)
+
+
 def later_runs(
     later_best: np.ndarray,
     far_at: np.ndarray,
@@ -137,16 +141,22 @@ def later_runs(
     hidden: np.ndarray,
     server: np.ndarray,
     bits: np.ndarray,
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray, dict[int, ClockRate]]:
     """Per connection, how far the server's clock ran ahead of its SYN-ACK's TSval
     (ns, NO_RUN: not measured): the LATER_BEST of its segments within LATER_SPAN_NS
     of the SYN-ACK, or, where its server's clock rate is measured (:func:`clock_rates`)
     and allows it, of its first segments after that span, less what the clock
-    gained on the capture's meanwhile; the higher of the two."""
+    gained on the capture's meanwhile; the higher of the two. Also, per connection,
+    what became of its far segments (FAR_*), and the rates, by server address key."""
     out = later_best.copy()
-    for key, rate in clock_rates(far_at, far_best, synack_ts, hidden, server, bits).items():
-        usable = (server == np.uint64(key)) & (far_at > 0) & (far_at <= rate.span_ns)
-        usable &= far_best != K.NO_RUN
+    has_far = (far_at > 0) & (far_best != K.NO_RUN)
+    state = np.where(has_far, FAR_NO_RATE, FAR_NONE).astype(np.int8)
+    rates = clock_rates(far_at, far_best, synack_ts, hidden, server, bits)
+    for key, rate in rates.items():
+        mine = has_far & (server == np.uint64(key))
+        usable = mine & (far_at <= rate.span_ns)
         corrected = far_best - np.round(far_at * rate.off).astype(np.int64)
         out = np.where(usable, np.maximum(out, corrected), out)
-    return out
+        state[usable] = FAR_USED
+        state[mine & ~usable] = FAR_BEYOND
+    return out, state, rates

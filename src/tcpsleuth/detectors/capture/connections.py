@@ -111,6 +111,7 @@ class ConnectionColumns:
     synack_ts: np.ndarray
     synack_seq: np.ndarray
     later_best_ns: np.ndarray
+    far_state: np.ndarray  # int8, clockrate.FAR_*: what the segments beyond 10 s decided
     synacks: np.ndarray
     synacks_same_seq: np.ndarray
     synacks_renewed: np.ndarray
@@ -389,6 +390,9 @@ class Analysis:
     hs_synack: np.ndarray = field(default_factory=lambda: np.zeros((0, 5), dtype=np.int64))
     connections: Connections = field(default_factory=lambda: Connections(None))
     detailed: bool = False  # every segment of the connections it covers
+    # the servers' timestamp clocks against the capture's (clockrate.ClockRate), by
+    # server address key, where the capture measures them
+    clock_rates: dict[int, Any] = field(default_factory=dict)
 
 
 def _syn_options(opts: list[int], window: int, ecn: bool) -> SynOptions:

@@ -53,6 +53,7 @@ from typing import Any
 
 import numpy as np
 
+from tcpsleuth.detectors.capture.clockrate import FAR_BEYOND, FAR_NO_RATE
 from tcpsleuth.detectors.capture.connections import SEQ_SPACE, Analysis
 from tcpsleuth.detectors.capture.cookie_options import ClearedOptions
 from tcpsleuth.detectors.capture.cookie_options import judge as judge_cleared
@@ -112,6 +113,11 @@ REASONS = (
     "no timestamps and the SYN-ACK kept the MSS alone of the options the SYN offered, "
     "while the listener's other SYN-ACKs carry them: a cookie (.cookie_options)",
     "no timestamps, and the SYN-ACK kept window scale or SACK: a cookie without timestamps cannot",
+    f"the server's next segment came more than {LATER_SPAN_NS // 1_000_000_000} s after "
+    "its SYN-ACK, and too few "
+    "ordinary connections of the capture measure its clock's rate to compare over that long",
+    "the server's next segment came later after its SYN-ACK than its measured clock "
+    "rate can be trusted over",
 )
 (
     R_NO_TIMESTAMPS,
@@ -132,6 +138,8 @@ REASONS = (
     R_IN_PHASE,
     R_OPTIONS_CLEARED,
     R_OPTIONS_KEPT,
+    R_FAR_NO_RATE,
+    R_FAR_BEYOND,
 ) = range(len(REASONS))
 UNKNOWN, ORDINARY, COOKIE = -1, 0, 1
 
@@ -207,6 +215,7 @@ class _Handshakes:
     synack_ts: np.ndarray
     hidden_ns: np.ndarray  # capture time between the client's last SYN and the SYN-ACK
     later_ns: np.ndarray  # LATER_BEST, NO_RUN where none
+    far_state: np.ndarray  # clockrate.FAR_*
     server: np.ndarray  # server address key
     pair: np.ndarray  # address pair key
 
@@ -232,6 +241,7 @@ def _handshakes(analysis: Analysis) -> _Handshakes:
         synack_ts,
         np.maximum(synack_ts - cols.last_syn_ts[judged], 0),
         cols.later_best_ns[judged],
+        cols.far_state[judged],
         server,
         pair,
     )
@@ -304,7 +314,12 @@ def _jump(hs: _Handshakes) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
     jumped = has_later & (lag - hidden >= JUMP_MIN_MS)
     verdict = np.where(jumped, COOKIE, UNKNOWN).astype(np.int8)
     confidence = np.where(jumped, 2, 0).astype(np.int8)
-    reason = np.where(jumped, R_JUMP, np.where(has_later, R_JUMP_HIDDEN, R_NOTHING_LATER))
+    nothing = np.select(
+        [hs.far_state == FAR_NO_RATE, hs.far_state == FAR_BEYOND],
+        [R_FAR_NO_RATE, R_FAR_BEYOND],
+        R_NOTHING_LATER,
+    )
+    reason = np.where(jumped, R_JUMP, np.where(has_later, R_JUMP_HIDDEN, nothing))
     phase = (hs.bits + np.nan_to_num(lag) - hs.synack_ts / 1e6) % 64
     rest = has_later & ~jumped
     for key in _distinct(hs.server[rest]):
@@ -548,10 +563,26 @@ def per_server(
             "undecided_connections": int(sum(undecided.values())),
             "undecided_why": dict(undecided),
             "cookie_why": dict(reasons),
+            "server_clock": _clock(analysis, int(cols.server_addr_key[cookies[0]])),
             **clients_hit(analysis, cookies.tolist(), client_ids),
             "per_second": dict(sorted(Counter(seconds).items())),
         }
     return out
+
+
+def _clock(analysis: Analysis, server_addr_key: int) -> dict[str, float] | None:
+    """The server's timestamp clock against the capture's, where the capture measured
+    it (:mod:`.clockrate`): how much faster (parts per million), its error, on how
+    many ordinary connections, and how long after a SYN-ACK it compares segments."""
+    rate = analysis.clock_rates.get(server_addr_key)
+    if rate is None:
+        return None
+    return {
+        "faster_ppm": round(rate.off * 1e6, 1),
+        "error_ppm": round(rate.error * 1e6, 1),
+        "measured_on_connections": rate.samples,
+        "compares_up_to_s": round(rate.span_ns / 1e9, 1),
+    }
 
 
 def totals(verdicts: CookieVerdicts) -> dict[str, Any]:
@@ -611,6 +642,7 @@ def findings(
                     "ordinary_connections": entry["ordinary_connections"],
                     "undecided_connections": undecided,
                     "undecided_why": entry["undecided_why"],
+                    "server_clock": entry["server_clock"],
                     "handshakes": entry["handshakes"],
                     "clients": entry["clients"],
                     "client_ids": entry["client_ids"],

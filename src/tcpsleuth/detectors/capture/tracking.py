@@ -23,7 +23,7 @@ import numpy as np
 
 from tcpsleuth.detectors.capture import kernels, layout
 from tcpsleuth.detectors.capture import kernels as K
-from tcpsleuth.detectors.capture.clockrate import cookie_bits, later_runs
+from tcpsleuth.detectors.capture.clockrate import ClockRate, cookie_bits, later_runs
 from tcpsleuth.detectors.capture.connections import (
     Analysis,
     ConnectionColumns,
@@ -325,6 +325,7 @@ def finish(tracked: TrackedState) -> Analysis:
         first_data = side[:, "FIRST_DATA_TS"]
         return np.where(first_data >= 0, last_ts - first_data, 0)
 
+    cookie_columns, rates = _cookie_columns(cs, ss, hs_syn, server_addr)
     columns = ConnectionColumns(
         af=af,
         src_hi=src_hi,
@@ -365,22 +366,7 @@ def finish(tracked: TrackedState) -> Analysis:
         first_window=ss[:, "INF_WIN"],
         first_window_ack=ss[:, "INF_ACK"],
         server_port=server_port,
-        # SYN-cookie evidence: handshake times, the server's clock after its SYN-ACK,
-        # its repeated SYN-ACKs (see kernels)
-        syn_ts=np.where(has_syn, cs[:, "HS_TS"], -1),
-        last_syn_ts=np.where(
-            has_syn & (cs[:, "LSYN_FRAME"] >= 0),
-            cs[:, "LSYN_TS"],
-            np.where(has_syn, cs[:, "HS_TS"], -1),
-        ),
-        synack_ts=np.where(has_synack, ss[:, "HS_TS"], -1),
-        synack_seq=ss[:, "HS_SEQ"],
-        later_best_ns=_later_best(cs, ss, hs_syn, server_addr),
-        synacks=ss[:, "SYNACKS"],
-        synacks_same_seq=ss[:, "SYNACK_SAME_SEQ"],
-        synacks_renewed=ss[:, "SYNACK_RENEWED"],
-        repeat_ts=np.where(has_synack, ss[:, "REP_TS"], -1),
-        repeat_tsval=np.where(has_synack, ss[:, "REP_TSVAL"], -1),
+        **cookie_columns,
         # hashes that group connections by server endpoint and by server address
         server_key=endpoint_hash(server_hi, server_lo, server_port, af),
         server_addr_key=server_addr,
@@ -394,21 +380,53 @@ def finish(tracked: TrackedState) -> Analysis:
     analysis = _handshake_rows(columns, cs, ss, has_syn, has_synack)
     analysis.columns = columns
     analysis.hs_syn, analysis.hs_synack = hs_syn, hs_synack
+    analysis.clock_rates = rates
     analysis.connections = Connections(analysis)
     return analysis
 
 
-def _later_best(cs: _Side, ss: _Side, hs_syn: np.ndarray, server_addr: np.ndarray) -> np.ndarray:
+def _cookie_columns(
+    cs: _Side, ss: _Side, hs_syn: np.ndarray, server_addr: np.ndarray
+) -> tuple[dict[str, np.ndarray], dict[int, ClockRate]]:
+    """The SYN-cookie evidence columns: handshake times, the server's clock after its
+    SYN-ACK, its repeated SYN-ACKs (see kernels); and the servers' clock rates."""
+    has_syn, has_synack = cs[:, "HS_KIND"] == 1, ss[:, "HS_KIND"] == 2
+    later_best, far_state, rates = _later_best(cs, ss, hs_syn, server_addr)
+    columns = {
+        "syn_ts": np.where(has_syn, cs[:, "HS_TS"], -1),
+        "last_syn_ts": np.where(
+            has_syn & (cs[:, "LSYN_FRAME"] >= 0),
+            cs[:, "LSYN_TS"],
+            np.where(has_syn, cs[:, "HS_TS"], -1),
+        ),
+        "synack_ts": np.where(has_synack, ss[:, "HS_TS"], -1),
+        "synack_seq": ss[:, "HS_SEQ"],
+        "later_best_ns": later_best,
+        "far_state": far_state,
+        "synacks": ss[:, "SYNACKS"],
+        "synacks_same_seq": ss[:, "SYNACK_SAME_SEQ"],
+        "synacks_renewed": ss[:, "SYNACK_RENEWED"],
+        "repeat_ts": np.where(has_synack, ss[:, "REP_TS"], -1),
+        "repeat_tsval": np.where(has_synack, ss[:, "REP_TSVAL"], -1),
+    }
+    return columns, rates
+
+
+def _later_best(
+    cs: _Side, ss: _Side, hs_syn: np.ndarray, server_addr: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, dict[int, ClockRate]]:
     """The server's runs after its SYN-ACK (``later_best_ns``): within LATER_SPAN_NS,
     or farther where its clock rate is measured (:func:`.clockrate.later_runs`),
-    worked out on the connections with a far segment only (few, mostly)."""
+    worked out on the connections with a far segment only (few, mostly); what
+    became of each connection's far segments (``far_state``); the clock rates."""
     has_synack = ss[:, "HS_KIND"] == 2
     later = np.where(has_synack, ss[:, "LATER_BEST"], K.NO_RUN)
+    state = np.zeros(len(later), dtype=np.int8)
     far = np.flatnonzero(has_synack & (ss[:, "FAR_AT"] > 0))
     if not len(far):
-        return later
+        return later, state, {}
     syn_ts = np.where(cs[far, "LSYN_FRAME"] >= 0, cs[far, "LSYN_TS"], cs[far, "HS_TS"])
-    later[far] = later_runs(
+    later[far], state[far], rates = later_runs(
         later[far],
         ss[far, "FAR_AT"],
         ss[far, "FAR_BEST"],
@@ -417,7 +435,7 @@ def _later_best(cs: _Side, ss: _Side, hs_syn: np.ndarray, server_addr: np.ndarra
         server_addr[far],
         cookie_bits(hs_syn[far], ss[far, "HS_FLAGS"]),
     )
-    return later
+    return later, state, rates
 
 
 # kinds of handshake rows, in the order they sort within one frame
