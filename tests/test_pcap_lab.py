@@ -402,12 +402,13 @@ def test_cookies_decided_from_the_fin_15_s_after_the_handshake(tmp_path: Path) -
         assert len(cookies) >= 100
         assert not undecided, [verdicts[c] for c in undecided[:5]]
         # the rate that decided them, in the evidence: one host, one clock, so the
-        # server's runs as fast as the capture's, to within a 1 ms tick over the 15 s
+        # server's runs as fast as the capture's, to within a 1 ms tick over the 14 s
+        # (71 ppm; 10 runs here: -11 to +37)
         [found] = findings_of(analyse(pcap), "syn-cookies-seen")
         clock = found["evidence"]["server_clock"]
         print(clock)
         assert clock["measured_on_connections"] >= 20, clock
-        assert abs(clock["faster_ppm"]) < 67 and clock["compares_up_to_s"] >= 15, clock
+        assert abs(clock["faster_ppm"]) < 75 and clock["compares_up_to_s"] >= 15, clock
 
 
 def test_without_ordinary_connections_the_fin_15_s_later_decides_nothing(
