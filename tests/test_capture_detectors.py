@@ -81,7 +81,7 @@ def test_a_lone_synack_is_undecided_with_its_reason(tmp_path: Path) -> None:
             if tcp.sport != 9092 or tcp.flags & dpkt.tcp.TH_SYN:
                 writer.writepkt(frame, ts)
     result = analyse_stream(open_capture(cut), frozenset({9092}))
-    nothing_later = capture_cookies.REASONS[capture_cookies.R_NOTHING_LATER]
+    nothing_later = capture_cookies.Reason.NOTHING_LATER.text
     verdicts = [result.cookies.of(s) for s in range(len(result.analysis.connections))]
     assert len(verdicts) == 400
     assert {(v.cookie, v.reason) for v in verdicts} == {(None, nothing_later)}

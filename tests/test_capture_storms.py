@@ -69,5 +69,5 @@ def test_no_cookies_without_syncookies(tmp_path: Path) -> None:
         hidden = [v for v in answered if v["cookie"] is None]
         print(pcap.name, len(answered), "answered", len(judged), "judged ordinary")
         assert judged
-        hidden_reason = capture_cookies.REASONS[capture_cookies.R_JUMP_HIDDEN]
+        hidden_reason = capture_cookies.Reason.JUMP_HIDDEN.text
         assert {v["reason"] for v in hidden} <= {hidden_reason}

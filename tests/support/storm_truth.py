@@ -232,7 +232,7 @@ def _check_burst(
     order = list(dict.fromkeys(_endpoint(*row) for row in rows))  # by first SYN-ACK
     burst = order[: next(i for i, c in enumerate(order) if truth[c].cookie)]
     verdicts = [conns[c]["syn_cookie"] for c in burst]
-    in_phase = capture_cookies.REASONS[capture_cookies.R_IN_PHASE]
+    in_phase = capture_cookies.Reason.IN_PHASE.text
     # the storm did what it is for: most of the first queueful (the backlog and one
     # more, answered within a millisecond or two) sat in the cookies' phase ...
     assert sum(v["reason"] == in_phase for v in verdicts) >= 0.8 * storm.config.backlog

@@ -49,6 +49,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import IntEnum
 from typing import Any
 
 import numpy as np
@@ -85,62 +86,75 @@ REPEAT_CLOCK_MS = 3.0
 ENVELOPE_BIN_NS = 1_000_000_000
 
 CONFIDENCE = (None, "medium", "high")
-# reason codes: what decided each verdict
-REASONS = (
-    "no timestamps in the handshake: a cookie leaves no mark",
-    "one SYN-ACK and no later server segment: nothing to compare its clock with",
-    "TSval behind the server's clock by the cookie rounding, with the cookie's low bits",
-    "TSval low bits are not the ones a cookie of this server carries",
-    "residue of a cookie but no lag: made when the clock's low bits equalled its "
-    "option bits, when a cookie and an ordinary SYN-ACK look the same",
-    "TSval jumped ahead after the SYN-ACK by the cookie rounding",
-    "TSval did not jump after the SYN-ACK, and the server answered promptly",
-    "no jump after the SYN-ACK, but the server's delay could have hidden one",
-    "a repeated SYN-ACK moved its TSval by a multiple of 64 ms, not with the clock",
-    "a repeated SYN-ACK moved its TSval with the clock",
-    "no SYN-ACK in the capture",
-    "the client sent for seconds after the handshake while the server neither answered "
-    "nor repeated its SYN-ACK: no request socket was waiting, as after a cookie whose "
-    "connection the full accept queue refused",
-    "the server reset the client's data without acknowledging any of it: the "
-    "handshake's ACK was refused (accept queue full) and the later segments no "
-    "longer pass a cookie's check; an ordinary request socket would have kept waiting",
-    "no jump, but the TSval sits in the server's cookie clock phase, and the server "
-    "sent cookies just before and after it and no ordinary SYN-ACK around that time",
-    "no jump, and the TSval is off the clock phase all this server's cookies share",
-    "no jump, in the server's cookie clock phase: made when the clock's low bits "
-    "equalled its option bits, when a cookie and an ordinary SYN-ACK look the same",
-    "no timestamps and the SYN-ACK kept the MSS alone of the options the SYN offered, "
-    "while the listener's other SYN-ACKs carry them: a cookie (.cookie_options)",
-    "no timestamps, and the SYN-ACK kept window scale or SACK: a cookie without timestamps cannot",
-    f"the server's next segment came more than {LATER_SPAN_NS // 1_000_000_000} s after "
-    "its SYN-ACK, and too few "
-    "ordinary connections of the capture measure its clock's rate to compare over that long",
-    "the server's next segment came later after its SYN-ACK than its measured clock "
-    "rate can be trusted over",
-)
-(
-    R_NO_TIMESTAMPS,
-    R_NOTHING_LATER,
-    R_GROUP_LAG,
-    R_GROUP_RESIDUE,
-    R_GROUP_AMBIGUOUS,
-    R_JUMP,
-    R_NO_JUMP,
-    R_JUMP_HIDDEN,
-    R_REPEAT_64,
-    R_REPEAT_CLOCK,
-    R_NO_SYNACK,
-    R_SILENT_SERVER,
-    R_RESET,
-    R_PHASE,
-    R_OFF_PHASE,
-    R_IN_PHASE,
-    R_OPTIONS_CLEARED,
-    R_OPTIONS_KEPT,
-    R_FAR_NO_RATE,
-    R_FAR_BEYOND,
-) = range(len(REASONS))
+
+
+class Reason(IntEnum):
+    """What decided a connection's verdict (an int8 code in the verdict columns); its
+    ``text`` is what the JSON and the tables say."""
+
+    text: str
+
+    def __new__(cls, text: str) -> Reason:
+        code = len(cls.__members__)
+        member = int.__new__(cls, code)
+        member._value_ = code
+        member.text = text
+        return member
+
+    NO_TIMESTAMPS = "no timestamps in the handshake: a cookie leaves no mark"
+    NOTHING_LATER = "one SYN-ACK and no later server segment: nothing to compare its clock with"
+    GROUP_LAG = "TSval behind the server's clock by the cookie rounding, with the cookie's low bits"
+    GROUP_RESIDUE = "TSval low bits are not the ones a cookie of this server carries"
+    GROUP_AMBIGUOUS = (
+        "residue of a cookie but no lag: made when the clock's low bits equalled its "
+        "option bits, when a cookie and an ordinary SYN-ACK look the same"
+    )
+    JUMP = "TSval jumped ahead after the SYN-ACK by the cookie rounding"
+    NO_JUMP = "TSval did not jump after the SYN-ACK, and the server answered promptly"
+    JUMP_HIDDEN = "no jump after the SYN-ACK, but the server's delay could have hidden one"
+    REPEAT_64 = "a repeated SYN-ACK moved its TSval by a multiple of 64 ms, not with the clock"
+    REPEAT_CLOCK = "a repeated SYN-ACK moved its TSval with the clock"
+    NO_SYNACK = "no SYN-ACK in the capture"
+    SILENT_SERVER = (
+        "the client sent for seconds after the handshake while the server neither answered "
+        "nor repeated its SYN-ACK: no request socket was waiting, as after a cookie whose "
+        "connection the full accept queue refused"
+    )
+    RESET = (
+        "the server reset the client's data without acknowledging any of it: the "
+        "handshake's ACK was refused (accept queue full) and the later segments no "
+        "longer pass a cookie's check; an ordinary request socket would have kept waiting"
+    )
+    PHASE = (
+        "no jump, but the TSval sits in the server's cookie clock phase, and the server "
+        "sent cookies just before and after it and no ordinary SYN-ACK around that time"
+    )
+    OFF_PHASE = "no jump, and the TSval is off the clock phase all this server's cookies share"
+    IN_PHASE = (
+        "no jump, in the server's cookie clock phase: made when the clock's low bits "
+        "equalled its option bits, when a cookie and an ordinary SYN-ACK look the same"
+    )
+    OPTIONS_CLEARED = (
+        "no timestamps and the SYN-ACK kept the MSS alone of the options the SYN offered, "
+        "while the listener's other SYN-ACKs carry them: a cookie (.cookie_options)"
+    )
+    OPTIONS_KEPT = (
+        "no timestamps, and the SYN-ACK kept window scale or SACK: a cookie without "
+        "timestamps cannot"
+    )
+    FAR_NO_RATE = (
+        f"the server's next segment came more than {LATER_SPAN_NS // 1_000_000_000} s after "
+        "its SYN-ACK, and too few "
+        "ordinary connections of the capture measure its clock's rate to compare over that long"
+    )
+    FAR_BEYOND = (
+        "the server's next segment came later after its SYN-ACK than its measured clock "
+        "rate can be trusted over"
+    )
+
+
+# the texts by code, for the verdict columns
+REASONS = tuple(reason.text for reason in Reason)
 UNKNOWN, ORDINARY, COOKIE = -1, 0, 1
 
 
@@ -316,10 +330,10 @@ def _jump(hs: _Handshakes) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
     confidence = np.where(jumped, 2, 0).astype(np.int8)
     nothing = np.select(
         [hs.far_state == FAR_NO_RATE, hs.far_state == FAR_BEYOND],
-        [R_FAR_NO_RATE, R_FAR_BEYOND],
-        R_NOTHING_LATER,
+        [Reason.FAR_NO_RATE, Reason.FAR_BEYOND],
+        Reason.NOTHING_LATER,
     )
-    reason = np.where(jumped, R_JUMP, np.where(has_later, R_JUMP_HIDDEN, nothing))
+    reason = np.where(jumped, Reason.JUMP, np.where(has_later, Reason.JUMP_HIDDEN, nothing))
     phase = (hs.bits + np.nan_to_num(lag) - hs.synack_ts / 1e6) % 64
     rest = has_later & ~jumped
     for key in _distinct(hs.server[rest]):
@@ -356,11 +370,11 @@ def _jump(hs: _Handshakes) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
         confidence = np.where(cookie | plain, 1, confidence)
         reason = np.where(
             cookie,
-            R_PHASE,
+            Reason.PHASE,
             np.where(
                 off_phase,
-                R_OFF_PHASE,
-                np.where(prompt, R_NO_JUMP, np.where(matched, R_IN_PHASE, reason)),
+                Reason.OFF_PHASE,
+                np.where(prompt, Reason.NO_JUMP, np.where(matched, Reason.IN_PHASE, reason)),
             ),
         )
     return verdict, confidence, reason, lag
@@ -397,7 +411,7 @@ def _one_clock(
     """Verdicts within groups whose SYN-ACKs follow one clock (offsets zero, or one
     per address pair): residue and lag behind the group's clock."""
     n = len(hs.index)
-    verdict, confidence, reason, lag = _no_verdicts(n, R_NOTHING_LATER)
+    verdict, confidence, reason, lag = _no_verdicts(n, Reason.NOTHING_LATER)
     if not n:
         return verdict, confidence, reason, lag
     keys, inverse = np.unique(group, return_inverse=True)
@@ -447,7 +461,9 @@ def _one_clock(
             verdict[members] = COOKIE
             confidence[members] = np.where(ambiguous, 1, 2)
         reason[members] = np.where(
-            sure_cookie, R_GROUP_LAG, np.where(sure_plain, R_GROUP_RESIDUE, R_GROUP_AMBIGUOUS)
+            sure_cookie,
+            Reason.GROUP_LAG,
+            np.where(sure_plain, Reason.GROUP_RESIDUE, Reason.GROUP_AMBIGUOUS),
         )
         lag[members] = behind
     return verdict, confidence, reason, lag
@@ -468,7 +484,7 @@ def _repeats(analysis: Analysis, hs: _Handshakes) -> tuple[np.ndarray, np.ndarra
     plain = has & ~multiple
     verdict = np.where(cookie, COOKIE, np.where(plain, ORDINARY, UNKNOWN))
     confidence = np.where(cookie | plain, 2, 0)
-    reason = np.where(cookie, R_REPEAT_64, R_REPEAT_CLOCK)
+    reason = np.where(cookie, Reason.REPEAT_64, Reason.REPEAT_CLOCK)
     return verdict, confidence, reason
 
 
@@ -490,19 +506,19 @@ def classify(analysis: Analysis, cleared: ClearedOptions | None = None) -> Cooki
     Handshakes without timestamps are judged by the options their SYN-ACK lost."""
     cols = analysis.columns
     nconn = len(analysis.connections)
-    verdict, confidence, reason, lag_ms = _no_verdicts(nconn, R_NO_SYNACK)
+    verdict, confidence, reason, lag_ms = _no_verdicts(nconn, Reason.NO_SYNACK)
     if not nconn:
         empty = np.zeros(0, dtype=np.int64)
         return CookieVerdicts(analysis, verdict, confidence, reason, lag_ms, empty, empty)
     has_synack = cols.has_synack
-    reason[has_synack] = R_NO_TIMESTAMPS
+    reason[has_synack] = Reason.NO_TIMESTAMPS
     hs = _handshakes(analysis)
     # weakest first, each stronger test overwriting where it decides
     v, c, r, lag = _jump(hs)
     silent, reset = _silence(analysis, hs)
     refused = silent | reset
     v, c = np.where(refused, COOKIE, v), np.where(refused, 1, c)
-    r = np.where(silent, R_SILENT_SERVER, np.where(reset, R_RESET, r))
+    r = np.where(silent, Reason.SILENT_SERVER, np.where(reset, Reason.RESET, r))
     for test in (
         lambda: _one_clock(hs, hs.server),
         lambda: _one_clock(hs, hs.pair),
@@ -517,9 +533,9 @@ def classify(analysis: Analysis, cleared: ClearedOptions | None = None) -> Cooki
     verdict[hs.index], confidence[hs.index], reason[hs.index] = v, c, r
     lag_ms[hs.index] = lag
     cleared = cleared if cleared is not None else judge_cleared(analysis)
-    verdict[cleared.cookie], reason[cleared.cookie] = COOKIE, R_OPTIONS_CLEARED
+    verdict[cleared.cookie], reason[cleared.cookie] = COOKIE, Reason.OPTIONS_CLEARED
     kept = cleared.ordinary & (verdict == UNKNOWN)
-    verdict[kept], confidence[kept], reason[kept] = ORDINARY, 2, R_OPTIONS_KEPT
+    verdict[kept], confidence[kept], reason[kept] = ORDINARY, 2, Reason.OPTIONS_KEPT
     confidence[cleared.cookie] = cleared.confidence[cleared.cookie]
     synacks = cols.synacks.astype(np.int64)
     cookie_synacks = np.where(verdict == COOKIE, 1 + cols.synacks_same_seq, 0).astype(np.int64)
