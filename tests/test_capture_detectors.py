@@ -12,7 +12,7 @@ from pathlib import Path
 import dpkt
 import pytest
 
-from tcpsleuth.detectors.capture import cookies as capture_cookies
+from tcpsleuth.detectors.capture.cookie_reasons import Reason
 from tcpsleuth.detectors.capture.run import analyse_stream
 from tcpsleuth.sources.pcap import open_capture
 
@@ -81,7 +81,7 @@ def test_a_lone_synack_is_undecided_with_its_reason(tmp_path: Path) -> None:
             if tcp.sport != 9092 or tcp.flags & dpkt.tcp.TH_SYN:
                 writer.writepkt(frame, ts)
     result = analyse_stream(open_capture(cut), frozenset({9092}))
-    nothing_later = capture_cookies.Reason.NOTHING_LATER.text
+    nothing_later = Reason.NOTHING_LATER.text
     verdicts = [result.cookies.of(s) for s in range(len(result.analysis.connections))]
     assert len(verdicts) == 400
     assert {(v.cookie, v.reason) for v in verdicts} == {(None, nothing_later)}

@@ -18,7 +18,7 @@ import pytest
 from support.storm_lab import Storm, StormConfig, run_storm
 from support.storm_truth import analyse, check_capture, connections
 
-from tcpsleuth.detectors.capture import cookies as capture_cookies
+from tcpsleuth.detectors.capture.cookie_reasons import Reason
 
 STORMS = {
     # one producer host, overflow cookies, cookie SYN-ACKs rewritten to announce
@@ -69,5 +69,5 @@ def test_no_cookies_without_syncookies(tmp_path: Path) -> None:
         hidden = [v for v in answered if v["cookie"] is None]
         print(pcap.name, len(answered), "answered", len(judged), "judged ordinary")
         assert judged
-        hidden_reason = capture_cookies.Reason.JUMP_HIDDEN.text
+        hidden_reason = Reason.JUMP_HIDDEN.text
         assert {v["reason"] for v in hidden} <= {hidden_reason}

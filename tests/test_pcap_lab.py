@@ -17,6 +17,7 @@ from support.storm_lab import StormConfig, run_storm
 from support.tshark_diff import tshark as tshark_fields
 
 from tcpsleuth.detectors.capture import cookies as cookies_module
+from tcpsleuth.detectors.capture.cookie_reasons import Reason
 from tcpsleuth.lab import faults
 
 
@@ -366,8 +367,8 @@ def test_cookies_made_when_the_clock_read_their_option_bits_are_decided(
     verdicts = [c["syn_cookie"] for c in conns]
     print([(v["cookie"], v["lag_ms"], v["reason"][:40]) for v in verdicts])
     reasons = [v["reason"] for v in verdicts]
-    jumped = reasons.count(cookies_module.Reason.JUMP.text)
-    made = [reasons[i] for i in IN_PHASE].count(cookies_module.Reason.PHASE.text)
+    jumped = reasons.count(Reason.JUMP.text)
+    made = [reasons[i] for i in IN_PHASE].count(Reason.PHASE.text)
     # the preconditions, measured: a client the scheduler held back by 2 ms makes a
     # cookie that jumps (decided all the same), and the phase takes 3 that did
     if not made and jumped == 10:
@@ -421,7 +422,7 @@ def test_without_ordinary_connections_the_fin_15_s_later_decides_nothing(
     assert storm.netstat["TcpExtSyncookiesSent"] >= 300, storm.netstat
     cookies, verdicts = storm_truth.idle_storm_verdicts(storm, storm.server_pcap)
     assert len(cookies) >= 200
-    nothing = cookies_module.Reason.FAR_NO_RATE.text
+    nothing = Reason.FAR_NO_RATE.text
     assert [c for c in cookies if verdicts[c]["reason"] != nothing] == []
 
 

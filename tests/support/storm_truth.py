@@ -11,8 +11,8 @@ from pathlib import Path
 from support.storm_lab import PORT, Storm
 from support.tshark_diff import endpoint as _endpoint
 from support.tshark_diff import tcpsleuth_json, tshark
-from tcpsleuth.detectors.capture import cookies as capture_cookies
 from tcpsleuth.detectors.capture import kernels as capture_kernels
+from tcpsleuth.detectors.capture.cookie_reasons import Reason
 
 PRECISION, RECALL = 0.99, 0.95
 SYNACKS = "tcp.flags.syn == 1 && tcp.flags.ack == 1"
@@ -232,7 +232,7 @@ def _check_burst(
     order = list(dict.fromkeys(_endpoint(*row) for row in rows))  # by first SYN-ACK
     burst = order[: next(i for i, c in enumerate(order) if truth[c].cookie)]
     verdicts = [conns[c]["syn_cookie"] for c in burst]
-    in_phase = capture_cookies.Reason.IN_PHASE.text
+    in_phase = Reason.IN_PHASE.text
     # the storm did what it is for: most of the first queueful (the backlog and one
     # more, answered within a millisecond or two) sat in the cookies' phase ...
     assert sum(v["reason"] == in_phase for v in verdicts) >= 0.8 * storm.config.backlog

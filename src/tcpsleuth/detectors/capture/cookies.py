@@ -39,9 +39,9 @@ SYN-ACKs carry them, one that kept either is not (:mod:`.cookie_options`). Where
 none applies (a SYN that offered neither, one SYN-ACK and nothing after it from the
 server), the verdict is ``None``: the capture cannot tell.
 
-About 620 lines, most of them this reasoning and the three tests it names: they
+About 590 lines, most of them this reasoning and the three tests it names: they
 judge the same connections together (a connection one test decides is not handed to
-the next), so they stay in one module.
+the next), so they stay in one module; their reasons are in :mod:`.cookie_reasons`.
 """
 
 from __future__ import annotations
@@ -49,7 +49,6 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import IntEnum
 from typing import Any
 
 import numpy as np
@@ -58,6 +57,7 @@ from tcpsleuth.detectors.capture.clockrate import FAR_BEYOND, FAR_NO_RATE
 from tcpsleuth.detectors.capture.connections import SEQ_SPACE, Analysis
 from tcpsleuth.detectors.capture.cookie_options import ClearedOptions
 from tcpsleuth.detectors.capture.cookie_options import judge as judge_cleared
+from tcpsleuth.detectors.capture.cookie_reasons import REASONS, Reason
 from tcpsleuth.detectors.capture.kernels import LATER_SPAN_NS, NO_RUN
 from tcpsleuth.detectors.capture.windows import clients_hit
 from tcpsleuth.model.capture import CWR, ECE, OPT_SACK, OPT_TIMESTAMPS, OPT_TSVAL, OPT_WSCALE
@@ -88,73 +88,6 @@ ENVELOPE_BIN_NS = 1_000_000_000
 CONFIDENCE = (None, "medium", "high")
 
 
-class Reason(IntEnum):
-    """What decided a connection's verdict (an int8 code in the verdict columns); its
-    ``text`` is what the JSON and the tables say."""
-
-    text: str
-
-    def __new__(cls, text: str) -> Reason:
-        code = len(cls.__members__)
-        member = int.__new__(cls, code)
-        member._value_ = code
-        member.text = text
-        return member
-
-    NO_TIMESTAMPS = "no timestamps in the handshake: a cookie leaves no mark"
-    NOTHING_LATER = "one SYN-ACK and no later server segment: nothing to compare its clock with"
-    GROUP_LAG = "TSval behind the server's clock by the cookie rounding, with the cookie's low bits"
-    GROUP_RESIDUE = "TSval low bits are not the ones a cookie of this server carries"
-    GROUP_AMBIGUOUS = (
-        "residue of a cookie but no lag: made when the clock's low bits equalled its "
-        "option bits, when a cookie and an ordinary SYN-ACK look the same"
-    )
-    JUMP = "TSval jumped ahead after the SYN-ACK by the cookie rounding"
-    NO_JUMP = "TSval did not jump after the SYN-ACK, and the server answered promptly"
-    JUMP_HIDDEN = "no jump after the SYN-ACK, but the server's delay could have hidden one"
-    REPEAT_64 = "a repeated SYN-ACK moved its TSval by a multiple of 64 ms, not with the clock"
-    REPEAT_CLOCK = "a repeated SYN-ACK moved its TSval with the clock"
-    NO_SYNACK = "no SYN-ACK in the capture"
-    SILENT_SERVER = (
-        "the client sent for seconds after the handshake while the server neither answered "
-        "nor repeated its SYN-ACK: no request socket was waiting, as after a cookie whose "
-        "connection the full accept queue refused"
-    )
-    RESET = (
-        "the server reset the client's data without acknowledging any of it: the "
-        "handshake's ACK was refused (accept queue full) and the later segments no "
-        "longer pass a cookie's check; an ordinary request socket would have kept waiting"
-    )
-    PHASE = (
-        "no jump, but the TSval sits in the server's cookie clock phase, and the server "
-        "sent cookies just before and after it and no ordinary SYN-ACK around that time"
-    )
-    OFF_PHASE = "no jump, and the TSval is off the clock phase all this server's cookies share"
-    IN_PHASE = (
-        "no jump, in the server's cookie clock phase: made when the clock's low bits "
-        "equalled its option bits, when a cookie and an ordinary SYN-ACK look the same"
-    )
-    OPTIONS_CLEARED = (
-        "no timestamps and the SYN-ACK kept the MSS alone of the options the SYN offered, "
-        "while the listener's other SYN-ACKs carry them: a cookie (.cookie_options)"
-    )
-    OPTIONS_KEPT = (
-        "no timestamps, and the SYN-ACK kept window scale or SACK: a cookie without "
-        "timestamps cannot"
-    )
-    FAR_NO_RATE = (
-        f"the server's next segment came more than {LATER_SPAN_NS // 1_000_000_000} s after "
-        "its SYN-ACK, and too few "
-        "ordinary connections of the capture measure its clock's rate to compare over that long"
-    )
-    FAR_BEYOND = (
-        "the server's next segment came later after its SYN-ACK than its measured clock "
-        "rate can be trusted over"
-    )
-
-
-# the texts by code, for the verdict columns
-REASONS = tuple(reason.text for reason in Reason)
 UNKNOWN, ORDINARY, COOKIE = -1, 0, 1
 
 
@@ -564,6 +497,7 @@ def per_server(
         seconds = ((cols.first_ts[cookies] - start) // 1_000_000_000).tolist()
         server = analysis.connections.endpoints_of([int(cookies[0])])[int(cookies[0])][1]
         reasons = Counter(REASONS[r] for r in verdicts.reason[members & cookie].tolist())
+        clock = analysis.clock_rates.get(int(cols.server_addr_key[cookies[0]]))
         undecided = Counter(
             REASONS[r] for r in verdicts.reason[members & (verdicts.verdict == UNKNOWN)].tolist()
         )
@@ -579,26 +513,11 @@ def per_server(
             "undecided_connections": int(sum(undecided.values())),
             "undecided_why": dict(undecided),
             "cookie_why": dict(reasons),
-            "server_clock": _clock(analysis, int(cols.server_addr_key[cookies[0]])),
+            "server_clock": clock.evidence() if clock else None,
             **clients_hit(analysis, cookies.tolist(), client_ids),
             "per_second": dict(sorted(Counter(seconds).items())),
         }
     return out
-
-
-def _clock(analysis: Analysis, server_addr_key: int) -> dict[str, float] | None:
-    """The server's timestamp clock against the capture's, where the capture measured
-    it (:mod:`.clockrate`): how much faster (parts per million), its error, on how
-    many ordinary connections, and how long after a SYN-ACK it compares segments."""
-    rate = analysis.clock_rates.get(server_addr_key)
-    if rate is None:
-        return None
-    return {
-        "faster_ppm": round(rate.off * 1e6, 1),
-        "error_ppm": round(rate.error * 1e6, 1),
-        "measured_on_connections": rate.samples,
-        "compares_up_to_s": round(rate.span_ns / 1e9, 1),
-    }
 
 
 def totals(verdicts: CookieVerdicts) -> dict[str, Any]:
