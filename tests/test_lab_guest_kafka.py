@@ -67,6 +67,7 @@ def test_the_incident_on_real_kafka_in_the_prefix_kernel(
     # the contradiction: the clients' p50 ten times the baseline or more, the broker's
     # own Produce p99 within a few times its own
     latency = run["latency_ms"]
+    assert not run["short_phases"], run["short_phases"]  # each said in one line
     answered(latency, "before", "after")
     assert latency["after"]["p50"] >= 10 * latency["before"]["p50"], latency
     own = run["broker_latency_ms"]

@@ -67,6 +67,7 @@ def test_heal_ends_the_incident_in_the_prefix_kernel(
     assert set(heal["shifts_after"]) == {"1"}, heal["shifts_after"]
     # the latency table's figures; ten times worse after the restart, back after heal
     latency, p50 = run["latency_ms"], heal["p50_ms"]
+    assert not run["short_phases"], run["short_phases"]  # each said in one line
     answered(latency, "before", "after", "after_heal")
     assert p50["before"] == latency["before"]["p50"]
     assert p50["after_restart"] == latency["after"]["p50"]

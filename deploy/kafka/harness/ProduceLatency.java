@@ -91,6 +91,9 @@ public final class ProduceLatency {
         options.put("reconnect-backoff-ms", "50");
         options.put("reconnect-backoff-max-ms", "1000");
         options.put("timeout-ms", "60000");
+        // the run asks the producers to end now, the way their duration would, by
+        // creating this file (its phases last what they last under an emulated CPU)
+        options.put("stop-file", "");
         for (int i = 0; i + 1 < args.length; i += 2) {
             if (!args[i].startsWith("--")) {
                 throw new IllegalArgumentException("expected --option value, got " + args[i]);
@@ -130,8 +133,17 @@ public final class ProduceLatency {
         for (int i = 0; i < crowdCount; i++) {
             nextCrowd[i] = (double) i / Math.max(1, crowdCount);
         }
+        java.io.File stopFile = new java.io.File(options.get("stop-file"));
+        boolean stoppable = !options.get("stop-file").isEmpty();
         double elapsed;
+        double nextLook = 0;
         while ((elapsed = (System.nanoTime() - start) / 1e9) < duration) {
+            if (stoppable && elapsed >= nextLook) {
+                if (stopFile.exists()) {
+                    break;
+                }
+                nextLook = elapsed + 0.1;
+            }
             for (int i = 0; i < measuredCount; i++) {
                 if (elapsed >= nextMeasured[i]) {
                     send(measured.get(i), i, payload);

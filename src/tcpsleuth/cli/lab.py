@@ -130,6 +130,8 @@ def _report(
         "findings_by_kind": analysis.findings_summary(found),
         "window": artifacts.window,
         "phases_s": {name: round(value, 1) for name, value in artifacts.phases_s.items()},
+        # phases that reached their cap short of answered requests (LabSize.after_answered)
+        "short_phases": artifacts.short,
         "mitigation_note": (
             "socket.listen.backlog.size is ignored by this Kafka version (before 3.2.0, "
             "KIP-764): its listener keeps backlog 50"

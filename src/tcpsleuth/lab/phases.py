@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -297,6 +298,7 @@ def start_clients(
                 reconnect_backoff_ms=50,
                 reconnect_backoff_max_ms=size.backoff_max_ms or 1000,
                 timeout_ms=int(size.timeout_s * 1000),
+                stop_file=str(stop_file(artifacts)),
             ),
             ns=client,
         )
@@ -348,9 +350,11 @@ def traffic(
     artifacts: RunArtifacts,
     clock: Clock,
     settle_s: float,
+    clients: list[Child],
 ) -> None:
     """Warm-up, the "before" window, the restart (the storm amplified where it would
-    overflow), the storm and the "after" window, to 2 s before its end."""
+    overflow), the storm and the "after" window, to 2 s before its end (sized by the
+    timed producers' answers where the size asks: :func:`await_answers`)."""
     started = clock.started
     clock.sleep_until(started + size.warmup_s, "warming up")
     artifacts.window["before_start"] = time.time()
@@ -366,6 +370,63 @@ def traffic(
     if "amplified" in artifacts.window:
         namespaces.sysctl(server, "net.ipv4.tcp_syncookies", scenario.tcp_syncookies)
     clock.sleep_until(after_start + size.after_s - 2, "steady traffic after the restart")
+    if size.after_answered:
+        await_answers(artifacts, clients, after_start, size, clock)
+
+
+def stop_file(artifacts: RunArtifacts) -> Path:
+    """The file whose creation tells the Java producers to end (see end_clients)."""
+    return artifacts.workdir / "clients.stop"
+
+
+def timed_producers(clients: list[Child]) -> set[tuple[str, int]]:
+    """(library, index) of every timed producer, from the clients' "ready" lines."""
+    return {
+        (line["library"], i)
+        for worker in clients
+        for line in worker.json_lines()
+        if line.get("type") == "ready"
+        for i in range(int(line.get("measured", 0)))
+    }
+
+
+def answered_since(clients: list[Child], since: float) -> Counter[tuple[str, int]]:
+    """Per timed producer (library, index), its requests sent at or after ``since`` and
+    answered without an error so far."""
+    return Counter(
+        (line["library"], int(line["producer"]))
+        for worker in clients
+        for line in worker.json_lines()
+        if line.get("type") == "latency" and line["sent"] >= since and not line.get("error")
+    )
+
+
+def await_answers(
+    artifacts: RunArtifacts, clients: list[Child], since: float, size: LabSize, clock: Clock
+) -> None:
+    """Hold the "after" window open until each timed producer has had
+    ``size.after_answered`` requests sent in it answered, or until ``size.after_cap_s``
+    after it opened; then close it (``window["after_end"]``). At the cap, the producers
+    still short, with their counts, go to ``artifacts.short["after"]``."""
+    wanted, deadline = size.after_answered, since + size.after_cap_s
+    producers = timed_producers(clients)
+    while True:
+        counts = answered_since(clients, since)
+        short = sorted(p for p in producers if counts[p] < wanted)
+        if not short:
+            break
+        if time.time() >= deadline:
+            listed = ", ".join(f"{lib} #{i}: {counts[(lib, i)]}" for lib, i in short)
+            artifacts.short["after"] = (
+                f"the after-restart window reached its cap of {size.after_cap_s:.0f} s with "
+                f"{len(short)} of {len(producers)} timed producers short of {wanted} answered "
+                f"requests ({listed})"
+            )
+            break
+        clock.step(f"after the restart: {len(short)} timed producers waiting for answers", 0.9)
+        time.sleep(0.5)
+    artifacts.window["after_end"] = max(time.time(), since + size.after_s)
+    artifacts.phases_s["after_window"] = artifacts.window["after_end"] - since
 
 
 def _restart(
@@ -425,9 +486,12 @@ def end_clients(
     told to end after heal, else they send until ``planned_end``."""
     if artifacts.heal is not None:
         _heal_phase(artifacts, server, step)
+    if artifacts.heal is not None or artifacts.size.after_answered:
+        # their phases lasted what they lasted: the clients end now
         planned_end = time.time()
+        stop_file(artifacts).touch()  # the Java producers
         for worker in clients:
-            if "tcpsleuth.lab.clients" in worker.argv:  # their end (the Java ones run out)
+            if "tcpsleuth.lab.clients" in worker.argv:
                 worker.process.send_signal(signal.SIGUSR1)
     step("waiting for the clients", 0.92)
     for worker in clients:

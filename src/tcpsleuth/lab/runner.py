@@ -133,7 +133,7 @@ def _run(
 
     step("connecting clients", 0.05)
     allow = phases.allowances(scenario, size, broker, artifacts, record_dir)
-    duration = size.duration_s + allow.restart + allow.record
+    duration = size.duration_s + allow.restart + allow.record + size.after_extra_s
     clients = phases.start_clients(stack, size, client, broker, artifacts, duration)
     recorder = phases.attach_recorder(stack, record_dir, server, artifacts, step)
     if recorder is not None:
@@ -141,7 +141,7 @@ def _run(
     started = time.time()
     artifacts.window["start"] = started
     clock = phases.Clock(started, size.duration_s, step)
-    phases.traffic(scenario, size, server, broker, artifacts, clock, allow.settle_s)
+    phases.traffic(scenario, size, server, broker, artifacts, clock, allow.settle_s, clients)
     phases.snapshot_sockets(artifacts, server, client)
     # without heal they send until their planned end (the restart allowance may not all
     # be used)

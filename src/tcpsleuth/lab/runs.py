@@ -53,6 +53,12 @@ class LabSize:
     # producers work off what they queued behind the small windows); that window lasts
     # after_s
     heal_settle_s: float = 10
+    # The "after" window by what happened (0: after_s alone): it lasts at least after_s
+    # and until each timed producer has had this many requests sent in it answered, for
+    # at most after_cap_s in all; a producer still short then is named in the result
+    # (RunArtifacts.short), never an empty phase
+    after_answered: int = 0
+    after_cap_s: float = 0
 
     @classmethod
     def small(cls) -> LabSize:
@@ -87,6 +93,11 @@ class LabSize:
             # the producers then worked off what they had queued at about 0.7 s of
             # backlog a second: a 10 s settle measured that, not the healed connections
             heal_settle_s=120,
+            # under emulation every phase stretches with the host's CPU (issue 31: one
+            # run's "after" window ended before any timed request after the restart
+            # was answered): it lasts until each timed producer has five answers
+            after_answered=5,
+            after_cap_s=900,
         )
 
     @classmethod
@@ -118,6 +129,11 @@ class LabSize:
             timeout_s=600,
             backoff_max_ms=1000,
         )
+
+    @property
+    def after_extra_s(self) -> float:
+        """How much longer than after_s the "after" window may last."""
+        return max(0.0, self.after_cap_s - self.after_s) if self.after_answered else 0.0
 
     @property
     def duration_s(self) -> float:
@@ -160,3 +176,6 @@ class RunArtifacts:
     recorder: dict[str, Any] | None = None
     # with --heal: what `tcpsleuth heal --apply` did after the storm (healing.run)
     heal: healing.HealRun | None = None
+    # phases that ended at their cap with timed producers short of their answers: phase
+    # -> what was missing, in one line
+    short: dict[str, str] = field(default_factory=dict)

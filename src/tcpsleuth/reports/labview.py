@@ -99,6 +99,8 @@ def render_runs(reports: list[dict[str, Any]], matrix: dict[str, Any] | None = N
         if r.get("phases_s") and "broker_ready" in r["phases_s"]:
             took = ", ".join(f"{name.replace('_', ' ')} {s} s" for name, s in r["phases_s"].items())
             parts.append(f"[dim]{r['scenario']} took: {took}.[/dim]")
+        for why in (r.get("short_phases") or {}).values():
+            parts.append(f"[yellow]{r['scenario']}: {table.plain(why)}.[/yellow]")
         if r.get("mitigation_note"):
             parts.append(f"[dim]{r['scenario']}: {r['mitigation_note']}.[/dim]")
         if r["emulation"]:
