@@ -6,8 +6,9 @@ Each phase that starts something registers its clean-up on the run's
 :class:`contextlib.ExitStack` as it starts it, so whatever has started is undone, last
 first, however the run ends.
 
-About 490 lines: one function a phase, each short, kept together because they share
-the run's artifacts and broker and read in the order they run.
+About 550 lines: one function a phase (and the "after" window's wait), each short,
+kept together because they share the run's artifacts and broker and read in the order
+they run.
 """
 
 from __future__ import annotations
