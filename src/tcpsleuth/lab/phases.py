@@ -391,15 +391,33 @@ def timed_producers(clients: list[Child]) -> set[tuple[str, int]]:
     }
 
 
-def answered_since(clients: list[Child], since: float) -> Counter[tuple[str, int]]:
+class Answers:
     """Per timed producer (library, index), its requests sent at or after ``since`` and
-    answered without an error so far."""
-    return Counter(
-        (line["library"], int(line["producer"]))
-        for worker in clients
-        for line in worker.json_lines()
-        if line.get("type") == "latency" and line["sent"] >= since and not line.get("error")
-    )
+    answered without an error so far; :meth:`update` reads only the clients' lines that
+    came since the last call (the window can last minutes, under an emulated CPU)."""
+
+    def __init__(self, clients: list[Child], since: float) -> None:
+        self.clients, self.since = clients, since
+        self.read = [0] * len(clients)
+        self.counts: Counter[tuple[str, int]] = Counter()
+
+    def update(self) -> Counter[tuple[str, int]]:
+        for n, worker in enumerate(self.clients):
+            lines = worker.all_lines[self.read[n] :]
+            self.read[n] += len(lines)
+            for text in lines:
+                if not text.lstrip().startswith("{"):
+                    continue
+                line = json.loads(text)
+                answered = line.get("type") == "latency" and not line.get("error")
+                if answered and line["sent"] >= self.since:
+                    self.counts[(line["library"], int(line["producer"]))] += 1
+        return self.counts
+
+
+def answered_since(clients: list[Child], since: float) -> Counter[tuple[str, int]]:
+    """:class:`Answers` read once."""
+    return Answers(clients, since).update()
 
 
 def await_answers(
@@ -411,8 +429,9 @@ def await_answers(
     still short, with their counts, go to ``artifacts.short["after"]``."""
     wanted, deadline = size.after_answered, since + size.after_cap_s
     producers = timed_producers(clients)
+    answers = Answers(clients, since)
     while True:
-        counts = answered_since(clients, since)
+        counts = answers.update()
         short = sorted(p for p in producers if counts[p] < wanted)
         if not short:
             break
