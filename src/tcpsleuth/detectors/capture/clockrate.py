@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
+from enum import IntEnum
 
 import numpy as np
 
@@ -139,8 +140,15 @@ def clock_rates(
     return out
 
 
-# why a connection's far segments (beyond LATER_SPAN_NS) decided nothing
-FAR_NONE, FAR_USED, FAR_NO_RATE, FAR_BEYOND = range(4)
+class Far(IntEnum):
+    """What became of a connection's first segments beyond LATER_SPAN_NS (an int8
+    column, ``far_state``): none, compared by the rate, no rate measured, beyond its
+    reach."""
+
+    NONE = 0
+    USED = 1
+    NO_RATE = 2
+    BEYOND = 3
 
 
 def later_runs(
@@ -157,16 +165,16 @@ def later_runs(
     of the SYN-ACK, or, where its server's clock rate is measured (:func:`clock_rates`)
     and allows it, of its first segments after that span, less what the clock
     gained on the capture's meanwhile; the higher of the two. Also, per connection,
-    what became of its far segments (FAR_*), and the rates, by server address key."""
+    what became of its far segments (:class:`Far`), and the rates, by server address key."""
     out = later_best.copy()
     has_far = (far_at > 0) & (far_best != K.NO_RUN)
-    state = np.where(has_far, FAR_NO_RATE, FAR_NONE).astype(np.int8)
+    state = np.where(has_far, Far.NO_RATE, Far.NONE).astype(np.int8)
     rates = clock_rates(far_at, far_best, synack_ts, hidden, server, bits)
     for key, rate in rates.items():
         mine = has_far & (server == np.uint64(key))
         usable = mine & (far_at <= rate.span_ns)
         corrected = far_best - np.round(far_at * rate.off).astype(np.int64)
         out = np.where(usable, np.maximum(out, corrected), out)
-        state[usable] = FAR_USED
-        state[mine & ~usable] = FAR_BEYOND
+        state[usable] = Far.USED
+        state[mine & ~usable] = Far.BEYOND
     return out, state, rates

@@ -111,7 +111,7 @@ class ConnectionColumns:
     synack_ts: np.ndarray
     synack_seq: np.ndarray
     later_best_ns: np.ndarray
-    far_state: np.ndarray  # int8, clockrate.FAR_*: what the segments beyond 10 s decided
+    far_state: np.ndarray  # int8, clockrate.Far: what the segments beyond 10 s decided
     synacks: np.ndarray
     synacks_same_seq: np.ndarray
     synacks_renewed: np.ndarray

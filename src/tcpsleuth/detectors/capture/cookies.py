@@ -53,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from tcpsleuth.detectors.capture.clockrate import FAR_BEYOND, FAR_NO_RATE
+from tcpsleuth.detectors.capture.clockrate import Far
 from tcpsleuth.detectors.capture.connections import SEQ_SPACE, Analysis
 from tcpsleuth.detectors.capture.cookie_options import ClearedOptions
 from tcpsleuth.detectors.capture.cookie_options import judge as judge_cleared
@@ -162,7 +162,7 @@ class _Handshakes:
     synack_ts: np.ndarray
     hidden_ns: np.ndarray  # capture time between the client's last SYN and the SYN-ACK
     later_ns: np.ndarray  # LATER_BEST, NO_RUN where none
-    far_state: np.ndarray  # clockrate.FAR_*
+    far_state: np.ndarray  # clockrate.Far
     server: np.ndarray  # server address key
     pair: np.ndarray  # address pair key
 
@@ -262,7 +262,7 @@ def _jump(hs: _Handshakes) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
     verdict = np.where(jumped, COOKIE, UNKNOWN).astype(np.int8)
     confidence = np.where(jumped, 2, 0).astype(np.int8)
     nothing = np.select(
-        [hs.far_state == FAR_NO_RATE, hs.far_state == FAR_BEYOND],
+        [hs.far_state == Far.NO_RATE, hs.far_state == Far.BEYOND],
         [Reason.FAR_NO_RATE, Reason.FAR_BEYOND],
         Reason.NOTHING_LATER,
     )
