@@ -1,8 +1,10 @@
 """The lab's "after" window sized by what happened (issue 31): it stays open until each
 timed producer has had the stated number of requests answered, or closes at its cap
-naming the producers still short. The producers here are real processes printing the
-clients' JSON lines (``tcpsleuth.lab.clients`` prints the same), at rates chosen so
-that one finishes and one does not."""
+naming the producers still short; after heal, the wait for the producers to work off
+their backlog (a request answered within the stated time) works the same way. The
+producers here are real processes printing the clients' JSON lines
+(``tcpsleuth.lab.clients`` prints the same), at rates chosen so that one finishes and
+one does not."""
 
 from __future__ import annotations
 
@@ -11,33 +13,42 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from tcpsleuth.lab import phases
+from tcpsleuth.lab import answers, phases
 from tcpsleuth.lab.processes import Child
 from tcpsleuth.lab.runner import LabSize, RunArtifacts
 from tcpsleuth.lab.scenarios import SCENARIOS
 
 # A producer: "ready" with its timed producers, then one answered request every EVERY
-# seconds for each, the first LATE seconds late (a broker still coming back).
+# seconds for each, the first LATE seconds late (a broker still coming back); for the
+# first BACKLOG seconds each answer comes 8 s after its request was sent (a queue being
+# worked off), then 50 ms.
 PRODUCER = """
 import json, sys, time
-library, measured, every, late, errors = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), \\
-    float(sys.argv[4]), sys.argv[5] == "errors"
+library, measured, every, late, errors, backlog = sys.argv[1], int(sys.argv[2]), \\
+    float(sys.argv[3]), float(sys.argv[4]), sys.argv[5] == "errors", float(sys.argv[6])
 print(json.dumps({"type": "ready", "library": library, "measured": measured}), flush=True)
 time.sleep(late)
+began = time.time()
 while True:
     for i in range(measured):
-        sent = time.time() - 0.05
-        print(json.dumps({"type": "latency", "library": library, "producer": i, "sent": sent,
-                          "latency_ms": 50, "error": "timeout" if errors else None}), flush=True)
+        latency = 8.0 if time.time() - began < backlog else 0.05
+        print(json.dumps({"type": "latency", "library": library, "producer": i,
+                          "sent": time.time() - latency, "latency_ms": latency * 1000,
+                          "error": "timeout" if errors else None}), flush=True)
     time.sleep(every)
 """
 
 
 def _producer(
-    library: str, measured: int, every: float, late: float, errors: bool = False
+    library: str,
+    measured: int,
+    every: float,
+    late: float,
+    errors: bool = False,
+    backlog: float = 0.0,
 ) -> Child:
     argv = [sys.executable, "-c", PRODUCER, library, str(measured), str(every), str(late)]
-    worker = Child([*argv, "errors" if errors else "ok"])
+    worker = Child([*argv, "errors" if errors else "ok", str(backlog)])
     worker.wait_for(lambda line: '"ready"' in line)
     return worker
 
@@ -57,17 +68,17 @@ def test_the_after_window_lasts_until_every_timed_producer_is_answered(tmp_path:
     try:
         artifacts, steps = _artifacts(tmp_path, size), []
         since = time.time()
-        phases.await_answers(artifacts, [fast, slow], since, size, _clock(steps))
+        phases.await_after_window(artifacts, [fast, slow], since, size, _clock(steps).step)
         closed = artifacts.window["after_end"] - since
     finally:
         fast.stop()
         slow.stop()
-    counts = phases.answered_since([fast, slow], since)
+    counts = answers.answered_since([fast, slow], since)
     # it waited for the slow one: 2 s late, then 5 answers 0.2 s apart
     assert 2.8 <= closed < 30, closed
     assert min(counts.values()) >= 5 and set(counts) == {("fast", 0), ("fast", 1), ("slow", 0)}
     assert artifacts.short == {}
-    assert any("1 timed producers waiting" in s for s in steps), steps
+    assert any("after-restart window: 1 timed producers waiting" in s for s in steps), steps
 
 
 def test_at_its_cap_the_window_names_the_producers_still_short(tmp_path: Path) -> None:
@@ -77,11 +88,42 @@ def test_at_its_cap_the_window_names_the_producers_still_short(tmp_path: Path) -
     try:
         artifacts = _artifacts(tmp_path, size)
         since = time.time()
-        phases.await_answers(artifacts, [answered, failing], since, size, _clock([]))
+        phases.await_after_window(artifacts, [answered, failing], since, size, _clock([]).step)
     finally:
         answered.stop()
         failing.stop()
     said = artifacts.short["after"]
-    assert "cap of 2 s" in said and "1 of 2 timed producers" in said, said
+    assert said.startswith("the after-restart window reached its cap of 2 s"), said
+    assert "1 of 2 timed producers short of 3 requests answered (" in said, said
     assert "failing #0: 0" in said and "answered #" not in said, said
     assert 2 <= artifacts.window["after_end"] - since < 10
+
+
+def test_after_heal_the_wait_ends_when_each_backlog_is_worked_off(tmp_path: Path) -> None:
+    """The producers answer 8 s late while they work off their backlog (2 s for one, 4 s
+    for the other): the wait for answers within 5 s ends when the second is through, not
+    at its first answer nor at its cap; one still working off at the cap is named."""
+    drained = answers.Wanted(1, cap_s=60, within_s=5)
+    quick = _producer("quick", 1, 0.1, 0.0, backlog=2.0)
+    slow = _producer("slow", 1, 0.1, 0.0, backlog=4.0)
+    try:
+        artifacts = _artifacts(tmp_path, LabSize.small())
+        since = time.time()
+        ended = answers.await_answers(artifacts, [quick, slow], since, drained, "heal_settle", print)
+    finally:
+        quick.stop()
+        slow.stop()
+    assert 4.0 <= ended - since < 30, ended - since
+    assert artifacts.short == {}
+
+    stuck = _producer("stuck", 1, 0.1, 0.0, backlog=60.0)
+    try:
+        artifacts = _artifacts(tmp_path, LabSize.small())
+        since = time.time()
+        capped = answers.Wanted(1, cap_s=2, within_s=5)
+        answers.await_answers(artifacts, [stuck], since, capped, "heal_settle", print)
+    finally:
+        stuck.stop()
+    said = artifacts.short["heal_settle"]
+    assert said.startswith("the wait for the producers to work off their backlog after heal"), said
+    assert "short of 1 requests answered within 5 s (stuck #0: 0)" in said, said

@@ -187,9 +187,9 @@ class ConfluentClients:
         for producer in self.crowd:
             producer.poll(0)
 
-    def close(self) -> None:
+    def close(self, flush_s: float) -> None:
         # only the measured producers' last answers matter; the crowd is dropped as is
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + flush_s
         for producer in self.measured:
             producer.flush(max(0.0, deadline - time.monotonic()))
 
@@ -231,10 +231,10 @@ class KafkaPythonClients:
     def pump(self) -> None:
         pass  # kafka-python's own I/O thread per producer does the work
 
-    def close(self) -> None:
+    def close(self, flush_s: float) -> None:
         from kafka.errors import KafkaTimeoutError
 
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + flush_s
         for producer in self.measured:
             # what is left is reported as pending, and counted
             with contextlib.suppress(KafkaTimeoutError):
@@ -274,7 +274,10 @@ def run(args: argparse.Namespace) -> None:
                 next_crowd[i] = due + every
         clients.pump()
         time.sleep(0.002)
-    clients.close()
+    # what the measured producers still have queued gets up to their request timeout to
+    # be answered (a message still waiting then is counted lost); a healthy path takes
+    # well under a second, so this waits only where something is wrong
+    clients.close(args.timeout_s)
     OUTSTANDING.report_pending()
     OUTSTANDING.report_counts()
     emit("done", library=clients.library, t=time.time())

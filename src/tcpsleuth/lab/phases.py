@@ -6,9 +6,9 @@ Each phase that starts something registers its clean-up on the run's
 :class:`contextlib.ExitStack` as it starts it, so whatever has started is undone, last
 first, however the run ends.
 
-About 550 lines: one function a phase (and the "after" window's wait), each short,
-kept together because they share the run's artifacts and broker and read in the order
-they run.
+About 530 lines: one function a phase, each short, kept together because they share
+the run's artifacts and broker and read in the order they run. The windows sized by the
+timed producers' answers wait through :mod:`tcpsleuth.lab.answers`.
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tcpsleuth.lab import faults, healing, kafka_broker, kafka_java, namespaces, recording, topology
+from tcpsleuth.lab.answers import Wanted, await_answers
 from tcpsleuth.lab.brokers import CommandBroker, LabBrokerProcess
 from tcpsleuth.lab.kafka_broker import KafkaBroker
 from tcpsleuth.lab.processes import Child, python_module
@@ -238,6 +238,7 @@ def allowances(
     # heal and the window after it: the clients are told to end when it is over
     if artifacts.heal is not None:
         record_allowance += healing.TIMEOUT_S + size.heal_settle_s + size.after_s
+        record_allowance += size.after_extra_s
     return Allowances(settle_s, restart_allowance, record_allowance)
 
 
@@ -355,7 +356,7 @@ def traffic(
 ) -> None:
     """Warm-up, the "before" window, the restart (the storm amplified where it would
     overflow), the storm and the "after" window, to 2 s before its end (sized by the
-    timed producers' answers where the size asks: :func:`await_answers`)."""
+    timed producers' answers where the size asks: :func:`await_after_window`)."""
     started = clock.started
     clock.sleep_until(started + size.warmup_s, "warming up")
     artifacts.window["before_start"] = time.time()
@@ -372,7 +373,7 @@ def traffic(
         namespaces.sysctl(server, "net.ipv4.tcp_syncookies", scenario.tcp_syncookies)
     clock.sleep_until(after_start + size.after_s - 2, "steady traffic after the restart")
     if size.after_answered:
-        await_answers(artifacts, clients, after_start, size, clock)
+        await_after_window(artifacts, clients, after_start, size, clock.step)
 
 
 def stop_file(artifacts: RunArtifacts) -> Path:
@@ -380,72 +381,16 @@ def stop_file(artifacts: RunArtifacts) -> Path:
     return artifacts.workdir / "clients.stop"
 
 
-def timed_producers(clients: list[Child]) -> set[tuple[str, int]]:
-    """(library, index) of every timed producer, from the clients' "ready" lines."""
-    return {
-        (line["library"], i)
-        for worker in clients
-        for line in worker.json_lines()
-        if line.get("type") == "ready"
-        for i in range(int(line.get("measured", 0)))
-    }
-
-
-class Answers:
-    """Per timed producer (library, index), its requests sent at or after ``since`` and
-    answered without an error so far; :meth:`update` reads only the clients' lines that
-    came since the last call (the window can last minutes, under an emulated CPU)."""
-
-    def __init__(self, clients: list[Child], since: float) -> None:
-        self.clients, self.since = clients, since
-        self.read = [0] * len(clients)
-        self.counts: Counter[tuple[str, int]] = Counter()
-
-    def update(self) -> Counter[tuple[str, int]]:
-        for n, worker in enumerate(self.clients):
-            lines = worker.all_lines[self.read[n] :]
-            self.read[n] += len(lines)
-            for text in lines:
-                if not text.lstrip().startswith("{"):
-                    continue
-                line = json.loads(text)
-                answered = line.get("type") == "latency" and not line.get("error")
-                if answered and line["sent"] >= self.since:
-                    self.counts[(line["library"], int(line["producer"]))] += 1
-        return self.counts
-
-
-def answered_since(clients: list[Child], since: float) -> Counter[tuple[str, int]]:
-    """:class:`Answers` read once."""
-    return Answers(clients, since).update()
-
-
-def await_answers(
-    artifacts: RunArtifacts, clients: list[Child], since: float, size: LabSize, clock: Clock
+def await_after_window(
+    artifacts: RunArtifacts, clients: list[Child], since: float, size: LabSize, step: Step
 ) -> None:
     """Hold the "after" window open until each timed producer has had
     ``size.after_answered`` requests sent in it answered, or until ``size.after_cap_s``
-    after it opened; then close it (``window["after_end"]``). At the cap, the producers
-    still short, with their counts, go to ``artifacts.short["after"]``."""
-    wanted, deadline = size.after_answered, since + size.after_cap_s
-    producers = timed_producers(clients)
-    answers = Answers(clients, since)
-    while True:
-        counts = answers.update()
-        short = sorted(p for p in producers if counts[p] < wanted)
-        if not short:
-            break
-        if time.time() >= deadline:
-            listed = ", ".join(f"{lib} #{i}: {counts[(lib, i)]}" for lib, i in short)
-            artifacts.short["after"] = (
-                f"the after-restart window reached its cap of {size.after_cap_s:.0f} s with "
-                f"{len(short)} of {len(producers)} timed producers short of {wanted} answered "
-                f"requests ({listed})"
-            )
-            break
-        clock.step(f"after the restart: {len(short)} timed producers waiting for answers", 0.9)
-        time.sleep(0.5)
-    artifacts.window["after_end"] = max(time.time(), since + size.after_s)
+    after it opened (it lasts at least ``size.after_s``); then close it
+    (``window["after_end"]``)."""
+    wanted = Wanted(size.after_answered, size.after_cap_s)
+    ended = await_answers(artifacts, clients, since, wanted, "after", step)
+    artifacts.window["after_end"] = max(ended, since + size.after_s)
     artifacts.phases_s["after_window"] = artifacts.window["after_end"] - since
 
 
@@ -505,7 +450,7 @@ def end_clients(
     """Heal (with ``--heal``) and the window after it, then the clients' end: they are
     told to end after heal, else they send until ``planned_end``."""
     if artifacts.heal is not None:
-        _heal_phase(artifacts, server, step)
+        _heal_phase(artifacts, server, clients, step)
     if artifacts.heal is not None or artifacts.size.after_answered:
         # their phases lasted what they lasted: the clients end now
         planned_end = time.time()
@@ -515,7 +460,10 @@ def end_clients(
                 worker.process.send_signal(signal.SIGUSR1)
     step("waiting for the clients", 0.92)
     for worker in clients:
-        worker.process.wait(timeout=max(0.0, planned_end - time.time()) + 120)
+        # they end when their measured producers' queues are answered (or their
+        # request timeout, timeout_s, has passed)
+        wait = max(0.0, planned_end - time.time()) + artifacts.size.timeout_s + 60
+        worker.process.wait(timeout=wait)
     artifacts.window["end"] = time.time()
 
 
@@ -552,10 +500,17 @@ def collect(
             (artifacts.workdir / "clients-stderr.txt").open("a").write(errors)
 
 
-def _heal_phase(artifacts: RunArtifacts, server: str, step: Callable[[str, float], None]) -> None:
+def _heal_phase(artifacts: RunArtifacts, server: str, clients: list[Child], step: Step) -> None:
     """Heal once the "after restart" window has been measured (it ends here), then the
-    "after heal" window: it opens ``heal_settle_s`` after heal ended and lasts after_s;
-    the broker's connections with the bug's shift are counted near its end."""
+    "after heal" window; the broker's connections with the bug's shift are counted near
+    its end.
+
+    Sized by what happened where the size asks (``after_answered``): the window opens
+    once each timed producer has worked off what it queued behind the small windows (a
+    request sent after heal answered within ``drained_s``; at most ``heal_settle_s``)
+    and lasts until each has had ``after_answered`` requests sent in it answered (at
+    least ``after_s``, at most ``after_cap_s``). Otherwise it opens ``heal_settle_s``
+    after heal and lasts ``after_s``."""
     assert artifacts.heal is not None
     w, size = artifacts.window, artifacts.size
     w["after_end"] = w["heal_start"] = time.time()
@@ -565,9 +520,21 @@ def _heal_phase(artifacts: RunArtifacts, server: str, step: Callable[[str, float
         server, PORT, artifacts.heal.method, with_kernel, artifacts.workdir
     )
     w["heal_end"] = time.time()
-    w["after_heal_start"] = w["heal_end"] + size.heal_settle_s
+    if size.after_answered:
+        drained = Wanted(1, size.heal_settle_s, size.drained_s)
+        w["after_heal_start"] = await_answers(
+            artifacts, clients, w["heal_end"], drained, "heal_settle", step
+        )
+        window = Wanted(size.after_answered, size.after_cap_s)
+        ended = await_answers(artifacts, clients, w["after_heal_start"], window, "after_heal", step)
+        end = max(ended, w["after_heal_start"] + size.after_s)
+    else:
+        w["after_heal_start"] = w["heal_end"] + size.heal_settle_s
+        end = w["after_heal_start"] + size.after_s
     step("traffic after heal", 0.91)
-    time.sleep(max(0.0, w["after_heal_start"] + size.after_s - 2 - time.time()))
+    time.sleep(max(0.0, end - 2 - time.time()))
     healing.count_after(artifacts.heal, sockdiag.snapshot(server), PORT)
-    time.sleep(max(0.0, w["after_heal_start"] + size.after_s - time.time()))
+    time.sleep(max(0.0, end - time.time()))
     w["after_heal_end"] = time.time()
+    artifacts.phases_s["heal_settle"] = w["after_heal_start"] - w["heal_end"]
+    artifacts.phases_s["after_heal_window"] = w["after_heal_end"] - w["after_heal_start"]

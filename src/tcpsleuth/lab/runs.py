@@ -51,8 +51,12 @@ class LabSize:
     backoff_max_ms: int | None = None
     # With --heal: after heal has ended, before the "after heal" window opens (the
     # producers work off what they queued behind the small windows); that window lasts
-    # after_s
+    # after_s. With after_answered, the most it may take: the window opens as soon as
+    # each timed producer has had a request sent after heal answered within drained_s
+    # (its queue nearly empty: what is left drains in about as long, a small part of the
+    # window that follows)
     heal_settle_s: float = 10
+    drained_s: float = 1
     # The "after" window by what happened (0: after_s alone): it lasts at least after_s
     # and until each timed producer has had this many requests sent in it answered, for
     # at most after_cap_s in all; a producer still short then is named in the result
@@ -91,8 +95,10 @@ class LabSize:
             after_s=12,
             # measured (destroy, 2026-12-06): heal came some 60 s after the restart and
             # the producers then worked off what they had queued at about 0.7 s of
-            # backlog a second: a 10 s settle measured that, not the healed connections
-            heal_settle_s=120,
+            # backlog a second: a 10 s settle measured that, not the healed connections;
+            # a fixed 120 s did not always suffice either. The wait now ends when each
+            # timed producer's queue has drained (drained_s), for at most this long
+            heal_settle_s=600,
             # under emulation every phase stretches with the host's CPU (issue 31: one
             # run's "after" window ended before any timed request after the restart
             # was answered): it lasts until each timed producer has five answers

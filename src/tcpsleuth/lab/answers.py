@@ -1,0 +1,112 @@
+"""The lab's windows sized by what happened (issue 31): how many of each timed
+producer's requests have been answered since a moment, read from the clients' JSON
+lines as they come, and the wait until every timed producer has what a window asks
+(or its cap, the producers still short named in the run's result)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tcpsleuth.lab.processes import Child
+from tcpsleuth.lab.runs import RunArtifacts
+
+Step = Callable[[str, float], None]
+
+
+def timed_producers(clients: list[Child]) -> set[tuple[str, int]]:
+    """(library, index) of every timed producer, from the clients' "ready" lines."""
+    return {
+        (line["library"], i)
+        for worker in clients
+        for line in worker.json_lines()
+        if line.get("type") == "ready"
+        for i in range(int(line.get("measured", 0)))
+    }
+
+
+class Answers:
+    """Per timed producer (library, index), its requests sent at or after ``since`` and
+    answered without an error so far (within ``within_s`` of being sent, when given);
+    :meth:`update` reads only the clients' lines that came since the last call (a
+    window can last minutes, under an emulated CPU)."""
+
+    def __init__(self, clients: list[Child], since: float, within_s: float | None = None) -> None:
+        self.clients, self.since, self.within_ms = clients, since, None
+        if within_s is not None:
+            self.within_ms = within_s * 1000
+        self.read = [0] * len(clients)
+        self.counts: Counter[tuple[str, int]] = Counter()
+
+    def update(self) -> Counter[tuple[str, int]]:
+        for n, worker in enumerate(self.clients):
+            lines = worker.all_lines[self.read[n] :]
+            self.read[n] += len(lines)
+            for text in lines:
+                if not text.lstrip().startswith("{"):
+                    continue
+                line = json.loads(text)
+                answered = line.get("type") == "latency" and not line.get("error")
+                if not answered or line["sent"] < self.since:
+                    continue
+                if self.within_ms is None or line["latency_ms"] <= self.within_ms:
+                    self.counts[(line["library"], int(line["producer"]))] += 1
+        return self.counts
+
+
+def answered_since(clients: list[Child], since: float) -> Counter[tuple[str, int]]:
+    """:class:`Answers` read once."""
+    return Answers(clients, since).update()
+
+
+# What each wait is called where it tells the progress and where it reached its cap
+WAITS = {
+    "after": "the after-restart window",
+    "heal_settle": "the wait for the producers to work off their backlog after heal",
+    "after_heal": "the after-heal window",
+}
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """What a wait asks of every timed producer: ``count`` requests sent at or after its
+    start answered (each within ``within_s`` of being sent, when given), for at most
+    ``cap_s`` seconds."""
+
+    count: int
+    cap_s: float
+    within_s: float | None = None
+
+
+def await_answers(
+    artifacts: RunArtifacts,
+    clients: list[Child],
+    since: float,
+    wanted: Wanted,
+    phase: str,
+    step: Step,
+) -> float:
+    """Wait until each timed producer has what ``wanted`` asks, or until its cap; returns
+    the moment it ended. At the cap, the producers still short, with their counts, go to
+    ``artifacts.short[phase]``."""
+    producers = timed_producers(clients)
+    answers = Answers(clients, since, wanted.within_s)
+    within = "" if wanted.within_s is None else f" within {wanted.within_s:g} s"
+    while True:
+        counts = answers.update()
+        short = sorted(p for p in producers if counts[p] < wanted.count)
+        if not short:
+            return time.time()
+        if time.time() >= since + wanted.cap_s:
+            listed = ", ".join(f"{lib} #{i}: {counts[(lib, i)]}" for lib, i in short)
+            artifacts.short[phase] = (
+                f"{WAITS[phase]} reached its cap of {wanted.cap_s:.0f} s with {len(short)} "
+                f"of {len(producers)} timed producers short of {wanted.count} requests "
+                f"answered{within} ({listed})"
+            )
+            return time.time()
+        step(f"{WAITS[phase]}: {len(short)} timed producers waiting for answers", 0.9)
+        time.sleep(0.5)
