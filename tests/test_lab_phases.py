@@ -109,7 +109,9 @@ def test_after_heal_the_wait_ends_when_each_backlog_is_worked_off(tmp_path: Path
     try:
         artifacts = _artifacts(tmp_path, LabSize.small())
         since = time.time()
-        ended = answers.await_answers(artifacts, [quick, slow], since, drained, "heal_settle", print)
+        ended = answers.await_answers(
+            artifacts, [quick, slow], since, drained, "heal_settle", print
+        )
     finally:
         quick.stop()
         slow.stop()
