@@ -414,6 +414,7 @@ def run_command(
         measured=base.measured if measured is None else measured,
         after_s=base.after_s if after_s is None else after_s,
         timeout_s=max(base.timeout_s, healing.PRODUCER_TIMEOUT_S) if heal else base.timeout_s,
+        interval_ms=(base.heal_interval_ms or base.interval_ms) if heal else base.interval_ms,
     )
     reports, all_findings, libraries = _run_scenarios(
         names,
