@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import secrets
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -92,7 +91,7 @@ class _Temporary:
         self.path = path
         self.sync = sync
         self.dir_fd = os.open(path.parent, _DIR_FLAGS)
-        self.name = f".{path.name[:200]}.{secrets.token_hex(6)}.tmp"
+        self.name = f".{path.name[:200]}.{os.urandom(6).hex()}.tmp"
         try:
             with contextlib.suppress(FileNotFoundError):
                 there = os.stat(path.name, dir_fd=self.dir_fd, follow_symlinks=False)

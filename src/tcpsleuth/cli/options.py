@@ -13,7 +13,6 @@ import click
 from tcpsleuth import safefile
 from tcpsleuth.errors import InputError
 from tcpsleuth.model.records import KafkaConfig
-from tcpsleuth.sources.kafkaconfig import read_kafka_config
 from tcpsleuth.sources.netns import checked_name
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -115,7 +114,12 @@ def config_option(func: F) -> F:
 
 
 def load_kafka_config(path: Path | None) -> KafkaConfig | None:
-    return read_kafka_config(path) if path is not None else None
+    if path is None:
+        return None
+    # imported here: the configuration readers cost the start-up of every command 13 ms
+    from tcpsleuth.sources.kafkaconfig import read_kafka_config
+
+    return read_kafka_config(path)
 
 
 def exclusive(**given: object) -> None:

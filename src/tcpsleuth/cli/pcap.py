@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import IO, Any
 
 import click
-from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
 from tcpsleuth import compiled, safefile
 from tcpsleuth.cli.options import format_option, writable
@@ -41,6 +40,9 @@ def analyse_file(
     compiled.use_python(0 < size <= PLAIN_PYTHON_BYTES)
     if not (show_progress and size >= PROGRESS_MIN_BYTES):
         return analyse_stream(open_capture(path, keep=keep), kafka_ports)
+    # imported here: rich.progress costs a small capture's start-up 25 ms
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
     with Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import http.client
 import json
 import os
 import re
@@ -32,8 +31,12 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tcpsleuth.errors import EnvironmentProblem, InputError
+
+if TYPE_CHECKING:
+    import http.client
 
 CLONE_NEWNET = 0x40000000
 NETNS_RUN_DIR = Path("/var/run/netns")
@@ -176,22 +179,24 @@ def _from_crictl(tool: str, container: str) -> str | None:
 RUNTIMES = (("podman", _from_cli), ("docker", _from_cli), ("crictl", _from_crictl))
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    """HTTP over a unix socket; ``Host: localhost``, as Docker's API wants a Host."""
+def _unix_http_connection(socket_path: str) -> http.client.HTTPConnection:
+    """HTTP over a unix socket; ``Host: localhost``, as Docker's API wants a Host.
+    (http.client is imported here: at the top it cost every command 20 ms of start-up,
+    and only a container lookup needs it.)"""
+    import http.client
 
-    def __init__(self, socket_path: str) -> None:
-        super().__init__("localhost", timeout=SOCKET_STEP_TIMEOUT)
-        self.socket_path = socket_path
+    class UnixHTTPConnection(http.client.HTTPConnection):
+        def connect(self) -> None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.settimeout(SOCKET_STEP_TIMEOUT)
+                sock.connect(socket_path)
+            except BaseException:
+                sock.close()
+                raise
+            self.sock = sock
 
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(SOCKET_STEP_TIMEOUT)
-            sock.connect(self.socket_path)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
+    return UnixHTTPConnection("localhost", timeout=SOCKET_STEP_TIMEOUT)
 
 
 def runtime_sockets() -> list[str]:
@@ -222,8 +227,10 @@ def _inspect_over_socket(socket_path: str, container: str) -> bytes | None:
     (Docker's, or Podman's compatible one), or None when it answers anything but 200
     (404: no such container), or too slowly or too much; _Unreachable when no runtime
     listens there."""
+    import http.client
+
     deadline = time.monotonic() + SOCKET_TIMEOUT
-    connection = _UnixHTTPConnection(socket_path)
+    connection = _unix_http_connection(socket_path)
     try:
         connection.connect()
     except OSError:
