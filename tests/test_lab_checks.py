@@ -1,11 +1,15 @@
 """The heavy tier's checks say what is missing (issue 31), shown here on the
 documents that broke them: an "after" phase with no answered request (a TypeError
-before), and two incidents for one restart (a ValueError from unpacking before)."""
+before), and two incidents for one restart (a ValueError from unpacking before); and
+the idle storms' one allowance for a cookie nothing can tell apart."""
 
 from __future__ import annotations
 
 import pytest
 from support.lab_checks import answered, one_incident
+from support.storm_truth import undecided_beyond_chance
+
+from tcpsleuth.detectors.capture.cookie_reasons import Reason
 
 EMPTY_AFTER = {
     "before": {"count": 40, "p50": 3.5, "unanswered": 0, "errors": 0},
@@ -30,3 +34,18 @@ def test_two_incidents_for_one_restart_are_named() -> None:
     one_incident(["incident-1"], {"restart": 1.0})
     with pytest.raises(AssertionError, match=r"exactly one incident, the recorder wrote 2"):
         one_incident(["incident-1", "incident-2"], {"restart": 1.0})
+
+
+def test_only_the_clock_phase_coincidence_may_stay_undecided() -> None:
+    """The idle storms' allowance (support.storm_truth.undecided_beyond_chance), on the
+    one verdict a heavy run of 736 cookies left undecided, and on what it must not
+    allow: another reason, or that reason more often than chance gives it."""
+    in_phase = {"cookie": None, "reason": Reason.IN_PHASE.text}
+    far = {"cookie": None, "reason": Reason.FAR_NO_RATE.text}
+    decided = {"cookie": True, "reason": "jump"}
+    cookies = [f"c{i}" for i in range(500)]
+    verdicts = {c: decided for c in cookies} | {"c7": in_phase}
+    assert undecided_beyond_chance(cookies, verdicts) == []
+    assert undecided_beyond_chance(cookies, verdicts | {"c8": far}) == [far]
+    many = verdicts | {f"c{i}": in_phase for i in range(11)}  # 11 of 500: beyond 1 in 50
+    assert len(undecided_beyond_chance(cookies, many)) == 11

@@ -393,7 +393,8 @@ def test_cookies_decided_from_the_fin_15_s_after_the_handshake(tmp_path: Path) -
     is its answer to the FIN, 14 to 15 s later, beyond the 10 s over which its
     timestamp clock is compared with the capture's without a measured rate. The
     storm's ordinary connections measure that rate, which reaches past 15 s: every
-    cookie connection is decided from its FIN, on both ends' captures, none wrong."""
+    cookie connection is decided from its FIN, on both ends' captures, none wrong
+    (save the rare one made in the clock's phase: undecided_beyond_chance)."""
     storm = run_storm(tmp_path, StormConfig(clients=1500, size=0, settle=15.0))
     assert storm.netstat["TcpExtSyncookiesSent"] >= 100, storm.netstat
     for pcap in (storm.server_pcap, storm.client_pcap):
@@ -401,7 +402,8 @@ def test_cookies_decided_from_the_fin_15_s_after_the_handshake(tmp_path: Path) -
         undecided = [c for c in cookies if verdicts[c]["cookie"] is None]
         print(pcap.name, len(cookies), "cookie connections with a FIN", len(undecided), "undecided")
         assert len(cookies) >= 100
-        assert not undecided, [verdicts[c] for c in undecided[:5]]
+        beyond = storm_truth.undecided_beyond_chance(cookies, verdicts)
+        assert not beyond, beyond[:5]
         # the rate that decided them, in the evidence: one host, one clock, so the
         # server's runs as fast as the capture's, to within a 1 ms tick over the 14 s
         # (71 ppm; 10 runs here: -11 to +37)

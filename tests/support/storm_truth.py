@@ -282,3 +282,18 @@ def idle_storm_verdicts(storm: Storm, pcap: Path) -> tuple[list[str], dict[str, 
     ]
     assert not wrong, [(c, truth[c].cookie, verdicts[c]) for c in wrong[:5]]
     return cookies, verdicts
+
+
+def undecided_beyond_chance(cookies: list[str], verdicts: dict[str, dict]) -> list[dict]:
+    """The verdicts of ``cookies`` left undecided for a reason other than the one no
+    capture can overcome, or, when more than one cookie in 50 is left for that one, all
+    of those too. That reason (Reason.IN_PHASE): a cookie made when the server's clock's
+    low bits happened to equal its option bits carries the TSval an ordinary SYN-ACK
+    would, at the SYN-ACK and on every later segment, so nothing in the capture tells
+    them apart (docs/commands/pcap.md); where no proven cookies surround it, null is the
+    right answer. A random phase falls there a few times in a hundred cookies at most."""
+    undecided = [verdicts[c] for c in cookies if verdicts[c]["cookie"] is None]
+    by_chance = [v for v in undecided if v["reason"] == Reason.IN_PHASE.text]
+    if len(by_chance) > max(1, len(cookies) // 50):
+        return undecided
+    return [v for v in undecided if v["reason"] != Reason.IN_PHASE.text]
