@@ -30,14 +30,8 @@ from tcpsleuth.lab.processes import Child
 READY_S = float(os.environ.get("TCPSLEUTH_RECORDER_READY_S", "30"))
 # how long its analysis of an incident may take after the traffic
 REPORT_S = float(os.environ.get("TCPSLEUTH_RECORDER_REPORT_S", "300"))
-# the recorder's incident window, sized for a lab run's phases; an incident may last as
-# long as a guest's "after" window may (up to 900 s): the restart's incident is held
-# open while the clients stay window-limited, and their reconnects overflow the queue
-# again minutes after the storm (a heavy run, 2026-12-06: six incidents for one
-# restart at the default 300 s and without that hold)
-WINDOW_ARGS = (
-    "--before", "10", "--after", "8", "--merge", "10", "--later", "3", "--max-incident", "1800"
-)  # fmt: skip
+# the recorder's incident window, sized for a lab run's phases
+WINDOW_ARGS = ("--before", "10", "--after", "8", "--merge", "10", "--later", "3")
 
 
 class AttachedRecorder:

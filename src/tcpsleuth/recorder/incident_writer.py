@@ -98,18 +98,11 @@ class IncidentWriter:
         # restarting, and its clients' storm is still to come; keep the incident open
         listening = {x["listener"].rsplit(":", 1)[1] for x in record["listeners"]}
         self.listened |= listening
-        why = None
-        if self.listened - listening:
+        if self.listened - listening and self.incidents.hold(now) and self.active is not None:
             absent = ", ".join(sorted(self.listened - listening, key=int))
-            why = f"held open while port {absent} had no listener"
-        # and while the harm lasts: as many of the watched ports' connections held back
-        # by their peer's window as make an event (the bug's clients, stuck behind a
-        # 64 times smaller window, time out and reconnect in bursts minutes apart)
-        elif 0 < self.s.thresholds.rwnd_limited_jump <= record.get("rwnd_limited", 0):
-            why = "held open while the port's connections were held back by the peer's window"
-        held = why is not None and self.incidents.hold(now) and self.active is not None
-        if held and self.active is not None and why not in self.active.notes:
-            self.active.notes.append(why)
+            note = f"held open while port {absent} had no listener"
+            if note not in self.active.notes:
+                self.active.notes.append(note)
         self.close_if_due(now)
         decision = self.incidents.on_events(now, [e.kind for e in events])
         if decision == "opened":

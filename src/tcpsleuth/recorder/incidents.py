@@ -9,10 +9,6 @@
   none (the broker is down, restarting), the open incident is held open as if an
   event came each sample (``hold``), so the events of a broker's stop and of the
   reconnect storm when it returns minutes later are one incident, within ``max_s``.
-  So is the harm that follows: while at least as many of the watched ports'
-  connections are held back by their peer's receive window as make an event
-  (``rwnd_limited_jump``), the incident is held open too (the bug's clients, stuck
-  behind a misread window, time out and reconnect in bursts minutes apart).
 - At most ``per_hour`` incidents open in any 60 minutes. An event that would open one
   more is counted (``suppressed``) and not recorded.
 
@@ -117,9 +113,8 @@ class Incidents:
         return "opened"
 
     def hold(self, now: float) -> bool:
-        """Keep the open incident open at ``now`` (a watched listener is absent, or its
-        connections are still held back); False when there is none, or it has reached
-        ``max_s``."""
+        """Keep the open incident open at ``now`` (a watched listener is absent); False
+        when there is none, or it has reached ``max_s``."""
         current = self.current
         if current is None or now > current.first_event + self.policy.max_s:
             return False

@@ -253,8 +253,6 @@ class Recorder:
                 for x in after.listeners
                 if x.local_port in self.ports
             ],
-            # the watched ports' window-limited connections at the latest count
-            "rwnd_limited": self.limited_before,
         }
         self.history.append(record)
         for event in events:
