@@ -32,6 +32,12 @@ READY_S = float(os.environ.get("TCPSLEUTH_RECORDER_READY_S", "30"))
 REPORT_S = float(os.environ.get("TCPSLEUTH_RECORDER_REPORT_S", "300"))
 # the recorder's incident window, sized for a lab run's phases
 WINDOW_ARGS = ("--before", "10", "--after", "8", "--merge", "10", "--later", "3")
+# In a guest the phases stretch with the emulated CPU: the clients stuck behind the
+# bug's small windows time out and reconnect in bursts that overflow the queue again
+# 40 to 90 s apart, for as long as the "after" window lasts (up to 900 s there). A
+# heavy run (2026-12-06) with --merge 10 wrote six incidents for its one restart;
+# there an incident joins events up to 150 s apart and may last 1,800 s.
+GUEST_WINDOW_ARGS = ("--merge", "150", "--max-incident", "1800")
 
 
 class AttachedRecorder:
@@ -65,6 +71,7 @@ class AttachedRecorder:
                 "--format",
                 "json",
                 *WINDOW_ARGS,
+                *(GUEST_WINDOW_ARGS if self.local is not None else ()),
             ]
         )
         self.child.wait_for(lambda line: '"type": "ready"' in line, timeout=READY_S)
