@@ -22,6 +22,12 @@ from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING
 
+# NumPy's OpenBLAS starts a thread per core when numpy is imported, which took 20 to 60
+# ms of every command's start-up here (more on a busy host); tcpsleuth does no linear
+# algebra worth a thread (its passes that split run compiled loops in threads of its
+# own). A value the user set stands.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import click
 
 from tcpsleuth import __version__
