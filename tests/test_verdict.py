@@ -20,8 +20,9 @@ from tcpsleuth.cli.audit import run_audit, snapshot_from
 from tcpsleuth.detectors import heal as heal_detect
 from tcpsleuth.detectors.kernel import KernelVerdict
 from tcpsleuth.detectors.listeners import ListenerFacts
-from tcpsleuth.detectors.verdict import capture_verdict, host_verdict
+from tcpsleuth.detectors.verdict import capture_verdict
 from tcpsleuth.detectors.verdict_heal import heal_verdict
+from tcpsleuth.detectors.verdict_host import host_verdict
 from tcpsleuth.model.findings import Finding, Severity, listener_subject
 from tcpsleuth.model.heal import DiagSocket, Ended
 from tcpsleuth.model.records import Listener

@@ -11,7 +11,7 @@ from typing import Any
 
 from tcpsleuth.detectors import servers
 from tcpsleuth.detectors.kernel import FIX_COMMIT
-from tcpsleuth.detectors.verdict import STABLE_FIXES, Verdict, _once, _sentence
+from tcpsleuth.detectors.verdict import STABLE_FIXES, Verdict, once, sentence
 
 
 def _listener_name(plan: Mapping[str, Any]) -> str:
@@ -107,7 +107,7 @@ def heal_verdict(doc: Mapping[str, Any]) -> Verdict:
     not at risk)."""
     run = _Run.read(doc)
     at_risk, head = _head(run)
-    summary = f"{head}\n{_sentence('; '.join(_numbers(run)))}"
+    summary = f"{head}\n{sentence('; '.join(_numbers(run)))}"
     evidence = {
         "port": run.port,
         "kernel_status": run.kernel.get("status"),
@@ -127,7 +127,7 @@ def heal_verdict(doc: Mapping[str, Any]) -> Verdict:
             for plan in run.plans
         ],
     }
-    return Verdict(at_risk, summary, _once(_actions(run)), evidence)
+    return Verdict(at_risk, summary, once(_actions(run)), evidence)
 
 
 def _numbers(run: _Run) -> list[str]:
@@ -231,6 +231,6 @@ def _actions(run: _Run) -> list[str]:
                 else "find what sets SO_RCVBUF on this listening socket and leave the buffer "
                 "to the kernel"
             )
-            actions.append(_sentence(f"{_listener_name(plan)}: {step}"))
+            actions.append(sentence(f"{_listener_name(plan)}: {step}"))
         actions.append(f"The lasting fix: a kernel with commit {FIX_COMMIT[:12]} ({STABLE_FIXES}).")
     return actions

@@ -8,7 +8,7 @@ from typing import Any
 
 from rich.console import Group
 
-from tcpsleuth.detectors import verdict
+from tcpsleuth.detectors import verdict_host
 from tcpsleuth.detectors.counters import AUDIT_COUNTERS
 from tcpsleuth.detectors.kernel import KernelVerdict
 from tcpsleuth.detectors.listeners import ListenerFacts
@@ -109,7 +109,7 @@ def listeners_table(listeners: list[dict[str, Any]], shown: int = 20) -> Any:
 def host_verdict(result: AuditResult, findings: list[Finding] | None = None) -> Verdict:
     """The verdict on the audited host, from its facts and ``findings`` (the audit's,
     or every check's in ``doctor``)."""
-    return verdict.host_verdict(
+    return verdict_host.host_verdict(
         result.snapshot,
         result.verdict,
         result.listeners,
