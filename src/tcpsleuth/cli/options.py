@@ -13,7 +13,6 @@ import click
 from tcpsleuth import safefile
 from tcpsleuth.errors import InputError
 from tcpsleuth.model.records import KafkaConfig
-from tcpsleuth.sources.netns import checked_name
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -53,6 +52,10 @@ def _checked_netns(
     """``--netns`` as given, once it names a namespace (see netns.checked_name)."""
     if value is None:
         return None
+    # imported here: the namespace and container code costs the start-up of commands
+    # without --netns (pcap, report) 8 ms
+    from tcpsleuth.sources.netns import checked_name
+
     try:
         if isinstance(value, tuple):
             return tuple(checked_name(name) for name in value)
