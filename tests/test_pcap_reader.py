@@ -327,7 +327,7 @@ def test_compiled_and_python_analysis_loops_agree(monkeypatch: pytest.MonkeyPatc
     same in plain Python."""
     import importlib
 
-    from tcpsleuth.detectors.capture import kafka_framing as kafka_timing
+    from tcpsleuth.detectors.capture import kafka_framing
     from tcpsleuth.detectors.capture import kernels as capture_kernels
 
     # the package exports a function of the module's name
@@ -337,7 +337,7 @@ def test_compiled_and_python_analysis_loops_agree(monkeypatch: pytest.MonkeyPatc
     assert len(compiled[1]["stream"]) == 2
     for module, name in (
         (capture_kernels, "track"),
-        (kafka_timing, "follow"),
+        (kafka_framing, "follow"),
         (decode, "_decode_packets"),
     ):
         function = getattr(module, name)

@@ -18,7 +18,7 @@ from rich.text import Text
 
 from tcpsleuth.detectors import verdict
 from tcpsleuth.detectors.capture import cookies as capture_cookies
-from tcpsleuth.detectors.capture import kafka_summary as kafka_timing
+from tcpsleuth.detectors.capture import kafka_summary
 from tcpsleuth.detectors.capture.run import CaptureResult
 from tcpsleuth.detectors.capture.selection import ranked_streams
 from tcpsleuth.detectors.verdict import Verdict
@@ -33,7 +33,7 @@ KAFKA_TIMES = ("send_ms_p50", "send_ms_p99", "broker_ms_p50", "broker_ms_p99")
 def kafka_rows(summary: Sequence[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
     """One row per client, server and API: counts, then send and broker times."""
     return [
-        (*(s[c] for c in KAFKA_COLUMNS), *(kafka_timing.ms_cell(s[t]) for t in KAFKA_TIMES))
+        (*(s[c] for c in KAFKA_COLUMNS), *(kafka_summary.ms_cell(s[t]) for t in KAFKA_TIMES))
         for s in summary
     ]
 
@@ -81,7 +81,7 @@ def document(
             "connections_by_port": {
                 str(port): n for port, n in result.requests.verdicts_by_port.items()
             },
-            "summary": kafka_timing.summary(result.requests),
+            "summary": kafka_summary.summary(result.requests),
             "requests_total": len(result.requests),
             "requests": [r.to_dict() for r in listed],
         },
@@ -224,7 +224,7 @@ def print_tables(console: Console, result: CaptureResult, shown: Sequence[int]) 
     )
     for line in hit_lines(result):
         console.print(Text(printable(line), overflow="fold"))
-    summary = kafka_timing.summary(result.requests)
+    summary = kafka_summary.summary(result.requests)
     if summary:
         console.print(
             table.records_table(
@@ -234,10 +234,10 @@ def print_tables(console: Console, result: CaptureResult, shown: Sequence[int]) 
                 kafka_rows(summary),
             )
         )  # fmt: skip
-    note = kafka_timing.missing_note(summary)
+    note = kafka_summary.missing_note(summary)
     if note:
         console.print(note, soft_wrap=True)
-    for line in kafka_timing.verdict_lines(result.requests):
+    for line in kafka_summary.verdict_lines(result.requests):
         console.print(line, soft_wrap=True)
     console.print(table.findings_table(result.findings))
 
@@ -315,7 +315,7 @@ def plot_caption(result: CaptureResult, stream: int, members: Sequence[int]) -> 
 def html_section(result: CaptureResult, pictures: list[tuple[str, Path]]) -> html.Section:
     """One capture's part of the HTML report: its verdict, the connections with their
     verdicts (hit first), the clients and client.ids hit, Kafka timing, the graphs."""
-    summary = kafka_timing.summary(result.requests)
+    summary = kafka_summary.summary(result.requests)
     kafka = (
         "Kafka requests: send time versus broker time (ms)",
         ["client", "server", "api", "requests", "send p50", "send p99", "broker p50",

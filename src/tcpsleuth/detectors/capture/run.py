@@ -11,9 +11,8 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from tcpsleuth import compiled
-from tcpsleuth.detectors.capture import cookie_options, kafka_summary
+from tcpsleuth.detectors.capture import cookie_options, kafka, kafka_summary
 from tcpsleuth.detectors.capture import cookies as capture_cookies
-from tcpsleuth.detectors.capture import kafka as kafka_timing
 from tcpsleuth.detectors.capture import wscale as wscale_inference
 from tcpsleuth.detectors.capture.connections import Analysis
 from tcpsleuth.detectors.capture.shards import MAX_SHARDS, follow_sharded, usable_cores
@@ -30,7 +29,7 @@ class CaptureResult(Generic[Source]):
     capture: Source  # what was read (a sources.pcap.CaptureStream, for the pcap command)
     analysis: Analysis
     findings: list[Finding]
-    requests: kafka_timing.KafkaRequests
+    requests: kafka.KafkaRequests
     cookies: capture_cookies.CookieVerdicts
     inferences: list[wscale_inference.WindowInference]
     wscale: wscale_inference.WscaleVerdicts
@@ -41,7 +40,7 @@ def follow(
     kafka_ports: frozenset[int],
     capacity: int | None = None,
     shards: int | None = None,
-) -> tuple[Analysis, kafka_timing.KafkaRequests]:
+) -> tuple[Analysis, kafka.KafkaRequests]:
     """One pass over the capture: connections and Kafka messages, chunk by chunk
     (``capacity``: the tracker's first table size, its default when None). With
     ``shards`` > 1 (by default one per usable core, up to four, when the loops are
@@ -52,7 +51,7 @@ def follow(
     if shards > 1:
         return follow_sharded(iter(stream.chunks), kafka_ports, shards)
     tracker = ConnectionTracker() if capacity is None else ConnectionTracker(capacity)
-    follower = kafka_timing.KafkaFollower(kafka_ports)
+    follower = kafka.KafkaFollower(kafka_ports)
     for tcp in stream.chunks:
         rows = tracker.feed(tcp)
         follower.feed(tcp, rows, tracker)
