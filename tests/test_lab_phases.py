@@ -68,7 +68,7 @@ def test_the_after_window_lasts_until_every_timed_producer_is_answered(tmp_path:
     try:
         artifacts, steps = _artifacts(tmp_path, size), []
         since = time.time()
-        phases.await_after_window(artifacts, [fast, slow], since, size, _clock(steps).step)
+        phases.await_after_window(artifacts, [fast, slow], since, _clock(steps).step)
         closed = artifacts.window["after_end"] - since
     finally:
         fast.stop()
@@ -88,7 +88,7 @@ def test_at_its_cap_the_window_names_the_producers_still_short(tmp_path: Path) -
     try:
         artifacts = _artifacts(tmp_path, size)
         since = time.time()
-        phases.await_after_window(artifacts, [answered, failing], since, size, _clock([]).step)
+        phases.await_after_window(artifacts, [answered, failing], since, _clock([]).step)
     finally:
         answered.stop()
         failing.stop()

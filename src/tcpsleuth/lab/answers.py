@@ -110,3 +110,15 @@ def await_answers(
             return time.time()
         step(f"{WAITS[phase]}: {len(short)} timed producers waiting for answers", 0.9)
         time.sleep(0.5)
+
+
+def await_window(
+    artifacts: RunArtifacts, clients: list[Child], since: float, phase: str, step: Step
+) -> float:
+    """The end of a window sized by answers (the "after" windows): each timed producer
+    has had ``size.after_answered`` requests sent in it answered, or ``size.after_cap_s``
+    has passed, and at least ``size.after_s`` since ``since``."""
+    size = artifacts.size
+    wanted = Wanted(size.after_answered, size.after_cap_s)
+    ended = await_answers(artifacts, clients, since, wanted, phase, step)
+    return max(ended, since + size.after_s)

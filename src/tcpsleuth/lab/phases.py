@@ -19,13 +19,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tcpsleuth.lab import faults, healing, kafka_broker, kafka_java, namespaces, recording, topology
-from tcpsleuth.lab.answers import Wanted, await_answers
+from tcpsleuth.lab.answers import Step, Wanted, await_answers, await_window
 from tcpsleuth.lab.brokers import CommandBroker, LabBrokerProcess
 from tcpsleuth.lab.kafka_broker import KafkaBroker
 from tcpsleuth.lab.processes import Child, python_module
@@ -35,7 +34,6 @@ from tcpsleuth.lab.topology import SERVER_IP4
 from tcpsleuth.sources import netns, procfs, sockdiag
 
 Broker = LabBrokerProcess | CommandBroker | KafkaBroker
-Step = Callable[[str, float], None]
 
 
 def _broker_metrics(broker: KafkaBroker) -> dict[str, Any]:
@@ -373,7 +371,7 @@ def traffic(
         namespaces.sysctl(server, "net.ipv4.tcp_syncookies", scenario.tcp_syncookies)
     clock.sleep_until(after_start + size.after_s - 2, "steady traffic after the restart")
     if size.after_answered:
-        await_after_window(artifacts, clients, after_start, size, clock.step)
+        await_after_window(artifacts, clients, after_start, clock.step)
 
 
 def stop_file(artifacts: RunArtifacts) -> Path:
@@ -382,15 +380,13 @@ def stop_file(artifacts: RunArtifacts) -> Path:
 
 
 def await_after_window(
-    artifacts: RunArtifacts, clients: list[Child], since: float, size: LabSize, step: Step
+    artifacts: RunArtifacts, clients: list[Child], since: float, step: Step
 ) -> None:
     """Hold the "after" window open until each timed producer has had
     ``size.after_answered`` requests sent in it answered, or until ``size.after_cap_s``
     after it opened (it lasts at least ``size.after_s``); then close it
     (``window["after_end"]``)."""
-    wanted = Wanted(size.after_answered, size.after_cap_s)
-    ended = await_answers(artifacts, clients, since, wanted, "after", step)
-    artifacts.window["after_end"] = max(ended, since + size.after_s)
+    artifacts.window["after_end"] = await_window(artifacts, clients, since, "after", step)
     artifacts.phases_s["after_window"] = artifacts.window["after_end"] - since
 
 
@@ -525,9 +521,7 @@ def _heal_phase(artifacts: RunArtifacts, server: str, clients: list[Child], step
         w["after_heal_start"] = await_answers(
             artifacts, clients, w["heal_end"], drained, "heal_settle", step
         )
-        window = Wanted(size.after_answered, size.after_cap_s)
-        ended = await_answers(artifacts, clients, w["after_heal_start"], window, "after_heal", step)
-        end = max(ended, w["after_heal_start"] + size.after_s)
+        end = await_window(artifacts, clients, w["after_heal_start"], "after_heal", step)
     else:
         w["after_heal_start"] = w["heal_end"] + size.heal_settle_s
         end = w["after_heal_start"] + size.after_s
