@@ -127,6 +127,27 @@ def test_broken_pipe_is_quiet_with_the_commands_status(
     assert result.returncode == status
 
 
+def test_closed_standard_error_is_no_bug(tmp_path: Path) -> None:
+    """Both readers gone (a supervisor that stopped reading): an error's message cannot
+    be written, and the command still ends with the error's status (2), not as a bug
+    (3) with a crash report."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "tcpsleuth", "sockets", str(tmp_path / "missing")],
+            stdout=write_end,
+            stderr=write_end,
+            env={**os.environ, "TMPDIR": str(tmp_path)},
+            timeout=120,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert result.returncode == 2
+    assert list(tmp_path.glob("tcpsleuth-crash-*")) == []
+
+
 def test_readme_states_exit_3() -> None:
     readme = (REPO / "README.md").read_text()
     assert re.search(r"\*\*3\*\* [^.]*bug in tcpsleuth", readme)

@@ -1,12 +1,13 @@
 """The heavy tier's checks say what is missing (issue 31), shown here on the
 documents that broke them: an "after" phase with no answered request (a TypeError
-before), and two incidents for one restart (a ValueError from unpacking before); and
-the idle storms' one allowance for a cookie nothing can tell apart."""
+before), two incidents for one restart (a ValueError from unpacking before); the broker's own
+times on the CI run whose p99 was a restarted JVM's slowest request; and the idle
+storms' one allowance for a cookie nothing can tell apart."""
 
 from __future__ import annotations
 
 import pytest
-from support.lab_checks import answered, one_incident
+from support.lab_checks import answered, broker_looks_healthy, one_incident
 from support.storm_truth import undecided_beyond_chance
 
 from tcpsleuth.detectors.capture.cookie_reasons import Reason
@@ -49,3 +50,22 @@ def test_only_the_clock_phase_coincidence_may_stay_undecided() -> None:
     assert undecided_beyond_chance(cookies, verdicts | {"c8": far}) == [far]
     many = verdicts | {f"c{i}": in_phase for i in range(11)}  # 11 of 500: beyond 1 in 50
     assert len(undecided_beyond_chance(cookies, many)) == 11
+
+
+def _broker_run(before: dict[str, float], after: dict[str, float], clients_after: float) -> dict:
+    return {
+        "broker_latency_ms": {
+            "before": {"produce_total": {"count": 400, **before}},
+            "after": {"produce_total": {"count": 31, **after}},
+        },
+        "latency_ms": {"after": {"p50": clients_after}},
+    }
+
+
+def test_the_broker_looks_healthy_by_its_median_and_against_its_clients() -> None:
+    # the p99s of the CI run of 63767c7 (21.0 ms after, 3.286 before); medians made up
+    broker_looks_healthy(_broker_run({"p50": 1.2, "p99": 3.286}, {"p50": 1.9, "p99": 21.0}, 4100))
+    with pytest.raises(AssertionError, match=r"p50 grew past 5x"):
+        broker_looks_healthy(_broker_run({"p50": 1.2, "p99": 3.3}, {"p50": 9.0, "p99": 21}, 4100))
+    with pytest.raises(AssertionError, match=r"not ten times the broker's own p99"):
+        broker_looks_healthy(_broker_run({"p50": 1.2, "p99": 3.3}, {"p50": 1.9, "p99": 21}, 150))

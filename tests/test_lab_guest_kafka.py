@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from support.capabilities import needs_jdk
-from support.lab_checks import answered
+from support.lab_checks import answered, broker_looks_healthy
 from test_lab_kernel import _mismatch_shifts, _shift, _tcpsleuth, lab_kernels  # noqa: F401
 
 from tcpsleuth.lab.runner import TCP_RMEM
@@ -65,14 +65,13 @@ def test_the_incident_on_real_kafka_in_the_prefix_kernel(
     assert _mismatch_shifts(doc) == {("sockets", announced, used), ("capture", announced, used)}
     assert "rwnd-limited" in run["findings_by_kind"]
     # the contradiction: the clients' p50 ten times the baseline or more, the broker's
-    # own Produce p99 within a few times its own
+    # own Produce times as before (support.lab_checks.broker_looks_healthy)
     latency = run["latency_ms"]
     assert not run["short_phases"], run["short_phases"]  # each said in one line
     answered(latency, "before", "after")
     assert latency["after"]["p50"] >= 10 * latency["before"]["p50"], latency
     own = run["broker_latency_ms"]
     assert own["before"]["produce_total"]["count"] > 10
-    assert own["after"]["produce_total"]["count"] > 0
-    assert own["after"]["produce_total"]["p99"] <= 5 * max(own["before"]["produce_total"]["p99"], 1)
+    broker_looks_healthy(run)
     for phase in ("broker_format", "broker_first_start", "clients_ready", "restart", "traffic"):
         assert run["phases_s"][phase] > 0, phase

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from conftest import run_tcpsleuth
 from support.capabilities import needs_jdk
+from support.lab_checks import broker_looks_healthy
 
 from tcpsleuth.lab import analysis, namespaces
 from tcpsleuth.lab.kafka_metrics import logged_requests
@@ -83,11 +84,10 @@ def test_wscale_bug_on_real_kafka_3_1_2(tmp_path: Path) -> None:
     } == {(1, 7)}
 
     # ... and as the broker sees it: its own Produce times, per phase from its request
-    # log, stay within a few times the baseline while the clients' p50 grows tenfold
+    # log, stay near the baseline while the clients' p50 grows tenfold
     own = run["broker_latency_ms"]
     assert own["before"]["produce_total"]["count"] > 100
-    assert own["after"]["produce_total"]["count"] > 0
-    assert own["after"]["produce_total"]["p99"] <= 5 * max(own["before"]["produce_total"]["p99"], 1)
+    broker_looks_healthy(run)
     # both libraries came back to the restarted broker (librdkafka's client id: rdkafka)
     accepting = events[6]["time"]
     after = logged_requests(kept / "kafka" / "request.log")
@@ -119,7 +119,8 @@ MITIGATIONS = ("big-backlog", "no-syncookies", "rcvbuf-unlocked", "fixed-kernel"
 def test_mitigations_on_real_kafka_4(tmp_path: Path) -> None:
     """Each mitigation on a real Kafka 4.4.0 (socket.listen.backlog.size exists there)
     brings the clients' produce p50 after the restart back near the baseline's, where
-    the incident's is thousands of times it; the broker's own p99 stays low throughout."""
+    the incident's is thousands of times it; in the incident the broker's own Produce
+    times stay low."""
     began = time.monotonic()
     result = run_tcpsleuth(
         "lab",
@@ -153,10 +154,9 @@ def test_mitigations_on_real_kafka_4(tmp_path: Path) -> None:
     # big-backlog reached Kafka 4.4.0's listener: no cookies in its storm
     assert runs["big-backlog"]["counters"]["during_restart"]["TcpExtSyncookiesSent"] == 0
     assert runs["wscale-bug"]["counters"]["during_restart"]["TcpExtSyncookiesSent"] > 0
-    # in the incident the broker's own Produce p99 stays within a few times its own
-    # before the restart, while its clients' p50 is thousands of times the baseline's
-    own = runs["wscale-bug"]["broker_latency_ms"]
-    assert own["after"]["produce_total"]["p99"] <= 5 * max(own["before"]["produce_total"]["p99"], 1)
+    # in the incident the broker's own Produce times stay as before the restart, while
+    # its clients' p50 is thousands of times the baseline's
+    broker_looks_healthy(runs["wscale-bug"])
     # the table shows the same matrix
     from tcpsleuth.reports import table
     from tcpsleuth.reports.labview import render_runs

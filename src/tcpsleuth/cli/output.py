@@ -100,14 +100,41 @@ def install() -> PipeGuard:
 
 class StderrGuard:
     """A text stream in front of the real standard error: control characters in what
-    is written are shown as escapes; newlines and tabs are kept."""
+    is written are shown as escapes; newlines and tabs are kept. Once its reader has
+    gone (a supervisor that stopped reading, then sent SIGTERM), what is written is
+    dropped: there is nobody to tell, and the command ends with its own status."""
 
     def __init__(self, stream: TextIO) -> None:
         self.unguarded = stream
+        self.gone = False
 
     def write(self, text: str) -> int:
-        self.unguarded.write(printable(text, keep_newlines=True))
+        if self.gone:
+            return len(text)
+        try:
+            self.unguarded.write(printable(text, keep_newlines=True))
+        except OSError as exc:
+            if not _is_broken_pipe(exc):
+                raise
+            self._drop()
         return len(text)
+
+    def flush(self) -> None:
+        try:
+            self.unguarded.flush()
+        except OSError as exc:
+            if not _is_broken_pipe(exc):
+                raise
+            self._drop()
+
+    def _drop(self) -> None:
+        self.gone = True
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self.unguarded.fileno())
+            os.close(devnull)
+        with contextlib.suppress(OSError):
+            self.unguarded.flush()  # what was buffered now goes to /dev/null
 
     def writelines(self, lines: Any) -> None:
         for line in lines:
