@@ -6,7 +6,7 @@ mechanics are tested on a listener whose SO_RCVBUF is locked after some clients
 connected (tests/support/heal_clients.py): the kernel reads the lock per handshake,
 so the early connections use an unlocked buffer's shift (the bug's shift for that
 listener) and the later ones the locked buffer's. TCPSLEUTH_TEST_KERNEL_STATUS=affected
-(test-only, cli/heal.py) makes heal treat the kernel as one without the fix.
+(test-only, recorder/healing.py) makes heal treat the kernel as one without the fix.
 """
 
 from __future__ import annotations

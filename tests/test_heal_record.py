@@ -37,27 +37,33 @@ def _wait(lines: list[dict], kind: str, process: subprocess.Popen[str], timeout:
     raise AssertionError(f"no {kind!r} line: {lines}")
 
 
-@pytest.mark.parametrize("heal", [True, False])
+def _recorder(netns: str, directory: Path, *extra: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "tcpsleuth", "record", "--dir", str(directory), "--format",
+         "json", "--port", str(PORT), "--netns", netns, "--before", "2", "--after", "3",
+         "--merge", "3", "--later", "1", "--trace", "0", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def _storm(netns: str) -> None:
+    farm = Farm(netns, "--port", "9093", "--backlog", "50", "--clients", "2000", "--storm")
+    farm.stop()
+
+
 def test_the_recorder_heals_once_the_storm_is_over(
-    netns: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, heal: bool
+    netns: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("TCPSLEUTH_TEST_KERNEL_STATUS", "affected")
     clients = Clients(netns, "--port", str(PORT), "--early", str(EARLY), "--late", str(LATE))
-    directory = tmp_path / "rec"
     lines: list[dict] = []
-    recorder = subprocess.Popen(
-        [sys.executable, "-m", "tcpsleuth", "record", "--dir", str(directory), "--format",
-         "json", "--port", str(PORT), "--netns", netns, "--before", "2", "--after", "3",
-         "--merge", "3", "--later", "1", "--trace", "0", *(["--heal"] if heal else [])],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    recorder = _recorder(netns, tmp_path / "rec", "--heal")
     reader = threading.Thread(target=_lines, args=(recorder, lines), daemon=True)
     reader.start()
     try:
         _own, bug = own_and_bug(netns)
         _wait(lines, "ready", recorder, 60)
-        farm = Farm(netns, "--port", "9093", "--backlog", "50", "--clients", "2000", "--storm")
-        farm.stop()
+        _storm(netns)
         incident = _wait(lines, "incident", recorder, 180)
         _wait(lines, "report", recorder, 300)
     finally:
@@ -67,11 +73,6 @@ def test_the_recorder_heals_once_the_storm_is_over(
         clients.stop()
     where = Path(incident["directory"])
     notes = json.loads((where / "report.json").read_text())["notes"]
-    if not heal:
-        assert not (where / f"heal-{PORT}.json").exists()
-        assert not any(n.startswith("heal port") for n in notes)
-        assert clients_after[bug] == EARLY
-        return
     doc = json.loads((where / f"heal-{PORT}.json").read_text())
     assert doc["refused"] is None, doc["refused"]
     assert doc["counts"] == {"hit": EARLY, "ended": EARLY, "came_back": EARLY, "not_back": 0}
@@ -79,3 +80,47 @@ def test_the_recorder_heals_once_the_storm_is_over(
     [note] = [n for n in notes if n.startswith(f"heal port {PORT}")]
     assert f"{EARLY} connection(s) hit by the bug, {EARLY} ended" in note, note
     assert clients_after[bug] == 0 and sum(clients_after.values()) == EARLY + LATE
+    # heal ended them at the close: nothing held the incident open
+    assert not [x for x in lines if x["type"] == "incident-held"]
+
+
+def test_without_heal_the_bugs_connections_hold_the_incident_open(
+    netns: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --heal the incident is not over while connections carry the bug's shift:
+    it stays open past --merge and --after with no event, says why, and closes once
+    they have ended (here, when their clients leave); nothing is ended by the recorder."""
+    monkeypatch.setenv("TCPSLEUTH_TEST_KERNEL_STATUS", "affected")
+    clients = Clients(netns, "--port", str(PORT), "--early", str(EARLY), "--late", str(LATE))
+    lines: list[dict] = []
+    recorder = _recorder(netns, tmp_path / "rec", "--max-incident", "120")
+    reader = threading.Thread(target=_lines, args=(recorder, lines), daemon=True)
+    reader.start()
+    try:
+        own, bug = own_and_bug(netns)
+        _wait(lines, "ready", recorder, 60)
+        _storm(netns)
+        held = _wait(lines, "incident-held", recorder, 60)
+        assert held["hit"] == {f"0.0.0.0:{PORT}": EARLY}, held
+        # --merge 3 and --after 3 pass with no event: still open, the clients still hit
+        time.sleep(12)
+        assert not [x for x in lines if x["type"] == "incident"], lines
+        assert server_shifts(netns)[bug] == EARLY  # the recorder ended nothing
+        left = time.time()
+        clients.stop()
+        incident = _wait(lines, "incident", recorder, 60)
+        _wait(lines, "report", recorder, 300)
+    finally:
+        recorder.terminate()
+        recorder.wait(timeout=60)
+        clients.stop()
+    closed = next(x for x in lines if x["type"] == "incident")
+    where = Path(incident["directory"])
+    report = json.loads((where / "report.json").read_text())
+    [note] = [n for n in report["notes"] if n.startswith("held open while connections hit")]
+    assert f"at most {EARLY} at once" in note and f"heal --port {PORT}" in note, note
+    assert not (where / f"heal-{PORT}.json").exists()
+    # its capture window reaches past the clients' leaving (the hold's end plus --after)
+    assert report["window"]["end"] >= left, (report["window"], left)
+    assert closed["incident"] == held["incident"]
+    assert own != bug

@@ -17,7 +17,6 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
 
 from tcpsleuth.cli import serving
-from tcpsleuth.cli.heal import hit_per_listener
 from tcpsleuth.cli.options import netns_option
 from tcpsleuth.cli.serving import serve
 from tcpsleuth.detectors.kernel import assess_kernel
@@ -25,6 +24,7 @@ from tcpsleuth.detectors.listeners import listener_facts
 from tcpsleuth.detectors.port_summary import DEFAULT_MAX_PORTS, TimesSeen, summarize
 from tcpsleuth.errors import InputError
 from tcpsleuth.model.records import HostSnapshot
+from tcpsleuth.recorder.healing import hit_per_listener
 from tcpsleuth.reports import prometheus
 from tcpsleuth.sources import owners, procfs, sampling
 from tcpsleuth.sources.host import proc_version

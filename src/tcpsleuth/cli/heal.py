@@ -8,45 +8,23 @@ from __future__ import annotations
 import errno
 import os
 import time
-from collections import Counter
 from dataclasses import replace
 
 import click
 
 from tcpsleuth.cli.options import PORT, FiniteFloat, format_option, netns_option
 from tcpsleuth.detectors import heal as detect
-from tcpsleuth.detectors.kernel import KernelVerdict, assess_kernel
-from tcpsleuth.detectors.listeners import ListenerFacts, listener_facts
+from tcpsleuth.detectors.kernel import KernelVerdict
+from tcpsleuth.detectors.listeners import listener_facts
 from tcpsleuth.errors import EnvironmentProblem
 from tcpsleuth.model.heal import DiagSocket, Ended
 from tcpsleuth.model.records import HostSnapshot, Listener, TcpConnection
+from tcpsleuth.recorder.healing import kernel_verdict
 from tcpsleuth.reports import jsonout, table
 from tcpsleuth.reports.healview import HealResult, render
-from tcpsleuth.sources import netns, procfs, sockdestroy, sockdiag, tcpreset
-from tcpsleuth.sources.host import proc_version
+from tcpsleuth.sources import netns, procfs, sampling, sockdestroy, sockdiag, tcpreset
 
-# Test-only: the test suite runs on a kernel with the fix and sets this to "affected" so
-# that heal's mechanics can be exercised there. Never set it on a production host: it
-# makes heal trust the shifts alone. Whatever it says is shown as the verdict's source.
-TEST_KERNEL_ENV = "TCPSLEUTH_TEST_KERNEL_STATUS"
 REFUSED = 2
-
-
-def test_override(verdict: KernelVerdict) -> KernelVerdict:
-    """``verdict``, unless the test-only TEST_KERNEL_ENV asks for another status."""
-    forced = os.environ.get(TEST_KERNEL_ENV)
-    if forced in ("affected", "unknown") and forced != verdict.status:
-        return KernelVerdict(
-            verdict.release,
-            forced,
-            f"forced by {TEST_KERNEL_ENV} (tests only); the version table says {verdict.status}",
-            f"{TEST_KERNEL_ENV} (tests only)",
-        )
-    return verdict
-
-
-def _verdict() -> KernelVerdict:
-    return test_override(assess_kernel(procfs.kernel_release(), proc_version()))
 
 
 def _counters(netns_name: str | None) -> dict[str, int]:
@@ -69,12 +47,7 @@ def _connection(sock: DiagSocket) -> TcpConnection:
 def _look(
     netns_name: str | None, port: int, verdict: KernelVerdict
 ) -> tuple[list[detect.ListenerPlan], list[DiagSocket], dict[str, str], list[Listener]]:
-    with netns.entered(netns_name):
-        sysctls = procfs.read_live_sysctls()
-    if netns_name and "net.core.rmem_max" not in sysctls:
-        # one value for the whole system, which 6.1 shows only in the initial namespace
-        # (measured in the lab's guest): without it no shift can be predicted
-        sysctls["net.core.rmem_max"] = procfs.read_live_sysctls().get("net.core.rmem_max", "")
+    sysctls = sampling.read_sysctls(netns_name)
     found = sockdestroy.sockets(netns_name, [port])
     listening = [x for x in sockdiag.listeners(netns_name) if x.local_port == port]
     snapshot = HostSnapshot(
@@ -270,17 +243,6 @@ def _verify(
         time.sleep(0.5)
 
 
-def hit_per_listener(
-    dump: sockdiag.DiagDump, facts: list[ListenerFacts], verdict: KernelVerdict
-) -> list[tuple[detect.ListenerPlan, int]]:
-    """Every listener with the connections hit on it (the exporter's gauge; 0 where
-    the listener is not locked or the kernel has the fix)."""
-    plans = detect.plan_listeners(facts, test_override(verdict))
-    found = sockdestroy.from_dump(dump.select(detect.candidates(dump, plans)))
-    counts = Counter(plan.local for plan, _ in detect.hit(found, plans))
-    return [(plan, counts[plan.local]) for plan in plans]
-
-
 def _finish(result: HealResult, output_format: str, status: int) -> int:
     if output_format == "json":
         verdict = result.judged().to_dict()
@@ -364,7 +326,7 @@ def heal_command(
       sudo tcpsleuth heal --port 9092 --apply --method reset --rate 20
       sudo tcpsleuth heal --port 9092 --netns container:kafka1 --format json
     """
-    verdict = _verdict()
+    verdict = kernel_verdict()
     plans, found, sysctls, listening = _look(netns, port, verdict)
     if not listening:
         raise EnvironmentProblem(f"nothing listens on port {port} here")

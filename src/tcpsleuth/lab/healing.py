@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tcpsleuth.recorder.healing import TEST_KERNEL_ENV
 from tcpsleuth.sources.sockdiag import SocketTable
 from tcpsleuth.subprocesses import die_with_parent
 
-KERNEL_STATUS_ENV = "TCPSLEUTH_TEST_KERNEL_STATUS"  # cli/heal.py's TEST_KERNEL_ENV
 QUIET_S = 2.0  # heal's --quiet-seconds: the storm has been over for a whole window
 WAIT_S = 60.0  # heal's --wait for the clients to come back (a slow guest)
 # heal's whole run: Python's start alone takes tens of seconds under an emulated CPU
@@ -69,7 +69,7 @@ def run(
     heal = HealRun(method, kernel_status)
     env = dict(os.environ)
     if kernel_status is not None:
-        env[KERNEL_STATUS_ENV] = kernel_status
+        env[TEST_KERNEL_ENV] = kernel_status
     began = time.monotonic()
     try:
         done = subprocess.run(

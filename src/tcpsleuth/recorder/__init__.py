@@ -18,6 +18,8 @@ reconnect storm by itself.
 - :mod:`.analysis_queue`: incidents waiting for their analysis, one child at a time;
 - :mod:`.finish`: the incident made whole and analysed, in that child process;
 - :mod:`.analysis`: an incident's evidence through tcpsleuth's own detectors;
+- :mod:`.healing`: the connections the bug has hit, counted (an incident is held open
+  while they last) and, with ``--heal``, ended once the storm is over;
 - :mod:`.settings`, :mod:`.health`: what the recorder is told, what it says of itself;
 - :mod:`.loop`: the sampling loop (as ``watch`` samples) wiring these parts: events,
   the ring kept running, health, metrics.

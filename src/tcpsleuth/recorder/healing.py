@@ -1,6 +1,12 @@
-"""``tcpsleuth record --heal``: once an incident's storm is over (it closes only after
-no event for a while), end the connections the SYN-cookie window-scale bug has hit on
-the watched ports, and keep what was done in the incident.
+"""The connections the SYN-cookie window-scale bug has hit, as the long-running parts
+see them: counted per listener (the exporter's gauge, the recorder's hold of an
+incident while they last) and, with ``tcpsleuth record --heal``, ended once an
+incident's storm is over (it closes only after no event for a while), with what was
+done kept in the incident.
+
+Counting reads one sock_diag dump the caller already has, the listeners and the
+namespace's sysctls; which connections are hit is detectors/heal.py's decision, the
+same one ``tcpsleuth heal`` makes.
 
 Heal runs as ``tcpsleuth heal --apply`` in a child process, one per port, so that the
 recorder and the command share one implementation and a failure of one cannot stop
@@ -14,16 +20,80 @@ stops at once if a SYN cookie is sent while it works. The sampling waits meanwhi
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 from tcpsleuth import safefile
+from tcpsleuth.detectors import heal as detect
+from tcpsleuth.detectors.kernel import KernelVerdict, assess_kernel
+from tcpsleuth.detectors.listeners import ListenerFacts, listener_facts
+from tcpsleuth.model.records import HostSnapshot
+from tcpsleuth.sources import procfs, sampling, sockdestroy, sockdiag
+from tcpsleuth.sources.host import proc_version
 from tcpsleuth.subprocesses import die_with_parent
 
 HEAL_SECONDS = 180
 QUIET_SECONDS = 2.0  # the incident closed after a longer quiet spell: a short re-check
 WAIT_SECONDS = 30.0
+
+# Test-only: the test suite runs on a kernel with the fix and sets this to "affected" so
+# that heal's mechanics can be exercised there. Never set it on a production host: it
+# makes heal trust the shifts alone. Whatever it says is shown as the verdict's source.
+TEST_KERNEL_ENV = "TCPSLEUTH_TEST_KERNEL_STATUS"
+
+
+def test_override(verdict: KernelVerdict) -> KernelVerdict:
+    """``verdict``, unless the test-only TEST_KERNEL_ENV asks for another status."""
+    forced = os.environ.get(TEST_KERNEL_ENV)
+    if forced in ("affected", "unknown") and forced != verdict.status:
+        return KernelVerdict(
+            verdict.release,
+            forced,
+            f"forced by {TEST_KERNEL_ENV} (tests only); the version table says {verdict.status}",
+            f"{TEST_KERNEL_ENV} (tests only)",
+        )
+    return verdict
+
+
+def kernel_verdict() -> KernelVerdict:
+    """This kernel's status for the bug (what heal and the recorder go by)."""
+    return test_override(assess_kernel(procfs.kernel_release(), proc_version()))
+
+
+def hit_per_listener(
+    dump: sockdiag.DiagDump, facts: list[ListenerFacts], verdict: KernelVerdict
+) -> list[tuple[detect.ListenerPlan, int]]:
+    """Every listener with the connections hit on it (0 where the listener is not
+    locked or the kernel has the fix). Records are made only of the dump's rows that
+    may be hit (detect.candidates), so a dump of 100,000 sockets stays cheap."""
+    plans = detect.plan_listeners(facts, test_override(verdict))
+    found = sockdestroy.from_dump(dump.select(detect.candidates(dump, plans)))
+    counts = Counter(plan.local for plan, _ in detect.hit(found, plans))
+    return [(plan, counts[plan.local]) for plan in plans]
+
+
+def hits_on_ports(
+    netns_name: str | None,
+    ports: frozenset[int],
+    dump: sockdiag.DiagDump,
+    verdict: KernelVerdict,
+) -> list[tuple[detect.ListenerPlan, int]]:
+    """The watched ports' listeners with their hit connections in ``dump``: the
+    listeners and sysctls are read now (a few files and one small dump)."""
+    listening = [x for x in sockdiag.listeners(netns_name) if x.local_port in ports]
+    snapshot = HostSnapshot(
+        origin="record",
+        hostname="",
+        kernel_release=verdict.release,
+        sysctls=sampling.read_sysctls(netns_name),
+        counters={},
+        listeners=listening,
+        connections=None,
+    )
+    return hit_per_listener(dump, listener_facts(snapshot), verdict)
 
 
 def _summary(port: int, status: int, doc: dict | None, stderr: str) -> str:

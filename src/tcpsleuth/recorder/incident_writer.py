@@ -20,12 +20,13 @@ import socket
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from tcpsleuth import safefile
+from tcpsleuth.detectors.heal import ListenerPlan
 from tcpsleuth.errors import EnvironmentProblem, InputError
 from tcpsleuth.model.findings import Finding
 from tcpsleuth.recorder import disk, freeze, healing
@@ -53,6 +54,7 @@ class Active:
     skip_bundle: bool = False
     workers: list[threading.Thread] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    most_hit: int = 0  # the most connections hit by the bug at one read, while held
 
 
 class IncidentWriter:
@@ -93,16 +95,27 @@ class IncidentWriter:
         if self.s.trace_s <= 0:
             self.trace_problem = "turned off (--trace 0)"
 
-    def on_sample(self, now: float, events: list[Finding], record: dict[str, Any]) -> None:
+    def on_sample(
+        self,
+        now: float,
+        events: list[Finding],
+        record: dict[str, Any],
+        hits: Sequence[tuple[ListenerPlan, int]] = (),
+    ) -> None:
+        """One sample: its events, what was read (``record``), and the listeners with
+        connections the bug has hit (each with its count; read while an incident is
+        open)."""
         # a watched port that had a listener and has none: the broker is down or
         # restarting, and its clients' storm is still to come; keep the incident open
         listening = {x["listener"].rsplit(":", 1)[1] for x in record["listeners"]}
         self.listened |= listening
         if self.listened - listening and self.incidents.hold(now) and self.active is not None:
             absent = ", ".join(sorted(self.listened - listening, key=int))
-            note = f"held open while port {absent} had no listener"
-            if note not in self.active.notes:
-                self.active.notes.append(note)
+            self._note(f"held open while port {absent} had no listener")
+        # the incident is not over for the clients whose connections carry the bug's
+        # shift: keep it open while they last (--heal ends them at its close instead)
+        if hits and self.incidents.hold(now) and self.active is not None:
+            self._held_for_hits(hits)
         self.close_if_due(now)
         decision = self.incidents.on_events(now, [e.kind for e in events])
         if decision == "opened":
@@ -121,6 +134,33 @@ class IncidentWriter:
             )
         if self.active is not None:
             self._while_open(now, record)
+
+    def _note(self, note: str) -> None:
+        assert self.active is not None
+        if note not in self.active.notes:
+            self.active.notes.append(note)
+
+    def _held_for_hits(self, hits: Sequence[tuple[ListenerPlan, int]]) -> None:
+        """Say once an incident that the bug's connections hold it open, with their
+        most at any read."""
+        assert self.active is not None
+        total = sum(n for _, n in hits)
+        first = self.active.most_hit == 0
+        self.active.most_hit = max(self.active.most_hit, total)
+        if first:
+            shifts = "; ".join(
+                f"{plan.local}: {n} using shift {plan.bug_wscale}, its own is {plan.own_wscale}"
+                for plan, n in hits
+            )
+            self.say(
+                f"incident {self.active.open.name} held open while connections hit by the "
+                f"SYN-cookie window-scale bug remain ({shifts})",
+                {
+                    "type": "incident-held",
+                    "incident": self.active.open.name,
+                    "hit": {plan.local: n for plan, n in hits},
+                },
+            )
 
     def close_if_due(self, now: float) -> None:
         done = self.incidents.due(now)
@@ -265,6 +305,13 @@ class IncidentWriter:
         if self.s.heal and not stopping:
             # the incident closes once no event came for a while: the storm is over
             active.notes += healing.heal_ports(self.s.netns, self.s.ports, active.staging)
+        if active.most_hit:
+            ports = ", ".join(map(str, self.s.ports))
+            active.notes.append(
+                "held open while connections hit by the SYN-cookie window-scale bug remained "
+                f"(at most {active.most_hit} at once); `tcpsleuth heal --port {ports}` ends "
+                "them without a restart"
+            )
         if stopping:
             incident.cut_at = time.time()
         self.ring.request_counts()

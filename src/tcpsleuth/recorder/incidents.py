@@ -9,6 +9,9 @@
   none (the broker is down, restarting), the open incident is held open as if an
   event came each sample (``hold``), so the events of a broker's stop and of the
   reconnect storm when it returns minutes later are one incident, within ``max_s``.
+- So are the connections the bug has hit: while the watched ports hold connections
+  with the SYN-cookie window-scale bug's shift (counted by the loop while an incident
+  is open, without ``--heal``), the incident is held open the same way.
 - At most ``per_hour`` incidents open in any 60 minutes. An event that would open one
   more is counted (``suppressed``) and not recorded.
 

@@ -24,22 +24,24 @@ from typing import Any
 
 from tcpsleuth import safefile
 from tcpsleuth.detectors import rates
+from tcpsleuth.detectors.heal import ListenerPlan
 from tcpsleuth.detectors.port_summary import TimesSeen, summarize
 from tcpsleuth.errors import EnvironmentProblem, InputError
 from tcpsleuth.model.findings import Finding
-from tcpsleuth.recorder import children, disk, freeze
+from tcpsleuth.recorder import children, disk, freeze, healing
 from tcpsleuth.recorder.analysis_queue import AnalysisQueue
 from tcpsleuth.recorder.health import Health
 from tcpsleuth.recorder.incident_writer import IncidentWriter
 from tcpsleuth.recorder.ring import RING_DIR, Ring
 from tcpsleuth.recorder.settings import Settings
-from tcpsleuth.sources import sampling
+from tcpsleuth.sources import sampling, sockdiag
 from tcpsleuth.sources.sampling import CounterSample
 
 __all__ = ["Health", "Recorder", "Settings"]
 
-# the share of one core the window-limited read may take: it is read less often than
-# every sample where the watched ports hold tens of thousands of sockets
+# the share of one core the read of the watched ports' sockets (window-limited
+# connections, and those the bug has hit while an incident is open) may take: it is
+# read less often than every sample where the ports hold tens of thousands of sockets
 RWND_SHARE = 0.02
 COUNTS_EVERY_S = 5.0
 RESTART_AFTER_S = 30.0
@@ -101,6 +103,10 @@ class Recorder:
             self.stop,
         )
         self.times = TimesSeen()
+        self.kernel = healing.kernel_verdict()
+        # while an incident is open (and --heal is not given): the listeners of the
+        # watched ports with connections the bug has hit, as last read
+        self.hits: list[tuple[ListenerPlan, int]] = []
         self.limited_before = 0
         self._rwnd_at: float | None = None  # when the window-limited count was last read
         self._rwnd_next = 0.0  # and when it may be read again
@@ -242,7 +248,7 @@ class Recorder:
             if e.kind != "accept-queue-full"
             or (self.s.queue_full and int(e.subject["listener"].rsplit(":", 1)[1]) in self.ports)
         ]
-        events += self._window_limited(after.at - before.at)
+        events += self._watched_sockets(after.at - before.at)
         record = {
             "time": now,
             "seconds": round(after.at - before.at, 3),
@@ -259,7 +265,7 @@ class Recorder:
             self.health.events_total[event.kind] = self.health.events_total.get(event.kind, 0) + 1
             self.say(f"event: {event.kind}: {event.summary}", {"type": "event", **event.to_dict()})
         try:
-            self.writer.on_sample(now, events, record)
+            self.writer.on_sample(now, events, record, self.hits)
         except OSError as problem:
             # a full disk, say: the sampling, the ring and the metrics go on
             self._problem("incident", f"cannot write the incident: {problem.strerror or problem}")
@@ -279,22 +285,45 @@ class Recorder:
         except OSError as problem:
             self._problem("metrics", str(problem))
 
-    def _window_limited(self, seconds: float) -> list[Finding]:
-        """The window-limited count of the watched ports, at most every sample and no
-        more often than keeps its cost under RWND_SHARE of a core: with 50,000 sockets
-        on the ports one read and summary costs ~0.1 s, so it runs every ~5 s there."""
-        if self.s.thresholds.rwnd_limited_jump <= 0:
+    def _watched_sockets(self, seconds: float) -> list[Finding]:
+        """The watched ports' sockets, read at most every sample and no more often than
+        keeps the cost under RWND_SHARE of a core (with 50,000 sockets on the ports one
+        read costs ~0.1 s, so it runs every ~5 s there): the window-limited count, whose
+        jump is an event, and while an incident is open the connections the bug has
+        hit (``self.hits``), which hold it open. Not read at all when neither is asked."""
+        rwnd = self.s.thresholds.rwnd_limited_jump > 0
+        hits = self.writer.incidents.current is not None and not self.s.heal
+        if not hits:
+            self.hits = []
+        if not (rwnd or hits):
             return []
         now = time.monotonic()
         if now < self._rwnd_next:
             return []
         cpu = time.thread_time()
-        # only the watched ports' sockets, chosen by the kernel: no owners, sysctls or
-        # other ports' sockets (the exporter's scrape reads those)
+        # only the watched ports' sockets, chosen by the kernel: no owners or other
+        # ports' sockets (the exporter's scrape reads those)
         sockets = sampling.port_sockets(self.s.netns, self.ports)
+        events = self._window_limited(sockets, now, seconds) if rwnd else []
+        if hits:
+            self.hits = self._hits(sockets)
+        self._rwnd_next = now + (time.thread_time() - cpu) / RWND_SHARE
+        return events
+
+    def _hits(self, sockets: sockdiag.DiagDump) -> list[tuple[ListenerPlan, int]]:
+        try:
+            found = healing.hits_on_ports(self.s.netns, self.ports, sockets, self.kernel)
+        except (EnvironmentProblem, OSError) as problem:
+            self._problem("hits", f"cannot count the connections the bug has hit: {problem}")
+            return []
+        self.health.problems.pop("hits", None)
+        return [(plan, n) for plan, n in found if n]
+
+    def _window_limited(
+        self, sockets: sockdiag.DiagDump, now: float, seconds: float
+    ) -> list[Finding]:
         summary = summarize(sockets, self.times, max_ports=1000)
         self.times = summary.times
-        self._rwnd_next = now + (time.thread_time() - cpu) / RWND_SHARE
         if self._rwnd_at is not None:
             seconds = now - self._rwnd_at
         self._rwnd_at = now
