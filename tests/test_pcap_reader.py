@@ -378,7 +378,7 @@ def test_second_pass_in_shards_numbers_connections_as_the_first() -> None:
     gives: the shards' connections are numbered back as the first pass numbered them."""
     import numpy as np
 
-    from tcpsleuth.detectors.capture import shards, windows
+    from tcpsleuth.detectors.capture import shards, tracking, windows
     from tcpsleuth.detectors.capture.run import follow
     from tcpsleuth.sources.pcap import open_capture
 
@@ -388,12 +388,52 @@ def test_second_pass_in_shards_numbers_connections_as_the_first() -> None:
     one = windows.window_series(open_capture(path).chunks, analysis, streams)
     for count in (2, 3):
         rows = shards.numbered_rows(iter(open_capture(path, chunk=4096).chunks), analysis, count)
-        single = windows.ConnectionTracker()
+        single = tracking.ConnectionTracker()
         for tcp, split in rows:
             whole = single.feed(tcp)
             for name in ("conn", "direction", "rel_seq", "win_bytes"):
                 assert np.array_equal(getattr(whole, name), getattr(split, name)), name
     assert one == windows.window_series(open_capture(path, chunk=4096).chunks, analysis, streams)
+
+
+def test_one_second_pass_gives_the_series_and_the_segments() -> None:
+    """`pcap --format json --html`: the JSON's window series and the graphs' segments
+    come from one more read (run.second_pass), in shards, small chunks (each chunk's
+    rows are written over by the next one's), the same as each read alone by one
+    tracker."""
+    import numpy as np
+
+    from tcpsleuth import compiled
+    from tcpsleuth.detectors.capture import tracking, windows
+    from tcpsleuth.detectors.capture.run import follow, second_pass
+    from tcpsleuth.sources.pcap import open_capture
+
+    path = DATA / "storm-prefix" / "server.pcap"
+    analysis, _ = follow(open_capture(path), frozenset({9092}), shards=1)
+    every = list(range(len(analysis.connections)))
+    drawn = every[::7]
+    alone = tracking.DetailPass(analysis, drawn)
+    single = tracking.ConnectionTracker()
+    for tcp in open_capture(path).chunks:
+        alone.feed(tcp, single.feed(tcp))
+    expected = alone.finish()
+    series = windows.window_series(open_capture(path).chunks, analysis, every)
+    was = compiled.plain()
+    compiled.use_python(False)  # compiled: the read below is in shards (2 cores or more)
+    try:
+        both = second_pass(open_capture(path, chunk=600).chunks, analysis, every, drawn)
+    finally:
+        compiled.use_python(was)
+    assert both.series == series and len(series) == len(every)
+    assert both.detail is not None
+    assert len(both.detail.conn) == len(expected.conn) > 100
+    assert set(np.unique(both.detail.conn).tolist()) == set(drawn)
+    for name in ("conn", "c2s", "win_bytes", "rel_seq", "order", "starts", "ends"):
+        assert np.array_equal(getattr(both.detail, name), getattr(expected, name)), name
+    for name in ("frame", "ts_ns", "flags", "seq", "ack", "window"):
+        assert np.array_equal(getattr(both.detail.tcp, name), getattr(expected.tcp, name)), name
+    only_series = second_pass(open_capture(path).chunks, analysis, every[:3])
+    assert only_series.detail is None and list(only_series.series) == every[:3]
 
 
 # Packets a network really carries that the decoder once dropped or misread (issue 14

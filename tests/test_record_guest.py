@@ -54,3 +54,7 @@ def test_the_recorder_keeps_the_real_bug_in_the_prefix_kernel(
     assert report["syn_cookies"]["cookie_connections"] > 0
     # the mismatches against both ends' ss: announced 1, used 7, by the real kernel
     check_incident_against_ss(report, keep / "wscale-bug")
+    # what kept it one: the connections the bug hit held it open (told the kernel is
+    # affected, as heal is: the prefix kernel's release reads as fixed)
+    held = [n for n in report["notes"] if n.startswith("held open while connections hit")]
+    assert held, report["notes"]

@@ -5,14 +5,13 @@ from __future__ import annotations
 import contextlib
 import tempfile
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import click
 
 from tcpsleuth import compiled, safefile
 from tcpsleuth.cli.options import format_option, writable
-from tcpsleuth.detectors.capture import Analysis, detail, window_series
-from tcpsleuth.detectors.capture.run import CaptureResult, analyse_stream
+from tcpsleuth.detectors.capture.run import CaptureResult, SecondPass, analyse_stream, second_pass
 from tcpsleuth.detectors.capture.selection import ranked_streams, streams_named
 from tcpsleuth.detectors.verdict import capture_verdict
 from tcpsleuth.errors import InputError
@@ -56,40 +55,45 @@ def analyse_file(
         return analyse_stream(stream, kafka_ports)
 
 
-def _with_detail(result: CaptureResult, streams: list[int]) -> Analysis:
-    """Every segment of ``streams``, for the plots: a second pass over the file,
-    which the first did not keep."""
-    again = result.capture.again()
-    return detail(again.chunks, result.analysis, streams)
-
-
-def _document(result: CaptureResult, all_connections: bool) -> dict[str, Any]:
-    """The JSON of one capture: every connection, or those the findings name and the
-    top ones by window waits and bytes; their window series need a second pass."""
-    total = len(result.analysis.connections)
+def _json_streams(result: CaptureResult, all_connections: bool) -> list[int]:
+    """The connections the JSON lists: every one, or those the findings name and the
+    top ones by window waits and bytes."""
     if all_connections:
-        streams = list(range(total))
-    else:
-        flagged = streams_named(result.findings, result.requests, JSON_FLAGGED)
-        ranked_top = ranked_streams(result.analysis, JSON_CONNECTIONS)
-        streams = sorted(set(flagged) | set(ranked_top))
-    series = window_series(result.capture.again().chunks, result.analysis, streams)
-    return pcapview.document(result, streams, series, all_connections)
+        return list(range(len(result.analysis.connections)))
+    flagged = streams_named(result.findings, result.requests, JSON_FLAGGED)
+    ranked_top = ranked_streams(result.analysis, JSON_CONNECTIONS)
+    return sorted(set(flagged) | set(ranked_top))
 
 
-def _pictures(results: list[CaptureResult], plot_dir: Path | None, html_file: Path | None) -> None:
+def _plot_groups(result: CaptureResult) -> dict[int, list[int]]:
+    """The connections the graphs draw (look-alikes drawn once), each with those it
+    stands for."""
+    from tcpsleuth.reports import plots
+
+    named = streams_named(result.findings, result.requests, plots.MAX_CONNECTIONS)
+    return pcapview.plot_groups(result, named)
+
+
+def _pictures(
+    results: list[CaptureResult],
+    drawn_groups: list[dict[int, list[int]]],
+    again: list[SecondPass],
+    plot_dir: Path | None,
+    html_file: Path | None,
+) -> None:
     from tcpsleuth.reports import html, plots
 
     with tempfile.TemporaryDirectory(prefix="tcpsleuth-plots-") as scratch:
         directory = plot_dir if plot_dir is not None else Path(scratch)
         sections = []
-        for index, result in enumerate(results):
+        for index, (result, groups, second) in enumerate(
+            zip(results, drawn_groups, again, strict=True)
+        ):
             prefix = f"{index}-{Path(result.capture.path).name}-" if len(results) > 1 else ""
-            named = streams_named(result.findings, result.requests, plots.MAX_CONNECTIONS)
-            groups = pcapview.plot_groups(result, named)  # look-alikes drawn once
             drawn = list(groups)
+            assert second.detail is not None
             pictures = plots.write_connection_plots(
-                _with_detail(result, drawn),
+                second.detail,
                 drawn,
                 result.requests.of_streams(drawn),
                 directory,
@@ -183,16 +187,29 @@ def _report(
     for result in results:
         for warning in result.capture.report.warnings:
             click.echo(f"tcpsleuth: warning: {warning}", err=True)
-    if plot_dir is not None or html_file is not None:
+    pictures = plot_dir is not None or html_file is not None
+    as_json = output_format == "json"
+    # the JSON's window series and the graphs' segments: one more read of each capture
+    # for both (the first pass keeps no segment; what to keep is known only after it)
+    listed = [_json_streams(r, all_connections) if as_json else [] for r in results]
+    drawn = [_plot_groups(r) if pictures else {} for r in results]
+    again = [
+        second_pass(
+            r.capture.again().chunks, r.analysis, streams, list(groups) if pictures else None
+        )
+        for r, streams, groups in zip(results, listed, drawn, strict=True)
+        if pictures or as_json
+    ]
+    if pictures:
         try:
-            _pictures(results, plot_dir, html_file)
+            _pictures(results, drawn, again, plot_dir, html_file)
         except OSError as exc:
             where = exc.filename or html_file or plot_dir
             raise InputError(
                 f"{where}: cannot write the graphs or report ({exc.strerror or exc})"
             ) from None
     findings = [finding for result in results for finding in result.findings]
-    if output_format == "json":
+    if as_json:
         jsonout.emit(
             jsonout.document(
                 "pcap",
@@ -202,7 +219,10 @@ def _report(
                     sum(len(r.analysis.connections) for r in results),
                     sum(int((r.wscale.mismatch == 0).sum()) for r in results),
                 ).to_dict(),
-                files=[_document(r, all_connections) for r in results],
+                files=[
+                    pcapview.document(r, streams, second.series, all_connections)
+                    for r, streams, second in zip(results, listed, again, strict=True)
+                ],
             )
         )
     else:

@@ -321,7 +321,7 @@ def attach_recorder(
     if record_dir is None:
         return None
     step("starting tcpsleuth record", 0.05)
-    recorder = recording.AttachedRecorder(record_dir, PORT)
+    recorder = recording.AttachedRecorder(record_dir, PORT, artifacts.kernel_told)
     stack.callback(recorder.stop)
     recorder.start(server)
     artifacts.phases_s["recorder_ready"] = recorder.ready_s

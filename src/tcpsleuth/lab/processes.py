@@ -39,11 +39,13 @@ class Child:
         ns: str | None = None,
         stdin: bool = False,
         merge_stderr: bool = False,
+        env: dict[str, str] | None = None,
     ) -> None:
         prefix = netns.exec_prefix(ns)
         self.argv = argv
         self.process = subprocess.Popen(
             [*prefix, *argv],
+            env=env,
             stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT if merge_stderr else subprocess.PIPE,

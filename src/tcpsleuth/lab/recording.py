@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from tcpsleuth.lab.processes import Child
+from tcpsleuth.recorder.healing import TEST_KERNEL_ENV
 
 # how long the recorder may take to start: a few seconds here, tens in a guest
 READY_S = float(os.environ.get("TCPSLEUTH_RECORDER_READY_S", "30"))
@@ -41,9 +42,13 @@ GUEST_WINDOW_ARGS = ("--merge", "150", "--max-incident", "1800")
 
 
 class AttachedRecorder:
-    def __init__(self, directory: Path, port: int) -> None:
+    def __init__(self, directory: Path, port: int, kernel_told: str | None = None) -> None:
         self.directory = directory
         self.port = port
+        # what the lab tells it about the kernel, as it tells heal (lab/healing.py): the
+        # recorder holds an incident open while connections the bug hit remain, which
+        # it counts only on a kernel it does not take for fixed
+        self.env = {**os.environ, TEST_KERNEL_ENV: kernel_told} if kernel_told else None
         self.local = (
             Path(tempfile.mkdtemp(prefix="tcpsleuth-record-")) / "rec"
             if os.environ.get("TCPSLEUTH_RECORD_LOCAL") == "1"
@@ -72,7 +77,8 @@ class AttachedRecorder:
                 "json",
                 *WINDOW_ARGS,
                 *(GUEST_WINDOW_ARGS if self.local is not None else ()),
-            ]
+            ],
+            env=self.env,
         )
         self.child.wait_for(lambda line: '"type": "ready"' in line, timeout=READY_S)
         self.ready_s = time.monotonic() - began

@@ -71,13 +71,15 @@ def run_scenario(
     broker_kind: str = "lab",
     record_dir: Path | None = None,
     heal: healing.HealRun | None = None,
+    kernel_told: str | None = None,
 ) -> RunArtifacts:
     """Run ``scenario``; ``progress(phase, fraction)`` is called as phases pass.
     ``broker_cmd`` runs the user's broker instead of the lab broker (see brokers);
     ``broker_kind`` ``kafka[:VERSION]`` runs a real Apache Kafka (see kafka_broker);
     ``record_dir``: a ``tcpsleuth record`` is attached to the broker (see recording);
     ``heal``: heal runs after the "after restart" window, which a third one follows
-    (see healing; ``heal`` says the method, and is filled in)."""
+    (see healing; ``heal`` says the method, and is filled in); ``kernel_told``: what
+    heal and the recorder are told about the kernel (RunArtifacts.kernel_told)."""
 
     def step(phase: str, fraction: float) -> None:
         if progress is not None:
@@ -92,6 +94,7 @@ def run_scenario(
         workdir / "broker-side.pcap",
         library_versions=library_versions(),
         heal=heal,
+        kernel_told=kernel_told,
     )
     step("setting up namespaces", 0.0)
     with _lab_namespaces() as (server, client), contextlib.ExitStack() as stack:

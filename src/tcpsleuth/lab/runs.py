@@ -193,6 +193,10 @@ class RunArtifacts:
     recorder: dict[str, Any] | None = None
     # with --heal: what `tcpsleuth heal --apply` did after the storm (healing.run)
     heal: healing.HealRun | None = None
+    # what the run tells tcpsleuth's own commands (heal, record) about the kernel:
+    # "affected" in the prefix guest, whose release (6.1) the version table counts as
+    # fixed; None elsewhere (they judge the kernel by themselves)
+    kernel_told: str | None = None
     # phases that ended at their cap with timed producers short of their answers: phase
     # -> what was missing, in one line
     short: dict[str, str] = field(default_factory=dict)

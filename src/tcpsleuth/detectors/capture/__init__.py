@@ -5,14 +5,15 @@ of the capture at a time, records and findings out. One module per responsibilit
 
 - :mod:`.kernels`: the compiled loops (tracking, window series, Kafka framing);
 - :mod:`.tracking`: connections followed chunk by chunk (:class:`ConnectionTracker`),
-  and :func:`detail`, the second pass for a few connections' segments; :mod:`.layout`
+  and :class:`DetailPass`, a few connections' segments from another pass; :mod:`.layout`
   lays the tracker's state out for the analysis (compiled);
 - :mod:`.shards`: the per-connection passes on several cores, connections split by
   4-tuple over threads and merged in first-frame order before anything looks across
   connections;
 - :mod:`.connections`: what is kept per connection (:class:`ConnectionColumns`), the
   records made from it on demand and the :class:`Analysis` detectors read;
-- :mod:`.windows`: window series and ``rwnd-limited`` senders;
+- :mod:`.windows`: window series (:class:`SeriesPass`, from another pass) and
+  ``rwnd-limited`` senders;
 - :mod:`.cookies`: a SYN-cookie verdict per connection (``syn-cookies-seen``);
 - :mod:`.wscale`: the window scale each server really used (``wscale-mismatch``,
   ``wscale-stripped``);
@@ -21,7 +22,8 @@ of the capture at a time, records and findings out. One module per responsibilit
   against broker time per client (``kafka-send-time``);
 - :mod:`.selection`: which connections a report shows in detail;
 - :mod:`.run`: all of them in one pass over a capture (the ``pcap`` command, the
-  lab, the benchmarks).
+  lab, the benchmarks), and the one more read (``second_pass``) that gives the
+  JSON's window series and the graphs' segments together.
 
 A connection is not a 4-tuple: a SYN with a new initial sequence number on a 4-tuple
 seen before starts a new connection (loopback and busy servers reuse 4-tuples once
@@ -41,7 +43,7 @@ from tcpsleuth.detectors.capture.connections import (
     Connections,
 )
 from tcpsleuth.detectors.capture.selection import streams_named
-from tcpsleuth.detectors.capture.tracking import ChunkRows, ConnectionTracker, analyse, detail
+from tcpsleuth.detectors.capture.tracking import ChunkRows, ConnectionTracker, analyse
 from tcpsleuth.detectors.capture.windows import clients_hit, rwnd_findings, window_series
 
 __all__ = [
@@ -55,7 +57,6 @@ __all__ = [
     "Connections",
     "analyse",
     "clients_hit",
-    "detail",
     "rwnd_findings",
     "streams_named",
     "window_series",

@@ -7,6 +7,7 @@ The ``pcap`` command, the lab and the benchmarks all analyse captures through
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -14,11 +15,11 @@ from tcpsleuth import compiled
 from tcpsleuth.detectors.capture import cookie_options, kafka, kafka_summary
 from tcpsleuth.detectors.capture import cookies as capture_cookies
 from tcpsleuth.detectors.capture import wscale as wscale_inference
-from tcpsleuth.detectors.capture.connections import Analysis
-from tcpsleuth.detectors.capture.shards import MAX_SHARDS, follow_sharded, usable_cores
-from tcpsleuth.detectors.capture.tracking import ConnectionTracker
-from tcpsleuth.detectors.capture.windows import rwnd_findings
-from tcpsleuth.model.capture import SegmentSource
+from tcpsleuth.detectors.capture.connections import SERIES_POINTS, Analysis
+from tcpsleuth.detectors.capture.shards import MAX_SHARDS, follow_sharded, rows_again, usable_cores
+from tcpsleuth.detectors.capture.tracking import ConnectionTracker, DetailPass
+from tcpsleuth.detectors.capture.windows import SeriesPass, rwnd_findings
+from tcpsleuth.model.capture import SegmentSource, TcpColumns
 from tcpsleuth.model.findings import Finding, ranked
 
 Source = TypeVar("Source", bound=SegmentSource)
@@ -75,3 +76,31 @@ def analyse_stream(stream: Source, kafka_ports: frozenset[int]) -> CaptureResult
         *kafka_summary.findings(requests),
     ]
     return CaptureResult(stream, analysis, ranked(findings), requests, cookies, inferences, wscale)
+
+
+@dataclass
+class SecondPass:
+    """What another pass over a capture gives for chosen connections: their window
+    series (the JSON) and every segment of some (the graphs)."""
+
+    series: dict[int, tuple[list[tuple[float, int]], list[tuple[float, int]]]]
+    detail: Analysis | None
+
+
+def second_pass(
+    chunks: Iterable[TcpColumns],
+    analysis: Analysis,
+    series_of: Iterable[int] = (),
+    detail_of: Iterable[int] | None = None,
+) -> SecondPass:
+    """One more read of the capture ``analysis`` came from (``chunks``), for what the
+    first pass could not keep without holding every segment: the window series of
+    ``series_of`` and, unless ``detail_of`` is None, every segment of those streams.
+    Both come from the same read."""
+    series = SeriesPass(analysis, series_of, SERIES_POINTS)
+    detail = DetailPass(analysis, detail_of) if detail_of is not None else None
+    for tcp, rows in rows_again(chunks, analysis):
+        series.feed(tcp, rows)
+        if detail is not None:
+            detail.feed(tcp, rows)
+    return SecondPass(series.finish(), detail.finish() if detail is not None else None)

@@ -19,10 +19,11 @@ import itertools
 import os
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
+from tcpsleuth import compiled
 from tcpsleuth.detectors.capture import kafka_framing as wire
 from tcpsleuth.detectors.capture import kernels
 from tcpsleuth.detectors.capture.connections import Analysis, ConnectionColumns
@@ -253,3 +254,18 @@ def _combined(parts: list[ChunkRows], members: list[np.ndarray]) -> ChunkRows:
         out.rel_seq[mine] = rows.rel_seq[mine]
         out.win_bytes[mine] = rows.win_bytes[mine]
     return out
+
+
+def rows_again(
+    chunks: Iterable[TcpColumns], analysis: Analysis
+) -> Iterator[tuple[TcpColumns, ChunkRows]]:
+    """Each chunk of another pass with its rows, connections numbered as in
+    ``analysis``: in shards on several cores when the loops are compiled. A chunk's
+    rows are good until the next chunk is asked for."""
+    shards = 1 if compiled.plain() else min(usable_cores(), MAX_SHARDS)
+    if shards > 1:
+        yield from numbered_rows(iter(chunks), analysis, shards)
+        return
+    tracker = ConnectionTracker()
+    for tcp in chunks:
+        yield tcp, tracker.feed(tcp)

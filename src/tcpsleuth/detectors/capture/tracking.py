@@ -15,7 +15,7 @@ apart would spread that layout over several modules.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -521,59 +521,73 @@ def analyse(tcp: TcpColumns) -> Analysis:
     return tracker.finish()
 
 
-def detail(chunks: Iterable[TcpColumns], analysis: Analysis, streams: Iterable[int]) -> Analysis:
-    """Every segment of ``streams`` (a second pass over the same capture, whose
-    connections are numbered the same way): for window series and plots. Memory
-    grows with the segments of those connections only."""
-    wanted = np.zeros(len(analysis.connections) + 1, dtype=bool)
-    chosen = np.array(sorted(set(streams)), dtype=np.int64)
-    wanted[chosen] = True
-    tracker = ConnectionTracker()
-    kept: list[tuple[TcpColumns, ChunkRows, np.ndarray]] = []
-    for tcp in chunks:
-        rows = tracker.feed(tcp)
-        keep = np.flatnonzero(wanted[np.minimum(rows.conn, len(wanted) - 1)])
-        if len(keep):
-            kept.append((tcp, rows, keep))
-    names = [name for name in COLUMN_TYPES if name not in ("frame", "ts_ns", "flags", "tsval")]
+# the columns of TcpColumns a detailed Analysis keeps for each segment, past these four
+_FIRST_FOUR = ("frame", "ts_ns", "flags", "tsval")
+_DETAIL_COLUMNS = [name for name in COLUMN_TYPES if name not in _FIRST_FOUR]
 
-    def gather(get: Callable[[TcpColumns, ChunkRows], np.ndarray], kind: type) -> np.ndarray:
-        if not kept:
+
+class DetailPass:
+    """Every segment of ``streams``, gathered while another pass over the same capture
+    goes by (its connections numbered as in ``analysis``): for window series and plots.
+    Each chunk's rows of those connections are copied as they come (a sharded pass
+    writes the next chunk's rows over them), so memory grows with those segments only."""
+
+    def __init__(self, analysis: Analysis, streams: Iterable[int]) -> None:
+        self.analysis = analysis
+        self.wanted = np.zeros(len(analysis.connections) + 1, dtype=bool)
+        self.wanted[np.array(sorted(set(streams)), dtype=np.int64)] = True
+        self.parts: list[dict[str, np.ndarray]] = []
+
+    def feed(self, tcp: TcpColumns, rows: ChunkRows) -> None:
+        keep = np.flatnonzero(self.wanted[np.minimum(rows.conn, len(self.wanted) - 1)])
+        if not len(keep):
+            return
+        part = {
+            "conn": rows.conn[keep],
+            "direction": rows.direction[keep],
+            "rel_seq": rows.rel_seq[keep],
+            "win_bytes": rows.win_bytes[keep],
+        }
+        for name in (*_FIRST_FOUR, *_DETAIL_COLUMNS):
+            part[name] = getattr(tcp, name)[keep]
+        self.parts.append(part)
+
+    def _gathered(self, name: str, kind: Any) -> np.ndarray:
+        if not self.parts:
             return np.zeros(0, dtype=kind)
-        return np.concatenate([get(tcp, rows)[keep] for tcp, rows, keep in kept]).astype(kind)
+        return np.concatenate([part[name] for part in self.parts]).astype(kind)
 
-    conn = gather(lambda _t, r: r.conn, np.int64)
-    direction = gather(lambda _t, r: r.direction, np.int8)
-    tcp = _segment_table(
-        gather(lambda t, _r: t.frame, np.int64),
-        gather(lambda t, _r: t.ts_ns, np.int64),
-        gather(lambda t, _r: t.flags, np.int32),
-        gather(lambda t, _r: t.tsval, np.int64),
-        **{
-            name: gather(lambda t, _r, name=name: getattr(t, name), COLUMN_TYPES[name])
-            for name in names
-        },
-    )
-    order = np.argsort(conn, kind="stable")
-    conn_sorted = conn[order]
-    index = np.arange(len(analysis.connections))
-    first_c2s = analysis.columns.first_c2s
-    c2s = (direction[order] == 0) == first_c2s[conn_sorted]
-    none = np.full(len(index), -1, dtype=np.int64)
-    return Analysis(
-        tcp=tcp,
-        order=order,
-        conn=conn_sorted,
-        c2s=c2s,
-        win_bytes=gather(lambda _t, r: r.win_bytes, np.int64)[order],
-        starts=np.searchsorted(conn_sorted, index, side="left"),
-        ends=np.searchsorted(conn_sorted, index, side="right"),
-        first_syn=none,
-        first_synack=none,
-        rel_seq=gather(lambda _t, r: r.rel_seq, np.int64)[order],
-        columns=analysis.columns,
-        hs_syn=analysis.hs_syn,
-        hs_synack=analysis.hs_synack,
-        connections=analysis.connections,
-        detailed=True,
-    )
+    def finish(self) -> Analysis:
+        gather, analysis = self._gathered, self.analysis
+        conn = gather("conn", np.int64)
+        direction = gather("direction", np.int8)
+        tcp = _segment_table(
+            gather("frame", np.int64),
+            gather("ts_ns", np.int64),
+            gather("flags", np.int32),
+            gather("tsval", np.int64),
+            **{name: gather(name, COLUMN_TYPES[name]) for name in _DETAIL_COLUMNS},
+        )
+        order = np.argsort(conn, kind="stable")
+        conn_sorted = conn[order]
+        index = np.arange(len(analysis.connections))
+        first_c2s = analysis.columns.first_c2s
+        c2s = (direction[order] == 0) == first_c2s[conn_sorted]
+        none = np.full(len(index), -1, dtype=np.int64)
+        return Analysis(
+            tcp=tcp,
+            order=order,
+            conn=conn_sorted,
+            c2s=c2s,
+            win_bytes=gather("win_bytes", np.int64)[order],
+            starts=np.searchsorted(conn_sorted, index, side="left"),
+            ends=np.searchsorted(conn_sorted, index, side="right"),
+            first_syn=none,
+            first_synack=none,
+            rel_seq=gather("rel_seq", np.int64)[order],
+            columns=analysis.columns,
+            hs_syn=analysis.hs_syn,
+            hs_synack=analysis.hs_synack,
+            connections=analysis.connections,
+            detailed=True,
+        )

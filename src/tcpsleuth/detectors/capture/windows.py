@@ -5,15 +5,14 @@ peer's window (``rwnd-limited``, by the rule in :mod:`tcpsleuth.detectors.thresh
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from tcpsleuth import compiled
 from tcpsleuth.detectors.capture import kernels
 from tcpsleuth.detectors.capture.connections import SERIES_POINTS, Analysis
-from tcpsleuth.detectors.capture.shards import MAX_SHARDS, numbered_rows, usable_cores
-from tcpsleuth.detectors.capture.tracking import ChunkRows, ConnectionTracker
+from tcpsleuth.detectors.capture.shards import rows_again
+from tcpsleuth.detectors.capture.tracking import ChunkRows
 from tcpsleuth.detectors.thresholds import (
     RWND_LIMITED_MIN_NS,
     RWND_LIMITED_MIN_WAITS,
@@ -24,77 +23,82 @@ from tcpsleuth.model.capture import TcpColumns
 from tcpsleuth.model.findings import Finding, Severity, connection_subject, listener_subject
 
 
+class SeriesPass:
+    """Per stream, the windows the server and the client advertised over time, in
+    bytes as the peer computes them: (ms since the connection's first packet, bytes)
+    at each change, thinned evenly to at most ``points``, gathered while another pass
+    over the same capture goes by (connections numbered as in ``analysis``). The first
+    pass counted the changes, so this one keeps only the points it returns."""
+
+    def __init__(self, analysis: Analysis, streams: Iterable[int], points: int) -> None:
+        self.analysis = analysis
+        self.chosen = chosen = sorted(set(streams))
+        cols = analysis.columns
+        changes = cols.window_changes[chosen]  # (streams, [c2s, s2c])
+        self.first_c2s = cols.first_c2s[chosen]
+        # by direction of the first segment (d = 0) rather than client/server
+        by_dir = np.where(self.first_c2s[:, None], changes, changes[:, ::-1])
+        self.picks = np.full((len(chosen), 2, points), -1, dtype=np.int64)
+        for s, counts in enumerate(by_dir.tolist()):
+            for d, count in enumerate(counts):
+                if count > points:
+                    self.picks[s, d] = np.linspace(0, count - 1, points).astype(np.int64)
+                else:
+                    self.picks[s, d, :count] = np.arange(count)
+        self.slot = np.full(len(analysis.connections) + 1, -1, dtype=np.int64)
+        self.slot[chosen] = np.arange(len(chosen))
+        self.done = np.zeros((len(chosen), 2), dtype=np.int64)
+        self.last = np.zeros((len(chosen), 2), dtype=np.int64)
+        self.taken = np.zeros((len(chosen), 2), dtype=np.int64)
+        self.out = np.zeros((len(chosen), 2, points, 2), dtype=np.int64)
+
+    def feed(self, tcp: TcpColumns, rows: ChunkRows) -> None:
+        if not self.chosen:
+            return
+        kernels.series_pass(
+            np.minimum(rows.conn, len(self.slot) - 1),
+            rows.direction,
+            tcp.flags,
+            tcp.ts_ns,
+            rows.win_bytes,
+            self.slot,
+            self.picks,
+            self.done,
+            self.last,
+            self.taken,
+            self.out,
+        )
+
+    def finish(self) -> dict[int, tuple[list[tuple[float, int]], list[tuple[float, int]]]]:
+        result = {}
+        for s, stream in enumerate(self.chosen):
+            start = int(self.analysis.columns.first_ts[stream])
+            series = [
+                [
+                    (round((t - start) / 1e6, 3), w)
+                    for t, w in self.out[s, d, : self.taken[s, d]].tolist()
+                ]
+                for d in (0, 1)
+            ]
+            client_first = bool(self.first_c2s[s])
+            server, client = (series[1], series[0]) if client_first else (series[0], series[1])
+            result[stream] = (server, client)
+        return result
+
+
 def window_series(
     chunks: Iterable[TcpColumns],
     analysis: Analysis,
     streams: Iterable[int],
     points: int = SERIES_POINTS,
 ) -> dict[int, tuple[list[tuple[float, int]], list[tuple[float, int]]]]:
-    """Per stream, the windows the server and the client advertised over time, in
-    bytes as the peer computes them: (ms since the connection's first packet,
-    bytes) at each change, thinned evenly to at most ``points``. A second pass
-    over the same capture; the first counted the changes, so this one keeps only
-    the points it returns."""
-    chosen = sorted(set(streams))
-    if not chosen:
+    """:class:`SeriesPass` over a pass of its own (``chunks``, the same capture again)."""
+    series = SeriesPass(analysis, streams, points)
+    if not series.chosen:
         return {}
-    cols = analysis.columns
-    changes = cols.window_changes[chosen]  # (streams, [c2s, s2c])
-    first_c2s = cols.first_c2s[chosen]
-    # by direction of the first segment (d = 0) rather than client/server
-    by_dir = np.where(first_c2s[:, None], changes, changes[:, ::-1])
-    picks = np.full((len(chosen), 2, points), -1, dtype=np.int64)
-    for s, counts in enumerate(by_dir.tolist()):
-        for d, count in enumerate(counts):
-            if count > points:
-                picks[s, d] = np.linspace(0, count - 1, points).astype(np.int64)
-            else:
-                picks[s, d, :count] = np.arange(count)
-    slot = np.full(len(analysis.connections) + 1, -1, dtype=np.int64)
-    slot[chosen] = np.arange(len(chosen))
-    done = np.zeros((len(chosen), 2), dtype=np.int64)
-    last = np.zeros((len(chosen), 2), dtype=np.int64)
-    taken = np.zeros((len(chosen), 2), dtype=np.int64)
-    out = np.zeros((len(chosen), 2, points, 2), dtype=np.int64)
-    for tcp, rows in _rows(chunks, analysis):
-        kernels.series_pass(
-            np.minimum(rows.conn, len(slot) - 1),
-            rows.direction,
-            tcp.flags,
-            tcp.ts_ns,
-            rows.win_bytes,
-            slot,
-            picks,
-            done,
-            last,
-            taken,
-            out,
-        )
-    result = {}
-    for s, stream in enumerate(chosen):
-        start = int(cols.first_ts[stream])
-        series = [
-            [(round((t - start) / 1e6, 3), w) for t, w in out[s, d, : taken[s, d]].tolist()]
-            for d in (0, 1)
-        ]
-        client_first = bool(first_c2s[s])
-        server, client = (series[1], series[0]) if client_first else (series[0], series[1])
-        result[stream] = (server, client)
-    return result
-
-
-def _rows(
-    chunks: Iterable[TcpColumns], analysis: Analysis
-) -> Iterator[tuple[TcpColumns, ChunkRows]]:
-    """Each chunk of another pass with its rows, connections numbered as in
-    ``analysis``: in shards on several cores when the loops are compiled."""
-    shards = 1 if compiled.plain() else min(usable_cores(), MAX_SHARDS)
-    if shards > 1:
-        yield from numbered_rows(iter(chunks), analysis, shards)
-        return
-    tracker = ConnectionTracker()
-    for tcp in chunks:
-        yield tcp, tracker.feed(tcp)
+    for tcp, rows in rows_again(chunks, analysis):
+        series.feed(tcp, rows)
+    return series.finish()
 
 
 def clients_hit(
