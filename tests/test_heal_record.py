@@ -89,7 +89,8 @@ def test_without_heal_the_bugs_connections_hold_the_incident_open(
 ) -> None:
     """Without --heal the incident is not over while connections carry the bug's shift:
     it stays open past --merge and --after with no event, says why, and closes once
-    they have ended (here, when their clients leave); nothing is ended by the recorder."""
+    they have ended (here by `ss -K`; the listener stays, so no other hold applies);
+    nothing is ended by the recorder."""
     monkeypatch.setenv("TCPSLEUTH_TEST_KERNEL_STATUS", "affected")
     clients = Clients(netns, "--port", str(PORT), "--early", str(EARLY), "--late", str(LATE))
     lines: list[dict] = []
@@ -101,14 +102,22 @@ def test_without_heal_the_bugs_connections_hold_the_incident_open(
         _wait(lines, "ready", recorder, 60)
         _storm(netns)
         held = _wait(lines, "incident-held", recorder, 60)
-        assert held["hit"] == {f"0.0.0.0:{PORT}": EARLY}, held
+        [(listener, hit)] = held["hit"].items()
+        assert listener.endswith(f":{PORT}") and hit == EARLY, held
         # --merge 3 and --after 3 pass with no event: still open, the clients still hit
         time.sleep(12)
         assert not [x for x in lines if x["type"] == "incident"], lines
         assert server_shifts(netns)[bug] == EARLY  # the recorder ended nothing
+        # they end (ss -K, SOCK_DESTROY, as an operator might) and their clients come
+        # back through ordinary handshakes, with the listener's own shift
         left = time.time()
-        clients.stop()
+        subprocess.run(
+            ["ip", "netns", "exec", netns, "ss", "-K", "state", "established",
+             f"( sport = :{PORT} )"],
+            check=True, capture_output=True,
+        )  # fmt: skip
         incident = _wait(lines, "incident", recorder, 60)
+        back = server_shifts(netns)
         _wait(lines, "report", recorder, 300)
     finally:
         recorder.terminate()
@@ -120,7 +129,8 @@ def test_without_heal_the_bugs_connections_hold_the_incident_open(
     [note] = [n for n in report["notes"] if n.startswith("held open while connections hit")]
     assert f"at most {EARLY} at once" in note and f"heal --port {PORT}" in note, note
     assert not (where / f"heal-{PORT}.json").exists()
-    # its capture window reaches past the clients' leaving (the hold's end plus --after)
+    # its capture window reaches past their end (the hold's end plus --after)
     assert report["window"]["end"] >= left, (report["window"], left)
+    assert back[bug] == 0 and back[own] == EARLY + LATE, back  # all came back right
     assert closed["incident"] == held["incident"]
     assert own != bug
