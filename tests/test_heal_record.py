@@ -37,13 +37,17 @@ def _wait(lines: list[dict], kind: str, process: subprocess.Popen[str], timeout:
     raise AssertionError(f"no {kind!r} line: {lines}")
 
 
-def _recorder(netns: str, directory: Path, *extra: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(
+def _recorder(netns: str, directory: Path, *extra: str) -> tuple[subprocess.Popen[str], list[dict]]:
+    """The recorder on PORT, and the list its JSON lines are read into as they come."""
+    recorder = subprocess.Popen(
         [sys.executable, "-m", "tcpsleuth", "record", "--dir", str(directory), "--format",
          "json", "--port", str(PORT), "--netns", netns, "--before", "2", "--after", "3",
          "--merge", "3", "--later", "1", "--trace", "0", *extra],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
+    lines: list[dict] = []
+    threading.Thread(target=_lines, args=(recorder, lines), daemon=True).start()
+    return recorder, lines
 
 
 def _storm(netns: str) -> None:
@@ -56,10 +60,7 @@ def test_the_recorder_heals_once_the_storm_is_over(
 ) -> None:
     monkeypatch.setenv("TCPSLEUTH_TEST_KERNEL_STATUS", "affected")
     clients = Clients(netns, "--port", str(PORT), "--early", str(EARLY), "--late", str(LATE))
-    lines: list[dict] = []
-    recorder = _recorder(netns, tmp_path / "rec", "--heal")
-    reader = threading.Thread(target=_lines, args=(recorder, lines), daemon=True)
-    reader.start()
+    recorder, lines = _recorder(netns, tmp_path / "rec", "--heal")
     try:
         _own, bug = own_and_bug(netns)
         _wait(lines, "ready", recorder, 60)
@@ -93,10 +94,7 @@ def test_without_heal_the_bugs_connections_hold_the_incident_open(
     nothing is ended by the recorder."""
     monkeypatch.setenv("TCPSLEUTH_TEST_KERNEL_STATUS", "affected")
     clients = Clients(netns, "--port", str(PORT), "--early", str(EARLY), "--late", str(LATE))
-    lines: list[dict] = []
-    recorder = _recorder(netns, tmp_path / "rec", "--max-incident", "120")
-    reader = threading.Thread(target=_lines, args=(recorder, lines), daemon=True)
-    reader.start()
+    recorder, lines = _recorder(netns, tmp_path / "rec", "--max-incident", "120")
     try:
         own, bug = own_and_bug(netns)
         _wait(lines, "ready", recorder, 60)
