@@ -582,3 +582,18 @@ def test_reassembly_holds_at_most_its_bound_per_datagram() -> None:
         held = sum(len(d.captured) for d in fragments.pending.values())
         assert held <= MAX_FRAGMENTS
     assert fragments.finish() == 5 * MAX_FRAGMENTS
+
+
+def test_the_sides_field_table_is_kernels() -> None:
+    """tracking.F names each per-direction field finish() reads as kernels names it: F.X
+    is kernels' S_X in the 32-bit table or D_X in the 64-bit one, never another index."""
+    from tcpsleuth.detectors.capture import kernels
+    from tcpsleuth.detectors.capture.tracking import F, Field
+
+    table = {name: value for name, value in vars(F).items() if isinstance(value, Field)}
+    assert len(table) >= 39
+    for name, field in table.items():
+        prefix = "S_" if field.small else "D_"
+        assert getattr(kernels, prefix + name) == field.index, name
+        limit = kernels.SMALL_FIELDS if field.small else kernels.DIR_FIELDS
+        assert 0 <= field.index < limit, name

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -249,30 +249,82 @@ class TrackedState:
         )
 
 
+class Field(NamedTuple):
+    """One per-direction field of the tracker's state: in ``dir_small`` (kernels'
+    ``S_*``, 32-bit) or ``dir_state`` (``D_*``, 64-bit), at ``index``."""
+
+    small: bool
+    index: int
+
+
+class F:
+    """The per-direction fields :func:`finish` reads, by the names kernels gives them
+    (``D_X`` or ``S_X`` there, ``F.X`` here): an attribute, so that a misspelt one
+    fails where it is written (tests/test_pcap_reader.py holds the table against
+    kernels)."""
+
+    BYTES = Field(False, K.D_BYTES)
+    FAR_AT = Field(False, K.D_FAR_AT)
+    FAR_BEST = Field(False, K.D_FAR_BEST)
+    FIRST_DATA_TS = Field(False, K.D_FIRST_DATA_TS)
+    HS_FLAGS = Field(True, K.S_HS_FLAGS)
+    HS_FRAME = Field(False, K.D_HS_FRAME)
+    HS_KIND = Field(True, K.S_HS_KIND)
+    HS_MSS = Field(True, K.S_HS_MSS)
+    HS_SACK = Field(True, K.S_HS_SACK)
+    HS_SEQ = Field(False, K.D_HS_SEQ)
+    HS_TS = Field(False, K.D_HS_TS)
+    HS_TSOK = Field(True, K.S_HS_TSOK)
+    HS_TSVAL = Field(False, K.D_HS_TSVAL)
+    HS_WIN = Field(True, K.S_HS_WIN)
+    HS_WS = Field(True, K.S_HS_WS)
+    INF_ACK = Field(False, K.D_INF_ACK)
+    INF_FRAME = Field(False, K.D_INF_FRAME)
+    INF_WIN = Field(True, K.S_INF_WIN)
+    LATER_BEST = Field(False, K.D_LATER_BEST)
+    LATER_FRAME = Field(False, K.D_LATER_FRAME)
+    LATER_TS = Field(False, K.D_LATER_TS)
+    LATER_TSVAL = Field(False, K.D_LATER_TSVAL)
+    LSYN_FRAME = Field(False, K.D_LSYN_FRAME)
+    LSYN_TS = Field(False, K.D_LSYN_TS)
+    PKTS = Field(False, K.D_PKTS)
+    PROBE = Field(True, K.S_PROBE)
+    REP_TS = Field(False, K.D_REP_TS)
+    REP_TSVAL = Field(False, K.D_REP_TSVAL)
+    RETRANS = Field(True, K.S_RETRANS)
+    RTT_TS = Field(False, K.D_RTT_TS)
+    SYNACKS = Field(True, K.S_SYNACKS)
+    SYNACK_RENEWED = Field(True, K.S_SYNACK_RENEWED)
+    SYNACK_SAME_SEQ = Field(True, K.S_SYNACK_SAME_SEQ)
+    WAITS = Field(True, K.S_WAITS)
+    WAIT_NS = Field(False, K.D_WAIT_NS)
+    WIN_CHANGES = Field(True, K.S_WIN_CHANGES)
+    WMAX = Field(True, K.S_WMAX)
+    WMIN = Field(True, K.S_WMIN)
+    ZERO = Field(True, K.S_ZERO)
+
+
 class _Side:
-    """One side's fields of every connection, by name."""
+    """One side's fields of every connection (``side[rows, F.X]``)."""
 
     def __init__(self, dirs: np.ndarray, small: np.ndarray, who: np.ndarray) -> None:
         self.dirs, self.small = dirs, small
         self.first = who == 0
-        self.kept: dict[str, np.ndarray] = {}
+        self.kept: dict[Field, np.ndarray] = {}
 
-    def keep(self, names: list[str]) -> None:
+    def keep(self, fields: list[Field]) -> None:
         """Pick these fields now and let go of the state."""
-        self.kept = {name: self[:, name] for name in names}
+        self.kept = {field: self[:, field] for field in fields}
         self.dirs = self.small = np.zeros((2, 0, 0), dtype=np.int64)
 
-    def __getitem__(self, key: tuple[Any, str | list[str]]) -> np.ndarray:
-        rows, name = key
-        if isinstance(name, list):
-            return np.stack([self[rows, one] for one in name], axis=1)
-        if name in self.kept:
-            return self.kept[name][rows]
-        if hasattr(K, "S_" + name):
-            source, index = self.small, getattr(K, "S_" + name)
-        else:
-            source, index = self.dirs, getattr(K, "D_" + name)
-        values = np.where(self.first, source[0, index], source[1, index])
+    def __getitem__(self, key: tuple[Any, Field | list[Field]]) -> np.ndarray:
+        rows, field = key
+        if isinstance(field, list):
+            return np.stack([self[rows, one] for one in field], axis=1)
+        if field in self.kept:
+            return self.kept[field][rows]
+        source = self.small if field.small else self.dirs
+        values = np.where(self.first, source[0, field.index], source[1, field.index])
         return np.asarray(values[rows], dtype=np.int64)
 
 
@@ -297,9 +349,9 @@ def finish(tracked: TrackedState) -> Analysis:
     server = 1 - client
     cs = _Side(dirs, small, client)  # the client's direction's fields
     ss = _Side(dirs, small, server)
-    has_syn = cs[:, "HS_KIND"] == 1
-    has_synack = ss[:, "HS_KIND"] == 2
-    option_fields = ["HS_MSS", "HS_WS", "HS_SACK", "HS_TSOK", "HS_TSVAL"]
+    has_syn = cs[:, F.HS_KIND] == 1
+    has_synack = ss[:, F.HS_KIND] == 2
+    option_fields = [F.HS_MSS, F.HS_WS, F.HS_SACK, F.HS_TSOK, F.HS_TSVAL]
     hs_syn = np.where(has_syn[:, None], cs[:, option_fields], -1)
     hs_synack = np.where(has_synack[:, None], ss[:, option_fields], -1)
 
@@ -316,13 +368,13 @@ def finish(tracked: TrackedState) -> Analysis:
     server_lo = np.where(first_c2s, dst_lo, src_lo)
     server_port = np.where(first_c2s, dport, sport)
     last_ts = state[K.K_LAST_TS]
-    rtt_ok = has_syn & has_synack & (cs[:, "RTT_TS"] >= 0)
+    rtt_ok = has_syn & has_synack & (cs[:, F.RTT_TS] >= 0)
 
-    def pair(name: str) -> np.ndarray:
-        return np.stack([cs[:, name], ss[:, name]], axis=1)
+    def pair(field: Field) -> np.ndarray:
+        return np.stack([cs[:, field], ss[:, field]], axis=1)
 
     def span(side: _Side) -> np.ndarray:
-        first_data = side[:, "FIRST_DATA_TS"]
+        first_data = side[:, F.FIRST_DATA_TS]
         return np.where(first_data >= 0, last_ts - first_data, 0)
 
     cookie_columns, rates = _cookie_columns(cs, ss, hs_syn, server_addr)
@@ -341,30 +393,30 @@ def finish(tracked: TrackedState) -> Analysis:
         opened_by=opened_by,
         has_syn=has_syn,
         has_synack=has_synack,
-        syn_frame=cs[:, "HS_FRAME"],
-        synack_frame=ss[:, "HS_FRAME"],
-        syn_window=cs[:, "HS_WIN"],
-        synack_window=ss[:, "HS_WIN"],
-        syn_flags=cs[:, "HS_FLAGS"],
-        synack_flags=ss[:, "HS_FLAGS"],
-        syn_seq=cs[:, "HS_SEQ"],
-        rtt_ns=np.where(rtt_ok, cs[:, "RTT_TS"] - cs[:, "HS_TS"], -1),
-        packets=pair("PKTS"),
-        bytes=pair("BYTES"),
-        retrans=pair("RETRANS"),
-        zero=pair("ZERO"),
-        probe=pair("PROBE"),
-        wmin=pair("WMIN"),
-        wmax=pair("WMAX"),
-        wait_ns=pair("WAIT_NS"),
-        window_changes=pair("WIN_CHANGES"),
-        waits=pair("WAITS"),
+        syn_frame=cs[:, F.HS_FRAME],
+        synack_frame=ss[:, F.HS_FRAME],
+        syn_window=cs[:, F.HS_WIN],
+        synack_window=ss[:, F.HS_WIN],
+        syn_flags=cs[:, F.HS_FLAGS],
+        synack_flags=ss[:, F.HS_FLAGS],
+        syn_seq=cs[:, F.HS_SEQ],
+        rtt_ns=np.where(rtt_ok, cs[:, F.RTT_TS] - cs[:, F.HS_TS], -1),
+        packets=pair(F.PKTS),
+        bytes=pair(F.BYTES),
+        retrans=pair(F.RETRANS),
+        zero=pair(F.ZERO),
+        probe=pair(F.PROBE),
+        wmin=pair(F.WMIN),
+        wmax=pair(F.WMAX),
+        wait_ns=pair(F.WAIT_NS),
+        window_changes=pair(F.WIN_CHANGES),
+        waits=pair(F.WAITS),
         span_c2s=span(cs),
         span_s2c=span(ss),
         # the server's first window after its SYN-ACK (window-scale inference)
-        first_window_frame=np.where(has_synack, ss[:, "INF_FRAME"], -1),
-        first_window=ss[:, "INF_WIN"],
-        first_window_ack=ss[:, "INF_ACK"],
+        first_window_frame=np.where(has_synack, ss[:, F.INF_FRAME], -1),
+        first_window=ss[:, F.INF_WIN],
+        first_window_ack=ss[:, F.INF_ACK],
         server_port=server_port,
         **cookie_columns,
         # hashes that group connections by server endpoint and by server address
@@ -373,8 +425,8 @@ def finish(tracked: TrackedState) -> Analysis:
         client_addr_key=np.where(first_c2s, src_addr_key, dst_addr_key),
     )
     # the state is no longer needed: free it before the handshake table is built
-    cs.keep(["HS_FRAME", "HS_TS", "LSYN_FRAME", "LSYN_TS"])
-    ss.keep(["HS_FRAME", "HS_TS", "LATER_FRAME", "LATER_TS", "LATER_TSVAL"])
+    cs.keep([F.HS_FRAME, F.HS_TS, F.LSYN_FRAME, F.LSYN_TS])
+    ss.keep([F.HS_FRAME, F.HS_TS, F.LATER_FRAME, F.LATER_TS, F.LATER_TSVAL])
     del dirs, small, hs_frame, kind
     tracked.dirs = tracked.small = np.zeros((2, 0, 0), dtype=np.int64)
     analysis = _handshake_rows(columns, cs, ss, has_syn, has_synack)
@@ -390,24 +442,24 @@ def _cookie_columns(
 ) -> tuple[dict[str, np.ndarray], dict[int, ClockRate]]:
     """The SYN-cookie evidence columns: handshake times, the server's clock after its
     SYN-ACK, its repeated SYN-ACKs (see kernels); and the servers' clock rates."""
-    has_syn, has_synack = cs[:, "HS_KIND"] == 1, ss[:, "HS_KIND"] == 2
+    has_syn, has_synack = cs[:, F.HS_KIND] == 1, ss[:, F.HS_KIND] == 2
     later_best, far_state, rates = _later_best(cs, ss, hs_syn, server_addr)
     columns = {
-        "syn_ts": np.where(has_syn, cs[:, "HS_TS"], -1),
+        "syn_ts": np.where(has_syn, cs[:, F.HS_TS], -1),
         "last_syn_ts": np.where(
-            has_syn & (cs[:, "LSYN_FRAME"] >= 0),
-            cs[:, "LSYN_TS"],
-            np.where(has_syn, cs[:, "HS_TS"], -1),
+            has_syn & (cs[:, F.LSYN_FRAME] >= 0),
+            cs[:, F.LSYN_TS],
+            np.where(has_syn, cs[:, F.HS_TS], -1),
         ),
-        "synack_ts": np.where(has_synack, ss[:, "HS_TS"], -1),
-        "synack_seq": ss[:, "HS_SEQ"],
+        "synack_ts": np.where(has_synack, ss[:, F.HS_TS], -1),
+        "synack_seq": ss[:, F.HS_SEQ],
         "later_best_ns": later_best,
         "far_state": far_state,
-        "synacks": ss[:, "SYNACKS"],
-        "synacks_same_seq": ss[:, "SYNACK_SAME_SEQ"],
-        "synacks_renewed": ss[:, "SYNACK_RENEWED"],
-        "repeat_ts": np.where(has_synack, ss[:, "REP_TS"], -1),
-        "repeat_tsval": np.where(has_synack, ss[:, "REP_TSVAL"], -1),
+        "synacks": ss[:, F.SYNACKS],
+        "synacks_same_seq": ss[:, F.SYNACK_SAME_SEQ],
+        "synacks_renewed": ss[:, F.SYNACK_RENEWED],
+        "repeat_ts": np.where(has_synack, ss[:, F.REP_TS], -1),
+        "repeat_tsval": np.where(has_synack, ss[:, F.REP_TSVAL], -1),
     }
     return columns, rates
 
@@ -419,21 +471,21 @@ def _later_best(
     or farther where its clock rate is measured (:func:`.clockrate.later_runs`),
     worked out on the connections with a far segment only (few, mostly); what
     became of each connection's far segments (``far_state``); the clock rates."""
-    has_synack = ss[:, "HS_KIND"] == 2
-    later = np.where(has_synack, ss[:, "LATER_BEST"], K.NO_RUN)
+    has_synack = ss[:, F.HS_KIND] == 2
+    later = np.where(has_synack, ss[:, F.LATER_BEST], K.NO_RUN)
     state = np.zeros(len(later), dtype=np.int8)
-    far = np.flatnonzero(has_synack & (ss[:, "FAR_AT"] > 0))
+    far = np.flatnonzero(has_synack & (ss[:, F.FAR_AT] > 0))
     if not len(far):
         return later, state, {}
-    syn_ts = np.where(cs[far, "LSYN_FRAME"] >= 0, cs[far, "LSYN_TS"], cs[far, "HS_TS"])
+    syn_ts = np.where(cs[far, F.LSYN_FRAME] >= 0, cs[far, F.LSYN_TS], cs[far, F.HS_TS])
     later[far], state[far], rates = later_runs(
         later[far],
-        ss[far, "FAR_AT"],
-        ss[far, "FAR_BEST"],
-        ss[far, "HS_TS"],
-        ss[far, "HS_TS"] - syn_ts,
+        ss[far, F.FAR_AT],
+        ss[far, F.FAR_BEST],
+        ss[far, F.HS_TS],
+        ss[far, F.HS_TS] - syn_ts,
         server_addr[far],
-        cookie_bits(hs_syn[far], ss[far, "HS_FLAGS"]),
+        cookie_bits(hs_syn[far], ss[far, F.HS_FLAGS]),
     )
     return later, state, rates
 
@@ -453,24 +505,24 @@ def _handshake_rows(
     segment (a placeholder matching nothing), the client's first and last SYN
     before the SYN-ACK, the server's SYN-ACK and its next segment with a TSval."""
     nconn = len(has_syn)
-    last_syn = has_syn & (cs[:, "LSYN_FRAME"] >= 0) & (cs[:, "LSYN_FRAME"] != cs[:, "HS_FRAME"])
-    later = has_synack & (ss[:, "LATER_FRAME"] >= 0)
+    last_syn = has_syn & (cs[:, F.LSYN_FRAME] >= 0) & (cs[:, F.LSYN_FRAME] != cs[:, F.HS_FRAME])
+    later = has_synack & (ss[:, F.LATER_FRAME] >= 0)
     none = np.full(nconn, -1, dtype=np.int64)
     # by kind (_FIRST ... _LATER): which connections have one, its frame, time, TSval
     present = np.stack([np.ones(nconn, dtype=bool), has_syn, last_syn, has_synack, later])
     frame = np.stack(
         [
             columns.first_frame,
-            cs[:, "HS_FRAME"],
-            cs[:, "LSYN_FRAME"],
-            ss[:, "HS_FRAME"],
-            ss[:, "LATER_FRAME"],
+            cs[:, F.HS_FRAME],
+            cs[:, F.LSYN_FRAME],
+            ss[:, F.HS_FRAME],
+            ss[:, F.LATER_FRAME],
         ]
     )
     ts = np.stack(
-        [columns.first_ts, cs[:, "HS_TS"], cs[:, "LSYN_TS"], ss[:, "HS_TS"], ss[:, "LATER_TS"]]
+        [columns.first_ts, cs[:, F.HS_TS], cs[:, F.LSYN_TS], ss[:, F.HS_TS], ss[:, F.LATER_TS]]
     )
-    tsval = np.stack([none, none, none, none, ss[:, "LATER_TSVAL"]])
+    tsval = np.stack([none, none, none, none, ss[:, F.LATER_TSVAL]])
     conn, kinds, frames, times, tsvals, starts, ends, first_of = layout.handshake_rows(
         present, frame, ts, tsval
     )
