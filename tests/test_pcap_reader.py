@@ -588,7 +588,7 @@ def test_the_sides_field_table_is_kernels() -> None:
     """tracking.F names each per-direction field finish() reads as kernels names it: F.X
     is kernels' S_X in the 32-bit table or D_X in the 64-bit one, never another index."""
     from tcpsleuth.detectors.capture import kernels
-    from tcpsleuth.detectors.capture.tracking import F, Field
+    from tcpsleuth.detectors.capture.sides import F, Field
 
     table = {name: value for name, value in vars(F).items() if isinstance(value, Field)}
     assert len(table) >= 39

@@ -144,20 +144,6 @@ def _report(
     return report, found
 
 
-def _kernel_told(in_guest: str | None) -> str | None:
-    """What heal and the recorder are told about the kernel: in the prefix guest that it
-    is affected (its release, 6.1, says fixed; the lab built it with the fix reverted);
-    elsewhere nothing, they judge it by themselves."""
-    return "affected" if in_guest == "prefix" else None
-
-
-def _heal_run(heal: bool, method: str, in_guest: str | None) -> healing.HealRun | None:
-    """What a run with --heal starts from."""
-    if not heal:
-        return None
-    return healing.HealRun(method, _kernel_told(in_guest))
-
-
 def _must_be_new(directory: Path | None, option: str) -> None:
     """A folder the run fills must be new or empty (click has refused a file)."""
     if directory is not None and directory.exists() and any(directory.iterdir()):
@@ -199,6 +185,9 @@ def _run_scenarios(
     reports: list[dict[str, Any]] = []
     all_findings = []
     plot_runs = []
+    # heal and the recorder are told the prefix guest's kernel is affected: its release
+    # (6.1) says fixed, and the lab built it with the fix reverted
+    told = "affected" if in_guest == "prefix" else None
     with Progress(
         TextColumn("[bold]{task.fields[scenario]}"),
         BarColumn(),
@@ -223,8 +212,8 @@ def _run_scenarios(
                     broker_cmd=broker_cmd,
                     broker_kind=broker_kind,
                     record_dir=record_dir / name if record_dir is not None else None,
-                    heal=_heal_run(*heal, in_guest),
-                    kernel_told=_kernel_told(in_guest),
+                    heal=healing.HealRun(heal[1], told) if heal[0] else None,
+                    kernel_told=told,
                 )
                 progress.update(task, description="analysing")
                 report, found = _report(artifacts, artifacts.server_sysctls, in_guest)

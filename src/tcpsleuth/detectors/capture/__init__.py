@@ -5,7 +5,8 @@ of the capture at a time, records and findings out. One module per responsibilit
 
 - :mod:`.kernels`: the compiled loops (tracking, window series, Kafka framing);
 - :mod:`.tracking`: connections followed chunk by chunk (:class:`ConnectionTracker`),
-  and :class:`DetailPass`, a few connections' segments from another pass; :mod:`.layout`
+  and :class:`DetailPass`, a few connections' segments from another pass; :mod:`.sides`
+  names the tracker's per-direction fields and picks a side's; :mod:`.layout`
   lays the tracker's state out for the analysis (compiled);
 - :mod:`.shards`: the per-connection passes on several cores, connections split by
   4-tuple over threads and merged in first-frame order before anything looks across

@@ -5,19 +5,20 @@ connection and nothing per segment, so memory grows with the connections, not wi
 the capture. :class:`ConnectionTracker` feeds it (all 4-tuples, or one shard of
 them: :mod:`.shards` runs several at once); :func:`finish` turns what was kept, laid
 out a field at a time (:class:`TrackedState`, by :mod:`.layout`'s compiled loops),
-into an :class:`~.connections.Analysis`; :func:`detail` is the second pass that
-gathers every segment of a few connections (plots).
+into an :class:`~.connections.Analysis` (reading each side's fields through
+:mod:`.sides`); :class:`DetailPass` gathers every segment of a few connections from
+another pass (plots).
 
-About 550 lines: the tracker, the turning of its state into per-connection columns
-(:func:`finish`) and the two passes share the kernel's field layout; cutting them
-apart would spread that layout over several modules.
+About 570 lines: the tracker, the turning of its state into per-connection columns
+(:func:`finish`) and the detail pass share the kernel's field layout; cutting them
+apart would spread that layout over more modules.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 
@@ -31,6 +32,7 @@ from tcpsleuth.detectors.capture.connections import (
     endpoint_hash,
     mix,
 )
+from tcpsleuth.detectors.capture.sides import F, Field, Side
 from tcpsleuth.model.capture import ACK, COLUMN_TYPES, SYN, TcpColumns
 
 
@@ -249,85 +251,6 @@ class TrackedState:
         )
 
 
-class Field(NamedTuple):
-    """One per-direction field of the tracker's state: in ``dir_small`` (kernels'
-    ``S_*``, 32-bit) or ``dir_state`` (``D_*``, 64-bit), at ``index``."""
-
-    small: bool
-    index: int
-
-
-class F:
-    """The per-direction fields :func:`finish` reads, by the names kernels gives them
-    (``D_X`` or ``S_X`` there, ``F.X`` here): an attribute, so that a misspelt one
-    fails where it is written (tests/test_pcap_reader.py holds the table against
-    kernels)."""
-
-    BYTES = Field(False, K.D_BYTES)
-    FAR_AT = Field(False, K.D_FAR_AT)
-    FAR_BEST = Field(False, K.D_FAR_BEST)
-    FIRST_DATA_TS = Field(False, K.D_FIRST_DATA_TS)
-    HS_FLAGS = Field(True, K.S_HS_FLAGS)
-    HS_FRAME = Field(False, K.D_HS_FRAME)
-    HS_KIND = Field(True, K.S_HS_KIND)
-    HS_MSS = Field(True, K.S_HS_MSS)
-    HS_SACK = Field(True, K.S_HS_SACK)
-    HS_SEQ = Field(False, K.D_HS_SEQ)
-    HS_TS = Field(False, K.D_HS_TS)
-    HS_TSOK = Field(True, K.S_HS_TSOK)
-    HS_TSVAL = Field(False, K.D_HS_TSVAL)
-    HS_WIN = Field(True, K.S_HS_WIN)
-    HS_WS = Field(True, K.S_HS_WS)
-    INF_ACK = Field(False, K.D_INF_ACK)
-    INF_FRAME = Field(False, K.D_INF_FRAME)
-    INF_WIN = Field(True, K.S_INF_WIN)
-    LATER_BEST = Field(False, K.D_LATER_BEST)
-    LATER_FRAME = Field(False, K.D_LATER_FRAME)
-    LATER_TS = Field(False, K.D_LATER_TS)
-    LATER_TSVAL = Field(False, K.D_LATER_TSVAL)
-    LSYN_FRAME = Field(False, K.D_LSYN_FRAME)
-    LSYN_TS = Field(False, K.D_LSYN_TS)
-    PKTS = Field(False, K.D_PKTS)
-    PROBE = Field(True, K.S_PROBE)
-    REP_TS = Field(False, K.D_REP_TS)
-    REP_TSVAL = Field(False, K.D_REP_TSVAL)
-    RETRANS = Field(True, K.S_RETRANS)
-    RTT_TS = Field(False, K.D_RTT_TS)
-    SYNACKS = Field(True, K.S_SYNACKS)
-    SYNACK_RENEWED = Field(True, K.S_SYNACK_RENEWED)
-    SYNACK_SAME_SEQ = Field(True, K.S_SYNACK_SAME_SEQ)
-    WAITS = Field(True, K.S_WAITS)
-    WAIT_NS = Field(False, K.D_WAIT_NS)
-    WIN_CHANGES = Field(True, K.S_WIN_CHANGES)
-    WMAX = Field(True, K.S_WMAX)
-    WMIN = Field(True, K.S_WMIN)
-    ZERO = Field(True, K.S_ZERO)
-
-
-class _Side:
-    """One side's fields of every connection (``side[rows, F.X]``)."""
-
-    def __init__(self, dirs: np.ndarray, small: np.ndarray, who: np.ndarray) -> None:
-        self.dirs, self.small = dirs, small
-        self.first = who == 0
-        self.kept: dict[Field, np.ndarray] = {}
-
-    def keep(self, fields: list[Field]) -> None:
-        """Pick these fields now and let go of the state."""
-        self.kept = {field: self[:, field] for field in fields}
-        self.dirs = self.small = np.zeros((2, 0, 0), dtype=np.int64)
-
-    def __getitem__(self, key: tuple[Any, Field | list[Field]]) -> np.ndarray:
-        rows, field = key
-        if isinstance(field, list):
-            return np.stack([self[rows, one] for one in field], axis=1)
-        if field in self.kept:
-            return self.kept[field][rows]
-        source = self.small if field.small else self.dirs
-        values = np.where(self.first, source[0, field.index], source[1, field.index])
-        return np.asarray(values[rows], dtype=np.int64)
-
-
 def finish(tracked: TrackedState) -> Analysis:
     """The analysis of the connections in ``tracked`` (which it uses up)."""
     state, dirs, small = tracked.conn, tracked.dirs, tracked.small
@@ -347,8 +270,8 @@ def finish(tracked: TrackedState) -> Analysis:
     client = np.where(syn_dir >= 0, syn_dir, np.where(sa_dir >= 0, 1 - sa_dir, guess))
     opened_by = np.where(syn_dir >= 0, 0, np.where(sa_dir >= 0, 1, 2))
     server = 1 - client
-    cs = _Side(dirs, small, client)  # the client's direction's fields
-    ss = _Side(dirs, small, server)
+    cs = Side(dirs, small, client)  # the client's direction's fields
+    ss = Side(dirs, small, server)
     has_syn = cs[:, F.HS_KIND] == 1
     has_synack = ss[:, F.HS_KIND] == 2
     option_fields = [F.HS_MSS, F.HS_WS, F.HS_SACK, F.HS_TSOK, F.HS_TSVAL]
@@ -373,7 +296,7 @@ def finish(tracked: TrackedState) -> Analysis:
     def pair(field: Field) -> np.ndarray:
         return np.stack([cs[:, field], ss[:, field]], axis=1)
 
-    def span(side: _Side) -> np.ndarray:
+    def span(side: Side) -> np.ndarray:
         first_data = side[:, F.FIRST_DATA_TS]
         return np.where(first_data >= 0, last_ts - first_data, 0)
 
@@ -438,7 +361,7 @@ def finish(tracked: TrackedState) -> Analysis:
 
 
 def _cookie_columns(
-    cs: _Side, ss: _Side, hs_syn: np.ndarray, server_addr: np.ndarray
+    cs: Side, ss: Side, hs_syn: np.ndarray, server_addr: np.ndarray
 ) -> tuple[dict[str, np.ndarray], dict[int, ClockRate]]:
     """The SYN-cookie evidence columns: handshake times, the server's clock after its
     SYN-ACK, its repeated SYN-ACKs (see kernels); and the servers' clock rates."""
@@ -465,7 +388,7 @@ def _cookie_columns(
 
 
 def _later_best(
-    cs: _Side, ss: _Side, hs_syn: np.ndarray, server_addr: np.ndarray
+    cs: Side, ss: Side, hs_syn: np.ndarray, server_addr: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, dict[int, ClockRate]]:
     """The server's runs after its SYN-ACK (``later_best_ns``): within LATER_SPAN_NS,
     or farther where its clock rate is measured (:func:`.clockrate.later_runs`),
@@ -496,8 +419,8 @@ _FIRST, _SYN, _LAST_SYN, _SYNACK, _LATER = range(5)
 
 def _handshake_rows(
     columns: ConnectionColumns,
-    cs: _Side,
-    ss: _Side,
+    cs: Side,
+    ss: Side,
     has_syn: np.ndarray,
     has_synack: np.ndarray,
 ) -> Analysis:
