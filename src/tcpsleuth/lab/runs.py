@@ -137,11 +137,20 @@ class LabSize:
         and the clients' p50 measured the healthy path. So the timed producers here get
         10 minute timeouts and at most 1 s between reconnect attempts (Java's default):
         the producers whose times are measured come back with the storm, as the crowd
-        does, and keep the connection it gave them."""
+        does, and keep the connection it gave them.
+
+        They send their 64 KB once a second, not every 250 ms. What they queue while
+        the broker is down waits ahead of every request sent after it is back, and a
+        connection the bug hit carries some tens of KB/s there: on d6f3a99 (2026-12-07)
+        a restart of 172 s left kafka-python 32 MB behind (its buffer.memory, full
+        at 256 KB/s), and none of its requests sent after the restart was answered
+        within the "after" window's 900 s cap. At 64 KB/s the same outage queues
+        about 11 MB, a few minutes at that pace."""
         return replace(
             cls.guest(),
             crowd_interval_s=5.0,
             message_bytes=65536,
+            interval_ms=1000,
             warmup_s=40,
             timeout_s=600,
             backoff_max_ms=1000,
