@@ -438,12 +438,20 @@ def _ss(path: Path) -> dict[tuple[str, str], dict[str, float]]:
     return out
 
 
+def _ss_over_the_run(keep: Path, side: str) -> dict[tuple[str, str], dict[str, float]]:
+    """One side's connections in `ss -tni` at the end of the "after" window and, where
+    the lab took one (a window sized by answers: it may outlast the timed producers'
+    timeouts), soon after the storm: a connection in both as the end saw it."""
+    early = keep / f"ss-{side}-early.txt"
+    return {**(_ss(early) if early.exists() else {}), **_ss(keep / f"ss-{side}.txt")}
+
+
 def check_incident_against_ss(report: dict, keep: Path, at_least: int = 1) -> None:
     """An incident report of the wscale bug against both ends' `ss -tni` (kept by the
     lab run): every connection whose ends disagree is named, with the shifts they use;
     the window-limited clients are the cookie connections, and their own kernel says
     they waited at a window of a segment or two."""
-    client_ss, server_ss = _ss(keep / "ss-client.txt"), _ss(keep / "ss-server.txt")
+    client_ss, server_ss = _ss_over_the_run(keep, "client"), _ss_over_the_run(keep, "server")
     truth = {
         local
         for (local, remote), c in client_ss.items()

@@ -346,6 +346,7 @@ def traffic(
     scenario: Scenario,
     size: LabSize,
     server: str,
+    client: str,
     broker: Broker,
     artifacts: RunArtifacts,
     clock: Clock,
@@ -371,6 +372,10 @@ def traffic(
         namespaces.sysctl(server, "net.ipv4.tcp_syncookies", scenario.tcp_syncookies)
     clock.sleep_until(after_start + size.after_s - 2, "steady traffic after the restart")
     if size.after_answered:
+        # both ends' `ss` soon after the storm as well: the window that follows may
+        # outlast the timed producers' timeouts, and a producer that gave up has
+        # replaced its cookie connection by the end
+        write_ss(artifacts, server, client, "-early")
         await_after_window(artifacts, clients, after_start, clock.step)
 
 
@@ -411,16 +416,22 @@ def _restart(
         artifacts.phases_s["broker_restart_start"] = broker.timings.get("start_s", 0.0)
 
 
+def write_ss(artifacts: RunArtifacts, server: str, client: str, suffix: str = "") -> None:
+    """Both sides' ``ss -tni``, as ``ss-server{suffix}.txt`` and ``ss-client{suffix}.txt``
+    (a trusted tool's view, for the tests to hold tcpsleuth's against)."""
+    for side, ns in (("server", server), ("client", client)):
+        text = subprocess.run(
+            ["ip", "netns", "exec", ns, "ss", "-tni"], capture_output=True, text=True, check=False
+        ).stdout
+        (artifacts.workdir / f"ss-{side}{suffix}.txt").write_text(text)
+
+
 def snapshot_sockets(artifacts: RunArtifacts, server: str, client: str) -> None:
     """Both sides' sockets (sock_diag and ``ss -tni``) and the server's counters, near
     the end of the "after" window."""
     artifacts.server_sockets = sockdiag.snapshot(server)
     artifacts.client_sockets = sockdiag.snapshot(client)
-    for name, ns in (("ss-server.txt", server), ("ss-client.txt", client)):
-        text = subprocess.run(
-            ["ip", "netns", "exec", ns, "ss", "-tni"], capture_output=True, text=True, check=False
-        ).stdout
-        (artifacts.workdir / name).write_text(text)
+    write_ss(artifacts, server, client)
     for name, table in (
         ("sockets-server.json", artifacts.server_sockets),
         ("sockets-client.json", artifacts.client_sockets),

@@ -144,7 +144,9 @@ def _run(
     started = time.time()
     artifacts.window["start"] = started
     clock = phases.Clock(started, size.duration_s, step)
-    phases.traffic(scenario, size, server, broker, artifacts, clock, allow.settle_s, clients)
+    phases.traffic(
+        scenario, size, server, client, broker, artifacts, clock, allow.settle_s, clients
+    )
     phases.snapshot_sockets(artifacts, server, client)
     # without heal they send until their planned end (the restart allowance may not all
     # be used)
