@@ -8,10 +8,9 @@ and the waits at a full window. Nothing is kept per segment, so memory grows
 with the number of connections, not with the capture. Pure functions; without
 numba they run as Python.
 
-Longer than most modules (about 590 lines) because the field layout of the state
-arrays and the loop that fills them must be read together: ``track`` and its steps
-(the 4-tuple's row, a new connection, the handshake, the clock after the SYN-ACK, the
-byte stream and windows), which numba inlines into one loop.
+Longer than most modules (about 500 lines) because the field layout of the state
+arrays and the loop that fills them must be read together; most of it is ``track``,
+one compiled function, whose parts share dozens of locals.
 """
 
 from __future__ import annotations
@@ -208,245 +207,6 @@ def rehash(table, tuple_addr, tuple_info, ntuples):  # type: ignore[no-untyped-d
         table[slot] = t + 1
 
 
-# The per-segment steps of ``track``, inlined into it by numba (one loop, no call per
-# segment); run as plain Python for small captures like the rest.
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _tuple_slot(  # type: ignore[no-untyped-def]
-    table, tuple_addr, tuple_info, mask, h, fam, a_hi, a_lo, a_port, b_hi, b_lo, b_port, ntuples
-):
-    """The 4-tuple's row (looked up by its hash ``h``, added when new) and the rows
-    in use after it."""
-    slot = h & mask
-    while table[slot] != 0:
-        k = table[slot] - 1
-        if (
-            tuple_addr[k, 1] == a_lo
-            and tuple_addr[k, 3] == b_lo
-            and tuple_info[k, T_APORT] == a_port
-            and tuple_info[k, T_BPORT] == b_port
-            and tuple_addr[k, 0] == a_hi
-            and tuple_addr[k, 2] == b_hi
-            and tuple_info[k, T_AF] == fam
-        ):
-            return k, ntuples
-        slot = (slot + np.uint64(1)) & mask
-    t = ntuples
-    table[slot] = t + 1
-    tuple_addr[t, 0] = a_hi
-    tuple_addr[t, 1] = a_lo
-    tuple_addr[t, 2] = b_hi
-    tuple_addr[t, 3] = b_lo
-    tuple_info[t, T_AF] = fam
-    tuple_info[t, T_APORT] = a_port
-    tuple_info[t, T_BPORT] = b_port
-    tuple_info[t, T_CONN] = -1
-    tuple_info[t, T_SYN_SEQ] = -1
-    return t, ntuples + 1
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _open_connection(  # type: ignore[no-untyped-def]
-    conn_state,
-    dir_state,
-    dir_small,
-    initial,
-    initial_small,
-    c,
-    t,
-    first_a,
-    frame_i,
-    ts,
-    f,
-    s_port,
-    d_port,
-):
-    """Connection ``c`` starts on 4-tuple ``t`` with this segment."""
-    conn_state[c, K_TUPLE] = t
-    conn_state[c, K_FIRST_A] = first_a
-    conn_state[c, K_FIRST_FRAME] = frame_i
-    conn_state[c, K_FIRST_TS] = ts
-    # the client as far as the first segment tells: the SYN's sender, the SYN-ACK's
-    # receiver, else the side with the higher port
-    if (f & (SYN | ACK)) == SYN:
-        conn_state[c, K_CLIENT] = 0
-    elif f & SYN:
-        conn_state[c, K_CLIENT] = 1
-    else:
-        conn_state[c, K_CLIENT] = 0 if s_port > d_port else 1
-    for d0 in range(2):
-        for k2 in range(DIR_FIELDS):
-            dir_state[c, d0, k2] = initial[k2]
-        for k2 in range(SMALL_FIELDS):
-            dir_small[c, d0, k2] = initial_small[k2]
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _handshake(mine, peer, mine_s, peer_s, f, s, ts, frame_i, win_raw, j, syn_options):  # type: ignore[no-untyped-def]
-    """A direction's SYNs and SYN-ACKs (``j``: the segment's row of ``syn_options``,
-    -1 for none), and the pure ACK that ends the handshake."""
-    is_syn = (f & SYN) != 0
-    pure_syn = (f & (SYN | ACK)) == SYN
-    # A SYN-ACK with a new sequence number answers a retransmitted SYN anew (a
-    # cookie, then an ordinary one once the queue had room, or the reverse): the
-    # handshake is the latest one, whose number the client will acknowledge.
-    if is_syn and not pure_syn and mine_s[S_HS_KIND] == 2 and s != mine[D_HS_SEQ]:
-        mine_s[S_SYNACK_RENEWED] += 1
-        mine_s[S_HS_KIND] = 0
-        mine_s[S_SYNACK_SAME_SEQ] = 0
-        mine[D_REP_TS] = -1
-        mine[D_REP_TSVAL] = -1
-        mine[D_LATER_FRAME] = -1
-        mine[D_LATER_BEST] = NO_RUN
-        mine[D_FAR_AT] = -1
-        mine[D_FAR_BEST] = NO_RUN
-        mine[D_INF_FRAME] = -1
-        # it answers the client's latest SYN
-        peer[D_LSYN_FRAME] = peer[D_SYN_LATEST_FRAME]
-        peer[D_LSYN_TS] = peer[D_SYN_LATEST_TS]
-    if is_syn and not pure_syn:
-        mine_s[S_SYNACKS] += 1
-        if mine_s[S_HS_KIND] == 2 and s == mine[D_HS_SEQ]:
-            mine_s[S_SYNACK_SAME_SEQ] += 1
-            # a SYN's TSval is among its options, not in the tsval column
-            if mine[D_REP_TS] < 0 and j >= 0 and syn_options[j, 4] >= 0:
-                mine[D_REP_TS] = ts
-                mine[D_REP_TSVAL] = syn_options[j, 4]
-    if is_syn and mine_s[S_HS_KIND] == 0:
-        mine_s[S_HS_KIND] = 1 if pure_syn else 2
-        mine[D_HS_FRAME] = frame_i
-        mine[D_HS_TS] = ts
-        mine_s[S_HS_WIN] = win_raw
-        mine_s[S_HS_FLAGS] = f
-        mine[D_HS_SEQ] = s
-        if j >= 0:
-            mine_s[S_HS_MSS] = syn_options[j, 0]
-            mine_s[S_HS_WS] = syn_options[j, 1]
-            mine_s[S_HS_SACK] = syn_options[j, 2]
-            mine_s[S_HS_TSOK] = syn_options[j, 3]
-            mine[D_HS_TSVAL] = syn_options[j, 4]
-    if pure_syn:
-        mine[D_SYN_LATEST_FRAME] = frame_i
-        mine[D_SYN_LATEST_TS] = ts
-    if pure_syn and peer_s[S_HS_KIND] != 2 and mine_s[S_HS_KIND] != 2:
-        mine[D_LSYN_FRAME] = frame_i
-        mine[D_LSYN_TS] = ts
-    if mine[D_RTT_TS] < 0 and (f & (SYN | ACK)) == ACK and peer_s[S_HS_KIND] == 2:
-        mine[D_RTT_TS] = ts
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _after_synack(mine, mine_s, f, ts, tsval_i, frame_i, ack_i, win_raw):  # type: ignore[no-untyped-def]
-    """A segment after its sender's SYN-ACK (not a SYN): how far its TSval clock runs
-    ahead of the SYN-ACK's (near, and far: LATER_*, FAR_*), and the first window
-    after the handshake (INF_*)."""
-    elapsed = ts - mine[D_HS_TS]
-    near = elapsed <= LATER_SPAN_NS
-    far_at = mine[D_FAR_AT]
-    if not near and far_at < 0:
-        far_at = elapsed
-    far = not near and elapsed - far_at <= FAR_SLICE_NS
-    if tsval_i >= 0 and mine[D_HS_TSVAL] >= 0 and (near or far):
-        ahead = (tsval_i - mine[D_HS_TSVAL]) % SEQ_SPACE
-        if ahead >= SEQ_SPACE // 2:
-            ahead -= SEQ_SPACE
-        run = ahead * 1_000_000 - elapsed
-        if near:
-            if run > mine[D_LATER_BEST]:
-                mine[D_LATER_BEST] = run
-        else:
-            mine[D_FAR_AT] = far_at
-            if run > mine[D_FAR_BEST]:
-                mine[D_FAR_BEST] = run
-    if mine[D_LATER_FRAME] < 0 and tsval_i >= 0:
-        mine[D_LATER_FRAME] = frame_i
-        mine[D_LATER_TS] = ts
-        mine[D_LATER_TSVAL] = tsval_i
-    if mine[D_INF_FRAME] < 0 and (f & ACK) and not (f & RST):
-        mine[D_INF_FRAME] = frame_i
-        mine_s[S_INF_WIN] = win_raw
-        mine[D_INF_ACK] = ack_i
-
-
-@njit(cache=True, nogil=True, inline="always")
-def _stream_and_window(mine, peer, mine_s, peer_s, f, s, ts, length, win_raw, ack_i):  # type: ignore[no-untyped-def]
-    """The byte stream and the windows of one segment: its sequence number relative to
-    the direction's first, retransmissions, probes and zero windows, the window in
-    bytes, and the time its sender waited at the peer's window. Returns (relative
-    sequence number, window in bytes)."""
-    is_syn = (f & SYN) != 0
-    is_rst = (f & RST) != 0
-    if mine[D_BASE] < 0:
-        mine[D_BASE] = s
-    rel = (s - mine[D_BASE]) % SEQ_SPACE
-    seq_end = rel + length + (1 if is_syn else 0) + (1 if f & FIN else 0)
-    before = mine[D_HIGH]
-    if seq_end > before:
-        mine[D_HIGH] = seq_end
-    # windows in bytes: shifted by the sender's announced shift when both sides
-    # announced one (RFC 7323 2.2; above 14 counts as 14); never in a SYN
-    shift = 0
-    if mine_s[S_HS_WS] >= 0 and peer_s[S_HS_WS] >= 0:
-        shift = min(mine_s[S_HS_WS], 14)
-    win_bytes = win_raw if is_syn else win_raw << shift
-    peer_ok = peer_s[S_LAST_WIN] >= 0
-    peer_zero = peer_ok and peer_s[S_LAST_WIN] == 0 and (peer_s[S_LAST_FLAGS] & RST) == 0
-    probe = peer_zero and length <= 1 and (f & (SYN | FIN | RST)) == 0
-    retrans = length > 0 and rel + length <= before and not probe
-    if retrans:
-        mine_s[S_RETRANS] += 1
-    if probe:
-        mine_s[S_PROBE] += 1
-    if win_raw == 0 and (f & (RST | SYN)) == 0:
-        mine_s[S_ZERO] += 1
-    if not is_syn and not is_rst:
-        if mine_s[S_WIN_CHANGES] == 0 or win_bytes != mine_s[S_WIN_LAST]:
-            mine_s[S_WIN_CHANGES] += 1
-            mine_s[S_WIN_LAST] = win_bytes
-        if mine_s[S_WMAX] < 0 or win_bytes < mine_s[S_WMIN]:
-            mine_s[S_WMIN] = win_bytes
-        if win_bytes > mine_s[S_WMAX]:
-            mine_s[S_WMAX] = win_bytes
-    # Waiting at the window: the other side's next segment after a data segment that
-    # left less than one segment of its window ...
-    if peer[D_PEND_TS] >= 0 and peer[D_PEND_OTHER_TS] < 0:
-        peer[D_PEND_OTHER_TS] = ts
-    if length > 0 and not retrans:
-        # ... counts when the sender's next data segment came after it (it had data
-        # waiting). The wait ends with the peer's segment, or, when the window it
-        # opened was still below two segments (silly-window avoidance and the persist
-        # timer hold the sender), with this one.
-        if mine[D_PEND_TS] >= 0:
-            if mine[D_PEND_OTHER_TS] >= 0:
-                small_after = peer_s[S_LAST_WIN] < 2 * mine_s[S_PEND_SEG]
-                wait_end = ts if small_after else mine[D_PEND_OTHER_TS]
-                mine[D_WAIT_NS] += wait_end - mine[D_PEND_TS]
-                mine_s[S_WAITS] += 1
-            mine[D_PEND_TS] = -1
-            mine[D_PEND_OTHER_TS] = -1
-        if mine[D_FIRST_DATA_TS] < 0:
-            mine[D_FIRST_DATA_TS] = ts
-        if length > mine_s[S_MAXSEG]:
-            mine_s[S_MAXSEG] = length
-        # A capture on the sending host shows TSO super-segments; the segment the
-        # receiver's window must fit is at most the MSS it announced.
-        peer_mss = peer_s[S_HS_MSS] if peer_s[S_HS_MSS] > 0 else 65536
-        seg = min(mine_s[S_MAXSEG], peer_mss)
-        if peer_ok and (peer_s[S_LAST_FLAGS] & ACK) != 0:
-            in_flight = (s + length - peer[D_LAST_ACK]) % SEQ_SPACE
-            if in_flight > (1 << 31):
-                in_flight = 0
-            if in_flight + seg > peer_s[S_LAST_WIN]:
-                mine[D_PEND_TS] = ts
-                mine_s[S_PEND_SEG] = seg
-                mine[D_PEND_OTHER_TS] = -1
-    mine_s[S_LAST_WIN] = win_bytes
-    mine_s[S_LAST_FLAGS] = f
-    mine[D_LAST_ACK] = ack_i
-    return rel, win_bytes
-
-
 @njit(cache=True, nogil=True)
 def track(  # type: ignore[no-untyped-def]
     start,
@@ -520,10 +280,35 @@ def track(  # type: ignore[no-untyped-def]
         if shards > 1 and _shard(h, shards) != shard:
             out_conn[i] = -1
             continue
-        t, ntuples = _tuple_slot(
-            table, tuple_addr, tuple_info, mask, h, fam, a_hi, a_lo, a_port, b_hi, b_lo, b_port,
-            ntuples,
-        )  # fmt: skip
+        slot = h & mask
+        t = -1
+        while table[slot] != 0:
+            k = table[slot] - 1
+            if (
+                tuple_addr[k, 1] == a_lo
+                and tuple_addr[k, 3] == b_lo
+                and tuple_info[k, T_APORT] == a_port
+                and tuple_info[k, T_BPORT] == b_port
+                and tuple_addr[k, 0] == a_hi
+                and tuple_addr[k, 2] == b_hi
+                and tuple_info[k, T_AF] == fam
+            ):
+                t = k
+                break
+            slot = (slot + np.uint64(1)) & mask
+        if t < 0:
+            t = ntuples
+            ntuples += 1
+            table[slot] = t + 1
+            tuple_addr[t, 0] = a_hi
+            tuple_addr[t, 1] = a_lo
+            tuple_addr[t, 2] = b_hi
+            tuple_addr[t, 3] = b_lo
+            tuple_info[t, T_AF] = fam
+            tuple_info[t, T_APORT] = a_port
+            tuple_info[t, T_BPORT] = b_port
+            tuple_info[t, T_CONN] = -1
+            tuple_info[t, T_SYN_SEQ] = -1
         f = np.int64(flags[i])
         s = seq[i]
         ts = ts_ns[i]
@@ -536,28 +321,182 @@ def track(  # type: ignore[no-untyped-def]
             c = nconn
             nconn += 1
             tuple_info[t, T_CONN] = c
-            _open_connection(
-                conn_state, dir_state, dir_small, initial, initial_small, c, t,
-                1 if src_is_a else 0, frame[i], ts, f, s_port, d_port,
-            )  # fmt: skip
+            conn_state[c, K_TUPLE] = t
+            conn_state[c, K_FIRST_A] = 1 if src_is_a else 0
+            conn_state[c, K_FIRST_FRAME] = frame[i]
+            conn_state[c, K_FIRST_TS] = ts
+            # the client as far as the first segment tells: the SYN's sender, the
+            # SYN-ACK's receiver, else the side with the higher port
+            if pure_syn:
+                conn_state[c, K_CLIENT] = 0
+            elif f & SYN:
+                conn_state[c, K_CLIENT] = 1
+            else:
+                conn_state[c, K_CLIENT] = 0 if s_port > d_port else 1
+            for d0 in range(2):
+                for k2 in range(DIR_FIELDS):
+                    dir_state[c, d0, k2] = initial[k2]
+                for k2 in range(SMALL_FIELDS):
+                    dir_small[c, d0, k2] = initial_small[k2]
         if pure_syn:
             tuple_info[t, T_SYN_SEQ] = s
         d = 0 if (1 if src_is_a else 0) == conn_state[c, K_FIRST_A] else 1
+        o = 1 - d
         conn_state[c, K_LAST_TS] = ts
-        mine, peer = dir_state[c, d], dir_state[c, 1 - d]
-        mine_s, peer_s = dir_small[c, d], dir_small[c, 1 - d]
+        mine = dir_state[c, d]
+        peer = dir_state[c, o]
+        mine_s = dir_small[c, d]
+        peer_s = dir_small[c, o]
         length = np.int64(paylen[i])
         win_raw = np.int64(window[i])
         mine[D_PKTS] += 1
         mine[D_BYTES] += length
-        _handshake(
-            mine, peer, mine_s, peer_s, f, s, ts, frame[i], win_raw, opt_index[i], syn_options
-        )
-        if mine_s[S_HS_KIND] == 2 and not (f & SYN):
-            _after_synack(mine, mine_s, f, ts, tsval[i], frame[i], ack[i], win_raw)
-        rel, win_bytes = _stream_and_window(
-            mine, peer, mine_s, peer_s, f, s, ts, length, win_raw, ack[i]
-        )
+        is_syn = (f & SYN) != 0
+        is_rst = (f & RST) != 0
+        # A SYN-ACK with a new sequence number answers a retransmitted SYN anew (a
+        # cookie, then an ordinary one once the queue had room, or the reverse):
+        # the handshake is the latest one, whose number the client will acknowledge.
+        renewed = is_syn and not pure_syn and mine_s[S_HS_KIND] == 2 and s != mine[D_HS_SEQ]
+        if renewed:
+            mine_s[S_SYNACK_RENEWED] += 1
+            mine_s[S_HS_KIND] = 0
+            mine_s[S_SYNACK_SAME_SEQ] = 0
+            mine[D_REP_TS] = -1
+            mine[D_REP_TSVAL] = -1
+            mine[D_LATER_FRAME] = -1
+            mine[D_LATER_BEST] = NO_RUN
+            mine[D_FAR_AT] = -1
+            mine[D_FAR_BEST] = NO_RUN
+            mine[D_INF_FRAME] = -1
+            # it answers the client's latest SYN
+            peer[D_LSYN_FRAME] = peer[D_SYN_LATEST_FRAME]
+            peer[D_LSYN_TS] = peer[D_SYN_LATEST_TS]
+        if is_syn and not pure_syn:
+            mine_s[S_SYNACKS] += 1
+            if mine_s[S_HS_KIND] == 2 and s == mine[D_HS_SEQ]:
+                mine_s[S_SYNACK_SAME_SEQ] += 1
+                # a SYN's TSval is among its options, not in the tsval column
+                j = opt_index[i]
+                if mine[D_REP_TS] < 0 and j >= 0 and syn_options[j, 4] >= 0:
+                    mine[D_REP_TS] = ts
+                    mine[D_REP_TSVAL] = syn_options[j, 4]
+        if is_syn and mine_s[S_HS_KIND] == 0:
+            mine_s[S_HS_KIND] = 1 if pure_syn else 2
+            mine[D_HS_FRAME] = frame[i]
+            mine[D_HS_TS] = ts
+            mine_s[S_HS_WIN] = win_raw
+            mine_s[S_HS_FLAGS] = f
+            mine[D_HS_SEQ] = s
+            j = opt_index[i]
+            if j >= 0:
+                mine_s[S_HS_MSS] = syn_options[j, 0]
+                mine_s[S_HS_WS] = syn_options[j, 1]
+                mine_s[S_HS_SACK] = syn_options[j, 2]
+                mine_s[S_HS_TSOK] = syn_options[j, 3]
+                mine[D_HS_TSVAL] = syn_options[j, 4]
+        if pure_syn:
+            mine[D_SYN_LATEST_FRAME] = frame[i]
+            mine[D_SYN_LATEST_TS] = ts
+        if pure_syn and peer_s[S_HS_KIND] != 2 and mine_s[S_HS_KIND] != 2:
+            mine[D_LSYN_FRAME] = frame[i]
+            mine[D_LSYN_TS] = ts
+        if mine[D_RTT_TS] < 0 and (f & (SYN | ACK)) == ACK and peer_s[S_HS_KIND] == 2:
+            mine[D_RTT_TS] = ts
+        if mine_s[S_HS_KIND] == 2 and not is_syn:
+            elapsed = ts - mine[D_HS_TS]
+            near = elapsed <= LATER_SPAN_NS
+            far_at = mine[D_FAR_AT]
+            if not near and far_at < 0:
+                far_at = elapsed
+            far = not near and elapsed - far_at <= FAR_SLICE_NS
+            if tsval[i] >= 0 and mine[D_HS_TSVAL] >= 0 and (near or far):
+                ahead = (tsval[i] - mine[D_HS_TSVAL]) % SEQ_SPACE
+                if ahead >= SEQ_SPACE // 2:
+                    ahead -= SEQ_SPACE
+                run = ahead * 1_000_000 - elapsed
+                if near:
+                    if run > mine[D_LATER_BEST]:
+                        mine[D_LATER_BEST] = run
+                else:
+                    mine[D_FAR_AT] = far_at
+                    if run > mine[D_FAR_BEST]:
+                        mine[D_FAR_BEST] = run
+            if mine[D_LATER_FRAME] < 0 and tsval[i] >= 0:
+                mine[D_LATER_FRAME] = frame[i]
+                mine[D_LATER_TS] = ts
+                mine[D_LATER_TSVAL] = tsval[i]
+            if mine[D_INF_FRAME] < 0 and (f & ACK) and not is_rst:
+                mine[D_INF_FRAME] = frame[i]
+                mine_s[S_INF_WIN] = win_raw
+                mine[D_INF_ACK] = ack[i]
+        # the byte stream: sequence numbers relative to the direction's first one
+        if mine[D_BASE] < 0:
+            mine[D_BASE] = s
+        rel = (s - mine[D_BASE]) % SEQ_SPACE
+        seq_end = rel + length + (1 if is_syn else 0) + (1 if f & FIN else 0)
+        before = mine[D_HIGH]
+        if seq_end > before:
+            mine[D_HIGH] = seq_end
+        # windows in bytes: shifted by the sender's announced shift when both sides
+        # announced one (RFC 7323 2.2; above 14 counts as 14); never in a SYN
+        shift = 0
+        if mine_s[S_HS_WS] >= 0 and peer_s[S_HS_WS] >= 0:
+            shift = min(mine_s[S_HS_WS], 14)
+        win_bytes = win_raw if is_syn else win_raw << shift
+        peer_ok = peer_s[S_LAST_WIN] >= 0
+        peer_zero = peer_ok and peer_s[S_LAST_WIN] == 0 and (peer_s[S_LAST_FLAGS] & RST) == 0
+        probe = peer_zero and length <= 1 and (f & (SYN | FIN | RST)) == 0
+        retrans = length > 0 and rel + length <= before and not probe
+        if retrans:
+            mine_s[S_RETRANS] += 1
+        if probe:
+            mine_s[S_PROBE] += 1
+        if win_raw == 0 and (f & (RST | SYN)) == 0:
+            mine_s[S_ZERO] += 1
+        if not is_syn and not is_rst:
+            if mine_s[S_WIN_CHANGES] == 0 or win_bytes != mine_s[S_WIN_LAST]:
+                mine_s[S_WIN_CHANGES] += 1
+                mine_s[S_WIN_LAST] = win_bytes
+            if mine_s[S_WMAX] < 0 or win_bytes < mine_s[S_WMIN]:
+                mine_s[S_WMIN] = win_bytes
+            if win_bytes > mine_s[S_WMAX]:
+                mine_s[S_WMAX] = win_bytes
+        # Waiting at the window: the other side's next segment after a data
+        # segment that left less than one segment of its window ...
+        if peer[D_PEND_TS] >= 0 and peer[D_PEND_OTHER_TS] < 0:
+            peer[D_PEND_OTHER_TS] = ts
+        if length > 0 and not retrans:
+            # ... counts when the sender's next data segment came after it (it had
+            # data waiting). The wait ends with the peer's segment, or, when the
+            # window it opened was still below two segments (silly-window
+            # avoidance and the persist timer hold the sender), with this one.
+            if mine[D_PEND_TS] >= 0:
+                if mine[D_PEND_OTHER_TS] >= 0:
+                    small_after = peer_s[S_LAST_WIN] < 2 * mine_s[S_PEND_SEG]
+                    wait_end = ts if small_after else mine[D_PEND_OTHER_TS]
+                    mine[D_WAIT_NS] += wait_end - mine[D_PEND_TS]
+                    mine_s[S_WAITS] += 1
+                mine[D_PEND_TS] = -1
+                mine[D_PEND_OTHER_TS] = -1
+            if mine[D_FIRST_DATA_TS] < 0:
+                mine[D_FIRST_DATA_TS] = ts
+            if length > mine_s[S_MAXSEG]:
+                mine_s[S_MAXSEG] = length
+            # A capture on the sending host shows TSO super-segments; the segment
+            # the receiver's window must fit is at most the MSS it announced.
+            peer_mss = peer_s[S_HS_MSS] if peer_s[S_HS_MSS] > 0 else 65536
+            seg = min(mine_s[S_MAXSEG], peer_mss)
+            if peer_ok and (peer_s[S_LAST_FLAGS] & ACK) != 0:
+                in_flight = (s + length - peer[D_LAST_ACK]) % SEQ_SPACE
+                if in_flight > (1 << 31):
+                    in_flight = 0
+                if in_flight + seg > peer_s[S_LAST_WIN]:
+                    mine[D_PEND_TS] = ts
+                    mine_s[S_PEND_SEG] = seg
+                    mine[D_PEND_OTHER_TS] = -1
+        mine_s[S_LAST_WIN] = win_bytes
+        mine_s[S_LAST_FLAGS] = f
+        mine[D_LAST_ACK] = ack[i]
         out_conn[i] = c
         out_dir[i] = d
         out_rel[i] = rel
