@@ -14,6 +14,7 @@ from pathlib import Path
 from tcpsleuth.lab import analysis, healing
 from tcpsleuth.lab.runner import LabSize, RunArtifacts
 from tcpsleuth.lab.scenarios import SCENARIOS
+from tcpsleuth.recorder.healing import TEST_KERNEL_ENV
 from tcpsleuth.reports import table
 from tcpsleuth.reports.labview import render_runs
 
@@ -72,7 +73,7 @@ def test_heal_phase_on_the_fixed_kernel_ends_nothing(tmp_path: Path) -> None:
         [sys.executable, "-m", "tcpsleuth", "lab", "run", "fixed-kernel", "--heal",
          "--heal-method", "destroy", "--size", "small", "--keep", str(keep), "--format", "json"],
         capture_output=True, text=True, timeout=300, check=False,
-        env={**os.environ, healing.KERNEL_STATUS_ENV: "affected"},
+        env={**os.environ, TEST_KERNEL_ENV: "affected"},
     )  # fmt: skip
     assert result.returncode in (0, 1), result.stderr[-2000:]
     [run] = json.loads(result.stdout)["runs"]
