@@ -24,7 +24,7 @@ from tcpsleuth.detectors.listeners import listener_facts
 from tcpsleuth.detectors.port_summary import DEFAULT_MAX_PORTS, TimesSeen, summarize
 from tcpsleuth.errors import InputError
 from tcpsleuth.model.records import HostSnapshot
-from tcpsleuth.recorder.healing import hit_per_listener
+from tcpsleuth.recorder.healing import hit_per_listener, test_override
 from tcpsleuth.reports import prometheus
 from tcpsleuth.sources import owners, procfs, sampling
 from tcpsleuth.sources.host import proc_version
@@ -68,14 +68,13 @@ class ScrapeCollector:
             listeners=list(sample.listeners),
             connections=None,
         )
+        facts = listener_facts(snapshot)
         return [
             *prometheus.counter_families(sample.counters),
             *prometheus.summary_families(summary),
-            *prometheus.listener_lock_families(
-                listener_facts(snapshot), self.kernel, sample.sysctls
-            ),
+            *prometheus.listener_lock_families(facts, self.kernel, sample.sysctls),
             *prometheus.heal_families(
-                hit_per_listener(sample.sockets, listener_facts(snapshot), self.kernel)
+                hit_per_listener(sample.sockets, facts, test_override(self.kernel))
             ),
             *prometheus.scrape_families(summary, sample.read_seconds),
             prometheus.success_family(True),

@@ -36,6 +36,15 @@ def _is_broken_pipe(exc: OSError) -> bool:
     return isinstance(exc, BrokenPipeError) or exc.errno in (errno.EPIPE, errno.ECONNRESET)
 
 
+def _to_devnull(stream: TextIO) -> None:
+    """Point ``stream``'s descriptor at /dev/null (its reader has gone), so that later
+    writes and the interpreter's last flush are quiet."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+
+
 class PipeGuard:
     """A text stream in front of the real standard output."""
 
@@ -45,12 +54,7 @@ class PipeGuard:
     def _close(self) -> None:
         global _closed
         _closed = True
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, self._stream.fileno())
-            os.close(devnull)
-        except (OSError, ValueError):
-            pass
+        _to_devnull(self._stream)
 
     def write(self, text: str) -> int:
         return self.write_rendered(printable(text, keep_newlines=True))
@@ -129,10 +133,7 @@ class StderrGuard:
 
     def _drop(self) -> None:
         self.gone = True
-        with contextlib.suppress(OSError, ValueError):
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, self.unguarded.fileno())
-            os.close(devnull)
+        _to_devnull(self.unguarded)
         with contextlib.suppress(OSError):
             self.unguarded.flush()  # what was buffered now goes to /dev/null
 

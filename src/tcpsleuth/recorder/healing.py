@@ -67,9 +67,10 @@ def hit_per_listener(
     dump: sockdiag.DiagDump, facts: list[ListenerFacts], verdict: KernelVerdict
 ) -> list[tuple[detect.ListenerPlan, int]]:
     """Every listener with the connections hit on it (0 where the listener is not
-    locked or the kernel has the fix). Records are made only of the dump's rows that
-    may be hit (detect.candidates), so a dump of 100,000 sockets stays cheap."""
-    plans = detect.plan_listeners(facts, test_override(verdict))
+    locked or ``verdict`` says the kernel has the fix). Records are made only of the
+    dump's rows that may be hit (detect.candidates), so a dump of 100,000 sockets stays
+    cheap."""
+    plans = detect.plan_listeners(facts, verdict)
     found = sockdestroy.from_dump(dump.select(detect.candidates(dump, plans)))
     counts = Counter(plan.local for plan, _ in detect.hit(found, plans))
     return [(plan, counts[plan.local]) for plan in plans]
