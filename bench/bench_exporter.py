@@ -10,12 +10,19 @@ then times:
 - GET /metrics from a running `tcpsleuth exporter --netns` over loopback, as
   Prometheus sees it.
 
+With ``--against OTHER/src`` (the src/ of another checkout, e.g. a ``git worktree``
+of the commit before a change) it also serves that build's exporter on the same
+namespace and alternates GET /metrics between the two, request by request, so that
+both meet the same machine; it prints both medians and their ratio.
+
 Run as root:  python3 bench/bench_exporter.py [--connections 50000] [--repeat 10]
+              [--against OTHER/src]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -41,10 +48,44 @@ def ms(values: list[float]) -> str:
     return f"median {statistics.median(values) * 1000:.1f} ms, min {min(values) * 1000:.1f} ms"
 
 
+def get_seconds(url: str) -> float:
+    """Seconds one GET of ``url`` takes, the body read."""
+    t0 = time.perf_counter()
+    with urllib.request.urlopen(url, timeout=30) as response:
+        response.read()
+    return time.perf_counter() - t0
+
+
+def against(ns: str, other: Path, repeat: int) -> None:
+    """GET /metrics of this checkout's exporter and ``other``'s (its src/), alternated."""
+    builds = {"before": str(other), "after": str(REPO / "src")}
+    exporters = {
+        name: Exporter("--netns", ns, env={**os.environ, "PYTHONPATH": src})
+        for name, src in builds.items()
+    }
+    times: dict[str, list[float]] = {name: [] for name in builds}
+    try:
+        for exporter in exporters.values():
+            get_seconds(exporter.url)  # the first scrape walks /proc for owners
+        for round_ in range(repeat):
+            # who goes first alternates too
+            order = list(builds) if round_ % 2 == 0 else list(reversed(builds))
+            for name in order:
+                times[name].append(get_seconds(exporters[name].url))
+    finally:
+        for exporter in exporters.values():
+            exporter.stop()
+    for name, src in builds.items():
+        print(f"GET /metrics, {name} ({src}): {ms(times[name])}")
+    ratio = statistics.median(times["after"]) / statistics.median(times["before"])
+    print(f"after / before (medians): {ratio:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--connections", type=int, default=50_000)
     parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--against", type=Path, help="the src/ of another checkout")
     args = parser.parse_args()
     per_port = args.connections // len(PORTS)
     with namespaces.namespace("bench") as ns:
@@ -94,12 +135,7 @@ def main() -> None:
             print(f"in process, whole scrape:                {ms(total)}")
             exporter = Exporter("--netns", ns)
             try:
-                http = []
-                for _ in range(args.repeat):
-                    t0 = time.perf_counter()
-                    with urllib.request.urlopen(exporter.url, timeout=30) as response:
-                        response.read()
-                    http.append(time.perf_counter() - t0)
+                http = [get_seconds(exporter.url) for _ in range(args.repeat)]
                 rss = subprocess.run(
                     ["ps", "-o", "rss=", "-p", str(exporter.process.pid)],
                     capture_output=True,
@@ -120,6 +156,8 @@ def main() -> None:
                 reference.append(time.perf_counter() - t0)
             print(f"for reference, ss -tni of the same:      {ms(reference)}")
             print(f"exporter resident memory after scrapes:  {int(rss) // 1024} MiB")
+            if args.against is not None:
+                against(ns, args.against.resolve(), args.repeat)
         finally:
             for farm in farms:
                 farm.stop()

@@ -16,6 +16,7 @@ from tcpsleuth.lab.runner import LabSize, RunArtifacts
 from tcpsleuth.lab.scenarios import SCENARIOS
 from tcpsleuth.recorder.healing import TEST_KERNEL_ENV
 from tcpsleuth.reports import table
+from tcpsleuth.reports.labview import _heal_parts as render_runs_heal
 from tcpsleuth.reports.labview import render_runs
 
 
@@ -63,6 +64,44 @@ def test_hit_after_counts_the_bug_shift_of_healable_listeners_only() -> None:
     assert heal.hit_after == 0
 
 
+def test_the_brokers_own_produce_times_stand_beside_heals(tmp_path: Path) -> None:
+    """With a real Kafka the heal summary carries the broker's own Produce p50 and p99
+    of each phase, the request log's figures (broker_latency), and the table says them."""
+    artifacts = _artifacts()
+    artifacts.heal = healing.HealRun("destroy", "affected", status=0, document={})
+
+    def phase(p50: float, p99: float) -> dict[str, object]:
+        return {"produce_total": {"count": 9, "p50": p50, "p99": p99}}
+
+    own = {"before": phase(2.0, 9.0), "after": phase(3.0, 21.0), "after_heal": phase(2.5, 8.0)}
+    lat = {"before": {"p50": 90.0}, "after": {"p50": 9000.0}, "after_heal": {"p50": 95.0}}
+    summary = analysis.heal(artifacts, lat, own)
+    assert summary is not None
+    assert summary["broker_ms"] == {
+        "p50": {"before": 2.0, "after_restart": 3.0, "after_heal": 2.5},
+        "p99": {"before": 9.0, "after_restart": 21.0, "after_heal": 8.0},
+    }
+    assert analysis.heal(artifacts, lat) is not None  # the lab's broker: no figures
+    console = table.console()
+    run = {"scenario": "wscale-bug", "heal": summary}
+    with console.capture() as shown:
+        for part in render_runs_heal([run]):
+            console.print(part)
+    assert "2.0 / 9.0, 3.0 / 21.0, 2.5 / 8.0" in shown.get()
+
+
+def test_heal_refuses_the_users_broker_command() -> None:
+    """--heal with --broker-cmd: one line, exit 2 (its clients are not the lab's)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "tcpsleuth", "lab", "run", "wscale-bug", "--heal",
+         "--broker-cmd", "true"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert "--broker-cmd" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr
+
+
 def test_heal_phase_on_the_fixed_kernel_ends_nothing(tmp_path: Path) -> None:
     """The lab's fixed-kernel storm (listener locked, cookies sent, every connection on
     the listener's own shift), with heal told the kernel is affected so that the
@@ -84,6 +123,7 @@ def test_heal_phase_on_the_fixed_kernel_ends_nothing(tmp_path: Path) -> None:
     assert listener["healable"] and (listener["own_wscale"], listener["bug_wscale"]) == (1, 7)
     assert heal["exit_status"] == 0 and heal["error"] is None and heal["refused"] is None
     assert (heal["hit"], heal["ended"], heal["came_back"], heal["hit_after"]) == (0, 0, 0, 0)
+    assert heal["broker_ms"] is None  # the lab's broker keeps no request log
     assert heal["shifts_after"] == {"1": sum(heal["shifts_after"].values())}
     # the producers' own counts: everything they sent was acknowledged
     for counts in heal["lost_by_library"].values():

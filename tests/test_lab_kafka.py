@@ -104,6 +104,20 @@ def test_wscale_bug_on_real_kafka_3_1_2(tmp_path: Path) -> None:
         "kafka-clients",
         {p: latency[p]["by_library"]["kafka-clients"] for p in latency if p != "p50_ratio"},
     )
+    # the harness counts what its timed producers sent and had acknowledged (what heal's
+    # `lost` reads), and its counts agree with its own per-request lines
+    lines = [json.loads(x) for x in (kept / "clients.jsonl").read_text().splitlines()]
+    java = [x for x in lines if x["library"] == "kafka-clients"]
+    counts = [x for x in java if x["type"] == "counts"]
+    timed = [x for x in java if x["type"] in ("latency", "pending")]
+    assert len(counts) == run["size"]["measured"], counts
+    assert sum(c["sent"] for c in counts) == len(timed) > 0
+    assert sum(c["acknowledged"] for c in counts) == sum(
+        1 for x in timed if x["type"] == "latency" and x["error"] is None
+    )
+    assert sum(c["lost"] for c in counts) == sum(
+        1 for x in timed if x["type"] == "pending" or x["error"] is not None
+    )
     # its JMX request metrics (the exporter), read before the restart and at the end
     metrics = run["broker_metrics"]
     assert metrics["before"]["TotalTimeMs"]["count"] > 100

@@ -47,7 +47,7 @@ def wait_for(url: str, seconds: float = 20) -> None:
 class Exporter:
     """``tcpsleuth exporter`` in a subprocess, serving on a free loopback port."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/metrics"
         self.process = subprocess.Popen(
@@ -63,6 +63,7 @@ class Exporter:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             text=True,
+            env=env,
         )
         try:
             wait_for(self.url)

@@ -1,6 +1,6 @@
 // tcpsleuth lab: Kafka's Java producer (kafka-clients), each request timed from send() to
 // its acknowledgement, with the same JSON lines as tcpsleuth.lab.clients (one object a
-// line on standard output: ready, latency, pending, done). Kafka's ProducerPerformance
+// line on standard output: ready, latency, pending, counts, done). Kafka's ProducerPerformance
 // prints only averages over a window; the lab needs every request's time and when it was
 // sent, to cut them into the phases before, during and after a broker restart.
 //
@@ -39,6 +39,8 @@ public final class ProduceLatency {
             new PrintStream(new FileOutputStream(FileDescriptor.out), true, StandardCharsets.UTF_8);
     static final Map<Long, double[]> OUTSTANDING = new ConcurrentHashMap<>();
     static final AtomicLong NEXT = new AtomicLong();
+    // per measured producer: messages sent, acknowledged, failed (an error answer)
+    static long[][] tally = new long[0][3];
 
     static double now() {
         return System.currentTimeMillis() / 1000.0;
@@ -60,6 +62,10 @@ public final class ProduceLatency {
 
     static synchronized void emit(String type, String fields) {
         OUT.println("{\"type\": \"" + type + "\", \"library\": \"" + LIBRARY + "\", " + fields + "}");
+    }
+
+    static synchronized void count(int producer, int what) {
+        tally[producer][what]++;
     }
 
     static KafkaProducer<byte[], byte[]> producer(
@@ -112,6 +118,7 @@ public final class ProduceLatency {
         double interval = Double.parseDouble(options.get("interval-ms")) / 1000.0;
         double duration = Double.parseDouble(options.get("duration"));
 
+        tally = new long[measuredCount][3];
         List<KafkaProducer<byte[], byte[]>> crowd = new ArrayList<>();
         List<KafkaProducer<byte[], byte[]>> measured = new ArrayList<>();
         for (int i = 0; i < crowdCount; i++) {
@@ -168,6 +175,16 @@ public final class ProduceLatency {
             emit("pending", "\"producer\": " + (int) open[0] + ", \"sent\": " + open[1]
                     + ", \"waited_ms\": " + (at - open[1]) * 1000);
         }
+        // what each measured producer counted, as tcpsleuth.lab.clients reports it: lost
+        // is what was sent and not acknowledged (failed, or still waiting now)
+        synchronized (ProduceLatency.class) {
+            for (int i = 0; i < measuredCount; i++) {
+                long[] t = tally[i];
+                emit("counts", "\"producer\": " + i + ", \"sent\": " + t[0]
+                        + ", \"acknowledged\": " + t[1] + ", \"failed\": " + t[2]
+                        + ", \"pending\": " + (t[0] - t[1] - t[2]) + ", \"lost\": " + (t[0] - t[1]));
+            }
+        }
         emit("done", "\"t\": " + now());
         OUT.flush();
         // closing hundreds of producers one by one takes longer than the run; exit closes
@@ -180,11 +197,13 @@ public final class ProduceLatency {
         double sent = now();
         long began = System.nanoTime();
         OUTSTANDING.put(id, new double[] {index, sent});
+        count(index, 0);
         try {
             producer.send(new ProducerRecord<>(TOPIC, payload), (metadata, error) -> {
                 if (OUTSTANDING.remove(id) == null) {
                     return;
                 }
+                count(index, error == null ? 1 : 2);
                 double latency = (System.nanoTime() - began) / 1e6;
                 emit("latency", "\"producer\": " + index + ", \"sent\": " + sent
                         + ", \"latency_ms\": " + latency + ", \"error\": "
@@ -193,6 +212,7 @@ public final class ProduceLatency {
         } catch (RuntimeException error) {
             // send() itself failed (no metadata within max.block.ms): an error answer
             if (OUTSTANDING.remove(id) != null) {
+                count(index, 2);
                 double latency = (System.nanoTime() - began) / 1e6;
                 emit("latency", "\"producer\": " + index + ", \"sent\": " + sent
                         + ", \"latency_ms\": " + latency + ", \"error\": " + quote(error.toString()));

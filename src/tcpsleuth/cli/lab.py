@@ -79,6 +79,7 @@ def _report(
     found = analysis.findings(artifacts, sysctls, captured)
     scenario = artifacts.scenario
     latency = analysis.latency(artifacts)
+    own = analysis.broker_latency(artifacts)
     report = {
         "scenario": scenario.name,
         "summary": scenario.summary,
@@ -96,7 +97,7 @@ def _report(
             else None
         ),
         "broker_metrics": artifacts.broker_metrics or None,
-        "broker_latency_ms": analysis.broker_latency(artifacts),
+        "broker_latency_ms": own,
         "settings": {
             "tcp_syncookies": scenario.tcp_syncookies,
             "tcp_timestamps": scenario.tcp_timestamps,
@@ -139,7 +140,7 @@ def _report(
             else None
         ),
         "recorder": artifacts.recorder,
-        "heal": analysis.heal(artifacts, latency),
+        "heal": analysis.heal(artifacts, latency, own),
     }
     return report, found
 
@@ -162,9 +163,11 @@ def _check_run_options(
         kafka_broker.parse_broker(broker_kind)
         if broker_cmd:
             raise InputError("--broker and --broker-cmd name two brokers; give one")
-    if heal and (broker_kind != "lab" or broker_cmd):
-        # the Java producers a real Kafka brings cannot yet be told when the run ends
-        raise InputError("--heal runs with the lab's own broker only, for now")
+    if heal and broker_cmd:
+        # the user's broker: its port and its clients are not the lab's to reset
+        raise InputError(
+            "--heal runs with the lab's broker or a real Kafka (--broker), not --broker-cmd"
+        )
 
 
 def _run_scenarios(

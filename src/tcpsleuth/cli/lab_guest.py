@@ -107,7 +107,8 @@ def run_in_guest(
         result = guest.run(
             kernel,
             guest.python_command(*argv),
-            timeout=3600,
+            # heal adds two windows, each sized by the producers' answers (runs.LabSize)
+            timeout=3600 + (1800 if options.get("--heal") else 0),
             rwdirs=rwdirs,
             memory=memory,
             env=env,

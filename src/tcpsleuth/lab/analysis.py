@@ -284,10 +284,14 @@ def lost(artifacts: RunArtifacts) -> dict[str, Any] | None:
     }
 
 
-def heal(artifacts: RunArtifacts, lat: dict[str, Any]) -> dict[str, Any] | None:
+def heal(
+    artifacts: RunArtifacts, lat: dict[str, Any], own: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
     """The heal phase (``lab run --heal``): heal's own counts, the broker's connections
     with the bug's shift after it, what the timed producers lost, and the clients' p50
-    of each phase (``lat`` is ``latency(artifacts)``: the same figures)."""
+    of each phase (``lat`` is ``latency(artifacts)``: the same figures); with a real
+    Kafka, its own Produce p50 and p99 of each phase beside them (``own`` is
+    ``broker_latency(artifacts)``)."""
     run = artifacts.heal
     if run is None:
         return None
@@ -318,6 +322,19 @@ def heal(artifacts: RunArtifacts, lat: dict[str, Any]) -> dict[str, Any] | None:
         "after_heal_ratio": round(p50["after_heal"] / before, 2)
         if before and p50["after_heal"]
         else None,
+        "broker_ms": None
+        if own is None
+        else {
+            key: {
+                phase: own[name]["produce_total"][key]
+                for phase, name in (
+                    ("before", "before"),
+                    ("after_restart", "after"),
+                    ("after_heal", "after_heal"),
+                )
+            }
+            for key in ("p50", "p99")
+        },
         "shifts_after": run.shifts_after,
         "per_second": doc.get("per_second"),
         "seconds": round(run.seconds, 1),

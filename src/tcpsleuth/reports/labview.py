@@ -202,4 +202,12 @@ def _heal_parts(reports: list[dict[str, Any]]) -> list[Any]:
                 f"[dim]{r['scenario']}: heal was told the kernel is {h['kernel_told']} (its "
                 "release says it has the fix; the lab built it with the fix reverted).[/dim]"
             )
+        own = h["broker_ms"]
+        if own:
+            phases = ("before", "after_restart", "after_heal")
+            parts.append(
+                f"{r['scenario']}: the broker's own Produce p50 / p99 in ms, before, after "
+                "the restart and after heal: "
+                + ", ".join(f"{own['p50'][x]} / {own['p99'][x]}" for x in phases)
+            )
     return parts
