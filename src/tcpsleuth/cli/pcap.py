@@ -228,5 +228,5 @@ def _report(
     else:
         for result in results:
             shown = pcapview.table_streams(result, TABLE_ROWS)
-            pcapview.print_tables(table.console(), result, shown)
+            pcapview.print_tables(table.console(), result, shown, TABLE_ROWS)
     return exit_status(findings)

@@ -38,6 +38,24 @@ def kafka_rows(summary: Sequence[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
     ]
 
 
+def slowest_rows(
+    summary: Sequence[Mapping[str, Any]], limit: int
+) -> tuple[list[Mapping[str, Any]], str]:
+    """The summary rows a table shows, in their order: all of them, or the ``limit``
+    whose sends were slowest (send p99, then most requests) where there are more (a
+    capture of thousands of clients); and what to add to the table's title."""
+    if len(summary) <= limit:
+        return list(summary), ""
+
+    def slowness(i: int) -> tuple[float, int]:
+        p99 = summary[i]["send_ms_p99"]
+        return (-(p99 if p99 is not None else -1.0), -summary[i]["requests"])
+
+    keep = set(sorted(range(len(summary)), key=slowness)[:limit])
+    shown = [row for i, row in enumerate(summary) if i in keep]
+    return shown, f" ({limit} of {len(summary)}, the slowest sends; --format json has all)"
+
+
 def document(
     result: CaptureResult,
     streams: Sequence[int],
@@ -191,10 +209,12 @@ CONNECTION_COLUMNS = (
 )  # fmt: skip
 
 
-def print_tables(console: Console, result: CaptureResult, shown: Sequence[int]) -> None:
+def print_tables(
+    console: Console, result: CaptureResult, shown: Sequence[int], kafka_limit: int
+) -> None:
     """The terminal view: the file, its verdict, what was read, the connections
-    ``shown`` (hit ones first) with their verdicts, who was hit, Kafka timing, and the
-    findings."""
+    ``shown`` (hit ones first) with their verdicts, who was hit, Kafka timing (at most
+    ``kafka_limit`` rows, the slowest sends), and the findings."""
     capture = result.capture
     compressed = " (gzip)" if capture.report.compressed else ""
     console.print(Text(printable(capture.path), style="bold", overflow="fold"))
@@ -226,12 +246,13 @@ def print_tables(console: Console, result: CaptureResult, shown: Sequence[int]) 
         console.print(Text(printable(line), overflow="fold"))
     summary = kafka_summary.summary(result.requests)
     if summary:
+        rows, cut = slowest_rows(summary, kafka_limit)
         console.print(
             table.records_table(
-                "Kafka requests: send time (client → wire) versus broker time",
+                f"Kafka requests: send time (client → wire) versus broker time{cut}",
                 ["client", "server", "api", "requests", "send p50 ms", "send p99 ms",
                  "broker p50 ms", "broker p99 ms"],
-                kafka_rows(summary),
+                kafka_rows(rows),
             )
         )  # fmt: skip
     note = kafka_summary.missing_note(summary)
@@ -316,11 +337,12 @@ def html_section(result: CaptureResult, pictures: list[tuple[str, Path]]) -> htm
     """One capture's part of the HTML report: its verdict, the connections with their
     verdicts (hit first), the clients and client.ids hit, Kafka timing, the graphs."""
     summary = kafka_summary.summary(result.requests)
+    rows, cut = slowest_rows(summary, HTML_ROWS)
     kafka = (
-        "Kafka requests: send time versus broker time (ms)",
+        f"Kafka requests: send time versus broker time (ms){cut}",
         ["client", "server", "api", "requests", "send p50", "send p99", "broker p50",
          "broker p99"],
-        kafka_rows(summary),
+        kafka_rows(rows),
     )  # fmt: skip
     shown = table_streams(result, HTML_ROWS)
     connections = (
