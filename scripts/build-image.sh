@@ -66,7 +66,7 @@ labels=(
     --change 'LABEL org.opencontainers.image.title=tcpsleuth'
     --change "LABEL org.opencontainers.image.version=$version"
     --change "LABEL org.opencontainers.image.revision=$(git rev-parse HEAD 2>/dev/null || echo unknown)"
-    # the last commit that changed what goes in: tests/test_image.py rebuilds when it moves
+    # the last commit that changed what goes in: tests/system/packaging/test_image.py rebuilds when it moves
     --change "LABEL tcpsleuth.source-revision=$(git log -1 --format=%H -- src pyproject.toml \
         deploy/container scripts/build-image.sh 2>/dev/null || echo unknown)"
     --change "LABEL org.opencontainers.image.created=$(date -u +%Y-%m-%dT%H:%M:%SZ)"

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Coverage-guided fuzzing of every parser that reads what a user hands over (atheris,
 libFuzzer), seeded with the real fixtures: the long run. The short run is
-tests/test_fuzz.py (hypothesis, in CI).
+tests/system/safety/test_fuzz.py (hypothesis, in CI).
 
 Each target runs in its own process, so that a crash of the process (a compiled loop
 reading out of bounds) counts. The capture reader and decoder run twice: with
@@ -12,7 +12,7 @@ numba's cache in a directory of their own so that neither leaks into normal runs
 The contract: a target returns, or raises InputError (one line for the user). Any
 other exception, a crash, a hang (--timeout) or running out of memory is a failure:
 libFuzzer's artifact is copied to tests/data/fuzz-regressions/TARGET/, where
-tests/test_fuzz.py replays it from then on.
+tests/system/safety/test_fuzz.py replays it from then on.
 
     python3 scripts/fuzz.py                              # every target, default budgets
     python3 scripts/fuzz.py --runs 1000000 --capture-seconds 300

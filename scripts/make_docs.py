@@ -10,7 +10,7 @@ captures, bundles and `ss` fixtures) sits under a marker naming its command:
 followed by a fenced block that this script rewrites with what the command prints now
 (run from the repository root, COLUMNS=100, no colour; `head=N` keeps the first N
 lines, `json=PATH` one part of a JSON document). `--check` changes nothing and exits 1
-naming each block that differs (tests/test_docs_output.py runs it). `--live`, as root,
+naming each block that differs (tests/project/test_docs_output.py runs it). `--live`, as root,
 also rewrites the pages of output on this machine and the lab (docs/doctor.md,
 probe.md, collect.md, trace.md), which cannot be checked: their values change.
 

@@ -1,7 +1,7 @@
 """Copy the alert rules and the dashboard into the Helm chart, which reads no file outside
 itself: deploy/prometheus/alerts.yml and deploy/grafana/tcpsleuth.json, checked where
 they are (promtool, the dashboard tests), become deploy/helm/tcpsleuth/files/*.
-tests/test_helm.py fails when the copies differ; run this after changing either."""
+tests/system/packaging/test_helm.py fails when the copies differ; run this after changing either."""
 
 from __future__ import annotations
 

@@ -15,16 +15,18 @@ from support.capabilities import HAS_ROOT
 
 from tcpsleuth.lab import namespaces
 
-SUPPORT = Path(__file__).parent / "support"
-FIXTURES = Path(__file__).parent / "fixtures"
-REPO = Path(__file__).parent.parent
+TESTS = Path(__file__).resolve().parent
+SUPPORT = TESTS / "support"
+FIXTURES = TESTS / "fixtures"
+DATA = TESTS / "data"
+REPO = TESTS.parent
 SHARED = REPO.parent / "shared"
 
 # Which tests need root, in one place: pytest_collection_modifyitems below marks them
 # `root` (so that `pytest -m "not root"` selects exactly the tests any user can run) and
 # skips them without root. A test needs root when it uses one of ROOT_FIXTURES (directly
 # or through another fixture), when its module is in ROOT_MODULES or when it is named in
-# ROOT_TESTS (a function, or one of its parameter sets: NAME[ID]); tests/test_markers.py
+# ROOT_TESTS (a function, or one of its parameter sets: NAME[ID]); tests/project/test_markers.py
 # checks that every name here exists.
 ROOT_FIXTURES = {
     "netns": "makes a network namespace",

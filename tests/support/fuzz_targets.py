@@ -3,7 +3,7 @@ either a result or an :class:`InputError` (one line for the user) out. Anything 
 that escapes (an IndexError, a KeyError, an OverflowError, a crash of the process) is
 a bug. Seeds are the real fixtures the tests already use.
 
-Used by tests/test_fuzz.py (hypothesis, a short run in CI) and scripts/fuzz.py
+Used by tests/system/safety/test_fuzz.py (hypothesis, a short run in CI) and scripts/fuzz.py
 (atheris, coverage-guided, the long run).
 """
 

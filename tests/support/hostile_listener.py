@@ -4,7 +4,7 @@ names itself HOSTILE_COMM, enters HOSTILE_ROOT (a chroot, standing for a contain
 when given, drops to HOSTILE_UID (65534, nobody, by default), listens on 127.0.0.1 on
 a free port, prints the port and waits until its stdin closes.
 
-Used by tests/test_config_safety.py."""
+Used by tests/system/safety/test_config_safety.py."""
 
 from __future__ import annotations
 

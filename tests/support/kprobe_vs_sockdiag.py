@@ -1,4 +1,4 @@
-"""Run inside a guest kernel (tests/test_lab_kernel.py): the shifts the kprobe trace
+"""Run inside a guest kernel (tests/system/lab/test_lab_kernel.py): the shifts the kprobe trace
 reads from __tcp_select_window against the shifts sock_diag reports, on the same
 connections.
 

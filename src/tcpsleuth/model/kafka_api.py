@@ -1,7 +1,7 @@
 """Kafka's request names by API key, as the protocol's own JSON schemas name them
 (snake case): what the capture path shows for each request. Kept here, not read from
 kio (the lab's protocol library, an extra), so that a lean install names requests the
-same; tests/test_lean_install.py checks the table against kio's ``api_key_map``."""
+same; tests/system/packaging/test_lean_install.py checks the table against kio's ``api_key_map``."""
 
 from __future__ import annotations
 

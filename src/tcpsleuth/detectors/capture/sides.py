@@ -25,7 +25,7 @@ class Field(NamedTuple):
 class F:
     """The per-direction fields :func:`finish` reads, by the names kernels gives them
     (``D_X`` or ``S_X`` there, ``F.X`` here): an attribute, so that a misspelt one
-    fails where it is written (tests/test_pcap_reader.py holds the table against
+    fails where it is written (tests/unit/sources/test_pcap_reader.py holds the table against
     kernels)."""
 
     BYTES = Field(False, K.D_BYTES)

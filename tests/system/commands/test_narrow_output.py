@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SupportChild
+from conftest import REPO, SupportChild
 
 from tcpsleuth.cli import examples
 from tcpsleuth.detectors import rates
 from tcpsleuth.reports import table, watchview
 from tcpsleuth.sources import netns as netns_source
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO
 DATA = ROOT / "tests" / "data"
 SS = ROOT / "tests" / "fixtures" / "ss"
 EXAMPLE = str(examples.path(examples.DEFAULT))

@@ -11,12 +11,11 @@ from pathlib import Path
 
 import dpkt
 import pytest
+from conftest import DATA
 
 from tcpsleuth.detectors.capture.cookie_reasons import Reason
 from tcpsleuth.detectors.capture.run import analyse_stream
 from tcpsleuth.sources.pcap import open_capture
-
-DATA = Path(__file__).parent / "data"
 
 
 def _storm(kernel: str) -> tuple[dict, dict[str, dict], object]:

@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-REPO = Path(__file__).resolve().parent.parent
+from conftest import REPO
+
 SCRIPT = REPO / "scripts" / "make_docs.py"
 
 

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import SUPPORT, run_tcpsleuth
+from conftest import FIXTURES, SUPPORT, run_tcpsleuth
 
 from tcpsleuth.errors import InputError
 from tcpsleuth.sources.config import asowner, envoy, nginx, postgresql, rabbitmq, redis, zookeeper
@@ -742,7 +742,7 @@ def test_a_pipe_the_operator_names_is_read_and_one_nobody_writes_is_no_hang(
     assert result.stderr.count("\n") == 1 and "no end of file" in result.stderr
     assert "Traceback" not in result.stderr
     assert took < 30
-    text = (Path(__file__).parent / "fixtures" / "servers" / "nginx.conf").read_bytes()
+    text = (FIXTURES / "servers" / "nginx.conf").read_bytes()
     writer = subprocess.Popen(["sh", "-c", f'sleep 1; cat > "{fifo}"'], stdin=subprocess.PIPE)
     try:
         assert writer.stdin is not None

@@ -11,8 +11,9 @@ import re
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
-PACKAGE = Path(__file__).parent.parent / "src" / "tcpsleuth"
+PACKAGE = REPO / "src" / "tcpsleuth"
 MAX_MODULE = 600
 MAX_FUNCTION = 120
 NOTE_FROM = 450

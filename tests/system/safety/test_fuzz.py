@@ -12,13 +12,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import fuzz_targets
 
 from tcpsleuth.errors import InputError
 
-REPO = Path(__file__).resolve().parent.parent
 # values that parsers meet at their edges
 TOKENS = [
     b"-1",

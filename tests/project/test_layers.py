@@ -11,8 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
-PACKAGE = Path(__file__).parent.parent / "src" / "tcpsleuth"
+PACKAGE = REPO / "src" / "tcpsleuth"
 # what modules of each layer must not import
 FORBIDDEN = {
     "model": ("sources", "detectors", "reports", "cli", "lab"),

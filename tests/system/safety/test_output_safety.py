@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES
+from conftest import DATA, FIXTURES
 from rich.text import Text
 
 from tcpsleuth.model.text import shortened, to_float
@@ -389,8 +389,8 @@ def test_a_name_too_long_is_one_line(args: tuple[str, ...]) -> None:
 
 # -- network peers: client.id ---------------------------------------------------------
 
-KAFKA_PCAP = Path(__file__).parent / "data" / "go-sniffer-kafka.pcap"
-INCIDENT = Path(__file__).parent / "data" / "incident-small"
+KAFKA_PCAP = DATA / "go-sniffer-kafka.pcap"
+INCIDENT = DATA / "incident-small"
 HOSTILE_ID = f"{TITLE}{CLEAR}prod"
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import REPO
 
 from tcpsleuth.cli import examples
 from tcpsleuth.detectors import handshakes, probe, rates, tracing
@@ -23,7 +24,7 @@ from tcpsleuth.model import kinds
 from tcpsleuth.model.findings import Finding, Severity, connection_subject, listener_subject
 from tcpsleuth.model.records import Listener, ProbedConnection, ProbeResult, WindowSample
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO
 DATA = ROOT / "tests" / "data"
 SS = ROOT / "tests" / "fixtures" / "ss"
 BUNDLES = ROOT / "tests" / "fixtures" / "bundles"

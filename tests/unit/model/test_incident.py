@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import DATA
 from support.cli import tcpsleuth as run
 
 from tcpsleuth.model.incident import SCHEMA_VERSION, IncidentReport, ReportError
 from tcpsleuth.recorder import schema
 from tcpsleuth.recorder.analysis import analyse
 
-INCIDENT = Path(__file__).resolve().parent / "data" / "incident-small"
+INCIDENT = DATA / "incident-small"
 
 
 def round_trip(report: IncidentReport) -> IncidentReport:

@@ -1,7 +1,7 @@
 """`lab run --heal` on this host: the heal phase's plumbing (heal after the "after
 restart" window, a third window after it, the producers' own counts of what they lost).
 This host's kernel has the fix, so heal finds nothing to end here; the real bug is in
-tests/test_lab_heal_guest.py (heavy tier)."""
+tests/system/lab/test_lab_heal_guest.py (heavy tier)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """``tcpsleuth record --heal``: once the incident of a reconnect storm closes, the
 recorder runs heal on its ports and keeps what heal did in the incident.
 
-The two-shift listener of tests/test_heal.py stands in for the bug on this fixed
+The two-shift listener of tests/system/commands/test_heal.py stands in for the bug on this fixed
 kernel (TCPSLEUTH_TEST_KERNEL_STATUS=affected, test-only, inherited by heal's child);
 the storm is conn_farm's on another port of the same namespace.
 """

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, SUPPORT, default_signals, nstat_in
+from support.lab_checks import check_incident_against_ss
 
 from tcpsleuth.detectors.capture.run import analyse_stream
 from tcpsleuth.lab import namespaces
@@ -417,80 +418,6 @@ def test_sigkill_leaves_nothing_and_the_next_start_reuses_the_directory(
 
 
 # --- the lab: the incident reproduced, with a recorder beside the broker ----------------
-
-
-def _ss(path: Path) -> dict[tuple[str, str], dict[str, float]]:
-    """(local, remote) -> shifts and rwnd_limited ms from `ss -tni` text."""
-    out: dict[tuple[str, str], dict[str, float]] = {}
-    key = None
-    for line in path.read_text().splitlines():
-        if line.startswith("ESTAB"):
-            fields = line.split()
-            key = (fields[3], fields[4])
-            out[key] = {}
-        elif key is not None:
-            if shifts := re.search(r"wscale:(\d+),(\d+)", line):
-                out[key]["snd"], out[key]["rcv"] = int(shifts.group(1)), int(shifts.group(2))
-            if limited := re.search(r"rwnd_limited:(\d+)ms", line):
-                out[key]["rwnd_limited_ms"] = int(limited.group(1))
-            if window := re.search(r"snd_wnd:(\d+)", line):
-                out[key]["snd_wnd"] = int(window.group(1))
-    return out
-
-
-def _ss_over_the_run(keep: Path, side: str) -> dict[tuple[str, str], dict[str, float]]:
-    """One side's connections in `ss -tni` at the end of the "after" window and, where
-    the lab took one (a window sized by answers: it may outlast the timed producers'
-    timeouts), soon after the storm: a connection in both as the end saw it."""
-    early = keep / f"ss-{side}-early.txt"
-    return {**(_ss(early) if early.exists() else {}), **_ss(keep / f"ss-{side}.txt")}
-
-
-def check_incident_against_ss(report: dict, keep: Path, at_least: int = 1) -> None:
-    """An incident report of the wscale bug against both ends' `ss -tni` (kept by the
-    lab run): every connection whose ends disagree is named, with the shifts they use;
-    the window-limited clients are the cookie connections, and their own kernel says
-    they waited at a window of a segment or two."""
-    client_ss, server_ss = _ss_over_the_run(keep, "client"), _ss_over_the_run(keep, "server")
-    truth = {
-        local
-        for (local, remote), c in client_ss.items()
-        if (remote, local) in server_ss and c.get("snd") != server_ss[(remote, local)].get("rcv")
-    }
-    named = {r["client"]: r for r in report["wscale_mismatch"]["connections"]}
-    assert len(truth) >= at_least and truth <= set(named), sorted(truth - set(named))[:5]
-    for client, row in named.items():
-        server = row["server"]
-        if (client, server) in client_ss and (server, client) in server_ss:
-            assert client_ss[(client, server)]["snd"] == row["announced_wscale"] == 1
-            assert server_ss[(server, client)]["rcv"] == 7
-            # the incident's own socket snapshots may have missed the server's socket
-            # (then the capture alone named it); when they caught it, it says 7 too
-            assert row["server_rcv_wscale"] in (7, None)
-    assert report["wscale_mismatch"]["by_server_socket"] > 0
-    kinds = {f["kind"] for f in report["findings"]}
-    assert {"wscale-mismatch", "syn-cookies-seen", "rwnd-limited"} <= kinds
-    # the window-limited clients: their own `ss` says they waited at the window
-    # (the cookie connections made by the storm; the connections the restart cut were
-    # held back too, while the broker stopped reading, and are gone from ss)
-    limited = [
-        r
-        for r in report["rwnd_limited"]["connections"]
-        if r["sender"] == "client" and r["syn_cookie"]
-    ]
-    assert limited
-    seen = [
-        client_ss[(r["client"], r["server"])]
-        for r in limited
-        if (r["client"], r["server"]) in client_ss
-    ]
-    assert len(seen) > 0.8 * len(limited)
-    # each believes a window of a segment or two (the cause); most were counted by their
-    # own kernel as window-limited (a client that wrote faster than the window filled
-    # its send buffer instead: tcp_info counts that as sndbuf_limited; one that gave up
-    # and reconnected from the same port shows its new connection)
-    assert sum(1 for s in seen if s["snd_wnd"] < 4 * 1448) >= 0.9 * len(seen), seen[:3]
-    assert sum(1 for s in seen if s.get("rwnd_limited_ms", 0) > 0) > 0.6 * len(seen)
 
 
 def _lab_with_recorder(

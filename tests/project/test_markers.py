@@ -9,9 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO, ROOT_FIXTURES, ROOT_MODULES, ROOT_TESTS
-
-TESTS = Path(__file__).parent
+from conftest import REPO, ROOT_FIXTURES, ROOT_MODULES, ROOT_TESTS, TESTS
 
 
 def _defined(tree: ast.Module) -> tuple[set[str], set[str]]:
@@ -34,7 +32,8 @@ def stale_entries(
 ) -> list[str]:
     """The names of the root tables that no longer name anything in ``directory``, and
     the tests named both alone and with their whole module."""
-    found = {p.stem: _defined(ast.parse(p.read_text())) for p in directory.glob("*.py")}
+    files = [*directory.glob("conftest.py"), *directory.rglob("test_*.py")]
+    found = {p.stem: _defined(ast.parse(p.read_text())) for p in files}
     all_fixtures = set().union(*(f for _, f in found.values())) if found else set()
     bad = [f"fixture {name}" for name in fixtures if name not in all_fixtures]
     bad += [f"module {name}" for name in modules if name not in found]
@@ -75,7 +74,7 @@ def _collected(*args: str) -> list[str]:
 def test_not_root_selects_the_tests_without_root() -> None:
     """test_audit_live.py mixes both kinds (the netns fixture marks the others; no
     decorator in the file): each selection gets its own, and together all."""
-    module = "tests/test_audit_live.py"
+    module = "tests/system/commands/test_audit_live.py"
     free = _collected("-m", "not root", module)
     root = _collected("-m", "root", module)
     assert free == [

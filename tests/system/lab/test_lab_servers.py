@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import run_tcpsleuth
+from conftest import SUPPORT, run_tcpsleuth
 from support.capabilities import needs_nginx
 
 from tcpsleuth.lab.nginx import Listen, NginxServer
@@ -99,9 +99,6 @@ def test_audit_flags_exactly_the_locked_listeners(netns: str, tmp_path: Path) ->
     assert {f["severity"] for f in flagged.values()} == {"info"}
     assert flagged[8082]["evidence"]["so_rcvbuf"] == 8192
     assert "rcvbuf=" in flagged[8080]["advice"]
-
-
-SUPPORT = Path(__file__).parent / "support"
 
 
 def _storm(pair, port: int, protocol: str, clients: int, tmp_path: Path) -> dict:

@@ -13,9 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.lab_checks import one_incident
+from support.lab_checks import check_incident_against_ss, one_incident
 from test_lab_kernel import _tcpsleuth, lab_kernels  # noqa: F401
-from test_record import check_incident_against_ss
 
 pytestmark = pytest.mark.heavy
 

@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import run_tcpsleuth
+from conftest import DATA, run_tcpsleuth
 from support.tshark_diff import (
     assert_connections_equal,
     assert_kafka_equal,
@@ -20,7 +20,6 @@ from support.tshark_diff import (
     tshark,
 )
 
-DATA = Path(__file__).parent / "data"
 KAFKA = DATA / "go-sniffer-kafka.pcap"
 
 

@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from conftest import REPO
 from support.cli import tcpsleuth as run
 
 from tcpsleuth.detectors.capture import cookies
 from tcpsleuth.detectors.capture.run import analyse_stream
 from tcpsleuth.sources.pcap import open_capture
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO
 DATA = ROOT / "tests" / "data"
 
 

@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from conftest import REPO
+
 from tcpsleuth.cli import examples
 from tcpsleuth.cli.audit import run_audit, snapshot_from
 from tcpsleuth.detectors import heal as heal_detect
@@ -28,7 +30,7 @@ from tcpsleuth.model.heal import DiagSocket, Ended
 from tcpsleuth.model.records import Listener
 from tcpsleuth.reports.healview import HealResult
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO
 DATA = ROOT / "tests" / "data"
 EXAMPLE = str(examples.path(examples.DEFAULT))
 

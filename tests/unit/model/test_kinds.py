@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 from tcpsleuth.model import kinds
 from tcpsleuth.model.findings import Finding, Severity
 
-REPO = Path(__file__).resolve().parent.parent
 SRC = REPO / "src" / "tcpsleuth"
 
 

@@ -303,7 +303,7 @@ def test_storm_in_guest_per_connection(
     storm_argv += ["--clients", "1000", "--rcvbuf", "102400", "--settle", "60"]
     # every SYN answered with a cookie: under emulation the clients cannot be sure to
     # overflow the queue (1,000 did in two runs of three here, 300 and 500 never); the
-    # overflow mix is the host storms' (tests/test_capture_storms.py)
+    # overflow mix is the host storms' (tests/system/commands/test_capture_storms.py)
     storm_argv += ["--syncookies", "2"]
     result = guest.run(built, storm_argv, timeout=GUEST_TIMEOUT, rwdirs=(tmp_path,))
     assert result.status == 0, result.stderr[-2000:]

@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import run_tcpsleuth
+from conftest import DATA, run_tcpsleuth
 from support.tshark_diff import tshark
 
 SERVER = "10.0.0.1"
 KAFKA_PORT = 9092
 SYN, ACK, PSH, FIN = 0x02, 0x10, 0x08, 0x01
 # the public capture shared/captures/ holds, kept in the repository with its licence
-SHARED_KAFKA = Path(__file__).parent / "data" / "go-sniffer-kafka.pcap"
+SHARED_KAFKA = DATA / "go-sniffer-kafka.pcap"
 
 
 def _ip(text: str) -> bytes:
