@@ -9,6 +9,7 @@ import json
 import shutil
 import struct
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -252,7 +253,25 @@ def test_tools_exist() -> None:
         assert shutil.which(tool), tool
 
 
-def test_compiled_and_python_record_walks_agree(tmp_path: Path) -> None:
+def _signatures(function: object) -> list[object]:
+    """What numba compiled ``function`` for: empty when it ran as plain Python (a
+    marked function before its first compiled call, or numba missing)."""
+    dispatcher = getattr(function, "dispatcher", None) or function
+    return list(getattr(dispatcher, "signatures", []))
+
+
+@pytest.fixture
+def compiled_loops() -> Iterator[None]:
+    """Marked functions compiled, whatever an earlier command in this process asked."""
+    from tcpsleuth import compiled
+
+    was = compiled.plain()
+    compiled.use_python(False)
+    yield
+    compiled.use_python(was)
+
+
+def test_compiled_and_python_record_walks_agree(tmp_path: Path, compiled_loops: None) -> None:
     """numba compiles the record walk; its plain-Python form must give the same."""
     import numpy as np
 
@@ -260,6 +279,7 @@ def test_compiled_and_python_record_walks_agree(tmp_path: Path) -> None:
 
     data = np.frombuffer(KAFKA.read_bytes()[24:], dtype=np.uint8)
     fast = walk.pcap_records(data, False, 262144)
+    assert _signatures(walk.pcap_records), "the record walk ran as Python, not compiled"
     slow = getattr(walk.pcap_records, "py_func", walk.pcap_records)(data, False, 262144)
     for a, b in zip(fast, slow, strict=True):
         assert np.array_equal(np.asarray(a), np.asarray(b))
@@ -272,6 +292,7 @@ def test_compiled_and_python_record_walks_agree(tmp_path: Path) -> None:
     first += struct.unpack_from("<I", raw, first + 4)[0]
     data = np.frombuffer(raw, dtype=np.uint8)
     fast = walk.pcapng_packets(data, first, False, 1 << 24)
+    assert _signatures(walk.pcapng_packets), "the pcapng walk ran as Python, not compiled"
     slow = getattr(walk.pcapng_packets, "py_func", walk.pcapng_packets)(data, first, False, 1 << 24)
     for a, b in zip(fast, slow, strict=True):
         assert np.array_equal(np.asarray(a), np.asarray(b))
@@ -321,7 +342,9 @@ def _assert_same(one: dict, two: dict) -> None:
             assert one[name] == two[name], name
 
 
-def test_compiled_and_python_analysis_loops_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compiled_and_python_analysis_loops_agree(
+    monkeypatch: pytest.MonkeyPatch, compiled_loops: None
+) -> None:
     """The loops numba compiles (decoding, connection tracking, Kafka framing) give the
     same in plain Python."""
     import importlib
@@ -340,6 +363,7 @@ def test_compiled_and_python_analysis_loops_agree(monkeypatch: pytest.MonkeyPatc
         (decode, "_decode_packets"),
     ):
         function = getattr(module, name)
+        assert _signatures(function), f"{name} ran as Python, not compiled"
         monkeypatch.setattr(module, name, getattr(function, "py_func", function))
     plain = _follow(KAFKA, 1 << 20, 4096)
     for one, two in zip(compiled, plain, strict=True):
