@@ -84,7 +84,7 @@ class IncidentWriter:
         self.incidents = Incidents(settings.policy)
         self.active: Active | None = None
         self.trace_problem: str | None = None
-        self.listened: set[str] = set()  # watched ports seen with a listener
+        self.listened: set[int] = set()  # watched ports seen with a listener
 
     def check_trace(self) -> None:
         """Whether incidents can hold a short trace (``trace_problem`` says why not)."""
@@ -107,10 +107,10 @@ class IncidentWriter:
         open)."""
         # a watched port that had a listener and has none: the broker is down or
         # restarting, and its clients' storm is still to come; keep the incident open
-        listening = {x["listener"].rsplit(":", 1)[1] for x in record["listeners"]}
+        listening = {x["port"] for x in record["listeners"]}
         self.listened |= listening
         if self.listened - listening and self.incidents.hold(now) and self.active is not None:
-            absent = ", ".join(sorted(self.listened - listening, key=int))
+            absent = ", ".join(map(str, sorted(self.listened - listening)))
             self._note(f"held open while port {absent} had no listener")
         # the incident is not over for the clients whose connections carry the bug's
         # shift: keep it open while they last (--heal ends them at its close instead)

@@ -242,11 +242,13 @@ class Recorder:
     def _step(self, before: CounterSample, after: CounterSample) -> None:
         started = time.monotonic()
         now = after.wall_time
+        # a full accept queue counts on the watched ports' listeners only
+        watched = {x.local for x in after.listeners if x.local_port in self.ports}
         events = [
             e
             for e in rates.between(before, after, self.host, self.s.thresholds)
             if e.kind != "accept-queue-full"
-            or (self.s.queue_full and int(e.subject["listener"].rsplit(":", 1)[1]) in self.ports)
+            or (self.s.queue_full and e.subject["listener"] in watched)
         ]
         events += self._watched_sockets(after.at - before.at)
         record = {
@@ -255,7 +257,12 @@ class Recorder:
             "counters": dict(after.counters),
             "grown": {k: v for k, v in rates.deltas(before.counters, after.counters).items() if v},
             "listeners": [
-                {"listener": x.local, "backlog": x.backlog, "accept_queue": x.accept_queue}
+                {
+                    "listener": x.local,
+                    "port": x.local_port,
+                    "backlog": x.backlog,
+                    "accept_queue": x.accept_queue,
+                }
                 for x in after.listeners
                 if x.local_port in self.ports
             ],
