@@ -20,7 +20,6 @@ from tcpsleuth import __version__, safefile
 from tcpsleuth.detectors import handshakes
 from tcpsleuth.detectors.audit import audit
 from tcpsleuth.detectors.capture import cookies as capture_cookies
-from tcpsleuth.detectors.capture import kafka_summary
 from tcpsleuth.detectors.capture.cookies import COOKIE
 from tcpsleuth.detectors.capture.run import CaptureResult, analyse_stream
 from tcpsleuth.detectors.capture.windows import rwnd_senders
@@ -171,7 +170,7 @@ def _capture(
         "handshakes": int(np.count_nonzero(np.asarray(result.wscale.announced) >= 0)),
         "warnings": capture.report.warnings,
         "kafka_requests": len(result.requests),
-        "kafka": kafka_summary.summary(result.requests),
+        "kafka": result.kafka_summary,
     }
     return _CaptureAnalysis(
         facts=facts,

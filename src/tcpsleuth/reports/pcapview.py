@@ -18,7 +18,7 @@ from rich.text import Text
 
 from tcpsleuth.detectors import verdict
 from tcpsleuth.detectors.capture import cookies as capture_cookies
-from tcpsleuth.detectors.capture import kafka_summary
+from tcpsleuth.detectors.capture.kafka import KafkaRequests
 from tcpsleuth.detectors.capture.run import CaptureResult
 from tcpsleuth.detectors.capture.selection import ranked_streams
 from tcpsleuth.detectors.verdict import Verdict
@@ -33,8 +33,7 @@ KAFKA_TIMES = ("send_ms_p50", "send_ms_p99", "broker_ms_p50", "broker_ms_p99")
 def kafka_rows(summary: Sequence[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
     """One row per client, server and API: counts, then send and broker times."""
     return [
-        (*(s[c] for c in KAFKA_COLUMNS), *(kafka_summary.ms_cell(s[t]) for t in KAFKA_TIMES))
-        for s in summary
+        (*(s[c] for c in KAFKA_COLUMNS), *(ms_cell(s[t]) for t in KAFKA_TIMES)) for s in summary
     ]
 
 
@@ -54,6 +53,46 @@ def slowest_rows(
     keep = set(sorted(range(len(summary)), key=slowness)[:limit])
     shown = [row for i, row in enumerate(summary) if i in keep]
     return shown, f" ({limit} of {len(summary)}, the slowest sends; --format json has all)"
+
+
+def verdict_lines(requests: KafkaRequests) -> list[str]:
+    """One line per Kafka port where some connections were not decoded because they
+    are not Kafka or are TLS (none where every connection was Kafka)."""
+    lines = []
+    for port, counts in sorted(requests.verdicts_by_port.items()):
+        if not (counts["not_kafka"] or counts["tls"]):
+            continue
+        parts = [f"{counts['kafka']} Kafka"]
+        if counts["not_kafka"]:
+            parts.append(f"{counts['not_kafka']} not Kafka (no valid request header)")
+        if counts["tls"]:
+            parts.append(f"{counts['tls']} TLS (encrypted)")
+        if counts["undecided"]:
+            parts.append(f"{counts['undecided']} undecided")
+        lines.append(f"Port {port}: connections {', '.join(parts)}; only Kafka ones are decoded")
+    return lines
+
+
+UNKNOWN_CELL = "–"
+
+
+def ms_cell(value: float | None) -> float | str:
+    """A time for a table: the value, or a dash where it is unknown (see missing_note)."""
+    return UNKNOWN_CELL if value is None else value
+
+
+def missing_note(rows: list[dict[str, Any]]) -> str | None:
+    """The words for the dashes of a summary table, when it has any."""
+    send = any(row["send_ms_p50"] is None for row in rows)
+    broker = any(row["broker_ms_p50"] is None for row in rows)
+    if not (send or broker):
+        return None
+    said = []
+    if broker:
+        said.append("broker time unknown: no response in the capture")
+    if send:
+        said.append("send time unknown: the request's last byte is not in the capture")
+    return f"{UNKNOWN_CELL} " + "; ".join(said)
 
 
 def document(
@@ -99,7 +138,7 @@ def document(
             "connections_by_port": {
                 str(port): n for port, n in result.requests.verdicts_by_port.items()
             },
-            "summary": kafka_summary.summary(result.requests),
+            "summary": result.kafka_summary,
             "requests_total": len(result.requests),
             "requests": [r.to_dict() for r in listed],
         },
@@ -244,7 +283,7 @@ def print_tables(
     )
     for line in hit_lines(result):
         console.print(Text(printable(line), overflow="fold"))
-    summary = kafka_summary.summary(result.requests)
+    summary = result.kafka_summary
     if summary:
         rows, cut = slowest_rows(summary, kafka_limit)
         console.print(
@@ -255,10 +294,10 @@ def print_tables(
                 kafka_rows(rows),
             )
         )  # fmt: skip
-    note = kafka_summary.missing_note(summary)
+    note = missing_note(summary)
     if note:
         console.print(note, soft_wrap=True)
-    for line in kafka_summary.verdict_lines(result.requests):
+    for line in verdict_lines(result.requests):
         console.print(line, soft_wrap=True)
     console.print(table.findings_table(result.findings))
 
@@ -336,7 +375,7 @@ def plot_caption(result: CaptureResult, stream: int, members: Sequence[int]) -> 
 def html_section(result: CaptureResult, pictures: list[tuple[str, Path]]) -> html.Section:
     """One capture's part of the HTML report: its verdict, the connections with their
     verdicts (hit first), the clients and client.ids hit, Kafka timing, the graphs."""
-    summary = kafka_summary.summary(result.requests)
+    summary = result.kafka_summary
     rows, cut = slowest_rows(summary, HTML_ROWS)
     kafka = (
         f"Kafka requests: send time versus broker time (ms){cut}",

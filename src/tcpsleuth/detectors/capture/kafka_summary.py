@@ -36,14 +36,17 @@ def _ms(value: float) -> float | None:
     return None if value != value else round(float(value), 3)
 
 
-def summary(requests: KafkaRequests) -> list[dict[str, Any]]:
+Grouped = tuple[list[tuple[int, dict[str, Any]]], np.ndarray]
+
+
+def summary(requests: KafkaRequests, by_group: Grouped | None = None) -> list[dict[str, Any]]:
     """Per client address, server and api key: counts, the client.ids seen (with
     counts) and send/broker time quantiles (ms, None where unknown), computed on
-    the columns."""
-    return [row for _, row in _summary(requests)[0]]
+    the columns (``by_group``: :func:`grouped` of the same requests, if made)."""
+    return [row for _, row in (by_group or grouped(requests))[0]]
 
 
-def _summary(requests: KafkaRequests) -> tuple[list[tuple[int, dict[str, Any]]], np.ndarray]:
+def grouped(requests: KafkaRequests) -> Grouped:
     """The summary rows, each with its group number, and each request's group."""
     if not len(requests):
         return [], np.zeros(0, dtype=np.int64)
@@ -118,12 +121,12 @@ def _mix_keys(*keys: np.ndarray) -> np.ndarray:
     return out
 
 
-def findings(requests: KafkaRequests) -> list[Finding]:
+def findings(requests: KafkaRequests, by_group: Grouped | None = None) -> list[Finding]:
     """``kafka-send-time``: a client's requests spend longer being sent than the broker
     spends answering them: the latency the producer sees and the broker does not.
     Its evidence names the client.ids of the slow requests, with counts."""
     out = []
-    rows, group = _summary(requests)
+    rows, group = by_group or grouped(requests)
     send_all = requests.send_ms() if rows else np.zeros(0)
     for g, row in rows:
         send, broker = row["send_ms_p50"], row["broker_ms_p50"]
@@ -160,43 +163,3 @@ def findings(requests: KafkaRequests) -> list[Finding]:
             )
         )
     return out
-
-
-def verdict_lines(requests: KafkaRequests) -> list[str]:
-    """One line per Kafka port where some connections were not decoded because they
-    are not Kafka or are TLS (none where every connection was Kafka)."""
-    lines = []
-    for port, counts in sorted(requests.verdicts_by_port.items()):
-        if not (counts["not_kafka"] or counts["tls"]):
-            continue
-        parts = [f"{counts['kafka']} Kafka"]
-        if counts["not_kafka"]:
-            parts.append(f"{counts['not_kafka']} not Kafka (no valid request header)")
-        if counts["tls"]:
-            parts.append(f"{counts['tls']} TLS (encrypted)")
-        if counts["undecided"]:
-            parts.append(f"{counts['undecided']} undecided")
-        lines.append(f"Port {port}: connections {', '.join(parts)}; only Kafka ones are decoded")
-    return lines
-
-
-UNKNOWN_CELL = "–"
-
-
-def ms_cell(value: float | None) -> float | str:
-    """A time for a table: the value, or a dash where it is unknown (see missing_note)."""
-    return UNKNOWN_CELL if value is None else value
-
-
-def missing_note(rows: list[dict[str, Any]]) -> str | None:
-    """The words for the dashes of a summary table, when it has any."""
-    send = any(row["send_ms_p50"] is None for row in rows)
-    broker = any(row["broker_ms_p50"] is None for row in rows)
-    if not (send or broker):
-        return None
-    said = []
-    if broker:
-        said.append("broker time unknown: no response in the capture")
-    if send:
-        said.append("send time unknown: the request's last byte is not in the capture")
-    return f"{UNKNOWN_CELL} " + "; ".join(said)

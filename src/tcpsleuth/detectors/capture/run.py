@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from tcpsleuth import compiled
 from tcpsleuth.detectors.capture import cookie_options, kafka, kafka_summary
@@ -34,6 +34,8 @@ class CaptureResult(Generic[Source]):
     cookies: capture_cookies.CookieVerdicts
     inferences: list[wscale_inference.WindowInference]
     wscale: wscale_inference.WscaleVerdicts
+    # per client address, server and API (kafka_summary.summary)
+    kafka_summary: list[dict[str, Any]]
 
 
 def follow(
@@ -68,14 +70,24 @@ def analyse_stream(stream: Source, kafka_ports: frozenset[int]) -> CaptureResult
     cleared = cookie_options.judge(analysis)
     cookies = capture_cookies.classify(analysis, cleared)
     client_ids = requests.client_ids()
+    by_group = kafka_summary.grouped(requests)
     findings = [
         *wscale_inference.findings(analysis, inferences, client_ids, cleared.cookie),
         *cookie_options.findings(analysis, cleared, client_ids),
         *capture_cookies.findings(cookies, client_ids),
         *rwnd_findings(analysis, client_ids),
-        *kafka_summary.findings(requests),
+        *kafka_summary.findings(requests, by_group),
     ]
-    return CaptureResult(stream, analysis, ranked(findings), requests, cookies, inferences, wscale)
+    return CaptureResult(
+        stream,
+        analysis,
+        ranked(findings),
+        requests,
+        cookies,
+        inferences,
+        wscale,
+        kafka_summary.summary(requests, by_group),
+    )
 
 
 @dataclass
