@@ -20,7 +20,7 @@ from tcpsleuth.cli.options import (
 )
 from tcpsleuth.detectors.audit import audit
 from tcpsleuth.detectors.kernel import assess_kernel
-from tcpsleuth.detectors.listeners import YES, kafka_server_config, listener_facts
+from tcpsleuth.detectors.listeners import YES, listener_facts
 from tcpsleuth.detectors.probe import probe_findings
 from tcpsleuth.detectors.probe import verdict as probe_verdict
 from tcpsleuth.detectors.servers import identify
@@ -113,7 +113,7 @@ def _discovered(snapshot: HostSnapshot, given: set[tuple[str, str]]) -> list[Ser
                 continue
             done.add((program, shown, root))
             if isinstance(config, KafkaConfig):
-                found.append(kafka_server_config(config))
+                found.append(config.server_config())
             else:
                 found.append(config)
     if skipped:

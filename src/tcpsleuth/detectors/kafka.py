@@ -1,8 +1,11 @@
-"""Kafka broker settings that shape how its sockets behave."""
+"""Kafka broker settings that shape how its sockets behave: every finding on a broker's
+configuration file (its receive buffer, a backlog setting this version ignores, the
+backlog of listeners it names that are not listening yet)."""
 
 from __future__ import annotations
 
-from tcpsleuth.model.findings import Finding, Severity, host_subject
+from tcpsleuth.model.findings import Finding, Severity, host_subject, listener_subject
+from tcpsleuth.model.programs import PROGRAMS
 from tcpsleuth.model.records import HostSnapshot
 
 
@@ -65,6 +68,52 @@ def kafka_findings(snapshot: HostSnapshot) -> list[Finding]:
                 f"{somaxconn}: the kernel silently gives the listener {somaxconn}",
                 {"socket_listen_backlog_size": kafka.listen_backlog_size, "somaxconn": somaxconn},
                 f"Raise net.core.somaxconn to at least {kafka.listen_backlog_size}.",
+            )
+        )
+    return findings
+
+
+def configured_listener_findings(snapshot: HostSnapshot) -> list[Finding]:
+    """Kafka listeners the file names but that are not listening (the broker is down,
+    or this is a bundle without `ss`): the backlog they will get."""
+    kafka = snapshot.kafka_config
+    if kafka is None:
+        return []
+    findings = []
+    somaxconn = snapshot.sysctl_int("net.core.somaxconn")
+    live_ports = {listener.local_port for listener in snapshot.listeners or ()}
+    program = PROGRAMS["kafka"]
+    for listener in kafka.listeners:
+        if listener.port in live_ports:
+            continue  # the live listener above is the better evidence
+        backlog = kafka.effective_listen_backlog
+        effective = min(backlog, somaxconn) if somaxconn else backlog
+        if effective >= 1024:
+            continue
+        where = f"{listener.host or '0.0.0.0'}:{listener.port}"
+        if ":" in listener.host:
+            where = f"[{listener.host}]:{listener.port}"
+        target = max(effective + 1, 1024)
+        steps = [program.backlog_advice(target)]
+        if somaxconn is None or somaxconn < target:
+            steps.append(f"raise net.core.somaxconn to {target} (it caps every backlog)")
+        text = "; ".join(steps)
+        findings.append(
+            Finding(
+                "kafka-listen-backlog-small",
+                Severity.WARNING,
+                listener_subject(where),
+                f"Kafka listener {listener.name} ({where}) will listen with backlog "
+                f"{effective}: more than {effective} clients reconnecting after a broker "
+                "restart overflow it",
+                {
+                    "listener_name": listener.name,
+                    "socket_listen_backlog_size": kafka.listen_backlog_size,
+                    "effective_backlog": effective,
+                    "somaxconn": somaxconn,
+                },
+                text[0].upper() + text[1:] + ". Until then a restart overflows the queue: "
+                "SYN cookies or dropped SYNs.",
             )
         )
     return findings

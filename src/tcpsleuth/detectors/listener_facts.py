@@ -29,7 +29,6 @@ from tcpsleuth.model.findings import endpoint, plain_address
 from tcpsleuth.model.records import (
     ConfiguredListener,
     HostSnapshot,
-    KafkaConfig,
     Listener,
     ServerConfig,
     TcpConnection,
@@ -173,31 +172,10 @@ def _match(config: ConfiguredListener, ip: str, port: int) -> int:
     return 3 if wanted == have else 0
 
 
-def kafka_server_config(kafka: KafkaConfig) -> ServerConfig:
-    """Kafka's server.properties seen like the other programs' files: every listener with
-    socket.listen.backlog.size and the SO_RCVBUF the broker sets on it."""
-    rcvbuf = kafka.receive_buffer_bytes if kafka.sets_so_rcvbuf else None
-    return ServerConfig(
-        "kafka",
-        kafka.path,
-        tuple(
-            ConfiguredListener(
-                x.host,
-                x.port,
-                kafka.listen_backlog_size,
-                rcvbuf,
-                kafka.path,
-                f"listeners={x.name}://{x.host}:{x.port}",
-            )
-            for x in kafka.listeners
-        ),
-    )
-
-
 def _configs(snapshot: HostSnapshot) -> list[ServerConfig]:
     found = list(snapshot.server_configs)
     if snapshot.kafka_config is not None:
-        found.append(kafka_server_config(snapshot.kafka_config))
+        found.append(snapshot.kafka_config.server_config())
     return found
 
 

@@ -22,17 +22,16 @@ from collections import defaultdict
 from typing import Any
 
 from tcpsleuth.detectors import servers
+from tcpsleuth.detectors.kafka import configured_listener_findings
 from tcpsleuth.detectors.kernel import FIX_COMMIT, KernelVerdict
 from tcpsleuth.detectors.listener_facts import (
     NO,
     UNDETERMINED,
     YES,
     ListenerFacts,
-    kafka_server_config,
     listener_facts,
 )
 from tcpsleuth.model.findings import Finding, Severity, listener_subject
-from tcpsleuth.model.programs import PROGRAMS
 from tcpsleuth.model.records import HostSnapshot
 
 __all__ = [
@@ -40,7 +39,6 @@ __all__ = [
     "UNDETERMINED",
     "YES",
     "ListenerFacts",
-    "kafka_server_config",
     "listener_facts",
     "listener_findings",
     "rcvbuf_findings",
@@ -155,52 +153,6 @@ def _backlog_findings(snapshot: HostSnapshot, facts: list[ListenerFacts]) -> lis
                     "config": configured.where if configured else None,
                 },
                 _advice(port, count, somaxconn, group, syn_limited=limit < backlog),
-            )
-        )
-    return findings
-
-
-def _kafka_config_findings(snapshot: HostSnapshot) -> list[Finding]:
-    """Kafka listeners the file names but that are not listening (the broker is down,
-    or this is a bundle without `ss`): the backlog they will get."""
-    kafka = snapshot.kafka_config
-    if kafka is None:
-        return []
-    findings = []
-    somaxconn = snapshot.sysctl_int("net.core.somaxconn")
-    live_ports = {listener.local_port for listener in snapshot.listeners or ()}
-    program = PROGRAMS["kafka"]
-    for listener in kafka.listeners:
-        if listener.port in live_ports:
-            continue  # the live listener above is the better evidence
-        backlog = kafka.effective_listen_backlog
-        effective = min(backlog, somaxconn) if somaxconn else backlog
-        if effective >= 1024:
-            continue
-        where = f"{listener.host or '0.0.0.0'}:{listener.port}"
-        if ":" in listener.host:
-            where = f"[{listener.host}]:{listener.port}"
-        target = max(effective + 1, 1024)
-        steps = [program.backlog_advice(target)]
-        if somaxconn is None or somaxconn < target:
-            steps.append(f"raise net.core.somaxconn to {target} (it caps every backlog)")
-        text = "; ".join(steps)
-        findings.append(
-            Finding(
-                "kafka-listen-backlog-small",
-                Severity.WARNING,
-                listener_subject(where),
-                f"Kafka listener {listener.name} ({where}) will listen with backlog "
-                f"{effective}: more than {effective} clients reconnecting after a broker "
-                "restart overflow it",
-                {
-                    "listener_name": listener.name,
-                    "socket_listen_backlog_size": kafka.listen_backlog_size,
-                    "effective_backlog": effective,
-                    "somaxconn": somaxconn,
-                },
-                text[0].upper() + text[1:] + ". Until then a restart overflows the queue: "
-                "SYN cookies or dropped SYNs.",
             )
         )
     return findings
@@ -329,7 +281,7 @@ def listener_findings(
     findings = []
     if snapshot.listeners is not None and snapshot.connections is not None:
         findings += _backlog_findings(snapshot, facts)
-    findings += _kafka_config_findings(snapshot)
+    findings += configured_listener_findings(snapshot)  # Kafka's, not listening yet
     if verdict is not None:
         findings += rcvbuf_findings(snapshot, verdict, facts)
     return findings

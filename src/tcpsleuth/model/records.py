@@ -267,6 +267,26 @@ class KafkaConfig:
     def sets_so_rcvbuf(self) -> bool:
         return self.receive_buffer_bytes != -1
 
+    def server_config(self) -> ServerConfig:
+        """This file seen like the other programs' files: every listener with
+        socket.listen.backlog.size and the SO_RCVBUF the broker sets on it."""
+        rcvbuf = self.receive_buffer_bytes if self.sets_so_rcvbuf else None
+        return ServerConfig(
+            "kafka",
+            self.path,
+            tuple(
+                ConfiguredListener(
+                    x.host,
+                    x.port,
+                    self.listen_backlog_size,
+                    rcvbuf,
+                    self.path,
+                    f"listeners={x.name}://{x.host}:{x.port}",
+                )
+                for x in self.listeners
+            ),
+        )
+
 
 @dataclass(frozen=True)
 class WindowSample:
