@@ -65,6 +65,9 @@ class ListenerFacts:
     config_program: str | None = None
     shifts: tuple[int, int] | None = None  # (announced, used) on a kernel without the fix
     connection_shifts: dict[int, int] = field(default_factory=dict)  # rcv_wscale -> count
+    # the buffer the lock verdict was made on: of a SO_REUSEPORT group's sockets, the
+    # first that differs from tcp_rmem[1] (None: the largest known, see rcvbuf)
+    decided_rcvbuf: int | None = None
 
     @property
     def local(self) -> str:
@@ -80,6 +83,9 @@ class ListenerFacts:
 
     @property
     def rcvbuf(self) -> int | None:
+        """The receive buffer reported: the one the lock verdict was made on."""
+        if self.decided_rcvbuf is not None:
+            return self.decided_rcvbuf
         known = [x.rcvbuf for x in self.sockets if x.rcvbuf is not None]
         return max(known) if known else None
 
@@ -307,6 +313,7 @@ def listener_facts(snapshot: HostSnapshot) -> list[ListenerFacts]:
                 config[0].program if config else None,
                 shifts,
                 dict(shifts_seen[(ip, port)]),
+                rcvbuf,
             )
         )
     return out

@@ -145,6 +145,20 @@ def test_config_settles_what_the_buffer_cannot() -> None:
     assert {f.program for f in facts.values() if f.local_port != 7000} == {"nginx"}
 
 
+def test_a_reuseport_group_reports_the_buffer_its_lock_was_decided_on() -> None:
+    """Two sockets on one address (SO_REUSEPORT), one at tcp_rmem[1] and one locked
+    smaller: the lock is decided on the locked one, and that is the buffer reported
+    (the largest, the unlocked one's, was reported while the verdict used the other)."""
+    listeners = [
+        Listener("0.0.0.0", 9092, 50, 0, rcvbuf=131072),
+        Listener("0.0.0.0", 9092, 50, 0, rcvbuf=65536),  # SO_RCVBUF 32768
+    ]
+    [fact] = listener_facts(_host(listeners, ()))
+    assert fact.rcvbuf_locked == YES and fact.rcvbuf == 65536
+    doc = fact.to_dict()
+    assert (doc["rcvbuf"], doc["so_rcvbuf"], doc["sockets"]) == (65536, 32768, 2)
+
+
 CONFLUENT = "io.confluent.support.metrics.SupportedKafka"
 
 
