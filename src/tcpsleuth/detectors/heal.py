@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from tcpsleuth.detectors.kernel import KernelVerdict
+from tcpsleuth.detectors.kernel import KernelVerdict, Status
 from tcpsleuth.detectors.listeners import YES, ListenerFacts
 from tcpsleuth.model.findings import endpoint
 from tcpsleuth.model.heal import DiagSocket, Ended
@@ -101,7 +101,7 @@ def plan_listeners(facts: Iterable[ListenerFacts], verdict: KernelVerdict) -> li
             own, bug = fact.shifts
             own_evidence, bug_evidence = _evidence(own, seen), _evidence(bug, seen)
         healable = False
-        if verdict.status == "fixed":
+        if verdict.status == Status.FIXED:
             why = (
                 f"kernel {verdict.release} has the fix ({verdict.reason}): a connection with "
                 "another shift is not the bug's"

@@ -23,7 +23,7 @@ from typing import Any
 
 from tcpsleuth.detectors import servers
 from tcpsleuth.detectors.kafka import configured_listener_findings
-from tcpsleuth.detectors.kernel import FIX_COMMIT, KernelVerdict
+from tcpsleuth.detectors.kernel import FIX_COMMIT, KernelVerdict, Status
 from tcpsleuth.detectors.listener_facts import (
     NO,
     UNDETERMINED,
@@ -215,7 +215,7 @@ def rcvbuf_findings(
                 )
         base = f"{who} {fact.local} locks its receive buffer at {fact.rcvbuf} bytes"
         kernel_fix = f"a kernel with commit {FIX_COMMIT[:12]} (mainline 5.10) removes the bug"
-        if verdict.status == "fixed":
+        if verdict.status == Status.FIXED:
             severity = Severity.INFO
             summary = (
                 f"{base}; kernel {verdict.release} has the SYN-cookie window-scale fix, but "
@@ -237,7 +237,7 @@ def rcvbuf_findings(
                 f"{base}; kernel {verdict.release} lacks the SYN-cookie window-scale fix, but {why}"
             )
             advice = f"Keep it that way until the kernel is upgraded, or {change}; {kernel_fix}."
-        elif verdict.status == "affected":
+        elif verdict.status == Status.AFFECTED:
             severity = Severity.CRITICAL
             summary = (
                 f"{base} on kernel {verdict.release}, which lacks the SYN-cookie window-scale "

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tcpsleuth.detectors import servers
-from tcpsleuth.detectors.kernel import FIX_COMMIT
+from tcpsleuth.detectors.kernel import FIX_COMMIT, Status
 from tcpsleuth.detectors.verdict import STABLE_FIXES, Verdict, once, sentence
 
 
@@ -132,7 +132,7 @@ def heal_verdict(doc: Mapping[str, Any]) -> Verdict:
 
 def _numbers(run: _Run) -> list[str]:
     """The kernel, each listener with its connections hit, what heal did."""
-    state = {"fixed": "has the fix", "affected": "lacks the fix"}.get(
+    state = {Status.FIXED: "has the fix", Status.AFFECTED: "lacks the fix"}.get(
         str(run.kernel.get("status")), "may lack the fix"
     )
     numbers = [f"kernel {run.kernel.get('release')} {state} ({run.kernel.get('source')})"]

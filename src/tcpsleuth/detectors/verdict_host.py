@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tcpsleuth.detectors import servers
-from tcpsleuth.detectors.kernel import FIX_COMMIT, KernelVerdict
+from tcpsleuth.detectors.kernel import FIX_COMMIT, KernelVerdict, Status
 from tcpsleuth.detectors.listeners import YES, ListenerFacts, _suggested_backlog
 from tcpsleuth.detectors.verdict import STABLE_FIXES, Verdict, meanings, once, others, sentence
 from tcpsleuth.model.findings import Finding, Severity
@@ -117,7 +117,7 @@ def host_verdict(
     small = {f.subject.get("listener"): f for f in findings if f.kind == "listen-backlog-small"}
     locked = [x for x in facts if x.rcvbuf_locked == YES]
     bug = next((f for f in findings if f.kind == "kernel-cookie-wscale-bug"), None)
-    unfixed = kernel.status != "fixed" and (bug is None or bug.severity != Severity.INFO)
+    unfixed = kernel.status != Status.FIXED and (bug is None or bug.severity != Severity.INFO)
     cookies_on = syncookies != 0
     bug_risk = unfixed and bool(locked) and cookies_on and timestamps != 0
     worst = max((f.severity.rank for f in findings), default=0)
@@ -165,7 +165,7 @@ def host_verdict(
             "net.ipv4.tcp_syncookies=0 (a full queue then drops SYNs and clients retry, "
             "with their window intact)."
         )
-        if kernel.status == "unknown":
+        if kernel.status == Status.UNKNOWN:
             actions.append(
                 "Test the kernel by experiment: sudo tcpsleuth probe (the version table "
                 "cannot tell for this release)."

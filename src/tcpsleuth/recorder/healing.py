@@ -28,7 +28,7 @@ from pathlib import Path
 
 from tcpsleuth import safefile
 from tcpsleuth.detectors import heal as detect
-from tcpsleuth.detectors.kernel import KernelVerdict, assess_kernel
+from tcpsleuth.detectors.kernel import KernelVerdict, Status, assess_kernel
 from tcpsleuth.detectors.listeners import ListenerFacts, listener_facts
 from tcpsleuth.model.records import HostSnapshot
 from tcpsleuth.sources import procfs, sampling, sockdestroy, sockdiag
@@ -48,10 +48,10 @@ TEST_KERNEL_ENV = "TCPSLEUTH_TEST_KERNEL_STATUS"
 def test_override(verdict: KernelVerdict) -> KernelVerdict:
     """``verdict``, unless the test-only TEST_KERNEL_ENV asks for another status."""
     forced = os.environ.get(TEST_KERNEL_ENV)
-    if forced in ("affected", "unknown") and forced != verdict.status:
+    if forced in (Status.AFFECTED, Status.UNKNOWN) and forced != verdict.status:
         return KernelVerdict(
             verdict.release,
-            forced,
+            Status(forced),
             f"forced by {TEST_KERNEL_ENV} (tests only); the version table says {verdict.status}",
             f"{TEST_KERNEL_ENV} (tests only)",
         )

@@ -32,7 +32,7 @@ from tcpsleuth.model.findings import Finding
 from tcpsleuth.recorder import disk, freeze, healing
 from tcpsleuth.recorder.analysis_queue import AnalysisQueue
 from tcpsleuth.recorder.health import Health
-from tcpsleuth.recorder.incidents import Incidents, Open
+from tcpsleuth.recorder.incidents import Decision, Incidents, Open
 from tcpsleuth.recorder.ring import Ring, covering
 from tcpsleuth.recorder.settings import Settings
 from tcpsleuth.sources import sampling
@@ -118,14 +118,14 @@ class IncidentWriter:
             self._held_for_hits(hits)
         self.close_if_due(now)
         decision = self.incidents.on_events(now, [e.kind for e in events])
-        if decision == "opened":
+        if decision == Decision.OPENED:
             assert self.incidents.current is not None
             self._open(self.incidents.current, events)
-        elif decision == "joined" and self.active is not None:
+        elif decision == Decision.JOINED and self.active is not None:
             freeze.append_lines(
                 self.active.staging / freeze.EVENTS, [_event(now, e) for e in events]
             )
-        elif decision == "suppressed":
+        elif decision == Decision.SUPPRESSED:
             self.health.events_suppressed_total = self.incidents.suppressed
             self.say(
                 f"not recorded: {self.s.policy.per_hour} incidents already in the last hour "

@@ -23,6 +23,7 @@ until the first is an hour old.
 
 from __future__ import annotations
 
+import enum
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -80,6 +81,15 @@ class Open:
         return (self.first_event - policy.before_s, self.end(policy))
 
 
+class Decision(enum.StrEnum):
+    """What a sample's events did to the incidents (:meth:`Incidents.on_events`)."""
+
+    OPENED = "opened"  # a new incident
+    JOINED = "joined"  # the open one
+    SUPPRESSED = "suppressed"  # over the hourly limit
+    NONE = "none"  # no event, or the open incident is closing
+
+
 @dataclass
 class Incidents:
     policy: Policy
@@ -92,10 +102,10 @@ class Incidents:
             self.opened.popleft()
         return len(self.opened) < self.policy.per_hour
 
-    def on_events(self, now: float, kinds: list[str]) -> str:
-        """Events seen at ``now``: "opened", "joined", "suppressed" or "none"."""
+    def on_events(self, now: float, kinds: list[str]) -> Decision:
+        """What events seen at ``now`` did to the incidents."""
         if not kinds:
-            return "none"
+            return Decision.NONE
         current = self.current
         if (
             current is not None
@@ -105,15 +115,15 @@ class Incidents:
             current.last_event = now
             current.events += len(kinds)
             current.kinds += [k for k in kinds if k not in current.kinds]
-            return "joined"
+            return Decision.JOINED
         if current is not None:
-            return "none"  # the open one is closing; its successor opens after it
+            return Decision.NONE  # the open one is closing; its successor opens after it
         if not self.allowed(now):
             self.suppressed += len(kinds)
-            return "suppressed"
+            return Decision.SUPPRESSED
         self.opened.append(now)
         self.current = Open(incident_name(now), now, now, list(dict.fromkeys(kinds)), len(kinds))
-        return "opened"
+        return Decision.OPENED
 
     def hold(self, now: float) -> bool:
         """Keep the open incident open at ``now`` (a watched listener is absent); False
