@@ -52,10 +52,7 @@ def endpoint(ip: str, port: int) -> str:
     IPv4-mapped IPv6 addresses (``::ffff:10.0.0.1``) are shown as IPv4 so both
     ends of one connection name it the same way.
     """
-    addr = plain_address(ip)
-    if addr.version == 6:
-        return f"[{addr.compressed}]:{port}"
-    return f"{addr}:{port}"
+    return f"{host(ip)}:{port}"
 
 
 ConnectionKey = tuple[str, str]  # (local, remote) as endpoint() writes them
@@ -65,18 +62,14 @@ ConnectionKey = tuple[str, str]  # (local, remote) as endpoint() writes them
 def host(ip: str) -> str:
     """endpoint() without the port. Cached: a snapshot of 100k sockets has few
     distinct addresses, and parsing each with ipaddress is the slow part."""
-    return endpoint(ip, 0).rsplit(":", 1)[0]
-
-
-def where(ip: str, port: int) -> str:
-    """The same text as endpoint(ip, port)."""
-    return f"{host(ip)}:{port}"
+    addr = plain_address(ip)
+    return f"[{addr.compressed}]" if addr.version == 6 else str(addr)
 
 
 def key(conn: Endpoints) -> ConnectionKey:
     """(local, remote) of a connection as endpoint() writes them: the key that joins
     the two ends of one connection."""
-    return (where(conn.local_ip, conn.local_port), where(conn.remote_ip, conn.remote_port))
+    return (endpoint(conn.local_ip, conn.local_port), endpoint(conn.remote_ip, conn.remote_port))
 
 
 ALL_CLIENTS = kinds.ALL_CLIENTS  # a connection subject's client: every client of the server

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tcpsleuth.errors import InputError
 from tcpsleuth.model.text import shortened, to_int
-from tcpsleuth.sources.textfile import read_text, where
+from tcpsleuth.sources.textfile import file_line, read_text
 
 # ASCII digits only: `\d` would take `٣` (and int() read it as 3)
 _LINE = re.compile(r"^([A-Za-z][A-Za-z0-9_]*)\s+(-?[0-9]+)(?:\s+-?[0-9.]+)?\s*$")
@@ -26,12 +26,12 @@ def parse_nstat(text: str, source: Path | str) -> dict[str, int]:
         match = _LINE.match(line)
         if match is None:
             raise InputError(
-                f"{where(source, number)}: not an `nstat` line (expected 'CounterName value')"
+                f"{file_line(source, number)}: not an `nstat` line (expected 'CounterName value')"
             )
         value = to_int(match.group(2))
         if value is None:
             raise InputError(
-                f"{where(source, number)}: counter {match.group(1)} has value "
+                f"{file_line(source, number)}: counter {match.group(1)} has value "
                 f"'{shortened(match.group(2))}', more digits than any counter has"
             )
         counters[match.group(1)] = value

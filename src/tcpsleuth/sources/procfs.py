@@ -16,7 +16,7 @@ from pathlib import Path
 from tcpsleuth.errors import InputError
 from tcpsleuth.model.records import AUDIT_SYSCTLS
 from tcpsleuth.model.text import shortened, to_int
-from tcpsleuth.sources.textfile import read_text, where
+from tcpsleuth.sources.textfile import file_line, read_text
 
 
 def parse_counter_pairs(text: str, source: Path | str) -> dict[str, int]:
@@ -26,18 +26,19 @@ def parse_counter_pairs(text: str, source: Path | str) -> dict[str, int]:
         raise InputError(f"{source}: empty, expected kernel counters (/proc/net/netstat format)")
     if len(lines) % 2:
         raise InputError(
-            f"{where(source, len(lines))}: a header line without its values line (file truncated?)"
+            f"{file_line(source, len(lines))}: a header line without its values line "
+            "(file truncated?)"
         )
     for i in range(0, len(lines), 2):
         head, values = lines[i].split(), lines[i + 1].split()
         if not head or not head[0].endswith(":") or not values or values[0] != head[0]:
             raise InputError(
-                f"{where(source, i + 1)}: not a counter header/value pair "
+                f"{file_line(source, i + 1)}: not a counter header/value pair "
                 "(expected two lines starting with the same 'Group:')"
             )
         if len(head) != len(values):
             raise InputError(
-                f"{where(source, i + 2)}: {len(head) - 1} counter names but "
+                f"{file_line(source, i + 2)}: {len(head) - 1} counter names but "
                 f"{len(values) - 1} values (file truncated?)"
             )
         group = head[0][:-1]
@@ -45,7 +46,7 @@ def parse_counter_pairs(text: str, source: Path | str) -> dict[str, int]:
             number = to_int(value)  # ASCII digits only, and not 5,000 of them
             if number is None:
                 raise InputError(
-                    f"{where(source, i + 2)}: counter {group}{name} has value "
+                    f"{file_line(source, i + 2)}: counter {group}{name} has value "
                     f"'{shortened(value)}', not a number"
                 )
             counters[group + name] = number

@@ -36,7 +36,7 @@ from tcpsleuth.errors import InputError
 from tcpsleuth.model.records import STATE_NUMBERS, Listener, SocketOwner, TcpConnection
 from tcpsleuth.model.text import MAX_DIGITS, is_number, shortened, to_float, to_int
 from tcpsleuth.sources.sockdiag import SocketTable, gc_paused
-from tcpsleuth.sources.textfile import read_text, where
+from tcpsleuth.sources.textfile import file_line, read_text
 
 STATES = frozenset(STATE_NUMBERS) | {"UNKNOWN", "SYN-RECV"}
 NETIDS = frozenset(
@@ -205,7 +205,7 @@ def _details(
                 fields["snd_wscale"], fields["rcv_wscale"] = shifts
                 if not (0 <= shifts[0] <= MAX_WSCALE and 0 <= shifts[1] <= MAX_WSCALE):
                     raise InputError(
-                        f"{where(source, number)}: '{shortened(token)}': a window-scale "
+                        f"{file_line(source, number)}: '{shortened(token)}': a window-scale "
                         f"shift is 0 to {MAX_WSCALE} (RFC 7323)"
                     )
             elif key == "rtt":
@@ -244,7 +244,7 @@ def _details(
                 fields[_MS_FIELDS[key]] = round(seconds * 1000)
         except ValueError:
             raise InputError(
-                f"{where(source, number)}: cannot read '{shortened(token)}' in `ss -i` details"
+                f"{file_line(source, number)}: cannot read '{shortened(token)}' in `ss -i` details"
             ) from None
     if fields:
         # ss prints wscale only when it was negotiated: absent means off (shift 0).
@@ -288,7 +288,7 @@ def _listener_details(
             )
     except ValueError as exc:
         raise InputError(
-            f"{where(source, number)}: cannot read '{shortened(str(exc))}' as a number in "
+            f"{file_line(source, number)}: cannot read '{shortened(str(exc))}' as a number in "
             "`ss -m`/`-p` details"
         ) from None
     return rcvbuf, owners
@@ -336,12 +336,12 @@ def _parse_ss(text: str, source: Path | str, default_state: str) -> SocketTable:
                 _DETAIL.match(token) for token in tokens
             ):
                 raise InputError(
-                    f"{where(source, number)}: cannot read this line as `ss` TCP output "
+                    f"{file_line(source, number)}: cannot read this line as `ss` TCP output "
                     "(neither a socket line nor `-i` details)"
                 )
         elif not records:
             raise InputError(
-                f"{where(source, number)}: indented line before any socket line; "
+                f"{file_line(source, number)}: indented line before any socket line; "
                 "expected `ss -tn`/`ss -tni` output"
             )
         main = records[-1][1]
@@ -377,7 +377,7 @@ def _parse_ss(text: str, source: Path | str, default_state: str) -> SocketTable:
             remote_ip, remote_port = parse_endpoint(tokens[3], star)
         except (ValueError, IndexError):
             raise InputError(
-                f"{where(source, number)}: cannot read this line as `ss` TCP output "
+                f"{file_line(source, number)}: cannot read this line as `ss` TCP output "
                 "(expected State Recv-Q Send-Q Local:Port Peer:Port, ports 0 to 65535)"
             ) from None
         if state == "LISTEN":

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from tcpsleuth.errors import InputError
-from tcpsleuth.sources.textfile import read_text, where
+from tcpsleuth.sources.textfile import file_line, read_text
 
 _LINE = re.compile(r"^([A-Za-z0-9_][\w.\-/:+@]*)\s*=\s?(.*)$")
 
@@ -20,7 +20,7 @@ def parse_sysctl(text: str, source: Path | str) -> dict[str, str]:
         match = _LINE.match(line)
         if match is None:
             raise InputError(
-                f"{where(source, number)}: not a `sysctl -a` line (expected 'name = value')"
+                f"{file_line(source, number)}: not a `sysctl -a` line (expected 'name = value')"
             )
         key, value = match.group(1), " ".join(match.group(2).split())
         # A value of several lines is printed as several lines with the same name.

@@ -59,5 +59,6 @@ def read_text(path: Path, what: str, latin1: bool = False) -> str:
     return decode_text(data, path, what, latin1)
 
 
-def where(path: Path | str, line_number: int) -> str:
+def file_line(path: Path | str, line_number: int) -> str:
+    """``FILE:LINE``, where a message about a line of ``path`` points."""
     return f"{path}:{line_number}"

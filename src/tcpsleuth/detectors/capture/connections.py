@@ -1,7 +1,7 @@
 """A capture's connections as records and columns: what the tracker
 (:mod:`.tracking`) leaves of each connection, the records made from it on demand,
 and the analysis a detector reads. Address text is written as everywhere else in
-tcpsleuth (:func:`tcpsleuth.model.findings.where`: IPv6 in brackets, IPv4-mapped
+tcpsleuth (:func:`tcpsleuth.model.findings.endpoint`: IPv6 in brackets, IPv4-mapped
 addresses as IPv4)."""
 
 from __future__ import annotations
