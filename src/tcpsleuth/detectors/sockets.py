@@ -33,6 +33,7 @@ from tcpsleuth.model.findings import (
     key,
 )
 from tcpsleuth.model.records import Listener, TcpConnection
+from tcpsleuth.model.units import ms_from_us
 
 TINY_WINDOW_SEGMENTS = 2
 # The peer's receive queue counts as backed up from this many segments on: a window
@@ -72,10 +73,6 @@ def peers_of(connections: Iterable[TcpConnection]) -> dict[ConnectionKey, TcpCon
     return {k: by_key[(k[1], k[0])] for k in by_key if (k[1], k[0]) in by_key}
 
 
-def _ms(us: int | None) -> float | None:
-    return None if us is None else round(us / 1000, 3)
-
-
 def _segments(window: int | None, mss: int | None) -> float | None:
     if window is None or not mss:
         return None
@@ -110,14 +107,14 @@ def rwnd_limited(
                 {
                     "sender": conn.local,
                     "source": "socket (tcp_info: ss -tni or sock_diag)",
-                    "rwnd_limited_ms": _ms(limited),
+                    "rwnd_limited_ms": ms_from_us(limited),
                     "rwnd_limited_share": round(share, 4),
-                    "busy_ms": _ms(busy),
+                    "busy_ms": ms_from_us(busy),
                     "effective_window_bytes": window,
                     "effective_window_segments": segments,
                     "mss": conn.mss,
                     "snd_wscale": conn.snd_wscale,
-                    "sndbuf_limited_ms": _ms(conn.sndbuf_limited),
+                    "sndbuf_limited_ms": ms_from_us(conn.sndbuf_limited),
                     "rtt_ms": conn.rtt,
                 },
                 "The receiver's window, not the network, is the limit: compare both ends' "

@@ -10,6 +10,7 @@ from rich.console import Group
 
 from tcpsleuth.detectors import compare as detect
 from tcpsleuth.model.findings import Finding, key
+from tcpsleuth.model.units import ms_from_us
 from tcpsleuth.reports import table
 from tcpsleuth.reports.socketsview import endpoints_table, findings_block
 
@@ -28,10 +29,6 @@ class CompareResult:
 PAIRS_SHOWN = 20
 
 
-def _ms(microseconds: int | None) -> float | None:
-    return None if microseconds is None else round(microseconds / 1000, 3)
-
-
 def pair_dict(pair: detect.Pair) -> dict[str, Any]:
     client, server = pair.client, pair.server
     # each end as it names itself (with NAT the client knows the server by another address)
@@ -46,8 +43,8 @@ def pair_dict(pair: detect.Pair) -> dict[str, Any]:
         "client_mss": client.mss,
         "client_rtt_ms": client.rtt,
         # milliseconds, as every finding's rwnd_limited_ms (tcp_info counts microseconds)
-        "client_rwnd_limited_ms": _ms(client.rwnd_limited),
-        "client_busy_ms": _ms(client.busy_time),
+        "client_rwnd_limited_ms": ms_from_us(client.rwnd_limited),
+        "client_busy_ms": ms_from_us(client.busy_time),
         "server_recv_q": server.recv_q,
         "matched_by": pair.matched_by,
         "agree": (client.snd_wscale or 0) == (server.rcv_wscale or 0)

@@ -11,6 +11,7 @@ from rich.console import Group
 
 from tcpsleuth.model.findings import Finding
 from tcpsleuth.model.records import Listener, TcpConnection
+from tcpsleuth.model.units import ms_from_us
 from tcpsleuth.reports import table
 
 FINDINGS_SHOWN = 30
@@ -40,10 +41,6 @@ def rwnd_share(conn: TcpConnection) -> float:
     return conn.rwnd_limited / conn.busy_time
 
 
-def _ms(us: int | None) -> float | None:
-    return None if us is None else round(us / 1000)
-
-
 def connection_row(conn: TcpConnection) -> tuple[Any, ...]:
     share = rwnd_share(conn)
     return (
@@ -56,7 +53,7 @@ def connection_row(conn: TcpConnection) -> tuple[Any, ...]:
         conn.snd_wnd,
         conn.rcv_space,
         f"{conn.recv_q}/{conn.send_q}",
-        None if conn.rwnd_limited is None else f"{_ms(conn.rwnd_limited)} ({share:.0%})",
+        None if conn.rwnd_limited is None else f"{ms_from_us(conn.rwnd_limited, 0)} ({share:.0%})",
     )
 
 

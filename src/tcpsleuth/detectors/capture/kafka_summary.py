@@ -12,6 +12,7 @@ import numpy as np
 from tcpsleuth.detectors.capture.connections import mix as _mix
 from tcpsleuth.detectors.capture.kafka import KafkaRequests, api_name
 from tcpsleuth.model.findings import Finding, Severity, connection_subject
+from tcpsleuth.model.units import ms_or_none
 
 # A client whose requests spend this long being sent (median) is reported.
 SEND_SLOW_MS = 10.0
@@ -30,10 +31,6 @@ def _quantiles(group: np.ndarray, values: np.ndarray, groups: int, q: float) -> 
     has = counts > 0
     out[has] = values[order[starts[has] + rank[has]]]
     return out
-
-
-def _ms(value: float) -> float | None:
-    return None if value != value else round(float(value), 3)
 
 
 Grouped = tuple[list[tuple[int, dict[str, Any]]], np.ndarray]
@@ -84,7 +81,7 @@ def grouped(requests: KafkaRequests) -> Grouped:
                     "requests": int(counts[g]),
                     "answered": int(answered[g]),
                     "client_ids": client_ids[g],
-                    **{name: _ms(values[g]) for name, values in columns.items()},
+                    **{name: ms_or_none(values[g]) for name, values in columns.items()},
                 },
             )
         )
