@@ -1,7 +1,9 @@
 """The broker a lab run talks to: tcpsleuth's lab broker, or a real one the user names.
 
-Both look the same to the runner: start, restart (every connection closed, listening
-again, accepting again) and stop, each returning when the broker is in that state.
+All look the same to the runner (:class:`Broker`): started, restarted (every connection
+closed, listening again, accepting again) and stopped, each returning when the broker is
+in that state. A real Apache Kafka (``kafka_broker.KafkaBroker``) is one too, and adds
+what only it has (its metrics, its jars for the Java clients).
 """
 
 from __future__ import annotations
@@ -9,11 +11,27 @@ from __future__ import annotations
 import shlex
 import signal
 import time
-from typing import Any
+from typing import Any, Protocol
 
 from tcpsleuth.errors import InputError
 from tcpsleuth.lab.processes import READY_S, Child, python_module
 from tcpsleuth.sources import sockdiag
+
+
+class Broker(Protocol):
+    """What a lab run asks of its broker."""
+
+    description: str  # what the report calls it
+
+    def restart(self, down_s: float, startup_s: float) -> None:
+        """Close every connection, be down ``down_s`` and listening without accepting
+        ``startup_s``; return once accepting again."""
+
+    def stop(self) -> object:
+        """Stop for good."""
+
+    def events(self) -> list[dict[str, Any]]:
+        """What happened to it (starting, listening, accepting, stopped), with times."""
 
 
 class LabBrokerProcess:

@@ -25,15 +25,13 @@ from typing import Any
 
 from tcpsleuth.lab import faults, healing, kafka_broker, kafka_java, namespaces, recording, topology
 from tcpsleuth.lab.answers import Step, Wanted, await_answers, await_window
-from tcpsleuth.lab.brokers import CommandBroker, LabBrokerProcess
+from tcpsleuth.lab.brokers import Broker, CommandBroker, LabBrokerProcess
 from tcpsleuth.lab.kafka_broker import KafkaBroker
 from tcpsleuth.lab.processes import Child, python_module
 from tcpsleuth.lab.runs import LIBRARIES, PORT, TCP_RMEM, LabSize, RunArtifacts
 from tcpsleuth.lab.scenarios import Scenario
 from tcpsleuth.lab.topology import SERVER_IP4
 from tcpsleuth.sources import netns, procfs, sockdiag
-
-Broker = LabBrokerProcess | CommandBroker | KafkaBroker
 
 
 def _broker_metrics(broker: KafkaBroker) -> dict[str, Any]:
