@@ -23,6 +23,8 @@ FORBIDDEN = {
     "sources": ("detectors", "reports", "cli", "lab"),
     # the recorder is wiring beside cli/ and lab/, used by cli/ (record, report)
     "recorder": ("cli", "lab"),
+    # use cases shared by commands (the audit for audit and doctor), used by cli/
+    "usecases": ("cli",),
 }
 
 

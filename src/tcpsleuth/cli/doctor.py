@@ -15,12 +15,13 @@ from typing import Any
 import click
 
 from tcpsleuth.cli import examples
-from tcpsleuth.cli.audit import run_audit, snapshot_from
+from tcpsleuth.cli.audit import snapshot_from
 from tcpsleuth.cli.options import format_option, kafka_config_option, netns_option
 from tcpsleuth.model.findings import Finding, exit_status, ranked
 from tcpsleuth.model.records import HostSnapshot
 from tcpsleuth.reports import auditview, doctorview, jsonout, table
 from tcpsleuth.reports.auditview import AuditResult
+from tcpsleuth.usecases.audit import run_audit
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import Any
 from conftest import REPO
 
 from tcpsleuth.cli import examples
-from tcpsleuth.cli.audit import run_audit, snapshot_from
+from tcpsleuth.cli.audit import snapshot_from
 from tcpsleuth.detectors import heal as heal_detect
 from tcpsleuth.detectors.kernel import KernelVerdict
 from tcpsleuth.detectors.listeners import ListenerFacts
@@ -29,6 +29,7 @@ from tcpsleuth.model.findings import Finding, Severity, listener_subject
 from tcpsleuth.model.heal import DiagSocket, Ended
 from tcpsleuth.model.records import Listener
 from tcpsleuth.reports.healview import HealResult
+from tcpsleuth.usecases.audit import run_audit
 
 ROOT = REPO
 DATA = ROOT / "tests" / "data"
