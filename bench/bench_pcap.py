@@ -286,7 +286,10 @@ def child(mode: str, path: Path, warmup: Path) -> None:
         return len(follow(open_capture(file), frozenset())[0].connections)
 
     def full(file: Path) -> int:
-        return len(analyse_file(file, ports, show_progress=False).requests)
+        done = analyse_file(file, ports, show_progress=False)
+        # (result, stream) since the result carries facts; the result alone before
+        result = done[0] if isinstance(done, tuple) else done
+        return len(result.requests)
 
     run = per_connection if mode == "per-connection" else full
     run(warmup)

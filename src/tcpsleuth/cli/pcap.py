@@ -17,7 +17,7 @@ from tcpsleuth.detectors.verdict import capture_verdict
 from tcpsleuth.errors import InputError
 from tcpsleuth.model.findings import exit_status, ranked
 from tcpsleuth.reports import jsonout, pcapview, table
-from tcpsleuth.sources.pcap import file_size, open_capture, read_once
+from tcpsleuth.sources.pcap import CaptureStream, file_size, open_capture, read_once
 
 TABLE_ROWS = 20
 # --format json lists the connections findings name and the top ones by window
@@ -32,13 +32,15 @@ PLAIN_PYTHON_BYTES = 128 << 10
 
 def analyse_file(
     path: Path, kafka_ports: frozenset[int], show_progress: bool, keep: IO[bytes] | None = None
-) -> CaptureResult:
-    """Every capture detector over ``path``, with a progress bar on big files; ``keep``
-    gets a copy of a capture that cannot be read twice (a FIFO, a pipe)."""
+) -> tuple[CaptureResult, CaptureStream]:
+    """Every capture detector over ``path``, with a progress bar on big files, and the
+    stream it read (to read it again); ``keep`` gets a copy of a capture that cannot be
+    read twice (a FIFO, a pipe)."""
     size = file_size(path)
     compiled.use_python(0 < size <= PLAIN_PYTHON_BYTES)
     if not (show_progress and size >= PROGRESS_MIN_BYTES):
-        return analyse_stream(open_capture(path, keep=keep), kafka_ports)
+        stream = open_capture(path, keep=keep)
+        return analyse_stream(stream, kafka_ports), stream
     # imported here: rich.progress costs a small capture's start-up 25 ms
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
@@ -52,7 +54,7 @@ def analyse_file(
     ) as progress:
         task = progress.add_task(f"analysing {path.name}", total=size)
         stream = open_capture(path, lambda done: progress.update(task, completed=min(done, size)))
-        return analyse_stream(stream, kafka_ports)
+        return analyse_stream(stream, kafka_ports), stream
 
 
 def _json_streams(result: CaptureResult, all_connections: bool) -> list[int]:
@@ -171,21 +173,22 @@ def pcap_command(
                 return None
             return kept.enter_context(tempfile.NamedTemporaryFile(prefix="tcpsleuth-capture-"))
 
-        results = [
-            analyse_file(path, ports, output_format == "table", keep(path)) for path in files
-        ]
-        return _report(results, plot_dir, html_file, all_connections, output_format)
+        read = [analyse_file(path, ports, output_format == "table", keep(path)) for path in files]
+        results = [result for result, _ in read]
+        streams = [stream for _, stream in read]
+        return _report(results, streams, plot_dir, html_file, all_connections, output_format)
 
 
 def _report(
     results: list[CaptureResult],
+    streams: list[CaptureStream],
     plot_dir: Path | None,
     html_file: Path | None,
     all_connections: bool,
     output_format: str,
 ) -> int:
     for result in results:
-        for warning in result.capture.report.warnings:
+        for warning in result.capture.warnings:
             click.echo(f"tcpsleuth: warning: {warning}", err=True)
     pictures = plot_dir is not None or html_file is not None
     as_json = output_format == "json"
@@ -194,10 +197,8 @@ def _report(
     listed = [_json_streams(r, all_connections) if as_json else [] for r in results]
     drawn = [_plot_groups(r) if pictures else {} for r in results]
     again = [
-        second_pass(
-            r.capture.again().chunks, r.analysis, streams, list(groups) if pictures else None
-        )
-        for r, streams, groups in zip(results, listed, drawn, strict=True)
+        second_pass(stream.again().chunks, r.analysis, chosen, list(groups) if pictures else None)
+        for r, stream, chosen, groups in zip(results, streams, listed, drawn, strict=True)
         if pictures or as_json
     ]
     if pictures:

@@ -98,8 +98,45 @@ class SynOptions:
         }
 
 
+@dataclass
+class DecodeCounts:
+    """Packets a capture held, by what became of them (filled while it is read)."""
+
+    packets: int = 0
+    tcp: int = 0
+    not_ip: int = 0
+    not_tcp: int = 0
+    truncated_headers: int = 0
+    fragments: int = 0  # IP fragments read (each one held until its datagram is whole)
+    unsupported_linktype: int = 0
+    undecodable: int = 0
+    reassembled: int = 0  # datagrams rebuilt from fragments
+    fragments_incomplete: int = 0  # fragments whose datagram never became whole
+
+    def unread(self) -> int:
+        """Packets that could not be read at all (not merely not TCP)."""
+        return self.unsupported_linktype + self.undecodable + self.fragments_incomplete
+
+
+@dataclass(frozen=True)
+class CaptureFacts:
+    """What reading a capture told besides its segments: the file, its format and link
+    types, the reader's warnings and the packets by what became of them."""
+
+    path: str
+    kind: str  # pcap, pcapng
+    compressed: bool
+    linktypes: frozenset[int]
+    warnings: tuple[str, ...]
+    counts: DecodeCounts
+
+
 class SegmentSource(Protocol):
-    """What the capture detectors read: TCP segments chunk by chunk, once
-    (:class:`tcpsleuth.sources.pcap.CaptureStream` is one)."""
+    """What the capture detectors read: TCP segments chunk by chunk, once, then the
+    facts of the reading (:class:`tcpsleuth.sources.pcap.CaptureStream` is one)."""
 
     chunks: Iterator[TcpColumns]
+
+    def facts(self) -> CaptureFacts:
+        """What the reading told, complete once ``chunks`` has been read."""
+        ...

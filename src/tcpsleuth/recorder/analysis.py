@@ -168,7 +168,7 @@ def _capture(
         "tcp_segments": capture.counts.tcp,
         "connections": len(result.analysis.connections),
         "handshakes": int(np.count_nonzero(np.asarray(result.wscale.announced) >= 0)),
-        "warnings": capture.report.warnings,
+        "warnings": list(capture.warnings),
         "kafka_requests": len(result.requests),
         "kafka": result.kafka_summary,
     }

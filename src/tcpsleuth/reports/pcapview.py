@@ -1,9 +1,9 @@
 """``tcpsleuth pcap`` rendered: the JSON document of one capture, its terminal tables and
 its section of the HTML report, all from the same :class:`CaptureResult`.
 
-The result's ``capture`` is what the source read (a ``sources.pcap.CaptureStream``);
-it is read here only through the attributes every capture source has: ``path``,
-``report`` (format, compression, link types, warnings) and ``counts``.
+The result's ``capture`` is what reading the capture told (``model.capture.
+CaptureFacts``: the file, its format and link types, the reader's warnings, the
+packets by what became of them); the source itself stays with the command.
 """
 
 from __future__ import annotations
@@ -115,9 +115,9 @@ def document(
     return {
         "file": capture.path,
         "verdict": capture_verdict(result).to_dict(),
-        "format": capture.report.kind,
-        "gzip": capture.report.compressed,
-        "linktypes": sorted(capture.report.linktypes),
+        "format": capture.kind,
+        "gzip": capture.compressed,
+        "linktypes": sorted(capture.linktypes),
         "packets": counts.packets,
         "tcp_segments": counts.tcp,
         "ip_fragments": {"read": counts.fragments, "datagrams_reassembled": counts.reassembled},
@@ -129,7 +129,7 @@ def document(
             "unsupported_link_type": counts.unsupported_linktype,
             "undecodable": counts.undecodable,
         },
-        "warnings": capture.report.warnings,
+        "warnings": list(capture.warnings),
         "connections_total": len(analysis.connections),
         "connections_listed": len(connections),
         "connections": connections,
@@ -255,14 +255,14 @@ def print_tables(
     ``shown`` (hit ones first) with their verdicts, who was hit, Kafka timing (at most
     ``kafka_limit`` rows, the slowest sends), and the findings."""
     capture = result.capture
-    compressed = " (gzip)" if capture.report.compressed else ""
+    compressed = " (gzip)" if capture.compressed else ""
     console.print(Text(printable(capture.path), style="bold", overflow="fold"))
     console.print(verdictview.render(capture_verdict(result).to_dict()))
     console.print(
         table.key_values(
             "",
             [
-                ("format", capture.report.kind + compressed),
+                ("format", capture.kind + compressed),
                 ("packets", capture.counts.packets),
                 ("TCP segments", capture.counts.tcp),
                 ("connections", len(result.analysis.connections)),
@@ -405,7 +405,7 @@ def html_section(result: CaptureResult, pictures: list[tuple[str, Path]]) -> htm
     return html.Section(
         title=result.capture.path,
         facts=[
-            ("format", result.capture.report.kind),
+            ("format", result.capture.kind),
             ("packets", result.capture.counts.packets),
             ("connections", len(result.analysis.connections)),
             ("Kafka requests", len(result.requests)),

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from tcpsleuth import compiled
 from tcpsleuth.detectors.capture import cookie_options, kafka, kafka_summary
@@ -19,15 +19,13 @@ from tcpsleuth.detectors.capture.connections import SERIES_POINTS, Analysis
 from tcpsleuth.detectors.capture.shards import MAX_SHARDS, follow_sharded, rows_again, usable_cores
 from tcpsleuth.detectors.capture.tracking import ConnectionTracker, DetailPass
 from tcpsleuth.detectors.capture.windows import SeriesPass, rwnd_findings
-from tcpsleuth.model.capture import SegmentSource, TcpColumns
+from tcpsleuth.model.capture import CaptureFacts, SegmentSource, TcpColumns
 from tcpsleuth.model.findings import Finding, ranked
-
-Source = TypeVar("Source", bound=SegmentSource)
 
 
 @dataclass
-class CaptureResult(Generic[Source]):
-    capture: Source  # what was read (a sources.pcap.CaptureStream, for the pcap command)
+class CaptureResult:
+    capture: CaptureFacts  # what reading the capture told: file, format, counts, warnings
     analysis: Analysis
     findings: list[Finding]
     requests: kafka.KafkaRequests
@@ -62,7 +60,7 @@ def follow(
     return analysis, follower.finish(analysis)
 
 
-def analyse_stream(stream: Source, kafka_ports: frozenset[int]) -> CaptureResult[Source]:
+def analyse_stream(stream: SegmentSource, kafka_ports: frozenset[int]) -> CaptureResult:
     """Read ``stream`` once and run every capture detector on what it held."""
     analysis, requests = follow(stream, kafka_ports)
     wscale = wscale_inference.verdicts(analysis)
@@ -79,7 +77,7 @@ def analyse_stream(stream: Source, kafka_ports: frozenset[int]) -> CaptureResult
         *kafka_summary.findings(requests, by_group),
     ]
     return CaptureResult(
-        stream,
+        stream.facts(),
         analysis,
         ranked(findings),
         requests,

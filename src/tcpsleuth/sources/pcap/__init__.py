@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from tcpsleuth.errors import InputError
+from tcpsleuth.model.capture import CaptureFacts
 from tcpsleuth.sources.pcap.decode import (
     SUPPORTED_LINKTYPES,
     DecodeCounts,
@@ -46,6 +47,18 @@ class CaptureStream:
     chunks: Iterator[TcpColumns]
     source: Path  # where its bytes can be read again
     kept: BinaryIO | None = None  # the copy of a capture that cannot be read twice
+
+    def facts(self) -> CaptureFacts:
+        """What reading it told (complete once ``chunks`` has been read)."""
+        report = self.report
+        return CaptureFacts(
+            self.path,
+            report.kind,
+            report.compressed,
+            frozenset(report.linktypes),
+            tuple(report.warnings),
+            self.counts,
+        )
 
     def again(self) -> CaptureStream:
         """The same capture from its start, for another pass (after this one ended)."""

@@ -24,12 +24,10 @@ batch's offsets and counters; split, numba would pass them between functions.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from tcpsleuth.compiled import njit
-from tcpsleuth.model.capture import COLUMN_TYPES, SYN, TcpColumns
+from tcpsleuth.model.capture import COLUMN_TYPES, SYN, DecodeCounts, TcpColumns
 from tcpsleuth.sources.pcap import walk
 from tcpsleuth.sources.pcap.reader import RawBatch
 from tcpsleuth.sources.pcap.reassemble import Reassembler
@@ -53,24 +51,6 @@ SUPPORTED_LINKTYPES = {
 ETH_IPV4, ETH_IPV6 = 0x0800, 0x86DD
 VLAN_TYPES = (0x8100, 0x88A8, 0x9100)
 IPV6_SKIPPABLE = (0, 43, 60)  # hop-by-hop, routing, destination options
-
-
-@dataclass
-class DecodeCounts:
-    packets: int = 0
-    tcp: int = 0
-    not_ip: int = 0
-    not_tcp: int = 0
-    truncated_headers: int = 0
-    fragments: int = 0  # IP fragments read (each one held until its datagram is whole)
-    unsupported_linktype: int = 0
-    undecodable: int = 0
-    reassembled: int = 0  # datagrams rebuilt from fragments
-    fragments_incomplete: int = 0  # fragments whose datagram never became whole
-
-    def unread(self) -> int:
-        """Packets that could not be read at all (not merely not TCP)."""
-        return self.unsupported_linktype + self.undecodable + self.fragments_incomplete
 
 
 @njit(cache=True, nogil=True)
