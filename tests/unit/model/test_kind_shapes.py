@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import struct
 import subprocess
 import sys
 from collections import defaultdict
@@ -17,6 +16,7 @@ from typing import Any
 
 import pytest
 from conftest import REPO
+from support.pcap_gen import held_back
 
 from tcpsleuth.cli import examples
 from tcpsleuth.detectors import handshakes, probe, rates, tracing
@@ -106,61 +106,9 @@ def _variants(scratch: Path) -> dict[str, list[str]]:
         ],
         # rwnd-limited from a capture: one connection, and more than RWND_PER_LISTENER
         # connections of one server (one finding for the server)
-        "pcap-rwnd": ["pcap", _held_back(scratch / "held.pcap", 1)],
-        "pcap-rwnd-storm": ["pcap", _held_back(scratch / "held-storm.pcap", 11)],
+        "pcap-rwnd": ["pcap", held_back(scratch / "held.pcap", 1)],
+        "pcap-rwnd-storm": ["pcap", held_back(scratch / "held-storm.pcap", 11)],
     }  # fmt: skip
-
-
-def _checksum(data: bytes) -> int:
-    data += b"\0" * (len(data) % 2)
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    total = (total >> 16) + (total & 0xFFFF)
-    return ~(total + (total >> 16)) & 0xFFFF
-
-
-def _frame(src: tuple[str, int], dst: tuple[str, int], seq: int, ack: int, flags: int,
-           window: int, payload: bytes = b"", options: bytes = b"") -> bytes:  # fmt: skip
-    """One Ethernet, IPv4 and TCP frame, both checksums right."""
-    tcp = struct.pack("!HHIIBBHHH", src[1], dst[1], seq, ack, (20 + len(options)) // 4 << 4,
-                      flags, window, 0, 0) + options + payload  # fmt: skip
-    addresses = bytes(map(int, src[0].split("."))) + bytes(map(int, dst[0].split(".")))
-    pseudo = addresses + struct.pack("!BBH", 0, 6, len(tcp))
-    tcp = tcp[:16] + struct.pack("!H", _checksum(pseudo + tcp)) + tcp[18:]
-    ip = struct.pack("!BBHHHBBH", 0x45, 0, 20 + len(tcp), 0, 0x4000, 64, 6, 0) + addresses
-    ip = ip[:10] + struct.pack("!H", _checksum(ip)) + ip[12:]
-    return b"\0" * 12 + b"\x08\x00" + ip + tcp
-
-
-def _held_back(path: Path, clients: int) -> str:
-    """A capture of ``clients`` connections to 10.0.0.1:9092, each client held at the
-    server's window 12 times: it fills the 1000-byte window, the server acknowledges with
-    window 0 and opens it 10 ms later, and the client sends at once (rwnd-limited)."""
-    out = bytearray(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
-    now = 1_000_000.0
-    syn, ack, psh = 2, 16, 8
-    handshake = b"\x02\x04\x05\xb4\x01\x03\x03\x00"  # MSS 1460, window scale 0
-
-    def write(after: float, frame: bytes) -> None:
-        nonlocal now
-        now += after
-        seconds, micros = int(now), round((now - int(now)) * 1e6)
-        out.extend(struct.pack("<IIII", seconds, micros, len(frame), len(frame)) + frame)
-
-    server = ("10.0.0.1", 9092)
-    for n in range(clients):
-        client, seq, peer = ("10.0.0.2", 40000 + n), 1001, 5001
-        write(0, _frame(client, server, seq - 1, 0, syn, 65535, options=handshake))
-        write(1e-4, _frame(server, client, peer - 1, seq, syn | ack, 1000, options=handshake))
-        write(1e-4, _frame(client, server, seq, peer, ack, 65535))
-        for _ in range(12):
-            write(5e-5, _frame(client, server, seq, peer, ack | psh, 65535, b"x" * 1000))
-            seq += 1000
-            write(5e-4, _frame(server, client, peer, seq, ack, 0))
-            write(0.01, _frame(server, client, peer, seq, ack, 1000))
-        write(5e-5, _frame(client, server, seq, peer, ack | psh, 65535, b"x" * 1000))
-        write(5e-4, _frame(server, client, peer, seq + 1000, ack, 1000))
-    path.write_bytes(bytes(out))
-    return str(path)
 
 
 def _trace() -> list[Finding]:
@@ -289,7 +237,7 @@ def test_the_kinds_made_by_several_commands_were_made_by_each(
 def test_rwnd_limited_from_a_capture_names_its_sender_and_source(tmp_path: Path) -> None:
     """What sockets and trace put in ``sender``, ``source`` and ``busy_ms``, a capture
     puts there too: the client held back, what decided it, the time it had data."""
-    [one] = _json("pcap", _held_back(tmp_path / "held.pcap", 1))["findings"]
+    [one] = _json("pcap", held_back(tmp_path / "held.pcap", 1))["findings"]
     evidence = one["evidence"]
     assert one["subject"] == {"client": "10.0.0.2:40000", "server": "10.0.0.1:9092"}
     assert (evidence["sender"], evidence["direction"], evidence["waits"]) == (
@@ -302,7 +250,7 @@ def test_rwnd_limited_from_a_capture_names_its_sender_and_source(tmp_path: Path)
     assert evidence["rwnd_limited_share"] == round(
         evidence["rwnd_limited_ms"] / evidence["busy_ms"], 3
     )
-    [storm] = _json("pcap", _held_back(tmp_path / "storm.pcap", 11))["findings"]
+    [storm] = _json("pcap", held_back(tmp_path / "storm.pcap", 11))["findings"]
     assert storm["evidence"]["connections"] == 11 and storm["evidence"]["sender"] is None
     assert storm["evidence"]["source"] == evidence["source"]
     assert storm["evidence"]["worst"]["sender"].startswith("10.0.0.2:")
