@@ -64,7 +64,7 @@ def _text(address: str, port: int) -> str:
 class ConnectionColumns:
     """What the tracker kept of every connection, one array per field, indexed by
     stream. Pairs (``packets``, ``bytes``, ``retrans``, ``zero``, ``probe``, ``wmin``,
-    ``wmax``, ``wait_ns``, ``window_changes``, ``waits``) have a column per direction:
+    ``wmax``, ``rwnd_limited_ns``, ``window_changes``, ``waits``) have a column per direction:
     client to server, then server to client. Times are ns since the epoch, -1 where
     the capture did not show the event (see :mod:`.kernels` for each field)."""
 
@@ -97,7 +97,7 @@ class ConnectionColumns:
     probe: np.ndarray
     wmin: np.ndarray
     wmax: np.ndarray
-    wait_ns: np.ndarray
+    rwnd_limited_ns: np.ndarray
     window_changes: np.ndarray
     waits: np.ndarray
     span_c2s: np.ndarray
@@ -135,7 +135,7 @@ class ConnectionColumns:
             "packets",
             "probe",
             "retrans",
-            "wait_ns",
+            "rwnd_limited_ns",
             "waits",
             "window_changes",
             "wmax",
@@ -353,8 +353,8 @@ class Connections(Sequence[CaptureConnection]):
             server_window_max=None if wmax[1] < 0 else wmax[1],
             client_window_min=None if wmin[0] < 0 else wmin[0],
             client_window_max=None if wmax[0] < 0 else wmax[0],
-            rwnd_limited_ns_c2s=col["wait_ns"][0],
-            rwnd_limited_ns_s2c=col["wait_ns"][1],
+            rwnd_limited_ns_c2s=col["rwnd_limited_ns"][0],
+            rwnd_limited_ns_s2c=col["rwnd_limited_ns"][1],
             rwnd_waits_c2s=col["waits"][0],
             rwnd_waits_s2c=col["waits"][1],
             data_span_ns_c2s=col["span_c2s"],

@@ -34,7 +34,7 @@ CONN_FIELDS = 6
     D_BASE,
     D_HIGH,
     D_LAST_ACK,
-    D_WAIT_NS,
+    D_RWND_LIMITED_NS,
     D_PEND_TS,
     D_PEND_OTHER_TS,
     D_FIRST_DATA_TS,
@@ -474,7 +474,7 @@ def track(  # type: ignore[no-untyped-def]
                 if mine[D_PEND_OTHER_TS] >= 0:
                     small_after = peer_s[S_LAST_WIN] < 2 * mine_s[S_PEND_SEG]
                     wait_end = ts if small_after else mine[D_PEND_OTHER_TS]
-                    mine[D_WAIT_NS] += wait_end - mine[D_PEND_TS]
+                    mine[D_RWND_LIMITED_NS] += wait_end - mine[D_PEND_TS]
                     mine_s[S_WAITS] += 1
                 mine[D_PEND_TS] = -1
                 mine[D_PEND_OTHER_TS] = -1

@@ -32,7 +32,7 @@ def ranked_streams(analysis: Analysis, limit: int) -> list[int]:
     cols = analysis.columns
     if not len(cols):
         return []
-    waited = cols.wait_ns.sum(axis=1)
+    waited = cols.rwnd_limited_ns.sum(axis=1)
     sent = cols.bytes[:, 0]
     order = np.lexsort((-sent, -waited))
     return order[:limit].tolist()

@@ -62,7 +62,7 @@ class F:
     SYNACK_RENEWED = Field(True, K.S_SYNACK_RENEWED)
     SYNACK_SAME_SEQ = Field(True, K.S_SYNACK_SAME_SEQ)
     WAITS = Field(True, K.S_WAITS)
-    WAIT_NS = Field(False, K.D_WAIT_NS)
+    RWND_LIMITED_NS = Field(False, K.D_RWND_LIMITED_NS)
     WIN_CHANGES = Field(True, K.S_WIN_CHANGES)
     WMAX = Field(True, K.S_WMAX)
     WMIN = Field(True, K.S_WMIN)

@@ -331,7 +331,7 @@ def finish(tracked: TrackedState) -> Analysis:
         probe=pair(F.PROBE),
         wmin=pair(F.WMIN),
         wmax=pair(F.WMAX),
-        wait_ns=pair(F.WAIT_NS),
+        rwnd_limited_ns=pair(F.RWND_LIMITED_NS),
         window_changes=pair(F.WIN_CHANGES),
         waits=pair(F.WAITS),
         span_c2s=span(cs),

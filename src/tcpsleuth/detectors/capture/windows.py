@@ -189,7 +189,7 @@ def _rwnd_per_connection(analysis: Analysis) -> list[Finding]:
     out: list[Finding] = []
     if not len(analysis.columns):
         return out
-    waited_ns = analysis.columns.wait_ns
+    waited_ns = analysis.columns.rwnd_limited_ns
     spans = np.stack([analysis.columns.span_c2s, analysis.columns.span_s2c], axis=1)
     candidate = (
         (analysis.columns.waits >= RWND_LIMITED_MIN_WAITS)
