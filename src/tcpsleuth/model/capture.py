@@ -15,6 +15,7 @@ import numpy as np
 
 # TCP flags as in the header's 13th byte, plus NS (the low bit of byte 12) as 0x100.
 FIN, SYN, RST, PSH, ACK, URG, ECE, CWR, NS = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80, 0x100
+SEQ_SPACE = 1 << 32  # sequence numbers wrap here
 
 # columns of the SYN-option rows (``TcpColumns.syn_options``, walk.syn_options)
 OPT_MSS, OPT_WSCALE, OPT_SACK, OPT_TIMESTAMPS, OPT_TSVAL = 0, 1, 2, 3, 4

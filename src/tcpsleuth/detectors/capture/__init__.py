@@ -36,7 +36,6 @@ never scaled.
 """
 
 from tcpsleuth.detectors.capture.connections import (
-    SEQ_SPACE,
     SERIES_POINTS,
     Analysis,
     CaptureConnection,
@@ -46,6 +45,7 @@ from tcpsleuth.detectors.capture.connections import (
 from tcpsleuth.detectors.capture.selection import streams_named
 from tcpsleuth.detectors.capture.tracking import ChunkRows, ConnectionTracker, analyse
 from tcpsleuth.detectors.capture.windows import clients_hit, rwnd_findings, window_series
+from tcpsleuth.model.capture import SEQ_SPACE
 
 __all__ = [
     "SEQ_SPACE",

@@ -16,7 +16,6 @@ import numpy as np
 from tcpsleuth.model.capture import CWR, ECE, SynOptions, TcpColumns
 from tcpsleuth.model.findings import host
 
-SEQ_SPACE = 1 << 32
 SERIES_POINTS = 100
 
 

@@ -18,9 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from tcpsleuth.compiled import njit
-from tcpsleuth.model.capture import ACK, FIN, RST, SYN
-
-SEQ_SPACE = 1 << 32
+from tcpsleuth.model.capture import ACK, FIN, RST, SEQ_SPACE, SYN
 
 # Per-connection fields (``conn_state[c, field]``)
 K_TUPLE, K_FIRST_A, K_FIRST_FRAME, K_FIRST_TS, K_LAST_TS, K_CLIENT = range(6)

@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from tcpsleuth.detectors.capture.connections import SEQ_SPACE, Analysis, CaptureConnection
+from tcpsleuth.detectors.capture.connections import Analysis, CaptureConnection
 from tcpsleuth.detectors.capture.windows import clients_hit
-from tcpsleuth.model.capture import OPT_WSCALE
+from tcpsleuth.model.capture import OPT_WSCALE, SEQ_SPACE
 from tcpsleuth.model.findings import (
     ALL_CLIENTS,
     Finding,
