@@ -12,6 +12,12 @@ e.g. a git worktree of the commit before a change), run the way the console scri
 runs it. Python's cached bytecode counts: a ``PYTHONDONTWRITEBYTECODE`` environment
 without ``__pycache__`` compiles every module at every start (the figures say
 whether bytecode was cached).
+
+Python's own start is printed beside them (``python3 -c pass``), and the same without
+the ``.pth`` start-up hooks of this interpreter's site-packages (``-S``, the packages
+given on PYTHONPATH): a hook some other package or the host installed (one that
+imports certifi at every start, say) is paid by every Python program, tcpsleuth and
+its ``pcap`` case included; the ``-S`` rows show what is tcpsleuth's own.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import argparse
 import os
 import resource
 import shutil
+import site
 import statistics
 import subprocess
 import sys
@@ -67,6 +74,14 @@ def main() -> None:
                 [sys.executable, "-c", LAUNCH, "pcap", str(CAPTURE)],
                 {**os.environ, "PYTHONPATH": str(src)},
             )
+    here_src = Path(__file__).resolve().parent.parent / "src"
+    bare = {**os.environ, "PYTHONPATH": os.pathsep.join([str(here_src), *site.getsitepackages()])}
+    cases["python3 -c pass (this interpreter's start)"] = ([sys.executable, "-c", "pass"], None)
+    cases["python3 -S -c pass (without .pth hooks)"] = ([sys.executable, "-S", "-c", "pass"], None)
+    cases[f"tcpsleuth pcap {CAPTURE.name}, python3 -S"] = (
+        [sys.executable, "-S", "-c", LAUNCH, "pcap", str(CAPTURE)],
+        bare,
+    )
     if shutil.which("tshark"):
         cases[f"tshark -q -z conv,tcp on {CAPTURE.name}"] = (
             ["tshark", "-n", "-q", "-r", str(CAPTURE), "-z", "conv,tcp"],
