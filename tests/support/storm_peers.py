@@ -12,8 +12,10 @@ storm_peers.py clients HOST PORT COUNT SIZE SETTLE START_MS ADDR [ADDR ...]
     modulo 64), non-blocking, bound round-robin to the source addresses ADDR;
     each sends one Produce-like request of SIZE bytes whose
     header carries client.id ``producer-<index of its address>`` and reads the
-    response (SIZE 0: sends nothing and waits all SETTLE seconds, so that the
-    server's next segment after its SYN-ACK is its answer to the client's FIN).
+    response (SIZE 0: sends nothing and waits until SETTLE seconds after the last
+    connection was made, so that every server's next segment after its SYN-ACK, its
+    answer to the client's FIN, comes SETTLE seconds or more after it: a handshake
+    that a dropped SYN delayed by seconds under an emulated CPU gets its full SETTLE).
     Prints ``settled CONNECTED ANSWERED`` once every connection is answered or
     failed, or after SETTLE seconds; holds the sockets until stdin closes.
 """
@@ -146,6 +148,7 @@ def clients(
                 connected += 1
                 if size == 0:
                     selector.unregister(sock)  # idle until stdin closes
+                    deadline = max(deadline, time.monotonic() + settle)
                     continue
                 state[2] = request(size, f"producer-{state[0]}", state[1])
             if state[2] and state[3] < len(state[2]):
