@@ -15,7 +15,6 @@ from tcpsleuth.cli.options import (
     load_kafka_config,
     netns_option,
 )
-from tcpsleuth.lab.probe import run_probe
 from tcpsleuth.model.findings import exit_status
 from tcpsleuth.model.records import HostSnapshot, KafkaConfig, ServerConfig, kafka_release
 from tcpsleuth.reports import auditview, jsonout, table
@@ -130,6 +129,9 @@ def audit_command(
     )
     probed = None
     if probe:
+        # imported here: the probe's namespaces and sock_diag cost `audit --help` 0.1 s
+        from tcpsleuth.lab.probe import run_probe
+
         probed = run_probe(probe_rcvbuf(snapshot))
     result = run_audit(snapshot, probed)
     if output_format == "json":
