@@ -65,7 +65,11 @@ def _broker_run(before: dict[str, float], after: dict[str, float], clients_after
 def test_the_broker_looks_healthy_by_its_median_and_against_its_clients() -> None:
     # the p99s of the CI run of 63767c7 (21.0 ms after, 3.286 before); medians made up
     broker_looks_healthy(_broker_run({"p50": 1.2, "p99": 3.286}, {"p50": 1.9, "p99": 21.0}, 4100))
-    with pytest.raises(AssertionError, match=r"p50 grew past 5x"):
-        broker_looks_healthy(_broker_run({"p50": 1.2, "p99": 3.3}, {"p50": 9.0, "p99": 21}, 4100))
+    # the guest run of 21cdda9 (2026-12-07): a restarted JVM under emulation, 5.4x
+    broker_looks_healthy(
+        _broker_run({"p50": 9.958, "p99": 46.5}, {"p50": 54.022, "p99": 285.0}, 44896.7)
+    )
+    with pytest.raises(AssertionError, match=r"p50 grew past 10x"):
+        broker_looks_healthy(_broker_run({"p50": 1.2, "p99": 3.3}, {"p50": 13.0, "p99": 21}, 4100))
     with pytest.raises(AssertionError, match=r"not ten times the broker's own p99"):
         broker_looks_healthy(_broker_run({"p50": 1.2, "p99": 3.3}, {"p50": 1.9, "p99": 21}, 150))
