@@ -58,17 +58,9 @@ from tcpsleuth.detectors.capture.connections import Analysis
 from tcpsleuth.detectors.capture.cookie_options import ClearedOptions
 from tcpsleuth.detectors.capture.cookie_options import judge as judge_cleared
 from tcpsleuth.detectors.capture.cookie_reasons import REASONS, Reason
-from tcpsleuth.detectors.capture.kernels import LATER_SPAN_NS, NO_RUN
+from tcpsleuth.detectors.capture.kernels import LATER_SPAN_NS, NO_RUN, SEQ_SPACE
 from tcpsleuth.detectors.capture.windows import clients_hit
-from tcpsleuth.model.capture import (
-    CWR,
-    ECE,
-    OPT_SACK,
-    OPT_TIMESTAMPS,
-    OPT_TSVAL,
-    OPT_WSCALE,
-    SEQ_SPACE,
-)
+from tcpsleuth.model.capture import CWR, ECE, OPT_SACK, OPT_TIMESTAMPS, OPT_TSVAL, OPT_WSCALE
 from tcpsleuth.model.findings import Finding, Severity, listener_subject
 
 TS_OPT_WSCALE_MASK = 0xF
