@@ -40,7 +40,7 @@ def summary(requests: KafkaRequests, by_group: Grouped | None = None) -> list[di
     """Per client address, server and api key: counts, the client.ids seen (with
     counts) and send/broker time quantiles (ms, None where unknown), computed on
     the columns (``by_group``: :func:`grouped` of the same requests, if made)."""
-    return [row for _, row in (by_group or grouped(requests))[0]]
+    return [row for _, row in (grouped(requests) if by_group is None else by_group)[0]]
 
 
 def grouped(requests: KafkaRequests) -> Grouped:
@@ -123,7 +123,7 @@ def findings(requests: KafkaRequests, by_group: Grouped | None = None) -> list[F
     spends answering them: the latency the producer sees and the broker does not.
     Its evidence names the client.ids of the slow requests, with counts."""
     out = []
-    rows, group = by_group or grouped(requests)
+    rows, group = grouped(requests) if by_group is None else by_group
     send_all = requests.send_ms() if rows else np.zeros(0)
     for g, row in rows:
         send, broker = row["send_ms_p50"], row["broker_ms_p50"]
