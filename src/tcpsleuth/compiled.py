@@ -4,9 +4,17 @@
 and loading its cached machine code costs about a third of a second, more than a
 small capture takes to analyse in plain Python. The first call compiles every marked
 function at once (each module's global name is rebound to numba's dispatcher, so
-that compiled functions calling each other are compiled together), unless
+that compiled functions calling each other are compiled together: a compiled
+function calls one of another module through that module, ``module.func``, not a
+name imported from it, which would still be this wrapper), unless
 :func:`use_python` asked for plain Python, which a command does for small inputs.
 Without numba installed, everything runs as plain Python (same results, slower).
+
+A compiled loop that allocates no array, and the helpers it calls with arrays, take
+``_nrt=False``: otherwise numba counts a reference to each array handed to a helper
+on every call. Measured on bench_pcap's capture (2 million segments, 2026-12-07): the
+connection tracker cut into passes and helpers took 0.35 s against 0.27 s whole with
+the counts, 0.25 s against 0.25 s without them.
 """
 
 from __future__ import annotations

@@ -21,15 +21,7 @@ NOTE_SLACK = 0.10  # of the real length
 
 # Functions allowed to be longer, each with its reason (path relative to the package,
 # then the function's name).
-LONG_FUNCTIONS = {
-    # issue #28: numba-compiled loops, one pass over every segment or packet, left
-    # whole. A cut into compiled steps (each inlined by numba, inline="always") was
-    # measured on 2026-12-07 with bench_pcap against the commit before: the split
-    # passes 0.55 -> 0.64 s, the tracker alone 0.040 -> 0.058 s and decoding 0.040 ->
-    # 0.044 s on 500,000 packets (without inlining, worse), so it was not kept.
-    ("detectors/capture/kernels.py", "track"),  # the connection tracker
-    ("sources/pcap/decode.py", "_decode_packets"),  # link, IP and TCP headers to columns
-}
+LONG_FUNCTIONS: set[tuple[str, str]] = set()
 
 # Modules allowed to be longer, each with its reason (path relative to the package).
 LONG_MODULES: set[str] = set()

@@ -1,16 +1,16 @@
-"""The per-segment loop of the capture analysis, compiled with numba.
+"""The per-segment loops of the capture analysis, compiled with numba.
 
 Segments come in capture order, a chunk at a time. Each one is matched to its
-connection through a hash table of 4-tuples, and that connection's running state
-is updated: counts, handshake, each direction's byte stream (where it starts,
-the highest byte sent so far, retransmissions), the other side's latest window
-and the waits at a full window. Nothing is kept per segment, so memory grows
+connection through the table of 4-tuples (:mod:`fourtuples`), and that connection's
+running state is updated: counts, handshake, each direction's byte stream (where it
+starts, the highest byte sent so far, retransmissions), the other side's latest
+window and the waits at a full window. Nothing is kept per segment, so memory grows
 with the number of connections, not with the capture. Pure functions; without
 numba they run as Python.
 
-Longer than most modules (about 500 lines) because the field layout of the state
-arrays and the loop that fills them must be read together; most of it is ``track``,
-one compiled function, whose parts share dozens of locals.
+About 550 lines, longer than most modules, because the field layout of the state
+arrays and the passes that fill them (``track``: :func:`assign`,
+:func:`follow_handshakes`, :func:`follow_streams`) must be read together.
 """
 
 from __future__ import annotations
@@ -18,6 +18,8 @@ from __future__ import annotations
 import numpy as np
 
 from tcpsleuth.compiled import njit
+from tcpsleuth.detectors.capture import fourtuples
+from tcpsleuth.detectors.capture.fourtuples import T_CONN, T_SYN_SEQ
 from tcpsleuth.model.capture import ACK, FIN, RST, SEQ_SPACE, SYN
 
 # Per-connection fields (``conn_state[c, field]``)
@@ -136,76 +138,8 @@ DIR_INITIAL[D_FAR_BEST] = NO_RUN  # LSYN_TS: read only with an LSYN_FRAME
 SMALL_INITIAL = np.zeros(SMALL_FIELDS, dtype=np.int32)
 SMALL_INITIAL[[S_LAST_WIN, S_WMIN, S_WMAX, S_HS_MSS, S_HS_WS]] = -1
 
-# 4-tuple table: addresses (uint64) and af, ports, current connection, last SYN's seq
-T_AF, T_APORT, T_BPORT, T_CONN, T_SYN_SEQ = range(5)
 
-
-@njit(cache=True, nogil=True)
-def _mix(x: np.uint64) -> np.uint64:
-    """splitmix64 finaliser."""
-    x ^= x >> np.uint64(30)
-    x *= np.uint64(0xBF58476D1CE4E5B9)
-    x ^= x >> np.uint64(27)
-    x *= np.uint64(0x94D049BB133111EB)
-    x ^= x >> np.uint64(31)
-    return x
-
-
-@njit(cache=True, nogil=True)
-def _tuple_hash(af, a_hi, a_lo, b_hi, b_lo, aport, bport):  # type: ignore[no-untyped-def]
-    h = _mix(a_hi ^ np.uint64(af))
-    h = _mix(h ^ a_lo)
-    h = _mix(h ^ b_hi)
-    h = _mix(h ^ b_lo)
-    return _mix(h ^ ((np.uint64(aport) << np.uint64(16)) | np.uint64(bport)))
-
-
-@njit(cache=True, nogil=True)
-def _shard(h: np.uint64, shards: int) -> int:
-    """The shard of a 4-tuple whose hash is ``h`` (its high bits: the table's slot
-    takes the low ones)."""
-    return np.int64((h >> np.uint64(40)) % np.uint64(shards))
-
-
-@njit(cache=True, nogil=True)
-def shard_of(af, a_hi, a_lo, b_hi, b_lo, aport, bport, shards):  # type: ignore[no-untyped-def]
-    """Per 4-tuple (a the lower endpoint, as ``track`` keys them), its shard."""
-    out = np.empty(len(af), dtype=np.int64)
-    for i in range(len(af)):
-        h = _tuple_hash(
-            np.int64(af[i]),
-            a_hi[i],
-            a_lo[i],
-            b_hi[i],
-            b_lo[i],
-            np.int64(aport[i]),
-            np.int64(bport[i]),
-        )
-        out[i] = _shard(h, shards)
-    return out
-
-
-@njit(cache=True, nogil=True)
-def rehash(table, tuple_addr, tuple_info, ntuples):  # type: ignore[no-untyped-def]
-    """Fill an empty open-addressing ``table`` (size a power of two) with the tuples."""
-    mask = np.uint64(len(table) - 1)
-    for t in range(ntuples):
-        h = _tuple_hash(
-            tuple_info[t, T_AF],
-            tuple_addr[t, 0],
-            tuple_addr[t, 1],
-            tuple_addr[t, 2],
-            tuple_addr[t, 3],
-            tuple_info[t, T_APORT],
-            tuple_info[t, T_BPORT],
-        )
-        slot = h & mask
-        while table[slot] != 0:
-            slot = (slot + np.uint64(1)) & mask
-        table[slot] = t + 1
-
-
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, _nrt=False)
 def track(  # type: ignore[no-untyped-def]
     start,
     frame,
@@ -247,10 +181,62 @@ def track(  # type: ignore[no-untyped-def]
     ``out_`` arrays. Returns where it stopped: the chunk's length, or earlier when
     the tables are full (the caller makes room and calls again from there).
 
-    With ``shards`` > 1, only the 4-tuples whose :func:`shard_of` is ``shard`` are
+    With ``shards`` > 1, only the 4-tuples whose :func:`fourtuples.shard_of` is ``shard`` are
     followed (their connections numbered from 0 in this shard); the other
-    segments get connection -1."""
-    mask = np.uint64(len(table) - 1)
+    segments get connection -1.
+
+    Three passes over the segments it takes, each with its own part of the state:
+    :func:`assign` (which connection and direction), :func:`follow_handshakes` (the
+    handshake and what comes soon after it) and :func:`follow_streams` (the byte
+    streams, windows and waits). The second hands the third, per segment, the window
+    shift and the peer's MSS as they stood then, in ``out_win`` and ``out_rel``."""
+    stop = assign(
+        start, frame, ts_ns, af, src_hi, src_lo, dst_hi, dst_lo, sport, dport, seq, flags,
+        table, tuple_addr, tuple_info, counts, conn_state, dir_state, dir_small, initial,
+        initial_small, out_conn, out_dir, shard, shards,
+    )  # fmt: skip
+    follow_handshakes(
+        start, stop, frame, ts_ns, seq, ack, flags, window, tsval, opt_index, syn_options,
+        dir_state, dir_small, out_conn, out_dir, out_win, out_rel,
+    )  # fmt: skip
+    follow_streams(
+        start, stop, ts_ns, seq, ack, flags, window, paylen, dir_state, dir_small,
+        out_conn, out_dir, out_rel, out_win,
+    )  # fmt: skip
+    return stop
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def assign(  # type: ignore[no-untyped-def]
+    start,
+    frame,
+    ts_ns,
+    af,
+    src_hi,
+    src_lo,
+    dst_hi,
+    dst_lo,
+    sport,
+    dport,
+    seq,
+    flags,
+    table,
+    tuple_addr,
+    tuple_info,
+    counts,
+    conn_state,
+    dir_state,
+    dir_small,
+    initial,
+    initial_small,
+    out_conn,
+    out_dir,
+    shard,
+    shards,
+):
+    """Each segment's connection and direction (``out_conn``, ``out_dir``), from
+    ``start`` until the chunk's end or the tables are full; returns where it stopped.
+    A new connection gets its first-segment facts and its initial state."""
     tuple_room = min(len(tuple_info), len(table) // 2)
     conn_room = len(conn_state)
     ntuples = counts[0]
@@ -274,42 +260,15 @@ def track(  # type: ignore[no-untyped-def]
         else:
             a_hi, a_lo, a_port, b_hi, b_lo, b_port = d_hi, d_lo, d_port, s_hi, s_lo, s_port
         fam = np.int64(af[i])
-        h = _tuple_hash(fam, a_hi, a_lo, b_hi, b_lo, a_port, b_port)
-        if shards > 1 and _shard(h, shards) != shard:
+        h = fourtuples.tuple_hash(fam, a_hi, a_lo, b_hi, b_lo, a_port, b_port)
+        if shards > 1 and fourtuples.shard_of_hash(h, shards) != shard:
             out_conn[i] = -1
             continue
-        slot = h & mask
-        t = -1
-        while table[slot] != 0:
-            k = table[slot] - 1
-            if (
-                tuple_addr[k, 1] == a_lo
-                and tuple_addr[k, 3] == b_lo
-                and tuple_info[k, T_APORT] == a_port
-                and tuple_info[k, T_BPORT] == b_port
-                and tuple_addr[k, 0] == a_hi
-                and tuple_addr[k, 2] == b_hi
-                and tuple_info[k, T_AF] == fam
-            ):
-                t = k
-                break
-            slot = (slot + np.uint64(1)) & mask
-        if t < 0:
-            t = ntuples
-            ntuples += 1
-            table[slot] = t + 1
-            tuple_addr[t, 0] = a_hi
-            tuple_addr[t, 1] = a_lo
-            tuple_addr[t, 2] = b_hi
-            tuple_addr[t, 3] = b_lo
-            tuple_info[t, T_AF] = fam
-            tuple_info[t, T_APORT] = a_port
-            tuple_info[t, T_BPORT] = b_port
-            tuple_info[t, T_CONN] = -1
-            tuple_info[t, T_SYN_SEQ] = -1
+        t, ntuples = fourtuples.find_or_add(
+            table, tuple_addr, tuple_info, ntuples, h, fam, a_hi, a_lo, a_port, b_hi, b_lo, b_port
+        )
         f = np.int64(flags[i])
         s = seq[i]
-        ts = ts_ns[i]
         pure_syn = (f & (SYN | ACK)) == SYN
         c = tuple_info[t, T_CONN]
         # A SYN with a sequence number other than the last SYN's on this 4-tuple
@@ -322,7 +281,7 @@ def track(  # type: ignore[no-untyped-def]
             conn_state[c, K_TUPLE] = t
             conn_state[c, K_FIRST_A] = 1 if src_is_a else 0
             conn_state[c, K_FIRST_FRAME] = frame[i]
-            conn_state[c, K_FIRST_TS] = ts
+            conn_state[c, K_FIRST_TS] = ts_ns[i]
             # the client as far as the first segment tells: the SYN's sender, the
             # SYN-ACK's receiver, else the side with the higher port
             if pure_syn:
@@ -338,24 +297,57 @@ def track(  # type: ignore[no-untyped-def]
                     dir_small[c, d0, k2] = initial_small[k2]
         if pure_syn:
             tuple_info[t, T_SYN_SEQ] = s
-        d = 0 if (1 if src_is_a else 0) == conn_state[c, K_FIRST_A] else 1
-        o = 1 - d
-        conn_state[c, K_LAST_TS] = ts
+        conn_state[c, K_LAST_TS] = ts_ns[i]
+        out_conn[i] = c
+        out_dir[i] = 0 if (1 if src_is_a else 0) == conn_state[c, K_FIRST_A] else 1
+    counts[0] = ntuples
+    counts[1] = nconn
+    return len(frame)
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def follow_handshakes(  # type: ignore[no-untyped-def]
+    start,
+    stop,
+    frame,
+    ts_ns,
+    seq,
+    ack,
+    flags,
+    window,
+    tsval,
+    opt_index,
+    syn_options,
+    dir_state,
+    dir_small,
+    out_conn,
+    out_dir,
+    out_shift,
+    out_peer_mss,
+):
+    """The handshake fields of each segment's direction (HS_*, SYN-ACK repeats and
+    renewals, LSYN_*, RTT_TS, and after its own SYN-ACK: LATER_*, FAR_*, INF_*). Per
+    segment, the shift its window is scaled by and the MSS its peer announced, as
+    they stand after it (``out_shift``, ``out_peer_mss``; -1: none announced)."""
+    for i in range(start, stop):
+        c = out_conn[i]
+        if c < 0:
+            continue
+        d = out_dir[i]
         mine = dir_state[c, d]
-        peer = dir_state[c, o]
+        peer = dir_state[c, 1 - d]
         mine_s = dir_small[c, d]
-        peer_s = dir_small[c, o]
-        length = np.int64(paylen[i])
+        peer_s = dir_small[c, 1 - d]
+        f = np.int64(flags[i])
+        s = seq[i]
+        ts = ts_ns[i]
         win_raw = np.int64(window[i])
-        mine[D_PKTS] += 1
-        mine[D_BYTES] += length
         is_syn = (f & SYN) != 0
-        is_rst = (f & RST) != 0
+        pure_syn = (f & (SYN | ACK)) == SYN
         # A SYN-ACK with a new sequence number answers a retransmitted SYN anew (a
         # cookie, then an ordinary one once the queue had room, or the reverse):
         # the handshake is the latest one, whose number the client will acknowledge.
-        renewed = is_syn and not pure_syn and mine_s[S_HS_KIND] == 2 and s != mine[D_HS_SEQ]
-        if renewed:
+        if is_syn and not pure_syn and mine_s[S_HS_KIND] == 2 and s != mine[D_HS_SEQ]:
             mine_s[S_SYNACK_RENEWED] += 1
             mine_s[S_HS_KIND] = 0
             mine_s[S_SYNACK_SAME_SEQ] = 0
@@ -369,12 +361,11 @@ def track(  # type: ignore[no-untyped-def]
             # it answers the client's latest SYN
             peer[D_LSYN_FRAME] = peer[D_SYN_LATEST_FRAME]
             peer[D_LSYN_TS] = peer[D_SYN_LATEST_TS]
+        j = opt_index[i]  # a SYN's options (its TSval among them, not in tsval)
         if is_syn and not pure_syn:
             mine_s[S_SYNACKS] += 1
             if mine_s[S_HS_KIND] == 2 and s == mine[D_HS_SEQ]:
                 mine_s[S_SYNACK_SAME_SEQ] += 1
-                # a SYN's TSval is among its options, not in the tsval column
-                j = opt_index[i]
                 if mine[D_REP_TS] < 0 and j >= 0 and syn_options[j, 4] >= 0:
                     mine[D_REP_TS] = ts
                     mine[D_REP_TSVAL] = syn_options[j, 4]
@@ -385,7 +376,6 @@ def track(  # type: ignore[no-untyped-def]
             mine_s[S_HS_WIN] = win_raw
             mine_s[S_HS_FLAGS] = f
             mine[D_HS_SEQ] = s
-            j = opt_index[i]
             if j >= 0:
                 mine_s[S_HS_MSS] = syn_options[j, 0]
                 mine_s[S_HS_WS] = syn_options[j, 1]
@@ -395,38 +385,91 @@ def track(  # type: ignore[no-untyped-def]
         if pure_syn:
             mine[D_SYN_LATEST_FRAME] = frame[i]
             mine[D_SYN_LATEST_TS] = ts
-        if pure_syn and peer_s[S_HS_KIND] != 2 and mine_s[S_HS_KIND] != 2:
-            mine[D_LSYN_FRAME] = frame[i]
-            mine[D_LSYN_TS] = ts
+            if peer_s[S_HS_KIND] != 2 and mine_s[S_HS_KIND] != 2:
+                mine[D_LSYN_FRAME] = frame[i]
+                mine[D_LSYN_TS] = ts
         if mine[D_RTT_TS] < 0 and (f & (SYN | ACK)) == ACK and peer_s[S_HS_KIND] == 2:
             mine[D_RTT_TS] = ts
         if mine_s[S_HS_KIND] == 2 and not is_syn:
-            elapsed = ts - mine[D_HS_TS]
-            near = elapsed <= LATER_SPAN_NS
-            far_at = mine[D_FAR_AT]
-            if not near and far_at < 0:
-                far_at = elapsed
-            far = not near and elapsed - far_at <= FAR_SLICE_NS
-            if tsval[i] >= 0 and mine[D_HS_TSVAL] >= 0 and (near or far):
-                ahead = (tsval[i] - mine[D_HS_TSVAL]) % SEQ_SPACE
-                if ahead >= SEQ_SPACE // 2:
-                    ahead -= SEQ_SPACE
-                run = ahead * 1_000_000 - elapsed
-                if near:
-                    if run > mine[D_LATER_BEST]:
-                        mine[D_LATER_BEST] = run
-                else:
-                    mine[D_FAR_AT] = far_at
-                    if run > mine[D_FAR_BEST]:
-                        mine[D_FAR_BEST] = run
-            if mine[D_LATER_FRAME] < 0 and tsval[i] >= 0:
-                mine[D_LATER_FRAME] = frame[i]
-                mine[D_LATER_TS] = ts
-                mine[D_LATER_TSVAL] = tsval[i]
-            if mine[D_INF_FRAME] < 0 and (f & ACK) and not is_rst:
-                mine[D_INF_FRAME] = frame[i]
-                mine_s[S_INF_WIN] = win_raw
-                mine[D_INF_ACK] = ack[i]
+            _after_synack(i, frame, ts, tsval, ack, f, win_raw, mine, mine_s)
+        # windows are shifted by the sender's announced shift when both sides
+        # announced one (RFC 7323 2.2; above 14 counts as 14)
+        both = mine_s[S_HS_WS] >= 0 and peer_s[S_HS_WS] >= 0
+        out_shift[i] = min(mine_s[S_HS_WS], 14) if both else 0
+        out_peer_mss[i] = peer_s[S_HS_MSS]
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def _after_synack(i, frame, ts, tsval, ack, f, win_raw, mine, mine_s):  # type: ignore[no-untyped-def]
+    """A SYN-ACK sender's segment after it: its timestamp clock against the capture's
+    (LATER_BEST near the SYN-ACK, FAR_* later), its first TSval (LATER_*) and its
+    first ACK's window (INF_*)."""
+    elapsed = ts - mine[D_HS_TS]
+    near = elapsed <= LATER_SPAN_NS
+    far_at = mine[D_FAR_AT]
+    if not near and far_at < 0:
+        far_at = elapsed
+    far = not near and elapsed - far_at <= FAR_SLICE_NS
+    if tsval[i] >= 0 and mine[D_HS_TSVAL] >= 0 and (near or far):
+        ahead = (tsval[i] - mine[D_HS_TSVAL]) % SEQ_SPACE
+        if ahead >= SEQ_SPACE // 2:
+            ahead -= SEQ_SPACE
+        run = ahead * 1_000_000 - elapsed
+        if near:
+            if run > mine[D_LATER_BEST]:
+                mine[D_LATER_BEST] = run
+        else:
+            mine[D_FAR_AT] = far_at
+            if run > mine[D_FAR_BEST]:
+                mine[D_FAR_BEST] = run
+    if mine[D_LATER_FRAME] < 0 and tsval[i] >= 0:
+        mine[D_LATER_FRAME] = frame[i]
+        mine[D_LATER_TS] = ts
+        mine[D_LATER_TSVAL] = tsval[i]
+    if mine[D_INF_FRAME] < 0 and (f & ACK) and not (f & RST):
+        mine[D_INF_FRAME] = frame[i]
+        mine_s[S_INF_WIN] = win_raw
+        mine[D_INF_ACK] = ack[i]
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def follow_streams(  # type: ignore[no-untyped-def]
+    start,
+    stop,
+    ts_ns,
+    seq,
+    ack,
+    flags,
+    window,
+    paylen,
+    dir_state,
+    dir_small,
+    out_conn,
+    out_dir,
+    out_rel,
+    out_win,
+):
+    """Each direction's byte stream, windows and waits at a full window. Reads a
+    segment's shift from ``out_win`` and its peer's MSS from ``out_rel`` (left there
+    by :func:`follow_handshakes`) and writes over them its window in bytes and its
+    sequence number relative to the direction's first."""
+    for i in range(start, stop):
+        c = out_conn[i]
+        if c < 0:
+            continue
+        d = out_dir[i]
+        mine = dir_state[c, d]
+        peer = dir_state[c, 1 - d]
+        mine_s = dir_small[c, d]
+        peer_s = dir_small[c, 1 - d]
+        f = np.int64(flags[i])
+        s = seq[i]
+        ts = ts_ns[i]
+        length = np.int64(paylen[i])
+        win_raw = np.int64(window[i])
+        is_syn = (f & SYN) != 0
+        mine[D_PKTS] += 1
+        mine[D_BYTES] += length
         # the byte stream: sequence numbers relative to the direction's first one
         if mine[D_BASE] < 0:
             mine[D_BASE] = s
@@ -435,12 +478,8 @@ def track(  # type: ignore[no-untyped-def]
         before = mine[D_HIGH]
         if seq_end > before:
             mine[D_HIGH] = seq_end
-        # windows in bytes: shifted by the sender's announced shift when both sides
-        # announced one (RFC 7323 2.2; above 14 counts as 14); never in a SYN
-        shift = 0
-        if mine_s[S_HS_WS] >= 0 and peer_s[S_HS_WS] >= 0:
-            shift = min(mine_s[S_HS_WS], 14)
-        win_bytes = win_raw if is_syn else win_raw << shift
+        win_bytes = win_raw if is_syn else win_raw << out_win[i]  # never scaled in a SYN
+        peer_mss = out_rel[i] if out_rel[i] > 0 else 65536
         peer_ok = peer_s[S_LAST_WIN] >= 0
         peer_zero = peer_ok and peer_s[S_LAST_WIN] == 0 and (peer_s[S_LAST_FLAGS] & RST) == 0
         probe = peer_zero and length <= 1 and (f & (SYN | FIN | RST)) == 0
@@ -451,7 +490,7 @@ def track(  # type: ignore[no-untyped-def]
             mine_s[S_PROBE] += 1
         if win_raw == 0 and (f & (RST | SYN)) == 0:
             mine_s[S_ZERO] += 1
-        if not is_syn and not is_rst:
+        if not is_syn and not (f & RST):
             if mine_s[S_WIN_CHANGES] == 0 or win_bytes != mine_s[S_WIN_LAST]:
                 mine_s[S_WIN_CHANGES] += 1
                 mine_s[S_WIN_LAST] = win_bytes
@@ -464,65 +503,43 @@ def track(  # type: ignore[no-untyped-def]
         if peer[D_PEND_TS] >= 0 and peer[D_PEND_OTHER_TS] < 0:
             peer[D_PEND_OTHER_TS] = ts
         if length > 0 and not retrans:
-            # ... counts when the sender's next data segment came after it (it had
-            # data waiting). The wait ends with the peer's segment, or, when the
-            # window it opened was still below two segments (silly-window
-            # avoidance and the persist timer hold the sender), with this one.
-            if mine[D_PEND_TS] >= 0:
-                if mine[D_PEND_OTHER_TS] >= 0:
-                    small_after = peer_s[S_LAST_WIN] < 2 * mine_s[S_PEND_SEG]
-                    wait_end = ts if small_after else mine[D_PEND_OTHER_TS]
-                    mine[D_RWND_LIMITED_NS] += wait_end - mine[D_PEND_TS]
-                    mine_s[S_WAITS] += 1
-                mine[D_PEND_TS] = -1
-                mine[D_PEND_OTHER_TS] = -1
-            if mine[D_FIRST_DATA_TS] < 0:
-                mine[D_FIRST_DATA_TS] = ts
-            if length > mine_s[S_MAXSEG]:
-                mine_s[S_MAXSEG] = length
-            # A capture on the sending host shows TSO super-segments; the segment
-            # the receiver's window must fit is at most the MSS it announced.
-            peer_mss = peer_s[S_HS_MSS] if peer_s[S_HS_MSS] > 0 else 65536
-            seg = min(mine_s[S_MAXSEG], peer_mss)
-            if peer_ok and (peer_s[S_LAST_FLAGS] & ACK) != 0:
-                in_flight = (s + length - peer[D_LAST_ACK]) % SEQ_SPACE
-                if in_flight > (1 << 31):
-                    in_flight = 0
-                if in_flight + seg > peer_s[S_LAST_WIN]:
-                    mine[D_PEND_TS] = ts
-                    mine_s[S_PEND_SEG] = seg
-                    mine[D_PEND_OTHER_TS] = -1
+            _data_segment(ts, s, length, peer_mss, peer_ok, mine, peer, mine_s, peer_s)
         mine_s[S_LAST_WIN] = win_bytes
         mine_s[S_LAST_FLAGS] = f
         mine[D_LAST_ACK] = ack[i]
-        out_conn[i] = c
-        out_dir[i] = d
         out_rel[i] = rel
         out_win[i] = win_bytes
-    counts[0] = ntuples
-    counts[1] = nconn
-    return len(frame)
 
 
-@njit(cache=True, nogil=True)
-def series_pass(conn, direction, flags, ts_ns, win_bytes, slot, picks, done, last, taken, out):  # type: ignore[no-untyped-def]
-    """The points of window series: for each segment of a chosen connection
-    (``slot[conn]`` >= 0), SYNs and RSTs aside, a change of its direction's window
-    is numbered; the changes whose numbers are in ``picks[slot, d]`` (ascending,
-    -1 padded) go to ``out[slot, d, k]`` as (time, bytes)."""
-    for i in range(len(conn)):
-        s = slot[conn[i]]
-        if s < 0 or flags[i] & (SYN | RST):
-            continue
-        d = direction[i]
-        w = win_bytes[i]
-        if done[s, d] > 0 and w == last[s, d]:
-            continue
-        number = done[s, d]
-        done[s, d] += 1
-        last[s, d] = w
-        k = taken[s, d]
-        if k < picks.shape[2] and picks[s, d, k] == number:
-            out[s, d, k, 0] = ts_ns[i]
-            out[s, d, k, 1] = w
-            taken[s, d] = k + 1
+@njit(cache=True, nogil=True, _nrt=False)
+def _data_segment(ts, s, length, peer_mss, peer_ok, mine, peer, mine_s, peer_s):  # type: ignore[no-untyped-def]
+    """A new data segment: it ends the wait its sender's previous one began, and it
+    begins one when what is in flight leaves less than a segment of the peer's window.
+
+    The wait counts when the sender's next data segment came after the peer's
+    segment (it had data waiting); it ends with the peer's segment, or, when the
+    window that opened was still below two segments (silly-window avoidance and the
+    persist timer hold the sender), with this one."""
+    if mine[D_PEND_TS] >= 0:
+        if mine[D_PEND_OTHER_TS] >= 0:
+            small_after = peer_s[S_LAST_WIN] < 2 * mine_s[S_PEND_SEG]
+            wait_end = ts if small_after else mine[D_PEND_OTHER_TS]
+            mine[D_RWND_LIMITED_NS] += wait_end - mine[D_PEND_TS]
+            mine_s[S_WAITS] += 1
+        mine[D_PEND_TS] = -1
+        mine[D_PEND_OTHER_TS] = -1
+    if mine[D_FIRST_DATA_TS] < 0:
+        mine[D_FIRST_DATA_TS] = ts
+    if length > mine_s[S_MAXSEG]:
+        mine_s[S_MAXSEG] = length
+    # A capture on the sending host shows TSO super-segments; the segment the
+    # receiver's window must fit is at most the MSS it announced.
+    seg = min(mine_s[S_MAXSEG], peer_mss)
+    if peer_ok and (peer_s[S_LAST_FLAGS] & ACK) != 0:
+        in_flight = (s + length - peer[D_LAST_ACK]) % SEQ_SPACE
+        if in_flight > (1 << 31):
+            in_flight = 0
+        if in_flight + seg > peer_s[S_LAST_WIN]:
+            mine[D_PEND_TS] = ts
+            mine_s[S_PEND_SEG] = seg
+            mine[D_PEND_OTHER_TS] = -1

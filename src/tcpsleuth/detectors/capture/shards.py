@@ -3,7 +3,7 @@ split by 4-tuple, merged before anything looks across connections.
 
 A connection lives on one 4-tuple, and everything :mod:`.tracking` and the Kafka
 follower keep is per connection. So each shard (a hash of the 4-tuple, see
-``kernels.shard_of``) follows its own connections through every chunk, in its
+``fourtuples.shard_of``) follows its own connections through every chunk, in its
 own thread: the compiled loops release the GIL, and the two shards of a chunk run
 while the next chunk is read and decoded. Each shard numbers its connections by
 their first segment, as one tracker would; the merge interleaves the shards by
@@ -24,8 +24,8 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 
 from tcpsleuth import compiled
+from tcpsleuth.detectors.capture import fourtuples, kernels
 from tcpsleuth.detectors.capture import kafka_framing as wire
-from tcpsleuth.detectors.capture import kernels
 from tcpsleuth.detectors.capture.connections import Analysis, ConnectionColumns
 from tcpsleuth.detectors.capture.kafka import KafkaFollower, KafkaRequests
 from tcpsleuth.detectors.capture.tracking import (
@@ -201,13 +201,13 @@ def follow_sharded(
 
 def shard_members(columns: ConnectionColumns, shards: int) -> list[np.ndarray]:
     """Per shard, the numbers (in the whole capture) of its connections, in the order
-    the shard numbers them: by the same hash of the 4-tuple as ``kernels.track``."""
+    the shard numbers them: by the same hash of the 4-tuple as ``kernels.assign``."""
     s_hi, s_lo, d_hi, d_lo = columns.src_hi, columns.src_lo, columns.dst_hi, columns.dst_lo
     sport, dport = columns.sport, columns.dport
     src_is_a = (s_hi < d_hi) | (
         (s_hi == d_hi) & ((s_lo < d_lo) | ((s_lo == d_lo) & (sport <= dport)))
     )
-    shard = kernels.shard_of(
+    shard = fourtuples.shard_of(
         columns.af,
         np.where(src_is_a, s_hi, d_hi),
         np.where(src_is_a, s_lo, d_lo),

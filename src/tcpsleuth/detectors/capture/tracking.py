@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from tcpsleuth.detectors.capture import kernels, layout
+from tcpsleuth.detectors.capture import fourtuples, kernels, layout
 from tcpsleuth.detectors.capture import kernels as K
 from tcpsleuth.detectors.capture.clockrate import ClockRate, cookie_bits, later_runs
 from tcpsleuth.detectors.capture.connections import (
@@ -32,6 +32,7 @@ from tcpsleuth.detectors.capture.connections import (
     endpoint_hash,
     mix,
 )
+from tcpsleuth.detectors.capture.fourtuples import T_AF, T_APORT, T_BPORT
 from tcpsleuth.detectors.capture.sides import F, Field, Side
 from tcpsleuth.model.capture import ACK, COLUMN_TYPES, SYN, TcpColumns
 
@@ -57,7 +58,7 @@ class ConnectionTracker:
     def __init__(
         self, capacity: int = 1 << 12, shard: int = 0, shards: int = 1, keep_rows: bool = False
     ) -> None:
-        # with shards > 1, only the 4-tuples of this shard (kernels.shard_of)
+        # with shards > 1, only the 4-tuples of this shard (fourtuples.shard_of)
         self.shard, self.shards = shard, shards
         self.keep_rows = keep_rows
         self.rows: ChunkRows | None = None
@@ -87,7 +88,7 @@ class ConnectionTracker:
             self.tuple_info = _grown(self.tuple_info, size)
             # open addressing stays fast below half full
             self.table = np.zeros(1 << int(2 * size - 1).bit_length(), dtype=np.int64)
-            kernels.rehash(self.table, self.tuple_addr, self.tuple_info, ntuples)
+            fourtuples.rehash(self.table, self.tuple_addr, self.tuple_info, ntuples)
 
     def feed(self, tcp: TcpColumns, opt_index: np.ndarray | None = None) -> ChunkRows:
         """Follow the segments of ``tcp``: its rows (``opt_index``: per segment, its
@@ -170,7 +171,7 @@ class ConnectionTracker:
         info = self.tuple_info[state[:, K.K_TUPLE]]
         client = state[:, K.K_CLIENT]
         client_is_a = (state[:, K.K_FIRST_A] == 1) == (client == 0)
-        server_port = np.where(client_is_a, info[:, K.T_BPORT], info[:, K.T_APORT])
+        server_port = np.where(client_is_a, info[:, T_BPORT], info[:, T_APORT])
         return client, server_port
 
     def by_field(self) -> TrackedState:
@@ -264,8 +265,8 @@ def finish(tracked: TrackedState) -> Analysis:
     syn_dir = np.where(syn0 & (~syn1 | (hs_frame[0] <= hs_frame[1])), 0, np.where(syn1, 1, -1))
     sa0, sa1 = kind[0] == 2, kind[1] == 2
     sa_dir = np.where(sa0 & (~sa1 | (hs_frame[0] <= hs_frame[1])), 0, np.where(sa1, 1, -1))
-    sport = np.where(first_a, info[K.T_APORT], info[K.T_BPORT])
-    dport = np.where(first_a, info[K.T_BPORT], info[K.T_APORT])
+    sport = np.where(first_a, info[T_APORT], info[T_BPORT])
+    dport = np.where(first_a, info[T_BPORT], info[T_APORT])
     guess = np.where(sport > dport, 0, 1)
     client = np.where(syn_dir >= 0, syn_dir, np.where(sa_dir >= 0, 1 - sa_dir, guess))
     opened_by = np.where(syn_dir >= 0, 0, np.where(sa_dir >= 0, 1, 2))
@@ -282,7 +283,7 @@ def finish(tracked: TrackedState) -> Analysis:
     src_lo = np.where(first_a, addr[1], addr[3])
     dst_hi = np.where(first_a, addr[2], addr[0])
     dst_lo = np.where(first_a, addr[3], addr[1])
-    af = info[K.T_AF].astype(np.uint8)
+    af = info[T_AF].astype(np.uint8)
     first_c2s = client == 0
     src_addr_key = mix(mix(src_hi) ^ src_lo)
     dst_addr_key = mix(mix(dst_hi) ^ dst_lo)

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping
 
 import numpy as np
 
-from tcpsleuth.detectors.capture import kernels
+from tcpsleuth.compiled import njit
 from tcpsleuth.detectors.capture.connections import SERIES_POINTS, Analysis
 from tcpsleuth.detectors.capture.shards import rows_again
 from tcpsleuth.detectors.capture.tracking import ChunkRows
@@ -19,7 +19,7 @@ from tcpsleuth.detectors.thresholds import (
     RWND_LIMITED_SHARE,
     RWND_PER_LISTENER,
 )
-from tcpsleuth.model.capture import TcpColumns
+from tcpsleuth.model.capture import RST, SYN, TcpColumns
 from tcpsleuth.model.findings import Finding, Severity, connection_subject, listener_subject
 
 
@@ -55,7 +55,7 @@ class SeriesPass:
     def feed(self, tcp: TcpColumns, rows: ChunkRows) -> None:
         if not self.chosen:
             return
-        kernels.series_pass(
+        series_pass(
             np.minimum(rows.conn, len(self.slot) - 1),
             rows.direction,
             tcp.flags,
@@ -255,3 +255,27 @@ def _rwnd_per_connection(analysis: Analysis) -> list[Finding]:
                 )
             )
     return out
+
+
+@njit(cache=True, nogil=True)
+def series_pass(conn, direction, flags, ts_ns, win_bytes, slot, picks, done, last, taken, out):  # type: ignore[no-untyped-def]
+    """The points of window series: for each segment of a chosen connection
+    (``slot[conn]`` >= 0), SYNs and RSTs aside, a change of its direction's window
+    is numbered; the changes whose numbers are in ``picks[slot, d]`` (ascending,
+    -1 padded) go to ``out[slot, d, k]`` as (time, bytes)."""
+    for i in range(len(conn)):
+        s = slot[conn[i]]
+        if s < 0 or flags[i] & (SYN | RST):
+            continue
+        d = direction[i]
+        w = win_bytes[i]
+        if done[s, d] > 0 and w == last[s, d]:
+            continue
+        number = done[s, d]
+        done[s, d] += 1
+        last[s, d] = w
+        k = taken[s, d]
+        if k < picks.shape[2] and picks[s, d, k] == number:
+            out[s, d, k, 0] = ts_ns[i]
+            out[s, d, k, 1] = w
+            taken[s, d] = k + 1

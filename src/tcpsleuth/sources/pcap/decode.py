@@ -17,9 +17,9 @@ capture cut short by a snap length (``tcpdump -s 128``) still gives the real
 sequence-space length of every segment. When the IP length is zero (a TSO/GSO
 super-packet captured on the sending host) the frame's original length is used.
 
-About 480 lines, most of them ``_decode_packets``: one compiled loop over link, IP
-(with extension headers and fragments) and TCP headers, whose parts share the
-batch's offsets and counters; split, numba would pass them between functions.
+About 460 lines, most of them ``_decode_packets``: one compiled loop over the
+packets, with a helper per layer below TCP (link, IPv4, IPv6 with its extension
+headers), each saying where the next layer starts or what the packet counts as.
 """
 
 from __future__ import annotations
@@ -97,12 +97,115 @@ MAX_TAGS = 8  # VLAN tags, and IPv6 extension headers, followed before giving up
 MAX_GSO = 1 << 20
 
 
+OK = -1  # a layer's helpers: nothing to count, go on to the next layer
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def _link_layer(b, off, end, lt):  # type: ignore[no-untyped-def]
+    """Where the IP header starts and the ethertype it has (0: none), or the count a
+    packet that goes no further adds to (else OK)."""
+    ethertype = 0
+    l3 = off
+    if lt == 1:  # Ethernet, with VLAN tags
+        l3 = off + 14
+        if off + 14 <= end:
+            ethertype = _be16(b, off + 12)
+        for _ in range(MAX_TAGS):
+            if ethertype == 0x8100 or ethertype == 0x88A8 or ethertype == 0x9100:
+                ethertype = _be16(b, l3 + 2) if l3 + 4 <= end else 0
+                l3 += 4
+            else:
+                break
+        if ethertype == 0x8100 or ethertype == 0x88A8 or ethertype == 0x9100:
+            return l3, ethertype, C_UNDECODABLE
+    elif lt == 113:  # Linux cooked v1
+        l3 = off + 16
+        if off + 16 <= end:
+            ethertype = _be16(b, off + 14)
+    elif lt == 276:  # Linux cooked v2
+        l3 = off + 20
+        if off + 2 <= end:
+            ethertype = _be16(b, off)
+    elif lt == 0 or lt == 108:
+        # The family is in the capturing host's byte order for NULL, network
+        # order for LOOP; AF_INET is 2 everywhere, AF_INET6 is 10, 24, 28 or 30.
+        l3 = off + 4
+        if off + 4 <= end:
+            family = b[off] if b[off] != 0 else b[off + 3]
+            if family == 2:
+                ethertype = 0x0800
+            elif family == 10 or family == 24 or family == 28 or family == 30:
+                ethertype = 0x86DD
+    elif lt == 101 or lt == 12 or lt == 14 or lt == 228 or lt == 229:
+        if off + 1 <= end:
+            version = b[off] >> 4
+            if version == 4:
+                ethertype = 0x0800
+            elif version == 6:
+                ethertype = 0x86DD
+            else:  # not an IP header: e.g. Ethernet frames labelled raw IP
+                return l3, ethertype, C_UNDECODABLE
+    else:
+        return l3, ethertype, C_UNSUPPORTED
+    return l3, ethertype, OK
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def _ipv4(b, l3, end):  # type: ignore[no-untyped-def]
+    """An IPv4 header at ``l3``: where TCP starts and the IP payload's length, or the
+    count the packet adds to (C_FRAGMENTS: a fragment, for the reassembler)."""
+    if l3 + 20 > end:
+        return 0, 0, C_TRUNCATED
+    ihl = np.int64(b[l3] & 0x0F) * 4
+    if b[l3] >> 4 != 4 or ihl < 20:
+        return 0, 0, C_UNDECODABLE
+    if _be16(b, l3 + 6) & 0x3FFF:  # more fragments, or an offset
+        return 0, 0, C_FRAGMENTS
+    if b[l3 + 9] != 6:
+        return 0, 0, C_NOT_TCP
+    return l3 + ihl, _be16(b, l3 + 2) - ihl, OK
+
+
+@njit(cache=True, nogil=True, _nrt=False)
+def _ipv6(b, l3, end):  # type: ignore[no-untyped-def]
+    """An IPv6 header at ``l3`` and its extension headers: where TCP starts and the
+    IP payload's length, or the count the packet adds to (C_FRAGMENTS: a fragment,
+    whose fragment header starts where TCP would)."""
+    if l3 + 40 > end:
+        return 0, 0, C_TRUNCATED
+    if b[l3] >> 4 != 6:
+        return 0, 0, C_UNDECODABLE
+    next_header = np.int64(b[l3 + 6])
+    l4 = l3 + 40
+    # hop-by-hop, routing, destination options, authentication, fragment
+    for _ in range(MAX_TAGS):
+        if not _extension(next_header):
+            break
+        if l4 + 8 > end:
+            return 0, 0, C_TRUNCATED
+        if next_header == 44:
+            if _be16(b, l4 + 2) & 0xFFF9:  # an offset, or more fragments
+                return l4, 0, C_FRAGMENTS
+            size = np.int64(8)  # an atomic fragment: the whole datagram
+        elif next_header == 51:
+            size = (np.int64(b[l4 + 1]) + 2) * 4
+        else:
+            size = (np.int64(b[l4 + 1]) + 1) * 8
+        next_header = np.int64(b[l4])
+        l4 += size
+    if _extension(next_header):  # more extension headers than followed
+        return 0, 0, C_UNDECODABLE
+    if next_header != 6:
+        return 0, 0, C_NOT_TCP
+    return l4, _be16(b, l3 + 4) - (l4 - l3 - 40), OK
+
+
 @njit(cache=True, nogil=True)
 def _decode_packets(b, offsets, caplen, origlen, linktype):  # type: ignore[no-untyped-def]
     """One pass over the packets of a chunk: the TCP segments' header fields, where
     each one's payload starts and how much of it was captured, and the counts of
-    what was skipped. One compiled loop: per-packet work in NumPy took a dozen
-    whole-column passes."""
+    what was skipped. One compiled loop (per-packet work in NumPy took a dozen
+    whole-column passes), a helper per layer below TCP."""
     n = len(offsets)
     index = np.empty(n, dtype=np.int64)
     af = np.empty(n, dtype=np.uint8)
@@ -132,125 +235,25 @@ def _decode_packets(b, offsets, caplen, origlen, linktype):  # type: ignore[no-u
     for p in range(n):
         off = offsets[p]
         end = off + caplen[p]
-        lt = linktype[p]
-        ethertype = 0
-        l3 = off
-        if lt == 1:  # Ethernet, with VLAN tags
-            l3 = off + 14
-            if off + 14 <= end:
-                ethertype = _be16(b, off + 12)
-            for _ in range(MAX_TAGS):
-                if ethertype == 0x8100 or ethertype == 0x88A8 or ethertype == 0x9100:
-                    ethertype = _be16(b, l3 + 2) if l3 + 4 <= end else 0
-                    l3 += 4
-                else:
-                    break
-            if ethertype == 0x8100 or ethertype == 0x88A8 or ethertype == 0x9100:
-                counts[C_UNDECODABLE] += 1
-                continue
-        elif lt == 113:  # Linux cooked v1
-            l3 = off + 16
-            if off + 16 <= end:
-                ethertype = _be16(b, off + 14)
-        elif lt == 276:  # Linux cooked v2
-            l3 = off + 20
-            if off + 2 <= end:
-                ethertype = _be16(b, off)
-        elif lt == 0 or lt == 108:
-            # The family is in the capturing host's byte order for NULL, network
-            # order for LOOP; AF_INET is 2 everywhere, AF_INET6 is 10, 24, 28 or 30.
-            l3 = off + 4
-            if off + 4 <= end:
-                family = b[off] if b[off] != 0 else b[off + 3]
-                if family == 2:
-                    ethertype = 0x0800
-                elif family == 10 or family == 24 or family == 28 or family == 30:
-                    ethertype = 0x86DD
-        elif lt == 101 or lt == 12 or lt == 14 or lt == 228 or lt == 229:
-            if off + 1 <= end:
-                version = b[off] >> 4
-                if version == 4:
-                    ethertype = 0x0800
-                elif version == 6:
-                    ethertype = 0x86DD
-                else:  # not an IP header: e.g. Ethernet frames labelled raw IP
-                    counts[C_UNDECODABLE] += 1
-                    continue
-        else:
-            counts[C_UNSUPPORTED] += 1
-            continue
+        l3, ethertype, skip = _link_layer(b, off, end, linktype[p])
+        l4, ip_payload = 0, 0
         is4 = ethertype == 0x0800
-        if is4:
-            if l3 + 20 > end:
-                counts[C_TRUNCATED] += 1
-                continue
-            ihl = np.int64(b[l3] & 0x0F) * 4
-            if b[l3] >> 4 != 4 or ihl < 20:
-                counts[C_UNDECODABLE] += 1
-                continue
-            total = _be16(b, l3 + 2)
-            if _be16(b, l3 + 6) & 0x3FFF:  # more fragments, or an offset
-                counts[C_FRAGMENTS] += 1
+        if skip == OK:
+            if is4:
+                l4, ip_payload, skip = _ipv4(b, l3, end)
+            elif ethertype == 0x86DD:
+                l4, ip_payload, skip = _ipv6(b, l3, end)
+            else:
+                skip = C_NOT_IP
+        if skip == OK and l4 + 20 > end:
+            skip = C_TRUNCATED
+        if skip != OK:
+            counts[skip] += 1
+            if skip == C_FRAGMENTS:
                 frag_rows[f] = p
                 frag_l3[f] = l3
-                frag_hdr[f] = -1
+                frag_hdr[f] = -1 if is4 else l4
                 f += 1
-                continue
-            if b[l3 + 9] != 6:
-                counts[C_NOT_TCP] += 1
-                continue
-            l4 = l3 + ihl
-            ip_payload = total - ihl
-        elif ethertype == 0x86DD:
-            if l3 + 40 > end:
-                counts[C_TRUNCATED] += 1
-                continue
-            if b[l3] >> 4 != 6:
-                counts[C_UNDECODABLE] += 1
-                continue
-            next_header = np.int64(b[l3 + 6])
-            l4 = l3 + 40
-            # hop-by-hop, routing, destination options, authentication, fragment
-            fragment = False
-            for _ in range(MAX_TAGS):
-                if not _extension(next_header):
-                    break
-                if l4 + 8 > end:
-                    next_header = -1
-                    break
-                if next_header == 44:
-                    if _be16(b, l4 + 2) & 0xFFF9:  # an offset, or more fragments
-                        fragment = True
-                        break
-                    size = np.int64(8)  # an atomic fragment: the whole datagram
-                elif next_header == 51:
-                    size = (np.int64(b[l4 + 1]) + 2) * 4
-                else:
-                    size = (np.int64(b[l4 + 1]) + 1) * 8
-                next_header = np.int64(b[l4])
-                l4 += size
-            if fragment:
-                counts[C_FRAGMENTS] += 1
-                frag_rows[f] = p
-                frag_l3[f] = l3
-                frag_hdr[f] = l4
-                f += 1
-                continue
-            if next_header == -1:
-                counts[C_TRUNCATED] += 1
-                continue
-            if _extension(next_header):  # more extension headers than followed
-                counts[C_UNDECODABLE] += 1
-                continue
-            if next_header != 6:
-                counts[C_NOT_TCP] += 1
-                continue
-            ip_payload = _be16(b, l3 + 4) - (l4 - l3 - 40)
-        else:
-            counts[C_NOT_IP] += 1
-            continue
-        if l4 + 20 > end:
-            counts[C_TRUNCATED] += 1
             continue
         t = l4
         index[m] = p
