@@ -358,7 +358,9 @@ def test_compiled_and_python_analysis_loops_agree(
     assert len(compiled[0]["first_frame"]) == 2
     assert len(compiled[1]["stream"]) == 2
     for module, name in (
-        (capture_kernels, "track"),
+        (capture_kernels, "assign"),
+        (capture_kernels, "follow_handshakes"),
+        (capture_kernels, "follow_streams"),
         (kafka_framing, "follow"),
         (decode, "_decode_packets"),
     ):

@@ -223,7 +223,7 @@ def follow(  # type: ignore[no-untyped-def]
     depends on stops the decoding of that direction, and so does a header Kafka
     would not send (the direction's first one decides whether it is Kafka at all).
     Each connection's client.id goes to ``ids`` (``count[1]``: bytes used); segments
-    of connection -1 (another shard's, see ``kernels.track``) are skipped. Returns
+    of connection -1 (another shard's, see ``kernels.assign``) are skipped. Returns
     where it stopped: the chunk's length, or earlier when ``messages`` or ``ids``
     might not hold the next segment's (the caller makes room and calls again)."""
     for i in range(start, len(conn)):

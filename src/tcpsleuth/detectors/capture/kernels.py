@@ -8,9 +8,15 @@ window and the waits at a full window. Nothing is kept per segment, so memory gr
 with the number of connections, not with the capture. Pure functions; without
 numba they run as Python.
 
-About 550 lines, longer than most modules, because the field layout of the state
-arrays and the passes that fill them (``track``: :func:`assign`,
-:func:`follow_handshakes`, :func:`follow_streams`) must be read together.
+Three passes over each chunk, each with its own part of the state: :func:`assign`
+(which connection and direction), :func:`follow_handshakes` (the handshake and what
+comes soon after it; it hands the next pass each segment's window shift and its
+peer's MSS as they stood then, in ``out_win`` and ``out_rel``) and
+:func:`follow_streams` (the byte streams, windows and waits, written per segment to
+``out_rel`` and ``out_win``).
+
+About 500 lines, longer than most modules, because the field layout of the state
+arrays and the passes that fill them must be read together.
 """
 
 from __future__ import annotations
@@ -140,73 +146,6 @@ SMALL_INITIAL[[S_LAST_WIN, S_WMIN, S_WMAX, S_HS_MSS, S_HS_WS]] = -1
 
 
 @njit(cache=True, nogil=True, _nrt=False)
-def track(  # type: ignore[no-untyped-def]
-    start,
-    frame,
-    ts_ns,
-    af,
-    src_hi,
-    src_lo,
-    dst_hi,
-    dst_lo,
-    sport,
-    dport,
-    seq,
-    ack,
-    flags,
-    window,
-    paylen,
-    tsval,
-    opt_index,
-    syn_options,
-    table,
-    tuple_addr,
-    tuple_info,
-    counts,
-    conn_state,
-    dir_state,
-    dir_small,
-    initial,
-    initial_small,
-    out_conn,
-    out_dir,
-    out_rel,
-    out_win,
-    shard,
-    shards,
-):
-    """Follow a chunk of segments from ``start`` on. ``counts`` holds [tuples,
-    connections] and is updated. Per segment it writes its connection, direction,
-    relative sequence number and window in bytes (as the peer computes it) to the
-    ``out_`` arrays. Returns where it stopped: the chunk's length, or earlier when
-    the tables are full (the caller makes room and calls again from there).
-
-    With ``shards`` > 1, only the 4-tuples whose :func:`fourtuples.shard_of` is ``shard`` are
-    followed (their connections numbered from 0 in this shard); the other
-    segments get connection -1.
-
-    Three passes over the segments it takes, each with its own part of the state:
-    :func:`assign` (which connection and direction), :func:`follow_handshakes` (the
-    handshake and what comes soon after it) and :func:`follow_streams` (the byte
-    streams, windows and waits). The second hands the third, per segment, the window
-    shift and the peer's MSS as they stood then, in ``out_win`` and ``out_rel``."""
-    stop = assign(
-        start, frame, ts_ns, af, src_hi, src_lo, dst_hi, dst_lo, sport, dport, seq, flags,
-        table, tuple_addr, tuple_info, counts, conn_state, dir_state, dir_small, initial,
-        initial_small, out_conn, out_dir, shard, shards,
-    )  # fmt: skip
-    follow_handshakes(
-        start, stop, frame, ts_ns, seq, ack, flags, window, tsval, opt_index, syn_options,
-        dir_state, dir_small, out_conn, out_dir, out_win, out_rel,
-    )  # fmt: skip
-    follow_streams(
-        start, stop, ts_ns, seq, ack, flags, window, paylen, dir_state, dir_small,
-        out_conn, out_dir, out_rel, out_win,
-    )  # fmt: skip
-    return stop
-
-
-@njit(cache=True, nogil=True, _nrt=False)
 def assign(  # type: ignore[no-untyped-def]
     start,
     frame,
@@ -234,9 +173,16 @@ def assign(  # type: ignore[no-untyped-def]
     shard,
     shards,
 ):
-    """Each segment's connection and direction (``out_conn``, ``out_dir``), from
-    ``start`` until the chunk's end or the tables are full; returns where it stopped.
-    A new connection gets its first-segment facts and its initial state."""
+    """The first of the three passes over a chunk of segments, from ``start`` on: each
+    segment's connection and direction (``out_conn``, ``out_dir``); a new connection
+    gets its first-segment facts and its initial state. ``counts`` holds [tuples,
+    connections] and is updated. Returns where it stopped: the chunk's length, or
+    earlier when the tables are full (the caller makes room, runs the other two passes
+    up to there, and calls again from there).
+
+    With ``shards`` > 1, only the 4-tuples whose :func:`fourtuples.shard_of` is
+    ``shard`` are followed (their connections numbered from 0 in this shard); the
+    other segments get connection -1."""
     tuple_room = min(len(tuple_info), len(table) // 2)
     conn_room = len(conn_state)
     ntuples = counts[0]

@@ -103,41 +103,24 @@ class ConnectionTracker:
             if not first:
                 self._grow()
             first = False
-            at = kernels.track(
-                at,
-                tcp.frame,
-                tcp.ts_ns,
-                tcp.af,
-                tcp.src_hi,
-                tcp.src_lo,
-                tcp.dst_hi,
-                tcp.dst_lo,
-                tcp.sport,
-                tcp.dport,
-                tcp.seq,
-                tcp.ack,
-                tcp.flags,
-                tcp.window,
-                tcp.paylen,
-                tcp.tsval,
-                opt_index,
-                tcp.syn_options,
-                self.table,
-                self.tuple_addr,
-                self.tuple_info,
-                self.counts,
-                self.conn_state,
-                self.dir_state,
-                self.dir_small,
-                kernels.DIR_INITIAL,
-                kernels.SMALL_INITIAL,
-                out.conn,
-                out.direction,
-                out.rel_seq,
+            stop = kernels.assign(
+                at, tcp.frame, tcp.ts_ns, tcp.af, tcp.src_hi, tcp.src_lo, tcp.dst_hi,
+                tcp.dst_lo, tcp.sport, tcp.dport, tcp.seq, tcp.flags, self.table,
+                self.tuple_addr, self.tuple_info, self.counts, self.conn_state,
+                self.dir_state, self.dir_small, kernels.DIR_INITIAL, kernels.SMALL_INITIAL,
+                out.conn, out.direction, self.shard, self.shards,
+            )  # fmt: skip
+            kernels.follow_handshakes(
+                at, stop, tcp.frame, tcp.ts_ns, tcp.seq, tcp.ack, tcp.flags, tcp.window,
+                tcp.tsval, opt_index, tcp.syn_options, self.dir_state, self.dir_small,
+                out.conn, out.direction, out.win_bytes, out.rel_seq,
+            )  # fmt: skip
+            kernels.follow_streams(
+                at, stop, tcp.ts_ns, tcp.seq, tcp.ack, tcp.flags, tcp.window, tcp.paylen,
+                self.dir_state, self.dir_small, out.conn, out.direction, out.rel_seq,
                 out.win_bytes,
-                self.shard,
-                self.shards,
-            )
+            )  # fmt: skip
+            at = stop
         return out
 
     def _rows(self, n: int) -> ChunkRows:
