@@ -22,7 +22,7 @@ two summaries is passed in and returned.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -115,6 +115,41 @@ def _since(
     return busy - before_busy, rwnd - before_rwnd
 
 
+# a connection's (side, port) from its key side * 65536 + port, the port OTHER if folded
+Label = Callable[[int], tuple[str, str]]
+
+
+def _by_wscale(
+    packed: np.ndarray, label: Label
+) -> dict[tuple[str, str], dict[tuple[int, int], int]]:
+    """Per (side, port), the connections by (snd_wscale, rcv_wscale); ``packed``: each
+    connection's key and shifts as ``key * 256 + snd * 16 + rcv``."""
+    scales: dict[tuple[str, str], dict[tuple[int, int], int]] = {}
+    # shifts are at most 14 (RFC 7323), 4 bits each
+    scale_keys, scale_counts = np.unique(packed, return_counts=True)
+    for packed_key, count in zip(scale_keys.tolist(), scale_counts.tolist(), strict=True):
+        key, s, r = packed_key >> 8, (packed_key >> 4) & 0x0F, packed_key & 0x0F
+        per = scales.setdefault(label(key), {})
+        per[(s, r)] = per.get((s, r), 0) + count
+    return scales
+
+
+def _limited_sums(
+    where: np.ndarray, rwnd: np.ndarray, busy: np.ndarray, label: Label
+) -> tuple[dict[tuple[str, str], int], dict[tuple[str, str], int], dict[tuple[str, str], int]]:
+    """Per (side, port) of the window-limited connections: how many, and their
+    rwnd_limited and busy_time summed (us)."""
+    limited_count: dict[tuple[str, str], int] = {}
+    limited_us: dict[tuple[str, str], int] = {}
+    busy_us: dict[tuple[str, str], int] = {}
+    for key, r, b in zip(where.tolist(), rwnd.tolist(), busy.tolist(), strict=True):
+        name = label(key)
+        limited_count[name] = limited_count.get(name, 0) + 1
+        limited_us[name] = limited_us.get(name, 0) + r
+        busy_us[name] = busy_us.get(name, 0) + b
+    return limited_count, limited_us, busy_us
+
+
 def summarize(
     dump: SocketArrays,
     previous: TimesSeen | None = None,
@@ -164,25 +199,10 @@ def summarize(
     connections: dict[tuple[str, str], int] = {}
     for key, count in ranked:
         connections[label(key)] = connections.get(label(key), 0) + count
-    scales: dict[tuple[str, str], dict[tuple[int, int], int]] = {}
-    # shifts are at most 14 (RFC 7323), 4 bits each
-    scale_keys, scale_counts = np.unique(
-        (where * 256 + snd * 16 + rcv)[has_wscale], return_counts=True
+    scales = _by_wscale((where * 256 + snd * 16 + rcv)[has_wscale], label)
+    limited_count, limited_us, busy_us = _limited_sums(
+        limited_where, rwnd[limited], busy[limited], label
     )
-    for packed, count in zip(scale_keys.tolist(), scale_counts.tolist(), strict=True):
-        key, s, r = packed >> 8, (packed >> 4) & 0x0F, packed & 0x0F
-        per = scales.setdefault(label(key), {})
-        per[(s, r)] = per.get((s, r), 0) + count
-    limited_count: dict[tuple[str, str], int] = {}
-    limited_us: dict[tuple[str, str], int] = {}
-    busy_us: dict[tuple[str, str], int] = {}
-    for key, r, b in zip(
-        limited_where.tolist(), rwnd[limited].tolist(), busy[limited].tolist(), strict=True
-    ):
-        name = label(key)
-        limited_count[name] = limited_count.get(name, 0) + 1
-        limited_us[name] = limited_us.get(name, 0) + r
-        busy_us[name] = busy_us.get(name, 0) + b
 
     def port_order(name: tuple[str, str]) -> tuple[str, int]:
         return name[0], 65536 if name[1] == OTHER else int(name[1])

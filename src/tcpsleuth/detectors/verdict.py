@@ -117,24 +117,8 @@ def capture_verdict(
         shown = f"SYN cookies on {cookie_connections} of {handshakes} handshakes"
         # a handshake the capture cannot decide is not an ordinary one (issue 30)
         numbers.append(f"{shown} ({undecided} undecided)" if undecided else shown)
-    if mismatch:
-        first = mismatch[0].evidence
-        numbers.append(
-            f"{hit} connections announced window scale {first.get('announced_wscale')} but "
-            f"were scaled by {_used(first)}: windows "
-            f"{first.get('shrink_factor')}x too small"
-        )
-    clients: dict[str, int] = {}
-    client_ids: dict[str, int] = {}
-    for finding in mismatch:
-        for name, count in (finding.evidence.get("clients") or {}).items():
-            clients[name] = clients.get(name, 0) + int(count)
-        for name, count in (finding.evidence.get("client_ids") or {}).items():
-            client_ids[name] = client_ids.get(name, 0) + int(count)
-    if clients:
-        numbers.append("clients hit: " + ", ".join(f"{k} ({v})" for k, v in _top(clients)))
-    if client_ids:
-        numbers.append("client.ids hit: " + ", ".join(f"{k} ({v})" for k, v in _top(client_ids)))
+    clients, client_ids = _clients_hit(mismatch)
+    numbers.extend(_mismatch_numbers(mismatch, hit, clients, client_ids))
     for finding in stripped:
         numbers.append(finding.summary)
     harmless = bool(cookies) and not mismatch and bool(agreeing)
@@ -142,6 +126,68 @@ def capture_verdict(
         numbers.append(
             f"{agreeing} connections use the window scale their SYN-ACK announced, none another"
         )
+    head = _capture_head(at_risk, harmless, cookies, mismatch, stripped, harm)
+    summary = f"{head}\n{sentence('; '.join(numbers))}"
+    actions = _capture_actions(findings, cookies, mismatch, stripped)
+    evidence = {
+        "connections": connections,
+        "cookie_connections": cookie_connections if cookies else 0,
+        "handshakes": handshakes if cookies else None,
+        "undecided_connections": undecided if cookies else None,
+        "wscale_mismatch_connections": hit,
+        "wscale_agreeing_connections": agreeing,
+        "wscale_stripped": len(stripped),
+        "clients_hit": clients,
+        "client_ids_hit": client_ids,
+    }
+    return Verdict(at_risk, summary, once(actions), evidence)
+
+
+def _clients_hit(mismatch: Sequence[Finding]) -> tuple[dict[str, int], dict[str, int]]:
+    """The connections hit per client address and per Kafka client.id, summed over
+    the ``wscale-mismatch`` findings."""
+    clients: dict[str, int] = {}
+    client_ids: dict[str, int] = {}
+    for finding in mismatch:
+        for name, count in (finding.evidence.get("clients") or {}).items():
+            clients[name] = clients.get(name, 0) + int(count)
+        for name, count in (finding.evidence.get("client_ids") or {}).items():
+            client_ids[name] = client_ids.get(name, 0) + int(count)
+    return clients, client_ids
+
+
+def _mismatch_numbers(
+    mismatch: Sequence[Finding],
+    hit: int,
+    clients: Mapping[str, int],
+    client_ids: Mapping[str, int],
+) -> list[str]:
+    """The numbers of the window-scale mismatch: the connections hit, the shift they
+    announced and the one they use, and the clients hit."""
+    numbers: list[str] = []
+    if mismatch:
+        first = mismatch[0].evidence
+        numbers.append(
+            f"{hit} connections announced window scale {first.get('announced_wscale')} but "
+            f"were scaled by {_used(first)}: windows "
+            f"{first.get('shrink_factor')}x too small"
+        )
+    if clients:
+        numbers.append("clients hit: " + ", ".join(f"{k} ({v})" for k, v in _top(clients)))
+    if client_ids:
+        numbers.append("client.ids hit: " + ", ".join(f"{k} ({v})" for k, v in _top(client_ids)))
+    return numbers
+
+
+def _capture_head(
+    at_risk: bool,
+    harmless: bool,
+    cookies: Sequence[Finding],
+    mismatch: Sequence[Finding],
+    stripped: Sequence[Finding],
+    harm: Sequence[Finding],
+) -> str:
+    """The capture verdict's first line: at risk of what, or why not."""
     if at_risk:
         what = []
         if mismatch:
@@ -152,19 +198,27 @@ def capture_verdict(
         head = f"AT RISK: {'; '.join(what)}."
         if harmless:
             head += " The SYN cookies did no harm to window scaling."
-    elif harmless:
-        head = (
+        return head
+    if harmless:
+        return (
             "Not harmed: the SYN cookies did no harm to window scaling, but the listen "
             "queue overflowed."
         )
-    elif cookies:
-        head = (
+    if cookies:
+        return (
             "Cookies, no mismatch seen: no connection could be checked for its window "
             "scale, and the listen queue overflowed."
         )
-    else:
-        head = "Not at risk: no SYN cookies, no window-scale mismatch."
-    summary = f"{head}\n{sentence('; '.join(numbers))}"
+    return "Not at risk: no SYN cookies, no window-scale mismatch."
+
+
+def _capture_actions(
+    findings: Sequence[Finding],
+    cookies: Sequence[Finding],
+    mismatch: Sequence[Finding],
+    stripped: Sequence[Finding],
+) -> list[str]:
+    """What to do after a capture, in order (repeats left to :func:`once`)."""
     actions: list[str] = []
     if mismatch:
         actions.append(
@@ -187,15 +241,4 @@ def capture_verdict(
         )
     actions.extend(sentence(f.advice) for f in stripped if f.advice)
     actions.extend(others(findings, _CAPTURE_COVERED))
-    evidence = {
-        "connections": connections,
-        "cookie_connections": cookie_connections if cookies else 0,
-        "handshakes": handshakes if cookies else None,
-        "undecided_connections": undecided if cookies else None,
-        "wscale_mismatch_connections": hit,
-        "wscale_agreeing_connections": agreeing,
-        "wscale_stripped": len(stripped),
-        "clients_hit": clients,
-        "client_ids_hit": client_ids,
-    }
-    return Verdict(at_risk, summary, once(actions), evidence)
+    return actions

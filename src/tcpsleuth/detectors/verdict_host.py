@@ -102,6 +102,39 @@ def _backlog_actions(
     return actions
 
 
+def _rcvbuf_actions(locked: Sequence[ListenerFacts]) -> list[str]:
+    """Each locked receive buffer left to the kernel, in its program's terms."""
+    actions: list[str] = []
+    for fact in locked:
+        program = servers.program(fact.program)
+        where = fact.config.where if fact.config is not None else ""
+        step = (
+            program.rcvbuf_advice(where)
+            if program
+            else "find what sets SO_RCVBUF on this listening socket and leave the buffer "
+            "to the kernel"
+        )
+        actions.append(sentence(f"{_who(fact)}: {step}"))
+    return actions
+
+
+def _bug_actions(kernel: KernelVerdict) -> list[str]:
+    """Against the kernel's cookie window-scale bug: the stopgap, a test of a kernel
+    the version table cannot judge, and the lasting fix."""
+    actions = [
+        "Until the backlog is raised and the buffer unlocked: set "
+        "net.ipv4.tcp_syncookies=0 (a full queue then drops SYNs and clients retry, "
+        "with their window intact)."
+    ]
+    if kernel.status == Status.UNKNOWN:
+        actions.append(
+            "Test the kernel by experiment: sudo tcpsleuth probe (the version table "
+            "cannot tell for this release)."
+        )
+    actions.append(f"The lasting fix: a kernel with commit {FIX_COMMIT[:12]} ({STABLE_FIXES}).")
+    return actions
+
+
 def host_verdict(
     snapshot: HostSnapshot,
     kernel: KernelVerdict,
@@ -149,28 +182,9 @@ def host_verdict(
 
     actions = _backlog_actions(shown, small, somaxconn)
     if unfixed and cookies_on and timestamps != 0:
-        for fact in locked:
-            program = servers.program(fact.program)
-            where = fact.config.where if fact.config is not None else ""
-            step = (
-                program.rcvbuf_advice(where)
-                if program
-                else "find what sets SO_RCVBUF on this listening socket and leave the buffer "
-                "to the kernel"
-            )
-            actions.append(sentence(f"{_who(fact)}: {step}"))
+        actions.extend(_rcvbuf_actions(locked))
     if bug_risk:
-        actions.append(
-            "Until the backlog is raised and the buffer unlocked: set "
-            "net.ipv4.tcp_syncookies=0 (a full queue then drops SYNs and clients retry, "
-            "with their window intact)."
-        )
-        if kernel.status == Status.UNKNOWN:
-            actions.append(
-                "Test the kernel by experiment: sudo tcpsleuth probe (the version table "
-                "cannot tell for this release)."
-            )
-        actions.append(f"The lasting fix: a kernel with commit {FIX_COMMIT[:12]} ({STABLE_FIXES}).")
+        actions.extend(_bug_actions(kernel))
     actions.extend(others(findings, _HOST_COVERED))
     evidence = {
         "kernel_release": kernel.release,

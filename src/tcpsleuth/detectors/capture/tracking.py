@@ -9,7 +9,7 @@ into an :class:`~.connections.Analysis` (reading each side's fields through
 :mod:`.sides`); :class:`DetailPass` gathers every segment of a few connections from
 another pass (plots).
 
-About 570 lines: the tracker, the turning of its state into per-connection columns
+About 590 lines: the tracker, the turning of its state into per-connection columns
 (:func:`finish`) and the detail pass share the kernel's field layout; cutting them
 apart would spread that layout over more modules.
 """
@@ -237,22 +237,11 @@ class TrackedState:
 
 def finish(tracked: TrackedState) -> Analysis:
     """The analysis of the connections in ``tracked`` (which it uses up)."""
-    state, dirs, small = tracked.conn, tracked.dirs, tracked.small
-    info, addr = tracked.info, tracked.addr
+    state, dirs, small, info = tracked.conn, tracked.dirs, tracked.small, tracked.info
     first_a = state[K.K_FIRST_A] == 1
-
-    # client side: sender of the SYN, else receiver of the SYN-ACK, else higher port
-    kind = small[:, K.S_HS_KIND]
-    hs_frame = dirs[:, K.D_HS_FRAME]
-    syn0, syn1 = kind[0] == 1, kind[1] == 1
-    syn_dir = np.where(syn0 & (~syn1 | (hs_frame[0] <= hs_frame[1])), 0, np.where(syn1, 1, -1))
-    sa0, sa1 = kind[0] == 2, kind[1] == 2
-    sa_dir = np.where(sa0 & (~sa1 | (hs_frame[0] <= hs_frame[1])), 0, np.where(sa1, 1, -1))
     sport = np.where(first_a, info[T_APORT], info[T_BPORT])
     dport = np.where(first_a, info[T_BPORT], info[T_APORT])
-    guess = np.where(sport > dport, 0, 1)
-    client = np.where(syn_dir >= 0, syn_dir, np.where(sa_dir >= 0, 1 - sa_dir, guess))
-    opened_by = np.where(syn_dir >= 0, 0, np.where(sa_dir >= 0, 1, 2))
+    client, opened_by = _client_direction(dirs, small, sport, dport)
     server = 1 - client
     cs = Side(dirs, small, client)  # the client's direction's fields
     ss = Side(dirs, small, server)
@@ -261,7 +250,60 @@ def finish(tracked: TrackedState) -> Analysis:
     option_fields = [F.HS_MSS, F.HS_WS, F.HS_SACK, F.HS_TSOK, F.HS_TSVAL]
     hs_syn = np.where(has_syn[:, None], cs[:, option_fields], -1)
     hs_synack = np.where(has_synack[:, None], ss[:, option_fields], -1)
+    last_ts = state[K.K_LAST_TS]
+    addresses = _address_columns(tracked, first_a, client, sport, dport)
+    cookie_columns, rates = _cookie_columns(cs, ss, hs_syn, addresses["server_addr_key"])
+    columns = ConnectionColumns(
+        **addresses,
+        first_frame=state[K.K_FIRST_FRAME],
+        first_ts=state[K.K_FIRST_TS],
+        last_ts=last_ts,
+        opened_by=opened_by,
+        **_handshake_columns(cs, ss, has_syn, has_synack),
+        **_traffic_columns(cs, ss, last_ts),
+        **cookie_columns,
+    )
+    # the state is no longer needed: free it before the handshake table is built
+    cs.keep([F.HS_FRAME, F.HS_TS, F.LSYN_FRAME, F.LSYN_TS])
+    ss.keep([F.HS_FRAME, F.HS_TS, F.LATER_FRAME, F.LATER_TS, F.LATER_TSVAL])
+    del dirs, small
+    tracked.dirs = tracked.small = np.zeros((2, 0, 0), dtype=np.int64)
+    analysis = _handshake_rows(columns, cs, ss, has_syn, has_synack)
+    analysis.columns = columns
+    analysis.hs_syn, analysis.hs_synack = hs_syn, hs_synack
+    analysis.clock_rates = rates
+    analysis.connections = Connections(analysis)
+    return analysis
 
+
+def _client_direction(
+    dirs: np.ndarray, small: np.ndarray, sport: np.ndarray, dport: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per connection the direction of its client (0: that of its first segment) and
+    what showed it (``opened_by``: 0 a SYN, 1 a SYN-ACK, 2 a guess from the ports)."""
+    # client side: sender of the SYN, else receiver of the SYN-ACK, else higher port
+    kind = small[:, K.S_HS_KIND]
+    hs_frame = dirs[:, K.D_HS_FRAME]
+    syn0, syn1 = kind[0] == 1, kind[1] == 1
+    syn_dir = np.where(syn0 & (~syn1 | (hs_frame[0] <= hs_frame[1])), 0, np.where(syn1, 1, -1))
+    sa0, sa1 = kind[0] == 2, kind[1] == 2
+    sa_dir = np.where(sa0 & (~sa1 | (hs_frame[0] <= hs_frame[1])), 0, np.where(sa1, 1, -1))
+    guess = np.where(sport > dport, 0, 1)
+    client = np.where(syn_dir >= 0, syn_dir, np.where(sa_dir >= 0, 1 - sa_dir, guess))
+    opened_by = np.where(syn_dir >= 0, 0, np.where(sa_dir >= 0, 1, 2))
+    return client, opened_by
+
+
+def _address_columns(
+    tracked: TrackedState,
+    first_a: np.ndarray,
+    client: np.ndarray,
+    sport: np.ndarray,
+    dport: np.ndarray,
+) -> dict[str, np.ndarray]:
+    """The addresses and ports of every connection as its first segment shows them,
+    the server's port, and the hashes of its server and client."""
+    info, addr = tracked.info, tracked.addr
     src_hi = np.where(first_a, addr[0], addr[2])
     src_lo = np.where(first_a, addr[1], addr[3])
     dst_hi = np.where(first_a, addr[2], addr[0])
@@ -274,8 +316,50 @@ def finish(tracked: TrackedState) -> Analysis:
     server_hi = np.where(first_c2s, dst_hi, src_hi)
     server_lo = np.where(first_c2s, dst_lo, src_lo)
     server_port = np.where(first_c2s, dport, sport)
-    last_ts = state[K.K_LAST_TS]
+    return {
+        "af": af,
+        "src_hi": src_hi,
+        "src_lo": src_lo,
+        "dst_hi": dst_hi,
+        "dst_lo": dst_lo,
+        "sport": sport,
+        "dport": dport,
+        "first_c2s": first_c2s,
+        "server_port": server_port,
+        # hashes that group connections by server endpoint and by server address
+        "server_key": endpoint_hash(server_hi, server_lo, server_port, af),
+        "server_addr_key": server_addr,
+        "client_addr_key": np.where(first_c2s, src_addr_key, dst_addr_key),
+    }
+
+
+def _handshake_columns(
+    cs: Side, ss: Side, has_syn: np.ndarray, has_synack: np.ndarray
+) -> dict[str, np.ndarray]:
+    """What the SYN and the SYN-ACK carried, the handshake's round trip, and the
+    server's first window after its SYN-ACK."""
     rtt_ok = has_syn & has_synack & (cs[:, F.RTT_TS] >= 0)
+    return {
+        "has_syn": has_syn,
+        "has_synack": has_synack,
+        "syn_frame": cs[:, F.HS_FRAME],
+        "synack_frame": ss[:, F.HS_FRAME],
+        "syn_window": cs[:, F.HS_WIN],
+        "synack_window": ss[:, F.HS_WIN],
+        "syn_flags": cs[:, F.HS_FLAGS],
+        "synack_flags": ss[:, F.HS_FLAGS],
+        "syn_seq": cs[:, F.HS_SEQ],
+        "rtt_ns": np.where(rtt_ok, cs[:, F.RTT_TS] - cs[:, F.HS_TS], -1),
+        # the server's first window after its SYN-ACK (window-scale inference)
+        "first_window_frame": np.where(has_synack, ss[:, F.INF_FRAME], -1),
+        "first_window": ss[:, F.INF_WIN],
+        "first_window_ack": ss[:, F.INF_ACK],
+    }
+
+
+def _traffic_columns(cs: Side, ss: Side, last_ts: np.ndarray) -> dict[str, np.ndarray]:
+    """The counters of each direction (client to server, then server to client) and
+    how long each sent data."""
 
     def pair(field: Field) -> np.ndarray:
         return np.stack([cs[:, field], ss[:, field]], axis=1)
@@ -284,64 +368,20 @@ def finish(tracked: TrackedState) -> Analysis:
         first_data = side[:, F.FIRST_DATA_TS]
         return np.where(first_data >= 0, last_ts - first_data, 0)
 
-    cookie_columns, rates = _cookie_columns(cs, ss, hs_syn, server_addr)
-    columns = ConnectionColumns(
-        af=af,
-        src_hi=src_hi,
-        src_lo=src_lo,
-        dst_hi=dst_hi,
-        dst_lo=dst_lo,
-        sport=sport,
-        dport=dport,
-        first_c2s=first_c2s,
-        first_frame=state[K.K_FIRST_FRAME],
-        first_ts=state[K.K_FIRST_TS],
-        last_ts=last_ts,
-        opened_by=opened_by,
-        has_syn=has_syn,
-        has_synack=has_synack,
-        syn_frame=cs[:, F.HS_FRAME],
-        synack_frame=ss[:, F.HS_FRAME],
-        syn_window=cs[:, F.HS_WIN],
-        synack_window=ss[:, F.HS_WIN],
-        syn_flags=cs[:, F.HS_FLAGS],
-        synack_flags=ss[:, F.HS_FLAGS],
-        syn_seq=cs[:, F.HS_SEQ],
-        rtt_ns=np.where(rtt_ok, cs[:, F.RTT_TS] - cs[:, F.HS_TS], -1),
-        packets=pair(F.PKTS),
-        bytes=pair(F.BYTES),
-        retrans=pair(F.RETRANS),
-        zero=pair(F.ZERO),
-        probe=pair(F.PROBE),
-        wmin=pair(F.WMIN),
-        wmax=pair(F.WMAX),
-        rwnd_limited_ns=pair(F.RWND_LIMITED_NS),
-        window_changes=pair(F.WIN_CHANGES),
-        waits=pair(F.WAITS),
-        span_c2s=span(cs),
-        span_s2c=span(ss),
-        # the server's first window after its SYN-ACK (window-scale inference)
-        first_window_frame=np.where(has_synack, ss[:, F.INF_FRAME], -1),
-        first_window=ss[:, F.INF_WIN],
-        first_window_ack=ss[:, F.INF_ACK],
-        server_port=server_port,
-        **cookie_columns,
-        # hashes that group connections by server endpoint and by server address
-        server_key=endpoint_hash(server_hi, server_lo, server_port, af),
-        server_addr_key=server_addr,
-        client_addr_key=np.where(first_c2s, src_addr_key, dst_addr_key),
-    )
-    # the state is no longer needed: free it before the handshake table is built
-    cs.keep([F.HS_FRAME, F.HS_TS, F.LSYN_FRAME, F.LSYN_TS])
-    ss.keep([F.HS_FRAME, F.HS_TS, F.LATER_FRAME, F.LATER_TS, F.LATER_TSVAL])
-    del dirs, small, hs_frame, kind
-    tracked.dirs = tracked.small = np.zeros((2, 0, 0), dtype=np.int64)
-    analysis = _handshake_rows(columns, cs, ss, has_syn, has_synack)
-    analysis.columns = columns
-    analysis.hs_syn, analysis.hs_synack = hs_syn, hs_synack
-    analysis.clock_rates = rates
-    analysis.connections = Connections(analysis)
-    return analysis
+    return {
+        "packets": pair(F.PKTS),
+        "bytes": pair(F.BYTES),
+        "retrans": pair(F.RETRANS),
+        "zero": pair(F.ZERO),
+        "probe": pair(F.PROBE),
+        "wmin": pair(F.WMIN),
+        "wmax": pair(F.WMAX),
+        "rwnd_limited_ns": pair(F.RWND_LIMITED_NS),
+        "window_changes": pair(F.WIN_CHANGES),
+        "waits": pair(F.WAITS),
+        "span_c2s": span(cs),
+        "span_s2c": span(ss),
+    }
 
 
 def _cookie_columns(

@@ -234,47 +234,7 @@ def findings(
     for server, group in by_server.items():
         mismatched = [i for i in group if i.scaling and i.mismatch]
         if mismatched:
-            scaled = _scaled_connections(analysis, server)
-            announced = Counter(i.announced_wscale for i in mismatched).most_common(1)[0][0]
-            inferred = Counter(i.inferred_wscale for i in mismatched).most_common(1)[0][0]
-            assert announced is not None and inferred is not None
-            exact = sum(1 for i in mismatched if i.exact)
-            example = next((i for i in mismatched if i.exact), mismatched[0])
-            factor = 1 << (inferred - announced) if inferred >= announced else 1
-            out.append(
-                Finding(
-                    kind="wscale-mismatch",
-                    severity=Severity.CRITICAL,
-                    subject=connection_subject(ALL_CLIENTS, server),
-                    summary=(
-                        f"{len(mismatched)} of {scaled} connections: the SYN-ACK announced "
-                        f"window scale {announced} but the server's windows are scaled by "
-                        f"{inferred}; clients see windows {factor}x smaller than offered"
-                    ),
-                    evidence={
-                        "announced_wscale": announced,
-                        "actual_wscale": inferred,
-                        "shrink_factor": factor,
-                        # a capture cannot read the server's socket (socket_wscale null)
-                        "source": "capture: the server's first window after the handshake "
-                        "against the SYN-ACK's",
-                        "inferred_wscale": inferred,
-                        "direction": "server-to-client",
-                        "connections": len(mismatched),
-                        "connections_with_scaling": scaled,
-                        "exact_power_of_two": exact,
-                        **clients_hit(analysis, [i.stream for i in mismatched], client_ids),
-                        "streams": [i.stream for i in mismatched[:EXAMPLES]],
-                        "proof": example.evidence(),
-                    },
-                    advice=(
-                        "A server kernel without commit 909172a14974 answers SYN cookies on "
-                        "a listener with SO_RCVBUF set this way: update the kernel, or set "
-                        "net.ipv4.tcp_syncookies=0 and raise the listen backlog "
-                        "(socket.listen.backlog.size) so that cookies are not needed"
-                    ),
-                )
-            )
+            out.append(_mismatch_finding(analysis, server, mismatched, client_ids))
         stripped = [
             (i, side)
             for i in group
@@ -282,45 +242,102 @@ def findings(
             and (side := _stripped(analysis.connections[i.stream])) is not None
         ]
         if stripped:
-            scaled_anyway = [i for i, _ in stripped if i.mismatch]
-            sides = Counter(side for _, side in stripped)
-            inferred_values = Counter(i.inferred_wscale for i in scaled_anyway)
-            inferred = inferred_values.most_common(1)[0][0] if scaled_anyway else 0
-            only = sides.most_common(1)[0][0]
-            example = (scaled_anyway or [i for i, _ in stripped])[0]
-            factor = 1 << (inferred or 0)
-            out.append(
-                Finding(
-                    kind="wscale-stripped",
-                    severity=Severity.CRITICAL if scaled_anyway else Severity.WARNING,
-                    subject=listener_subject(server),
-                    summary=(
-                        f"{len(stripped)} connections: window scaling announced by the "
-                        f"{only} only, so neither side scales"
-                        + (
-                            f", yet the server's windows are scaled by {inferred}: clients "
-                            f"see windows {factor}x smaller"
-                            if scaled_anyway
-                            else "; windows are capped at 64 KiB"
-                        )
-                    ),
-                    evidence={
-                        "announced_by": dict(sides),
-                        "announced_wscale": None,
-                        "inferred_wscale": inferred,
-                        "shrink_factor": factor,
-                        "connections": len(stripped),
-                        "connections_scaled_anyway": len(scaled_anyway),
-                        **clients_hit(analysis, [i.stream for i, _ in stripped], client_ids),
-                        "streams": [i.stream for i, _ in stripped[:EXAMPLES]],
-                        "proof": example.evidence(),
-                    },
-                    advice=(
-                        "Something between the hosts removes the window-scale option "
-                        "(a middlebox or firewall rewriting TCP options), or SYN cookies "
-                        "were sent without timestamps: find the device, and keep "
-                        "net.ipv4.tcp_timestamps on so cookies keep the option"
-                    ),
-                )
-            )
+            out.append(_stripped_finding(analysis, server, stripped, client_ids))
     return out
+
+
+def _mismatch_finding(
+    analysis: Analysis,
+    server: str,
+    mismatched: list[WindowInference],
+    client_ids: Mapping[int, str] | None,
+) -> Finding:
+    """The ``wscale-mismatch`` finding of one server's mismatched connections."""
+    scaled = _scaled_connections(analysis, server)
+    announced = Counter(i.announced_wscale for i in mismatched).most_common(1)[0][0]
+    inferred = Counter(i.inferred_wscale for i in mismatched).most_common(1)[0][0]
+    assert announced is not None and inferred is not None
+    exact = sum(1 for i in mismatched if i.exact)
+    example = next((i for i in mismatched if i.exact), mismatched[0])
+    factor = 1 << (inferred - announced) if inferred >= announced else 1
+    return Finding(
+        kind="wscale-mismatch",
+        severity=Severity.CRITICAL,
+        subject=connection_subject(ALL_CLIENTS, server),
+        summary=(
+            f"{len(mismatched)} of {scaled} connections: the SYN-ACK announced "
+            f"window scale {announced} but the server's windows are scaled by "
+            f"{inferred}; clients see windows {factor}x smaller than offered"
+        ),
+        evidence={
+            "announced_wscale": announced,
+            "actual_wscale": inferred,
+            "shrink_factor": factor,
+            # a capture cannot read the server's socket (socket_wscale null)
+            "source": "capture: the server's first window after the handshake "
+            "against the SYN-ACK's",
+            "inferred_wscale": inferred,
+            "direction": "server-to-client",
+            "connections": len(mismatched),
+            "connections_with_scaling": scaled,
+            "exact_power_of_two": exact,
+            **clients_hit(analysis, [i.stream for i in mismatched], client_ids),
+            "streams": [i.stream for i in mismatched[:EXAMPLES]],
+            "proof": example.evidence(),
+        },
+        advice=(
+            "A server kernel without commit 909172a14974 answers SYN cookies on "
+            "a listener with SO_RCVBUF set this way: update the kernel, or set "
+            "net.ipv4.tcp_syncookies=0 and raise the listen backlog "
+            "(socket.listen.backlog.size) so that cookies are not needed"
+        ),
+    )
+
+
+def _stripped_finding(
+    analysis: Analysis,
+    server: str,
+    stripped: list[tuple[WindowInference, str]],
+    client_ids: Mapping[int, str] | None,
+) -> Finding:
+    """The ``wscale-stripped`` finding of one server's connections with the option
+    stripped, each with the side (``client`` or ``server``) that announced it."""
+    scaled_anyway = [i for i, _ in stripped if i.mismatch]
+    sides = Counter(side for _, side in stripped)
+    inferred_values = Counter(i.inferred_wscale for i in scaled_anyway)
+    inferred = inferred_values.most_common(1)[0][0] if scaled_anyway else 0
+    only = sides.most_common(1)[0][0]
+    example = (scaled_anyway or [i for i, _ in stripped])[0]
+    factor = 1 << (inferred or 0)
+    return Finding(
+        kind="wscale-stripped",
+        severity=Severity.CRITICAL if scaled_anyway else Severity.WARNING,
+        subject=listener_subject(server),
+        summary=(
+            f"{len(stripped)} connections: window scaling announced by the "
+            f"{only} only, so neither side scales"
+            + (
+                f", yet the server's windows are scaled by {inferred}: clients "
+                f"see windows {factor}x smaller"
+                if scaled_anyway
+                else "; windows are capped at 64 KiB"
+            )
+        ),
+        evidence={
+            "announced_by": dict(sides),
+            "announced_wscale": None,
+            "inferred_wscale": inferred,
+            "shrink_factor": factor,
+            "connections": len(stripped),
+            "connections_scaled_anyway": len(scaled_anyway),
+            **clients_hit(analysis, [i.stream for i, _ in stripped], client_ids),
+            "streams": [i.stream for i, _ in stripped[:EXAMPLES]],
+            "proof": example.evidence(),
+        },
+        advice=(
+            "Something between the hosts removes the window-scale option "
+            "(a middlebox or firewall rewriting TCP options), or SYN cookies "
+            "were sent without timestamps: find the device, and keep "
+            "net.ipv4.tcp_timestamps on so cookies keep the option"
+        ),
+    )
