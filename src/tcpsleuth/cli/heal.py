@@ -252,6 +252,62 @@ def _finish(result: HealResult, output_format: str, status: int) -> int:
     return status
 
 
+def _refusal_after_quiet(
+    netns_name: str | None,
+    port: int,
+    plans: list[detect.ListenerPlan],
+    before: dict[str, int],
+    quiet_seconds: float,
+) -> str | None:
+    """Why --apply refuses after waiting ``quiet_seconds`` (SYN cookies or overflows
+    meanwhile, counted from ``before``), or None."""
+    time.sleep(quiet_seconds)
+    after = _counters(netns_name)
+    listening = [x for x in sockdiag.listeners(netns_name) if x.local_port == port]
+    return detect.refusal_by_counters(
+        before, after, quiet_seconds, plans, _accept_queues(listening)
+    )
+
+
+def _end_and_verify(
+    result: HealResult,
+    netns_name: str | None,
+    port: int,
+    found: list[DiagSocket],
+    plans: list[detect.ListenerPlan],
+    hits: list[tuple[detect.ListenerPlan, DiagSocket]],
+    *,
+    method: str,
+    rate: int,
+    firewall_timeout: int,
+    wait: float,
+    output_format: str,
+) -> int:
+    """--apply once every check has passed: end ``hits`` at the pace the backlog takes,
+    wait for their clients to come back, and finish with the exit status."""
+    cookies_before = frozenset(s.cookie for s in found)
+    backlog = min((p.backlog for p, _ in hits), default=1)
+    result.per_second = detect.per_second(backlog, rate)
+    baseline = _counters(netns_name)
+    started = time.monotonic()
+    ender = Ender(netns_name, method, firewall_timeout)
+    try:
+        ended, stopped = _work(netns_name, hits, ender, result.per_second, baseline, started)
+    finally:
+        result.method = ender.method
+        result.firewall = ender.firewall()
+        ender.close()
+    result.ended, result.stopped = ended, stopped
+    back, missing = _verify(netns_name, port, ended, cookies_before, plans, wait)
+    result.came_back, result.not_back = back, missing
+    result.cookies_during = _counters(netns_name).get(detect.COOKIES_SENT, 0) - baseline.get(
+        detect.COOKIES_SENT, 0
+    )
+    result.seconds = time.monotonic() - started
+    healed = all(e.outcome != "failed" for e in ended) and not missing and stopped is None
+    return _finish(result, output_format, 0 if healed else 1)
+
+
 @click.command("heal")
 @click.option("--port", type=PORT, required=True, help="The listeners' port (Kafka: 9092).")
 @netns_option
@@ -344,12 +400,7 @@ def heal_command(
     before = _counters(netns)
     refused = detect.refusal_by_settings(sysctls)
     if refused is None:
-        time.sleep(quiet_seconds)
-        after = _counters(netns)
-        listening = [x for x in sockdiag.listeners(netns) if x.local_port == port]
-        refused = detect.refusal_by_counters(
-            before, after, quiet_seconds, plans, _accept_queues(listening)
-        )
+        refused = _refusal_after_quiet(netns, port, plans, before, quiet_seconds)
         # the sockets again: a connection may have closed while heal waited
         plans, found, _sysctls, _listening = _look(netns, port, verdict)
         hits = detect.hit(found, plans)
@@ -360,24 +411,16 @@ def heal_command(
         return _finish(result, output_format, REFUSED)
     if not hits:
         return _finish(result, output_format, 0)  # they closed while heal waited
-    cookies_before = frozenset(s.cookie for s in found)
-    backlog = min((p.backlog for p, _ in hits), default=1)
-    result.per_second = detect.per_second(backlog, rate)
-    baseline = _counters(netns)
-    started = time.monotonic()
-    ender = Ender(netns, method, firewall_timeout)
-    try:
-        ended, stopped = _work(netns, hits, ender, result.per_second, baseline, started)
-    finally:
-        result.method = ender.method
-        result.firewall = ender.firewall()
-        ender.close()
-    result.ended, result.stopped = ended, stopped
-    back, missing = _verify(netns, port, ended, cookies_before, plans, wait)
-    result.came_back, result.not_back = back, missing
-    result.cookies_during = _counters(netns).get(detect.COOKIES_SENT, 0) - baseline.get(
-        detect.COOKIES_SENT, 0
+    return _end_and_verify(
+        result,
+        netns,
+        port,
+        found,
+        plans,
+        hits,
+        method=method,
+        rate=rate,
+        firewall_timeout=firewall_timeout,
+        wait=wait,
+        output_format=output_format,
     )
-    result.seconds = time.monotonic() - started
-    healed = all(e.outcome != "failed" for e in ended) and not missing and stopped is None
-    return _finish(result, output_format, 0 if healed else 1)

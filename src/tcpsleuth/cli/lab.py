@@ -1,4 +1,10 @@
-"""``tcpsleuth lab``: reproduce the incident, and each mitigation, on this machine."""
+"""``tcpsleuth lab``: reproduce the incident, and each mitigation, on this machine.
+
+About 480 lines: ``lab run`` has fifteen options (a hundred lines of them) and a run's
+report is one long dictionary (``_report``); beside them the run's wiring, each part
+named: its checks, its size, the scenarios run in turn, the rendering. The run in a
+guest is in ``lab_guest.py``, the kernels' commands in ``lab_kernel.py``.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +23,7 @@ from tcpsleuth.lab import analysis, healing, kafka_broker, namespaces
 from tcpsleuth.lab.kernel import build as kbuild
 from tcpsleuth.lab.runner import LabSize, discard, run_scenario, temporary_workdir
 from tcpsleuth.lab.scenarios import SCENARIOS, on_real_kernel
-from tcpsleuth.model.findings import exit_status, ranked
+from tcpsleuth.model.findings import Finding, exit_status, ranked
 from tcpsleuth.reports import jsonout, table
 from tcpsleuth.reports.labview import render_runs
 
@@ -246,6 +252,66 @@ def _run_scenarios(
     return reports, all_findings, artifacts.library_versions
 
 
+def _size(
+    size_name: str | None,
+    real_kafka: bool,
+    crowd: int | None,
+    measured: int | None,
+    rtt_ms: float,
+    rate_mbit: float,
+    after_s: float | None,
+    heal: bool,
+) -> LabSize:
+    """The --size preset (guest sized for a real Kafka with ``real_kafka``) with the
+    link, the clients and the after window the options give, and with --heal the
+    producers' timeout and interval heal needs."""
+    sizes = {"small": LabSize.small, "guest": LabSize.guest, "full": LabSize}
+    if real_kafka:
+        sizes["guest"] = LabSize.guest_kafka
+    base = sizes[size_name or "full"]()
+    return dataclasses.replace(
+        base,
+        rtt_ms=rtt_ms,
+        rate_mbit=rate_mbit,
+        crowd=base.crowd if crowd is None else crowd,
+        measured=base.measured if measured is None else measured,
+        after_s=base.after_s if after_s is None else after_s,
+        timeout_s=max(base.timeout_s, healing.PRODUCER_TIMEOUT_S) if heal else base.timeout_s,
+        interval_ms=(base.heal_interval_ms or base.interval_ms) if heal else base.interval_ms,
+    )
+
+
+def _show_runs(
+    reports: list[dict[str, Any]],
+    findings: list[Finding],
+    libraries: dict[str, str],
+    keep: Path | None,
+    output_format: str,
+) -> int:
+    """The runs' reports as JSON or as the table with the client libraries (and where
+    they were kept); the exit status of ``findings``."""
+    if output_format == "json":
+        jsonout.emit(
+            jsonout.document(
+                "lab run",
+                findings,
+                libraries=libraries,
+                runs=reports,
+                mitigations=analysis.mitigations(reports),
+            )
+        )
+    else:
+        table.console().print(render_runs(reports, analysis.mitigations(reports)))
+        versions = ", ".join(f"{name} {version}" for name, version in libraries.items())
+        table.console().print(f"client libraries: {versions}")
+        if keep is not None:
+            table.console().print(
+                f"kept in {keep} (latency.png, and per scenario report.json, "
+                "the capture and the socket snapshots)"
+            )
+    return exit_status(findings)
+
+
 @lab_group.command("run")
 @click.argument("names", nargs=-1, required=True)
 @click.option(
@@ -401,20 +467,8 @@ def run_command(
         return lab_guest.run_in_guest(
             kernel_name, names, keep, options, output_format, broker_kind, record_dir
         )
-    sizes = {"small": LabSize.small, "guest": LabSize.guest, "full": LabSize}
-    if broker_kind != "lab" and not broker_cmd:
-        sizes["guest"] = LabSize.guest_kafka
-    base = sizes[size_name or "full"]()
-    size = dataclasses.replace(
-        base,
-        rtt_ms=rtt_ms,
-        rate_mbit=rate_mbit,
-        crowd=base.crowd if crowd is None else crowd,
-        measured=base.measured if measured is None else measured,
-        after_s=base.after_s if after_s is None else after_s,
-        timeout_s=max(base.timeout_s, healing.PRODUCER_TIMEOUT_S) if heal else base.timeout_s,
-        interval_ms=(base.heal_interval_ms or base.interval_ms) if heal else base.interval_ms,
-    )
+    real_kafka = broker_kind != "lab" and not broker_cmd
+    size = _size(size_name, real_kafka, crowd, measured, rtt_ms, rate_mbit, after_s, heal)
     reports, all_findings, libraries = _run_scenarios(
         names,
         size,
@@ -426,24 +480,4 @@ def run_command(
         (heal, heal_method),
         output_format,
     )
-    findings = ranked(all_findings)
-    if output_format == "json":
-        jsonout.emit(
-            jsonout.document(
-                "lab run",
-                findings,
-                libraries=libraries,
-                runs=reports,
-                mitigations=analysis.mitigations(reports),
-            )
-        )
-    else:
-        table.console().print(render_runs(reports, analysis.mitigations(reports)))
-        versions = ", ".join(f"{name} {version}" for name, version in libraries.items())
-        table.console().print(f"client libraries: {versions}")
-        if keep is not None:
-            table.console().print(
-                f"kept in {keep} (latency.png, and per scenario report.json, "
-                "the capture and the socket snapshots)"
-            )
-    return exit_status(findings)
+    return _show_runs(reports, ranked(all_findings), libraries, keep, output_format)

@@ -43,16 +43,11 @@ def kernel_report(scenario: Scenario, in_guest: str | None) -> dict[str, Any] | 
     }
 
 
-def run_in_guest(
-    kernel_name: str,
-    names: tuple[str, ...],
-    keep: Path | None,
-    options: dict[str, Any],
-    output_format: str,
-    broker_kind: str = "lab",
-    record_dir: Path | None = None,
-) -> int:
-    kernel = kbuild.require(kernel_name)
+def _inner_command(
+    kernel_name: str, names: tuple[str, ...], options: dict[str, Any], broker_kind: str
+) -> tuple[list[str], str, dict[str, str]]:
+    """The command line of the lab run inside the guest (its folders apart), the guest's
+    memory and the run's environment."""
     argv = ["lab", "run", *names, "--format", "json", "--in-guest", kernel_name]
     # Python alone takes tens of seconds to import a child's modules under an emulated
     # CPU, minutes with a busy host beside it
@@ -76,25 +71,66 @@ def run_in_guest(
             argv.append(option)
         elif value is not None:
             argv += [option, str(value)]
+    return argv, memory, env
+
+
+def _shared_folders(
+    keep: Path | None, record_dir: Path | None, env: dict[str, str]
+) -> tuple[tuple[Path, ...], list[str], dict[str, str]]:
+    """The folders the guest writes (--keep, --record), made here: the folders, their
+    options for the inner run, and ``env`` with what the recorder in the guest needs."""
     rwdirs: tuple[Path, ...] = ()
+    args: list[str] = []
     if keep is not None:
         keep = keep.resolve()
         keep.mkdir(parents=True, exist_ok=True)
         rwdirs = (keep,)
-        argv += ["--keep", str(keep)]
+        args += ["--keep", str(keep)]
     if record_dir is not None:
         # the recorder in the guest writes its incidents here; it takes tens of seconds
         # to start under an emulated CPU
         record_dir = record_dir.resolve()
         record_dir.mkdir(parents=True, exist_ok=True)
         rwdirs = (*rwdirs, record_dir)
-        argv += ["--record", str(record_dir)]
+        args += ["--record", str(record_dir)]
         env = {
             **env,
             "TCPSLEUTH_RECORD_LOCAL": "1",
             "TCPSLEUTH_RECORDER_READY_S": "240",
             "TCPSLEUTH_RECORDER_REPORT_S": "1200",
         }
+    return rwdirs, args, env
+
+
+def _document(result: guest.GuestResult, kernel_name: str) -> dict[str, Any]:
+    """The inner run's JSON document, or an EnvironmentProblem with the last line it
+    printed to stderr."""
+    try:
+        doc: dict[str, Any] = json.loads(result.stdout)
+    except json.JSONDecodeError:
+        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise EnvironmentProblem(
+            f"the lab run in the {kernel_name} guest failed (exit {result.status}): {last} "
+            f"(all it printed: {kbuild.cache_root() / 'last-guest-stderr.txt'})"
+        ) from None
+    return doc
+
+
+def run_in_guest(
+    kernel_name: str,
+    names: tuple[str, ...],
+    keep: Path | None,
+    options: dict[str, Any],
+    output_format: str,
+    broker_kind: str = "lab",
+    record_dir: Path | None = None,
+) -> int:
+    """Boot a guest with the lab kernel ``kernel_name``, run the scenarios in it and
+    render what came back as a local run would be; the exit status of its findings."""
+    kernel = kbuild.require(kernel_name)
+    argv, memory, env = _inner_command(kernel_name, names, options, broker_kind)
+    rwdirs, folder_args, env = _shared_folders(keep, record_dir, env)
+    argv += folder_args
     with Progress(
         SpinnerColumn(),
         TextColumn("[bold]{task.description}"),
@@ -113,14 +149,7 @@ def run_in_guest(
             memory=memory,
             env=env,
         )
-    try:
-        doc = json.loads(result.stdout)
-    except json.JSONDecodeError:
-        last = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        raise EnvironmentProblem(
-            f"the lab run in the {kernel_name} guest failed (exit {result.status}): {last} "
-            f"(all it printed: {kbuild.cache_root() / 'last-guest-stderr.txt'})"
-        ) from None
+    doc = _document(result, kernel_name)
     doc["guest"] = {
         "kernel": kernel.describe(),
         "memory": memory,

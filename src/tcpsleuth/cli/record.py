@@ -75,6 +75,17 @@ def _serve_metrics(listen: str, recorder: Recorder) -> None:
     serve(host, port, registry, "tcpsleuth record")
 
 
+def _run(settings: Settings, output_format: str, metrics_listen: str | None) -> int:
+    """Record until stopped (or --duration), with the metrics served at ``metrics_listen``
+    when given (its address checked first)."""
+    recorder = Recorder(settings, _printer(output_format))
+    if metrics_listen is not None:
+        parse_listen(metrics_listen)
+        _serve_metrics(metrics_listen, recorder)
+    recorder.run()
+    return 0
+
+
 @click.command("record")
 @click.option(
     "--port",
@@ -324,10 +335,4 @@ def record_command(
         metrics_file=metrics_file,
         heal=heal,
     )
-    recorder = Recorder(settings, _printer(output_format))
-    if metrics_listen is not None:
-        parse_listen(metrics_listen)
-    if metrics_listen is not None:
-        _serve_metrics(metrics_listen, recorder)
-    recorder.run()
-    return 0
+    return _run(settings, output_format, metrics_listen)

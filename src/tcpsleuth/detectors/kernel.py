@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tcpsleuth.model.findings import Finding, Severity, host_subject
-from tcpsleuth.model.records import HostSnapshot
+from tcpsleuth.model.records import HostSnapshot, KafkaConfig
 from tcpsleuth.model.text import to_int
 
 FIX_COMMIT = "909172a149749242990a6e64cb55d55460d4e417"
@@ -272,6 +272,16 @@ def _why_blocked(
     return None
 
 
+# what to do about the bug, the end of each finding's advice
+_FIX = (
+    "Set net.ipv4.tcp_syncookies=0 (an overflowing listener then drops SYNs and clients "
+    "retry), raise the listen backlog so reconnect storms fit, or stop the program "
+    "locking SO_RCVBUF on its listener (Kafka: socket.receive.buffer.bytes=-1; see "
+    "listener-rcvbuf-locked for each listener's own setting); the lasting "
+    f"fix is a kernel with commit {FIX_COMMIT[:12]} (mainline 5.10)."
+)
+
+
 def cookie_wscale_bug(
     snapshot: HostSnapshot,
     verdict: KernelVerdict,
@@ -287,13 +297,6 @@ def cookie_wscale_bug(
     kafka = snapshot.kafka_config
     evidence, rcvbuf, shrink = _bug_evidence(snapshot, verdict, locked, undetermined)
     subject = host_subject(snapshot.hostname)
-    fix = (
-        "Set net.ipv4.tcp_syncookies=0 (an overflowing listener then drops SYNs and clients "
-        "retry), raise the listen backlog so reconnect storms fit, or stop the program "
-        "locking SO_RCVBUF on its listener (Kafka: socket.receive.buffer.bytes=-1; see "
-        "listener-rcvbuf-locked for each listener's own setting); the lasting "
-        f"fix is a kernel with commit {FIX_COMMIT[:12]} (mainline 5.10)."
-    )
     blocked = _why_blocked(evidence["tcp_syncookies"], evidence["tcp_timestamps"], rcvbuf, locked)
     if verdict.status == Status.UNKNOWN:
         if blocked:
@@ -309,48 +312,50 @@ def cookie_wscale_bug(
                 "Confirm by experiment: in a throwaway network namespace force SYN cookies "
                 "(tcp_syncookies=2), listen with SO_RCVBUF=102400, connect once and compare the "
                 "wscale `ss -ti` shows at both ends; or look for commit "
-                f"{FIX_COMMIT[:12]} in the kernel package's changelog. " + fix,
+                f"{FIX_COMMIT[:12]} in the kernel package's changelog. " + _FIX,
             )
         ]
+    severity, summary, advice = _bug_exposure(
+        verdict.release, kafka, rcvbuf, locked, undetermined, shrink, blocked
+    )
+    return [Finding("kernel-cookie-wscale-bug", severity, subject, summary, evidence, advice)]
+
+
+def _bug_exposure(
+    release: str,
+    kafka: KafkaConfig | None,
+    rcvbuf: int | None,
+    locked: Sequence[tuple[str, int]] | None,
+    undetermined: int,
+    shrink: str,
+    blocked: str | None,
+) -> tuple[Severity, str, str]:
+    """The severity, summary and advice of the finding on a kernel with the bug: what
+    keeps it from triggering, else who is exposed (the broker, the locked listeners)."""
     if blocked:
-        return [
-            Finding(
-                "kernel-cookie-wscale-bug",
-                Severity.INFO,
-                subject,
-                f"kernel {verdict.release} has the SYN-cookie window-scale bug, but {blocked}",
-                evidence,
-                "Keep it that way until the kernel is upgraded: " + fix,
-            )
-        ]
+        return (
+            Severity.INFO,
+            f"kernel {release} has the SYN-cookie window-scale bug, but {blocked}",
+            "Keep it that way until the kernel is upgraded: " + _FIX,
+        )
     if kafka is not None and kafka.receive_buffer_bytes > 0:
-        return [
-            Finding(
-                "kernel-cookie-wscale-bug",
-                Severity.CRITICAL,
-                subject,
-                f"kernel {verdict.release} has the SYN-cookie window-scale bug and the broker sets "
-                f"SO_RCVBUF={rcvbuf}: connections made by cookie during a reconnect storm will see "
-                f"a window many times too small{shrink}",
-                evidence,
-                fix,
-            )
-        ]
+        return (
+            Severity.CRITICAL,
+            f"kernel {release} has the SYN-cookie window-scale bug and the broker sets "
+            f"SO_RCVBUF={rcvbuf}: connections made by cookie during a reconnect storm will see "
+            f"a window many times too small{shrink}",
+            _FIX,
+        )
     if locked:
         names = ", ".join(where for where, _ in locked[:5]) + (" ..." if len(locked) > 5 else "")
-        return [
-            Finding(
-                "kernel-cookie-wscale-bug",
-                Severity.CRITICAL,
-                subject,
-                f"kernel {verdict.release} has the SYN-cookie window-scale bug and "
-                f"{len(locked)} listener{'s' if len(locked) > 1 else ''} lock their receive "
-                f"buffer ({names}): connections made by cookie during a reconnect storm will "
-                f"see a window many times too small{shrink}",
-                evidence,
-                fix,
-            )
-        ]
+        return (
+            Severity.CRITICAL,
+            f"kernel {release} has the SYN-cookie window-scale bug and "
+            f"{len(locked)} listener{'s' if len(locked) > 1 else ''} lock their receive "
+            f"buffer ({names}): connections made by cookie during a reconnect storm will "
+            f"see a window many times too small{shrink}",
+            _FIX,
+        )
     if locked is not None:
         more = (
             f"; {undetermined} listener{'s' if undetermined != 1 else ''} have a buffer equal "
@@ -358,26 +363,16 @@ def cookie_wscale_bug(
             if undetermined
             else ""
         )
-        return [
-            Finding(
-                "kernel-cookie-wscale-bug",
-                Severity.WARNING,
-                subject,
-                f"kernel {verdict.release} has the SYN-cookie window-scale bug; no listener "
-                f"shows a locked receive buffer now{more}, but any program that sets SO_RCVBUF "
-                "on its listener (Kafka does by default) is exposed during SYN-cookie storms",
-                evidence,
-                fix,
-            )
-        ]
-    return [
-        Finding(
-            "kernel-cookie-wscale-bug",
+        return (
             Severity.WARNING,
-            subject,
-            f"kernel {verdict.release} has the SYN-cookie window-scale bug: any listener that sets "
-            "SO_RCVBUF before listen() (Kafka does by default) is exposed during SYN-cookie storms",
-            evidence,
-            "Give --kafka-config to check the broker's setting. " + fix,
+            f"kernel {release} has the SYN-cookie window-scale bug; no listener "
+            f"shows a locked receive buffer now{more}, but any program that sets SO_RCVBUF "
+            "on its listener (Kafka does by default) is exposed during SYN-cookie storms",
+            _FIX,
         )
-    ]
+    return (
+        Severity.WARNING,
+        f"kernel {release} has the SYN-cookie window-scale bug: any listener that sets "
+        "SO_RCVBUF before listen() (Kafka does by default) is exposed during SYN-cookie storms",
+        "Give --kafka-config to check the broker's setting. " + _FIX,
+    )

@@ -199,65 +199,12 @@ def rcvbuf_findings(
             "tcp_syncookies": syncookies,
             "tcp_timestamps": timestamps,
         }
-        shrink = ""
-        if fact.shifts is not None:
-            announced, used = fact.shifts
-            evidence.update(
-                announced_wscale=announced,
-                actual_wscale=used,
-                window_shrink_factor=2 ** (used - announced) if used >= announced else 1,
-            )
-            if used > announced:
-                shrink = (
-                    f": its SYN-ACKs announce window scale {announced}, a cookie socket on a "
-                    f"kernel without the fix uses {used}, so clients read its windows "
-                    f"{2 ** (used - announced)}x too small"
-                )
+        shifts, shrink = _shifts(fact)
+        evidence.update(shifts)
         base = f"{who} {fact.local} locks its receive buffer at {fact.rcvbuf} bytes"
-        kernel_fix = f"a kernel with commit {FIX_COMMIT[:12]} (mainline 5.10) removes the bug"
-        if verdict.status == Status.FIXED:
-            severity = Severity.INFO
-            summary = (
-                f"{base}; kernel {verdict.release} has the SYN-cookie window-scale fix, but "
-                "connections accepted from it inherit the lock and do not autotune their "
-                "receive buffer"
-            )
-            advice = (
-                f"Nothing urgent on this kernel. Before moving this server to an older kernel: "
-                f"{change}."
-            )
-        elif syncookies == 0 or timestamps == 0:
-            severity = Severity.INFO
-            why = (
-                "SYN cookies are off (net.ipv4.tcp_syncookies=0)"
-                if syncookies == 0
-                else "timestamps are off, so cookie connections lose window scaling altogether"
-            )
-            summary = (
-                f"{base}; kernel {verdict.release} lacks the SYN-cookie window-scale fix, but {why}"
-            )
-            advice = f"Keep it that way until the kernel is upgraded, or {change}; {kernel_fix}."
-        elif verdict.status == Status.AFFECTED:
-            severity = Severity.CRITICAL
-            summary = (
-                f"{base} on kernel {verdict.release}, which lacks the SYN-cookie window-scale "
-                f"fix{shrink or ': cookie connections get another window scale than announced'}"
-            )
-            advice = (
-                f"{change[0].upper() + change[1:]}; or keep the listen queue from overflowing "
-                "(a backlog above the clients that reconnect at once), or set "
-                f"net.ipv4.tcp_syncookies=0 (SYNs are dropped and retried instead); {kernel_fix}."
-            )
-        else:
-            severity = Severity.WARNING
-            summary = (
-                f"{base}; whether kernel {verdict.release} has the SYN-cookie window-scale fix "
-                f"cannot be told from its release{shrink and ' (without it' + shrink[1:] + ')'}"
-            )
-            advice = (
-                "Run `tcpsleuth probe` (or `tcpsleuth audit --probe`) to test this kernel; "
-                f"until then {change}."
-            )
+        severity, summary, advice = _rcvbuf_judgement(
+            verdict, syncookies, timestamps, base, shrink, change
+        )
         findings.append(
             Finding(
                 "listener-rcvbuf-locked",
@@ -269,6 +216,85 @@ def rcvbuf_findings(
             )
         )
     return findings
+
+
+def _shifts(fact: ListenerFacts) -> tuple[dict[str, Any], str]:
+    """The listener's announced and used shifts as evidence (none when unknown), and how
+    much too small its windows read when the used shift is the larger, as a sentence's end."""
+    if fact.shifts is None:
+        return {}, ""
+    announced, used = fact.shifts
+    evidence = {
+        "announced_wscale": announced,
+        "actual_wscale": used,
+        "window_shrink_factor": 2 ** (used - announced) if used >= announced else 1,
+    }
+    shrink = ""
+    if used > announced:
+        shrink = (
+            f": its SYN-ACKs announce window scale {announced}, a cookie socket on a "
+            f"kernel without the fix uses {used}, so clients read its windows "
+            f"{2 ** (used - announced)}x too small"
+        )
+    return evidence, shrink
+
+
+def _rcvbuf_judgement(
+    verdict: KernelVerdict,
+    syncookies: int | None,
+    timestamps: int | None,
+    base: str,
+    shrink: str,
+    change: str,
+) -> tuple[Severity, str, str]:
+    """The severity, summary and advice of a locked listener's finding, from the kernel's
+    verdict and the cookie settings; ``base`` begins the summary, ``change`` is the advice
+    for the program."""
+    kernel_fix = f"a kernel with commit {FIX_COMMIT[:12]} (mainline 5.10) removes the bug"
+    if verdict.status == Status.FIXED:
+        severity = Severity.INFO
+        summary = (
+            f"{base}; kernel {verdict.release} has the SYN-cookie window-scale fix, but "
+            "connections accepted from it inherit the lock and do not autotune their "
+            "receive buffer"
+        )
+        advice = (
+            f"Nothing urgent on this kernel. Before moving this server to an older kernel: "
+            f"{change}."
+        )
+    elif syncookies == 0 or timestamps == 0:
+        severity = Severity.INFO
+        why = (
+            "SYN cookies are off (net.ipv4.tcp_syncookies=0)"
+            if syncookies == 0
+            else "timestamps are off, so cookie connections lose window scaling altogether"
+        )
+        summary = (
+            f"{base}; kernel {verdict.release} lacks the SYN-cookie window-scale fix, but {why}"
+        )
+        advice = f"Keep it that way until the kernel is upgraded, or {change}; {kernel_fix}."
+    elif verdict.status == Status.AFFECTED:
+        severity = Severity.CRITICAL
+        summary = (
+            f"{base} on kernel {verdict.release}, which lacks the SYN-cookie window-scale "
+            f"fix{shrink or ': cookie connections get another window scale than announced'}"
+        )
+        advice = (
+            f"{change[0].upper() + change[1:]}; or keep the listen queue from overflowing "
+            "(a backlog above the clients that reconnect at once), or set "
+            f"net.ipv4.tcp_syncookies=0 (SYNs are dropped and retried instead); {kernel_fix}."
+        )
+    else:
+        severity = Severity.WARNING
+        summary = (
+            f"{base}; whether kernel {verdict.release} has the SYN-cookie window-scale fix "
+            f"cannot be told from its release{shrink and ' (without it' + shrink[1:] + ')'}"
+        )
+        advice = (
+            "Run `tcpsleuth probe` (or `tcpsleuth audit --probe`) to test this kernel; "
+            f"until then {change}."
+        )
+    return severity, summary, advice
 
 
 def listener_findings(

@@ -113,10 +113,25 @@ def _client_server(
 def trace_findings(
     sockets: list[TracedSocket], server_ports: frozenset[int] = frozenset()
 ) -> list[Finding]:
-    findings: list[Finding] = []
     by_pair: dict[tuple[str, str], list[TracedSocket]] = defaultdict(list)
     for sock in sockets:
         by_pair[(sock.local, sock.remote)].append(sock)
+    findings = _wscale_mismatches(sockets, by_pair, server_ports)
+    for sock in sockets:
+        finding = _rwnd_limited(sock, by_pair, server_ports)
+        if finding is not None:
+            findings.append(finding)
+    return findings
+
+
+def _wscale_mismatches(
+    sockets: list[TracedSocket],
+    by_pair: dict[tuple[str, str], list[TracedSocket]],
+    server_ports: frozenset[int],
+) -> list[Finding]:
+    """A finding for each direction of a connection traced at both ends whose reader
+    applies another shift than the writer of its windows uses."""
+    findings: list[Finding] = []
     seen: set[tuple[str, str]] = set()
     for sock in sockets:
         key = (sock.local, sock.remote)
@@ -129,79 +144,93 @@ def trace_findings(
             (client, server, "server's windows"),
             (server, client, "client's windows"),
         ):
-            announced, actual = sender.last.snd_wscale, receiver.last.rcv_wscale
-            if announced == actual:
-                continue
-            factor = (
-                2 ** (actual - announced) if actual >= announced else 1 / 2 ** (announced - actual)
-            )
-            findings.append(
-                Finding(
-                    "wscale-mismatch",
-                    Severity.CRITICAL,
-                    connection_subject(client.local, server.local),
-                    f"{sender.local} reads the {direction} with shift {announced} but "
-                    f"{receiver.local} scales them by {actual}: every window is read "
-                    f"{factor:g}x {'too small' if actual > announced else 'too large'}",
-                    {
-                        "announced_wscale": announced,
-                        "actual_wscale": actual,
-                        "shrink_factor": factor,
-                        "source": "trace (tcp:tcp_probe, struct tcp_sock via BTF)",
-                        "socket_wscale": actual,
-                        "direction": "server-to-client" if sender is client else "client-to-server",
-                        "connections": 1,
-                        "clients": {client.local.rsplit(":", 1)[0]: 1},
-                        "reader": sender.local,
-                        "believed_window_bytes": sender.believed_window,
-                        "offered_window_bytes": receiver.offered_window,
-                        "rwnd_limited_ms": round(sender.wait_ns / 1e6, 3),
-                    },
-                    "Both ends must agree on the shift announced in the handshake. If the "
-                    "server's SYN-ACK was a SYN cookie on a kernel without the fix, disable SYN "
-                    "cookies or raise the listen backlog (see `tcpsleuth audit`); if a middlebox "
-                    "rewrites TCP options, fix or bypass it.",
-                )
-            )
-    for sock in sockets:
-        span = sock.span_ns
-        if span <= 0 or sock.wait_ns < RWND_LIMITED_MIN_NS:
-            continue
-        share = sock.wait_ns / span
-        if share < RWND_LIMITED_SHARE:
-            continue
-        peer = by_pair.get((sock.remote, sock.local), [])
-        client, server = (
-            _client_server(sock, peer[0], server_ports) if len(peer) == 1 else (sock, None)
-        )
-        subject = (
-            connection_subject(client.local, server.local)
-            if server is not None
-            else connection_subject(sock.local, sock.remote)
-        )
-        window = sock.believed_window
-        mss = sock.last.mss or 1
-        findings.append(
-            Finding(
-                "rwnd-limited",
-                Severity.WARNING if share < 0.5 else Severity.CRITICAL,
-                subject,
-                f"{sock.local} waited at its peer's receive window for "
-                f"{sock.wait_ns / 1e6:.0f} ms of {span / 1e6:.0f} ms traced ({share:.0%}); the "
-                f"window it sees is {window} bytes ({window / mss:.1f} segments)",
-                {
-                    "sender": sock.local,
-                    "source": "trace (tcp:tcp_probe)",
-                    "rwnd_limited_ms": round(sock.wait_ns / 1e6, 3),
-                    "rwnd_limited_share": round(share, 4),
-                    "busy_ms": round(span / 1e6, 3),
-                    "effective_window_bytes": window,
-                    "effective_window_segments": round(window / mss, 2),
-                    "snd_wscale": sock.last.snd_wscale,
-                },
-                "The receiver's window, not the network, is the limit: check the receiver's "
-                "window scale (wscale-mismatch), its receive buffer (SO_RCVBUF, tcp_rmem) and "
-                "whether it reads fast enough.",
-            )
-        )
+            finding = _mismatch(client, server, sender, receiver, direction)
+            if finding is not None:
+                findings.append(finding)
     return findings
+
+
+def _mismatch(
+    client: TracedSocket,
+    server: TracedSocket,
+    sender: TracedSocket,
+    receiver: TracedSocket,
+    direction: str,
+) -> Finding | None:
+    """The finding when ``sender`` reads the windows of ``receiver`` with another shift
+    than ``receiver`` scales them by, else None."""
+    announced, actual = sender.last.snd_wscale, receiver.last.rcv_wscale
+    if announced == actual:
+        return None
+    factor = 2 ** (actual - announced) if actual >= announced else 1 / 2 ** (announced - actual)
+    return Finding(
+        "wscale-mismatch",
+        Severity.CRITICAL,
+        connection_subject(client.local, server.local),
+        f"{sender.local} reads the {direction} with shift {announced} but "
+        f"{receiver.local} scales them by {actual}: every window is read "
+        f"{factor:g}x {'too small' if actual > announced else 'too large'}",
+        {
+            "announced_wscale": announced,
+            "actual_wscale": actual,
+            "shrink_factor": factor,
+            "source": "trace (tcp:tcp_probe, struct tcp_sock via BTF)",
+            "socket_wscale": actual,
+            "direction": "server-to-client" if sender is client else "client-to-server",
+            "connections": 1,
+            "clients": {client.local.rsplit(":", 1)[0]: 1},
+            "reader": sender.local,
+            "believed_window_bytes": sender.believed_window,
+            "offered_window_bytes": receiver.offered_window,
+            "rwnd_limited_ms": round(sender.wait_ns / 1e6, 3),
+        },
+        "Both ends must agree on the shift announced in the handshake. If the "
+        "server's SYN-ACK was a SYN cookie on a kernel without the fix, disable SYN "
+        "cookies or raise the listen backlog (see `tcpsleuth audit`); if a middlebox "
+        "rewrites TCP options, fix or bypass it.",
+    )
+
+
+def _rwnd_limited(
+    sock: TracedSocket,
+    by_pair: dict[tuple[str, str], list[TracedSocket]],
+    server_ports: frozenset[int],
+) -> Finding | None:
+    """A finding when the socket spent a large share of its traced time waiting at its
+    peer's receive window, else None."""
+    span = sock.span_ns
+    if span <= 0 or sock.wait_ns < RWND_LIMITED_MIN_NS:
+        return None
+    share = sock.wait_ns / span
+    if share < RWND_LIMITED_SHARE:
+        return None
+    peer = by_pair.get((sock.remote, sock.local), [])
+    client, server = _client_server(sock, peer[0], server_ports) if len(peer) == 1 else (sock, None)
+    subject = (
+        connection_subject(client.local, server.local)
+        if server is not None
+        else connection_subject(sock.local, sock.remote)
+    )
+    window = sock.believed_window
+    mss = sock.last.mss or 1
+    return Finding(
+        "rwnd-limited",
+        Severity.WARNING if share < 0.5 else Severity.CRITICAL,
+        subject,
+        f"{sock.local} waited at its peer's receive window for "
+        f"{sock.wait_ns / 1e6:.0f} ms of {span / 1e6:.0f} ms traced ({share:.0%}); the "
+        f"window it sees is {window} bytes ({window / mss:.1f} segments)",
+        {
+            "sender": sock.local,
+            "source": "trace (tcp:tcp_probe)",
+            "rwnd_limited_ms": round(sock.wait_ns / 1e6, 3),
+            "rwnd_limited_share": round(share, 4),
+            "busy_ms": round(span / 1e6, 3),
+            "effective_window_bytes": window,
+            "effective_window_segments": round(window / mss, 2),
+            "snd_wscale": sock.last.snd_wscale,
+        },
+        "The receiver's window, not the network, is the limit: check the receiver's "
+        "window scale (wscale-mismatch), its receive buffer (SO_RCVBUF, tcp_rmem) and "
+        "whether it reads fast enough.",
+    )

@@ -208,6 +208,47 @@ def _trace(directory: Path, ports: frozenset[int]) -> tuple[Trace | None, list[F
     return None, []
 
 
+def _analysed_capture(
+    directory: Path,
+    ports: frozenset[int],
+    later: list[TcpConnection],
+    during: list[TcpConnection],
+    capture_doc: dict[str, Any],
+    notes: list[str],
+) -> _CaptureAnalysis | None:
+    """The analysis of the incident's capture, its facts added to ``capture_doc``;
+    None, with a note why, where there is no capture or it cannot be read."""
+    capture_file = directory / freeze.CAPTURE
+    if capture_file.exists() and capture_file.stat().st_size > 24:
+        try:
+            found = _capture(analyse_stream(open_capture(capture_file), ports), later, during)
+            capture_doc.update(found.facts)
+        except InputError as problem:
+            notes.append(f"capture not analysed: {problem}")
+            return None
+        return found
+    notes.append(
+        "no capture in this incident"
+        + (f" ({capture_doc['why']})" if capture_doc.get("why") else "")
+    )
+    return None
+
+
+def _bundle(directory: Path, notes: list[str]) -> tuple[dict[str, Any] | None, list[Finding]]:
+    """The audit of the incident's host bundle: what the report says of the host and
+    the findings; None and none where there is no bundle, with a note where it cannot
+    be read."""
+    if not (directory / freeze.BUNDLE).is_dir():
+        return None, []
+    try:
+        host = read_bundle(directory / freeze.BUNDLE)
+    except InputError as problem:
+        notes.append(f"bundle not analysed: {problem}")
+        return None, []
+    found = audit(host, assess_kernel(host.kernel_release, host.proc_version))
+    return {"kernel_release": host.kernel_release, "hostname": host.hostname}, found
+
+
 def analyse(directory: Path) -> IncidentReport:
     """The report of the incident in ``directory``; an InputError (one line) for an
     incident holding what the recorder never writes: a symbolic link, a FIFO or a
@@ -222,21 +263,10 @@ def analyse(directory: Path) -> IncidentReport:
     _, during, during_at = freeze.read_snapshot(directory / freeze.DURING)
     listeners, later, later_at = freeze.read_snapshot(directory / freeze.LATER)
     counters = _counters(samples)
-    capture_file = directory / freeze.CAPTURE
     capture_doc: dict[str, Any] = dict(meta.get("capture", {}))
-    found: _CaptureAnalysis | None = None
-    if capture_file.exists() and capture_file.stat().st_size > 24:
-        try:
-            found = _capture(analyse_stream(open_capture(capture_file), ports), later, during)
-            capture_doc.update(found.facts)
-            findings += found.findings
-        except InputError as problem:
-            notes.append(f"capture not analysed: {problem}")
-    else:
-        notes.append(
-            "no capture in this incident"
-            + (f" ({capture_doc['why']})" if capture_doc.get("why") else "")
-        )
+    found = _analysed_capture(directory, ports, later, during, capture_doc, notes)
+    if found is not None:
+        findings += found.findings
     sent = counters.get("during", {}).get("TcpExtSyncookiesSent")
     cookies = found.cookies if found else {}
     # the counter's cookies the capture attributes to no connection
@@ -248,15 +278,8 @@ def analyse(directory: Path) -> IncidentReport:
         # the service's own sockets: on a host that is also its client, the client
         # ends are another story (and thousands of findings)
         findings += socket_findings(served, listeners)
-    bundle: dict[str, Any] | None = None
-    if (directory / freeze.BUNDLE).is_dir():
-        try:
-            host = read_bundle(directory / freeze.BUNDLE)
-        except InputError as problem:
-            notes.append(f"bundle not analysed: {problem}")
-        else:
-            findings += audit(host, assess_kernel(host.kernel_release, host.proc_version))
-            bundle = {"kernel_release": host.kernel_release, "hostname": host.hostname}
+    bundle, bundle_found = _bundle(directory, notes)
+    findings += bundle_found
     trace, trace_found = _trace(directory, ports)
     findings += trace_found
     return IncidentReport(

@@ -13,6 +13,19 @@ from tcpsleuth.reports import cookiecounts, table
 def render_runs(reports: list[dict[str, Any]], matrix: dict[str, Any] | None = None) -> Group:
     """The runs' table; ``matrix`` is ``lab.analysis.mitigations(reports)``, where the
     runs hold a baseline."""
+    parts: list[Any] = [_runs_table(reports)]
+    if matrix is not None and len(reports) > 1:
+        parts.append(_mitigations_table(matrix))
+    for r in reports:
+        parts += _run_notes(r)
+    healed = [r for r in reports if r.get("heal")]
+    if healed:
+        parts += _heal_parts(healed)
+    return Group(*parts)
+
+
+def _runs_table(reports: list[dict[str, Any]]) -> table.Fitted:
+    """One row a run: its latency before and after the restart, cookies, shifts, findings."""
     rows = []
     for r in reports:
         lat = r["latency_ms"]
@@ -40,86 +53,87 @@ def render_runs(reports: list[dict[str, Any]], matrix: dict[str, Any] | None = N
                 ),
             )
         )
-    parts: list[Any] = [
-        table.records_table(
-            "Lab runs (produce latency in ms; p50 before and after the restart)",
-            [
-                "scenario",
-                "p50 before",
-                "p50 after",
-                "ratio",
-                "p99 after",
-                "cookies sent",
-                "capture: cookie/ordinary/undecided",
-                "client shifts",
-                "findings",
-            ],
-            rows,
-        )
+    return table.records_table(
+        "Lab runs (produce latency in ms; p50 before and after the restart)",
+        [
+            "scenario",
+            "p50 before",
+            "p50 after",
+            "ratio",
+            "p99 after",
+            "cookies sent",
+            "capture: cookie/ordinary/undecided",
+            "client shifts",
+            "findings",
+        ],
+        rows,
+    )
+
+
+def _mitigations_table(matrix: dict[str, Any]) -> table.Fitted:
+    """Each mitigation's clients' p50 after the restart against the baseline's."""
+    return table.records_table(
+        f"Mitigations: clients' produce p50 after the restart against the baseline's "
+        f"({matrix['baseline_p50_ms']} ms); near it within "
+        f"{matrix['near_baseline_factor']:g}x",
+        ["scenario", "p50 after", "x baseline", "near", "per library", "broker p99"],
+        [
+            (
+                row["scenario"],
+                row["p50_after_ms"],
+                row["vs_baseline"],
+                {True: "yes", False: "no", None: "-"}[row["near_baseline"]],
+                " ".join(
+                    f"{library}:{stats['vs_baseline']}x"
+                    for library, stats in row["by_library"].items()
+                ),
+                row["broker_produce_p99_after_ms"],
+            )
+            for row in matrix["runs"]
+        ],
+    )
+
+
+def _run_notes(r: dict[str, Any]) -> list[str]:
+    """The lines under the tables about one run: per-library p50s, cookie counts, phases,
+    notes on the mitigation, the emulation, the kernel and the broker's own times."""
+    parts: list[str] = []
+    before, after = r["latency_ms"]["before"], r["latency_ms"]["after"]
+    per_library = [
+        f"{library} {before['by_library'].get(library, {}).get('p50', '-')} -> "
+        f"{after['by_library'].get(library, {}).get('p50') or 'none sent'}"
+        for library in sorted(before["by_library"].keys() | after["by_library"].keys())
     ]
-    if matrix is not None and len(reports) > 1:
+    if per_library:
         parts.append(
-            table.records_table(
-                f"Mitigations: clients' produce p50 after the restart against the baseline's "
-                f"({matrix['baseline_p50_ms']} ms); near it within "
-                f"{matrix['near_baseline_factor']:g}x",
-                ["scenario", "p50 after", "x baseline", "near", "per library", "broker p99"],
-                [
-                    (
-                        row["scenario"],
-                        row["p50_after_ms"],
-                        row["vs_baseline"],
-                        {True: "yes", False: "no", None: "-"}[row["near_baseline"]],
-                        " ".join(
-                            f"{library}:{stats['vs_baseline']}x"
-                            for library, stats in row["by_library"].items()
-                        ),
-                        row["broker_produce_p99_after_ms"],
-                    )
-                    for row in matrix["runs"]
-                ],
-            )
+            f"[dim]{r['scenario']}: clients' p50 before -> after the restart (ms): "
+            + ", ".join(per_library)
+            + ".[/dim]"
         )
-    for r in reports:
-        before, after = r["latency_ms"]["before"], r["latency_ms"]["after"]
-        per_library = [
-            f"{library} {before['by_library'].get(library, {}).get('p50', '-')} -> "
-            f"{after['by_library'].get(library, {}).get('p50') or 'none sent'}"
-            for library in sorted(before["by_library"].keys() | after["by_library"].keys())
-        ]
-        if per_library:
-            parts.append(
-                f"[dim]{r['scenario']}: clients' p50 before -> after the restart (ms): "
-                + ", ".join(per_library)
-                + ".[/dim]"
-            )
-        cookies = _cookie_line(r)
-        if cookies:
-            parts.append(f"[dim]{table.plain(cookies)}[/dim]")
-        if r.get("phases_s") and "broker_ready" in r["phases_s"]:
-            took = ", ".join(f"{name.replace('_', ' ')} {s} s" for name, s in r["phases_s"].items())
-            parts.append(f"[dim]{r['scenario']} took: {took}.[/dim]")
-        for why in (r.get("short_phases") or {}).values():
-            parts.append(f"[yellow]{r['scenario']}: {table.plain(why)}.[/yellow]")
-        if r.get("mitigation_note"):
-            parts.append(f"[dim]{r['scenario']}: {r['mitigation_note']}.[/dim]")
-        if r["emulation"]:
-            parts.append(f"[dim]{r['scenario']} emulates {r['emulation']}.[/dim]")
-        if r.get("kernel"):
-            parts.append(f"[dim]{r['scenario']}: {r['kernel']['note']}.[/dim]")
-        if r.get("broker_latency_ms"):
-            own = r["broker_latency_ms"]
-            parts.append(
-                f"[dim]{r['scenario']}: the broker's own Produce TotalTimeMs p99 (request log) "
-                f"{own['before']['produce_total']['p99']} ms before the restart, "
-                f"{own['after']['produce_total']['p99']} ms after.[/dim]"
-            )
-        if r["storm_amplification"]:
-            parts.append(f"[dim]{r['scenario']}: {r['storm_amplification']['what']}.[/dim]")
-    healed = [r for r in reports if r.get("heal")]
-    if healed:
-        parts += _heal_parts(healed)
-    return Group(*parts)
+    cookies = _cookie_line(r)
+    if cookies:
+        parts.append(f"[dim]{table.plain(cookies)}[/dim]")
+    if r.get("phases_s") and "broker_ready" in r["phases_s"]:
+        took = ", ".join(f"{name.replace('_', ' ')} {s} s" for name, s in r["phases_s"].items())
+        parts.append(f"[dim]{r['scenario']} took: {took}.[/dim]")
+    for why in (r.get("short_phases") or {}).values():
+        parts.append(f"[yellow]{r['scenario']}: {table.plain(why)}.[/yellow]")
+    if r.get("mitigation_note"):
+        parts.append(f"[dim]{r['scenario']}: {r['mitigation_note']}.[/dim]")
+    if r["emulation"]:
+        parts.append(f"[dim]{r['scenario']} emulates {r['emulation']}.[/dim]")
+    if r.get("kernel"):
+        parts.append(f"[dim]{r['scenario']}: {r['kernel']['note']}.[/dim]")
+    if r.get("broker_latency_ms"):
+        own = r["broker_latency_ms"]
+        parts.append(
+            f"[dim]{r['scenario']}: the broker's own Produce TotalTimeMs p99 (request log) "
+            f"{own['before']['produce_total']['p99']} ms before the restart, "
+            f"{own['after']['produce_total']['p99']} ms after.[/dim]"
+        )
+    if r["storm_amplification"]:
+        parts.append(f"[dim]{r['scenario']}: {r['storm_amplification']['what']}.[/dim]")
+    return parts
 
 
 def _verdicts_cell(cookies: dict[str, Any]) -> str:

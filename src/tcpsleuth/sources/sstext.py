@@ -247,20 +247,25 @@ def _details(
                 f"{file_line(source, number)}: cannot read '{shortened(token)}' in `ss -i` details"
             ) from None
     if fields:
-        # ss prints wscale only when it was negotiated: absent means off (shift 0).
-        fields.setdefault("snd_wscale", 0)
-        fields.setdefault("rcv_wscale", 0)
-        # ts/sack/ecn are printed by iproute2 < 4.x always, by newer ones only with
-        # -e or -o: absent means off only when the file shows them at all.
-        if flags_shown:
-            for flag in _FLAGS.values():
-                fields.setdefault(flag, False)
-        # busy, rwnd_limited and sndbuf_limited are printed only when non-zero,
-        # the last two only after a busy time (tcp_info has them since 4.10).
-        if "busy_time" in fields:
-            fields.setdefault("rwnd_limited", 0)
-            fields.setdefault("sndbuf_limited", 0)
+        _fill_unprinted(fields, flags_shown)
     return fields
+
+
+def _fill_unprinted(fields: dict[str, object], flags_shown: bool) -> None:
+    """Set the fields ``ss`` leaves out when they are off or zero."""
+    # ss prints wscale only when it was negotiated: absent means off (shift 0).
+    fields.setdefault("snd_wscale", 0)
+    fields.setdefault("rcv_wscale", 0)
+    # ts/sack/ecn are printed by iproute2 < 4.x always, by newer ones only with
+    # -e or -o: absent means off only when the file shows them at all.
+    if flags_shown:
+        for flag in _FLAGS.values():
+            fields.setdefault(flag, False)
+    # busy, rwnd_limited and sndbuf_limited are printed only when non-zero,
+    # the last two only after a busy time (tcp_info has them since 4.10).
+    if "busy_time" in fields:
+        fields.setdefault("rwnd_limited", 0)
+        fields.setdefault("sndbuf_limited", 0)
 
 
 # `-p`: ("comm",pid=N,fd=M), or ("comm",N,M) before iproute2 3.14; -T adds tid=
@@ -313,44 +318,7 @@ def _parse_ss(text: str, source: Path | str, default_state: str) -> SocketTable:
     star = wildcard_star(text)
     # one look at the whole text decides how each number may be read (see _details)
     ascii_text = text.isascii() and "+" not in text
-    # (line number, main line tokens, detail tokens)
-    records: list[tuple[int, list[str], list[str]]] = []
-    after_header = False
-    for number, line in enumerate(text.splitlines(), start=1):
-        tokens = line.split()
-        if not tokens:
-            continue
-        if not line[0].isspace():
-            if tokens[0] in HEADER_FIRST:
-                after_header = True
-                continue
-            if after_header and tokens[0] in ("Peer", "Address:Port", "Process"):
-                continue  # the rest of a header wrapped by a terminal or a mail
-            after_header = False
-            if _starts_socket(tokens[0]) or not records:
-                records.append((number, tokens, []))
-                continue
-            # Wrapped by a narrow terminal (or a mail): the peer address of an
-            # incomplete main line, or more details, at the start of a line.
-            if not _main_incomplete(records[-1][1]) and not all(
-                _DETAIL.match(token) for token in tokens
-            ):
-                raise InputError(
-                    f"{file_line(source, number)}: cannot read this line as `ss` TCP output "
-                    "(neither a socket line nor `-i` details)"
-                )
-        elif not records:
-            raise InputError(
-                f"{file_line(source, number)}: indented line before any socket line; "
-                "expected `ss -tn`/`ss -tni` output"
-            )
-        main = records[-1][1]
-        # A wrapped main line continues with the peer address; details are key:value.
-        if _main_incomplete(main):
-            main.extend(tokens)
-        else:
-            records[-1][2].extend(tokens)
-
+    records = _socket_lines(text, source)
     flags_shown = any(
         not _FLAGS.keys().isdisjoint(details) or not _FLAGS.keys().isdisjoint(main[4:])
         for _, main, details in records
@@ -411,6 +379,48 @@ def _parse_ss(text: str, source: Path | str, default_state: str) -> SocketTable:
             )
         )
     return SocketTable(listeners, connections)
+
+
+def _socket_lines(text: str, source: Path | str) -> list[tuple[int, list[str], list[str]]]:
+    """The text's sockets as (line number, main line tokens, detail tokens): headers
+    skipped, wrapped main lines and indented details joined to their socket."""
+    records: list[tuple[int, list[str], list[str]]] = []
+    after_header = False
+    for number, line in enumerate(text.splitlines(), start=1):
+        tokens = line.split()
+        if not tokens:
+            continue
+        if not line[0].isspace():
+            if tokens[0] in HEADER_FIRST:
+                after_header = True
+                continue
+            if after_header and tokens[0] in ("Peer", "Address:Port", "Process"):
+                continue  # the rest of a header wrapped by a terminal or a mail
+            after_header = False
+            if _starts_socket(tokens[0]) or not records:
+                records.append((number, tokens, []))
+                continue
+            # Wrapped by a narrow terminal (or a mail): the peer address of an
+            # incomplete main line, or more details, at the start of a line.
+            if not _main_incomplete(records[-1][1]) and not all(
+                _DETAIL.match(token) for token in tokens
+            ):
+                raise InputError(
+                    f"{file_line(source, number)}: cannot read this line as `ss` TCP output "
+                    "(neither a socket line nor `-i` details)"
+                )
+        elif not records:
+            raise InputError(
+                f"{file_line(source, number)}: indented line before any socket line; "
+                "expected `ss -tn`/`ss -tni` output"
+            )
+        main = records[-1][1]
+        # A wrapped main line continues with the peer address; details are key:value.
+        if _main_incomplete(main):
+            main.extend(tokens)
+        else:
+            records[-1][2].extend(tokens)
+    return records
 
 
 def _starts_socket(token: str) -> bool:

@@ -11,9 +11,10 @@ IETF draft (section header, interface description with ``if_tsresol`` and
 ``if_tsoffset``, enhanced, simple and obsolete packet blocks; several sections
 and interfaces, each interface with its own link type and clock resolution).
 
-About 580 lines: both file formats with their careful paths for damaged input
+About 530 lines: both file formats with their careful paths for damaged input
 (truncated records, out-of-range timestamps, unknown blocks), which share the
-batching and the read-once copy; the compiled record walks are in ``walk.py``.
+batching and the read-once copy; the compiled record walks are in ``walk.py``, the
+pcapng interfaces and their clocks in ``pcapng_interfaces.py``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,13 @@ import numpy as np
 
 from tcpsleuth.errors import InputError
 from tcpsleuth.sources.pcap import walk
+from tcpsleuth.sources.pcap.pcapng_interfaces import (
+    Interface,
+    StampRange,
+    read_interface,
+    stamp_error,
+    timestamps,
+)
 
 CHUNK = 2 << 20
 # libpcap refuses records larger than this (MAXIMUM_SNAPLEN, 256 KiB); so do we,
@@ -318,122 +326,6 @@ SHB, IDB, PB, SPB, EPB = 0x0A0D0D0A, 1, 2, 3, 6
 EPB_LE, EPB_BE = struct.pack("<I", EPB), struct.pack(">I", EPB)
 
 
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-MAX_TSOFFSET_S = 2**32  # +-136 years: the nanosecond clock (int64) spans +-292
-MAX_SHIFT = 63  # if_tsresol 2^-n
-MAX_POW10 = 18  # if_tsresol 10^-n
-
-
-class _StampRange(Exception):
-    """A packet's timestamp does not fit the nanosecond clock; ``index`` in the run."""
-
-    def __init__(self, index: int) -> None:
-        super().__init__(index)
-        self.index = index
-
-
-@dataclass
-class _Interface:
-    linktype: int
-    snaplen: int
-    ts_mul: int = 1000  # nanoseconds per tick when the resolution is 10^-n, n <= 9
-    ts_div_shift: int = -1  # for 2^-n resolutions
-    ts_div_pow10: int = 1
-    ts_offset_ns: int = 0
-
-    def base_ns(self, ticks: int) -> int:
-        if self.ts_div_shift >= 0:
-            return (ticks * 1_000_000_000) >> self.ts_div_shift
-        return ticks * self.ts_mul // self.ts_div_pow10
-
-    def to_ns(self, ticks: int) -> int:
-        return self.base_ns(ticks) + self.ts_offset_ns
-
-    def fits(self, ticks: int) -> bool:
-        """The timestamp, with and without the offset, fits the int64 nanosecond clock."""
-        base = self.base_ns(ticks)
-        return 0 <= base <= INT64_MAX and INT64_MIN <= base + self.ts_offset_ns <= INT64_MAX
-
-
-def _stamps(
-    interfaces: list[_Interface], if_ids: np.ndarray, ticks: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Nanosecond timestamps and link types of a run of packets, per interface;
-    _StampRange for the first packet whose timestamp is beyond the clock."""
-    ts_ns = np.empty(len(ticks), dtype=np.int64)
-    linktype = np.empty(len(ticks), dtype=np.int32)
-    for index in np.unique(if_ids).tolist():
-        iface = interfaces[index]
-        mask = if_ids == index
-        t = ticks[mask].view(np.uint64)  # 64 bits of ticks, unsigned
-        low, high = int(t.min()), int(t.max())
-        for edge in (low, high):
-            if not iface.fits(edge):
-                where = np.flatnonzero(mask)[int(np.argmax(t == np.uint64(edge)))]
-                raise _StampRange(int(where))
-        if iface.ts_div_shift >= 0:
-            shift = iface.ts_div_shift
-            if shift > 30:  # below a nanosecond: drop what cannot show, so nothing overflows
-                t, shift = t >> np.uint64(shift - 30), 30
-            whole = (t >> np.uint64(shift)) * np.uint64(1_000_000_000)
-            part = ((t & np.uint64((1 << shift) - 1)) * np.uint64(1_000_000_000)) >> np.uint64(
-                shift
-            )
-            base = whole + part
-        elif iface.ts_div_pow10 > 1:
-            base = t // np.uint64(iface.ts_div_pow10)
-        else:
-            base = t * np.uint64(iface.ts_mul)
-        ts_ns[mask] = base.astype(np.int64) + np.int64(iface.ts_offset_ns)
-        linktype[mask] = iface.linktype
-    return ts_ns, linktype
-
-
-def _interface(body: bytes, order: str, path: Path, where: int) -> _Interface:
-    if len(body) < 8:
-        raise InputError(f"{path}: pcapng interface block at byte {where} is too short")
-    linktype, _reserved, snaplen = struct.unpack_from(order + "HHI", body, 0)
-    iface = _Interface(linktype, snaplen)
-    pos = 8
-    while pos + 4 <= len(body):
-        code, length = struct.unpack_from(order + "HH", body, pos)
-        value = body[pos + 4 : pos + 4 + length]
-        if code == 0:
-            break
-        if code == 9 and length >= 1:  # if_tsresol
-            resol = value[0]
-            if (resol & 0x7F) > (MAX_SHIFT if resol & 0x80 else MAX_POW10):
-                raise InputError(
-                    f"{path}: pcapng interface block at byte {where}: if_tsresol 0x{resol:02x} "
-                    f"is no usable resolution (at most 2^-{MAX_SHIFT} or 10^-{MAX_POW10} s)"
-                )
-            if resol & 0x80:
-                iface.ts_div_shift = resol & 0x7F
-            else:
-                exp = resol & 0x7F
-                if exp <= 9:
-                    iface.ts_mul, iface.ts_div_pow10 = 10 ** (9 - exp), 1
-                else:
-                    iface.ts_mul, iface.ts_div_pow10 = 1, 10 ** (exp - 9)
-        elif code == 14 and length >= 8:  # if_tsoffset, seconds
-            offset_s = struct.unpack_from(order + "q", value)[0]
-            if abs(offset_s) > MAX_TSOFFSET_S:
-                raise InputError(
-                    f"{path}: pcapng interface block at byte {where}: if_tsoffset {offset_s} s "
-                    f"is beyond any clock (at most {MAX_TSOFFSET_S} s either way)"
-                )
-            iface.ts_offset_ns = offset_s * 1_000_000_000
-        pos += 4 + ((length + 3) & ~3)
-    return iface
-
-
-def _stamp_error(path: Path, where: int) -> InputError:
-    return InputError(
-        f"{path}: pcapng packet block at byte {where}: its timestamp, with the interface's "
-        "resolution and offset, is beyond the years 1678 to 2262 a nanosecond clock holds"
-    )
-
-
 def _pcapng(
     stream: BinaryIO,
     head: bytes,
@@ -476,7 +368,7 @@ def _pcapng_blocks(
     base = 0
     buf = head
     order = "<"
-    interfaces: list[_Interface] = []
+    interfaces: list[Interface] = []
     try:
         while True:
             more = _read(stream, chunk, path, base + len(buf))
@@ -484,89 +376,7 @@ def _pcapng_blocks(
             eof = not more
             end = len(buf)
             out = _Batcher()
-            pos = 0
-            array = np.frombuffer(buf, dtype=np.uint8)
-            while pos + 12 <= end:
-                btype_raw = buf[pos : pos + 4]
-                if btype_raw == (EPB_BE if order == ">" else EPB_LE) and interfaces:
-                    offsets, caplen, origlen, if_ids, stamps, stop, _why = walk.pcapng_packets(
-                        array, pos, order == ">", MAX_BLOCK
-                    )
-                    if len(offsets) and int(if_ids.max()) < len(interfaces):
-                        try:
-                            ns_and_linktypes = _stamps(interfaces, if_ids, stamps)
-                        except _StampRange as bad:
-                            raise _stamp_error(path, base + int(offsets[bad.index]) - 28) from None
-                        out.add(offsets, caplen, origlen, *ns_and_linktypes)
-                        pos = stop
-                        continue
-                    # anything unusual is left to the careful path below
-                if btype_raw == PCAPNG_SHB:
-                    order = _section_order(buf[pos + 8 : pos + 12], path, base + pos)
-                btype, blen = struct.unpack_from(order + "II", buf, pos)
-                if blen < 12 or blen % 4 or blen > MAX_BLOCK:
-                    raise InputError(
-                        f"{path}: corrupt pcapng block at byte {base + pos}: "
-                        f"block length {blen} is impossible"
-                    )
-                if pos + blen > end:
-                    break
-                trailer = struct.unpack_from(order + "I", buf, pos + blen - 4)[0]
-                if trailer != blen:
-                    raise InputError(
-                        f"{path}: corrupt pcapng block at byte {base + pos}: length {blen} "
-                        f"at its start, {trailer} at its end"
-                    )
-                body_at = pos + 8
-                if btype == SHB:
-                    interfaces = []
-                elif btype == IDB:
-                    iface = _interface(buf[body_at : pos + blen - 4], order, path, base + pos)
-                    interfaces.append(iface)
-                    report.linktypes.add(iface.linktype)
-                elif btype in (EPB, PB):
-                    if btype == EPB:
-                        if_id, hi, lo, incl, orig = struct.unpack_from(
-                            order + "IIIII", buf, body_at
-                        )
-                    else:
-                        if_id, _drops, hi, lo, incl, orig = struct.unpack_from(
-                            order + "HHIIII", buf, body_at
-                        )
-                    if if_id >= len(interfaces):
-                        raise InputError(
-                            f"{path}: corrupt pcapng packet block at byte {base + pos}: "
-                            f"interface {if_id} was never described"
-                        )
-                    if 28 + incl > blen - 4:
-                        raise InputError(
-                            f"{path}: corrupt pcapng packet block at byte {base + pos}: "
-                            f"captured length {incl} overruns the block ({blen} bytes)"
-                        )
-                    iface = interfaces[if_id]
-                    if not iface.fits((hi << 32) | lo):
-                        raise _stamp_error(path, base + pos)
-                    out.offsets.append(body_at + 20)
-                    out.caplen.append(incl)
-                    out.origlen.append(orig)
-                    out.ts_ns.append(iface.to_ns((hi << 32) | lo))
-                    out.linktype.append(iface.linktype)
-                elif btype == SPB:
-                    if not interfaces:
-                        raise InputError(
-                            f"{path}: corrupt pcapng simple packet block at byte {base + pos}: "
-                            "no interface described"
-                        )
-                    (orig,) = struct.unpack_from(order + "I", buf, body_at)
-                    iface = interfaces[0]
-                    incl = min(orig, blen - 16, iface.snaplen or orig)
-                    out.offsets.append(body_at + 4)
-                    out.caplen.append(incl)
-                    out.origlen.append(orig)
-                    # A simple packet block has no timestamp; zero keeps the column whole.
-                    out.ts_ns.append(0)
-                    out.linktype.append(iface.linktype)
-                pos += blen
+            pos, order, interfaces = _pcapng_chunk(buf, base, order, interfaces, out, path, report)
             if len(out):
                 batch = out.build(buf)
                 report.packets += len(batch)
@@ -577,6 +387,133 @@ def _pcapng_blocks(
             buf = buf[pos:]
     finally:
         stream.close()
+
+
+def _pcapng_chunk(
+    buf: bytes,
+    base: int,
+    order: str,
+    interfaces: list[Interface],
+    out: _Batcher,
+    path: Path,
+    report: ReadReport,
+) -> tuple[int, str, list[Interface]]:
+    """Cut the blocks of one chunk (file offset ``base``) and put their packets in ``out``:
+    runs of enhanced packet blocks by the compiled walk, the rest one block at a time.
+    Returns where the first incomplete block starts, and the byte order and the
+    interfaces of the section there."""
+    end = len(buf)
+    pos = 0
+    array = np.frombuffer(buf, dtype=np.uint8)
+    while pos + 12 <= end:
+        btype_raw = buf[pos : pos + 4]
+        if btype_raw == (EPB_BE if order == ">" else EPB_LE) and interfaces:
+            stop = _packet_run(array, pos, order, interfaces, out, path, base)
+            if stop is not None:
+                pos = stop
+                continue
+            # anything unusual is left to the careful path below
+        if btype_raw == PCAPNG_SHB:
+            order = _section_order(buf[pos + 8 : pos + 12], path, base + pos)
+        btype, blen = struct.unpack_from(order + "II", buf, pos)
+        if blen < 12 or blen % 4 or blen > MAX_BLOCK:
+            raise InputError(
+                f"{path}: corrupt pcapng block at byte {base + pos}: "
+                f"block length {blen} is impossible"
+            )
+        if pos + blen > end:
+            break
+        trailer = struct.unpack_from(order + "I", buf, pos + blen - 4)[0]
+        if trailer != blen:
+            raise InputError(
+                f"{path}: corrupt pcapng block at byte {base + pos}: length {blen} "
+                f"at its start, {trailer} at its end"
+            )
+        if btype == SHB:
+            interfaces = []
+        elif btype == IDB:
+            iface = read_interface(buf[pos + 8 : pos + blen - 4], order, path, base + pos)
+            interfaces.append(iface)
+            report.linktypes.add(iface.linktype)
+        elif btype in (EPB, PB, SPB):
+            _packet_block(buf, pos, blen, btype, order, interfaces, out, path, base + pos)
+        pos += blen
+    return pos, order, interfaces
+
+
+def _packet_run(
+    array: np.ndarray,
+    pos: int,
+    order: str,
+    interfaces: list[Interface],
+    out: _Batcher,
+    path: Path,
+    base: int,
+) -> int | None:
+    """The run of enhanced packet blocks at ``pos``, by the compiled walk, into ``out``;
+    where the run stops, or None for the careful path to take the block at ``pos``."""
+    offsets, caplen, origlen, if_ids, ticks, stop, _why = walk.pcapng_packets(
+        array, pos, order == ">", MAX_BLOCK
+    )
+    if not (len(offsets) and int(if_ids.max()) < len(interfaces)):
+        return None
+    try:
+        ns_and_linktypes = timestamps(interfaces, if_ids, ticks)
+    except StampRange as bad:
+        raise stamp_error(path, base + int(offsets[bad.index]) - 28) from None
+    out.add(offsets, caplen, origlen, *ns_and_linktypes)
+    return stop  # type: ignore[no-any-return]
+
+
+def _packet_block(
+    buf: bytes,
+    pos: int,
+    blen: int,
+    btype: int,
+    order: str,
+    interfaces: list[Interface],
+    out: _Batcher,
+    path: Path,
+    where: int,
+) -> None:
+    """An enhanced, obsolete or simple packet block at ``pos`` (file offset ``where``):
+    its packet into ``out``."""
+    body_at = pos + 8
+    if btype == SPB:
+        if not interfaces:
+            raise InputError(
+                f"{path}: corrupt pcapng simple packet block at byte {where}: "
+                "no interface described"
+            )
+        (orig,) = struct.unpack_from(order + "I", buf, body_at)
+        iface = interfaces[0]
+        incl = min(orig, blen - 16, iface.snaplen or orig)
+        # A simple packet block has no timestamp; zero keeps the column whole.
+        offset, ts_ns = body_at + 4, 0
+    else:
+        if btype == EPB:
+            if_id, hi, lo, incl, orig = struct.unpack_from(order + "IIIII", buf, body_at)
+        else:
+            if_id, _drops, hi, lo, incl, orig = struct.unpack_from(order + "HHIIII", buf, body_at)
+        if if_id >= len(interfaces):
+            raise InputError(
+                f"{path}: corrupt pcapng packet block at byte {where}: "
+                f"interface {if_id} was never described"
+            )
+        if 28 + incl > blen - 4:
+            raise InputError(
+                f"{path}: corrupt pcapng packet block at byte {where}: "
+                f"captured length {incl} overruns the block ({blen} bytes)"
+            )
+        iface = interfaces[if_id]
+        if not iface.fits((hi << 32) | lo):
+            raise stamp_error(path, where)
+        offset, ts_ns = body_at + 20, iface.to_ns((hi << 32) | lo)
+    out.offsets.append(offset)
+    out.caplen.append(incl)
+    out.origlen.append(orig)
+    out.ts_ns.append(ts_ns)
+    out.linktype.append(iface.linktype)
 
 
 def file_size(path: Path) -> int:
