@@ -15,13 +15,23 @@ from conftest import REPO
 
 PACKAGE = REPO / "src" / "tcpsleuth"
 MAX_MODULE = 600
-MAX_FUNCTION = 120
+MAX_FUNCTION = 80
+LONG_FUNCTION_MAX = 120  # even an allowed one
 NOTE_FROM = 450
 NOTE_SLACK = 0.10  # of the real length
 
-# Functions allowed to be longer, each with its reason (path relative to the package,
-# then the function's name).
-LONG_FUNCTIONS: set[tuple[str, str]] = set()
+# Functions allowed to be longer (up to LONG_FUNCTION_MAX), each with its reason (path
+# relative to the package, then the function's name). The four are compiled loops over
+# a chunk's packets: each keeps a dozen arrays and per-packet locals in registers, and
+# their parts already are helpers where a cut did not cost speed (measured in
+# bench/bench_pcap.py; see compiled.py on reference counting across helper calls).
+_HOT_LOOP = "a compiled per-packet loop; cut further only with bench/bench_pcap.py before and after"
+LONG_FUNCTIONS: dict[tuple[str, str], str] = {
+    ("sources/pcap/decode.py", "_decode_packets"): _HOT_LOOP,
+    ("detectors/capture/kafka_framing.py", "follow"): _HOT_LOOP,
+    ("detectors/capture/kernels.py", "assign"): _HOT_LOOP,
+    ("detectors/capture/kernels.py", "follow_handshakes"): _HOT_LOOP,
+}
 
 # Modules allowed to be longer, each with its reason (path relative to the package).
 LONG_MODULES: set[str] = set()
@@ -62,8 +72,10 @@ def test_the_size_checks_can_fail() -> None:
     def body(lines: int, indent: str = "    ") -> str:
         return f"{indent}x = 1\n" * lines
 
-    nested = f"class C:\n    def big(self):\n        def inner():\n{body(118, ' ' * 12)}"
-    assert long_functions(nested) == []  # 120 lines: at the limit, `inner` inside them
+    nested = (
+        f"class C:\n    def big(self):\n        def inner():\n{body(MAX_FUNCTION - 2, ' ' * 12)}"
+    )
+    assert long_functions(nested) == []  # at the limit, `inner` inside them
     assert long_functions(nested + "        return inner\n") == [("big", MAX_FUNCTION + 1)]
     assert long_functions(f"def f():\n{body(MAX_FUNCTION)}") == [("f", MAX_FUNCTION + 1)]
     assert long_functions(f"def f():\n{body(MAX_FUNCTION - 1)}") == []
@@ -91,6 +103,7 @@ def test_functions_are_short_enough(path: Path) -> None:
         (n, k) for n, k in long_functions(path.read_text()) if (where, n) not in LONG_FUNCTIONS
     ]
     assert found == []
+    assert long_functions(path.read_text(), LONG_FUNCTION_MAX) == []
 
 
 @pytest.mark.parametrize("path", modules(), ids=lambda p: str(p.relative_to(PACKAGE)))
