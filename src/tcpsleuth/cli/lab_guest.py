@@ -58,6 +58,10 @@ def _inner_command(
         # and writes only its own /tmp); JVMs under an emulated CPU start in minutes.
         version = kafka_broker.parse_broker(broker_kind)
         kafka_java.harness(kafka_broker.resolve(version))
+        if kafka_broker.prepare_archives(version):
+            table.console(stderr=True).print(
+                f"made Kafka {version}'s class-data archives on this host (once, for the guest)"
+            )
         argv += ["--broker", broker_kind]
         memory = KAFKA_GUEST_MEMORY
         env = {

@@ -19,9 +19,10 @@ directory it made goes with it. What the broker says of its requests (its reques
 its metrics page) is read by lab/kafka_metrics.py; the Java clients that talk to it are
 lab/kafka_java.py; the readiness request is lab/kafka_ready.py.
 
-About 560 lines: a version's jars, the broker's settings as ``server.properties``, and
-``KafkaBroker``, whose format, start, stop and restart share one process and one work
-directory.
+About 590 lines: a version's jars, the broker's settings as ``server.properties``, the
+JVMs' class-data archives (made on the host before a guest, which cannot write them),
+and ``KafkaBroker``, whose format, start, stop and restart share one process and one
+work directory.
 
   python3 -m tcpsleuth.lab.kafka_broker resolve [VERSION]   # fetch and check the jars
   python3 -m tcpsleuth.lab.kafka_broker lock VERSION        # rewrite jars.sha256
@@ -46,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 from tcpsleuth.errors import EnvironmentProblem, InputError
-from tcpsleuth.lab import jars, kafka_java, kafka_metrics
+from tcpsleuth.lab import jars, kafka_java, kafka_metrics, namespaces
 from tcpsleuth.lab.kafka_ready import metadata_brokers
 from tcpsleuth.lab.processes import READY_S, Child
 from tcpsleuth.sources import netns, sockdiag
@@ -217,6 +218,33 @@ def cluster_id() -> str:
             return text
 
 
+# the JVMs the lab starts: the storage tool (format) and the broker
+ARCHIVED_MAINS = ("kafka.tools.StorageTool", "kafka.Kafka")
+
+
+def class_archive_path(java: str, lib: Path, main: str) -> Path:
+    """Where ``main``'s class-data archive of the jars in ``lib`` is kept: keyed by the
+    JVM (a JDK update makes a new archive) and the class path."""
+    jvm = Path(java).resolve()
+    identity = f"{jvm}\0{jvm.stat().st_mtime_ns}\0{jars.classpath(lib)}\0{main}"
+    key = hashlib.sha256(identity.encode()).hexdigest()
+    return lib.parent / f"classes-{main.rsplit('.', 1)[-1]}-{key[:12]}.jsa"
+
+
+def prepare_archives(version: str) -> bool:
+    """Make Kafka ``version``'s class-data archives on this host if they are missing:
+    one broker formatted, started and stopped in a namespace of its own. A guest maps
+    the host's cache read-only and cannot dump them, and a JVM without them starts a
+    third slower, much more under emulation. True if they were made now."""
+    lib, java = resolve(version), jars.java()
+    if all(class_archive_path(java, lib, main).is_file() for main in ARCHIVED_MAINS):
+        return False
+    with namespaces.namespace("archive") as ns, KafkaBroker(ns, KafkaSettings(version)) as broker:
+        broker.start()
+        broker.stop()
+    return True
+
+
 class KafkaBroker:
     """One Apache Kafka broker in namespace ``ns``; ``start`` returns once it answers.
 
@@ -306,20 +334,20 @@ class KafkaBroker:
 
     def _class_archive(self, main: str) -> list[str]:
         """The JVM options that map ``main``'s class-data archive, or that dump it at exit
-        when there is none yet (kept by ``_archived`` only after a clean exit)."""
+        when there is none yet (kept by ``_archived`` only after a clean exit); none
+        where there is no archive and its folder cannot be written (a guest reads the
+        host's cache read-only: :func:`prepare_archives` makes them on the host first)."""
         if not self.settings.class_archive:
             return []
-        # keyed by the JVM (a JDK update makes a new archive) and the class path
-        jvm = Path(self.java).resolve()
-        identity = f"{jvm}\0{jvm.stat().st_mtime_ns}\0{self.classpath}\0{main}"
-        key = hashlib.sha256(identity.encode()).hexdigest()
-        archive = self.lib.parent / f"classes-{main.rsplit('.', 1)[-1]}-{key[:12]}.jsa"
+        archive = class_archive_path(self.java, self.lib, main)
         # The JMX exporter is a Java agent: the JVM dumps an archive with one only when
         # told that is fine, and maps it only when told the same.
         common = ["-XX:+UnlockDiagnosticVMOptions", "-XX:+AllowArchivingWithJavaAgent"]
         common.append("-Xlog:cds*=off")
         if archive.is_file():
             return [*common, f"-XX:SharedArchiveFile={archive}"]
+        if not os.access(archive.parent, os.W_OK):
+            return []
         partial = archive.with_name(f"{archive.name}.{os.getpid()}-{len(self._archives)}")
         self._archives[partial] = archive
         return [*common, f"-XX:ArchiveClassesAtExit={partial}"]

@@ -229,3 +229,43 @@ def test_server_properties_leave_kafkas_defaults_unless_asked(tmp_path: Path) ->
     )
     assert "socket.receive.buffer.bytes=-1\n" in asked
     assert "socket.listen.backlog.size=4096\n" in asked
+
+
+def _in_a_read_only_view(folder: Path, code: str) -> subprocess.CompletedProcess[str]:
+    """Python ``code`` run with ``folder`` mounted read-only (a mount namespace of its
+    own, as a guest sees the host's cache)."""
+    script = 'mount --bind -o ro "$0" "$0" && exec "$1" -c "$2"'
+    argv = ["unshare", "--mount", "sh", "-c", script, str(folder), sys.executable, code]
+    return subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
+
+
+def test_class_archives_are_made_on_the_host_for_a_guest_that_cannot_write_them(
+    tmp_path: Path,
+) -> None:
+    """A guest reads the host's cache read-only: its JVMs dump no archive there (the
+    first heavy run on a fresh machine failed on exactly that, EROFS), and the host
+    makes the archives before the guest boots."""
+    version = "3.1.2"
+    lib, java = kafka_broker.resolve(version), jars.java()
+    archives = [kafka_broker.class_archive_path(java, lib, m) for m in kafka_broker.ARCHIVED_MAINS]
+    aside = tmp_path / "aside"
+    aside.mkdir()
+    for archive in archives:  # a fresh machine's cache: none yet
+        if archive.exists():
+            shutil.move(archive, aside / archive.name)
+    probe = (
+        "from pathlib import Path; from tcpsleuth.lab.kafka_broker import KafkaBroker, "
+        "KafkaSettings; b = object.__new__(KafkaBroker); "
+        f"b.settings = KafkaSettings({version!r}); b.java = {java!r}; "
+        f"b.lib = Path({str(lib)!r}); b._archives = {{}}; "
+        "print(b._class_archive('kafka.Kafka'))"
+    )
+    before = _in_a_read_only_view(lib.parent, probe)
+    assert before.returncode == 0, before.stderr
+    assert before.stdout.strip() == "[]"  # nothing to map, nowhere to dump
+    assert kafka_broker.prepare_archives(version) is True
+    assert all(archive.stat().st_size > 0 for archive in archives)
+    assert kafka_broker.prepare_archives(version) is False  # made once
+    after = _in_a_read_only_view(lib.parent, probe)
+    assert f"-XX:SharedArchiveFile={archives[1]}" in after.stdout, after.stderr
+    assert namespaces.owned() == []
