@@ -43,6 +43,16 @@ def kernel_report(scenario: Scenario, in_guest: str | None) -> dict[str, Any] | 
     }
 
 
+def _prepare_kafka(version: str) -> None:
+    """What the guest reads from the host's cache and cannot make itself: Kafka
+    ``version``'s jars, our Java clients and the JVMs' class-data archives."""
+    kafka_java.harness(kafka_broker.resolve(version))
+    if kafka_broker.prepare_archives(version):
+        table.console(stderr=True).print(
+            f"made Kafka {version}'s class-data archives on this host (once, for the guest)"
+        )
+
+
 def _inner_command(
     kernel_name: str, names: tuple[str, ...], options: dict[str, Any], broker_kind: str
 ) -> tuple[list[str], str, dict[str, str]]:
@@ -56,12 +66,6 @@ def _inner_command(
         # A real Kafka in the guest: its jars, our Java clients and the class-data
         # archives the host made, read from the host's cache (the guest has no network
         # and writes only its own /tmp); JVMs under an emulated CPU start in minutes.
-        version = kafka_broker.parse_broker(broker_kind)
-        kafka_java.harness(kafka_broker.resolve(version))
-        if kafka_broker.prepare_archives(version):
-            table.console(stderr=True).print(
-                f"made Kafka {version}'s class-data archives on this host (once, for the guest)"
-            )
         argv += ["--broker", broker_kind]
         memory = KAFKA_GUEST_MEMORY
         env = {
@@ -132,6 +136,8 @@ def run_in_guest(
     """Boot a guest with the lab kernel ``kernel_name``, run the scenarios in it and
     render what came back as a local run would be; the exit status of its findings."""
     kernel = kbuild.require(kernel_name)
+    if broker_kind != "lab":
+        _prepare_kafka(kafka_broker.parse_broker(broker_kind))
     argv, memory, env = _inner_command(kernel_name, names, options, broker_kind)
     rwdirs, folder_args, env = _shared_folders(keep, record_dir, env)
     argv += folder_args
