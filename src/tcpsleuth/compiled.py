@@ -27,6 +27,10 @@ from typing import Any
 
 import numpy
 
+# Below this size an input (a capture) is handled in plain Python: about 80 us a packet,
+# less than loading numba and its compiled loops (0.3 s) for up to a few thousand packets.
+PLAIN_PYTHON_BYTES = 128 << 10
+
 _MARKED: list[Compiled] = []
 _PLAIN = {"python": False}
 _COMPILING = threading.Lock()
@@ -71,6 +75,12 @@ def njit(**options: Any) -> Callable[[Callable[..., Any]], Compiled]:
 def use_python(plain: bool = True) -> None:
     """Run marked functions as Python until the first compiled call (small inputs)."""
     _PLAIN["python"] = plain
+
+
+def use_python_for(size: int) -> None:
+    """Plain Python for an input of ``size`` bytes up to :data:`PLAIN_PYTHON_BYTES` (0:
+    a size not known beforehand, a pipe: compiled)."""
+    use_python(0 < size <= PLAIN_PYTHON_BYTES)
 
 
 def plain() -> bool:

@@ -25,9 +25,6 @@ TABLE_ROWS = 20
 JSON_CONNECTIONS = 200
 JSON_FLAGGED = 1000
 PROGRESS_MIN_BYTES = 32 << 20
-# Below this size a capture is analysed in plain Python: about 80 us a packet, less
-# than loading numba and its compiled loops (0.3 s) for up to a few thousand packets.
-PLAIN_PYTHON_BYTES = 128 << 10
 
 
 def analyse_file(
@@ -37,7 +34,7 @@ def analyse_file(
     stream it read (to read it again); ``keep`` gets a copy of a capture that cannot be
     read twice (a FIFO, a pipe)."""
     size = file_size(path)
-    compiled.use_python(0 < size <= PLAIN_PYTHON_BYTES)
+    compiled.use_python_for(size)
     if not (show_progress and size >= PROGRESS_MIN_BYTES):
         stream = open_capture(path, keep=keep)
         return analyse_stream(stream, kafka_ports), stream

@@ -7,12 +7,15 @@ applies to the windows it advertises (``rcv_wscale``). On a kernel with the SYN-
 bug the two differ for every cookie connection to a listener with SO_RCVBUF set: the
 client scales the server's windows by the announced shift, the server by the other.
 Pure: (client, server, announced shift) triples and socket records in, findings out.
+A four-tuple that several connections in a capture used (a client that reconnected from
+the same port) holds only the last of them against the socket: the socket snapshot,
+taken after the capture's handshakes, is that connection's.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from tcpsleuth.model.findings import ALL_CLIENTS, Finding, Severity, connection_subject, key
@@ -34,23 +37,27 @@ class Disagreement:
     server: str
     announced_wscale: int
     rcv_wscale: int
+    index: int  # the handshake's position among those given
 
 
 def disagreements(
-    handshakes: Iterable[Handshake], server_sockets: Iterable[TcpConnection]
+    handshakes: Sequence[Handshake], server_sockets: Iterable[TcpConnection]
 ) -> tuple[list[Disagreement], int]:
     """Connections whose server socket scales by another shift than its SYN-ACK
     announced, and how many handshakes could be held against a socket at all."""
     sockets = {key(c): c for c in server_sockets if c.rcv_wscale is not None}
+    last = {(shake.server, shake.client): i for i, shake in enumerate(handshakes)}
     found, joined = [], 0
-    for shake in handshakes:
+    for i, shake in enumerate(handshakes):
         sock = sockets.get((shake.server, shake.client))
         if sock is None or shake.announced_wscale is None or sock.rcv_wscale is None:
             continue
+        if last[(shake.server, shake.client)] != i:
+            continue  # an earlier connection on the four-tuple: the socket is a later one's
         joined += 1
         if sock.rcv_wscale != shake.announced_wscale:
             found.append(
-                Disagreement(shake.client, shake.server, shake.announced_wscale, sock.rcv_wscale)
+                Disagreement(shake.client, shake.server, shake.announced_wscale, sock.rcv_wscale, i)
             )
     return found, joined
 

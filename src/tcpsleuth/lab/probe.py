@@ -20,6 +20,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from tcpsleuth import compiled
 from tcpsleuth.lab import namespaces, topology
 from tcpsleuth.lab.processes import Child
 from tcpsleuth.model.records import ProbedConnection, ProbeResult
@@ -34,6 +35,7 @@ def _synack_shifts(capture: Path) -> dict[tuple[str, str], int | None]:
     from tcpsleuth.detectors.capture import analyse
     from tcpsleuth.sources.pcap import read_capture
 
+    compiled.use_python_for(capture.stat().st_size)  # a few packets: no numba to load
     analysis = analyse(read_capture(capture).tcp)
     return {
         (c.client, c.server): c.synack.wscale for c in analysis.connections if c.synack is not None

@@ -110,10 +110,7 @@ def _mismatches(
     ]
     sockets = {(c.local, c.remote): c for c in [*during, *later]}
     found, joined = handshakes.disagreements(shakes, sockets.values())
-    by_client = {d.client: d for d in found}
-    mismatched = sorted(
-        set(np.flatnonzero(mismatch).tolist()) | {s for s in streams if ends[s][0] in by_client}
-    )
+    mismatched = sorted(set(np.flatnonzero(mismatch).tolist()) | {d.index for d in found})
     rows = []
     for s in mismatched[:LISTED]:
         client, server = ends[s]

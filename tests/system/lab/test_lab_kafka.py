@@ -127,12 +127,33 @@ def test_wscale_bug_on_real_kafka_3_1_2(tmp_path: Path) -> None:
     assert not [n for n in namespaces.owned() if n.startswith("tcpsleuth-lab")]
 
 
-MITIGATIONS = ("big-backlog", "no-syncookies", "rcvbuf-unlocked", "fixed-kernel")
+def _what_happened(run: dict) -> dict:
+    """What a run's report says of its restart, for a failure's message: the kernel's
+    counts, how long each step took, and the timed producers' latency by phase."""
+    counters = run["counters"]["during_restart"]
+    return {
+        "counters": {k: v for k, v in counters.items() if "Syncookies" in k or "Listen" in k},
+        "phases_s": run.get("phases_s"),
+        "shifts": run.get("shifts"),
+        "storm_amplification": run.get("storm_amplification"),
+        "window": run.get("window"),
+        "latency": {
+            phase: {k: v for k, v in stats.items() if k != "by_library"}
+            for phase, stats in run["latency_ms"].items()
+            if isinstance(stats, dict)
+        },
+    }
+
+
+# The mitigations that are Kafka's own settings: socket.listen.backlog.size (KIP-764) and
+# socket.receive.buffer.bytes=-1. The kernel's (tcp_syncookies=0, a fixed kernel) do
+# not depend on the broker: tests/system/lab/test_lab.py::test_mitigations has them.
+MITIGATIONS = ("big-backlog", "rcvbuf-unlocked")
 
 
 def test_mitigations_on_real_kafka_4(tmp_path: Path) -> None:
-    """Each mitigation on a real Kafka 4.4.0 (socket.listen.backlog.size exists there)
-    brings the clients' produce p50 after the restart back near the baseline's, where
+    """Each of Kafka's own mitigations on a real Kafka 4.4.0 (socket.listen.backlog.size
+    exists there) brings the clients' produce p50 after the restart back near the baseline's, where
     the incident's is thousands of times it; in the incident the broker's own Produce
     times stay low."""
     began = time.monotonic()
@@ -148,7 +169,7 @@ def test_mitigations_on_real_kafka_4(tmp_path: Path) -> None:
         "small",
         "--format",
         "json",
-        timeout=1800,  # six runs of a real broker: about 6 minutes here, more under load
+        timeout=1800,  # four runs of a real broker: about 5 minutes here, more under load
     )
     assert result.returncode == 1, result.stderr[-2000:]
     doc = json.loads(result.stdout)
@@ -159,12 +180,12 @@ def test_mitigations_on_real_kafka_4(tmp_path: Path) -> None:
     assert matrix["baseline_p50_ms"] > 0 and rows["baseline"]["vs_baseline"] == 1.0
     bug = rows["wscale-bug"]
     assert bug["vs_baseline"] >= 10 and bug["near_baseline"] is False, bug
+    runs = {run["scenario"]: run for run in doc["runs"]}
     for name in MITIGATIONS:
         row = rows[name]
         print(name, row["p50_after_ms"], row["vs_baseline"], row["by_library"])
-        assert row["near_baseline"] is True, row
+        assert row["near_baseline"] is True, (row, _what_happened(runs[name]))
         assert set(row["by_library"]) == {"confluent-kafka", "kafka-python", "kafka-clients"}
-    runs = {run["scenario"]: run for run in doc["runs"]}
     # big-backlog reached Kafka 4.4.0's listener: no cookies in its storm
     assert runs["big-backlog"]["counters"]["during_restart"]["TcpExtSyncookiesSent"] == 0
     assert runs["wscale-bug"]["counters"]["during_restart"]["TcpExtSyncookiesSent"] > 0

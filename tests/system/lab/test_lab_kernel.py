@@ -25,9 +25,10 @@ from support.storm_truth import (
     undecided_beyond_chance,
 )
 
+from tcpsleuth import compiled
 from tcpsleuth.errors import EnvironmentProblem
 from tcpsleuth.lab.kernel import build as kbuild
-from tcpsleuth.lab.kernel import guest
+from tcpsleuth.lab.kernel import guest, precompiled
 from tcpsleuth.lab.runner import TCP_RMEM
 from tcpsleuth.lab.scenarios import SCENARIOS
 from tcpsleuth.sources import procfs
@@ -200,6 +201,32 @@ def test_probe_in_guest(lab_kernels: dict[str, dict[str, Any]], kernel: str) -> 
         assert all(c["server_rcv_wscale"] == announced for c in cookies)
         assert "kernel-cookie-wscale-bug" not in kinds
     assert "software emulation" in result.stderr or "KVM" in result.stderr
+
+
+def test_the_guest_loads_the_hosts_compiled_loops(
+    lab_kernels: dict[str, dict[str, Any]], tmp_path: Path
+) -> None:
+    """The host compiles the capture analysis for the guest (lab/kernel/precompiled.py):
+    in the guest `tcpsleuth pcap` on a capture above the plain-Python size compiles
+    nothing (numba rewrites an index file for each function it compiles), and the
+    generic machine code says what the host's own says, to the byte."""
+    capture = tmp_path / "warm.pcap"
+    capture.write_bytes(precompiled._capture(pairs=100))
+    assert capture.stat().st_size > compiled.PLAIN_PYTHON_BYTES
+    argv = [sys.executable, "-m", "tcpsleuth", "pcap", str(capture), "--format", "json"]
+    host = subprocess.run(argv, capture_output=True, text=True, check=False)
+    assert host.returncode == 1, host.stderr  # the capture's handshakes are cookies
+    script = (
+        'touch /tmp/before; "$@"; s=$?; '
+        "find /tmp/tcpsleuth-numba -name '*.nbi' -newer /tmp/before >&2; exit $s"
+    )
+    started = time.monotonic()
+    result = _tcpsleuth("lab", "kernel", "run", "fixed", "--", "sh", "-c", script, "sh", *argv)
+    assert result.returncode == 1, result.stderr[-2000:]
+    print(f"pcap in the guest: {time.monotonic() - started:.0f} s with the boot")
+    compiled_there = [line for line in result.stderr.splitlines() if line.endswith(".nbi")]
+    assert compiled_there == []
+    assert result.stdout == host.stdout
 
 
 def _lab(*args: str) -> tuple[int, dict[str, Any]]:

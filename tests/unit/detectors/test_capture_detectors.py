@@ -90,8 +90,8 @@ def test_a_lone_synack_is_undecided_with_its_reason(tmp_path: Path) -> None:
 
 PLAIN_RUN = (
     "import sys\n"
-    "from tcpsleuth.cli import pcap\n"
-    "pcap.PLAIN_PYTHON_BYTES = 1 << 40\n"
+    "from tcpsleuth import compiled\n"
+    "compiled.PLAIN_PYTHON_BYTES = 1 << 40\n"
     "from tcpsleuth.cli.main import main\n"
     "main(sys.argv[1:])\n"
 )

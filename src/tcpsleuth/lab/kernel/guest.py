@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tcpsleuth.errors import EnvironmentProblem
+from tcpsleuth.lab.kernel import precompiled
 from tcpsleuth.lab.kernel.build import BuiltKernel, cache_root
 from tcpsleuth.sources import procfs
 
@@ -39,6 +40,7 @@ KVM_TRIAL_S = 40
 GUEST_ENV = {
     "HOME": "/tmp",
     "NUMBA_CACHE_DIR": "/tmp/tcpsleuth-numba",
+    **precompiled.GENERIC,
     "MPLCONFIGDIR": "/tmp/tcpsleuth-mpl",
     "PYTHONDONTWRITEBYTECODE": "1",
     "TERM": "dumb",
@@ -153,17 +155,23 @@ def check_command_line(shell_command: str, rwdirs: tuple[Path, ...]) -> None:
         )
 
 
-def _shell(command: list[str], extra_env: dict[str, str] | None = None) -> str:
+def _shell(
+    command: list[str], extra_env: dict[str, str] | None = None, compiled: Path | None = None
+) -> str:
     """The command as the guest's shell runs it: with this machine's PATH and Python,
-    writable caches under /tmp, and its exit status marked on stdout (what virtme-ng
-    itself returns is not always the command's)."""
+    writable caches under /tmp (numba's seeded with the host's ``compiled`` code, see
+    :mod:`precompiled`), and its exit status marked on stdout (what virtme-ng itself
+    returns is not always the command's)."""
     env = {"PATH": _guest_path(), **GUEST_ENV}
     env.update(extra_env or {})
     if "PYTHONPATH" in os.environ:
         env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+    seed = (
+        "" if compiled is None else f"cp -r {shlex.quote(str(compiled))}/. /tmp/tcpsleuth-numba; "
+    )
     return (
-        f"export {exports}; mkdir -p /tmp/tcpsleuth-numba /tmp/tcpsleuth-mpl; "
+        f"export {exports}; mkdir -p /tmp/tcpsleuth-numba /tmp/tcpsleuth-mpl; {seed}"
         f"{shlex.join(command)}; printf '%s%d\\n' {MARK} $?"
     )
 
@@ -177,6 +185,7 @@ def _boot(
     memory: str,
     rwdirs: tuple[Path, ...],
     env: dict[str, str] | None = None,
+    compiled: Path | None = None,
 ) -> tuple[int | None, str, str, float]:
     """(status or None on timeout, stdout, stderr, seconds)."""
     if not shutil.which("vng"):
@@ -190,7 +199,7 @@ def _boot(
             f"killed (pids {', '.join(map(str, orphans))})",
             file=sys.stderr,
         )
-    shell_command = _shell(command, env)
+    shell_command = _shell(command, env, compiled)
     check_command_line(shell_command, rwdirs)
     started = time.monotonic()
     process = subprocess.Popen(
@@ -276,7 +285,10 @@ def run(
     if os.geteuid() != 0:
         raise EnvironmentProblem("running a guest kernel needs root here: run it with sudo")
     accel, note = choose_accel(kernel)
-    status, out, err, seconds = _boot(kernel, command, accel, timeout, cpus, memory, rwdirs, env)
+    compiled = precompiled.prepare()
+    status, out, err, seconds = _boot(
+        kernel, command, accel, timeout, cpus, memory, rwdirs, env, compiled
+    )
     log = cache_root() / "last-guest-stderr.txt"
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text(err)
