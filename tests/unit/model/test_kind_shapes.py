@@ -150,7 +150,7 @@ def _rates() -> list[Finding]:
 
 def _record() -> list[Finding]:
     """The recorder's join of a capture's SYN-ACKs with the server's sockets."""
-    found = [handshakes.Disagreement(f"10.0.0.2:{p}", "10.0.0.1:9092", 1, 7) for p in (1, 2)]
+    found = [handshakes.Disagreement(f"10.0.0.2:{p}", "10.0.0.1:9092", 1, 7, p) for p in (1, 2)]
     return handshakes.mismatch_findings(found, 2)
 
 
