@@ -149,13 +149,15 @@ def _what_happened(run: dict) -> dict:
 # socket.receive.buffer.bytes=-1. The kernel's (tcp_syncookies=0, a fixed kernel) do
 # not depend on the broker: tests/system/lab/test_lab.py::test_mitigations has them.
 MITIGATIONS = ("big-backlog", "rcvbuf-unlocked")
+MITIGATED = 5.0  # a mitigation's p50 after the restart, at most this times the baseline's
 
 
 def test_mitigations_on_real_kafka_4(tmp_path: Path) -> None:
     """Each of Kafka's own mitigations on a real Kafka 4.4.0 (socket.listen.backlog.size
-    exists there) brings the clients' produce p50 after the restart back near the baseline's, where
-    the incident's is thousands of times it; in the incident the broker's own Produce
-    times stay low."""
+    exists there) leaves every connection's ends on one shift and brings the clients'
+    produce p50 after the restart back to a few times the baseline's at most, where the
+    incident's is thousands of times it; in the incident the broker's own Produce times
+    stay low."""
     began = time.monotonic()
     result = run_tcpsleuth(
         "lab",
@@ -182,9 +184,17 @@ def test_mitigations_on_real_kafka_4(tmp_path: Path) -> None:
     assert bug["vs_baseline"] >= 10 and bug["near_baseline"] is False, bug
     runs = {run["scenario"]: run for run in doc["runs"]}
     for name in MITIGATIONS:
-        row = rows[name]
+        row, run = rows[name], runs[name]
         print(name, row["p50_after_ms"], row["vs_baseline"], row["by_library"])
-        assert row["near_baseline"] is True, (row, _what_happened(runs[name]))
+        print(name, json.dumps(_what_happened(run)))
+        # the cause is gone: every connection's ends use one shift
+        shifts = run["shifts"]
+        assert shifts["client_snd_wscale"] == shifts["server_rcv_wscale"], shifts
+        # and the effect: near the baseline, far from the incident. The baseline does
+        # not restart; a mitigation's "after" window follows a JVM just restarted, which
+        # on a loaded 2-core host answers 1.2x to 2.8x slower for a while (CI, 2026-12-07)
+        assert row["vs_baseline"] <= MITIGATED, (row, _what_happened(run))
+        assert row["p50_after_ms"] * 20 <= bug["p50_after_ms"], (row, bug)
         assert set(row["by_library"]) == {"confluent-kafka", "kafka-python", "kafka-clients"}
     # big-backlog reached Kafka 4.4.0's listener: no cookies in its storm
     assert runs["big-backlog"]["counters"]["during_restart"]["TcpExtSyncookiesSent"] == 0
