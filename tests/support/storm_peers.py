@@ -119,17 +119,21 @@ def clients(
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     selector = selectors.DefaultSelector()
     socks = []
-    if start_ms >= 0:
-        _wait_for_phase(start_ms)
     for i in range(count):
         sock = socket.socket(family, socket.SOCK_STREAM)
         which = i % len(addrs)
         if len(addrs) > 1:
             sock.bind((addrs[which], 0))
         sock.setblocking(False)
-        sock.connect_ex((host, port))
-        selector.register(sock, selectors.EVENT_WRITE, [which, i, b"", 0])
         socks.append(sock)
+    # made first, so that the SYNs leave as close together as connect() allows (a
+    # burst timed to the clock's phase must fit in it)
+    if start_ms >= 0:
+        _wait_for_phase(start_ms)
+    for sock in socks:
+        sock.connect_ex((host, port))
+    for i, sock in enumerate(socks):
+        selector.register(sock, selectors.EVENT_WRITE, [i % len(addrs), i, b"", 0])
     connected = answered = failed = 0
     deadline = time.monotonic() + settle
     while connected + failed < count or answered < connected:

@@ -5,7 +5,7 @@ from tcpsleuth's own decoding."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from support.storm_lab import PORT, Storm
@@ -240,11 +240,11 @@ def _check_burst(
     assert not [v for v in verdicts if v["cookie"]]
 
 
-def first_server_segment_after_synack_s(pcap: Path) -> dict[str, float]:
-    """Per client endpoint (as tcpsleuth writes it), the seconds from the server's
-    first SYN-ACK to its next segment with a TSval, as tshark reads them."""
-    synack: dict[str, float] = {}
-    out: dict[str, float] = {}
+def _synack_then_later(pcap: Path) -> tuple[dict[str, tuple[float, int | None]], dict]:
+    """Per client endpoint, as tshark reads them: the time and TSval (None without) of
+    the server's first SYN-ACK, and of its next segment with a TSval."""
+    synack: dict[str, tuple[float, int | None]] = {}
+    later: dict[str, tuple[float, int]] = {}
     for t, syn, d4, d6, dport, tsval in tshark(
         pcap,
         "frame.time_epoch",
@@ -257,10 +257,17 @@ def first_server_segment_after_synack_s(pcap: Path) -> dict[str, float]:
     ):
         client = _endpoint(d4, d6, dport)
         if syn == "1":
-            synack.setdefault(client, float(t))
-        elif tsval and client in synack and client not in out:
-            out[client] = float(t) - synack[client]
-    return out
+            synack.setdefault(client, (float(t), int(tsval) if tsval else None))
+        elif tsval and client in synack and client not in later:
+            later[client] = (float(t), int(tsval))
+    return synack, later
+
+
+def first_server_segment_after_synack_s(pcap: Path) -> dict[str, float]:
+    """Per client endpoint (as tcpsleuth writes it), the seconds from the server's
+    first SYN-ACK to its next segment with a TSval, as tshark reads them."""
+    synack, later = _synack_then_later(pcap)
+    return {c: t - synack[c][0] for c, (t, _) in later.items()}
 
 
 def idle_storm_verdicts(storm: Storm, pcap: Path) -> tuple[list[str], dict[str, dict]]:
@@ -284,16 +291,76 @@ def idle_storm_verdicts(storm: Storm, pcap: Path) -> tuple[list[str], dict[str, 
     return cookies, verdicts
 
 
-def undecided_beyond_chance(cookies: list[str], verdicts: dict[str, dict]) -> list[dict]:
+# a cookie whose TSval lagged the server's clock by less than this (ms) when its
+# SYN-ACK left was made in the millisecond its clock's low bits equalled its option
+# bits, or the next one: within the two clocks' millisecond rounding an ordinary
+# SYN-ACK made then carries the same TSval (cookies.JUMP_MIN_MS and the measuring)
+IN_PHASE_LAG_MS = 2.5
+
+
+def synack_lags_ms(pcap: Path, truth: dict[str, ConnectionTruth]) -> dict[str, float]:
+    """Per client endpoint whose server sent a timestamped segment after its first
+    SYN-ACK: how far that SYN-ACK's TSval ran behind the server's clock (ms), as
+    tshark's numbers give it: the TSval's advance to the later segment less the
+    capture time between the two at the server's clock rate, the median rate of the
+    ordinary connections (``truth``; their SYN-ACKs do not lag). Nothing here is
+    tcpsleuth's own reckoning."""
+    first, later = _synack_then_later(pcap)
+    # per connection: (capture ms, TSval ms) from its first SYN-ACK to its later segment
+    moved = {
+        c: ((t1 - first[c][0]) * 1e3, float((v1 - tsval) % (1 << 32)))
+        for c, (t1, v1) in later.items()
+        if (tsval := first[c][1]) is not None
+    }
+    rates = sorted(
+        ts / ms
+        for c, (ms, ts) in moved.items()
+        if ms > 1e3 and c in truth and truth[c].cookie is False
+    )
+    rate = rates[len(rates) // 2] if rates else 1.0
+    return {c: round(ts - rate * ms, 3) for c, (ms, ts) in moved.items()}
+
+
+def undecided_beyond_chance(
+    cookies: list[str], verdicts: dict[str, dict], lags_ms: dict[str, float]
+) -> list[dict]:
     """The verdicts of ``cookies`` left undecided for a reason other than the one no
-    capture can overcome, or, when more than one cookie in 50 is left for that one, all
-    of those too. That reason (Reason.IN_PHASE): a cookie made when the server's clock's
-    low bits happened to equal its option bits carries the TSval an ordinary SYN-ACK
-    would, at the SYN-ACK and on every later segment, so nothing in the capture tells
-    them apart (docs/commands/pcap.md); where no proven cookies surround it, null is the
-    right answer. A random phase falls there a few times in a hundred cookies at most."""
-    undecided = [verdicts[c] for c in cookies if verdicts[c]["cookie"] is None]
-    by_chance = [v for v in undecided if v["reason"] == Reason.IN_PHASE.text]
-    if len(by_chance) > max(1, len(cookies) // 50):
-        return undecided
-    return [v for v in undecided if v["reason"] != Reason.IN_PHASE.text]
+    capture can overcome, or for that one where the cookie was not made in the
+    clock's phase. That reason (Reason.IN_PHASE): a cookie made when the server's
+    clock's low bits equalled its option bits carries the TSval an ordinary SYN-ACK
+    would, so where no proven cookies surround it (docs/commands/pcap.md) null is the
+    right answer; its SYN-ACK then lags the clock by less than IN_PHASE_LAG_MS
+    (``lags_ms``: synack_lags_ms). How many cookies that leaves depends on how many
+    the storm's bursts sent in those milliseconds (28 of 463 in one idle storm, all
+    within 1.8 ms of the phase), not on a chance per cookie."""
+    undecided = [(c, verdicts[c]) for c in cookies if verdicts[c]["cookie"] is None]
+    return [
+        {**v, "client": c, "lag_ms": lags_ms.get(c)}
+        for c, v in undecided
+        if v["reason"] != Reason.IN_PHASE.text or not lags_ms.get(c, 99.0) < IN_PHASE_LAG_MS
+    ]
+
+
+def truth_document(storm: Storm, kernel: str) -> dict:
+    """What tests/data/*storm-*/truth.json hold of a storm made in ``kernel``'s guest:
+    its configuration, the server's cookie count, and per client endpoint the truth
+    of :func:`connections` with its SYN-ACK's lag (:func:`synack_lags_ms`, null
+    without a later segment)."""
+    truth = connections(storm.server_pcap, storm.server_ss, storm.client_ss)
+    lags = synack_lags_ms(storm.server_pcap, truth)
+    return {
+        "kernel": kernel,
+        "config": asdict(storm.config),
+        "TcpExtSyncookiesSent": storm.netstat.get("TcpExtSyncookiesSent", 0),
+        "connections": {
+            client: {
+                "cookie": t.cookie,
+                "cookie_synacks": t.cookie_synacks,
+                "server_rcv_wscale": t.server_rcv_wscale,
+                "client_snd_wscale": t.client_snd_wscale,
+                "server_windows_after": t.server_windows_after,
+                "synack_lag_ms": lags.get(client),
+            }
+            for client, t in sorted(truth.items())
+        },
+    }

@@ -16,7 +16,7 @@ from support.pcap_lab import PORT, drop_client_data, make_capture
 from support.storm_lab import StormConfig, run_storm
 from support.tshark_diff import tshark as tshark_fields
 
-from tcpsleuth.detectors.capture import cookies as cookies_module
+from tcpsleuth.detectors.capture import cookie_phase
 from tcpsleuth.detectors.capture.cookie_reasons import Reason
 from tcpsleuth.lab import faults
 
@@ -373,7 +373,7 @@ def test_cookies_made_when_the_clock_read_their_option_bits_are_decided(
     # cookie that jumps (decided all the same), and the phase takes 3 that did
     if not made and jumped == 10:
         pytest.xfail("all 10 cookies jumped: the machine held every in-phase client back")
-    if jumped < cookies_module.MIN_PHASE_GROUP:
+    if jumped < cookie_phase.MIN_PHASE_GROUP:
         pytest.xfail(f"{jumped} cookies jumped: too few for the server's clock phase")
     assert made >= 1, verdicts
     assert [v["cookie"] for v in verdicts[1:9]] == [True] * 8, verdicts

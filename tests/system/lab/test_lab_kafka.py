@@ -96,10 +96,17 @@ def test_wscale_bug_on_real_kafka_3_1_2(tmp_path: Path) -> None:
         "kafka",
         "java",  # our Java harness's producers (kafka-clients)
     }
-    # Kafka's Java producer, timed per request by our harness, in each phase
-    for phase in ("before", "after"):
-        java = latency[phase]["by_library"]["kafka-clients"]
-        assert java["count"] >= 5 and java["p50"] > 0 and java["p99"] >= java["p50"], java
+    # Kafka's Java producer, timed per request by our harness, in each phase; after the
+    # restart it sends few when each request waits (the incident: 3 in the after window,
+    # p50 55.9 s, in one CI run), so there few must mean slow
+    by_phase = {p: latency[p]["by_library"]["kafka-clients"] for p in ("before", "after")}
+    for java in by_phase.values():
+        assert java["count"] >= 1 and java["p50"] > 0 and java["p99"] >= java["p50"], java
+    assert by_phase["before"]["count"] >= 5, by_phase
+    assert (
+        by_phase["after"]["count"] >= 5
+        or by_phase["after"]["p50"] >= 10 * by_phase["before"]["p50"]
+    ), by_phase
     print(
         "kafka-clients",
         {p: latency[p]["by_library"]["kafka-clients"] for p in latency if p != "p50_ratio"},

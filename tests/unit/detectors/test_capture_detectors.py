@@ -12,6 +12,7 @@ from pathlib import Path
 import dpkt
 import pytest
 from conftest import DATA
+from support.storm_truth import IN_PHASE_LAG_MS as ROUNDING
 
 from tcpsleuth.detectors.capture.cookie_reasons import Reason
 from tcpsleuth.detectors.capture.run import analyse_stream
@@ -86,6 +87,38 @@ def test_a_lone_synack_is_undecided_with_its_reason(tmp_path: Path) -> None:
     assert len(verdicts) == 400
     assert {(v.cookie, v.reason) for v in verdicts} == {(None, nothing_later)}
     assert not [f for f in result.findings if f.kind == "syn-cookies-seen"]
+
+
+def test_idle_storm_cookies_made_in_the_clock_phase() -> None:
+    """The idle storm of the pre-fix guest (tests/data/idle-storm-prefix): 1,000
+    clients, 593 cookies, nothing sent for 15 s, so each connection's later segment
+    is its FIN. Every verdict is right; every cookie whose SYN-ACK lagged the clock
+    beyond its millisecond rounding (tshark's numbers) is decided by its jump. Of
+    those made in the clock's phase, the ones amid a run of cookies that began a
+    couple of milliseconds after the last ordinary SYN-ACK are cookies by the phase
+    (11 here; none while every ordinary SYN-ACK within 100 ms barred it); those of a
+    run that two ordinary SYN-ACKs in the phase led stay undecided, and so do they."""
+    folder = DATA / "idle-storm-prefix"
+    truth = json.loads((folder / "truth.json").read_text())["connections"]
+    result = analyse_stream(open_capture(folder / "server.pcap.gz"), frozenset({9092}))
+    ends = result.analysis.connections.endpoints_of(list(range(len(result.analysis.connections))))
+    said = {client: result.cookies.of(stream) for stream, (client, _server) in ends.items()}
+    assert set(said) == set(truth)
+    wrong = [c for c, t in truth.items() if said[c].cookie not in (None, t["cookie"])]
+    assert not wrong, [(c, truth[c], said[c]) for c in wrong[:5]]
+    judged = {c: t for c, t in truth.items() if t["synack_lag_ms"] is not None}
+    lagging = [c for c, t in judged.items() if t["cookie"] and t["synack_lag_ms"] >= ROUNDING]
+    assert len(lagging) > 400 and {said[c].reason for c in lagging} == {Reason.JUMP.text}
+    in_phase = [c for c, t in judged.items() if t["synack_lag_ms"] < ROUNDING]
+    # (a lag between the rounding and ROUNDING may still show as a jump)
+    assert {said[c].reason for c in in_phase if said[c].cookie} == {
+        Reason.PHASE.text,
+        Reason.JUMP.text,
+    }
+    assert sum(1 for c in in_phase if said[c].reason == Reason.PHASE.text) >= 10
+    left = [c for c in in_phase if said[c].cookie is None]
+    assert {said[c].reason for c in left} == {Reason.IN_PHASE.text}
+    assert sum(1 for c in left if truth[c]["cookie"] is False) == 2
 
 
 PLAIN_RUN = (

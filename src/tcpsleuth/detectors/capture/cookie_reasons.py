@@ -48,7 +48,8 @@ class Reason(IntEnum):
     )
     PHASE = (
         "no jump, but the TSval sits in the server's cookie clock phase, and the server "
-        "sent cookies just before and after it and no ordinary SYN-ACK around that time"
+        "sent cookies just before and after it and no ordinary SYN-ACK amid its cookies "
+        "around that time"
     )
     OFF_PHASE = "no jump, and the TSval is off the clock phase all this server's cookies share"
     IN_PHASE = (

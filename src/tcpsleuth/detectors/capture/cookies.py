@@ -39,9 +39,10 @@ SYN-ACKs carry them, one that kept either is not (:mod:`.cookie_options`). Where
 none applies (a SYN that offered neither, one SYN-ACK and nothing after it from the
 server), the verdict is ``None``: the capture cannot tell.
 
-About 590 lines, most of them this reasoning and the three tests it names: they
+About 560 lines, most of them this reasoning and the three tests it names: they
 judge the same connections together (a connection one test decides is not handed to
-the next), so they stay in one module; their reasons are in :mod:`.cookie_reasons`.
+the next), so they stay in one module; their reasons are in :mod:`.cookie_reasons`,
+the clock phase's arithmetic in :mod:`.cookie_phase`.
 """
 
 from __future__ import annotations
@@ -57,8 +58,16 @@ from tcpsleuth.detectors.capture.clockrate import Far
 from tcpsleuth.detectors.capture.connections import Analysis
 from tcpsleuth.detectors.capture.cookie_options import ClearedOptions
 from tcpsleuth.detectors.capture.cookie_options import judge as judge_cleared
+from tcpsleuth.detectors.capture.cookie_phase import (
+    MIN_PHASE_GROUP,
+    PHASE_MS,
+    between,
+    circular_distance,
+    interleaved,
+    phase_peak,
+)
 from tcpsleuth.detectors.capture.cookie_reasons import REASONS, Reason
-from tcpsleuth.detectors.capture.kernels import LATER_SPAN_NS, NO_RUN, SEQ_SPACE
+from tcpsleuth.detectors.capture.kernels import NO_RUN, SEQ_SPACE
 from tcpsleuth.detectors.capture.windows import clients_hit
 from tcpsleuth.model.capture import CWR, ECE, OPT_SACK, OPT_TIMESTAMPS, OPT_TSVAL, OPT_WSCALE
 from tcpsleuth.model.findings import Finding, Severity, listener_subject
@@ -78,9 +87,6 @@ CLOCK_SHARE, CLOCK_BAND_MS, MIN_GROUP = 0.9, 1000.0, 8
 # An ordinary request socket whose handshake ACK was refused (accept queue full)
 # repeats its SYN-ACK after 1 s (TCP_TIMEOUT_INIT); a cookie has nothing to repeat.
 SILENT_NS = 1_500_000_000
-# cookies of one server share their clock phase (mod 64 ms) to within this
-PHASE_MS, MIN_PHASE_GROUP = 1.5, 3
-ORDINARY_NEAR_NS = 100_000_000
 # a repeated SYN-ACK that followed the capture clock to within this (ms)
 REPEAT_CLOCK_MS = 3.0
 ENVELOPE_BIN_NS = 1_000_000_000
@@ -194,45 +200,6 @@ def _handshakes(analysis: Analysis) -> _Handshakes:
     )
 
 
-def _phase_peak(phases: np.ndarray) -> tuple[float, int]:
-    """The phase (mod 64 ms) most phases agree with to within PHASE_MS, and how many."""
-    bins = np.bincount((np.floor(phases * 2).astype(np.int64)) % 128, minlength=128)
-    window = np.zeros(128, dtype=np.int64)
-    for step in range(-3, 4):
-        window += np.roll(bins, step)
-    center = int(np.argmax(window)) / 2 + 0.25
-    # refine: the median of the phases near the densest window, unwrapped around it
-    offsets = (phases - center + 32) % 64 - 32
-    near = offsets[np.abs(offsets) <= 2.0]
-    peak = (center + float(np.median(near))) % 64 if len(near) else center
-    return peak, int((_circular_distance(phases, peak) <= PHASE_MS).sum())
-
-
-def _circular_distance(a: np.ndarray, b: float) -> np.ndarray:
-    d = np.abs(a - b) % 64
-    return np.minimum(d, 64 - d)
-
-
-def _between(times: np.ndarray, at: np.ndarray, plain: np.ndarray) -> np.ndarray:
-    """Whether each of ``at`` has one of the sorted ``times`` at or before it and
-    one at or after it, both within LATER_SPAN_NS (the phase's reach without a
-    measured clock rate), and none of the sorted ``plain`` times between the two."""
-    if not len(times):
-        return np.zeros(len(at), dtype=bool)
-    last = len(times) - 1
-    before = np.searchsorted(times, at, side="right") - 1
-    after = np.searchsorted(times, at, side="left")
-    first, then = times[np.clip(before, 0, last)], times[np.clip(after, 0, last)]
-    inside = np.searchsorted(plain, then, side="right") - np.searchsorted(plain, first)
-    return (
-        (before >= 0)
-        & (after <= last)
-        & (at - first <= LATER_SPAN_NS)
-        & (then - at <= LATER_SPAN_NS)
-        & (inside == 0)
-    )
-
-
 def _distinct(keys: np.ndarray) -> list[int]:
     """The distinct integer keys, ascending (``np.unique`` without its options loads
     ``numpy.ma``, a hundredth of a second at start-up)."""
@@ -276,9 +243,9 @@ def _jump(hs: _Handshakes) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
         matched = np.zeros(len(hs.index), dtype=bool)
         off_phase = np.zeros(len(hs.index), dtype=bool)
         if len(sure) >= MIN_PHASE_GROUP:
-            peak, agreeing = _phase_peak(sure)
+            peak, agreeing = phase_peak(sure)
             if agreeing >= len(sure) * 0.8:
-                matched = undecided & (_circular_distance(phase, peak) <= PHASE_MS)
+                matched = undecided & (circular_distance(phase, peak) <= PHASE_MS)
                 off_phase = undecided & ~matched
         # the SYN-ACK's TSval sat on the clock of the later segments: no cookie lag
         prompt = undecided & ~matched & ~off_phase & (lag < JUMP_MIN_MS)
@@ -287,17 +254,18 @@ def _jump(hs: _Handshakes) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
         # ordinary ones (its SYN queue had room); during an overflow every answer
         # is a cookie. So a match is a cookie where the server was sending cookies
         # on both sides of it (proven cookies of this server before and after it,
-        # within LATER_SPAN_NS, and no ordinary SYN-ACK between those two) and no
-        # ordinary SYN-ACK within ORDINARY_NEAR_NS of it. Both sides: the SYN-ACKs
+        # within LATER_SPAN_NS, and no ordinary SYN-ACK between those two) and
+        # none among its cookies nearby (_interleaved). Both sides: the SYN-ACKs
         # that fill the queue before an overflow leave in one burst of a
         # millisecond or two, so they share one phase, and one storm in twenty or
         # so finds it to be the cookies' (they have cookies after them, never
         # before).
         ts = hs.synack_ts
         ordinary_at = np.sort(ts[plain])
-        near = np.searchsorted(ordinary_at, ts + ORDINARY_NEAR_NS, side="right")
-        near -= np.searchsorted(ordinary_at, ts - ORDINARY_NEAR_NS, side="left")
-        cookie = matched & (near == 0) & _between(np.sort(ts[members & jumped]), ts, ordinary_at)
+        proven_at = np.sort(ts[members & jumped])
+        cookie = (
+            matched & ~interleaved(proven_at, ordinary_at, ts) & between(proven_at, ts, ordinary_at)
+        )
         matched &= ~cookie
         verdict = np.where(cookie, COOKIE, np.where(plain, ORDINARY, verdict))
         confidence = np.where(cookie | plain, 1, confidence)
