@@ -36,6 +36,11 @@ def tcpsleuth_json(path: Path, *extra: str) -> dict[str, Any]:
     return json.loads(result.stdout)
 
 
+# both ends of a segment as tshark fields: source address (v4, v6) and port, then
+# the destination's, for endpoint()
+ENDPOINT_FIELDS = ("ip.src", "ipv6.src", "tcp.srcport", "ip.dst", "ipv6.dst", "tcp.dstport")
+
+
 def endpoint(ip4: str, ip6: str, port: str) -> str:
     """IP:PORT as tcpsleuth writes it, from tshark's ip/ipv6 and port fields."""
     return f"{ip4}:{port}" if ip4 else f"[{ip6}]:{port}"

@@ -25,7 +25,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from tcpsleuth.detectors import sockets
-from tcpsleuth.model.findings import Finding, Severity, connection_subject, host
+from tcpsleuth.model.findings import (
+    Finding,
+    Severity,
+    connection_subject,
+    host,
+    misread,
+    shrink_factor,
+)
 from tcpsleuth.model.records import Listener, TcpConnection
 
 
@@ -127,13 +134,6 @@ def pairs_within(
     return pairs
 
 
-def shrink_factor(announced: int, actual: int) -> float:
-    """How many times smaller the reader sees each window than the writer meant."""
-    return (
-        float(2 ** (actual - announced)) if actual >= announced else 1 / 2 ** (announced - actual)
-    )
-
-
 def wscale_mismatches(pairs: Iterable[Pair]) -> list[Finding]:
     findings = []
     for pair in pairs:
@@ -158,7 +158,7 @@ def wscale_mismatches(pairs: Iterable[Pair]) -> list[Finding]:
                     connection_subject(client.local, server.local),
                     f"{reader.local} reads the {whose} windows with shift {announced} but "
                     f"{writer.local} shifts them by {actual}: every window is read "
-                    f"{factor:g}x {'too small' if smaller else 'too large'}",
+                    f"{misread(announced, actual)}",
                     {
                         "announced_wscale": announced,
                         "actual_wscale": actual,

@@ -18,7 +18,15 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from tcpsleuth.model.findings import ALL_CLIENTS, Finding, Severity, connection_subject, key
+from tcpsleuth.model.findings import (
+    ALL_CLIENTS,
+    Finding,
+    Severity,
+    connection_subject,
+    key,
+    misread,
+    shrink_factor,
+)
 from tcpsleuth.model.records import TcpConnection
 
 LISTED = 200  # connections named in a finding's evidence
@@ -69,7 +77,7 @@ def mismatch_findings(found: list[Disagreement], joined: int) -> list[Finding]:
         groups.setdefault((d.server, d.announced_wscale, d.rcv_wscale), []).append(d)
     out = []
     for (server, announced, actual), group in sorted(groups.items()):
-        factor = 2 ** (actual - announced) if actual >= announced else 1 / 2 ** (announced - actual)
+        factor = shrink_factor(announced, actual)
         clients = Counter(d.client.rsplit(":", 1)[0] for d in group)
         out.append(
             Finding(
@@ -78,7 +86,7 @@ def mismatch_findings(found: list[Disagreement], joined: int) -> list[Finding]:
                 connection_subject(ALL_CLIENTS, server),
                 f"{len(group)} of {joined} connections: the SYN-ACK announced window scale "
                 f"{announced} but the server's socket scales its windows by {actual}; its "
-                f"clients read windows {factor:g}x smaller than offered",
+                f"clients read windows {misread(announced, actual)}",
                 {
                     "announced_wscale": announced,
                     "actual_wscale": actual,

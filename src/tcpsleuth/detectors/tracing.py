@@ -15,7 +15,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from tcpsleuth.detectors.thresholds import RWND_LIMITED_MIN_NS, RWND_LIMITED_SHARE
-from tcpsleuth.model.findings import Finding, Severity, connection_subject, endpoint
+from tcpsleuth.model.findings import (
+    Finding,
+    Severity,
+    connection_subject,
+    endpoint,
+    misread,
+    shrink_factor,
+)
 from tcpsleuth.model.records import WindowSample
 
 SERIES_POINTS = 200
@@ -162,14 +169,14 @@ def _mismatch(
     announced, actual = sender.last.snd_wscale, receiver.last.rcv_wscale
     if announced == actual:
         return None
-    factor = 2 ** (actual - announced) if actual >= announced else 1 / 2 ** (announced - actual)
+    factor = shrink_factor(announced, actual)
     return Finding(
         "wscale-mismatch",
         Severity.CRITICAL,
         connection_subject(client.local, server.local),
         f"{sender.local} reads the {direction} with shift {announced} but "
         f"{receiver.local} scales them by {actual}: every window is read "
-        f"{factor:g}x {'too small' if actual > announced else 'too large'}",
+        f"{misread(announced, actual)}",
         {
             "announced_wscale": announced,
             "actual_wscale": actual,

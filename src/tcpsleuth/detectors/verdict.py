@@ -20,7 +20,7 @@ from typing import Any
 
 from tcpsleuth.detectors.kernel import FIX_COMMIT
 from tcpsleuth.model import kinds
-from tcpsleuth.model.findings import Finding, Severity
+from tcpsleuth.model.findings import Finding, Severity, misread
 
 _BACKLOG_KINDS = frozenset({"listen-backlog-small", "kafka-listen-backlog-small"})
 _CAPTURE_COVERED = frozenset({"wscale-mismatch", "syn-cookies-seen", "wscale-stripped"})
@@ -167,10 +167,14 @@ def _mismatch_numbers(
     numbers: list[str] = []
     if mismatch:
         first = mismatch[0].evidence
+        announced, used = first.get("announced_wscale"), _used(first)
+        read = (
+            f": windows {misread(announced, used)}"
+            if isinstance(announced, int) and isinstance(used, int)
+            else ""
+        )
         numbers.append(
-            f"{hit} connections announced window scale {first.get('announced_wscale')} but "
-            f"were scaled by {_used(first)}: windows "
-            f"{first.get('shrink_factor')}x too small"
+            f"{hit} connections announced window scale {announced} but were scaled by {used}{read}"
         )
     if clients:
         numbers.append("clients hit: " + ", ".join(f"{k} ({v})" for k, v in _top(clients)))

@@ -75,6 +75,20 @@ def key(conn: Endpoints) -> ConnectionKey:
 ALL_CLIENTS = kinds.ALL_CLIENTS  # a connection subject's client: every client of the server
 
 
+def shrink_factor(announced: int, actual: int) -> float:
+    """How many times smaller a reader applying shift ``announced`` sees each window
+    its writer scaled by ``actual``; below 1 where it reads them larger."""
+    return 2.0 ** (actual - announced)
+
+
+def misread(announced: int, actual: int) -> str:
+    """How a reader applying shift ``announced`` reads windows scaled by ``actual``:
+    "64x too small", or "4x too large" (it may send past what the writer keeps)."""
+    if actual >= announced:
+        return f"{2 ** (actual - announced)}x too small"
+    return f"{2 ** (announced - actual)}x too large"
+
+
 def connection_subject(client: str, server: str) -> dict[str, str]:
     return {"client": client, "server": server}
 

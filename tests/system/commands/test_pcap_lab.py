@@ -398,11 +398,11 @@ def test_cookies_decided_from_the_fin_15_s_after_the_handshake(tmp_path: Path) -
     storm = run_storm(tmp_path, StormConfig(clients=1500, size=0, settle=15.0))
     assert storm.netstat["TcpExtSyncookiesSent"] >= 100, storm.netstat
     for pcap in (storm.server_pcap, storm.client_pcap):
-        cookies, verdicts = storm_truth.idle_storm_verdicts(storm, pcap)
+        cookies, verdicts, lags = storm_truth.idle_storm_verdicts(storm, pcap)
         undecided = [c for c in cookies if verdicts[c]["cookie"] is None]
         print(pcap.name, len(cookies), "cookie connections with a FIN", len(undecided), "undecided")
         assert len(cookies) >= 100
-        beyond = storm_truth.undecided_beyond_chance(cookies, verdicts)
+        beyond = storm_truth.undecided_beyond_chance(cookies, verdicts, lags)
         assert not beyond, beyond[:5]
         # the rate that decided them, in the evidence: one host, one clock, so the
         # server's runs as fast as the capture's, to within a 1 ms tick over the 14 s
@@ -422,7 +422,7 @@ def test_without_ordinary_connections_the_fin_15_s_later_decides_nothing(
     10 s after a SYN-ACK are not compared with it and the cookies stay undecided."""
     storm = run_storm(tmp_path, StormConfig(clients=300, size=0, settle=15.0, syncookies=2))
     assert storm.netstat["TcpExtSyncookiesSent"] >= 300, storm.netstat
-    cookies, verdicts = storm_truth.idle_storm_verdicts(storm, storm.server_pcap)
+    cookies, verdicts, _ = storm_truth.idle_storm_verdicts(storm, storm.server_pcap)
     assert len(cookies) >= 200
     nothing = Reason.FAR_NO_RATE.text
     assert [c for c in cookies if verdicts[c]["reason"] != nothing] == []

@@ -22,7 +22,6 @@ from support.storm_truth import (
     check_capture,
     connections,
     idle_storm_verdicts,
-    synack_lags_ms,
     undecided_beyond_chance,
 )
 
@@ -376,18 +375,18 @@ def test_idle_storm_cookies_decided_in_the_prefix_guest(
     storm = Storm.load(tmp_path)
     sent = storm.netstat.get("TcpExtSyncookiesSent", 0)
     assert sent >= 50, f"the storm overflowed too little to judge: {sent} cookies sent"
-    cookies, verdicts = idle_storm_verdicts(storm, storm.server_pcap)
+    cookies, verdicts, lags = idle_storm_verdicts(storm, storm.server_pcap)
     undecided = [verdicts[c] for c in cookies if verdicts[c]["cookie"] is None]
     print(f"{sent} cookies sent, {len(cookies)} cookie connections with a later segment,")
     print(f"{len(undecided)} undecided: {[v['reason'] for v in undecided]}")
     # (one run of 736 cookies left one made in the clock's phase, one of 463 left 28)
-    truth = connections(storm.server_pcap, storm.server_ss, storm.client_ss)
-    beyond = undecided_beyond_chance(cookies, verdicts, synack_lags_ms(storm.server_pcap, truth))
+    beyond = undecided_beyond_chance(cookies, verdicts, lags)
     assert len(cookies) >= 50 and not beyond, beyond[:5]
     doc = storm_truth_analyse(storm.server_pcap)
     [found] = [f for f in doc["findings"] if f["kind"] == "syn-cookies-seen"]
     print("server clock", found["evidence"]["server_clock"])  # the rate that decided them
     assert found["evidence"]["server_clock"]["compares_up_to_s"] >= 14
+    truth = connections(storm.server_pcap, storm.server_ss, storm.client_ss)
     bitten = [t for t in truth.values() if t.cookie and t.disagree]
     # the client keeps the announced shift, the server uses the one of its full space
     assert bitten and {t.client_snd_wscale for t in bitten} == {_shift(102400)}, bitten[:3]

@@ -70,6 +70,25 @@ def test_window_scale_verdict_of_every_connection(kernel: str) -> None:
         assert not mismatch
 
 
+def test_idle_storm_from_the_client_end() -> None:
+    """The second idle storm as its clients' capture shows it
+    (tests/data/idle-storm-prefix/2/client.pcap.gz): the server's FIN ACKs reached
+    the client a few ms late, so 11 cookies that did not show a jump (their SYN-ACKs
+    queued 85 to 270 ms on the way, which hides any) read 1.7 to 5.0 ms behind
+    the cookies' clock phase and were called ordinary. Now none is wrong, and those
+    are left undecided for that reason (with the ordinary ones that read there)."""
+    folder = DATA / "idle-storm-prefix" / "2"
+    truth = json.loads((folder / "truth.json").read_text())["connections"]
+    result = analyse_stream(open_capture(folder / "client.pcap.gz"), frozenset({9092}))
+    ends = result.analysis.connections.endpoints_of(list(range(len(result.analysis.connections))))
+    said = {client: result.cookies.of(stream) for stream, (client, _server) in ends.items()}
+    wrong = [c for c, t in truth.items() if said[c].cookie not in (None, t["cookie"])]
+    assert not wrong, [(c, truth[c], said[c]) for c in wrong[:5]]
+    behind = [c for c in said if said[c].reason == Reason.BEHIND_PHASE.text]
+    assert sum(1 for c in behind if truth[c]["cookie"]) >= 5
+    assert sum(1 for c, t in truth.items() if t["cookie"] and said[c].cookie) >= 50
+
+
 def test_a_lone_synack_is_undecided_with_its_reason(tmp_path: Path) -> None:
     """The prefix storm with every server segment after the SYN-ACKs cut out: with
     per-connection timestamp offsets (6.1.192) one SYN-ACK says nothing, and the
@@ -89,16 +108,21 @@ def test_a_lone_synack_is_undecided_with_its_reason(tmp_path: Path) -> None:
     assert not [f for f in result.findings if f.kind == "syn-cookies-seen"]
 
 
-def test_idle_storm_cookies_made_in_the_clock_phase() -> None:
-    """The idle storm of the pre-fix guest (tests/data/idle-storm-prefix): 1,000
-    clients, 593 cookies, nothing sent for 15 s, so each connection's later segment
-    is its FIN. Every verdict is right; every cookie whose SYN-ACK lagged the clock
-    beyond its millisecond rounding (tshark's numbers) is decided by its jump. Of
-    those made in the clock's phase, the ones amid a run of cookies that began a
-    couple of milliseconds after the last ordinary SYN-ACK are cookies by the phase
-    (11 here; none while every ordinary SYN-ACK within 100 ms barred it); those of a
-    run that two ordinary SYN-ACKs in the phase led stay undecided, and so do they."""
-    folder = DATA / "idle-storm-prefix"
+@pytest.mark.parametrize("run", ["1", "2"])
+def test_idle_storm_cookies_made_in_the_clock_phase(run: str) -> None:
+    """Two idle storms of the pre-fix guest (tests/data/idle-storm-prefix): 1,000
+    clients, 593 and 800 cookies, nothing sent for 15 s, so each connection's later
+    segments are its FIN's. Every verdict is right; every cookie whose SYN-ACK lagged
+    the clock beyond its millisecond rounding (tshark's numbers) is decided, by its
+    jump or, where the server's delay could hide that, the phase; of those made in the
+    clock's phase, the ones amid a run of cookies that began just after the last
+    ordinary SYN-ACK are cookies by the phase (11 and 27; none while every ordinary
+    SYN-ACK within 100 ms barred them); what stays undecided sat in the phase, cookie
+    or not (in the first, a run that two ordinary SYN-ACKs in the phase led). In the
+    second, one cookie's server answered the FIN with an ACK stamped 6 ms before it
+    left: read alone it made the cookie ordinary ("off the phase"); its FIN 0.8 s
+    later shows the jump."""
+    folder = DATA / "idle-storm-prefix" / run
     truth = json.loads((folder / "truth.json").read_text())["connections"]
     result = analyse_stream(open_capture(folder / "server.pcap.gz"), frozenset({9092}))
     ends = result.analysis.connections.endpoints_of(list(range(len(result.analysis.connections))))
@@ -108,7 +132,9 @@ def test_idle_storm_cookies_made_in_the_clock_phase() -> None:
     assert not wrong, [(c, truth[c], said[c]) for c in wrong[:5]]
     judged = {c: t for c, t in truth.items() if t["synack_lag_ms"] is not None}
     lagging = [c for c, t in judged.items() if t["cookie"] and t["synack_lag_ms"] >= ROUNDING]
-    assert len(lagging) > 400 and {said[c].reason for c in lagging} == {Reason.JUMP.text}
+    # (where the server's delay could hide the jump, the phase decides)
+    assert len(lagging) > 400 and all(said[c].cookie for c in lagging)
+    assert {said[c].reason for c in lagging} <= {Reason.JUMP.text, Reason.PHASE.text}
     in_phase = [c for c, t in judged.items() if t["synack_lag_ms"] < ROUNDING]
     # (a lag between the rounding and ROUNDING may still show as a jump)
     assert {said[c].reason for c in in_phase if said[c].cookie} == {
@@ -116,9 +142,15 @@ def test_idle_storm_cookies_made_in_the_clock_phase() -> None:
         Reason.JUMP.text,
     }
     assert sum(1 for c in in_phase if said[c].reason == Reason.PHASE.text) >= 10
-    left = [c for c in in_phase if said[c].cookie is None]
-    assert {said[c].reason for c in left} == {Reason.IN_PHASE.text}
-    assert sum(1 for c in left if truth[c]["cookie"] is False) == 2
+    # what stays undecided sat in the phase, or a few ms behind it (a later segment
+    # that left late, or stamped early, reads so), cookie or not
+    left = [c for c in judged if said[c].cookie is None]
+    behind = [c for c in left if said[c].reason == Reason.BEHIND_PHASE.text]
+    assert left and set(left) - set(behind) <= set(in_phase)
+    assert {said[c].reason for c in set(left) - set(behind)} == {Reason.IN_PHASE.text}
+    assert len(behind) <= len(judged) // 20
+    if run == "2":
+        assert said["198.18.0.2:28848"].cookie is True
 
 
 PLAIN_RUN = (

@@ -165,6 +165,21 @@ def test_capture_verdict_counts_every_client() -> None:
     assert "did no harm" not in verdict.summary
 
 
+def test_capture_verdict_says_windows_read_too_large() -> None:
+    """A server scaling by less than its SYN-ACK announced: its clients read each
+    window larger than it is (they may send past it), not "1x too small"."""
+    mismatch = Finding(
+        "wscale-mismatch",
+        Severity.CRITICAL,
+        listener_subject("10.0.0.1:9092"),
+        "x",
+        {"announced_wscale": 9, "inferred_wscale": 7, "shrink_factor": 0.25, "connections": 3},
+    )
+    summary = capture_verdict([mismatch], 5, 2).summary
+    assert "were scaled by 7: windows 4x too large" in summary
+    assert "too small" not in summary
+
+
 def test_capture_verdict_names_the_undecided_handshakes() -> None:
     """A handshake the capture cannot decide is neither a cookie nor ordinary (#30)."""
 

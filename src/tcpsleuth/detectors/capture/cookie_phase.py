@@ -1,9 +1,9 @@
 """The clock phase a server's SYN cookies share (:mod:`.cookies`): a cookie's
 ``option bits + lag - SYN-ACK capture time`` mod 64 ms is the server's clock against
-the capture clock whatever its timestamp offset, so its proven cookies show it; and
-whether a SYN-ACK in that phase that did not jump sat amid the server's cookies
-(``between`` them, no ordinary SYN-ACK ``interleaved`` with them nearby), where it is
-one too."""
+the capture clock whatever its timestamp offset, so its proven cookies show it
+(``bands``: in it, a little behind it, off it); and whether a SYN-ACK in that phase
+that did not jump sat amid the server's cookies (``between`` them, no ordinary
+SYN-ACK ``interleaved`` with them nearby), where it is one too."""
 
 from __future__ import annotations
 
@@ -14,6 +14,29 @@ from tcpsleuth.detectors.capture.kernels import LATER_SPAN_NS
 # cookies of one server share their clock phase (mod 64 ms) to within this
 PHASE_MS, MIN_PHASE_GROUP = 1.5, 3
 ORDINARY_NEAR_NS = 100_000_000
+# A cookie's clock phase reads behind its server's by as much as its later segment
+# left late or was stamped before it left: this far (ms) behind, a SYN-ACK is not
+# called ordinary (a client's capture of an idle storm in the pre-fix guest: 11
+# cookies 1.7 to 5.0 ms behind; a server's: a FIN's ACK stamped 6 ms early)
+BEHIND_PHASE_MS = 6.0 + PHASE_MS
+
+
+def bands(
+    phase: np.ndarray, sure: np.ndarray, undecided: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Of the ``undecided`` SYN-ACKs (a mask over ``phase``), those in the clock phase
+    the ``sure`` cookies' phases agree on, those up to BEHIND_PHASE_MS behind it, and
+    the rest, off it: (matched, behind, off); none where too few sure ones agree."""
+    none = np.zeros(len(phase), dtype=bool)
+    if len(sure) < MIN_PHASE_GROUP:
+        return none, none, none
+    peak, agreeing = phase_peak(sure)
+    if agreeing < len(sure) * 0.8:
+        return none, none, none
+    matched = undecided & (circular_distance(phase, peak) <= PHASE_MS)
+    offset = (phase - peak + 32) % 64 - 32
+    behind = undecided & ~matched & (offset < 0) & (offset >= -BEHIND_PHASE_MS)
+    return matched, behind, undecided & ~matched & ~behind
 
 
 def phase_peak(phases: np.ndarray) -> tuple[float, int]:

@@ -73,6 +73,10 @@ class Reason(IntEnum):
         "the server's next segment came later after its SYN-ACK than its measured clock "
         "rate can be trusted over"
     )
+    BEHIND_PHASE = (
+        "no jump, and the TSval sits a few ms behind the clock phase this server's "
+        "cookies share, where a cookie whose later segment left late would: either"
+    )
 
 
 # the texts by code, for the verdict columns

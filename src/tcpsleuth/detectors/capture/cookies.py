@@ -58,14 +58,7 @@ from tcpsleuth.detectors.capture.clockrate import Far
 from tcpsleuth.detectors.capture.connections import Analysis
 from tcpsleuth.detectors.capture.cookie_options import ClearedOptions
 from tcpsleuth.detectors.capture.cookie_options import judge as judge_cleared
-from tcpsleuth.detectors.capture.cookie_phase import (
-    MIN_PHASE_GROUP,
-    PHASE_MS,
-    between,
-    circular_distance,
-    interleaved,
-    phase_peak,
-)
+from tcpsleuth.detectors.capture.cookie_phase import bands, between, interleaved
 from tcpsleuth.detectors.capture.cookie_reasons import REASONS, Reason
 from tcpsleuth.detectors.capture.kernels import NO_RUN, SEQ_SPACE
 from tcpsleuth.detectors.capture.windows import clients_hit
@@ -240,15 +233,9 @@ def _jump(hs: _Handshakes) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
         members = hs.server == key
         sure = phase[members & jumped]
         undecided = members & rest
-        matched = np.zeros(len(hs.index), dtype=bool)
-        off_phase = np.zeros(len(hs.index), dtype=bool)
-        if len(sure) >= MIN_PHASE_GROUP:
-            peak, agreeing = phase_peak(sure)
-            if agreeing >= len(sure) * 0.8:
-                matched = undecided & (circular_distance(phase, peak) <= PHASE_MS)
-                off_phase = undecided & ~matched
+        matched, behind, off_phase = bands(phase, sure, undecided)
         # the SYN-ACK's TSval sat on the clock of the later segments: no cookie lag
-        prompt = undecided & ~matched & ~off_phase & (lag < JUMP_MIN_MS)
+        prompt = undecided & ~matched & ~off_phase & ~behind & (lag < JUMP_MIN_MS)
         plain = prompt | off_phase
         # an ordinary SYN-ACK in the phase was made while the server was making
         # ordinary ones (its SYN queue had room); during an overflow every answer
@@ -275,7 +262,15 @@ def _jump(hs: _Handshakes) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
             np.where(
                 off_phase,
                 Reason.OFF_PHASE,
-                np.where(prompt, Reason.NO_JUMP, np.where(matched, Reason.IN_PHASE, reason)),
+                np.where(
+                    prompt,
+                    Reason.NO_JUMP,
+                    np.where(
+                        matched,
+                        Reason.IN_PHASE,
+                        np.where(behind, Reason.BEHIND_PHASE, reason),
+                    ),
+                ),
             ),
         )
     return verdict, confidence, reason, lag

@@ -136,8 +136,12 @@ DIR_INITIAL[
 # the server's TSval clock is compared with the capture clock over this span only
 # (two hosts' clocks drift apart by tens of microseconds a second)
 LATER_SPAN_NS = 10_000_000_000
-# the far segments: the first one after LATER_SPAN_NS and those this soon after it
-FAR_SLICE_NS = 100_000_000
+# the far segments: the first one after LATER_SPAN_NS and those this soon after it.
+# A lone pure ACK may carry a stale TSval (an idle storm's guest answered a FIN with
+# an ACK stamped 6 ms before it left, and the cookie seemed not to lag): a second
+# of them lets the server's FIN, 0.8 s later there, speak too; the clock-rate error
+# over it is a few microseconds (clockrate keeps it within DRIFT_BUDGET_NS)
+FAR_SLICE_NS = 1_000_000_000
 NO_RUN = -(1 << 62)  # LATER_BEST before any segment counted
 DIR_INITIAL[D_LATER_BEST] = NO_RUN
 DIR_INITIAL[D_FAR_BEST] = NO_RUN  # LSYN_TS: read only with an LSYN_FRAME

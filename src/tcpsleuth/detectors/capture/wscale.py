@@ -32,6 +32,8 @@ from tcpsleuth.model.findings import (
     Severity,
     connection_subject,
     listener_subject,
+    misread,
+    shrink_factor,
 )
 
 # The client's view of the first window must be this many times below what the
@@ -259,7 +261,7 @@ def _mismatch_finding(
     assert announced is not None and inferred is not None
     exact = sum(1 for i in mismatched if i.exact)
     example = next((i for i in mismatched if i.exact), mismatched[0])
-    factor = 1 << (inferred - announced) if inferred >= announced else 1
+    factor = shrink_factor(announced, inferred)
     return Finding(
         kind="wscale-mismatch",
         severity=Severity.CRITICAL,
@@ -267,7 +269,7 @@ def _mismatch_finding(
         summary=(
             f"{len(mismatched)} of {scaled} connections: the SYN-ACK announced "
             f"window scale {announced} but the server's windows are scaled by "
-            f"{inferred}; clients see windows {factor}x smaller than offered"
+            f"{inferred}; clients read windows {misread(announced, inferred)}"
         ),
         evidence={
             "announced_wscale": announced,
