@@ -97,26 +97,34 @@ def test_wscale_bug_on_real_kafka_3_1_2(tmp_path: Path) -> None:
         "java",  # our Java harness's producers (kafka-clients)
     }
     # Kafka's Java producer, timed per request by our harness, in each phase; after the
-    # restart it sends few when each request waits (the incident: 3 in the after window,
-    # p50 55.9 s, in one CI run), so there few must mean slow
-    by_phase = {p: latency[p]["by_library"]["kafka-clients"] for p in ("before", "after")}
-    for java in by_phase.values():
-        assert java["count"] >= 1 and java["p50"] > 0 and java["p99"] >= java["p50"], java
-    assert by_phase["before"]["count"] >= 5, by_phase
-    assert (
-        by_phase["after"]["count"] >= 5
-        or by_phase["after"]["p50"] >= 10 * by_phase["before"]["p50"]
-    ), by_phase
+    # restart it sends few when each request waits (the incident): 3 in the after
+    # window with a p50 of 55.9 s in one CI run, none in another (each of the 3
+    # producers waited from before the window to the end on a request sent during the
+    # restart), so there few must mean slow, and none must mean stuck
+    lines = [json.loads(x) for x in (kept / "clients.jsonl").read_text().splitlines()]
+    java = [x for x in lines if x["library"] == "kafka-clients"]
+    timed = [x for x in java if x["type"] in ("latency", "pending")]
+    before = latency["before"]["by_library"]["kafka-clients"]
+    assert before["count"] >= 5 and before["p50"] > 0 and before["p99"] >= before["p50"], before
+    after = latency["after"]["by_library"].get("kafka-clients")
+    if after is None:
+        start = run["window"]["after_start"]
+        waiting = {
+            x["producer"]
+            for x in timed
+            if x["sent"] < start <= x["sent"] + x.get("latency_ms", x.get("waited_ms", 0)) / 1e3
+        }
+        assert waiting == {x["producer"] for x in timed}, (waiting, start)
+    else:
+        assert after["p50"] > 0 and after["p99"] >= after["p50"], after
+        assert after["count"] >= 5 or after["p50"] >= 10 * before["p50"], (before, after)
     print(
         "kafka-clients",
-        {p: latency[p]["by_library"]["kafka-clients"] for p in latency if p != "p50_ratio"},
+        {p: latency[p]["by_library"].get("kafka-clients") for p in latency if p != "p50_ratio"},
     )
     # the harness counts what its timed producers sent and had acknowledged (what heal's
     # `lost` reads), and its counts agree with its own per-request lines
-    lines = [json.loads(x) for x in (kept / "clients.jsonl").read_text().splitlines()]
-    java = [x for x in lines if x["library"] == "kafka-clients"]
     counts = [x for x in java if x["type"] == "counts"]
-    timed = [x for x in java if x["type"] in ("latency", "pending")]
     assert len(counts) == run["size"]["measured"], counts
     assert sum(c["sent"] for c in counts) == len(timed) > 0
     assert sum(c["acknowledged"] for c in counts) == sum(
