@@ -148,7 +148,7 @@ def wscale_mismatches(pairs: Iterable[Pair]) -> list[Finding]:
             actual = writer.rcv_wscale or 0
             if reader.snd_wscale is None or writer.rcv_wscale is None or announced == actual:
                 continue
-            factor = shrink_factor(announced, actual)
+            factor = float(shrink_factor(announced, actual))  # sockets compare: 64.0
             smaller = actual > announced
             window = reader.snd_wnd
             findings.append(

@@ -77,8 +77,9 @@ ALL_CLIENTS = kinds.ALL_CLIENTS  # a connection subject's client: every client o
 
 def shrink_factor(announced: int, actual: int) -> float:
     """How many times smaller a reader applying shift ``announced`` sees each window
-    its writer scaled by ``actual``; below 1 where it reads them larger."""
-    return 2.0 ** (actual - announced)
+    its writer scaled by ``actual``; below 1 where it reads them larger (an int where
+    it is whole, as the findings' JSON has always carried it)."""
+    return 2 ** (actual - announced)
 
 
 def misread(announced: int, actual: int) -> str:

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import dpkt
 import pytest
@@ -20,9 +21,14 @@ from tcpsleuth.sources.pcap import open_capture
 
 
 def _storm(kernel: str) -> tuple[dict, dict[str, dict], object]:
-    folder = DATA / f"storm-{kernel}"
+    return _analysed(DATA / f"storm-{kernel}", "server.pcap")
+
+
+def _analysed(folder: Path, capture: str) -> tuple[dict, dict[str, int], Any]:
+    """A stored storm's truth, its capture's streams by client endpoint (the same
+    endpoints as the truth's), and the analysis of that capture."""
     truth = json.loads((folder / "truth.json").read_text())
-    result = analyse_stream(open_capture(folder / "server.pcap"), frozenset({9092}))
+    result = analyse_stream(open_capture(folder / capture), frozenset({9092}))
     ends = result.analysis.connections.endpoints_of(list(range(len(result.analysis.connections))))
     by_client = {client: stream for stream, (client, _server) in ends.items()}
     assert set(by_client) == set(truth["connections"])
@@ -77,11 +83,9 @@ def test_idle_storm_from_the_client_end() -> None:
     queued 85 to 270 ms on the way, which hides any) read 1.7 to 5.0 ms behind
     the cookies' clock phase and were called ordinary. Now none is wrong, and those
     are left undecided for that reason (with the ordinary ones that read there)."""
-    folder = DATA / "idle-storm-prefix" / "2"
-    truth = json.loads((folder / "truth.json").read_text())["connections"]
-    result = analyse_stream(open_capture(folder / "client.pcap.gz"), frozenset({9092}))
-    ends = result.analysis.connections.endpoints_of(list(range(len(result.analysis.connections))))
-    said = {client: result.cookies.of(stream) for stream, (client, _server) in ends.items()}
+    doc, by_client, result = _analysed(DATA / "idle-storm-prefix" / "2", "client.pcap.gz")
+    truth = doc["connections"]
+    said = {client: result.cookies.of(stream) for client, stream in by_client.items()}
     wrong = [c for c, t in truth.items() if said[c].cookie not in (None, t["cookie"])]
     assert not wrong, [(c, truth[c], said[c]) for c in wrong[:5]]
     behind = [c for c in said if said[c].reason == Reason.BEHIND_PHASE.text]
@@ -122,12 +126,9 @@ def test_idle_storm_cookies_made_in_the_clock_phase(run: str) -> None:
     second, one cookie's server answered the FIN with an ACK stamped 6 ms before it
     left: read alone it made the cookie ordinary ("off the phase"); its FIN 0.8 s
     later shows the jump."""
-    folder = DATA / "idle-storm-prefix" / run
-    truth = json.loads((folder / "truth.json").read_text())["connections"]
-    result = analyse_stream(open_capture(folder / "server.pcap.gz"), frozenset({9092}))
-    ends = result.analysis.connections.endpoints_of(list(range(len(result.analysis.connections))))
-    said = {client: result.cookies.of(stream) for stream, (client, _server) in ends.items()}
-    assert set(said) == set(truth)
+    doc, by_client, result = _analysed(DATA / "idle-storm-prefix" / run, "server.pcap.gz")
+    truth = doc["connections"]
+    said = {client: result.cookies.of(stream) for client, stream in by_client.items()}
     wrong = [c for c, t in truth.items() if said[c].cookie not in (None, t["cookie"])]
     assert not wrong, [(c, truth[c], said[c]) for c in wrong[:5]]
     judged = {c: t for c, t in truth.items() if t["synack_lag_ms"] is not None}

@@ -256,22 +256,10 @@ def _jump(hs: _Handshakes) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
         matched &= ~cookie
         verdict = np.where(cookie, COOKIE, np.where(plain, ORDINARY, verdict))
         confidence = np.where(cookie | plain, 1, confidence)
-        reason = np.where(
-            cookie,
-            Reason.PHASE,
-            np.where(
-                off_phase,
-                Reason.OFF_PHASE,
-                np.where(
-                    prompt,
-                    Reason.NO_JUMP,
-                    np.where(
-                        matched,
-                        Reason.IN_PHASE,
-                        np.where(behind, Reason.BEHIND_PHASE, reason),
-                    ),
-                ),
-            ),
+        reason = np.select(
+            [cookie, off_phase, prompt, matched, behind],
+            [Reason.PHASE, Reason.OFF_PHASE, Reason.NO_JUMP, Reason.IN_PHASE, Reason.BEHIND_PHASE],
+            reason,
         )
     return verdict, confidence, reason, lag
 
