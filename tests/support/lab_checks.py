@@ -5,10 +5,11 @@ comparing None; and an incident report held against both ends' `ss -tni`."""
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from support import ss_text
 
 
 def answered(latency: Mapping[str, Any], *phases: str, at_least: int = 1) -> None:
@@ -92,25 +93,6 @@ def healed(run: Mapping[str, Any], method: str, document: Mapping[str, Any]) -> 
     assert len(document["came_back"]) == heal["ended"]
 
 
-def _ss(path: Path) -> dict[tuple[str, str], dict[str, float]]:
-    """(local, remote) -> shifts and rwnd_limited ms from `ss -tni` text."""
-    out: dict[tuple[str, str], dict[str, float]] = {}
-    key = None
-    for line in path.read_text().splitlines():
-        if line.startswith("ESTAB"):
-            fields = line.split()
-            key = (fields[3], fields[4])
-            out[key] = {}
-        elif key is not None:
-            if shifts := re.search(r"wscale:(\d+),(\d+)", line):
-                out[key]["snd"], out[key]["rcv"] = int(shifts.group(1)), int(shifts.group(2))
-            if limited := re.search(r"rwnd_limited:(\d+)ms", line):
-                out[key]["rwnd_limited_ms"] = int(limited.group(1))
-            if window := re.search(r"snd_wnd:(\d+)", line):
-                out[key]["snd_wnd"] = int(window.group(1))
-    return out
-
-
 def _ss_snapshots(keep: Path) -> list[tuple[dict, dict]]:
     """Both ends' connections in `ss -tni`, (client, server), per snapshot the lab took:
     at the end of the "after" window and, where it took one (a window sized by answers
@@ -121,7 +103,9 @@ def _ss_snapshots(keep: Path) -> list[tuple[dict, dict]]:
     for suffix in ("-early", ""):
         client, server = keep / f"ss-client{suffix}.txt", keep / f"ss-server{suffix}.txt"
         if client.exists() and server.exists():
-            snapshots.append((_ss(client), _ss(server)))
+            snapshots.append(
+                (ss_text.sockets(client.read_text()), ss_text.sockets(server.read_text()))
+            )
     return snapshots
 
 

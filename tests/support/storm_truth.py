@@ -4,10 +4,10 @@ from tcpsleuth's own decoding."""
 
 from __future__ import annotations
 
-import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from support import ss_text
 from support.storm_lab import PORT, Storm
 from support.tshark_diff import ENDPOINT_FIELDS, tcpsleuth_json, tshark
 from support.tshark_diff import endpoint as _endpoint
@@ -39,20 +39,11 @@ class ConnectionTruth:
 def _ss_shifts(text: str, client_is_local: bool) -> dict[str, tuple[int, int]]:
     """Client endpoint -> (snd_wscale, rcv_wscale) of each established socket."""
     out: dict[str, tuple[int, int]] = {}
-    lines = text.splitlines()
-    for i, line in enumerate(lines):
-        fields = line.split()  # ss -H state established: no State column
-        if line.startswith(("\t", " ")) or len(fields) < 4:
-            continue
-        local, peer = fields[2], fields[3]
-        info = lines[i + 1] if i + 1 < len(lines) else ""
-        found = re.search(r"wscale:(\d+),(\d+)", info)
-        if found:
-            client = local if client_is_local else peer
-            client = (
-                client.replace("[::ffff:", "").replace("]:", ":") if "::ffff:" in client else client
-            )
-            out[client] = (int(found.group(1)), int(found.group(2)))
+    for (local, peer), found in ss_text.shifts(text).items():
+        client = local if client_is_local else peer
+        if "::ffff:" in client:
+            client = client.replace("[::ffff:", "").replace("]:", ":")
+        out[client] = found
     return out
 
 

@@ -15,6 +15,7 @@ from conftest import FIXTURES, SUPPORT, run_tcpsleuth
 
 sys.path.insert(0, str(SUPPORT))
 import wscale_lab
+from support import ss_text
 
 from tcpsleuth.model.findings import endpoint
 from tcpsleuth.sources.sstext import parse_endpoint
@@ -26,13 +27,10 @@ def _ss_tni(ns: str, path: Path) -> dict[tuple[str, str], tuple[int, int]]:
         ["ip", "netns", "exec", ns, "ss", "-tni"], capture_output=True, text=True, check=True
     ).stdout
     path.write_text(text)
-    shifts, local = {}, None
-    for line in text.splitlines():
-        if line.startswith("ESTAB"):
-            local = tuple(endpoint(*parse_endpoint(t)) for t in line.split()[3:5])
-        elif local and (m := re.search(r"wscale:(\d+),(\d+)", line)):
-            shifts[local] = (int(m.group(1)), int(m.group(2)))
-    return shifts
+    return {
+        tuple(endpoint(*parse_endpoint(t)) for t in key): found
+        for key, found in ss_text.shifts(text).items()
+    }
 
 
 def _json(*args: str) -> tuple[int, dict]:

@@ -12,6 +12,7 @@ import threading
 import time
 
 from conftest import Farm, run_tcpsleuth
+from support import ss_text
 from support.monitoring import Exporter, require_tool, samples
 
 from tcpsleuth.reports.prometheus import node_exporter_key
@@ -109,14 +110,11 @@ def test_exposition_passes_promtool(netns: str) -> None:
 
 def ss_established(ns: str) -> list[tuple[int, int, int, int]]:
     """(local port, remote port, snd_wscale, rcv_wscale) per established socket, from ss."""
+    text = in_ns(ns, "ss", "-Htni", "state", "established")
     out = []
-    lines = in_ns(ns, "ss", "-Htni", "state", "established").splitlines()
-    for head, info in zip(lines[::2], lines[1::2], strict=True):
-        fields = head.split()
-        local, remote = int(fields[2].rsplit(":", 1)[1]), int(fields[3].rsplit(":", 1)[1])
-        scale = re.search(r"wscale:(\d+),(\d+)", info)
-        snd, rcv = (int(scale.group(1)), int(scale.group(2))) if scale else (0, 0)
-        out.append((local, remote, snd, rcv))
+    for (local, remote), info in ss_text.sockets(text).items():
+        ports = int(local.rsplit(":", 1)[1]), int(remote.rsplit(":", 1)[1])
+        out.append((*ports, info.get("snd", 0), info.get("rcv", 0)))
     return out
 
 

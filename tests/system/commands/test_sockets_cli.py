@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import FIXTURES, run_tcpsleuth
+from support import ss_text
 
 SS = FIXTURES / "ss"
 FAULT_CLIENT = SS / "lab-fault-client-tni.txt"
@@ -24,14 +25,11 @@ def _json(*args: str) -> tuple[int, dict]:
 
 def _limited_in(path: Path) -> dict[str, float]:
     """Sender -> rwnd_limited share, from the `ss` text itself."""
-    out = {}
-    local = None
-    for line in path.read_text().splitlines():
-        if line.startswith("ESTAB"):
-            local = line.split()[3]
-        elif local and (m := re.search(r"busy:(\d+)ms rwnd_limited:(\d+)ms", line)):
-            out[local] = int(m.group(2)) / int(m.group(1))
-    return out
+    return {
+        local: info["rwnd_limited_ms"] / info["busy_ms"]
+        for (local, _), info in ss_text.sockets(path.read_text()).items()
+        if "rwnd_limited_ms" in info and info.get("busy_ms")
+    }
 
 
 def test_sockets_on_the_client_side_of_the_fault() -> None:

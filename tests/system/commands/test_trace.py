@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 from conftest import SUPPORT, run_tcpsleuth
+from support import ss_text
 
 from tcpsleuth.lab import faults, namespaces, topology
 from tcpsleuth.sources.procfs import local_ports_of_pid
@@ -21,18 +21,11 @@ PORT = 9092
 
 def _ss_wscale(ns: str) -> dict[tuple[str, str], tuple[int, int]]:
     """(local, peer) -> (snd_wscale, rcv_wscale) as `ss -tni` prints them."""
-    out = subprocess.run(
-        ["ip", "netns", "exec", ns, "ss", "-tniH"], capture_output=True, text=True, check=True
-    ).stdout
-    result = {}
-    key = None
-    for line in out.splitlines():
-        if not line[:1].isspace():
-            fields = line.split()
-            key = (fields[3], fields[4])
-        elif key and (match := re.search(r"wscale:(\d+),(\d+)", line)):
-            result[key] = (int(match.group(1)), int(match.group(2)))
-    return result
+    return ss_text.shifts(
+        subprocess.run(
+            ["ip", "netns", "exec", ns, "ss", "-tni"], capture_output=True, text=True, check=True
+        ).stdout
+    )
 
 
 @pytest.fixture

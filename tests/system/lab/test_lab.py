@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import signal
 import subprocess
 import sys
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import run_tcpsleuth
+from support import ss_text
 
 from tcpsleuth.lab import namespaces
 
@@ -24,17 +24,6 @@ def _lab(*args: str) -> tuple[int, dict]:
 
 def _leftovers() -> list[str]:
     return [name for name in namespaces.owned() if name.startswith("tcpsleuth-lab")]
-
-
-def _ss_shifts(path: Path) -> dict[tuple[str, str], tuple[int, int]]:
-    shifts, key = {}, None
-    for line in path.read_text().splitlines():
-        if line.startswith("ESTAB"):
-            fields = line.split()
-            key = (fields[3], fields[4])
-        elif key and (m := re.search(r"wscale:(\d+),(\d+)", line)):
-            shifts[key] = (int(m.group(1)), int(m.group(2)))
-    return shifts
 
 
 def _cookie_counts_shown(run: dict, findings: list[dict]) -> None:
@@ -104,7 +93,7 @@ def test_wscale_bug_reproduces_the_incident(tmp_path: Path) -> None:
     }
     assert {f["subject"]["client"] for f in from_sockets} == believed_one
     # ... and `ss -tni`, taken a moment later, shows the same shifts for them
-    ss_shifts = _ss_shifts(kept / "ss-client.txt")
+    ss_shifts = ss_text.shifts((kept / "ss-client.txt").read_text())
     shared = [c for c in client if (c["local"], c["remote"]) in ss_shifts]
     assert len(shared) > 0.9 * len(client)
     for c in shared:

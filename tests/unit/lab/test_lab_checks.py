@@ -78,3 +78,35 @@ def test_the_broker_looks_healthy_by_its_median_and_against_its_clients() -> Non
         broker_looks_healthy(_broker_run({"p50": 1.2, "p99": 3.3}, {"p50": 13.0, "p99": 21}, 4100))
     with pytest.raises(AssertionError, match=r"not ten times the broker's own p99"):
         broker_looks_healthy(_broker_run({"p50": 1.2, "p99": 3.3}, {"p50": 1.9, "p99": 21}, 150))
+
+
+SS_TEXT = """State      Recv-Q Send-Q Local Address:Port Peer Address:Port Process
+ESTAB      0      0        198.18.0.2:52776   198.18.0.1:9092
+\t bbr wscale:1,7 rto:204 busy:40ms rwnd_limited:30ms snd_wnd:1024
+FIN-WAIT-1 0      69       198.18.0.2:52298   198.18.0.1:9092
+\t bbr wscale:7,7 rto:7168 backoff:5 snd_wnd:65160
+SYN-SENT   0      1        198.18.0.2:52900   198.18.0.1:9092
+\t cubic rto:1000
+ESTAB      0      0        198.18.0.2:52844   198.18.0.1:9092
+\t cubic wscale:7,7 rto:204
+"""
+
+
+def test_ss_text_gives_each_socket_its_own_details() -> None:
+    """The tests' witness of `ss -tni` (the lab test that failed on 44e6092 read a
+    FIN-WAIT-1 socket's shifts as those of the ESTAB socket above it)."""
+    from support import ss_text
+
+    assert ss_text.shifts(SS_TEXT) == {
+        ("198.18.0.2:52776", "198.18.0.1:9092"): (1, 7),
+        ("198.18.0.2:52844", "198.18.0.1:9092"): (7, 7),
+    }
+    first = ss_text.sockets(SS_TEXT)[("198.18.0.2:52776", "198.18.0.1:9092")]
+    assert first == {"snd": 1, "rcv": 7, "busy_ms": 40, "rwnd_limited_ms": 30, "snd_wnd": 1024}
+    closing = ss_text.sockets(SS_TEXT, state="FIN-WAIT-1")
+    assert closing == {
+        ("198.18.0.2:52298", "198.18.0.1:9092"): {"snd": 7, "rcv": 7, "snd_wnd": 65160}
+    }
+    # `ss -H state established` prints no State column
+    filtered = "\n".join(line.replace("ESTAB      ", "") for line in SS_TEXT.splitlines()[1:3])
+    assert ss_text.shifts(filtered) == {("198.18.0.2:52776", "198.18.0.1:9092"): (1, 7)}
