@@ -11,8 +11,12 @@ default document only), the public Kafka capture, the two committed lab storms (
 and fixed kernels), the bundles and `ss` fixtures (audit, doctor, sockets, compare),
 and the committed incident (tests/data/incident-small): `report DIR --format json` on
 its report.json as stored, and on a copy analysed anew (`--again`) with the report.json
-that writes. `compare` reads findings through the kind registry's aliases (a renamed
-kind is the same finding) and ignores what is meant to differ from run to run (timings,
+that writes. As root, also the exporter's exposition: `exporter --netns` on a namespace
+made for it, where two loopback listeners (one with its receive buffer locked) hold 24
+connections made by SYN cookies (tcp_syncookies=2), each sample by name and labels as
+prometheus_client's parser reads it back, the scrape's own read time left out.
+`compare` reads findings through the kind registry's aliases (a renamed kind is the
+same finding) and ignores what is meant to differ from run to run (timings,
 tcpsleuth's version) and the keys added on purpose (INTENDED: report.json's
 ``schema_version``, issue 28) where only the new document has them.
 """
@@ -25,6 +29,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +114,84 @@ def _incident_anew(directory: Path, env: dict[str, str], src: str) -> None:
     print(f"report-incident-small-again: exit {run['status']}", file=sys.stderr)
 
 
+# the exporter's case: what the namespace holds while the exporter is scraped
+_HOLD = """
+import socket, time
+def listen(port, rcvbuf=None):
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if rcvbuf:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    s.bind(("127.0.0.1", port))
+    s.listen(64)
+    return s
+held = [listen(9092), listen(9093, 65536)]
+held += [socket.create_connection(("127.0.0.1", p)) for p in (9092, 9093) for _ in range(12)]
+print("ready", flush=True)
+time.sleep(600)
+"""
+EXPOSITION_VOLATILE = {"tcpsleuth_scrape_read_seconds"}
+
+
+def _scrape(url: str, seconds: float = 30.0) -> str:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=5) as answer:
+                return answer.read().decode()
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+def _exposition(directory: Path, env: dict[str, str]) -> None:
+    """The exporter's exposition on a namespace made here (root only), its samples by
+    name and labels; the namespace and its processes removed after."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        print("exporter-exposition: skipped (needs root and ip)", file=sys.stderr)
+        return
+    from prometheus_client.parser import text_string_to_metric_families
+
+    ns = f"tcpsleuth-jsondiff-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    holder = exporter = None
+    try:
+        in_ns = ["ip", "netns", "exec", ns]
+        subprocess.run([*in_ns, "ip", "link", "set", "lo", "up"], check=True)
+        subprocess.run([*in_ns, "sysctl", "-qw", "net.ipv4.tcp_syncookies=2"], check=True)
+        holder = subprocess.Popen(
+            [*in_ns, sys.executable, "-c", _HOLD], stdout=subprocess.PIPE, text=True
+        )
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        port = 9400 + os.getpid() % 500
+        listen = f"127.0.0.1:{port}"
+        exporter = subprocess.Popen(
+            [sys.executable, "-m", "tcpsleuth", "exporter", "--netns", ns, "--listen", listen],
+            env=env,
+            stderr=subprocess.DEVNULL,
+        )
+        url = f"http://127.0.0.1:{port}/metrics"
+        _scrape(url)
+        time.sleep(1)  # the window-limited shares are measured between two scrapes
+        text = _scrape(url)
+    finally:
+        for process in (exporter, holder):
+            if process is not None:
+                process.terminate()
+                process.wait(timeout=10)
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+    samples = {
+        f"{s.name}{json.dumps(s.labels, sort_keys=True)}": s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name not in EXPOSITION_VOLATILE
+    }
+    kept = {"status": 0, "stdout": json.dumps(samples), "stderr": ""}
+    (directory / "exporter-exposition.json").write_text(json.dumps(kept))
+    print(f"exporter-exposition: {len(samples)} samples", file=sys.stderr)
+
+
 def record(directory: Path, src: str | None, only: str = "") -> int:
     """Every case (or those whose name starts with ``only``) run, its JSON kept."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -123,6 +207,8 @@ def record(directory: Path, src: str | None, only: str = "") -> int:
         print(f"{name}: exit {run['status']}", file=sys.stderr)
     if "report-incident-small-again".startswith(only):
         _incident_anew(directory, env, src)
+    if "exporter-exposition".startswith(only):
+        _exposition(directory, env)
     return 0
 
 
