@@ -4,6 +4,7 @@ from tcpsleuth's own decoding."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -228,7 +229,16 @@ def _check_burst(
 
 def _synack_then_later(pcap: Path) -> tuple[dict[str, tuple[float, int | None]], dict]:
     """Per client endpoint, as tshark reads them: the time and TSval (None without) of
-    the server's first SYN-ACK, and of each of its later segments with a TSval."""
+    the server's first SYN-ACK, and of each of its later segments with a TSval. Read
+    once per file as it stands (the idle storm asks twice); callers do not change it."""
+    stat = pcap.stat()
+    return _synack_then_later_read(pcap, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _synack_then_later_read(
+    pcap: Path, _mtime_ns: int, _size: int
+) -> tuple[dict[str, tuple[float, int | None]], dict]:
     synack: dict[str, tuple[float, int | None]] = {}
     later: dict[str, list[tuple[float, int]]] = {}
     for t, syn, d4, d6, dport, tsval in tshark(
