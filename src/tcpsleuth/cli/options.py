@@ -6,13 +6,15 @@ import math
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from tcpsleuth import safefile
 from tcpsleuth.errors import InputError
-from tcpsleuth.model.records import KafkaConfig
+
+if TYPE_CHECKING:  # annotations only: every command's start-up would pay for the records
+    from tcpsleuth.model.records import KafkaConfig
 
 F = TypeVar("F", bound=Callable[..., Any])
 
