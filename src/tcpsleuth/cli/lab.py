@@ -21,6 +21,7 @@ from tcpsleuth.cli.options import FiniteFloat, format_option
 from tcpsleuth.errors import InputError
 from tcpsleuth.lab import analysis, healing, kafka_broker, namespaces
 from tcpsleuth.lab.kernel import build as kbuild
+from tcpsleuth.lab.phases import STORM_PASSED_SHARE
 from tcpsleuth.lab.runner import LabSize, discard, run_scenario, temporary_workdir
 from tcpsleuth.lab.scenarios import SCENARIOS, on_real_kernel
 from tcpsleuth.model.findings import Finding, exit_status, ranked
@@ -128,11 +129,14 @@ def _report(
         if "amplified" not in artifacts.window
         else {
             "started": artifacts.window["amplified"],
+            "ended": artifacts.window.get("amplified_end"),
             "reconnecting_clients": artifacts.amplified_for,
+            "answered_when_ended": artifacts.storm_answered,
             "listen_backlog": scenario.listen_backlog,
             "what": "more clients reconnect than the listen backlog holds, so the storm was "
-            "answered with SYN cookies (tcp_syncookies=2 in the broker namespace until it "
-            "passed), as the kernel of a broker with thousands of clients answers it",
+            "answered with SYN cookies (tcp_syncookies=2 in the broker namespace until the "
+            f"broker had answered again on {STORM_PASSED_SHARE:.0%} of its clients' "
+            "connections), as the kernel of a broker with thousands of clients answers it",
         },
         "findings_by_kind": analysis.findings_summary(found),
         "window": artifacts.window,

@@ -8,6 +8,7 @@ one does not."""
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 from dataclasses import replace
@@ -129,3 +130,58 @@ def test_after_heal_the_wait_ends_when_each_backlog_is_worked_off(tmp_path: Path
     said = artifacts.short["heal_settle"]
     assert said.startswith("the wait for the producers to work off their backlog after heal"), said
     assert "short of 1 requests answered within 5 s (stuck #0: 0)" in said, said
+
+
+# A broker in miniature: five clients connected, three accepted, two of them answered;
+# the other two wait in the accept queue.
+HOLDER = """
+import socket, sys, time
+port = int(sys.argv[1])
+listener = socket.socket()
+listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+listener.bind(("127.0.0.1", port))
+listener.listen(8)
+clients = [socket.create_connection(("127.0.0.1", port)) for _ in range(5)]
+accepted = [listener.accept()[0] for _ in range(3)]
+for conn in accepted[:2]:
+    conn.sendall(b"answer")
+for c in clients[:2]:
+    c.recv(16)
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+def test_the_storm_passes_when_the_broker_has_answered(netns: str, tmp_path: Path) -> None:
+    """The amplified storm's cookies end when the broker has answered again on its
+    clients' connections: an accepted connection it answered counts; one accepted and
+    not answered, or still in the accept queue, does not (the lab's guest run where a
+    settle of seconds switched the cookies off before the clients were back)."""
+    holder = subprocess.Popen(
+        ["ip", "netns", "exec", netns, sys.executable, "-c", HOLDER, str(phases.PORT)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        time.sleep(0.3)  # the clients' ACKs of the answers
+        assert phases.answered_connections(netns) == 2
+        artifacts = _artifacts(tmp_path, LabSize())
+        artifacts.amplified_for = 2  # both answered: no wait
+        began = time.monotonic()
+        phases.await_storm_passed(netns, artifacts, _clock([]))
+        assert artifacts.storm_answered == 2 and time.monotonic() - began < 5
+        # three of the five were held before the restart: the wait holds until its cap
+        artifacts.amplified_for = 5
+        steps: list[str] = []
+        cap, phases.STORM_PASSED_CAP_S = phases.STORM_PASSED_CAP_S, 1.5
+        try:
+            began = time.monotonic()
+            phases.await_storm_passed(netns, artifacts, _clock(steps))
+        finally:
+            phases.STORM_PASSED_CAP_S = cap
+        assert artifacts.storm_answered == 2 and time.monotonic() - began >= 1.5
+        assert steps and all("waiting for the broker's answers" in s for s in steps)
+    finally:
+        holder.kill()
+        holder.wait()
