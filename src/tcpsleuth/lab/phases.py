@@ -90,7 +90,16 @@ def probe_rtt(ns: str) -> float:
     return float(out)
 
 
-def _storm_overflows(server: str, backlog: int) -> int | None:
+def established_clients(server: str) -> int:
+    """The broker's established connections on the lab's port: its clients'."""
+    return sum(
+        1
+        for c in sockdiag.snapshot(server, with_info=False).connections
+        if c.local_port == PORT and c.state == "ESTAB"
+    )
+
+
+def _storm_overflows(established: int, backlog: int) -> bool:
     """Storm amplification. A broker with thousands of clients gets their reconnects
     faster than one round trip can drain its SYN queue, so nearly every reconnect is
     answered with a SYN cookie (1,339 of 1,500 in the field guide's measurement). This
@@ -99,18 +108,13 @@ def _storm_overflows(server: str, backlog: int) -> int | None:
     the listen backlog, the lab answers the storm the way the large broker's kernel
     would: with cookies (tcp_syncookies=2 in the broker's namespace until the storm has
     passed). A storm that fits the backlog, or cookies switched off, is left alone.
-    Returns the number of clients that will reconnect when the storm overflows."""
-    established = sum(
-        1
-        for c in sockdiag.snapshot(server, with_info=False).connections
-        if c.local_port == PORT and c.state == "ESTAB"
-    )
-    return established if established > backlog else None
+    ``established``: the clients about to reconnect."""
+    return established > backlog
 
 
-# The amplified storm has passed when the broker has answered again on this share of the
+# The storm has passed when the broker has answered again on this share of the
 # connections its clients held before the restart (one or two may not come back: an
-# admin client's, a scrape's), or at the latest this long after the "after" window opens.
+# admin client's, a scrape's), or at the latest this long after the settle.
 STORM_PASSED_SHARE = 0.95
 STORM_PASSED_CAP_S = 120.0
 
@@ -128,19 +132,25 @@ def answered_connections(server: str) -> int:
 
 
 def await_storm_passed(server: str, artifacts: RunArtifacts, clock: Clock) -> None:
-    """Hold the amplified storm's cookies until the broker has answered again on
-    STORM_PASSED_SHARE of its clients' connections (at most STORM_PASSED_CAP_S). A fixed
-    settle was not enough under an emulated CPU: a broker that listens some 25 s before
-    it accepts leaves clients whose handshakes the full queue dropped waiting for their
-    connection-setup timeout (librdkafka's 30 s), and their new connections, made after
-    the cookies were switched off, were ordinary (56 of 59 in one guest run)."""
-    wanted = int(STORM_PASSED_SHARE * (artifacts.amplified_for or 0))
+    """Wait until the broker has answered again on STORM_PASSED_SHARE of the
+    connections its clients held before the restart (at most STORM_PASSED_CAP_S): the
+    storm has passed, the "after" window may open and an amplified storm's cookies end
+    (``window["storm_passed"]``). A fixed settle was not enough: under an emulated CPU a
+    broker that listened 25 s before it accepted left clients whose handshakes the full
+    queue had dropped waiting for their connection-setup timeout (librdkafka's 30 s), and
+    their new connections, made after the cookies were switched off, were ordinary (56 of
+    59 in one guest run); on a slower host, clients whose SYNs tcp_syncookies=0 dropped
+    were still reconnecting when the window opened, and their first requests' waits
+    were taken for the scenario's latency."""
+    wanted = int(STORM_PASSED_SHARE * artifacts.reconnecting)
     deadline = time.time() + STORM_PASSED_CAP_S
     answered = answered_connections(server)
     while answered < wanted and time.time() < deadline:
         clock.sleep_until(time.time() + 0.5, "reconnect storm: waiting for the broker's answers")
         answered = answered_connections(server)
     artifacts.storm_answered = answered
+    artifacts.window["storm_passed"] = time.time()
+    artifacts.phases_s["storm"] = time.time() - artifacts.window["accepting"]
 
 
 def tune_namespaces(scenario: Scenario, server: str, client: str, artifacts: RunArtifacts) -> None:
@@ -399,12 +409,14 @@ def traffic(
     else:
         artifacts.window["restart"] = artifacts.window["accepting"] = time.time()
     after_start = artifacts.window["accepting"] + settle_s
-    artifacts.window["after_start"] = after_start
     clock.sleep_until(after_start, "reconnect storm")
-    if "amplified" in artifacts.window:
+    if scenario.restart:
         await_storm_passed(server, artifacts, clock)
+        after_start = max(after_start, artifacts.window["storm_passed"])
+    if "amplified" in artifacts.window:
         namespaces.sysctl(server, "net.ipv4.tcp_syncookies", scenario.tcp_syncookies)
         artifacts.window["amplified_end"] = time.time()
+    artifacts.window["after_start"] = after_start
     clock.sleep_until(after_start + size.after_s - 2, "steady traffic after the restart")
     if size.after_answered:
         # both ends' `ss` soon after the storm as well: the window that follows may
@@ -434,12 +446,15 @@ def _restart(
     scenario: Scenario, size: LabSize, server: str, broker: Broker, artifacts: RunArtifacts
 ) -> None:
     artifacts.window["restart"] = time.time()
-    if size.amplify and scenario.tcp_syncookies == 1:
-        reconnecting = _storm_overflows(server, scenario.listen_backlog)
-        if reconnecting is not None:
-            namespaces.sysctl(server, "net.ipv4.tcp_syncookies", 2)
-            artifacts.window["amplified"] = time.time()
-            artifacts.amplified_for = reconnecting
+    artifacts.reconnecting = established_clients(server)
+    if (
+        size.amplify
+        and scenario.tcp_syncookies == 1
+        and _storm_overflows(artifacts.reconnecting, scenario.listen_backlog)
+    ):
+        namespaces.sysctl(server, "net.ipv4.tcp_syncookies", 2)
+        artifacts.window["amplified"] = time.time()
+        artifacts.amplified_for = artifacts.reconnecting
     if isinstance(broker, KafkaBroker):
         artifacts.broker_metrics["before"] = _broker_metrics(broker)
     began = time.monotonic()

@@ -202,7 +202,8 @@ class RunArtifacts:
     server_sysctls: dict[str, str] = field(default_factory=dict)
     broker: str = ""
     amplified_for: int | None = None  # clients reconnecting when the storm was amplified
-    storm_answered: int | None = None  # connections answered when the amplification ended
+    reconnecting: int = 0  # the broker's established clients when it was restarted
+    storm_answered: int | None = None  # of them answered again when the storm had passed
     link: str = ""  # "netem" or "relay": what delays the link
     # A real Kafka broker's own request metrics (kafka_broker.request_metrics), per phase:
     # "before" just before the restart, "after" at the end (its histograms restart with it)

@@ -167,12 +167,13 @@ def test_the_storm_passes_when_the_broker_has_answered(netns: str, tmp_path: Pat
         time.sleep(0.3)  # the clients' ACKs of the answers
         assert phases.answered_connections(netns) == 2
         artifacts = _artifacts(tmp_path, LabSize())
-        artifacts.amplified_for = 2  # both answered: no wait
+        artifacts.window["accepting"] = time.time()
+        artifacts.reconnecting = 2  # both answered: no wait
         began = time.monotonic()
         phases.await_storm_passed(netns, artifacts, _clock([]))
         assert artifacts.storm_answered == 2 and time.monotonic() - began < 5
         # three of the five were held before the restart: the wait holds until its cap
-        artifacts.amplified_for = 5
+        artifacts.reconnecting = 5
         steps: list[str] = []
         cap, phases.STORM_PASSED_CAP_S = phases.STORM_PASSED_CAP_S, 1.5
         try:
@@ -181,6 +182,7 @@ def test_the_storm_passes_when_the_broker_has_answered(netns: str, tmp_path: Pat
         finally:
             phases.STORM_PASSED_CAP_S = cap
         assert artifacts.storm_answered == 2 and time.monotonic() - began >= 1.5
+        assert artifacts.window["storm_passed"] - artifacts.window["accepting"] >= 1.5
         assert steps and all("waiting for the broker's answers" in s for s in steps)
     finally:
         holder.kill()
