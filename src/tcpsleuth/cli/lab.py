@@ -20,8 +20,8 @@ from tcpsleuth.cli.lab_kernel import kernel_group
 from tcpsleuth.cli.options import FiniteFloat, format_option
 from tcpsleuth.errors import InputError
 from tcpsleuth.lab import analysis, healing, kafka_broker, namespaces
+from tcpsleuth.lab.answers import STORM_PASSED_SHARE
 from tcpsleuth.lab.kernel import build as kbuild
-from tcpsleuth.lab.phases import STORM_PASSED_SHARE
 from tcpsleuth.lab.runner import LabSize, discard, run_scenario, temporary_workdir
 from tcpsleuth.lab.scenarios import SCENARIOS, on_real_kernel
 from tcpsleuth.model.findings import Finding, exit_status, ranked

@@ -1,7 +1,8 @@
 """The lab's windows sized by what happened (issue 31): how many of each timed
 producer's requests have been answered since a moment, read from the clients' JSON
 lines as they come, and the wait until every timed producer has what a window asks
-(or its cap, the producers still short named in the run's result)."""
+(or its cap, the producers still short named in the run's result); and the wait for a
+restart's storm to pass, by the broker's own answers on its clients' connections."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from tcpsleuth.lab.processes import Child
-from tcpsleuth.lab.runs import RunArtifacts
+from tcpsleuth.lab.runs import PORT, RunArtifacts
+from tcpsleuth.sources import sockdiag
 
 Step = Callable[[str, float], None]
 
@@ -122,3 +124,56 @@ def await_window(
     wanted = Wanted(size.after_answered, size.after_cap_s)
     ended = await_answers(artifacts, clients, since, wanted, phase, step)
     return max(ended, since + size.after_s)
+
+
+def established_clients(server: str) -> int:
+    """The broker's established connections on the lab's port: its clients'."""
+    return sum(
+        1
+        for c in sockdiag.snapshot(server, with_info=False).connections
+        if c.local_port == PORT and c.state == "ESTAB"
+    )
+
+
+# The storm has passed when the broker has answered again on this share of the
+# connections its clients held before the restart (one or two may not come back: an
+# admin client's, a scrape's), or at the latest this long after the settle.
+STORM_PASSED_SHARE = 0.95
+STORM_PASSED_CAP_S = 120.0
+
+
+def answered_connections(server: str) -> int:
+    """The broker's established connections on which it has sent bytes and had them
+    acknowledged (more than its SYN): connections it has answered on. A connection
+    still in the accept queue, or one whose handshake's last ACK the full queue dropped
+    (the client thinks it is connected, the broker holds nothing), is not one."""
+    return sum(
+        1
+        for c in sockdiag.snapshot(server, frozenset({PORT})).connections
+        if c.local_port == PORT and c.state == "ESTAB" and (c.bytes_acked or 0) > 1
+    )
+
+
+def await_storm_passed(
+    server: str, artifacts: RunArtifacts, sleep_until: Callable[[float, str], None]
+) -> None:
+    """Wait until the broker has answered again on STORM_PASSED_SHARE of the
+    connections its clients held before the restart (at most STORM_PASSED_CAP_S): the
+    storm has passed, the "after" window may open and an amplified storm's cookies end
+    (``window["storm_passed"]``). A fixed settle was not enough: under an emulated CPU a
+    broker that listened 25 s before it accepted left clients whose handshakes the full
+    queue had dropped waiting for their connection-setup timeout (librdkafka's 30 s), and
+    their new connections, made after the cookies were switched off, were ordinary (56 of
+    59 in one guest run); on a slower host, clients whose SYNs tcp_syncookies=0 dropped
+    were still reconnecting when the window opened, and their first requests' waits
+    were taken for the scenario's latency. ``sleep_until(moment, phase)`` waits, telling
+    the progress."""
+    wanted = int(STORM_PASSED_SHARE * artifacts.reconnecting)
+    deadline = time.time() + STORM_PASSED_CAP_S
+    answered = answered_connections(server)
+    while answered < wanted and time.time() < deadline:
+        sleep_until(time.time() + 0.5, "reconnect storm: waiting for the broker's answers")
+        answered = answered_connections(server)
+    artifacts.storm_answered = answered
+    artifacts.window["storm_passed"] = time.time()
+    artifacts.phases_s["storm"] = time.time() - artifacts.window["accepting"]

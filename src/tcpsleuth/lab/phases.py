@@ -6,7 +6,7 @@ Each phase that starts something registers its clean-up on the run's
 :class:`contextlib.ExitStack` as it starts it, so whatever has started is undone, last
 first, however the run ends.
 
-About 580 lines: one function a phase, each short, kept together because they share
+About 560 lines: one function a phase, each short, kept together because they share
 the run's artifacts and broker and read in the order they run. The windows sized by the
 timed producers' answers wait through :mod:`tcpsleuth.lab.answers`.
 """
@@ -23,7 +23,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tcpsleuth.lab import faults, healing, kafka_broker, kafka_java, namespaces, recording, topology
+from tcpsleuth.lab import (
+    answers,
+    faults,
+    healing,
+    kafka_broker,
+    kafka_java,
+    namespaces,
+    recording,
+    topology,
+)
 from tcpsleuth.lab.answers import Step, Wanted, await_answers, await_window
 from tcpsleuth.lab.brokers import Broker, CommandBroker, LabBrokerProcess
 from tcpsleuth.lab.kafka_broker import KafkaBroker
@@ -90,15 +99,6 @@ def probe_rtt(ns: str) -> float:
     return float(out)
 
 
-def established_clients(server: str) -> int:
-    """The broker's established connections on the lab's port: its clients'."""
-    return sum(
-        1
-        for c in sockdiag.snapshot(server, with_info=False).connections
-        if c.local_port == PORT and c.state == "ESTAB"
-    )
-
-
 def _storm_overflows(established: int, backlog: int) -> bool:
     """Storm amplification. A broker with thousands of clients gets their reconnects
     faster than one round trip can drain its SYN queue, so nearly every reconnect is
@@ -110,47 +110,6 @@ def _storm_overflows(established: int, backlog: int) -> bool:
     passed). A storm that fits the backlog, or cookies switched off, is left alone.
     ``established``: the clients about to reconnect."""
     return established > backlog
-
-
-# The storm has passed when the broker has answered again on this share of the
-# connections its clients held before the restart (one or two may not come back: an
-# admin client's, a scrape's), or at the latest this long after the settle.
-STORM_PASSED_SHARE = 0.95
-STORM_PASSED_CAP_S = 120.0
-
-
-def answered_connections(server: str) -> int:
-    """The broker's established connections on which it has sent bytes and had them
-    acknowledged (more than its SYN): connections it has answered on. A connection
-    still in the accept queue, or one whose handshake's last ACK the full queue dropped
-    (the client thinks it is connected, the broker holds nothing), is not one."""
-    return sum(
-        1
-        for c in sockdiag.snapshot(server, frozenset({PORT})).connections
-        if c.local_port == PORT and c.state == "ESTAB" and (c.bytes_acked or 0) > 1
-    )
-
-
-def await_storm_passed(server: str, artifacts: RunArtifacts, clock: Clock) -> None:
-    """Wait until the broker has answered again on STORM_PASSED_SHARE of the
-    connections its clients held before the restart (at most STORM_PASSED_CAP_S): the
-    storm has passed, the "after" window may open and an amplified storm's cookies end
-    (``window["storm_passed"]``). A fixed settle was not enough: under an emulated CPU a
-    broker that listened 25 s before it accepted left clients whose handshakes the full
-    queue had dropped waiting for their connection-setup timeout (librdkafka's 30 s), and
-    their new connections, made after the cookies were switched off, were ordinary (56 of
-    59 in one guest run); on a slower host, clients whose SYNs tcp_syncookies=0 dropped
-    were still reconnecting when the window opened, and their first requests' waits
-    were taken for the scenario's latency."""
-    wanted = int(STORM_PASSED_SHARE * artifacts.reconnecting)
-    deadline = time.time() + STORM_PASSED_CAP_S
-    answered = answered_connections(server)
-    while answered < wanted and time.time() < deadline:
-        clock.sleep_until(time.time() + 0.5, "reconnect storm: waiting for the broker's answers")
-        answered = answered_connections(server)
-    artifacts.storm_answered = answered
-    artifacts.window["storm_passed"] = time.time()
-    artifacts.phases_s["storm"] = time.time() - artifacts.window["accepting"]
 
 
 def tune_namespaces(scenario: Scenario, server: str, client: str, artifacts: RunArtifacts) -> None:
@@ -411,8 +370,9 @@ def traffic(
     after_start = artifacts.window["accepting"] + settle_s
     clock.sleep_until(after_start, "reconnect storm")
     if scenario.restart:
-        await_storm_passed(server, artifacts, clock)
-        after_start = max(after_start, artifacts.window["storm_passed"])
+        answers.await_storm_passed(server, artifacts, clock.sleep_until)
+        artifacts.storm_extra_s = max(0.0, artifacts.window["storm_passed"] - after_start)
+        after_start += artifacts.storm_extra_s
     if "amplified" in artifacts.window:
         namespaces.sysctl(server, "net.ipv4.tcp_syncookies", scenario.tcp_syncookies)
         artifacts.window["amplified_end"] = time.time()
@@ -446,7 +406,7 @@ def _restart(
     scenario: Scenario, size: LabSize, server: str, broker: Broker, artifacts: RunArtifacts
 ) -> None:
     artifacts.window["restart"] = time.time()
-    artifacts.reconnecting = established_clients(server)
+    artifacts.reconnecting = answers.established_clients(server)
     if (
         size.amplify
         and scenario.tcp_syncookies == 1
@@ -505,16 +465,20 @@ def end_clients(
     artifacts: RunArtifacts, server: str, clients: list[Child], step: Step, planned_end: float
 ) -> None:
     """Heal (with ``--heal``) and the window after it, then the clients' end: they are
-    told to end after heal, else they send until ``planned_end``."""
+    told to end after heal or a window sized by answers, else at ``planned_end`` (they
+    were given time for the longest storm, see ``runner``)."""
     if artifacts.heal is not None:
         _heal_phase(artifacts, server, clients, step)
     if artifacts.heal is not None or artifacts.size.after_answered:
         # their phases lasted what they lasted: the clients end now
         planned_end = time.time()
-        stop_file(artifacts).touch()  # the Java producers
-        for worker in clients:
-            if "tcpsleuth.lab.clients" in worker.argv:
-                worker.process.send_signal(signal.SIGUSR1)
+    while (now := time.time()) < planned_end:
+        step("steady traffic after the restart", 0.9)
+        time.sleep(min(0.25, planned_end - now))
+    stop_file(artifacts).touch()  # the Java producers
+    for worker in clients:
+        if "tcpsleuth.lab.clients" in worker.argv:
+            worker.process.send_signal(signal.SIGUSR1)
     step("waiting for the clients", 0.92)
     for worker in clients:
         # they end when their measured producers' queues are answered (or their

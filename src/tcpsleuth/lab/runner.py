@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from tcpsleuth.lab import healing, namespaces, phases
+from tcpsleuth.lab import answers, healing, namespaces, phases
 from tcpsleuth.lab.phases import probe_rtt, start_relay
 from tcpsleuth.lab.runs import LIBRARIES, PORT, TCP_RMEM, LabSize, RunArtifacts
 from tcpsleuth.lab.scenarios import Scenario
@@ -137,6 +137,10 @@ def _run(
     step("connecting clients", 0.05)
     allow = phases.allowances(scenario, size, broker, artifacts, record_dir)
     duration = size.duration_s + allow.restart + allow.record + size.after_extra_s
+    if scenario.restart:
+        # the storm may hold the "after" window back (phases.await_storm_passed): the
+        # clients are given that time too, and told to end when the run is done
+        duration += answers.STORM_PASSED_CAP_S
     clients = phases.start_clients(stack, size, client, broker, artifacts, duration)
     recorder = phases.attach_recorder(stack, record_dir, server, artifacts, step)
     if recorder is not None:
@@ -149,8 +153,9 @@ def _run(
     )
     phases.snapshot_sockets(artifacts, server, client)
     # without heal they send until their planned end (the restart allowance may not all
-    # be used)
+    # be used), later by as long as the storm held the "after" window back
     planned_end = started + size.duration_s + allow.restart + max(0.0, allow.record)
+    planned_end += artifacts.storm_extra_s
     phases.end_clients(artifacts, server, clients, step, planned_end)
     artifacts.phases_s["traffic"] = artifacts.window["end"] - started
     phases.collect(scenario, artifacts, broker, tcpdump, clients, recorder, step)

@@ -203,6 +203,7 @@ class RunArtifacts:
     broker: str = ""
     amplified_for: int | None = None  # clients reconnecting when the storm was amplified
     reconnecting: int = 0  # the broker's established clients when it was restarted
+    storm_extra_s: float = 0.0  # how much later than the settle the storm had passed
     storm_answered: int | None = None  # of them answered again when the storm had passed
     link: str = ""  # "netem" or "relay": what delays the link
     # A real Kafka broker's own request metrics (kafka_broker.request_metrics), per phase:

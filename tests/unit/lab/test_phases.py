@@ -158,29 +158,29 @@ def test_the_storm_passes_when_the_broker_has_answered(netns: str, tmp_path: Pat
     not answered, or still in the accept queue, does not (the lab's guest run where a
     settle of seconds switched the cookies off before the clients were back)."""
     holder = subprocess.Popen(
-        ["ip", "netns", "exec", netns, sys.executable, "-c", HOLDER, str(phases.PORT)],
+        ["ip", "netns", "exec", netns, sys.executable, "-c", HOLDER, str(answers.PORT)],
         stdout=subprocess.PIPE,
         text=True,
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
         time.sleep(0.3)  # the clients' ACKs of the answers
-        assert phases.answered_connections(netns) == 2
+        assert answers.answered_connections(netns) == 2
         artifacts = _artifacts(tmp_path, LabSize())
         artifacts.window["accepting"] = time.time()
         artifacts.reconnecting = 2  # both answered: no wait
         began = time.monotonic()
-        phases.await_storm_passed(netns, artifacts, _clock([]))
+        answers.await_storm_passed(netns, artifacts, _clock([]).sleep_until)
         assert artifacts.storm_answered == 2 and time.monotonic() - began < 5
         # three of the five were held before the restart: the wait holds until its cap
         artifacts.reconnecting = 5
         steps: list[str] = []
-        cap, phases.STORM_PASSED_CAP_S = phases.STORM_PASSED_CAP_S, 1.5
+        cap, answers.STORM_PASSED_CAP_S = answers.STORM_PASSED_CAP_S, 1.5
         try:
             began = time.monotonic()
-            phases.await_storm_passed(netns, artifacts, _clock(steps))
+            answers.await_storm_passed(netns, artifacts, _clock(steps).sleep_until)
         finally:
-            phases.STORM_PASSED_CAP_S = cap
+            answers.STORM_PASSED_CAP_S = cap
         assert artifacts.storm_answered == 2 and time.monotonic() - began >= 1.5
         assert artifacts.window["storm_passed"] - artifacts.window["accepting"] >= 1.5
         assert steps and all("waiting for the broker's answers" in s for s in steps)
