@@ -130,7 +130,7 @@ def _report(
         else {
             "started": artifacts.window["amplified"],
             "ended": artifacts.window.get("amplified_end"),
-            "reconnecting_clients": artifacts.amplified_for,
+            "reconnecting_clients": artifacts.reconnecting,
             "answered_when_ended": artifacts.storm_answered,
             "listen_backlog": scenario.listen_backlog,
             "what": "more clients reconnect than the listen backlog holds, so the storm was "

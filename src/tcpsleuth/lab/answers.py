@@ -175,5 +175,5 @@ def await_storm_passed(
         sleep_until(time.time() + 0.5, "reconnect storm: waiting for the broker's answers")
         answered = answered_connections(server)
     artifacts.storm_answered = answered
-    artifacts.window["storm_passed"] = time.time()
-    artifacts.phases_s["storm"] = time.time() - artifacts.window["accepting"]
+    artifacts.window["storm_passed"] = passed = time.time()
+    artifacts.phases_s["storm"] = passed - artifacts.window["accepting"]

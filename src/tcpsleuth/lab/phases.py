@@ -414,7 +414,6 @@ def _restart(
     ):
         namespaces.sysctl(server, "net.ipv4.tcp_syncookies", 2)
         artifacts.window["amplified"] = time.time()
-        artifacts.amplified_for = artifacts.reconnecting
     if isinstance(broker, KafkaBroker):
         artifacts.broker_metrics["before"] = _broker_metrics(broker)
     began = time.monotonic()

@@ -201,7 +201,6 @@ class RunArtifacts:
     library_versions: dict[str, str] = field(default_factory=dict)
     server_sysctls: dict[str, str] = field(default_factory=dict)
     broker: str = ""
-    amplified_for: int | None = None  # clients reconnecting when the storm was amplified
     reconnecting: int = 0  # the broker's established clients when it was restarted
     storm_extra_s: float = 0.0  # how much later than the settle the storm had passed
     storm_answered: int | None = None  # of them answered again when the storm had passed
