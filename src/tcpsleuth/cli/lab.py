@@ -138,6 +138,9 @@ def _report(
             f"broker had answered again on {STORM_PASSED_SHARE:.0%} of its clients' "
             "connections), as the kernel of a broker with thousands of clients answers it",
         },
+        # whether the timed producers had worked off their queues of the outage before
+        # the "after" window opened (None: no restart, or not asked: LabSize.drain_outages)
+        "drained": artifacts.drained,
         "findings_by_kind": analysis.findings_summary(found),
         "window": artifacts.window,
         "phases_s": {name: round(value, 1) for name, value in artifacts.phases_s.items()},

@@ -371,11 +371,15 @@ def traffic(
     clock.sleep_until(after_start, "reconnect storm")
     if scenario.restart:
         answers.await_storm_passed(server, artifacts, clock.sleep_until)
-        artifacts.storm_extra_s = max(0.0, artifacts.window["storm_passed"] - after_start)
-        after_start += artifacts.storm_extra_s
     if "amplified" in artifacts.window:
         namespaces.sysctl(server, "net.ipv4.tcp_syncookies", scenario.tcp_syncookies)
         artifacts.window["amplified_end"] = time.time()
+    if scenario.restart:
+        opens = max(after_start, artifacts.window["storm_passed"])
+        if size.drain_outages:
+            opens = max(opens, answers.await_drained(artifacts, clients, settle_s, clock.step))
+        artifacts.storm_extra_s = opens - after_start
+        after_start = opens
     artifacts.window["after_start"] = after_start
     clock.sleep_until(after_start + size.after_s - 2, "steady traffic after the restart")
     if size.after_answered:

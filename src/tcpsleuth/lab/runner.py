@@ -138,9 +138,10 @@ def _run(
     allow = phases.allowances(scenario, size, broker, artifacts, record_dir)
     duration = size.duration_s + allow.restart + allow.record + size.after_extra_s
     if scenario.restart:
-        # the storm may hold the "after" window back (phases.await_storm_passed): the
-        # clients are given that time too, and told to end when the run is done
-        duration += answers.STORM_PASSED_CAP_S
+        # the storm, and the producers' queues of the outage, may hold the "after" window
+        # back (answers.await_storm_passed, answers.await_drained): the clients are given
+        # that time too, and told to end when the run is done
+        duration += answers.STORM_PASSED_CAP_S * (2 if size.drain_outages else 1)
     clients = phases.start_clients(stack, size, client, broker, artifacts, duration)
     recorder = phases.attach_recorder(stack, record_dir, server, artifacts, step)
     if recorder is not None:

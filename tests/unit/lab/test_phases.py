@@ -132,6 +132,55 @@ def test_after_heal_the_wait_ends_when_each_backlog_is_worked_off(tmp_path: Path
     assert "short of 1 requests answered within 5 s (stuck #0: 0)" in said, said
 
 
+def test_after_a_restart_the_window_waits_for_the_outages_queue(tmp_path: Path) -> None:
+    """The producers answer 8 s late while they work off what they queued in the outage
+    (3 s of it): the wait ends when they are through, not at the settle. One that stays
+    8 s behind is not through: the wait ends at three times the outage. When most have
+    had nothing answered since the broker accepted (the bug), it ends sooner. None is
+    named short (an outcome the run measures, not a shortfall)."""
+    size = replace(LabSize.small(), drained_s=5, drain_outages=3)
+
+    def drain(
+        worker: Child, outage: float, others: tuple[Child, ...] = ()
+    ) -> tuple[RunArtifacts, float]:
+        artifacts = _artifacts(tmp_path, size)
+        accepting = time.time()
+        artifacts.window.update(
+            start=accepting - 20, restart=accepting - outage, accepting=accepting
+        )
+        try:
+            ended = answers.await_drained(artifacts, [worker, *others], 1.0, print)
+            return artifacts, ended - accepting
+        finally:
+            worker.stop()
+
+    artifacts, took = drain(_producer("through", 2, 0.1, 0.0, backlog=3.0), 10)
+    assert 3.0 <= took < 25, took
+    assert artifacts.drained is True and artifacts.phases_s["drain"] == took
+    assert artifacts.window["drained"] - artifacts.window["accepting"] == took
+    assert artifacts.short == {}
+
+    artifacts, took = drain(_producer("behind", 1, 0.1, 0.0, backlog=60.0), 1)
+    assert 3.0 <= took < 6, took
+    assert artifacts.drained is False and "drained" not in artifacts.window
+    assert "drain" not in artifacts.phases_s and artifacts.short == {}
+
+    # two of three with nothing answered since the broker accepted (the bug): the wait
+    # ends STALLED_S after the storm; one of three does not end it
+    stalled, answers.STALLED_S = answers.STALLED_S, 2.0
+    try:
+        silent = [_producer(f"silent{n}", 1, 0.1, 60.0) for n in range(2)]
+        artifacts, took = drain(_producer("behind", 1, 0.1, 0.0, backlog=60.0), 10, (*silent,))
+        assert 2.0 <= took < 6, took  # the cap was 30 s
+        artifacts, took = drain(_producer("behind", 2, 0.1, 0.0, backlog=60.0), 2, (silent[0],))
+        assert 6.0 <= took < 9, took  # the cap, 6 s
+    finally:
+        answers.STALLED_S = stalled
+        for worker in silent:
+            worker.stop()
+    assert artifacts.drained is False and artifacts.short == {}
+
+
 # A broker in miniature: five clients connected, three accepted, two of them answered;
 # the other two wait in the accept queue.
 HOLDER = """
