@@ -71,7 +71,9 @@ def healed(run: Mapping[str, Any], method: str, document: Mapping[str, Any]) -> 
     assert heal["exit_status"] == 0 and heal["error"] is None, heal
     assert heal["refused"] is None and heal["stopped"] is None, heal
     assert heal["hit"] >= 10, heal
-    assert heal["ended"] == heal["hit"], heal
+    # a connection its client closed before heal came to it is no longer hit (one of
+    # 59 in a guest run whose after window lasted 900 s)
+    assert heal["ended"] + heal["gone"] == heal["hit"] and heal["gone"] <= 1, heal
     assert heal["came_back"] == heal["ended"], heal
     assert heal["hit_after"] == 0, heal
     assert heal["cookies_during"] == 0, heal

@@ -37,6 +37,7 @@ class _Run:
     ended: int
     came_back: int
     not_back: int
+    gone: int  # closed by their clients before heal came to them
     applied: bool
     refused: Any
     would_refuse: Any
@@ -77,6 +78,7 @@ class _Run:
             int(counts.get("ended") or 0),
             int(counts.get("came_back") or 0),
             int(counts.get("not_back") or 0),
+            int(counts.get("gone") or 0),
             doc.get("mode") == "apply",
             doc.get("refused"),
             doc.get("would_refuse"),
@@ -96,7 +98,7 @@ class _Run:
             self.applied
             and self.refused is None
             and self.stopped is None
-            and self.ended == self.hit
+            and self.ended + self.gone == self.hit
             and not self.not_back
         )
 
@@ -116,6 +118,7 @@ def heal_verdict(doc: Mapping[str, Any]) -> Verdict:
         "ended": run.ended if run.applied else None,
         "came_back": run.came_back if run.applied else None,
         "not_back": run.not_back if run.applied else None,
+        "gone": run.gone if run.applied else None,
         "per_second": run.per_second,
         "listeners": [
             {
@@ -154,6 +157,8 @@ def _numbers(run: _Run) -> list[str]:
             f"shift, {run.not_back} not; SYN cookies sent meanwhile: "
             f"{run.doc.get('cookies_during')}"
         )
+        if run.gone:
+            numbers.append(f"{run.gone} closed by their clients before heal came to them")
     if run.stopped:
         numbers.append(f"stopped early: {run.stopped}")
     if run.refused:
@@ -175,12 +180,13 @@ def _head(run: _Run) -> tuple[bool, str]:
             f"window-scale bug: {run.skew}; heal --apply would end them."
         )
     if hit and run.healed:
+        first = f"; {run.gone} closed by their clients first" if run.gone else ""
         return False, (
             f"Healed: {ended} of {hit} connections hit {where} were ended and came back "
-            "with the listener's own shift."
+            f"with the listener's own shift{first}."
         )
     if hit:
-        left = hit - run.came_back
+        left = hit - run.came_back - run.gone
         return True, (
             f"AT RISK: heal ended {ended} of {hit} connections hit {where}; {left} are not "
             "back with the listener's own shift."

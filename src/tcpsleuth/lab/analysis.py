@@ -313,7 +313,7 @@ def heal(
         "stopped": doc.get("stopped"),
         "kernel_told": run.kernel_status,
         "kernel_verdict": doc.get("kernel"),
-        **{name: counts.get(name) for name in ("hit", "ended", "came_back", "not_back")},
+        **{name: counts.get(name) for name in ("hit", "ended", "came_back", "not_back", "gone")},
         "hit_after": run.hit_after,
         "cookies_during": doc.get("cookies_during"),
         "lost": None if producers is None else producers["lost"],

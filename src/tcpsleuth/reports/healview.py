@@ -81,6 +81,8 @@ class HealResult:
                 "ended": sum(1 for e in self.ended if e.outcome == "ended"),
                 "came_back": len(self.came_back),
                 "not_back": len(self.not_back),
+                # closed by their clients before heal came to them: no longer hit
+                "gone": sum(1 for e in self.ended if e.outcome == "gone"),
             },
         }
 

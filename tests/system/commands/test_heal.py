@@ -215,7 +215,13 @@ def _applied(ns: str, method: str) -> None:
     assert result.returncode == 0, (result.stdout, result.stderr)
     doc = json.loads(result.stdout)
     assert doc["method"] == method and doc["refused"] is None and doc["stopped"] is None
-    assert doc["counts"] == {"hit": EARLY, "ended": EARLY, "came_back": EARLY, "not_back": 0}
+    assert doc["counts"] == {
+        "hit": EARLY,
+        "ended": EARLY,
+        "came_back": EARLY,
+        "not_back": 0,
+        "gone": 0,
+    }
     assert {e["how"] for e in doc["ended"]} == {method}
     assert all(b["rcv_wscale"] == own for b in doc["came_back"])
     assert doc["cookies_during"] == 0
@@ -394,7 +400,7 @@ def test_remote_clients_over_ipv4_and_ipv6_come_back(method: str) -> None:
             doc = json.loads(result.stdout)
             [listener] = doc["listeners"]
             bug, own = listener["bug_wscale"], listener["own_wscale"]
-            assert doc["counts"] == {"hit": 8, "ended": 8, "came_back": 8, "not_back": 0}
+            assert doc["counts"] == {"hit": 8, "ended": 8, "came_back": 8, "not_back": 0, "gone": 0}
             clients_hit = {h["client"].rsplit(":", 1)[0] for h in doc["hit"]}
             assert clients_hit == {"198.18.0.2", "[2001:db8::2]"}, clients_hit
             after = server_shifts(pair.server)
@@ -437,7 +443,7 @@ def test_clients_that_do_not_come_back_are_listed_and_exit_1(netns: str) -> None
         result = heal(netns, "--apply", "--quiet-seconds", "0.5", "--wait", "2", "--format", "json")
         assert result.returncode == 1, (result.stdout, result.stderr)
         doc = json.loads(result.stdout)
-        assert doc["counts"] == {"hit": 5, "ended": 5, "came_back": 0, "not_back": 5}
+        assert doc["counts"] == {"hit": 5, "ended": 5, "came_back": 0, "not_back": 5, "gone": 0}
         assert {e["cookie"] for e in doc["not_back"]} == {h["cookie"] for h in doc["hit"]}
     finally:
         clients.stop()
@@ -470,7 +476,13 @@ def test_a_kernel_without_sock_destroy(
     assert status == 0, err
     doc = json.loads(out)
     assert doc["method"] == "reset"
-    assert doc["counts"] == {"hit": EARLY, "ended": EARLY, "came_back": EARLY, "not_back": 0}
+    assert doc["counts"] == {
+        "hit": EARLY,
+        "ended": EARLY,
+        "came_back": EARLY,
+        "not_back": 0,
+        "gone": 0,
+    }
     assert {e["how"] for e in doc["ended"]} == {"reset"}
     assert server_shifts(two_shifts)[bug] == 0
 

@@ -311,6 +311,15 @@ def test_heal_apply_verdicts() -> None:
     )
     assert "stopped early: 1 SYN cookie(s) sent" in stopped.summary
     assert stopped.actions[0].startswith("Once no SYN cookie is sent any more, run sudo")
+    # its client closed it before heal came to it: no longer hit, nothing left at risk
+    gone = [Ended(sock, plan.local, "destroy", "gone", 0.1, "closed before heal came to it")]
+    closed = dataclasses.replace(base, applied=True, ended=gone).judged()
+    assert closed.at_risk is False and closed.evidence["gone"] == 1
+    assert closed.summary.startswith(
+        "Healed: 0 of 1 connections hit on port 9092 were ended and came back with the "
+        "listener's own shift; 1 closed by their clients first.\n"
+    ), closed.summary
+    assert "1 closed by their clients before heal came to them" in closed.summary
     missing = Ended(sock, plan.local, "destroy", "ended", 0.1)
     lost = dataclasses.replace(base, applied=True, ended=ended, not_back=[missing]).judged()
     assert lost.at_risk is True
