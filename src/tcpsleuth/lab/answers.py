@@ -1,8 +1,9 @@
 """The lab's windows sized by what happened (issue 31): how many of each timed
 producer's requests have been answered since a moment, read from the clients' JSON
 lines as they come, and the wait until every timed producer has what a window asks
-(or its cap, the producers still short named in the run's result); and the wait for a
-restart's storm to pass, by the broker's own answers on its clients' connections."""
+(or its cap, the producers still short named in the run's result); the wait for a
+restart's storm to pass, by the broker's own answers on its clients' connections; and
+the wait for the timed producers to work off what they queued in the outage."""
 
 from __future__ import annotations
 
